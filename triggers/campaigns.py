@@ -1,0 +1,141 @@
+"""The campaign file v1 model (DESIGN §3.2): what a marketer writes, validated strictly."""
+
+from __future__ import annotations
+
+from datetime import time, timedelta
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from triggers.conditions import Condition
+from triggers.durations import parse_duration, parse_time_of_day
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _duration(value: object) -> object:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+        return timedelta(0)
+    raise ValueError("write a duration as text with a unit, e.g. 90m, 12h, 2d, 1w")
+
+
+def _time_of_day(value: object) -> object:
+    if isinstance(value, str):
+        return parse_time_of_day(value)
+    raise ValueError('write a time of day as quoted text, e.g. "09:00"')
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+TimeOfDay = Annotated[time, BeforeValidator(_time_of_day)]
+Percent = Annotated[Decimal, Field(ge=0, le=100)]
+TemplateName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", max_length=80)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Trigger(_Model):
+    event: Literal["purchase", "anniversary", "usage_change"]
+    where: Condition | None = None
+
+
+class Window(_Model):
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default_factory=lambda: list(WEEKDAYS), min_length=1
+    )
+    from_: TimeOfDay = Field(alias="from")
+    to: TimeOfDay
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Window:
+        if self.from_ == self.to:
+            raise ValueError("from and to must differ")
+        return self
+
+
+class Schedule(_Model):
+    delay: Duration = timedelta(0)
+    window: Window | None = None
+    timezone: str = Field(default="customer", description="'customer' or an IANA name")
+    expire_after: Duration = timedelta(days=7)
+
+
+class Frequency(_Model):
+    once_per_customer: bool = False
+    cooldown: Duration | None = None
+
+
+class _Offer(_Model):
+    max_items: Annotated[int, Field(ge=1, le=12)] = 3
+    exclude_owned: bool = True
+    unavailable: Literal["skip_item", "cancel_send"] = "skip_item"
+
+
+class ComplementaryOffer(_Offer):
+    type: Literal["complementary"]
+    categories: list[str] | None = Field(
+        default=None, description="Categories to offer; default: the complement map"
+    )
+    skus: list[str] | None = None
+
+
+class BundleOffer(_Offer):
+    type: Literal["bundle"]
+    categories: list[str] | None = None
+    discount_percent: Percent = Decimal(10)
+
+
+class UpgradeOffer(_Offer):
+    type: Literal["upgrade"]
+    max_price_ratio: Annotated[Decimal, Field(gt=1, le=10)] = Decimal(2)
+
+
+class LoyaltyBonusOffer(_Offer):
+    type: Literal["loyalty_bonus"]
+    points: Annotated[int, Field(ge=1)]
+    new_categories_only: bool = True
+
+
+Offer = Annotated[
+    ComplementaryOffer | BundleOffer | UpgradeOffer | LoyaltyBonusOffer,
+    Field(discriminator="type"),
+]
+
+
+class Variant(_Model):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$", max_length=40)]
+    weight: Annotated[int, Field(ge=0, le=10_000)] = 1
+    template: TemplateName
+    subject: Annotated[str, Field(max_length=300)] | None = None
+
+
+class Experiment(_Model):
+    holdout_percent: Percent = Decimal(0)
+    variants: list[Variant] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _variants(self) -> Experiment:
+        ids = [variant.id for variant in self.variants]
+        if len(set(ids)) != len(ids):
+            raise ValueError("variant ids must be unique")
+        if sum(variant.weight for variant in self.variants) == 0:
+            raise ValueError("at least one variant needs a weight above 0")
+        return self
+
+
+class Campaign(_Model):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9\-]*$", max_length=80)]
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    status: Literal["active", "paused", "draft"] = "active"
+    kind: Literal["cross_sell", "upsell", "loyalty", "reengagement"]
+    priority: Annotated[int, Field(ge=0, le=1000)] = 50
+    trigger: Trigger
+    audience: Condition | None = None
+    offer: Offer
+    schedule: Schedule = Field(default_factory=Schedule)
+    frequency: Frequency = Field(default_factory=Frequency)
+    experiment: Experiment

@@ -1,0 +1,175 @@
+"""Decide which campaigns an event fires and plan their sends — the heart of the engine.
+
+``decide`` is a pure function of the event's facts, the customer's send history, the rule
+set, the policy and the time. Every campaign whose trigger matched gets a decision with a
+status and, when it is not planned, the reason; campaigns whose conditions did not match
+are reported too, so the worker can record why nothing fired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Literal
+
+from triggers.campaigns import Campaign
+from triggers.experiments import assign
+from triggers.loader import CompiledCampaign, RuleSet
+from triggers.schedule import plan_send_time, quiet_hours_window, resolve_zone
+
+Outcome = Literal["planned", "held_out", "skipped", "not_matched"]
+COUNTED_STATUSES = frozenset({"planned", "queued", "sending", "sent"})
+MARKETING_HISTORY = COUNTED_STATUSES | {"held_out"}
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Engine-wide limits from settings; a campaign may be stricter, never looser."""
+
+    max_emails_per_customer: int = 3
+    cap_window: timedelta = timedelta(days=7)
+    max_campaigns_per_event: int = 1
+    quiet_from: time | None = time(21, 0)
+    quiet_to: time | None = time(8, 0)
+    default_timezone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class PastSend:
+    campaign_id: str
+    status: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    campaign_id: str
+    outcome: Outcome
+    reason: str | None = None
+    variant: str | None = None
+    template: str | None = None
+    send_at: datetime | None = None
+    expires_at: datetime | None = None
+    dedupe_key: str | None = None
+
+
+def dedupe_key(campaign: Campaign, customer_id: str, event_id: str, triggered_at: datetime) -> str:
+    """One key per (campaign, customer, dedupe window): the plan cannot be made twice."""
+    if campaign.frequency.once_per_customer:
+        return f"{campaign.id}|{customer_id}|once"
+    cooldown = campaign.frequency.cooldown
+    if cooldown:
+        window = int(triggered_at.astimezone(UTC).timestamp() // cooldown.total_seconds())
+        return f"{campaign.id}|{customer_id}|w{window}"
+    return f"{campaign.id}|{customer_id}|e{event_id}"
+
+
+def frequency_block(
+    campaign: Campaign, history: Sequence[PastSend], policy: Policy, now: datetime, extra: int = 0
+) -> str | None:
+    """The reason a further email of ``campaign`` would be too many, or None."""
+    mine = [past for past in history if past.campaign_id == campaign.id]
+    if campaign.frequency.once_per_customer and any(
+        past.status in MARKETING_HISTORY for past in mine
+    ):
+        return "once_per_customer"
+    cooldown = campaign.frequency.cooldown
+    if cooldown and any(
+        past.status in MARKETING_HISTORY and now - past.at < cooldown for past in mine
+    ):
+        return "cooldown"
+    recent = sum(
+        1 for past in history if past.status in COUNTED_STATUSES and now - past.at < policy.cap_window
+    )
+    if recent + extra >= policy.max_emails_per_customer:
+        return "frequency_cap"
+    return None
+
+
+def consent_block(email_marketing: bool | None, has_email: bool, suppressed: bool) -> str | None:
+    """Consent and suppression are enforced by the engine; no campaign can switch them off."""
+    if not has_email:
+        return "no_email"
+    if email_marketing is not True:
+        return "no_consent"
+    if suppressed:
+        return "suppressed"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """The customer an event is about, as far as the decision needs to know."""
+
+    id: str
+    has_email: bool
+    email_marketing: bool | None
+    suppressed: bool
+    timezone: str | None
+
+
+def decide(
+    *,
+    rules: RuleSet,
+    event_type: str,
+    event_id: str,
+    triggered_at: datetime,
+    facts: Mapping[str, object],
+    subject: Subject,
+    history: Sequence[PastSend],
+    policy: Policy,
+    now: datetime,
+) -> list[Decision]:
+    matched: list[CompiledCampaign] = []
+    decisions: list[Decision] = []
+    for compiled in rules.active_for(event_type):
+        if not compiled.where(facts):
+            decisions.append(Decision(compiled.id, "not_matched", "trigger_conditions"))
+        elif not compiled.audience(facts):
+            decisions.append(Decision(compiled.id, "not_matched", "audience"))
+        else:
+            matched.append(compiled)
+    matched.sort(key=lambda c: (-c.campaign.priority, c.id))
+
+    quiet = (
+        quiet_hours_window(policy.quiet_from, policy.quiet_to)
+        if policy.quiet_from is not None and policy.quiet_to is not None
+        else None
+    )
+    chosen = 0
+    for compiled in matched:
+        campaign = compiled.campaign
+        key = dedupe_key(campaign, subject.id, event_id, triggered_at)
+        skip_key = f"{campaign.id}|{subject.id}|skip|{event_id}"
+        reason = consent_block(subject.email_marketing, subject.has_email, subject.suppressed)
+        reason = reason or frequency_block(campaign, history, policy, now, extra=chosen)
+        if reason is None and chosen >= policy.max_campaigns_per_event:
+            reason = "lower_priority"
+        if reason is not None:
+            decisions.append(Decision(campaign.id, "skipped", reason, dedupe_key=skip_key))
+            continue
+        assignment = assign(campaign.experiment, campaign.id, subject.id)
+        zone = resolve_zone(campaign.schedule.timezone, subject.timezone, policy.default_timezone)
+        timing = plan_send_time(campaign.schedule, triggered_at, now, zone, quiet)
+        variant = assignment.variant
+        if timing.expired:
+            decisions.append(
+                Decision(campaign.id, "skipped", "expired", variant.id, variant.template,
+                         timing.send_at, timing.expires_at, skip_key)
+            )
+            continue
+        chosen += 1
+        decisions.append(
+            Decision(
+                campaign.id,
+                "held_out" if assignment.held_out else "planned",
+                "holdout" if assignment.held_out else None,
+                variant.id,
+                variant.template,
+                timing.send_at,
+                timing.expires_at,
+                key,
+            )
+        )
+    return decisions

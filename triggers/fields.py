@@ -1,0 +1,80 @@
+"""The typed catalogue of fields a campaign condition may test, and the operators per type.
+
+Conditions are checked against this catalogue when a campaign is loaded, so a typo or an
+operator that makes no sense for a field is a lint error, not a silent non-match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class FieldType(StrEnum):
+    NUMBER = "number"
+    STRING = "string"
+    STRING_SET = "string_set"
+    BOOLEAN = "boolean"
+
+
+OPERATORS: dict[FieldType, tuple[str, ...]] = {
+    FieldType.NUMBER: ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "exists"),
+    FieldType.STRING: ("eq", "ne", "in", "not_in", "starts_with", "exists"),
+    FieldType.STRING_SET: ("contains", "contains_any", "contains_all", "is_empty", "exists"),
+    FieldType.BOOLEAN: ("eq", "exists"),
+}
+ALL_OPERATORS: tuple[str, ...] = tuple(sorted({op for ops in OPERATORS.values() for op in ops}))
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    name: str
+    type: FieldType
+    description: str
+    event_types: tuple[str, ...] = ()  # empty: available for every event type
+
+
+_EVENT_FIELDS = (
+    FieldSpec("event.type", FieldType.STRING, "purchase, anniversary or usage_change"),
+    FieldSpec("event.order_id", FieldType.STRING, "the CRM's order id", ("purchase",)),
+    FieldSpec("event.currency", FieldType.STRING, "ISO 4217 code of the order", ("purchase",)),
+    FieldSpec("event.total", FieldType.NUMBER, "order total", ("purchase",)),
+    FieldSpec("event.items_count", FieldType.NUMBER, "units in the order", ("purchase",)),
+    FieldSpec("event.categories", FieldType.STRING_SET, "categories in the order", ("purchase",)),
+    FieldSpec("event.skus", FieldType.STRING_SET, "SKUs in the order", ("purchase",)),
+    FieldSpec(
+        "event.kind", FieldType.STRING, "signup, first_purchase or membership", ("anniversary",)
+    ),
+    FieldSpec("event.years", FieldType.NUMBER, "whole years since the start", ("anniversary",)),
+    FieldSpec("event.metric", FieldType.STRING, "name of the usage metric", ("usage_change",)),
+    FieldSpec("event.previous", FieldType.NUMBER, "earlier level", ("usage_change",)),
+    FieldSpec("event.current", FieldType.NUMBER, "current level", ("usage_change",)),
+    FieldSpec(
+        "event.change_pct", FieldType.NUMBER, "change from previous, percent", ("usage_change",)
+    ),
+    FieldSpec("event.window_days", FieldType.NUMBER, "comparison window", ("usage_change",)),
+)
+
+_CUSTOMER_FIELDS = (
+    FieldSpec("customer.orders_count", FieldType.NUMBER, "orders so far, this one included"),
+    FieldSpec("customer.lifetime_spend", FieldType.NUMBER, "sum of order totals"),
+    FieldSpec("customer.tenure_days", FieldType.NUMBER, "days since the first purchase"),
+    FieldSpec("customer.days_since_last_purchase", FieldType.NUMBER, "days since last order"),
+    FieldSpec("customer.categories_bought", FieldType.STRING_SET, "every category bought"),
+    FieldSpec("customer.skus_owned", FieldType.STRING_SET, "every SKU bought"),
+    FieldSpec("customer.loyalty_tier", FieldType.STRING, "attributes.loyalty_tier"),
+    FieldSpec("customer.locale", FieldType.STRING, "e.g. ro-RO"),
+    FieldSpec("customer.timezone", FieldType.STRING, "IANA name, e.g. Europe/Rome"),
+    FieldSpec("customer.email_marketing", FieldType.BOOLEAN, "marketing consent"),
+)
+
+BUILTIN_FIELDS: dict[str, FieldSpec] = {spec.name: spec for spec in _EVENT_FIELDS + _CUSTOMER_FIELDS}
+
+
+def fields_for(event_type: str) -> dict[str, FieldSpec]:
+    """The fields a campaign triggered by ``event_type`` may test."""
+    return {
+        name: spec
+        for name, spec in BUILTIN_FIELDS.items()
+        if not spec.event_types or event_type in spec.event_types
+    }

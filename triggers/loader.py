@@ -1,0 +1,335 @@
+"""Read campaign files as YAML 1.2 and report every problem as ``file:line:col``.
+
+ruamel.yaml's round-trip loader keeps the position of every key and value, so an error
+found by pydantic or by the field catalogue can point at the exact line a marketer typed.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError
+
+from triggers.campaigns import Campaign
+from triggers.conditions import (
+    Condition,
+    Predicate,
+    Problem,
+    check_condition,
+    compile_condition,
+    did_you_mean,
+)
+from triggers.fields import fields_for
+
+_UNION_TAGS = {"AllOf", "AnyOf", "NotOf", "SegmentRef", "Leaf"}
+
+
+@dataclass(frozen=True, slots=True)
+class LintIssue:
+    file: str
+    line: int
+    col: int
+    code: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f" {self.path}:" if self.path else ""
+        return f"{self.file}:{self.line}:{self.col}: error[{self.code}]{where} {self.message}"
+
+
+class RuleSetError(Exception):
+    """A rule set that cannot be used; carries every issue found, in file order."""
+
+    def __init__(self, issues: Sequence[LintIssue]) -> None:
+        super().__init__("\n".join(str(issue) for issue in issues))
+        self.issues = tuple(issues)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledCampaign:
+    campaign: Campaign
+    source: str
+    where: Predicate
+    audience: Predicate
+
+    @property
+    def id(self) -> str:
+        return self.campaign.id
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """An immutable, fully validated set of campaigns; swapped whole on reload."""
+
+    campaigns: tuple[CompiledCampaign, ...]
+    segments: Mapping[str, Condition] = field(default_factory=dict)
+
+    def by_id(self, campaign_id: str) -> CompiledCampaign | None:
+        for compiled in self.campaigns:
+            if compiled.id == campaign_id:
+                return compiled
+        return None
+
+    def active_for(self, event_type: str) -> list[CompiledCampaign]:
+        return [
+            c
+            for c in self.campaigns
+            if c.campaign.status == "active" and c.campaign.trigger.event == event_type
+        ]
+
+
+def _yaml() -> YAML:
+    reader = YAML(typ="rt")
+    reader.version = (1, 2)
+    reader.allow_duplicate_keys = False
+    return reader
+
+
+def _plain(node: Any) -> Any:
+    """Round-trip nodes to plain Python; floats become exact decimals."""
+    if isinstance(node, CommentedMap):
+        return {str(key): _plain(value) for key, value in node.items()}
+    if isinstance(node, CommentedSeq):
+        return [_plain(item) for item in node]
+    if isinstance(node, bool):
+        return bool(node)
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return Decimal(repr(float(node)))
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def _locate(document: Any, path: Sequence[str | int], at_key: bool = False) -> tuple[int, int]:
+    """1-based line and column of the deepest node of ``path`` present in the document.
+
+    Points at the value of the last key, or at the key itself when ``at_key`` is set.
+    """
+    line, col = 0, 0
+    node = document
+    for step in path:
+        if isinstance(node, CommentedMap):
+            if step not in node:
+                if step in _UNION_TAGS or not isinstance(step, str):
+                    continue
+                return line + 1, col + 1
+            line, col = node.lc.key(step)
+            value = node[step]
+            last = step == path[-1]
+            if not isinstance(value, CommentedMap | CommentedSeq) and not (at_key and last):
+                line, col = node.lc.value(step)
+            node = value
+        elif isinstance(node, CommentedSeq) and isinstance(step, int) and step < len(node):
+            line, col = node.lc.item(step)
+            node = node[step]
+        elif isinstance(step, str) and step in _UNION_TAGS:
+            continue
+        else:
+            break
+    return line + 1, col + 1
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    text = ""
+    for step in path:
+        if isinstance(step, int):
+            text += f"[{step}]"
+        elif step not in _UNION_TAGS:
+            text += f".{step}" if text else step
+    return text
+
+
+def _known_keys(model: type[BaseModel], seen: set[type[BaseModel]] | None = None) -> set[str]:
+    """Every key any campaign mapping may hold, for "did you mean" on unknown keys."""
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return set()
+    seen.add(model)
+    keys: set[str] = set()
+    for name, info in model.model_fields.items():
+        keys.add(info.alias or name)
+        for candidate in _models_in(info.annotation):
+            keys |= _known_keys(candidate, seen)
+    return keys
+
+
+def _models_in(annotation: Any) -> Iterable[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for argument in getattr(annotation, "__args__", ()) or ():
+        yield from _models_in(argument)
+    for extra in getattr(annotation, "__metadata__", ()) or ():
+        yield from _models_in(extra)
+    origin = getattr(annotation, "__origin__", None)
+    if origin is not None and origin is not annotation:
+        yield from _models_in(origin)
+
+
+_CAMPAIGN_KEYS: list[str] = []
+
+
+def _campaign_keys() -> list[str]:
+    if not _CAMPAIGN_KEYS:
+        _CAMPAIGN_KEYS.extend(sorted(_known_keys(Campaign) | {"all", "any", "not", "segment"}))
+    return _CAMPAIGN_KEYS
+
+
+_CODES = {
+    "extra_forbidden": "unknown-key",
+    "missing": "missing-key",
+    "bad-duration": "bad-duration",
+    "bad-time": "bad-time",
+}
+
+
+def _pydantic_issues(filename: str, document: Any, error: ValidationError) -> list[LintIssue]:
+    issues = []
+    for item in error.errors(include_url=False):
+        loc = tuple(item["loc"])
+        code = _CODES.get(item["type"], "bad-value")
+        message = item["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if code == "unknown-key" and loc and isinstance(loc[-1], str):
+            message = f"unknown key {loc[-1]!r}{did_you_mean(loc[-1], _campaign_keys())}"
+        elif code == "missing-key" and loc:
+            message = f"missing required key {loc[-1]!r}"
+        if "bad duration" in message:
+            code = "bad-duration"
+        elif "bad time" in message or "time of day" in message:
+            code = "bad-time"
+        line, col = _locate(document, loc, at_key=code == "unknown-key")
+        issues.append(LintIssue(filename, line, col, code, _dotted(loc), message))
+    return sorted(issues, key=lambda issue: (issue.line, issue.col))
+
+
+def _problem_issue(filename: str, document: Any, problem: Problem) -> LintIssue:
+    line, col = _locate(document, problem.path)
+    return LintIssue(filename, line, col, problem.code, _dotted(problem.path), problem.message)
+
+
+def parse_campaign(
+    text: str, filename: str, segments: Mapping[str, Condition]
+) -> tuple[Campaign | None, Any, list[LintIssue]]:
+    """Parse and validate one campaign file's text; returns the campaign or its issues."""
+    try:
+        document = _yaml().load(io.StringIO(text))
+    except DuplicateKeyError as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        key = (exc.problem or "").split('"')[1] if '"' in (exc.problem or "") else ""
+        message = f"duplicate key {key!r}" if key else "duplicate key"
+        return None, None, [LintIssue(filename, line, col, "duplicate-key", "", message)]
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        message = f"YAML syntax: {exc.problem or exc.context}"
+        return None, None, [LintIssue(filename, line, col, "yaml-syntax", "", message)]
+    if not isinstance(document, CommentedMap):
+        return None, document, [LintIssue(filename, 1, 1, "not-a-mapping", "", "a campaign file is one mapping")]
+    try:
+        campaign = Campaign.model_validate(_plain(document))
+    except ValidationError as exc:
+        return None, document, _pydantic_issues(filename, document, exc)
+    problems: list[Problem] = []
+    fields = fields_for(campaign.trigger.event)
+    names = list(segments)
+    if campaign.trigger.where is not None:
+        problems += check_condition(campaign.trigger.where, fields, names, ("trigger", "where"))
+    if campaign.audience is not None:
+        problems += check_condition(campaign.audience, fields, names, ("audience",))
+    issues = [_problem_issue(filename, document, problem) for problem in problems]
+    return (None if issues else campaign), document, issues
+
+
+def compile_campaign(
+    campaign: Campaign, source: str, segments: Mapping[str, Condition]
+) -> CompiledCampaign:
+    def always(_facts: Mapping[str, object]) -> bool:
+        return True
+
+    where = campaign.trigger.where
+    audience = campaign.audience
+    return CompiledCampaign(
+        campaign=campaign,
+        source=source,
+        where=compile_condition(where, segments) if where is not None else always,
+        audience=compile_condition(audience, segments) if audience is not None else always,
+    )
+
+
+def campaign_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand directories to their ``*.yaml``/``*.yml`` files, sorted for stable output."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        else:
+            found.append(path)
+    return found
+
+
+def load_rule_set(
+    paths: Iterable[Path],
+    template_names: Iterable[str] | None = None,
+    segments: Mapping[str, Condition] | None = None,
+) -> RuleSet:
+    """Load, validate and compile every campaign; all or nothing (raises RuleSetError)."""
+    segments = dict(segments or {})
+    templates = set(template_names) if template_names is not None else None
+    issues: list[LintIssue] = []
+    compiled: list[CompiledCampaign] = []
+    first_seen: dict[str, str] = {}
+    for path in campaign_files(paths):
+        name = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            issues.append(LintIssue(name, 1, 1, "unreadable", "", str(exc)))
+            continue
+        campaign, document, found = parse_campaign(text, name, segments)
+        issues += found
+        if campaign is None:
+            continue
+        if campaign.id in first_seen:
+            line, col = _locate(document, ("id",))
+            issues.append(
+                LintIssue(name, line, col, "duplicate-id", "id",
+                          f"campaign id {campaign.id!r} is also used by {first_seen[campaign.id]}")
+            )
+            continue
+        first_seen[campaign.id] = name
+        if templates is not None:
+            template_issues = [
+                _problem_issue(
+                    name,
+                    document,
+                    Problem(
+                        ("experiment", "variants", index, "template"),
+                        "unknown-template",
+                        f"no template {variant.template!r}"
+                        + did_you_mean(variant.template, sorted(templates)),
+                    ),
+                )
+                for index, variant in enumerate(campaign.experiment.variants)
+                if variant.template not in templates
+            ]
+            if template_issues:
+                issues += template_issues
+                continue
+        compiled.append(compile_campaign(campaign, name, segments))
+    if issues:
+        raise RuleSetError(issues)
+    return RuleSet(tuple(compiled), segments)

@@ -1,0 +1,147 @@
+"""Offer resolution: which products an email offers, given the campaign's offer and a catalog.
+
+The worker fetches candidate products; this module only chooses among them, so the rules
+(never what the customer owns, stock policy, bundle pricing) are testable without a DB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+
+from triggers.campaigns import (
+    BundleOffer,
+    ComplementaryOffer,
+    LoyaltyBonusOffer,
+    UpgradeOffer,
+)
+
+AnyOffer = ComplementaryOffer | BundleOffer | UpgradeOffer | LoyaltyBonusOffer
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    sku: str
+    name: str
+    category: str
+    price: Decimal
+    currency: str
+    in_stock: bool = True
+    url: str | None = None
+    image_url: str | None = None
+    line: str | None = None
+    tier: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedOffer:
+    type: str
+    items: tuple[Product, ...]
+    currency: str | None = None
+    discount_percent: Decimal | None = None
+    regular_price: Decimal | None = None
+    bundle_price: Decimal | None = None
+    points: int | None = None
+    new_categories: tuple[str, ...] = field(default_factory=tuple)
+
+
+class OfferUnavailable(Exception):
+    """Nothing can be offered; ``reason`` becomes the send's skip reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def target_categories(
+    offer: AnyOffer,
+    trigger_categories: Sequence[str],
+    categories_bought: frozenset[str],
+    complements: Mapping[str, Sequence[str]],
+) -> list[str]:
+    """Categories to draw products from, most relevant first, without repeats."""
+    if isinstance(offer, ComplementaryOffer | BundleOffer) and offer.categories:
+        wanted = list(offer.categories)
+    else:
+        sources = list(trigger_categories) or sorted(categories_bought)
+        wanted = [c for source in sources for c in complements.get(source, ())]
+    if isinstance(offer, LoyaltyBonusOffer) and offer.new_categories_only:
+        wanted = [c for c in wanted if c not in categories_bought]
+    return list(dict.fromkeys(wanted))
+
+
+def _round_robin(categories: Sequence[str], products: Sequence[Product], limit: int) -> list[Product]:
+    """One product per category in turn, cheapest first, so an email offers variety."""
+    queues = {
+        category: sorted((p for p in products if p.category == category), key=lambda p: (p.price, p.sku))
+        for category in categories
+    }
+    chosen: list[Product] = []
+    while len(chosen) < limit and any(queues.values()):
+        for category in categories:
+            if queues[category] and len(chosen) < limit:
+                chosen.append(queues[category].pop(0))
+    return chosen
+
+
+def resolve_offer(
+    offer: AnyOffer,
+    *,
+    candidates: Sequence[Product],
+    categories: Sequence[str],
+    owned_skus: frozenset[str],
+    trigger_products: Sequence[Product] = (),
+) -> ResolvedOffer:
+    """Choose the offered items; raise :class:`OfferUnavailable` when nothing fits."""
+    pool = [p for p in candidates if not (offer.exclude_owned and p.sku in owned_skus)]
+    if isinstance(offer, ComplementaryOffer) and offer.skus:
+        order = {sku: index for index, sku in enumerate(offer.skus)}
+        pool = sorted((p for p in pool if p.sku in order), key=lambda p: order[p.sku])
+    if isinstance(offer, UpgradeOffer):
+        pool = _upgrades(offer, pool, trigger_products)
+
+    def pick(products: list[Product]) -> list[Product]:
+        if isinstance(offer, ComplementaryOffer) and offer.skus or isinstance(offer, UpgradeOffer):
+            return products[: offer.max_items]
+        return _round_robin(categories, products, offer.max_items)
+
+    if offer.unavailable == "skip_item":
+        chosen = pick([p for p in pool if p.in_stock])
+    else:
+        chosen = pick(pool)
+        if any(not p.in_stock for p in chosen):
+            raise OfferUnavailable("out_of_stock")
+    if not chosen and not isinstance(offer, LoyaltyBonusOffer):
+        raise OfferUnavailable("out_of_stock" if pool else "no_offer")
+    currency = chosen[0].currency if chosen else None
+    if isinstance(offer, BundleOffer):
+        chosen = [p for p in chosen if p.currency == currency]
+        regular = sum((p.price for p in chosen), Decimal(0))
+        factor = (Decimal(100) - offer.discount_percent) / Decimal(100)
+        return ResolvedOffer(
+            "bundle", tuple(chosen), currency, offer.discount_percent, regular,
+            (regular * factor).quantize(CENT, rounding=ROUND_HALF_UP),
+        )
+    if isinstance(offer, LoyaltyBonusOffer):
+        return ResolvedOffer(
+            "loyalty_bonus", tuple(chosen), currency, points=offer.points,
+            new_categories=tuple(categories),
+        )
+    return ResolvedOffer(offer.type, tuple(chosen), currency)
+
+
+def _upgrades(offer: UpgradeOffer, pool: list[Product], bought: Sequence[Product]) -> list[Product]:
+    """Same line, higher tier, dearer but within the configured price ratio; closest first."""
+    found: list[Product] = []
+    for base in bought:
+        if base.line is None or base.tier is None:
+            continue
+        ceiling = base.price * offer.max_price_ratio
+        found += [
+            p for p in pool
+            if p.line == base.line and p.tier is not None and p.tier > base.tier
+            and base.price < p.price <= ceiling and p.currency == base.currency
+        ]
+    return sorted(dict.fromkeys(found), key=lambda p: (p.tier or 0, p.price, p.sku))

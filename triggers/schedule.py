@@ -1,0 +1,107 @@
+"""When a planned email may go out: delay, send window, quiet hours, time zone, expiry.
+
+All arithmetic is done on aware datetimes: windows are laid out in the customer's local
+time (so 09:00 stays 09:00 across a DST change) and compared in UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from triggers.campaigns import WEEKDAYS, Schedule
+
+ALL_DAYS = frozenset(range(7))
+
+
+@dataclass(frozen=True, slots=True)
+class DailyWindow:
+    """Allowed hours on the given weekdays (0 = Monday); ``start > end`` spans midnight."""
+
+    start: time
+    end: time
+    weekdays: frozenset[int] = ALL_DAYS
+
+    def _bounds(self, day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
+        opens = datetime.combine(day, self.start, tzinfo=zone)
+        closes_on = day if self.start < self.end else day + timedelta(days=1)
+        closes = datetime.combine(closes_on, self.end, tzinfo=zone)
+        return opens.astimezone(UTC), closes.astimezone(UTC)
+
+    def next_open(self, moment: datetime, zone: ZoneInfo) -> datetime:
+        """The earliest instant at or after ``moment`` that lies inside this window."""
+        local_day = moment.astimezone(zone).date()
+        for offset in range(-1, 9):
+            day = local_day + timedelta(days=offset)
+            if day.weekday() not in self.weekdays:
+                continue
+            opens, closes = self._bounds(day, zone)
+            if closes > moment and opens < closes:
+                return max(moment, opens)
+        raise ValueError("the window never opens")
+
+    def contains(self, moment: datetime, zone: ZoneInfo) -> bool:
+        return self.next_open(moment, zone) == moment
+
+
+def quiet_hours_window(quiet_from: time, quiet_to: time) -> DailyWindow:
+    """Quiet hours 21:00–08:00 are the daily window 08:00–21:00, every day."""
+    return DailyWindow(start=quiet_to, end=quiet_from)
+
+
+def campaign_window(schedule: Schedule) -> DailyWindow | None:
+    if schedule.window is None:
+        return None
+    weekdays = frozenset(WEEKDAYS.index(day) for day in schedule.window.days)
+    return DailyWindow(schedule.window.from_, schedule.window.to, weekdays)
+
+
+def next_allowed(moment: datetime, windows: Sequence[DailyWindow], zone: ZoneInfo) -> datetime:
+    """Earliest instant at or after ``moment`` inside every window at once."""
+    current = moment
+    for _ in range(64):
+        moved = current
+        for window in windows:
+            moved = window.next_open(moved, zone)
+        if moved == current:
+            return current
+        current = moved
+    raise ValueError("the send window and quiet hours never overlap")
+
+
+def resolve_zone(schedule_timezone: str, customer_timezone: str | None, fallback: str) -> ZoneInfo:
+    """The zone a schedule is laid out in: the customer's, a fixed one, or the fallback."""
+    name = schedule_timezone
+    if schedule_timezone == "customer":
+        name = customer_timezone or fallback
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo(fallback)
+
+
+@dataclass(frozen=True, slots=True)
+class SendTime:
+    send_at: datetime
+    expires_at: datetime
+
+    @property
+    def expired(self) -> bool:
+        return self.send_at > self.expires_at
+
+
+def plan_send_time(
+    schedule: Schedule,
+    triggered_at: datetime,
+    now: datetime,
+    zone: ZoneInfo,
+    quiet: DailyWindow | None,
+) -> SendTime:
+    """Delay from the trigger, then the first instant in the window and outside quiet hours."""
+    ready = max(triggered_at + schedule.delay, now)
+    windows = [w for w in (campaign_window(schedule), quiet) if w is not None]
+    send_at = next_allowed(ready, windows, zone) if windows else ready
+    expires_at = triggered_at + schedule.delay + schedule.expire_after
+    return SendTime(send_at=send_at, expires_at=expires_at)

@@ -1,0 +1,49 @@
+"""The Celery application. ``celery -A worker.app worker`` runs the deliver tasks.
+
+Configuration is applied when Celery first reads it (``on_configure``), from the same
+settings as everything else; nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from worker.runtime import get_runtime
+from worker.settings import Settings
+from worker.topology import transport_options
+
+DELIVER_QUEUE = "crosssell.deliver"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    url = settings.resolved_broker_url
+    return {
+        "broker_url": url,
+        "broker_transport_options": transport_options(url),
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": DELIVER_QUEUE,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        # A task is acknowledged only when it finished, and given back if its worker
+        # died; the claim in the task makes the redelivery harmless.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_publish_retry": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "enable_utc": True,
+    }
+
+
+app = Celery("crosssell", include=["worker.tasks"])
+
+
+@app.on_configure.connect  # type: ignore[untyped-decorator,unused-ignore]
+def _configure(sender: Celery, **_: Any) -> None:
+    sender.conf.update(celery_config(get_runtime().settings))

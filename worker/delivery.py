@@ -1,0 +1,253 @@
+"""Deliver one planned send: claim → recheck → render → hand to provider → record.
+
+Each step is its own short transaction, so a provider call never holds a database lock.
+The claim (``queued`` → ``sending``) is a conditional UPDATE: however many copies of the
+task the broker delivers, one wins. A send found in ``sending`` by the sweeper is the
+ambiguous window (the provider may have accepted it); it is reported, never re-sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from jinja2 import TemplateError
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from triggers.decide import consent_block, frequency_block
+from triggers.events import PurchaseEvent, validate_event
+from triggers.facts import build_facts
+from triggers.offers import OfferUnavailable, ResolvedOffer, resolve_offer, target_categories
+from triggers.schedule import next_allowed, quiet_hours_window, resolve_zone
+from worker.catalog import products_by_sku, products_in_categories, products_in_lines
+from worker.customers import is_suppressed, profile_of, send_history
+from worker.db import transaction
+from worker.mime import Envelope, HeaderInjection, build_message, message_id_for
+from worker.models import Customer, Event, Send, Suppression
+from worker.providers.base import (
+    OutgoingEmail,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from worker.rendering import babel_locale
+from worker.runtime import Runtime
+from worker.tokens import load_keys, sign
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    reason: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reschedule:
+    send_at: datetime
+
+
+def _set(session: Session, send_id: int, expected: str, **values: Any) -> bool:
+    result = session.execute(
+        update(Send).where(Send.id == send_id, Send.status == expected).values(**values)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def _offer_context(offer: ResolvedOffer, money: Any) -> dict[str, Any]:
+    items = [
+        {
+            "sku": p.sku, "name": p.name, "category": p.category, "price": str(p.price),
+            "currency": p.currency, "price_text": money(p.price, p.currency), "url": p.url,
+            "image_url": p.image_url,
+        }
+        for p in offer.items
+    ]
+    context: dict[str, Any] = {
+        "type": offer.type, "items": items, "currency": offer.currency,
+        "points": offer.points, "new_categories": list(offer.new_categories),
+        "discount_percent": str(offer.discount_percent) if offer.discount_percent else None,
+        "regular_price_text": None, "bundle_price_text": None,
+    }
+    if offer.bundle_price is not None and offer.currency:
+        context["regular_price_text"] = money(offer.regular_price, offer.currency)
+        context["bundle_price_text"] = money(offer.bundle_price, offer.currency)
+    return context
+
+
+def prepare(session: Session, runtime: Runtime, send: Send, now: datetime) -> OutgoingEmail | Skip | Reschedule:
+    """Recheck everything that may have changed since planning, then build the message."""
+    settings = runtime.settings
+    rules = runtime.rules.current()
+    compiled = rules.by_id(send.campaign_id)
+    if compiled is None or compiled.campaign.status != "active":
+        return Skip("campaign_inactive")
+    if send.expires_at is not None and now > send.expires_at:
+        return Skip("expired")
+    customer = session.get(Customer, send.customer_id)
+    stored = session.query(Event).filter(Event.event_id == send.event_id).one()
+    assert customer is not None
+    blocked = consent_block(customer.email_marketing, bool(customer.email),
+                            is_suppressed(session, customer.email))
+    if blocked:
+        return Skip(blocked)
+    profile = profile_of(customer)
+    event = validate_event(stored.payload)
+    if not compiled.audience(build_facts(event, profile, now)):
+        return Skip("audience")
+    history = send_history(session, customer.id, exclude_send=send.id)
+    settled = [past for past in history if past.status in ("sent", "sending")]
+    capped = frequency_block(compiled.campaign, settled, runtime.policy, now)
+    if capped is not None:
+        return Skip(capped)
+    zone = resolve_zone(compiled.campaign.schedule.timezone, customer.timezone,
+                        settings.default_timezone)
+    quiet = runtime.policy
+    if quiet.quiet_from is not None and quiet.quiet_to is not None:
+        allowed = next_allowed(now, [quiet_hours_window(quiet.quiet_from, quiet.quiet_to)], zone)
+        if allowed > now:
+            return Reschedule(allowed)
+
+    offer_spec = compiled.campaign.offer
+    bought = [item for item in event.data.items] if isinstance(event, PurchaseEvent) else []
+    categories = target_categories(
+        offer_spec, [item.category for item in bought], profile.categories_bought,
+        runtime.complements,
+    )
+    trigger_products = products_by_sku(session, [item.sku for item in bought])
+    candidates = products_in_categories(session, categories)
+    if offer_spec.type == "upgrade":
+        candidates = products_in_lines(session, [p.line for p in trigger_products if p.line])
+    try:
+        offer = resolve_offer(offer_spec, candidates=candidates, categories=categories,
+                              owned_skus=profile.skus_owned, trigger_products=trigger_products)
+    except OfferUnavailable as unavailable:
+        return Skip(unavailable.reason)
+
+    locale = babel_locale(customer.locale, settings.default_locale)
+    keys = load_keys(
+        settings.unsubscribe_keys.get_secret_value() if settings.unsubscribe_keys else None,
+        settings.var_dir,
+    )
+    token = sign(keys, customer.id, "all")
+    unsubscribe_url = f"{settings.public_url.rstrip('/')}/u/{token}"
+    variant = next(v for v in compiled.campaign.experiment.variants if v.id == send.variant)
+    context = {
+        "customer": {
+            "id": customer.id, "first_name": customer.first_name or "",
+            "last_name": customer.last_name or "", "email": customer.email,
+        },
+        "event": stored.payload,
+        "campaign": {"id": compiled.id, "name": compiled.campaign.name,
+                     "kind": compiled.campaign.kind},
+        "variant": send.variant,
+        "shop": {"name": settings.shop_name, "url": settings.public_url},
+        "unsubscribe_url": unsubscribe_url,
+        "preferences_url": f"{settings.public_url.rstrip('/')}/preferences/{token}",
+    }
+    try:
+        from babel.numbers import format_currency
+
+        context["offer"] = _offer_context(
+            offer, lambda amount, currency: format_currency(amount, currency, locale=locale)
+        )
+        rendered = runtime.renderer.render(send.template or variant.template, context,
+                                           customer.locale, variant.subject)
+        message_id = message_id_for(send.id, settings.message_id_domain)
+        data = build_message(
+            Envelope(
+                send_id=send.id, sender_name=settings.sender_name,
+                sender_address=settings.sender_address,
+                recipient_name=" ".join(filter(None, [customer.first_name, customer.last_name])),
+                recipient_address=customer.email or "", reply_to=settings.reply_to, date=now,
+                message_id=message_id, unsubscribe_url=unsubscribe_url,
+                unsubscribe_mailto=settings.unsubscribe_mailto, campaign_id=compiled.id,
+            ),
+            rendered,
+        )
+    except (TemplateError, HeaderInjection) as exc:
+        return Skip("render_error", f"{exc.__class__.__name__}: {exc}")
+    return OutgoingEmail(send.id, message_id, settings.sender_address, customer.email or "", data)
+
+
+def backoff(attempts: int, base: float, retry_after: float | None) -> timedelta:
+    """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
+    ceiling = min(base * (2 ** max(attempts - 1, 0)), MAX_BACKOFF.total_seconds())
+    wait = random.uniform(ceiling / 2, ceiling)
+    return timedelta(seconds=max(wait, retry_after or 0.0))
+
+
+def deliver_send(runtime: Runtime, send_id: int) -> str:
+    """Run one send to its end state; returns the status it reached (for logs and tests).
+
+    Claim and preparation share one transaction: if rendering or a recheck fails
+    unexpectedly, the send stays ``queued`` (the sweeper re-enqueues it), so ``sending``
+    always means the provider may have been called.
+    """
+    url = runtime.settings.resolved_database_url
+    now = runtime.clock.now()
+    with transaction(url) as session:
+        if not _set(session, send_id, "queued", status="sending",
+                    attempts=Send.attempts + 1, updated_at=now):
+            return "not_claimed"
+        send = session.get(Send, send_id)
+        assert send is not None
+        session.refresh(send)
+        prepared = prepare(session, runtime, send, now)
+        if isinstance(prepared, Skip):
+            _set(session, send_id, "sending", status="skipped", reason=prepared.reason,
+                 detail=prepared.detail, updated_at=now)
+            return "skipped"
+        if isinstance(prepared, Reschedule):
+            _set(session, send_id, "sending", status="planned", send_at=prepared.send_at,
+                 reason="quiet_hours", updated_at=now)
+            return "rescheduled"
+        attempts = send.attempts
+    try:
+        result = runtime.provider.send(prepared)
+    except TransientDeliveryError as exc:
+        return _retry_or_fail(runtime, send_id, attempts, exc)
+    except PermanentDeliveryError as exc:
+        return _fail(runtime, send_id, prepared.recipient, exc)
+    with transaction(url) as session:
+        done = runtime.clock.now()
+        _set(session, send_id, "sending", status="sent", sent_at=done, updated_at=done,
+             provider=result.provider, provider_message_id=result.provider_message_id,
+             message_id=prepared.message_id, reason=None, detail=None)
+    return "sent"
+
+
+def _retry_or_fail(runtime: Runtime, send_id: int, attempts: int, exc: TransientDeliveryError) -> str:
+    now = runtime.clock.now()
+    settings = runtime.settings
+    with transaction(settings.resolved_database_url) as session:
+        if attempts >= settings.max_attempts:
+            _set(session, send_id, "sending", status="failed", reason="retries_exhausted",
+                 detail=str(exc)[:1000], updated_at=now)
+            log.error("send %s failed after %s attempts: %s", send_id, attempts, exc)
+            return "failed"
+        wait = backoff(attempts, settings.retry_base_seconds, exc.retry_after)
+        _set(session, send_id, "sending", status="planned", send_at=now + wait,
+             reason="retry", detail=str(exc)[:1000], updated_at=now)
+    log.info("send %s: transient failure, retry in %.0fs: %s", send_id, wait.total_seconds(), exc)
+    return "retry"
+
+
+def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryError) -> str:
+    now = runtime.clock.now()
+    reason = "policy_rejected" if exc.policy else "hard_bounce" if exc.hard_bounce else "rejected"
+    with transaction(runtime.settings.resolved_database_url) as session:
+        _set(session, send_id, "sending", status="failed", reason=reason,
+             detail=str(exc)[:1000], updated_at=now)
+        if exc.hard_bounce and session.get(Suppression, email.lower()) is None:
+            session.add(Suppression(email=email.lower(), reason="hard_bounce",
+                                    source=f"send:{send_id}", created_at=now))
+    if exc.policy:
+        log.error("OPERATOR: provider refused send %s by policy (%s); the customer is not "
+                  "suppressed — check sender authentication and reputation", send_id, exc)
+    return "failed"

@@ -1,0 +1,114 @@
+"""Move due sends from the outbox onto the task queue, and recover lost broker messages.
+
+The database is the system of record, the broker carries only ids. Due rows become
+``queued`` and are committed *before* their task ids are published; if a publish is lost
+(or the broker forgets it), the sweeper re-publishes any send still ``queued`` after
+``requeue_after``. The claim in the task makes a duplicate publish harmless. Delays live
+in ``send_at``, never in Celery ETA/countdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+
+from triggers.durations import parse_duration
+from worker.db import transaction
+from worker.models import Send
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+Enqueue = Callable[[Sequence[int]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchReport:
+    queued: int
+    requeued: int
+    expired: int
+    ambiguous: int
+
+
+def _claim_due(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
+    settings = runtime.settings
+    with transaction(settings.resolved_database_url) as session:
+        expired = session.execute(
+            update(Send)
+            .where(Send.status == "planned", Send.expires_at < now)
+            .values(status="skipped", reason="expired", updated_at=now)
+        )
+        due = select(Send.id).where(Send.status == "planned", Send.send_at <= now)
+        due = due.order_by(Send.send_at).limit(settings.dispatch_batch)
+        if session.bind is not None and session.bind.dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        ids = list(session.scalars(due))
+        if ids:
+            session.execute(
+                update(Send).where(Send.id.in_(ids), Send.status == "planned")
+                .values(status="queued", queued_at=now, updated_at=now)
+            )
+        return ids, int(getattr(expired, "rowcount", 0) or 0)
+
+
+def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
+    settings = runtime.settings
+    cutoff = now - parse_duration(settings.requeue_after)
+    with transaction(settings.resolved_database_url) as session:
+        stale = select(Send.id).where(Send.status == "queued", Send.queued_at < cutoff)
+        stale = stale.limit(settings.dispatch_batch)
+        ids = list(session.scalars(stale))
+        if ids:
+            session.execute(
+                update(Send).where(Send.id.in_(ids), Send.status == "queued")
+                .values(queued_at=now, updated_at=now)
+            )
+        stuck = session.execute(
+            update(Send)
+            .where(Send.status == "sending", Send.updated_at < cutoff)
+            .values(status="failed", reason="ambiguous", updated_at=now,
+                    detail="worker stopped after handing the email to the provider and "
+                           "before recording the result; not re-sent (see docs/delivery)")
+        )
+        ambiguous = int(getattr(stuck, "rowcount", 0) or 0)
+    if ambiguous:
+        log.error("OPERATOR: %s send(s) in the ambiguous window were marked failed/ambiguous "
+                  "rather than risk a duplicate", ambiguous)
+    return ids, ambiguous
+
+
+def dispatch_once(runtime: Runtime, enqueue: Enqueue) -> DispatchReport:
+    now = runtime.clock.now()
+    ids, expired = _claim_due(runtime, now)
+    if ids:
+        enqueue(ids)
+    stale, ambiguous = _stale_queued(runtime, now)
+    if stale:
+        log.warning("re-enqueueing %s send(s) whose task did not start in time", len(stale))
+        enqueue(stale)
+    return DispatchReport(len(ids), len(stale), expired, ambiguous)
+
+
+def celery_enqueue(ids: Sequence[int]) -> None:
+    from worker.tasks import deliver
+
+    for send_id in ids:
+        deliver.apply_async((send_id,), retry=True)
+
+
+def run_dispatcher(runtime: Runtime, stop: threading.Event, enqueue: Enqueue = celery_enqueue) -> None:
+    """Poll until ``stop`` is set; a failing poll is logged and retried, never fatal."""
+    interval = runtime.settings.dispatch_interval
+    while not stop.is_set():
+        try:
+            report = dispatch_once(runtime, enqueue)
+        except Exception:
+            log.exception("dispatch failed; retrying in %.1fs", interval)
+            stop.wait(interval * 5)
+            continue
+        if report.queued == 0:
+            stop.wait(interval)

@@ -1,0 +1,159 @@
+"""The system of record: every accepted event and every planned email is a row here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from worker.db_types import Money, UTCDateTime
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+AutoId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), Decimal: Money(), dict[str, Any]: JSON()}
+
+
+class Customer(Base):
+    """A CRM customer: the profile given by events plus aggregates kept at ingest."""
+
+    __tablename__ = "customers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(320))
+    first_name: Mapped[str | None] = mapped_column(String(100))
+    last_name: Mapped[str | None] = mapped_column(String(100))
+    locale: Mapped[str | None] = mapped_column(String(35))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    email_marketing: Mapped[bool | None] = mapped_column(Boolean)
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    orders_count: Mapped[int] = mapped_column(Integer, default=0)
+    lifetime_spend: Mapped[Decimal] = mapped_column(default=Decimal(0))
+    first_purchase_at: Mapped[datetime | None]
+    last_purchase_at: Mapped[datetime | None]
+    categories_bought: Mapped[list[str]] = mapped_column(JSON, default=list)
+    skus_owned: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Product(Base):
+    """A catalog entry; ``line`` and ``tier`` let an upsell find a better version."""
+
+    __tablename__ = "products"
+
+    sku: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    category: Mapped[str] = mapped_column(String(128), index=True)
+    price: Mapped[Decimal]
+    currency: Mapped[str] = mapped_column(String(3))
+    in_stock: Mapped[bool] = mapped_column(Boolean, default=True)
+    url: Mapped[str | None] = mapped_column(String(500))
+    image_url: Mapped[str | None] = mapped_column(String(500))
+    brand: Mapped[str | None] = mapped_column(String(128))
+    line: Mapped[str | None] = mapped_column(String(128), index=True)
+    tier: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime]
+
+
+class Event(Base):
+    """The inbox: one row per accepted CRM event; ``event_id`` makes ingest idempotent."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    type: Mapped[str] = mapped_column(String(32))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    payload: Mapped[dict[str, Any]]
+    outcome: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    event_id: Mapped[str] = mapped_column(String(128))
+    currency: Mapped[str] = mapped_column(String(3))
+    total: Mapped[Decimal]
+    ordered_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class OrderLine(Base):
+    __tablename__ = "order_lines"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    sku: Mapped[str] = mapped_column(String(128), index=True)
+    category: Mapped[str] = mapped_column(String(128))
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price: Mapped[Decimal]
+
+
+class Send(Base):
+    """The outbox: one row per planned, held-out or skipped email, with its reason.
+
+    ``dedupe_key`` is unique per (campaign, customer, dedupe window), so the plan is
+    idempotent; the email's ``Message-ID`` is derived from ``id``.
+    """
+
+    __tablename__ = "sends"
+    __table_args__ = (Index("ix_sends_status_send_at", "status", "send_at"),)
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(String(80), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    variant: Mapped[str | None] = mapped_column(String(40))
+    template: Mapped[str | None] = mapped_column(String(80))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    event_id: Mapped[str] = mapped_column(String(128), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    dedupe_key: Mapped[str] = mapped_column(String(400), unique=True)
+    send_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    queued_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    provider: Mapped[str | None] = mapped_column(String(32))
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    message_id: Mapped[str | None] = mapped_column(String(255))
+
+
+class Suppression(Base):
+    """Addresses never to email again (hard bounce, complaint, unsubscribe, manual)."""
+
+    __tablename__ = "suppressions"
+
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]

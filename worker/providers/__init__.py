@@ -1,0 +1,23 @@
+"""Email providers, one module each, behind :class:`worker.providers.base.Provider`."""
+
+from __future__ import annotations
+
+from worker.providers.base import Provider
+from worker.settings import Settings
+
+
+def make_provider(settings: Settings) -> Provider:
+    if settings.email_provider == "smtp":
+        from worker.providers.smtp import SMTPProvider
+
+        return SMTPProvider(
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.smtp_security,
+            settings.smtp_username,
+            settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            settings.smtp_timeout,
+        )
+    from worker.providers.file import FileProvider
+
+    return FileProvider(settings.resolved_outbox_dir)

@@ -1,0 +1,66 @@
+"""What every email provider shares: one input type, one result type, one error tree.
+
+    DeliveryError
+    ├── TransientDeliveryError   retry later (SMTP 4xx, HTTP 429/5xx, timeouts, 454)
+    └── PermanentDeliveryError   never retry (SMTP 5xx, invalid recipient, HTTP 4xx)
+            .hard_bounce  the address does not exist: suppress it
+            .policy       5.7.x policy/auth refusal: alert the operator, keep the customer
+
+A provider's configuration error (bad credentials in settings) is an ``OSError`` or
+``ValueError`` of its own, not a delivery error, so it never marks a customer as bad.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEmail:
+    """A fully built message: the envelope addresses and the RFC 5322 bytes."""
+
+    send_id: int
+    message_id: str
+    sender: str
+    recipient: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    provider: str
+    provider_message_id: str
+
+
+class DeliveryError(Exception):
+    def __init__(self, message: str, code: int | None = None, enhanced: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.enhanced = enhanced
+
+
+class TransientDeliveryError(DeliveryError):
+    def __init__(self, message: str, code: int | None = None, enhanced: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, code, enhanced)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    def __init__(self, message: str, code: int | None = None, enhanced: str | None = None,
+                 hard_bounce: bool = False, policy: bool = False) -> None:
+        super().__init__(message, code, enhanced)
+        self.hard_bounce = hard_bounce
+        self.policy = policy
+
+
+class Provider(ABC):
+    name: str
+
+    @abstractmethod
+    def send(self, email: OutgoingEmail) -> DeliveryResult:
+        """Hand one message to the provider or raise a :class:`DeliveryError`."""
+
+    def close(self) -> None:
+        """Release connections; the provider may be used again afterwards."""

@@ -1,0 +1,149 @@
+"""The ``smtp`` provider: one persistent connection per process, reused across messages.
+
+Replies are classified by their basic and enhanced status codes (RFC 3463): 4xx and
+454 throttling are transient; 5xx are permanent, 5.1.x recipient failures are hard
+bounces, 5.7.x policy refusals are operator problems rather than bad addresses.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import smtplib
+import ssl
+import threading
+import time
+
+from worker.providers.base import (
+    DeliveryResult,
+    OutgoingEmail,
+    PermanentDeliveryError,
+    Provider,
+    TransientDeliveryError,
+)
+
+log = logging.getLogger(__name__)
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+IDLE_CHECK_SECONDS = 30.0
+
+
+def _text(message: bytes | str) -> str:
+    return message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+
+
+def classify(code: int, message: bytes | str) -> TransientDeliveryError | PermanentDeliveryError:
+    """Map an SMTP reply to the provider-neutral error type."""
+    text = _text(message)
+    match = _ENHANCED.match(text)
+    enhanced = ".".join(match.groups()) if match else None
+    summary = f"{code} {text}".strip()[:500]
+    if 400 <= code < 500:
+        return TransientDeliveryError(summary, code, enhanced)
+    policy = enhanced is not None and enhanced.startswith("5.7.")
+    hard = (enhanced is not None and enhanced.startswith("5.1.")) or (
+        enhanced is None and code in (550, 551, 553)
+    )
+    return PermanentDeliveryError(summary, code, enhanced, hard_bounce=hard and not policy,
+                                  policy=policy)
+
+
+class SMTPProvider(Provider):
+    name = "smtp"
+
+    def __init__(self, host: str, port: int, security: str = "none", username: str | None = None,
+                 password: str | None = None, timeout: float = 30.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.host, self.port, self.security = host, port, security
+        self.username, self.password, self.timeout = username, password, timeout
+        self.ssl_context = ssl_context or ssl.create_default_context()
+        self._connection: smtplib.SMTP | None = None
+        self._last_used = 0.0
+        self._lock = threading.Lock()
+        self.connections_opened = 0
+
+    def _connect(self) -> smtplib.SMTP:
+        connection: smtplib.SMTP
+        if self.security == "ssl":
+            connection = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                          context=self.ssl_context)
+        else:
+            connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        connection.ehlo()
+        if self.security == "starttls":
+            connection.starttls(context=self.ssl_context)
+            connection.ehlo()
+        if self.username:
+            connection.login(self.username, self.password or "")
+        self.connections_opened += 1
+        return connection
+
+    def _live_connection(self) -> smtplib.SMTP:
+        connection = self._connection
+        if connection is not None and time.monotonic() - self._last_used > IDLE_CHECK_SECONDS:
+            try:
+                if connection.noop()[0] != 250:
+                    raise smtplib.SMTPServerDisconnected("noop failed")
+            except (smtplib.SMTPException, OSError):
+                self._drop()
+                connection = None
+        if connection is None:
+            connection = self._connection = self._connect()
+        return connection
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.quit()
+            except (smtplib.SMTPException, OSError):
+                connection.close()
+
+    def send(self, email: OutgoingEmail) -> DeliveryResult:
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    return self._send_once(email)
+                except smtplib.SMTPServerDisconnected as exc:
+                    # A pooled connection the server closed meanwhile: reconnect once.
+                    self._drop()
+                    if attempt == 2:
+                        raise TransientDeliveryError(f"server disconnected: {exc}") from exc
+            raise AssertionError("unreachable")
+
+    def _send_once(self, email: OutgoingEmail) -> DeliveryResult:
+        try:
+            connection = self._live_connection()
+            refused = connection.sendmail(email.sender, [email.recipient], email.data)
+        except smtplib.SMTPServerDisconnected:
+            raise
+        except smtplib.SMTPRecipientsRefused as exc:
+            self._reset()
+            code, message = next(iter(exc.recipients.values()))
+            raise classify(code, message) from exc
+        except smtplib.SMTPResponseException as exc:
+            self._reset()
+            raise classify(exc.smtp_code, exc.smtp_error) from exc
+        except smtplib.SMTPException as exc:
+            self._drop()
+            raise TransientDeliveryError(f"SMTP error: {exc}") from exc
+        except (TimeoutError, OSError) as exc:
+            self._drop()
+            raise TransientDeliveryError(f"connection failed: {exc}") from exc
+        if refused:
+            code, message = next(iter(refused.values()))
+            raise classify(code, message)
+        self._last_used = time.monotonic()
+        return DeliveryResult(self.name, email.message_id)
+
+    def _reset(self) -> None:
+        if self._connection is None:
+            return
+        try:
+            self._connection.rset()
+            self._last_used = time.monotonic()
+        except (smtplib.SMTPException, OSError):
+            self._drop()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()

@@ -1,0 +1,107 @@
+"""``crosssell run``: consumer, dispatcher and Celery worker in one process.
+
+The consumer and the dispatcher run in threads; the Celery worker owns the main thread
+(it needs the signal handlers). With ``until_drained`` a watcher stops everything once
+no event waits in the queue and no send is due, queued or in flight — the demo uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from kombu import Connection
+from sqlalchemy import func, select
+
+from worker.consumer import EventConsumer, run_consumer
+from worker.db import transaction
+from worker.dispatcher import run_dispatcher
+from worker.models import Send
+from worker.runtime import Runtime
+from worker.topology import events_queue, transport_options
+
+log = logging.getLogger(__name__)
+
+
+def waiting_events(runtime: Runtime) -> int:
+    url = runtime.settings.resolved_events_url
+    with Connection(url, transport_options=transport_options(url)) as connection:
+        queue = events_queue(runtime.settings)(connection.default_channel)
+        _, count, _ = queue.queue_declare(passive=True)
+        return int(count)
+
+
+def pending_sends(runtime: Runtime) -> int:
+    now = runtime.clock.now()
+    with transaction(runtime.settings.resolved_database_url) as session:
+        in_flight = session.scalar(
+            select(func.count()).select_from(Send).where(Send.status.in_(("queued", "sending")))
+        )
+        due = session.scalar(
+            select(func.count()).select_from(Send)
+            .where(Send.status == "planned", Send.send_at <= now)
+        )
+    return int(in_flight or 0) + int(due or 0)
+
+
+def _watch_until_drained(runtime: Runtime, consumer_ready: threading.Event,
+                         interval: float = 1.0) -> None:
+    consumer_ready.wait()
+    calm = 0
+    while calm < 3:
+        time.sleep(interval)
+        try:
+            idle = waiting_events(runtime) == 0 and pending_sends(runtime) == 0
+        except Exception:
+            log.exception("drain check failed")
+            idle = False
+        calm = calm + 1 if idle else 0
+    log.info("pipeline drained; stopping")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_all(runtime: Runtime, until_drained: bool = False, concurrency: int = 1,
+            loglevel: str = "WARNING") -> int:
+    from worker.app import app
+
+    stop = threading.Event()
+    consumer_ready = threading.Event()
+    consumers: list[EventConsumer] = []
+
+    def started(consumer: EventConsumer) -> None:
+        consumers.append(consumer)
+        runtime.consumer = consumer
+        consumer_ready.set()
+
+    threads = [
+        threading.Thread(target=run_consumer, args=(runtime, started), name="consumer", daemon=True),
+        threading.Thread(target=run_dispatcher, args=(runtime, stop), name="dispatcher", daemon=True),
+    ]
+    if until_drained:
+        threads.append(threading.Thread(target=_watch_until_drained, args=(runtime, consumer_ready),
+                                        name="drain-watch", daemon=True))
+    for thread in threads:
+        thread.start()
+    options: dict[str, Any] = {
+        "pool": "solo" if concurrency == 1 else "threads",
+        "concurrency": concurrency,
+        "loglevel": loglevel,
+        "without_mingle": True,
+        "without_gossip": True,
+        "without_heartbeat": True,
+        "quiet": True,
+    }
+    worker = app.Worker(**options)
+    try:
+        worker.start()
+    finally:
+        stop.set()
+        for consumer in consumers:
+            consumer.should_stop = True
+        for thread in threads[:2]:
+            thread.join(timeout=10)
+    return int(worker.exitcode or 0)

@@ -1,0 +1,70 @@
+"""Everything one worker process shares, built lazily on first use (never at import)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from triggers.decide import Policy
+from worker.clock import Clock, SystemClock
+from worker.rules import RuleStore, load_complements
+from worker.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from worker.providers.base import Provider
+    from worker.rendering import Renderer
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Clock = field(default_factory=SystemClock)
+    consumer: Any = None
+
+    @cached_property
+    def rules(self) -> RuleStore:
+        store = RuleStore(self.settings.campaigns_dir, self.settings.templates_dir)
+        store.load()
+        return store
+
+    @cached_property
+    def policy(self) -> Policy:
+        return self.settings.policy()
+
+    @cached_property
+    def complements(self) -> dict[str, list[str]]:
+        return load_complements(self.settings.complements_file)
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        from worker.rendering import Renderer
+
+        return Renderer(self.settings)
+
+    @cached_property
+    def provider(self) -> Provider:
+        from worker.providers import make_provider
+
+        return make_provider(self.settings)
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """The process's runtime, created from the environment's settings on first use."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime(get_settings())
+        return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Install a runtime (the demo's shifted clock, a test's settings) for this process."""
+    global _runtime
+    with _lock:
+        _runtime = runtime

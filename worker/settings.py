@@ -1,0 +1,125 @@
+"""One typed settings object, read from ``CROSSSELL_*`` environment variables.
+
+The defaults are the embedded ones: SQLite and a SQLite-backed broker under ``var/``, the
+``file`` provider writing ``.eml`` files. Production swaps in PostgreSQL, RabbitMQ or
+Redis and SMTP by setting environment variables; secrets come only from the environment.
+"""
+
+from __future__ import annotations
+
+from datetime import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from triggers.decide import Policy
+from triggers.durations import parse_duration, parse_time_of_day
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CROSSSELL_", extra="ignore")
+
+    var_dir: Path = Field(PROJECT_ROOT / "var", description="Embedded data: DB, broker, outbox")
+    database_url: str = Field("", description="SQLAlchemy URL; default: SQLite in var_dir")
+    broker_url: str = Field("", description="Celery broker; default: SQLite file in var_dir")
+    events_url: str = Field("", description="Where CRM events arrive; default: broker_url")
+    events_exchange: str = "crm.events"
+    events_queue: str = "crosssell.events"
+    dead_letter_queue: str = "crosssell.events.dead"
+    campaigns_dir: Path = PROJECT_ROOT / "config" / "campaigns"
+    complements_file: Path = PROJECT_ROOT / "config" / "complements.yaml"
+    templates_dir: Path = PROJECT_ROOT / "templates"
+
+    email_provider: Literal["file", "smtp"] = "file"
+    outbox_dir: Path | None = Field(None, description="file provider; default var_dir/outbox")
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_security: Literal["none", "starttls", "ssl"] = "none"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout: float = 30.0
+
+    sender_name: str = "Crosssell Shop"
+    sender_address: str = "offers@shop.example"
+    reply_to: str | None = None
+    message_id_domain: str = "crosssell.local"
+    public_url: str = "https://shop.example"
+    unsubscribe_mailto: str = "unsubscribe@shop.example"
+    unsubscribe_keys: SecretStr | None = Field(
+        None, description="kid:secret[,kid:secret…]; the first signs; default: var/ key file"
+    )
+    shop_name: str = "Crosssell Shop"
+
+    default_timezone: str = "Europe/Bucharest"
+    default_locale: str = "en"
+    max_emails_per_customer: int = Field(3, ge=1)
+    cap_window: str = "7d"
+    max_campaigns_per_event: int = Field(1, ge=1)
+    quiet_hours: str | None = Field("21:00-08:00", description="local quiet hours, HH:MM-HH:MM")
+
+    dispatch_interval: float = Field(1.0, gt=0, description="seconds between dispatcher polls")
+    dispatch_batch: int = Field(500, ge=1)
+    requeue_after: str = Field("10m", description="re-enqueue a queued send not started by then")
+    max_attempts: int = Field(8, ge=1)
+    retry_base_seconds: float = 30.0
+
+    @field_validator("cap_window", "requeue_after")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet(cls, value: str | None) -> str | None:
+        if value in (None, "", "off"):
+            return None
+        start, _, end = value.partition("-")
+        parse_time_of_day(start)
+        parse_time_of_day(end)
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.var_dir / 'crosssell.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.var_dir / 'broker.db'}"
+
+    @property
+    def resolved_events_url(self) -> str:
+        return self.events_url or self.resolved_broker_url
+
+    @property
+    def resolved_outbox_dir(self) -> Path:
+        return self.outbox_dir or self.var_dir / "outbox"
+
+    @property
+    def quiet_bounds(self) -> tuple[time, time] | None:
+        if not self.quiet_hours:
+            return None
+        start, _, end = self.quiet_hours.partition("-")
+        return parse_time_of_day(start), parse_time_of_day(end)
+
+    def policy(self) -> Policy:
+        quiet = self.quiet_bounds
+        return Policy(
+            max_emails_per_customer=self.max_emails_per_customer,
+            cap_window=parse_duration(self.cap_window),
+            max_campaigns_per_event=self.max_campaigns_per_event,
+            quiet_from=quiet[0] if quiet else None,
+            quiet_to=quiet[1] if quiet else None,
+            default_timezone=self.default_timezone,
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment on first use."""
+    return Settings()

@@ -1,0 +1,13 @@
+"""Thin Celery tasks: they take ids and call the shell's functions, nothing more."""
+
+from __future__ import annotations
+
+from worker.app import app
+from worker.delivery import deliver_send
+from worker.runtime import get_runtime
+
+
+@app.task(name="crosssell.deliver", ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
+def deliver(send_id: int) -> str:
+    """Deliver one send; safe to run twice for the same id (the claim decides)."""
+    return deliver_send(get_runtime(), send_id)
