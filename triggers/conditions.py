@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
@@ -62,17 +62,17 @@ def _node_kind(raw: Any) -> str | None:
 
 
 Condition = Annotated[
-    Union[
-        Annotated[AllOf, Tag("AllOf")],
-        Annotated[AnyOf, Tag("AnyOf")],
-        Annotated[NotOf, Tag("NotOf")],
-        Annotated[SegmentRef, Tag("SegmentRef")],
-        Annotated[Leaf, Tag("Leaf")],
-    ],
+    Annotated[AllOf, Tag("AllOf")]
+    | Annotated[AnyOf, Tag("AnyOf")]
+    | Annotated[NotOf, Tag("NotOf")]
+    | Annotated[SegmentRef, Tag("SegmentRef")]
+    | Annotated[Leaf, Tag("Leaf")],
     Discriminator(
         _node_kind,
         custom_error_type="condition",
-        custom_error_message="a condition is a mapping with all, any, not, segment or field/op/value",
+        custom_error_message=(
+            "a condition is a mapping with all, any, not, segment or field/op/value"
+        ),
     ),
 ]
 AllOf.model_rebuild()
@@ -134,7 +134,9 @@ def check_condition(
     elif isinstance(node, SegmentRef):
         if node.segment not in segments:
             hint = did_you_mean(node.segment, list(segments))
-            yield Problem((*path, "segment"), "unknown-segment", f"no segment {node.segment!r}{hint}")
+            yield Problem(
+                (*path, "segment"), "unknown-segment", f"no segment {node.segment!r}{hint}"
+            )
     else:
         spec = fields.get(node.field)
         if spec is None:
@@ -170,10 +172,12 @@ def _compile_leaf(leaf: Leaf) -> Predicate:
         wanted = frozenset([expected] if op == "contains" else expected)
         if op == "contains_all":
             return lambda facts: isinstance(s := facts.get(name), frozenset) and wanted <= s
-        return lambda facts: isinstance(s := facts.get(name), frozenset) and not wanted.isdisjoint(s)
+        return lambda facts: (
+            isinstance(s := facts.get(name), frozenset) and not wanted.isdisjoint(s)
+        )
     if op == "starts_with":
         return lambda facts: isinstance(s := facts.get(name), str) and s.startswith(expected)
-    if isinstance(expected, bool) or isinstance(expected, str) or (
+    if isinstance(expected, bool | str) or (
         isinstance(expected, list) and all(isinstance(v, str) for v in expected)
     ):
         return _compile_exact(name, op, expected)

@@ -80,7 +80,9 @@ def frequency_block(
     ):
         return "cooldown"
     recent = sum(
-        1 for past in history if past.status in COUNTED_STATUSES and now - past.at < policy.cap_window
+        1
+        for past in history
+        if past.status in COUNTED_STATUSES and now - past.at < policy.cap_window
     )
     if recent + extra >= policy.max_emails_per_customer:
         return "frequency_cap"
@@ -155,8 +157,16 @@ def decide(
         variant = assignment.variant
         if timing.expired:
             decisions.append(
-                Decision(campaign.id, "skipped", "expired", variant.id, variant.template,
-                         timing.send_at, timing.expires_at, skip_key)
+                Decision(
+                    campaign.id,
+                    "skipped",
+                    "expired",
+                    variant.id,
+                    variant.template,
+                    timing.send_at,
+                    timing.expires_at,
+                    skip_key,
+                )
             )
             continue
         chosen += 1

@@ -138,9 +138,7 @@ class UsageChangeEvent(_Envelope):
     data: UsageChangeData
 
 
-Event = Annotated[
-    PurchaseEvent | AnniversaryEvent | UsageChangeEvent, Field(discriminator="type")
-]
+Event = Annotated[PurchaseEvent | AnniversaryEvent | UsageChangeEvent, Field(discriminator="type")]
 _EVENT_ADAPTER: TypeAdapter[PurchaseEvent | AnniversaryEvent | UsageChangeEvent] = TypeAdapter(
     Event
 )
@@ -165,7 +163,9 @@ def parse_event(body: bytes | str) -> PurchaseEvent | AnniversaryEvent | UsageCh
     except UnicodeDecodeError as exc:
         raise InvalidEvent("not_utf8", f"body is not UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise InvalidEvent("not_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise InvalidEvent(
+            "not_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     return validate_event(document)
 
 

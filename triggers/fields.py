@@ -68,7 +68,9 @@ _CUSTOMER_FIELDS = (
     FieldSpec("customer.email_marketing", FieldType.BOOLEAN, "marketing consent"),
 )
 
-BUILTIN_FIELDS: dict[str, FieldSpec] = {spec.name: spec for spec in _EVENT_FIELDS + _CUSTOMER_FIELDS}
+BUILTIN_FIELDS: dict[str, FieldSpec] = {
+    spec.name: spec for spec in _EVENT_FIELDS + _CUSTOMER_FIELDS
+}
 
 
 def fields_for(event_type: str) -> dict[str, FieldSpec]:

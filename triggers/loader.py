@@ -238,7 +238,11 @@ def parse_campaign(
         message = f"YAML syntax: {exc.problem or exc.context}"
         return None, None, [LintIssue(filename, line, col, "yaml-syntax", "", message)]
     if not isinstance(document, CommentedMap):
-        return None, document, [LintIssue(filename, 1, 1, "not-a-mapping", "", "a campaign file is one mapping")]
+        return (
+            None,
+            document,
+            [LintIssue(filename, 1, 1, "not-a-mapping", "", "a campaign file is one mapping")],
+        )
     try:
         campaign = Campaign.model_validate(_plain(document))
     except ValidationError as exc:
@@ -306,8 +310,14 @@ def load_rule_set(
         if campaign.id in first_seen:
             line, col = _locate(document, ("id",))
             issues.append(
-                LintIssue(name, line, col, "duplicate-id", "id",
-                          f"campaign id {campaign.id!r} is also used by {first_seen[campaign.id]}")
+                LintIssue(
+                    name,
+                    line,
+                    col,
+                    "duplicate-id",
+                    "id",
+                    f"campaign id {campaign.id!r} is also used by {first_seen[campaign.id]}",
+                )
             )
             continue
         first_seen[campaign.id] = name

@@ -72,10 +72,14 @@ def target_categories(
     return list(dict.fromkeys(wanted))
 
 
-def _round_robin(categories: Sequence[str], products: Sequence[Product], limit: int) -> list[Product]:
+def _round_robin(
+    categories: Sequence[str], products: Sequence[Product], limit: int
+) -> list[Product]:
     """One product per category in turn, cheapest first, so an email offers variety."""
     queues = {
-        category: sorted((p for p in products if p.category == category), key=lambda p: (p.price, p.sku))
+        category: sorted(
+            (p for p in products if p.category == category), key=lambda p: (p.price, p.sku)
+        )
         for category in categories
     }
     chosen: list[Product] = []
@@ -103,7 +107,10 @@ def resolve_offer(
         pool = _upgrades(offer, pool, trigger_products)
 
     def pick(products: list[Product]) -> list[Product]:
-        if isinstance(offer, ComplementaryOffer) and offer.skus or isinstance(offer, UpgradeOffer):
+        keeps_order = isinstance(offer, UpgradeOffer) or (
+            isinstance(offer, ComplementaryOffer) and bool(offer.skus)
+        )
+        if keeps_order:
             return products[: offer.max_items]
         return _round_robin(categories, products, offer.max_items)
 
@@ -121,12 +128,19 @@ def resolve_offer(
         regular = sum((p.price for p in chosen), Decimal(0))
         factor = (Decimal(100) - offer.discount_percent) / Decimal(100)
         return ResolvedOffer(
-            "bundle", tuple(chosen), currency, offer.discount_percent, regular,
+            "bundle",
+            tuple(chosen),
+            currency,
+            offer.discount_percent,
+            regular,
             (regular * factor).quantize(CENT, rounding=ROUND_HALF_UP),
         )
     if isinstance(offer, LoyaltyBonusOffer):
         return ResolvedOffer(
-            "loyalty_bonus", tuple(chosen), currency, points=offer.points,
+            "loyalty_bonus",
+            tuple(chosen),
+            currency,
+            points=offer.points,
             new_categories=tuple(categories),
         )
     return ResolvedOffer(offer.type, tuple(chosen), currency)
@@ -140,8 +154,12 @@ def _upgrades(offer: UpgradeOffer, pool: list[Product], bought: Sequence[Product
             continue
         ceiling = base.price * offer.max_price_ratio
         found += [
-            p for p in pool
-            if p.line == base.line and p.tier is not None and p.tier > base.tier
-            and base.price < p.price <= ceiling and p.currency == base.currency
+            p
+            for p in pool
+            if p.line == base.line
+            and p.tier is not None
+            and p.tier > base.tier
+            and base.price < p.price <= ceiling
+            and p.currency == base.currency
         ]
     return sorted(dict.fromkeys(found), key=lambda p: (p.tier or 0, p.price, p.sku))

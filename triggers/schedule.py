@@ -47,7 +47,7 @@ class DailyWindow:
 
 
 def quiet_hours_window(quiet_from: time, quiet_to: time) -> DailyWindow:
-    """Quiet hours 21:00–08:00 are the daily window 08:00–21:00, every day."""
+    """Quiet hours 21:00-08:00 are the daily window 08:00-21:00, every day."""
     return DailyWindow(start=quiet_to, end=quiet_from)
 
 

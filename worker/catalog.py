@@ -13,9 +13,16 @@ from worker.models import Product
 
 def as_offer_product(row: Product) -> OfferProduct:
     return OfferProduct(
-        sku=row.sku, name=row.name, category=row.category, price=row.price,
-        currency=row.currency, in_stock=row.in_stock, url=row.url, image_url=row.image_url,
-        line=row.line, tier=row.tier,
+        sku=row.sku,
+        name=row.name,
+        category=row.category,
+        price=row.price,
+        currency=row.currency,
+        in_stock=row.in_stock,
+        url=row.url,
+        image_url=row.image_url,
+        line=row.line,
+        tier=row.tier,
     )
 
 

@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 
@@ -20,8 +21,12 @@ def _logging(level: str) -> None:
 
 
 @click.group()
-@click.option("--log-level", default="WARNING", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 def main(log_level: str) -> None:
     """crosssell: CRM events in, timely cross-sell emails out."""
     _logging(log_level)
@@ -39,14 +44,19 @@ def migrate() -> None:
 
 @main.command()
 @click.argument("file", type=click.File("rb"))
-def publish(file: click.utils.LazyFile) -> None:
+def publish(file: BinaryIO) -> None:
     """Publish the events of a JSON Lines FILE ('-' for stdin) to the configured queue."""
     from worker.publisher import publish_lines
 
     report = publish_lines(get_settings(), iter(file))
-    click.echo(f"published {report.published} event(s)"
-               + (f", {report.unparseable} not parseable (will be dead-lettered)"
-                  if report.unparseable else ""))
+    click.echo(
+        f"published {report.published} event(s)"
+        + (
+            f", {report.unparseable} not parseable (will be dead-lettered)"
+            if report.unparseable
+            else ""
+        )
+    )
 
 
 @main.command()
@@ -108,8 +118,10 @@ def lint(paths: tuple[Path, ...], output: str) -> None:
     except RuleSetError as exc:
         for issue in exc.issues:
             if output == "github":
-                click.echo(f"::error file={issue.file},line={issue.line},col={issue.col},"
-                           f"title={issue.code}::{issue.path}: {issue.message}")
+                click.echo(
+                    f"::error file={issue.file},line={issue.line},col={issue.col},"
+                    f"title={issue.code}::{issue.path}: {issue.message}"
+                )
             else:
                 click.echo(str(issue))
         click.echo(f"{len(exc.issues)} error(s)", err=True)

@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kombu import Connection, Producer
+from kombu.connection import Connection
 from kombu.message import Message
+from kombu.messaging import Producer
 from kombu.mixins import ConsumerMixin
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -26,9 +27,13 @@ from worker.topology import dead_letter_queue, events_queue, transport_options
 log = logging.getLogger(__name__)
 
 
-class EventConsumer(ConsumerMixin):  # type: ignore[misc]
-    def __init__(self, connection: Connection, runtime: Runtime,
-                 on_ingested: Callable[[], None] | None = None) -> None:
+class EventConsumer(ConsumerMixin):
+    def __init__(
+        self,
+        connection: Connection,
+        runtime: Runtime,
+        on_ingested: Callable[[], None] | None = None,
+    ) -> None:
         self.connection = connection
         self.runtime = runtime
         self.on_ingested = on_ingested
@@ -55,8 +60,11 @@ class EventConsumer(ConsumerMixin):  # type: ignore[misc]
         try:
             with transaction(self.runtime.settings.resolved_database_url) as session:
                 result = ingest_event(
-                    session, event, self.runtime.rules.current(),
-                    self.runtime.policy, self.runtime.clock.now(),
+                    session,
+                    event,
+                    self.runtime.rules.current(),
+                    self.runtime.policy,
+                    self.runtime.clock.now(),
                 )
         except IntegrityError:
             # A concurrent consumer stored the same event or plan first; retry to see it.
@@ -64,7 +72,9 @@ class EventConsumer(ConsumerMixin):  # type: ignore[misc]
             message.requeue()
             return
         except (OperationalError, DBAPIError) as exc:
-            log.warning("database unavailable, event %s requeued: %s", event.id, exc.__class__.__name__)
+            log.warning(
+                "database unavailable, event %s requeued: %s", event.id, exc.__class__.__name__
+            )
             time.sleep(1.0)
             message.requeue()
             return

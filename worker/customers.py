@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 
@@ -19,8 +20,13 @@ def upsert_customer(session: Session, data: CustomerData, now: datetime) -> Cust
     customer = session.get(Customer, data.id, with_for_update=True)
     if customer is None:
         customer = Customer(
-            id=data.id, attributes={}, categories_bought=[], skus_owned=[], orders_count=0,
-            lifetime_spend=Decimal(0), created_at=now,
+            id=data.id,
+            attributes={},
+            categories_bought=[],
+            skus_owned=[],
+            orders_count=0,
+            lifetime_spend=Decimal(0),
+            created_at=now,
         )
         session.add(customer)
     for name in ("email", "first_name", "last_name", "locale", "timezone"):
@@ -34,7 +40,7 @@ def upsert_customer(session: Session, data: CustomerData, now: datetime) -> Cust
     return customer
 
 
-def _json_safe(values: dict[str, object]) -> dict[str, object]:
+def _json_safe(values: Mapping[str, object]) -> dict[str, object]:
     return {k: str(v) if isinstance(v, Decimal) else v for k, v in values.items()}
 
 
@@ -45,12 +51,23 @@ def record_purchase(
     if session.get(Order, data.order_id) is not None:
         return False
     session.add(
-        Order(id=data.order_id, customer_id=customer.id, event_id=event_id,
-              currency=data.currency, total=data.total, ordered_at=at)
+        Order(
+            id=data.order_id,
+            customer_id=customer.id,
+            event_id=event_id,
+            currency=data.currency,
+            total=data.total,
+            ordered_at=at,
+        )
     )
     session.add_all(
-        OrderLine(order_id=data.order_id, sku=item.sku, category=item.category,
-                  quantity=item.quantity, unit_price=item.unit_price)
+        OrderLine(
+            order_id=data.order_id,
+            sku=item.sku,
+            category=item.category,
+            quantity=item.quantity,
+            unit_price=item.unit_price,
+        )
         for item in data.items
     )
     customer.orders_count = (customer.orders_count or 0) + 1
@@ -83,11 +100,14 @@ def profile_of(customer: Customer) -> CustomerProfile:
     )
 
 
-def send_history(session: Session, customer_id: str, exclude_send: int | None = None) -> list[PastSend]:
+def send_history(
+    session: Session, customer_id: str, exclude_send: int | None = None
+) -> list[PastSend]:
     """The customer's marketing emails that count for frequency rules."""
     rows = session.execute(
-        select(Send.id, Send.campaign_id, Send.status, Send.sent_at, Send.send_at, Send.created_at)
-        .where(Send.customer_id == customer_id, Send.status.in_(MARKETING_HISTORY))
+        select(
+            Send.id, Send.campaign_id, Send.status, Send.sent_at, Send.send_at, Send.created_at
+        ).where(Send.customer_id == customer_id, Send.status.in_(MARKETING_HISTORY))
     ).all()
     return [
         PastSend(row.campaign_id, row.status, row.sent_at or row.send_at or row.created_at)

@@ -62,17 +62,26 @@ def _set(session: Session, send_id: int, expected: str, **values: Any) -> bool:
 def _offer_context(offer: ResolvedOffer, money: Any) -> dict[str, Any]:
     items = [
         {
-            "sku": p.sku, "name": p.name, "category": p.category, "price": str(p.price),
-            "currency": p.currency, "price_text": money(p.price, p.currency), "url": p.url,
+            "sku": p.sku,
+            "name": p.name,
+            "category": p.category,
+            "price": str(p.price),
+            "currency": p.currency,
+            "price_text": money(p.price, p.currency),
+            "url": p.url,
             "image_url": p.image_url,
         }
         for p in offer.items
     ]
     context: dict[str, Any] = {
-        "type": offer.type, "items": items, "currency": offer.currency,
-        "points": offer.points, "new_categories": list(offer.new_categories),
+        "type": offer.type,
+        "items": items,
+        "currency": offer.currency,
+        "points": offer.points,
+        "new_categories": list(offer.new_categories),
         "discount_percent": str(offer.discount_percent) if offer.discount_percent else None,
-        "regular_price_text": None, "bundle_price_text": None,
+        "regular_price_text": None,
+        "bundle_price_text": None,
     }
     if offer.bundle_price is not None and offer.currency:
         context["regular_price_text"] = money(offer.regular_price, offer.currency)
@@ -80,7 +89,9 @@ def _offer_context(offer: ResolvedOffer, money: Any) -> dict[str, Any]:
     return context
 
 
-def prepare(session: Session, runtime: Runtime, send: Send, now: datetime) -> OutgoingEmail | Skip | Reschedule:
+def prepare(
+    session: Session, runtime: Runtime, send: Send, now: datetime
+) -> OutgoingEmail | Skip | Reschedule:
     """Recheck everything that may have changed since planning, then build the message."""
     settings = runtime.settings
     rules = runtime.rules.current()
@@ -92,8 +103,9 @@ def prepare(session: Session, runtime: Runtime, send: Send, now: datetime) -> Ou
     customer = session.get(Customer, send.customer_id)
     stored = session.query(Event).filter(Event.event_id == send.event_id).one()
     assert customer is not None
-    blocked = consent_block(customer.email_marketing, bool(customer.email),
-                            is_suppressed(session, customer.email))
+    blocked = consent_block(
+        customer.email_marketing, bool(customer.email), is_suppressed(session, customer.email)
+    )
     if blocked:
         return Skip(blocked)
     profile = profile_of(customer)
@@ -105,8 +117,9 @@ def prepare(session: Session, runtime: Runtime, send: Send, now: datetime) -> Ou
     capped = frequency_block(compiled.campaign, settled, runtime.policy, now)
     if capped is not None:
         return Skip(capped)
-    zone = resolve_zone(compiled.campaign.schedule.timezone, customer.timezone,
-                        settings.default_timezone)
+    zone = resolve_zone(
+        compiled.campaign.schedule.timezone, customer.timezone, settings.default_timezone
+    )
     quiet = runtime.policy
     if quiet.quiet_from is not None and quiet.quiet_to is not None:
         allowed = next_allowed(now, [quiet_hours_window(quiet.quiet_from, quiet.quiet_to)], zone)
@@ -116,7 +129,9 @@ def prepare(session: Session, runtime: Runtime, send: Send, now: datetime) -> Ou
     offer_spec = compiled.campaign.offer
     bought = [item for item in event.data.items] if isinstance(event, PurchaseEvent) else []
     categories = target_categories(
-        offer_spec, [item.category for item in bought], profile.categories_bought,
+        offer_spec,
+        [item.category for item in bought],
+        profile.categories_bought,
         runtime.complements,
     )
     trigger_products = products_by_sku(session, [item.sku for item in bought])
@@ -124,8 +139,13 @@ def prepare(session: Session, runtime: Runtime, send: Send, now: datetime) -> Ou
     if offer_spec.type == "upgrade":
         candidates = products_in_lines(session, [p.line for p in trigger_products if p.line])
     try:
-        offer = resolve_offer(offer_spec, candidates=candidates, categories=categories,
-                              owned_skus=profile.skus_owned, trigger_products=trigger_products)
+        offer = resolve_offer(
+            offer_spec,
+            candidates=candidates,
+            categories=categories,
+            owned_skus=profile.skus_owned,
+            trigger_products=trigger_products,
+        )
     except OfferUnavailable as unavailable:
         return Skip(unavailable.reason)
 
@@ -139,12 +159,17 @@ def prepare(session: Session, runtime: Runtime, send: Send, now: datetime) -> Ou
     variant = next(v for v in compiled.campaign.experiment.variants if v.id == send.variant)
     context = {
         "customer": {
-            "id": customer.id, "first_name": customer.first_name or "",
-            "last_name": customer.last_name or "", "email": customer.email,
+            "id": customer.id,
+            "first_name": customer.first_name or "",
+            "last_name": customer.last_name or "",
+            "email": customer.email,
         },
         "event": stored.payload,
-        "campaign": {"id": compiled.id, "name": compiled.campaign.name,
-                     "kind": compiled.campaign.kind},
+        "campaign": {
+            "id": compiled.id,
+            "name": compiled.campaign.name,
+            "kind": compiled.campaign.kind,
+        },
         "variant": send.variant,
         "shop": {"name": settings.shop_name, "url": settings.public_url},
         "unsubscribe_url": unsubscribe_url,
@@ -156,17 +181,23 @@ def prepare(session: Session, runtime: Runtime, send: Send, now: datetime) -> Ou
         context["offer"] = _offer_context(
             offer, lambda amount, currency: format_currency(amount, currency, locale=locale)
         )
-        rendered = runtime.renderer.render(send.template or variant.template, context,
-                                           customer.locale, variant.subject)
+        rendered = runtime.renderer.render(
+            send.template or variant.template, context, customer.locale, variant.subject
+        )
         message_id = message_id_for(send.id, settings.message_id_domain)
         data = build_message(
             Envelope(
-                send_id=send.id, sender_name=settings.sender_name,
+                send_id=send.id,
+                sender_name=settings.sender_name,
                 sender_address=settings.sender_address,
                 recipient_name=" ".join(filter(None, [customer.first_name, customer.last_name])),
-                recipient_address=customer.email or "", reply_to=settings.reply_to, date=now,
-                message_id=message_id, unsubscribe_url=unsubscribe_url,
-                unsubscribe_mailto=settings.unsubscribe_mailto, campaign_id=compiled.id,
+                recipient_address=customer.email or "",
+                reply_to=settings.reply_to,
+                date=now,
+                message_id=message_id,
+                unsubscribe_url=unsubscribe_url,
+                unsubscribe_mailto=settings.unsubscribe_mailto,
+                campaign_id=compiled.id,
             ),
             rendered,
         )
@@ -192,20 +223,35 @@ def deliver_send(runtime: Runtime, send_id: int) -> str:
     url = runtime.settings.resolved_database_url
     now = runtime.clock.now()
     with transaction(url) as session:
-        if not _set(session, send_id, "queued", status="sending",
-                    attempts=Send.attempts + 1, updated_at=now):
+        if not _set(
+            session, send_id, "queued", status="sending", attempts=Send.attempts + 1, updated_at=now
+        ):
             return "not_claimed"
         send = session.get(Send, send_id)
         assert send is not None
         session.refresh(send)
         prepared = prepare(session, runtime, send, now)
         if isinstance(prepared, Skip):
-            _set(session, send_id, "sending", status="skipped", reason=prepared.reason,
-                 detail=prepared.detail, updated_at=now)
+            _set(
+                session,
+                send_id,
+                "sending",
+                status="skipped",
+                reason=prepared.reason,
+                detail=prepared.detail,
+                updated_at=now,
+            )
             return "skipped"
         if isinstance(prepared, Reschedule):
-            _set(session, send_id, "sending", status="planned", send_at=prepared.send_at,
-                 reason="quiet_hours", updated_at=now)
+            _set(
+                session,
+                send_id,
+                "sending",
+                status="planned",
+                send_at=prepared.send_at,
+                reason="quiet_hours",
+                updated_at=now,
+            )
             return "rescheduled"
         attempts = send.attempts
     try:
@@ -216,24 +262,51 @@ def deliver_send(runtime: Runtime, send_id: int) -> str:
         return _fail(runtime, send_id, prepared.recipient, exc)
     with transaction(url) as session:
         done = runtime.clock.now()
-        _set(session, send_id, "sending", status="sent", sent_at=done, updated_at=done,
-             provider=result.provider, provider_message_id=result.provider_message_id,
-             message_id=prepared.message_id, reason=None, detail=None)
+        _set(
+            session,
+            send_id,
+            "sending",
+            status="sent",
+            sent_at=done,
+            updated_at=done,
+            provider=result.provider,
+            provider_message_id=result.provider_message_id,
+            message_id=prepared.message_id,
+            reason=None,
+            detail=None,
+        )
     return "sent"
 
 
-def _retry_or_fail(runtime: Runtime, send_id: int, attempts: int, exc: TransientDeliveryError) -> str:
+def _retry_or_fail(
+    runtime: Runtime, send_id: int, attempts: int, exc: TransientDeliveryError
+) -> str:
     now = runtime.clock.now()
     settings = runtime.settings
     with transaction(settings.resolved_database_url) as session:
         if attempts >= settings.max_attempts:
-            _set(session, send_id, "sending", status="failed", reason="retries_exhausted",
-                 detail=str(exc)[:1000], updated_at=now)
+            _set(
+                session,
+                send_id,
+                "sending",
+                status="failed",
+                reason="retries_exhausted",
+                detail=str(exc)[:1000],
+                updated_at=now,
+            )
             log.error("send %s failed after %s attempts: %s", send_id, attempts, exc)
             return "failed"
         wait = backoff(attempts, settings.retry_base_seconds, exc.retry_after)
-        _set(session, send_id, "sending", status="planned", send_at=now + wait,
-             reason="retry", detail=str(exc)[:1000], updated_at=now)
+        _set(
+            session,
+            send_id,
+            "sending",
+            status="planned",
+            send_at=now + wait,
+            reason="retry",
+            detail=str(exc)[:1000],
+            updated_at=now,
+        )
     log.info("send %s: transient failure, retry in %.0fs: %s", send_id, wait.total_seconds(), exc)
     return "retry"
 
@@ -242,12 +315,29 @@ def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryErro
     now = runtime.clock.now()
     reason = "policy_rejected" if exc.policy else "hard_bounce" if exc.hard_bounce else "rejected"
     with transaction(runtime.settings.resolved_database_url) as session:
-        _set(session, send_id, "sending", status="failed", reason=reason,
-             detail=str(exc)[:1000], updated_at=now)
+        _set(
+            session,
+            send_id,
+            "sending",
+            status="failed",
+            reason=reason,
+            detail=str(exc)[:1000],
+            updated_at=now,
+        )
         if exc.hard_bounce and session.get(Suppression, email.lower()) is None:
-            session.add(Suppression(email=email.lower(), reason="hard_bounce",
-                                    source=f"send:{send_id}", created_at=now))
+            session.add(
+                Suppression(
+                    email=email.lower(),
+                    reason="hard_bounce",
+                    source=f"send:{send_id}",
+                    created_at=now,
+                )
+            )
     if exc.policy:
-        log.error("OPERATOR: provider refused send %s by policy (%s); the customer is not "
-                  "suppressed — check sender authentication and reputation", send_id, exc)
+        log.error(
+            "OPERATOR: provider refused send %s by policy (%s); the customer is not "
+            "suppressed — check sender authentication and reputation",
+            send_id,
+            exc,
+        )
     return "failed"

@@ -47,27 +47,51 @@ def seed_catalog(settings: Settings, now: datetime) -> int:
 
 def summary(settings: Settings, out: TextIO, dead_lettered: int) -> None:
     with transaction(settings.resolved_database_url) as session:
-        events = Counter(dict(session.execute(select(Event.type, func.count()).group_by(Event.type)).all()))
+        events = Counter(
+            dict(session.execute(select(Event.type, func.count()).group_by(Event.type)).all())
+        )
         customers = session.scalar(select(func.count()).select_from(Customer))
-        statuses = Counter(dict(session.execute(select(Send.status, func.count()).group_by(Send.status)).all()))
-        reasons = Counter(dict(session.execute(
-            select(Send.reason, func.count()).where(Send.status.in_(("skipped", "failed")))
-            .group_by(Send.reason)).all()))
-        matched = Counter(dict(session.execute(
-            select(Send.campaign_id, func.count())
-            .where(Send.status.in_(("sent", "planned", "queued", "sending", "held_out")))
-            .group_by(Send.campaign_id)).all()))
-    print(f"events stored:       {sum(events.values())} "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(events.items()))})", file=out)
+        statuses = Counter(
+            dict(session.execute(select(Send.status, func.count()).group_by(Send.status)).all())
+        )
+        reasons = Counter(
+            dict(
+                session.execute(
+                    select(Send.reason, func.count())
+                    .where(Send.status.in_(("skipped", "failed")))
+                    .group_by(Send.reason)
+                ).all()
+            )
+        )
+        matched = Counter(
+            dict(
+                session.execute(
+                    select(Send.campaign_id, func.count())
+                    .where(Send.status.in_(("sent", "planned", "queued", "sending", "held_out")))
+                    .group_by(Send.campaign_id)
+                ).all()
+            )
+        )
+    print(
+        f"events stored:       {sum(events.values())} "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(events.items()))})",
+        file=out,
+    )
     print(f"dead-lettered:       {dead_lettered} (bad messages, kept with their reason)", file=out)
     print(f"customers:           {customers}", file=out)
-    print(f"campaigns matched:   {', '.join(f'{k} {v}' for k, v in sorted(matched.items()))}", file=out)
+    print(
+        f"campaigns matched:   {', '.join(f'{k} {v}' for k, v in sorted(matched.items()))}",
+        file=out,
+    )
     print(f"emails written:      {statuses['sent']} -> {settings.resolved_outbox_dir}", file=out)
     print(f"held out (control):  {statuses['held_out']}", file=out)
     print(f"scheduled for later: {statuses['planned'] + statuses['queued']}", file=out)
     print(f"failed:              {statuses['failed']}", file=out)
-    print("skipped by reason:   " + (", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "none"),
-          file=out)
+    print(
+        "skipped by reason:   "
+        + (", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "none"),
+        file=out,
+    )
 
 
 def run_demo(settings: Settings, out: TextIO) -> int:

@@ -27,13 +27,13 @@ CATALOG: tuple[tuple[str, str, str, str, str | None, int | None], ...] = (
     ("PHN-ULTRA", "Phone Ultra", "phones", "899.00", "phone", 3),
     ("TAB-10", "Tablet 10", "tablets", "329.00", "tablet", 1),
     ("TAB-12-PRO", "Tablet 12 Pro", "tablets", "699.00", "tablet", 2),
-    ("MON-24", "Monitor 24\" IPS", "monitors", "179.00", "monitor", 1),
-    ("MON-27-4K", "Monitor 27\" 4K", "monitors", "379.00", "monitor", 2),
+    ("MON-24", 'Monitor 24" IPS', "monitors", "179.00", "monitor", 1),
+    ("MON-27-4K", 'Monitor 27" 4K', "monitors", "379.00", "monitor", 2),
     ("CAM-MIRRORLESS", "Mirrorless Camera M5", "cameras", "899.00", "camera", 1),
     ("CAM-ACTION", "Action Camera Go", "cameras", "299.00", "action-camera", 1),
     ("HP-BUDS", "Wireless Earbuds", "headphones", "79.00", "buds", 1),
     ("HP-NC700", "Noise-Cancelling Headphones 700", "headphones", "249.00", "over-ear", 2),
-    ("BAG-SLEEVE-14", "Laptop Sleeve 14\"", "laptop-bags", "29.00", None, None),
+    ("BAG-SLEEVE-14", 'Laptop Sleeve 14"', "laptop-bags", "29.00", None, None),
     ("BAG-BACKPACK", "Commuter Laptop Backpack", "laptop-bags", "69.00", None, None),
     ("MOU-WIRELESS", "Wireless Mouse", "mice", "25.00", None, None),
     ("MOU-ERGO", "Ergonomic Mouse", "mice", "59.00", None, None),
@@ -56,19 +56,73 @@ CATALOG: tuple[tuple[str, str, str, str, str | None, int | None], ...] = (
 OUT_OF_STOCK = frozenset({"DOCK-USBC", "MEM-SD256"})
 MAIN_CATEGORIES = ("laptops", "phones", "tablets", "monitors", "cameras", "headphones")
 
-RO_FIRST = ("Ana", "Ioana", "Ștefan", "Mihai", "Andreea", "Răzvan", "Cătălina", "Bogdan",
-            "Irina", "Mădălina", "Ionuț", "Florin", "Iulia", "Teodora", "Sorin", "Gheorghița")
-RO_LAST = ("Pop", "Popescu", "Ionescu", "Dumitrescu", "Stănescu", "Rădulescu", "Țurcanu",
-           "Mureșan", "Constantinescu", "Bălan", "Niță", "Șerban", "Georgescu", "Vlădescu")
-IT_FIRST = ("Nicolò", "Giulia", "Mattia", "Chiara", "Francesca", "Lorenzo", "Noè", "Sofia",
-            "Federico", "Elisa", "Gioele", "Beatrice")
-IT_LAST = ("Rossi", "Bianchi", "Russo", "Ferrari", "Esposito", "Cantù", "Colombo", "Ricci",
-           "D'Angelo", "Mancini", "Forlì", "Gallo")
+RO_FIRST = (
+    "Ana",
+    "Ioana",
+    "Ștefan",
+    "Mihai",
+    "Andreea",
+    "Răzvan",
+    "Cătălina",
+    "Bogdan",
+    "Irina",
+    "Mădălina",
+    "Ionuț",
+    "Florin",
+    "Iulia",
+    "Teodora",
+    "Sorin",
+    "Gheorghița",
+)
+RO_LAST = (
+    "Pop",
+    "Popescu",
+    "Ionescu",
+    "Dumitrescu",
+    "Stănescu",
+    "Rădulescu",
+    "Țurcanu",
+    "Mureșan",
+    "Constantinescu",
+    "Bălan",
+    "Niță",
+    "Șerban",
+    "Georgescu",
+    "Vlădescu",
+)
+IT_FIRST = (
+    "Nicolò",
+    "Giulia",
+    "Mattia",
+    "Chiara",
+    "Francesca",
+    "Lorenzo",
+    "Noè",
+    "Sofia",
+    "Federico",
+    "Elisa",
+    "Gioele",
+    "Beatrice",
+)
+IT_LAST = (
+    "Rossi",
+    "Bianchi",
+    "Russo",
+    "Ferrari",
+    "Esposito",
+    "Cantù",
+    "Colombo",
+    "Ricci",
+    "D'Angelo",
+    "Mancini",
+    "Forlì",
+    "Gallo",
+)
 EN_FIRST = ("Emma", "Oliver", "Amelia", "Jack", "Isla", "Harry", "Mia", "Noah")
 EN_LAST = ("Smith", "Jones", "Taylor", "Brown", "Wilson", "Evans", "O'Brien", "Walker")
 
 # (share, locale, time zone, first names, last names, email domain)
-MARKETS = (
+MARKETS: tuple[tuple[float, str, str, tuple[str, ...], tuple[str, ...], str], ...] = (
     (0.45, "ro-RO", "Europe/Bucharest", RO_FIRST, RO_LAST, "example.ro"),
     (0.35, "it-IT", "Europe/Rome", IT_FIRST, IT_LAST, "example.it"),
     (0.12, "en-GB", "Europe/London", EN_FIRST, EN_LAST, "example.co.uk"),
@@ -89,8 +143,12 @@ class DemoCustomer:
 
     def block(self) -> dict[str, object]:
         block: dict[str, object] = {
-            "id": self.id, "email": self.email, "first_name": self.first_name,
-            "last_name": self.last_name, "locale": self.locale, "timezone": self.timezone,
+            "id": self.id,
+            "email": self.email,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "locale": self.locale,
+            "timezone": self.timezone,
             "attributes": {"loyalty_tier": self.tier},
         }
         if self.consent is not None:
@@ -106,27 +164,30 @@ def _ascii(text: str) -> str:
 def customers(count: int, rng: random.Random) -> list[DemoCustomer]:
     people = []
     for index in range(count):
-        pick, acc = rng.random(), 0.0
-        market = MARKETS[-1]
-        for candidate in MARKETS:
-            acc += candidate[0]
-            if pick < acc:
-                market = candidate
-                break
+        market = rng.choices(MARKETS, weights=[m[0] for m in MARKETS])[0]
         _, locale, zone, firsts, lasts, domain = market
         first, last = rng.choice(firsts), rng.choice(lasts)
         roll = rng.random()
         consent = True if roll < 0.92 else False if roll < 0.97 else None
         tier = rng.choices(("bronze", "silver", "gold"), weights=(6, 3, 1))[0]
-        people.append(DemoCustomer(
-            id=f"C-{1000 + index}", email=f"{_ascii(first)}.{_ascii(last)}.{index}@{domain}",
-            first_name=first, last_name=last, locale=locale, timezone=zone, consent=consent,
-            tier=tier,
-        ))
+        people.append(
+            DemoCustomer(
+                id=f"C-{1000 + index}",
+                email=f"{_ascii(first)}.{_ascii(last)}.{index}@{domain}",
+                first_name=first,
+                last_name=last,
+                locale=locale,
+                timezone=zone,
+                consent=consent,
+                tier=tier,
+            )
+        )
     return people
 
 
-def _purchase(customer: DemoCustomer, at: datetime, order_no: int, rng: random.Random) -> dict[str, object]:
+def _purchase(
+    customer: DemoCustomer, at: datetime, order_no: int, rng: random.Random
+) -> dict[str, object]:
     main = rng.choice(MAIN_CATEGORIES)
     items = [p for p in CATALOG if p[2] == main]
     chosen = [rng.choice(items)]
@@ -137,12 +198,18 @@ def _purchase(customer: DemoCustomer, at: datetime, order_no: int, rng: random.R
         {"sku": sku, "name": name, "category": category, "quantity": 1, "unit_price": price}
         for sku, name, category, price, _, _ in chosen
     ]
-    total = sum((Decimal(line["unit_price"]) for line in lines), Decimal(0))
+    total = sum((Decimal(p[3]) for p in chosen), Decimal(0))
     return {
-        "id": f"evt-demo-p{order_no:05d}", "type": "purchase", "occurred_at": at.isoformat(),
+        "id": f"evt-demo-p{order_no:05d}",
+        "type": "purchase",
+        "occurred_at": at.isoformat(),
         "customer": customer.block(),
-        "data": {"order_id": f"O-{order_no:05d}", "currency": CURRENCY, "total": str(total),
-                 "items": lines},
+        "data": {
+            "order_id": f"O-{order_no:05d}",
+            "currency": CURRENCY,
+            "total": str(total),
+            "items": lines,
+        },
     }
 
 
@@ -157,39 +224,73 @@ def events(anchor: datetime, customer_count: int = 220) -> Iterator[dict[str, ob
             order_no += 1
             at = anchor - timedelta(days=rng.uniform(15, 700))
             stream.append((at, _purchase(person, at.replace(microsecond=0), order_no, rng)))
-    for number in range(380):
+    for _ in range(380):
         order_no += 1
         at = anchor - timedelta(hours=rng.uniform(3, 240))
         stream.append((at, _purchase(rng.choice(people), at.replace(microsecond=0), order_no, rng)))
     for number in range(160):
         person = rng.choice(people)
         at = (anchor - timedelta(hours=rng.uniform(1, 200))).replace(microsecond=0)
-        stream.append((at, {
-            "id": f"evt-demo-a{number:05d}", "type": "anniversary", "occurred_at": at.isoformat(),
-            "customer": person.block(),
-            "data": {"kind": rng.choice(("signup", "first_purchase", "membership")),
-                     "years": rng.randint(1, 6)},
-        }))
+        stream.append(
+            (
+                at,
+                {
+                    "id": f"evt-demo-a{number:05d}",
+                    "type": "anniversary",
+                    "occurred_at": at.isoformat(),
+                    "customer": person.block(),
+                    "data": {
+                        "kind": rng.choice(("signup", "first_purchase", "membership")),
+                        "years": rng.randint(1, 6),
+                    },
+                },
+            )
+        )
     for number in range(240):
         person = rng.choice(people)
         at = (anchor - timedelta(hours=rng.uniform(26, 230))).replace(microsecond=0)
         previous = rng.randint(4, 20)
         current = rng.randint(0, previous + 3)
-        stream.append((at, {
-            "id": f"evt-demo-u{number:05d}", "type": "usage_change", "occurred_at": at.isoformat(),
-            "customer": {"id": person.id},
-            "data": {"metric": "logins_per_week", "previous": previous, "current": current,
-                     "window_days": 14},
-        }))
+        stream.append(
+            (
+                at,
+                {
+                    "id": f"evt-demo-u{number:05d}",
+                    "type": "usage_change",
+                    "occurred_at": at.isoformat(),
+                    "customer": {"id": person.id},
+                    "data": {
+                        "metric": "logins_per_week",
+                        "previous": previous,
+                        "current": current,
+                        "window_days": 14,
+                    },
+                },
+            )
+        )
     stream.sort(key=lambda pair: pair[0])
     for _, item in stream:
         yield item
     # What a buggy CRM sends now and then: each goes to the dead-letter queue with a reason.
     yield "{not json"
-    yield json.dumps({"id": "evt-demo-bad-1", "type": "refund", "occurred_at": anchor.isoformat(),
-                      "customer": {"id": "C-1000"}, "data": {}})
-    yield json.dumps({"id": "evt-demo-bad-2", "type": "purchase", "occurred_at": anchor.isoformat(),
-                      "customer": {"id": "C-1001"}, "data": {"order_id": "O-x", "items": []}})
+    yield json.dumps(
+        {
+            "id": "evt-demo-bad-1",
+            "type": "refund",
+            "occurred_at": anchor.isoformat(),
+            "customer": {"id": "C-1000"},
+            "data": {},
+        }
+    )
+    yield json.dumps(
+        {
+            "id": "evt-demo-bad-2",
+            "type": "purchase",
+            "occurred_at": anchor.isoformat(),
+            "customer": {"id": "C-1001"},
+            "data": {"order_id": "O-x", "items": []},
+        }
+    )
 
 
 def as_lines(anchor: datetime) -> list[bytes]:

@@ -49,7 +49,8 @@ def _claim_due(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
         ids = list(session.scalars(due))
         if ids:
             session.execute(
-                update(Send).where(Send.id.in_(ids), Send.status == "planned")
+                update(Send)
+                .where(Send.id.in_(ids), Send.status == "planned")
                 .values(status="queued", queued_at=now, updated_at=now)
             )
         return ids, int(getattr(expired, "rowcount", 0) or 0)
@@ -64,20 +65,28 @@ def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
         ids = list(session.scalars(stale))
         if ids:
             session.execute(
-                update(Send).where(Send.id.in_(ids), Send.status == "queued")
+                update(Send)
+                .where(Send.id.in_(ids), Send.status == "queued")
                 .values(queued_at=now, updated_at=now)
             )
         stuck = session.execute(
             update(Send)
             .where(Send.status == "sending", Send.updated_at < cutoff)
-            .values(status="failed", reason="ambiguous", updated_at=now,
-                    detail="worker stopped after handing the email to the provider and "
-                           "before recording the result; not re-sent (see docs/delivery)")
+            .values(
+                status="failed",
+                reason="ambiguous",
+                updated_at=now,
+                detail="worker stopped after handing the email to the provider and "
+                "before recording the result; not re-sent (see docs/delivery)",
+            )
         )
         ambiguous = int(getattr(stuck, "rowcount", 0) or 0)
     if ambiguous:
-        log.error("OPERATOR: %s send(s) in the ambiguous window were marked failed/ambiguous "
-                  "rather than risk a duplicate", ambiguous)
+        log.error(
+            "OPERATOR: %s send(s) in the ambiguous window were marked failed/ambiguous "
+            "rather than risk a duplicate",
+            ambiguous,
+        )
     return ids, ambiguous
 
 
@@ -100,7 +109,9 @@ def celery_enqueue(ids: Sequence[int]) -> None:
         deliver.apply_async((send_id,), retry=True)
 
 
-def run_dispatcher(runtime: Runtime, stop: threading.Event, enqueue: Enqueue = celery_enqueue) -> None:
+def run_dispatcher(
+    runtime: Runtime, stop: threading.Event, enqueue: Enqueue = celery_enqueue
+) -> None:
     """Poll until ``stop`` is set; a failing poll is logged and retried, never fatal."""
     interval = runtime.settings.dispatch_interval
     while not stop.is_set():

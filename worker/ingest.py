@@ -47,8 +47,13 @@ def ingest_event(
     customer = upsert_customer(session, event.customer, now)
     session.flush()
     row = Event(
-        event_id=event.id, type=event.type, customer_id=customer.id,
-        occurred_at=event.occurred_at, received_at=now, payload=event_payload(event), outcome={},
+        event_id=event.id,
+        type=event.type,
+        customer_id=customer.id,
+        occurred_at=event.occurred_at,
+        received_at=now,
+        payload=event_payload(event),
+        outcome={},
     )
     session.add(row)
     if isinstance(event, PurchaseEvent):
@@ -87,11 +92,20 @@ def ingest_event(
             continue
         session.add(
             Send(
-                campaign_id=decision.campaign_id, kind=compiled.campaign.kind,
-                variant=decision.variant, template=decision.template, customer_id=customer.id,
-                event_id=event.id, status=decision.outcome, reason=decision.reason,
-                dedupe_key=decision.dedupe_key, send_at=decision.send_at,
-                expires_at=decision.expires_at, attempts=0, created_at=now, updated_at=now,
+                campaign_id=decision.campaign_id,
+                kind=compiled.campaign.kind,
+                variant=decision.variant,
+                template=decision.template,
+                customer_id=customer.id,
+                event_id=event.id,
+                status=decision.outcome,
+                reason=decision.reason,
+                dedupe_key=decision.dedupe_key,
+                send_at=decision.send_at,
+                expires_at=decision.expires_at,
+                attempts=0,
+                created_at=now,
+                updated_at=now,
             )
         )
         outcome[decision.campaign_id] = decision.reason or decision.outcome

@@ -84,8 +84,13 @@ class Renderer:
             return name
         raise TemplateNotFound(f"{template}/{part}.{suffix}")
 
-    def render(self, template: str, context: Mapping[str, Any], locale_tag: str | None,
-               subject_override: str | None = None) -> RenderedEmail:
+    def render(
+        self,
+        template: str,
+        context: Mapping[str, Any],
+        locale_tag: str | None,
+        subject_override: str | None = None,
+    ) -> RenderedEmail:
         locale = babel_locale(locale_tag, self.settings.default_locale)
         values = dict(context)
         values.update(
@@ -98,8 +103,12 @@ class Renderer:
         if subject_override is not None:
             subject = self.env.from_string(subject_override).render(values)
         else:
-            subject = self.env.get_template(self._pick(template, "subject", "txt", locale)).render(values)
+            subject = self.env.get_template(self._pick(template, "subject", "txt", locale)).render(
+                values
+            )
         subject = " ".join(subject.split())
         html = self.env.get_template(self._pick(template, "body", "html", locale)).render(values)
         text = self.env.get_template(self._pick(template, "body", "txt", locale)).render(values)
-        return RenderedEmail(subject=subject, html=self._inliner.inline(html), text=text.strip() + "\n")
+        return RenderedEmail(
+            subject=subject, html=self._inliner.inline(html), text=text.strip() + "\n"
+        )

@@ -105,5 +105,3 @@ class RuleStore:
             return False
         log.info("campaigns reloaded: %s", ", ".join(c.id for c in rules.campaigns))
         return True
-
-

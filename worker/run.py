@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from kombu import Connection
+from kombu.connection import Connection
 from sqlalchemy import func, select
 
 from worker.consumer import EventConsumer, run_consumer
@@ -42,14 +42,16 @@ def pending_sends(runtime: Runtime) -> int:
             select(func.count()).select_from(Send).where(Send.status.in_(("queued", "sending")))
         )
         due = session.scalar(
-            select(func.count()).select_from(Send)
+            select(func.count())
+            .select_from(Send)
             .where(Send.status == "planned", Send.send_at <= now)
         )
     return int(in_flight or 0) + int(due or 0)
 
 
-def _watch_until_drained(runtime: Runtime, consumer_ready: threading.Event,
-                         interval: float = 1.0) -> None:
+def _watch_until_drained(
+    runtime: Runtime, consumer_ready: threading.Event, interval: float = 1.0
+) -> None:
     consumer_ready.wait()
     calm = 0
     while calm < 3:
@@ -64,8 +66,9 @@ def _watch_until_drained(runtime: Runtime, consumer_ready: threading.Event,
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run_all(runtime: Runtime, until_drained: bool = False, concurrency: int = 1,
-            loglevel: str = "WARNING") -> int:
+def run_all(
+    runtime: Runtime, until_drained: bool = False, concurrency: int = 1, loglevel: str = "WARNING"
+) -> int:
     from worker.app import app
 
     stop = threading.Event()
@@ -78,12 +81,22 @@ def run_all(runtime: Runtime, until_drained: bool = False, concurrency: int = 1,
         consumer_ready.set()
 
     threads = [
-        threading.Thread(target=run_consumer, args=(runtime, started), name="consumer", daemon=True),
-        threading.Thread(target=run_dispatcher, args=(runtime, stop), name="dispatcher", daemon=True),
+        threading.Thread(
+            target=run_consumer, args=(runtime, started), name="consumer", daemon=True
+        ),
+        threading.Thread(
+            target=run_dispatcher, args=(runtime, stop), name="dispatcher", daemon=True
+        ),
     ]
     if until_drained:
-        threads.append(threading.Thread(target=_watch_until_drained, args=(runtime, consumer_ready),
-                                        name="drain-watch", daemon=True))
+        threads.append(
+            threading.Thread(
+                target=_watch_until_drained,
+                args=(runtime, consumer_ready),
+                name="drain-watch",
+                daemon=True,
+            )
+        )
     for thread in threads:
         thread.start()
     options: dict[str, Any] = {

@@ -7,7 +7,7 @@ every type, unknown ones included (those are dead-lettered with a reason, never 
 
 from __future__ import annotations
 
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from worker.settings import Settings
 

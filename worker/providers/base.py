@@ -41,15 +41,26 @@ class DeliveryError(Exception):
 
 
 class TransientDeliveryError(DeliveryError):
-    def __init__(self, message: str, code: int | None = None, enhanced: str | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        code: int | None = None,
+        enhanced: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, code, enhanced)
         self.retry_after = retry_after
 
 
 class PermanentDeliveryError(DeliveryError):
-    def __init__(self, message: str, code: int | None = None, enhanced: str | None = None,
-                 hard_bounce: bool = False, policy: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        code: int | None = None,
+        enhanced: str | None = None,
+        hard_bounce: bool = False,
+        policy: bool = False,
+    ) -> None:
         super().__init__(message, code, enhanced)
         self.hard_bounce = hard_bounce
         self.policy = policy
@@ -62,5 +73,5 @@ class Provider(ABC):
     def send(self, email: OutgoingEmail) -> DeliveryResult:
         """Hand one message to the provider or raise a :class:`DeliveryError`."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release connections; the provider may be used again afterwards."""

@@ -43,16 +43,24 @@ def classify(code: int, message: bytes | str) -> TransientDeliveryError | Perman
     hard = (enhanced is not None and enhanced.startswith("5.1.")) or (
         enhanced is None and code in (550, 551, 553)
     )
-    return PermanentDeliveryError(summary, code, enhanced, hard_bounce=hard and not policy,
-                                  policy=policy)
+    return PermanentDeliveryError(
+        summary, code, enhanced, hard_bounce=hard and not policy, policy=policy
+    )
 
 
 class SMTPProvider(Provider):
     name = "smtp"
 
-    def __init__(self, host: str, port: int, security: str = "none", username: str | None = None,
-                 password: str | None = None, timeout: float = 30.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        security: str = "none",
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.host, self.port, self.security = host, port, security
         self.username, self.password, self.timeout = username, password, timeout
         self.ssl_context = ssl_context or ssl.create_default_context()
@@ -64,8 +72,9 @@ class SMTPProvider(Provider):
     def _connect(self) -> smtplib.SMTP:
         connection: smtplib.SMTP
         if self.security == "ssl":
-            connection = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
-                                          context=self.ssl_context)
+            connection = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=self.timeout, context=self.ssl_context
+            )
         else:
             connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
         connection.ehlo()
