@@ -44,12 +44,16 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
-@lru_cache(maxsize=8)
+_cached_urls: set[str] = set()
+
+
+@lru_cache(maxsize=None)
 def engine_for(url: str) -> Engine:
+    _cached_urls.add(url)
     return make_engine(url)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=None)
 def session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(engine_for(url), expire_on_commit=False)
 
@@ -59,3 +63,12 @@ def transaction(url: str) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
     with session_factory(url)() as session, session.begin():
         yield session
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection of this process (tests, forks, shutdown)."""
+    for url in list(_cached_urls):
+        engine_for(url).dispose()
+    _cached_urls.clear()
+    session_factory.cache_clear()
+    engine_for.cache_clear()

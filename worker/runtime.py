@@ -49,6 +49,12 @@ class Runtime:
 
         return make_provider(self.settings)
 
+    def close(self) -> None:
+        """Release the provider's connections, if it was ever used."""
+        provider = self.__dict__.get("provider")
+        if provider is not None:
+            provider.close()
+
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
