@@ -14,16 +14,13 @@ from worker.runtime import get_runtime
 from worker.settings import Settings
 from worker.topology import transport_options
 
-DELIVER_QUEUE = "crosssell.deliver"
-
-
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.resolved_broker_url
     return {
         "broker_url": url,
         "broker_transport_options": transport_options(url),
         "broker_connection_retry_on_startup": True,
-        "task_default_queue": DELIVER_QUEUE,
+        "task_default_queue": settings.deliver_queue,
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_ignore_result": True,

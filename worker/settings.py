@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     events_exchange: str = "crm.events"
     events_queue: str = "crosssell.events"
     dead_letter_queue: str = "crosssell.events.dead"
+    deliver_queue: str = Field("crosssell.deliver", description="Celery queue of deliver tasks")
     campaigns_dir: Path = PROJECT_ROOT / "config" / "campaigns"
     complements_file: Path = PROJECT_ROOT / "config" / "complements.yaml"
     templates_dir: Path = PROJECT_ROOT / "templates"

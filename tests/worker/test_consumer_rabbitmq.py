@@ -1,0 +1,130 @@
+"""The consumer on the real RabbitMQ, fed by pika: a plain AMQP client, not kombu."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pika
+import pytest
+from sqlalchemy import func, select
+
+from tests.support.factories import as_json, make_settings, purchase
+from tests.support.services import require_rabbitmq
+from worker.consumer import EventConsumer, run_consumer
+from worker.db import transaction
+from worker.models import Event
+from worker.runtime import Runtime
+from worker.settings import Settings
+
+
+def pika_parameters(settings: Settings) -> pika.URLParameters:
+    """pika spells kombu's default vhost ``//`` as ``/%2F``."""
+    url = settings.resolved_events_url
+    return pika.URLParameters(url[:-2] + "/%2F" if url.endswith("//") else url)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def consumer_settings(tmp_path: Path, sqlite_url: str) -> Iterator[Settings]:
+    settings = make_settings(tmp_path, database_url=sqlite_url, events_url=require_rabbitmq())
+    runtime = Runtime(settings)
+    consumers: list[EventConsumer] = []
+    thread = threading.Thread(target=run_consumer, args=(runtime, consumers.append), daemon=True)
+    thread.start()
+    wait_for(lambda: bool(consumers))
+    wait_for(lambda: _queue_exists(settings))
+    yield settings
+    consumers[0].should_stop = True
+    thread.join(timeout=10)
+    channel = pika.BlockingConnection(pika_parameters(settings)).channel()
+    channel.queue_delete(settings.events_queue)
+    channel.queue_delete(settings.dead_letter_queue)
+    channel.exchange_delete(settings.events_exchange)
+    channel.connection.close()
+
+
+def _queue_exists(settings: Settings) -> bool:
+    connection = pika.BlockingConnection(pika_parameters(settings))
+    try:
+        connection.channel().queue_declare(settings.events_queue, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def publish_plain(settings: Settings, body: bytes, routing_key: str) -> None:
+    """What any CRM's AMQP client does: JSON bytes to the topic exchange, persistent."""
+    connection = pika.BlockingConnection(pika_parameters(settings))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            exchange=settings.events_exchange,
+            routing_key=routing_key,
+            body=body,
+            properties=pika.BasicProperties(content_type="application/json", delivery_mode=2),
+        )
+    finally:
+        connection.close()
+
+
+def stored_events(settings: Settings, event_id: str) -> int:
+    with transaction(settings.resolved_database_url) as session:
+        count = session.scalar(
+            select(func.count()).select_from(Event).where(Event.event_id == event_id)
+        )
+    return int(count or 0)
+
+
+def test_plain_amqp_event_is_stored_once(consumer_settings: Settings) -> None:
+    event = purchase()
+    publish_plain(consumer_settings, as_json(event), "purchase")
+    publish_plain(consumer_settings, as_json(event), "purchase")
+    wait_for(lambda: stored_events(consumer_settings, event["id"]) == 1)
+    time.sleep(0.5)
+    assert stored_events(consumer_settings, event["id"]) == 1
+
+
+def test_bad_messages_are_dead_lettered_with_a_reason(consumer_settings: Settings) -> None:
+    publish_plain(consumer_settings, b"{not json", "purchase")
+    bad_type = purchase()
+    bad_type["type"] = "refund"
+    publish_plain(consumer_settings, as_json(bad_type), "refund")
+    later = purchase()
+    publish_plain(consumer_settings, as_json(later), "purchase")
+    # The consumer goes on after bad input.
+    wait_for(lambda: stored_events(consumer_settings, later["id"]) == 1)
+
+    connection = pika.BlockingConnection(pika_parameters(consumer_settings))
+    channel = connection.channel()
+    dead = []
+    for _ in range(50):
+        method, properties, body = channel.basic_get(consumer_settings.dead_letter_queue,
+                                                     auto_ack=True)
+        if method is None:
+            if len(dead) == 2:
+                break
+            time.sleep(0.1)
+            continue
+        dead.append((properties.headers, body))
+    connection.close()
+    assert [headers["x-crosssell-error"] for headers, _ in dead] == ["not_json", "unknown_type"]
+    assert dead[0][1] == b"{not json"  # kept whole, for a human to inspect and replay
+    assert "type must be one of" in dead[1][0]["x-crosssell-reason"]
+    # The reason never carries the customer's personal data.
+    assert bad_type["customer"]["email"] not in dead[1][0]["x-crosssell-reason"]
+    assert dead[1][0]["x-original-routing-key"] == "refund"
