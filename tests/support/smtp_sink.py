@@ -66,3 +66,9 @@ class SmtpSink:
 
     def __exit__(self, *_: object) -> None:
         self.controller.stop()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: every open connection is dropped."""
+        self.controller.stop()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller.start()

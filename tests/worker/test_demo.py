@@ -1,0 +1,61 @@
+"""`crosssell demo` on embedded defaults, run twice as a user would run `make demo`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+from worker.demo_data import CATALOG
+
+ROOT = Path(__file__).resolve().parents[2]
+CROSSSELL = str(Path(sys.executable).parent / "crosssell")
+
+
+def _run_demo(var_dir: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSSELL_")}
+    env["CROSSSELL_VAR_DIR"] = str(var_dir)
+    done = subprocess.run(
+        [CROSSSELL, "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _emails(outbox: Path) -> dict[str, EmailMessage]:
+    return {
+        path.name: message_from_bytes(path.read_bytes(), policy=policy.default)  # type: ignore[misc]
+        for path in sorted(outbox.glob("*.eml"))
+    }
+
+
+def test_demo_writes_personal_multipart_emails_and_is_idempotent(tmp_path: Path) -> None:
+    var_dir = tmp_path / "var"
+    first_output = _run_demo(var_dir)
+    emails = _emails(var_dir / "outbox")
+    assert len(emails) >= 100, first_output
+    product_names = {name for _, name, *_ in CATALOG}
+    for name, message in emails.items():
+        assert message.get_content_type() == "multipart/alternative", name
+        parts = [part.get_content_type() for part in message.iter_parts()]
+        assert parts == ["text/plain", "text/html"], name
+        text = message.get_body(("plain",))
+        html = message.get_body(("html",))
+        assert text is not None and html is not None
+        first_name = str(message["To"]).split(" ")[0]
+        assert first_name in str(message["Subject"]) or first_name in text.get_content(), name
+        body = text.get_content()
+        assert any(product in body for product in product_names) or "points" in body, name
+    assert any(ch in str(m["To"]) for m in emails.values() for ch in "ăâîșț"), "no Romanian names"
+    assert any(ch in str(m["To"]) for m in emails.values() for ch in "òàèìù"), "no Italian names"
+    assert "emails written:" in first_output and "skipped by reason:" in first_output
+
+    second_output = _run_demo(var_dir)
+    again = _emails(var_dir / "outbox")
+    assert set(again) == set(emails)  # nothing new, nothing duplicated
+    ids = [m["Message-ID"] for m in again.values()]
+    assert len(ids) == len(set(ids))
+    assert "emails written:" in second_output

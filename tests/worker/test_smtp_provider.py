@@ -1,0 +1,96 @@
+"""The SMTP provider against a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.smtp_sink import SmtpSink
+from worker.providers.base import OutgoingEmail, PermanentDeliveryError, TransientDeliveryError
+from worker.providers.smtp import SMTPProvider, classify
+
+
+def _email(send_id: int, recipient: str = "ana@example.ro") -> OutgoingEmail:
+    data = (
+        f"From: shop@example.com\r\nTo: {recipient}\r\nSubject: test {send_id}\r\n"
+        f"Message-ID: <send-{send_id}@test>\r\n\r\nhello\r\n"
+    ).encode()
+    return OutgoingEmail(send_id, f"<send-{send_id}@test>", "shop@example.com", recipient, data)
+
+
+def test_one_connection_is_reused_for_many_messages(smtp_sink: SmtpSink) -> None:
+    provider = SMTPProvider("127.0.0.1", smtp_sink.port)
+    try:
+        results = [provider.send(_email(n)) for n in range(5)]
+    finally:
+        provider.close()
+    assert provider.connections_opened == 1
+    assert [r.provider_message_id for r in results] == [f"<send-{n}@test>" for n in range(5)]
+    assert len(smtp_sink.handler.messages) == 5
+
+
+def test_reconnects_after_the_server_drops_the_connection(smtp_sink: SmtpSink) -> None:
+    provider = SMTPProvider("127.0.0.1", smtp_sink.port)
+    try:
+        provider.send(_email(1))
+        smtp_sink.restart()  # the pooled connection is now dead
+        provider.send(_email(2))
+    finally:
+        provider.close()
+    assert provider.connections_opened == 2
+    assert len(smtp_sink.handler.messages) == 2
+
+
+def test_refused_recipient_is_a_permanent_hard_bounce(smtp_sink: SmtpSink) -> None:
+    smtp_sink.handler.recipient_faults["gone@example.ro"] = "550 5.1.1 User unknown"
+    provider = SMTPProvider("127.0.0.1", smtp_sink.port)
+    try:
+        with pytest.raises(PermanentDeliveryError) as refused:
+            provider.send(_email(1, "gone@example.ro"))
+        provider.send(_email(2))  # the connection is still usable afterwards
+    finally:
+        provider.close()
+    assert refused.value.hard_bounce and not refused.value.policy
+    assert refused.value.code == 550 and refused.value.enhanced == "5.1.1"
+    assert len(smtp_sink.handler.messages) == 1
+
+
+def test_temporary_data_refusal_is_transient(smtp_sink: SmtpSink) -> None:
+    smtp_sink.handler.data_faults["busy@example.ro"] = ["451 4.3.0 Mailbox busy"]
+    provider = SMTPProvider("127.0.0.1", smtp_sink.port)
+    try:
+        with pytest.raises(TransientDeliveryError) as busy:
+            provider.send(_email(1, "busy@example.ro"))
+        provider.send(_email(1, "busy@example.ro"))  # the retry goes through
+    finally:
+        provider.close()
+    assert busy.value.code == 451
+    assert len(smtp_sink.handler.messages) == 1
+
+
+def test_unreachable_server_is_transient() -> None:
+    from tests.support.smtp_sink import free_port
+
+    provider = SMTPProvider("127.0.0.1", free_port(), timeout=2)
+    with pytest.raises(TransientDeliveryError):
+        provider.send(_email(1))
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "kind", "hard", "policy"),
+    [
+        (421, "4.7.0 Try again later", TransientDeliveryError, False, False),
+        (454, "4.7.0 Throttling failure: Maximum sending rate exceeded", TransientDeliveryError,
+         False, False),
+        (550, "5.1.1 Bad destination mailbox", PermanentDeliveryError, True, False),
+        (550, "5.7.1 Message rejected by policy", PermanentDeliveryError, False, True),
+        (552, "5.3.4 Message too big", PermanentDeliveryError, False, False),
+        (550, "No such user here", PermanentDeliveryError, True, False),
+    ],
+)
+def test_replies_are_classified_by_basic_and_enhanced_codes(
+    code: int, text: str, kind: type[Exception], hard: bool, policy: bool
+) -> None:
+    error = classify(code, text.encode())
+    assert isinstance(error, kind)
+    if isinstance(error, PermanentDeliveryError):
+        assert (error.hard_bounce, error.policy) == (hard, policy)
