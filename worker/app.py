@@ -14,6 +14,7 @@ from worker.runtime import get_runtime
 from worker.settings import Settings
 from worker.topology import transport_options
 
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.resolved_broker_url
     return {

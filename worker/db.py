@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +47,13 @@ def make_engine(url: str) -> Engine:
 _cached_urls: set[str] = set()
 
 
-@lru_cache(maxsize=None)
+@cache
 def engine_for(url: str) -> Engine:
     _cached_urls.add(url)
     return make_engine(url)
 
 
-@lru_cache(maxsize=None)
+@cache
 def session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(engine_for(url), expire_on_commit=False)
 

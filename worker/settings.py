@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_timeout: float = 30.0
+    smtp_ca_file: Path | None = Field(None, description="extra CA bundle to trust for TLS")
 
     sender_name: str = "Crosssell Shop"
     sender_address: str = "offers@shop.example"

@@ -62,8 +62,13 @@ def purchase(
             "currency": "EUR",
             "total": price,
             "items": [
-                {"sku": sku, "name": "Laptop 14 Pro", "category": category, "quantity": 1,
-                 "unit_price": price}
+                {
+                    "sku": sku,
+                    "name": "Laptop 14 Pro",
+                    "category": category,
+                    "quantity": 1,
+                    "unit_price": price,
+                }
             ],
         },
     }

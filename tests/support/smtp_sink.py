@@ -22,7 +22,7 @@ class SinkHandler:
     data_faults: dict[str, list[str]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
     ) -> str:
         fault = self.recipient_faults.get(address)
@@ -31,7 +31,7 @@ class SinkHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(
         self, server: Any, session: Any, envelope: Any
     ) -> str:
         for recipient in envelope.rcpt_tos:
@@ -55,10 +55,14 @@ def free_port() -> int:
 
 
 class SmtpSink:
-    def __init__(self) -> None:
+    def __init__(self, **controller_options: Any) -> None:
         self.handler = SinkHandler()
         self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.options = controller_options
+        self.controller = self._controller()
+
+    def _controller(self) -> Controller:
+        return Controller(self.handler, hostname="127.0.0.1", port=self.port, **self.options)
 
     def __enter__(self) -> SmtpSink:
         self.controller.start()
@@ -70,5 +74,5 @@ class SmtpSink:
     def restart(self) -> None:
         """Stop and start again on the same port: every open connection is dropped."""
         self.controller.stop()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = self._controller()
         self.controller.start()

@@ -113,8 +113,9 @@ def test_bad_messages_are_dead_lettered_with_a_reason(consumer_settings: Setting
     channel = connection.channel()
     dead = []
     for _ in range(50):
-        method, properties, body = channel.basic_get(consumer_settings.dead_letter_queue,
-                                                     auto_ack=True)
+        method, properties, body = channel.basic_get(
+            consumer_settings.dead_letter_queue, auto_ack=True
+        )
         if method is None:
             if len(dead) == 2:
                 break

@@ -13,8 +13,15 @@ def test_migrations_match_models(database_url: str) -> None:
     # alembic check raises if autogenerate finds any difference from the models.
     command.check(alembic_config(database_url))
     tables = set(inspect(engine_for(database_url)).get_table_names())
-    assert {"customers", "products", "events", "orders", "order_lines", "sends",
-            "suppressions"} <= tables
+    assert {
+        "customers",
+        "products",
+        "events",
+        "orders",
+        "order_lines",
+        "sends",
+        "suppressions",
+    } <= tables
 
 
 def test_sends_dedupe_key_is_unique(database_url: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from decimal import Decimal
-from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,6 @@ from worker.dispatcher import dispatch_once
 from worker.ingest import ingest_event
 from worker.models import Customer, Event, Order, Send, Suppression
 from worker.runtime import Runtime
-
 
 _opened: list[Runtime] = []
 
@@ -49,7 +47,10 @@ def _runtime(tmp_path: Path, database_url: str, **overrides: object) -> Runtime:
 def _ingest(runtime: Runtime, document: dict[str, object]) -> bool:
     with transaction(runtime.settings.resolved_database_url) as session:
         result = ingest_event(
-            session, validate_event(document), runtime.rules.current(), runtime.policy,
+            session,
+            validate_event(document),
+            runtime.rules.current(),
+            runtime.policy,
             runtime.clock.now(),
         )
     return result.duplicate
@@ -121,9 +122,7 @@ def _planned_send(runtime: Runtime, customer_id: str) -> int:
 def test_due_send_is_delivered_once_over_smtp(
     tmp_path: Path, database_url: str, smtp_sink: SmtpSink
 ) -> None:
-    runtime = _runtime(
-        tmp_path, database_url, email_provider="smtp", smtp_port=smtp_sink.port
-    )
+    runtime = _runtime(tmp_path, database_url, email_provider="smtp", smtp_port=smtp_sink.port)
     send_id = _planned_send(runtime, "C-smtp")
     assert _dispatch(runtime) == []  # delay 2h from the event: not due yet at 10:30
     runtime.clock = ShiftedClock(TUESDAY_MORNING + timedelta(hours=3))

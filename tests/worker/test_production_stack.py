@@ -55,7 +55,9 @@ def publish_plain(url: str, body: bytes, routing_key: str) -> None:
         channel = connection.channel()
         channel.confirm_delivery()
         channel.basic_publish(
-            "crm.events", routing_key, body,
+            "crm.events",
+            routing_key,
+            body,
             pika.BasicProperties(content_type="application/json", delivery_mode=2),
         )
     finally:
@@ -94,7 +96,9 @@ class Stack:
 
 
 @pytest.fixture(params=["rabbitmq", "redis"])
-def stack(request: pytest.FixtureRequest, tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[Stack, str, SmtpSink]]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path: Path, smtp_sink: SmtpSink
+) -> Iterator[tuple[Stack, str, SmtpSink]]:
     amqp = require_rabbitmq()
     broker = amqp if request.param == "rabbitmq" else require_redis()
     campaigns = tmp_path / "campaigns"
@@ -128,8 +132,17 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path, smtp_sink: SmtpSink) -
         running.start("consume", str(BIN / "crosssell"), "--log-level", "INFO", "consume")
         running.start("dispatch", str(BIN / "crosssell"), "--log-level", "INFO", "dispatch")
         running.start(
-            "celery", str(BIN / "celery"), "-A", "worker.app", "worker", "--pool", "solo",
-            "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+            "celery",
+            str(BIN / "celery"),
+            "-A",
+            "worker.app",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
         )
         try:
             yield running, amqp, smtp_sink
@@ -186,7 +199,8 @@ def test_one_event_one_email_duplicate_none_bad_dead_lettered(
         pytest.fail("pipeline did not deliver in time\n" + running.logs())
     messages = sink.handler.parsed()
     assert sorted(str(m["To"]).split("<")[1].rstrip(">") for m in messages) == [
-        "c-e2e-1@example.ro", "c-e2e-2@example.ro",
+        "c-e2e-1@example.ro",
+        "c-e2e-2@example.ro",
     ]
     assert len({m["Message-ID"] for m in messages}) == 2
 

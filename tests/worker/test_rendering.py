@@ -78,11 +78,16 @@ def test_locale_variant_is_preferred_with_fallback(tmp_path: Path) -> None:
 
 def _envelope(**overrides: object) -> Envelope:
     values: dict[str, object] = {
-        "send_id": 42, "sender_name": "Magazinul Ștefăniță", "sender_address": "shop@example.ro",
-        "recipient_name": "Ioana Țurcanu", "recipient_address": "ioana@example.ro",
-        "reply_to": None, "date": datetime(2026, 11, 17, 10, 30, tzinfo=UTC),
+        "send_id": 42,
+        "sender_name": "Magazinul Ștefăniță",
+        "sender_address": "shop@example.ro",
+        "recipient_name": "Ioana Țurcanu",
+        "recipient_address": "ioana@example.ro",
+        "reply_to": None,
+        "date": datetime(2026, 11, 17, 10, 30, tzinfo=UTC),
         "message_id": message_id_for(42, "example.ro"),
-        "unsubscribe_url": "https://shop.example/u/tok", "unsubscribe_mailto": "u@example.ro",
+        "unsubscribe_url": "https://shop.example/u/tok",
+        "unsubscribe_mailto": "u@example.ro",
         "campaign_id": "laptop-accessories",
     }
     values.update(overrides)

@@ -79,8 +79,13 @@ def test_unreachable_server_is_transient() -> None:
     ("code", "text", "kind", "hard", "policy"),
     [
         (421, "4.7.0 Try again later", TransientDeliveryError, False, False),
-        (454, "4.7.0 Throttling failure: Maximum sending rate exceeded", TransientDeliveryError,
-         False, False),
+        (
+            454,
+            "4.7.0 Throttling failure: Maximum sending rate exceeded",
+            TransientDeliveryError,
+            False,
+            False,
+        ),
         (550, "5.1.1 Bad destination mailbox", PermanentDeliveryError, True, False),
         (550, "5.7.1 Message rejected by policy", PermanentDeliveryError, False, True),
         (552, "5.3.4 Message too big", PermanentDeliveryError, False, False),

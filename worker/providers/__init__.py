@@ -8,7 +8,13 @@ from worker.settings import Settings
 
 def make_provider(settings: Settings) -> Provider:
     if settings.email_provider == "smtp":
+        import ssl
+
         from worker.providers.smtp import SMTPProvider
+
+        context = ssl.create_default_context()
+        if settings.smtp_ca_file is not None:
+            context.load_verify_locations(cafile=str(settings.smtp_ca_file))
 
         return SMTPProvider(
             settings.smtp_host,
@@ -17,6 +23,7 @@ def make_provider(settings: Settings) -> Provider:
             settings.smtp_username,
             settings.smtp_password.get_secret_value() if settings.smtp_password else None,
             settings.smtp_timeout,
+            context,
         )
     from worker.providers.file import FileProvider
 

@@ -77,12 +77,16 @@ class SMTPProvider(Provider):
             )
         else:
             connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        connection.ehlo()
-        if self.security == "starttls":
-            connection.starttls(context=self.ssl_context)
+        try:
             connection.ehlo()
-        if self.username:
-            connection.login(self.username, self.password or "")
+            if self.security == "starttls":
+                connection.starttls(context=self.ssl_context)
+                connection.ehlo()
+            if self.username:
+                connection.login(self.username, self.password or "")
+        except BaseException:
+            connection.close()
+            raise
         self.connections_opened += 1
         return connection
 
@@ -125,6 +129,11 @@ class SMTPProvider(Provider):
             refused = connection.sendmail(email.sender, [email.recipient], email.data)
         except smtplib.SMTPServerDisconnected:
             raise
+        except smtplib.SMTPAuthenticationError as exc:
+            # Our credentials, not the customer: keep the send and retry later.
+            self._drop()
+            log.error("SMTP authentication failed; check the SMTP username and password")
+            raise TransientDeliveryError(f"authentication failed: {exc.smtp_code}") from exc
         except smtplib.SMTPRecipientsRefused as exc:
             self._reset()
             code, message = next(iter(exc.recipients.values()))
