@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     )
     shop_name: str = "Crosssell Shop"
 
-    default_timezone: str = "Europe/Bucharest"
+    default_timezone: str = Field("UTC", description="IANA zone for customers without one")
     default_locale: str = "en"
     max_emails_per_customer: int = Field(3, ge=1)
     cap_window: str = "7d"
