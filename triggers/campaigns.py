@@ -6,7 +6,7 @@ from datetime import time, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 from triggers.conditions import Condition
 from triggers.durations import parse_duration, parse_time_of_day
@@ -64,13 +64,13 @@ class Schedule(_Model):
 
 
 class Frequency(_Model):
-    once_per_customer: bool = False
+    once_per_customer: StrictBool = False
     cooldown: Duration | None = None
 
 
 class _Offer(_Model):
     max_items: Annotated[int, Field(ge=1, le=12)] = 3
-    exclude_owned: bool = True
+    exclude_owned: StrictBool = True
     unavailable: Literal["skip_item", "cancel_send"] = "skip_item"
 
 
@@ -96,7 +96,7 @@ class UpgradeOffer(_Offer):
 class LoyaltyBonusOffer(_Offer):
     type: Literal["loyalty_bonus"]
     points: Annotated[int, Field(ge=1)]
-    new_categories_only: bool = True
+    new_categories_only: StrictBool = True
 
 
 Offer = Annotated[

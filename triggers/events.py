@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -36,7 +37,7 @@ class _Strict(BaseModel):
 
 
 class Consent(_Strict):
-    email_marketing: bool | None = None
+    email_marketing: StrictBool | None = None
 
 
 class CustomerData(_Strict):

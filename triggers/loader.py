@@ -116,18 +116,23 @@ def _locate(document: Any, path: Sequence[str | int], at_key: bool = False) -> t
     """1-based line and column of the deepest node of ``path`` present in the document.
 
     Points at the value of the last key, or at the key itself when ``at_key`` is set.
+    Steps that are not in the document (pydantic's union tags such as ``complementary``
+    or ``Leaf``) are skipped when the step after them is there.
     """
     line, col = 0, 0
     node = document
-    for step in path:
+    for index, step in enumerate(path):
+        last = index == len(path) - 1
         if isinstance(node, CommentedMap):
             if step not in node:
-                if step in _UNION_TAGS or not isinstance(step, str):
+                following = path[index + 1] if not last else None
+                if following is not None and following in node:
+                    continue
+                if step in _UNION_TAGS:
                     continue
                 return line + 1, col + 1
             line, col = node.lc.key(step)
             value = node[step]
-            last = step == path[-1]
             if not isinstance(value, CommentedMap | CommentedSeq) and not (at_key and last):
                 line, col = node.lc.value(step)
             node = value
@@ -139,6 +144,30 @@ def _locate(document: Any, path: Sequence[str | int], at_key: bool = False) -> t
         else:
             break
     return line + 1, col + 1
+
+
+def _without_tags(document: Any, path: Sequence[str | int]) -> list[str | int]:
+    """Drop pydantic's union tags (``complementary``, ``Leaf``…) that are not document keys."""
+    kept: list[str | int] = []
+    node = document
+    for index, step in enumerate(path):
+        following = path[index + 1] if index + 1 < len(path) else None
+        if isinstance(node, CommentedMap) and step not in node:
+            if step in _UNION_TAGS or (following is not None and following in node):
+                continue
+            kept.append(step)
+            node = None
+        elif isinstance(node, CommentedMap) or (
+            isinstance(node, CommentedSeq) and isinstance(step, int) and step < len(node)
+        ):
+            kept.append(step)
+            node = node[step]
+        elif isinstance(step, str) and step in _UNION_TAGS:
+            continue
+        else:
+            kept.append(step)
+            node = None
+    return kept
 
 
 def _dotted(path: Sequence[str | int]) -> str:
@@ -206,12 +235,13 @@ def _pydantic_issues(filename: str, document: Any, error: ValidationError) -> li
             message = f"unknown key {loc[-1]!r}{did_you_mean(loc[-1], _campaign_keys())}"
         elif code == "missing-key" and loc:
             message = f"missing required key {loc[-1]!r}"
-        if "bad duration" in message:
+        if "bad duration" in message or "write a duration" in message:
             code = "bad-duration"
         elif "bad time" in message or "time of day" in message:
             code = "bad-time"
-        line, col = _locate(document, loc, at_key=code == "unknown-key")
-        issues.append(LintIssue(filename, line, col, code, _dotted(loc), message))
+        clean = _without_tags(document, loc)
+        line, col = _locate(document, clean, at_key=code == "unknown-key")
+        issues.append(LintIssue(filename, line, col, code, _dotted(clean), message))
     return sorted(issues, key=lambda issue: (issue.line, issue.col))
 
 

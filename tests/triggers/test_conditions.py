@@ -262,20 +262,27 @@ def test_explain_reports_every_leaf_with_its_actual_value_without_short_circuit(
     assert [(o.path, o.field, o.op, o.expected, o.actual, o.result) for o in outcomes] == [
         ("trigger.where.any[0]", TEXT, "eq", "gold", "gold", True),
         ("trigger.where.any[1].all[0]", NUMBER, "gte", 1000, Decimal("250.00"), False),
-        ("trigger.where.any[1].all[1].not", TEXT_SET, "contains", "laptops",
-         ["laptops", "mice"], True),
+        (
+            "trigger.where.any[1].all[1].not",
+            TEXT_SET,
+            "contains",
+            "laptops",
+            ["laptops", "mice"],
+            True,
+        ),
         ("trigger.where.any[2]", "customer.orders_count", "gte", 1, None, False),
-    ]  # fmt: skip
+    ]
 
 
 def test_explain_agrees_with_the_compiled_predicate() -> None:
     raw = {"all": [{"not": GOLD}, {"any": [BIG, LAPTOP]}]}
-    for facts in (
+    cases: list[dict[str, object]] = [
         {TEXT: "gold", NUMBER: Decimal(2000)},
         {TEXT: "silver", NUMBER: Decimal(2000)},
         {TEXT: "silver", TEXT_SET: frozenset({"mice"})},
         {},
-    ):
+    ]
+    for facts in cases:
         result, outcomes = explain_condition(tree(raw), facts, {}, "audience")
         assert result is holds(raw, facts)
         assert len(outcomes) == 3

@@ -34,7 +34,23 @@ def test_valid_durations(text: str, expected: timedelta) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", " ", "2", "00", "d", "2 days", "2 d", "1.5h", "-1d", "+1d", "2D", "1d1w", "3m2h", "1y", "2dd"],
+    [
+        "",
+        " ",
+        "2",
+        "00",
+        "d",
+        "2 days",
+        "2 d",
+        "1.5h",
+        "-1d",
+        "+1d",
+        "2D",
+        "1d1w",
+        "3m2h",
+        "1y",
+        "2dd",
+    ],
 )
 def test_invalid_durations_say_how_to_write_one(text: str) -> None:
     with pytest.raises(ValueError, match="bad duration") as caught:

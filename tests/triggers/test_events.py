@@ -203,7 +203,9 @@ def test_change_pct_against_a_negative_previous_level_uses_its_magnitude() -> No
 
 
 def test_usage_numbers_from_json_stay_decimal() -> None:
-    body = to_json(usage_event("PREV", "CURR")).replace(b'"PREV"', b"0.1").replace(b'"CURR"', b"0.3")
+    body = (
+        to_json(usage_event("PREV", "CURR")).replace(b'"PREV"', b"0.1").replace(b'"CURR"', b"0.3")
+    )
     event = parse_event(body)
     assert isinstance(event, UsageChangeEvent)
     assert event.data.previous == Decimal("0.1")
@@ -292,6 +294,9 @@ def _set(value: object, *path: str | int) -> Callable[[dict[str, Any]], None]:
         (_set([], "data", "items"), "data.items"),
         (_set(0, "data", "items", 0, "quantity"), "data.items.0.quantity"),
         (_set("maybe", "customer", "consent", "email_marketing"), "consent.email_marketing"),
+        # Consent is a JSON boolean; "yes" or 1 must never count as a yes.
+        (_set("yes", "customer", "consent", "email_marketing"), "consent.email_marketing"),
+        (_set(1, "customer", "consent", "email_marketing"), "consent.email_marketing"),
         (_set(1, "extra"), "extra"),
         (_set(1, "data", "coupon"), "data.coupon"),
         (_set("", "id"), "id"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import time, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -137,28 +138,36 @@ def test_demo_campaigns_load_cleanly_with_the_real_templates() -> None:
 
     rules = load_rule_set([campaigns_dir], template_names=names)
 
-    assert sorted(c.id for c in rules.campaigns) == sorted(
-        parse_campaign(f.read_text(encoding="utf-8"), str(f), {})[0].id  # type: ignore[union-attr]
-        for f in files
-    )
-    assert {c.campaign.trigger.event for c in rules.campaigns} == {
-        "purchase",
-        "anniversary",
-        "usage_change",
-    }
+    assert sorted(c.source for c in rules.campaigns) == [str(f) for f in files]
+    assert len({c.id for c in rules.campaigns}) == len(files)
 
 
 def test_rule_set_lookups(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", GOOD)
-    write(tmp_path, "b.yaml", edit("id: laptop-accessories", "id: paused-one", edit(
-        "status: active", "status: paused")))  # fmt: skip
-    write(tmp_path, "c.yaml", edit("id: laptop-accessories", "id: draft-one", edit(
-        "status: active", "status: draft")))  # fmt: skip
-    write(tmp_path, "d.yaml", edit("id: laptop-accessories", "id: other-event", edit(
-        "  event: purchase\n  where:\n    all:\n"
-        "      - {field: event.categories, op: contains_any, value: [laptops]}\n"
-        "      - {field: event.total, op: gte, value: 1500}\n",
-        "  event: anniversary\n")))  # fmt: skip
+    write(
+        tmp_path,
+        "b.yaml",
+        edit("id: laptop-accessories", "id: paused-one", edit("status: active", "status: paused")),
+    )
+    write(
+        tmp_path,
+        "c.yaml",
+        edit("id: laptop-accessories", "id: draft-one", edit("status: active", "status: draft")),
+    )
+    write(
+        tmp_path,
+        "d.yaml",
+        edit(
+            "id: laptop-accessories",
+            "id: other-event",
+            edit(
+                "  event: purchase\n  where:\n    all:\n"
+                "      - {field: event.categories, op: contains_any, value: [laptops]}\n"
+                "      - {field: event.total, op: gte, value: 1500}\n",
+                "  event: anniversary\n",
+            ),
+        ),
+    )
 
     rules = load_rule_set([tmp_path], template_names=TEMPLATES)
 
@@ -173,8 +182,6 @@ def test_rule_set_lookups(tmp_path: Path) -> None:
 def test_compiled_conditions_match_the_file(tmp_path: Path) -> None:
     rules = load_rule_set([write(tmp_path, "c.yaml", GOOD)], template_names=TEMPLATES)
     (compiled,) = rules.campaigns
-    from decimal import Decimal
-
     laptop = {"event.categories": frozenset({"laptops"}), "event.total": Decimal("1500.00")}
     assert compiled.where(laptop) is True
     assert compiled.where({**laptop, "event.total": Decimal("1499.99")}) is False
@@ -208,7 +215,9 @@ def test_misspelt_nested_key(tmp_path: Path) -> None:
 
 
 def test_misspelt_key_inside_a_flow_leaf(tmp_path: Path) -> None:
-    text = edit("{field: event.total, op: gte, value: 1500}", "{field: event.total, op: gte, valeu: 1500}")  # fmt: skip
+    text = edit(
+        "{field: event.total, op: gte, value: 1500}", "{field: event.total, op: gte, valeu: 1500}"
+    )
     path = write(tmp_path, "campaign.yaml", text)
     with pytest.raises(RuleSetError) as caught:
         load_rule_set([path], template_names=TEMPLATES)
@@ -252,7 +261,10 @@ def test_quoted_number_is_a_bad_value_without_coercion(tmp_path: Path) -> None:
 
 
 def test_condition_inside_not(tmp_path: Path) -> None:
-    text = edit("customer.categories_bought, op: contains_any", "customer.categories_bougt, op: contains_any")  # fmt: skip
+    text = edit(
+        "customer.categories_bought, op: contains_any",
+        "customer.categories_bougt, op: contains_any",
+    )
     issue = only_issue(tmp_path, text)
     assert_issue(issue, "unknown-field", spot(text, "customer.categories_bougt"))
     assert issue.path == "audience.all[1].not.field"
@@ -327,7 +339,10 @@ def test_unknown_template(tmp_path: Path) -> None:
     text = edit("template: accessories_bundle}", "template: acessories_bundle}")
     issue = only_issue(tmp_path, text)
     assert_issue(
-        issue, "unknown-template", spot(text, "acessories_bundle"), "experiment.variants[1].template"
+        issue,
+        "unknown-template",
+        spot(text, "acessories_bundle"),
+        "experiment.variants[1].template",
     )
     assert "did you mean 'accessories_bundle'" in issue.message
 
@@ -431,8 +446,15 @@ def test_several_problems_in_one_file_are_all_reported_in_line_order(tmp_path: P
 
 def test_one_bad_file_fails_the_whole_rule_set(tmp_path: Path) -> None:
     write(tmp_path, "a-good.yaml", GOOD)
-    write(tmp_path, "b-bad.yaml", edit("id: laptop-accessories", "id: second", edit(
-        "field: event.total,", "field: event.totl,")))  # fmt: skip
+    write(
+        tmp_path,
+        "b-bad.yaml",
+        edit(
+            "id: laptop-accessories",
+            "id: second",
+            edit("field: event.total,", "field: event.totl,"),
+        ),
+    )
     write(tmp_path, "c-good.yaml", edit("id: laptop-accessories", "id: third"))
 
     with pytest.raises(RuleSetError) as caught:
@@ -483,8 +505,10 @@ def test_yes_is_not_a_boolean_for_a_yes_no_field(tmp_path: Path) -> None:
 
 def test_unquoted_time_of_day_is_a_string_not_sexagesimal(tmp_path: Path) -> None:
     # YAML 1.1 would read 22:00 as 1320; YAML 1.2 keeps the text, which is a valid time.
-    text = edit('window: {days: [mon, tue, wed, thu, fri], from: "09:00", to: "19:00"}',
-                "window: {days: [mon, tue, wed, thu, fri], from: 22:00, to: 23:30}")  # fmt: skip
+    text = edit(
+        'window: {days: [mon, tue, wed, thu, fri], from: "09:00", to: "19:00"}',
+        "window: {days: [mon, tue, wed, thu, fri], from: 22:00, to: 23:30}",
+    )
     rules = load_rule_set([write(tmp_path, "c.yaml", text)], template_names=TEMPLATES)
     window = rules.campaigns[0].campaign.schedule.window
     assert window is not None
@@ -499,8 +523,6 @@ def test_unquoted_single_digit_hour_errors_as_bad_time_not_as_a_number(tmp_path:
 
 
 def test_yaml_float_condition_value_is_an_exact_decimal(tmp_path: Path) -> None:
-    from decimal import Decimal
-
     text = edit("op: gte, value: 1500}", "op: gte, value: 1500.10}")
     rules = load_rule_set([write(tmp_path, "c.yaml", text)], template_names=TEMPLATES)
     where = rules.campaigns[0].where
@@ -516,3 +538,10 @@ def test_parse_campaign_returns_issues_instead_of_raising() -> None:
 
     campaign, _document, issues = parse_campaign(GOOD, "x", {})
     assert campaign is not None and issues == []
+
+
+def test_yaml_1_1_boolean_word_is_not_a_boolean(tmp_path: Path) -> None:
+    # YAML 1.2 reads `no` as text; it must not be coerced to false behind the marketer's back.
+    text = edit("once_per_customer: true", "once_per_customer: no")
+    issue = only_issue(tmp_path, text)
+    assert_issue(issue, "bad-value", spot(text, "no, cooldown"), "frequency.once_per_customer")

@@ -1,0 +1,442 @@
+"""The engine: which campaigns an event fires, why others do not, and when sends are planned."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.triggers.builders import TUESDAY_10, compiled, make_campaign, rule_set
+from triggers.decide import (
+    Decision,
+    PastSend,
+    Policy,
+    Subject,
+    decide,
+    dedupe_key,
+    frequency_block,
+)
+from triggers.loader import CompiledCampaign, RuleSet
+
+LAPTOP_FACTS: dict[str, object] = {
+    "event.type": "purchase",
+    "event.categories": frozenset({"laptops"}),
+    "event.total": Decimal("4299.00"),
+    "customer.orders_count": 1,
+}
+BIG_ORDER = {"field": "event.total", "op": "gte", "value": 1500}
+CUSTOMER = Subject(
+    id="C-1001", has_email=True, email_marketing=True, suppressed=False, timezone="UTC"
+)
+POLICY = Policy()
+
+
+def run(
+    rules: RuleSet,
+    *,
+    facts: dict[str, object] | None = None,
+    subject: Subject = CUSTOMER,
+    history: Sequence[PastSend] = (),
+    policy: Policy = POLICY,
+    event_id: str = "evt-1",
+    event_type: str = "purchase",
+    triggered_at: datetime = TUESDAY_10,
+    now: datetime | None = None,
+) -> list[Decision]:
+    return decide(
+        rules=rules,
+        event_type=event_type,
+        event_id=event_id,
+        triggered_at=triggered_at,
+        facts=LAPTOP_FACTS if facts is None else facts,
+        subject=subject,
+        history=history,
+        policy=policy,
+        now=triggered_at if now is None else now,
+    )
+
+
+def by_id(decisions: list[Decision]) -> dict[str, Decision]:
+    return {d.campaign_id: d for d in decisions}
+
+
+def outcomes(decisions: list[Decision]) -> dict[str, tuple[str, str | None]]:
+    return {d.campaign_id: (d.outcome, d.reason) for d in decisions}
+
+
+def sent(campaign_id: str, ago: timedelta, status: str = "sent") -> PastSend:
+    return PastSend(campaign_id, status, TUESDAY_10 - ago)
+
+
+# --- matching ---------------------------------------------------------------------------------
+
+
+def test_a_matching_campaign_is_planned_now_when_nothing_holds_it_back() -> None:
+    (decision,) = run(rule_set(compiled("laptop", where=BIG_ORDER)))
+    assert decision.outcome == "planned"
+    assert decision.reason is None
+    assert (decision.variant, decision.template) == ("A", "accessories")
+    assert decision.send_at == TUESDAY_10
+    assert decision.expires_at == TUESDAY_10 + make_campaign("laptop").schedule.expire_after
+    assert decision.dedupe_key is not None
+
+
+def test_unmatched_campaigns_are_reported_with_the_failing_part() -> None:
+    rules = rule_set(
+        compiled("too-small", where={"field": "event.total", "op": "gte", "value": 10_000}),
+        compiled(
+            "wrong-audience", audience={"field": "customer.orders_count", "op": "gte", "value": 5}
+        ),
+        compiled("fits", where=BIG_ORDER),
+    )
+    assert outcomes(run(rules)) == {
+        "too-small": ("not_matched", "trigger_conditions"),
+        "wrong-audience": ("not_matched", "audience"),
+        "fits": ("planned", None),
+    }
+
+
+def test_paused_draft_and_other_event_campaigns_are_not_considered() -> None:
+    rules = rule_set(
+        compiled("paused", status="paused"),
+        compiled("draft", status="draft"),
+        compiled("anniversary", event="anniversary"),
+        compiled("live"),
+    )
+    assert [d.campaign_id for d in run(rules)] == ["live"]
+
+
+# --- priority -------------------------------------------------------------------------------
+
+
+def test_highest_priority_wins_and_the_rest_are_lower_priority() -> None:
+    rules = rule_set(
+        compiled("low", priority=10), compiled("high", priority=90), compiled("mid", priority=50)
+    )
+    decisions = run(rules)
+    assert outcomes(decisions) == {
+        "high": ("planned", None),
+        "mid": ("skipped", "lower_priority"),
+        "low": ("skipped", "lower_priority"),
+    }
+    assert [d.campaign_id for d in decisions] == ["high", "mid", "low"]
+
+
+def test_max_campaigns_per_event_allows_several_in_priority_order() -> None:
+    rules = rule_set(
+        compiled("low", priority=10), compiled("high", priority=90), compiled("mid", priority=50)
+    )
+    decisions = run(rules, policy=replace(POLICY, max_campaigns_per_event=2))
+    assert outcomes(decisions) == {
+        "high": ("planned", None),
+        "mid": ("planned", None),
+        "low": ("skipped", "lower_priority"),
+    }
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["b-camp", "a-camp", "c-camp"])))
+def test_equal_priority_ties_are_broken_by_id_whatever_the_file_order(
+    order: tuple[str, ...],
+) -> None:
+    rules = rule_set(*(compiled(cid, priority=70) for cid in order))
+    decisions = run(rules)
+    assert [d.campaign_id for d in decisions] == ["a-camp", "b-camp", "c-camp"]
+    assert outcomes(decisions)["a-camp"] == ("planned", None)
+    assert {d.reason for d in decisions[1:]} == {"lower_priority"}
+
+
+def test_a_skipped_higher_priority_campaign_leaves_its_slot_to_the_next() -> None:
+    rules = rule_set(
+        compiled("high", priority=90, frequency={"once_per_customer": True}),
+        compiled("next", priority=50),
+    )
+    decisions = run(rules, history=[sent("high", timedelta(days=400))])
+    assert outcomes(decisions) == {
+        "high": ("skipped", "once_per_customer"),
+        "next": ("planned", None),
+    }
+
+
+# --- consent and suppression ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"email_marketing": False}, "no_consent"),
+        ({"email_marketing": None}, "no_consent"),
+        ({"has_email": False}, "no_email"),
+        ({"has_email": False, "email_marketing": False}, "no_email"),
+        ({"suppressed": True}, "suppressed"),
+        ({"suppressed": True, "email_marketing": False}, "no_consent"),
+    ],
+)
+def test_consent_email_and_suppression_block_every_campaign(
+    change: dict[str, Any], reason: str
+) -> None:
+    rules = rule_set(compiled("high", priority=90), compiled("low", priority=10))
+    decisions = run(rules, subject=replace(CUSTOMER, **change))
+    assert outcomes(decisions) == {"high": ("skipped", reason), "low": ("skipped", reason)}
+    assert all(d.send_at is None for d in decisions)
+
+
+def test_consent_is_checked_even_for_a_campaign_without_conditions_or_limits() -> None:
+    rules = rule_set(compiled("anything-goes"))
+    (decision,) = run(rules, subject=replace(CUSTOMER, email_marketing=False))
+    assert (decision.outcome, decision.reason) == ("skipped", "no_consent")
+
+
+# --- frequency ------------------------------------------------------------------------------
+
+
+def test_once_per_customer() -> None:
+    rules = rule_set(compiled("once", frequency={"once_per_customer": True}))
+    long_ago = timedelta(days=3 * 365)
+    for status in ("sent", "planned", "queued", "sending", "held_out"):
+        (decision,) = run(rules, history=[sent("once", long_ago, status)])
+        assert (decision.outcome, decision.reason) == ("skipped", "once_per_customer"), status
+    for status in ("skipped", "failed", "bounced"):
+        (decision,) = run(rules, history=[sent("once", long_ago, status)])
+        assert decision.outcome == "planned", status
+    (decision,) = run(rules, history=[sent("another", long_ago)])
+    assert decision.outcome == "planned"
+
+
+def test_cooldown() -> None:
+    cooldown = timedelta(days=14)
+    rules = rule_set(compiled("cool", frequency={"cooldown": "14d"}))
+
+    (inside,) = run(rules, history=[sent("cool", cooldown - timedelta(minutes=1))])
+    assert (inside.outcome, inside.reason) == ("skipped", "cooldown")
+    (held,) = run(rules, history=[sent("cool", timedelta(days=1), "held_out")])
+    assert (held.outcome, held.reason) == ("skipped", "cooldown")
+    (after,) = run(rules, history=[sent("cool", cooldown)])
+    assert after.outcome == "planned"
+    (other,) = run(rules, history=[sent("another", timedelta(days=1))])
+    assert other.outcome == "planned"
+
+
+def test_global_cap_counts_every_campaign_inside_the_cap_window() -> None:
+    policy = Policy(max_emails_per_customer=3, cap_window=timedelta(days=7))
+    rules = rule_set(compiled("capped"))
+    recent = [
+        sent(f"other-{n}", timedelta(days=n + 1)) for n in range(policy.max_emails_per_customer)
+    ]
+
+    (full,) = run(rules, history=recent, policy=policy)
+    assert (full.outcome, full.reason) == ("skipped", "frequency_cap")
+    (room,) = run(rules, history=recent[:-1], policy=policy)
+    assert room.outcome == "planned"
+    old = sent("other-old", policy.cap_window)
+    (aged,) = run(rules, history=[*recent[:-1], old], policy=policy)
+    assert aged.outcome == "planned", "a send older than the cap window does not count"
+    not_sent = [sent("x", timedelta(hours=1), "skipped"), sent("y", timedelta(hours=1), "held_out")]
+    (ignored,) = run(rules, history=[*recent[:-1], *not_sent], policy=policy)
+    assert ignored.outcome == "planned", "skipped and held-out sends are not emails"
+
+
+def test_global_cap_counts_sends_planned_earlier_in_the_same_event() -> None:
+    policy = Policy(max_emails_per_customer=2, max_campaigns_per_event=3)
+    rules = rule_set(
+        compiled("a", priority=30), compiled("b", priority=20), compiled("c", priority=10)
+    )
+    history = [sent("old", timedelta(days=1))]
+    assert outcomes(run(rules, history=history, policy=policy)) == {
+        "a": ("planned", None),
+        "b": ("skipped", "frequency_cap"),
+        "c": ("skipped", "frequency_cap"),
+    }
+
+
+def test_a_campaign_cannot_loosen_the_global_cap() -> None:
+    # No campaign setting turns the cap off: a campaign without limits is still capped.
+    policy = Policy(max_emails_per_customer=1)
+    (decision,) = run(
+        rule_set(compiled("free")), history=[sent("x", timedelta(hours=2))], policy=policy
+    )
+    assert (decision.outcome, decision.reason) == ("skipped", "frequency_cap")
+
+
+def test_frequency_block_order_of_reasons() -> None:
+    campaign = make_campaign("c", frequency={"once_per_customer": True, "cooldown": "1d"})
+    history = [PastSend("c", "sent", TUESDAY_10 - timedelta(hours=1))] * 5
+    assert frequency_block(campaign, history, POLICY, TUESDAY_10) == "once_per_customer"
+    assert frequency_block(make_campaign("free"), [], POLICY, TUESDAY_10) is None
+    extra = POLICY.max_emails_per_customer
+    assert frequency_block(make_campaign("free"), [], POLICY, TUESDAY_10, extra) == "frequency_cap"
+
+
+# --- holdout ----------------------------------------------------------------------------------
+
+
+def test_a_held_out_customer_is_tracked_not_sent() -> None:
+    (decision,) = run(rule_set(compiled("all-held", holdout_percent=100)))
+    assert (decision.outcome, decision.reason) == ("held_out", "holdout")
+    assert decision.variant == "A"
+    assert decision.dedupe_key is not None
+    assert decision.send_at is not None
+
+
+def test_no_holdout_means_planned() -> None:
+    (decision,) = run(rule_set(compiled("none-held", holdout_percent=0)))
+    assert decision.outcome == "planned"
+
+
+def test_holdout_share_is_respected_by_the_engine() -> None:
+    rules = rule_set(compiled("ten-percent", holdout_percent=10))
+    customers = [replace(CUSTOMER, id=f"C-{n}") for n in range(4000)]
+    held = sum(run(rules, subject=c)[0].outcome == "held_out" for c in customers)
+    assert abs(held / len(customers) - 0.10) < 0.025
+
+
+# --- timing and expiry -----------------------------------------------------------------------
+
+
+def test_send_time_follows_delay_window_and_the_customers_time_zone() -> None:
+    rules = rule_set(
+        compiled(
+            "windowed",
+            schedule={
+                "delay": "2h",
+                "window": {
+                    "days": ["mon", "tue", "wed", "thu", "fri"],
+                    "from": "09:00",
+                    "to": "19:00",
+                },
+            },
+        )
+    )
+    new_york = ZoneInfo("America/New_York")
+    subject = replace(CUSTOMER, timezone="America/New_York")
+    triggered = datetime(2026, 11, 17, 23, 30, tzinfo=UTC)  # Tuesday 18:30 in New York
+    (decision,) = run(rules, subject=subject, triggered_at=triggered)
+    assert decision.send_at == datetime(2026, 11, 18, 9, 0, tzinfo=new_york)
+
+
+def test_quiet_hours_apply_to_every_campaign() -> None:
+    triggered = datetime(2026, 11, 17, 1, 0, tzinfo=UTC)
+    (decision,) = run(rule_set(compiled("no-window")), triggered_at=triggered)
+    assert POLICY.quiet_to is not None
+    assert decision.send_at == datetime.combine(triggered.date(), POLICY.quiet_to, tzinfo=UTC)
+    no_quiet = replace(POLICY, quiet_from=None, quiet_to=None)
+    (decision,) = run(rule_set(compiled("no-window")), triggered_at=triggered, policy=no_quiet)
+    assert decision.send_at == triggered
+
+
+def test_an_unknown_customer_zone_falls_back_to_the_default() -> None:
+    triggered = datetime(2026, 11, 17, 6, 0, tzinfo=UTC)  # quiet in UTC, not in Bucharest
+    subject = replace(CUSTOMER, timezone="Not/AZone")
+    policy = replace(POLICY, default_timezone="UTC")
+    (decision,) = run(
+        rule_set(compiled("c")), subject=subject, triggered_at=triggered, policy=policy
+    )
+    assert decision.send_at == datetime(2026, 11, 17, 8, 0, tzinfo=UTC)
+
+
+def test_a_send_that_cannot_go_out_before_it_expires_is_skipped() -> None:
+    rules = rule_set(compiled("soon", schedule={"delay": "1h", "expire_after": "1d"}))
+    late = TUESDAY_10 + timedelta(hours=1) + timedelta(days=1) + timedelta(minutes=1)
+    (decision,) = run(rules, now=late)
+    assert (decision.outcome, decision.reason) == ("skipped", "expired")
+    assert decision.send_at is not None and decision.expires_at is not None
+    assert decision.send_at > decision.expires_at
+
+
+def test_an_expired_campaign_does_not_use_up_the_event_slot() -> None:
+    sunday_only = {
+        "window": {"days": ["sun"], "from": "10:00", "to": "12:00"},
+        "expire_after": "1d",
+    }
+    rules = rule_set(
+        compiled("sunday", priority=90, schedule=sunday_only), compiled("anyday", priority=10)
+    )
+    assert outcomes(run(rules)) == {
+        "sunday": ("skipped", "expired"),
+        "anyday": ("planned", None),
+    }
+
+
+# --- dedupe keys ------------------------------------------------------------------------------
+
+
+def _key(campaign: CompiledCampaign, **options: Any) -> str | None:
+    (decision,) = run(rule_set(campaign), **options)
+    return decision.dedupe_key
+
+
+def test_dedupe_key_is_stable_for_the_same_inputs() -> None:
+    for frequency in (None, {"once_per_customer": True}, {"cooldown": "14d"}):
+        campaign = compiled("stable", frequency=frequency)
+        assert _key(campaign) == _key(campaign)
+        assert _key(campaign) == dedupe_key(campaign.campaign, CUSTOMER.id, "evt-1", TUESDAY_10)
+
+
+def test_dedupe_key_without_frequency_is_per_event() -> None:
+    campaign = compiled("per-event")
+    assert _key(campaign, event_id="evt-1") != _key(campaign, event_id="evt-2")
+
+
+def test_dedupe_key_once_per_customer_is_one_for_ever() -> None:
+    campaign = compiled("once", frequency={"once_per_customer": True})
+    later = TUESDAY_10 + timedelta(days=900)
+    assert _key(campaign, event_id="evt-1") == _key(campaign, event_id="evt-2", triggered_at=later)
+
+
+def test_dedupe_key_with_cooldown_is_one_per_cooldown_window() -> None:
+    cooldown = timedelta(days=14)
+    campaign = compiled("cool", frequency={"cooldown": "14d"})
+    epoch_start = datetime(1970, 1, 1, tzinfo=UTC)
+    window_start = epoch_start + (TUESDAY_10 - epoch_start) // cooldown * cooldown
+    first = _key(campaign, event_id="evt-1", triggered_at=window_start)
+    same = _key(
+        campaign, event_id="evt-2", triggered_at=window_start + cooldown - timedelta(seconds=1)
+    )
+    assert first == same
+    for later in (window_start + cooldown, window_start + 2 * cooldown, TUESDAY_10 + cooldown):
+        assert _key(campaign, event_id="evt-3", triggered_at=later) != first
+
+
+def test_dedupe_key_is_the_same_in_any_time_zone_representation() -> None:
+    campaign = compiled("cool", frequency={"cooldown": "14d"})
+    as_bucharest = TUESDAY_10.astimezone(ZoneInfo("Europe/Bucharest"))
+    assert _key(campaign, triggered_at=as_bucharest) == _key(campaign, triggered_at=TUESDAY_10)
+
+
+def test_dedupe_keys_differ_per_customer_and_per_campaign() -> None:
+    one, two = compiled("one", priority=2), compiled("two", priority=1)
+    keys = {
+        d.dedupe_key
+        for subject in (CUSTOMER, replace(CUSTOMER, id="C-2"))
+        for d in run(
+            rule_set(one, two), subject=subject, policy=replace(POLICY, max_campaigns_per_event=2)
+        )
+    }
+    assert len(keys) == 4
+
+
+def test_skipped_decisions_have_their_own_per_event_key() -> None:
+    rules = rule_set(compiled("once", frequency={"once_per_customer": True}))
+    subject = replace(CUSTOMER, email_marketing=False)
+    (first,) = run(rules, subject=subject, event_id="evt-1")
+    (second,) = run(rules, subject=subject, event_id="evt-2")
+    (planned,) = run(rules, event_id="evt-1")
+    assert first.dedupe_key is not None and second.dedupe_key is not None
+    assert first.dedupe_key != second.dedupe_key
+    assert first.dedupe_key != planned.dedupe_key
+
+
+def test_decide_is_pure() -> None:
+    rules = rule_set(
+        compiled("a", priority=3),
+        compiled("b", priority=2, holdout_percent=50),
+        compiled("c", priority=1, frequency={"cooldown": "1d"}),
+    )
+    history = [sent("c", timedelta(hours=3))]
+    policy = replace(POLICY, max_campaigns_per_event=3, quiet_to=time(7))
+    assert run(rules, history=history, policy=policy) == run(rules, history=history, policy=policy)
