@@ -31,9 +31,7 @@ class SinkHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         for recipient in envelope.rcpt_tos:
             queue = self.data_faults.get(recipient)
             if queue:
