@@ -6,7 +6,15 @@ from datetime import time, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+    model_validator,
+)
 
 from triggers.conditions import Condition
 from triggers.durations import parse_duration, parse_time_of_day
@@ -29,8 +37,24 @@ def _time_of_day(value: object) -> object:
     raise ValueError('write a time of day as quoted text, e.g. "09:00"')
 
 
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
-TimeOfDay = Annotated[time, BeforeValidator(_time_of_day)]
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_duration),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(0|(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?)$",
+            "description": "a number with a unit, largest first: 90m, 12h, 2d, 1w, 1d12h",
+        }
+    ),
+]
+TimeOfDay = Annotated[
+    time,
+    BeforeValidator(_time_of_day),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^([01]\d|2[0-3]):[0-5]\d$", "description": "HH:MM, 24 h"}
+    ),
+]
 Percent = Annotated[Decimal, Field(ge=0, le=100)]
 TemplateName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", max_length=80)]
 
@@ -57,15 +81,29 @@ class Window(_Model):
 
 
 class Schedule(_Model):
-    delay: Duration = timedelta(0)
+    delay: Duration = Field(timedelta(0), json_schema_extra={"default": "0m"})
     window: Window | None = None
     timezone: str = Field(default="customer", description="'customer' or an IANA name")
-    expire_after: Duration = timedelta(days=7)
+    expire_after: Duration = Field(
+        timedelta(days=7),
+        json_schema_extra={"default": "7d"},
+        description="drop the email if it cannot go out within this time after the trigger",
+    )
+
+
+class MaxSends(_Model):
+    count: Annotated[int, Field(ge=1, le=1000)]
+    period: Duration
 
 
 class Frequency(_Model):
+    """Per-customer limits of this campaign; the global cap in settings applies on top."""
+
     once_per_customer: StrictBool = False
     cooldown: Duration | None = None
+    max_sends: MaxSends | None = Field(
+        default=None, description="at most `count` emails of this campaign per `period`"
+    )
 
 
 class _Offer(_Model):

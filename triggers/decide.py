@@ -33,6 +33,7 @@ class Policy:
     quiet_from: time | None = time(21, 0)
     quiet_to: time | None = time(8, 0)
     default_timezone: str = "UTC"
+    over_cap: Literal["drop", "defer"] = "drop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +80,37 @@ def frequency_block(
         past.status in MARKETING_HISTORY and now - past.at < cooldown for past in mine
     ):
         return "cooldown"
-    recent = sum(
-        1
+    limit = campaign.frequency.max_sends
+    if limit and (
+        sum(1 for past in mine if past.status in MARKETING_HISTORY and now - past.at < limit.period)
+        >= limit.count
+    ):
+        return "max_sends"
+    if len(_counted(history, policy, now)) + extra >= policy.max_emails_per_customer:
+        return "frequency_cap"
+    return None
+
+
+def _counted(history: Sequence[PastSend], policy: Policy, now: datetime) -> list[datetime]:
+    """Times of the emails that count against the global cap at ``now``, oldest first."""
+    return sorted(
+        past.at
         for past in history
         if past.status in COUNTED_STATUSES and now - past.at < policy.cap_window
     )
-    if recent + extra >= policy.max_emails_per_customer:
-        return "frequency_cap"
-    return None
+
+
+def cap_frees_at(
+    history: Sequence[PastSend], policy: Policy, now: datetime, extra: int = 0
+) -> datetime | None:
+    """The first moment one more email fits under the global cap (for ``over_cap: defer``)."""
+    times = _counted(history, policy, now)
+    must_expire = len(times) + extra - policy.max_emails_per_customer + 1
+    if must_expire <= 0:
+        return now
+    if must_expire > len(times):
+        return None
+    return times[must_expire - 1] + policy.cap_window
 
 
 def consent_block(email_marketing: bool | None, has_email: bool, suppressed: bool) -> str | None:
@@ -146,6 +170,11 @@ def decide(
         skip_key = f"{campaign.id}|{subject.id}|skip|{event_id}"
         reason = consent_block(subject.email_marketing, subject.has_email, subject.suppressed)
         reason = reason or frequency_block(campaign, history, policy, now, extra=chosen)
+        earliest = now
+        if reason == "frequency_cap" and policy.over_cap == "defer":
+            frees_at = cap_frees_at(history, policy, now, extra=chosen)
+            if frees_at is not None:
+                reason, earliest = None, frees_at
         if reason is None and chosen >= policy.max_campaigns_per_event:
             reason = "lower_priority"
         if reason is not None:
@@ -153,14 +182,15 @@ def decide(
             continue
         assignment = assign(campaign.experiment, campaign.id, subject.id)
         zone = resolve_zone(campaign.schedule.timezone, subject.timezone, policy.default_timezone)
-        timing = plan_send_time(campaign.schedule, triggered_at, now, zone, quiet)
+        timing = plan_send_time(campaign.schedule, triggered_at, earliest, zone, quiet)
         variant = assignment.variant
+        deferred = earliest > now
         if timing.expired:
             decisions.append(
                 Decision(
                     campaign.id,
                     "skipped",
-                    "expired",
+                    "frequency_cap" if deferred else "expired",
                     variant.id,
                     variant.template,
                     timing.send_at,
@@ -174,7 +204,7 @@ def decide(
             Decision(
                 campaign.id,
                 "held_out" if assignment.held_out else "planned",
-                "holdout" if assignment.held_out else None,
+                "holdout" if assignment.held_out else "deferred_by_cap" if deferred else None,
                 variant.id,
                 variant.template,
                 timing.send_at,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
 from triggers.events import AnniversaryEvent, AnyEvent, PurchaseEvent, UsageChangeEvent
+from triggers.fields import ATTRIBUTE_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ def customer_facts(profile: CustomerProfile, now: datetime) -> dict[str, object]
         return None if moment is None else max((now - moment).days, 0)
 
     tier = profile.attributes.get("loyalty_tier")
-    return {
+    return attribute_facts(profile.attributes) | {
         "customer.orders_count": profile.orders_count,
         "customer.lifetime_spend": profile.lifetime_spend,
         "customer.tenure_days": days_since(profile.first_purchase_at),
@@ -69,6 +70,42 @@ def customer_facts(profile: CustomerProfile, now: datetime) -> dict[str, object]
         "customer.timezone": profile.timezone,
         "customer.email_marketing": profile.email_marketing,
     }
+
+
+def _fact_value(value: object) -> object:
+    """JSON attribute values as conditions see them; anything else counts as missing."""
+    if isinstance(value, bool | str | Decimal):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return frozenset(value)
+    return None
+
+
+def attribute_facts(attributes: Mapping[str, object]) -> dict[str, object]:
+    return {f"{ATTRIBUTE_PREFIX}{name}": _fact_value(value) for name, value in attributes.items()}
+
+
+def apply_purchase(
+    profile: CustomerProfile,
+    total: Decimal,
+    at: datetime,
+    categories: frozenset[str],
+    skus: frozenset[str],
+) -> CustomerProfile:
+    """The profile after one more order: the aggregates conditions rely on, kept current."""
+    return replace(
+        profile,
+        orders_count=profile.orders_count + 1,
+        lifetime_spend=profile.lifetime_spend + total,
+        first_purchase_at=min(filter(None, (profile.first_purchase_at, at))),
+        last_purchase_at=max(filter(None, (profile.last_purchase_at, at))),
+        categories_bought=profile.categories_bought | categories,
+        skus_owned=profile.skus_owned | skus,
+    )
 
 
 def build_facts(event: AnyEvent, profile: CustomerProfile, now: datetime) -> dict[str, object]:

@@ -6,6 +6,7 @@ operator that makes no sense for a field is a lint error, not a silent non-match
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -73,10 +74,29 @@ BUILTIN_FIELDS: dict[str, FieldSpec] = {
 }
 
 
-def fields_for(event_type: str) -> dict[str, FieldSpec]:
-    """The fields a campaign triggered by ``event_type`` may test."""
+ATTRIBUTE_PREFIX = "customer.attributes."
+
+
+def attribute_fields(attributes: Mapping[str, FieldType]) -> dict[str, FieldSpec]:
+    """Fields for the custom customer attributes declared in ``config/attributes.yaml``."""
     return {
+        f"{ATTRIBUTE_PREFIX}{name}": FieldSpec(
+            f"{ATTRIBUTE_PREFIX}{name}", kind, f"custom attribute ({kind})"
+        )
+        for name, kind in attributes.items()
+    }
+
+
+def fields_for(
+    event_type: str | None, attributes: Mapping[str, FieldType] | None = None
+) -> dict[str, FieldSpec]:
+    """The fields a campaign triggered by ``event_type`` may test.
+
+    ``None`` stands for "any event type": only fields every event has (segments use it).
+    """
+    found = {
         name: spec
         for name, spec in BUILTIN_FIELDS.items()
-        if not spec.event_types or event_type in spec.event_types
+        if not spec.event_types or (event_type is not None and event_type in spec.event_types)
     }
+    return found | attribute_fields(attributes or {})

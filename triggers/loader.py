@@ -7,7 +7,7 @@ found by pydantic or by the field catalogue can point at the exact line a market
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -28,7 +28,7 @@ from triggers.conditions import (
     compile_condition,
     did_you_mean,
 )
-from triggers.fields import fields_for
+from triggers.fields import FieldType, fields_for
 
 _UNION_TAGS = {"AllOf", "AnyOf", "NotOf", "SegmentRef", "Leaf"}
 
@@ -95,12 +95,12 @@ def _yaml() -> YAML:
     return reader
 
 
-def _plain(node: Any) -> Any:
-    """Round-trip nodes to plain Python; floats become exact decimals."""
+def plain_data(node: Any) -> Any:
+    """Round-trip nodes to plain Python data; floats become exact decimals."""
     if isinstance(node, CommentedMap):
-        return {str(key): _plain(value) for key, value in node.items()}
+        return {str(key): plain_data(value) for key, value in node.items()}
     if isinstance(node, CommentedSeq):
-        return [_plain(item) for item in node]
+        return [plain_data(item) for item in node]
     if isinstance(node, bool):
         return bool(node)
     if isinstance(node, int):
@@ -112,7 +112,7 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def _locate(document: Any, path: Sequence[str | int], at_key: bool = False) -> tuple[int, int]:
+def locate(document: Any, path: Sequence[str | int], at_key: bool = False) -> tuple[int, int]:
     """1-based line and column of the deepest node of ``path`` present in the document.
 
     Points at the value of the last key, or at the key itself when ``at_key`` is set.
@@ -223,7 +223,7 @@ _CODES = {
 }
 
 
-def _pydantic_issues(filename: str, document: Any, error: ValidationError) -> list[LintIssue]:
+def pydantic_issues(filename: str, document: Any, error: ValidationError) -> list[LintIssue]:
     issues = []
     for item in error.errors(include_url=False):
         loc = tuple(item["loc"])
@@ -240,20 +240,18 @@ def _pydantic_issues(filename: str, document: Any, error: ValidationError) -> li
         elif "bad time" in message or "time of day" in message:
             code = "bad-time"
         clean = _without_tags(document, loc)
-        line, col = _locate(document, clean, at_key=code == "unknown-key")
+        line, col = locate(document, clean, at_key=code == "unknown-key")
         issues.append(LintIssue(filename, line, col, code, _dotted(clean), message))
     return sorted(issues, key=lambda issue: (issue.line, issue.col))
 
 
-def _problem_issue(filename: str, document: Any, problem: Problem) -> LintIssue:
-    line, col = _locate(document, problem.path)
+def problem_issue(filename: str, document: Any, problem: Problem) -> LintIssue:
+    line, col = locate(document, problem.path)
     return LintIssue(filename, line, col, problem.code, _dotted(problem.path), problem.message)
 
 
-def parse_campaign(
-    text: str, filename: str, segments: Mapping[str, Condition]
-) -> tuple[Campaign | None, Any, list[LintIssue]]:
-    """Parse and validate one campaign file's text; returns the campaign or its issues."""
+def read_yaml(text: str, filename: str, what: str) -> tuple[Any, list[LintIssue]]:
+    """Parse YAML 1.2 keeping positions; a syntax error or duplicate key is an issue."""
     try:
         document = _yaml().load(io.StringIO(text))
     except DuplicateKeyError as exc:
@@ -261,30 +259,40 @@ def parse_campaign(
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         key = (exc.problem or "").split('"')[1] if '"' in (exc.problem or "") else ""
         message = f"duplicate key {key!r}" if key else "duplicate key"
-        return None, None, [LintIssue(filename, line, col, "duplicate-key", "", message)]
+        return None, [LintIssue(filename, line, col, "duplicate-key", "", message)]
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = f"YAML syntax: {exc.problem or exc.context}"
-        return None, None, [LintIssue(filename, line, col, "yaml-syntax", "", message)]
+        return None, [LintIssue(filename, line, col, "yaml-syntax", "", message)]
     if not isinstance(document, CommentedMap):
-        return (
-            None,
-            document,
-            [LintIssue(filename, 1, 1, "not-a-mapping", "", "a campaign file is one mapping")],
-        )
+        message = f"{what} is one mapping"
+        return None, [LintIssue(filename, 1, 1, "not-a-mapping", "", message)]
+    return document, []
+
+
+def parse_campaign(
+    text: str,
+    filename: str,
+    segments: Mapping[str, Condition],
+    attributes: Mapping[str, FieldType] | None = None,
+) -> tuple[Campaign | None, Any, list[LintIssue]]:
+    """Parse and validate one campaign file's text; returns the campaign or its issues."""
+    document, syntax = read_yaml(text, filename, "a campaign file")
+    if syntax:
+        return None, document, syntax
     try:
-        campaign = Campaign.model_validate(_plain(document))
+        campaign = Campaign.model_validate(plain_data(document))
     except ValidationError as exc:
-        return None, document, _pydantic_issues(filename, document, exc)
+        return None, document, pydantic_issues(filename, document, exc)
     problems: list[Problem] = []
-    fields = fields_for(campaign.trigger.event)
+    fields = fields_for(campaign.trigger.event, attributes)
     names = list(segments)
     if campaign.trigger.where is not None:
         problems += check_condition(campaign.trigger.where, fields, names, ("trigger", "where"))
     if campaign.audience is not None:
         problems += check_condition(campaign.audience, fields, names, ("audience",))
-    issues = [_problem_issue(filename, document, problem) for problem in problems]
+    issues = [problem_issue(filename, document, problem) for problem in problems]
     return (None if issues else campaign), document, issues
 
 
@@ -315,10 +323,28 @@ def campaign_files(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class TemplateProblem:
+    """A problem a template check found; located in the template file when it knows where,
+    else at the variant's ``template:`` line of the campaign."""
+
+    variant: int
+    code: str
+    message: str
+    file: str | None = None
+    line: int = 1
+    col: int = 1
+
+
+TemplateCheck = Callable[[Campaign], Iterable[TemplateProblem]]
+
+
 def load_rule_set(
     paths: Iterable[Path],
     template_names: Iterable[str] | None = None,
     segments: Mapping[str, Condition] | None = None,
+    attributes: Mapping[str, FieldType] | None = None,
+    template_check: TemplateCheck | None = None,
 ) -> RuleSet:
     """Load, validate and compile every campaign; all or nothing (raises RuleSetError)."""
     segments = dict(segments or {})
@@ -333,12 +359,12 @@ def load_rule_set(
         except (OSError, UnicodeDecodeError) as exc:
             issues.append(LintIssue(name, 1, 1, "unreadable", "", str(exc)))
             continue
-        campaign, document, found = parse_campaign(text, name, segments)
+        campaign, document, found = parse_campaign(text, name, segments, attributes)
         issues += found
         if campaign is None:
             continue
         if campaign.id in first_seen:
-            line, col = _locate(document, ("id",))
+            line, col = locate(document, ("id",))
             issues.append(
                 LintIssue(
                     name,
@@ -353,7 +379,7 @@ def load_rule_set(
         first_seen[campaign.id] = name
         if templates is not None:
             template_issues = [
-                _problem_issue(
+                problem_issue(
                     name,
                     document,
                     Problem(
@@ -368,6 +394,26 @@ def load_rule_set(
             ]
             if template_issues:
                 issues += template_issues
+                continue
+        if template_check is not None:
+            checked = [
+                LintIssue(
+                    problem.file, problem.line, problem.col, problem.code, "", problem.message
+                )
+                if problem.file
+                else problem_issue(
+                    name,
+                    document,
+                    Problem(
+                        ("experiment", "variants", problem.variant, "template"),
+                        problem.code,
+                        problem.message,
+                    ),
+                )
+                for problem in template_check(campaign)
+            ]
+            if checked:
+                issues += checked
                 continue
         compiled.append(compile_campaign(campaign, name, segments))
     if issues:

@@ -108,22 +108,39 @@ def demo() -> None:
 @click.option("--format", "output", type=click.Choice(["text", "github"]), default="text")
 def lint(paths: tuple[Path, ...], output: str) -> None:
     """Validate campaign files (default: the configured campaigns directory)."""
-    from triggers.loader import RuleSetError, load_rule_set
-    from worker.rules import template_names
+    from triggers.loader import RuleSetError
+    from worker.rendering import Renderer
+    from worker.rules import load_rules
 
     settings = get_settings()
-    targets = list(paths) or [settings.campaigns_dir]
     try:
-        rules = load_rule_set(targets, template_names=template_names(settings.templates_dir))
+        rules = load_rules(settings, Renderer(settings), list(paths) or None)
     except RuleSetError as exc:
         for issue in exc.issues:
             if output == "github":
+                where = f"{issue.path}: " if issue.path else ""
                 click.echo(
                     f"::error file={issue.file},line={issue.line},col={issue.col},"
-                    f"title={issue.code}::{issue.path}: {issue.message}"
+                    f"title={issue.code}::{where}{issue.message}"
                 )
             else:
                 click.echo(str(issue))
         click.echo(f"{len(exc.issues)} error(s)", err=True)
         sys.exit(1)
     click.echo(f"{len(rules.campaigns)} campaign(s) OK")
+
+
+@main.command()
+@click.option(
+    "--output",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directory to write to (default: schema/ in the project).",
+)
+def schema(directory: Path | None) -> None:
+    """Write the JSON Schemas of campaign and segment files (for editors and CI)."""
+    from worker.schemas import write_schemas
+
+    for path in write_schemas(get_settings(), directory):
+        click.echo(f"wrote {path}")

@@ -21,11 +21,12 @@ from sqlalchemy.orm import Session
 from triggers.decide import consent_block, frequency_block
 from triggers.events import PurchaseEvent, validate_event
 from triggers.facts import build_facts
-from triggers.offers import OfferUnavailable, ResolvedOffer, resolve_offer, target_categories
+from triggers.offers import OfferUnavailable, resolve_offer, target_categories
 from triggers.schedule import next_allowed, quiet_hours_window, resolve_zone
 from worker.catalog import products_by_sku, products_in_categories, products_in_lines
 from worker.customers import is_suppressed, profile_of, send_history
 from worker.db import transaction
+from worker.email_context import email_context, links_for
 from worker.mime import Envelope, HeaderInjection, build_message, message_id_for
 from worker.models import Customer, Event, Send, Suppression
 from worker.providers.base import (
@@ -33,9 +34,7 @@ from worker.providers.base import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from worker.rendering import babel_locale
 from worker.runtime import Runtime
-from worker.tokens import load_keys, sign
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(hours=1)
@@ -57,36 +56,6 @@ def _set(session: Session, send_id: int, expected: str, **values: Any) -> bool:
         update(Send).where(Send.id == send_id, Send.status == expected).values(**values)
     )
     return bool(getattr(result, "rowcount", 0))
-
-
-def _offer_context(offer: ResolvedOffer, money: Any) -> dict[str, Any]:
-    items = [
-        {
-            "sku": p.sku,
-            "name": p.name,
-            "category": p.category,
-            "price": str(p.price),
-            "currency": p.currency,
-            "price_text": money(p.price, p.currency),
-            "url": p.url,
-            "image_url": p.image_url,
-        }
-        for p in offer.items
-    ]
-    context: dict[str, Any] = {
-        "type": offer.type,
-        "items": items,
-        "currency": offer.currency,
-        "points": offer.points,
-        "new_categories": list(offer.new_categories),
-        "discount_percent": str(offer.discount_percent) if offer.discount_percent else None,
-        "regular_price_text": None,
-        "bundle_price_text": None,
-    }
-    if offer.bundle_price is not None and offer.currency:
-        context["regular_price_text"] = money(offer.regular_price, offer.currency)
-        context["bundle_price_text"] = money(offer.bundle_price, offer.currency)
-    return context
 
 
 def prepare(
@@ -149,38 +118,24 @@ def prepare(
     except OfferUnavailable as unavailable:
         return Skip(unavailable.reason)
 
-    locale = babel_locale(customer.locale, settings.default_locale)
-    keys = load_keys(
-        settings.unsubscribe_keys.get_secret_value() if settings.unsubscribe_keys else None,
-        settings.var_dir,
-    )
-    token = sign(keys, customer.id, "all")
-    unsubscribe_url = f"{settings.public_url.rstrip('/')}/u/{token}"
     variant = next(v for v in compiled.campaign.experiment.variants if v.id == send.variant)
-    context = {
-        "customer": {
+    links = links_for(settings, runtime.unsubscribe_keys, customer.id)
+    context = email_context(
+        settings=settings,
+        customer={
             "id": customer.id,
-            "first_name": customer.first_name or "",
-            "last_name": customer.last_name or "",
+            "first_name": customer.first_name,
+            "last_name": customer.last_name,
             "email": customer.email,
+            "locale": customer.locale,
         },
-        "event": stored.payload,
-        "campaign": {
-            "id": compiled.id,
-            "name": compiled.campaign.name,
-            "kind": compiled.campaign.kind,
-        },
-        "variant": send.variant,
-        "shop": {"name": settings.shop_name, "url": settings.public_url},
-        "unsubscribe_url": unsubscribe_url,
-        "preferences_url": f"{settings.public_url.rstrip('/')}/preferences/{token}",
-    }
+        event=stored.payload,
+        campaign=compiled.campaign,
+        variant=variant.id,
+        offer=offer,
+        links=links,
+    )
     try:
-        from babel.numbers import format_currency
-
-        context["offer"] = _offer_context(
-            offer, lambda amount, currency: format_currency(amount, currency, locale=locale)
-        )
         rendered = runtime.renderer.render(
             send.template or variant.template, context, customer.locale, variant.subject
         )
@@ -195,7 +150,7 @@ def prepare(
                 reply_to=settings.reply_to,
                 date=now,
                 message_id=message_id,
-                unsubscribe_url=unsubscribe_url,
+                unsubscribe_url=links.unsubscribe_url,
                 unsubscribe_mailto=settings.unsubscribe_mailto,
                 campaign_id=compiled.id,
             ),

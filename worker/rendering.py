@@ -63,7 +63,7 @@ class Renderer:
             loader=FileSystemLoader(str(settings.templates_dir)),
             autoescape=select_autoescape(enabled_extensions=("html",), default=False),
             undefined=StrictUndefined,
-            auto_reload=True,
+            auto_reload=False,  # a snapshot's templates never change under it
             cache_size=400,
             trim_blocks=True,
             lstrip_blocks=True,

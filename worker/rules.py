@@ -1,8 +1,11 @@
 """The live campaign rule set: loaded whole, swapped atomically, last good set kept.
 
-The worker calls :meth:`RuleStore.current` on every decision; at most every
-``check_every`` seconds it looks at the files' modification times and reloads when they
-changed. A reload that fails leaves the previous rules running and logs every error.
+A snapshot is the campaigns, the segments and attributes they use, and the template
+renderer whose templates were checked with them. The worker asks for the current
+snapshot on every decision; at most every ``check_every`` seconds (or at once on SIGHUP)
+it compares the files' modification times and reloads when they changed. A reload that
+fails leaves the previous snapshot running, logs every error as ``file:line:col`` and
+raises the ``crosssell_rules_reload_failing`` gauge.
 """
 
 from __future__ import annotations
@@ -10,24 +13,30 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from triggers.definitions import load_definitions
 from triggers.loader import RuleSet, RuleSetError, campaign_files, load_rule_set
+from worker.metrics import CAMPAIGNS_ACTIVE, RULE_RELOADS, RULES_STALE
+from worker.rendering import Renderer
+from worker.settings import Settings
+from worker.template_lint import make_template_check
 
 log = logging.getLogger(__name__)
+Signature = tuple[tuple[str, int, int], ...]
 
 
 def template_names(templates_dir: Path) -> set[str]:
-    """Template directories that have at least a subject and an HTML body."""
+    """Template directories (``_base`` and other ``_`` folders are layouts, not templates)."""
     if not templates_dir.is_dir():
         return set()
     return {
         path.name
         for path in templates_dir.iterdir()
-        if path.is_dir() and not path.name.startswith("_") and (path / "subject.txt").exists()
+        if path.is_dir() and not path.name.startswith("_")
     }
 
 
@@ -45,20 +54,41 @@ def load_complements(path: Path) -> dict[str, list[str]]:
     return {str(k): [str(i) for i in v] for k, v in data.items()}
 
 
+def load_rules(settings: Settings, renderer: Renderer, paths: list[Path] | None = None) -> RuleSet:
+    """Validate and compile everything a rule set depends on; raises RuleSetError."""
+    definitions = load_definitions(settings.attributes_file, settings.segments_file)
+    return load_rule_set(
+        paths or [settings.campaigns_dir],
+        template_names=template_names(settings.templates_dir),
+        segments=definitions.segments,
+        attributes=definitions.attributes,
+        template_check=make_template_check(renderer),
+    )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    rules: RuleSet
+    renderer: Renderer
+
+
 class RuleStore:
-    def __init__(self, campaigns_dir: Path, templates_dir: Path, check_every: float = 2.0) -> None:
-        self._campaigns_dir = campaigns_dir
-        self._templates_dir = templates_dir
+    def __init__(self, settings: Settings, check_every: float = 2.0) -> None:
+        self._settings = settings
         self._check_every = check_every
         self._lock = threading.Lock()
-        self._rules: RuleSet | None = None
-        self._signature: tuple[tuple[str, int, int], ...] = ()
+        self._snapshot: Snapshot | None = None
+        self._signature: Signature = ()
         self._checked_at = 0.0
         self.reload_failures = 0
         self.last_error: str | None = None
 
-    def _current_signature(self) -> tuple[tuple[str, int, int], ...]:
-        files: Sequence[Path] = campaign_files([self._campaigns_dir])
+    def _current_signature(self) -> Signature:
+        settings = self._settings
+        files = campaign_files([settings.campaigns_dir])
+        files += [settings.segments_file, settings.attributes_file]
+        if settings.templates_dir.is_dir():
+            files += sorted(p for p in settings.templates_dir.rglob("*") if p.is_file())
         stats = []
         for path in files:
             try:
@@ -68,40 +98,48 @@ class RuleStore:
             stats.append((str(path), stat.st_mtime_ns, stat.st_size))
         return tuple(stats)
 
-    def load(self) -> RuleSet:
-        """Load now; raises RuleSetError if the files are bad (nothing is swapped)."""
+    def load(self) -> Snapshot:
+        """Load now; raises RuleSetError if anything is bad (nothing is swapped)."""
         signature = self._current_signature()
-        rules = load_rule_set(
-            [self._campaigns_dir], template_names=template_names(self._templates_dir)
-        )
+        renderer = Renderer(self._settings)
+        snapshot = Snapshot(load_rules(self._settings, renderer), renderer)
         with self._lock:
-            self._rules, self._signature = rules, signature
+            self._snapshot, self._signature = snapshot, signature
             self._checked_at = time.monotonic()
             self.last_error = None
-        return rules
+        RULE_RELOADS.labels("ok").inc()
+        RULES_STALE.set(0)
+        CAMPAIGNS_ACTIVE.set(sum(c.campaign.status == "active" for c in snapshot.rules.campaigns))
+        return snapshot
 
-    def current(self) -> RuleSet:
-        """The rules in force, reloaded first if the files changed since the last look."""
-        if self._rules is None:
+    def snapshot(self) -> Snapshot:
+        """The snapshot in force, reloaded first if the files changed since the last look."""
+        if self._snapshot is None:
             return self.load()
         if time.monotonic() - self._checked_at >= self._check_every:
             self.reload_if_changed()
-        assert self._rules is not None
-        return self._rules
+        assert self._snapshot is not None
+        return self._snapshot
 
-    def reload_if_changed(self) -> bool:
+    def current(self) -> RuleSet:
+        return self.snapshot().rules
+
+    def reload_if_changed(self, force: bool = False) -> bool:
+        """Reload when the files changed (or always with ``force``); False if kept as is."""
         self._checked_at = time.monotonic()
         signature = self._current_signature()
-        if signature == self._signature:
+        if signature == self._signature and not force:
             return False
         try:
-            rules = self.load()
+            snapshot = self.load()
         except RuleSetError as exc:
             with self._lock:
                 self._signature = signature
                 self.reload_failures += 1
                 self.last_error = str(exc)
+            RULE_RELOADS.labels("failed").inc()
+            RULES_STALE.set(1)
             log.error("campaign reload failed; the previous rules keep running:\n%s", exc)
             return False
-        log.info("campaigns reloaded: %s", ", ".join(c.id for c in rules.campaigns))
+        log.info("campaigns reloaded: %s", ", ".join(c.id for c in snapshot.rules.campaigns))
         return True

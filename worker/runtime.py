@@ -25,7 +25,7 @@ class Runtime:
 
     @cached_property
     def rules(self) -> RuleStore:
-        store = RuleStore(self.settings.campaigns_dir, self.settings.templates_dir)
+        store = RuleStore(self.settings)
         store.load()
         return store
 
@@ -38,10 +38,16 @@ class Runtime:
         return load_complements(self.settings.complements_file)
 
     @cached_property
-    def renderer(self) -> Renderer:
-        from worker.rendering import Renderer
+    def unsubscribe_keys(self) -> dict[str, bytes]:
+        from worker.tokens import load_keys
 
-        return Renderer(self.settings)
+        secret = self.settings.unsubscribe_keys
+        return load_keys(secret.get_secret_value() if secret else None, self.settings.var_dir)
+
+    @property
+    def renderer(self) -> Renderer:
+        """The renderer whose templates were validated with the rules now in force."""
+        return self.rules.snapshot().renderer
 
     @cached_property
     def provider(self) -> Provider:

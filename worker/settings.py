@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     deliver_queue: str = Field("crosssell.deliver", description="Celery queue of deliver tasks")
     campaigns_dir: Path = PROJECT_ROOT / "config" / "campaigns"
     complements_file: Path = PROJECT_ROOT / "config" / "complements.yaml"
+    segments_file: Path = PROJECT_ROOT / "config" / "segments.yaml"
+    attributes_file: Path = PROJECT_ROOT / "config" / "attributes.yaml"
     templates_dir: Path = PROJECT_ROOT / "templates"
 
     email_provider: Literal["file", "smtp"] = "file"
@@ -62,6 +64,9 @@ class Settings(BaseSettings):
     max_emails_per_customer: int = Field(3, ge=1)
     cap_window: str = "7d"
     max_campaigns_per_event: int = Field(1, ge=1)
+    over_cap_policy: Literal["drop", "defer"] = Field(
+        "drop", description="over the global cap: drop the email, or defer it until it fits"
+    )
     quiet_hours: str | None = Field("21:00-08:00", description="local quiet hours, HH:MM-HH:MM")
 
     dispatch_interval: float = Field(1.0, gt=0, description="seconds between dispatcher polls")
@@ -118,6 +123,7 @@ class Settings(BaseSettings):
             quiet_from=quiet[0] if quiet else None,
             quiet_to=quiet[1] if quiet else None,
             default_timezone=self.default_timezone,
+            over_cap=self.over_cap_policy,
         )
 
 

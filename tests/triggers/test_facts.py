@@ -92,8 +92,26 @@ def test_customer_facts() -> None:
         "customer.locale": "ro-RO",
         "customer.timezone": "Europe/Bucharest",
         "customer.email_marketing": True,
+        "customer.attributes.loyalty_tier": "gold",
     }
-    assert set(facts) == {name for name in BUILTIN_FIELDS if name.startswith("customer.")}
+    builtin = {name for name in BUILTIN_FIELDS if name.startswith("customer.")}
+    assert set(facts) == builtin | {"customer.attributes.loyalty_tier"}
+
+
+def test_attribute_facts_keep_json_types_and_never_coerce() -> None:
+    profile = CustomerProfile(
+        id="C-3",
+        attributes={"visits": 12, "score": Decimal("4.5"), "vip": True, "tags": ["a", "b"],
+                    "note": "12", "nested": {"x": 1}, "mixed": ["a", 1]},
+    )
+    facts = customer_facts(profile, NOW)
+    assert facts["customer.attributes.visits"] == 12
+    assert facts["customer.attributes.score"] == Decimal("4.5")
+    assert facts["customer.attributes.vip"] is True
+    assert facts["customer.attributes.tags"] == frozenset({"a", "b"})
+    assert facts["customer.attributes.note"] == "12"  # text stays text
+    assert facts["customer.attributes.nested"] is None
+    assert facts["customer.attributes.mixed"] is None
 
 
 def test_unknown_customer_data_is_missing_not_invented() -> None:

@@ -1,0 +1,174 @@
+"""Shared definitions campaigns build on: custom attribute types and named segments.
+
+``config/attributes.yaml`` declares the type of each custom customer attribute, so a
+condition on ``customer.attributes.<name>`` is type-checked like a built-in field.
+``config/segments.yaml`` names reusable conditions (``{segment: repeat-buyers}``); a
+segment may use other segments, never itself, directly or through others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from triggers.conditions import (
+    AllOf,
+    AnyOf,
+    Condition,
+    NotOf,
+    Problem,
+    SegmentRef,
+    check_condition,
+    did_you_mean,
+)
+from triggers.fields import FieldType, fields_for
+from triggers.loader import (
+    LintIssue,
+    RuleSetError,
+    locate,
+    plain_data,
+    problem_issue,
+    pydantic_issues,
+    read_yaml,
+)
+
+_CONDITION: TypeAdapter[Condition] = TypeAdapter(Condition)
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+@dataclass(frozen=True)
+class Definitions:
+    attributes: Mapping[str, FieldType] = field(default_factory=dict)
+    segments: Mapping[str, Condition] = field(default_factory=dict)
+
+
+def _read(path: Path | None, what: str) -> tuple[Any, list[LintIssue]]:
+    if path is None or not path.exists():
+        return None, []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [LintIssue(str(path), 1, 1, "unreadable", "", str(exc))]
+    if not text.strip():
+        return None, []
+    return read_yaml(text, str(path), what)
+
+
+def parse_attributes(path: Path | None) -> tuple[dict[str, FieldType], list[LintIssue]]:
+    document, issues = _read(path, "an attributes file")
+    if document is None:
+        return {}, issues
+    kinds = [kind.value for kind in FieldType]
+    found: dict[str, FieldType] = {}
+    for name, kind in document.items():
+        if not isinstance(name, str) or not name or not set(name) <= _NAME_CHARS:
+            line, col = document.lc.key(name)
+            issues.append(
+                LintIssue(
+                    str(path),
+                    line + 1,
+                    col + 1,
+                    "bad-name",
+                    str(name),
+                    "attribute names use a-z, 0-9, _ and -",
+                )
+            )
+        elif kind not in kinds:
+            line, col = locate(document, (name,))
+            issues.append(
+                LintIssue(
+                    str(path),
+                    line,
+                    col,
+                    "bad-value",
+                    name,
+                    f"type must be one of {', '.join(kinds)}" + did_you_mean(str(kind), kinds),
+                )
+            )
+        else:
+            found[name] = FieldType(kind)
+    return found, issues
+
+
+def _references(node: Condition) -> set[str]:
+    if isinstance(node, AllOf | AnyOf):
+        children = node.all if isinstance(node, AllOf) else node.any
+        return set().union(*(_references(child) for child in children))
+    if isinstance(node, NotOf):
+        return _references(node.not_)
+    if isinstance(node, SegmentRef):
+        return {node.segment}
+    return set()
+
+
+def _cycle(name: str, graph: Mapping[str, set[str]]) -> list[str] | None:
+    """A path name → … → name through segment references, if there is one."""
+    stack: list[tuple[str, list[str]]] = [(name, [name])]
+    seen: set[str] = set()
+    while stack:
+        current, trail = stack.pop()
+        for target in sorted(graph.get(current, ())):
+            if target == name:
+                return [*trail, name]
+            if target not in seen:
+                seen.add(target)
+                stack.append((target, [*trail, target]))
+    return None
+
+
+def parse_segments(
+    path: Path | None, attributes: Mapping[str, FieldType]
+) -> tuple[dict[str, Condition], list[LintIssue]]:
+    document, issues = _read(path, "a segments file")
+    if document is None:
+        return {}, issues
+    filename = str(path)
+    fields = fields_for(None, attributes)
+    names = [str(name) for name in document]
+    found: dict[str, Condition] = {}
+    for name, raw in document.items():
+        try:
+            condition = _CONDITION.validate_python(plain_data(raw))
+        except ValidationError as exc:
+            wrapped = [
+                LintIssue(
+                    i.file, i.line, i.col, i.code, f"{name}.{i.path}" if i.path else name, i.message
+                )
+                for i in pydantic_issues(filename, raw, exc)
+            ]
+            issues += wrapped or [LintIssue(filename, 1, 1, "bad-value", name, str(exc))]
+            continue
+        problems: list[Problem] = list(check_condition(condition, fields, names, (name,)))
+        issues += [problem_issue(filename, document, problem) for problem in problems]
+        if not problems:
+            found[str(name)] = condition
+    graph = {name: _references(condition) for name, condition in found.items()}
+    for name in sorted(found):
+        cycle = _cycle(name, graph)
+        if cycle:
+            line, col = locate(document, (name,), at_key=True)
+            issues.append(
+                LintIssue(
+                    filename,
+                    line,
+                    col,
+                    "segment-cycle",
+                    name,
+                    "segments refer to each other in a circle: " + " -> ".join(cycle),
+                )
+            )
+    return found, issues
+
+
+def load_definitions(attributes_path: Path | None, segments_path: Path | None) -> Definitions:
+    """Attributes, then segments (which may test attributes); raises RuleSetError."""
+    attributes, issues = parse_attributes(attributes_path)
+    segments, segment_issues = parse_segments(segments_path, attributes)
+    issues += segment_issues
+    if issues:
+        raise RuleSetError(issues)
+    return Definitions(attributes, segments)
