@@ -29,7 +29,7 @@ MAX_EVENT_BYTES = 256 * 1024
 
 Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4, allow_inf_nan=False)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128)]
-AttributeValue = str | bool | int | Decimal | None
+AttributeValue = str | bool | int | Decimal | list[str] | None
 
 
 class _Strict(BaseModel):

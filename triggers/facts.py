@@ -7,7 +7,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
-from triggers.events import AnniversaryEvent, AnyEvent, PurchaseEvent, UsageChangeEvent
+from triggers.events import (
+    AnniversaryEvent,
+    AnyEvent,
+    CustomerData,
+    PurchaseEvent,
+    UsageChangeEvent,
+)
 from triggers.fields import ATTRIBUTE_PREFIX
 
 
@@ -17,6 +23,8 @@ class CustomerProfile:
 
     id: str
     email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
     locale: str | None = None
     timezone: str | None = None
     email_marketing: bool | None = None
@@ -87,6 +95,31 @@ def _fact_value(value: object) -> object:
 
 def attribute_facts(attributes: Mapping[str, object]) -> dict[str, object]:
     return {f"{ATTRIBUTE_PREFIX}{name}": _fact_value(value) for name, value in attributes.items()}
+
+
+_PROFILE_FIELDS = ("email", "first_name", "last_name", "locale", "timezone")
+
+
+def apply_customer(profile: CustomerProfile, data: CustomerData) -> CustomerProfile:
+    """The event's customer block is an upsert: given fields replace, others are kept."""
+    changes: dict[str, object] = {
+        name: getattr(data, name) for name in _PROFILE_FIELDS if name in data.model_fields_set
+    }
+    if data.consent is not None and "email_marketing" in data.consent.model_fields_set:
+        changes["email_marketing"] = data.consent.email_marketing
+    if data.attributes:
+        changes["attributes"] = {**profile.attributes, **data.attributes}
+    return replace(profile, **changes)  # type: ignore[arg-type]
+
+
+def purchase_of(event: PurchaseEvent) -> tuple[Decimal, datetime, frozenset[str], frozenset[str]]:
+    data = event.data
+    return (
+        data.total,
+        event.occurred_at,
+        frozenset(item.category for item in data.items),
+        frozenset(item.sku for item in data.items),
+    )
 
 
 def apply_purchase(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 
@@ -10,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from triggers.decide import MARKETING_HISTORY, PastSend
-from triggers.events import CustomerData, PurchaseData
-from triggers.facts import CustomerProfile
+from triggers.events import CustomerData, PurchaseEvent
+from triggers.facts import CustomerProfile, apply_customer, apply_purchase, purchase_of
 from worker.models import Customer, Order, OrderLine, Send, Suppression
 
 
@@ -29,35 +28,24 @@ def upsert_customer(session: Session, data: CustomerData, now: datetime) -> Cust
             created_at=now,
         )
         session.add(customer)
-    for name in ("email", "first_name", "last_name", "locale", "timezone"):
-        if name in data.model_fields_set:
-            setattr(customer, name, getattr(data, name))
-    if data.consent is not None and "email_marketing" in data.consent.model_fields_set:
-        customer.email_marketing = data.consent.email_marketing
-    if data.attributes:
-        customer.attributes = {**(customer.attributes or {}), **_json_safe(data.attributes)}
+    _store(customer, apply_customer(profile_of(customer), data))
     customer.updated_at = now
     return customer
 
 
-def _json_safe(values: Mapping[str, object]) -> dict[str, object]:
-    return {k: str(v) if isinstance(v, Decimal) else v for k, v in values.items()}
-
-
-def record_purchase(
-    session: Session, customer: Customer, event_id: str, data: PurchaseData, at: datetime
-) -> bool:
+def record_purchase(session: Session, customer: Customer, event: PurchaseEvent) -> bool:
     """Store the order and update the aggregates; False if the order was already known."""
+    data = event.data
     if session.get(Order, data.order_id) is not None:
         return False
     session.add(
         Order(
             id=data.order_id,
             customer_id=customer.id,
-            event_id=event_id,
+            event_id=event.id,
             currency=data.currency,
             total=data.total,
-            ordered_at=at,
+            ordered_at=event.occurred_at,
         )
     )
     session.add_all(
@@ -70,23 +58,40 @@ def record_purchase(
         )
         for item in data.items
     )
-    customer.orders_count = (customer.orders_count or 0) + 1
-    customer.lifetime_spend = (customer.lifetime_spend or Decimal(0)) + data.total
-    if customer.first_purchase_at is None or at < customer.first_purchase_at:
-        customer.first_purchase_at = at
-    if customer.last_purchase_at is None or at > customer.last_purchase_at:
-        customer.last_purchase_at = at
-    customer.categories_bought = sorted(
-        set(customer.categories_bought or []) | {item.category for item in data.items}
-    )
-    customer.skus_owned = sorted(set(customer.skus_owned or []) | {item.sku for item in data.items})
+    _store(customer, apply_purchase(profile_of(customer), *purchase_of(event)))
     return True
+
+
+def _store(customer: Customer, profile: CustomerProfile) -> None:
+    """Write a profile back to its row (only what changed is updated by the ORM)."""
+    for name in (
+        "email",
+        "first_name",
+        "last_name",
+        "locale",
+        "timezone",
+        "email_marketing",
+        "orders_count",
+        "lifetime_spend",
+        "first_purchase_at",
+        "last_purchase_at",
+    ):
+        if getattr(customer, name) != getattr(profile, name):
+            setattr(customer, name, getattr(profile, name))
+    if dict(customer.attributes or {}) != dict(profile.attributes):
+        customer.attributes = dict(profile.attributes)
+    if set(customer.categories_bought or ()) != profile.categories_bought:
+        customer.categories_bought = sorted(profile.categories_bought)
+    if set(customer.skus_owned or ()) != profile.skus_owned:
+        customer.skus_owned = sorted(profile.skus_owned)
 
 
 def profile_of(customer: Customer) -> CustomerProfile:
     return CustomerProfile(
         id=customer.id,
         email=customer.email,
+        first_name=customer.first_name,
+        last_name=customer.last_name,
         locale=customer.locale,
         timezone=customer.timezone,
         email_marketing=customer.email_marketing,

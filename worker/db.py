@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from decimal import Decimal
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -29,19 +31,41 @@ def _sqlite_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _json_default(value: object) -> object:
+    # Custom attributes arrive as exact decimals; JSON has only numbers. Money never
+    # goes through here (it has its own columns).
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def json_dumps(value: object) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False)
+
+
+def json_loads(text: str | bytes) -> object:
+    return json.loads(text, parse_float=Decimal)
+
+
 def make_engine(url: str) -> Engine:
     """An engine with the options each backend needs for safe concurrent use."""
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1]
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(
+            url, connect_args={"timeout": 30}, json_serializer=json_dumps,
+            json_deserializer=json_loads,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, json_serializer=json_dumps,
+        json_deserializer=json_loads,
+    )
 
 
 _cached_urls: set[str] = set()

@@ -57,7 +57,7 @@ def ingest_event(
     )
     session.add(row)
     if isinstance(event, PurchaseEvent):
-        record_purchase(session, customer, event.id, event.data, event.occurred_at)
+        record_purchase(session, customer, event)
     session.flush()
 
     profile = profile_of(customer)

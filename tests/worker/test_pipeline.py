@@ -204,3 +204,20 @@ def test_lost_task_is_requeued_by_the_sweeper(
     assert _dispatch(runtime) == [send_id]
     assert deliver_send(runtime, send_id) == "sent"
     assert list((runtime.settings.resolved_outbox_dir).glob("*.eml"))
+
+
+def test_custom_attributes_keep_their_json_types(tmp_path: Path, database_url: str) -> None:
+    runtime = _runtime(tmp_path, database_url)
+    event = purchase(
+        customer=customer_block(
+            "C-attr", attributes={"score": Decimal("4.5"), "visits": 12, "tags": ["a"]}
+        )
+    )
+    _ingest(runtime, event)
+    with transaction(database_url) as session:
+        customer = session.get(Customer, "C-attr")
+    assert customer is not None
+    assert customer.attributes["score"] == Decimal("4.5")
+    assert customer.attributes["visits"] == 12
+    assert customer.attributes["tags"] == ["a"]
+
