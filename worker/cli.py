@@ -10,7 +10,26 @@ from typing import BinaryIO
 
 import click
 
+from worker.runtime import Runtime
 from worker.settings import get_settings
+
+
+def _serve(runtime_name: str) -> Runtime:
+    """The process runtime, with SIGHUP reloading campaigns and metrics served if asked."""
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from worker.runtime import get_runtime
+
+    runtime = get_runtime()
+    runtime.rules.current()  # fail fast on bad rules at start, before taking any work
+    signal.signal(signal.SIGHUP, lambda *_: runtime.rules.request_reload())
+    port = runtime.settings.metrics_port
+    if port:
+        start_http_server(port, addr=runtime.settings.metrics_host)
+        logging.getLogger(__name__).info("%s: metrics on :%s/metrics", runtime_name, port)
+    return runtime
 
 
 def _logging(level: str) -> None:
@@ -63,9 +82,8 @@ def publish(file: BinaryIO) -> None:
 def consume() -> None:
     """Consume CRM events: store, decide and plan (production: one or more of these)."""
     from worker.consumer import run_consumer
-    from worker.runtime import get_runtime
 
-    run_consumer(get_runtime())
+    run_consumer(_serve("consume"))
 
 
 @main.command()
@@ -74,12 +92,12 @@ def dispatch() -> None:
     import signal
 
     from worker.dispatcher import run_dispatcher
-    from worker.runtime import get_runtime
 
+    runtime = _serve("dispatch")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        run_dispatcher(get_runtime(), stop)
+        run_dispatcher(runtime, stop)
     except KeyboardInterrupt:
         stop.set()
 
@@ -90,9 +108,8 @@ def dispatch() -> None:
 def run(until_drained: bool, concurrency: int) -> None:
     """Consumer, dispatcher and Celery worker in one process (embedded and small installs)."""
     from worker.run import run_all
-    from worker.runtime import get_runtime
 
-    sys.exit(run_all(get_runtime(), until_drained=until_drained, concurrency=concurrency))
+    sys.exit(run_all(_serve("run"), until_drained=until_drained, concurrency=concurrency))
 
 
 @main.command()
@@ -144,3 +161,83 @@ def schema(directory: Path | None) -> None:
 
     for path in write_schemas(get_settings(), directory):
         click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option(
+    "--event",
+    "event_file",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A file holding one event (JSON, or the first line of a JSONL file).",
+)
+@click.option("--campaign", "campaign_id", required=True)
+@click.option("--now", "now_text", default=None, help="Decide as of this ISO time.")
+def explain(event_file: Path, campaign_id: str, now_text: str | None) -> None:
+    """Show how each condition of a campaign evaluated for an event."""
+    from datetime import datetime
+
+    from triggers.events import InvalidEvent, parse_event
+    from worker.explain import explain as explain_event
+    from worker.runtime import get_runtime
+
+    raw = event_file.read_bytes().strip()
+    try:
+        event = parse_event(raw)
+    except InvalidEvent as bad:
+        if bad.code != "not_json" or not raw:
+            raise click.ClickException(f"{event_file}: {bad.code}: {bad.reason}") from None
+        try:  # a JSON Lines file: explain its first event
+            event = parse_event(raw.splitlines()[0])
+        except InvalidEvent as first:
+            raise click.ClickException(f"{event_file}: {first.code}: {first.reason}") from None
+    now = datetime.fromisoformat(now_text) if now_text else None
+    try:
+        for line in explain_event(get_runtime(), event, campaign_id, now):
+            click.echo(line)
+    except LookupError as missing:
+        raise click.ClickException(str(missing)) from None
+
+
+@main.command()
+@click.option(
+    "--events",
+    "events_file",
+    type=click.Path(exists=True, path_type=Path),
+    help="JSON Lines file of events to replay.",
+)
+@click.option(
+    "--since",
+    "since_text",
+    default=None,
+    help="Replay the stored event log, counting from this ISO time.",
+)
+def simulate(events_file: Path | None, since_text: str | None) -> None:
+    """Dry run: which campaigns would fire, emails per day, what was skipped. Sends nothing."""
+    from triggers.simulate import simulate as run_simulation
+    from worker.runtime import get_runtime
+    from worker.simulation import (
+        events_from_file,
+        events_from_log,
+        parse_since,
+        report_lines,
+    )
+
+    if (events_file is None) == (since_text is None):
+        raise click.UsageError("give either --events FILE or --since TIME")
+    runtime = get_runtime()
+    rules = runtime.rules.current()
+    problems: list[str] = []
+    if events_file is not None:
+        source, count_from = events_from_file(events_file, problems), None
+    else:
+        try:
+            count_from = parse_since(str(since_text))
+        except ValueError as bad:
+            raise click.BadParameter(str(bad), param_hint="--since") from None
+        source = events_from_log(runtime)
+    report = run_simulation(source, rules, runtime.policy, count_from=count_from)
+    for line in report_lines(report, [c.id for c in rules.campaigns]):
+        click.echo(line)
+    for problem in problems:
+        click.echo(f"skipped bad event: {problem}", err=True)

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from triggers.events import InvalidEvent, parse_event
 from worker.db import transaction
 from worker.ingest import ingest_event
+from worker.metrics import EVENTS
 from worker.runtime import Runtime
 from worker.topology import dead_letter_queue, events_queue, transport_options
 
@@ -79,7 +80,9 @@ class EventConsumer(ConsumerMixin):
             message.requeue()
             return
         message.ack()
-        self.stats["duplicate" if result.duplicate else "accepted"] += 1
+        outcome = "duplicate" if result.duplicate else "accepted"
+        self.stats[outcome] += 1
+        EVENTS.labels(outcome).inc()
         log.debug("event %s %s", event.id, "duplicate" if result.duplicate else "stored")
         if self.on_ingested is not None:
             self.on_ingested()
@@ -108,6 +111,7 @@ class EventConsumer(ConsumerMixin):
         )
         message.ack()
         self.stats["dead_lettered"] += 1
+        EVENTS.labels("dead_lettered").inc()
         log.warning("dead-lettered a message: %s: %s", code, reason)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from decimal import Decimal
 from contextlib import contextmanager
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,9 @@ def make_engine(url: str) -> Engine:
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"timeout": 30}, json_serializer=json_dumps,
+            url,
+            connect_args={"timeout": 30},
+            json_serializer=json_dumps,
             json_deserializer=json_loads,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -63,7 +65,11 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=5, json_serializer=json_dumps,
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        json_serializer=json_dumps,
         json_deserializer=json_loads,
     )
 

@@ -22,11 +22,12 @@ from triggers.decide import consent_block, frequency_block
 from triggers.events import PurchaseEvent, validate_event
 from triggers.facts import build_facts
 from triggers.offers import OfferUnavailable, resolve_offer, target_categories
-from triggers.schedule import next_allowed, quiet_hours_window, resolve_zone
+from triggers.schedule import campaign_window, next_allowed, quiet_hours_window, resolve_zone
 from worker.catalog import products_by_sku, products_in_categories, products_in_lines
 from worker.customers import is_suppressed, profile_of, send_history
 from worker.db import transaction
 from worker.email_context import email_context, links_for
+from worker.metrics import SENDS
 from worker.mime import Envelope, HeaderInjection, build_message, message_id_for
 from worker.models import Customer, Event, Send, Suppression
 from worker.providers.base import (
@@ -55,7 +56,10 @@ def _set(session: Session, send_id: int, expected: str, **values: Any) -> bool:
     result = session.execute(
         update(Send).where(Send.id == send_id, Send.status == expected).values(**values)
     )
-    return bool(getattr(result, "rowcount", 0))
+    changed = bool(getattr(result, "rowcount", 0))
+    if changed and values.get("status") != "sending":
+        SENDS.labels(values.get("status", ""), values.get("reason") or "").inc()
+    return changed
 
 
 def prepare(
@@ -89,11 +93,14 @@ def prepare(
     zone = resolve_zone(
         compiled.campaign.schedule.timezone, customer.timezone, settings.default_timezone
     )
-    quiet = runtime.policy
-    if quiet.quiet_from is not None and quiet.quiet_to is not None:
-        allowed = next_allowed(now, [quiet_hours_window(quiet.quiet_from, quiet.quiet_to)], zone)
-        if allowed > now:
-            return Reschedule(allowed)
+    policy = runtime.policy
+    windows = [campaign_window(compiled.campaign.schedule)]
+    if policy.quiet_from is not None and policy.quiet_to is not None:
+        windows.append(quiet_hours_window(policy.quiet_from, policy.quiet_to))
+    allowed = next_allowed(now, [w for w in windows if w is not None], zone)
+    if allowed > now:
+        # A retry or a late dispatch must not land at 3 a.m. or outside the window.
+        return Reschedule(allowed)
 
     offer_spec = compiled.campaign.offer
     bought = [item for item in event.data.items] if isinstance(event, PurchaseEvent) else []
@@ -204,7 +211,7 @@ def deliver_send(runtime: Runtime, send_id: int) -> str:
                 "sending",
                 status="planned",
                 send_at=prepared.send_at,
-                reason="quiet_hours",
+                reason="outside_window",
                 updated_at=now,
             )
             return "rescheduled"

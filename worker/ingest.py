@@ -24,6 +24,7 @@ from worker.customers import (
     send_history,
     upsert_customer,
 )
+from worker.metrics import SENDS
 from worker.models import Event, Send
 
 
@@ -109,5 +110,6 @@ def ingest_event(
             )
         )
         outcome[decision.campaign_id] = decision.reason or decision.outcome
+        SENDS.labels(decision.outcome, decision.reason or "").inc()
     row.outcome = outcome
     return IngestResult(duplicate=False, decisions=tuple(decisions))

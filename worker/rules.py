@@ -82,6 +82,11 @@ class RuleStore:
         self._checked_at = 0.0
         self.reload_failures = 0
         self.last_error: str | None = None
+        self._reload_requested = False
+
+    def request_reload(self) -> None:
+        """Ask for a reload at the next use (safe to call from a signal handler)."""
+        self._reload_requested = True
 
     def _current_signature(self) -> Signature:
         settings = self._settings
@@ -116,7 +121,10 @@ class RuleStore:
         """The snapshot in force, reloaded first if the files changed since the last look."""
         if self._snapshot is None:
             return self.load()
-        if time.monotonic() - self._checked_at >= self._check_every:
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload_if_changed(force=True)
+        elif time.monotonic() - self._checked_at >= self._check_every:
             self.reload_if_changed()
         assert self._snapshot is not None
         return self._snapshot

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     )
     quiet_hours: str | None = Field("21:00-08:00", description="local quiet hours, HH:MM-HH:MM")
 
+    metrics_port: int = Field(0, ge=0, le=65535, description="serve /metrics here; 0: off")
+    metrics_host: str = Field("127.0.0.1", description="address the metrics server binds")
     dispatch_interval: float = Field(1.0, gt=0, description="seconds between dispatcher polls")
     dispatch_batch: int = Field(500, ge=1)
     requeue_after: str = Field("10m", description="re-enqueue a queued send not started by then")
