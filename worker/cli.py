@@ -20,10 +20,21 @@ def _serve(runtime_name: str) -> Runtime:
 
     from prometheus_client import start_http_server
 
+    from triggers.loader import RuleSetError
+    from worker.migrate import SchemaNotCurrent, ensure_schema
     from worker.runtime import get_runtime
 
     runtime = get_runtime()
-    runtime.rules.current()  # fail fast on bad rules at start, before taking any work
+    settings = runtime.settings
+    try:
+        ensure_schema(settings.resolved_database_url, embedded=not settings.database_url)
+    except SchemaNotCurrent as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        runtime.rules.current()  # fail fast on bad rules at start, before taking any work
+    except RuleSetError as exc:
+        raise click.ClickException(f"the campaign files are not valid:\n{exc}") from None
+    runtime.rules.watch_in_background()
     signal.signal(signal.SIGHUP, lambda *_: runtime.rules.request_reload())
     port = runtime.settings.metrics_port
     if port:

@@ -18,3 +18,31 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str) -> None:
     command.upgrade(alembic_config(database_url), "head")
+
+
+def pending(database_url: str) -> bool:
+    """True when the database is not at the latest schema revision."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from worker.db import engine_for
+
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    with engine_for(database_url).connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    return current != head
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The configured database needs ``crosssell migrate`` first."""
+
+
+def ensure_schema(database_url: str, embedded: bool) -> None:
+    """The embedded SQLite database is migrated on start; any other must be migrated
+    explicitly (``crosssell migrate``) so that schema changes are a deliberate step."""
+    if embedded:
+        upgrade(database_url)
+    elif pending(database_url):
+        raise SchemaNotCurrent(
+            "the database schema is not at the latest revision: run `crosssell migrate`"
+        )

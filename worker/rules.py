@@ -132,6 +132,22 @@ class RuleStore:
     def current(self) -> RuleSet:
         return self.snapshot().rules
 
+    def watch_in_background(self) -> threading.Thread:
+        """Look at the files every few seconds even when no work arrives, so a broken edit
+        is reported (log and metric) right away rather than at the next event."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(self._check_every)
+                try:
+                    self.snapshot()
+                except Exception:  # never let the watcher die; the error is logged
+                    log.exception("watching the campaign files failed")
+
+        thread = threading.Thread(target=loop, name="rules-watch", daemon=True)
+        thread.start()
+        return thread
+
     def reload_if_changed(self, force: bool = False) -> bool:
         """Reload when the files changed (or always with ``force``); False if kept as is."""
         self._checked_at = time.monotonic()

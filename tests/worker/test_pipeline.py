@@ -220,4 +220,3 @@ def test_custom_attributes_keep_their_json_types(tmp_path: Path, database_url: s
     assert customer.attributes["score"] == Decimal("4.5")
     assert customer.attributes["visits"] == 12
     assert customer.attributes["tags"] == ["a"]
-
