@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 from datetime import time, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import Annotated, Literal
+from zoneinfo import available_timezones
 
 from pydantic import (
     BaseModel,
@@ -13,6 +16,7 @@ from pydantic import (
     Field,
     StrictBool,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -21,6 +25,11 @@ from triggers.durations import parse_duration, parse_time_of_day
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
 
 
 def _duration(value: object) -> object:
@@ -55,8 +64,27 @@ TimeOfDay = Annotated[
         {"type": "string", "pattern": r"^([01]\d|2[0-3]):[0-5]\d$", "description": "HH:MM, 24 h"}
     ),
 ]
-Percent = Annotated[Decimal, Field(ge=0, le=100)]
-TemplateName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", max_length=80)]
+
+
+def _number(value: object) -> object:
+    """Numbers as numbers: "10" (quoted) is text, and true is not 1 (no coercion)."""
+    if isinstance(value, str | bool):
+        raise ValueError("write a number without quotes")
+    return value
+
+
+def _whole(value: object) -> object:
+    _number(value)
+    if isinstance(value, Decimal) and value != value.to_integral_value():
+        raise ValueError("write a whole number")
+    return int(value) if isinstance(value, Decimal) else value
+
+
+Number = Annotated[Decimal, BeforeValidator(_number)]
+Whole = Annotated[int, BeforeValidator(_whole)]
+Percent = Annotated[Number, Field(ge=0, le=100)]
+# Any directory name; whether the template exists is checked against templates/.
+TemplateName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$", max_length=80)]
 
 
 class _Model(BaseModel):
@@ -84,6 +112,16 @@ class Schedule(_Model):
     delay: Duration = Field(timedelta(0), json_schema_extra={"default": "0m"})
     window: Window | None = None
     timezone: str = Field(default="customer", description="'customer' or an IANA name")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if value == "customer" or value in _zones():
+            return value
+        hint = difflib.get_close_matches(value, sorted(_zones()), n=1, cutoff=0.6)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ValueError(f"unknown time zone {value!r}: use 'customer' or an IANA name{suggestion}")
+
     expire_after: Duration = Field(
         timedelta(days=7),
         json_schema_extra={"default": "7d"},
@@ -92,7 +130,7 @@ class Schedule(_Model):
 
 
 class MaxSends(_Model):
-    count: Annotated[int, Field(ge=1, le=1000)]
+    count: Annotated[Whole, Field(ge=1, le=1000)]
     period: Duration
 
 
@@ -106,10 +144,26 @@ class Frequency(_Model):
     )
 
 
+Strategy = Literal["recommended", "complementary", "bestsellers"]
+
+
+class Coupon(_Model):
+    """A code per email: unguessable, the same on every retry, valid for ``expires_after``."""
+
+    prefix: Annotated[str, Field(pattern=r"^[A-Z0-9]{0,8}$")] = ""
+    discount_percent: Percent | None = None
+    expires_after: Duration = Field(timedelta(days=14), json_schema_extra={"default": "14d"})
+
+
 class _Offer(_Model):
-    max_items: Annotated[int, Field(ge=1, le=12)] = 3
+    max_items: Annotated[Whole, Field(ge=1, le=12)] = 3
     exclude_owned: StrictBool = True
     unavailable: Literal["skip_item", "cancel_send"] = "skip_item"
+    fallback: list[Strategy] = Field(
+        default_factory=list,
+        description="strategies tried in turn when the offer's own yields nothing",
+    )
+    coupon: Coupon | None = None
 
 
 class ComplementaryOffer(_Offer):
@@ -128,24 +182,30 @@ class BundleOffer(_Offer):
 
 class UpgradeOffer(_Offer):
     type: Literal["upgrade"]
-    max_price_ratio: Annotated[Decimal, Field(gt=1, le=10)] = Decimal(2)
+    max_price_ratio: Annotated[Number, Field(gt=1, le=10)] = Decimal(2)
+
+
+class RecommendedOffer(_Offer):
+    """What customers who bought the same also bought (see `crosssell recommendations`)."""
+
+    type: Literal["recommended"]
 
 
 class LoyaltyBonusOffer(_Offer):
     type: Literal["loyalty_bonus"]
-    points: Annotated[int, Field(ge=1)]
+    points: Annotated[Whole, Field(ge=1)]
     new_categories_only: StrictBool = True
 
 
 Offer = Annotated[
-    ComplementaryOffer | BundleOffer | UpgradeOffer | LoyaltyBonusOffer,
+    ComplementaryOffer | BundleOffer | UpgradeOffer | LoyaltyBonusOffer | RecommendedOffer,
     Field(discriminator="type"),
 ]
 
 
 class Variant(_Model):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$", max_length=40)]
-    weight: Annotated[int, Field(ge=0, le=10_000)] = 1
+    weight: Annotated[Whole, Field(ge=0, le=10_000)] = 1
     template: TemplateName
     subject: Annotated[str, Field(max_length=300)] | None = None
 
@@ -154,22 +214,13 @@ class Experiment(_Model):
     holdout_percent: Percent = Decimal(0)
     variants: list[Variant] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _variants(self) -> Experiment:
-        ids = [variant.id for variant in self.variants]
-        if len(set(ids)) != len(ids):
-            raise ValueError("variant ids must be unique")
-        if sum(variant.weight for variant in self.variants) == 0:
-            raise ValueError("at least one variant needs a weight above 0")
-        return self
-
 
 class Campaign(_Model):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9\-]*$", max_length=80)]
     name: Annotated[str, Field(min_length=1, max_length=200)]
     status: Literal["active", "paused", "draft"] = "active"
     kind: Literal["cross_sell", "upsell", "loyalty", "reengagement"]
-    priority: Annotated[int, Field(ge=0, le=1000)] = 50
+    priority: Annotated[Whole, Field(ge=0, le=1000)] = 50
     trigger: Trigger
     audience: Condition | None = None
     offer: Offer

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from triggers.fields import ALL_OPERATORS, OPERATORS, FieldSpec, FieldType
+from triggers.fields import ALL_OPERATORS, BUILTIN_FIELDS, OPERATORS, FieldSpec, FieldType
 
 Facts = Mapping[str, object]
 Predicate = Callable[[Facts], bool]
@@ -140,18 +140,27 @@ def check_condition(
     else:
         spec = fields.get(node.field)
         if spec is None:
-            hint = did_you_mean(node.field, list(fields))
-            yield Problem((*path, "field"), "unknown-field", f"unknown field {node.field!r}{hint}")
+            other = BUILTIN_FIELDS.get(node.field)
+            if other is not None and other.event_types:
+                message = (
+                    f"{node.field!r} is a field of {' and '.join(other.event_types)} events, "
+                    "not of the event this campaign listens to"
+                )
+            else:
+                message = f"unknown field {node.field!r}{did_you_mean(node.field, list(fields))}"
+            yield Problem((*path, "field"), "unknown-field", message)
             return
         allowed = OPERATORS[spec.type]
         if node.op not in allowed:
+            hint = did_you_mean(node.op, allowed)
             if node.op in ALL_OPERATORS:
                 message = f"operator {node.op!r} does not apply to {spec.type} field {spec.name}"
                 code = "wrong-operator"
+                hint = hint or f"; use one of {', '.join(allowed)}"
             else:
                 message = f"unknown operator {node.op!r}"
                 code = "unknown-operator"
-            yield Problem((*path, "op"), code, message + did_you_mean(node.op, allowed))
+            yield Problem((*path, "op"), code, message + hint)
             return
         problem = _value_problem(spec, node.op, node.value)
         if problem is not None:

@@ -147,9 +147,11 @@ def parse_segments(
         if not problems:
             found[str(name)] = condition
     graph = {name: _references(condition) for name, condition in found.items()}
-    for name in sorted(found):
+    reported: set[frozenset[str]] = set()
+    for name in found:  # file order, so a cycle is reported at its first member
         cycle = _cycle(name, graph)
-        if cycle:
+        if cycle and frozenset(cycle) not in reported:
+            reported.add(frozenset(cycle))
             line, col = locate(document, (name,), at_key=True)
             issues.append(
                 LintIssue(

@@ -10,8 +10,9 @@ import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
@@ -29,8 +30,6 @@ from triggers.conditions import (
     did_you_mean,
 )
 from triggers.fields import FieldType, fields_for
-
-_UNION_TAGS = {"AllOf", "AnyOf", "NotOf", "SegmentRef", "Leaf"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +119,8 @@ def locate(document: Any, path: Sequence[str | int], at_key: bool = False) -> tu
     or ``Leaf``) are skipped when the step after them is there.
     """
     line, col = 0, 0
+    if isinstance(document, CommentedMap) and document:
+        line, col = document.lc.key(next(iter(document)))
     node = document
     for index, step in enumerate(path):
         last = index == len(path) - 1
@@ -128,18 +129,25 @@ def locate(document: Any, path: Sequence[str | int], at_key: bool = False) -> tu
                 following = path[index + 1] if not last else None
                 if following is not None and following in node:
                     continue
-                if step in _UNION_TAGS:
+                if step in _union_tags():
                     continue
                 return line + 1, col + 1
             line, col = node.lc.key(step)
             value = node[step]
-            if not isinstance(value, CommentedMap | CommentedSeq) and not (at_key and last):
+            scalar = not isinstance(value, CommentedMap | CommentedSeq)
+            # A list written inline is itself the wrong value: point at it.
+            inline = (
+                last
+                and isinstance(value, CommentedSeq)
+                and (not value or bool(value.fa.flow_style()))
+            )
+            if (scalar or inline) and not (at_key and last):
                 line, col = node.lc.value(step)
             node = value
         elif isinstance(node, CommentedSeq) and isinstance(step, int) and step < len(node):
             line, col = node.lc.item(step)
             node = node[step]
-        elif isinstance(step, str) and step in _UNION_TAGS:
+        elif isinstance(step, str) and step in _union_tags():
             continue
         else:
             break
@@ -153,7 +161,7 @@ def _without_tags(document: Any, path: Sequence[str | int]) -> list[str | int]:
     for index, step in enumerate(path):
         following = path[index + 1] if index + 1 < len(path) else None
         if isinstance(node, CommentedMap) and step not in node:
-            if step in _UNION_TAGS or (following is not None and following in node):
+            if step in _union_tags() or (following is not None and following in node):
                 continue
             kept.append(step)
             node = None
@@ -162,7 +170,7 @@ def _without_tags(document: Any, path: Sequence[str | int]) -> list[str | int]:
         ):
             kept.append(step)
             node = node[step]
-        elif isinstance(step, str) and step in _UNION_TAGS:
+        elif isinstance(step, str) and step in _union_tags():
             continue
         else:
             kept.append(step)
@@ -175,7 +183,7 @@ def _dotted(path: Sequence[str | int]) -> str:
     for step in path:
         if isinstance(step, int):
             text += f"[{step}]"
-        elif step not in _UNION_TAGS:
+        elif step not in _union_tags():
             text += f".{step}" if text else step
     return text
 
@@ -206,13 +214,57 @@ def _models_in(annotation: Any) -> Iterable[type[BaseModel]]:
         yield from _models_in(origin)
 
 
-_CAMPAIGN_KEYS: list[str] = []
+def _tag_of(model: type[BaseModel]) -> str:
+    """The name pydantic puts in error locations for a union member."""
+    field = model.model_fields.get("type")
+    if field is not None and get_args(field.annotation):
+        return str(get_args(field.annotation)[0])
+    return model.__name__
 
 
-def _campaign_keys() -> list[str]:
-    if not _CAMPAIGN_KEYS:
-        _CAMPAIGN_KEYS.extend(sorted(_known_keys(Campaign) | {"all", "any", "not", "segment"}))
-    return _CAMPAIGN_KEYS
+@cache
+def _union_tags() -> frozenset[str]:
+    """Names pydantic inserts into error locations that are not keys of the document."""
+    offers = _models_in(Campaign.model_fields["offer"].annotation)
+    return frozenset({"AllOf", "AnyOf", "NotOf", "SegmentRef", "Leaf"}) | {
+        _tag_of(model) for model in offers
+    }
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _models_at(path: Sequence[str | int]) -> tuple[list[type[BaseModel]], list[type[BaseModel]]]:
+    """The models a mapping at ``path`` may be, and its union siblings (for hints)."""
+    models: list[type[BaseModel]] = [Campaign]
+    siblings: list[type[BaseModel]] = []
+    for step in path:
+        if isinstance(step, int):
+            continue
+        tagged = [model for model in models if _tag_of(model) == step]
+        if tagged:
+            siblings, models = models, tagged
+            continue
+        following: list[type[BaseModel]] = []
+        for model in models:
+            for name, info in model.model_fields.items():
+                if (info.alias or name) == step:
+                    following += _models_in(info.annotation)
+        models, siblings = list(dict.fromkeys(following)), []
+    return models, siblings
+
+
+def _unknown_key_message(loc: Sequence[str | int]) -> str:
+    key = str(loc[-1])
+    models, siblings = _models_at(loc[:-1])
+    allowed = sorted({k for model in models for k in _keys(model)})
+    owners = [_tag_of(m) for m in siblings if key in _keys(m) and m not in models]
+    if owners:
+        return f"unknown key {key!r} here: it belongs to {' and '.join(owners)} offers"
+    hint = did_you_mean(key, allowed)
+    listing = "" if hint or not allowed else f" (keys here: {', '.join(allowed)})"
+    return f"unknown key {key!r}{hint}{listing}"
 
 
 _CODES = {
@@ -223,18 +275,45 @@ _CODES = {
 }
 
 
+def _message(item: Any, loc: tuple[str | int, ...], code: str) -> tuple[str, tuple[str | int, ...]]:
+    """A marketer's wording for a pydantic error, and the location to point at."""
+    kind = item["type"]
+    message = str(item["msg"]).removeprefix("Value error, ")
+    if code == "unknown-key" and loc and isinstance(loc[-1], str):
+        return _unknown_key_message(loc), loc
+    if code == "missing-key" and loc:
+        return f"missing required key {loc[-1]!r}", loc
+    if kind == "bool_type":
+        return "write true or false (YAML 1.2 reads yes, no, on and off as text)", loc
+    if kind == "union_tag_invalid":
+        context = item.get("ctx") or {}
+        tag, expected = str(context.get("tag", "")), str(context.get("expected_tags", ""))
+        choices = [choice.strip(" '") for choice in expected.split(",")]
+        listing = ", ".join(repr(choice) for choice in choices)
+        return f"unknown type {tag!r}{did_you_mean(tag, choices)} (one of {listing})", (
+            *loc,
+            "type",
+        )
+    if kind == "literal_error":
+        choices = _literal_choices(item)
+        written = item.get("input")
+        hint = did_you_mean(str(written), choices)
+        listing = ", ".join(repr(choice) for choice in choices)
+        return f"{written!r} is not allowed{hint} (one of {listing})", loc
+    return message, loc
+
+
+def _literal_choices(item: Any) -> list[str]:
+    expected = str((item.get("ctx") or {}).get("expected", ""))
+    return [part.strip(" '") for part in expected.replace(" or ", ",").split(",") if part.strip()]
+
+
 def pydantic_issues(filename: str, document: Any, error: ValidationError) -> list[LintIssue]:
     issues = []
     for item in error.errors(include_url=False):
         loc = tuple(item["loc"])
         code = _CODES.get(item["type"], "bad-value")
-        message = item["msg"]
-        if message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        if code == "unknown-key" and loc and isinstance(loc[-1], str):
-            message = f"unknown key {loc[-1]!r}{did_you_mean(loc[-1], _campaign_keys())}"
-        elif code == "missing-key" and loc:
-            message = f"missing required key {loc[-1]!r}"
+        message, loc = _message(item, loc, code)
         if "bad duration" in message or "write a duration" in message:
             code = "bad-duration"
         elif "bad time" in message or "time of day" in message:
@@ -264,10 +343,20 @@ def read_yaml(text: str, filename: str, what: str) -> tuple[Any, list[LintIssue]
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = f"YAML syntax: {exc.problem or exc.context}"
+        if "'\\t'" in message:
+            message = "YAML syntax: a tab cannot indent YAML; indent with spaces"
         return None, [LintIssue(filename, line, col, "yaml-syntax", "", message)]
     if not isinstance(document, CommentedMap):
-        message = f"{what} is one mapping"
-        return None, [LintIssue(filename, 1, 1, "not-a-mapping", "", message)]
+        message = f"{what} is one mapping (key: value lines)"
+        first = next(
+            (
+                n
+                for n, line in enumerate(text.splitlines(), 1)
+                if line.strip() and not line.lstrip().startswith("#")
+            ),
+            1,
+        )
+        return None, [LintIssue(filename, first, 1, "not-a-mapping", "", message)]
     return document, []
 
 
@@ -292,8 +381,34 @@ def parse_campaign(
         problems += check_condition(campaign.trigger.where, fields, names, ("trigger", "where"))
     if campaign.audience is not None:
         problems += check_condition(campaign.audience, fields, names, ("audience",))
+    problems += _variant_problems(campaign)
     issues = [problem_issue(filename, document, problem) for problem in problems]
     return (None if issues else campaign), document, issues
+
+
+def _variant_problems(campaign: Campaign) -> list[Problem]:
+    variants = campaign.experiment.variants
+    problems = []
+    seen: set[str] = set()
+    for index, variant in enumerate(variants):
+        if variant.id in seen:
+            problems.append(
+                Problem(
+                    ("experiment", "variants", index, "id"),
+                    "bad-value",
+                    f"variant id {variant.id!r} is used twice",
+                )
+            )
+        seen.add(variant.id)
+    if all(variant.weight == 0 for variant in variants):
+        problems.append(
+            Problem(
+                ("experiment", "variants"),
+                "bad-value",
+                "at least one variant needs a weight above 0",
+            )
+        )
+    return problems
 
 
 def compile_campaign(

@@ -6,7 +6,7 @@ The worker fetches candidate products; this module only chooses among them, so t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -14,10 +14,11 @@ from triggers.campaigns import (
     BundleOffer,
     ComplementaryOffer,
     LoyaltyBonusOffer,
+    RecommendedOffer,
     UpgradeOffer,
 )
 
-AnyOffer = ComplementaryOffer | BundleOffer | UpgradeOffer | LoyaltyBonusOffer
+AnyOffer = ComplementaryOffer | BundleOffer | UpgradeOffer | LoyaltyBonusOffer | RecommendedOffer
 CENT = Decimal("0.01")
 
 
@@ -45,6 +46,7 @@ class ResolvedOffer:
     bundle_price: Decimal | None = None
     points: int | None = None
     new_categories: tuple[str, ...] = field(default_factory=tuple)
+    strategy: str = "complementary"
 
 
 class OfferUnavailable(Exception):
@@ -90,6 +92,28 @@ def _round_robin(
     return chosen
 
 
+def primary_strategy(offer: AnyOffer) -> str:
+    if isinstance(offer, RecommendedOffer):
+        return "recommended"
+    if isinstance(offer, UpgradeOffer):
+        return "upgrade"
+    if isinstance(offer, ComplementaryOffer) and offer.skus:
+        return "skus"
+    return "complementary"
+
+
+def _pick_with_policy(
+    offer: AnyOffer, pool: list[Product], pick: Callable[[list[Product]], list[Product]]
+) -> list[Product]:
+    """Apply the out-of-stock policy: leave such items out, or cancel the whole email."""
+    if offer.unavailable == "skip_item":
+        return pick([p for p in pool if p.in_stock])
+    chosen = pick(pool)
+    if any(not p.in_stock for p in chosen):
+        raise OfferUnavailable("out_of_stock")
+    return chosen
+
+
 def resolve_offer(
     offer: AnyOffer,
     *,
@@ -97,31 +121,35 @@ def resolve_offer(
     categories: Sequence[str],
     owned_skus: frozenset[str],
     trigger_products: Sequence[Product] = (),
+    recommended: Sequence[Product] = (),
+    bestsellers: Sequence[Product] = (),
 ) -> ResolvedOffer:
-    """Choose the offered items; raise :class:`OfferUnavailable` when nothing fits."""
-    pool = [p for p in candidates if not (offer.exclude_owned and p.sku in owned_skus)]
-    if isinstance(offer, ComplementaryOffer) and offer.skus:
-        order = {sku: index for index, sku in enumerate(offer.skus)}
-        pool = sorted((p for p in pool if p.sku in order), key=lambda p: order[p.sku])
-    if isinstance(offer, UpgradeOffer):
-        pool = _upgrades(offer, pool, trigger_products)
+    """Choose the offered items; raise :class:`OfferUnavailable` when nothing fits.
 
-    def pick(products: list[Product]) -> list[Product]:
-        keeps_order = isinstance(offer, UpgradeOffer) or (
-            isinstance(offer, ComplementaryOffer) and bool(offer.skus)
-        )
-        if keeps_order:
-            return products[: offer.max_items]
-        return _round_robin(categories, products, offer.max_items)
+    ``candidates`` are the products of the target ``categories``; ``recommended`` the
+    trigger products' partners, best first; ``bestsellers`` the most bought products of the
+    target categories, most bought first. The offer's own strategy is tried first, then
+    each of its ``fallback`` strategies, until one yields an item.
+    """
+    seen_any = False
+    chosen: list[Product] = []
+    strategy = primary_strategy(offer)
+    for strategy in (primary_strategy(offer), *offer.fallback):
+        pool = _pool(offer, strategy, candidates, recommended, bestsellers, trigger_products)
+        pool = [p for p in pool if not (offer.exclude_owned and p.sku in owned_skus)]
+        seen_any = seen_any or bool(pool)
+        in_order = strategy in ("recommended", "upgrade", "skus")
 
-    if offer.unavailable == "skip_item":
-        chosen = pick([p for p in pool if p.in_stock])
-    else:
-        chosen = pick(pool)
-        if any(not p.in_stock for p in chosen):
-            raise OfferUnavailable("out_of_stock")
+        def pick(products: list[Product], in_order: bool = in_order) -> list[Product]:
+            if in_order:
+                return list(dict.fromkeys(products))[: offer.max_items]
+            return _round_robin(categories, products, offer.max_items)
+
+        chosen = _pick_with_policy(offer, pool, pick)
+        if chosen:
+            break
     if not chosen and not isinstance(offer, LoyaltyBonusOffer):
-        raise OfferUnavailable("out_of_stock" if pool else "no_offer")
+        raise OfferUnavailable("out_of_stock" if seen_any else "no_offer")
     currency = chosen[0].currency if chosen else None
     if isinstance(offer, BundleOffer):
         chosen = [p for p in chosen if p.currency == currency]
@@ -134,6 +162,7 @@ def resolve_offer(
             offer.discount_percent,
             regular,
             (regular * factor).quantize(CENT, rounding=ROUND_HALF_UP),
+            strategy=strategy,
         )
     if isinstance(offer, LoyaltyBonusOffer):
         return ResolvedOffer(
@@ -142,8 +171,31 @@ def resolve_offer(
             currency,
             points=offer.points,
             new_categories=tuple(categories),
+            strategy=strategy,
         )
-    return ResolvedOffer(offer.type, tuple(chosen), currency)
+    return ResolvedOffer(offer.type, tuple(chosen), currency, strategy=strategy)
+
+
+def _pool(
+    offer: AnyOffer,
+    strategy: str,
+    candidates: Sequence[Product],
+    recommended: Sequence[Product],
+    bestsellers: Sequence[Product],
+    trigger_products: Sequence[Product],
+) -> list[Product]:
+    if strategy == "recommended":
+        return list(recommended)
+    if strategy == "bestsellers":
+        return list(bestsellers)
+    if strategy == "upgrade":
+        assert isinstance(offer, UpgradeOffer)
+        return _upgrades(offer, list(candidates), trigger_products)
+    if strategy == "skus":
+        assert isinstance(offer, ComplementaryOffer) and offer.skus
+        order = {sku: index for index, sku in enumerate(offer.skus)}
+        return sorted((p for p in candidates if p.sku in order), key=lambda p: order[p.sku])
+    return list(candidates)
 
 
 def _upgrades(offer: UpgradeOffer, pool: list[Product], bought: Sequence[Product]) -> list[Product]:

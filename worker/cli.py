@@ -252,3 +252,33 @@ def simulate(events_file: Path | None, since_text: str | None) -> None:
         click.echo(line)
     for problem in problems:
         click.echo(f"skipped bad event: {problem}", err=True)
+
+
+@main.group()
+def catalog() -> None:
+    """The product catalog offers draw from."""
+
+
+@catalog.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def catalog_import(file: Path) -> None:
+    """Import products from CSV or JSON Lines (.jsonl); all rows or none."""
+    from datetime import UTC, datetime
+
+    from worker.catalog_import import CatalogError, parse_catalog, upsert_products
+    from worker.db import transaction
+
+    try:
+        rows = parse_catalog(file)
+    except CatalogError as bad:
+        for error in bad.errors[:100]:
+            click.echo(f"{file}:{error.line}: {error.column}: {error.message}", err=True)
+        more = len(bad.errors) - 100
+        raise click.ClickException(
+            f"{len(bad.errors)} error(s){f' ({more} not shown)' if more > 0 else ''}; "
+            "nothing was imported"
+        ) from None
+    settings = get_settings()
+    with transaction(settings.resolved_database_url) as session:
+        count = upsert_products(session, rows, datetime.now(UTC))
+    click.echo(f"imported {count} product(s) from {file}")

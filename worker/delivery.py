@@ -19,17 +19,18 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from triggers.decide import consent_block, frequency_block
-from triggers.events import PurchaseEvent, validate_event
+from triggers.events import validate_event
 from triggers.facts import build_facts
-from triggers.offers import OfferUnavailable, resolve_offer, target_categories
+from triggers.offers import AnyOffer, OfferUnavailable
 from triggers.schedule import campaign_window, next_allowed, quiet_hours_window, resolve_zone
-from worker.catalog import products_by_sku, products_in_categories, products_in_lines
+from worker.coupons import coupon_code
 from worker.customers import is_suppressed, profile_of, send_history
 from worker.db import transaction
-from worker.email_context import email_context, links_for
+from worker.email_context import Coupon, email_context, links_for
 from worker.metrics import SENDS
 from worker.mime import Envelope, HeaderInjection, build_message, message_id_for
 from worker.models import Customer, Event, Send, Suppression
+from worker.offer_resolution import resolve_for_send
 from worker.providers.base import (
     OutgoingEmail,
     PermanentDeliveryError,
@@ -60,6 +61,19 @@ def _set(session: Session, send_id: int, expected: str, **values: Any) -> bool:
     if changed and values.get("status") != "sending":
         SENDS.labels(values.get("status", ""), values.get("reason") or "").inc()
     return changed
+
+
+def _coupon(runtime: Runtime, send: Send, offer: AnyOffer, now: datetime) -> Coupon | None:
+    """The send's coupon: made and stored on first render, read back on every retry."""
+    spec = offer.coupon
+    if spec is None:
+        return None
+    if send.coupon_code is None:
+        secret = next(iter(runtime.unsubscribe_keys.values()))
+        send.coupon_code = coupon_code(secret, send.id, spec.prefix)
+        send.coupon_expires_at = now + spec.expires_after
+    assert send.coupon_expires_at is not None
+    return Coupon(send.coupon_code, send.coupon_expires_at, spec.discount_percent)
 
 
 def prepare(
@@ -102,28 +116,13 @@ def prepare(
         # A retry or a late dispatch must not land at 3 a.m. or outside the window.
         return Reschedule(allowed)
 
-    offer_spec = compiled.campaign.offer
-    bought = [item for item in event.data.items] if isinstance(event, PurchaseEvent) else []
-    categories = target_categories(
-        offer_spec,
-        [item.category for item in bought],
-        profile.categories_bought,
-        runtime.complements,
-    )
-    trigger_products = products_by_sku(session, [item.sku for item in bought])
-    candidates = products_in_categories(session, categories)
-    if offer_spec.type == "upgrade":
-        candidates = products_in_lines(session, [p.line for p in trigger_products if p.line])
     try:
-        offer = resolve_offer(
-            offer_spec,
-            candidates=candidates,
-            categories=categories,
-            owned_skus=profile.skus_owned,
-            trigger_products=trigger_products,
+        offer = resolve_for_send(
+            session, compiled.campaign.offer, event, profile, runtime.complements
         )
     except OfferUnavailable as unavailable:
         return Skip(unavailable.reason)
+    coupon = _coupon(runtime, send, compiled.campaign.offer, now)
 
     variant = next(v for v in compiled.campaign.experiment.variants if v.id == send.variant)
     links = links_for(settings, runtime.unsubscribe_keys, customer.id)
@@ -141,6 +140,7 @@ def prepare(
         variant=variant.id,
         offer=offer,
         links=links,
+        coupon=coupon,
     )
     try:
         rendered = runtime.renderer.render(

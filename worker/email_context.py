@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from babel.dates import format_date
 from babel.numbers import format_currency
 
 from triggers.campaigns import Campaign
@@ -42,6 +43,13 @@ CONTEXT_NAMES = frozenset(
         "lang",
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Coupon:
+    code: str
+    expires_at: datetime
+    discount_percent: Decimal | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +109,9 @@ def email_context(
     variant: str,
     offer: ResolvedOffer,
     links: Links,
+    coupon: Coupon | None = None,
 ) -> dict[str, Any]:
+    locale = babel_locale(customer.get("locale"), settings.default_locale)
     return {
         "customer": {
             "id": customer["id"],
@@ -116,6 +126,14 @@ def email_context(
         "shop": {"name": settings.shop_name, "url": settings.public_url},
         "unsubscribe_url": links.unsubscribe_url,
         "preferences_url": links.preferences_url,
+        "coupon": None
+        if coupon is None
+        else {
+            "code": coupon.code,
+            "expires_at": coupon.expires_at.isoformat(),
+            "expires_text": format_date(coupon.expires_at, format="long", locale=locale),
+            "discount_percent": str(coupon.discount_percent) if coupon.discount_percent else None,
+        },
     }
 
 
@@ -192,6 +210,10 @@ def sample_context(campaign: Campaign, settings: Settings, locale: str | None) -
         "data": _SAMPLE_DATA[campaign.trigger.event],
     }
     links = Links("https://shop.example/u/sample", "https://shop.example/preferences/sample")
+    spec = campaign.offer.coupon
+    coupon = None
+    if spec is not None:
+        coupon = Coupon("SAMPLE-CODE1", datetime(2026, 1, 15, tzinfo=UTC), spec.discount_percent)
     return email_context(
         settings=settings,
         customer=customer,
@@ -200,4 +222,5 @@ def sample_context(campaign: Campaign, settings: Settings, locale: str | None) -
         variant=campaign.experiment.variants[0].id,
         offer=sample_offer(campaign),
         links=links,
+        coupon=coupon,
     )

@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -150,6 +151,33 @@ class Send(Base):
     provider: Mapped[str | None] = mapped_column(String(32))
     provider_message_id: Mapped[str | None] = mapped_column(String(255))
     message_id: Mapped[str | None] = mapped_column(String(255))
+    coupon_code: Mapped[str | None] = mapped_column(String(40), unique=True)
+    coupon_expires_at: Mapped[datetime | None]
+
+
+class ProductAffinity(Base):
+    """ "Customers who bought ``sku`` also bought ``other_sku``": cosine similarity over
+    customers' purchase sets, kept only with enough customers behind it (``support``)."""
+
+    __tablename__ = "product_affinities"
+    __table_args__ = (Index("ix_product_affinities_sku_score", "sku", "score"),)
+
+    sku: Mapped[str] = mapped_column(String(128), primary_key=True)
+    other_sku: Mapped[str] = mapped_column(String(128), primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+    support: Mapped[int] = mapped_column(Integer)
+
+
+class ProductStats(Base):
+    """How many distinct customers bought each product: category bestsellers."""
+
+    __tablename__ = "product_stats"
+    __table_args__ = (Index("ix_product_stats_category_buyers", "category", "buyers"),)
+
+    sku: Mapped[str] = mapped_column(String(128), primary_key=True)
+    category: Mapped[str] = mapped_column(String(128))
+    buyers: Mapped[int] = mapped_column(Integer)
+    computed_at: Mapped[datetime]
 
 
 class Suppression(Base):

@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 import traceback
 from pathlib import Path
+from typing import Any
 
 from jinja2 import TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError
 
 from triggers.campaigns import Campaign
+from triggers.conditions import did_you_mean
 from triggers.loader import TemplateCheck, TemplateProblem
 from worker.email_context import sample_context
 from worker.rendering import Renderer
@@ -37,6 +39,32 @@ def _template_line(exc: BaseException, root: Path) -> tuple[str | None, int]:
         if filename.startswith(str(root)):
             where = (filename, line)
     return where
+
+
+_MISSING_ATTRIBUTE = re.compile(r"has no attribute '(\w+)'")
+_UNDEFINED_NAME = re.compile(r"^'(\w+)' is undefined")
+
+
+def _unknown_variable(message: str, file: str | None, line: int, context: dict[str, Any]) -> str:
+    """Name the expression the template wrote (``customer.frist_name``) and what exists."""
+    name = _UNDEFINED_NAME.match(message)
+    if name:
+        return f"unknown variable {name.group(1)!r}" + did_you_mean(name.group(1), sorted(context))
+    attribute = _MISSING_ATTRIBUTE.search(message)
+    if attribute is None or file is None:
+        return message
+    source = Path(file).read_text(encoding="utf-8").splitlines()
+    text = source[line - 1] if 0 < line <= len(source) else ""
+    found = re.search(rf"([A-Za-z_][\w.]*)\.{re.escape(attribute.group(1))}\b", text)
+    if found is None:
+        return message
+    base = found.group(1)
+    value: Any = context
+    for part in base.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    keys = sorted(value) if isinstance(value, dict) else []
+    hint = did_you_mean(attribute.group(1), keys)
+    return f"unknown variable {base}.{attribute.group(1)}{hint}"
 
 
 def make_template_check(renderer: Renderer) -> TemplateCheck:
@@ -71,11 +99,12 @@ def make_template_check(renderer: Renderer) -> TemplateCheck:
                     renderer.render(variant.template, context, locale, variant.subject)
                 except UndefinedError as exc:
                     file, line = _template_line(exc, root)
+                    message = _unknown_variable(exc.message or "", file, line, context)
                     problems.append(
                         TemplateProblem(
                             index,
                             "unknown-variable",
-                            f"{exc.message} (locale {locale or 'default'})",
+                            f"{message} (locale {locale or 'default'})",
                             file,
                             line,
                         )

@@ -43,7 +43,7 @@ def test_defaults() -> None:
     [
         ({"type": "complementary"}, ComplementaryOffer),
         ({"type": "bundle", "discount_percent": 15}, BundleOffer),
-        ({"type": "upgrade", "max_price_ratio": "1.5"}, UpgradeOffer),
+        ({"type": "upgrade", "max_price_ratio": Decimal("1.5")}, UpgradeOffer),
         ({"type": "loyalty_bonus", "points": 500}, LoyaltyBonusOffer),
     ],
 )
@@ -52,7 +52,7 @@ def test_offer_types(offer: dict[str, Any], kind: type) -> None:
 
 
 def test_bundle_discount_is_an_exact_decimal() -> None:
-    offer = make_campaign("c", offer={"type": "bundle", "discount_percent": "12.5"}).offer
+    offer = make_campaign("c", offer={"type": "bundle", "discount_percent": Decimal("12.5")}).offer
     assert isinstance(offer, BundleOffer)
     assert offer.discount_percent == Decimal("12.5")
 

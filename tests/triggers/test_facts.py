@@ -101,8 +101,15 @@ def test_customer_facts() -> None:
 def test_attribute_facts_keep_json_types_and_never_coerce() -> None:
     profile = CustomerProfile(
         id="C-3",
-        attributes={"visits": 12, "score": Decimal("4.5"), "vip": True, "tags": ["a", "b"],
-                    "note": "12", "nested": {"x": 1}, "mixed": ["a", 1]},
+        attributes={
+            "visits": 12,
+            "score": Decimal("4.5"),
+            "vip": True,
+            "tags": ["a", "b"],
+            "note": "12",
+            "nested": {"x": 1},
+            "mixed": ["a", 1],
+        },
     )
     facts = customer_facts(profile, NOW)
     assert facts["customer.attributes.visits"] == 12

@@ -1,0 +1,159 @@
+"""``crosssell catalog import FILE``: load products from CSV or JSON Lines.
+
+Every row is validated first and every error is reported with its line number; only a
+file without errors is written, in one transaction, as an upsert by SKU. Nothing is ever
+half-imported. The format is documented in docs/catalog.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from worker.models import Product
+
+COLUMNS = (
+    "sku",
+    "name",
+    "category",
+    "price",
+    "currency",
+    "url",
+    "image_url",
+    "in_stock",
+    "brand",
+    "line",
+    "tier",
+)
+REQUIRED = ("sku", "name", "category", "price", "currency")
+_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+
+
+class CatalogRow(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    sku: Annotated[str, Field(min_length=1, max_length=128)]
+    name: Annotated[str, Field(min_length=1, max_length=300)]
+    category: Annotated[str, Field(min_length=1, max_length=128)]
+    price: Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4, allow_inf_nan=False)]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    url: Annotated[str, Field(max_length=500, pattern=r"^https?://")] | None = None
+    image_url: Annotated[str, Field(max_length=500, pattern=r"^https?://")] | None = None
+    in_stock: StrictBool = True
+    brand: Annotated[str, Field(max_length=128)] | None = None
+    line: Annotated[str, Field(max_length=128)] | None = None
+    tier: Annotated[int, Field(ge=0, le=1000)] | None = None
+
+    @field_validator("price", mode="before")
+    @classmethod
+    def _no_float(cls, value: object) -> object:
+        if isinstance(value, float):
+            raise ValueError('write prices as text or exact numbers, e.g. "19.90"')
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    line: int
+    column: str
+    message: str
+
+
+class CatalogError(Exception):
+    def __init__(self, path: Path, errors: list[RowError]) -> None:
+        self.path, self.errors = path, errors
+        super().__init__("\n".join(f"{path}:{e.line}: {e.column}: {e.message}" for e in errors))
+
+
+def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    unknown = [name for name in header if name not in COLUMNS]
+    missing = [name for name in REQUIRED if name not in header]
+    if unknown or missing:
+        problems = [f"unknown column {name!r}" for name in unknown]
+        problems += [f"missing column {name!r}" for name in missing]
+        yield 1, RowError(1, "header", "; ".join(problems) + f" (columns: {', '.join(COLUMNS)})")
+        return
+    for row in reader:
+        line = reader.line_num
+        if None in row:
+            yield line, RowError(line, "row", "more values than columns")
+            continue
+        values: dict[str, Any] = {k: v for k, v in row.items() if v not in ("", None)}
+        if "in_stock" in values:
+            flag = str(values["in_stock"]).strip().lower()
+            if flag in _TRUE | _FALSE:
+                values["in_stock"] = flag in _TRUE
+        if "tier" in values and str(values["tier"]).strip().isdigit():
+            values["tier"] = int(values["tier"])
+        yield line, values
+
+
+def _jsonl_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            document = json.loads(raw, parse_float=Decimal)
+        except json.JSONDecodeError as exc:
+            yield line, RowError(line, "json", exc.msg)
+            continue
+        if not isinstance(document, dict):
+            yield line, RowError(line, "json", "each line must be a JSON object")
+            continue
+        yield line, document
+
+
+def parse_catalog(path: Path) -> list[CatalogRow]:
+    """Validate the whole file; raise CatalogError listing every bad row."""
+    text = path.read_text(encoding="utf-8-sig")
+    rows_of = _jsonl_rows if path.suffix.lower() in (".jsonl", ".ndjson") else _csv_rows
+    errors: list[RowError] = []
+    rows: list[CatalogRow] = []
+    seen: dict[str, int] = {}
+    for line, item in rows_of(text):
+        if isinstance(item, RowError):
+            errors.append(item)
+            continue
+        try:
+            row = CatalogRow.model_validate(item)
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                column = ".".join(str(part) for part in error["loc"]) or "row"
+                message = error["msg"].removeprefix("Value error, ")
+                errors.append(RowError(line, column, message))
+            continue
+        if row.sku in seen:
+            errors.append(RowError(line, "sku", f"{row.sku!r} already on line {seen[row.sku]}"))
+            continue
+        seen[row.sku] = line
+        rows.append(row)
+    if errors:
+        raise CatalogError(path, errors)
+    return rows
+
+
+def upsert_products(session: Session, rows: list[CatalogRow], now: datetime) -> int:
+    """Insert new SKUs and update existing ones, in batches, in the caller's transaction."""
+    table: Table = Product.__table__  # type: ignore[assignment]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    for start in range(0, len(rows), 1000):
+        batch = [{**row.model_dump(), "updated_at": now} for row in rows[start : start + 1000]]
+        statement = insert(table).values(batch)
+        updates = {c: statement.excluded[c] for c in (*COLUMNS[1:], "updated_at")}
+        session.execute(statement.on_conflict_do_update(index_elements=["sku"], set_=updates))
+    return len(rows)
