@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import Celery
 
+from triggers.durations import parse_duration
 from worker.runtime import get_runtime
 from worker.settings import Settings
 from worker.topology import transport_options
@@ -36,6 +37,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "enable_utc": True,
+        "beat_schedule": {
+            "rebuild-recommendations": {
+                "task": "crosssell.rebuild_recommendations",
+                "schedule": parse_duration(settings.recommendations_rebuild_every),
+            }
+        },
+        "beat_schedule_filename": str(settings.var_dir / "celerybeat-schedule"),
     }
 
 

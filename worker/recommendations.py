@@ -16,14 +16,16 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 from scipy import sparse
 from sqlalchemy import delete, insert, text
 from sqlalchemy.orm import Session
 
+from worker.db import transaction
 from worker.models import ProductAffinity, ProductStats
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ def rebuild_affinities(
     started = time.perf_counter()
     matrix, skus = purchase_matrix(session)
     buyers = np.asarray(matrix.sum(axis=0)).ravel()
-    categories: dict[str, str] = dict(session.execute(text(_CATEGORIES)).tuples().all())
+    categories = {str(sku): str(category) for sku, category in session.execute(text(_CATEGORIES))}
     pairs = [
         {"sku": skus[a], "other_sku": skus[b], "score": score, "support": support}
         for a, b, score, support in top_partners(matrix, min_support, top_k)
@@ -143,3 +145,14 @@ def rebuild_affinities(
         seconds,
     )
     return RebuildReport(matrix.shape[0], len(skus), len(pairs), seconds)
+
+
+def run_rebuild(settings: Settings) -> RebuildReport:
+    """One rebuild in its own transaction, with the configured support and size."""
+    with transaction(settings.resolved_database_url) as session:
+        return rebuild_affinities(
+            session,
+            datetime.now(UTC),
+            min_support=settings.recommendations_min_support,
+            top_k=settings.recommendations_top_k,
+        )

@@ -107,6 +107,8 @@ def run_all(
         "without_gossip": True,
         "without_heartbeat": True,
         "quiet": True,
+        # Embedded Celery beat: the periodic recommendations rebuild.
+        "beat": True,
     }
     worker = app.Worker(**options)
     try:

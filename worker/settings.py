@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     )
     quiet_hours: str | None = Field("21:00-08:00", description="local quiet hours, HH:MM-HH:MM")
 
+    recommendations_min_support: int = Field(
+        3, ge=1, description="co-buyers a pair needs before it is recommended"
+    )
+    recommendations_top_k: int = Field(20, ge=1, le=200, description="partners kept per product")
+    recommendations_rebuild_every: str = Field(
+        "1d", description="how often the Celery beat schedule rebuilds recommendations"
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="serve /metrics here; 0: off")
     metrics_host: str = Field("127.0.0.1", description="address the metrics server binds")
     dispatch_interval: float = Field(1.0, gt=0, description="seconds between dispatcher polls")
@@ -77,7 +84,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(8, ge=1)
     retry_base_seconds: float = 30.0
 
-    @field_validator("cap_window", "requeue_after")
+    @field_validator("cap_window", "requeue_after", "recommendations_rebuild_every")
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)

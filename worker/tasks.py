@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from worker.app import app
 from worker.delivery import deliver_send
+from worker.recommendations import run_rebuild
 from worker.runtime import get_runtime
 
 
@@ -11,3 +12,9 @@ from worker.runtime import get_runtime
 def deliver(send_id: int) -> str:
     """Deliver one send; safe to run twice for the same id (the claim decides)."""
     return deliver_send(get_runtime(), send_id)
+
+
+@app.task(name="crosssell.rebuild_recommendations", ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
+def rebuild_recommendations() -> int:
+    """Periodic (Celery beat): recompute "customers who bought X also bought Y"."""
+    return run_rebuild(get_runtime().settings).pairs
