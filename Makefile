@@ -31,5 +31,9 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
+# Prints timings next to their targets (docs/benchmarks.md); asserts nothing about time.
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 """How long it takes to lint 200 campaign files and the templates they use.
 
 Writes 200 generated, valid campaign files (mixed triggers and offers, a tenth of them
-paused or draft), the segments and attributes files and 24 templates (8 of them with a
+paused or draft), the segments and attributes files and 24 templates (12 of them with a
 Romanian variant) on the project's ``templates/_base`` layout to a temporary directory,
 then times:
 

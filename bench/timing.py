@@ -62,10 +62,14 @@ def machine_line() -> str:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         usable = cpus
+    try:
+        load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        load = "unknown"
     return (
         f"Python {platform.python_version()} ({platform.python_implementation()}) on "
         f"{platform.system()} {platform.machine()}, {cpus} CPUs ({usable} usable), "
-        f"processor: {platform.processor() or 'unknown'}"
+        f"load average {load} at start"
     )
 
 
