@@ -36,7 +36,7 @@ from pathlib import Path
 
 from bench.corpus import DEFAULT_SEED, EVENT_TYPES, Case, generate_cases, write_corpus
 from bench.timing import Summary, machine_line, print_profile, timer_overhead_ns, verdict
-from triggers.decide import Decision, PastSend, Policy, Subject, decide
+from triggers.decide import PastSend, Policy, Subject, decide
 from triggers.definitions import load_definitions
 from triggers.facts import build_facts
 from triggers.loader import RuleSet, load_rule_set
@@ -189,59 +189,6 @@ def build_facts_measure(cases: Sequence[Case]) -> Measure:
     return measure
 
 
-def breakdown_measures(rules: RuleSet, calls: Sequence[Call]) -> dict[str, Measure]:
-    """Cumulative slices of ``decide()``'s first loop, re-implemented with the same public
-    calls (``active_for``, ``compiled.where``/``audience``, ``Decision``); what full
-    ``decide()`` takes beyond the last slice is the matched campaigns' planning."""
-
-    def active(start: int, count: int) -> list[int]:
-        clock = time.perf_counter_ns
-        size = len(calls)
-        samples = [0] * count
-        for offset in range(count):
-            call = calls[(start + offset) % size]
-            began = clock()
-            rules.active_for(call.event_type)
-            samples[offset] = clock() - began
-        return samples
-
-    def predicates(start: int, count: int) -> list[int]:
-        clock = time.perf_counter_ns
-        size = len(calls)
-        samples = [0] * count
-        for offset in range(count):
-            call = calls[(start + offset) % size]
-            facts = call.facts
-            began = clock()
-            for compiled in rules.active_for(call.event_type):
-                _ = compiled.where(facts) and compiled.audience(facts)
-            samples[offset] = clock() - began
-        return samples
-
-    def with_decisions(start: int, count: int) -> list[int]:
-        clock = time.perf_counter_ns
-        size = len(calls)
-        samples = [0] * count
-        for offset in range(count):
-            call = calls[(start + offset) % size]
-            facts = call.facts
-            began = clock()
-            decisions: list[Decision] = []
-            for compiled in rules.active_for(call.event_type):
-                if not compiled.where(facts):
-                    decisions.append(Decision(compiled.id, "not_matched", "trigger_conditions"))
-                elif not compiled.audience(facts):
-                    decisions.append(Decision(compiled.id, "not_matched", "audience"))
-            samples[offset] = clock() - began
-        return samples
-
-    return {
-        "rules.active_for(type)": active,
-        "  + where/audience predicates": predicates,
-        "  + a Decision per not-matched campaign": with_decisions,
-    }
-
-
 def run_interleaved(
     measures: Mapping[str, Measure], warmup: int, iterations: int, rounds: int
 ) -> tuple[dict[str, list[int]], dict[str, list[float]]]:
@@ -367,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "floor: build_facts + iterate active_for(type)": floor_measure(rules, cases, calls),
         "build_facts alone": build_facts_measure(cases),
     }
-    measures = main_measures | breakdown_measures(rules, calls)
+    measures = main_measures
     samples, round_medians = run_interleaved(measures, args.warmup, iterations, rounds)
     summaries = {name: Summary.of_ns(values) for name, values in samples.items()}
 
@@ -399,14 +346,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             label = f"  {event_type} ({per_type[event_type]} campaigns, n={len(mine)})"
             print(_row(label, Summary.of_ns(mine)))
 
-    print("  where decide()'s time goes (medians of cumulative slices, µs):")
-    previous = 0.0
-    for name in breakdown_measures(rules, calls):
-        value = summaries[name].median
-        print(f"    {name:<50} {value:>7.1f}   +{value - previous:.1f}")
-        previous = value
-    rest = "  + matched ones: consent, frequency, plan (rest)"
-    print(f"    {rest:<50} {only.median:>7.1f}   +{only.median - previous:.1f}  = decide()")
     print(
         f"  decide(): min {only.minimum:.1f} µs, max {only.maximum:.1f} µs, "
         f"mean {statistics.fmean(decide_samples) / 1000:.1f} µs"

@@ -64,7 +64,7 @@ def bench_settings(corpus: Corpus) -> Settings:
 
 def full_lint(settings: Settings, campaigns_dir: Path) -> RuleSet:
     """Exactly what ``crosssell lint DIR`` runs in-process."""
-    return load_rules(settings, Renderer(settings), [campaigns_dir])
+    return load_rules(settings, Renderer(settings), [campaigns_dir], parallel=True)
 
 
 def loader_only(definitions: Definitions, campaigns_dir: Path) -> RuleSet:

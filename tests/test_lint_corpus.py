@@ -362,3 +362,15 @@ def test_shipped_campaigns_lint_clean(configure: Configure) -> None:
     assert result.stdout.strip() == f"{count} campaign(s) OK"
     explicit = CliRunner().invoke(main, ["lint", str(SHIPPED_CAMPAIGNS)])
     assert explicit.exit_code == 0, explicit.output
+
+
+def test_parallel_parsing_reports_exactly_what_sequential_parsing_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import triggers.loader as loader
+
+    files = sorted((CORPUS / "broken").glob("*.yaml"))
+    sequential = loader.parse_files(files, {}, {}, parallel=False)
+    monkeypatch.setattr(loader, "PARALLEL_FROM", 2)
+    parallel = loader.parse_files(files, {}, {}, parallel=True)
+    assert parallel == sequential

@@ -8,6 +8,7 @@ false (never an error), and values are never coerced: ``"5"`` does not equal ``5
 from __future__ import annotations
 
 import difflib
+import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -194,59 +195,159 @@ def _compile_leaf(leaf: Leaf) -> Predicate:
 
 
 def _compile_exact(name: str, op: str, expected: Any) -> Predicate:
-    kind = type(expected) if not isinstance(expected, list) else str
+    kind = str if isinstance(expected, list) else type(expected)
+    if op in ("eq", "ne"):
+        equal = op == "eq"
 
-    def typed(facts: Facts) -> object | None:
-        actual = facts.get(name)
-        return actual if type(actual) is kind else None
+        def compare_exact(facts: Facts) -> bool:
+            actual = facts.get(name)
+            return type(actual) is kind and (actual == expected) is equal
 
-    if op == "eq":
-        return lambda facts: (a := typed(facts)) is not None and a == expected
-    if op == "ne":
-        return lambda facts: (a := typed(facts)) is not None and a != expected
+        return compare_exact
     members = frozenset(expected)
-    if op == "in":
-        return lambda facts: (a := typed(facts)) is not None and a in members
-    return lambda facts: (a := typed(facts)) is not None and a not in members
+    inside = op == "in"
+
+    def member(facts: Facts) -> bool:
+        actual = facts.get(name)
+        return type(actual) is kind and (actual in members) is inside
+
+    return member
+
+
+_NUMERIC_TYPES = frozenset({int, float, Decimal})  # not bool: True is not 1 here
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
 
 
 def _compile_numeric(name: str, op: str, expected: Any) -> Predicate:
-    def number(facts: Facts) -> Decimal | None:
-        actual = facts.get(name)
-        return _as_decimal(actual) if _is_number(actual) else None
-
+    # int, float and Decimal compare exactly with each other, so no conversion is needed.
     if op in ("in", "not_in"):
         members = frozenset(_as_decimal(v) for v in expected)
-        if op == "in":
-            return lambda facts: (a := number(facts)) is not None and a in members
-        return lambda facts: (a := number(facts)) is not None and a not in members
+        inside = op == "in"
+
+        def member(facts: Facts) -> bool:
+            actual = facts.get(name)
+            return type(actual) in _NUMERIC_TYPES and (actual in members) is inside
+
+        return member
     bound = _as_decimal(expected)
-    compare: dict[str, Callable[[Decimal], bool]] = {
-        "eq": lambda a: a == bound,
-        "ne": lambda a: a != bound,
-        "gt": lambda a: a > bound,
-        "gte": lambda a: a >= bound,
-        "lt": lambda a: a < bound,
-        "lte": lambda a: a <= bound,
-    }
-    test = compare[op]
-    return lambda facts: (a := number(facts)) is not None and test(a)
+    test = _COMPARE[op]
+
+    def compare_number(facts: Facts) -> bool:
+        actual = facts.get(name)
+        return type(actual) in _NUMERIC_TYPES and test(actual, bound)
+
+    return compare_number
+
+
+def _all_of(parts: Sequence[Predicate]) -> Predicate:
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        first, second = parts
+        return lambda facts: first(facts) and second(facts)
+
+    def every(facts: Facts) -> bool:
+        for part in parts:  # noqa: SIM110 - a plain loop beats a generator on the hot path
+            if not part(facts):
+                return False
+        return True
+
+    return every
+
+
+def _any_of(parts: Sequence[Predicate]) -> Predicate:
+    if len(parts) == 1:
+        return parts[0]
+
+    def some(facts: Facts) -> bool:
+        for part in parts:  # noqa: SIM110 - a plain loop beats a generator on the hot path
+            if part(facts):
+                return True
+        return False
+
+    return some
+
+
+class _Emitter:
+    """Builds one Python expression for a whole tree. Field names enter the source only
+    through ``repr`` and every compared value is a constant passed by name, never text
+    spliced into code, so nothing a campaign file holds can become code."""
+
+    def __init__(self) -> None:
+        self.constants: dict[str, object] = {}
+
+    def constant(self, value: object) -> str:
+        name = f"c{len(self.constants)}"
+        self.constants[name] = value
+        return name
+
+    def leaf(self, leaf: Leaf) -> str:
+        get = f"(v := f.get({leaf.field!r}))"
+        op, expected = leaf.op, leaf.value
+        if op == "exists":
+            return f"(({get} is not None) is {bool(expected)})"
+        if op == "is_empty":
+            return f"(type{get} is frozenset and (not v) is {bool(expected)})"
+        if op in ("contains", "contains_any", "contains_all"):
+            wanted = self.constant(frozenset([expected] if op == "contains" else expected))
+            if op == "contains_all":
+                return f"(type{get} is frozenset and {wanted} <= v)"
+            return f"(type{get} is frozenset and not {wanted}.isdisjoint(v))"
+        if op == "starts_with":
+            return f"(type{get} is str and v.startswith({self.constant(expected)}))"
+        if isinstance(expected, bool | str) or (
+            isinstance(expected, list) and all(isinstance(item, str) for item in expected)
+        ):
+            kind = self.constant(str if isinstance(expected, list) else type(expected))
+            check = f"type{get} is {kind}"
+        else:
+            check = f"type{get} in {self.constant(_NUMERIC_TYPES)}"
+            expected = (
+                [_as_decimal(item) for item in expected]
+                if isinstance(expected, list)
+                else _as_decimal(expected)
+            )
+        if op in ("in", "not_in"):
+            members = self.constant(frozenset(expected))
+            return f"({check} and v {'in' if op == 'in' else 'not in'} {members})"
+        symbol = {"eq": "==", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[op]
+        return f"({check} and v {symbol} {self.constant(expected)})"
+
+    def node(self, node: Condition, segments: Mapping[str, Condition]) -> str:
+        if isinstance(node, AllOf):
+            return "(" + " and ".join(self.node(child, segments) for child in node.all) + ")"
+        if isinstance(node, AnyOf):
+            return "(" + " or ".join(self.node(child, segments) for child in node.any) + ")"
+        if isinstance(node, NotOf):
+            return f"(not {self.node(node.not_, segments)})"
+        if isinstance(node, SegmentRef):
+            return self.node(segments[node.segment], segments)
+        return self.leaf(node)
 
 
 def compile_condition(node: Condition, segments: Mapping[str, Condition]) -> Predicate:
-    """Turn a checked tree into one predicate; segments are inlined by name."""
-    if isinstance(node, AllOf):
-        parts = tuple(compile_condition(child, segments) for child in node.all)
-        return lambda facts: all(part(facts) for part in parts)
-    if isinstance(node, AnyOf):
-        parts = tuple(compile_condition(child, segments) for child in node.any)
-        return lambda facts: any(part(facts) for part in parts)
-    if isinstance(node, NotOf):
-        inner = compile_condition(node.not_, segments)
-        return lambda facts: not inner(facts)
-    if isinstance(node, SegmentRef):
-        return compile_condition(segments[node.segment], segments)
-    return _compile_leaf(node)
+    """Turn a checked tree into one predicate function; segments are inlined by name.
+
+    The tree becomes a single Python expression compiled once, so evaluating a campaign
+    is one function call rather than a call per node.
+    """
+    emitter = _Emitter()
+    expression = emitter.node(node, segments)
+    source = f"def predicate(f):\n    return bool({expression})\n"
+    namespace: dict[str, Any] = {
+        "__builtins__": {"type": type, "bool": bool, "str": str, "frozenset": frozenset}
+    }
+    namespace.update(emitter.constants)
+    exec(compile(source, "<campaign condition>", "exec"), namespace)
+    predicate: Predicate = namespace["predicate"]
+    return predicate
 
 
 @dataclass(frozen=True, slots=True)

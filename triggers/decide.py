@@ -16,9 +16,9 @@ from typing import Literal
 from triggers.campaigns import Campaign
 from triggers.experiments import assign
 from triggers.loader import CompiledCampaign, RuleSet
+from triggers.outcomes import Decision
 from triggers.schedule import plan_send_time, quiet_hours_window, resolve_zone
 
-Outcome = Literal["planned", "held_out", "skipped", "not_matched"]
 COUNTED_STATUSES = frozenset({"planned", "queued", "sending", "sent"})
 MARKETING_HISTORY = COUNTED_STATUSES | {"held_out"}
 
@@ -43,18 +43,6 @@ class PastSend:
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    campaign_id: str
-    outcome: Outcome
-    reason: str | None = None
-    variant: str | None = None
-    template: str | None = None
-    send_at: datetime | None = None
-    expires_at: datetime | None = None
-    dedupe_key: str | None = None
-
-
 def dedupe_key(campaign: Campaign, customer_id: str, event_id: str, triggered_at: datetime) -> str:
     """One key per (campaign, customer, dedupe window): the plan cannot be made twice."""
     if campaign.frequency.once_per_customer:
@@ -67,9 +55,19 @@ def dedupe_key(campaign: Campaign, customer_id: str, event_id: str, triggered_at
 
 
 def frequency_block(
-    campaign: Campaign, history: Sequence[PastSend], policy: Policy, now: datetime, extra: int = 0
+    campaign: Campaign,
+    history: Sequence[PastSend],
+    policy: Policy,
+    now: datetime,
+    extra: int = 0,
+    counted: int | None = None,
 ) -> str | None:
-    """The reason a further email of ``campaign`` would be too many, or None."""
+    """The reason a further email of ``campaign`` would be too many, or None.
+
+    ``counted`` is the number of emails under the global cap, when the caller has it.
+    """
+    if not history:
+        return "frequency_cap" if extra >= policy.max_emails_per_customer else None
     mine = [past for past in history if past.campaign_id == campaign.id]
     if campaign.frequency.once_per_customer and any(
         past.status in MARKETING_HISTORY for past in mine
@@ -86,7 +84,9 @@ def frequency_block(
         >= limit.count
     ):
         return "max_sends"
-    if len(_counted(history, policy, now)) + extra >= policy.max_emails_per_customer:
+    if counted is None:
+        counted = len(_counted(history, policy, now))
+    if counted + extra >= policy.max_emails_per_customer:
         return "frequency_cap"
     return None
 
@@ -147,16 +147,22 @@ def decide(
     policy: Policy,
     now: datetime,
 ) -> list[Decision]:
-    matched: list[CompiledCampaign] = []
-    decisions: list[Decision] = []
-    for compiled in rules.active_for(event_type):
-        if not compiled.where(facts):
-            decisions.append(Decision(compiled.id, "not_matched", "trigger_conditions"))
-        elif not compiled.audience(facts):
-            decisions.append(Decision(compiled.id, "not_matched", "audience"))
-        else:
-            matched.append(compiled)
-    matched.sort(key=lambda c: (-c.campaign.priority, c.id))
+    # Every campaign starts as "trigger did not match"; only the prefilter's candidates
+    # are evaluated, and their entries replaced.
+    active = rules.active_for(event_type)
+    decisions: list[Decision] = list(rules.misses(event_type))
+    matched: list[tuple[int, CompiledCampaign]] = []
+    for position in rules.candidates(event_type, facts):
+        compiled = active[position]
+        if compiled.where(facts):
+            if compiled.audience(facts):
+                matched.append((position, compiled))
+            else:
+                decisions[position] = compiled.miss_audience
+    if not matched:
+        return decisions
+    decided: list[Decision] = []  # the matched campaigns' outcomes, highest priority first
+    matched.sort(key=lambda pair: (-pair[1].campaign.priority, pair[1].id))
 
     quiet = (
         quiet_hours_window(policy.quiet_from, policy.quiet_to)
@@ -164,12 +170,14 @@ def decide(
         else None
     )
     chosen = 0
-    for compiled in matched:
+    consent = consent_block(subject.email_marketing, subject.has_email, subject.suppressed)
+    counted = len(_counted(history, policy, now))
+    for _, compiled in matched:
         campaign = compiled.campaign
-        key = dedupe_key(campaign, subject.id, event_id, triggered_at)
         skip_key = f"{campaign.id}|{subject.id}|skip|{event_id}"
-        reason = consent_block(subject.email_marketing, subject.has_email, subject.suppressed)
-        reason = reason or frequency_block(campaign, history, policy, now, extra=chosen)
+        reason = consent or frequency_block(
+            campaign, history, policy, now, extra=chosen, counted=counted
+        )
         earliest = now
         if reason == "frequency_cap" and policy.over_cap == "defer":
             frees_at = cap_frees_at(history, policy, now, extra=chosen)
@@ -178,7 +186,7 @@ def decide(
         if reason is None and chosen >= policy.max_campaigns_per_event:
             reason = "lower_priority"
         if reason is not None:
-            decisions.append(Decision(campaign.id, "skipped", reason, dedupe_key=skip_key))
+            decided.append(Decision(campaign.id, "skipped", reason, dedupe_key=skip_key))
             continue
         assignment = assign(campaign.experiment, campaign.id, subject.id)
         zone = resolve_zone(campaign.schedule.timezone, subject.timezone, policy.default_timezone)
@@ -186,7 +194,7 @@ def decide(
         variant = assignment.variant
         deferred = earliest > now
         if timing.expired:
-            decisions.append(
+            decided.append(
                 Decision(
                     campaign.id,
                     "skipped",
@@ -200,7 +208,7 @@ def decide(
             )
             continue
         chosen += 1
-        decisions.append(
+        decided.append(
             Decision(
                 campaign.id,
                 "held_out" if assignment.held_out else "planned",
@@ -209,7 +217,11 @@ def decide(
                 variant.template,
                 timing.send_at,
                 timing.expires_at,
-                key,
+                dedupe_key(campaign, subject.id, event_id, triggered_at),
             )
         )
+    # The matched campaigns' slots, in list order, receive their outcomes in priority
+    # order: the list reads as "not matched …, then the matched ones, best first".
+    for position, outcome in zip(sorted(p for p, _ in matched), decided, strict=True):
+        decisions[position] = outcome
     return decisions

@@ -7,10 +7,14 @@ found by pydantic or by the field catalogue can point at the exact line a market
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
+from itertools import repeat
 from pathlib import Path
 from typing import Any, get_args
 
@@ -30,6 +34,8 @@ from triggers.conditions import (
     did_you_mean,
 )
 from triggers.fields import FieldType, fields_for
+from triggers.outcomes import Decision
+from triggers.prefilter import Prefilter, build_prefilter
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,40 +62,83 @@ class RuleSetError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class CompiledCampaign:
+    """A campaign ready for the engine: predicates compiled, fixed outcomes made once."""
+
     campaign: Campaign
     source: str
     where: Predicate
     audience: Predicate
+    id: str = field(init=False)
+    miss_trigger: Decision = field(init=False, repr=False, compare=False)
+    miss_audience: Decision = field(init=False, repr=False, compare=False)
 
-    @property
-    def id(self) -> str:
-        return self.campaign.id
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", self.campaign.id)
+        object.__setattr__(
+            self, "miss_trigger", Decision(self.campaign.id, "not_matched", "trigger_conditions")
+        )
+        object.__setattr__(
+            self, "miss_audience", Decision(self.campaign.id, "not_matched", "audience")
+        )
 
 
 @dataclass(frozen=True)
 class RuleSet:
-    """An immutable, fully validated set of campaigns; swapped whole on reload."""
+    """An immutable, fully validated set of campaigns; swapped whole on reload.
+
+    Lookups the engine needs on every event are prepared once, here.
+    """
 
     campaigns: tuple[CompiledCampaign, ...]
     segments: Mapping[str, Condition] = field(default_factory=dict)
+    _by_id: dict[str, CompiledCampaign] = field(init=False, repr=False, compare=False)
+    _active: dict[str, tuple[CompiledCampaign, ...]] = field(init=False, repr=False, compare=False)
+    _prefilters: dict[str, Prefilter] = field(init=False, repr=False, compare=False)
+    _misses: dict[str, tuple[Decision, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        active: dict[str, list[CompiledCampaign]] = {}
+        for compiled in self.campaigns:
+            if compiled.campaign.status == "active":
+                active.setdefault(compiled.campaign.trigger.event, []).append(compiled)
+        object.__setattr__(self, "_by_id", {c.id: c for c in self.campaigns})
+        object.__setattr__(self, "_active", {k: tuple(v) for k, v in active.items()})
+        object.__setattr__(
+            self,
+            "_prefilters",
+            {
+                event_type: build_prefilter(c.campaign.trigger.where for c in compiled)
+                for event_type, compiled in active.items()
+            },
+        )
+        object.__setattr__(
+            self,
+            "_misses",
+            {
+                event_type: tuple(c.miss_trigger for c in compiled)
+                for event_type, compiled in active.items()
+            },
+        )
 
     def by_id(self, campaign_id: str) -> CompiledCampaign | None:
-        for compiled in self.campaigns:
-            if compiled.id == campaign_id:
-                return compiled
-        return None
+        return self._by_id.get(campaign_id)
 
-    def active_for(self, event_type: str) -> list[CompiledCampaign]:
-        return [
-            c
-            for c in self.campaigns
-            if c.campaign.status == "active" and c.campaign.trigger.event == event_type
-        ]
+    def active_for(self, event_type: str) -> tuple[CompiledCampaign, ...]:
+        return self._active.get(event_type, ())
+
+    def candidates(self, event_type: str, facts: Mapping[str, object]) -> list[int]:
+        """Positions in ``active_for(event_type)`` of campaigns whose trigger could match."""
+        prefilter = self._prefilters.get(event_type)
+        return sorted(prefilter.candidates(facts)) if prefilter else []
+
+    def misses(self, event_type: str) -> tuple[Decision, ...]:
+        """ "Trigger did not match" for every active campaign, in ``active_for`` order."""
+        return self._misses.get(event_type, ())
 
 
 def _yaml() -> YAML:
+    # ruamel reads YAML 1.2 by default: on, no and 22:00 stay text (tests pin it).
     reader = YAML(typ="rt")
-    reader.version = (1, 2)
     reader.allow_duplicate_keys = False
     return reader
 
@@ -454,12 +503,80 @@ class TemplateProblem:
 TemplateCheck = Callable[[Campaign], Iterable[TemplateProblem]]
 
 
+@dataclass(frozen=True, slots=True)
+class ParsedFile:
+    """One campaign file, parsed and checked, with the positions later checks point at.
+
+    Plain data only, so files can be parsed in worker processes and sent back.
+    """
+
+    name: str
+    campaign: Campaign | None
+    issues: tuple[LintIssue, ...]
+    id_at: tuple[int, int] = (1, 1)
+    templates_at: tuple[tuple[int, int], ...] = ()
+
+
+def parse_file(
+    path: Path, segments: Mapping[str, Condition], attributes: Mapping[str, FieldType] | None
+) -> ParsedFile:
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return ParsedFile(name, None, (LintIssue(name, 1, 1, "unreadable", "", str(exc)),))
+    campaign, document, found = parse_campaign(text, name, segments, attributes)
+    if campaign is None:
+        return ParsedFile(name, None, tuple(found))
+    variants = range(len(campaign.experiment.variants))
+    return ParsedFile(
+        name,
+        campaign,
+        tuple(found),
+        locate(document, ("id",)),
+        tuple(locate(document, ("experiment", "variants", i, "template")) for i in variants),
+    )
+
+
+# Parsing YAML is the slow part of a lint (ruamel's round-trip parser is pure Python);
+# large rule sets are parsed on every core.
+PARALLEL_FROM = 48
+
+
+def parse_files(
+    files: Sequence[Path],
+    segments: Mapping[str, Condition],
+    attributes: Mapping[str, FieldType] | None,
+    parallel: bool = False,
+) -> list[ParsedFile]:
+    """Parse in order; with ``parallel`` (single-threaded callers such as ``crosssell lint``
+    only: forking a process that runs other threads is unsafe) on every core."""
+    workers = min(os.cpu_count() or 1, 8)
+    if not parallel or len(files) < PARALLEL_FROM or workers < 2:
+        return [parse_file(path, segments, attributes) for path in files]
+    context = multiprocessing.get_context(
+        "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    )
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        chunk = max(1, len(files) // (workers * 4))
+        return list(
+            pool.map(parse_file, files, repeat(segments), repeat(attributes), chunksize=chunk)
+        )
+
+
+def _at_variant(parsed: ParsedFile, index: int, code: str, message: str) -> LintIssue:
+    line, col = parsed.templates_at[index]
+    path = f"experiment.variants[{index}].template"
+    return LintIssue(parsed.name, line, col, code, path, message)
+
+
 def load_rule_set(
     paths: Iterable[Path],
     template_names: Iterable[str] | None = None,
     segments: Mapping[str, Condition] | None = None,
     attributes: Mapping[str, FieldType] | None = None,
     template_check: TemplateCheck | None = None,
+    parallel: bool = False,
 ) -> RuleSet:
     """Load, validate and compile every campaign; all or nothing (raises RuleSetError)."""
     segments = dict(segments or {})
@@ -467,48 +584,32 @@ def load_rule_set(
     issues: list[LintIssue] = []
     compiled: list[CompiledCampaign] = []
     first_seen: dict[str, str] = {}
-    for path in campaign_files(paths):
-        name = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            issues.append(LintIssue(name, 1, 1, "unreadable", "", str(exc)))
-            continue
-        campaign, document, found = parse_campaign(text, name, segments, attributes)
-        issues += found
+    for parsed in parse_files(campaign_files(paths), segments, attributes, parallel):
+        name, campaign = parsed.name, parsed.campaign
+        issues += parsed.issues
         if campaign is None:
             continue
         if campaign.id in first_seen:
-            line, col = locate(document, ("id",))
-            issues.append(
-                LintIssue(
-                    name,
-                    line,
-                    col,
-                    "duplicate-id",
-                    "id",
-                    f"campaign id {campaign.id!r} is also used by {first_seen[campaign.id]}",
-                )
-            )
+            line, col = parsed.id_at
+            message = f"campaign id {campaign.id!r} is also used by {first_seen[campaign.id]}"
+            issues.append(LintIssue(name, line, col, "duplicate-id", "id", message))
             continue
         first_seen[campaign.id] = name
+
         if templates is not None:
-            template_issues = [
-                problem_issue(
-                    name,
-                    document,
-                    Problem(
-                        ("experiment", "variants", index, "template"),
-                        "unknown-template",
-                        f"no template {variant.template!r}"
-                        + did_you_mean(variant.template, sorted(templates)),
-                    ),
+            unknown = [
+                _at_variant(
+                    parsed,
+                    index,
+                    "unknown-template",
+                    f"no template {variant.template!r}"
+                    + did_you_mean(variant.template, sorted(templates)),
                 )
                 for index, variant in enumerate(campaign.experiment.variants)
                 if variant.template not in templates
             ]
-            if template_issues:
-                issues += template_issues
+            if unknown:
+                issues += unknown
                 continue
         if template_check is not None:
             checked = [
@@ -516,15 +617,7 @@ def load_rule_set(
                     problem.file, problem.line, problem.col, problem.code, "", problem.message
                 )
                 if problem.file
-                else problem_issue(
-                    name,
-                    document,
-                    Problem(
-                        ("experiment", "variants", problem.variant, "template"),
-                        problem.code,
-                        problem.message,
-                    ),
-                )
+                else _at_variant(parsed, problem.variant, problem.code, problem.message)
                 for problem in template_check(campaign)
             ]
             if checked:

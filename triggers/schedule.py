@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from triggers.campaigns import WEEKDAYS, Schedule
@@ -25,10 +26,7 @@ class DailyWindow:
     weekdays: frozenset[int] = ALL_DAYS
 
     def _bounds(self, day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
-        opens = datetime.combine(day, self.start, tzinfo=zone)
-        closes_on = day if self.start < self.end else day + timedelta(days=1)
-        closes = datetime.combine(closes_on, self.end, tzinfo=zone)
-        return opens.astimezone(UTC), closes.astimezone(UTC)
+        return _window_bounds(self.start, self.end, day, zone)
 
     def next_open(self, moment: datetime, zone: ZoneInfo) -> datetime:
         """The earliest instant at or after ``moment`` that lies inside this window."""
@@ -44,6 +42,15 @@ class DailyWindow:
 
     def contains(self, moment: datetime, zone: ZoneInfo) -> bool:
         return self.next_open(moment, zone) == moment
+
+
+@lru_cache(maxsize=16384)
+def _window_bounds(start: time, end: time, day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """Where a local-time window of one day lies in UTC (cached: zone math is slow)."""
+    opens = datetime.combine(day, start, tzinfo=zone)
+    closes_on = day if start < end else day + timedelta(days=1)
+    closes = datetime.combine(closes_on, end, tzinfo=zone)
+    return opens.astimezone(UTC), closes.astimezone(UTC)
 
 
 def quiet_hours_window(quiet_from: time, quiet_to: time) -> DailyWindow:

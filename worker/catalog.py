@@ -1,17 +1,35 @@
-"""Catalog reads for offer resolution: the few products an offer may draw from."""
+"""Catalog reads for offer resolution: the few products an offer may draw from.
+
+These run on every send, so each is one Core query returning plain rows (no ORM
+identity map) and building the decision core's immutable ``Product`` directly.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Executable, func, select
 from sqlalchemy.orm import Session
 
 from triggers.offers import Product as OfferProduct
 from worker.models import Product, ProductAffinity, ProductStats
 
+_COLUMNS = (
+    Product.sku,
+    Product.name,
+    Product.category,
+    Product.price,
+    Product.currency,
+    Product.in_stock,
+    Product.url,
+    Product.image_url,
+    Product.line,
+    Product.tier,
+)
 
-def as_offer_product(row: Product) -> OfferProduct:
+
+def _offer_product(row: Any) -> OfferProduct:
     return OfferProduct(
         sku=row.sku,
         name=row.name,
@@ -26,28 +44,29 @@ def as_offer_product(row: Product) -> OfferProduct:
     )
 
 
+def _products(session: Session, query: Executable) -> list[OfferProduct]:
+    return [_offer_product(row) for row in session.execute(query)]
+
+
 def products_in_categories(session: Session, categories: Iterable[str]) -> list[OfferProduct]:
     wanted = list(categories)
     if not wanted:
         return []
-    rows = session.scalars(select(Product).where(Product.category.in_(wanted))).all()
-    return [as_offer_product(row) for row in rows]
+    return _products(session, select(*_COLUMNS).where(Product.category.in_(wanted)))
 
 
 def products_by_sku(session: Session, skus: Iterable[str]) -> list[OfferProduct]:
     wanted = list(skus)
     if not wanted:
         return []
-    rows = session.scalars(select(Product).where(Product.sku.in_(wanted))).all()
-    return [as_offer_product(row) for row in rows]
+    return _products(session, select(*_COLUMNS).where(Product.sku.in_(wanted)))
 
 
 def products_in_lines(session: Session, lines: Iterable[str]) -> list[OfferProduct]:
     wanted = [line for line in lines if line]
     if not wanted:
         return []
-    rows = session.scalars(select(Product).where(Product.line.in_(wanted))).all()
-    return [as_offer_product(row) for row in rows]
+    return _products(session, select(*_COLUMNS).where(Product.line.in_(wanted)))
 
 
 def recommended_for(session: Session, skus: Iterable[str], limit: int = 50) -> list[OfferProduct]:
@@ -56,16 +75,15 @@ def recommended_for(session: Session, skus: Iterable[str], limit: int = 50) -> l
     if not wanted:
         return []
     best = func.max(ProductAffinity.score).label("best")
-    partners = (
-        select(ProductAffinity.other_sku, best)
+    query = (
+        select(*_COLUMNS, best)
+        .join(ProductAffinity, ProductAffinity.other_sku == Product.sku)
         .where(ProductAffinity.sku.in_(wanted), ProductAffinity.other_sku.not_in(wanted))
-        .group_by(ProductAffinity.other_sku)
-        .order_by(best.desc(), ProductAffinity.other_sku)
+        .group_by(*_COLUMNS)
+        .order_by(best.desc(), Product.sku)
         .limit(limit)
     )
-    ranked = [row.other_sku for row in session.execute(partners)]
-    products = {p.sku: p for p in products_by_sku(session, ranked)}
-    return [products[sku] for sku in ranked if sku in products]
+    return _products(session, query)
 
 
 def bestsellers_in(
@@ -79,15 +97,12 @@ def bestsellers_in(
         partition_by=Product.category, order_by=(ProductStats.buyers.desc(), Product.sku)
     )
     ranked = (
-        select(Product.sku, rank.label("rank"))
+        select(*_COLUMNS, rank.label("rank"))
         .join(ProductStats, ProductStats.sku == Product.sku)
         .where(Product.category.in_(wanted))
         .subquery()
     )
-    top = (
-        select(Product)
-        .join(ranked, ranked.c.sku == Product.sku)
-        .where(ranked.c.rank <= per_category)
-        .order_by(ranked.c.rank, Product.sku)
+    query = (
+        select(ranked).where(ranked.c.rank <= per_category).order_by(ranked.c.rank, ranked.c.sku)
     )
-    return [as_offer_product(row) for row in session.scalars(top)]
+    return _products(session, query)

@@ -142,7 +142,7 @@ def lint(paths: tuple[Path, ...], output: str) -> None:
 
     settings = get_settings()
     try:
-        rules = load_rules(settings, Renderer(settings), list(paths) or None)
+        rules = load_rules(settings, Renderer(settings), list(paths) or None, parallel=True)
     except RuleSetError as exc:
         for issue in exc.issues:
             if output == "github":

@@ -13,10 +13,11 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from triggers.decide import Decision, Policy, Subject, decide
+from triggers.decide import Policy, Subject, decide
 from triggers.events import AnyEvent, PurchaseEvent
 from triggers.facts import build_facts
 from triggers.loader import RuleSet
+from triggers.outcomes import Decision
 from worker.customers import (
     is_suppressed,
     profile_of,

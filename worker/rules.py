@@ -54,7 +54,12 @@ def load_complements(path: Path) -> dict[str, list[str]]:
     return {str(k): [str(i) for i in v] for k, v in data.items()}
 
 
-def load_rules(settings: Settings, renderer: Renderer, paths: list[Path] | None = None) -> RuleSet:
+def load_rules(
+    settings: Settings,
+    renderer: Renderer,
+    paths: list[Path] | None = None,
+    parallel: bool = False,
+) -> RuleSet:
     """Validate and compile everything a rule set depends on; raises RuleSetError."""
     definitions = load_definitions(settings.attributes_file, settings.segments_file)
     return load_rule_set(
@@ -63,6 +68,7 @@ def load_rules(settings: Settings, renderer: Renderer, paths: list[Path] | None 
         segments=definitions.segments,
         attributes=definitions.attributes,
         template_check=make_template_check(renderer),
+        parallel=parallel,
     )
 
 

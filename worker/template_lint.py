@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,54 +68,74 @@ def _unknown_variable(message: str, file: str | None, line: int, context: dict[s
     return f"unknown variable {base}.{attribute.group(1)}{hint}"
 
 
+def _parse_problems(renderer: Renderer, directory: Path, template: str) -> list[TemplateProblem]:
+    problems: list[TemplateProblem] = []
+    for path in sorted(directory.iterdir()):
+        if path.suffix not in (".txt", ".html"):
+            continue
+        try:
+            renderer.env.parse(path.read_text(encoding="utf-8"), path.name, str(path))
+        except TemplateSyntaxError as exc:
+            problems.append(
+                TemplateProblem(0, "template-syntax", exc.message or "", str(path), exc.lineno, 1)
+            )
+    if not (directory / "body.html").exists():
+        problems.append(
+            TemplateProblem(0, "missing-template-part", f"{template}/body.html is missing")
+        )
+    return problems
+
+
+def _render_problems(
+    renderer: Renderer, root: Path, campaign: Campaign, template: str, subject: str | None
+) -> list[TemplateProblem]:
+    problems: list[TemplateProblem] = []
+    for locale in template_locales(root / template):
+        context = sample_context(campaign, renderer.settings, locale)
+        try:
+            renderer.render(template, context, locale, subject)
+        except UndefinedError as exc:
+            file, line = _template_line(exc, root)
+            message = _unknown_variable(exc.message or "", file, line, context)
+            where = f"{message} (locale {locale or 'default'})"
+            problems.append(TemplateProblem(0, "unknown-variable", where, file, line))
+        except SecurityError as exc:
+            file, line = _template_line(exc, root)
+            problems.append(TemplateProblem(0, "template-unsafe", str(exc), file, line))
+        except TemplateError as exc:
+            file, line = _template_line(exc, root)
+            problems.append(TemplateProblem(0, "template-error", str(exc), file, line))
+    return problems
+
+
 def make_template_check(renderer: Renderer) -> TemplateCheck:
+    """A check for one lint run; a template is parsed once and rendered once per distinct
+    (trigger, offer type, coupon, subject) it is used with, however many campaigns share it."""
     root = renderer.settings.templates_dir.resolve()
+    parsed: dict[str, list[TemplateProblem]] = {}
+    rendered: dict[tuple[str, str, str, bool, str | None], list[TemplateProblem]] = {}
 
     def check(campaign: Campaign) -> list[TemplateProblem]:
         problems: list[TemplateProblem] = []
         for index, variant in enumerate(campaign.experiment.variants):
-            directory = root / variant.template
-            for path in sorted(directory.iterdir()):
-                if path.suffix not in (".txt", ".html"):
-                    continue
-                try:
-                    renderer.env.parse(path.read_text(encoding="utf-8"), path.name, str(path))
-                except TemplateSyntaxError as exc:
-                    problems.append(
-                        TemplateProblem(
-                            index, "template-syntax", exc.message or "", str(path), exc.lineno, 1
-                        )
-                    )
-            if not (directory / "body.html").exists():
-                problems.append(
-                    TemplateProblem(
-                        index, "missing-template-part", f"{variant.template}/body.html is missing"
-                    )
+            template = variant.template
+            if template not in parsed:
+                parsed[template] = _parse_problems(renderer, root / template, template)
+            found = parsed[template]
+            if not found:
+                key = (
+                    template,
+                    campaign.trigger.event,
+                    campaign.offer.type,
+                    campaign.offer.coupon is not None,
+                    variant.subject,
                 )
-            if problems:
-                continue
-            for locale in template_locales(directory):
-                context = sample_context(campaign, renderer.settings, locale)
-                try:
-                    renderer.render(variant.template, context, locale, variant.subject)
-                except UndefinedError as exc:
-                    file, line = _template_line(exc, root)
-                    message = _unknown_variable(exc.message or "", file, line, context)
-                    problems.append(
-                        TemplateProblem(
-                            index,
-                            "unknown-variable",
-                            f"{message} (locale {locale or 'default'})",
-                            file,
-                            line,
-                        )
+                if key not in rendered:
+                    rendered[key] = _render_problems(
+                        renderer, root, campaign, template, variant.subject
                     )
-                except SecurityError as exc:
-                    file, line = _template_line(exc, root)
-                    problems.append(TemplateProblem(index, "template-unsafe", str(exc), file, line))
-                except TemplateError as exc:
-                    file, line = _template_line(exc, root)
-                    problems.append(TemplateProblem(index, "template-error", str(exc), file, line))
+                found = rendered[key]
+            problems += [replace(problem, variant=index) for problem in found]
         return problems
 
     return check

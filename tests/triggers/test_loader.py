@@ -173,7 +173,7 @@ def test_rule_set_lookups(tmp_path: Path) -> None:
 
     assert [c.id for c in rules.active_for("purchase")] == ["laptop-accessories"]
     assert [c.id for c in rules.active_for("anniversary")] == ["other-event"]
-    assert rules.active_for("usage_change") == []
+    assert not rules.active_for("usage_change")
     by_id = rules.by_id("paused-one")
     assert by_id is not None and by_id.campaign.status == "paused"
     assert rules.by_id("nope") is None
