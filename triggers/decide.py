@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from functools import lru_cache
 from typing import Literal
 
 from triggers.campaigns import Campaign
 from triggers.experiments import assign
 from triggers.loader import CompiledCampaign, RuleSet
 from triggers.outcomes import Decision
-from triggers.schedule import plan_send_time, quiet_hours_window, resolve_zone
+from triggers.schedule import DailyWindow, plan_send_time, quiet_hours_window, resolve_zone
 
 COUNTED_STATUSES = frozenset({"planned", "queued", "sending", "sent"})
 MARKETING_HISTORY = COUNTED_STATUSES | {"held_out"}
@@ -135,6 +136,13 @@ class Subject:
     timezone: str | None
 
 
+@lru_cache(maxsize=64)
+def _quiet_window(quiet_from: time | None, quiet_to: time | None) -> DailyWindow | None:
+    if quiet_from is None or quiet_to is None:
+        return None
+    return quiet_hours_window(quiet_from, quiet_to)
+
+
 def decide(
     *,
     rules: RuleSet,
@@ -164,18 +172,21 @@ def decide(
     decided: list[Decision] = []  # the matched campaigns' outcomes, highest priority first
     matched.sort(key=lambda pair: (-pair[1].campaign.priority, pair[1].id))
 
-    quiet = (
-        quiet_hours_window(policy.quiet_from, policy.quiet_to)
-        if policy.quiet_from is not None and policy.quiet_to is not None
-        else None
-    )
+    quiet = _quiet_window(policy.quiet_from, policy.quiet_to)
     chosen = 0
     consent = consent_block(subject.email_marketing, subject.has_email, subject.suppressed)
     counted = len(_counted(history, policy, now))
     for _, compiled in matched:
         campaign = compiled.campaign
         skip_key = f"{campaign.id}|{subject.id}|skip|{event_id}"
-        reason = consent or frequency_block(
+        if consent or chosen >= policy.max_campaigns_per_event:
+            # A campaign ranked below the ones already chosen loses to them, whatever its
+            # own frequency state: the decisive reason is the ranking.
+            decided.append(
+                Decision(campaign.id, "skipped", consent or "lower_priority", dedupe_key=skip_key)
+            )
+            continue
+        reason: str | None = frequency_block(
             campaign, history, policy, now, extra=chosen, counted=counted
         )
         earliest = now
@@ -183,8 +194,6 @@ def decide(
             frees_at = cap_frees_at(history, policy, now, extra=chosen)
             if frees_at is not None:
                 reason, earliest = None, frees_at
-        if reason is None and chosen >= policy.max_campaigns_per_event:
-            reason = "lower_priority"
         if reason is not None:
             decided.append(Decision(campaign.id, "skipped", reason, dedupe_key=skip_key))
             continue

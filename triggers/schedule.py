@@ -31,7 +31,8 @@ class DailyWindow:
     def next_open(self, moment: datetime, zone: ZoneInfo) -> datetime:
         """The earliest instant at or after ``moment`` that lies inside this window."""
         local_day = moment.astimezone(zone).date()
-        for offset in range(-1, 9):
+        # Only a window that spans midnight can still be open from the previous day.
+        for offset in range(-1 if self.start > self.end else 0, 9):
             day = local_day + timedelta(days=offset)
             if day.weekday() not in self.weekdays:
                 continue
