@@ -26,7 +26,8 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
 
 from bench.shop import ShopSpec, load_shop, make_shop
 from triggers.campaigns import RecommendedOffer
@@ -34,13 +35,22 @@ from triggers.events import validate_event
 from triggers.facts import CustomerProfile
 from worker.db import dispose_engines, transaction
 from worker.migrate import upgrade
-from worker.models import Product
 from worker.offer_resolution import resolve_for_send
 from worker.recommendations import rebuild_affinities
 
 ADMIN_URL = os.environ.get(
     "CROSSSELL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def products_by_key(session: Session, sku: str) -> object:
+    """The floor: one round trip for one product row, no SQLAlchemy in between."""
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute("SELECT * FROM products WHERE sku = %s", [sku])
+        return cursor.fetchone()
+    finally:
+        cursor.close()
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -129,7 +139,7 @@ def run(customers: int, lines_per_customer: float, products: int, samples: int, 
                 resolve_for_send(session, offer, event, profile, complements)
                 resolve_times.append((time.perf_counter_ns() - begin) / 1e6)
                 begin = time.perf_counter_ns()
-                session.execute(select(Product).where(Product.sku == sku)).scalar_one()
+                products_by_key(session, sku)
                 lookup_times.append((time.perf_counter_ns() - begin) / 1e6)
         print(
             f"resolve one offer at send time ({samples} samples): median "

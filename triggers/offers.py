@@ -123,19 +123,22 @@ def resolve_offer(
     trigger_products: Sequence[Product] = (),
     recommended: Sequence[Product] = (),
     bestsellers: Sequence[Product] = (),
+    line_products: Sequence[Product] | None = None,
 ) -> ResolvedOffer:
     """Choose the offered items; raise :class:`OfferUnavailable` when nothing fits.
 
     ``candidates`` are the products of the target ``categories``; ``recommended`` the
     trigger products' partners, best first; ``bestsellers`` the most bought products of the
-    target categories, most bought first. The offer's own strategy is tried first, then
-    each of its ``fallback`` strategies, until one yields an item.
+    target categories, most bought first; ``line_products`` the products of the bought
+    products' lines (for upgrades; ``candidates`` when not given). The offer's own strategy
+    is tried first, then each of its ``fallback`` strategies, until one yields an item.
     """
+    lines = candidates if line_products is None else line_products
     seen_any = False
     chosen: list[Product] = []
     strategy = primary_strategy(offer)
     for strategy in (primary_strategy(offer), *offer.fallback):
-        pool = _pool(offer, strategy, candidates, recommended, bestsellers, trigger_products)
+        pool = _pool(offer, strategy, candidates, recommended, bestsellers, trigger_products, lines)
         pool = [p for p in pool if not (offer.exclude_owned and p.sku in owned_skus)]
         seen_any = seen_any or bool(pool)
         in_order = strategy in ("recommended", "upgrade", "skus")
@@ -183,6 +186,7 @@ def _pool(
     recommended: Sequence[Product],
     bestsellers: Sequence[Product],
     trigger_products: Sequence[Product],
+    lines: Sequence[Product],
 ) -> list[Product]:
     if strategy == "recommended":
         return list(recommended)
@@ -190,7 +194,7 @@ def _pool(
         return list(bestsellers)
     if strategy == "upgrade":
         assert isinstance(offer, UpgradeOffer)
-        return _upgrades(offer, list(candidates), trigger_products)
+        return _upgrades(offer, list(lines), trigger_products)
     if strategy == "skus":
         assert isinstance(offer, ComplementaryOffer) and offer.skus
         order = {sku: index for index, sku in enumerate(offer.skus)}

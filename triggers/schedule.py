@@ -66,8 +66,27 @@ def campaign_window(schedule: Schedule) -> DailyWindow | None:
     return DailyWindow(schedule.window.from_, schedule.window.to, weekdays)
 
 
+@lru_cache(maxsize=1024)
+def combined(windows: tuple[DailyWindow, ...]) -> tuple[DailyWindow, ...]:
+    """Windows that do not span midnight intersect into one: [latest start, earliest end)
+    on the days they share. Spanning ones are kept apart and solved by iteration."""
+    simple = [w for w in windows if w.start < w.end]
+    if len(simple) < 2:
+        return windows
+    start = max(w.start for w in simple)
+    end = min(w.end for w in simple)
+    days = frozenset.intersection(*(w.weekdays for w in simple))
+    if start >= end or not days:
+        return windows  # they never overlap: next_allowed says so
+    rest = tuple(w for w in windows if not w.start < w.end)
+    return (DailyWindow(start, end, days), *rest)
+
+
 def next_allowed(moment: datetime, windows: Sequence[DailyWindow], zone: ZoneInfo) -> datetime:
     """Earliest instant at or after ``moment`` inside every window at once."""
+    windows = combined(tuple(windows))
+    if len(windows) == 1:
+        return windows[0].next_open(moment.astimezone(UTC), zone)
     current = moment
     for _ in range(64):
         moved = current

@@ -8,6 +8,7 @@ queried.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -48,21 +49,36 @@ def resolve_for_send(
     needs_trigger = "upgrade" in {primary, *offer.fallback}
     trigger_products = products_by_sku(session, [i.sku for i in bought]) if needs_trigger else []
 
-    def sources(chain: set[str]) -> dict[str, list[Product]]:
-        candidates: list[Product] = []
-        if "upgrade" in chain:
-            candidates = products_in_lines(session, [p.line for p in trigger_products if p.line])
-        elif "skus" in chain:
-            candidates = products_by_sku(session, getattr(offer, "skus", None) or [])
-        elif "complementary" in chain:
-            candidates = products_in_categories(session, categories)
-        recommended: list[Product] = []
-        if "recommended" in chain:
-            # After a purchase: what goes with it; otherwise: with what the customer owns.
-            seeds = [item.sku for item in bought] or sorted(profile.skus_owned)
-            recommended = recommended_for(session, seeds)
-        bestsellers = bestsellers_in(session, categories) if "bestsellers" in chain else []
-        return {"candidates": candidates, "recommended": recommended, "bestsellers": bestsellers}
+    fetched: dict[str, list[Product]] = {}
+
+    def source(strategy: str) -> list[Product]:
+        """Each source is queried at most once, however many attempts need it."""
+        if strategy not in fetched:
+            if strategy == "upgrade":
+                lines = [p.line for p in trigger_products if p.line]
+                fetched[strategy] = products_in_lines(session, lines)
+            elif strategy == "skus":
+                fetched[strategy] = products_by_sku(session, getattr(offer, "skus", None) or [])
+            elif strategy == "complementary":
+                fetched[strategy] = products_in_categories(session, categories)
+            elif strategy == "recommended":
+                # After a purchase: what goes with it; otherwise: with what the customer owns.
+                seeds = [item.sku for item in bought] or sorted(profile.skus_owned)
+                fetched[strategy] = recommended_for(session, seeds)
+            else:
+                fetched[strategy] = bestsellers_in(session, categories)
+        return fetched[strategy]
+
+    def sources(chain: set[str]) -> dict[str, Any]:
+        def wanted(strategy: str) -> list[Product]:
+            return source(strategy) if strategy in chain else []
+
+        return {
+            "candidates": wanted("skus") or wanted("complementary"),
+            "line_products": wanted("upgrade"),
+            "recommended": wanted("recommended"),
+            "bestsellers": wanted("bestsellers"),
+        }
 
     def attempt(chain: set[str]) -> ResolvedOffer:
         return resolve_offer(
