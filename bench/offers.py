@@ -147,7 +147,7 @@ def run(customers: int, lines_per_customer: float, products: int, samples: int, 
             f" ms (target median <= 2 ms)"
         )
         print(
-            f"baseline, one product lookup by primary key: median "
+            f"baseline, one product row by primary key on the driver cursor: median "
             f"{statistics.median(lookup_times):.2f} ms"
         )
     finally:
