@@ -134,6 +134,7 @@ class Subject:
     email_marketing: bool | None
     suppressed: bool
     timezone: str | None
+    opted_out_kinds: frozenset[str] = frozenset()
 
 
 @lru_cache(maxsize=64)
@@ -186,8 +187,10 @@ def decide(
                 Decision(campaign.id, "skipped", consent or "lower_priority", dedupe_key=skip_key)
             )
             continue
-        reason: str | None = frequency_block(
-            campaign, history, policy, now, extra=chosen, counted=counted
+        reason: str | None = (
+            "opted_out"
+            if campaign.kind in subject.opted_out_kinds
+            else frequency_block(campaign, history, policy, now, extra=chosen, counted=counted)
         )
         earliest = now
         if reason == "frequency_cap" and policy.over_cap == "defer":

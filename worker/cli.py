@@ -299,3 +299,16 @@ def recommendations_rebuild() -> None:
         f"rebuilt from {report.customers} customers and {report.products} products: "
         f"{report.pairs} product pairs kept, in {report.seconds:.1f} s"
     )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+def web(host: str, port: int) -> None:
+    """Unsubscribe and preference pages, /healthz and /metrics (ASGI, uvicorn)."""
+    import uvicorn
+
+    from worker.runtime import get_runtime
+    from worker.web import create_app
+
+    uvicorn.run(create_app(get_runtime()), host=host, port=port, proxy_headers=True)

@@ -95,6 +95,8 @@ def prepare(
     )
     if blocked:
         return Skip(blocked)
+    if compiled.campaign.kind in (customer.opted_out_kinds or ()):
+        return Skip("opted_out")
     profile = profile_of(customer)
     event = validate_event(stored.payload)
     if not compiled.audience(build_facts(event, profile, now)):

@@ -75,6 +75,7 @@ def ingest_event(
             email_marketing=customer.email_marketing,
             suppressed=is_suppressed(session, customer.email),
             timezone=customer.timezone,
+            opted_out_kinds=frozenset(customer.opted_out_kinds or ()),
         ),
         history=send_history(session, customer.id),
         policy=policy,

@@ -53,6 +53,8 @@ class Customer(Base):
     locale: Mapped[str | None] = mapped_column(String(35))
     timezone: Mapped[str | None] = mapped_column(String(64))
     email_marketing: Mapped[bool | None] = mapped_column(Boolean)
+    # Campaign kinds the customer opted out of on the preferences page.
+    opted_out_kinds: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     orders_count: Mapped[int] = mapped_column(Integer, default=0)
     lifetime_spend: Mapped[Decimal] = mapped_column(default=Decimal(0))

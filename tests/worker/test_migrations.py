@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic import command
 from sqlalchemy import inspect
 
@@ -31,3 +33,40 @@ def test_sends_dedupe_key_is_unique(database_url: str) -> None:
         i["column_names"] for i in indexes if i.get("unique")
     ]
     assert ["dedupe_key"] in unique_columns
+
+
+def test_upgrades_keep_existing_rows(tmp_path: Path) -> None:
+    """Every migration runs over a database that already holds data (SQLite rebuilds
+    tables in batch mode; foreign keys must not stop it)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    config = alembic_config(url)
+    command.upgrade(config, "0001")
+    now = datetime.now(UTC).isoformat()
+    with engine_for(url).begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO customers (id, attributes, orders_count, lifetime_spend, "
+                "categories_bought, skus_owned, created_at, updated_at) "
+                "VALUES ('C-1', '{}', 0, '0', '[]', '[]', :now, :now)"
+            ),
+            {"now": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO events (event_id, type, customer_id, occurred_at, received_at, "
+                "payload, outcome) VALUES ('e1', 'purchase', 'C-1', :now, :now, '{}', '{}')"
+            ),
+            {"now": now},
+        )
+    command.upgrade(config, "head")
+    with engine_for(url).connect() as connection:
+        kinds = connection.execute(
+            text("SELECT opted_out_kinds FROM customers WHERE id = 'C-1'")
+        ).scalar_one()
+        events = connection.execute(text("SELECT count(*) FROM events")).scalar_one()
+    assert kinds == "[]" and events == 1
+    command.check(config)

@@ -1,0 +1,170 @@
+"""``crosssell web``: unsubscribe and preference pages, health and metrics (ASGI).
+
+* ``GET /u/{token}`` only shows a confirmation page: mail scanners and link previews
+  follow links, so a GET never unsubscribes anyone.
+* ``POST /u/{token}`` unsubscribes at once — the RFC 8058 one-click request
+  (``List-Unsubscribe=One-Click``) that mailbox providers send, or the page's button. No
+  cookie, no login, no redirect; repeating it changes nothing.
+* ``GET``/``POST /preferences/{token}``: opt out of some campaign kinds, or of all email.
+* ``/healthz`` (database reachable) and ``/metrics`` (Prometheus).
+
+Tokens are HMAC-signed with a key id (``CROSSSELL_UNSUBSCRIBE_KEYS``), so keys rotate
+without breaking links already in inboxes while the old key stays configured.
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from worker.db import transaction
+from worker.models import Customer, Suppression
+from worker.runtime import Runtime
+from worker.tokens import verify
+
+KINDS = {
+    "cross_sell": "Products that go with what you bought",
+    "upsell": "Better versions of products you own",
+    "loyalty": "Loyalty bonuses and anniversaries",
+    "reengagement": "Offers when you have not visited for a while",
+}
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    document = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title></head>"
+        '<body style="font-family: sans-serif; max-width: 36em; margin: 2em auto;">'
+        f"<h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
+    return HTMLResponse(document, status_code=status)
+
+
+def _invalid() -> HTMLResponse:
+    return _page(
+        "This link is not valid",
+        "<p>The link is damaged or no longer valid. Nothing was changed.</p>",
+        400,
+    )
+
+
+def unsubscribe_customer(runtime: Runtime, customer_id: str, source: str) -> bool:
+    """Suppress the customer's address and withdraw consent; idempotent. False if unknown."""
+    now = datetime.now(UTC)
+    with transaction(runtime.settings.resolved_database_url) as session:
+        customer = session.get(Customer, customer_id)
+        if customer is None:
+            return False
+        customer.email_marketing = False
+        customer.updated_at = now
+        if customer.email and session.get(Suppression, customer.email.lower()) is None:
+            session.add(
+                Suppression(
+                    email=customer.email.lower(),
+                    reason="unsubscribe",
+                    source=source,
+                    created_at=now,
+                )
+            )
+    return True
+
+
+def create_app(runtime: Runtime) -> Starlette:
+    keys = runtime.unsubscribe_keys
+    url = runtime.settings.resolved_database_url
+
+    def customer_of(request: Request) -> str | None:
+        found = verify(keys, request.path_params["token"])
+        return found[0] if found else None
+
+    async def unsubscribe_page(request: Request) -> Response:
+        if customer_of(request) is None:
+            return _invalid()
+        action = html.escape(str(request.url.path))
+        return _page(
+            "Unsubscribe",
+            (
+                f"<p>Stop all marketing email from {html.escape(runtime.settings.shop_name)}?</p>"
+                f'<form method="post" action="{action}">'
+                '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+                '<button type="submit">Unsubscribe</button></form>'
+                '<p>Or <a href="../preferences/'
+                + html.escape(request.path_params["token"])
+                + '">choose which emails you get</a>.</p>'
+            ),
+        )
+
+    async def unsubscribe(request: Request) -> Response:
+        customer_id = customer_of(request)
+        if customer_id is None:
+            return _invalid()
+        if not unsubscribe_customer(runtime, customer_id, "one-click"):
+            return _page("Unsubscribed", "<p>You will not get marketing email from us.</p>")
+        return _page(
+            "Unsubscribed",
+            "<p>Done: you will not get marketing email from us "
+            "any more. It can take a few minutes to apply.</p>",
+        )
+
+    async def preferences(request: Request) -> Response:
+        customer_id = customer_of(request)
+        if customer_id is None:
+            return _invalid()
+        form = await request.form() if request.method == "POST" else None
+        if form is not None and form.get("all") == "unsubscribe":
+            unsubscribe_customer(runtime, customer_id, "preferences")
+            return _page("Unsubscribed", "<p>You will not get marketing email from us.</p>")
+        with transaction(url) as session:
+            customer = session.get(Customer, customer_id)
+            if customer is None:
+                return _invalid()
+            if form is not None:
+                wanted = {str(kind) for kind in form.getlist("kinds")}
+                customer.opted_out_kinds = sorted(set(KINDS) - wanted)
+                customer.updated_at = datetime.now(UTC)
+            opted_out = set(customer.opted_out_kinds or ())
+        saved = "<p><strong>Saved.</strong></p>" if form is not None else ""
+        boxes = "".join(
+            f'<p><label><input type="checkbox" name="kinds" value="{kind}"'
+            f"{'' if kind in opted_out else ' checked'}> {html.escape(label)}</label></p>"
+            for kind, label in KINDS.items()
+        )
+        return _page(
+            "Email preferences",
+            (
+                f'{saved}<form method="post">{boxes}<button type="submit">Save</button></form>'
+                '<form method="post"><input type="hidden" name="all" value="unsubscribe">'
+                '<p><button type="submit">Unsubscribe from all marketing email</button></p>'
+                "</form>"
+            ),
+        )
+
+    async def healthz(_: Request) -> Response:
+        try:
+            with transaction(url) as session:
+                session.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            return JSONResponse({"status": "unavailable", "database": str(exc)[:200]}, 503)
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/u/{token}", unsubscribe_page, methods=["GET"]),
+            Route("/u/{token}", unsubscribe, methods=["POST"]),
+            Route("/preferences/{token}", preferences, methods=["GET", "POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )
