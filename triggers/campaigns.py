@@ -215,6 +215,17 @@ class Experiment(_Model):
     variants: list[Variant] = Field(min_length=1)
 
 
+Address = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)]
+
+
+class Sender(_Model):
+    """Who the email is from, when it is not the installation's default sender."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    address: Address | None = None
+    reply_to: Address | None = None
+
+
 class Campaign(_Model):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9\-]*$", max_length=80)]
     name: Annotated[str, Field(min_length=1, max_length=200)]
@@ -227,3 +238,4 @@ class Campaign(_Model):
     schedule: Schedule = Field(default_factory=Schedule)
     frequency: Frequency = Field(default_factory=Frequency)
     experiment: Experiment
+    sender: Sender | None = None

@@ -149,14 +149,15 @@ def prepare(
             send.template or variant.template, context, customer.locale, variant.subject
         )
         message_id = message_id_for(send.id, settings.message_id_domain)
+        sender = compiled.campaign.sender
         data = build_message(
             Envelope(
                 send_id=send.id,
-                sender_name=settings.sender_name,
-                sender_address=settings.sender_address,
+                sender_name=(sender and sender.name) or settings.sender_name,
+                sender_address=(sender and sender.address) or settings.sender_address,
                 recipient_name=" ".join(filter(None, [customer.first_name, customer.last_name])),
                 recipient_address=customer.email or "",
-                reply_to=settings.reply_to,
+                reply_to=(sender and sender.reply_to) or settings.reply_to,
                 date=now,
                 message_id=message_id,
                 unsubscribe_url=links.unsubscribe_url,
@@ -167,7 +168,8 @@ def prepare(
         )
     except (TemplateError, HeaderInjection) as exc:
         return Skip("render_error", f"{exc.__class__.__name__}: {exc}")
-    return OutgoingEmail(send.id, message_id, settings.sender_address, customer.email or "", data)
+    envelope_from = (sender and sender.address) or settings.sender_address
+    return OutgoingEmail(send.id, message_id, envelope_from, customer.email or "", data)
 
 
 def backoff(attempts: int, base: float, retry_after: float | None) -> timedelta:

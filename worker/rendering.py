@@ -19,6 +19,9 @@ import css_inline
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
 from babel.numbers import format_currency, format_decimal
+from inscriptis import get_text
+from inscriptis.css_profiles import CSS_PROFILES
+from inscriptis.model.config import ParserConfig
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -54,6 +57,14 @@ def _number(value: Decimal | int, locale: Locale) -> str:
 
 def _date(value: date | datetime, locale: Locale) -> str:
     return format_date(value, format="long", locale=locale)
+
+
+_TEXT_CONFIG = ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
+
+
+def text_from_html(html: str) -> str:
+    """A readable plain-text part from the HTML: paragraphs, lists, links as [text](url)."""
+    return str(get_text(html, _TEXT_CONFIG))
 
 
 class Renderer:
@@ -108,7 +119,11 @@ class Renderer:
             )
         subject = " ".join(subject.split())
         html = self.env.get_template(self._pick(template, "body", "html", locale)).render(values)
-        text = self.env.get_template(self._pick(template, "body", "txt", locale)).render(values)
-        return RenderedEmail(
-            subject=subject, html=self._inliner.inline(html), text=text.strip() + "\n"
-        )
+        html = self._inliner.inline(html)
+        try:
+            text_name = self._pick(template, "body", "txt", locale)
+        except TemplateNotFound:
+            text = text_from_html(html)  # a template may ship HTML only
+        else:
+            text = self.env.get_template(text_name).render(values)
+        return RenderedEmail(subject=subject, html=html, text=text.strip() + "\n")

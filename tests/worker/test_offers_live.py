@@ -189,6 +189,7 @@ schedule: {delay: 0m}
 experiment:
   variants:
     - {id: A, template: coupon_kit}
+sender: {name: "Foto Ștefan", address: foto@shop.example, reply_to: help@shop.example}
 """
 
 
@@ -273,6 +274,10 @@ def test_coupon_is_stable_across_retries_and_prices_are_checked_at_send_time(
         assert final is not None and final.coupon_code == first.coupon_code
         assert final.coupon_expires_at == first.coupon_expires_at
         (message,) = smtp_sink.handler.parsed()
+        # The campaign's own sender, not the installation default.
+        assert message["From"].addresses[0].display_name == "Foto Ștefan"
+        assert message["From"].addresses[0].addr_spec == "foto@shop.example"
+        assert message["Reply-To"] == "help@shop.example"
         body = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
         assert first.coupon_code in body
         assert "SD Card 128 GB" not in body  # sold out after planning

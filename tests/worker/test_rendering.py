@@ -133,3 +133,18 @@ def test_line_breaks_in_subject_cannot_add_headers() -> None:
 def test_message_id_is_stable_per_send() -> None:
     assert message_id_for(7, "d.example") == message_id_for(7, "d.example")
     assert message_id_for(7, "d.example") != message_id_for(8, "d.example")
+
+
+def test_a_template_without_a_text_part_gets_one_from_its_html(tmp_path: Path) -> None:
+    renderer = _renderer(
+        tmp_path,
+        {
+            "t/subject.txt": "Hi",
+            "t/body.html": "<h1>Hi {{ customer.first_name }}</h1><p>See <a href='https://s.example/p'>"
+            "the bag</a></p><ul><li>one</li><li>two</li></ul>",
+        },
+    )
+    email = renderer.render("t", {"customer": {"first_name": "Ana"}}, "en")
+    assert "Hi Ana" in email.text
+    assert "https://s.example/p" in email.text
+    assert "* one" in email.text and "<" not in email.text
