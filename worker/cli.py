@@ -312,3 +312,66 @@ def web(host: str, port: int) -> None:
     from worker.web import create_app
 
     uvicorn.run(create_app(get_runtime()), host=host, port=port, proxy_headers=True)
+
+
+@main.group()
+def suppressions() -> None:
+    """Addresses that never get email: hard bounces, complaints, unsubscribes, manual."""
+
+
+@suppressions.command("list")
+@click.option("--reason", default=None, help="Only this reason (hard_bounce, complaint, …).")
+def suppressions_list(reason: str | None) -> None:
+    """List suppressed addresses, newest first (tab-separated)."""
+    from sqlalchemy import select
+
+    from worker.db import transaction
+    from worker.models import Suppression
+
+    query = select(Suppression).order_by(Suppression.created_at.desc())
+    if reason:
+        query = query.where(Suppression.reason == reason)
+    with transaction(get_settings().resolved_database_url) as session:
+        for row in session.scalars(query):
+            click.echo(
+                f"{row.email}\t{row.reason}\t{row.source or ''}\t{row.created_at:%Y-%m-%d %H:%M}"
+            )
+
+
+@suppressions.command("add")
+@click.argument("email")
+@click.option("--reason", default="manual", show_default=True)
+def suppressions_add(email: str, reason: str) -> None:
+    """Never email EMAIL again (until removed)."""
+    from datetime import UTC, datetime
+
+    from worker.db import transaction
+    from worker.models import Suppression
+
+    address = email.strip().lower()
+    if "@" not in address or any(ch in address for ch in "\r\n\t "):
+        raise click.BadParameter(f"{email!r} is not an email address", param_hint="EMAIL")
+    with transaction(get_settings().resolved_database_url) as session:
+        if session.get(Suppression, address) is not None:
+            click.echo(f"{address} is already suppressed")
+            return
+        session.add(
+            Suppression(email=address, reason=reason, source="cli", created_at=datetime.now(UTC))
+        )
+    click.echo(f"suppressed {address} ({reason})")
+
+
+@suppressions.command("remove")
+@click.argument("email")
+def suppressions_remove(email: str) -> None:
+    """Allow email to EMAIL again (consent is still required)."""
+    from worker.db import transaction
+    from worker.models import Suppression
+
+    address = email.strip().lower()
+    with transaction(get_settings().resolved_database_url) as session:
+        row = session.get(Suppression, address)
+        if row is None:
+            raise click.ClickException(f"{address} is not suppressed")
+        session.delete(row)
+    click.echo(f"removed {address} ({row.reason})")
