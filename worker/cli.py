@@ -375,3 +375,28 @@ def suppressions_remove(email: str) -> None:
             raise click.ClickException(f"{address} is not suppressed")
         session.delete(row)
     click.echo(f"removed {address} ({row.reason})")
+
+
+@main.command()
+@click.argument("campaign_id")
+@click.option("--customer", "customer_id", required=True)
+@click.option("--locale", default=None, help="Render in this locale instead of the customer's.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Directory (default: var/preview)."
+)
+def preview(campaign_id: str, customer_id: str, locale: str | None, out: Path | None) -> None:
+    """Render a campaign's email for one customer: subject, HTML, text and .eml files."""
+    from worker.preview import preview as make_preview
+    from worker.runtime import get_runtime
+
+    runtime = get_runtime()
+    try:
+        results = make_preview(
+            runtime, campaign_id, customer_id, locale, out or runtime.settings.var_dir / "preview"
+        )
+    except LookupError as missing:
+        raise click.ClickException(str(missing)) from None
+    for result in results:
+        for note in result.notes:
+            click.echo(f"note: {note}")
+        click.echo(f"wrote {result.directory}/{{subject.txt,body.html,body.txt,message.eml}}")
