@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_timeout: float = 30.0
     smtp_ca_file: Path | None = Field(None, description="extra CA bundle to trust for TLS")
+    dkim_domain: str | None = Field(None, description="sign SMTP mail with DKIM for this d=")
+    dkim_selector: str | None = None
+    dkim_private_key: SecretStr | None = Field(None, description="PEM private key (secret)")
 
     sender_name: str = "Crosssell Shop"
     sender_address: str = "offers@shop.example"

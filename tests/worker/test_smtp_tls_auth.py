@@ -112,3 +112,55 @@ def test_untrusted_certificate_is_refused(tmp_path: Path, authority: trustme.CA)
         finally:
             provider.close()
         assert sink.handler.messages == []
+
+
+def test_dkim_signature_covers_the_unsubscribe_headers_and_verifies(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    import base64
+
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+    public_der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public_der)
+    settings = make_settings(
+        tmp_path,
+        email_provider="smtp",
+        smtp_port=smtp_sink.port,
+        dkim_domain="shop.example",
+        dkim_selector="cs1",
+        dkim_private_key=private_pem,
+    )
+    data = (
+        b"From: Shop <offers@shop.example>\r\nTo: ana@example.ro\r\nSubject: Hi\r\n"
+        b"Date: Tue, 17 Nov 2026 10:30:00 +0000\r\nMessage-ID: <send-1@shop.example>\r\n"
+        b"List-Unsubscribe: <https://shop.example/u/t>, <mailto:u@shop.example>\r\n"
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n\r\nhello\r\n"
+    )
+    provider = make_provider(settings)
+    try:
+        provider.send(
+            OutgoingEmail(1, "<send-1@shop.example>", "offers@shop.example", "ana@example.ro", data)
+        )
+    finally:
+        provider.close()
+    (received,) = smtp_sink.handler.messages
+    assert received.startswith(b"DKIM-Signature:")
+    header = received.split(b"\r\n\r\n", 1)[0]
+    assert b"list-unsubscribe-post" in header.lower() and b"s=cs1" in header
+    assert dkim.verify(
+        received,
+        dnsfunc=lambda name, timeout=5: record if name == b"cs1._domainkey.shop.example." else b"",
+    )
+    tampered = received.replace(b"Subject: Hi", b"Subject: Ho")
+    assert not dkim.verify(tampered, dnsfunc=lambda name, timeout=5: record)

@@ -16,6 +16,15 @@ def make_provider(settings: Settings) -> Provider:
         if settings.smtp_ca_file is not None:
             context.load_verify_locations(cafile=str(settings.smtp_ca_file))
 
+        signer = None
+        if settings.dkim_domain and settings.dkim_selector and settings.dkim_private_key:
+            from worker.dkim_signing import DkimSigner
+
+            signer = DkimSigner(
+                settings.dkim_selector,
+                settings.dkim_domain,
+                settings.dkim_private_key.get_secret_value().encode(),
+            )
         return SMTPProvider(
             settings.smtp_host,
             settings.smtp_port,
@@ -24,6 +33,7 @@ def make_provider(settings: Settings) -> Provider:
             settings.smtp_password.get_secret_value() if settings.smtp_password else None,
             settings.smtp_timeout,
             context,
+            signer,
         )
     from worker.providers.file import FileProvider
 

@@ -14,6 +14,7 @@ import ssl
 import threading
 import time
 
+from worker.dkim_signing import DkimSigner
 from worker.providers.base import (
     DeliveryResult,
     OutgoingEmail,
@@ -60,10 +61,12 @@ class SMTPProvider(Provider):
         password: str | None = None,
         timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        signer: DkimSigner | None = None,
     ) -> None:
         self.host, self.port, self.security = host, port, security
         self.username, self.password, self.timeout = username, password, timeout
         self.ssl_context = ssl_context or ssl.create_default_context()
+        self.signer = signer
         self._connection: smtplib.SMTP | None = None
         self._last_used = 0.0
         self._lock = threading.Lock()
@@ -126,7 +129,8 @@ class SMTPProvider(Provider):
     def _send_once(self, email: OutgoingEmail) -> DeliveryResult:
         try:
             connection = self._live_connection()
-            refused = connection.sendmail(email.sender, [email.recipient], email.data)
+            data = self.signer.sign(email.data) if self.signer else email.data
+            refused = connection.sendmail(email.sender, [email.recipient], data)
         except smtplib.SMTPServerDisconnected:
             raise
         except smtplib.SMTPAuthenticationError as exc:

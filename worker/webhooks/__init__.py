@@ -1,0 +1,8 @@
+"""Provider webhooks: authenticate, translate to neutral events, apply once.
+
+One module per provider (``postmark``, ``sendgrid``, ``mailgun``, ``ses``) exposes
+``parse(headers, body, <its secrets>)``, which authenticates *before* reading anything
+and returns :class:`~worker.webhooks.events.TrackingEvent` values;
+:func:`worker.webhooks.apply.apply_events` applies them. Nothing is imported here, so
+importing a parser does not register the ``webhook_events`` table with the models.
+"""

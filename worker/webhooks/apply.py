@@ -1,0 +1,221 @@
+"""Apply provider-neutral tracking events to sends, suppressions and consent — once each.
+
+What each kind does (DESIGN.md §3.4: hard bounces suppress the address; 5.7.x policy
+refusals alert the operator instead of suppressing the customer):
+
+==============  ==================================================================
+hard bounce     suppress the address (``hard_bounce``); a ``sent`` send → ``failed``
+                with reason ``hard_bounce``
+policy (5.7.x)  alert the operator (log + ``policy_alerts``); a ``sent`` send →
+                ``failed``/``policy_rejected``; the address is *not* suppressed
+complained      suppress (``complaint``) and withdraw the customer's email consent
+unsubscribed    suppress (``unsubscribe``)
+soft bounce,    recorded in ``webhook_events`` only: the provider retries, and one
+deferred,       soft failure says nothing lasting about the address
+rejected, other
+delivered       recorded and counted
+==============  ==================================================================
+
+Every event is first recorded in ``webhook_events`` (see :mod:`worker.webhooks.store`);
+an event already recorded is counted as a duplicate and changes nothing. Run this in
+one transaction per webhook request (``worker.db.transaction``), so a failure leaves
+nothing half-applied and the provider's retry applies it whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from prometheus_client import Counter as MetricCounter
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from worker.metrics import SENDS
+from worker.models import Customer, Send, Suppression
+from worker.webhooks.events import TrackingEvent
+from worker.webhooks.store import EVENT_ID_LENGTH, WebhookEvent
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_EVENTS = MetricCounter(
+    "crosssell_webhook_events_total",
+    "Provider webhook events by provider, kind and result (applied or duplicate)",
+    ["provider", "kind", "result"],
+)
+
+# The Message-ID that worker.mime.message_id_for gives every send: the id is in it.
+_OUR_MESSAGE_ID = re.compile(r"^<send-(\d{1,18})\.[0-9a-f]{12}@")
+
+
+@dataclass
+class ApplyReport:
+    """What one batch did, for the HTTP answer, logs and tests."""
+
+    received: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+    suppressed: list[str] = field(default_factory=list)
+    failed_sends: list[int] = field(default_factory=list)
+    consent_withdrawn: list[str] = field(default_factory=list)
+    policy_alerts: list[str] = field(default_factory=list)
+
+
+def storage_id(event_id: str) -> str:
+    """The event id as stored: provider ids longer than the column become their hash."""
+    if len(event_id) <= EVENT_ID_LENGTH:
+        return event_id
+    return "sha256:" + hashlib.sha256(event_id.encode("utf-8")).hexdigest()
+
+
+def apply_events(session: Session, events: Iterable[TrackingEvent], now: datetime) -> ApplyReport:
+    """Record each new event and apply its effect; ignore events already recorded."""
+    report = ApplyReport()
+    for event in events:
+        report.received += 1
+        if not _record(session, event, now):
+            report.duplicates += 1
+            WEBHOOK_EVENTS.labels(event.provider, event.kind, "duplicate").inc()
+            continue
+        report.applied += 1
+        report.kinds[event.kind] += 1
+        _apply(session, event, now, report)
+        WEBHOOK_EVENTS.labels(event.provider, event.kind, "applied").inc()
+    return report
+
+
+def _record(session: Session, event: TrackingEvent, now: datetime) -> bool:
+    """Insert the event's row; False if it is already there (a retry or a replay)."""
+    key = storage_id(event.event_id)
+    seen = session.scalar(
+        select(WebhookEvent.id).where(
+            WebhookEvent.provider == event.provider, WebhookEvent.event_id == key
+        )
+    )
+    if seen is not None:
+        return False
+    try:
+        # A concurrent delivery of the same event may insert first: the unique
+        # constraint decides, and only this savepoint is rolled back.
+        with session.begin_nested():
+            session.add(
+                WebhookEvent(
+                    provider=event.provider,
+                    event_id=key,
+                    kind=event.kind,
+                    recipient=event.recipient,
+                    occurred_at=event.timestamp,
+                    received_at=now,
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+def _apply(session: Session, event: TrackingEvent, now: datetime, report: ApplyReport) -> None:
+    source = f"webhook:{event.provider}"[:64]
+    if event.policy:
+        send = _find_send(session, event)
+        if send is not None and _fail_send(session, send.id, "policy_rejected", event, now):
+            report.failed_sends.append(send.id)
+        report.policy_alerts.append(event.event_id)
+        log.error(
+            "OPERATOR: %s refused a message by policy (%s) for %s; the address is not "
+            "suppressed — check sender authentication (SPF, DKIM, DMARC) and reputation",
+            event.provider,
+            event.description,
+            event.recipient,
+        )
+        return
+    if event.kind == "bounced" and event.bounce_type == "hard":
+        send = _find_send(session, event)
+        if event.recipient and _suppress(session, event.recipient, "hard_bounce", source, now):
+            report.suppressed.append(event.recipient)
+        if send is not None and _fail_send(session, send.id, "hard_bounce", event, now):
+            report.failed_sends.append(send.id)
+    elif event.kind == "complained":
+        send = _find_send(session, event)
+        if event.recipient and _suppress(session, event.recipient, "complaint", source, now):
+            report.suppressed.append(event.recipient)
+        for customer in _customers(session, event, send):
+            if customer.email_marketing is not False:
+                customer.email_marketing = False
+                customer.updated_at = now
+                report.consent_withdrawn.append(customer.id)
+    elif (
+        event.kind == "unsubscribed"
+        and event.recipient
+        and _suppress(session, event.recipient, "unsubscribe", source, now)
+    ):
+        report.suppressed.append(event.recipient)
+
+
+def _find_send(session: Session, event: TrackingEvent) -> Send | None:
+    """The send the event is about: by our Message-ID (a primary-key lookup), else by
+    the id the provider's API returned."""
+    if event.message_id:
+        match = _OUR_MESSAGE_ID.match(event.message_id)
+        if match:
+            send = session.get(Send, int(match.group(1)))
+            if send is not None and send.message_id == event.message_id:
+                return send
+    if event.provider_message_id:
+        return session.scalars(
+            select(Send).where(Send.provider_message_id == event.provider_message_id).limit(1)
+        ).first()
+    return None
+
+
+def _customers(session: Session, event: TrackingEvent, send: Send | None) -> list[Customer]:
+    """Whose consent a complaint withdraws: the customer the message went to, or, when
+    the message is unknown, every customer with the complaining address."""
+    if send is not None:
+        customer = session.get(Customer, send.customer_id)
+        return [customer] if customer is not None else []
+    if not event.recipient:
+        return []
+    return list(
+        session.scalars(select(Customer).where(func.lower(Customer.email) == event.recipient))
+    )
+
+
+def _suppress(session: Session, email: str, reason: str, source: str, now: datetime) -> bool:
+    """Add the address to the suppression list; False if it is already there (the first
+    reason stays: it is the one that explains the first refusal)."""
+    if session.get(Suppression, email) is not None:
+        return False
+    try:
+        with session.begin_nested():
+            session.add(Suppression(email=email, reason=reason, source=source, created_at=now))
+    except IntegrityError:
+        return False  # suppressed meanwhile by another request: the goal is reached
+    return True
+
+
+def _fail_send(
+    session: Session, send_id: int, reason: str, event: TrackingEvent, now: datetime
+) -> bool:
+    """Mark a ``sent`` send failed; any other status (already failed, or a race with the
+    worker that has not recorded ``sent`` yet) is left as it is."""
+    result = session.execute(
+        update(Send)
+        .where(Send.id == send_id, Send.status == "sent")
+        .values(
+            status="failed",
+            reason=reason,
+            detail=(f"{event.provider}: {event.description or event.kind}")[:1000],
+            updated_at=now,
+        )
+    )
+    changed = bool(getattr(result, "rowcount", 0))
+    if changed:
+        SENDS.labels("failed", reason).inc()
+    return changed
