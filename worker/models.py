@@ -47,7 +47,7 @@ class Customer(Base):
     __tablename__ = "customers"
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    email: Mapped[str | None] = mapped_column(String(320))
+    email: Mapped[str | None] = mapped_column(String(320), index=True)
     first_name: Mapped[str | None] = mapped_column(String(100))
     last_name: Mapped[str | None] = mapped_column(String(100))
     locale: Mapped[str | None] = mapped_column(String(35))
@@ -151,7 +151,7 @@ class Send(Base):
     queued_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
     provider: Mapped[str | None] = mapped_column(String(32))
-    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    provider_message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     message_id: Mapped[str | None] = mapped_column(String(255))
     coupon_code: Mapped[str | None] = mapped_column(String(40), unique=True)
     coupon_expires_at: Mapped[datetime | None]

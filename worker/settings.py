@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     recommendations_rebuild_every: str = Field(
         "1d", description="how often the Celery beat schedule rebuilds recommendations"
     )
+    postmark_webhook_username: str | None = None
+    postmark_webhook_password: SecretStr | None = None
+    sendgrid_webhook_verification_key: str | None = Field(
+        None, description="base64 public key of SendGrid's signed event webhook"
+    )
+    mailgun_webhook_signing_key: SecretStr | None = None
+    ses_sns_topic_arns: str | None = Field(
+        None, description="comma-separated SNS topic ARNs allowed to post SES events"
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="serve /metrics here; 0: off")
     metrics_host: str = Field("127.0.0.1", description="address the metrics server binds")
     dispatch_interval: float = Field(1.0, gt=0, description="seconds between dispatcher polls")

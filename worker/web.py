@@ -6,6 +6,8 @@
   (``List-Unsubscribe=One-Click``) that mailbox providers send, or the page's button. No
   cookie, no login, no redirect; repeating it changes nothing.
 * ``GET``/``POST /preferences/{token}``: opt out of some campaign kinds, or of all email.
+* ``POST /webhooks/{postmark,sendgrid,mailgun,ses}``: provider events, each provider's
+  authentication checked first (401 when it fails); bounces and complaints suppress.
 * ``/healthz`` (database reachable) and ``/metrics`` (Prometheus).
 
 Tokens are HMAC-signed with a key id (``CROSSSELL_UNSUBSCRIBE_KEYS``), so keys rotate
@@ -21,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -29,6 +32,9 @@ from worker.db import transaction
 from worker.models import Customer, Suppression
 from worker.runtime import Runtime
 from worker.tokens import verify
+from worker.webhooks import mailgun, postmark, sendgrid, ses
+from worker.webhooks.apply import apply_events
+from worker.webhooks.events import TrackingEvent, WebhookPayloadError, WebhookRejected
 
 KINDS = {
     "cross_sell": "Products that go with what you bought",
@@ -76,6 +82,39 @@ def unsubscribe_customer(runtime: Runtime, customer_id: str, source: str) -> boo
                 )
             )
     return True
+
+
+def parse_webhook(
+    runtime: Runtime, provider: str, headers: dict[str, str], body: bytes
+) -> list[TrackingEvent] | ses.SubscriptionConfirmation:
+    """Authenticate and read one provider webhook; LookupError if it is not configured.
+
+    Signature ages and certificates are checked against the real clock, never a shifted
+    one: they come from the outside world.
+    """
+    settings = runtime.settings
+    now = datetime.now(UTC)
+    if provider == "postmark" and settings.postmark_webhook_username:
+        password = settings.postmark_webhook_password
+        return postmark.parse(
+            headers,
+            body,
+            username=settings.postmark_webhook_username,
+            password=password.get_secret_value() if password else "",
+        )
+    if provider == "sendgrid" and settings.sendgrid_webhook_verification_key:
+        return sendgrid.parse(headers, body, public_key=settings.sendgrid_webhook_verification_key)
+    if provider == "mailgun" and settings.mailgun_webhook_signing_key:
+        return mailgun.parse(
+            headers,
+            body,
+            signing_key=settings.mailgun_webhook_signing_key.get_secret_value(),
+            now=now,
+        )
+    if provider == "ses" and settings.ses_sns_topic_arns:
+        topics = [arn.strip() for arn in settings.ses_sns_topic_arns.split(",") if arn.strip()]
+        return ses.parse(headers, body, allowed_topic_arns=topics, now=now)
+    raise LookupError(provider)
 
 
 def create_app(runtime: Runtime) -> Starlette:
@@ -148,6 +187,31 @@ def create_app(runtime: Runtime) -> Starlette:
             ),
         )
 
+    async def webhook(request: Request) -> Response:
+        provider = request.path_params["provider"]
+        body = await request.body()
+        headers = dict(request.headers)
+        try:
+            result = await run_in_threadpool(parse_webhook, runtime, provider, headers, body)
+        except LookupError:
+            return JSONResponse({"error": f"unknown or unconfigured provider {provider!r}"}, 404)
+        except WebhookRejected as rejected:
+            return JSONResponse({"error": f"rejected: {rejected}"}, 401)
+        except WebhookPayloadError as bad:
+            return JSONResponse({"error": f"bad payload: {bad}"}, 400)
+        except OSError as unavailable:  # the SNS signing certificate could not be fetched
+            return JSONResponse({"error": f"try again: {unavailable}"}, 503)
+        if isinstance(result, ses.SubscriptionConfirmation):
+            await run_in_threadpool(ses.confirm_subscription, result)
+            return JSONResponse({"status": "subscription confirmed"})
+
+        def apply() -> int:
+            with transaction(url) as session:
+                return apply_events(session, result, datetime.now(UTC)).applied
+
+        applied = await run_in_threadpool(apply)
+        return JSONResponse({"status": "ok", "events": len(result), "applied": applied})
+
     async def healthz(_: Request) -> Response:
         try:
             with transaction(url) as session:
@@ -164,6 +228,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/u/{token}", unsubscribe_page, methods=["GET"]),
             Route("/u/{token}", unsubscribe, methods=["POST"]),
             Route("/preferences/{token}", preferences, methods=["GET", "POST"]),
+            Route("/webhooks/{provider}", webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ]

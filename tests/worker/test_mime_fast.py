@@ -54,17 +54,17 @@ def test_fast_and_stdlib_messages_read_the_same(
     assert fast_raw.isascii()
     assert all(len(line) <= 998 for line in fast_raw.split(b"\r\n"))
     fast, slow = _parse(fast_raw), _parse(slow_raw)
-    for name in (
-        "Subject",
-        "Date",
-        "Message-ID",
-        "Reply-To",
-        "List-Unsubscribe-Post",
-        "X-Crosssell-Campaign",
-    ):
+    for name in ("Date", "Message-ID", "Reply-To", "List-Unsubscribe-Post", "X-Crosssell-Campaign"):
         assert str(fast[name]) == str(slow[name]), name
-    for name in ("From", "To"):
-        assert fast[name].addresses == slow[name].addresses, name
+    # Names and the subject must read back exactly as given. (The standard library itself
+    # sometimes folds a long encoded name with a stray space; the fast path must not.)
+    assert str(fast["Subject"]) == email.subject
+    for name, display, address in (
+        ("From", envelope.sender_name, envelope.sender_address),
+        ("To", envelope.recipient_name, envelope.recipient_address),
+    ):
+        (mailbox,) = fast[name].addresses
+        assert (mailbox.display_name, mailbox.addr_spec) == (display, address), name
     assert " ".join(str(fast["List-Unsubscribe"]).split()) == " ".join(
         str(slow["List-Unsubscribe"]).split()
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,3 +109,79 @@ def test_health_and_metrics(web: tuple[TestClient, Runtime]) -> None:
     client, _ = web
     assert client.get("/healthz").json() == {"status": "ok"}
     assert "crosssell_events_total" in client.get("/metrics").text
+
+
+# --- provider webhooks through the HTTP endpoints -----------------------------------------
+
+POSTMARK_AUTH = {"Authorization": "Basic " + base64.b64encode(b"hooks:pw").decode()}
+
+
+@pytest.fixture
+def hooks(tmp_path: Path, database_url: str) -> Iterator[tuple[TestClient, Runtime]]:
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        postmark_webhook_username="hooks",
+        postmark_webhook_password="pw",
+        mailgun_webhook_signing_key="mg-key",
+    )
+    runtime = Runtime(settings)
+    with TestClient(create_app(runtime)) as client:
+        yield client, runtime
+
+
+def _postmark_bounce(kind: str, event_id: int) -> dict[str, object]:
+    return {
+        "RecordType": "Bounce",
+        "ID": event_id,
+        "Type": kind,
+        "TypeCode": 1,
+        "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483",
+        "Email": "Gone@Example.com",
+        "BouncedAt": "2026-11-17T10:29:54Z",
+        "Description": "unknown user",
+        "Details": "smtp;550 5.1.1 no such user",
+    }
+
+
+def test_postmark_hard_bounce_suppresses_once_soft_does_not(
+    hooks: tuple[TestClient, Runtime],
+) -> None:
+    client, runtime = hooks
+    soft = client.post(
+        "/webhooks/postmark", json=_postmark_bounce("SoftBounce", 1), headers=POSTMARK_AUTH
+    )
+    assert soft.status_code == 200
+    url = runtime.settings.resolved_database_url
+    with transaction(url) as session:
+        assert session.get(Suppression, "gone@example.com") is None
+    for _ in range(2):  # the provider retries: applied once
+        hard = client.post(
+            "/webhooks/postmark", json=_postmark_bounce("HardBounce", 2), headers=POSTMARK_AUTH
+        )
+        assert hard.status_code == 200
+    assert hard.json()["applied"] == 0
+    with transaction(url) as session:
+        row = session.get(Suppression, "gone@example.com")
+        assert row is not None and row.reason == "hard_bounce"
+
+
+def test_webhooks_with_bad_credentials_or_unconfigured_providers_are_refused(
+    hooks: tuple[TestClient, Runtime],
+) -> None:
+    client, runtime = hooks
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"hooks:no").decode()}
+    assert (
+        client.post(
+            "/webhooks/postmark", json=_postmark_bounce("HardBounce", 3), headers=wrong
+        ).status_code
+        == 401
+    )
+    forged = {
+        "signature": {"timestamp": "1", "token": "t", "signature": "00"},
+        "event-data": {"event": "complained", "id": "x", "recipient": "a@b.c"},
+    }
+    assert client.post("/webhooks/mailgun", json=forged).status_code == 401
+    assert client.post("/webhooks/sendgrid", content=b"[]").status_code == 404
+    with transaction(runtime.settings.resolved_database_url) as session:
+        assert session.get(Suppression, "gone@example.com") is None

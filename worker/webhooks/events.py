@@ -29,6 +29,8 @@ EventKind = Literal[
 ]
 BounceType = Literal["hard", "soft"]
 
+MAX_EMAIL_LENGTH = 320  # the width of every email column (RFC 5321 limits)
+
 # RFC 3463 enhanced status code, e.g. "5.1.1" or "5.7.26", anywhere in an MTA reply.
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 
@@ -100,7 +102,8 @@ def normalize_email(value: object) -> str | None:
     """Addresses compare case-insensitively here, as the suppression list stores them."""
     if not isinstance(value, str) or "@" not in value:
         return None
-    return value.strip().lower()
+    address = value.strip().lower()
+    return address if len(address) <= MAX_EMAIL_LENGTH else None
 
 
 def normalize_message_id(value: object) -> str | None:

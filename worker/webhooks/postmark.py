@@ -4,7 +4,10 @@ Postmark does not sign its webhooks. Its documented protection is HTTP Basic aut
 the webhook URL (``https://<user>:<password>@host/path``), so Postmark sends an
 ``Authorization: Basic …`` header that we compare, in constant time, with the configured
 pair (postmarkapp.com/developer/webhooks/webhooks-overview, "Protecting your webhook").
-Each request carries one record; its ``RecordType`` says which.
+Each request carries one record; its ``RecordType`` says which. Use URL-safe characters
+(letters, digits, ``-_.~``) in both, so no percent-encoding stands between the URL
+configured in Postmark and the pair configured here. Serve the route over HTTPS only:
+Basic auth is a shared secret in every request.
 """
 
 from __future__ import annotations
@@ -112,10 +115,8 @@ def _event(record: dict[str, Any]) -> TrackingEvent:
         if record_type == "SpamComplaint":
             kind, bounce_type = "complained", None
         policy = bounce_kind in _POLICY_TYPES
-        details = text_or_none(record.get("Details"))
-        description = "; ".join(
-            part for part in (bounce_kind or None, description, details) if part
-        )[:1000]
+        parts = (bounce_kind, record.get("Description"), record.get("Details"))
+        description = "; ".join(part for part in map(text_or_none, parts) if part)[:1000]
     elif record_type == "SubscriptionChange":
         if record.get("SuppressSending") is True:
             reason = str(record.get("SuppressionReason", ""))

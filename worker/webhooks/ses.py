@@ -219,15 +219,16 @@ def parse(
     declared = header(headers, "x-amz-sns-message-type")
     if declared is not None and declared != sns_type:
         raise WebhookRejected("x-amz-sns-message-type does not match the body's Type")
-    if message.get("TopicArn") not in allowed_topic_arns:
-        raise WebhookRejected(f"unexpected SNS topic {message.get('TopicArn')!r}")
+    topic = message.get("TopicArn")
+    if not isinstance(topic, str) or topic not in allowed_topic_arns:
+        raise WebhookRejected(f"unexpected SNS topic {topic!r}")
     verify(message, fetch_certificate, now)
     if sns_type == "SubscriptionConfirmation":
         url = message.get("SubscribeURL")
         if not isinstance(url, str) or not is_trusted_sns_url(url):
             raise WebhookRejected(f"untrusted SubscribeURL {url!r}")
         return SubscriptionConfirmation(
-            topic_arn=str(message["TopicArn"]),
+            topic_arn=topic,
             subscribe_url=url,
             message_id=str(message["MessageId"]),
         )
