@@ -7,8 +7,8 @@ from typing import Any
 
 from alembic import context
 
-from worker.db import make_engine
 import worker.webhooks.store  # noqa: F401  (registers webhook_events on the metadata)
+from worker.db import make_engine
 from worker.models import Base
 from worker.settings import get_settings
 
