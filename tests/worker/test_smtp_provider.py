@@ -99,3 +99,46 @@ def test_replies_are_classified_by_basic_and_enhanced_codes(
     assert isinstance(error, kind)
     if isinstance(error, PermanentDeliveryError):
         assert (error.hard_bounce, error.policy) == (hard, policy)
+
+
+def test_romanian_and_italian_headers_survive_the_trip_through_an_smtp_server(
+    smtp_sink: SmtpSink,
+) -> None:
+    from datetime import UTC, datetime
+
+    from worker.mime import Envelope, build_message, message_id_for
+    from worker.rendering import RenderedEmail
+
+    cases = [
+        ("Magazinul Ștefăniță", "Ioana Țurcanu", "Ioana, ți-am pregătit: șnur, țintă, câștig"),
+        ("Negozio Forlì", "Nicolò Cantù", "Nicolò, più città: à è ì ò ù"),
+    ]
+    provider = SMTPProvider("127.0.0.1", smtp_sink.port)
+    try:
+        for n, (sender, recipient, subject) in enumerate(cases, start=1):
+            envelope = Envelope(
+                send_id=n,
+                sender_name=sender,
+                sender_address="shop@example.ro",
+                recipient_name=recipient,
+                recipient_address=f"r{n}@example.it",
+                reply_to=None,
+                date=datetime(2026, 11, 17, 10, 30, tzinfo=UTC),
+                message_id=message_id_for(n, "example.ro"),
+                unsubscribe_url="https://shop.example/u/t",
+                unsubscribe_mailto="u@example.ro",
+                campaign_id="c",
+            )
+            data = build_message(envelope, RenderedEmail(subject, f"<p>{subject}</p>", subject))
+            provider.send(
+                OutgoingEmail(n, envelope.message_id, "shop@example.ro", f"r{n}@example.it", data)
+            )
+    finally:
+        provider.close()
+    received = smtp_sink.handler.parsed()
+    for message, (sender, recipient, subject) in zip(received, cases, strict=True):
+        assert message["Subject"] == subject
+        assert message["From"].addresses[0].display_name == sender
+        assert message["To"].addresses[0].display_name == recipient
+        body = message.get_body(("plain",))
+        assert body is not None and body.get_content().strip() == subject
