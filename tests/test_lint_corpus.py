@@ -375,3 +375,17 @@ def test_parallel_parsing_reports_exactly_what_sequential_parsing_does(
     monkeypatch.setattr(loader, "PARALLEL_FROM", 2)
     parallel = loader.parse_files(files, {}, {}, parallel=True)
     assert parallel == sequential
+
+
+def test_a_broken_complement_map_is_a_lint_error(tmp_path: Path) -> None:
+    complements = tmp_path / "complements.yaml"
+    complements.write_text("laptops: mice\n")  # a text where a list of categories belongs
+    settings = Settings(
+        campaigns_dir=SHIPPED_CAMPAIGNS,
+        templates_dir=SHIPPED_TEMPLATES,
+        complements_file=complements,
+    )
+    with pytest.raises(RuleSetError) as caught:
+        load_rules(settings, Renderer(settings))
+    (issue,) = caught.value.issues
+    assert (issue.file, issue.code) == (str(complements), "bad-complements")

@@ -17,9 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from triggers.definitions import load_definitions
-from triggers.loader import RuleSet, RuleSetError, campaign_files, load_rule_set
+from triggers.loader import (
+    LintIssue,
+    RuleSet,
+    RuleSetError,
+    campaign_files,
+    load_rule_set,
+    plain_data,
+)
 from worker.metrics import CAMPAIGNS_ACTIVE, RULE_RELOADS, RULES_STALE
 from worker.rendering import Renderer
 from worker.settings import Settings
@@ -44,8 +52,8 @@ def load_complements(path: Path) -> dict[str, list[str]]:
     """The category complement map: category -> complementary categories, best first."""
     if not path.exists():
         return {}
-    reader = YAML(typ="safe")
-    data = reader.load(path.read_text(encoding="utf-8")) or {}
+    reader = YAML(typ="rt")  # YAML 1.2, like campaign files: a category "no" stays text
+    data = plain_data(reader.load(path.read_text(encoding="utf-8"))) or {}
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) for i in v)
         for k, v in data.items()
@@ -61,6 +69,11 @@ def load_rules(
     parallel: bool = False,
 ) -> RuleSet:
     """Validate and compile everything a rule set depends on; raises RuleSetError."""
+    try:
+        load_complements(settings.complements_file)
+    except (ValueError, YAMLError) as exc:
+        issue = LintIssue(str(settings.complements_file), 1, 1, "bad-complements", "", str(exc))
+        raise RuleSetError([issue]) from None
     definitions = load_definitions(settings.attributes_file, settings.segments_file)
     return load_rule_set(
         paths or [settings.campaigns_dir],
