@@ -25,17 +25,22 @@ import argparse
 import cProfile
 import gc
 import statistics
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from bench.corpus import DEFAULT_SEED, EVENT_TYPES, Case, generate_cases, write_corpus
-from bench.timing import Summary, machine_line, print_profile, timer_overhead_ns, verdict
+from bench.timing import (
+    Summary,
+    machine_line,
+    print_profile,
+    timer_overhead_ns,
+    verdict,
+    workdir,
+)
 from triggers.decide import PastSend, Policy, Subject, decide
 from triggers.definitions import load_definitions
 from triggers.facts import build_facts
@@ -60,16 +65,6 @@ class Call:
     subject: Subject
     history: Sequence[PastSend]
     now: datetime
-
-
-@contextmanager
-def _workdir(out: Path | None) -> Iterator[Path]:
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        yield out
-        return
-    with tempfile.TemporaryDirectory(prefix="crosssell-bench-decide-") as name:
-        yield Path(name)
 
 
 def load_bench_rules(root: Path, seed: int, count: int) -> RuleSet:
@@ -275,7 +270,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with _workdir(args.out) as root:
+    with workdir(args.out, "decide") as root:
         started = time.perf_counter()
         rules = load_bench_rules(root, args.seed, args.campaigns)
         load_seconds = time.perf_counter() - started

@@ -24,14 +24,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.corpus import DEFAULT_SEED, Corpus, write_corpus
-from bench.timing import machine_line, print_profile, verdict
+from bench.timing import machine_line, print_profile, verdict, workdir
 from triggers.definitions import Definitions, load_definitions
 from triggers.loader import RuleSet, campaign_files, load_rule_set, read_yaml
 from worker.rendering import Renderer
@@ -40,16 +38,6 @@ from worker.settings import Settings
 
 TARGET_SECONDS = 2.0
 INACTIVE_SHARE = 0.1
-
-
-@contextmanager
-def _workdir(out: Path | None) -> Iterator[Path]:
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        yield out
-        return
-    with tempfile.TemporaryDirectory(prefix="crosssell-bench-lint-") as name:
-        yield Path(name)
 
 
 def bench_settings(corpus: Corpus) -> Settings:
@@ -138,7 +126,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with _workdir(args.out) as root:
+    with workdir(args.out, "lint") as root:
         corpus = write_corpus(root, args.seed, args.campaigns, INACTIVE_SHARE, templates=True)
         settings = bench_settings(corpus)
         definitions = load_definitions(corpus.attributes_file, corpus.segments_file)

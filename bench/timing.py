@@ -9,9 +9,12 @@ import platform
 import pstats
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def percentile(sorted_values: Sequence[float], percent: float) -> float:
@@ -87,3 +90,14 @@ def print_profile(profiler: cProfile.Profile, limit: int = 25) -> None:
         print(f"\n--- cProfile, top {limit} by {order} ---")
         print(buffer.getvalue().split("\n", 4)[-1].rstrip())
     sys.stdout.flush()
+
+
+@contextmanager
+def workdir(out: Path | None, label: str) -> Iterator[Path]:
+    """``out`` when given (files kept for inspection), else a temporary directory."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix=f"crosssell-bench-{label}-") as name:
+        yield Path(name)
