@@ -32,6 +32,7 @@ from worker.mime import Envelope, HeaderInjection, build_message, message_id_for
 from worker.models import Customer, Event, Send, Suppression
 from worker.offer_resolution import resolve_for_send
 from worker.providers.base import (
+    AmbiguousDeliveryError,
     OutgoingEmail,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -226,6 +227,8 @@ def deliver_send(runtime: Runtime, send_id: int) -> str:
         return _retry_or_fail(runtime, send_id, attempts, exc)
     except PermanentDeliveryError as exc:
         return _fail(runtime, send_id, prepared.recipient, exc)
+    except AmbiguousDeliveryError as exc:
+        return _ambiguous(runtime, send_id, prepared.message_id, exc)
     with transaction(url) as session:
         done = runtime.clock.now()
         _set(
@@ -275,6 +278,32 @@ def _retry_or_fail(
         )
     log.info("send %s: transient failure, retry in %.0fs: %s", send_id, wait.total_seconds(), exc)
     return "retry"
+
+
+def _ambiguous(
+    runtime: Runtime, send_id: int, message_id: str, exc: AmbiguousDeliveryError
+) -> str:
+    """The provider may have the message: record that, report it, never send it again."""
+    now = runtime.clock.now()
+    with transaction(runtime.settings.resolved_database_url) as session:
+        _set(
+            session,
+            send_id,
+            "sending",
+            status="failed",
+            reason="ambiguous",
+            message_id=message_id,
+            detail=f"provider gave no answer after the message was handed over: {exc}"[:1000],
+            updated_at=now,
+        )
+    log.error(
+        "OPERATOR: send %s (Message-ID %s) is ambiguous: the provider may have accepted "
+        "it; not re-sent (see docs/delivery.md): %s",
+        send_id,
+        message_id,
+        exc,
+    )
+    return "ambiguous"
 
 
 def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryError) -> str:

@@ -2,9 +2,12 @@
 
     DeliveryError
     ├── TransientDeliveryError   retry later (SMTP 4xx, HTTP 429/5xx, timeouts, 454)
-    └── PermanentDeliveryError   never retry (SMTP 5xx, invalid recipient, HTTP 4xx)
-            .hard_bounce  the address does not exist: suppress it
-            .policy       5.7.x policy/auth refusal: alert the operator, keep the customer
+    ├── PermanentDeliveryError   never retry (SMTP 5xx, invalid recipient, HTTP 4xx)
+    │       .hard_bounce  the address does not exist: suppress it
+    │       .policy       5.7.x policy/auth refusal: alert the operator, keep the customer
+    └── AmbiguousDeliveryError   the message was handed over but no answer came back
+                                 (connection lost or timed out after the data was sent):
+                                 the provider may have accepted it, so it is never retried
 
 A provider's configuration error (bad credentials in settings) is an ``OSError`` or
 ``ValueError`` of its own, not a delivery error, so it never marks a customer as bad.
@@ -64,6 +67,10 @@ class PermanentDeliveryError(DeliveryError):
         super().__init__(message, code, enhanced)
         self.hard_bounce = hard_bounce
         self.policy = policy
+
+
+class AmbiguousDeliveryError(DeliveryError):
+    """The provider may or may not have the message; retrying could send it twice."""
 
 
 class Provider(ABC):
