@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jinja2 import TemplateError
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from triggers.decide import consent_block, frequency_block
@@ -37,6 +37,7 @@ from worker.providers.base import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from worker.rate_limit import RateLimiter
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ def prepare(
             send.template or variant.template, context, customer.locale, variant.subject
         )
         message_id = message_id_for(send.id, settings.message_id_domain)
+        send.message_id = message_id  # committed with the claim: reports can name it
         sender = compiled.campaign.sender
         data = build_message(
             Envelope(
@@ -188,6 +190,11 @@ def deliver_send(runtime: Runtime, send_id: int) -> str:
     always means the provider may have been called.
     """
     url = runtime.settings.resolved_database_url
+    limiter = runtime.rate_limiter
+    if limiter is not None:
+        throttled = _wait_for_slot(runtime, limiter, send_id)
+        if throttled is not None:
+            return throttled
     now = runtime.clock.now()
     with transaction(url) as session:
         if not _set(
@@ -245,6 +252,34 @@ def deliver_send(runtime: Runtime, send_id: int) -> str:
             detail=None,
         )
     return "sent"
+
+
+def _wait_for_slot(runtime: Runtime, limiter: RateLimiter, send_id: int) -> str | None:
+    """Take a send slot before the claim, so a worker killed while waiting loses nothing.
+
+    A send that is not ``queued`` any more (a duplicate task) does not spend a slot. A
+    slot further away than the limiter's ``max_wait`` is not taken: the send goes back to
+    ``planned`` for then, and the task ends instead of sleeping.
+    """
+    url = runtime.settings.resolved_database_url
+    with transaction(url) as session:
+        if session.scalar(select(Send.status).where(Send.id == send_id)) != "queued":
+            return "not_claimed"
+    reservation = limiter.acquire()
+    if reservation.granted:
+        return None
+    now = runtime.clock.now()
+    with transaction(url) as session:
+        _set(
+            session,
+            send_id,
+            "queued",
+            status="planned",
+            send_at=now + timedelta(seconds=reservation.wait),
+            reason="rate_limited",
+            updated_at=now,
+        )
+    return "throttled"
 
 
 def _retry_or_fail(

@@ -59,6 +59,7 @@ def _claim_due(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
 def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
     settings = runtime.settings
     cutoff = now - parse_duration(settings.requeue_after)
+    sending_cutoff = now - parse_duration(settings.sending_timeout)
     with transaction(settings.resolved_database_url) as session:
         stale = select(Send.id).where(Send.status == "queued", Send.queued_at < cutoff)
         stale = stale.limit(settings.dispatch_batch)
@@ -71,23 +72,24 @@ def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
             )
         stuck = session.execute(
             update(Send)
-            .where(Send.status == "sending", Send.updated_at < cutoff)
+            .where(Send.status == "sending", Send.updated_at < sending_cutoff)
             .values(
                 status="failed",
                 reason="ambiguous",
                 updated_at=now,
-                detail="worker stopped after handing the email to the provider and "
-                "before recording the result; not re-sent (see docs/delivery)",
+                detail="worker stopped after claiming the send and before recording the "
+                "provider's answer; the provider may have it; not re-sent (docs/delivery.md)",
             )
-        )
-        ambiguous = int(getattr(stuck, "rowcount", 0) or 0)
-    if ambiguous:
+            .returning(Send.id, Send.message_id)
+        ).all()
+    for send_id, message_id in stuck:
         log.error(
-            "OPERATOR: %s send(s) in the ambiguous window were marked failed/ambiguous "
-            "rather than risk a duplicate",
-            ambiguous,
+            "OPERATOR: send %s (Message-ID %s) is ambiguous: its worker stopped while the "
+            "provider may have been accepting it; marked failed/ambiguous, not re-sent",
+            send_id,
+            message_id or "not recorded",
         )
-    return ids, ambiguous
+    return ids, len(stuck)
 
 
 def dispatch_once(runtime: Runtime, enqueue: Enqueue) -> DispatchReport:

@@ -157,6 +157,16 @@ class Send(Base):
     coupon_expires_at: Mapped[datetime | None]
 
 
+class RateLimitState(Base):
+    """One provider's shared send rate: the theoretical arrival time (epoch seconds) of
+    its next message (see ``worker.rate_limit``)."""
+
+    __tablename__ = "rate_limits"
+
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)
+    tat: Mapped[float] = mapped_column(Float)
+
+
 class ProductAffinity(Base):
     """ "Customers who bought ``sku`` also bought ``other_sku``": cosine similarity over
     customers' purchase sets, kept only with enough customers behind it (``support``)."""

@@ -14,6 +14,7 @@ from worker.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from worker.providers.base import Provider
+    from worker.rate_limit import RateLimiter
     from worker.rendering import Renderer
 
 
@@ -54,6 +55,12 @@ class Runtime:
         from worker.providers import make_provider
 
         return make_provider(self.settings)
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter | None:
+        from worker.rate_limit import make_rate_limiter
+
+        return make_rate_limiter(self.settings, self.settings.email_provider)
 
     def close(self) -> None:
         """Release the provider's connections, if it was ever used."""

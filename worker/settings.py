@@ -93,10 +93,25 @@ class Settings(BaseSettings):
     dispatch_interval: float = Field(1.0, gt=0, description="seconds between dispatcher polls")
     dispatch_batch: int = Field(500, ge=1)
     requeue_after: str = Field("10m", description="re-enqueue a queued send not started by then")
+    sending_timeout: str = Field(
+        "10m", description="a send still `sending` after this is reported ambiguous"
+    )
+    rate_limit_per_second: float = Field(
+        0, ge=0, description="provider sends per second, shared by all workers; 0: no limit"
+    )
+    rate_limit_burst: int = Field(5, ge=1, description="sends allowed at once above the rate")
+    rate_limit_url: str = Field(
+        "", description="where the shared rate lives: a redis:// URL, or empty: the database"
+    )
+    rate_limit_max_wait: float = Field(
+        10.0, gt=0, description="longer waits give the send back to the outbox instead"
+    )
     max_attempts: int = Field(8, ge=1)
     retry_base_seconds: float = 30.0
 
-    @field_validator("cap_window", "requeue_after", "recommendations_rebuild_every")
+    @field_validator(
+        "cap_window", "requeue_after", "sending_timeout", "recommendations_rebuild_every"
+    )
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)

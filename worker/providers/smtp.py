@@ -16,6 +16,8 @@ import time
 
 from worker.dkim_signing import DkimSigner
 from worker.providers.base import (
+    AmbiguousDeliveryError,
+    DeliveryError,
     DeliveryResult,
     OutgoingEmail,
     PermanentDeliveryError,
@@ -30,6 +32,16 @@ IDLE_CHECK_SECONDS = 30.0
 
 def _text(message: bytes | str) -> str:
     return message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """The DATA payload (RFC 5321 4.5.2): CRLF line ends, leading dots doubled, the
+    terminating dot line appended."""
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    body = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
+    return body + b"\r\n.\r\n"
 
 
 def classify(code: int, message: bytes | str) -> TransientDeliveryError | PermanentDeliveryError:
@@ -127,21 +139,22 @@ class SMTPProvider(Provider):
             raise AssertionError("unreachable")
 
     def _send_once(self, email: OutgoingEmail) -> DeliveryResult:
+        """MAIL, RCPT and DATA step by step, so a failure is known to fall before or
+        after the message was handed over; only the reply to the final dot is ambiguous."""
         try:
             connection = self._live_connection()
             data = self.signer.sign(email.data) if self.signer else email.data
-            refused = connection.sendmail(email.sender, [email.recipient], data)
-        except smtplib.SMTPServerDisconnected:
+            self._expect(connection, connection.mail(email.sender), (250,))
+            self._expect(connection, connection.rcpt(email.recipient), (250, 251))
+            self._expect(connection, connection.docmd("DATA"), (354,))
+            connection.send(_dot_stuffed(data))
+        except (smtplib.SMTPServerDisconnected, DeliveryError):
             raise
         except smtplib.SMTPAuthenticationError as exc:
             # Our credentials, not the customer: keep the send and retry later.
             self._drop()
             log.error("SMTP authentication failed; check the SMTP username and password")
             raise TransientDeliveryError(f"authentication failed: {exc.smtp_code}") from exc
-        except smtplib.SMTPRecipientsRefused as exc:
-            self._reset()
-            code, message = next(iter(exc.recipients.values()))
-            raise classify(code, message) from exc
         except smtplib.SMTPResponseException as exc:
             self._reset()
             raise classify(exc.smtp_code, exc.smtp_error) from exc
@@ -149,13 +162,36 @@ class SMTPProvider(Provider):
             self._drop()
             raise TransientDeliveryError(f"SMTP error: {exc}") from exc
         except (TimeoutError, OSError) as exc:
+            # Before the final dot went out the server cannot have accepted the message.
             self._drop()
             raise TransientDeliveryError(f"connection failed: {exc}") from exc
-        if refused:
-            code, message = next(iter(refused.values()))
-            raise classify(code, message)
+        try:
+            code, reply = connection.getreply()
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            raise AmbiguousDeliveryError(
+                f"no reply after the message was sent: {exc.__class__.__name__}: {exc}"
+            ) from exc
+        if code != 250:
+            self._after_refusal(code)
+            raise classify(code, reply)
         self._last_used = time.monotonic()
         return DeliveryResult(self.name, email.message_id)
+
+    def _expect(
+        self, connection: smtplib.SMTP, answer: tuple[int, bytes], accepted: tuple[int, ...]
+    ) -> None:
+        code, reply = answer
+        if code not in accepted:
+            self._after_refusal(code)
+            raise classify(code, reply)
+
+    def _after_refusal(self, code: int) -> None:
+        """421 means the server is closing the connection; anything else keeps it."""
+        if code == 421:
+            self._drop()
+        else:
+            self._reset()
 
     def _reset(self) -> None:
         if self._connection is None:
