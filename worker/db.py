@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -93,6 +99,33 @@ def transaction(url: str) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
     with session_factory(url)() as session, session.begin():
         yield session
+
+
+def surviving_disconnects(action: Callable[[], T], within: float = 60.0) -> T:
+    """Run a whole transaction again when the database connection was lost under it.
+
+    Only for units of work that are safe to repeat (conditional updates, reads): a
+    PostgreSQL restart or a killed backend must not turn a delivered email into an
+    unrecorded one. Other errors, and a database still gone after ``within`` seconds,
+    propagate.
+    """
+    deadline = time.monotonic() + within
+    pause = 0.1
+    while True:
+        try:
+            return action()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("database connection lost (%s); retrying in %.1fs", exc.orig, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or time.monotonic() + pause > deadline:
+                raise
+            log.warning("database connection invalidated; retrying in %.1fs", pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def dispose_engines() -> None:

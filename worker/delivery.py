@@ -12,6 +12,7 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from jinja2 import TemplateError
@@ -25,7 +26,7 @@ from triggers.offers import AnyOffer, OfferUnavailable
 from triggers.schedule import campaign_window, next_allowed, quiet_hours_window, resolve_zone
 from worker.coupons import coupon_code
 from worker.customers import is_suppressed, profile_of, send_history
-from worker.db import transaction
+from worker.db import surviving_disconnects, transaction
 from worker.email_context import Coupon, email_context, links_for
 from worker.metrics import SENDS
 from worker.mime import Envelope, HeaderInjection, build_message, message_id_for
@@ -33,6 +34,7 @@ from worker.models import Customer, Event, Send, Suppression
 from worker.offer_resolution import resolve_for_send
 from worker.providers.base import (
     AmbiguousDeliveryError,
+    DeliveryResult,
     OutgoingEmail,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -187,16 +189,37 @@ def deliver_send(runtime: Runtime, send_id: int) -> str:
 
     Claim and preparation share one transaction: if rendering or a recheck fails
     unexpectedly, the send stays ``queued`` (the sweeper re-enqueues it), so ``sending``
-    always means the provider may have been called.
+    always means the provider may have been called. Every transaction here is safe to
+    repeat, so a lost database connection is retried rather than leaving the send
+    half-recorded.
     """
-    url = runtime.settings.resolved_database_url
     limiter = runtime.rate_limiter
     if limiter is not None:
-        throttled = _wait_for_slot(runtime, limiter, send_id)
+        throttled = surviving_disconnects(lambda: _wait_for_slot(runtime, limiter, send_id))
         if throttled is not None:
             return throttled
+    claimed = surviving_disconnects(lambda: _claim(runtime, send_id))
+    if isinstance(claimed, str):
+        return claimed
+    prepared, attempts = claimed
+    try:
+        result = runtime.provider.send(prepared)
+    except TransientDeliveryError as exc:
+        outcome = partial(_retry_or_fail, runtime, send_id, attempts, exc)
+    except PermanentDeliveryError as exc:
+        outcome = partial(_fail, runtime, send_id, prepared.recipient, exc)
+    except AmbiguousDeliveryError as exc:
+        outcome = partial(_ambiguous, runtime, send_id, prepared.message_id, exc)
+    else:
+        outcome = partial(_record_sent, runtime, send_id, prepared, result)
+    return surviving_disconnects(outcome)
+
+
+
+def _claim(runtime: Runtime, send_id: int) -> tuple[OutgoingEmail, int] | str:
+    """``queued`` → ``sending`` and the message built, or the status reached instead."""
     now = runtime.clock.now()
-    with transaction(url) as session:
+    with transaction(runtime.settings.resolved_database_url) as session:
         if not _set(
             session, send_id, "queued", status="sending", attempts=Send.attempts + 1, updated_at=now
         ):
@@ -227,16 +250,13 @@ def deliver_send(runtime: Runtime, send_id: int) -> str:
                 updated_at=now,
             )
             return "rescheduled"
-        attempts = send.attempts
-    try:
-        result = runtime.provider.send(prepared)
-    except TransientDeliveryError as exc:
-        return _retry_or_fail(runtime, send_id, attempts, exc)
-    except PermanentDeliveryError as exc:
-        return _fail(runtime, send_id, prepared.recipient, exc)
-    except AmbiguousDeliveryError as exc:
-        return _ambiguous(runtime, send_id, prepared.message_id, exc)
-    with transaction(url) as session:
+        return prepared, send.attempts
+
+
+def _record_sent(
+    runtime: Runtime, send_id: int, prepared: OutgoingEmail, result: DeliveryResult
+) -> str:
+    with transaction(runtime.settings.resolved_database_url) as session:
         done = runtime.clock.now()
         _set(
             session,
@@ -315,9 +335,7 @@ def _retry_or_fail(
     return "retry"
 
 
-def _ambiguous(
-    runtime: Runtime, send_id: int, message_id: str, exc: AmbiguousDeliveryError
-) -> str:
+def _ambiguous(runtime: Runtime, send_id: int, message_id: str, exc: AmbiguousDeliveryError) -> str:
     """The provider may have the message: record that, report it, never send it again."""
     now = runtime.clock.now()
     with transaction(runtime.settings.resolved_database_url) as session:

@@ -147,9 +147,7 @@ class DatabaseRateLimiter(RateLimiter):
             if row is not None:
                 begins = float(row[0]) - self.interval
                 return Reservation(True, max(0.0, begins - now - tolerance))
-            tat = session.scalar(
-                select(RateLimitState.tat).where(RateLimitState.name == self.name)
-            )
+            tat = session.scalar(select(RateLimitState.tat).where(RateLimitState.name == self.name))
         return Reservation(False, max(0.0, float(tat or 0.0) - now - tolerance))
 
 
