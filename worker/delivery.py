@@ -26,7 +26,7 @@ from triggers.offers import AnyOffer, OfferUnavailable
 from triggers.schedule import campaign_window, next_allowed, quiet_hours_window, resolve_zone
 from worker.coupons import coupon_code
 from worker.customers import is_suppressed, profile_of, send_history
-from worker.db import surviving_disconnects, transaction
+from worker.db import session_factory, surviving_disconnects, transaction
 from worker.email_context import Coupon, email_context, links_for
 from worker.metrics import SENDS
 from worker.mime import Envelope, HeaderInjection, build_message, message_id_for
@@ -187,70 +187,95 @@ def backoff(attempts: int, base: float, retry_after: float | None) -> timedelta:
 def deliver_send(runtime: Runtime, send_id: int) -> str:
     """Run one send to its end state; returns the status it reached (for logs and tests).
 
-    Claim and preparation share one transaction: if rendering or a recheck fails
-    unexpectedly, the send stays ``queued`` (the sweeper re-enqueues it), so ``sending``
-    always means the provider may have been called. Every transaction here is safe to
-    repeat, so a lost database connection is retried rather than leaving the send
-    half-recorded.
+    Every unit of work here is safe to repeat, so a lost database connection is retried
+    rather than leaving the send half-recorded.
     """
     limiter = runtime.rate_limiter
     if limiter is not None:
         throttled = surviving_disconnects(lambda: _wait_for_slot(runtime, limiter, send_id))
         if throttled is not None:
             return throttled
-    claimed = surviving_disconnects(lambda: _claim(runtime, send_id))
-    if isinstance(claimed, str):
-        return claimed
-    prepared, attempts = claimed
+    return surviving_disconnects(partial(_attempt, runtime, send_id))
+
+
+def _attempt(runtime: Runtime, send_id: int) -> str:
+    """Claim, recheck and build in one transaction that commits only at the hand-over.
+
+    The provider calls ``hand_over`` just before the step it cannot take back (the final
+    dot of SMTP DATA, the HTTP request). Until then the claim is uncommitted: a worker
+    killed while rendering or talking MAIL/RCPT leaves the send ``queued`` for the broker's
+    redelivery, and only the moment from hand-over to the recorded answer is ambiguous.
+    """
+    session = session_factory(runtime.settings.resolved_database_url)()
     try:
-        result = runtime.provider.send(prepared)
-    except TransientDeliveryError as exc:
-        outcome = partial(_retry_or_fail, runtime, send_id, attempts, exc)
-    except PermanentDeliveryError as exc:
-        outcome = partial(_fail, runtime, send_id, prepared.recipient, exc)
-    except AmbiguousDeliveryError as exc:
-        outcome = partial(_ambiguous, runtime, send_id, prepared.message_id, exc)
-    else:
-        outcome = partial(_record_sent, runtime, send_id, prepared, result)
+        session.begin()
+        claimed = _claim(session, runtime, send_id)
+        if isinstance(claimed, str):
+            session.commit()
+            return claimed
+        prepared, attempts = claimed
+        handed_over = False
+
+        def hand_over() -> None:
+            nonlocal handed_over
+            if not handed_over:
+                session.commit()
+                handed_over = True
+
+        try:
+            result = runtime.provider.send(prepared, hand_over)
+        except TransientDeliveryError as exc:
+            hand_over()
+            outcome = partial(_retry_or_fail, runtime, send_id, attempts, exc)
+        except PermanentDeliveryError as exc:
+            hand_over()
+            outcome = partial(_fail, runtime, send_id, prepared.recipient, exc)
+        except AmbiguousDeliveryError as exc:
+            hand_over()
+            outcome = partial(_ambiguous, runtime, send_id, prepared.message_id, exc)
+        else:
+            if not handed_over:
+                raise RuntimeError(f"provider {runtime.provider.name} never handed over")
+            outcome = partial(_record_sent, runtime, send_id, prepared, result)
+    finally:
+        session.close()
     return surviving_disconnects(outcome)
 
 
-
-def _claim(runtime: Runtime, send_id: int) -> tuple[OutgoingEmail, int] | str:
+def _claim(session: Session, runtime: Runtime, send_id: int) -> tuple[OutgoingEmail, int] | str:
     """``queued`` → ``sending`` and the message built, or the status reached instead."""
     now = runtime.clock.now()
-    with transaction(runtime.settings.resolved_database_url) as session:
-        if not _set(
-            session, send_id, "queued", status="sending", attempts=Send.attempts + 1, updated_at=now
-        ):
-            return "not_claimed"
-        send = session.get(Send, send_id)
-        assert send is not None
-        session.refresh(send)
-        prepared = prepare(session, runtime, send, now)
-        if isinstance(prepared, Skip):
-            _set(
-                session,
-                send_id,
-                "sending",
-                status="skipped",
-                reason=prepared.reason,
-                detail=prepared.detail,
-                updated_at=now,
-            )
-            return "skipped"
-        if isinstance(prepared, Reschedule):
-            _set(
-                session,
-                send_id,
-                "sending",
-                status="planned",
-                send_at=prepared.send_at,
-                reason="outside_window",
-                updated_at=now,
-            )
-            return "rescheduled"
-        return prepared, send.attempts
+    if not _set(
+        session, send_id, "queued", status="sending", attempts=Send.attempts + 1, updated_at=now
+    ):
+        return "not_claimed"
+    send = session.get(Send, send_id)
+    assert send is not None
+    session.refresh(send)
+    prepared = prepare(session, runtime, send, now)
+    if isinstance(prepared, Skip):
+        _set(
+            session,
+            send_id,
+            "sending",
+            status="skipped",
+            reason=prepared.reason,
+            detail=prepared.detail,
+            updated_at=now,
+        )
+        return "skipped"
+    if isinstance(prepared, Reschedule):
+        _set(
+            session,
+            send_id,
+            "sending",
+            status="planned",
+            send_at=prepared.send_at,
+            reason="outside_window",
+            updated_at=now,
+        )
+        return "rescheduled"
+    return prepared, send.attempts
 
 
 def _record_sent(

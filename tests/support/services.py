@@ -33,16 +33,22 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+def database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
 @contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new, empty database on the local PostgreSQL, dropped afterwards."""
+def fresh_postgres_database(template: str | None = None) -> Iterator[str]:
+    """A new database on the local PostgreSQL, dropped afterwards: empty, or a copy of
+    ``template`` (a database nobody is connected to)."""
     from sqlalchemy import create_engine, text
 
     name = f"crosssell_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    copy = f' TEMPLATE "{template}"' if template else ""
     try:
         with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
+            connection.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     except Exception as exc:
         admin.dispose()
         unavailable("PostgreSQL", exc)

@@ -16,6 +16,7 @@ A provider's configuration error (bad credentials in settings) is an ``OSError``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -73,12 +74,25 @@ class AmbiguousDeliveryError(DeliveryError):
     """The provider may or may not have the message; retrying could send it twice."""
 
 
+HandOver = Callable[[], None]
+
+
+def no_hand_over() -> None:
+    """For callers that record nothing before the message leaves (tests, previews)."""
+
+
 class Provider(ABC):
     name: str
 
     @abstractmethod
-    def send(self, email: OutgoingEmail) -> DeliveryResult:
-        """Hand one message to the provider or raise a :class:`DeliveryError`."""
+    def send(self, email: OutgoingEmail, hand_over: HandOver = no_hand_over) -> DeliveryResult:
+        """Hand one message to the provider or raise a :class:`DeliveryError`.
+
+        ``hand_over`` must be called once, immediately before the step that cannot be
+        taken back (the final dot of SMTP DATA, sending the HTTP request, writing the
+        file): the caller commits its claim there. If it raises, the message must not
+        leave: abandon the attempt and let the exception through.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release connections; the provider may be used again afterwards."""

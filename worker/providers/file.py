@@ -10,7 +10,13 @@ import os
 import tempfile
 from pathlib import Path
 
-from worker.providers.base import DeliveryResult, OutgoingEmail, Provider
+from worker.providers.base import (
+    DeliveryResult,
+    HandOver,
+    OutgoingEmail,
+    Provider,
+    no_hand_over,
+)
 
 
 class FileProvider(Provider):
@@ -19,8 +25,9 @@ class FileProvider(Provider):
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
 
-    def send(self, email: OutgoingEmail) -> DeliveryResult:
+    def send(self, email: OutgoingEmail, hand_over: HandOver = no_hand_over) -> DeliveryResult:
         self.outbox.mkdir(parents=True, exist_ok=True)
+        hand_over()
         target = self.outbox / f"{email.send_id:08d}.eml"
         handle, temporary = tempfile.mkstemp(dir=self.outbox, suffix=".tmp")
         try:

@@ -19,10 +19,12 @@ from worker.providers.base import (
     AmbiguousDeliveryError,
     DeliveryError,
     DeliveryResult,
+    HandOver,
     OutgoingEmail,
     PermanentDeliveryError,
     Provider,
     TransientDeliveryError,
+    no_hand_over,
 )
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,12 @@ class SMTPProvider(Provider):
             connection = self._connection = self._connect()
         return connection
 
+    def _abandon(self) -> None:
+        """Close the socket mid-transaction, without QUIT (it would become message text)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
@@ -126,11 +134,11 @@ class SMTPProvider(Provider):
             except (smtplib.SMTPException, OSError):
                 connection.close()
 
-    def send(self, email: OutgoingEmail) -> DeliveryResult:
+    def send(self, email: OutgoingEmail, hand_over: HandOver = no_hand_over) -> DeliveryResult:
         with self._lock:
             for attempt in (1, 2):
                 try:
-                    return self._send_once(email)
+                    return self._send_once(email, hand_over)
                 except smtplib.SMTPServerDisconnected as exc:
                     # A pooled connection the server closed meanwhile: reconnect once.
                     self._drop()
@@ -138,7 +146,7 @@ class SMTPProvider(Provider):
                         raise TransientDeliveryError(f"server disconnected: {exc}") from exc
             raise AssertionError("unreachable")
 
-    def _send_once(self, email: OutgoingEmail) -> DeliveryResult:
+    def _send_once(self, email: OutgoingEmail, hand_over: HandOver) -> DeliveryResult:
         """MAIL, RCPT and DATA step by step, so a failure is known to fall before or
         after the message was handed over; only the reply to the final dot is ambiguous."""
         try:
@@ -147,7 +155,13 @@ class SMTPProvider(Provider):
             self._expect(connection, connection.mail(email.sender), (250,))
             self._expect(connection, connection.rcpt(email.recipient), (250, 251))
             self._expect(connection, connection.docmd("DATA"), (354,))
-            connection.send(_dot_stuffed(data))
+            payload = _dot_stuffed(data)
+            try:
+                hand_over()
+            except BaseException:
+                self._abandon()  # without the final dot the server discards the message
+                raise
+            connection.send(payload)
         except (smtplib.SMTPServerDisconnected, DeliveryError):
             raise
         except smtplib.SMTPAuthenticationError as exc:
