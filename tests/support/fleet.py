@@ -227,7 +227,7 @@ class Outcome:
 
     sent: dict[int, str]
     ambiguous: dict[int, str]
-    failed: dict[int, tuple[str, str]]
+    failed: dict[int, tuple[str, str, str]]  # reason, customer id, Message-ID
     other: Counter[tuple[str, str | None]]
     received: Counter[str]
 
@@ -239,7 +239,7 @@ class Outcome:
 def outcome(database_url: str, received: Iterable[str]) -> Outcome:
     sent: dict[int, str] = {}
     ambiguous: dict[int, str] = {}
-    failed: dict[int, tuple[str, str]] = {}
+    failed: dict[int, tuple[str, str, str]] = {}
     other: Counter[tuple[str, str | None]] = Counter()
     with transaction(database_url) as session:
         rows = session.execute(
@@ -251,7 +251,7 @@ def outcome(database_url: str, received: Iterable[str]) -> Outcome:
         elif status == "failed" and reason == "ambiguous":
             ambiguous[send_id] = message_id
         elif status == "failed":
-            failed[send_id] = (reason, customer_id)
+            failed[send_id] = (reason or "", customer_id, message_id or "")
         else:
             other[(status, reason)] += 1
     return Outcome(sent, ambiguous, failed, other, Counter(received))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -28,6 +29,7 @@ class SinkHandler:
     # Called with each message's bytes before it is accepted; a reply string refuses it.
     fault: Callable[[bytes], str | None] | None = None
     refused: list[tuple[bytes, str]] = field(default_factory=list)
+    accepted_at: list[float] = field(default_factory=list)
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -52,6 +54,7 @@ class SinkHandler:
                 return reply
         with self.lock:
             self.messages.append(content)
+            self.accepted_at.append(time.monotonic())
         return "250 Message accepted for delivery"
 
     def message_ids(self) -> list[str]:

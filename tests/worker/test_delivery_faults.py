@@ -17,16 +17,20 @@ Sizes can be raised with ``CROSSSELL_FAULT_SENDS`` for a longer soak.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import random
 import re
 import shutil
+import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, select, text
 
 from tests.support.fleet import (
     BIN,
@@ -39,16 +43,26 @@ from tests.support.fleet import (
     statuses,
     wait_until,
 )
-from tests.support.services import database_name, fresh_postgres_database, require_rabbitmq
-from tests.support.smtp_sink import SmtpSink
-from worker.db import dispose_engines, engine_for
+from tests.support.services import (
+    POSTGRES_ADMIN_URL,
+    database_name,
+    fresh_postgres_database,
+    require_rabbitmq,
+    require_redis,
+    unavailable,
+)
+from tests.support.smtp_sink import SmtpSink, free_port, message_id_of
+from worker.db import dispose_engines, engine_for, transaction
 from worker.migrate import upgrade
+from worker.models import Customer, Suppression
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("celery", path=str(BIN)) is None, reason="no celery"),
 ]
 SENDS = int(os.environ.get("CROSSSELL_FAULT_SENDS", "2000"))
+SMALLER = min(SENDS, 600)
+RATE_SENDS = min(SENDS, 1400)
 REPORT = re.compile(r"OPERATOR: send (\d+) \(Message-ID (<[^>]+>)\) is ambiguous")
 
 
@@ -101,20 +115,46 @@ def run_to_the_end(database_url: str, fleet: Fleet, timeout: float = 240) -> Non
     wait_until(lambda: open_sends(database_url) == 0, timeout, "every send to settle", fleet)
 
 
+def delete_queue(broker: str, queue: str) -> None:
+    from kombu.connection import Connection
+
+    with Connection(broker, connect_timeout=5) as connection:
+        channel = connection.default_channel
+        with contextlib.suppress(Exception):
+            channel.queue_delete(queue)
+
+
+@contextlib.contextmanager
+def running_fleet(
+    tmp_path: Path, database_url: str, broker: str, sink: SmtpSink, **settings: str
+) -> Iterator[Fleet]:
+    """Two workers and a dispatcher delivering to ``sink``, stopped and cleaned up after."""
+    env = fleet_env(
+        tmp_path,
+        database_url,
+        broker,
+        email_provider="smtp",
+        smtp_port=str(sink.port),
+        **settings,
+    )
+    fleet = Fleet(env, tmp_path / "logs")
+    try:
+        fleet.add_worker("w1")
+        fleet.add_worker("w2")
+        fleet.add_dispatcher()
+        wait_until(lambda: len(sink.handler.messages) > 30, 60, "first deliveries", fleet)
+        yield fleet
+    finally:
+        fleet.stop()
+        delete_queue(broker, env["CROSSSELL_DELIVER_QUEUE"])
+
+
 def test_workers_killed_at_random_moments_deliver_every_send_once(
     tmp_path: Path, database_url: str
 ) -> None:
     broker = require_rabbitmq()
     with SmtpSink() as sink:
-        env = fleet_env(
-            tmp_path, database_url, broker, email_provider="smtp", smtp_port=str(sink.port)
-        )
-        fleet = Fleet(env, tmp_path / "logs")
-        try:
-            fleet.add_worker("w1")
-            fleet.add_worker("w2")
-            fleet.add_dispatcher()
-            wait_until(lambda: len(sink.handler.messages) > 50, 60, "first deliveries", fleet)
+        with running_fleet(tmp_path, database_url, broker, sink) as fleet:
             chaos = random.Random(os.environ.get("CROSSSELL_FAULT_SEED", "kill"))
             kills = 0
             while kills < 6 and len(sink.handler.messages) < SENDS * 0.9:
@@ -126,7 +166,224 @@ def test_workers_killed_at_random_moments_deliver_every_send_once(
                 fleet.restart(victim)
             assert kills >= 3, "the run ended before the workers were killed often enough"
             run_to_the_end(database_url, fleet)
-        finally:
-            fleet.stop()
         check_exactly_once(outcome(database_url, sink.handler.message_ids()), fleet, SENDS)
         print(f"{kills} SIGKILLs; statuses: {dict(statuses(database_url))}")
+
+
+@pytest.fixture
+def smaller_run(seeded_template: tuple[str, Path]) -> Iterator[str]:
+    """The other faults run on fewer sends: the mechanics are the same, the suite shorter."""
+    yield from fleet_database(seeded_template, SMALLER)
+
+
+def rabbitmqctl(*arguments: str) -> None:
+    completed = subprocess.run(
+        ["rabbitmqctl", *arguments], capture_output=True, text=True, timeout=120
+    )
+    if completed.returncode != 0:
+        unavailable("rabbitmqctl", completed.stderr.strip() or completed.stdout.strip())
+
+
+def test_rabbitmq_restarted_mid_run(tmp_path: Path, smaller_run: str) -> None:
+    broker = require_rabbitmq()
+    with SmtpSink() as sink:
+        with running_fleet(tmp_path, smaller_run, broker, sink, requeue_after="8s") as fleet:
+            rabbitmqctl("stop_app")
+            try:
+                time.sleep(2)
+            finally:
+                rabbitmqctl("start_app")
+                rabbitmqctl("await_startup")
+            run_to_the_end(smaller_run, fleet)
+        check_exactly_once(outcome(smaller_run, sink.handler.message_ids()), fleet, SMALLER)
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, so it can be restarted freely.
+
+    It keeps nothing on disk, like a cache-configured production Redis: a restart loses
+    every queued task, and the dispatcher's sweeper has to find them again.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            unavailable("redis-server", "not installed")
+        assert binary is not None
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+def test_redis_broker_restarted_mid_run_loses_its_queue_and_nothing_else(
+    tmp_path: Path, smaller_run: str
+) -> None:
+    redis_server = PrivateRedis(tmp_path)
+    redis_server.start()
+    try:
+        with SmtpSink() as sink:
+            with running_fleet(
+                tmp_path, smaller_run, redis_server.url, sink, requeue_after="8s"
+            ) as fleet:
+                redis_server.stop()
+                time.sleep(1)
+                redis_server.start()
+                run_to_the_end(smaller_run, fleet)
+            check_exactly_once(outcome(smaller_run, sink.handler.message_ids()), fleet, SMALLER)
+    finally:
+        redis_server.stop()
+
+
+def test_postgresql_connections_dropped_mid_run(tmp_path: Path, smaller_run: str) -> None:
+    broker = require_rabbitmq()
+    name = database_name(smaller_run)
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    dropped = 0
+    try:
+        with SmtpSink() as sink:
+            with running_fleet(tmp_path, smaller_run, broker, sink) as fleet:
+                for _ in range(3):
+                    with admin.connect() as connection:
+                        dropped += len(
+                            connection.execute(
+                                text(
+                                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                                ),
+                                {"name": name},
+                            ).all()
+                        )
+                    time.sleep(1.5)
+                run_to_the_end(smaller_run, fleet)
+            assert dropped >= 3, "no connection was there to drop"
+            check_exactly_once(outcome(smaller_run, sink.handler.message_ids()), fleet, SMALLER)
+    finally:
+        admin.dispose()
+
+
+def smtp_fault(content: bytes) -> str | None:
+    """20% of messages refused with 421 or 451 on their first two tries, 2% refused for
+    good with 550 5.1.1; which ones is fixed by the Message-ID, as a real server's
+    trouble is fixed by the recipient or the moment."""
+    digest = hashlib.sha256(message_id_of(content).encode()).digest()
+    share = digest[0] * 256 + digest[1]
+    if share < 0.02 * 65536:
+        return "550 5.1.1 <recipient>: no such mailbox"
+    if share < 0.22 * 65536:
+        tries = TRIES.setdefault(message_id_of(content), 0) + 1
+        TRIES[message_id_of(content)] = tries
+        if tries <= 2:
+            return "421 4.7.0 try again later" if digest[2] % 2 else "451 4.3.0 local error"
+    return None
+
+
+TRIES: dict[str, int] = {}
+
+
+def test_smtp_4xx_retried_until_delivered_5xx_failed_and_suppressed(
+    tmp_path: Path, smaller_run: str
+) -> None:
+    broker = require_rabbitmq()
+    TRIES.clear()
+    with SmtpSink() as sink:
+        sink.handler.fault = smtp_fault
+        with running_fleet(tmp_path, smaller_run, broker, sink) as fleet:
+            run_to_the_end(smaller_run, fleet)
+        result = outcome(smaller_run, sink.handler.message_ids())
+    check_exactly_once(result, fleet, SMALLER)
+    refused = Counter(
+        (message_id_of(content), reply[:3]) for content, reply in sink.handler.refused
+    )
+    permanent = {mid for mid, code in refused if code == "550"}
+    transient = {mid for mid, code in refused if code in ("421", "451")}
+    assert permanent and transient, "the fault plan must hit both kinds in this run"
+    assert all(refused[(mid, "550")] == 1 for mid in permanent), "a 550 is never retried"
+    assert transient <= set(result.sent.values()), "every 4xx message is delivered in the end"
+    failed = {mid: (reason, customer) for reason, customer, mid in result.failed.values()}
+    assert set(failed) == permanent
+    assert {reason for reason, _ in failed.values()} == {"hard_bounce"}
+    with transaction(smaller_run) as session:
+        suppressed = set(session.scalars(select(Suppression.email)))
+        customers = {customer for _, customer in failed.values()}
+        emails = set(session.scalars(select(Customer.email).where(Customer.id.in_(customers))))
+    assert {email.lower() for email in emails if email} <= suppressed
+    print(f"{len(transient)} messages refused with 4xx then delivered, {len(permanent)} with 550")
+
+
+@pytest.fixture
+def rate_run(seeded_template: tuple[str, Path]) -> Iterator[str]:
+    """Enough sends to keep 50/s busy for the 20 s window and the start before it."""
+    yield from fleet_database(seeded_template, RATE_SENDS)
+
+
+def test_rate_limit_shared_by_two_worker_processes(tmp_path: Path, rate_run: str) -> None:
+    """50/s across two processes (Redis holds the shared rate), measured at the sink."""
+    broker = require_rabbitmq()
+    limiter_url = require_redis()
+    with SmtpSink() as sink:
+        with running_fleet(
+            tmp_path,
+            rate_run,
+            broker,
+            sink,
+            rate_limit_per_second="50",
+            rate_limit_burst="5",
+            rate_limit_url=limiter_url,
+        ) as fleet:
+            start = time.monotonic()
+            time.sleep(2)  # past the start-up burst
+            window_start = time.monotonic()
+            time.sleep(20)
+            window_end = time.monotonic()
+            stamps = list(sink.handler.accepted_at)
+            run_to_the_end(rate_run, fleet)
+        check_exactly_once(outcome(rate_run, sink.handler.message_ids()), fleet, RATE_SENDS)
+    in_window = [t for t in stamps if window_start <= t < window_end]
+    rate = len(in_window) / (window_end - window_start)
+    print(
+        f"measured {rate:.1f} messages/s at the sink over 20 s (limit 50/s), "
+        f"{len(stamps)} received since {window_start - start:.1f}s"
+    )
+    assert 45 <= rate <= 55
