@@ -13,6 +13,8 @@ import smtplib
 import ssl
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from worker.dkim_signing import DkimSigner
 from worker.providers.base import (
@@ -28,6 +30,7 @@ from worker.providers.base import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 IDLE_CHECK_SECONDS = 30.0
 
@@ -149,19 +152,42 @@ class SMTPProvider(Provider):
     def _send_once(self, email: OutgoingEmail, hand_over: HandOver) -> DeliveryResult:
         """MAIL, RCPT and DATA step by step, so a failure is known to fall before or
         after the message was handed over; only the reply to the final dot is ambiguous."""
+        connection = self._guarded(lambda: self._open_transaction(email))
         try:
-            connection = self._live_connection()
-            data = self.signer.sign(email.data) if self.signer else email.data
-            self._expect(connection, connection.mail(email.sender), (250,))
-            self._expect(connection, connection.rcpt(email.recipient), (250, 251))
-            self._expect(connection, connection.docmd("DATA"), (354,))
-            payload = _dot_stuffed(data)
-            try:
-                hand_over()
-            except BaseException:
-                self._abandon()  # without the final dot the server discards the message
-                raise
-            connection.send(payload)
+            hand_over()
+        except BaseException:
+            self._abandon()  # without the final dot the server discards the message
+            raise
+        # A failed write cannot have delivered the final dot: still safe to retry.
+        self._guarded(lambda: connection.send(_dot_stuffed(self._signed(email))))
+        try:
+            code, reply = connection.getreply()
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            raise AmbiguousDeliveryError(
+                f"no reply after the message was sent: {exc.__class__.__name__}: {exc}"
+            ) from exc
+        if code != 250:
+            self._after_refusal(code)
+            raise classify(code, reply)
+        self._last_used = time.monotonic()
+        return DeliveryResult(self.name, email.message_id)
+
+    def _signed(self, email: OutgoingEmail) -> bytes:
+        return self.signer.sign(email.data) if self.signer else email.data
+
+    def _open_transaction(self, email: OutgoingEmail) -> smtplib.SMTP:
+        """MAIL FROM, RCPT TO and DATA up to the server's 354 go-ahead."""
+        connection = self._live_connection()
+        self._expect(connection, connection.mail(email.sender), (250,))
+        self._expect(connection, connection.rcpt(email.recipient), (250, 251))
+        self._expect(connection, connection.docmd("DATA"), (354,))
+        return connection
+
+    def _guarded(self, step: Callable[[], T]) -> T:
+        """Run an SMTP step that comes before the final dot, mapping its failures."""
+        try:
+            return step()
         except (smtplib.SMTPServerDisconnected, DeliveryError):
             raise
         except smtplib.SMTPAuthenticationError as exc:
@@ -175,22 +201,9 @@ class SMTPProvider(Provider):
         except smtplib.SMTPException as exc:
             self._drop()
             raise TransientDeliveryError(f"SMTP error: {exc}") from exc
-        except (TimeoutError, OSError) as exc:
-            # Before the final dot went out the server cannot have accepted the message.
+        except OSError as exc:
             self._drop()
             raise TransientDeliveryError(f"connection failed: {exc}") from exc
-        try:
-            code, reply = connection.getreply()
-        except (smtplib.SMTPException, OSError) as exc:
-            self._drop()
-            raise AmbiguousDeliveryError(
-                f"no reply after the message was sent: {exc.__class__.__name__}: {exc}"
-            ) from exc
-        if code != 250:
-            self._after_refusal(code)
-            raise classify(code, reply)
-        self._last_used = time.monotonic()
-        return DeliveryResult(self.name, email.message_id)
 
     def _expect(
         self, connection: smtplib.SMTP, answer: tuple[int, bytes], accepted: tuple[int, ...]
