@@ -193,6 +193,9 @@ def deliver_send(runtime: Runtime, send_id: int) -> str:
     always means the provider may have been called.
     """
     url = runtime.settings.resolved_database_url
+    # Built before the claim: a provider with incomplete settings raises here and the
+    # send stays ``queued`` for the sweeper, instead of stranding in ``sending``.
+    provider = runtime.provider
     now = runtime.clock.now()
     with transaction(url) as session:
         if not _set(
@@ -227,7 +230,7 @@ def deliver_send(runtime: Runtime, send_id: int) -> str:
             return "rescheduled"
         attempts = send.attempts
     try:
-        result = runtime.provider.send(prepared)
+        result = provider.send(prepared)
     except TransientDeliveryError as exc:
         return _retry_or_fail(runtime, send_id, attempts, exc)
     except PermanentDeliveryError as exc:

@@ -132,7 +132,7 @@ def opened() -> Iterator[Callable[..., HTTPProvider]]:
 
 
 def _parsed(data: bytes) -> EmailMessage:
-    return message_from_bytes(data, policy=policy.default)  # type: ignore[return-value]
+    return message_from_bytes(data, policy=policy.default)
 
 
 # --- the structured message ----------------------------------------------------------
@@ -756,3 +756,49 @@ def test_base_url_must_be_http(tmp_path: Any) -> None:
     )
     with pytest.raises(ValueError, match="base URL"):
         make_provider(settings)
+
+
+def test_a_celery_worker_without_provider_settings_does_not_start(tmp_path: Any) -> None:
+    from worker.app import ProviderCheck
+    from worker.runtime import Runtime, set_runtime
+
+    set_runtime(Runtime(make_settings(tmp_path, email_provider="sendgrid")))
+    try:
+        with pytest.raises(ValueError, match="CROSSSELL_SENDGRID_API_KEY"):
+            ProviderCheck(None)
+    finally:
+        set_runtime(None)
+
+
+def test_a_provider_without_settings_leaves_the_send_queued(tmp_path: Any, sqlite_url: str) -> None:
+    from sqlalchemy import select
+
+    from tests.support.factories import TUESDAY_MORNING, customer_block, purchase
+    from triggers.events import validate_event
+    from worker.clock import ShiftedClock
+    from worker.db import transaction
+    from worker.delivery import deliver_send
+    from worker.demo import seed_catalog
+    from worker.dispatcher import dispatch_once
+    from worker.ingest import ingest_event
+    from worker.models import Send
+    from worker.runtime import Runtime
+
+    settings = make_settings(tmp_path, database_url=sqlite_url, email_provider="mailgun")
+    runtime = Runtime(settings, clock=ShiftedClock(TUESDAY_MORNING))
+    seed_catalog(settings, TUESDAY_MORNING)
+    for n in range(5):  # one or two may fall in the campaign's holdout
+        with transaction(sqlite_url) as session:
+            event = validate_event(purchase(customer=customer_block(f"C-cfg-{n}")))
+            ingest_event(
+                session, event, runtime.rules.current(), runtime.policy, runtime.clock.now()
+            )
+    runtime.clock = ShiftedClock(TUESDAY_MORNING + timedelta(hours=3))
+    queued: list[int] = []
+    dispatch_once(runtime, queued.extend)
+    assert queued
+    with pytest.raises(ValueError, match="CROSSSELL_MAILGUN_API_KEY"):
+        deliver_send(runtime, queued[0])
+    with transaction(sqlite_url) as session:
+        send = session.scalars(select(Send).where(Send.id == queued[0])).one()
+    assert (send.status, send.attempts) == ("queued", 0)  # the sweeper will hand it out again

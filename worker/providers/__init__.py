@@ -13,6 +13,11 @@ from worker.providers.base import Provider
 from worker.settings import Settings
 
 
+def check_provider(settings: Settings) -> None:
+    """Fail at startup, naming the variable, if the chosen provider cannot be built."""
+    make_provider(settings).close()
+
+
 def make_provider(settings: Settings) -> Provider:
     if settings.email_provider == "smtp":
         import ssl
