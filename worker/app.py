@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 
 from triggers.durations import parse_duration
 from worker.runtime import get_runtime
@@ -53,3 +53,17 @@ app = Celery("crosssell", include=["worker.tasks"])
 @app.on_configure.connect  # type: ignore[untyped-decorator,unused-ignore]
 def _configure(sender: Celery, **_: Any) -> None:
     sender.conf.update(celery_config(get_runtime().settings))
+
+
+class ProviderCheck(bootsteps.Step):  # type: ignore[misc,unused-ignore]
+    """A worker whose email provider lacks settings stops at start, naming the variable
+    (a Celery signal handler could only log it: signals swallow exceptions)."""
+
+    def __init__(self, parent: Any, **options: Any) -> None:
+        from worker.providers import check_provider
+
+        super().__init__(parent, **options)
+        check_provider(get_runtime().settings)
+
+
+app.steps["worker"].add(ProviderCheck)

@@ -118,9 +118,15 @@ def dispatch() -> None:
 @click.option("--concurrency", default=1, show_default=True, help="Delivery threads.")
 def run(until_drained: bool, concurrency: int) -> None:
     """Consumer, dispatcher and Celery worker in one process (embedded and small installs)."""
+    from worker.providers import check_provider
     from worker.run import run_all
 
-    sys.exit(run_all(_serve("run"), until_drained=until_drained, concurrency=concurrency))
+    runtime = _serve("run")
+    try:
+        check_provider(runtime.settings)
+    except ValueError as exc:
+        raise click.ClickException(f"email provider: {exc}") from None
+    sys.exit(run_all(runtime, until_drained=until_drained, concurrency=concurrency))
 
 
 @main.command()

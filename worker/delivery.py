@@ -29,7 +29,13 @@ from worker.customers import is_suppressed, profile_of, send_history
 from worker.db import session_factory, surviving_disconnects, transaction
 from worker.email_context import Coupon, email_context, links_for
 from worker.metrics import SENDS
-from worker.mime import Envelope, HeaderInjection, build_message, message_id_for
+from worker.mime import (
+    Envelope,
+    HeaderInjection,
+    build_message,
+    message_content,
+    message_id_for,
+)
 from worker.models import Customer, Event, Send, Suppression
 from worker.offer_resolution import resolve_for_send
 from worker.providers.base import (
@@ -155,26 +161,25 @@ def prepare(
         message_id = message_id_for(send.id, settings.message_id_domain)
         send.message_id = message_id  # committed with the claim: reports can name it
         sender = compiled.campaign.sender
-        data = build_message(
-            Envelope(
-                send_id=send.id,
-                sender_name=(sender and sender.name) or settings.sender_name,
-                sender_address=(sender and sender.address) or settings.sender_address,
-                recipient_name=" ".join(filter(None, [customer.first_name, customer.last_name])),
-                recipient_address=customer.email or "",
-                reply_to=(sender and sender.reply_to) or settings.reply_to,
-                date=now,
-                message_id=message_id,
-                unsubscribe_url=links.unsubscribe_url,
-                unsubscribe_mailto=settings.unsubscribe_mailto,
-                campaign_id=compiled.id,
-            ),
-            rendered,
+        envelope = Envelope(
+            send_id=send.id,
+            sender_name=(sender and sender.name) or settings.sender_name,
+            sender_address=(sender and sender.address) or settings.sender_address,
+            recipient_name=" ".join(filter(None, [customer.first_name, customer.last_name])),
+            recipient_address=customer.email or "",
+            reply_to=(sender and sender.reply_to) or settings.reply_to,
+            date=now,
+            message_id=message_id,
+            unsubscribe_url=links.unsubscribe_url,
+            unsubscribe_mailto=settings.unsubscribe_mailto,
+            campaign_id=compiled.id,
         )
+        data = build_message(envelope, rendered)
+        content = message_content(envelope, rendered)
     except (TemplateError, HeaderInjection) as exc:
         return Skip("render_error", f"{exc.__class__.__name__}: {exc}")
     envelope_from = (sender and sender.address) or settings.sender_address
-    return OutgoingEmail(send.id, message_id, envelope_from, customer.email or "", data)
+    return OutgoingEmail(send.id, message_id, envelope_from, customer.email or "", data, content)
 
 
 def backoff(attempts: int, base: float, retry_after: float | None) -> timedelta:
@@ -190,6 +195,9 @@ def deliver_send(runtime: Runtime, send_id: int) -> str:
     Every unit of work here is safe to repeat, so a lost database connection is retried
     rather than leaving the send half-recorded.
     """
+    # Built before the claim: a provider with incomplete settings raises here and the
+    # send stays ``queued`` for the sweeper, instead of stranding in ``sending``.
+    runtime.provider  # noqa: B018
     limiter = runtime.rate_limiter
     if limiter is not None:
         throttled = surviving_disconnects(lambda: _wait_for_slot(runtime, limiter, send_id))

@@ -14,8 +14,9 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.quoprimime import body_encode
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime, formataddr, parseaddr
 
+from worker.providers.base import Mailbox, MessageContent
 from worker.rendering import RenderedEmail
 
 
@@ -137,3 +138,37 @@ def build_message_stdlib(envelope: Envelope, email: RenderedEmail) -> bytes:
     message.set_content(email.text, subtype="plain", charset="utf-8", cte="quoted-printable")
     message.add_alternative(email.html, subtype="html", charset="utf-8", cte="quoted-printable")
     return message.as_bytes()
+
+
+def message_content(envelope: Envelope, email: RenderedEmail) -> MessageContent:
+    """The message of :func:`build_message` as fields, for JSON email APIs.
+
+    Same inputs, same checks against line breaks, same header values (unfolded), so a
+    provider that builds the MIME itself sends what our own bytes would have said.
+    """
+    reply_to = None
+    if envelope.reply_to:
+        name, address = parseaddr(_clean(envelope.reply_to, "Reply-To"))
+        reply_to = Mailbox(address or envelope.reply_to, name)
+    unsubscribe = (
+        f"<{_clean(envelope.unsubscribe_url, 'List-Unsubscribe')}>, "
+        f"<mailto:{_clean(envelope.unsubscribe_mailto, 'List-Unsubscribe')}>"
+    )
+    return MessageContent(
+        sender=Mailbox(
+            _clean(envelope.sender_address, "From"), _clean(envelope.sender_name, "From")
+        ),
+        recipient=Mailbox(
+            _clean(envelope.recipient_address, "To"), _clean(envelope.recipient_name, "To")
+        ),
+        reply_to=reply_to,
+        subject=_clean(email.subject, "Subject"),
+        html=email.html,
+        text=email.text,
+        headers=(
+            ("Message-ID", _clean(envelope.message_id, "Message-ID")),
+            ("List-Unsubscribe", unsubscribe),
+            ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+            ("X-Crosssell-Campaign", _clean(envelope.campaign_id, "campaign")),
+        ),
+    )

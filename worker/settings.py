@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     attributes_file: Path = PROJECT_ROOT / "config" / "attributes.yaml"
     templates_dir: Path = PROJECT_ROOT / "templates"
 
-    email_provider: Literal["file", "smtp"] = "file"
+    email_provider: Literal["file", "smtp", "postmark", "sendgrid", "mailgun", "ses"] = "file"
     outbox_dir: Path | None = Field(None, description="file provider; default var_dir/outbox")
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
@@ -50,6 +50,28 @@ class Settings(BaseSettings):
     dkim_domain: str | None = Field(None, description="sign SMTP mail with DKIM for this d=")
     dkim_selector: str | None = None
     dkim_private_key: SecretStr | None = Field(None, description="PEM private key (secret)")
+    http_timeout: float = Field(30.0, gt=0, description="HTTP email APIs: seconds per answer")
+    http_connect_timeout: float = Field(10.0, gt=0, description="HTTP email APIs: to connect")
+    postmark_server_token: SecretStr | None = None
+    postmark_message_stream: str = "outbound"
+    postmark_base_url: str = "https://api.postmarkapp.com"
+    sendgrid_api_key: SecretStr | None = None
+    sendgrid_base_url: str = Field(
+        "https://api.sendgrid.com", description="EU subusers: https://api.eu.sendgrid.com"
+    )
+    mailgun_api_key: SecretStr | None = None
+    mailgun_domain: str | None = Field(None, description="the sending domain, e.g. mg.shop.example")
+    mailgun_base_url: str = Field(
+        "https://api.mailgun.net", description="EU region: https://api.eu.mailgun.net"
+    )
+    ses_region: str | None = Field(None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
+    ses_access_key_id: str | None = None
+    ses_secret_access_key: SecretStr | None = None
+    ses_session_token: SecretStr | None = Field(None, description="for temporary credentials")
+    ses_configuration_set: str | None = None
+    ses_base_url: str | None = Field(
+        None, description="default https://email.<region>.amazonaws.com"
+    )
 
     sender_name: str = "Crosssell Shop"
     sender_address: str = "offers@shop.example"

@@ -1,9 +1,21 @@
-"""Email providers, one module each, behind :class:`worker.providers.base.Provider`."""
+"""Email providers, one module each, behind :class:`worker.providers.base.Provider`.
+
+``make_provider`` is called once per process (``Runtime.provider``); a provider whose
+settings are incomplete raises ``ValueError`` naming the missing variable, at startup
+rather than at the first send.
+"""
 
 from __future__ import annotations
 
+from pydantic import SecretStr
+
 from worker.providers.base import Provider
 from worker.settings import Settings
+
+
+def check_provider(settings: Settings) -> None:
+    """Fail at startup, naming the variable, if the chosen provider cannot be built."""
+    make_provider(settings).close()
 
 
 def make_provider(settings: Settings) -> Provider:
@@ -35,6 +47,57 @@ def make_provider(settings: Settings) -> Provider:
             context,
             signer,
         )
+    if settings.email_provider in ("postmark", "sendgrid", "mailgun", "ses"):
+        return _http_provider(settings)
     from worker.providers.file import FileProvider
 
     return FileProvider(settings.resolved_outbox_dir)
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value is not None else ""
+
+
+def _http_provider(settings: Settings) -> Provider:
+    timeout, connect = settings.http_timeout, settings.http_connect_timeout
+    if settings.email_provider == "postmark":
+        from worker.providers.postmark import PostmarkProvider
+
+        return PostmarkProvider(
+            _secret(settings.postmark_server_token),
+            settings.postmark_message_stream,
+            settings.postmark_base_url,
+            timeout=timeout,
+            connect_timeout=connect,
+        )
+    if settings.email_provider == "sendgrid":
+        from worker.providers.sendgrid import SendGridProvider
+
+        return SendGridProvider(
+            _secret(settings.sendgrid_api_key),
+            settings.sendgrid_base_url,
+            timeout=timeout,
+            connect_timeout=connect,
+        )
+    if settings.email_provider == "mailgun":
+        from worker.providers.mailgun import MailgunProvider
+
+        return MailgunProvider(
+            _secret(settings.mailgun_api_key),
+            settings.mailgun_domain or "",
+            settings.mailgun_base_url,
+            timeout=timeout,
+            connect_timeout=connect,
+        )
+    from worker.providers.ses import SESProvider
+
+    return SESProvider(
+        settings.ses_region or "",
+        settings.ses_access_key_id or "",
+        _secret(settings.ses_secret_access_key),
+        _secret(settings.ses_session_token) or None,
+        settings.ses_configuration_set,
+        settings.ses_base_url,
+        timeout=timeout,
+        connect_timeout=connect,
+    )

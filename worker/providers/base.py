@@ -18,17 +18,57 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import formataddr
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """An address with an optional display name, as JSON email APIs take them."""
+
+    address: str
+    name: str = ""
+
+    def formatted(self) -> str:
+        """``Name <address>`` with a non-ASCII name RFC 2047-encoded, as in our MIME."""
+        return formataddr((self.name, self.address), charset="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageContent:
+    """The message as fields, for APIs that build the MIME themselves (Postmark, SendGrid).
+
+    Made by :func:`worker.mime.message_content` from the same inputs as the MIME bytes,
+    so both say the same thing. ``headers`` are the ones we add beyond the addressing
+    fields: ``Message-ID``, ``List-Unsubscribe``, ``List-Unsubscribe-Post``, ``X-…``.
+    """
+
+    sender: Mailbox
+    recipient: Mailbox
+    reply_to: Mailbox | None
+    subject: str
+    html: str
+    text: str
+    headers: tuple[tuple[str, str], ...]
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
 
 
 @dataclass(frozen=True, slots=True)
 class OutgoingEmail:
-    """A fully built message: the envelope addresses and the RFC 5322 bytes."""
+    """A fully built message: the envelope addresses and the RFC 5322 bytes.
+
+    ``content`` is the same message as fields; providers that send raw MIME (file, SMTP,
+    Mailgun, SES) never read it, so it may be absent where only bytes exist.
+    """
 
     send_id: int
     message_id: str
     sender: str
     recipient: str
     data: bytes
+    content: MessageContent | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,829 @@
+"""The HTTP email providers against a real local server speaking each provider's API.
+
+The server (tests/support/email_api.py) checks credentials and bodies the way the real
+APIs do and answers with their error shapes; faults are planned per recipient. A mock
+transport is used only for what a real server cannot produce on demand here: a connect
+timeout, a failed write, and a 2xx answer without an id.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Any
+
+import httpx2
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import ValidationError
+
+from tests.support.email_api import (
+    EmailApiServer,
+    Fault,
+    closed_port,
+    decoded_name,
+)
+from tests.support.factories import make_settings
+from tests.worker.test_webhooks import (
+    MAILGUN_KEY,
+    MAILGUN_PERMANENT_FAILURE,
+    NOW,
+    POSTMARK_HARD_BOUNCE,
+    TOPIC,
+    SendGridSigner,
+    SnsSigner,
+    _certificate,
+    _mailgun_body,
+    _notification,
+    _ses_bounce,
+)
+from worker.mime import Envelope, build_message, message_content, message_id_for
+from worker.providers import make_provider
+from worker.providers.base import (
+    AmbiguousDeliveryError,
+    OutgoingEmail,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from worker.providers.http import CredentialsRefused, HTTPProvider, parse_retry_after
+from worker.providers.mailgun import MailgunProvider
+from worker.providers.postmark import PostmarkProvider
+from worker.providers.sendgrid import SendGridProvider
+from worker.providers.ses import SESProvider
+from worker.rendering import RenderedEmail
+from worker.webhooks import mailgun, postmark, sendgrid, ses
+
+PROVIDERS = ["postmark", "sendgrid", "mailgun", "ses"]
+SENDER = ("Magazinul Ștefăniță", "offers@shop.example")
+
+
+def _email(send_id: int = 1, recipient: str = "ioana@example.ro") -> OutgoingEmail:
+    envelope = Envelope(
+        send_id=send_id,
+        sender_name=SENDER[0],
+        sender_address=SENDER[1],
+        recipient_name="Ioana Țurcanu",
+        recipient_address=recipient,
+        reply_to="Ajutor <help@shop.example>",
+        date=datetime(2026, 11, 17, 10, 30, tzinfo=UTC),
+        message_id=message_id_for(send_id, "shop.example"),
+        unsubscribe_url=f"https://shop.example/u/token-{send_id}",
+        unsubscribe_mailto="unsubscribe@shop.example",
+        campaign_id="laptop-accessories",
+    )
+    rendered = RenderedEmail(
+        "Ioana, ți-am pregătit: șnur, țintă, câștig",
+        "<p>Bună, <b>Ioana</b>: à è ì ò ù</p>",
+        "Bună, Ioana: à è ì ò ù",
+    )
+    return OutgoingEmail(
+        send_id,
+        envelope.message_id,
+        SENDER[1],
+        recipient,
+        build_message(envelope, rendered),
+        message_content(envelope, rendered),
+    )
+
+
+@pytest.fixture
+def api() -> Iterator[EmailApiServer]:
+    with EmailApiServer() as server:
+        yield server
+
+
+def _provider(kind: str, api: EmailApiServer, **overrides: Any) -> HTTPProvider:
+    options: dict[str, Any] = {"base_url": api.url, "timeout": 5.0, "connect_timeout": 2.0}
+    options.update(overrides)
+    if kind == "postmark":
+        token = options.pop("token", api.postmark_token)
+        return PostmarkProvider(token, **options)
+    if kind == "sendgrid":
+        return SendGridProvider(options.pop("key", api.sendgrid_key), **options)
+    if kind == "mailgun":
+        key = options.pop("key", api.mailgun_key)
+        return MailgunProvider(key, options.pop("domain", api.mailgun_domain), **options)
+    return SESProvider(
+        api.aws_region,
+        api.aws_access_key_id,
+        options.pop("secret", api.aws_secret_access_key),
+        **options,
+    )
+
+
+@pytest.fixture
+def opened() -> Iterator[Callable[..., HTTPProvider]]:
+    providers: list[HTTPProvider] = []
+
+    def open_provider(kind: str, api: EmailApiServer, **overrides: Any) -> HTTPProvider:
+        provider = _provider(kind, api, **overrides)
+        providers.append(provider)
+        return provider
+
+    yield open_provider
+    for provider in providers:
+        provider.close()
+
+
+def _parsed(data: bytes) -> EmailMessage:
+    return message_from_bytes(data, policy=policy.default)
+
+
+# --- the structured message ----------------------------------------------------------
+
+
+def test_message_content_says_what_the_mime_says() -> None:
+    email = _email()
+    assert email.content is not None
+    content, mime = email.content, _parsed(email.data)
+    assert (content.sender.name, content.sender.address) == (
+        mime["From"].addresses[0].display_name,
+        mime["From"].addresses[0].addr_spec,
+    )
+    assert (content.recipient.name, content.recipient.address) == (
+        mime["To"].addresses[0].display_name,
+        mime["To"].addresses[0].addr_spec,
+    )
+    assert content.reply_to is not None
+    assert (content.reply_to.name, content.reply_to.address) == (
+        mime["Reply-To"].addresses[0].display_name,
+        mime["Reply-To"].addresses[0].addr_spec,
+    )
+    assert content.subject == mime["Subject"]
+    for name, value in content.headers:
+        assert " ".join(str(mime[name]).split()) == value, name
+    assert [name.lower() for name, _ in content.headers] == [
+        "message-id",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "x-crosssell-campaign",
+    ]
+    text, html = mime.get_body(("plain",)), mime.get_body(("html",))
+    assert text is not None and html is not None
+    assert text.get_content().strip() == content.text
+    assert html.get_content().strip() == content.html
+    # The formatted mailbox is what the MIME From line carries, byte for byte.
+    from_line = next(
+        line for line in email.data.decode("ascii").split("\r\n") if line.startswith("From: ")
+    )
+    assert from_line == f"From: {content.sender.formatted()}"
+
+
+# --- accepted messages: request shape and the id we keep --------------------------------
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_accepted_message_is_recorded_once_with_the_provider_id(
+    kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    email = _email()
+    result = opened(kind, api).send(email)
+    [accepted] = api.by_message_id()[email.message_id]
+    assert result.provider == kind
+    assert accepted.recipient == "ioana@example.ro"
+    expected = accepted.provider_message_id
+    if kind == "mailgun":
+        assert expected == email.message_id  # Mailgun keeps the Message-ID of our MIME
+    assert result.provider_message_id == expected
+
+
+def test_postmark_request_carries_every_field(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    email = _email()
+    opened("postmark", api, message_stream="broadcast").send(email)
+    [accepted] = api.accepted
+    payload = accepted.payload
+    assert payload is not None
+    assert decoded_name(payload["From"]) == SENDER[0]
+    assert decoded_name(payload["To"]) == "Ioana Țurcanu"
+    assert decoded_name(payload["ReplyTo"]) == "Ajutor"
+    assert payload["Subject"] == "Ioana, ți-am pregătit: șnur, țintă, câștig"
+    assert payload["TextBody"] == "Bună, Ioana: à è ì ò ù"
+    assert payload["HtmlBody"] == "<p>Bună, <b>Ioana</b>: à è ì ò ù</p>"
+    assert payload["MessageStream"] == "broadcast"
+    headers = {h["Name"]: h["Value"] for h in payload["Headers"]}
+    assert headers["List-Unsubscribe"] == (
+        "<https://shop.example/u/token-1>, <mailto:unsubscribe@shop.example>"
+    )
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert headers["X-Crosssell-Campaign"] == "laptop-accessories"
+
+
+def test_sendgrid_request_carries_every_field(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    email = _email()
+    opened("sendgrid", api).send(email)
+    payload = api.accepted[0].payload
+    assert payload is not None
+    assert payload["personalizations"] == [
+        {"to": [{"email": "ioana@example.ro", "name": "Ioana Țurcanu"}]}
+    ]
+    assert payload["from"] == {"email": SENDER[1], "name": SENDER[0]}
+    assert payload["reply_to"] == {"email": "help@shop.example", "name": "Ajutor"}
+    assert [c["type"] for c in payload["content"]] == ["text/plain", "text/html"]
+    assert payload["headers"]["Message-ID"] == email.message_id
+    assert payload["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+@pytest.mark.parametrize("kind", ["mailgun", "ses"])
+def test_raw_mime_providers_send_our_bytes_unchanged(
+    kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    email = _email()
+    opened(kind, api).send(email)
+    assert api.accepted[0].mime == email.data
+
+
+def test_ses_sends_the_envelope_and_configuration_set(api: EmailApiServer) -> None:
+    provider = SESProvider(
+        api.aws_region,
+        api.aws_access_key_id,
+        api.aws_secret_access_key,
+        configuration_set="crosssell-events",
+        base_url=api.url,
+    )
+    try:
+        provider.send(_email())
+    finally:
+        provider.close()
+    payload = api.accepted[0].payload
+    assert payload is not None
+    assert payload["FromEmailAddress"] == SENDER[1]
+    assert payload["Destination"] == {"ToAddresses": ["ioana@example.ro"]}
+    assert payload["ConfigurationSetName"] == "crosssell-events"
+
+
+def test_ses_temporary_credentials_sign_the_session_token() -> None:
+    with EmailApiServer(aws_session_token="session-token-1") as api:
+        provider = SESProvider(
+            api.aws_region,
+            api.aws_access_key_id,
+            api.aws_secret_access_key,
+            session_token="session-token-1",
+            base_url=api.url,
+        )
+        try:
+            provider.send(_email())
+            # Without the token the same keys are refused: the server does check it.
+            bare = SESProvider(
+                api.aws_region, api.aws_access_key_id, api.aws_secret_access_key, base_url=api.url
+            )
+            with pytest.raises(CredentialsRefused):
+                bare.send(_email(2))
+            bare.close()
+        finally:
+            provider.close()
+    assert len(api.accepted) == 1
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_one_pooled_connection_carries_many_messages(
+    kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    provider = opened(kind, api)
+    for n in range(1, 5):
+        provider.send(_email(n))
+    assert len(api.accepted) == 4
+    assert len({attempt.peer for attempt in api.attempts}) == 1
+
+
+def test_a_closed_provider_opens_a_new_client_when_used_again(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    provider = opened("postmark", api)
+    provider.send(_email(1))
+    first = provider.client
+    provider.close()
+    provider.send(_email(2))
+    assert provider.client is not first
+    assert len(api.accepted) == 2
+
+
+# --- webhooks find what we stored ------------------------------------------------------
+
+
+def test_postmark_webhook_names_the_id_we_stored(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    result = opened("postmark", api).send(_email())
+    record = {**POSTMARK_HARD_BOUNCE, "MessageID": api.accepted[0].provider_message_id}
+    token = base64.b64encode(b"hooks:s3cret").decode()
+    [event] = postmark.parse(
+        {"Authorization": f"Basic {token}"},
+        json.dumps(record).encode(),
+        username="hooks",
+        password="s3cret",
+    )
+    assert event.provider_message_id == result.provider_message_id
+
+
+def test_sendgrid_webhook_names_the_id_we_stored(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    email = _email()
+    result = opened("sendgrid", api).send(email)
+    x_message_id = api.accepted[0].provider_message_id
+    batch = [
+        {
+            "email": "ioana@example.ro",
+            "timestamp": 1795516140,
+            "smtp-id": email.message_id,
+            "event": "bounce",
+            "type": "bounce",
+            "status": "5.1.1",
+            "reason": "550 5.1.1 no such user",
+            "sg_event_id": "sg-bounce-1",
+            "sg_message_id": f"{x_message_id}.filterdrecv-5645d9c87f-6r2ch-1-5D6D-1.0",
+        }
+    ]
+    body = json.dumps(batch).encode()
+    signer = SendGridSigner()
+    [event] = sendgrid.parse(signer.headers(body), body, public_key=signer.verification_key)
+    assert event.provider_message_id == result.provider_message_id
+    assert event.message_id == email.message_id
+
+
+def test_mailgun_webhook_names_the_id_we_stored(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    email = _email()
+    result = opened("mailgun", api).send(email)
+    data = json.loads(json.dumps(MAILGUN_PERMANENT_FAILURE))
+    # Mailgun's events carry the header without its angle brackets.
+    data["message"]["headers"]["message-id"] = email.message_id.strip("<>")
+    [event] = mailgun.parse({}, _mailgun_body(data), signing_key=MAILGUN_KEY, now=NOW)
+    assert event.provider_message_id == result.provider_message_id
+
+
+def test_ses_notification_names_the_id_we_stored(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    email = _email()
+    result = opened("ses", api).send(email)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    sns = SnsSigner(key, _certificate(key))
+    message = _ses_bounce(
+        "Permanent", [{"emailAddress": "ioana@example.ro", "status": "5.1.1"}], email.message_id
+    )
+    message["mail"]["messageId"] = api.accepted[0].provider_message_id
+    events = ses.parse(
+        {"x-amz-sns-message-type": "Notification"},
+        json.dumps(sns.sign(_notification(message))).encode(),
+        allowed_topic_arns={TOPIC},
+        now=NOW,
+        fetch_certificate=sns.fetch,
+    )
+    assert isinstance(events, list)
+    assert [e.provider_message_id for e in events] == [result.provider_message_id]
+    assert [e.message_id for e in events] == [email.message_id]
+
+
+# --- classification ---------------------------------------------------------------------
+
+HARD, POLICY, PLAIN = "hard", "policy", "plain"
+
+PERMANENT_CASES = [
+    ("postmark", Fault(422, 406, "You tried to send to recipient(s) marked as inactive."), HARD),
+    ("postmark", Fault(422, 300, "Invalid 'To' address: 'ioana@example'."), HARD),
+    ("postmark", Fault(422, 300, "Provide either email TextBody or HtmlBody or both."), PLAIN),
+    ("postmark", Fault(422, 401, "Sender signature not confirmed."), POLICY),
+    ("postmark", Fault(422, 412, "Account is pending approval."), POLICY),
+    ("postmark", Fault(422, 1235, "The 'MessageStream' provided does not exist."), PLAIN),
+    (
+        "sendgrid",
+        Fault(400, "personalizations.0.to.0.email", "Does not contain a valid address."),
+        HARD,
+    ),
+    ("sendgrid", Fault(400, "content", "If present, text/plain must be first."), PLAIN),
+    (
+        "sendgrid",
+        Fault(403, None, "The from address does not match a verified Sender Identity."),
+        POLICY,
+    ),
+    ("sendgrid", Fault(413, None, "Payload too large"), PLAIN),
+    ("mailgun", Fault(400, None, "'to' parameter is not a valid address."), HARD),
+    ("mailgun", Fault(400, None, "Message size exceeds the limit"), PLAIN),
+    (
+        "mailgun",
+        Fault(
+            403,
+            None,
+            "Domain mg.shop.example is not allowed to send: Free accounts are "
+            "for test purposes only.",
+        ),
+        POLICY,
+    ),
+    ("ses", Fault(400, "AccountSuspendedException", "Account suspended."), POLICY),
+    ("ses", Fault(400, "SendingPausedException", "Sending paused for this account."), POLICY),
+    ("ses", Fault(400, "MailFromDomainNotVerifiedException", "MAIL FROM not verified."), POLICY),
+    (
+        "ses",
+        Fault(
+            400,
+            "MessageRejected",
+            "Email address is not verified. The following "
+            "identities failed the check in region EU-WEST-1: ioana@example.ro",
+        ),
+        POLICY,
+    ),
+    ("ses", Fault(400, "MessageRejected", "Message contains a virus."), PLAIN),
+    ("ses", Fault(400, "BadRequestException", "Invalid input."), PLAIN),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "fault", "expected"),
+    PERMANENT_CASES,
+    ids=[f"{k}-{f.error or f.status}-{e}" for k, f, e in PERMANENT_CASES],
+)
+def test_provider_refusals_are_permanent_and_told_apart(
+    kind: str,
+    fault: Fault,
+    expected: str,
+    api: EmailApiServer,
+    opened: Callable[..., HTTPProvider],
+) -> None:
+    api.plan("ioana@example.ro", fault)
+    provider = opened(kind, api)
+    with pytest.raises(PermanentDeliveryError) as refused:
+        provider.send(_email())
+    assert (refused.value.hard_bounce, refused.value.policy) == (
+        expected == HARD,
+        expected == POLICY,
+    )
+    assert refused.value.code == fault.status
+    assert api.accepted == []
+    provider.send(_email())  # the refusal was about that request only
+    assert len(api.accepted) == 1
+
+
+TRANSIENT_CASES = [
+    ("postmark", Fault(429, 429, "Rate limit exceeded.", {"Retry-After": "2"}), 2.0),
+    ("postmark", Fault(503), None),
+    ("postmark", Fault(500, 100, "Maintenance"), None),
+    ("sendgrid", Fault(429, None, "too many requests", {"Retry-After": "1"}), 1.0),
+    ("sendgrid", Fault(502, None, "Bad gateway"), None),
+    ("mailgun", Fault(429, None, "Too many requests", {"Retry-After": "3"}), 3.0),
+    ("mailgun", Fault(500, None, "Internal error"), None),
+    ("ses", Fault(429, "TooManyRequestsException", "Too many requests."), None),
+    ("ses", Fault(400, "LimitExceededException", "Maximum sending rate exceeded."), None),
+    ("ses", Fault(503, "ServiceUnavailable", "Service unavailable.", {"Retry-After": "4"}), 4.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "fault", "retry_after"),
+    TRANSIENT_CASES,
+    ids=[f"{k}-{f.error or f.status}" for k, f, _ in TRANSIENT_CASES],
+)
+def test_throttling_and_server_errors_are_transient_with_retry_after(
+    kind: str,
+    fault: Fault,
+    retry_after: float | None,
+    api: EmailApiServer,
+    opened: Callable[..., HTTPProvider],
+) -> None:
+    api.plan("ioana@example.ro", fault)
+    provider = opened(kind, api)
+    with pytest.raises(TransientDeliveryError) as busy:
+        provider.send(_email())
+    assert not isinstance(busy.value, CredentialsRefused)
+    assert busy.value.retry_after == retry_after
+    provider.send(_email())
+    assert len(api.by_message_id()[_email().message_id]) == 1
+
+
+def test_sendgrid_rate_limit_reset_stands_in_for_retry_after(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    reset = int(datetime.now(UTC).timestamp()) + 30
+    api.plan("ioana@example.ro", Fault(429, None, "limit", {"X-RateLimit-Reset": str(reset)}))
+    with pytest.raises(TransientDeliveryError) as busy:
+        opened("sendgrid", api).send(_email())
+    assert busy.value.retry_after is not None and 25 <= busy.value.retry_after <= 30
+
+
+def test_retry_after_as_an_http_date(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    api.plan("ioana@example.ro", Fault(503, None, "", {"Retry-After": when}))
+    with pytest.raises(TransientDeliveryError) as busy:
+        opened("postmark", api).send(_email())
+    assert busy.value.retry_after is not None and 85 <= busy.value.retry_after <= 90
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("120", 120.0),
+        ("1.5", 1.5),
+        ("-3", 0.0),
+        ("Wed, 18 Nov 2026 10:30:10 GMT", 10.0),
+        ("Wed, 18 Nov 2026 10:29:00 GMT", 0.0),
+        ("99999999", 86400.0),
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_retry_after(value: str | None, expected: float | None) -> None:
+    now = datetime(2026, 11, 18, 10, 30, tzinfo=UTC)
+    assert parse_retry_after(value, now) == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides", "setting"),
+    [
+        ("postmark", {"token": "wrong-token"}, "CROSSSELL_POSTMARK_SERVER_TOKEN"),
+        ("sendgrid", {"key": "SG.revoked"}, "CROSSSELL_SENDGRID_API_KEY"),
+        ("mailgun", {"key": "key-wrong"}, "CROSSSELL_MAILGUN_API_KEY"),
+        ("mailgun", {"domain": "mg.other.example"}, "CROSSSELL_MAILGUN_DOMAIN"),
+        ("ses", {"secret": "not-the-secret"}, "CROSSSELL_SES_SECRET_ACCESS_KEY"),
+    ],
+)
+def test_refused_credentials_are_retried_and_logged_for_the_operator(
+    kind: str,
+    overrides: dict[str, str],
+    setting: str,
+    api: EmailApiServer,
+    opened: Callable[..., HTTPProvider],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with (
+        caplog.at_level(logging.ERROR, logger="worker.providers.http"),
+        pytest.raises(CredentialsRefused) as refused,
+    ):
+        opened(kind, api, **overrides).send(_email())
+    assert isinstance(refused.value, TransientDeliveryError)
+    assert refused.value.code in (401, 403, 404)
+    assert any(setting in record.getMessage() for record in caplog.records)
+    assert api.accepted == []
+
+
+def test_ses_missing_configuration_set_is_our_settings(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    api.plan("ioana@example.ro", Fault(404, "NotFoundException", "Configuration set not found"))
+    with pytest.raises(CredentialsRefused):
+        opened("ses", api).send(_email())
+
+
+def test_the_server_refuses_what_the_real_api_refuses(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    """An invalid recipient is refused by the server's own validation, not a plan."""
+    for kind in ("postmark", "sendgrid", "mailgun"):
+        with pytest.raises(PermanentDeliveryError) as refused:
+            opened(kind, api).send(_email(recipient="not-an-address"))
+        assert refused.value.hard_bounce, kind
+    api.inactive.add("gone@example.ro")
+    with pytest.raises(PermanentDeliveryError) as inactive:
+        opened("postmark", api).send(_email(recipient="gone@example.ro"))
+    assert inactive.value.hard_bounce
+    assert api.accepted == []
+
+
+# --- no answer after the request was sent ------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("action", ["hang", "close"])
+def test_no_answer_after_sending_is_ambiguous(
+    kind: str, action: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    fault = Fault(action=action, hang_seconds=1.5)  # type: ignore[arg-type]
+    api.plan("ioana@example.ro", fault)
+    provider = opened(kind, api, timeout=0.5)
+    with pytest.raises(AmbiguousDeliveryError):
+        provider.send(_email())
+    [attempt] = api.attempts
+    assert attempt.status is None and attempt.message_id == _email().message_id
+    provider.send(_email(2))  # a fresh connection works
+    assert len(api.accepted) == 1
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_refused_connection_is_transient(
+    kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    provider = opened(kind, api, base_url=f"http://127.0.0.1:{closed_port()}")
+    with pytest.raises(TransientDeliveryError):
+        provider.send(_email())
+    assert api.attempts == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [httpx2.ConnectTimeout("connect timed out"), httpx2.WriteError("broken pipe")],
+    ids=["connect-timeout", "write-error"],
+)
+def test_failures_before_the_request_got_through_are_transient(failure: Exception) -> None:
+    # A real server cannot make the client's connect time out on loopback, nor make a
+    # write fail on demand: a mock transport raises what httpx2 would raise.
+    def fail(request: httpx2.Request) -> httpx2.Response:
+        raise failure
+
+    provider = PostmarkProvider(
+        "token", base_url="https://api.example.invalid", transport=httpx2.MockTransport(fail)
+    )
+    with pytest.raises(TransientDeliveryError):
+        provider.send(_email())
+    provider.close()
+
+
+def test_accepted_without_a_readable_id_is_still_sent(caplog: pytest.LogCaptureFixture) -> None:
+    # The local server always answers with an id; a mock stands in for a provider (or a
+    # proxy) that does not, to show the message is not re-sent for it.
+    def accept(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, text="OK")
+
+    provider = PostmarkProvider(
+        "token", base_url="https://api.example.invalid", transport=httpx2.MockTransport(accept)
+    )
+    email = _email()
+    with caplog.at_level(logging.ERROR, logger="worker.providers.http"):
+        result = provider.send(email)
+    provider.close()
+    assert result.provider_message_id == email.message_id
+    assert "without an id" in caplog.text
+
+
+def test_json_providers_need_the_structured_message(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    email = _email()
+    bare = OutgoingEmail(email.send_id, email.message_id, email.sender, email.recipient, email.data)
+    for kind in ("postmark", "sendgrid"):
+        with pytest.raises(ValueError, match="content"):
+            opened(kind, api).send(bare)
+    opened("mailgun", api).send(bare)  # raw MIME is enough for Mailgun and SES
+    opened("ses", api).send(bare)
+    assert len(api.accepted) == 2
+
+
+# --- settings ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("provider", "given", "missing"),
+    [
+        ("postmark", {}, "CROSSSELL_POSTMARK_SERVER_TOKEN"),
+        ("sendgrid", {}, "CROSSSELL_SENDGRID_API_KEY"),
+        ("mailgun", {"mailgun_domain": "mg.shop.example"}, "CROSSSELL_MAILGUN_API_KEY"),
+        ("mailgun", {"mailgun_api_key": "key-1"}, "CROSSSELL_MAILGUN_DOMAIN"),
+        (
+            "ses",
+            {"ses_access_key_id": "AKID", "ses_secret_access_key": "s"},
+            "CROSSSELL_SES_REGION",
+        ),
+        (
+            "ses",
+            {"ses_region": "eu-west-1", "ses_secret_access_key": "s"},
+            "CROSSSELL_SES_ACCESS_KEY_ID",
+        ),
+        (
+            "ses",
+            {"ses_region": "eu-west-1", "ses_access_key_id": "AKID"},
+            "CROSSSELL_SES_SECRET_ACCESS_KEY",
+        ),
+    ],
+)
+def test_missing_credentials_fail_at_startup_naming_the_variable(
+    tmp_path: Any, provider: str, given: dict[str, str], missing: str
+) -> None:
+    settings = make_settings(tmp_path, email_provider=provider, **given)
+    with pytest.raises(ValueError, match=missing):
+        make_provider(settings)
+
+
+@pytest.mark.parametrize(
+    ("provider", "given", "kind", "base_url"),
+    [
+        (
+            "postmark",
+            {"postmark_server_token": "t"},
+            PostmarkProvider,
+            "https://api.postmarkapp.com",
+        ),
+        (
+            "sendgrid",
+            {"sendgrid_api_key": "k", "sendgrid_base_url": "https://api.eu.sendgrid.com/"},
+            SendGridProvider,
+            "https://api.eu.sendgrid.com",
+        ),
+        (
+            "mailgun",
+            {"mailgun_api_key": "k", "mailgun_domain": "mg.shop.example"},
+            MailgunProvider,
+            "https://api.mailgun.net",
+        ),
+        (
+            "ses",
+            {"ses_region": "eu-central-1", "ses_access_key_id": "A", "ses_secret_access_key": "s"},
+            SESProvider,
+            "https://email.eu-central-1.amazonaws.com",
+        ),
+    ],
+)
+def test_settings_choose_and_configure_the_provider(
+    tmp_path: Any, provider: str, given: dict[str, str], kind: type, base_url: str
+) -> None:
+    made = make_provider(make_settings(tmp_path, email_provider=provider, **given))
+    assert isinstance(made, kind) and isinstance(made, HTTPProvider)
+    assert made.base_url == base_url
+    assert made._client is None  # no client until the first send
+    made.close()
+
+
+@pytest.mark.parametrize("region", ["eu-west-1.evil.example/", "EU-WEST-1", "us-east"])
+def test_ses_region_must_look_like_one(tmp_path: Any, region: str) -> None:
+    with pytest.raises(ValidationError):
+        make_settings(tmp_path, ses_region=region)
+
+
+def test_base_url_must_be_http(tmp_path: Any) -> None:
+    settings = make_settings(
+        tmp_path, email_provider="postmark", postmark_server_token="t", postmark_base_url="ftp://x"
+    )
+    with pytest.raises(ValueError, match="base URL"):
+        make_provider(settings)
+
+
+def test_a_celery_worker_without_provider_settings_does_not_start(tmp_path: Any) -> None:
+    from worker.app import ProviderCheck
+    from worker.runtime import Runtime, set_runtime
+
+    set_runtime(Runtime(make_settings(tmp_path, email_provider="sendgrid")))
+    try:
+        with pytest.raises(ValueError, match="CROSSSELL_SENDGRID_API_KEY"):
+            ProviderCheck(None)
+    finally:
+        set_runtime(None)
+
+
+def test_a_provider_without_settings_leaves_the_send_queued(tmp_path: Any, sqlite_url: str) -> None:
+    from sqlalchemy import select
+
+    from tests.support.factories import TUESDAY_MORNING, customer_block, purchase
+    from triggers.events import validate_event
+    from worker.clock import ShiftedClock
+    from worker.db import transaction
+    from worker.delivery import deliver_send
+    from worker.demo import seed_catalog
+    from worker.dispatcher import dispatch_once
+    from worker.ingest import ingest_event
+    from worker.models import Send
+    from worker.runtime import Runtime
+
+    settings = make_settings(tmp_path, database_url=sqlite_url, email_provider="mailgun")
+    runtime = Runtime(settings, clock=ShiftedClock(TUESDAY_MORNING))
+    seed_catalog(settings, TUESDAY_MORNING)
+    for n in range(5):  # one or two may fall in the campaign's holdout
+        with transaction(sqlite_url) as session:
+            event = validate_event(purchase(customer=customer_block(f"C-cfg-{n}")))
+            ingest_event(
+                session, event, runtime.rules.current(), runtime.policy, runtime.clock.now()
+            )
+    runtime.clock = ShiftedClock(TUESDAY_MORNING + timedelta(hours=3))
+    queued: list[int] = []
+    dispatch_once(runtime, queued.extend)
+    assert queued
+    with pytest.raises(ValueError, match="CROSSSELL_MAILGUN_API_KEY"):
+        deliver_send(runtime, queued[0])
+    with transaction(sqlite_url) as session:
+        send = session.scalars(select(Send).where(Send.id == queued[0])).one()
+    assert (send.status, send.attempts) == ("queued", 0)  # the sweeper will hand it out again
+
+
+def test_hand_over_comes_before_the_request_and_can_stop_it() -> None:
+    """The delivery commits its claim in ``hand_over``; if that fails, nothing is sent."""
+    steps: list[str] = []
+
+    def accept(request: httpx2.Request) -> httpx2.Response:
+        steps.append("request")
+        return httpx2.Response(200, json={"MessageID": "pm-1", "ErrorCode": 0})
+
+    provider = PostmarkProvider(
+        "token", base_url="https://api.example.invalid", transport=httpx2.MockTransport(accept)
+    )
+    try:
+        provider.send(_email(), lambda: steps.append("hand_over"))
+        assert steps == ["hand_over", "request"]
+
+        def database_gone() -> None:
+            raise RuntimeError("claim could not be committed")
+
+        with pytest.raises(RuntimeError):
+            provider.send(_email(), database_gone)
+        assert steps == ["hand_over", "request"], "no request without a committed claim"
+    finally:
+        provider.close()

@@ -1,0 +1,224 @@
+"""What the HTTP email APIs share: one flow, one classification, one pooled client.
+
+:class:`HTTPProvider` owns the send (the django-anymail shape): ``build_request`` →
+POST with timeouts → classify the answer → ``parse_result``. A provider module overrides
+only those steps, and ``refine`` to read its own error codes.
+
+How an answer or a failure maps onto the error tree of :mod:`worker.providers.base`:
+
+=============================================  =========================================
+nothing reached the provider: connect error,   ``TransientDeliveryError``: retried with
+connect/pool timeout, write failed mid-body    backoff
+HTTP 429, HTTP 5xx                             ``TransientDeliveryError``, ``retry_after``
+                                               from ``Retry-After`` (seconds or a date)
+HTTP 401, 403 (our credentials, our settings)  ``TransientDeliveryError`` + an ERROR log
+                                               naming the setting: the send waits for the
+                                               operator instead of failing for good
+other HTTP 4xx                                 ``PermanentDeliveryError``; the provider
+                                               says which are invalid/inactive recipients
+                                               (``hard_bounce``) or account refusals
+                                               (``policy``)
+body sent, no answer: read timeout, connection ``AmbiguousDeliveryError``: the provider
+reset or closed mid-response                   may have the message, never retried
+=============================================  =========================================
+
+Why credentials are transient rather than ``policy``: a wrong or rotated key is fixed
+in minutes by the operator, and the customer did nothing wrong; failing every send in
+that window for good would lose them, while retrying costs nothing (nothing was
+accepted) and ``max_attempts`` still bounds it. That is what the SMTP provider does
+with an authentication failure. The provider's own decisions about our account
+(suspended, paused, unverified sender) are ``policy`` refusals: an operator alert.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import abstractmethod
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx2
+
+from worker.providers.base import (
+    AmbiguousDeliveryError,
+    DeliveryError,
+    DeliveryResult,
+    HandOver,
+    MessageContent,
+    OutgoingEmail,
+    PermanentDeliveryError,
+    Provider,
+    TransientDeliveryError,
+    no_hand_over,
+)
+
+log = logging.getLogger(__name__)
+MAX_RETRY_AFTER = 24 * 3600.0  # a provider asking for more than a day is not believed
+MAX_DETAIL = 500
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP-date."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def summary(response: httpx2.Response) -> str:
+    """Status and the start of the body, for logs and the send's ``detail``."""
+    body = response.text.strip().replace("\r", " ").replace("\n", " ")
+    return f"HTTP {response.status_code}: {body}"[:MAX_DETAIL]
+
+
+def json_body(response: httpx2.Response) -> Any:
+    """The decoded JSON body, or None when the provider (or a proxy) sent something else."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def require_content(email: OutgoingEmail) -> MessageContent:
+    """JSON APIs need the message as fields; an email without them is a programming error."""
+    if email.content is None:
+        raise ValueError(f"send {email.send_id}: this provider needs OutgoingEmail.content")
+    return email.content
+
+
+class CredentialsRefused(TransientDeliveryError):
+    """The provider refused our key or settings: retried, and logged for the operator."""
+
+
+class HTTPProvider(Provider):
+    """Base of the HTTP API providers; subclasses set ``name`` and the three steps."""
+
+    #: the environment variable holding the secret, named in the credentials log line
+    credential_setting: str = ""
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        transport: httpx2.BaseTransport | None = None,
+    ) -> None:
+        if not base_url.startswith(("https://", "http://")):
+            raise ValueError(f"{self.name}: base URL must be http(s)://…, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = httpx2.Timeout(timeout, connect=connect_timeout)
+        self._transport = transport
+        self._client: httpx2.Client | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> httpx2.Client:
+        """One pooled client per provider, made on first use (never at import)."""
+        with self._lock:
+            if self._client is None:
+                self._client = httpx2.Client(
+                    timeout=self.timeout,
+                    transport=self._transport,
+                    follow_redirects=False,
+                    headers={"User-Agent": "crosssell"},
+                )
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # --- the steps a provider overrides ------------------------------------------------
+
+    @abstractmethod
+    def build_request(self, email: OutgoingEmail) -> httpx2.Request:
+        """The provider's request for one message (URL, auth headers, body)."""
+
+    @abstractmethod
+    def parse_result(self, email: OutgoingEmail, response: httpx2.Response) -> str | None:
+        """The provider's id for an accepted message, as its webhooks will name it."""
+
+    def refine(self, response: httpx2.Response, error: DeliveryError) -> DeliveryError:
+        """Sharpen the generic classification with the provider's own error codes."""
+        return error
+
+    # --- the flow ------------------------------------------------------------------------
+
+    def send(self, email: OutgoingEmail, hand_over: HandOver = no_hand_over) -> DeliveryResult:
+        client = self.client
+        request = self.build_request(email)
+        hand_over()  # the request is the step that cannot be taken back
+        try:
+            response = client.send(request)
+        except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
+            raise TransientDeliveryError(f"{self.name}: cannot connect: {exc!r}") from exc
+        except (httpx2.WriteError, httpx2.WriteTimeout) as exc:
+            # The body did not get through, so the provider cannot have accepted it.
+            raise TransientDeliveryError(f"{self.name}: request not sent: {exc!r}") from exc
+        except (httpx2.ReadTimeout, httpx2.ReadError, httpx2.RemoteProtocolError) as exc:
+            raise AmbiguousDeliveryError(
+                f"{self.name}: no answer after the request was sent: {exc!r}"
+            ) from exc
+        except httpx2.TransportError as exc:
+            raise TransientDeliveryError(f"{self.name}: request failed: {exc!r}") from exc
+        if response.is_success:
+            provider_id = self.parse_result(email, response)
+            if not provider_id:
+                # Accepted all the same; only webhook matching by provider id suffers.
+                log.error(
+                    "%s accepted send %s without an id we could read (%s); webhooks will "
+                    "be matched by Message-ID only",
+                    self.name,
+                    email.send_id,
+                    summary(response),
+                )
+                provider_id = email.message_id
+            return DeliveryResult(self.name, provider_id)
+        error = self.refine(response, self.classify(response))
+        if isinstance(error, CredentialsRefused):
+            log.error(
+                "%s refused our credentials or settings (HTTP %s); check %s: %s",
+                self.name,
+                response.status_code,
+                self.credential_setting or "the provider settings",
+                summary(response),
+            )
+        raise error
+
+    def classify(self, response: httpx2.Response) -> DeliveryError:
+        """The generic reading of an HTTP error status (see the module docstring)."""
+        status = response.status_code
+        text = summary(response)
+        if status == 429 or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return TransientDeliveryError(
+                f"{self.name}: {text}", code=status, retry_after=retry_after
+            )
+        if status in (401, 403):
+            return self.credentials_error(response)
+        if 400 <= status < 500:
+            return PermanentDeliveryError(f"{self.name}: {text}", code=status)
+        # 1xx/3xx: a redirect or a proxy in the way; nothing was accepted.
+        return TransientDeliveryError(f"{self.name}: unexpected {text}", code=status)
+
+    def credentials_error(self, response: httpx2.Response) -> CredentialsRefused:
+        """Our credentials or settings were refused: keep the send, tell the operator."""
+        return CredentialsRefused(
+            f"{self.name}: credentials refused: {summary(response)}", code=response.status_code
+        )

@@ -1,0 +1,115 @@
+"""Postmark: ``POST /email`` with the server token (postmarkapp.com/developer/api/email-api).
+
+The request is JSON: ``From``, ``To``, ``ReplyTo`` (``Name <address>``, a non-ASCII name
+RFC 2047-encoded as in our MIME), ``Subject``, ``HtmlBody``, ``TextBody``, ``Headers``
+(a list of ``{"Name", "Value"}``: our Message-ID, List-Unsubscribe, List-Unsubscribe-Post
+and X- headers) and ``MessageStream``; the token goes in ``X-Postmark-Server-Token``.
+
+An accepted message is answered ``200 {"ErrorCode": 0, "MessageID": "<uuid>", …}``.
+Postmark may put its own Message-ID on the message it sends, and its webhooks name the
+message only by that ``MessageID`` (``worker.webhooks.postmark``), so that is what we
+store as the provider id.
+
+Refusals are ``422 {"ErrorCode": n, "Message": …}`` (postmarkapp.com/developer/api/
+overview#error-codes). We read:
+
+======================  ===============================================================
+406 inactive recipient  Postmark suppressed the address after a hard bounce or a spam
+                        complaint: a hard bounce for us too
+300 invalid request     permanent; a hard bounce when it is the ``To`` address that is
+                        invalid (it can never be delivered)
+400, 401, 405, 412, 413 sender signature missing or unconfirmed, account out of credits,
+                        pending or not allowed to send: ``policy`` (operator alert)
+10 bad token            our credentials: transient with an ERROR log (see http.py)
+100 maintenance, 429    transient
+======================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import httpx2
+
+from worker.providers.base import (
+    DeliveryError,
+    OutgoingEmail,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from worker.providers.http import HTTPProvider, json_body, require_content
+
+DEFAULT_BASE_URL = "https://api.postmarkapp.com"
+INACTIVE_RECIPIENT = 406
+INVALID_REQUEST = 300
+BAD_TOKEN = 10
+TRANSIENT_CODES = frozenset({100, 429})
+ACCOUNT_CODES = frozenset({400, 401, 405, 412, 413})
+
+
+class PostmarkProvider(HTTPProvider):
+    name = "postmark"
+    credential_setting = "CROSSSELL_POSTMARK_SERVER_TOKEN"
+
+    def __init__(
+        self,
+        server_token: str,
+        message_stream: str = "outbound",
+        base_url: str = DEFAULT_BASE_URL,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        transport: httpx2.BaseTransport | None = None,
+    ) -> None:
+        if not server_token:
+            raise ValueError("CROSSSELL_POSTMARK_SERVER_TOKEN is not set")
+        super().__init__(base_url, timeout, connect_timeout, transport)
+        self.server_token = server_token
+        self.message_stream = message_stream
+
+    def build_request(self, email: OutgoingEmail) -> httpx2.Request:
+        content = require_content(email)
+        payload: dict[str, object] = {
+            "From": content.sender.formatted(),
+            "To": content.recipient.formatted(),
+            "Subject": content.subject,
+            "HtmlBody": content.html,
+            "TextBody": content.text,
+            "Headers": [{"Name": name, "Value": value} for name, value in content.headers],
+            "MessageStream": self.message_stream,
+        }
+        if content.reply_to is not None:
+            payload["ReplyTo"] = content.reply_to.formatted()
+        return self.client.build_request(
+            "POST",
+            f"{self.base_url}/email",
+            json=payload,
+            headers={"Accept": "application/json", "X-Postmark-Server-Token": self.server_token},
+        )
+
+    def parse_result(self, email: OutgoingEmail, response: httpx2.Response) -> str | None:
+        body = json_body(response)
+        if not isinstance(body, dict) or body.get("ErrorCode", 0) != 0:
+            return None
+        message_id = body.get("MessageID")
+        return message_id if isinstance(message_id, str) and message_id else None
+
+    def refine(self, response: httpx2.Response, error: DeliveryError) -> DeliveryError:
+        body = json_body(response)
+        code = body.get("ErrorCode") if isinstance(body, dict) else None
+        if not isinstance(code, int) or isinstance(code, bool):
+            return error
+        message = str(body.get("Message") or "") if isinstance(body, dict) else ""
+        text = f"postmark: ErrorCode {code}: {message}"[:500]
+        status = response.status_code
+        if code == BAD_TOKEN:
+            return self.credentials_error(response)
+        if code in TRANSIENT_CODES:
+            retry_after = getattr(error, "retry_after", None)
+            return TransientDeliveryError(text, code=status, retry_after=retry_after)
+        if isinstance(error, TransientDeliveryError):
+            return error  # a 5xx keeps its meaning whatever the body says
+        if code == INACTIVE_RECIPIENT:
+            return PermanentDeliveryError(text, code=status, hard_bounce=True)
+        if code == INVALID_REQUEST:
+            return PermanentDeliveryError(text, code=status, hard_bounce="'To'" in message)
+        if code in ACCOUNT_CODES:
+            return PermanentDeliveryError(text, code=status, policy=True)
+        return PermanentDeliveryError(text, code=status)
