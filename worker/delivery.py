@@ -17,6 +17,7 @@ from typing import Any
 
 from jinja2 import TemplateError
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.orm import Session
 
 from triggers.decide import consent_block, frequency_block
@@ -217,7 +218,26 @@ def _attempt(runtime: Runtime, send_id: int) -> str:
     session = session_factory(runtime.settings.resolved_database_url)()
     try:
         session.begin()
-        claimed = _claim(session, runtime, send_id)
+        try:
+            claimed = _claim(session, runtime, send_id)
+        except (DBAPIError, InterfaceError):
+            raise  # the connection: surviving_disconnects decides
+        except Exception as exc:
+            # A bug or data no recheck foresaw: the same task would fail the same way
+            # every time the sweeper re-enqueued it, so stop here, with the reason.
+            session.rollback()
+            log.exception("send %s cannot be prepared; marked failed/internal_error", send_id)
+            _set(
+                session,
+                send_id,
+                "queued",
+                status="failed",
+                reason="internal_error",
+                detail=f"{exc.__class__.__name__}: {exc}"[:1000],
+                updated_at=runtime.clock.now(),
+            )
+            session.commit()
+            return "failed"
         if isinstance(claimed, str):
             session.commit()
             return claimed
