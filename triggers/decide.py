@@ -18,7 +18,7 @@ from triggers.campaigns import Campaign
 from triggers.experiments import assign
 from triggers.loader import CompiledCampaign, RuleSet
 from triggers.outcomes import Decision
-from triggers.schedule import DailyWindow, plan_send_time, quiet_hours_window, resolve_zone
+from triggers.schedule import DailyWindow, plan_in_windows, quiet_hours_window, resolve_zone
 
 COUNTED_STATUSES = frozenset({"planned", "queued", "sending", "sent"})
 MARKETING_HISTORY = COUNTED_STATUSES | {"held_out"}
@@ -202,7 +202,8 @@ def decide(
             continue
         assignment = assign(campaign.experiment, campaign.id, subject.id)
         zone = resolve_zone(campaign.schedule.timezone, subject.timezone, policy.default_timezone)
-        timing = plan_send_time(campaign.schedule, triggered_at, earliest, zone, quiet)
+        windows = compiled.send_windows(quiet)
+        timing = plan_in_windows(campaign.schedule, windows, triggered_at, earliest, zone)
         variant = assignment.variant
         deferred = earliest > now
         if timing.expired:

@@ -36,6 +36,7 @@ from triggers.conditions import (
 from triggers.fields import FieldType, fields_for
 from triggers.outcomes import Decision
 from triggers.prefilter import Prefilter, build_prefilter
+from triggers.schedule import DailyWindow, campaign_window, send_windows
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +72,29 @@ class CompiledCampaign:
     id: str = field(init=False)
     miss_trigger: Decision = field(init=False, repr=False, compare=False)
     miss_audience: Decision = field(init=False, repr=False, compare=False)
+    window: DailyWindow | None = field(init=False, repr=False, compare=False)
+    _send_windows: dict[DailyWindow | None, tuple[DailyWindow, ...]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", self.campaign.id)
+        object.__setattr__(self, "window", campaign_window(self.campaign.schedule))
+        object.__setattr__(self, "_send_windows", {})
         object.__setattr__(
             self, "miss_trigger", Decision(self.campaign.id, "not_matched", "trigger_conditions")
         )
         object.__setattr__(
             self, "miss_audience", Decision(self.campaign.id, "not_matched", "audience")
         )
+
+    def send_windows(self, quiet: DailyWindow | None) -> tuple[DailyWindow, ...]:
+        """This campaign's window and the quiet hours, combined once per quiet setting:
+        they do not change between decisions, and combining them per send was slow."""
+        found = self._send_windows.get(quiet)
+        if found is None:
+            found = self._send_windows[quiet] = send_windows(self.window, quiet)
+        return found
 
 
 @dataclass(frozen=True)
