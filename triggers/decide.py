@@ -15,7 +15,6 @@ from functools import lru_cache
 from typing import Literal
 
 from triggers.campaigns import Campaign
-from triggers.experiments import assign
 from triggers.loader import CompiledCampaign, RuleSet
 from triggers.outcomes import Decision
 from triggers.schedule import DailyWindow, plan_in_windows, quiet_hours_window, resolve_zone
@@ -200,7 +199,7 @@ def decide(
         if reason is not None:
             decided.append(Decision(campaign.id, "skipped", reason, dedupe_key=skip_key))
             continue
-        assignment = assign(campaign.experiment, campaign.id, subject.id)
+        assignment = compiled.assign(subject.id)
         zone = resolve_zone(campaign.schedule.timezone, subject.timezone, policy.default_timezone)
         windows = compiled.send_windows(quiet)
         timing = plan_in_windows(campaign.schedule, windows, triggered_at, earliest, zone)

@@ -33,6 +33,7 @@ from triggers.conditions import (
     compile_condition,
     did_you_mean,
 )
+from triggers.experiments import Assigner
 from triggers.fields import FieldType, fields_for
 from triggers.outcomes import Decision
 from triggers.prefilter import Prefilter, build_prefilter
@@ -73,6 +74,7 @@ class CompiledCampaign:
     miss_trigger: Decision = field(init=False, repr=False, compare=False)
     miss_audience: Decision = field(init=False, repr=False, compare=False)
     window: DailyWindow | None = field(init=False, repr=False, compare=False)
+    assign: Assigner = field(init=False, repr=False, compare=False)
     _send_windows: dict[DailyWindow | None, tuple[DailyWindow, ...]] = field(
         init=False, repr=False, compare=False
     )
@@ -80,6 +82,7 @@ class CompiledCampaign:
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", self.campaign.id)
         object.__setattr__(self, "window", campaign_window(self.campaign.schedule))
+        object.__setattr__(self, "assign", Assigner(self.campaign.experiment, self.campaign.id))
         object.__setattr__(self, "_send_windows", {})
         object.__setattr__(
             self, "miss_trigger", Decision(self.campaign.id, "not_matched", "trigger_conditions")
