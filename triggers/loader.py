@@ -113,6 +113,7 @@ class RuleSet:
     _active: dict[str, tuple[CompiledCampaign, ...]] = field(init=False, repr=False, compare=False)
     _prefilters: dict[str, Prefilter] = field(init=False, repr=False, compare=False)
     _misses: dict[str, tuple[Decision, ...]] = field(init=False, repr=False, compare=False)
+    _ranks: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         active: dict[str, list[CompiledCampaign]] = {}
@@ -137,6 +138,11 @@ class RuleSet:
                 for event_type, compiled in active.items()
             },
         )
+        object.__setattr__(
+            self,
+            "_ranks",
+            {event_type: _ranks(compiled) for event_type, compiled in active.items()},
+        )
 
     def by_id(self, campaign_id: str) -> CompiledCampaign | None:
         return self._by_id.get(campaign_id)
@@ -152,6 +158,28 @@ class RuleSet:
     def misses(self, event_type: str) -> tuple[Decision, ...]:
         """ "Trigger did not match" for every active campaign, in ``active_for`` order."""
         return self._misses.get(event_type, ())
+
+    def ranks(self, event_type: str) -> tuple[int, ...]:
+        """Each active campaign's place in the priority order, in ``active_for`` order."""
+        return self._ranks.get(event_type, ())
+
+
+def _ranks(campaigns: Sequence[CompiledCampaign]) -> tuple[int, ...]:
+    """0 for the campaign that wins a tie-free contest: highest priority, then lowest id,
+    then (for equal ids) file order. Sorting matched campaigns by rank once at load
+    replaces building a sort key per matched campaign per event."""
+    order = sorted(
+        range(len(campaigns)),
+        key=lambda position: (
+            -campaigns[position].campaign.priority,
+            campaigns[position].id,
+            position,
+        ),
+    )
+    ranks = [0] * len(campaigns)
+    for rank, position in enumerate(order):
+        ranks[position] = rank
+    return tuple(ranks)
 
 
 def _yaml() -> YAML:
