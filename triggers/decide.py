@@ -164,20 +164,20 @@ def decide(
 ) -> list[Decision]:
     # Every campaign starts as "trigger did not match"; only the prefilter's candidates
     # are evaluated, and their entries replaced.
-    active = rules.active_for(event_type)
+    checks = rules.checks(event_type)
     ranks = rules.ranks(event_type)
     decisions: list[Decision] = list(rules.misses(event_type))
     matched: list[tuple[int, int]] = []  # (priority rank, position)
     for position in rules.candidates(event_type, facts):
-        compiled = active[position]
-        if compiled.where(facts):
-            if compiled.audience(facts):
-                matched.append((ranks[position], position))
-            else:
-                decisions[position] = compiled.miss_audience
+        miss = checks[position](facts)  # trigger, then audience: None when both hold
+        if miss is None:
+            matched.append((ranks[position], position))
+        else:
+            decisions[position] = miss
     if not matched:
         return decisions
     matched.sort()  # highest priority first, ties by id (the ranks say so)
+    active = rules.active_for(event_type)
     ranked = [active[position] for _, position in matched]
     consent = consent_block(subject.email_marketing, subject.has_email, subject.suppressed)
     if consent is None:
