@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -382,6 +382,7 @@ def outcome(plan: Any) -> object:
     offset_minutes=st.integers(-3 * 24 * 60, 3 * 24 * 60),
     delay_minutes=st.integers(0, 2 * 24 * 60),
     late_minutes=st.integers(0, 12 * 60),
+    written_in=st.sampled_from([UTC, timezone(timedelta(hours=2)), NEW_YORK]),
 )
 def test_precomputed_send_windows_plan_the_same_time_as_the_per_call_path(
     zone_name: str,
@@ -392,6 +393,7 @@ def test_precomputed_send_windows_plan_the_same_time_as_the_per_call_path(
     offset_minutes: int,
     delay_minutes: int,
     late_minutes: int,
+    written_in: tzinfo,
 ) -> None:
     fields: dict[str, Any] = {"delay": f"{delay_minutes}m", "expire_after": "3d"}
     if window is not None:
@@ -404,8 +406,10 @@ def test_precomputed_send_windows_plan_the_same_time_as_the_per_call_path(
     campaign = compiled("planned", schedule=fields)
     plan_schedule = campaign.campaign.schedule
     zone = ZoneInfo(zone_name)
-    triggered = anchor + timedelta(minutes=offset_minutes, seconds=17)
-    now = triggered + timedelta(minutes=late_minutes)
+    # The trigger keeps the offset it was written with, the clock is UTC: the plan must
+    # come out in the same zones as on the per-call path, not just at the same instants.
+    triggered = (anchor + timedelta(minutes=offset_minutes, seconds=17)).astimezone(written_in)
+    now = (triggered + timedelta(minutes=late_minutes)).astimezone(UTC)
 
     expected = outcome(lambda: reference_plan(plan_schedule, triggered, now, zone, quiet))
     windows = campaign.send_windows(quiet)
