@@ -704,7 +704,8 @@ def generate_cases(
         event = validate_event(_event_document(rng, number, kind, profile.id))
         if isinstance(event, PurchaseEvent):  # the worker records the order before deciding
             profile = apply_purchase(profile, *purchase_of(event))
-        now = event.occurred_at + timedelta(seconds=rng.randint(0, 120))
+        # The worker's clock is datetime.now(UTC); the event's own time keeps its offset.
+        now = (event.occurred_at + timedelta(seconds=rng.randint(0, 120))).astimezone(UTC)
         subject = Subject(
             id=profile.id,
             has_email=profile.email is not None,

@@ -12,7 +12,7 @@ Printed, each as median / p95 / p99 in microseconds per decision:
 * the floor: ``build_facts`` plus iterating ``rules.active_for(event_type)`` without
   evaluating anything, so the reader sees what the engine adds on top;
 * ``build_facts`` alone;
-* a breakdown of ``decide()`` into its first loop's parts (see ``breakdown``).
+* the ``decide()`` samples split by event type.
 
 All lines are measured in interleaved rounds over the same event sequence, so a machine
 that slows down for a while slows every line alike. Run ``python -m bench.decide``

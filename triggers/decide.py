@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, time, timedelta
 from functools import lru_cache
 from typing import Literal
 
 from triggers.campaigns import Campaign
-from triggers.experiments import assign
 from triggers.loader import CompiledCampaign, RuleSet
-from triggers.outcomes import Decision
-from triggers.schedule import DailyWindow, plan_send_time, quiet_hours_window, resolve_zone
+from triggers.outcomes import Decision, skipped
+from triggers.schedule import DailyWindow, plan_in_windows, quiet_hours_window, resolve_zone
 
 COUNTED_STATUSES = frozenset({"planned", "queued", "sending", "sent"})
 MARKETING_HISTORY = COUNTED_STATUSES | {"held_out"}
@@ -50,7 +49,8 @@ def dedupe_key(campaign: Campaign, customer_id: str, event_id: str, triggered_at
         return f"{campaign.id}|{customer_id}|once"
     cooldown = campaign.frequency.cooldown
     if cooldown:
-        window = int(triggered_at.astimezone(UTC).timestamp() // cooldown.total_seconds())
+        # An aware instant's timestamp does not depend on its zone: no conversion needed.
+        window = int(triggered_at.timestamp() // cooldown.total_seconds())
         return f"{campaign.id}|{customer_id}|w{window}"
     return f"{campaign.id}|{customer_id}|e{event_id}"
 
@@ -86,10 +86,16 @@ def frequency_block(
     ):
         return "max_sends"
     if counted is None:
-        counted = len(_counted(history, policy, now))
+        counted = _count_counted(history, policy, now)
     if counted + extra >= policy.max_emails_per_customer:
         return "frequency_cap"
     return None
+
+
+def _count_counted(history: Sequence[PastSend], policy: Policy, now: datetime) -> int:
+    """How many emails count against the global cap at ``now`` (``_counted`` without sorting)."""
+    window = policy.cap_window
+    return sum(1 for past in history if past.status in COUNTED_STATUSES and now - past.at < window)
 
 
 def _counted(history: Sequence[PastSend], policy: Policy, now: datetime) -> list[datetime]:
@@ -158,35 +164,63 @@ def decide(
 ) -> list[Decision]:
     # Every campaign starts as "trigger did not match"; only the prefilter's candidates
     # are evaluated, and their entries replaced.
-    active = rules.active_for(event_type)
+    checks = rules.checks(event_type)
+    ranks = rules.ranks(event_type)
     decisions: list[Decision] = list(rules.misses(event_type))
-    matched: list[tuple[int, CompiledCampaign]] = []
+    matched: list[tuple[int, int]] = []  # (priority rank, position)
     for position in rules.candidates(event_type, facts):
-        compiled = active[position]
-        if compiled.where(facts):
-            if compiled.audience(facts):
-                matched.append((position, compiled))
-            else:
-                decisions[position] = compiled.miss_audience
+        miss = checks[position](facts)  # trigger, then audience: None when both hold
+        if miss is None:
+            matched.append((ranks[position], position))
+        else:
+            decisions[position] = miss
     if not matched:
         return decisions
-    decided: list[Decision] = []  # the matched campaigns' outcomes, highest priority first
-    matched.sort(key=lambda pair: (-pair[1].campaign.priority, pair[1].id))
+    matched.sort()  # highest priority first, ties by id (the ranks say so)
+    active = rules.active_for(event_type)
+    ranked = [active[position] for _, position in matched]
+    consent = consent_block(subject.email_marketing, subject.has_email, subject.suppressed)
+    if consent is None:
+        decided = _choose(ranked, event_id, triggered_at, subject, history, policy, now)
+    else:
+        decided = _skip_all(ranked, consent, subject.id, event_id)
+    # The matched campaigns' slots, in list order, receive their outcomes in priority
+    # order: the list reads as "not matched …, then the matched ones, best first".
+    for position, outcome in zip(sorted(p for _, p in matched), decided, strict=True):
+        decisions[position] = outcome
+    return decisions
 
+
+def _skip_all(
+    ranked: Sequence[CompiledCampaign], reason: str, customer_id: str, event_id: str
+) -> list[Decision]:
+    """The same skip for every campaign (no consent, or ranked below the chosen ones):
+    one cheap outcome each, nothing else looked at."""
+    return [skipped(c.id, reason, f"{c.id}|{customer_id}|skip|{event_id}") for c in ranked]
+
+
+def _choose(
+    ranked: Sequence[CompiledCampaign],
+    event_id: str,
+    triggered_at: datetime,
+    subject: Subject,
+    history: Sequence[PastSend],
+    policy: Policy,
+    now: datetime,
+) -> list[Decision]:
+    """Outcomes of matched campaigns, best first, for a customer who may be emailed:
+    walk down the ranking until ``max_campaigns_per_event`` sends are planned."""
+    decided: list[Decision] = []
     quiet = _quiet_window(policy.quiet_from, policy.quiet_to)
     chosen = 0
-    consent = consent_block(subject.email_marketing, subject.has_email, subject.suppressed)
-    counted = len(_counted(history, policy, now))
-    for _, compiled in matched:
-        campaign = compiled.campaign
-        skip_key = f"{campaign.id}|{subject.id}|skip|{event_id}"
-        if consent or chosen >= policy.max_campaigns_per_event:
+    counted = _count_counted(history, policy, now)
+    for index, compiled in enumerate(ranked):
+        if chosen >= policy.max_campaigns_per_event:
             # A campaign ranked below the ones already chosen loses to them, whatever its
             # own frequency state: the decisive reason is the ranking.
-            decided.append(
-                Decision(campaign.id, "skipped", consent or "lower_priority", dedupe_key=skip_key)
-            )
-            continue
+            return decided + _skip_all(ranked[index:], "lower_priority", subject.id, event_id)
+        campaign = compiled.campaign
+        skip_key = f"{campaign.id}|{subject.id}|skip|{event_id}"
         reason: str | None = (
             "opted_out"
             if campaign.kind in subject.opted_out_kinds
@@ -198,11 +232,12 @@ def decide(
             if frees_at is not None:
                 reason, earliest = None, frees_at
         if reason is not None:
-            decided.append(Decision(campaign.id, "skipped", reason, dedupe_key=skip_key))
+            decided.append(skipped(campaign.id, reason, skip_key))
             continue
-        assignment = assign(campaign.experiment, campaign.id, subject.id)
+        assignment = compiled.assign(subject.id)
         zone = resolve_zone(campaign.schedule.timezone, subject.timezone, policy.default_timezone)
-        timing = plan_send_time(campaign.schedule, triggered_at, earliest, zone, quiet)
+        windows = compiled.send_windows(quiet)
+        timing = plan_in_windows(campaign.schedule, windows, triggered_at, earliest, zone)
         variant = assignment.variant
         deferred = earliest > now
         if timing.expired:
@@ -232,8 +267,4 @@ def decide(
                 dedupe_key(campaign, subject.id, event_id, triggered_at),
             )
         )
-    # The matched campaigns' slots, in list order, receive their outcomes in priority
-    # order: the list reads as "not matched …, then the matched ones, best first".
-    for position, outcome in zip(sorted(p for p, _ in matched), decided, strict=True):
-        decisions[position] = outcome
-    return decisions
+    return decided

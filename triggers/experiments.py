@@ -4,9 +4,9 @@ machine, process and restart, because the bucket is a hash of stable ids, never 
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
+from hashlib import sha256
 
 from triggers.campaigns import Experiment, Variant
 
@@ -15,8 +15,11 @@ BUCKETS = 10_000
 
 def bucket(campaign_id: str, customer_id: str, salt: str) -> int:
     """A number in [0, 10000) spread uniformly by SHA-256 of the ids."""
-    digest = hashlib.sha256(f"{salt}\x1f{campaign_id}\x1f{customer_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
+    return _bucket_of(f"{salt}\x1f{campaign_id}\x1f{customer_id}".encode())
+
+
+def _bucket_of(text: bytes) -> int:
+    return int.from_bytes(sha256(text).digest()[:8], "big") % BUCKETS
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +29,10 @@ class Assignment:
 
 
 def assign(experiment: Experiment, campaign_id: str, customer_id: str) -> Assignment:
-    """Holdout first (its own hash), then a weighted variant (an independent hash)."""
+    """Holdout first (its own hash), then a weighted variant (an independent hash).
+
+    The reference definition; the engine uses ``Assigner``, which gives the same answer.
+    """
     holdout_buckets = int(experiment.holdout_percent * BUCKETS / Decimal(100))
     held_out = bucket(campaign_id, customer_id, "holdout") < holdout_buckets
     total = sum(variant.weight for variant in experiment.variants)
@@ -36,3 +42,71 @@ def assign(experiment: Experiment, campaign_id: str, customer_id: str) -> Assign
             return Assignment(held_out, variant)
         point -= variant.weight
     return Assignment(held_out, experiment.variants[-1])
+
+
+def _prefix(salt: str, campaign_id: str) -> bytes:
+    """``salt␟campaign␟`` as bytes: with the customer id appended, what ``bucket`` hashes."""
+    return f"{salt}\x1f{campaign_id}\x1f".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Assigner:
+    """``assign`` for one campaign with everything that does not depend on the customer
+    worked out once: the holdout threshold, the cumulative weights, the hashes' common
+    prefix, and which hash the answer cannot depend on (no holdout, a single variant)."""
+
+    experiment: Experiment
+    campaign_id: str
+    _holdout_buckets: int = field(init=False, repr=False, compare=False)
+    _holdout: bytes | None = field(init=False, repr=False, compare=False)
+    _variant: bytes | None = field(init=False, repr=False, compare=False)
+    _ends: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _total: int = field(init=False, repr=False, compare=False)
+    _fixed: int = field(init=False, repr=False, compare=False)
+    _outcomes: tuple[tuple[Assignment, ...], tuple[Assignment, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        variants = self.experiment.variants
+        weights = [variant.weight for variant in variants]
+        ends, running = [], 0
+        for weight in weights:
+            running += weight
+            ends.append(running)
+        weighted = [index for index, weight in enumerate(weights) if weight > 0]
+        # With no weight at all assign() falls through to the last variant; with one
+        # weighted variant every point lands in it.
+        fixed = len(variants) - 1 if not weighted else weighted[0]
+        holdout = int(self.experiment.holdout_percent * BUCKETS / Decimal(100))
+        values: dict[str, object] = {
+            "_holdout_buckets": holdout,
+            "_holdout": _prefix("holdout", self.campaign_id) if 0 < holdout < BUCKETS else None,
+            "_variant": _prefix("variant", self.campaign_id) if len(weighted) > 1 else None,
+            "_ends": tuple(ends),
+            "_total": running,
+            "_fixed": fixed,
+            "_outcomes": (
+                tuple(Assignment(False, variant) for variant in variants),
+                tuple(Assignment(True, variant) for variant in variants),
+            ),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __call__(self, customer_id: str) -> Assignment:
+        """The customer's assignment, equal to ``assign(experiment, campaign_id, customer_id)``."""
+        key = customer_id.encode()
+        held_out = (
+            self._holdout_buckets >= BUCKETS  # 0 % or 100 %: no hash can change it
+            if self._holdout is None
+            else _bucket_of(self._holdout + key) < self._holdout_buckets
+        )
+        outcomes = self._outcomes[held_out]
+        if self._variant is None:
+            return outcomes[self._fixed]
+        point = _bucket_of(self._variant + key) * self._total // BUCKETS
+        for index, end in enumerate(self._ends):
+            if point < end:
+                return outcomes[index]
+        return outcomes[-1]

@@ -11,7 +11,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from decimal import Decimal
 from functools import cache
 from itertools import repeat
@@ -27,15 +27,19 @@ from ruamel.yaml.error import MarkedYAMLError
 from triggers.campaigns import Campaign
 from triggers.conditions import (
     Condition,
+    Facts,
     Predicate,
     Problem,
     check_condition,
     compile_condition,
+    compile_stages,
     did_you_mean,
 )
+from triggers.experiments import Assigner
 from triggers.fields import FieldType, fields_for
 from triggers.outcomes import Decision
-from triggers.prefilter import Prefilter, build_prefilter
+from triggers.prefilter import Prefilter, build_prefilter, split_guard
+from triggers.schedule import DailyWindow, campaign_window, send_windows
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,26 +64,72 @@ class RuleSetError(Exception):
         self.issues = tuple(issues)
 
 
+Check = Callable[[Facts], Decision | None]
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledCampaign:
-    """A campaign ready for the engine: predicates compiled, fixed outcomes made once."""
+    """A campaign ready for the engine: predicates compiled, fixed outcomes made once.
+
+    ``segments`` (given by ``compile_campaign``) lets ``check`` be generated from the
+    campaign's trees; without it ``check`` calls ``where`` and ``audience``.
+    """
 
     campaign: Campaign
     source: str
     where: Predicate
     audience: Predicate
+    segments: InitVar[Mapping[str, Condition] | None] = None
     id: str = field(init=False)
     miss_trigger: Decision = field(init=False, repr=False, compare=False)
     miss_audience: Decision = field(init=False, repr=False, compare=False)
+    check: Check = field(init=False, repr=False, compare=False)
+    window: DailyWindow | None = field(init=False, repr=False, compare=False)
+    assign: Assigner = field(init=False, repr=False, compare=False)
+    _send_windows: dict[DailyWindow | None, tuple[DailyWindow, ...]] = field(
+        init=False, repr=False, compare=False
+    )
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, segments: Mapping[str, Condition] | None) -> None:
         object.__setattr__(self, "id", self.campaign.id)
+        object.__setattr__(self, "window", campaign_window(self.campaign.schedule))
+        object.__setattr__(self, "assign", Assigner(self.campaign.experiment, self.campaign.id))
+        object.__setattr__(self, "_send_windows", {})
         object.__setattr__(
             self, "miss_trigger", Decision(self.campaign.id, "not_matched", "trigger_conditions")
         )
         object.__setattr__(
             self, "miss_audience", Decision(self.campaign.id, "not_matched", "audience")
         )
+        object.__setattr__(self, "check", self._check(segments))
+
+    def _check(self, segments: Mapping[str, Condition] | None) -> Check:
+        """For a prefilter candidate: None if the campaign matches, else its miss outcome.
+
+        Generated as one function, and without the leaf the prefilter filed the campaign
+        under: being a candidate already proves it (``split_guard``). Not for other uses.
+        """
+        if segments is None:
+            where, audience = self.where, self.audience
+            trigger_miss, audience_miss = self.miss_trigger, self.miss_audience
+
+            def check(facts: Facts) -> Decision | None:
+                if not where(facts):
+                    return trigger_miss
+                return None if audience(facts) else audience_miss
+
+            return check
+        _, rest = split_guard(self.campaign.trigger.where)
+        stages = [(rest, self.miss_trigger), (self.campaign.audience, self.miss_audience)]
+        return compile_stages(stages, segments)
+
+    def send_windows(self, quiet: DailyWindow | None) -> tuple[DailyWindow, ...]:
+        """This campaign's window and the quiet hours, combined once per quiet setting:
+        they do not change between decisions, and combining them per send was slow."""
+        found = self._send_windows.get(quiet)
+        if found is None:
+            found = self._send_windows[quiet] = send_windows(self.window, quiet)
+        return found
 
 
 @dataclass(frozen=True)
@@ -95,6 +145,8 @@ class RuleSet:
     _active: dict[str, tuple[CompiledCampaign, ...]] = field(init=False, repr=False, compare=False)
     _prefilters: dict[str, Prefilter] = field(init=False, repr=False, compare=False)
     _misses: dict[str, tuple[Decision, ...]] = field(init=False, repr=False, compare=False)
+    _ranks: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
+    _checks: dict[str, tuple[Check, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         active: dict[str, list[CompiledCampaign]] = {}
@@ -119,6 +171,19 @@ class RuleSet:
                 for event_type, compiled in active.items()
             },
         )
+        object.__setattr__(
+            self,
+            "_ranks",
+            {event_type: _ranks(compiled) for event_type, compiled in active.items()},
+        )
+        object.__setattr__(
+            self,
+            "_checks",
+            {
+                event_type: tuple(c.check for c in compiled)
+                for event_type, compiled in active.items()
+            },
+        )
 
     def by_id(self, campaign_id: str) -> CompiledCampaign | None:
         return self._by_id.get(campaign_id)
@@ -126,14 +191,41 @@ class RuleSet:
     def active_for(self, event_type: str) -> tuple[CompiledCampaign, ...]:
         return self._active.get(event_type, ())
 
-    def candidates(self, event_type: str, facts: Mapping[str, object]) -> list[int]:
-        """Positions in ``active_for(event_type)`` of campaigns whose trigger could match."""
+    def candidates(self, event_type: str, facts: Mapping[str, object]) -> Sequence[int]:
+        """Positions in ``active_for(event_type)`` of campaigns whose trigger could match,
+        ascending."""
         prefilter = self._prefilters.get(event_type)
-        return sorted(prefilter.candidates(facts)) if prefilter else []
+        return prefilter.positions(facts) if prefilter else ()
 
     def misses(self, event_type: str) -> tuple[Decision, ...]:
         """ "Trigger did not match" for every active campaign, in ``active_for`` order."""
         return self._misses.get(event_type, ())
+
+    def checks(self, event_type: str) -> tuple[Check, ...]:
+        """Each active campaign's ``check``, in ``active_for`` order."""
+        return self._checks.get(event_type, ())
+
+    def ranks(self, event_type: str) -> tuple[int, ...]:
+        """Each active campaign's place in the priority order, in ``active_for`` order."""
+        return self._ranks.get(event_type, ())
+
+
+def _ranks(campaigns: Sequence[CompiledCampaign]) -> tuple[int, ...]:
+    """0 for the campaign that wins a tie-free contest: highest priority, then lowest id,
+    then (for equal ids) file order. Sorting matched campaigns by rank once at load
+    replaces building a sort key per matched campaign per event."""
+    order = sorted(
+        range(len(campaigns)),
+        key=lambda position: (
+            -campaigns[position].campaign.priority,
+            campaigns[position].id,
+            position,
+        ),
+    )
+    ranks = [0] * len(campaigns)
+    for rank, position in enumerate(order):
+        ranks[position] = rank
+    return tuple(ranks)
 
 
 def _yaml() -> YAML:
@@ -473,6 +565,7 @@ def compile_campaign(
         source=source,
         where=compile_condition(where, segments) if where is not None else always,
         audience=compile_condition(audience, segments) if audience is not None else always,
+        segments=segments,
     )
 
 

@@ -18,6 +18,7 @@ from triggers.conditions import (
     SegmentRef,
     check_condition,
     compile_condition,
+    compile_stages,
     explain_condition,
 )
 from triggers.fields import ALL_OPERATORS, BUILTIN_FIELDS, OPERATORS, FieldType, fields_for
@@ -243,6 +244,40 @@ def test_segments_are_inlined_by_name() -> None:
     assert predicate({TEXT: "gold", TEXT_SET: laptops}) is True
     assert predicate({TEXT: "silver", NUMBER: Decimal(5), TEXT_SET: laptops}) is False
     assert predicate({TEXT: "gold", TEXT_SET: frozenset({"mice"})}) is False
+
+
+def test_stages_report_the_first_false_condition_or_none() -> None:
+    segments = {"vip": tree({"any": [GOLD, BIG]})}
+    stages = compile_stages(
+        [(tree(LAPTOP), "trigger"), (None, "never"), (tree({"segment": "vip"}), "audience")],
+        segments,
+    )
+    laptops, mice = frozenset({"laptops"}), frozenset({"mice"})
+    assert stages({TEXT_SET: mice, TEXT: "gold"}) == "trigger"
+    assert stages({TEXT_SET: laptops, TEXT: "silver", NUMBER: Decimal(5)}) == "audience"
+    assert stages({TEXT_SET: laptops, TEXT: "gold"}) is None
+    assert compile_stages([], {})({}) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        BIG,
+        {"all": [BIG, LAPTOP]},
+        {"any": [BIG, GOLD]},
+        {"not": {"all": [LAPTOP, {"not": GOLD}]}},
+        {"all": [{"any": [BIG, GOLD]}, {"not": {"all": [LAPTOP, {"not": GOLD}]}}]},
+    ],
+)
+def test_a_stage_agrees_with_the_compiled_predicate(raw: dict[str, Any]) -> None:
+    condition = tree(raw)
+    predicate = compile_condition(condition, {})
+    stage = compile_stages([(condition, "miss")], {})
+    for total in (None, Decimal(10), Decimal(5000)):
+        for categories in (None, frozenset({"laptops"}), frozenset({"mice"})):
+            for tier in (None, "gold", "silver"):
+                facts = {NUMBER: total, TEXT_SET: categories, TEXT: tier}
+                assert (stage(facts) is None) is predicate(facts)
 
 
 # --- explain ---------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -10,11 +10,14 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from tests.triggers.builders import compiled
 from triggers.campaigns import WEEKDAYS, Schedule
 from triggers.schedule import (
     DailyWindow,
+    SendTime,
     campaign_window,
     next_allowed,
+    plan_in_windows,
     plan_send_time,
     quiet_hours_window,
     resolve_zone,
@@ -339,3 +342,79 @@ def test_without_a_campaign_window_only_quiet_hours_apply(
     else:
         assert plan.send_at.astimezone(zone).time() == QUIET_TO
         assert plan.send_at - triggered <= timedelta(hours=12)
+
+
+# --- property: windows combined once per campaign plan exactly like the per-call path -------
+
+
+def reference_plan(
+    plan_schedule: Schedule,
+    triggered: datetime,
+    now: datetime,
+    zone: ZoneInfo,
+    quiet: DailyWindow | None,
+) -> SendTime:
+    """The planning as it was before windows were precomputed: every window, every call."""
+    ready = max(triggered + plan_schedule.delay, now)
+    windows = [w for w in (campaign_window(plan_schedule), quiet) if w is not None]
+    send_at = next_allowed(ready, windows, zone) if windows else ready
+    return SendTime(send_at, triggered + plan_schedule.delay + plan_schedule.expire_after)
+
+
+def outcome(plan: Any) -> object:
+    """A plan as comparable text (the zone an instant is expressed in included), or the error."""
+    try:
+        result = plan()
+    except ValueError as error:
+        return f"error: {error}"
+    return (result.send_at.isoformat(), result.expires_at.isoformat())
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    zone_name=st.sampled_from(ZONES),
+    window=st.none() | st.tuples(half_hours, half_hours),
+    days=st.sets(st.sampled_from(WEEKDAYS), min_size=1),
+    quiet=st.sampled_from(
+        [None, QUIET, quiet_hours_window(time(20), time(9)), quiet_hours_window(time(2), time(5))]
+    ),
+    anchor=st.sampled_from(TRANSITIONS),
+    offset_minutes=st.integers(-3 * 24 * 60, 3 * 24 * 60),
+    delay_minutes=st.integers(0, 2 * 24 * 60),
+    late_minutes=st.integers(0, 12 * 60),
+    written_in=st.sampled_from([UTC, timezone(timedelta(hours=2)), NEW_YORK]),
+)
+def test_precomputed_send_windows_plan_the_same_time_as_the_per_call_path(
+    zone_name: str,
+    window: tuple[time, time] | None,
+    days: set[str],
+    quiet: DailyWindow | None,
+    anchor: datetime,
+    offset_minutes: int,
+    delay_minutes: int,
+    late_minutes: int,
+    written_in: tzinfo,
+) -> None:
+    fields: dict[str, Any] = {"delay": f"{delay_minutes}m", "expire_after": "3d"}
+    if window is not None:
+        assume(window[0] != window[1])
+        fields["window"] = {
+            "days": sorted(days, key=WEEKDAYS.index),
+            "from": window[0].strftime("%H:%M"),
+            "to": window[1].strftime("%H:%M"),
+        }
+    campaign = compiled("planned", schedule=fields)
+    plan_schedule = campaign.campaign.schedule
+    zone = ZoneInfo(zone_name)
+    # The trigger keeps the offset it was written with, the clock is UTC: the plan must
+    # come out in the same zones as on the per-call path, not just at the same instants.
+    triggered = (anchor + timedelta(minutes=offset_minutes, seconds=17)).astimezone(written_in)
+    now = (triggered + timedelta(minutes=late_minutes)).astimezone(UTC)
+
+    expected = outcome(lambda: reference_plan(plan_schedule, triggered, now, zone, quiet))
+    windows = campaign.send_windows(quiet)
+    assert campaign.send_windows(quiet) is windows  # computed once per quiet setting
+    assert outcome(lambda: plan_in_windows(plan_schedule, windows, triggered, now, zone)) == (
+        expected
+    )
+    assert outcome(lambda: plan_send_time(plan_schedule, triggered, now, zone, quiet)) == expected
