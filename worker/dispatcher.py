@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from triggers.durations import parse_duration
 from worker.db import transaction
@@ -42,8 +42,17 @@ def _claim_due(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
             .where(Send.status == "planned", Send.expires_at < now)
             .values(status="skipped", reason="expired", updated_at=now)
         )
+        # Back-pressure: no more than dispatch_max_queued tasks wait in the broker, so a
+        # large campaign waits in the outbox (where the sweeper does not see it) rather
+        # than in a queue longer than requeue_after.
+        waiting = session.scalar(
+            select(func.count()).select_from(Send).where(Send.status == "queued")
+        )
+        room = min(settings.dispatch_batch, settings.dispatch_max_queued - int(waiting or 0))
+        if room <= 0:
+            return [], int(getattr(expired, "rowcount", 0) or 0)
         due = select(Send.id).where(Send.status == "planned", Send.send_at <= now)
-        due = due.order_by(Send.send_at).limit(settings.dispatch_batch)
+        due = due.order_by(Send.send_at).limit(room)
         if session.bind is not None and session.bind.dialect.name == "postgresql":
             due = due.with_for_update(skip_locked=True)
         ids = list(session.scalars(due))

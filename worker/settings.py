@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", description="address the metrics server binds")
     dispatch_interval: float = Field(1.0, gt=0, description="seconds between dispatcher polls")
     dispatch_batch: int = Field(500, ge=1)
+    dispatch_max_queued: int = Field(
+        2000, ge=1, description="most sends waiting in the broker at once (back-pressure)"
+    )
     requeue_after: str = Field("10m", description="re-enqueue a queued send not started by then")
     sending_timeout: str = Field(
         "10m", description="a send still `sending` after this is reported ambiguous"

@@ -68,6 +68,7 @@ def fleet_env(
         "UNSUBSCRIBE_KEYS": "t1:fleet-secret",
         "DISPATCH_INTERVAL": "0.2",
         "DISPATCH_BATCH": "200",
+        "DISPATCH_MAX_QUEUED": "300",
         "REQUEUE_AFTER": "20s",
         "SENDING_TIMEOUT": "8s",
         "RETRY_BASE_SECONDS": "0.5",

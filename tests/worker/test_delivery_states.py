@@ -93,3 +93,18 @@ def test_a_slot_too_far_away_gives_the_send_back_to_the_outbox(
     wait = (send.send_at - runtime.clock.now()).total_seconds()
     assert wait == pytest.approx(2.0, abs=0.5)
     assert send.attempts == 0
+
+
+def test_the_dispatcher_keeps_no_more_than_max_queued_in_the_broker(
+    tmp_path: Path, database_url: str
+) -> None:
+    runtime = _runtime(tmp_path, database_url, dispatch_max_queued=2)
+    sends = [_planned_send(runtime, f"C-pressure-{n}") for n in range(3)]
+    runtime.clock = ShiftedClock(TUESDAY_MORNING + timedelta(hours=3))
+    first = _dispatch(runtime)
+    assert len(first) == 2 and set(first) < set(sends)
+    assert _dispatch(runtime) == [], "the broker already holds two"
+    assert deliver_send(runtime, first[0]) == "sent"
+    assert _dispatch(runtime) == sorted(set(sends) - set(first))
+    rest = sorted(set(sends) - set(first))
+    assert _status(database_url, rest[0]) == ("queued", None)

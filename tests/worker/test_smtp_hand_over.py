@@ -101,3 +101,16 @@ def test_no_reply_after_the_final_dot_is_ambiguous_not_transient(silent_after_da
             provider.send(_email(1))
     finally:
         provider.close()
+
+
+def test_the_connection_sends_small_segments_at_once(smtp_sink: SmtpSink) -> None:
+    """The final dot travels alone after the hand-over; with Nagle's algorithm on it would
+    wait for the server's delayed ACK, capping a connection near 25 messages a second."""
+    provider = SMTPProvider("127.0.0.1", smtp_sink.port)
+    try:
+        provider.send(_email(1))
+        connection = provider._connection
+        assert connection is not None and connection.sock is not None
+        assert connection.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        provider.close()
