@@ -32,7 +32,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Not cancelled: a task past its hand-over must record the provider's answer,
+        # and the message redelivered meanwhile finds the send claimed and does nothing.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Notice a dead or wedged broker connection within about 20 s, not minutes.
+        "broker_heartbeat": 10,
+        # After a reconnect Celery would restore the prefetch count from the task
+        # threads, on a connection that is not thread-safe: with the thread pool that
+        # corrupted frames and wedged workers in the RabbitMQ restart test.
+        "worker_enable_prefetch_count_reduction": False,
         "task_publish_retry": True,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
