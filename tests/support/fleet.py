@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 OPEN_STATUSES = ("planned", "queued", "sending")
 
+# One instant cross-sell campaign, shared with the end-to-end production-stack test.
 CAMPAIGN = """\
 id: instant-accessories
 name: Accessories right after a laptop purchase

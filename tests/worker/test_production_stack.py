@@ -20,6 +20,7 @@ import pika
 import pytest
 
 from tests.support.factories import as_json, customer_block, purchase
+from tests.support.fleet import CAMPAIGN
 from tests.support.services import fresh_postgres_database, require_rabbitmq, require_redis
 from tests.support.smtp_sink import SmtpSink
 from tests.worker.test_consumer_rabbitmq import wait_for
@@ -27,22 +28,6 @@ from worker.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-CAMPAIGN = """\
-id: instant-accessories
-name: Accessories right after a laptop purchase
-kind: cross_sell
-priority: 50
-trigger:
-  event: purchase
-  where: {field: event.categories, op: contains, value: laptops}
-offer: {type: complementary, max_items: 2}
-schedule: {delay: 0m}
-frequency: {cooldown: 1d}
-experiment:
-  variants:
-    - {id: A, template: accessories}
-"""
 
 
 def _pika(url: str) -> pika.BlockingConnection:
