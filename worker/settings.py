@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_timeout: float = 30.0
+    smtp_pool_size: int = Field(
+        4, ge=1, description="SMTP connections per worker process (one per sending thread)"
+    )
     smtp_ca_file: Path | None = Field(None, description="extra CA bundle to trust for TLS")
     dkim_domain: str | None = Field(None, description="sign SMTP mail with DKIM for this d=")
     dkim_selector: str | None = None

@@ -109,7 +109,7 @@ def test_the_connection_sends_small_segments_at_once(smtp_sink: SmtpSink) -> Non
     provider = SMTPProvider("127.0.0.1", smtp_sink.port)
     try:
         provider.send(_email(1))
-        connection = provider._connection
+        connection = provider._idle[0]._connection
         assert connection is not None and connection.sock is not None
         assert connection.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:

@@ -142,3 +142,39 @@ def test_romanian_and_italian_headers_survive_the_trip_through_an_smtp_server(
         assert message["To"].addresses[0].display_name == recipient
         body = message.get_body(("plain",))
         assert body is not None and body.get_content().strip() == subject
+
+
+def test_concurrent_senders_get_a_connection_each_up_to_the_pool_size() -> None:
+    """A slow server must not serialise the worker's threads on one connection."""
+    import asyncio
+    import threading
+
+    from tests.support.smtp_sink import SinkHandler
+
+    class SlowHandler(SinkHandler):
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            await asyncio.sleep(0.3)
+            return await super().handle_DATA(server, session, envelope)
+
+    with SmtpSink() as sink:
+        sink.controller.stop()
+        sink.handler = SlowHandler()
+        sink.controller = sink._controller()
+        sink.controller.start()
+        provider = SMTPProvider("127.0.0.1", sink.port, pool_size=3)
+        start = threading.Barrier(6)
+
+        def send(n: int) -> None:
+            start.wait()
+            provider.send(_email(n))
+
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(6)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+        finally:
+            provider.close()
+        assert len(sink.handler.messages) == 6
+        assert provider.connections_opened == 3, "one per thread at once, never more than 3"

@@ -46,6 +46,7 @@ def make_provider(settings: Settings) -> Provider:
             settings.smtp_timeout,
             context,
             signer,
+            settings.smtp_pool_size,
         )
     if settings.email_provider in ("postmark", "sendgrid", "mailgun", "ses"):
         return _http_provider(settings)

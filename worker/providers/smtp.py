@@ -71,6 +71,9 @@ def classify(code: int, message: bytes | str) -> TransientDeliveryError | Perman
 
 
 class SMTPProvider(Provider):
+    """A pool of persistent SMTP connections: each sending thread takes one of its own,
+    up to ``pool_size``, so a slow server round trip does not serialise the workers."""
+
     name = "smtp"
 
     def __init__(
@@ -83,17 +86,40 @@ class SMTPProvider(Provider):
         timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         signer: DkimSigner | None = None,
+        pool_size: int = 4,
     ) -> None:
         self.host, self.port, self.security = host, port, security
         self.username, self.password, self.timeout = username, password, timeout
         self.ssl_context = ssl_context or ssl.create_default_context()
         self.signer = signer
-        self._connection: smtplib.SMTP | None = None
-        self._last_used = 0.0
-        self._lock = threading.Lock()
+        self.pool_size = max(pool_size, 1)
+        self._available = threading.Condition()
+        self._idle: list[_PooledConnection] = []
+        self._created = 0
         self.connections_opened = 0
 
-    def _connect(self) -> smtplib.SMTP:
+    def send(self, email: OutgoingEmail, hand_over: HandOver = no_hand_over) -> DeliveryResult:
+        pooled = self._checkout()
+        try:
+            return pooled.send(email, hand_over)
+        finally:
+            self._checkin(pooled)
+
+    def _checkout(self) -> _PooledConnection:
+        with self._available:
+            while not self._idle and self._created >= self.pool_size:
+                self._available.wait()
+            if self._idle:
+                return self._idle.pop()  # the most recently used: likely still open
+            self._created += 1
+        return _PooledConnection(self)
+
+    def _checkin(self, pooled: _PooledConnection) -> None:
+        with self._available:
+            self._idle.append(pooled)
+            self._available.notify()
+
+    def open_connection(self) -> smtplib.SMTP:
         connection: smtplib.SMTP
         if self.security == "ssl":
             connection = smtplib.SMTP_SSL(
@@ -115,8 +141,28 @@ class SMTPProvider(Provider):
         except BaseException:
             connection.close()
             raise
-        self.connections_opened += 1
+        with self._available:
+            self.connections_opened += 1
         return connection
+
+    def signed(self, email: OutgoingEmail) -> bytes:
+        return self.signer.sign(email.data) if self.signer else email.data
+
+    def close(self) -> None:
+        """Close the idle connections (a connection in use is closed when it returns)."""
+        with self._available:
+            idle = list(self._idle)
+        for pooled in idle:
+            pooled.close()
+
+
+class _PooledConnection:
+    """One SMTP connection, used by one thread at a time; reopened when it was lost."""
+
+    def __init__(self, provider: SMTPProvider) -> None:
+        self.provider = provider
+        self._connection: smtplib.SMTP | None = None
+        self._last_used = 0.0
 
     def _live_connection(self) -> smtplib.SMTP:
         connection = self._connection
@@ -128,7 +174,7 @@ class SMTPProvider(Provider):
                 self._drop()
                 connection = None
         if connection is None:
-            connection = self._connection = self._connect()
+            connection = self._connection = self.provider.open_connection()
         return connection
 
     def _abandon(self) -> None:
@@ -145,17 +191,16 @@ class SMTPProvider(Provider):
             except (smtplib.SMTPException, OSError):
                 connection.close()
 
-    def send(self, email: OutgoingEmail, hand_over: HandOver = no_hand_over) -> DeliveryResult:
-        with self._lock:
-            for attempt in (1, 2):
-                try:
-                    return self._send_once(email, hand_over)
-                except smtplib.SMTPServerDisconnected as exc:
-                    # A pooled connection the server closed meanwhile: reconnect once.
-                    self._drop()
-                    if attempt == 2:
-                        raise TransientDeliveryError(f"server disconnected: {exc}") from exc
-            raise AssertionError("unreachable")
+    def send(self, email: OutgoingEmail, hand_over: HandOver) -> DeliveryResult:
+        for attempt in (1, 2):
+            try:
+                return self._send_once(email, hand_over)
+            except smtplib.SMTPServerDisconnected as exc:
+                # A pooled connection the server closed meanwhile: reconnect once.
+                self._drop()
+                if attempt == 2:
+                    raise TransientDeliveryError(f"server disconnected: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def _send_once(self, email: OutgoingEmail, hand_over: HandOver) -> DeliveryResult:
         """MAIL, RCPT and DATA step by step, so a failure is known to fall before or
@@ -164,7 +209,7 @@ class SMTPProvider(Provider):
         # The whole message but the final dot goes first: a server keeps nothing without
         # the dot, so a failure up to here is safe to retry, and the hand-over below is
         # followed by three bytes instead of the whole message.
-        self._guarded(lambda: connection.send(_dot_stuffed(self._signed(email))))
+        self._guarded(lambda: connection.send(_dot_stuffed(self.provider.signed(email))))
         try:
             hand_over()
         except BaseException:
@@ -183,10 +228,7 @@ class SMTPProvider(Provider):
             self._after_refusal(code)
             raise classify(code, reply)
         self._last_used = time.monotonic()
-        return DeliveryResult(self.name, email.message_id)
-
-    def _signed(self, email: OutgoingEmail) -> bytes:
-        return self.signer.sign(email.data) if self.signer else email.data
+        return DeliveryResult(self.provider.name, email.message_id)
 
     def _open_transaction(self, email: OutgoingEmail) -> smtplib.SMTP:
         """MAIL FROM, RCPT TO and DATA up to the server's 354 go-ahead."""
@@ -242,5 +284,4 @@ class SMTPProvider(Provider):
             self._drop()
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        self._drop()
