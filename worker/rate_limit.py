@@ -57,6 +57,9 @@ class RateLimiter(ABC):
     def reserve(self) -> Reservation:
         """Take the next slot if it comes within ``max_wait``; never blocks."""
 
+    def close(self) -> None:  # noqa: B027 - only the Redis store holds a connection
+        """Release the store's connections."""
+
     def acquire(self) -> Reservation:
         """Reserve and, when granted, sleep until the slot; returns what was decided."""
         reservation = self.reserve()

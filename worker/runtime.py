@@ -63,10 +63,13 @@ class Runtime:
         return make_rate_limiter(self.settings, self.settings.email_provider)
 
     def close(self) -> None:
-        """Release the provider's connections, if it was ever used."""
+        """Release the provider's and the rate limiter's connections, if ever used."""
         provider = self.__dict__.get("provider")
         if provider is not None:
             provider.close()
+        limiter = self.__dict__.get("rate_limiter")
+        if limiter is not None:
+            limiter.close()
 
 
 _lock = threading.Lock()

@@ -23,7 +23,7 @@ def limiters(request: pytest.FixtureRequest) -> Iterator[tuple[RateLimiter, Rate
         warm_up(pair[0], pair[1])
         yield pair[0], pair[1]
         for limiter in pair:
-            limiter.close()  # type: ignore[attr-defined]
+            limiter.close()
         return
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     database = str(request.getfixturevalue(fixture))
