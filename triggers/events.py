@@ -37,7 +37,15 @@ class _Strict(BaseModel):
 
 
 class Consent(_Strict):
+    """The CRM's view of marketing consent.
+
+    ``updated_at`` is when the customer gave that answer (ISO 8601 with an offset). An
+    opt-in re-subscribes a customer who opted out through crosssell only when it is newer
+    than that opt-out; without ``updated_at`` it never does (see docs/events.md).
+    """
+
     email_marketing: StrictBool | None = None
+    updated_at: AwareDatetime | None = None
 
 
 class CustomerData(_Strict):
