@@ -168,15 +168,10 @@ def withdraw_consent(
 ) -> bool:
     """Opt the customer out of all marketing email through a crosssell channel.
 
-    Records the decision and clears ``email_marketing``; False (and nothing recorded) if
-    an opt-out already stands and consent is already off, so repeating a request — an
-    RFC 8058 one-click POST sent twice, a webhook replay — changes nothing.
+    Records the decision and clears ``email_marketing``. Every request is recorded, a
+    repeated one too (the latest opt-out is the one a CRM opt-in must be newer than),
+    but repeating it changes nothing the customer sees. True if consent was on before.
     """
-    if (
-        customer.email_marketing is False
-        and standing_opt_out(session, customer.id, EMAIL_MARKETING) is not None
-    ):
-        return False
     record_decision(
         session,
         customer,
@@ -187,9 +182,10 @@ def withdraw_consent(
         now=now,
         detail=detail,
     )
+    withdrawn = customer.email_marketing is not False
     customer.email_marketing = False
     customer.updated_at = now
-    return True
+    return withdrawn
 
 
 def set_kind_preferences(
