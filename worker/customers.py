@@ -74,16 +74,18 @@ def _governed(
     now: datetime,
 ) -> CustomerProfile:
     """The profile with the CRM's consent change applied or refused, and recorded."""
+    # A decision cannot postdate its report: a CRM clock ahead of ours is read as now.
+    decided_at = min(consent.updated_at, now) if consent.updated_at else None
     standing = standing_opt_out(session, customer.id, EMAIL_MARKETING)
     if profile.email_marketing and standing is not None:
-        if consent.updated_at is None or consent.updated_at <= standing:
+        if decided_at is None or decided_at <= standing:
             log.info(
                 "customer %s: CRM opt-in ignored, it is not newer than the opt-out of %s",
                 customer.id,
                 standing.isoformat(),
             )
             return replace(profile, email_marketing=False)
-        _lift_unsubscribe_suppression(session, profile.email, consent.updated_at)
+        _lift_unsubscribe_suppression(session, profile.email, decided_at)
     if profile.email_marketing is not None:
         record_decision(
             session,
@@ -91,7 +93,7 @@ def _governed(
             EMAIL_MARKETING,
             granted=profile.email_marketing,
             source=CRM,
-            decided_at=consent.updated_at or now,
+            decided_at=decided_at or now,
             now=now,
             email=profile.email,
         )
