@@ -9,6 +9,7 @@ crosssell opt-out stands until an opt-in strictly newer than it.
 from __future__ import annotations
 
 import itertools
+import json
 import smtplib
 import socket
 from collections.abc import Callable, Iterator
@@ -431,3 +432,85 @@ def test_effective_consent_follows_the_documented_rule(
         customer = session.get(Customer, customer_id)
         assert customer is not None
         assert customer.email_marketing is reference(history, clock)
+
+
+# --- the migration -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of its own (this test moves the schema down and up)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'migrations.db'}"
+        return
+    from tests.support.services import fresh_postgres_database
+
+    with fresh_postgres_database() as url:
+        yield url
+
+
+def test_migration_0006_backfills_standing_opt_outs_only_and_runs_down_and_up(
+    empty_database: str,
+) -> None:
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    from worker.db import dispose_engines, engine_for
+    from worker.migrate import alembic_config
+
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0005")
+    unsubscribed_at = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+    kinds_at = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
+    customers = [
+        # id, email, email_marketing, opted_out_kinds, updated_at
+        ("C-unsub", "Unsub@Example.ro", False, "[]", unsubscribed_at),
+        ("C-resub", "resub@example.ro", True, "[]", unsubscribed_at),  # CRM turned it back on
+        ("C-bounce", "bounce@example.ro", False, "[]", unsubscribed_at),
+        ("C-kinds", "kinds@example.ro", True, '["loyalty", "upsell"]', kinds_at),
+        ("C-plain", "plain@example.ro", True, "[]", kinds_at),
+    ]
+    suppressions = [
+        ("unsub@example.ro", "unsubscribe", "one-click"),
+        ("resub@example.ro", "unsubscribe", "preferences"),
+        ("bounce@example.ro", "hard_bounce", "webhook:ses"),
+    ]
+    with engine_for(empty_database).begin() as connection:
+        for customer_id, email, consent, kinds, at in customers:
+            connection.execute(
+                text(
+                    "INSERT INTO customers (id, email, email_marketing, opted_out_kinds, "
+                    "attributes, orders_count, lifetime_spend, categories_bought, skus_owned, "
+                    "created_at, updated_at) VALUES (:id, :email, :consent, :kinds, '{}', 0, "
+                    "0, '[]', '[]', :at, :at)"
+                ),
+                {"id": customer_id, "email": email, "consent": consent, "kinds": kinds, "at": at},
+            )
+        for email, reason, source in suppressions:
+            connection.execute(
+                text(
+                    "INSERT INTO suppressions (email, reason, source, created_at) "
+                    "VALUES (:email, :reason, :source, :at)"
+                ),
+                {"email": email, "reason": reason, "source": source, "at": unsubscribed_at},
+            )
+    for _ in range(2):  # up, down, and up again
+        command.upgrade(config, "head")
+        command.check(config)
+        with transaction(empty_database) as session:
+            rows = session.scalars(select(ConsentRecord).order_by(ConsentRecord.scope)).all()
+            found = {(r.customer_id, r.scope, r.granted, r.source, r.decided_at) for r in rows}
+            consent = {
+                c.id: (c.email_marketing, c.opted_out_kinds)
+                for c in session.scalars(select(Customer))
+            }
+        assert found == {
+            ("C-unsub", EMAIL_MARKETING, False, "one-click", unsubscribed_at),
+            ("C-kinds", "loyalty", False, "preference-page", kinds_at),
+            ("C-kinds", "upsell", False, "preference-page", kinds_at),
+        }
+        # Effective values are untouched.
+        assert consent == {c[0]: (c[2], json.loads(c[3])) for c in customers}
+        command.downgrade(config, "0005")
+        assert "consent_records" not in inspect(engine_for(empty_database)).get_table_names()
+    dispose_engines()
