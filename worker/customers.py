@@ -13,6 +13,9 @@ CRM upsert may change the effective values:
   it carries ``consent.updated_at`` strictly later than the opt-out; otherwise the
   effective value stays ``false``;
 * a CRM opt-out always applies (withdrawing consent needs no proof).
+
+Per-kind preferences (``consent.kinds`` from the CRM, the preference page here) follow
+the same rule, each kind on its own.
 """
 
 from __future__ import annotations
@@ -63,7 +66,57 @@ def upsert_customer(session: Session, data: CustomerData, now: datetime) -> Cust
     if not created and data.consent is not None and profile.email_marketing != before:
         profile = _governed(session, customer, data.consent, profile, now)
     _store(customer, profile)
+    if data.consent is not None and data.consent.kinds:
+        _apply_kinds(session, customer, data.consent, now, record=not created)
     return customer
+
+
+def _decided_at(consent: Consent, now: datetime) -> datetime | None:
+    """When the CRM says the customer decided; a time later than ``now`` (a CRM clock
+    ahead of ours) counts as now, since a decision cannot postdate its report."""
+    return min(consent.updated_at, now) if consent.updated_at else None
+
+
+def _apply_kinds(
+    session: Session, customer: Customer, consent: Consent, now: datetime, *, record: bool
+) -> None:
+    """The CRM's per-kind answers, under the same rule as ``email_marketing``: opting out
+    of a kind always applies; opting in again must be newer than a standing crosssell
+    opt-out of that kind."""
+    assert consent.kinds is not None
+    decided_at = _decided_at(consent, now)
+    opted_out = set(customer.opted_out_kinds or ())
+    changed = False
+    for kind, wanted in sorted(consent.kinds.items()):
+        if wanted == (kind not in opted_out):
+            continue
+        if wanted and record:
+            standing = standing_opt_out(session, customer.id, kind)
+            if standing is not None and (decided_at is None or decided_at <= standing):
+                log.info(
+                    "customer %s: CRM opt-in to %s ignored, it is not newer than the opt-out of %s",
+                    customer.id,
+                    kind,
+                    standing.isoformat(),
+                )
+                continue
+        if wanted:
+            opted_out.discard(kind)
+        else:
+            opted_out.add(kind)
+        changed = True
+        if record:
+            record_decision(
+                session,
+                customer,
+                kind,
+                granted=wanted,
+                source=CRM,
+                decided_at=decided_at or now,
+                now=now,
+            )
+    if changed:
+        customer.opted_out_kinds = sorted(opted_out)
 
 
 def _governed(
@@ -74,8 +127,7 @@ def _governed(
     now: datetime,
 ) -> CustomerProfile:
     """The profile with the CRM's consent change applied or refused, and recorded."""
-    # A decision cannot postdate its report: a CRM clock ahead of ours is read as now.
-    decided_at = min(consent.updated_at, now) if consent.updated_at else None
+    decided_at = _decided_at(consent, now)
     standing = standing_opt_out(session, customer.id, EMAIL_MARKETING)
     if profile.email_marketing and standing is not None:
         if decided_at is None or decided_at <= standing:

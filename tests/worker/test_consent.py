@@ -310,6 +310,48 @@ def test_a_per_kind_opt_out_outlives_an_address_change(shop: Shop) -> None:
     assert (back.status, back.reason) == ("planned", None)
 
 
+@pytest.mark.parametrize(
+    ("offset", "updated_at_given", "cross_sell_back"),
+    [
+        (None, False, False),  # no updated_at: never overrides
+        (timedelta(hours=-1), True, False),  # older than the opt-out
+        (timedelta(seconds=1), True, True),  # newer: the customer said yes again
+    ],
+)
+def test_a_crm_per_kind_opt_in_follows_the_same_rule(
+    shop: Shop, offset: timedelta | None, updated_at_given: bool, cross_sell_back: bool
+) -> None:
+    before = datetime.now(UTC)
+    shop.client.post(f"/preferences/{shop.token}", data={"kinds": ["upsell", "loyalty"]})
+    after = datetime.now(UTC)
+    consent: dict[str, object] = {"kinds": {"cross_sell": True, "reengagement": True}}
+    if updated_at_given:
+        assert offset is not None
+        moment = (after if offset > timedelta(0) else before) + offset
+        consent["updated_at"] = moment.isoformat()
+    send = shop.ingest(T0 + timedelta(days=30), email=NEW_ADDRESS, consent=consent)
+    if cross_sell_back:
+        assert (send.status, send.reason) == ("planned", None)
+        assert shop.customer().opted_out_kinds == []
+    else:
+        assert (send.status, send.reason) == ("skipped", "opted_out")
+        assert shop.customer().opted_out_kinds == ["cross_sell", "reengagement"]
+    # Opting out of a kind at the CRM always applies, with or without a time.
+    shop.ingest(T0 + timedelta(days=45), consent={"kinds": {"loyalty": False}})
+    assert "loyalty" in shop.customer().opted_out_kinds
+
+
+def test_the_crm_kinds_are_the_campaign_kinds_and_the_pages_kinds() -> None:
+    from typing import get_args
+
+    from triggers.campaigns import Campaign
+    from triggers.events import CampaignKind
+    from worker.web import KINDS
+
+    campaign_kinds = set(get_args(Campaign.model_fields["kind"].annotation))
+    assert set(get_args(CampaignKind)) == campaign_kinds == set(KINDS)
+
+
 def test_a_repeated_opt_out_changes_nothing_but_is_the_one_that_counts(shop: Shop) -> None:
     one_click(shop)
     first = datetime.now(UTC)
