@@ -234,6 +234,20 @@ def complaint_webhook(shop: Shop) -> None:
     assert response.status_code == 200 and response.json()["applied"] == 1
 
 
+def provider_unsubscribe_webhook(shop: Shop) -> None:
+    # The provider handled an unsubscribe itself (its own link or List-Unsubscribe).
+    record = {
+        "RecordType": "SubscriptionChange",
+        "MessageStream": "outbound",
+        "Recipient": shop.address,
+        "SuppressSending": True,
+        "SuppressionReason": "ManualSuppression",
+        "ChangedAt": datetime.now(UTC).isoformat(),
+    }
+    response = shop.client.post("/webhooks/postmark", json=record, auth=("hooks", "pw"))
+    assert response.status_code == 200 and response.json()["applied"] == 1
+
+
 def suppressions_add(shop: Shop) -> None:
     result = CliRunner().invoke(main, ["suppressions", "add", shop.address.title()])
     assert result.exit_code == 0, result.output
@@ -245,8 +259,24 @@ CHANNELS: dict[str, tuple[Callable[[Shop], None], str]] = {
     "preference-page": (preference_page, "preference-page"),
     "mailto": (mailto, "mailto"),
     "complaint-webhook": (complaint_webhook, "webhook:postmark"),
+    "provider-unsubscribe-webhook": (provider_unsubscribe_webhook, "webhook:postmark"),
     "suppressions-add": (suppressions_add, "cli"),
 }
+
+
+@pytest.mark.parametrize(
+    ("reason", "withdraws"),
+    [("manual", True), ("unsubscribe", True), ("complaint", True), ("hard_bounce", False)],
+)
+def test_suppressions_add_withdraws_consent_unless_the_address_bounced(
+    shop: Shop, reason: str, withdraws: bool
+) -> None:
+    result = CliRunner().invoke(main, ["suppressions", "add", shop.address, "--reason", reason])
+    assert result.exit_code == 0, result.output
+    assert [(r.source, r.granted) for r in shop.records()] == (
+        [("cli", False)] if withdraws else []
+    )
+    assert shop.customer().email_marketing is (not withdraws)
 
 
 @pytest.mark.parametrize("channel", sorted(CHANNELS))
