@@ -24,6 +24,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -64,6 +66,18 @@ def _invalid() -> HTMLResponse:
         "<p>The link is damaged or no longer valid. Nothing was changed.</p>",
         400,
     )
+
+
+async def _from_confirmation_page(request: Request) -> bool:
+    """Whether an unsubscribe POST came from our confirmation page's form (which says so
+    in a hidden field) rather than from a mailbox provider's RFC 8058 one-click request
+    (``List-Unsubscribe=One-Click``, urlencoded or multipart). A body that cannot be
+    parsed is not ours: it still unsubscribes, as one-click."""
+    try:
+        form = await request.form()
+    except (HTTPException, MultiPartException):
+        return False
+    return bool(form.get(CONFIRMATION_FIELD))
 
 
 def unsubscribe_customer(runtime: Runtime, customer_id: str, source: str) -> bool:
@@ -150,10 +164,7 @@ def create_app(runtime: Runtime) -> Starlette:
         customer_id = customer_of(request)
         if customer_id is None:
             return _invalid()
-        # The confirmation page's form says so; a mailbox provider's RFC 8058 request
-        # carries only "List-Unsubscribe=One-Click".
-        form = await request.form()
-        source = "confirmation-page" if form.get(CONFIRMATION_FIELD) else "one-click"
+        source = "confirmation-page" if await _from_confirmation_page(request) else "one-click"
         if not await run_in_threadpool(unsubscribe_customer, runtime, customer_id, source):
             return _page("Unsubscribed", "<p>You will not get marketing email from us.</p>")
         return _page(

@@ -382,6 +382,31 @@ def test_the_crm_kinds_are_the_campaign_kinds_and_the_pages_kinds() -> None:
     assert set(get_args(CampaignKind)) == campaign_kinds == set(KINDS)
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/x-www-form-urlencoded", b"List-Unsubscribe=One-Click"),
+        (
+            "multipart/form-data; boundary=b0undary",
+            b'--b0undary\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\n'
+            b"One-Click\r\n--b0undary--\r\n",
+        ),
+        ("multipart/form-data; boundary=b0undary", b"--b0undary\r\nbroken"),
+        (None, b""),
+    ],
+)
+def test_every_one_click_request_unsubscribes_as_one_click(
+    shop: Shop, content_type: str | None, body: bytes
+) -> None:
+    """RFC 8058 §3.1 allows urlencoded or multipart bodies; whatever a mailbox provider
+    sends, the request unsubscribes and is recorded as one-click."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = shop.client.post(f"/u/{shop.token}", content=body, headers=headers)
+    assert response.status_code == 200
+    assert [(r.source, r.granted) for r in shop.records()] == [("one-click", False)]
+    assert shop.customer().email_marketing is False
+
+
 def test_a_repeated_opt_out_changes_nothing_but_is_the_one_that_counts(shop: Shop) -> None:
     one_click(shop)
     first = datetime.now(UTC)
