@@ -36,8 +36,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The campaign kinds a customer can opt in to or out of one by one.
+CampaignKind = Literal["cross_sell", "upsell", "loyalty", "reengagement"]
+
+
 class Consent(_Strict):
+    """The CRM's view of marketing consent: all marketing email, and per campaign kind.
+
+    ``updated_at`` is when the customer gave these answers (ISO 8601 with an offset). An
+    opt-in re-subscribes a customer who opted out through crosssell only when it is newer
+    than that opt-out; without ``updated_at`` it never does (see docs/events.md).
+    """
+
     email_marketing: StrictBool | None = None
+    kinds: dict[CampaignKind, StrictBool] | None = None
+    updated_at: AwareDatetime | None = None
 
 
 class CustomerData(_Strict):

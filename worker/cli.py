@@ -348,23 +348,75 @@ def suppressions_list(reason: str | None) -> None:
 @click.argument("email")
 @click.option("--reason", default="manual", show_default=True)
 def suppressions_add(email: str, reason: str) -> None:
-    """Never email EMAIL again (until removed)."""
+    """Never email EMAIL again (until removed).
+
+    Unless the reason is hard_bounce (a fact about the address, not a wish of the
+    person), the customers who have this address are also opted out in their consent
+    history (source cli), so the opt-out follows them to a new address.
+    """
     from datetime import UTC, datetime
 
+    from worker.customers import customers_with_address, withdraw_consent
     from worker.db import transaction
     from worker.models import Suppression
 
     address = email.strip().lower()
     if "@" not in address or any(ch in address for ch in "\r\n\t "):
         raise click.BadParameter(f"{email!r} is not an email address", param_hint="EMAIL")
+    now = datetime.now(UTC)
     with transaction(get_settings().resolved_database_url) as session:
+        withdrawn = []
+        if reason != "hard_bounce":
+            for customer in customers_with_address(session, address):
+                if withdraw_consent(
+                    session, customer, "cli", now, detail=f"suppressions add: {reason}"
+                ):
+                    withdrawn.append(customer.id)
         if session.get(Suppression, address) is not None:
             click.echo(f"{address} is already suppressed")
-            return
-        session.add(
-            Suppression(email=address, reason=reason, source="cli", created_at=datetime.now(UTC))
-        )
-    click.echo(f"suppressed {address} ({reason})")
+        else:
+            session.add(Suppression(email=address, reason=reason, source="cli", created_at=now))
+            click.echo(f"suppressed {address} ({reason})")
+    for customer_id in withdrawn:
+        click.echo(f"consent withdrawn for customer {customer_id}")
+
+
+@main.command("unsubscribe-mail")
+@click.option(
+    "--listen",
+    default="127.0.0.1:2525",
+    show_default=True,
+    help="HOST:PORT to accept the unsubscribe mail on ([::1]:2525 for IPv6).",
+)
+@click.option("--lmtp", is_flag=True, help="Speak LMTP (RFC 2033) instead of SMTP.")
+def unsubscribe_mail(listen: str, lmtp: bool) -> None:
+    """Receive List-Unsubscribe mailto requests (SMTP or LMTP) and opt the senders out."""
+    import signal
+
+    from worker.runtime import get_runtime
+    from worker.unsubscribe_mail import parse_listen, receiver
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as bad:
+        raise click.BadParameter(str(bad), param_hint="--listen") from None
+    runtime = get_runtime()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    controller = receiver(runtime, host, port, lmtp=lmtp)
+    controller.start()
+    logging.getLogger(__name__).warning(
+        "unsubscribe mail receiver (%s) on %s:%s for %s",
+        "LMTP" if lmtp else "SMTP",
+        host,
+        port,
+        runtime.settings.unsubscribe_mailto,
+    )
+    try:
+        stop.wait()
+    finally:
+        controller.stop()
 
 
 @suppressions.command("remove")

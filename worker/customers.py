@@ -1,22 +1,54 @@
-"""Customer rows: the upsert an event carries, purchase aggregates, and the decision view."""
+"""Customer rows: the upsert an event carries, purchase aggregates, consent, and the
+decision view.
+
+Consent has two layers. The *effective* values live on the customer row
+(``email_marketing``, ``opted_out_kinds``), where the engine reads them. The *history*
+(:class:`worker.models.ConsentRecord`) says who decided what and when, and governs how a
+CRM upsert may change the effective values:
+
+* an opt-out recorded through crosssell (one-click, confirmation page, preference page,
+  mailto, provider complaint, ``crosssell suppressions add``) *stands* until a later
+  opt-in for the same scope;
+* a CRM opt-in (``consent.email_marketing: true``) replaces a standing opt-out only if
+  it carries ``consent.updated_at`` strictly later than the opt-out; otherwise the
+  effective value stays ``false``;
+* a CRM opt-out always applies (withdrawing consent needs no proof).
+
+Per-kind preferences (``consent.kinds`` from the CRM, the preference page here) follow
+the same rule, each kind on its own.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from triggers.decide import MARKETING_HISTORY, PastSend
-from triggers.events import CustomerData, PurchaseEvent
+from triggers.events import Consent, CustomerData, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, purchase_of
-from worker.models import Customer, Order, OrderLine, Send, Suppression
+from worker.models import ConsentRecord, Customer, Order, OrderLine, Send, Suppression
+
+log = logging.getLogger(__name__)
+
+# The consent scope of all marketing email; the other scopes are campaign kinds.
+EMAIL_MARKETING = "email_marketing"
+# The source of decisions the CRM reports; every other source is a crosssell channel.
+CRM = "crm"
 
 
 def upsert_customer(session: Session, data: CustomerData, now: datetime) -> Customer:
-    """Create or update a customer; only the fields the event gives replace stored ones."""
+    """Create or update a customer; only the fields the event gives replace stored ones.
+
+    A CRM opt-in that would undo a standing crosssell opt-out without being newer than
+    it is ignored (module docstring).
+    """
     customer = session.get(Customer, data.id, with_for_update=True)
+    created = customer is None
     if customer is None:
         customer = Customer(
             id=data.id,
@@ -28,9 +60,232 @@ def upsert_customer(session: Session, data: CustomerData, now: datetime) -> Cust
             created_at=now,
         )
         session.add(customer)
-    _store(customer, apply_customer(profile_of(customer), data))
+    before = customer.email_marketing
+    profile = apply_customer(profile_of(customer), data)
     customer.updated_at = now
+    if not created and data.consent is not None and profile.email_marketing != before:
+        profile = _governed(session, customer, data.consent, profile, now)
+    _store(customer, profile)
+    if data.consent is not None and data.consent.kinds:
+        _apply_kinds(session, customer, data.consent, now, record=not created)
     return customer
+
+
+def _decided_at(consent: Consent, now: datetime) -> datetime | None:
+    """When the CRM says the customer decided; a time later than ``now`` (a CRM clock
+    ahead of ours) counts as now, since a decision cannot postdate its report."""
+    return min(consent.updated_at, now) if consent.updated_at else None
+
+
+def _apply_kinds(
+    session: Session, customer: Customer, consent: Consent, now: datetime, *, record: bool
+) -> None:
+    """The CRM's per-kind answers, under the same rule as ``email_marketing``: opting out
+    of a kind always applies; opting in again must be newer than a standing crosssell
+    opt-out of that kind."""
+    assert consent.kinds is not None
+    decided_at = _decided_at(consent, now)
+    opted_out = set(customer.opted_out_kinds or ())
+    changed = False
+    for kind, wanted in sorted(consent.kinds.items()):
+        if wanted == (kind not in opted_out):
+            continue
+        if wanted and record:
+            standing = standing_opt_out(session, customer.id, kind)
+            if standing is not None and (decided_at is None or decided_at <= standing):
+                log.info(
+                    "customer %s: CRM opt-in to %s ignored, it is not newer than the opt-out of %s",
+                    customer.id,
+                    kind,
+                    standing.isoformat(),
+                )
+                continue
+        if wanted:
+            opted_out.discard(kind)
+        else:
+            opted_out.add(kind)
+        changed = True
+        if record:
+            record_decision(
+                session,
+                customer,
+                kind,
+                granted=wanted,
+                source=CRM,
+                decided_at=decided_at or now,
+                now=now,
+            )
+    if changed:
+        customer.opted_out_kinds = sorted(opted_out)
+
+
+def _governed(
+    session: Session,
+    customer: Customer,
+    consent: Consent,
+    profile: CustomerProfile,
+    now: datetime,
+) -> CustomerProfile:
+    """The profile with the CRM's consent change applied or refused, and recorded."""
+    decided_at = _decided_at(consent, now)
+    standing = standing_opt_out(session, customer.id, EMAIL_MARKETING)
+    if profile.email_marketing and standing is not None:
+        if decided_at is None or decided_at <= standing:
+            log.info(
+                "customer %s: CRM opt-in ignored, it is not newer than the opt-out of %s",
+                customer.id,
+                standing.isoformat(),
+            )
+            return replace(profile, email_marketing=False)
+        _lift_unsubscribe_suppression(session, profile.email, decided_at)
+    if profile.email_marketing is not None:
+        record_decision(
+            session,
+            customer,
+            EMAIL_MARKETING,
+            granted=profile.email_marketing,
+            source=CRM,
+            decided_at=decided_at or now,
+            now=now,
+            email=profile.email,
+        )
+    return profile
+
+
+def standing_opt_out(session: Session, customer_id: str, scope: str) -> datetime | None:
+    """When the crosssell-recorded opt-out that still stands for ``scope`` was made:
+    the latest non-CRM opt-out with no opt-in (from any source) strictly after it.
+    None when nothing stands."""
+    last_out = session.scalar(
+        select(ConsentRecord.decided_at)
+        .where(
+            ConsentRecord.customer_id == customer_id,
+            ConsentRecord.scope == scope,
+            ConsentRecord.granted.is_(False),
+            ConsentRecord.source != CRM,
+        )
+        .order_by(ConsentRecord.decided_at.desc())
+        .limit(1)
+    )
+    if last_out is None:
+        return None
+    later_opt_in = session.scalar(
+        select(func.count())
+        .select_from(ConsentRecord)
+        .where(
+            ConsentRecord.customer_id == customer_id,
+            ConsentRecord.scope == scope,
+            ConsentRecord.granted.is_(True),
+            ConsentRecord.decided_at > last_out,
+        )
+    )
+    return None if later_opt_in else last_out
+
+
+def record_decision(
+    session: Session,
+    customer: Customer,
+    scope: str,
+    *,
+    granted: bool,
+    source: str,
+    decided_at: datetime,
+    now: datetime,
+    email: str | None = None,
+    detail: str | None = None,
+) -> ConsentRecord:
+    """Append one decision to the customer's consent history (the row is flushed with
+    the customer, whose row must exist first)."""
+    session.flush()
+    record = ConsentRecord(
+        customer_id=customer.id,
+        scope=scope,
+        granted=granted,
+        source=source[:64],
+        email=email if email is not None else customer.email,
+        detail=detail[:200] if detail else None,
+        decided_at=decided_at,
+        recorded_at=now,
+    )
+    session.add(record)
+    return record
+
+
+def withdraw_consent(
+    session: Session,
+    customer: Customer,
+    source: str,
+    now: datetime,
+    *,
+    decided_at: datetime | None = None,
+    detail: str | None = None,
+) -> bool:
+    """Opt the customer out of all marketing email through a crosssell channel.
+
+    Records the decision and clears ``email_marketing``. Every request is recorded, a
+    repeated one too (the latest opt-out is the one a CRM opt-in must be newer than),
+    but repeating it changes nothing the customer sees. True if consent was on before.
+    """
+    record_decision(
+        session,
+        customer,
+        EMAIL_MARKETING,
+        granted=False,
+        source=source,
+        decided_at=decided_at or now,
+        now=now,
+        detail=detail,
+    )
+    withdrawn = customer.email_marketing is not False
+    customer.email_marketing = False
+    customer.updated_at = now
+    return withdrawn
+
+
+def set_kind_preferences(
+    session: Session, customer: Customer, opted_out: set[str], source: str, now: datetime
+) -> list[str]:
+    """Store the campaign kinds the customer does not want, recording each change (an
+    opt-out, or an opt-in to a kind opted out before) in the history; the kinds changed."""
+    current = set(customer.opted_out_kinds or ())
+    changed = sorted(current ^ opted_out)
+    for kind in changed:
+        record_decision(
+            session,
+            customer,
+            kind,
+            granted=kind not in opted_out,
+            source=source,
+            decided_at=now,
+            now=now,
+        )
+    if changed:
+        customer.opted_out_kinds = sorted(opted_out)
+        customer.updated_at = now
+    return changed
+
+
+def customers_with_address(session: Session, email: str) -> list[Customer]:
+    """Every customer whose current address is ``email`` (compared case-insensitively)."""
+    address = email.strip().lower()
+    return list(session.scalars(select(Customer).where(func.lower(Customer.email) == address)))
+
+
+def _lift_unsubscribe_suppression(
+    session: Session, email: str | None, resubscribed_at: datetime
+) -> None:
+    """A re-subscription newer than an unsubscribe also lifts the address suppression
+    that unsubscribe added. Complaints and bounces stay: they are about the address,
+    and only an operator lifts them (``crosssell suppressions remove``)."""
+    if not email:
+        return
+    session.execute(
+        delete(Suppression).where(
+            Suppression.email == email.strip().lower(),
+            Suppression.reason == "unsubscribe",
+            Suppression.created_at < resubscribed_at,
+        )
+    )
 
 
 def record_purchase(session: Session, customer: Customer, event: PurchaseEvent) -> bool:

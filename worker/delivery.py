@@ -48,6 +48,7 @@ from worker.providers.base import (
 )
 from worker.rate_limit import RateLimiter
 from worker.runtime import Runtime
+from worker.unsubscribe_mail import mailto_for
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(hours=1)
@@ -172,7 +173,7 @@ def prepare(
             date=now,
             message_id=message_id,
             unsubscribe_url=links.unsubscribe_url,
-            unsubscribe_mailto=settings.unsubscribe_mailto,
+            unsubscribe_mailto=mailto_for(runtime, customer.id),
             campaign_id=compiled.id,
         )
         data = build_message(envelope, rendered)

@@ -66,6 +66,40 @@ class Customer(Base):
     updated_at: Mapped[datetime]
 
 
+class ConsentRecord(Base):
+    """One consent decision: who (``customer_id``) decided what (``scope``, ``granted``),
+    when (``decided_at``) and through which channel (``source``).
+
+    The history is append-only and belongs to the customer, not to an address, so an
+    opt-out survives address changes. The effective values stay where the engine reads
+    them (``customers.email_marketing``, ``customers.opted_out_kinds``); this table
+    governs how a CRM upsert may change them (see ``worker.customers``).
+
+    ``scope`` is ``email_marketing`` (all marketing email) or a campaign kind
+    (``cross_sell``, ``upsell``, ``loyalty``, ``reengagement``). ``source`` is the channel:
+    ``one-click`` (RFC 8058), ``confirmation-page``, ``preference-page``, ``mailto``,
+    ``webhook:<provider>``, ``cli`` or ``crm``.
+    """
+
+    __tablename__ = "consent_records"
+    __table_args__ = (
+        Index(
+            "ix_consent_records_customer_id_scope_decided_at", "customer_id", "scope", "decided_at"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    scope: Mapped[str] = mapped_column(String(32))
+    granted: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(64))
+    # The address the customer had when deciding (for audits; the decision is the person's).
+    email: Mapped[str | None] = mapped_column(String(320))
+    detail: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[datetime]
+    recorded_at: Mapped[datetime]
+
+
 class Product(Base):
     """A catalog entry; ``line`` and ``tier`` let an upsell find a better version."""
 

@@ -29,6 +29,7 @@ from worker.mime import Envelope, build_message
 from worker.models import Customer, Event
 from worker.offer_resolution import resolve_for_send
 from worker.runtime import Runtime
+from worker.unsubscribe_mail import mailto_for
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def preview(
                 date=now,
                 message_id=f"<preview-{campaign.id}-{variant.id}@{settings.message_id_domain}>",
                 unsubscribe_url=links.unsubscribe_url,
-                unsubscribe_mailto=settings.unsubscribe_mailto,
+                unsubscribe_mailto=mailto_for(runtime, customer_id),
                 campaign_id=campaign.id,
             ),
             rendered,

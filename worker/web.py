@@ -24,10 +24,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from worker.customers import set_kind_preferences, withdraw_consent
 from worker.db import transaction
 from worker.models import Customer, Suppression
 from worker.runtime import Runtime
@@ -42,6 +45,8 @@ KINDS = {
     "loyalty": "Loyalty bonuses and anniversaries",
     "reengagement": "Offers when you have not visited for a while",
 }
+# The confirmation page's form field that tells its POST from an RFC 8058 one-click POST.
+CONFIRMATION_FIELD = "confirmed"
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
@@ -63,15 +68,27 @@ def _invalid() -> HTMLResponse:
     )
 
 
+async def _from_confirmation_page(request: Request) -> bool:
+    """Whether an unsubscribe POST came from our confirmation page's form (which says so
+    in a hidden field) rather than from a mailbox provider's RFC 8058 one-click request
+    (``List-Unsubscribe=One-Click``, urlencoded or multipart). A body that cannot be
+    parsed is not ours: it still unsubscribes, as one-click."""
+    try:
+        form = await request.form()
+    except (HTTPException, MultiPartException):
+        return False
+    return bool(form.get(CONFIRMATION_FIELD))
+
+
 def unsubscribe_customer(runtime: Runtime, customer_id: str, source: str) -> bool:
-    """Suppress the customer's address and withdraw consent; idempotent. False if unknown."""
+    """Withdraw the customer's marketing consent (recorded in the consent history with
+    ``source``) and suppress their current address; idempotent. False if unknown."""
     now = datetime.now(UTC)
     with transaction(runtime.settings.resolved_database_url) as session:
-        customer = session.get(Customer, customer_id)
+        customer = session.get(Customer, customer_id, with_for_update=True)
         if customer is None:
             return False
-        customer.email_marketing = False
-        customer.updated_at = now
+        withdraw_consent(session, customer, source, now)
         if customer.email and session.get(Suppression, customer.email.lower()) is None:
             session.add(
                 Suppression(
@@ -135,6 +152,7 @@ def create_app(runtime: Runtime) -> Starlette:
                 f"<p>Stop all marketing email from {html.escape(runtime.settings.shop_name)}?</p>"
                 f'<form method="post" action="{action}">'
                 '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+                f'<input type="hidden" name="{CONFIRMATION_FIELD}" value="1">'
                 '<button type="submit">Unsubscribe</button></form>'
                 '<p>Or <a href="../preferences/'
                 + html.escape(request.path_params["token"])
@@ -146,7 +164,8 @@ def create_app(runtime: Runtime) -> Starlette:
         customer_id = customer_of(request)
         if customer_id is None:
             return _invalid()
-        if not unsubscribe_customer(runtime, customer_id, "one-click"):
+        source = "confirmation-page" if await _from_confirmation_page(request) else "one-click"
+        if not await run_in_threadpool(unsubscribe_customer, runtime, customer_id, source):
             return _page("Unsubscribed", "<p>You will not get marketing email from us.</p>")
         return _page(
             "Unsubscribed",
@@ -160,7 +179,7 @@ def create_app(runtime: Runtime) -> Starlette:
             return _invalid()
         form = await request.form() if request.method == "POST" else None
         if form is not None and form.get("all") == "unsubscribe":
-            unsubscribe_customer(runtime, customer_id, "preferences")
+            await run_in_threadpool(unsubscribe_customer, runtime, customer_id, "preference-page")
             return _page("Unsubscribed", "<p>You will not get marketing email from us.</p>")
         with transaction(url) as session:
             customer = session.get(Customer, customer_id)
@@ -168,8 +187,9 @@ def create_app(runtime: Runtime) -> Starlette:
                 return _invalid()
             if form is not None:
                 wanted = {str(kind) for kind in form.getlist("kinds")}
-                customer.opted_out_kinds = sorted(set(KINDS) - wanted)
-                customer.updated_at = datetime.now(UTC)
+                set_kind_preferences(
+                    session, customer, set(KINDS) - wanted, "preference-page", datetime.now(UTC)
+                )
             opted_out = set(customer.opted_out_kinds or ())
         saved = "<p><strong>Saved.</strong></p>" if form is not None else ""
         boxes = "".join(

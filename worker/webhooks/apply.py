@@ -8,8 +8,9 @@ hard bounce     suppress the address (``hard_bounce``); a ``sent`` send → ``fa
                 with reason ``hard_bounce``
 policy (5.7.x)  alert the operator (log + ``policy_alerts``); a ``sent`` send →
                 ``failed``/``policy_rejected``; the address is *not* suppressed
-complained      suppress (``complaint``) and withdraw the customer's email consent
-unsubscribed    suppress (``unsubscribe``)
+complained      suppress (``complaint``) and withdraw the customer's email consent,
+                recorded in the consent history (``webhook:<provider>``)
+unsubscribed    suppress (``unsubscribe``) and withdraw consent the same way
 soft bounce,    recorded in ``webhook_events`` only: the provider retries, and one
 deferred,       soft failure says nothing lasting about the address
 rejected, other
@@ -37,6 +38,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from worker.customers import withdraw_consent
 from worker.metrics import SENDS
 from worker.models import Customer, Send, Suppression
 from worker.webhooks.events import TrackingEvent
@@ -145,17 +147,29 @@ def _apply(session: Session, event: TrackingEvent, now: datetime, report: ApplyR
         send = _find_send(session, event)
         if event.recipient and _suppress(session, event.recipient, "complaint", source, now):
             report.suppressed.append(event.recipient)
-        for customer in _customers(session, event, send):
-            if customer.email_marketing is not False:
-                customer.email_marketing = False
-                customer.updated_at = now
-                report.consent_withdrawn.append(customer.id)
-    elif (
-        event.kind == "unsubscribed"
-        and event.recipient
-        and _suppress(session, event.recipient, "unsubscribe", source, now)
-    ):
-        report.suppressed.append(event.recipient)
+        _withdraw(session, event, send, source, "complaint", now, report)
+    elif event.kind == "unsubscribed":
+        if event.recipient and _suppress(session, event.recipient, "unsubscribe", source, now):
+            report.suppressed.append(event.recipient)
+        _withdraw(session, event, _find_send(session, event), source, "unsubscribe", now, report)
+
+
+def _withdraw(
+    session: Session,
+    event: TrackingEvent,
+    send: Send | None,
+    source: str,
+    detail: str,
+    now: datetime,
+    report: ApplyReport,
+) -> None:
+    """Record the person's opt-out in their consent history, so that it outlives the
+    address: a complaint or a provider-handled unsubscribe is the person's decision,
+    made when the provider saw it (``event.timestamp``)."""
+    decided_at = min(event.timestamp, now) if event.timestamp else now
+    for customer in _customers(session, event, send):
+        if withdraw_consent(session, customer, source, now, decided_at=decided_at, detail=detail):
+            report.consent_withdrawn.append(customer.id)
 
 
 def _find_send(session: Session, event: TrackingEvent) -> Send | None:
