@@ -9,10 +9,11 @@ from babel.numbers import get_currency_symbol, parse_decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.triggers.builders import make_campaign
 from tests.triggers.test_money import ISO_4217_MINOR_UNITS, half_up
 from triggers.campaigns import BundleOffer
 from triggers.offers import Product, bundle_offer, resolve_offer
-from worker.email_context import offer_context
+from worker.email_context import offer_context, sample_offer
 from worker.rendering import _money, babel_locale
 
 LOCALES = ("en", "ja", "it", "ro", "fr", "de", "de_CH", "hi", "ar", "es_CL")
@@ -110,3 +111,22 @@ def test_template_money_shows_exactly_the_minor_unit(
     assert amount_in(text, currency, locale) == rounded
     parsed = amount_in(text, currency, locale)
     assert parsed.as_tuple().exponent == -digits
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(discount=st.decimals(min_value=Decimal(0), max_value=Decimal(100), places=2))
+def test_lint_and_preview_price_a_sample_bundle_like_a_send(discount: Decimal) -> None:
+    """The sample offer (lint, previews) goes through the same pricing as a real send."""
+    campaign = make_campaign(
+        "sample-bundle", offer={"type": "bundle", "discount_percent": discount}
+    )
+    sample = sample_offer(campaign)
+    exact = sum((Fraction(p.price) for p in sample.items), Fraction(0))
+    assert sample.bundle_price == half_up(exact * (100 - Fraction(discount)) / 100, 2)
+    assert sample.regular_price == half_up(exact, 2)
+
+
+def test_a_sample_bundle_tie_rounds_half_up() -> None:
+    # 49.90 + 99.80 = 149.70 at 15 % off is exactly 127.245: half-up 127.25 (not 127.24).
+    campaign = make_campaign("sample-bundle", offer={"type": "bundle", "discount_percent": 15})
+    assert sample_offer(campaign).bundle_price == Decimal("127.25")
