@@ -432,6 +432,14 @@ def test_a_window_starting_inside_a_gap_opens_when_the_gap_ends() -> None:
     assert plan.send_at.astimezone(NEW_YORK).isoformat() == "2026-03-08T03:00:00-04:00"
 
 
+def test_the_precomputed_windows_of_a_compiled_campaign_open_when_the_gap_ends() -> None:
+    campaign = compiled("gap", schedule={"window": {"from": "02:30", "to": "03:30"}})
+    start = local(NEW_YORK, 2026, 3, 8, 0, 0)
+    windows = campaign.send_windows(None)
+    plan = plan_in_windows(campaign.campaign.schedule, windows, start, start, NEW_YORK)
+    assert plan.send_at.astimezone(NEW_YORK).isoformat() == "2026-03-08T03:00:00-04:00"
+
+
 def test_quiet_hours_ending_inside_a_gap_end_with_the_gap_not_an_hour_later() -> None:
     quiet = quiet_hours_window(time(22), time(2, 30))  # sending allowed 02:30-22:00
     start = local(NEW_YORK, 2026, 3, 8, 1, 0)
@@ -493,14 +501,16 @@ quarter_hours = st.builds(time, st.integers(0, 23), st.sampled_from([0, 15, 30, 
 
 
 def test_every_zone_in_the_dst_property_has_a_gap_and_a_fold() -> None:
+    def offset(moment: datetime, name: str) -> timedelta:
+        return moment.astimezone(ZoneInfo(name)).utcoffset() or timedelta(0)
+
     for name, _year in DST_ZONES:
-        shifts = [
-            (at + timedelta(minutes=1)).astimezone(ZoneInfo(name)).utcoffset()
-            > (at - timedelta(minutes=1)).astimezone(ZoneInfo(name)).utcoffset()  # type: ignore[operator]
+        forward = [
+            offset(at, name) > offset(at - timedelta(minutes=1), name)
             for zone_name, at in ZONE_TRANSITIONS
             if zone_name == name
         ]
-        assert True in shifts and False in shifts, name
+        assert True in forward and False in forward, name  # a gap and a fold
 
 
 def first_allowed_minute(
