@@ -694,10 +694,13 @@ def test_nesting_deeper_than_the_limit_is_an_issue(tmp_path: Path, text: str) ->
 
 
 def test_a_file_over_the_size_limit_is_an_issue_before_it_is_parsed(tmp_path: Path) -> None:
-    padding = "# padding\n" * (MAX_YAML_BYTES // 10 + 1)
+    padding = "lines: [of, values, nobody, wants, to, parse]\n" * 100_000  # 4.5 MB
     path = write(tmp_path, "big.yaml", GOOD + padding)
     assert path.stat().st_size > MAX_YAML_BYTES
-    (issue,) = only_issue_of(path)
+    issues, seconds, peak = measured(lambda: only_issue_of(path))
+    assert isinstance(issues, list)
+    (issue,) = issues
+    assert seconds < 2 and peak < 2 * MAX_YAML_BYTES + 2**20  # only the limit's worth read
     assert_issue(issue, "yaml-too-large", Spot(1, 1))
     assert f"{path.stat().st_size:,}" in issue.message
 
