@@ -33,6 +33,7 @@ from triggers.loader import (
     plain_data,
     problem_issue,
     pydantic_issues,
+    read_limited,
     read_yaml,
 )
 
@@ -49,10 +50,9 @@ class Definitions:
 def _read(path: Path | None, what: str) -> tuple[Any, list[LintIssue]]:
     if path is None or not path.exists():
         return None, []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [LintIssue(str(path), 1, 1, "unreadable", "", str(exc))]
+    text, unreadable = read_limited(path)  # at most MAX_YAML_BYTES, like campaign files
+    if text is None:
+        return None, unreadable
     if not text.strip():
         return None, []
     return read_yaml(text, str(path), what)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from triggers.campaigns import (
     BundleOffer,
@@ -17,9 +17,9 @@ from triggers.campaigns import (
     RecommendedOffer,
     UpgradeOffer,
 )
+from triggers.money import discounted, round_money
 
 AnyOffer = ComplementaryOffer | BundleOffer | UpgradeOffer | LoyaltyBonusOffer | RecommendedOffer
-CENT = Decimal("0.01")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,28 @@ class ResolvedOffer:
     points: int | None = None
     new_categories: tuple[str, ...] = field(default_factory=tuple)
     strategy: str = "complementary"
+
+
+def bundle_offer(
+    items: tuple[Product, ...], discount_percent: Decimal, strategy: str = "complementary"
+) -> ResolvedOffer:
+    """A bundle of ``items`` (at least one, all in one currency) at ``discount_percent`` off.
+
+    The one place a bundle is priced, for sends and previews alike: the regular price is
+    the exact sum of the catalog prices and the bundle price the exact discounted sum, each
+    rounded once, half-up, to the currency's minor unit (:mod:`triggers.money`).
+    """
+    currency = items[0].currency
+    exact = sum((p.price for p in items), Decimal(0))
+    return ResolvedOffer(
+        "bundle",
+        items,
+        currency,
+        discount_percent,
+        round_money(exact, currency),
+        discounted(exact, discount_percent, currency),
+        strategy=strategy,
+    )
 
 
 class OfferUnavailable(Exception):
@@ -156,17 +178,7 @@ def resolve_offer(
     currency = chosen[0].currency if chosen else None
     if isinstance(offer, BundleOffer):
         chosen = [p for p in chosen if p.currency == currency]
-        regular = sum((p.price for p in chosen), Decimal(0))
-        factor = (Decimal(100) - offer.discount_percent) / Decimal(100)
-        return ResolvedOffer(
-            "bundle",
-            tuple(chosen),
-            currency,
-            offer.discount_percent,
-            regular,
-            (regular * factor).quantize(CENT, rounding=ROUND_HALF_UP),
-            strategy=strategy,
-        )
+        return bundle_offer(tuple(chosen), offer.discount_percent, strategy)
     if isinstance(offer, LoyaltyBonusOffer):
         return ResolvedOffer(
             "loyalty_bonus",

@@ -2,6 +2,17 @@
 
 All arithmetic is done on aware datetimes: windows are laid out in the customer's local
 time (so 09:00 stays 09:00 across a DST change) and compared in UTC.
+
+An instant is inside a window when the customer's wall clock shows a time inside it, on
+one of the window's days. What that means on the two days a year the clock jumps:
+
+* spring forward (a gap: 02:00-03:00 never shows in New York on 8 March 2026): a window or
+  quiet-hours bound inside the gap takes effect at the first instant after the gap, when
+  the clock shows 03:00; ``02:30-03:30`` is open 03:00-03:30 that day. A window that lies
+  entirely inside the gap is not open that day.
+* fall back (a fold: 01:00-02:00 shows twice): both occurrences count, since the clock
+  shows the same time twice; quiet hours ``01:00-06:00`` are quiet through both, and a
+  window ``01:30-02:00`` is open during each of its two half hours.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
+from itertools import pairwise
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from triggers.campaigns import WEEKDAYS, Schedule
@@ -37,9 +49,9 @@ class DailyWindow:
             day = local_day + offset
             if day.weekday() not in weekdays:
                 continue
-            opens, closes = _window_bounds(start, end, day, zone)
-            if closes > moment and opens < closes:
-                return max(moment, opens)
+            for opens, closes in _window_spans(start, end, day, zone):
+                if closes > moment:
+                    return max(moment, opens)
         raise ValueError("the window never opens")
 
     def contains(self, moment: datetime, zone: ZoneInfo) -> bool:
@@ -47,12 +59,53 @@ class DailyWindow:
 
 
 @lru_cache(maxsize=16384)
-def _window_bounds(start: time, end: time, day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
-    """Where a local-time window of one day lies in UTC (cached: zone math is slow)."""
-    opens = datetime.combine(day, start, tzinfo=zone)
-    closes_on = day if start < end else day + timedelta(days=1)
-    closes = datetime.combine(closes_on, end, tzinfo=zone)
-    return opens.astimezone(UTC), closes.astimezone(UTC)
+def _window_spans(
+    start: time, end: time, day: date, zone: ZoneInfo
+) -> tuple[tuple[datetime, datetime], ...]:
+    """The UTC spans ``[opens, closes)`` during which the wall clock in ``zone`` shows a time
+    of the window that opens on ``day``; sorted, usually one, none when it lies in a gap,
+    two when a fold repeats part of it (cached: zone math is slow).
+
+    The wall clock (UTC plus the zone's offset) rises steadily except at a transition, so
+    the spans can only begin or end where the clock shows a bound (each bound's one or two
+    instants: ``fold`` 0 and 1) or at the transition next to a bound that a jump skips or
+    repeats. Between two such instants the clock is inside the window or outside it
+    throughout; the instant each piece starts at says which.
+    """
+    first = datetime.combine(day, start)
+    last = datetime.combine(day if start < end else day + timedelta(days=1), end)
+    points: set[datetime] = set()
+    for wall in (first, last):
+        early = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        late = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+        points |= {early, late}
+        if early != late:  # the bound is skipped (gap) or repeated (fold)
+            points.add(_transition(min(early, late), max(early, late), zone))
+    ordered = sorted(points)
+    spans: list[tuple[datetime, datetime]] = []
+    for opens, closes in pairwise(ordered):
+        if not first <= opens.astimezone(zone).replace(tzinfo=None) < last:
+            continue
+        if spans and spans[-1][1] == opens:
+            spans[-1] = (spans[-1][0], closes)
+        else:
+            spans.append((opens, closes))
+    return tuple(spans)
+
+
+def _transition(after: datetime, until: datetime, zone: ZoneInfo) -> datetime:
+    """The instant in ``(after, until]`` (UTC, at most a day apart, one transition between
+    them) from which ``zone`` uses ``until``'s offset: the first instant after a gap, or
+    the first instant of a fold's second pass. Transitions fall on whole seconds."""
+    offset = until.astimezone(zone).utcoffset()
+    low, high = 0, int((until - after).total_seconds())  # offset differs at low, holds at high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if (after + timedelta(seconds=middle)).astimezone(zone).utcoffset() == offset:
+            high = middle
+        else:
+            low = middle
+    return after + timedelta(seconds=high)
 
 
 def quiet_hours_window(quiet_from: time, quiet_to: time) -> DailyWindow:

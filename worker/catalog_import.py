@@ -8,7 +8,6 @@ half-imported. The format is documented in docs/catalog.md.
 from __future__ import annotations
 
 import csv
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,9 +76,32 @@ class CatalogError(Exception):
         super().__init__("\n".join(f"{path}:{e.line}: {e.column}: {e.message}" for e in errors))
 
 
-def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
+# Limits on an import file, so a wrong or hostile file is a list of errors, not an
+# exhausted worker. A product row is at most ~2 KB of values (the column limits above);
+# a line of 16 KiB leaves room for JSON escapes. 128 MiB is about 500,000 products.
+MAX_FILE_BYTES = 128 * 1024 * 1024
+MAX_LINE_CHARS = 16 * 1024
+MAX_ERRORS = 1000  # reporting stops there; the file is rejected either way
+
+
+def _checked_lines(text: str, errors: list[RowError]) -> Iterator[tuple[int, str]]:
+    """The file's lines with their 1-based numbers; a line over ``MAX_LINE_CHARS`` is
+    reported and replaced by an empty one, so the numbering of the rest stays right."""
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+        if len(line.rstrip("\r\n")) > MAX_LINE_CHARS:
+            message = f"the line has {len(line):,} characters; at most {MAX_LINE_CHARS:,}"
+            errors.append(RowError(number, "line", message))
+            line = "\n"
+        yield number, line
+
+
+def _csv_rows(text: str, errors: list[RowError]) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    reader = csv.DictReader(line for _number, line in _checked_lines(text, errors))
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        yield 1, RowError(1, "csv", str(exc))
+        return
     unknown = [name for name in header if name not in COLUMNS]
     missing = [name for name in REQUIRED if name not in header]
     if unknown or missing:
@@ -87,7 +109,16 @@ def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
         problems += [f"missing column {name!r}" for name in missing]
         yield 1, RowError(1, "header", "; ".join(problems) + f" (columns: {', '.join(COLUMNS)})")
         return
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            # e.g. a quote never closed: the field runs on past csv's own field limit.
+            line = reader.reader.line_num  # the DictReader's own count stops at the last row
+            yield line, RowError(line, "csv", str(exc))
+            return
         line = reader.line_num
         if None in row:
             yield line, RowError(line, "row", "more values than columns")
@@ -102,8 +133,10 @@ def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
         yield line, values
 
 
-def _jsonl_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    for line, raw in enumerate(text.splitlines(), start=1):
+def _jsonl_rows(
+    text: str, errors: list[RowError]
+) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    for line, raw in _checked_lines(text, errors):
         if not raw.strip():
             continue
         try:
@@ -111,20 +144,46 @@ def _jsonl_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
         except json.JSONDecodeError as exc:
             yield line, RowError(line, "json", exc.msg)
             continue
+        except (ValueError, RecursionError) as exc:
+            # ValueError: an integer of thousands of digits (Python's int conversion limit).
+            nested = isinstance(exc, RecursionError)
+            yield line, RowError(line, "json", "nested too deeply" if nested else str(exc))
+            continue
         if not isinstance(document, dict):
             yield line, RowError(line, "json", "each line must be a JSON object")
             continue
         yield line, document
 
 
+def _read(path: Path) -> str:
+    """The file's text, at most ``MAX_FILE_BYTES``; raises CatalogError otherwise."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        message = f"the file is {size:,} bytes; at most {MAX_FILE_BYTES:,} (128 MiB): split it"
+        raise CatalogError(path, [RowError(1, "file", message)])
+    with path.open("rb") as stream:
+        data = stream.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:  # it grew since
+        raise CatalogError(path, [RowError(1, "file", f"at most {MAX_FILE_BYTES:,} bytes")])
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise CatalogError(path, [RowError(line, "file", f"not UTF-8: {exc.reason}")]) from None
+
+
 def parse_catalog(path: Path) -> list[CatalogRow]:
-    """Validate the whole file; raise CatalogError listing every bad row."""
-    text = path.read_text(encoding="utf-8-sig")
+    """Validate the whole file; raise CatalogError listing every bad row (the first
+    ``MAX_ERRORS``), or the one limit the file is over (size, line length, encoding)."""
+    text = _read(path)
     rows_of = _jsonl_rows if path.suffix.lower() in (".jsonl", ".ndjson") else _csv_rows
     errors: list[RowError] = []
     rows: list[CatalogRow] = []
     seen: dict[str, int] = {}
-    for line, item in rows_of(text):
+    for line, item in rows_of(text, errors):
+        if len(errors) >= MAX_ERRORS:
+            errors.append(RowError(line, "file", f"stopped after {MAX_ERRORS} errors"))
+            break
         if isinstance(item, RowError):
             errors.append(item)
             continue

@@ -18,11 +18,11 @@ from decimal import Decimal
 from typing import Any
 
 from babel.dates import format_date
-from babel.numbers import format_currency
 
 from triggers.campaigns import Campaign
-from triggers.offers import Product, ResolvedOffer
-from worker.rendering import babel_locale
+from triggers.money import round_money
+from triggers.offers import Product, ResolvedOffer, bundle_offer
+from worker.rendering import _money, babel_locale
 from worker.settings import Settings
 from worker.tokens import sign
 
@@ -67,10 +67,12 @@ def links_for(settings: Settings, keys: dict[str, bytes], customer_id: str) -> L
 def offer_context(
     offer: ResolvedOffer, locale_tag: str | None, default_locale: str
 ) -> dict[str, Any]:
+    """``offer`` for templates. Every amount is rounded once to the currency's minor unit
+    (``price`` and ``price_text`` show the same amount; see :mod:`triggers.money`)."""
     locale = babel_locale(locale_tag, default_locale)
 
     def money(amount: Decimal | None, currency: str) -> str:
-        return format_currency(amount or Decimal(0), currency, locale=locale)
+        return _money(amount or Decimal(0), currency, locale)
 
     context: dict[str, Any] = {
         "type": offer.type,
@@ -79,7 +81,7 @@ def offer_context(
                 "sku": p.sku,
                 "name": p.name,
                 "category": p.category,
-                "price": str(p.price),
+                "price": str(round_money(p.price, p.currency)),
                 "currency": p.currency,
                 "price_text": money(p.price, p.currency),
                 "url": p.url,
@@ -177,15 +179,7 @@ def sample_offer(campaign: Campaign) -> ResolvedOffer:
     )
     offer = campaign.offer
     if offer.type == "bundle":
-        regular = sum((p.price for p in items), Decimal(0))
-        return ResolvedOffer(
-            "bundle",
-            items,
-            "EUR",
-            offer.discount_percent,
-            regular,
-            (regular * (100 - offer.discount_percent) / 100).quantize(Decimal("0.01")),
-        )
+        return bundle_offer(items, offer.discount_percent)
     if offer.type == "loyalty_bonus":
         return ResolvedOffer(
             "loyalty_bonus", items, "EUR", points=offer.points, new_categories=("sample",)

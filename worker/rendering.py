@@ -18,13 +18,14 @@ from typing import Any
 import css_inline
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
-from babel.numbers import format_currency, format_decimal
+from babel.numbers import NumberPattern, format_currency, format_decimal
 from inscriptis import get_text
 from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from triggers.money import minor_unit, round_money
 from worker.settings import Settings
 
 
@@ -48,7 +49,34 @@ def babel_locale(tag: str | None, default: str = "en") -> Locale:
 
 
 def _money(amount: Decimal | str | int, currency: str, locale: Locale) -> str:
-    return format_currency(Decimal(str(amount)), currency, locale=locale)
+    """``amount`` in ``currency`` as the customer's locale writes it: ``￥4,433`` (ja, JPY).
+
+    The amount is rounded once, half-up, to the currency's ISO 4217 minor unit
+    (:func:`triggers.money.round_money`) and shown with exactly that many decimals, so the
+    text is the computed amount: Babel's own rounding (half-even, to CLDR's digits, which
+    differ from ISO 4217 for some currencies) never gets a say.
+    """
+    value = round_money(Decimal(str(amount)), currency)
+    digits = minor_unit(currency)
+    pattern = _currency_pattern(locale, digits)
+    return format_currency(value, currency, pattern, locale=locale, currency_digits=False)
+
+
+@lru_cache(maxsize=512)
+def _currency_pattern(locale: Locale, digits: int) -> NumberPattern:
+    """The locale's standard currency pattern with exactly ``digits`` decimals."""
+    base = locale.currency_formats["standard"]
+    return NumberPattern(
+        base.pattern,
+        base.prefix,
+        base.suffix,
+        base.grouping,
+        base.int_prec,
+        (digits, digits),
+        base.exp_prec,
+        base.exp_plus,
+        base.number_pattern,
+    )
 
 
 def _number(value: Decimal | int, locale: Locale) -> str:

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from triggers.definitions import load_definitions
@@ -27,6 +26,8 @@ from triggers.loader import (
     campaign_files,
     load_rule_set,
     plain_data,
+    read_limited,
+    read_yaml,
 )
 from worker.metrics import CAMPAIGNS_ACTIVE, RULE_RELOADS, RULES_STALE
 from worker.rendering import Renderer
@@ -49,11 +50,21 @@ def template_names(templates_dir: Path) -> set[str]:
 
 
 def load_complements(path: Path) -> dict[str, list[str]]:
-    """The category complement map: category -> complementary categories, best first."""
+    """The category complement map: category -> complementary categories, best first.
+
+    Raises ``ValueError`` for a file of the wrong shape, ``RuleSetError`` for one that is
+    not YAML or is over the YAML limits."""
     if not path.exists():
         return {}
-    reader = YAML(typ="rt")  # YAML 1.2, like campaign files: a category "no" stays text
-    data = plain_data(reader.load(path.read_text(encoding="utf-8"))) or {}
+    # Read like campaign files (YAML 1.2: a category "no" stays text) and within the same
+    # limits (size, expanded aliases, depth); a file over them raises RuleSetError.
+    text, issues = read_limited(path)
+    document = None
+    if text is not None and text.strip():
+        document, issues = read_yaml(text, str(path), "the complements file")
+    if issues:
+        raise RuleSetError(issues)
+    data = plain_data(document) or {}
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) for i in v)
         for k, v in data.items()

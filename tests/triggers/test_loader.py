@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import time, timedelta
 from decimal import Decimal
 from pathlib import Path
+from time import perf_counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from triggers.campaigns import ComplementaryOffer
+from triggers.definitions import load_definitions
 from triggers.loader import (
+    MAX_YAML_BYTES,
+    MAX_YAML_NODES,
     LintIssue,
     RuleSet,
     RuleSetError,
     campaign_files,
     load_rule_set,
     parse_campaign,
+    plain_data,
+    read_yaml,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -545,3 +555,181 @@ def test_yaml_1_1_boolean_word_is_not_a_boolean(tmp_path: Path) -> None:
     text = edit("once_per_customer: true", "once_per_customer: no")
     issue = only_issue(tmp_path, text)
     assert_issue(issue, "bad-value", spot(text, "no, cooldown"), "frequency.once_per_customer")
+
+
+# --- limits: file size, alias expansion ("billion laughs"), depth --------------------------
+
+
+def count_values(data: object) -> int:
+    """Brute force: values in plain data, keys included (every alias copied out)."""
+    if isinstance(data, dict):
+        return 1 + sum(1 + count_values(value) for value in data.values())
+    if isinstance(data, list):
+        return 1 + sum(count_values(item) for item in data)
+    return 1
+
+
+# A bomb: its text, its size once every alias is expanded (the whole document), and the
+# nodes that multiply, in the order they are completed: (expanded size, line, column).
+Bomb = tuple[str, int, list[tuple[int, int, int]]]
+
+
+def _document(lines: list[str], sizes: list[int]) -> int:
+    """Expanded size of a document of ``name: value`` lines: the root, each key and value."""
+    return 1 + sum(1 + size for size in sizes)
+
+
+def list_bomb(fanout: int, levels: int) -> Bomb:
+    """``l0: &l0 [lol, lol …]``, ``l1: &l1 [*l0, *l0 …]`` …, the classic billion laughs."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * fanout)}]"]
+    sizes = [1 + fanout]
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * fanout)}]")
+        sizes.append(1 + fanout * sizes[-1])
+    nodes = [(size, n + 1, 5) for n, size in enumerate(sizes)]  # at "&lN"
+    return "\n".join(lines) + "\n", _document(lines, sizes), nodes
+
+
+def map_bomb(fanout: int, levels: int) -> Bomb:
+    """Nested mappings: ``m1: &m1 {k0: *m0, k1: *m0 …}``."""
+    lines = ["m0: &m0 {k: lol}"]
+    sizes = [3]
+    for level in range(1, levels):
+        pairs = ", ".join(f"k{n}: *m{level - 1}" for n in range(fanout))
+        lines.append(f"m{level}: &m{level} {{{pairs}}}")
+        sizes.append(1 + fanout * (1 + sizes[-1]))
+    nodes = [(size, n + 1, 5) for n, size in enumerate(sizes)]
+    return "\n".join(lines) + "\n", _document(lines, sizes), nodes
+
+
+def merge_bomb(fanout: int, levels: int) -> Bomb:
+    """Merge keys: ``a1: &a1 {<<: *a0, x1: [*a0, *a0 …]}``."""
+    lines = ["a0: &a0 {k: lol}"]
+    sizes = [3]
+    nodes = [(3, 1, 5)]
+    for level in range(1, levels):
+        items = ", ".join([f"*a{level - 1}"] * fanout)
+        line = f"a{level}: &a{level} {{<<: *a{level - 1}, x{level}: [{items}]}}"
+        lines.append(line)
+        listed = 1 + fanout * sizes[-1]
+        # the mapping: itself, the merge key and what it merges, the list's key and the list
+        sizes.append(1 + (1 + sizes[-1]) + (1 + listed))
+        nodes += [(listed, level + 1, line.index("[") + 1), (sizes[-1], level + 1, 5)]
+    return "\n".join(lines) + "\n", _document(lines, sizes), nodes
+
+
+def measured(read: Callable[[], object]) -> tuple[object, float, int]:
+    """Result, seconds and peak traced memory (bytes) of ``read()``."""
+    tracemalloc.start()
+    started = perf_counter()
+    try:
+        result = read()
+    finally:
+        elapsed = perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return result, elapsed, peak
+
+
+@pytest.mark.parametrize("bomb", [list_bomb, map_bomb, merge_bomb])
+def test_alias_bombs_are_an_issue_in_bounded_time_and_memory(
+    tmp_path: Path, bomb: Callable[[int, int], Bomb]
+) -> None:
+    text, total, nodes = bomb(9, 10)  # billions of values once expanded, well under 1 KiB
+    assert len(text) < 1024 and total > 10**9
+    path = write(tmp_path, "bomb.yaml", text)
+
+    def lint() -> object:
+        with pytest.raises(RuleSetError) as caught:
+            load_rule_set([path], template_names=TEMPLATES)
+        return list(caught.value.issues)
+
+    issues, seconds, peak = measured(lint)
+    assert isinstance(issues, list) and len(issues) == 1
+    # The smallest node over the limit: where the file multiplies once too often.
+    _size, line, col = next(node for node in nodes if node[0] > MAX_YAML_NODES)
+    assert_issue(issues[0], "yaml-aliases", Spot(line, col))
+    assert seconds < 2, seconds
+    assert peak < 32 * 2**20, peak
+
+
+def test_an_alias_inside_the_node_it_names_is_an_issue(tmp_path: Path) -> None:
+    issue = only_issue(tmp_path, "a: &loop [x, *loop]\n")
+    assert_issue(issue, "yaml-aliases", Spot(1, 4))
+    assert "loop" in issue.message
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(fanout=st.integers(1, 12), levels=st.integers(1, 8))
+def test_aliases_are_accepted_exactly_up_to_the_expansion_limit(fanout: int, levels: int) -> None:
+    text, total, _nodes = list_bomb(fanout, levels)
+    document, issues = read_yaml(text, "f.yaml", "a file")
+    if total > MAX_YAML_NODES:
+        assert [issue.code for issue in issues] == ["yaml-aliases"]
+    else:
+        assert issues == []
+        assert count_values(plain_data(document)) == total
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: " + "[" * 5000 + "]" * 5000 + "\n",  # flow, one line
+        "a: " + "{b: " * 200 + "c" + "}" * 200 + "\n",
+        "a:\n" + "".join(" " * n + "- \n" for n in range(1, 400)),  # block sequences
+    ],
+    ids=["flow-lists", "flow-maps", "block"],
+)
+def test_nesting_deeper_than_the_limit_is_an_issue(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, "deep.yaml", text)
+
+    def lint() -> object:
+        with pytest.raises(RuleSetError) as caught:
+            load_rule_set([path], template_names=TEMPLATES)
+        return list(caught.value.issues)
+
+    issues, seconds, _peak = measured(lint)
+    assert isinstance(issues, list) and [i.code for i in issues] == ["yaml-too-deep"]
+    assert seconds < 2, seconds
+
+
+def test_a_file_over_the_size_limit_is_an_issue_before_it_is_parsed(tmp_path: Path) -> None:
+    padding = "lines: [of, values, nobody, wants, to, parse]\n" * 100_000  # 4.5 MB
+    path = write(tmp_path, "big.yaml", GOOD + padding)
+    assert path.stat().st_size > MAX_YAML_BYTES
+    issues, seconds, peak = measured(lambda: only_issue_of(path))
+    assert isinstance(issues, list)
+    (issue,) = issues
+    assert seconds < 2 and peak < 2 * MAX_YAML_BYTES + 2**20  # only the limit's worth read
+    assert_issue(issue, "yaml-too-large", Spot(1, 1))
+    assert f"{path.stat().st_size:,}" in issue.message
+
+
+def test_a_file_of_exactly_the_size_limit_loads(tmp_path: Path) -> None:
+    filler = MAX_YAML_BYTES - len(GOOD.encode())
+    path = write(tmp_path, "full.yaml", GOOD + "#" * (filler - 1) + "\n")
+    assert path.stat().st_size == MAX_YAML_BYTES
+    assert load_rule_set([path], template_names=TEMPLATES).campaigns
+
+
+def test_a_text_over_the_size_limit_is_an_issue_too() -> None:
+    _document, issues = read_yaml("a: b\n" * (MAX_YAML_BYTES // 5 + 1), "t.yaml", "a file")
+    assert [issue.code for issue in issues] == ["yaml-too-large"]
+
+
+def only_issue_of(path: Path) -> list[LintIssue]:
+    with pytest.raises(RuleSetError) as caught:
+        load_rule_set([path], template_names=TEMPLATES)
+    return list(caught.value.issues)
+
+
+def test_segments_and_attributes_files_have_the_same_limits(tmp_path: Path) -> None:
+    text, _total, _nodes = map_bomb(9, 10)
+    segments = write(tmp_path, "segments.yaml", text)
+    attributes = write(tmp_path, "attributes.yaml", "a: number\n" + "#" * MAX_YAML_BYTES)
+    with pytest.raises(RuleSetError) as caught:
+        load_definitions(attributes, segments)
+    assert sorted((i.file, i.code) for i in caught.value.issues) == [
+        (str(attributes), "yaml-too-large"),
+        (str(segments), "yaml-aliases"),
+    ]

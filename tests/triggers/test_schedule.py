@@ -418,3 +418,151 @@ def test_precomputed_send_windows_plan_the_same_time_as_the_per_call_path(
         expected
     )
     assert outcome(lambda: plan_send_time(plan_schedule, triggered, now, zone, quiet)) == expected
+
+
+# --- DST gaps and folds: wall-clock membership, against a minute-by-minute reference -------
+
+
+def test_a_window_starting_inside_a_gap_opens_when_the_gap_ends() -> None:
+    # 8 March 2026 in New York: 02:00 EST is followed by 03:00 EDT, 02:30 never shows.
+    window = schedule(window={"from": "02:30", "to": "03:30"})
+    start = local(NEW_YORK, 2026, 3, 8, 0, 0)
+    plan = plan_send_time(window, start, start, NEW_YORK, None)
+    assert plan.send_at == datetime(2026, 3, 8, 7, 0, tzinfo=UTC)
+    assert plan.send_at.astimezone(NEW_YORK).isoformat() == "2026-03-08T03:00:00-04:00"
+
+
+def test_the_precomputed_windows_of_a_compiled_campaign_open_when_the_gap_ends() -> None:
+    campaign = compiled("gap", schedule={"window": {"from": "02:30", "to": "03:30"}})
+    start = local(NEW_YORK, 2026, 3, 8, 0, 0)
+    windows = campaign.send_windows(None)
+    plan = plan_in_windows(campaign.campaign.schedule, windows, start, start, NEW_YORK)
+    assert plan.send_at.astimezone(NEW_YORK).isoformat() == "2026-03-08T03:00:00-04:00"
+
+
+def test_quiet_hours_ending_inside_a_gap_end_with_the_gap_not_an_hour_later() -> None:
+    quiet = quiet_hours_window(time(22), time(2, 30))  # sending allowed 02:30-22:00
+    start = local(NEW_YORK, 2026, 3, 8, 1, 0)
+    opens = next_allowed(start, [quiet], NEW_YORK)
+    assert opens.astimezone(NEW_YORK).isoformat() == "2026-03-08T03:00:00-04:00"
+
+
+def test_a_window_ending_inside_a_gap_closes_when_the_gap_starts() -> None:
+    window = DailyWindow(time(1, 0), time(2, 30))
+    # 01:59 EST is inside; the next instant on the clock is 03:00 EDT, which is not.
+    assert window.contains(datetime(2026, 3, 8, 6, 59, tzinfo=UTC), NEW_YORK)
+    assert not window.contains(datetime(2026, 3, 8, 7, 0, tzinfo=UTC), NEW_YORK)
+
+
+def test_both_passes_of_a_repeated_hour_count() -> None:
+    # 1 November 2026 in New York: 01:00-02:00 shows twice, first EDT then EST.
+    window = DailyWindow(time(1, 30), time(2, 0))
+    first = window.next_open(local(NEW_YORK, 2026, 11, 1, 0, 0), NEW_YORK)
+    assert first == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)  # 01:30 EDT
+    second = window.next_open(first + timedelta(minutes=30), NEW_YORK)
+    assert second == datetime(2026, 11, 1, 6, 30, tzinfo=UTC)  # 01:30 EST
+    # Between them the clock shows 01:00-01:29 (EST): outside the window.
+    assert not window.contains(datetime(2026, 11, 1, 6, 15, tzinfo=UTC), NEW_YORK)
+
+
+def transitions(zone: ZoneInfo, year: int) -> list[datetime]:
+    """Every UTC instant in ``year`` at which ``zone`` changes its offset, to the minute.
+
+    Found by reading the offset hour by hour, then minute by minute inside the hour that
+    changed: independent of the code under test.
+    """
+    found: list[datetime] = []
+    moment = datetime(year, 1, 1, tzinfo=UTC)
+    while moment.year == year:
+        following = moment + timedelta(hours=1)
+        if moment.astimezone(zone).utcoffset() != following.astimezone(zone).utcoffset():
+            minute = moment
+            while minute.astimezone(zone).utcoffset() == moment.astimezone(zone).utcoffset():
+                minute += timedelta(minutes=1)
+            found.append(minute)
+        moment = following
+    return found
+
+
+DST_ZONES = [
+    ("America/New_York", 2026),
+    ("Europe/Bucharest", 2026),
+    ("Australia/Lord_Howe", 2026),  # 30-minute shift at 02:00
+    ("America/Santiago", 2026),  # changes at midnight
+    ("America/Havana", 2026),  # spring forward at midnight
+    ("Asia/Beirut", 2026),  # changes at midnight
+    ("America/Asuncion", 2024),  # midnight changes (DST abolished after 2024)
+    ("Pacific/Chatham", 2026),  # +12:45/+13:45
+]
+ZONE_TRANSITIONS = [
+    (name, instant) for name, year in DST_ZONES for instant in transitions(ZoneInfo(name), year)
+]
+quarter_hours = st.builds(time, st.integers(0, 23), st.sampled_from([0, 15, 30, 45]))
+
+
+def test_every_zone_in_the_dst_property_has_a_gap_and_a_fold() -> None:
+    def offset(moment: datetime, name: str) -> timedelta:
+        return moment.astimezone(ZoneInfo(name)).utcoffset() or timedelta(0)
+
+    for name, _year in DST_ZONES:
+        forward = [
+            offset(at, name) > offset(at - timedelta(minutes=1), name)
+            for zone_name, at in ZONE_TRANSITIONS
+            if zone_name == name
+        ]
+        assert True in forward and False in forward, name  # a gap and a fold
+
+
+def first_allowed_minute(
+    moment: datetime,
+    zone: ZoneInfo,
+    windows: list[tuple[time, time, set[int]]],
+    limit: timedelta,
+) -> datetime | None:
+    """Brute force: walk UTC minute by minute, reading the wall clock at each."""
+    probe = moment
+    while probe - moment <= limit:
+        if all(in_daily_window(probe, zone, *window) for window in windows):
+            return probe
+        probe += timedelta(minutes=1)
+    return None
+
+
+@settings(max_examples=250, deadline=None, database=None)
+@given(
+    zone_and_transition=st.sampled_from(ZONE_TRANSITIONS),
+    start=quarter_hours,
+    end=quarter_hours,
+    days=st.sets(st.integers(0, 6), min_size=5),
+    quiet=st.none() | st.tuples(quarter_hours, quarter_hours),
+    before_minutes=st.integers(0, 30 * 60),
+)
+def test_windows_around_transitions_open_at_the_first_allowed_minute(
+    zone_and_transition: tuple[str, datetime],
+    start: time,
+    end: time,
+    days: set[int],
+    quiet: tuple[time, time] | None,
+    before_minutes: int,
+) -> None:
+    assume(start != end)
+    name, transition = zone_and_transition
+    zone = ZoneInfo(name)
+    moment = transition - timedelta(minutes=before_minutes)
+    windows = [DailyWindow(start, end, frozenset(days))]
+    reference = [(start, end, days)]
+    if quiet is not None:
+        assume(quiet[0] != quiet[1])
+        windows.append(quiet_hours_window(*quiet))
+        reference.append((quiet[1], quiet[0], set(range(7))))
+    limit = timedelta(days=3)
+    expected = first_allowed_minute(moment, zone, reference, limit)
+    try:
+        found = next_allowed(moment, windows, zone)
+    except ValueError:
+        assert expected is None
+        return
+    if expected is None:
+        assert found - moment > limit
+    else:
+        assert found == expected, (found.astimezone(zone), expected.astimezone(zone))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from bench.shop import Shop, ShopSpec, load_shop, make_shop
@@ -17,8 +21,9 @@ from triggers.campaigns import RecommendedOffer
 from triggers.events import validate_event
 from triggers.facts import CustomerProfile
 from triggers.offers import OfferUnavailable
+from worker import catalog_import
 from worker.catalog import recommended_for
-from worker.catalog_import import CatalogError, parse_catalog, upsert_products
+from worker.catalog_import import MAX_LINE_CHARS, CatalogError, parse_catalog, upsert_products
 from worker.clock import ShiftedClock
 from worker.db import transaction
 from worker.delivery import deliver_send
@@ -169,6 +174,110 @@ def test_unknown_and_missing_columns_are_reported(tmp_path: Path) -> None:
     assert error.line == 1
     assert "unknown column 'colour'" in error.message
     assert "missing column 'category'" in error.message
+
+
+# --- import file limits ------------------------------------------------------------------
+
+JSONL_ROW = (
+    '{{"sku": "J-{n}", "name": "Item {n}", "category": "c", "price": "1.00", "currency": "EUR"}}\n'
+)
+CSV_ROW = "C-{n},Item {n},c,1.00,EUR,,true,,,\n"
+CSV_HEADER = CSV_GOOD.splitlines(keepends=True)[0]
+
+
+def _errors(path: Path) -> list[tuple[int, str]]:
+    started = time.perf_counter()
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(path)
+    assert time.perf_counter() - started < 2
+    return [(error.line, error.column) for error in caught.value.errors]
+
+
+@settings(max_examples=30, deadline=None, database=None)
+@given(
+    rows=st.integers(1, 30),
+    long_at=st.sets(st.integers(0, 29), min_size=1, max_size=3),
+    bad_at=st.sets(st.integers(0, 29), max_size=3),
+    jsonl=st.booleans(),
+)
+def test_over_long_lines_are_reported_and_the_other_lines_keep_their_numbers(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: int,
+    long_at: set[int],
+    bad_at: set[int],
+    jsonl: bool,
+) -> None:
+    long_at = {n for n in long_at if n < rows} or {0}
+    bad_at = {n for n in bad_at if n < rows} - long_at
+    template = JSONL_ROW if jsonl else CSV_ROW
+    lines = [] if jsonl else [CSV_HEADER]
+    for n in range(rows):
+        line = template.format(n=n)
+        if n in bad_at:
+            line = line.replace("EUR", "euro")
+        if n in long_at:
+            line = line.replace("Item", "I" + "x" * MAX_LINE_CHARS)
+        lines.append(line)
+    path = tmp_path_factory.mktemp("catalog") / ("catalog.jsonl" if jsonl else "catalog.csv")
+    path.write_text("".join(lines), encoding="utf-8")
+    first = 1 if jsonl else 2  # the line number of row 0
+    expected = sorted(
+        [(first + n, "line") for n in long_at] + [(first + n, "currency") for n in bad_at]
+    )
+    assert sorted(_errors(path)) == expected
+
+
+def test_an_unclosed_quote_is_reported_where_the_field_passes_the_csv_limit(
+    tmp_path: Path,
+) -> None:
+    """The quote swallows every following line into one field until csv's field limit."""
+    opened = "Unclosed,c,1.00,EUR,,,,,\n"
+    filler = "filler,line\n"
+    path = tmp_path / "catalog.csv"
+    path.write_text(CSV_HEADER + 'Q-1,"' + opened + filler * 20_000, encoding="utf-8")
+    length, line = len(opened), 2
+    while length <= csv.field_size_limit():
+        length, line = length + len(filler), line + 1
+    assert _errors(path) == [(line, "csv")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"sku": ' + "[" * 5_000 + "]" * 5_000 + "}\n",  # nested past the recursion limit
+        '{"sku": "A", "tier": ' + "9" * 5000 + "}\n",  # past Python's int digits limit
+    ],
+    ids=["json-deep", "json-huge-int"],
+)
+def test_json_lines_python_cannot_parse_are_errors_not_crashes(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "catalog.jsonl"
+    path.write_text(JSONL_ROW.format(n=1) + text, encoding="utf-8")
+    assert _errors(path) == [(2, "json")]
+
+
+def test_bytes_that_are_not_utf8_are_reported_at_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_bytes((CSV_GOOD + "BAD-1,Caf\xe9,c,1.00,EUR,,,,,\n").encode("latin-1"))
+    assert _errors(path) == [(4, "file")]
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_text(CSV_GOOD)
+    monkeypatch.setattr(catalog_import, "MAX_FILE_BYTES", path.stat().st_size - 1)
+    assert _errors(path) == [(1, "file")]
+    monkeypatch.setattr(catalog_import, "MAX_FILE_BYTES", path.stat().st_size)
+    assert [row.sku for row in parse_catalog(path)] == ["CAM-1", "CAM-2"]
+
+
+def test_reporting_stops_after_max_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog_import, "MAX_ERRORS", 5)
+    path = tmp_path / "catalog.csv"
+    path.write_text(CSV_HEADER + "".join(f"B-{n},x,c,-1,EUR,,,,,\n" for n in range(50)))
+    errors = _errors(path)
+    assert errors == [(line, "price") for line in range(2, 7)] + [(7, "file")]
 
 
 # --- coupons and the send-time check ---------------------------------------------------
