@@ -87,10 +87,14 @@ _TEXT_CONFIG = ParserConfig(css=CSS_PROFILES["strict"], display_links=True)
 def text_from_html(html: str) -> str:
     """A readable plain-text part from the HTML: paragraphs, lists, links as [text](url).
 
-    inscriptis parses the HTML, so character references (``&#39;``, ``&amp;``) come out as
-    the characters they stand for, never as entities.
+    Character references must come out as the characters they stand for, exactly once.
+    inscriptis decodes them twice: lxml decodes the document, then inscriptis runs
+    ``html.unescape`` over the decoded text (inscriptis 2.7, ``model/canvas/block.py``), so a
+    customer named ``&lt;b&gt;`` (HTML ``&amp;lt;b&amp;gt;``) became ``<b>``. Every ``&``
+    of the serialised HTML starts a reference (css-inline's serialiser writes a literal
+    ampersand as ``&amp;``), so escaping each ``&`` once more makes the two decodings one.
     """
-    return str(get_text(html, _TEXT_CONFIG))
+    return str(get_text(html.replace("&", "&amp;"), _TEXT_CONFIG))
 
 
 def html_autoescape(name: str | None) -> bool:
@@ -123,11 +127,11 @@ class Renderer:
         names = [f"{template}/{part}.{locale.language}_{locale.territory}.{suffix}"]
         names.append(f"{template}/{part}.{locale.language}.{suffix}")
         names.append(f"{template}/{part}.{suffix}")
-        loader = self.env.loader
-        assert isinstance(loader, SafeFileSystemLoader)
         for name in names:
             try:
-                loader.path_of(name)  # a symlinked variant is refused, not skipped
+                # Compiled once and cached: a snapshot keeps the templates it was checked
+                # with. A symlinked variant raises UnsafeTemplatePath: refused, not skipped.
+                self.env.get_template(name)
             except TemplateNotFound:
                 continue
             return name
