@@ -121,6 +121,10 @@ class Renderer:
             keep_trailing_newline=False,
         )
         self._inliner = css_inline.CSSInliner(keep_style_tags=True)
+        # A snapshot's files never change under it: remember which locale variants are
+        # missing and the compiled inline subjects (compiling is most of a render's cost).
+        self._missing: set[str] = set()
+        self._inline: dict[str, Template] = {}
 
     def _pick(self, template: str, part: str, suffix: str, locale: Locale) -> str:
         """``<template>/<part>.<lang>.<suffix>`` if it exists, else the default part."""
@@ -128,11 +132,14 @@ class Renderer:
         names.append(f"{template}/{part}.{locale.language}.{suffix}")
         names.append(f"{template}/{part}.{suffix}")
         for name in names:
+            if name in self._missing:
+                continue
             try:
                 # Compiled once and cached: a snapshot keeps the templates it was checked
                 # with. A symlinked variant raises UnsafeTemplatePath: refused, not skipped.
                 self.env.get_template(name)
             except TemplateNotFound:
+                self._missing.add(name)
                 continue
             return name
         raise TemplateNotFound(f"{template}/{part}.{suffix}")
@@ -173,7 +180,12 @@ class Renderer:
             long_date=lambda value: _date(value, locale),
         )
         if subject_override is not None:
-            subject = self._output(self.env.from_string(subject_override), values)
+            compiled = self._inline.get(subject_override)
+            if compiled is None:
+                compiled = self.env.from_string(subject_override)
+                if len(self._inline) < 1024:
+                    self._inline[subject_override] = compiled
+            subject = self._output(compiled, values)
         else:
             name = self._pick(template, "subject", "txt", locale)
             subject = self._output(self.env.get_template(name), values)
