@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from datetime import timedelta
+from email import message_from_bytes, policy
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,13 @@ from sqlalchemy import select
 
 from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
 from tests.worker.test_pipeline import _dispatch, _ingest, _runtime
+from tests.worker.test_rendering import _envelope
 from triggers.loader import LintIssue, RuleSetError, load_rule_set
 from worker.clock import ShiftedClock
 from worker.db import transaction
 from worker.delivery import deliver_send
 from worker.email_context import sample_context
+from worker.mime import build_message
 from worker.models import Send
 from worker.rendering import Renderer
 from worker.rules import RuleStore, load_rules
@@ -156,6 +159,9 @@ def _check_name_renders_literally(renderer: Renderer, name: str) -> None:
     assert email.text == f"Dear {name},\n".strip() + "\n"
     inline = renderer.render("t", context, "en", "{{ customer.first_name }}: {{ 'a&b' }}")
     assert inline.subject == _words(f"{name}: a&b")
+    # ... and reads back the same from the Subject header of the message a send builds.
+    parsed_message = message_from_bytes(build_message(_envelope(), inline), policy=policy.default)
+    assert parsed_message["Subject"] == _words(f"{name}: a&b")
     # The HTML, read back by a parser, shows exactly the name; the name adds no element.
     parsed = _Html(email.html)
     assert "".join(parsed.text) == name + name.upper()
