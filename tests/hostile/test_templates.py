@@ -207,6 +207,8 @@ RUNTIME_ERRORS = [
     ("{{ 2.0 ** 100000 }}", "OverflowError"),
     ("{{ range(10**12)|list }}", "OverflowError"),
     ("{{ offer['items'][0].name + 1 }}", "TypeError"),
+    ("{% include 't/body.html' %}", "RecursionError"),
+    ("{{ '%s %s' % ('a',) }}", "TypeError"),
 ]
 
 
