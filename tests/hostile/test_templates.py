@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from email import message_from_bytes, policy
 from html.parser import HTMLParser
@@ -321,6 +322,34 @@ def test_the_wall_clock_limit_stops_a_render_without_a_step_ceiling(tmp_path: Pa
     with pytest.raises(RenderLimitError, match=r"took longer than 0\.2 s"):
         renderer.render("t", {}, "en")
     assert time.monotonic() - started < 2.0
+
+
+def test_each_thread_renders_on_its_own_budget(tmp_path: Path) -> None:
+    """Celery runs sends in threads: bombs in some threads neither stop nor slow down to a
+    failure the ordinary renders running beside them (a shared budget would)."""
+    renderer = _renderer(
+        tmp_path,
+        {
+            "bomb/subject.txt": "x",
+            "bomb/body.html": BOMBS[0],
+            "ok/subject.txt": "Hi {{ n }}",
+            "ok/body.html": "{% for i in range(n) %}<p>{{ i }}</p>{% endfor %}",
+            "ok/body.txt": "{% for i in range(n) %}{{ i }} {% endfor %}",
+        },
+        max_steps=30_000,
+    )
+
+    def render(index: int) -> str:
+        if index % 2:
+            with pytest.raises(RenderLimitError):
+                renderer.render("bomb", {}, "en")
+            return "bomb"
+        return renderer.render("ok", {"n": 4_000}, "en").text
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(render, range(16)))
+    expected = " ".join(str(i) for i in range(4_000)) + "\n"
+    assert results == [expected if i % 2 == 0 else "bomb" for i in range(16)]
 
 
 @given(outer=st.integers(0, 400), inner=st.integers(0, 400))
