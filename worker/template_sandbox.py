@@ -56,10 +56,11 @@ class UnsafeTemplatePath(SecurityError):
 
 @dataclass(frozen=True, slots=True)
 class RenderLimits:
-    """Ceilings of one render of one template part (subject, HTML or text).
+    """Ceilings of one render of one email (subject, HTML and text together).
 
     A real email needs a few hundred steps and a few kB; Gmail clips an HTML part
-    beyond 102 kB. Units: steps, seconds, characters (or list items), frames, bytes.
+    beyond 102 kB. Units: steps, seconds, characters (or list items), call frames, bits,
+    bytes.
     """
 
     max_steps: int = 100_000
@@ -271,8 +272,8 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         _step()
         owner = getattr(__obj, "__self__", None)
         name = getattr(__obj, "__name__", "")
-        if isinstance(owner, str):
-            __self._check_str_method(owner, name, args, kwargs)
+        if isinstance(owner, str | bytes):
+            args = __self._check_str_method(owner, name, args, kwargs)
         current = _BUDGET.get()
         if current is not None:
             current.depth += 1
@@ -290,19 +291,24 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         return __self.sizes.checked(result, f"{name or 'call'}()")
 
     def _check_str_method(
-        self, owner: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        what = f"str.{name}()"
+        self, owner: str | bytes, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Any, ...]:
+        """Refuse a ``str``/``bytes`` method call that would build too much; returns the
+        arguments to call with (a lazy iterable to ``join`` is collected first, to count it)."""
+        what = f"{type(owner).__name__}.{name}()"
         if name in _STR_METHODS_REFUSED:
             raise SecurityError(f"{what} is not allowed in templates")
         if name in _STR_METHODS_WITH_WIDTH:
             self.sizes.width(args[0] if args else kwargs.get("width"), what)
-        elif name == "replace" and len(args) >= 2 and all(isinstance(a, str) for a in args[:2]):
+        elif name == "replace" and len(args) >= 2 and all(type(a) is type(owner) for a in args[:2]):
             self.sizes.refuse_if(len(owner) + owner.count(args[0]) * len(args[1]), what)
         elif name == "join" and args:
-            items = args[0]
-            count = len(items) if hasattr(items, "__len__") else 0
-            self.sizes.refuse_if(weight(items, self.limits.max_value) + count * len(owner), what)
+            items = args[0] if hasattr(args[0], "__len__") else list(args[0])
+            self.sizes.refuse_if(
+                weight(items, self.limits.max_value) + len(items) * len(owner), what
+            )
+            return (items, *args[1:])
+        return args
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         wrapped = super().wrap_str_format(value)
@@ -328,8 +334,9 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         elif operator == "**":
             if isinstance(left, int) and isinstance(right, int) and right > 0:
                 self.sizes_refuse_bits(max(left.bit_length(), 1) * right, what)
-        elif operator == "%" and isinstance(left, str):
-            self.sizes.format_spec(_percent_widths(left), _as_tuple(right), what)
+        elif operator == "%" and isinstance(left, str | bytes):
+            text = left if isinstance(left, str) else left.decode("latin-1")
+            self.sizes.format_spec(_percent_widths(text), _as_tuple(right), what)
         result = super().call_binop(context, operator, left, right)
         if isinstance(result, int) and not isinstance(result, bool):
             self.sizes_refuse_bits(result.bit_length(), what)
@@ -338,7 +345,7 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
     def _check_repeat(self, left: Any, right: Any, what: str) -> None:
         for sequence, count in ((left, right), (right, left)):
             if isinstance(count, int) and not isinstance(count, bool):
-                if isinstance(sequence, str | list | tuple):
+                if isinstance(sequence, str | bytes | list | tuple):
                     self.sizes.refuse_if(weight(sequence, self.limits.max_value) * count, what)
                 elif isinstance(sequence, int) and not isinstance(sequence, bool):
                     self.sizes_refuse_bits(sequence.bit_length() + count.bit_length(), what)
@@ -366,6 +373,8 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         @wraps(function)
         def budgeted(context: Context, value: Any, *args: Any, **kwargs: Any) -> Any:
             _step()
+            if name == "join" and isinstance(value, Iterator):
+                value = list(value)  # counted (a lazy filter's items) and then sized below
             _check_filter_arguments(sizes, name, value, args, kwargs)
             if passes is _PassArg.context:
                 result = function(context, value, *args, **kwargs)
