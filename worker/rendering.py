@@ -37,6 +37,7 @@ from worker.template_sandbox import (
     SafeFileSystemLoader,
     UnsafeTemplatePath,
     budget,
+    check_html_nesting,
 )
 
 __all__ = [
@@ -193,6 +194,7 @@ class Renderer:
         html = self._output(
             self.env.get_template(self._pick(template, "body", "html", locale)), values
         )
+        check_html_nesting(html, self.limits.max_html_depth)  # before css-inline recurses
         html = self._inliner.inline(html)
         try:
             text_name = self._pick(template, "body", "txt", locale)

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import wraps
+from html.parser import HTMLParser
 from pathlib import Path
 from string import Formatter
 from typing import Any, cast
@@ -60,7 +61,7 @@ class RenderLimits:
 
     A real email needs a few hundred steps and a few kB; Gmail clips an HTML part
     beyond 102 kB. Units: steps, seconds, characters (or list items), call frames, bits,
-    bytes.
+    bytes; ``max_html_depth`` is elements nested in the HTML part.
     """
 
     max_steps: int = 100_000
@@ -70,6 +71,7 @@ class RenderLimits:
     max_depth: int = 64
     max_int_bits: int = 4096
     max_template_bytes: int = 512 * 1024
+    max_html_depth: int = 256
 
 
 class Budget:
@@ -478,6 +480,55 @@ class BudgetedCodeGenerator(CodeGenerator):
         instrumented = _Instrument().visit(node)
         assert isinstance(instrumented, nodes.Template)
         super().visit_Template(instrumented, frame)
+
+
+# Elements that never hold others, and those whose end tag the HTML parser supplies when
+# the next sibling starts (``<p><p>`` are siblings): neither adds nesting.
+_VOID_ELEMENTS = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param"}
+    | {"source", "track", "wbr"}
+)
+_IMPLIED_END = frozenset(
+    {"p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup", "thead", "tbody"}
+    | {"tfoot", "colgroup", "caption", "rb", "rt", "rtc", "rp", "html", "head", "body"}
+)
+
+
+class _Nesting(HTMLParser):
+    def __init__(self, limit: int) -> None:
+        super().__init__(convert_charrefs=False)
+        self.limit = limit
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _VOID_ELEMENTS or tag in _IMPLIED_END:
+            return
+        self.open.append(tag)
+        if len(self.open) > self.limit:
+            raise RenderLimitError(f"render limit: HTML elements nested deeper than {self.limit}")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        return
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.open:
+            while self.open.pop() != tag:
+                pass
+
+
+def check_html_nesting(html: str, limit: int) -> None:
+    """Refuse HTML nested deeper than ``limit`` elements (raises RenderLimitError).
+
+    css-inline (0.24) parses and serialises recursively: some 15,000 nested ``<div>``
+    (75 kB, well inside the other limits) overflow the native stack of a worker thread
+    and kill the process. Nesting is at most the number of ``<``, so ordinary emails
+    (a few hundred tags) are let through without parsing.
+    """
+    if html.count("<") <= limit:
+        return
+    parser = _Nesting(limit)
+    parser.feed(html)
+    parser.close()
 
 
 class SafeFileSystemLoader(BaseLoader):

@@ -286,6 +286,8 @@ BOMBS = [
     "{{ ('x' * 100000).join(range(100000)|map('string')|list) }}",
     "{{ range(100000)|map('string')|join('x' * 100000) }}",
     "{{ 'x'.translate({120: 'y'}) }}",
+    "{% for i in range(15000) %}<div>{% endfor %}x{% for i in range(15000) %}</div>{% endfor %}",
+    "{% for i in range(15000) %}<b>{% endfor %}x",
     "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
     "{% set s %}{% for i in range(1000) %}{{ 'x' * 10000 }}{% endfor %}{% endset %}{{ s|length }}",
     "{% for i in range(100000) %}" + "x" * 100 + "{% endfor %}",
@@ -400,6 +402,27 @@ def test_a_string_renders_whole_up_to_the_size_limit_and_is_refused_beyond(
     else:
         with pytest.raises(RenderLimitError):
             renderer.render("t", {"n": size}, "en")
+
+
+@given(depth=st.integers(0, 600), paragraphs=st.integers(0, 3000))
+@settings(max_examples=40, deadline=None)
+def test_html_nesting_renders_up_to_the_limit_and_is_refused_beyond(
+    tmp_path_factory: pytest.TempPathFactory, depth: int, paragraphs: int
+) -> None:
+    """Nested elements count, siblings do not: any number of unclosed ``<p>`` (the parser
+    closes each at the next) is fine, ``depth`` nested ``<div>`` only up to the limit."""
+    body = (
+        "{% for i in range(p) %}<p>x{% endfor %}"
+        "{% for i in range(d) %}<div>{% endfor %}y{% for i in range(d) %}</div>{% endfor %}"
+    )
+    renderer = _loop_renderer(tmp_path_factory, body)
+    context = {"d": depth, "p": paragraphs}
+    if depth <= renderer.limits.max_html_depth:
+        html = renderer.render("t", context, "en").html
+        assert (html.count("<div>"), html.count("<p>")) == (depth, paragraphs)
+    else:
+        with pytest.raises(RenderLimitError, match="nested deeper than"):
+            renderer.render("t", context, "en")
 
 
 # -- 4. symlinks and paths outside templates/ -------------------------------------------
