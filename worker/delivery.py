@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from jinja2 import TemplateError
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.orm import Session
@@ -160,6 +159,15 @@ def prepare(
         rendered = runtime.renderer.render(
             send.template or variant.template, context, customer.locale, variant.subject
         )
+    except Exception as exc:
+        # A template fault (1/0, a type error, a render limit hit, a refused symlink) is
+        # this send's problem, not a worker bug: skipped with the reason, never retried;
+        # the time limit keeps it from holding the worker thread.
+        log.warning(
+            "send %s: the template did not render: %s: %s", send.id, type(exc).__name__, exc
+        )
+        return Skip("render_error", f"{exc.__class__.__name__}: {exc}"[:1000])
+    try:
         message_id = message_id_for(send.id, settings.message_id_domain)
         send.message_id = message_id  # committed with the claim: reports can name it
         sender = compiled.campaign.sender
@@ -178,8 +186,8 @@ def prepare(
         )
         data = build_message(envelope, rendered)
         content = message_content(envelope, rendered)
-    except (TemplateError, HeaderInjection) as exc:
-        return Skip("render_error", f"{exc.__class__.__name__}: {exc}")
+    except HeaderInjection as exc:
+        return Skip("render_error", f"{exc.__class__.__name__}: {exc}"[:1000])
     envelope_from = (sender and sender.address) or settings.sender_address
     return OutgoingEmail(send.id, message_id, envelope_from, customer.email or "", data, content)
 

@@ -5,7 +5,9 @@ renderer whose templates were checked with them. The worker asks for the current
 snapshot on every decision; at most every ``check_every`` seconds (or at once on SIGHUP)
 it compares the files' modification times and reloads when they changed. A reload that
 fails leaves the previous snapshot running, logs every error as ``file:line:col`` and
-raises the ``crosssell_rules_reload_failing`` gauge.
+raises the ``crosssell_rules_reload_failing`` gauge. Templates are part of the set: lint
+renders each one under the sandbox's limits, so an edit that makes a template fail at
+render time (``{{ 1/0 }}``, a loop bomb, a symlink) is refused like a bad campaign field.
 """
 
 from __future__ import annotations
@@ -186,14 +188,18 @@ class RuleStore:
             return False
         try:
             snapshot = self.load()
-        except RuleSetError as exc:
+        except Exception as exc:
+            # RuleSetError lists every file:line problem (a template that fails to render
+            # or hits a render limit among them); anything else is reported the same way,
+            # so a set that cannot be loaded never replaces the running one.
+            error = str(exc) if isinstance(exc, RuleSetError) else f"{type(exc).__name__}: {exc}"
             with self._lock:
                 self._signature = signature
                 self.reload_failures += 1
-                self.last_error = str(exc)
+                self.last_error = error
             RULE_RELOADS.labels("failed").inc()
             RULES_STALE.set(1)
-            log.error("campaign reload failed; the previous rules keep running:\n%s", exc)
+            log.error("campaign reload failed; the previous rules keep running:\n%s", error)
             return False
         log.info("campaigns reloaded: %s", ", ".join(c.id for c in snapshot.rules.campaigns))
         return True

@@ -4,6 +4,12 @@ Every file of every variant's template directory must parse in the sandbox, and 
 template (and every locale variant) must render with a realistic context for the
 campaign's trigger and offer types: a misspelt variable is a lint error with the
 template's file and line, not a failed email at 9 a.m.
+
+Rendering runs under the sandbox's limits (``worker/template_sandbox.py``), so a template
+that loops for ever, builds a gigabyte string or recurses without end is a lint error
+(``template-runtime``) found in milliseconds, like one that divides by zero. Symlinks and
+paths leaving the templates directory are ``template-unsafe``. Every problem is reported
+as ``file:line`` with a message, never as a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from jinja2 import TemplateError, TemplateSyntaxError, UndefinedError
+from jinja2 import TemplateError, TemplateNotFound, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError
 
 from triggers.campaigns import Campaign
@@ -22,6 +28,7 @@ from triggers.conditions import did_you_mean
 from triggers.loader import TemplateCheck, TemplateProblem
 from worker.email_context import sample_context
 from worker.rendering import Renderer
+from worker.template_sandbox import RenderLimitError, SafeFileSystemLoader, UnsafeTemplatePath
 
 _LOCALE_PART = re.compile(r"^(?:subject|body)\.([a-z]{2,3}(?:_[A-Z]{2})?)\.(?:txt|html)$")
 
@@ -69,21 +76,39 @@ def _unknown_variable(message: str, file: str | None, line: int, context: dict[s
 
 
 def _parse_problems(renderer: Renderer, directory: Path, template: str) -> list[TemplateProblem]:
+    """Every ``.txt``/``.html`` file of the template directory, read through the sandbox's
+    loader (so a symlink is refused here, not followed) and parsed."""
+    if directory.is_symlink():
+        message = f"{template}/ is a symbolic link; templates must be real directories"
+        return [TemplateProblem(0, "template-unsafe", message, str(directory), 1)]
+    loader = renderer.env.loader
+    assert isinstance(loader, SafeFileSystemLoader)
     problems: list[TemplateProblem] = []
     for path in sorted(directory.iterdir()):
         if path.suffix not in (".txt", ".html"):
             continue
         try:
-            renderer.env.parse(path.read_text(encoding="utf-8"), path.name, str(path))
+            source, filename, _ = loader.get_source(renderer.env, f"{template}/{path.name}")
+            renderer.env.parse(source, path.name, filename)
         except TemplateSyntaxError as exc:
             problems.append(
                 TemplateProblem(0, "template-syntax", exc.message or "", str(path), exc.lineno, 1)
             )
+        except UnsafeTemplatePath as exc:
+            problems.append(TemplateProblem(0, "template-unsafe", exc.message or "", str(path)))
+        except (TemplateNotFound, UnicodeDecodeError) as exc:
+            problems.append(TemplateProblem(0, "template-error", _describe(exc), str(path)))
     if not (directory / "body.html").exists():
         problems.append(
             TemplateProblem(0, "missing-template-part", f"{template}/body.html is missing")
         )
     return problems
+
+
+def _describe(exc: BaseException) -> str:
+    """``ZeroDivisionError: division by zero``: the exception's type and message, one line."""
+    message = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {message}" if message else exc.__class__.__name__
 
 
 def _render_problems(
@@ -92,19 +117,28 @@ def _render_problems(
     problems: list[TemplateProblem] = []
     for locale in template_locales(root / template):
         context = sample_context(campaign, renderer.settings, locale)
+        where = f"locale {locale or 'default'}"
         try:
             renderer.render(template, context, locale, subject)
         except UndefinedError as exc:
             file, line = _template_line(exc, root)
             message = _unknown_variable(exc.message or "", file, line, context)
-            where = f"{message} (locale {locale or 'default'})"
-            problems.append(TemplateProblem(0, "unknown-variable", where, file, line))
+            problems.append(
+                TemplateProblem(0, "unknown-variable", f"{message} ({where})", file, line)
+            )
+        except RenderLimitError as exc:
+            file, line = _template_line(exc, root)
+            problems.append(TemplateProblem(0, "template-runtime", f"{exc} ({where})", file, line))
         except SecurityError as exc:
             file, line = _template_line(exc, root)
             problems.append(TemplateProblem(0, "template-unsafe", str(exc), file, line))
         except TemplateError as exc:
             file, line = _template_line(exc, root)
             problems.append(TemplateProblem(0, "template-error", str(exc), file, line))
+        except Exception as exc:  # whatever an expression raises: 1/0, 1 + "a", int("x") …
+            file, line = _template_line(exc, root)
+            message = f"{_describe(exc)} ({where})"
+            problems.append(TemplateProblem(0, "template-runtime", message, file, line))
     return problems
 
 
