@@ -47,6 +47,7 @@ from worker.providers.base import (
     TransientDeliveryError,
 )
 from worker.rate_limit import RateLimiter
+from worker.redaction import error_summary
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -371,7 +372,7 @@ def _retry_or_fail(
                 detail=str(exc)[:1000],
                 updated_at=now,
             )
-            log.error("send %s failed after %s attempts: %s", send_id, attempts, exc)
+            log.error("send %s failed after %s attempts: %s", send_id, attempts, error_summary(exc))
             return "failed"
         wait = backoff(attempts, settings.retry_base_seconds, exc.retry_after)
         _set(
@@ -384,7 +385,12 @@ def _retry_or_fail(
             detail=str(exc)[:1000],
             updated_at=now,
         )
-    log.info("send %s: transient failure, retry in %.0fs: %s", send_id, wait.total_seconds(), exc)
+    log.info(
+        "send %s: transient failure, retry in %.0fs: %s",
+        send_id,
+        wait.total_seconds(),
+        error_summary(exc),
+    )
     return "retry"
 
 
@@ -407,7 +413,7 @@ def _ambiguous(runtime: Runtime, send_id: int, message_id: str, exc: AmbiguousDe
         "it; not re-sent (see docs/delivery.md): %s",
         send_id,
         message_id,
-        exc,
+        error_summary(exc),
     )
     return "ambiguous"
 
@@ -439,6 +445,6 @@ def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryErro
             "OPERATOR: provider refused send %s by policy (%s); the customer is not "
             "suppressed — check sender authentication and reputation",
             send_id,
-            exc,
+            error_summary(exc),
         )
     return "failed"
