@@ -131,6 +131,12 @@ class LeakRecorder(logging.Handler):
 
     def report(self) -> list[str]:
         """One line per leak: logger, level, test and where in the text it was."""
-        return [
+        lines = [
             f"{leak.logger} [{leak.level}] in {leak.test}: …{leak.excerpt}…" for leak in self.leaks
         ]
+        loggers = sorted({leak.logger for leak in self.leaks})
+        lines.append(
+            f"the session fails: {len(self.leaks)} log record(s) named a test customer "
+            f"(loggers: {', '.join(loggers)}); log ids or worker.redaction.address_ref instead"
+        )
+        return lines
