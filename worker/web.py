@@ -50,8 +50,9 @@ from worker.webhooks.events import TrackingEvent, WebhookPayloadError, WebhookRe
 
 log = logging.getLogger(__name__)
 
-# Provider webhooks: SNS messages are at most 256 KiB and SendGrid batches stay well
-# under 1 MiB, so 1 MiB fits every provider with room to spare.
+# Provider webhooks: an SNS message is at most 256 KiB, Mailgun and Postmark send one
+# event per request. SendGrid batches events and documents no maximum batch size, so a
+# 413 on /webhooks/sendgrid (counted by the HTTP server's access log) means raise this.
 WEBHOOK_BODY_LIMIT = 1024 * 1024
 # The unsubscribe and preference forms send a few short fields (under 200 bytes).
 FORM_BODY_LIMIT = 16 * 1024
