@@ -100,14 +100,21 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise HTTPException(413, f"request body is larger than {limit} bytes")
+                    raise HTTPException(
+                        413, f"request body is larger than {limit} bytes", headers=_CLOSE
+                    )
             return message
 
         await self.app(scope, counted, send)
 
 
+# After a 413 the rest of the body is not wanted: closing the connection stops the
+# server from reading (and the client from sending) what is left of it.
+_CLOSE = {"Connection": "close"}
+
+
 def _too_large(limit: int) -> Response:
-    return PlainTextResponse(f"request body is larger than {limit} bytes", 413)
+    return PlainTextResponse(f"request body is larger than {limit} bytes", 413, headers=_CLOSE)
 
 
 KINDS = {

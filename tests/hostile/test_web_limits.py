@@ -295,11 +295,12 @@ def _status_while_sending(
             except (BlockingIOError, ConnectionError):
                 time.sleep(0.01)
         conn.settimeout(10)
-        while b"\r\n" not in answer:
+        while b"\r\n\r\n" not in answer:
             data = conn.recv(65536)
             if not data:
                 break
             answer += data
+    assert b"connection: close" in answer.lower(), "a refused body is not read any further"
     return int(answer.split(b" ", 2)[1]), sent
 
 
