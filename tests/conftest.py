@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.hostile.personal_data import LeakRecorder
 from tests.support.services import fresh_postgres_database
 from tests.support.smtp_sink import SmtpSink
 
@@ -59,3 +60,28 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
 def smtp_sink() -> Iterator[SmtpSink]:
     with SmtpSink() as sink:
         yield sink
+
+
+# --- no personal data in any log record (see tests/hostile/personal_data.py) ------------
+
+_LEAKS = LeakRecorder()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Collect every log record, at DEBUG, while each test sets up, runs and tears down."""
+    with _LEAKS.watching(item.nodeid):
+        yield
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _LEAKS.leaks:
+        terminalreporter.section("personal data in log records", red=True)
+        for line in _LEAKS.report():
+            terminalreporter.line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The session-end assertion: a log record that named a test customer fails the run."""
+    if _LEAKS.leaks and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -22,6 +22,7 @@ from triggers.events import InvalidEvent, parse_event
 from worker.db import transaction
 from worker.ingest import ingest_event
 from worker.metrics import EVENTS
+from worker.redaction import redact
 from worker.runtime import Runtime
 from worker.topology import dead_letter_queue, events_queue, transport_options
 
@@ -112,7 +113,7 @@ class EventConsumer(ConsumerMixin):
         message.ack()
         self.stats["dead_lettered"] += 1
         EVENTS.labels("dead_lettered").inc()
-        log.warning("dead-lettered a message: %s: %s", code, reason)
+        log.warning("dead-lettered a message: %s: %s", code, redact(reason))
 
 
 def run_consumer(

@@ -54,7 +54,11 @@ def json_loads(text: str | bytes) -> object:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine with the options each backend needs for safe concurrent use."""
+    """An engine with the options each backend needs for safe concurrent use.
+
+    ``hide_parameters`` keeps bound values (addresses, names) out of SQLAlchemy's error
+    messages and statement logs, which end up in our logs and tracebacks.
+    """
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1]
         if database and database != ":memory:":
@@ -62,6 +66,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(
             url,
             connect_args={"timeout": 30},
+            hide_parameters=True,
             json_serializer=json_dumps,
             json_deserializer=json_loads,
         )
@@ -73,6 +78,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(
         url,
         pool_pre_ping=True,
+        hide_parameters=True,
         pool_size=5,
         max_overflow=5,
         json_serializer=json_dumps,

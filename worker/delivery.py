@@ -46,6 +46,7 @@ from worker.providers.base import (
     TransientDeliveryError,
 )
 from worker.rate_limit import RateLimiter
+from worker.redaction import error_summary
 from worker.runtime import Runtime
 from worker.unsubscribe_mail import mailto_for
 
@@ -380,7 +381,7 @@ def _retry_or_fail(
                 detail=str(exc)[:1000],
                 updated_at=now,
             )
-            log.error("send %s failed after %s attempts: %s", send_id, attempts, exc)
+            log.error("send %s failed after %s attempts: %s", send_id, attempts, error_summary(exc))
             return "failed"
         wait = backoff(attempts, settings.retry_base_seconds, exc.retry_after)
         _set(
@@ -393,7 +394,12 @@ def _retry_or_fail(
             detail=str(exc)[:1000],
             updated_at=now,
         )
-    log.info("send %s: transient failure, retry in %.0fs: %s", send_id, wait.total_seconds(), exc)
+    log.info(
+        "send %s: transient failure, retry in %.0fs: %s",
+        send_id,
+        wait.total_seconds(),
+        error_summary(exc),
+    )
     return "retry"
 
 
@@ -416,7 +422,7 @@ def _ambiguous(runtime: Runtime, send_id: int, message_id: str, exc: AmbiguousDe
         "it; not re-sent (see docs/delivery.md): %s",
         send_id,
         message_id,
-        exc,
+        error_summary(exc),
     )
     return "ambiguous"
 
@@ -448,6 +454,6 @@ def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryErro
             "OPERATOR: provider refused send %s by policy (%s); the customer is not "
             "suppressed — check sender authentication and reputation",
             send_id,
-            exc,
+            error_summary(exc),
         )
     return "failed"

@@ -8,7 +8,14 @@
 * ``GET``/``POST /preferences/{token}``: opt out of some campaign kinds, or of all email.
 * ``POST /webhooks/{postmark,sendgrid,mailgun,ses}``: provider events, each provider's
   authentication checked first (401 when it fails); bounces and complaints suppress.
-* ``/healthz`` (database reachable) and ``/metrics`` (Prometheus).
+* ``/healthz`` (``{"status": "healthy"}`` with 200 when the database answers,
+  ``{"status": "unhealthy"}`` with 503 when not: no host, port, role or error text) and
+  ``/metrics`` (Prometheus).
+
+Request bodies are capped per route *before* they are read (:class:`BodyLimit`):
+:data:`WEBHOOK_BODY_LIMIT` for webhooks, :data:`FORM_BODY_LIMIT` for the pages' forms
+and anything else; a larger body gets 413. Bodies that are not what the route expects
+(invalid UTF-8, JSON nested 100,000 deep, wrong types) get a 4xx, never a 500.
 
 Tokens are HMAC-signed with a key id (``CROSSSELL_UNSUBSCRIBE_KEYS``), so keys rotate
 without breaking links already in inboxes while the old key stays configured.
@@ -17,6 +24,8 @@ without breaking links already in inboxes while the old key stays configured.
 from __future__ import annotations
 
 import html
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,9 +35,11 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.customers import set_kind_preferences, withdraw_consent
 from worker.db import transaction
@@ -38,6 +49,75 @@ from worker.tokens import verify
 from worker.webhooks import mailgun, postmark, sendgrid, ses
 from worker.webhooks.apply import apply_events
 from worker.webhooks.events import TrackingEvent, WebhookPayloadError, WebhookRejected
+
+log = logging.getLogger(__name__)
+
+# Provider webhooks: an SNS message is at most 256 KiB, Mailgun and Postmark send one
+# event per request. SendGrid batches events and documents no maximum batch size, so a
+# 413 on /webhooks/sendgrid (counted by the HTTP server's access log) means raise this.
+WEBHOOK_BODY_LIMIT = 1024 * 1024
+# The unsubscribe and preference forms send a few short fields (under 200 bytes).
+FORM_BODY_LIMIT = 16 * 1024
+
+
+def body_limit_for(path: str) -> int:
+    """The largest request body, in bytes, that the route at ``path`` reads."""
+    return WEBHOOK_BODY_LIMIT if path.startswith("/webhooks/") else FORM_BODY_LIMIT
+
+
+class BodyLimit:
+    """ASGI middleware that refuses bodies over the route's limit without reading them.
+
+    A ``Content-Length`` over the limit is answered 413 before a byte of the body is
+    received; a body sent without one (``Transfer-Encoding: chunked``) or longer than it
+    claimed is counted as it streams, and the read that crosses the limit raises a 413
+    ``HTTPException`` inside the route, so at most ``limit`` bytes plus one chunk are
+    ever held. A ``Content-Length`` that is not one decimal number is a 400 (RFC 9110
+    §8.6; several different values are how request smuggling starts).
+    """
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int] = body_limit_for) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = {value for name, value in scope["headers"] if name == b"content-length"}
+        if declared:
+            value = declared.pop().strip()
+            if declared or not value.isdigit():
+                await PlainTextResponse("invalid Content-Length", 400)(scope, receive, send)
+                return
+            if int(value) > limit:
+                await _too_large(limit)(scope, receive, send)
+                return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(
+                        413, f"request body is larger than {limit} bytes", headers=_CLOSE
+                    )
+            return message
+
+        await self.app(scope, counted, send)
+
+
+# After a 413 the rest of the body is not wanted: closing the connection stops the
+# server from reading (and the client from sending) what is left of it.
+_CLOSE = {"Connection": "close"}
+
+
+def _too_large(limit: int) -> Response:
+    return PlainTextResponse(f"request body is larger than {limit} bytes", 413, headers=_CLOSE)
+
 
 KINDS = {
     "cross_sell": "Products that go with what you bought",
@@ -161,6 +241,9 @@ def create_app(runtime: Runtime) -> Starlette:
         )
 
     async def unsubscribe(request: Request) -> Response:
+        # The RFC 8058 body ("List-Unsubscribe=One-Click") carries nothing we need, but
+        # reading it puts it under the route's body cap: over it is a 413 on every route.
+        await request.body()
         customer_id = customer_of(request)
         if customer_id is None:
             return _invalid()
@@ -174,6 +257,8 @@ def create_app(runtime: Runtime) -> Starlette:
         )
 
     async def preferences(request: Request) -> Response:
+        if request.method == "POST":
+            await request.body()  # under the body cap whatever its content type
         customer_id = customer_of(request)
         if customer_id is None:
             return _invalid()
@@ -218,9 +303,11 @@ def create_app(runtime: Runtime) -> Starlette:
         except WebhookRejected as rejected:
             return JSONResponse({"error": f"rejected: {rejected}"}, 401)
         except WebhookPayloadError as bad:
+            log.warning("%s webhook: payload not understood: %s", provider, bad)
             return JSONResponse({"error": f"bad payload: {bad}"}, 400)
         except OSError as unavailable:  # the SNS signing certificate could not be fetched
-            return JSONResponse({"error": f"try again: {unavailable}"}, 503)
+            log.warning("%s webhook: answered 503: %s", provider, unavailable)
+            return JSONResponse({"error": "try again later"}, 503)
         if isinstance(result, ses.SubscriptionConfirmation):
             await run_in_threadpool(ses.confirm_subscription, result)
             return JSONResponse({"status": "subscription confirmed"})
@@ -232,13 +319,20 @@ def create_app(runtime: Runtime) -> Starlette:
         applied = await run_in_threadpool(apply)
         return JSONResponse({"status": "ok", "events": len(result), "applied": applied})
 
-    async def healthz(_: Request) -> Response:
+    def database_answers() -> bool:
         try:
             with transaction(url) as session:
                 session.execute(text("SELECT 1"))
         except SQLAlchemyError as exc:
-            return JSONResponse({"status": "unavailable", "database": str(exc)[:200]}, 503)
-        return JSONResponse({"status": "ok"})
+            # The reason is for the operator's log, never for whoever asks /healthz.
+            log.warning("health check: the database did not answer: %s", exc.__class__.__name__)
+            return False
+        return True
+
+    async def healthz(_: Request) -> Response:
+        if await run_in_threadpool(database_answers):
+            return JSONResponse({"status": "healthy"})
+        return JSONResponse({"status": "unhealthy"}, 503)
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -251,5 +345,6 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/webhooks/{provider}", webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-        ]
+        ],
+        middleware=[Middleware(BodyLimit)],
     )

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import json
+import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -107,8 +112,20 @@ def test_preferences_opt_out_of_a_kind_blocks_that_kind(
 
 def test_health_and_metrics(web: tuple[TestClient, Runtime]) -> None:
     client, _ = web
-    assert client.get("/healthz").json() == {"status": "ok"}
+    health = client.get("/healthz")
+    assert (health.status_code, health.json()) == (200, {"status": "healthy"})
     assert "crosssell_events_total" in client.get("/metrics").text
+
+
+def test_health_of_an_unreachable_database_reveals_nothing_about_it(tmp_path: Path) -> None:
+    """Before: 503 with the driver's message, naming the database host, port and role."""
+    user, host, port = "crosssell_secret_role", "127.0.0.1", "1"  # nothing listens on port 1
+    settings = make_settings(tmp_path, database_url=f"postgresql+psycopg://{user}@{host}:{port}/db")
+    with TestClient(create_app(Runtime(settings))) as client:
+        health = client.get("/healthz")
+    assert (health.status_code, health.json()) == (503, {"status": "unhealthy"})
+    for internal in (user, host, f":{port}", "psycopg", "connection"):
+        assert internal not in health.text
 
 
 # --- provider webhooks through the HTTP endpoints -----------------------------------------
@@ -185,3 +202,38 @@ def test_webhooks_with_bad_credentials_or_unconfigured_providers_are_refused(
     assert client.post("/webhooks/sendgrid", content=b"[]").status_code == 404
     with transaction(runtime.settings.resolved_database_url) as session:
         assert session.get(Suppression, "gone@example.com") is None
+
+
+def _mailgun_request(signed_at: datetime, event_id: str) -> bytes:
+    """A Mailgun permanent failure for c-web, signed with the ``hooks`` key at ``signed_at``."""
+    timestamp, token = str(int(signed_at.timestamp())), secrets.token_hex(25)
+    signature = hmac.new(b"mg-key", (timestamp + token).encode(), hashlib.sha256).hexdigest()
+    return json.dumps(
+        {
+            "signature": {"timestamp": timestamp, "token": token, "signature": signature},
+            "event-data": {
+                "event": "failed",
+                "id": event_id,
+                "timestamp": signed_at.timestamp(),
+                "severity": "permanent",
+                "reason": "bounce",
+                "recipient": "c-web@example.ro",
+                "delivery-status": {"code": 550, "message": "5.1.1 no such user"},
+            },
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize("age", [timedelta(minutes=10), timedelta(hours=1)], ids=["10min", "1h"])
+def test_a_mailgun_retry_with_an_old_signature_is_applied_once(
+    hooks: tuple[TestClient, Runtime], age: timedelta
+) -> None:
+    """Mailgun retries with the signature of its first attempt; before, anything signed
+    more than 5 minutes ago was refused with 401 and the bounce was lost."""
+    client, runtime = hooks
+    body = _mailgun_request(datetime.now(UTC) - age, f"evt-{age.total_seconds():g}")
+    answers = [client.post("/webhooks/mailgun", content=body) for _ in range(2)]
+    assert [(a.status_code, a.json()["applied"]) for a in answers] == [(200, 1), (200, 0)]
+    with transaction(runtime.settings.resolved_database_url) as session:
+        row = session.get(Suppression, "c-web@example.ro")
+        assert row is not None and row.reason == "hard_bounce"

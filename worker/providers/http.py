@@ -53,6 +53,7 @@ from worker.providers.base import (
     TransientDeliveryError,
     no_hand_over,
 )
+from worker.redaction import redact
 
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 24 * 3600.0  # a provider asking for more than a day is not believed
@@ -186,7 +187,7 @@ class HTTPProvider(Provider):
                     "be matched by Message-ID only",
                     self.name,
                     email.send_id,
-                    summary(response),
+                    redact(summary(response)),
                 )
                 provider_id = email.message_id
             return DeliveryResult(self.name, provider_id)
@@ -197,7 +198,7 @@ class HTTPProvider(Provider):
                 self.name,
                 response.status_code,
                 self.credential_setting or "the provider settings",
-                summary(response),
+                redact(summary(response)),
             )
         raise error
 

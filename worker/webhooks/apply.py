@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from worker.customers import withdraw_consent
 from worker.metrics import SENDS
 from worker.models import Customer, Send, Suppression
+from worker.redaction import address_ref, redact
 from worker.webhooks.events import TrackingEvent
 from worker.webhooks.store import EVENT_ID_LENGTH, WebhookEvent
 
@@ -133,8 +134,8 @@ def _apply(session: Session, event: TrackingEvent, now: datetime, report: ApplyR
             "OPERATOR: %s refused a message by policy (%s) for %s; the address is not "
             "suppressed — check sender authentication (SPF, DKIM, DMARC) and reputation",
             event.provider,
-            event.description,
-            event.recipient,
+            redact(event.description),
+            address_ref(event.recipient),
         )
         return
     if event.kind == "bounced" and event.bounce_type == "hard":

@@ -85,11 +85,18 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
 
 def load_json(body: bytes, error: type[WebhookError] = WebhookPayloadError) -> Any:
     """The decoded JSON body, or ``error`` (callers that need the body to authenticate
-    pass :class:`WebhookRejected`: an unreadable body cannot prove where it came from)."""
+    pass :class:`WebhookRejected`: an unreadable body cannot prove where it came from).
+
+    Invalid UTF-8, invalid JSON and JSON nested deeper than the decoder's recursion
+    limit (``[[[[…]]]]`` 100,000 deep raises ``RecursionError`` in :func:`json.loads`)
+    are all the sender's fault, so all are ``error``, never a 500.
+    """
     try:
         return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise error(f"body is not UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise error("body is JSON nested too deeply") from exc
 
 
 def fingerprint(payload: object) -> str:

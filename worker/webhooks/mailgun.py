@@ -3,9 +3,16 @@
 Mailgun puts the signature in the body: ``signature.signature`` is the hex
 HMAC-SHA256, keyed with the account's HTTP webhook signing key, of
 ``signature.timestamp + signature.token`` (documentation.mailgun.com/docs/mailgun/
-user-manual/webhooks/securing-webhooks). Mailgun also recommends refusing timestamps
-too far from the current time, so a captured request cannot be replayed later: we
-refuse a skew of more than ``tolerance`` (5 minutes) either way.
+user-manual/webhooks/securing-webhooks).
+
+Freshness follows Mailgun's retry schedule, not a guess. A request that does not get a
+200 (or a 406) is retried "during 8 hours" after 5 min, 10 min, 15 min, 1 h, 2 h and
+4 h (documentation.mailgun.com/docs/mailgun/user-manual/webhooks/webhook-retries), and
+every retry carries the signature made for the first attempt. So a correctly signed
+request up to :data:`MAX_SIGNATURE_AGE` old (the 8-hour window plus
+:data:`CLOCK_SKEW`) is accepted; older ones, and timestamps more than ``CLOCK_SKEW``
+in the future, are refused. Replays inside that window are harmless: the event id is
+recorded in ``webhook_events`` (:mod:`worker.webhooks.store`) and applied once.
 
 ``event-data.id`` is documented as unique only within a day, so the de-duplication id
 joins it with the event's own timestamp, which stays the same on every retry.
@@ -37,7 +44,20 @@ from worker.webhooks.events import (
 )
 
 PROVIDER = "mailgun"
-DEFAULT_TOLERANCE = timedelta(minutes=5)
+# Delays between Mailgun's attempts, from its "Automatic Retries" page (see above).
+RETRY_SCHEDULE = (
+    timedelta(minutes=5),
+    timedelta(minutes=10),
+    timedelta(minutes=15),
+    timedelta(hours=1),
+    timedelta(hours=2),
+    timedelta(hours=4),
+)
+# "Mailgun will automatically retry ... during 8 hours": longer than the schedule's sum.
+RETRY_WINDOW = max(timedelta(hours=8), sum(RETRY_SCHEDULE, timedelta()))
+# How far our clock and Mailgun's may disagree, and how long a request may be in flight.
+CLOCK_SKEW = timedelta(minutes=5)
+MAX_SIGNATURE_AGE = RETRY_WINDOW + CLOCK_SKEW
 
 _KINDS: dict[str, EventKind] = {
     "delivered": "delivered",
@@ -52,9 +72,13 @@ def verify(
     payload: object,
     signing_key: str,
     now: datetime,
-    tolerance: timedelta = DEFAULT_TOLERANCE,
+    max_age: timedelta = MAX_SIGNATURE_AGE,
 ) -> None:
-    """Raise :class:`WebhookRejected` unless Mailgun signed this request recently."""
+    """Raise :class:`WebhookRejected` unless Mailgun signed this request.
+
+    The signature may be up to ``max_age`` old (Mailgun's retries reuse it) and at most
+    :data:`CLOCK_SKEW` in the future.
+    """
     if not signing_key:
         raise ValueError("Mailgun webhook signing key is not configured")
     block = payload.get("signature") if isinstance(payload, dict) else None
@@ -71,8 +95,10 @@ def verify(
     if not hmac.compare_digest(signature.strip().lower().encode(), expected.encode()):
         raise WebhookRejected("Mailgun signature does not match")
     signed_at = from_epoch(timestamp)
-    if signed_at is None or abs(now - signed_at) > tolerance:
-        raise WebhookRejected(f"Mailgun signature timestamp {timestamp} is stale")
+    if signed_at is None or not (-CLOCK_SKEW <= now - signed_at <= max_age):
+        raise WebhookRejected(
+            f"Mailgun signature timestamp {timestamp} is outside Mailgun's retry window"
+        )
 
 
 def parse(
@@ -81,12 +107,12 @@ def parse(
     *,
     signing_key: str,
     now: datetime,
-    tolerance: timedelta = DEFAULT_TOLERANCE,
+    max_age: timedelta = MAX_SIGNATURE_AGE,
 ) -> list[TrackingEvent]:
     """Verify the signature and its age, then turn ``event-data`` into a neutral event."""
     del headers  # Mailgun authenticates in the body; the headers prove nothing.
     payload = load_json(body, WebhookRejected)
-    verify(payload, signing_key, now, tolerance)
+    verify(payload, signing_key, now, max_age)
     data = payload.get("event-data")
     if not isinstance(data, dict):
         raise WebhookPayloadError("Mailgun webhook without event-data")

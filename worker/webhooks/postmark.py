@@ -8,6 +8,12 @@ Each request carries one record; its ``RecordType`` says which. Use URL-safe cha
 (letters, digits, ``-_.~``) in both, so no percent-encoding stands between the URL
 configured in Postmark and the pair configured here. Serve the route over HTTPS only:
 Basic auth is a shared secret in every request.
+
+Freshness: nothing in a Postmark request is signed with a time, so no age limit is
+applied. Postmark retries a webhook that did not get a 200 for about 10.5 hours (ten
+retries from 1 minute to 6 hours apart: postmarkapp.com/support/article/understanding-
+inbound-webhook-retries-in-postmark), and a retry of a record already applied is
+recognised by its id in ``webhook_events``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import base64
 import binascii
 import hmac
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from worker.webhooks.events import (
@@ -33,6 +40,8 @@ from worker.webhooks.events import (
 )
 
 PROVIDER = "postmark"
+# Postmark's documented retry span (see above); requests this old must still be accepted.
+RETRY_WINDOW = timedelta(hours=10, minutes=30)
 
 # Bounce "Type" (postmarkapp.com/developer/api/bounce-api, bounce types) → neutral kind.
 # Transient ("Message delayed") and DnsError ("temporary DNS error") will be retried by

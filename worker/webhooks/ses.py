@@ -19,6 +19,12 @@ latest/dg/notification-contents.html): ``notificationType`` (``eventType`` for e
 publishing) Bounce/Complaint/Delivery, a ``mail`` object and one object per type; one
 notification may cover several recipients. SNS keeps ``MessageId`` on retries, so
 ``MessageId/recipient`` is the de-duplication id.
+
+Freshness: the signed ``Timestamp`` is not compared with our clock. SNS retries an
+HTTP/S delivery for at most 3,600 seconds ("a hard limit", docs.aws.amazon.com/sns/
+latest/dg/sns-message-delivery-retries.html), always with the message as first signed;
+only the signing certificate's validity period is checked, and a retry of a message
+already applied is recognised by its id in ``webhook_events``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import re
 import urllib.request
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,6 +62,8 @@ from worker.webhooks.events import (
 )
 
 PROVIDER = "ses"
+# The longest HTTP/S retry span SNS allows (see above): requests this old must pass.
+RETRY_WINDOW = timedelta(seconds=3600)
 SNS_HOST = re.compile(r"^sns\.[a-z0-9-]{3,}\.amazonaws\.com(\.cn)?$")
 CERT_TIMEOUT = 10.0
 MAX_CERT_BYTES = 64 * 1024

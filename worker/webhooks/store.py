@@ -1,13 +1,15 @@
 """The record of provider webhook events already applied: at most once per event.
 
-Design note (the table has no migration yet — add one before wiring the routes):
+The table is created by migration ``20261123_0004_webhook_events_and_lookup_indexes``.
 
 * ``webhook_events`` gets one row per (provider, event_id) that
   :func:`worker.webhooks.apply.apply_events` has seen. Providers deliver at least once
-  (SendGrid retries for 72 hours, Mailgun for about 8, SNS per its delivery policy), so
-  the unique constraint, not a read-then-write check, is what makes a retry — even one
-  racing the first delivery in another process — change nothing: the row is inserted in
-  a savepoint and a conflict means "already applied".
+  (SendGrid retries for up to 24 hours, Postmark for about 10.5, Mailgun for 8, SNS for
+  at most one; each provider module states its source), so the unique constraint, not
+  a read-then-write check, is what makes a retry — even one racing the first delivery
+  in another process — change nothing: the row is inserted in a savepoint and a
+  conflict means "already applied". This, not a short signature age, is the replay
+  protection.
 * The row is written in the same transaction as the suppression and the send update it
   caused, so an event is either fully applied and recorded, or neither.
 * ``kind``, ``recipient`` and ``occurred_at`` make the table the record that soft
@@ -16,11 +18,6 @@ Design note (the table has no migration yet — add one before wiring the routes
   SHA-256 (see ``apply.storage_id``).
 * Rows older than the longest provider retry window can be deleted; ``received_at`` is
   indexed for that. Keep at least 7 days.
-
-The migration must create exactly this (``alembic revision --autogenerate`` produces it
-once ``migrations/env.py`` imports this module so that ``Base.metadata`` knows the
-table): columns as below, ``uq_webhook_events_provider_event_id`` and
-``ix_webhook_events_received_at``.
 """
 
 from __future__ import annotations
