@@ -41,7 +41,8 @@ MAX_DEPTH = 16
 MAX_NUMBER_CHARS = 40
 """Characters of one JSON number literal (sign, digits, point and exponent)."""
 MAX_NUMBER_EXPONENT = 40
-"""A number's magnitude stays below 10**40 and its resolution above 10**-40."""
+"""A number stays below 10**40 in magnitude, has at most 40 decimal places, and its
+decimal exponent (``0e99`` included) lies within +/-40."""
 MAX_STRING_CHARS = 16_384
 """Characters of one JSON string, object keys included."""
 MAX_IDENTIFIER_CHARS = 128
@@ -289,8 +290,8 @@ def _bounded_int(text: str) -> int:
 
 
 _EXPONENT_REFUSED = (
-    f"a number is not below 10^{MAX_NUMBER_EXPONENT} in magnitude"
-    f" or has more than {MAX_NUMBER_EXPONENT} decimal places"
+    f"a number is not below 10^{MAX_NUMBER_EXPONENT} in magnitude, has more than"
+    f" {MAX_NUMBER_EXPONENT} decimal places or an exponent beyond +/-{MAX_NUMBER_EXPONENT}"
 )
 
 
@@ -306,7 +307,10 @@ def _bounded_decimal(text: str) -> Decimal:
         raise _NumberRefused(_EXPONENT_REFUSED) from None
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)  # JSON has no NaN or Infinity literal
-    if exponent < -MAX_NUMBER_EXPONENT or (value and value.adjusted() >= MAX_NUMBER_EXPONENT):
+    if (
+        not -MAX_NUMBER_EXPONENT <= exponent <= MAX_NUMBER_EXPONENT
+        or value.adjusted() >= MAX_NUMBER_EXPONENT
+    ):
         raise _NumberRefused(_EXPONENT_REFUSED)
     return value
 
