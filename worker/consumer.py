@@ -180,6 +180,15 @@ class EventConsumer(ConsumerMixin):
         if self.on_ingested is not None:
             self.on_ingested()
 
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        """kombu could not decode the body for us (a Redis body string holding a lone
+        surrogate, a bad ``body_encoding``): dead-letter it instead of kombu's default,
+        which logs the body and acknowledges it, losing the message."""
+        code = "not_utf8" if isinstance(exc, UnicodeError) else "undecodable"
+        self.dead_letter(
+            message, code, f"the transport could not decode the body ({type(exc).__name__})"
+        )
+
     def dead_letter(self, message: Message, code: str, reason: str) -> None:
         """Keep the bad message whole with its reason, then ack it; never log its body."""
         queue = dead_letter_queue(self.runtime.settings)

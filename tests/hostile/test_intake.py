@@ -496,3 +496,277 @@ def test_a_valid_event_at_the_edges_of_the_limits_is_stored(stack: Stack) -> Non
     assert len(literal) == 40
     stack.publish(_with_raw(document, ("customer", "attributes", "score"), literal))
     assert _wait_for(lambda: _stored(stack.settings, document["id"]) == 1, SECONDS_PER_CASE)
+
+
+# --- storage refusals: the database's "no" is the message's fault, not an outage ----------
+
+
+@pytest.fixture(scope="module")
+def refusing_postgres() -> Iterator[str]:
+    """A migrated PostgreSQL database that refuses some *valid* events: first names over
+    3 characters (a DataError, SQLSTATE 22001) and customers with id ``C-refused`` (a
+    CHECK constraint: an IntegrityError that is no race). Validation cannot see these,
+    so they reach the database, as a column or constraint mismatch would in production."""
+    from worker.migrate import upgrade
+
+    with fresh_postgres_database() as url:
+        upgrade(url)
+        with engine_for(url).begin() as connection:
+            connection.execute(
+                text("ALTER TABLE customers ALTER COLUMN first_name TYPE varchar(3)")
+            )
+            connection.execute(
+                text("ALTER TABLE customers ADD CONSTRAINT no_refused CHECK (id <> 'C-refused')")
+            )
+        dispose_engines()
+        yield url
+
+
+@pytest.fixture(scope="module")
+def refusing_stack(
+    refusing_postgres: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    settings = make_settings(
+        tmp_path_factory.mktemp("refusing"),
+        database_url=refusing_postgres,
+        events_url=require_rabbitmq(),
+    )
+    yield from _start_short_names(settings)
+    with Connection(settings.resolved_events_url) as connection:
+        channel = connection.default_channel
+        channel.queue_delete(settings.events_queue)
+        channel.queue_delete(settings.dead_letter_queue)
+        channel.exchange_delete(settings.events_exchange)
+
+
+def _start_short_names(settings: Settings) -> Iterator[Stack]:
+    consumers: list[EventConsumer] = []
+    thread = threading.Thread(
+        target=run_consumer, args=(Runtime(settings), consumers.append), daemon=True
+    )
+    thread.start()
+    assert _wait_for(lambda: bool(consumers), 15)
+    yield Stack(settings, consumers[0])
+    consumers[0].should_stop = True
+    thread.join(timeout=10)
+
+
+def _short_named(customer_id: str) -> dict[str, Any]:
+    return purchase(customer=customer_block(customer_id, first_name="Ana"))
+
+
+@pytest.mark.parametrize(
+    ("refused", "sqlstate"),
+    [
+        (purchase(customer=customer_block("C-long-name", first_name="Ștefan")), "22001"),
+        (_short_named("C-refused"), "23514"),
+    ],
+    ids=["value too long: DataError", "check violation: IntegrityError"],
+)
+def test_a_storage_refusal_is_dead_lettered_not_requeued_forever(
+    refusing_stack: Stack, refused: dict[str, Any], sqlstate: str
+) -> None:
+    good = _short_named(f"C-{uuid.uuid4().hex[:8]}")
+    started = time.monotonic()
+    refusing_stack.publish(as_json(refused))
+    refusing_stack.publish(as_json(good))
+    assert _wait_for(lambda: _stored(refusing_stack.settings, good["id"]) == 1, SECONDS_PER_CASE)
+    assert time.monotonic() - started < SECONDS_PER_CASE
+    [(headers, body)] = refusing_stack.dead_letters(1)
+    assert headers["x-crosssell-error"] == "storage_refused"
+    assert sqlstate in headers["x-crosssell-reason"]
+    assert "Ștefan" not in headers["x-crosssell-reason"]
+    assert "C-refused" not in headers["x-crosssell-reason"]
+    assert body == as_json(refused)
+    assert _stored(refusing_stack.settings, refused["id"]) == 0
+
+
+def test_a_lost_database_connection_still_requeues(tmp_path: Path) -> None:
+    """The other side of the line: an outage is retried, not dead-lettered."""
+    from worker.consumer import handle_body
+
+    settings = make_settings(
+        tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:1/none"
+    )
+    handled = handle_body(Runtime(settings), as_json(purchase()))
+    assert handled.outcome == "retry"
+
+
+# --- Redis: the envelope is the transport's, the body is ours ------------------------------
+
+
+def _redis_envelope(body: object, **override: Any) -> str:
+    envelope: dict[str, Any] = {
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {},
+        "properties": {
+            "delivery_tag": str(uuid.uuid4()),
+            "delivery_info": {"exchange": "crm.events", "routing_key": "purchase"},
+        },
+    }
+    envelope.update(override)
+    return json.dumps(envelope)
+
+
+@pytest.fixture
+def redis_stack(tmp_path: Path, sqlite_url: str) -> Iterator[tuple[Stack, redis.Redis]]:
+    url = require_redis()
+    settings = make_settings(tmp_path, database_url=sqlite_url, events_url=url)
+    client = redis.Redis.from_url(url)
+    yield from ((stack, client) for stack in _start_short_names(settings))
+    client.delete(settings.events_queue, settings.dead_letter_queue)
+    client.close()
+
+
+def test_redis_bodies_and_envelopes_that_are_not_events(
+    redis_stack: tuple[Stack, redis.Redis],
+) -> None:
+    stack, client = redis_stack
+    queue = stack.settings.events_queue
+    good = purchase()
+    bad_bodies = [
+        _redis_envelope('{"id": "\\ud800"}'),  # a JSON escape of a lone surrogate in the body
+        _redis_envelope('{"id": "\ud800"}'),  # the body string itself holds a lone surrogate
+        _redis_envelope(json.dumps(_usage("1E-999999", "1E+999999"))),
+        _redis_envelope("[" * 100_000),
+        _redis_envelope(42),  # a body that is not text at all
+    ]
+    broken_envelopes = ["not json at all", "[1, 2]", _redis_envelope("{}", properties=None)]
+    for item in [*bad_bodies, *broken_envelopes]:
+        client.lpush(queue, item)
+    client.lpush(queue, _redis_envelope(json.dumps(good)))
+    assert _wait_for(lambda: _stored(stack.settings, good["id"]) == 1, 20)
+    assert _wait_for(lambda: client.llen(stack.settings.dead_letter_queue) == len(bad_bodies), 5)
+    codes = sorted(
+        json.loads(item)["headers"]["x-crosssell-error"]
+        for item in client.lrange(stack.settings.dead_letter_queue, 0, -1)
+    )
+    assert codes == sorted(["bad_character", "not_utf8", "wrong_schema", "too_deep", "not_json"])
+
+
+# --- crosssell publish ----------------------------------------------------------------------
+
+
+def test_publish_reports_bad_lines_by_number_and_publishes_the_good_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.cli import main
+    from worker.migrate import upgrade
+    from worker.settings import get_settings
+
+    settings = make_settings(tmp_path)
+    for name, value in {
+        "CROSSSELL_VAR_DIR": str(settings.var_dir),
+        "CROSSSELL_EVENTS_QUEUE": settings.events_queue,
+        "CROSSSELL_EVENTS_EXCHANGE": settings.events_exchange,
+        "CROSSSELL_DEAD_LETTER_QUEUE": settings.dead_letter_queue,
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    upgrade(settings.resolved_database_url)
+    goods = [purchase() for _ in range(3)]
+    lines = [
+        as_json(goods[0]),
+        b"[" * 100_000,  # line 2: RecursionError in the old publisher
+        b"",
+        _with_raw(purchase(), ("customer", "attributes", "x"), "1e10000000"),  # line 4
+        as_json(goods[1]),
+        _with_raw(purchase(), ("data", "total"), "9" * 5000),  # line 6
+        as_json(goods[2]),
+    ]
+    events_file = tmp_path / "events.jsonl"
+    events_file.write_bytes(b"\n".join(lines) + b"\n")
+    try:
+        result = CliRunner().invoke(main, ["publish", str(events_file)])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert "published 3 event(s), 3 invalid line(s)" in result.stdout
+    assert [line.split(":")[0] for line in result.stderr.splitlines()] == [
+        "line 2",
+        "line 4",
+        "line 6",
+    ]
+    stack = next(_start_short_names(settings))
+    try:
+        assert _wait_for(lambda: all(_stored(settings, good["id"]) == 1 for good in goods), 20)
+        assert stack.consumer.stats["dead_lettered"] == 0
+    finally:
+        stack.consumer.should_stop = True
+
+
+# --- a dying service thread stops `crosssell run` --------------------------------------------
+
+
+def test_a_service_thread_that_dies_stops_the_process_with_a_failure() -> None:
+    received: list[int] = []
+
+    def record(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    def dies() -> None:
+        raise RecursionError("whatever a bug raises")
+
+    previous = signal.signal(signal.SIGTERM, record)
+    try:
+        for target, stopping, expect_failure in [
+            (dies, False, True),
+            (lambda: None, False, True),  # returned while nobody asked it to stop
+            (lambda: None, True, False),  # returned because the process is stopping
+        ]:
+            failed, stop = threading.Event(), threading.Event()
+            if stopping:
+                stop.set()
+            received.clear()
+            thread = threading.Thread(target=_fatal_if_it_ends(target, failed, stop))
+            thread.start()
+            thread.join(timeout=5)
+            assert _wait_for(lambda: bool(received), 2) == expect_failure
+            assert failed.is_set() == expect_failure
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --- unsubscribe tokens cannot be made ambiguous by an identifier -----------------------------
+
+KEYS = {"k1": b"secret-one", "k0": b"secret-zero"}
+
+
+def _legacy_sign(keys: dict[str, bytes], customer_id: str, scope: str) -> str:
+    """The first token format, rebuilt from its definition: base64url of
+    ``customer_id U+001F scope``, HMAC-SHA256 over ``kid.payload``, cut to 20 bytes."""
+    kid, key = next(iter(keys.items()))
+    payload = base64.urlsafe_b64encode(f"{customer_id}\x1f{scope}".encode()).rstrip(b"=").decode()
+    mac = hmac.new(key, f"{kid}.{payload}".encode(), hashlib.sha256).digest()[:20]
+    return f"{kid}.{payload}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+def test_a_unit_separator_in_a_customer_id_cannot_point_at_another_customer() -> None:
+    attacker = "C-victim\x1fall"
+    assert verify(KEYS, sign(KEYS, attacker, "all")) == (attacker, "all")
+    # A link sent out before the fix, for the same id, still names that id.
+    assert verify(KEYS, _legacy_sign(KEYS, attacker, "all")) == (attacker, "all")
+    assert verify(KEYS, _legacy_sign(KEYS, "C-1001", "all")) == ("C-1001", "all")
+
+
+@hypothesis_settings(max_examples=200, deadline=None, database=None)
+@given(customer_id=st.text(max_size=140), scope=st.sampled_from(["all", "campaign:x", ""]))
+def test_tokens_round_trip_any_customer_id(customer_id: str, scope: str) -> None:
+    token = sign(KEYS, customer_id, scope)
+    assert verify(KEYS, token) == (customer_id, scope)
+    kid, payload, signature = token.split(".")
+    # Another key, a flipped payload, or a foreign signature never verifies.
+    assert verify({"k1": b"other"}, token) is None
+    assert verify(KEYS, f"{kid}.{payload}x.{signature}") is None
+    assert (
+        verify(KEYS, f"{kid}.{_legacy_sign(KEYS, 'C-other', scope).split('.')[1]}.{signature}")
+        is None
+    )
+
+
+@hypothesis_settings(max_examples=200, deadline=None, database=None)
+@given(customer_id=st.text(max_size=140))
+def test_legacy_tokens_of_any_customer_id_keep_verifying(customer_id: str) -> None:
+    assert verify(KEYS, _legacy_sign(KEYS, customer_id, "all")) == (customer_id, "all")
