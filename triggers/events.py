@@ -307,9 +307,8 @@ def _bounded_decimal(text: str) -> Decimal:
         raise _NumberRefused(_EXPONENT_REFUSED) from None
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)  # JSON has no NaN or Infinity literal
-    if (
-        not -MAX_NUMBER_EXPONENT <= exponent <= MAX_NUMBER_EXPONENT
-        or value.adjusted() >= MAX_NUMBER_EXPONENT
+    if not -MAX_NUMBER_EXPONENT <= exponent <= MAX_NUMBER_EXPONENT or (
+        value != 0 and value.adjusted() >= MAX_NUMBER_EXPONENT
     ):
         raise _NumberRefused(_EXPONENT_REFUSED)
     return value
@@ -328,7 +327,8 @@ def _path(parts: list[str | int]) -> str:
     """A location built from field names and indexes; a key that does not look like a
     field name (it may be data) is shown as ``<key>``."""
     shown = [
-        str(part) if isinstance(part, int) or _SAFE_KEY.match(part) else "<key>" for part in parts
+        str(part) if isinstance(part, int) or _SAFE_KEY.fullmatch(part) else "<key>"
+        for part in parts
     ]
     return ".".join(shown) or "(document)"
 

@@ -12,7 +12,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.triggers.builders import (
@@ -507,6 +507,11 @@ number_literal = st.from_regex(
 
 @settings(max_examples=400, deadline=None, database=None)
 @given(literal=number_literal)
+@example(literal="0e40")
+@example(literal="0e41")
+@example(literal="-0.0e-41")
+@example(literal="100e38")
+@example(literal="9" * 40)
 def test_number_literals_are_exact_or_refused_by_the_documented_rule(literal: str) -> None:
     # The rule, from the literal's text alone: mantissa digits and the written exponent.
     mantissa, _, exponent_text = literal.lower().partition("e")
