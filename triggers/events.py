@@ -256,7 +256,8 @@ class InvalidEvent(ValueError):
 _STRUCTURE = re.compile(rb'"(?:[^"\\]++|\\[\s\S])*+"?|[\[\]{}]')
 _OPENING = frozenset(b"[{")
 _BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
-_SAFE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+# A field name, or a pydantic union member such as ``list[str]``.
+_SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}(?:\[[A-Za-z0-9_]{1,16}\])?")
 
 
 def _nesting_depth_exceeds(raw: bytes, limit: int) -> bool:

@@ -695,3 +695,24 @@ def test_usage_levels_beyond_the_bounds_are_wrong_schema(previous: str, current:
     error = _reject(to_json(usage_event(previous, current)))
     assert error.code == "wrong_schema"
     assert "data." in error.reason
+
+
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [
+        ("ana.pop@example.ro", False),
+        ("Ana Pop", False),
+        ("x" * 65, False),
+        ("loyalty_tier", True),
+        ("plan-2026", True),
+    ],
+)
+def test_a_key_in_a_reason_is_shown_only_when_it_looks_like_a_field_name(
+    key: str, shown: bool
+) -> None:
+    document = design_event()
+    document["customer"]["attributes"] = {key: {"nested": True}}
+    error = _reject(to_json(document))
+    assert error.code == "wrong_schema"
+    assert (f"customer.attributes.{key}." in error.reason) is shown
+    assert ("customer.attributes.<key>." in error.reason) is not shown
