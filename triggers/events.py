@@ -1,19 +1,27 @@
-"""Event envelope v1: the wire contract between a CRM and the worker (DESIGN §3.1).
+"""Event envelope v1: the wire contract between a CRM and the worker.
 
 Money arrives as a decimal string or a JSON number and is held as :class:`Decimal`;
 :func:`parse_event` decodes JSON numbers as decimals, so no float ever touches a price.
+
+Every body is hostile until proven otherwise: :func:`load_json` bounds the size, the
+nesting depth, each number literal and each string *before* any costly step (Python's
+``json`` recursion, ``int`` conversion of a huge literal, ``Decimal`` to ``int`` of
+``1e10000000``), so a message of a few hundred bytes cannot cost seconds of CPU or raise
+anything but :class:`InvalidEvent`. The limits are listed in docs/events.md.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from decimal import Decimal
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, localcontext
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -21,15 +29,57 @@ from pydantic import (
     StrictBool,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
 EVENT_TYPES = ("purchase", "anniversary", "usage_change")
 MAX_EVENT_BYTES = 256 * 1024
+"""A body's size in bytes, checked before it is decoded."""
+MAX_DEPTH = 16
+"""Arrays and objects nested in one another; a valid event needs 4."""
+MAX_NUMBER_CHARS = 40
+"""Characters of one JSON number literal (sign, digits, point and exponent)."""
+MAX_NUMBER_EXPONENT = 40
+"""A number stays below 10**40 in magnitude, has at most 40 decimal places, and its
+decimal exponent (``0e99`` included) lies within +/-40."""
+MAX_STRING_CHARS = 16_384
+"""Characters of one JSON string, object keys included."""
+MAX_IDENTIFIER_CHARS = 128
+"""Identifiers fit the ``String(128)`` columns of ``worker/models.py``."""
+EARLIEST_OCCURRED_AT = datetime(1970, 1, 1, tzinfo=UTC)
+"""No CRM event predates the Unix epoch; earlier stamps are broken clocks or defaults."""
+MAX_CLOCK_SKEW = timedelta(days=1)
+"""How far in the future of the receiver's clock ``occurred_at`` may lie."""
+LATEST_OCCURRED_AT = datetime(9000, 1, 1, tzinfo=UTC)
+"""Without a receiver's clock (replaying stored events), the latest accepted instant:
+schedule arithmetic (delays, expiries, dedupe windows) stays far from ``datetime.max``."""
+
+
+def _identifier(value: str) -> str:
+    """Printable (``str.isprintable``: no control, format, surrogate, private-use,
+    unassigned or non-space separator character) and no whitespace at either end, so
+    an identifier reads the same in a log, a URL token, a database and a CSV export."""
+    if not value.isprintable():
+        raise ValueError("must contain printable characters only")
+    if value != value.strip():
+        raise ValueError("must not start or end with whitespace")
+    return value
+
 
 Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4, allow_inf_nan=False)]
-Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+Identifier = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_IDENTIFIER_CHARS),
+    AfterValidator(_identifier),
+]
+# A usage level: 20 integer digits and 10 decimal places keep change_pct exact enough
+# and finite (see UsageChangeData.change_pct).
+UsageLevel = Annotated[Decimal, Field(max_digits=30, decimal_places=10, allow_inf_nan=False)]
 AttributeValue = str | bool | int | Decimal | list[str] | None
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_TIMEZONE_KEY = re.compile(r"^[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*$")
+_LOCALE_TAG = re.compile(r"^[A-Za-z0-9]+(?:[_\-@][A-Za-z0-9]+)*$")
 
 
 class _Strict(BaseModel):
@@ -62,38 +112,46 @@ class CustomerData(_Strict):
     )
     first_name: Annotated[str, Field(max_length=100)] | None = None
     last_name: Annotated[str, Field(max_length=100)] | None = None
-    locale: str | None = None
-    timezone: str | None = None
+    locale: Annotated[str, Field(max_length=35)] | None = None
+    timezone: Annotated[str, Field(max_length=64)] | None = None
     consent: Consent | None = None
     attributes: dict[str, AttributeValue] | None = None
 
     @field_validator("first_name", "last_name")
     @classmethod
     def _single_line(cls, value: str | None) -> str | None:
-        if value is not None and any(ch in value for ch in "\r\n\x00"):
-            raise ValueError("must not contain line breaks or NUL")
+        """Names go into email headers: one line, no control character (C0, DEL, C1)."""
+        if value is not None and _CONTROL.search(value):
+            raise ValueError("must not contain line breaks or other control characters")
         return value
 
     @field_validator("locale")
     @classmethod
     def _known_locale(cls, value: str | None) -> str | None:
+        """A CLDR locale as Babel knows it (``ro-RO`` or ``ro_RO``); the reason never
+        quotes the rejected value (it is the producer's data, not ours)."""
         if value is None:
             return None
+        if not _LOCALE_TAG.fullmatch(value):
+            raise ValueError("must be a locale identifier such as ro-RO")
         try:
             Locale.parse(value, sep="-" if "-" in value else "_")
-        except (ValueError, UnknownLocaleError) as exc:
-            raise ValueError(f"unknown locale {value!r}") from exc
+        except (ValueError, TypeError, UnknownLocaleError):
+            raise ValueError("unknown locale") from None
         return value
 
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str | None) -> str | None:
+        """An IANA time zone key; the character check keeps paths out of ``ZoneInfo``."""
         if value is None:
             return None
+        if not _TIMEZONE_KEY.fullmatch(value):
+            raise ValueError("must be an IANA time zone name such as Europe/Bucharest")
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError("unknown IANA time zone") from None
         return value
 
 
@@ -103,6 +161,13 @@ class LineItem(_Strict):
     category: Identifier
     quantity: Annotated[int, Field(ge=1, le=100_000)] = 1
     unit_price: Money
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str | None) -> str | None:
+        if value is not None and _CONTROL.search(value):
+            raise ValueError("must not contain line breaks or other control characters")
+        return value
 
 
 class PurchaseData(_Strict):
@@ -119,21 +184,52 @@ class AnniversaryData(_Strict):
 
 class UsageChangeData(_Strict):
     metric: Identifier
-    previous: Annotated[Decimal, Field(allow_inf_nan=False)]
-    current: Annotated[Decimal, Field(allow_inf_nan=False)]
+    previous: UsageLevel
+    current: UsageLevel
     window_days: Annotated[int, Field(ge=1, le=3660)]
 
     @property
     def change_pct(self) -> Decimal | None:
-        """Relative change in percent; ``None`` when there is no previous level to compare."""
+        """Relative change in percent, rounded half-even to hundredths; ``None`` when
+        there is no previous level to compare.
+
+        Computed with 80 significant digits: with ``UsageLevel``'s bounds (below 10**20,
+        at least 10**-10 apart from zero) the result stays below 10**33, so neither the
+        division nor the rounding can overflow the default 28-digit context.
+        """
         if self.previous == 0:
             return None
-        return ((self.current - self.previous) / abs(self.previous) * 100).quantize(Decimal("0.01"))
+        with localcontext() as context:
+            context.prec = 80
+            ratio = (self.current - self.previous) / abs(self.previous) * 100
+            return ratio.quantize(Decimal("0.01"))
+
+
+def _occurred_in_range(value: datetime, info: ValidationInfo) -> datetime:
+    """``occurred_at`` must convert to UTC and lie between the epoch and one day past
+    the receiver's clock (``context={"received_at": ...}``), or before
+    :data:`LATEST_OCCURRED_AT` when no clock is given: a year-9000 event would plan
+    sends that never go out and never expire."""
+    try:
+        instant = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be representable in UTC") from None
+    received_at = info.context.get("received_at") if isinstance(info.context, dict) else None
+    latest = LATEST_OCCURRED_AT if received_at is None else received_at + MAX_CLOCK_SKEW
+    if instant < EARLIEST_OCCURRED_AT:
+        raise ValueError("must not be before 1970-01-01T00:00:00Z")
+    if instant > latest:
+        raise ValueError(
+            "must not be more than 1 day after the time of receipt"
+            if received_at is not None
+            else "must be before 9000-01-01T00:00:00Z"
+        )
+    return value
 
 
 class _Envelope(_Strict):
     id: Identifier
-    occurred_at: AwareDatetime
+    occurred_at: Annotated[AwareDatetime, AfterValidator(_occurred_in_range)]
     customer: CustomerData
 
 
@@ -159,7 +255,8 @@ _EVENT_ADAPTER: TypeAdapter[PurchaseEvent | AnniversaryEvent | UsageChangeEvent]
 
 
 class InvalidEvent(ValueError):
-    """A message that is not a valid v1 event; ``reason`` is safe to log (no PII)."""
+    """A message that is not a valid v1 event; ``reason`` is safe to log (no PII): it
+    names fields and rules, never the rejected values."""
 
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(f"{code}: {reason}")
@@ -167,23 +264,169 @@ class InvalidEvent(ValueError):
         self.reason = reason
 
 
-def parse_event(body: bytes | str) -> PurchaseEvent | AnniversaryEvent | UsageChangeEvent:
-    """Decode and validate one event; raise :class:`InvalidEvent` with a PII-free reason."""
-    raw = body.encode() if isinstance(body, str) else body
+# One token per string (closed or not: an unterminated one runs to the end) or bracket.
+# Possessive quantifiers keep the scan linear whatever the input.
+_STRUCTURE = re.compile(rb'"(?:[^"\\]++|\\[\s\S])*+"?|[\[\]{}]')
+_OPENING = frozenset(b"[{")
+_BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+# A field name, or a pydantic union member such as ``list[str]``.
+_SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}(?:\[[A-Za-z0-9_]{1,16}\])?")
+
+
+def _nesting_depth_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``limit``; iterative, so a
+    100,000-level document is measured, not recursed into (``json`` would raise
+    ``RecursionError``)."""
+    depth = 0
+    for match in _STRUCTURE.finditer(raw):
+        token = match.group()
+        if len(token) != 1 or token == b'"':
+            continue
+        if token[0] in _OPENING:
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+class _NumberRefused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _NumberRefused(f"a number literal is longer than {MAX_NUMBER_CHARS} characters")
+    return int(text)
+
+
+_EXPONENT_REFUSED = (
+    f"a number is not below 10^{MAX_NUMBER_EXPONENT} in magnitude, has more than"
+    f" {MAX_NUMBER_EXPONENT} decimal places or an exponent beyond +/-{MAX_NUMBER_EXPONENT}"
+)
+
+
+def _bounded_decimal(text: str) -> Decimal:
+    """A JSON fraction or exponent literal as an exact ``Decimal``; refused when it is
+    long or its exponent is out of range (``1e10000000`` is ten characters, but turning
+    it into an ``int`` takes seconds)."""
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _NumberRefused(f"a number literal is longer than {MAX_NUMBER_CHARS} characters")
+    try:
+        value = Decimal(text)
+    except ArithmeticError:  # an exponent beyond what decimal can represent
+        raise _NumberRefused(_EXPONENT_REFUSED) from None
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # JSON has no NaN or Infinity literal
+    if not -MAX_NUMBER_EXPONENT <= exponent <= MAX_NUMBER_EXPONENT or (
+        value != 0 and value.adjusted() >= MAX_NUMBER_EXPONENT
+    ):
+        raise _NumberRefused(_EXPONENT_REFUSED)
+    return value
+
+
+class _NotJson(Exception):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    """``NaN`` and ``Infinity`` are a Python extension, not JSON (RFC 8259 section 6)."""
+    raise _NotJson
+
+
+def _path(parts: list[str | int]) -> str:
+    """A location built from field names and indexes; a key that does not look like a
+    field name (it may be data) is shown as ``<key>``."""
+    shown = [
+        str(part) if isinstance(part, int) or _SAFE_KEY.fullmatch(part) else "<key>"
+        for part in parts
+    ]
+    return ".".join(shown) or "(document)"
+
+
+def _check_strings(document: Any) -> None:
+    """Walk the decoded document without recursion: every string and key must fit
+    :data:`MAX_STRING_CHARS` and be storable (no NUL, no unpaired surrogate: PostgreSQL
+    text refuses the first, UTF-8 cannot encode the second)."""
+    stack: list[tuple[Any, list[str | int]]] = [(document, [])]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            _check_string(node, where)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                _check_string(key, [*where, "<key>"])
+                stack.append((value, [*where, key]))
+        elif isinstance(node, list):
+            stack.extend((value, [*where, index]) for index, value in enumerate(node))
+
+
+def _check_string(text: str, where: list[str | int]) -> None:
+    if len(text) > MAX_STRING_CHARS:
+        raise InvalidEvent(
+            "string_limit", f"{_path(where)}: longer than {MAX_STRING_CHARS} characters"
+        )
+    if _BAD_CHARACTER.search(text):
+        raise InvalidEvent(
+            "bad_character", f"{_path(where)}: contains NUL or an unpaired surrogate"
+        )
+
+
+def load_json(body: bytes | str) -> Any:
+    """Decode one message body as JSON within the limits above, or raise
+    :class:`InvalidEvent` (codes ``oversize``, ``not_utf8``, ``too_deep``, ``not_json``,
+    ``number_limit``, ``string_limit``, ``bad_character``). Numbers with a fraction or
+    an exponent become ``Decimal``, integers ``int``. Shared by every transport and by
+    ``crosssell publish``."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent("oversize", f"{len(raw)} bytes exceeds the {MAX_EVENT_BYTES} limit")
     try:
-        document: Any = json.loads(raw.decode("utf-8"), parse_float=Decimal)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidEvent("not_utf8", f"body is not UTF-8 (byte {exc.start})") from None
+    if _nesting_depth_exceeds(raw, MAX_DEPTH):
+        raise InvalidEvent("too_deep", f"arrays and objects nest deeper than {MAX_DEPTH} levels")
+    try:
+        document: Any = json.loads(
+            text,
+            parse_float=_bounded_decimal,
+            parse_int=_bounded_int,
+            parse_constant=_no_constant,
+        )
     except json.JSONDecodeError as exc:
         raise InvalidEvent(
             "not_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
-    return validate_event(document)
+    except _NotJson:
+        raise InvalidEvent("not_json", "NaN and Infinity are not JSON numbers") from None
+    except _NumberRefused as refused:
+        raise InvalidEvent("number_limit", refused.reason) from None
+    except RecursionError:  # cannot happen below MAX_DEPTH; kept as a last line
+        raise InvalidEvent(
+            "too_deep", f"arrays and objects nest deeper than {MAX_DEPTH} levels"
+        ) from None
+    _check_strings(document)
+    return document
 
 
-def validate_event(document: Any) -> PurchaseEvent | AnniversaryEvent | UsageChangeEvent:
+def parse_event(
+    body: bytes | str, received_at: datetime | None = None
+) -> PurchaseEvent | AnniversaryEvent | UsageChangeEvent:
+    """Decode and validate one event; raise :class:`InvalidEvent` with a PII-free reason.
+
+    ``received_at`` is the receiver's clock (aware): with it, an ``occurred_at`` more
+    than a day in the future is refused.
+    """
+    return validate_event(load_json(body), received_at)
+
+
+def validate_event(
+    document: Any, received_at: datetime | None = None
+) -> PurchaseEvent | AnniversaryEvent | UsageChangeEvent:
     """Validate an already decoded JSON document as an event envelope."""
     if not isinstance(document, dict):
         raise InvalidEvent("wrong_schema", "an event must be a JSON object")
@@ -193,16 +436,17 @@ def validate_event(document: Any) -> PurchaseEvent | AnniversaryEvent | UsageCha
             f"type must be one of {', '.join(EVENT_TYPES)}",
         )
     try:
-        return _EVENT_ADAPTER.validate_python(document)
+        return _EVENT_ADAPTER.validate_python(document, context={"received_at": received_at})
     except ValidationError as exc:
         raise InvalidEvent("wrong_schema", describe_errors(exc)) from None
 
 
 def describe_errors(exc: ValidationError) -> str:
-    """Summarise validation errors by location and message only; input values may hold PII."""
+    """Summarise validation errors by location and message only; input values may hold
+    PII, and so may keys that are not field names (shown as ``<key>``)."""
     parts = []
-    for error in exc.errors(include_input=False, include_url=False)[:5]:
-        location = ".".join(str(part) for part in error["loc"][1:] or error["loc"])
+    for error in exc.errors(include_input=False, include_url=False, include_context=False)[:5]:
+        location = _path(list(error["loc"][1:] or error["loc"]))
         parts.append(f"{location}: {error['msg']}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

@@ -75,18 +75,22 @@ def migrate() -> None:
 @main.command()
 @click.argument("file", type=click.File("rb"))
 def publish(file: BinaryIO) -> None:
-    """Publish the events of a JSON Lines FILE ('-' for stdin) to the configured queue."""
-    from worker.publisher import publish_lines
+    """Publish the events of a JSON Lines FILE ('-' for stdin) to the configured queue.
 
-    report = publish_lines(get_settings(), iter(file))
+    Each line is validated as the consumer would; invalid lines are reported on stderr
+    with their line numbers and not published, and the exit status is then 1.
+    """
+    from worker.publisher import bounded_lines, publish_lines
+
+    report = publish_lines(get_settings(), bounded_lines(file))
+    for bad in report.rejected:
+        click.echo(f"line {bad.line}: {bad.code}: {bad.reason}", err=True)
     click.echo(
         f"published {report.published} event(s)"
-        + (
-            f", {report.unparseable} not parseable (will be dead-lettered)"
-            if report.unparseable
-            else ""
-        )
+        + (f", {len(report.rejected)} invalid line(s) not published" if report.rejected else "")
     )
+    if report.rejected:
+        sys.exit(1)
 
 
 @main.command()

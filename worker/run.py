@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kombu.connection import Connection
@@ -66,12 +67,41 @@ def _watch_until_drained(
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _fatal_if_it_ends(
+    target: Callable[..., object], failed: threading.Event, stop: threading.Event
+) -> Callable[..., None]:
+    """Wrap a service thread's body: if it ends by an exception, or returns while the
+    process is not stopping, mark the process failed and stop it (SIGTERM makes Celery's
+    worker shut down warmly). A dead consumer thread in a live process would leave the
+    events queue growing with nobody reading it."""
+
+    def body(*args: object) -> None:
+        try:
+            target(*args)
+        except BaseException as exc:
+            log.critical(
+                "%s thread died (%s); stopping the process",
+                threading.current_thread().name,
+                type(exc).__name__,
+                exc_info=True,
+            )
+        else:
+            if stop.is_set():
+                return
+            log.critical("%s thread ended unexpectedly; stopping", threading.current_thread().name)
+        failed.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    return body
+
+
 def run_all(
     runtime: Runtime, until_drained: bool = False, concurrency: int = 1, loglevel: str = "WARNING"
 ) -> int:
     from worker.app import app
 
     stop = threading.Event()
+    failed = threading.Event()
     consumer_ready = threading.Event()
     consumers: list[EventConsumer] = []
 
@@ -82,10 +112,16 @@ def run_all(
 
     threads = [
         threading.Thread(
-            target=run_consumer, args=(runtime, started), name="consumer", daemon=True
+            target=_fatal_if_it_ends(run_consumer, failed, stop),
+            args=(runtime, started),
+            name="consumer",
+            daemon=True,
         ),
         threading.Thread(
-            target=run_dispatcher, args=(runtime, stop), name="dispatcher", daemon=True
+            target=_fatal_if_it_ends(run_dispatcher, failed, stop),
+            args=(runtime, stop),
+            name="dispatcher",
+            daemon=True,
         ),
     ]
     if until_drained:
@@ -119,4 +155,6 @@ def run_all(
             consumer.should_stop = True
         for thread in threads[:2]:
             thread.join(timeout=10)
+    if failed.is_set():
+        return 1
     return int(worker.exitcode or 0)

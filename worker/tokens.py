@@ -3,6 +3,13 @@
 The key id lets keys rotate: new links use the first key, and old links still verify
 while their key stays configured. The embedded default key is generated once and kept
 in ``var/`` with owner-only permissions; production passes keys in the environment.
+
+The payload is base64url of the JSON array ``[customer id, scope]``: JSON escapes every
+control character, so no customer id can split into a different (id, scope) pair. The
+first format joined the two with U+001F; a customer id holding U+001F made that
+ambiguous. Tokens of that format already sent out still verify (their JSON-free payload
+holds a raw U+001F, which a JSON payload never does) and are split at the *last*
+U+001F, since scopes are never made with one.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import secrets
 from pathlib import Path
@@ -42,11 +50,26 @@ def load_keys(spec: str | None, var_dir: Path) -> dict[str, bytes]:
     return {"local": path.read_text().strip().encode()}
 
 
+_LEGACY_SEPARATOR = "\x1f"
+
+
 def sign(keys: dict[str, bytes], customer_id: str, scope: str) -> str:
     kid, key = next(iter(keys.items()))
-    payload = _b64(f"{customer_id}\x1f{scope}".encode())
+    payload = _b64(json.dumps([customer_id, scope], ensure_ascii=True).encode("ascii"))
     mac = hmac.new(key, f"{kid}.{payload}".encode(), hashlib.sha256).digest()[:20]
     return f"{kid}.{payload}.{_b64(mac)}"
+
+
+def _decode_payload(data: bytes) -> tuple[str, str] | None:
+    """(customer id, scope) from either payload format, None if it is neither."""
+    text = data.decode("utf-8")
+    if _LEGACY_SEPARATOR in text:
+        customer_id, _, scope = text.rpartition(_LEGACY_SEPARATOR)
+        return customer_id, scope
+    pair = json.loads(text)
+    if isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair):
+        return pair[0], pair[1]
+    return None
 
 
 def verify(keys: dict[str, bytes], token: str) -> tuple[str, str] | None:
@@ -57,7 +80,6 @@ def verify(keys: dict[str, bytes], token: str) -> tuple[str, str] | None:
         expected = hmac.new(key, f"{kid}.{payload}".encode(), hashlib.sha256).digest()[:20]
         if not hmac.compare_digest(expected, _unb64(signature)):
             return None
-        customer_id, _, scope = _unb64(payload).decode().partition("\x1f")
-    except (ValueError, KeyError, UnicodeDecodeError):
+        return _decode_payload(_unb64(payload))
+    except (ValueError, KeyError, UnicodeError):
         return None
-    return customer_id, scope

@@ -1,15 +1,18 @@
-"""Event envelope v1 (DESIGN §3.1): parsing, exact money, error codes and PII-free reasons."""
+"""Event envelope v1: parsing, exact money, error codes and PII-free reasons."""
 
 from __future__ import annotations
 
 import json
+import time
+import unicodedata
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.triggers.builders import (
@@ -20,12 +23,17 @@ from tests.triggers.builders import (
     usage_event,
 )
 from triggers.events import (
+    MAX_DEPTH,
     MAX_EVENT_BYTES,
+    MAX_NUMBER_CHARS,
+    MAX_NUMBER_EXPONENT,
+    MAX_STRING_CHARS,
     AnniversaryEvent,
     InvalidEvent,
     PurchaseEvent,
     UsageChangeEvent,
     event_time,
+    load_json,
     parse_event,
     validate_event,
 )
@@ -148,10 +156,11 @@ def test_bad_money_is_wrong_schema_located_at_the_field(total: str, why: str) ->
     assert "data.total" in error.reason
 
 
-def test_json_nan_literal_for_money_is_rejected() -> None:
-    error = _reject(_with_number(("data", "total"), "NaN"))
-    assert error.code == "wrong_schema"
-    assert "data.total" in error.reason
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_json_nan_literal_for_money_is_rejected(literal: str) -> None:
+    # Python's json accepts these as an extension; RFC 8259 section 6 has no such number.
+    error = _reject(_with_number(("data", "total"), literal))
+    assert error.code == "not_json"
 
 
 # --- the other event types ----------------------------------------------------------------
@@ -340,7 +349,8 @@ def test_line_breaks_and_nul_in_a_name_are_rejected(field: str, bad: str) -> Non
     document = design_event()
     document["customer"][field] = f"Ana{bad}Bcc: victim@example.com"
     error = _reject(to_json(document))
-    assert error.code == "wrong_schema"
+    # NUL is refused for every string of the body, before the schema is looked at.
+    assert error.code == ("bad_character" if bad == "\x00" else "wrong_schema")
     assert f"customer.{field}" in error.reason
 
 
@@ -415,3 +425,294 @@ def test_many_errors_are_summarised() -> None:
     assert error.code == "wrong_schema"
     assert "more" in error.reason
     assert error.reason.count(";") >= 5
+
+
+# --- bounded decoding: limits checked before the costly step --------------------------------
+
+
+def _reference_depth(text: str) -> int:
+    """Deepest nesting of arrays and objects, by a character walk that knows strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+nested_json = st.recursive(
+    st.none() | st.integers() | st.text(alphabet='[]{}"\\ab', max_size=6),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=4), children, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(document=nested_json, wrap=st.integers(min_value=0, max_value=MAX_DEPTH + 2))
+def test_depth_limit_matches_a_reference_walk(document: object, wrap: int) -> None:
+    text = "[" * wrap + json.dumps(document) + "]" * wrap
+    deepest = _reference_depth(text)
+    if deepest > MAX_DEPTH:
+        with pytest.raises(InvalidEvent) as caught:
+            load_json(text)
+        assert caught.value.code == "too_deep"
+    else:
+        assert load_json(text) == json.loads(text, parse_float=Decimal)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a":' * 40_000 + b"1" + b"}" * 40_000,
+        b'{"id": "'
+        + b"[" * 100
+        + b'", "x": '
+        + b"[" * (MAX_DEPTH + 1)
+        + b"]" * (MAX_DEPTH + 1)
+        + b"}",
+    ],
+)
+def test_deep_nesting_is_refused_without_recursion(body: bytes) -> None:
+    started = time.monotonic()
+    assert _reject(body).code == "too_deep"
+    assert time.monotonic() - started < 1.0
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    text = json.dumps({"note": "[" * 1000 + "{" * 1000 + '\\"[['})
+    assert load_json(text) == json.loads(text)
+
+
+number_literal = st.from_regex(
+    r"\A-?(0|[1-9][0-9]{0,50})(\.[0-9]{1,50})?([eE][+-]?[0-9]{1,25})?\Z", fullmatch=True
+)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(literal=number_literal)
+@example(literal="0e40")
+@example(literal="0e41")
+@example(literal="-0.0e-41")
+@example(literal="100e38")
+@example(literal="9" * 40)
+def test_number_literals_are_exact_or_refused_by_the_documented_rule(literal: str) -> None:
+    # The rule, from the literal's text alone: mantissa digits and the written exponent.
+    mantissa, _, exponent_text = literal.lower().partition("e")
+    whole, _, fraction = mantissa.lstrip("-").partition(".")
+    exponent = int(exponent_text or 0) - len(fraction)
+    digits = (whole + fraction).lstrip("0")
+    magnitude = len(digits) + exponent if digits else 0  # the value is below 10**magnitude
+    allowed = (
+        len(literal) <= MAX_NUMBER_CHARS
+        and -MAX_NUMBER_EXPONENT <= exponent <= MAX_NUMBER_EXPONENT
+        and magnitude <= MAX_NUMBER_EXPONENT
+    )
+    started = time.monotonic()
+    try:
+        value = load_json(literal)
+    except InvalidEvent as refused:
+        assert refused.code == "number_limit"
+        assert not allowed, literal
+    else:
+        assert allowed, literal
+        expected = Fraction(int(whole + fraction) * (-1 if literal.startswith("-") else 1)) * (
+            Fraction(10) ** exponent
+        )
+        assert Fraction(value) == expected
+        assert type(value) is (int if not fraction and not exponent_text else Decimal)
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    "literal", ["9" * 5000, "1e10000000", "1e-10000000", "0e10000000", "1" * 41]
+)
+def test_the_costly_number_examples_are_refused_at_once(literal: str) -> None:
+    body = _with_number(("customer", "attributes", "x"), literal)
+    started = time.monotonic()
+    assert _reject(body).code == "number_limit"
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ('{"a": "\\u0000"}', "bad_character"),
+        ('{"a": ["x", "\\udc00"]}', "bad_character"),
+        ('{"\\u0000": 1}', "bad_character"),
+        ('{"a": "' + "x" * (MAX_STRING_CHARS + 1) + '"}', "string_limit"),
+        ('{"' + "k" * (MAX_STRING_CHARS + 1) + '": 1}', "string_limit"),
+    ],
+)
+def test_strings_a_database_cannot_hold_are_refused(text: str, code: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        load_json(text)
+    assert caught.value.code == code
+
+
+# --- identifiers ----------------------------------------------------------------------------
+
+_UNPRINTABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"}
+
+
+def _identifier_allowed(value: str) -> bool:
+    """The documented rule, from the Unicode database: 1..128 characters, none of them a
+    control, format, surrogate, private-use, unassigned or separator character (the
+    ASCII space excepted), and no whitespace at either end."""
+    return (
+        1 <= len(value) <= 128
+        and all(ch == " " or unicodedata.category(ch) not in _UNPRINTABLE for ch in value)
+        and value == value.strip()
+    )
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(
+    value=st.text(max_size=130)
+    | st.text(alphabet=st.sampled_from("ab \x1f\x00\u202e\u00a0\t\n\u2028"), max_size=8)
+)
+def test_identifiers_follow_the_documented_character_set(value: str) -> None:
+    document = design_event()
+    document["customer"]["id"] = value
+    document["data"]["items"][0]["sku"] = value
+    body = json.dumps(document).encode()
+    if _identifier_allowed(value) and "\x00" not in value:
+        event = parse_event(body)
+        assert isinstance(event, PurchaseEvent)
+        assert event.customer.id == value
+    else:
+        error = _reject(body)
+        assert error.code in ("wrong_schema", "bad_character")
+        if value.strip():
+            assert value not in error.reason
+
+
+# --- occurred_at range ------------------------------------------------------------------------
+
+RECEIVED = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    moment=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    offset_minutes=st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1),
+    with_clock=st.booleans(),
+)
+def test_occurred_at_range(moment: datetime, offset_minutes: int, with_clock: bool) -> None:
+    stamp = moment.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))
+    body = to_json(design_event(occurred_at=stamp.isoformat()))
+    # Seconds since the epoch without ever converting the stamp (that could overflow).
+    since_epoch = moment - datetime(1970, 1, 1) - timedelta(minutes=offset_minutes)
+    latest = (
+        RECEIVED + timedelta(days=1) if with_clock else datetime(9000, 1, 1, tzinfo=UTC)
+    ) - datetime(1970, 1, 1, tzinfo=UTC)
+    received_at = RECEIVED if with_clock else None
+    if timedelta(0) <= since_epoch <= latest:
+        assert parse_event(body, received_at).occurred_at == stamp
+    else:
+        error = _reject_at(body, received_at)
+        assert error.code == "wrong_schema"
+        assert "occurred_at" in error.reason
+
+
+def _reject_at(body: bytes, received_at: datetime | None) -> InvalidEvent:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(body, received_at)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-01:00",
+        "9999-12-31T23:59:59.999999-00:01",
+        "1969-12-31T23:59:59.999999Z",
+        "2026-11-21T12:00:01Z",  # a day and a second after RECEIVED
+    ],
+)
+def test_occurred_at_examples_outside_the_range(stamp: str) -> None:
+    error = _reject_at(to_json(design_event(occurred_at=stamp)), RECEIVED)
+    assert error.code == "wrong_schema"
+    assert "occurred_at" in error.reason
+
+
+def test_occurred_at_edges_inside_the_range() -> None:
+    for stamp in ("1970-01-01T00:00:00Z", "1970-01-01T02:00:00+02:00", "2026-11-21T12:00:00Z"):
+        assert parse_event(to_json(design_event(occurred_at=stamp)), RECEIVED)
+
+
+# --- change_pct never overflows ---------------------------------------------------------------
+
+usage_level = st.decimals(
+    min_value=Decimal("-99999999999999999999.9999999999"),
+    max_value=Decimal("99999999999999999999.9999999999"),
+    places=10,
+    allow_nan=False,
+    allow_infinity=False,
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(previous=usage_level, current=usage_level)
+def test_change_pct_is_exact_for_every_accepted_level(previous: Decimal, current: Decimal) -> None:
+    event = parse_event(to_json(usage_event(str(previous), str(current))))
+    assert isinstance(event, UsageChangeEvent)
+    if previous == 0:
+        assert event.data.change_pct is None
+        return
+    exact = (Fraction(current) - Fraction(previous)) / abs(Fraction(previous)) * 100
+    # Round half to even to hundredths, by integer arithmetic.
+    hundredths = exact * 100
+    floor = hundredths.numerator // hundredths.denominator
+    rest = hundredths - floor
+    rounded = floor + (1 if rest > Fraction(1, 2) or (rest == Fraction(1, 2) and floor % 2) else 0)
+    assert event.data.change_pct is not None
+    assert Fraction(event.data.change_pct) == Fraction(rounded, 100)
+
+
+@pytest.mark.parametrize(
+    ("previous", "current"),
+    [("1E-999999", "1E+999999"), ("1e-11", "1"), ("1", "1" * 21), ("1", "1e25")],
+)
+def test_usage_levels_beyond_the_bounds_are_wrong_schema(previous: str, current: str) -> None:
+    error = _reject(to_json(usage_event(previous, current)))
+    assert error.code == "wrong_schema"
+    assert "data." in error.reason
+
+
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [
+        ("ana.pop@example.ro", False),
+        ("Ana Pop", False),
+        ("x" * 65, False),
+        ("loyalty_tier", True),
+        ("plan-2026", True),
+    ],
+)
+def test_a_key_in_a_reason_is_shown_only_when_it_looks_like_a_field_name(
+    key: str, shown: bool
+) -> None:
+    document = design_event()
+    document["customer"]["attributes"] = {key: {"nested": True}}
+    error = _reject(to_json(document))
+    assert error.code == "wrong_schema"
+    assert (f"customer.attributes.{key}." in error.reason) is shown
+    assert ("customer.attributes.<key>." in error.reason) is not shown
