@@ -12,13 +12,14 @@ there is one decision path, whatever the caller.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from functools import lru_cache
 from typing import Literal
 
 from triggers.campaigns import Campaign
+from triggers.facts import CustomerProfile
 from triggers.loader import CompiledCampaign, RuleSet
 from triggers.outcomes import Decision, SkipReason, skipped
 from triggers.schedule import (
@@ -202,6 +203,23 @@ class Subject:
     suppressed: bool
     timezone: str | None
     opted_out_kinds: frozenset[str] = frozenset()
+
+
+def subject_for(
+    profile: CustomerProfile, *, suppressed: bool, opted_out_kinds: Iterable[str] = ()
+) -> Subject:
+    """The ``Subject`` of a customer profile plus what the profile does not hold: whether
+    the address is on the suppression list and which campaign kinds the customer turned
+    off on the preference page. Every caller (ingest, delivery, explain, simulate,
+    preview) builds its subject here, so none can forget one of them."""
+    return Subject(
+        profile.id,
+        bool(profile.email),
+        profile.email_marketing,
+        suppressed,
+        profile.timezone,
+        frozenset(opted_out_kinds),
+    )
 
 
 @lru_cache(maxsize=64)
