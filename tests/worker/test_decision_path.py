@@ -29,6 +29,7 @@ from worker.demo import seed_catalog
 from worker.explain import explain
 from worker.ingest import ingest_event
 from worker.models import Customer, Send, Suppression
+from worker.preview import preview
 from worker.runtime import Runtime
 from worker.simulation import run_simulation
 
@@ -170,6 +171,15 @@ def test_simulate_reads_suppressions_and_preferences_like_ingest(
     assert "from the database" in source
     ((_, outcome, reason),) = [key for key in report.outcomes if key[0] == CAMPAIGN]
     assert reason == expected if expected else outcome in ("planned", "held_out")
+
+
+def test_preview_says_when_the_customer_would_not_get_the_email(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    _known_customer(runtime, "C-look")
+    _opt_out(runtime, "C-look")
+    (first, *_) = preview(runtime, CAMPAIGN, "C-look", None, tmp_path / "preview")
+    assert "a send now would be skipped: opted_out" in first.notes
 
 
 # --- the delivery recheck ---------------------------------------------------------------------
