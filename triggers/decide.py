@@ -40,7 +40,12 @@ DEFAULT_MIN_GAP = timedelta(hours=20)
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Engine-wide limits from settings; a campaign may be stricter, never looser."""
+    """Engine-wide limits from settings; a campaign may be stricter, never looser.
+
+    ``min_gap`` is the least time between two marketing emails to one customer
+    (``CROSSSELL_MIN_GAP``); ``over_cap`` decides both what happens over the global cap and
+    to an email that would come too close to another: ``drop`` it, or ``defer`` it.
+    """
 
     max_emails_per_customer: int = 3
     cap_window: timedelta = timedelta(days=7)
