@@ -95,6 +95,15 @@ def summary(settings: Settings, out: TextIO, dead_lettered: int) -> None:
             .select_from(Send)
             .where(Send.reason == SkipReason.DEFERRED_BY_GAP, Send.status.in_(EMAIL_STATUSES))
         )
+        spaced = Counter(
+            dict(
+                session.execute(
+                    select(Send.campaign_id, func.count())
+                    .where(Send.status == "skipped", Send.reason == SkipReason.MIN_GAP)
+                    .group_by(Send.campaign_id)
+                ).all()
+            )
+        )
         email_times: list[tuple[str, datetime]] = []
         for customer_id, sent_at, send_at in session.execute(
             select(Send.customer_id, Send.sent_at, Send.send_at).where(
@@ -125,10 +134,18 @@ def summary(settings: Settings, out: TextIO, dead_lettered: int) -> None:
         file=out,
     )
     closest = closest_emails(email_times)
+    by_campaign = ", ".join(f"{k} {v}" for k, v in sorted(spaced.items()))
     print(
-        f"spaced out:          {reasons[SkipReason.MIN_GAP]} not sent ({SkipReason.MIN_GAP}), "
-        f"{deferred} later ({SkipReason.DEFERRED_BY_GAP}); gap {settings.min_gap}, "
-        f"closest two emails to one customer: {closest if closest is not None else 'none'}",
+        f"spaced out:          {sum(spaced.values())} not sent ({SkipReason.MIN_GAP}"
+        + (f": {by_campaign}" if by_campaign else "")
+        + f"), {deferred} later ({SkipReason.DEFERRED_BY_GAP}); gap {settings.min_gap}",
+        file=out,
+    )
+    print(
+        "closest emails:      "
+        + (
+            f"{closest} apart for one customer" if closest is not None else "one email per customer"
+        ),
         file=out,
     )
 
