@@ -59,9 +59,41 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class PastSend:
+    """One of the customer's sends: when it went or goes (``at``) and in which status.
+
+    ``send_id`` and ``expires_at`` let a planned one make room for a higher-priority
+    email (see ``Displaced``); without them it keeps its place.
+    """
+
     campaign_id: str
     status: str
     at: datetime
+    send_id: int | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Displaced:
+    """A planned, not yet sent email of a lower-priority campaign that gives its place to
+    a higher-priority one planned within its gap: under ``over_cap: drop`` it is skipped
+    (``min_gap``); under ``defer`` it moves past the gap (``deferred_by_gap``, ``send_at``)
+    or is skipped when that is after its expiry."""
+
+    send_id: int
+    campaign_id: str
+    outcome: Literal["planned", "skipped"]
+    reason: SkipReason
+    send_at: datetime | None
+
+
+class Decisions(list[Decision]):
+    """``decide``'s outcomes, one per campaign, plus the planned sends that made room."""
+
+    __slots__ = ("displaced",)
+
+    def __init__(self, decisions: Iterable[Decision] = ()) -> None:
+        super().__init__(decisions)
+        self.displaced: list[Displaced] = []
 
 
 def dedupe_key(campaign: Campaign, customer_id: str, event_id: str, triggered_at: datetime) -> str:
@@ -149,29 +181,46 @@ def min_gap(campaign: Campaign, policy: Policy) -> timedelta:
     return own if own is not None and own > policy.min_gap else policy.min_gap
 
 
-Spans = list[tuple[datetime, timedelta]]
+# (when, the spacing its campaign asks beyond the global gap, the send if it could yield)
+Span = tuple[datetime, timedelta, PastSend | None]
 
 
-def email_spans(history: Sequence[PastSend], rules: RuleSet) -> Spans:
+def email_spans(history: Sequence[PastSend], rules: RuleSet) -> list[Span]:
     """Each email of the customer (held-out sends are not emails) with the spacing its own
     campaign asks for beyond the global one (zero when none, or when the campaign is gone)."""
-    spans: Spans = []
+    spans: list[Span] = []
     for past in history:
         if past.status in COUNTED_STATUSES:
             compiled = rules.by_id(past.campaign_id)
             own = compiled.campaign.frequency.min_gap if compiled is not None else None
-            spans.append((past.at, own or timedelta(0)))
+            spans.append((past.at, own or timedelta(0), past))
     return spans
 
 
-def gap_clash(send_at: datetime, spans: Spans, gap: timedelta) -> datetime | None:
-    """The earliest moment after every email that crowds ``send_at``, or None if none does.
+def crowding(send_at: datetime, spans: Sequence[Span], gap: timedelta) -> list[Span]:
+    """The emails closer to ``send_at`` (before or after) than the longer of the two gaps."""
+    return [span for span in spans if abs(send_at - span[0]) < max(gap, span[1])]
 
-    Two emails crowd each other when they are closer (before or after) than the longer
-    of their two gaps; the result is the end of the last such email's spacing.
-    """
-    ends = [at + max(gap, own) for at, own in spans if abs(send_at - at) < max(gap, own)]
+
+def gap_clash(send_at: datetime, spans: Sequence[Span], gap: timedelta) -> datetime | None:
+    """The earliest moment after every email that crowds ``send_at``, or None if none does."""
+    ends = [at + max(gap, own) for at, own, _ in crowding(send_at, spans, gap)]
     return max(ends) if ends else None
+
+
+def _yields(span: Span, campaign: Campaign, rules: RuleSet, now: datetime) -> bool:
+    """Whether this email makes room for ``campaign``'s: only a known send still waiting
+    for its time (planned, due after ``now``: one already due may be on its way), of an
+    active campaign of strictly lower priority; ties keep their place."""
+    past = span[2]
+    if past is None or past.status != "planned" or past.send_id is None or past.at <= now:
+        return False
+    compiled = rules.by_id(past.campaign_id)
+    return (
+        compiled is not None
+        and compiled.campaign.status == "active"
+        and compiled.campaign.priority < campaign.priority
+    )
 
 
 def consent_block(
@@ -245,12 +294,14 @@ def decide(
     history: Sequence[PastSend],
     policy: Policy,
     now: datetime,
-) -> list[Decision]:
+) -> Decisions:
+    """One outcome per campaign of the rule set (see the module docstring); and in
+    ``.displaced`` the customer's planned emails that make room for a higher-priority one."""
     # Every campaign starts as "trigger did not match"; only the prefilter's candidates
     # are evaluated, and their entries replaced.
     checks = rules.checks(event_type)
     ranks = rules.ranks(event_type)
-    decisions: list[Decision] = list(rules.misses(event_type))
+    decisions = Decisions(rules.misses(event_type))
     matched: list[tuple[int, int]] = []  # (priority rank, position)
     for position in rules.candidates(event_type, facts):
         miss = checks[position](facts)  # trigger, then audience: None when both hold
@@ -265,7 +316,9 @@ def decide(
     ranked = [active[position] for _, position in matched]
     consent = consent_block(subject.email_marketing, subject.has_email, subject.suppressed)
     if consent is None:
-        decided = _choose(rules, ranked, event_id, triggered_at, subject, history, policy, now)
+        decided = _choose(
+            rules, ranked, event_id, triggered_at, subject, history, policy, now, decisions
+        )
     else:
         decided = _skip_all(ranked, consent, subject.id, event_id)
     # The matched campaigns' slots, in list order, receive their outcomes in priority
@@ -292,14 +345,17 @@ def _choose(
     history: Sequence[PastSend],
     policy: Policy,
     now: datetime,
+    out: Decisions,
 ) -> list[Decision]:
     """Outcomes of matched campaigns, best first, for a customer who may be emailed:
-    walk down the ranking until ``max_campaigns_per_event`` sends are planned."""
+    walk down the ranking until ``max_campaigns_per_event`` sends are planned. Planned
+    emails that make room for them are added to ``out.displaced``."""
     decided: list[Decision] = []
     quiet = _quiet_window(policy.quiet_from, policy.quiet_to)
     chosen = 0
+    yielding: list[Span] = []
     counted = _count_counted(history, policy, now)
-    spans: Spans | None = None  # built on first need: most events never get here
+    spans: list[Span] | None = None  # built on first need: most events never get here
     for index, compiled in enumerate(ranked):
         if chosen >= policy.max_campaigns_per_event:
             # A campaign ranked below the ones already chosen loses to them, whatever its
@@ -308,6 +364,7 @@ def _choose(
                 ranked[index:], SkipReason.LOWER_PRIORITY, subject.id, event_id
             )
         campaign = compiled.campaign
+        yielding = []
         skip_key = f"{campaign.id}|{subject.id}|skip|{event_id}"
         reason: SkipReason | None = (
             SkipReason.OPTED_OUT
@@ -332,15 +389,19 @@ def _choose(
         if not timing.expired and not assignment.held_out and (history or chosen):
             if spans is None:
                 spans = email_spans(history, rules)
-            clash = gap_clash(timing.send_at, spans, gap) if spans else None
-            if clash is not None:
+            crowded = crowding(timing.send_at, spans, gap) if spans else []
+            if crowded and all(_yields(span, campaign, rules, now) for span in crowded):
+                # Every email in the way is a lower-priority one still only planned:
+                # priority decides, they make room (after this one is placed, below).
+                yielding = crowded
+            elif crowded:
                 if policy.over_cap == "drop":
                     decided.append(skipped(campaign.id, SkipReason.MIN_GAP, skip_key))
                     continue
                 # Deferred past every email it would crowd (then into the window), so the
                 # customer's emails stay in the order they were planned.
-                latest = max(at + max(gap, own) for at, own in spans)
-                earliest = max(earliest, clash, latest)
+                latest = max(at + max(gap, own) for at, own, _ in spans)
+                earliest = max(earliest, latest)
                 deferred = SkipReason.DEFERRED_BY_GAP
                 timing = plan_in_windows(campaign.schedule, windows, triggered_at, earliest, zone)
         variant = assignment.variant
@@ -367,7 +428,10 @@ def _choose(
             if spans is None:
                 spans = email_spans(history, rules)
             # The next campaign of this event keeps its distance from this one.
-            spans.append((timing.send_at, campaign.frequency.min_gap or timedelta(0)))
+            spans.append((timing.send_at, campaign.frequency.min_gap or timedelta(0), None))
+            if yielding:
+                _make_room(yielding, spans, rules, subject, policy, quiet, out)
+                yielding = []
         decided.append(
             Decision(
                 campaign.id,
@@ -381,6 +445,49 @@ def _choose(
             )
         )
     return decided
+
+
+def _make_room(
+    yielding: Sequence[Span],
+    spans: list[Span],
+    rules: RuleSet,
+    subject: Subject,
+    policy: Policy,
+    quiet: DailyWindow | None,
+    out: Decisions,
+) -> None:
+    """Skip (``drop``) or move past every other email (``defer``) the planned emails that
+    gave their place; ``spans`` is updated so later campaigns of the event see the result."""
+    for span in yielding:
+        spans.remove(span)
+    for _, own, past in yielding:
+        assert past is not None and past.send_id is not None  # _yields checked it
+        compiled = rules.by_id(past.campaign_id)
+        assert compiled is not None
+        if policy.over_cap == "drop":
+            out.displaced.append(
+                Displaced(past.send_id, past.campaign_id, "skipped", SkipReason.MIN_GAP, None)
+            )
+            continue
+        gap = min_gap(compiled.campaign, policy)
+        earliest = max(at + max(gap, other) for at, other, _ in spans)
+        zone = resolve_zone(
+            compiled.campaign.schedule.timezone, subject.timezone, policy.default_timezone
+        )
+        windows = compiled.send_windows(quiet)
+        send_at = next_allowed(earliest, windows, zone) if windows else earliest
+        if past.expires_at is not None and send_at > past.expires_at:
+            out.displaced.append(
+                Displaced(past.send_id, past.campaign_id, "skipped", SkipReason.MIN_GAP, None)
+            )
+            continue
+        out.displaced.append(
+            Displaced(
+                past.send_id, past.campaign_id, "planned", SkipReason.DEFERRED_BY_GAP, send_at
+            )
+        )
+        moved = PastSend(past.campaign_id, "planned", send_at, past.send_id, past.expires_at)
+        spans.append((send_at, own, moved))
 
 
 @dataclass(frozen=True, slots=True)

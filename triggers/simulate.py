@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
-from triggers.decide import PastSend, Policy, Subject, decide, subject_for
+from triggers.decide import Displaced, PastSend, Policy, Subject, decide, subject_for
 from triggers.events import AnyEvent, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, build_facts, purchase_of
 from triggers.loader import RuleSet
@@ -67,6 +68,33 @@ class SimulationReport:
         return total
 
 
+def _make_room(
+    report: SimulationReport,
+    history: list[PastSend],
+    moved: Displaced,
+    counted: bool,
+    reason_before: str | None,
+    zone: ZoneInfo,
+) -> None:
+    """Apply what ingest applies to a planned send that made room for a higher-priority
+    one: its history entry moves or goes, and the report moves its count."""
+    index = next(i for i, past in enumerate(history) if past.send_id == moved.send_id)
+    before = history.pop(index)
+    if moved.outcome == "planned" and moved.send_at is not None:
+        history.append(replace(before, at=moved.send_at))
+    if not counted:
+        return
+    report.outcomes[(before.campaign_id, "planned", reason_before)] -= 1
+    report.outcomes[(before.campaign_id, moved.outcome, moved.reason)] += 1
+    old_day = before.at.astimezone(zone).date()
+    report.by_campaign_day[(before.campaign_id, old_day)].emails -= 1
+    if moved.outcome == "planned" and moved.send_at is not None:
+        new_day = moved.send_at.astimezone(zone).date()
+        report.by_campaign_day[(before.campaign_id, new_day)].emails += 1
+    else:
+        report.by_campaign_day[(before.campaign_id, old_day)].skipped[moved.reason] += 1
+
+
 def unknown_standing(profile: CustomerProfile) -> Subject:
     """A customer as the events alone describe them: not suppressed, nothing opted out."""
     return subject_for(profile, suppressed=False)
@@ -94,6 +122,8 @@ def simulate(
     orders: set[str] = set()
     seen: set[str] = set()
     taken: set[str] = set()
+    # Per simulated send (its id is the index): counted in the report, and its reason.
+    rows: list[tuple[bool, str | None]] = []
     ordered = sorted(events, key=lambda e: e.occurred_at) if at is None else events
     for event in ordered:
         if event.id in seen:
@@ -122,22 +152,30 @@ def simulate(
         )
         counted = count_from is None or event.occurred_at >= count_from
         report.counted_events += counted
+        zone = resolve_zone("customer", profile.timezone, policy.default_timezone)
         for decision in decisions:
             duplicate = False
             if decision.outcome != "not_matched" and decision.dedupe_key is not None:
                 duplicate = decision.dedupe_key in taken
                 taken.add(decision.dedupe_key)
             if decision.outcome in ("planned", "held_out") and not duplicate:
+                send_id = len(rows)
                 history[customer_id].append(
-                    PastSend(decision.campaign_id, decision.outcome, decision.send_at or now)
+                    PastSend(
+                        decision.campaign_id,
+                        decision.outcome,
+                        decision.send_at or now,
+                        send_id,
+                        decision.expires_at,
+                    )
                 )
+                rows.append((counted, decision.reason))
             if not counted:
                 continue
             if decision.outcome == "not_matched":
                 report.not_matched[decision.campaign_id] += 1
                 continue
             moment = decision.send_at or now
-            zone = resolve_zone("customer", profile.timezone, policy.default_timezone)
             tally = report.by_campaign_day[(decision.campaign_id, moment.astimezone(zone).date())]
             if duplicate:
                 tally.skipped[SkipReason.ALREADY_PLANNED] += 1
@@ -150,4 +188,8 @@ def simulate(
                 tally.held_out += 1
             else:
                 tally.skipped[decision.reason or "unknown"] += 1
+        for moved in decisions.displaced:
+            counted_before, reason_before = rows[moved.send_id]
+            rows[moved.send_id] = (counted_before, moved.reason)
+            _make_room(report, history[customer_id], moved, counted_before, reason_before, zone)
     return report

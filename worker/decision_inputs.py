@@ -16,11 +16,11 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from triggers.decide import COUNTED_STATUSES, PastSend, Subject, subject_for
+from triggers.decide import COUNTED_STATUSES, MARKETING_HISTORY, PastSend, Subject, subject_for
 from triggers.events import AnyEvent
 from triggers.facts import CustomerProfile, build_facts
-from worker.customers import is_suppressed, profile_of, send_history
-from worker.models import Customer, Suppression
+from worker.customers import is_suppressed, profile_of
+from worker.models import Customer, Send, Suppression
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,7 @@ def decision_inputs(
     customer: Customer | None,
     profile: CustomerProfile | None = None,
     exclude_send: int | None = None,
+    lock: bool = False,
 ) -> DecisionInputs:
     """The inputs for ``event`` as of ``now``.
 
@@ -54,6 +55,8 @@ def decision_inputs(
     the event applied on top. ``customer`` is None for a customer the database does not
     know yet: no history, no opted-out kinds, but the suppression list still applies to
     the event's address. ``exclude_send`` leaves a send out of its own history (recheck).
+    ``lock`` (ingest) locks the history rows until the caller's transaction ends, so a
+    planned send that ``decide`` lets make room cannot be claimed by a dispatcher meanwhile.
     """
     if profile is None:
         if customer is None:
@@ -65,11 +68,46 @@ def decision_inputs(
         opted_out_kinds=(customer.opted_out_kinds or ()) if customer is not None else (),
     )
     history = (
-        send_history(session, customer.id, exclude_send=exclude_send)
+        send_history(session, customer.id, exclude_send=exclude_send, lock=lock)
         if customer is not None
         else []
     )
     return DecisionInputs(profile, subject, build_facts(event, profile, now), history)
+
+
+def send_history(
+    session: Session, customer_id: str, *, exclude_send: int | None = None, lock: bool = False
+) -> list[PastSend]:
+    """The customer's marketing sends that count for frequency and spacing: when each
+    went or goes (sent, else planned time, else creation), with its id and expiry."""
+    query = select(
+        Send.id,
+        Send.campaign_id,
+        Send.status,
+        Send.sent_at,
+        Send.send_at,
+        Send.created_at,
+        Send.expires_at,
+    ).where(Send.customer_id == customer_id, Send.status.in_(MARKETING_HISTORY))
+    if lock:
+        # Only the planned rows can be asked to make room; locking just those never waits
+        # for a delivery that holds its claimed row, and the dispatcher skips them.
+        session.execute(
+            select(Send.id)
+            .where(Send.customer_id == customer_id, Send.status == "planned")
+            .with_for_update()
+        ).all()
+    return [
+        PastSend(
+            row.campaign_id,
+            row.status,
+            row.sent_at or row.send_at or row.created_at,
+            row.id,
+            row.expires_at,
+        )
+        for row in session.execute(query).all()
+        if row.id != exclude_send
+    ]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from triggers.decide import Policy, decide
@@ -56,7 +56,7 @@ def ingest_event(
         record_purchase(session, customer, event)
     session.flush()
 
-    inputs = decision_inputs(session, event, now, customer=customer)
+    inputs = decision_inputs(session, event, now, customer=customer, lock=True)
     decisions = decide(
         rules=rules,
         event_type=event.type,
@@ -100,5 +100,21 @@ def ingest_event(
         )
         outcome[decision.campaign_id] = decision.reason or decision.outcome
         SENDS.labels(decision.outcome, decision.reason or "").inc()
+    for moved in decisions.displaced:
+        # A lower-priority email planned earlier makes room: skipped with min_gap, or moved
+        # past the gap. Its row was locked with the history, so it is still ``planned``;
+        # were it not, the recheck at sending would still keep the two emails apart.
+        changed = session.execute(
+            update(Send)
+            .where(Send.id == moved.send_id, Send.status == "planned")
+            .values(
+                status=moved.outcome,
+                reason=moved.reason,
+                updated_at=now,
+                **({"send_at": moved.send_at} if moved.send_at is not None else {}),
+            )
+        )
+        if getattr(changed, "rowcount", 0):
+            SENDS.labels(moved.outcome, moved.reason).inc()
     row.outcome = outcome
     return IngestResult(duplicate=False, decisions=tuple(decisions))

@@ -19,6 +19,8 @@ from triggers.campaigns import Campaign
 from triggers.decide import (
     COUNTED_STATUSES,
     Decision,
+    Decisions,
+    Displaced,
     Later,
     PastSend,
     Policy,
@@ -55,7 +57,7 @@ def run(
     event_type: str = "purchase",
     triggered_at: datetime = TUESDAY_10,
     now: datetime | None = None,
-) -> list[Decision]:
+) -> Decisions:
     return decide(
         rules=rules,
         event_type=event_type,
@@ -716,3 +718,126 @@ def test_skip_reasons_keep_their_stored_strings() -> None:
     for reason in SkipReason:
         assert reason == reason.value and isinstance(reason, str)
         assert f"{reason}" == reason.value
+
+
+# --- events close together: priority decides which goes first ----------------------------------
+
+
+IN_AN_HOUR = TUESDAY_10 + timedelta(hours=1)
+
+
+def _low_priority_anniversary(priority: int = 10, **options: Any) -> CompiledCampaign:
+    return compiled("low", priority=priority, event="anniversary", **options)
+
+
+def test_a_higher_priority_email_takes_the_place_of_a_planned_lower_one() -> None:
+    # The demo's case after spacing: a loyalty email planned first (its event came
+    # first) kept the laptop accessories email of a later event out, whatever priority.
+    rules = rule_set(compiled("high", priority=90), _low_priority_anniversary())
+    waiting = PastSend("low", "planned", TUESDAY_10 + timedelta(hours=1), send_id=7)
+    decisions = run(rules, history=[waiting], policy=NO_QUIET)
+    assert outcomes(decisions)["high"] == ("planned", None)
+    assert decisions.displaced == [Displaced(7, "low", "skipped", SkipReason.MIN_GAP, None)]
+
+
+def test_under_defer_the_displaced_email_moves_past_the_gap_into_its_window() -> None:
+    window = {"window": {"from": "09:00", "to": "12:00"}}
+    rules = rule_set(compiled("high", priority=90), _low_priority_anniversary(schedule=window))
+    waiting = PastSend(
+        "low",
+        "planned",
+        TUESDAY_10 + timedelta(hours=1),
+        send_id=7,
+        expires_at=TUESDAY_10 + timedelta(days=3),
+    )
+    policy = replace(NO_QUIET, over_cap="defer")
+    decisions = run(rules, history=[waiting], policy=policy)
+    assert by_id(decisions)["high"].send_at == TUESDAY_10
+    # 10:00 + 20 h = Wednesday 06:00; the low campaign's window opens at 09:00.
+    moved = Displaced(
+        7, "low", "planned", SkipReason.DEFERRED_BY_GAP, datetime(2026, 11, 18, 9, tzinfo=UTC)
+    )
+    assert decisions.displaced == [moved]
+    expiring = replace(waiting, expires_at=TUESDAY_10 + timedelta(hours=12))
+    dropped = run(rules, history=[expiring], policy=policy).displaced
+    assert dropped == [Displaced(7, "low", "skipped", SkipReason.MIN_GAP, None)]
+
+
+@pytest.mark.parametrize(
+    ("past", "low_priority", "why"),
+    [
+        (PastSend("low", "queued", TUESDAY_10, send_id=7), 10, "already on its way"),
+        (PastSend("low", "planned", TUESDAY_10, send_id=7), 10, "due now: may be on its way"),
+        (PastSend("low", "sent", TUESDAY_10, send_id=7), 10, "already sent"),
+        (PastSend("low", "planned", TUESDAY_10), 10, "no send id: cannot be changed"),
+        (PastSend("low", "planned", IN_AN_HOUR, send_id=7), 90, "equal priority keeps its place"),
+        (PastSend("low", "planned", IN_AN_HOUR, send_id=7), 95, "higher priority"),
+        (PastSend("gone", "planned", IN_AN_HOUR, send_id=7), 10, "campaign no longer exists"),
+    ],
+)
+def test_only_planned_lower_priority_emails_make_room(
+    past: PastSend, low_priority: int, why: str
+) -> None:
+    rules = rule_set(compiled("high", priority=90), _low_priority_anniversary(low_priority))
+    decisions = run(rules, history=[past], policy=NO_QUIET)
+    assert outcomes(decisions)["high"] == ("skipped", "min_gap"), why
+    assert decisions.displaced == [], why
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    past=st.lists(
+        st.tuples(
+            _HOURS,
+            st.sampled_from(["sent", "planned", "queued", "held_out"]),
+            st.sampled_from(["low", "top", "gone"]),
+        ),
+        max_size=5,
+    ),
+    over_cap=st.sampled_from(["drop", "defer"]),
+    per_event=st.integers(min_value=1, max_value=3),
+)
+def test_after_making_room_every_new_or_moved_email_keeps_its_gap(
+    past: list[tuple[int, str, str]], over_cap: str, per_event: int
+) -> None:
+    rules = rule_set(
+        compiled("a", priority=30),
+        compiled("b", priority=20, frequency={"min_gap": "30h"}),
+        _low_priority_anniversary(priority=25, frequency={"min_gap": "2d"}),
+        compiled("top", priority=99, event="anniversary"),
+    )
+    policy = replace(
+        NO_QUIET,
+        over_cap=over_cap,  # type: ignore[arg-type]
+        max_campaigns_per_event=per_event,
+        max_emails_per_customer=50,
+    )
+    history = [
+        PastSend(name, status, TUESDAY_10 + timedelta(hours=h), send_id=n)
+        for n, (h, status, name) in enumerate(past)
+    ]
+    decisions = run(rules, history=history, policy=policy)
+    own = {"a": 0, "b": 30, "low": 48, "top": 0, "gone": 0}
+    moves = {d.send_id: d for d in decisions.displaced}
+    for move in decisions.displaced:
+        before = history[move.send_id]
+        assert before.status == "planned"
+        assert before.campaign_id == "low", "only the lower-priority planned one yields"
+    final = [
+        (
+            moves[p.send_id].send_at if p.send_id in moves else p.at,
+            p.campaign_id,
+            p.send_id in moves,
+        )
+        for p in history
+        if p.status in ("sent", "planned", "queued")
+        and not (p.send_id in moves and moves[p.send_id].outcome == "skipped")
+    ]
+    final += [(d.send_at, d.campaign_id, True) for d in decisions if d.outcome == "planned"]
+    for index, (at, name, new) in enumerate(final):
+        for other_at, other_name, other_new in final[index + 1 :]:
+            if not (new or other_new):
+                continue  # two old emails: not this decision's doing
+            assert at is not None and other_at is not None
+            gap = max(timedelta(hours=20), timedelta(hours=max(own[name], own[other_name])))
+            assert abs(at - other_at) >= gap, (final, decisions.displaced)
