@@ -9,6 +9,7 @@ within ``CROSSSELL_MIN_GAP``.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -18,11 +19,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session
 
 from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
 from triggers.events import AnyEvent, validate_event
+from worker.cli import main
 from worker.db import dispose_engines, transaction
 from worker.delivery import Reschedule, Skip, prepare
 from worker.demo import seed_catalog
@@ -346,3 +349,62 @@ def test_the_demo_sends_no_customer_two_emails_within_the_gap(tmp_path: Path) ->
     assert summary is not None, done.stdout
     assert int(summary.group(1)) > 0
     assert re.search(r"^skipped by reason: .*min_gap \d+", done.stdout, re.M), done.stdout
+
+
+# --- simulate's output ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from worker import runtime as runtime_module
+    from worker.settings import get_settings
+
+    monkeypatch.setenv("CROSSSELL_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("CROSSSELL_UNSUBSCRIBE_KEYS", "k:s")
+    get_settings.cache_clear()
+    runtime_module.set_runtime(None)
+    yield
+    get_settings.cache_clear()
+    runtime_module.set_runtime(None)
+    dispose_engines()
+
+
+@pytest.mark.usefixtures("cli_env")
+@pytest.mark.parametrize(
+    ("options", "clock"),
+    [
+        ([], "decided at: each event's own time"),
+        (["--at", "2026-11-17T10:30Z"], "decided at: 2026-11-17T10:30:00+00:00 for every event"),
+    ],
+)
+def test_simulate_states_its_clock_and_summarises_before_the_daily_table(
+    tmp_path: Path, options: list[str], clock: str
+) -> None:
+    events = tmp_path / "events.jsonl"
+    lines = [
+        json.dumps(
+            purchase(f"evt-out-{n}", at=NOW - timedelta(days=n), customer=customer_block(f"C-o{n}"))
+        )
+        for n in range(4)
+    ]
+    events.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(main, ["simulate", "--events", str(events), *options])
+    assert result.exit_code == 0, result.output
+    output = result.output.splitlines()
+    assert output[0].startswith(clock), output[0]
+    summary = next(
+        i for i, line in enumerate(output) if line.startswith("campaign ") and "not matched" in line
+    )
+    daily = next(
+        i for i, line in enumerate(output) if line.startswith("campaign ") and " day " in line
+    )
+    assert summary < daily
+
+
+def test_simulate_rejects_an_at_without_a_time_zone(tmp_path: Path, cli_env: None) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps(purchase("evt-tz")) + "\n")
+    result = CliRunner().invoke(
+        main, ["simulate", "--events", str(events), "--at", "2026-11-17T10:30"]
+    )
+    assert result.exit_code != 0 and "--at" in result.output
