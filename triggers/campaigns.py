@@ -142,6 +142,13 @@ class Frequency(_Model):
     max_sends: MaxSends | None = Field(
         default=None, description="at most `count` emails of this campaign per `period`"
     )
+    min_gap: Duration | None = Field(
+        default=None,
+        description=(
+            "at least this long between this campaign's email and any other marketing email "
+            "to the same customer; only longer than the global CROSSSELL_MIN_GAP counts"
+        ),
+    )
 
 
 Strategy = Literal["recommended", "complementary", "bestsellers"]

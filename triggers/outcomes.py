@@ -5,9 +5,58 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal
 
 Outcome = Literal["planned", "held_out", "skipped", "not_matched"]
+
+
+class SkipReason(StrEnum):
+    """Why an email was not sent (or not yet), as stored in ``sends.reason``.
+
+    A ``StrEnum``: each member *is* its string (``SkipReason.COOLDOWN == "cooldown"``), so
+    rows written before the enum existed, metrics labels and reports keep their values.
+    Every member is listed, with its meaning, in one table in docs/campaigns.md.
+    """
+
+    # Not matched: the campaign did not apply to the event.
+    TRIGGER_CONDITIONS = "trigger_conditions"
+    AUDIENCE = "audience"
+    # Consent and standing of the customer (the engine's own rules, never switched off).
+    NO_EMAIL = "no_email"
+    NO_CONSENT = "no_consent"
+    SUPPRESSED = "suppressed"
+    OPTED_OUT = "opted_out"
+    # Frequency: the campaign's own limits, then the global ones.
+    ONCE_PER_CUSTOMER = "once_per_customer"
+    COOLDOWN = "cooldown"
+    MAX_SENDS = "max_sends"
+    FREQUENCY_CAP = "frequency_cap"
+    MIN_GAP = "min_gap"
+    # Competition and timing.
+    LOWER_PRIORITY = "lower_priority"
+    EXPIRED = "expired"
+    HOLDOUT = "holdout"
+    ALREADY_PLANNED = "already_planned"
+    # Planned, but later than asked (the send still goes).
+    DEFERRED_BY_CAP = "deferred_by_cap"
+    DEFERRED_BY_GAP = "deferred_by_gap"
+    OUTSIDE_WINDOW = "outside_window"
+    RATE_LIMITED = "rate_limited"
+    RETRY = "retry"
+    # At sending: the campaign, the offer, the message.
+    CAMPAIGN_INACTIVE = "campaign_inactive"
+    OUT_OF_STOCK = "out_of_stock"
+    NO_OFFER = "no_offer"
+    RENDER_ERROR = "render_error"
+    UNSUPPORTED_ADDRESS = "unsupported_address"
+    # Delivery failures (status ``failed``).
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    HARD_BOUNCE = "hard_bounce"
+    REJECTED = "rejected"
+    POLICY_REJECTED = "policy_rejected"
+    AMBIGUOUS = "ambiguous"
+    INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True, slots=True)

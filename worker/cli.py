@@ -233,22 +233,34 @@ def explain(event_file: Path, campaign_id: str, now_text: str | None) -> None:
     default=None,
     help="Replay the stored event log, counting from this ISO time.",
 )
-def simulate(events_file: Path | None, since_text: str | None) -> None:
+@click.option(
+    "--at",
+    "at_text",
+    default=None,
+    help="Decide every event at this ISO time ('now': the worker's clock), in arrival "
+    "order, as the worker would ingest them; default: each event at its own time.",
+)
+def simulate(events_file: Path | None, since_text: str | None, at_text: str | None) -> None:
     """Dry run: which campaigns would fire, emails per day, what was skipped. Sends nothing."""
-    from triggers.simulate import simulate as run_simulation
     from worker.runtime import get_runtime
     from worker.simulation import (
         events_from_file,
         events_from_log,
         parse_since,
         report_lines,
+        run_simulation,
     )
 
     if (events_file is None) == (since_text is None):
         raise click.UsageError("give either --events FILE or --since TIME")
     runtime = get_runtime()
-    rules = runtime.rules.current()
     problems: list[str] = []
+    try:
+        at = None
+        if at_text is not None:
+            at = runtime.clock.now() if at_text == "now" else parse_since(at_text, "--at")
+    except ValueError as bad:
+        raise click.BadParameter(str(bad), param_hint="--at") from None
     if events_file is not None:
         source, count_from = events_from_file(events_file, problems), None
     else:
@@ -257,8 +269,9 @@ def simulate(events_file: Path | None, since_text: str | None) -> None:
         except ValueError as bad:
             raise click.BadParameter(str(bad), param_hint="--since") from None
         source = events_from_log(runtime)
-    report = run_simulation(source, rules, runtime.policy, count_from=count_from)
-    for line in report_lines(report, [c.id for c in rules.campaigns]):
+    report, standing = run_simulation(runtime, source, count_from=count_from, at=at)
+    campaigns = [c.id for c in runtime.rules.current().campaigns]
+    for line in report_lines(report, campaigns, standing):
         click.echo(line)
     for problem in problems:
         click.echo(f"skipped bad event: {problem}", err=True)

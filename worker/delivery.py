@@ -19,14 +19,13 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.orm import Session
 
-from triggers.decide import consent_block, frequency_block
+from triggers.decide import Later, recheck
 from triggers.events import validate_event
-from triggers.facts import build_facts
 from triggers.offers import AnyOffer, OfferUnavailable
-from triggers.schedule import campaign_window, next_allowed, quiet_hours_window, resolve_zone
+from triggers.outcomes import SkipReason
 from worker.coupons import coupon_code
-from worker.customers import is_suppressed, profile_of, send_history
 from worker.db import session_factory, surviving_disconnects, transaction
+from worker.decision_inputs import decision_inputs
 from worker.email_context import Coupon, email_context, links_for
 from worker.metrics import SENDS
 from worker.mime import (
@@ -63,6 +62,7 @@ class Skip:
 @dataclass(frozen=True, slots=True)
 class Reschedule:
     send_at: datetime
+    reason: SkipReason = SkipReason.OUTSIDE_WINDOW
 
 
 def _set(session: Session, send_id: int, expected: str, **values: Any) -> bool:
@@ -91,44 +91,37 @@ def _coupon(runtime: Runtime, send: Send, offer: AnyOffer, now: datetime) -> Cou
 def prepare(
     session: Session, runtime: Runtime, send: Send, now: datetime
 ) -> OutgoingEmail | Skip | Reschedule:
-    """Recheck everything that may have changed since planning, then build the message."""
+    """Recheck everything that may have changed since planning, then build the message.
+
+    The recheck is ``triggers.decide.recheck`` on inputs from ``decision_inputs``: the
+    engine's own checks in the engine's order, so a send is never judged by other rules
+    at sending than at planning.
+    """
     settings = runtime.settings
     rules = runtime.rules.current()
     compiled = rules.by_id(send.campaign_id)
     if compiled is None or compiled.campaign.status != "active":
-        return Skip("campaign_inactive")
-    if send.expires_at is not None and now > send.expires_at:
-        return Skip("expired")
+        return Skip(SkipReason.CAMPAIGN_INACTIVE)
     customer = session.get(Customer, send.customer_id)
     stored = session.query(Event).filter(Event.event_id == send.event_id).one()
     assert customer is not None
-    blocked = consent_block(
-        customer.email_marketing, bool(customer.email), is_suppressed(session, customer.email)
-    )
-    if blocked:
-        return Skip(blocked)
-    if compiled.campaign.kind in (customer.opted_out_kinds or ()):
-        return Skip("opted_out")
-    profile = profile_of(customer)
     event = validate_event(stored.payload)
-    if not compiled.audience(build_facts(event, profile, now)):
-        return Skip("audience")
-    history = send_history(session, customer.id, exclude_send=send.id)
-    settled = [past for past in history if past.status in ("sent", "sending")]
-    capped = frequency_block(compiled.campaign, settled, runtime.policy, now)
-    if capped is not None:
-        return Skip(capped)
-    zone = resolve_zone(
-        compiled.campaign.schedule.timezone, customer.timezone, settings.default_timezone
+    inputs = decision_inputs(session, event, now, customer=customer, exclude_send=send.id)
+    verdict = recheck(
+        rules=rules,
+        campaign_id=send.campaign_id,
+        facts=inputs.facts,
+        subject=inputs.subject,
+        history=inputs.history,
+        policy=runtime.policy,
+        now=now,
+        expires_at=send.expires_at,
     )
-    policy = runtime.policy
-    windows = [campaign_window(compiled.campaign.schedule)]
-    if policy.quiet_from is not None and policy.quiet_to is not None:
-        windows.append(quiet_hours_window(policy.quiet_from, policy.quiet_to))
-    allowed = next_allowed(now, [w for w in windows if w is not None], zone)
-    if allowed > now:
-        # A retry or a late dispatch must not land at 3 a.m. or outside the window.
-        return Reschedule(allowed)
+    if isinstance(verdict, Later):
+        return Reschedule(verdict.send_at, verdict.reason)
+    if verdict is not None:
+        return Skip(verdict)
+    profile = inputs.profile
 
     try:
         offer = resolve_for_send(
@@ -167,7 +160,7 @@ def prepare(
         log.warning(
             "send %s: the template did not render: %s: %s", send.id, type(exc).__name__, exc
         )
-        return Skip("render_error", f"{exc.__class__.__name__}: {exc}"[:1000])
+        return Skip(SkipReason.RENDER_ERROR, f"{exc.__class__.__name__}: {exc}"[:1000])
     try:
         message_id = message_id_for(send.id, settings.message_id_domain)
         send.message_id = message_id  # committed with the claim: reports can name it
@@ -188,7 +181,7 @@ def prepare(
         data = build_message(envelope, rendered)
         content = message_content(envelope, rendered)
     except HeaderInjection as exc:
-        return Skip("render_error", f"{exc.__class__.__name__}: {exc}"[:1000])
+        return Skip(SkipReason.RENDER_ERROR, f"{exc.__class__.__name__}: {exc}"[:1000])
     envelope_from = (sender and sender.address) or settings.sender_address
     return OutgoingEmail(send.id, message_id, envelope_from, customer.email or "", data, content)
 
@@ -242,7 +235,7 @@ def _attempt(runtime: Runtime, send_id: int) -> str:
                 send_id,
                 "queued",
                 status="failed",
-                reason="internal_error",
+                reason=SkipReason.INTERNAL_ERROR,
                 detail=f"{exc.__class__.__name__}: {exc}"[:1000],
                 updated_at=runtime.clock.now(),
             )
@@ -309,7 +302,7 @@ def _claim(session: Session, runtime: Runtime, send_id: int) -> tuple[OutgoingEm
             "sending",
             status="planned",
             send_at=prepared.send_at,
-            reason="outside_window",
+            reason=prepared.reason,
             updated_at=now,
         )
         return "rescheduled"
@@ -359,7 +352,7 @@ def _wait_for_slot(runtime: Runtime, limiter: RateLimiter, send_id: int) -> str 
             "queued",
             status="planned",
             send_at=now + timedelta(seconds=reservation.wait),
-            reason="rate_limited",
+            reason=SkipReason.RATE_LIMITED,
             updated_at=now,
         )
     return "throttled"
@@ -377,7 +370,7 @@ def _retry_or_fail(
                 send_id,
                 "sending",
                 status="failed",
-                reason="retries_exhausted",
+                reason=SkipReason.RETRIES_EXHAUSTED,
                 detail=str(exc)[:1000],
                 updated_at=now,
             )
@@ -390,7 +383,7 @@ def _retry_or_fail(
             "sending",
             status="planned",
             send_at=now + wait,
-            reason="retry",
+            reason=SkipReason.RETRY,
             detail=str(exc)[:1000],
             updated_at=now,
         )
@@ -412,7 +405,7 @@ def _ambiguous(runtime: Runtime, send_id: int, message_id: str, exc: AmbiguousDe
             send_id,
             "sending",
             status="failed",
-            reason="ambiguous",
+            reason=SkipReason.AMBIGUOUS,
             message_id=message_id,
             detail=f"provider gave no answer after the message was handed over: {exc}"[:1000],
             updated_at=now,
@@ -429,7 +422,13 @@ def _ambiguous(runtime: Runtime, send_id: int, message_id: str, exc: AmbiguousDe
 
 def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryError) -> str:
     now = runtime.clock.now()
-    reason = "policy_rejected" if exc.policy else "hard_bounce" if exc.hard_bounce else "rejected"
+    reason = (
+        SkipReason.POLICY_REJECTED
+        if exc.policy
+        else SkipReason.HARD_BOUNCE
+        if exc.hard_bounce
+        else SkipReason.REJECTED
+    )
     with transaction(runtime.settings.resolved_database_url) as session:
         _set(
             session,
@@ -444,7 +443,7 @@ def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryErro
             session.add(
                 Suppression(
                     email=email.lower(),
-                    reason="hard_bounce",
+                    reason=SkipReason.HARD_BOUNCE,
                     source=f"send:{send_id}",
                     created_at=now,
                 )

@@ -17,6 +17,7 @@ from typing import TextIO
 from celery.exceptions import SecurityWarning
 from sqlalchemy import func, select
 
+from triggers.outcomes import SkipReason
 from worker.clock import ShiftedClock
 from worker.db import transaction
 from worker.demo_data import CATALOG, CURRENCY, OUT_OF_STOCK, as_lines
@@ -26,6 +27,21 @@ from worker.publisher import publish_lines
 from worker.run import run_all
 from worker.runtime import Runtime, set_runtime
 from worker.settings import Settings
+
+EMAIL_STATUSES = ("sent", "planned", "queued", "sending")
+
+
+def closest_emails(rows: list[tuple[str, datetime]]) -> timedelta | None:
+    """The shortest time between two emails to the same customer, from (customer, when)."""
+    by_customer: dict[str, list[datetime]] = {}
+    for customer_id, at in rows:
+        by_customer.setdefault(customer_id, []).append(at)
+    gaps = [
+        later - earlier
+        for times in by_customer.values()
+        for earlier, later in zip(sorted(times), sorted(times)[1:], strict=False)
+    ]
+    return min(gaps) if gaps else None
 
 
 def demo_anchor(today: datetime) -> datetime:
@@ -74,6 +90,29 @@ def summary(settings: Settings, out: TextIO, dead_lettered: int) -> None:
                 ).all()
             )
         )
+        deferred = session.scalar(
+            select(func.count())
+            .select_from(Send)
+            .where(Send.reason == SkipReason.DEFERRED_BY_GAP, Send.status.in_(EMAIL_STATUSES))
+        )
+        spaced = Counter(
+            dict(
+                session.execute(
+                    select(Send.campaign_id, func.count())
+                    .where(Send.status == "skipped", Send.reason == SkipReason.MIN_GAP)
+                    .group_by(Send.campaign_id)
+                ).all()
+            )
+        )
+        email_times: list[tuple[str, datetime]] = []
+        for customer_id, sent_at, send_at in session.execute(
+            select(Send.customer_id, Send.sent_at, Send.send_at).where(
+                Send.status.in_(EMAIL_STATUSES)
+            )
+        ).all():
+            at = sent_at or send_at
+            if at is not None:
+                email_times.append((customer_id, at))
     print(
         f"events stored:       {sum(events.values())} "
         f"({', '.join(f'{k} {v}' for k, v in sorted(events.items()))})",
@@ -92,6 +131,21 @@ def summary(settings: Settings, out: TextIO, dead_lettered: int) -> None:
     print(
         "skipped by reason:   "
         + (", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "none"),
+        file=out,
+    )
+    closest = closest_emails(email_times)
+    by_campaign = ", ".join(f"{k} {v}" for k, v in sorted(spaced.items()))
+    print(
+        f"spaced out:          {sum(spaced.values())} not sent ({SkipReason.MIN_GAP}"
+        + (f": {by_campaign}" if by_campaign else "")
+        + f"), {deferred} later ({SkipReason.DEFERRED_BY_GAP}); gap {settings.min_gap}",
+        file=out,
+    )
+    print(
+        "closest emails:      "
+        + (
+            f"{closest} apart for one customer" if closest is not None else "one email per customer"
+        ),
         file=out,
     )
 

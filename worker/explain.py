@@ -13,24 +13,34 @@ from datetime import datetime
 from sqlalchemy.exc import SQLAlchemyError
 
 from triggers.conditions import explain_condition
-from triggers.decide import PastSend, Subject, decide
+from triggers.decide import (
+    consent_block,
+    decide,
+    email_spans,
+    frequency_block,
+    gap_clash,
+    min_gap,
+    subject_for,
+)
 from triggers.events import AnyEvent, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, build_facts, purchase_of
 from triggers.schedule import resolve_zone
+from worker.decision_inputs import DecisionInputs
 from worker.runtime import Runtime
 
 
 @dataclass(frozen=True)
 class Known:
-    profile: CustomerProfile
-    history: list[PastSend]
-    suppressed: bool
+    inputs: DecisionInputs
     source: str
 
 
-def _known(runtime: Runtime, event: AnyEvent) -> Known:
-    from worker.customers import is_suppressed, profile_of, send_history
+def _known(runtime: Runtime, event: AnyEvent, at: datetime) -> Known:
+    """The engine's inputs as the worker would build them (``decision_inputs``), with this
+    event applied to the stored profile as ingest would apply it."""
+    from worker.customers import profile_of
     from worker.db import transaction
+    from worker.decision_inputs import decision_inputs
     from worker.models import Customer, Order
 
     blank = CustomerProfile(event.customer.id)
@@ -38,19 +48,20 @@ def _known(runtime: Runtime, event: AnyEvent) -> Known:
         with transaction(runtime.settings.resolved_database_url) as session:
             row = session.get(Customer, event.customer.id)
             if row is None:
-                return Known(_with_event(blank, event, False), [], False, "this event only")
+                profile = _with_event(blank, event, False)
+                inputs = decision_inputs(session, event, at, customer=None, profile=profile)
+                return Known(inputs, "this event only (+ suppression list)")
             known_order = isinstance(event, PurchaseEvent) and (
                 session.get(Order, event.data.order_id) is not None
             )
             profile = _with_event(profile_of(row), event, known_order)
-            return Known(
-                profile,
-                send_history(session, row.id),
-                is_suppressed(session, profile.email),
-                "database + this event",
-            )
+            inputs = decision_inputs(session, event, at, customer=row, profile=profile)
+            return Known(inputs, "database + this event")
     except SQLAlchemyError:
-        return Known(_with_event(blank, event, False), [], False, "this event only (no database)")
+        profile = _with_event(blank, event, False)
+        subject = subject_for(profile, suppressed=False)
+        inputs = DecisionInputs(profile, subject, build_facts(event, profile, at), [])
+        return Known(inputs, "this event only (no database)")
 
 
 def _with_event(profile: CustomerProfile, event: AnyEvent, order_known: bool) -> CustomerProfile:
@@ -64,6 +75,23 @@ def _mark(result: bool) -> str:
     return "yes" if result else "NO "
 
 
+def _standing_lines(inputs: DecisionInputs, kind: str) -> Iterator[str]:
+    """The engine's customer checks, one line each, in the engine's order."""
+    subject = inputs.subject
+    consent = consent_block(subject.email_marketing, subject.has_email, False)
+    yield f"consent: {_mark(consent is None)}" + (f" {consent}" if consent else "")
+    yield f"suppression: {_mark(not subject.suppressed)}" + (
+        " suppressed" if subject.suppressed else ""
+    )
+    kinds = ", ".join(sorted(subject.opted_out_kinds)) or "none"
+    opted_out = kind in subject.opted_out_kinds
+    yield (
+        f"preferences: {_mark(not opted_out)}"
+        + (" opted_out" if opted_out else "")
+        + f" (campaign kind {kind}; kinds opted out: {kinds})"
+    )
+
+
 def explain(
     runtime: Runtime, event: AnyEvent, campaign_id: str, now: datetime | None
 ) -> Iterator[str]:
@@ -73,8 +101,9 @@ def explain(
         raise LookupError(f"no campaign {campaign_id!r} in {runtime.settings.campaigns_dir}")
     campaign = compiled.campaign
     at = now or event.occurred_at
-    known = _known(runtime, event)
-    facts = build_facts(event, known.profile, at)
+    known = _known(runtime, event, at)
+    inputs = known.inputs
+    facts = inputs.facts
     yield (
         f"campaign {campaign.id} ({campaign.status}, priority {campaign.priority}, "
         f"trigger {campaign.trigger.event}); event {event.id} ({event.type}) "
@@ -98,21 +127,27 @@ def explain(
                 f"  {_mark(leaf.result)} {leaf.path}: {leaf.field} {leaf.op} "
                 f"{leaf.expected!r}  (actual: {leaf.actual!r})"
             )
+    yield from _standing_lines(inputs, campaign.kind)
+    policy = runtime.policy
+    capped = frequency_block(campaign, inputs.history, policy, at)
+    yield f"frequency: {_mark(capped is None)}" + (f" {capped}" if capped else "")
+    gap = min_gap(campaign, policy)
+    last = inputs.last_email_at
+    clash = gap_clash(at, email_spans(inputs.history, rules), gap)
+    yield (
+        f"spacing: {_mark(clash is None)} gap {gap}, last email "
+        + (f"{last.isoformat()}" if last else "none")
+        + (f" (free from {clash.isoformat()})" if clash else "")
+    )
     decisions = decide(
         rules=rules,
         event_type=event.type,
         event_id=event.id,
         triggered_at=event.occurred_at,
         facts=facts,
-        subject=Subject(
-            known.profile.id,
-            bool(known.profile.email),
-            known.profile.email_marketing,
-            known.suppressed,
-            known.profile.timezone,
-        ),
-        history=known.history,
-        policy=runtime.policy,
+        subject=inputs.subject,
+        history=inputs.history,
+        policy=policy,
         now=at,
     )
     mine = next(d for d in decisions if d.campaign_id == campaign.id)
@@ -123,7 +158,7 @@ def explain(
         yield f"decision: skipped, reason {mine.reason}"
         return
     zone = resolve_zone(
-        campaign.schedule.timezone, known.profile.timezone, runtime.policy.default_timezone
+        campaign.schedule.timezone, inputs.profile.timezone, runtime.policy.default_timezone
     )
     assert mine.send_at is not None
     local = mine.send_at.astimezone(zone)

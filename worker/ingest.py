@@ -10,21 +10,15 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from triggers.decide import Policy, Subject, decide
+from triggers.decide import Policy, decide
 from triggers.events import AnyEvent, PurchaseEvent
-from triggers.facts import build_facts
 from triggers.loader import RuleSet
-from triggers.outcomes import Decision
-from worker.customers import (
-    is_suppressed,
-    profile_of,
-    record_purchase,
-    send_history,
-    upsert_customer,
-)
+from triggers.outcomes import Decision, SkipReason
+from worker.customers import record_purchase, upsert_customer
+from worker.decision_inputs import decision_inputs
 from worker.metrics import SENDS
 from worker.models import Event, Send
 
@@ -62,22 +56,15 @@ def ingest_event(
         record_purchase(session, customer, event)
     session.flush()
 
-    profile = profile_of(customer)
+    inputs = decision_inputs(session, event, now, customer=customer, lock=True)
     decisions = decide(
         rules=rules,
         event_type=event.type,
         event_id=event.id,
         triggered_at=event.occurred_at,
-        facts=build_facts(event, profile, now),
-        subject=Subject(
-            id=customer.id,
-            has_email=bool(customer.email),
-            email_marketing=customer.email_marketing,
-            suppressed=is_suppressed(session, customer.email),
-            timezone=customer.timezone,
-            opted_out_kinds=frozenset(customer.opted_out_kinds or ()),
-        ),
-        history=send_history(session, customer.id),
+        facts=inputs.facts,
+        subject=inputs.subject,
+        history=inputs.history,
         policy=policy,
         now=now,
     )
@@ -91,7 +78,7 @@ def ingest_event(
         assert decision.dedupe_key is not None
         taken = session.scalar(select(Send.id).where(Send.dedupe_key == decision.dedupe_key))
         if taken is not None:
-            outcome[decision.campaign_id] = f"already_planned:{taken}"
+            outcome[decision.campaign_id] = f"{SkipReason.ALREADY_PLANNED}:{taken}"
             continue
         session.add(
             Send(
@@ -113,5 +100,21 @@ def ingest_event(
         )
         outcome[decision.campaign_id] = decision.reason or decision.outcome
         SENDS.labels(decision.outcome, decision.reason or "").inc()
+    for moved in decisions.displaced:
+        # A lower-priority email planned earlier makes room: skipped with min_gap, or moved
+        # past the gap. Its row was locked with the history, so it is still ``planned``;
+        # were it not, the recheck at sending would still keep the two emails apart.
+        changed = session.execute(
+            update(Send)
+            .where(Send.id == moved.send_id, Send.status == "planned")
+            .values(
+                status=moved.outcome,
+                reason=moved.reason,
+                updated_at=now,
+                **({"send_at": moved.send_at} if moved.send_at is not None else {}),
+            )
+        )
+        if getattr(changed, "rowcount", 0):
+            SENDS.labels(moved.outcome, moved.reason).inc()
     row.outcome = outcome
     return IngestResult(duplicate=False, decisions=tuple(decisions))

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from triggers.decide import Later, recheck
 from triggers.events import validate_event
 from triggers.offers import OfferUnavailable
-from worker.customers import profile_of
 from worker.db import transaction
+from worker.decision_inputs import decision_inputs
 from worker.email_context import (
     Coupon,
     email_context,
@@ -65,7 +66,26 @@ def preview(
                 f"no {campaign.trigger.event} event stored for {customer_id}: using a sample event"
             )
         event = validate_event({**payload, "customer": {"id": customer_id}})
-        profile = profile_of(customer)
+        now = datetime.now(UTC)
+        inputs = decision_inputs(session, event, now, customer=customer)
+        profile = inputs.profile
+        # The same recheck a real send gets just before it goes: preview still renders,
+        # but says when this customer would not get the email now, and why.
+        verdict = recheck(
+            rules=rules,
+            campaign_id=campaign_id,
+            facts=inputs.facts,
+            subject=inputs.subject,
+            history=inputs.history,
+            policy=runtime.policy,
+            now=now,
+            expires_at=None,
+        )
+        if isinstance(verdict, Later):
+            wait = f"{verdict.send_at:%Y-%m-%d %H:%M} UTC ({verdict.reason})"
+            notes.append(f"a send now would wait until {wait}")
+        elif verdict is not None:
+            notes.append(f"a send now would be skipped: {verdict}")
         try:
             offer = resolve_for_send(session, campaign.offer, event, profile, runtime.complements)
         except OfferUnavailable as unavailable:
@@ -80,7 +100,6 @@ def preview(
         }
         address = customer.email or "preview@example.invalid"
         name = " ".join(filter(None, [customer.first_name, customer.last_name]))
-    now = datetime.now(UTC)
     links = links_for(settings, runtime.unsubscribe_keys, customer_id)
     coupon = None
     if campaign.offer.coupon is not None:

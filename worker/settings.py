@@ -96,6 +96,9 @@ class Settings(BaseSettings):
         "drop", description="over the global cap: drop the email, or defer it until it fits"
     )
     quiet_hours: str | None = Field("21:00-08:00", description="local quiet hours, HH:MM-HH:MM")
+    min_gap: str = Field(
+        "20h", description="least time between two marketing emails to one customer; 0: off"
+    )
 
     recommendations_min_support: int = Field(
         3, ge=1, description="co-buyers a pair needs before it is recommended"
@@ -138,7 +141,11 @@ class Settings(BaseSettings):
     retry_base_seconds: float = 30.0
 
     @field_validator(
-        "cap_window", "requeue_after", "sending_timeout", "recommendations_rebuild_every"
+        "cap_window",
+        "requeue_after",
+        "sending_timeout",
+        "recommendations_rebuild_every",
+        "min_gap",
     )
     @classmethod
     def _duration(cls, value: str) -> str:
@@ -188,6 +195,7 @@ class Settings(BaseSettings):
             quiet_to=quiet[1] if quiet else None,
             default_timezone=self.default_timezone,
             over_cap=self.over_cap_policy,
+            min_gap=parse_duration(self.min_gap),
         )
 
 

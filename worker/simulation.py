@@ -1,4 +1,9 @@
-"""``crosssell simulate``: the dry run over a JSON Lines file or the stored event log."""
+"""``crosssell simulate``: the dry run over a JSON Lines file or the stored event log.
+
+The suppression list and the customers' opted-out campaign kinds come from the
+configured database (read only, as ``decision_inputs`` reads them for the worker); the
+events cannot carry them, and without them the dry run would plan emails the worker skips.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,54 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import make_url, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from triggers.events import AnyEvent, InvalidEvent, parse_event, validate_event
-from triggers.simulate import SimulationReport
+from triggers.simulate import SimulationReport, simulate
+from worker.decision_inputs import Standing, load_standing
 from worker.runtime import Runtime
+
+
+def standing(runtime: Runtime) -> tuple[Standing, str]:
+    """The database's suppressions and opted-out kinds, and a line saying where from."""
+    from worker.db import transaction
+
+    url = make_url(runtime.settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or ":memory:").exists():
+        return Standing(), "suppressions and preferences: none (no database yet)"
+    try:
+        with transaction(runtime.settings.resolved_database_url) as session:
+            found = load_standing(session)
+    except SQLAlchemyError as exc:
+        return (
+            Standing(),
+            f"suppressions and preferences: none (no database: {exc.__class__.__name__})",
+        )
+    return found, (
+        f"suppressions and preferences: from the database ({len(found.suppressed)} suppressed, "
+        f"{len(found.opted_out)} customers with opted-out kinds)"
+    )
+
+
+def run_simulation(
+    runtime: Runtime,
+    events: Iterable[AnyEvent],
+    *,
+    count_from: datetime | None = None,
+    at: datetime | None = None,
+) -> tuple[SimulationReport, str]:
+    """``triggers.simulate.simulate`` with the worker's rules, policy and standing."""
+    known, source = standing(runtime)
+    report = simulate(
+        events,
+        runtime.rules.current(),
+        runtime.policy,
+        count_from=count_from,
+        at=at,
+        subject_of=known.subject,
+    )
+    return report, source
 
 
 def events_from_file(path: Path, problems: list[str]) -> Iterator[AnyEvent]:
@@ -48,15 +96,14 @@ def events_from_log(runtime: Runtime) -> Iterator[AnyEvent]:
             yield validate_event(document)
 
 
-def report_lines(report: SimulationReport, campaigns: Iterable[str]) -> Iterator[str]:
+def report_lines(
+    report: SimulationReport, campaigns: Iterable[str], source: str = ""
+) -> Iterator[str]:
+    """The clock and the per-campaign summary first, then the long per-day table."""
+    yield f"decided at: {report.clock}"
+    if source:
+        yield source
     yield f"events replayed: {report.events} (counted: {report.counted_events})"
-    yield ""
-    yield f"{'campaign':<28} {'day':<10} {'emails':>7} {'held out':>9}  skipped"
-    for (campaign, day), tally in sorted(report.by_campaign_day.items()):
-        skipped = ", ".join(f"{reason} {count}" for reason, count in tally.skipped.most_common())
-        yield (
-            f"{campaign:<28} {day.isoformat():<10} {tally.emails:>7} {tally.held_out:>9}  {skipped}"
-        )
     yield ""
     yield f"{'campaign':<28} {'emails':>7} {'held out':>9} {'not matched':>12}  skipped"
     for campaign in campaigns:
@@ -71,10 +118,17 @@ def report_lines(report: SimulationReport, campaigns: Iterable[str]) -> Iterator
     yield "emails per day (customer's local date):" + ("" if days else " none")
     for day, count in days:
         yield f"  {day.isoformat()}  {count:>6}"
+    yield ""
+    yield f"{'campaign':<28} {'day':<10} {'emails':>7} {'held out':>9}  skipped"
+    for (campaign, day), tally in sorted(report.by_campaign_day.items()):
+        skipped = ", ".join(f"{reason} {count}" for reason, count in tally.skipped.most_common())
+        yield (
+            f"{campaign:<28} {day.isoformat():<10} {tally.emails:>7} {tally.held_out:>9}  {skipped}"
+        )
 
 
-def parse_since(text: str) -> datetime:
+def parse_since(text: str, option: str = "--since") -> datetime:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        raise ValueError("give --since with a time zone, e.g. 2026-11-01T00:00+00:00 or ...Z")
+        raise ValueError(f"give {option} with a time zone, e.g. 2026-11-01T00:00+00:00 or ...Z")
     return moment

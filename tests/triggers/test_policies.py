@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from pathlib import Path
 
 from tests.triggers.builders import TUESDAY_10, compiled, rule_set
 from tests.triggers.test_decide import CUSTOMER, run
 from triggers.decide import PastSend, Policy, cap_frees_at
 from triggers.events import validate_event
+from triggers.outcomes import SkipReason
 from triggers.simulate import simulate
 
 
@@ -122,3 +125,36 @@ def test_simulation_counts_only_from_the_given_time() -> None:
     )
     assert report.counted_events == 1
     assert report.totals("any").emails == 1
+
+
+def test_every_skip_reason_is_in_the_one_table_of_the_guide_and_nothing_else() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "campaigns.md").read_text("utf-8")
+    rows = re.findall(r"^\| `([a-z_]+)` \|", guide, flags=re.MULTILINE)
+    assert sorted(rows) == sorted(reason.value for reason in SkipReason)
+    assert len(rows) == len(set(rows))
+
+
+def test_simulation_at_a_given_clock_decides_in_arrival_order_at_that_moment() -> None:
+    rules = rule_set(
+        compiled(
+            "second-big-order",
+            where={"field": "event.total", "op": "gte", "value": 1000},
+            audience={"field": "customer.orders_count", "op": "gte", "value": 2},
+        )
+    )
+    # Arrival order differs from time order: the later, big purchase arrives first.
+    events = [
+        validate_event(_purchase("big", 1)),
+        validate_event(_purchase("small", 3, total="10.00")),
+    ]
+    policy = Policy(quiet_from=None, quiet_to=None)
+    at = TUESDAY_10 + timedelta(hours=1)
+    arrived = simulate(events, rules, policy, at=at)
+    assert arrived.clock.startswith(at.isoformat())
+    # Ingested as they arrive, the big order is the customer's first: not in the audience.
+    assert arrived.outcomes == {}
+    assert arrived.not_matched["second-big-order"] == 2
+    live = simulate(events, rules, policy)
+    assert live.clock == "each event's own time"
+    # In time order the big order is the second one, and at its own time it is planned.
+    assert dict(live.outcomes) == {("second-big-order", "planned", None): 1}

@@ -1,0 +1,137 @@
+"""The engine's inputs, read from the database in one place.
+
+``decide`` (planning) and ``recheck`` (just before sending) are pure: they see only what
+they are given. Ingest, the delivery recheck, ``explain``, ``simulate`` and ``preview``
+all build that from here, so each sees the same customer: profile and facts, consent and
+suppression, the campaign kinds they opted out of, and their send history (which also
+gives the time of their last email, for spacing). Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from triggers.decide import COUNTED_STATUSES, MARKETING_HISTORY, PastSend, Subject, subject_for
+from triggers.events import AnyEvent
+from triggers.facts import CustomerProfile, build_facts
+from worker.customers import is_suppressed, profile_of
+from worker.models import Customer, Send, Suppression
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionInputs:
+    """Everything ``decide`` and ``recheck`` need about one customer and one event."""
+
+    profile: CustomerProfile
+    subject: Subject
+    facts: Mapping[str, object]
+    history: list[PastSend]
+
+    @property
+    def last_email_at(self) -> datetime | None:
+        """When the customer's latest email went or goes out (planned ones included)."""
+        times = [past.at for past in self.history if past.status in COUNTED_STATUSES]
+        return max(times) if times else None
+
+
+def decision_inputs(
+    session: Session,
+    event: AnyEvent,
+    now: datetime,
+    *,
+    customer: Customer | None,
+    profile: CustomerProfile | None = None,
+    exclude_send: int | None = None,
+    lock: bool = False,
+) -> DecisionInputs:
+    """The inputs for ``event`` as of ``now``.
+
+    ``profile`` defaults to the stored customer's; ``explain`` passes the stored one with
+    the event applied on top. ``customer`` is None for a customer the database does not
+    know yet: no history, no opted-out kinds, but the suppression list still applies to
+    the event's address. ``exclude_send`` leaves a send out of its own history (recheck).
+    ``lock`` (ingest) locks the history rows until the caller's transaction ends, so a
+    planned send that ``decide`` lets make room cannot be claimed by a dispatcher meanwhile.
+    """
+    if profile is None:
+        if customer is None:
+            raise ValueError("give the stored customer or a profile")
+        profile = profile_of(customer)
+    subject = subject_for(
+        profile,
+        suppressed=is_suppressed(session, profile.email),
+        opted_out_kinds=(customer.opted_out_kinds or ()) if customer is not None else (),
+    )
+    history = (
+        send_history(session, customer.id, exclude_send=exclude_send, lock=lock)
+        if customer is not None
+        else []
+    )
+    return DecisionInputs(profile, subject, build_facts(event, profile, now), history)
+
+
+def send_history(
+    session: Session, customer_id: str, *, exclude_send: int | None = None, lock: bool = False
+) -> list[PastSend]:
+    """The customer's marketing sends that count for frequency and spacing: when each
+    went or goes (sent, else planned time, else creation), with its id and expiry."""
+    query = select(
+        Send.id,
+        Send.campaign_id,
+        Send.status,
+        Send.sent_at,
+        Send.send_at,
+        Send.created_at,
+        Send.expires_at,
+    ).where(Send.customer_id == customer_id, Send.status.in_(MARKETING_HISTORY))
+    if lock:
+        # Only the planned rows can be asked to make room; locking just those never waits
+        # for a delivery that holds its claimed row, and the dispatcher skips them.
+        session.execute(
+            select(Send.id)
+            .where(Send.customer_id == customer_id, Send.status == "planned")
+            .with_for_update()
+        ).all()
+    return [
+        PastSend(
+            row.campaign_id,
+            row.status,
+            row.sent_at or row.send_at or row.created_at,
+            row.id,
+            row.expires_at,
+        )
+        for row in session.execute(query).all()
+        if row.id != exclude_send
+    ]
+
+
+@dataclass(frozen=True)
+class Standing:
+    """The database's suppression list and opted-out kinds, read once, for ``simulate``
+    (which rebuilds profiles and history in memory but cannot know these from events)."""
+
+    suppressed: frozenset[str] = frozenset()
+    opted_out: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def subject(self, profile: CustomerProfile) -> Subject:
+        email = profile.email.strip().lower() if profile.email else None
+        return subject_for(
+            profile,
+            suppressed=email is not None and email in self.suppressed,
+            opted_out_kinds=self.opted_out.get(profile.id, frozenset()),
+        )
+
+
+def load_standing(session: Session) -> Standing:
+    suppressed = frozenset(session.scalars(select(Suppression.email)).all())
+    opted_out = {
+        row.id: frozenset(row.opted_out_kinds)
+        for row in session.execute(select(Customer.id, Customer.opted_out_kinds)).all()
+        if row.opted_out_kinds
+    }
+    return Standing(suppressed, opted_out)
