@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -24,12 +25,25 @@ from pydantic import (
     field_validator,
 )
 
+from triggers.addresses import InvalidAddress, canonical_address
+
 EVENT_TYPES = ("purchase", "anniversary", "usage_change")
 MAX_EVENT_BYTES = 256 * 1024
 
 Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4, allow_inf_nan=False)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128)]
 AttributeValue = str | bool | int | Decimal | list[str] | None
+
+
+def _email_address(value: str) -> str:
+    """``customer.email``: exactly one mailbox, stored in canonical form (triggers.addresses).
+
+    The message is fixed and PII-free (``describe_errors`` logs it); the event is refused.
+    """
+    try:
+        return canonical_address(value)
+    except InvalidAddress:
+        raise ValueError("not a single valid email address (RFC 5322/6531 addr-spec)") from None
 
 
 class _Strict(BaseModel):
@@ -44,9 +58,7 @@ class CustomerData(_Strict):
     """An upsert: only ``id`` is required; fields that are given replace stored ones."""
 
     id: Identifier
-    email: Annotated[str, Field(max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = (
-        None
-    )
+    email: Annotated[str, Field(max_length=320), AfterValidator(_email_address)] | None = None
     first_name: Annotated[str, Field(max_length=100)] | None = None
     last_name: Annotated[str, Field(max_length=100)] | None = None
     locale: str | None = None

@@ -8,6 +8,7 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from triggers.addresses import lookup_key
 from triggers.decide import MARKETING_HISTORY, PastSend
 from triggers.events import CustomerData, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, purchase_of
@@ -122,4 +123,6 @@ def send_history(
 
 
 def is_suppressed(session: Session, email: str | None) -> bool:
-    return email is not None and session.get(Suppression, email.strip().lower()) is not None
+    """Checked on the canonical suppression key (triggers.addresses), so ``Ana@EXÄMPLE.ro``
+    and ``ana@xn--exmple-cua.ro`` are one address."""
+    return email is not None and session.get(Suppression, lookup_key(email)) is not None

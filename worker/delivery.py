@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.orm import Session
 
+from triggers.addresses import InvalidAddress, lookup_key
 from triggers.decide import consent_block, frequency_block
 from triggers.events import validate_event
 from triggers.facts import build_facts
@@ -30,13 +31,7 @@ from worker.customers import is_suppressed, profile_of, send_history
 from worker.db import session_factory, surviving_disconnects, transaction
 from worker.email_context import Coupon, email_context, links_for
 from worker.metrics import SENDS
-from worker.mime import (
-    Envelope,
-    HeaderInjection,
-    build_message,
-    message_content,
-    message_id_for,
-)
+from worker.mime import Envelope, HeaderInjection, build_email, message_id_for
 from worker.models import Customer, Event, Send, Suppression
 from worker.offer_resolution import resolve_for_send
 from worker.providers.base import (
@@ -45,6 +40,7 @@ from worker.providers.base import (
     OutgoingEmail,
     PermanentDeliveryError,
     TransientDeliveryError,
+    UnsupportedAddress,
 )
 from worker.rate_limit import RateLimiter
 from worker.runtime import Runtime
@@ -175,12 +171,14 @@ def prepare(
             unsubscribe_mailto=settings.unsubscribe_mailto,
             campaign_id=compiled.id,
         )
-        data = build_message(envelope, rendered)
-        content = message_content(envelope, rendered)
+        # The one builder: bytes, the SMTP envelope (A-label domains) and the API fields.
+        return build_email(envelope, rendered)
     except (TemplateError, HeaderInjection) as exc:
         return Skip("render_error", f"{exc.__class__.__name__}: {exc}")
-    envelope_from = (sender and sender.address) or settings.sender_address
-    return OutgoingEmail(send.id, message_id, envelope_from, customer.email or "", data, content)
+    except InvalidAddress as exc:
+        # An address stored before ingest validated addresses, or one no builder can
+        # write as a single mailbox: never sent, never an internal error.
+        return Skip("unsupported_address", f"{exc.__class__.__name__}: {exc}")
 
 
 def backoff(attempts: int, base: float, retry_after: float | None) -> timedelta:
@@ -414,7 +412,15 @@ def _ambiguous(runtime: Runtime, send_id: int, message_id: str, exc: AmbiguousDe
 
 def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryError) -> str:
     now = runtime.clock.now()
-    reason = "policy_rejected" if exc.policy else "hard_bounce" if exc.hard_bounce else "rejected"
+    reason = (
+        "unsupported_address"
+        if isinstance(exc, UnsupportedAddress)
+        else "policy_rejected"
+        if exc.policy
+        else "hard_bounce"
+        if exc.hard_bounce
+        else "rejected"
+    )
     with transaction(runtime.settings.resolved_database_url) as session:
         _set(
             session,
@@ -425,10 +431,11 @@ def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryErro
             detail=str(exc)[:1000],
             updated_at=now,
         )
-        if exc.hard_bounce and session.get(Suppression, email.lower()) is None:
+        key = lookup_key(email)
+        if exc.hard_bounce and session.get(Suppression, key) is None:
             session.add(
                 Suppression(
-                    email=email.lower(),
+                    email=key,
                     reason="hard_bounce",
                     source=f"send:{send_id}",
                     created_at=now,

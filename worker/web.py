@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from triggers.addresses import lookup_key
 from worker.db import transaction
 from worker.models import Customer, Suppression
 from worker.runtime import Runtime
@@ -72,10 +73,11 @@ def unsubscribe_customer(runtime: Runtime, customer_id: str, source: str) -> boo
             return False
         customer.email_marketing = False
         customer.updated_at = now
-        if customer.email and session.get(Suppression, customer.email.lower()) is None:
+        key = lookup_key(customer.email) if customer.email else None
+        if key and session.get(Suppression, key) is None:
             session.add(
                 Suppression(
-                    email=customer.email.lower(),
+                    email=key,
                     reason="unsubscribe",
                     source=source,
                     created_at=now,
