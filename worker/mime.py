@@ -11,7 +11,7 @@ What it guarantees (docs/emails.md, "What the builder guarantees"):
   and marks the message as needing SMTPUTF8 (:attr:`OutgoingEmail.needs_smtputf8`); a
   provider that cannot carry it refuses with ``UnsupportedAddress``.
 * **Headers.** A value with CR, LF or NUL is refused (:class:`HeaderInjection`). Display
-  names and the subject have runs of spaces and tabs collapsed to one space and are then
+  names and the subject have runs of whitespace collapsed to one space and are then
   written either as they are (printable ASCII that fits on a line) or as RFC 2047
   encoded-words made by the standard library's ``email.header.Header``: each
   encoded-word at most 75 characters (RFC 2047 section 2), every header line at most 76
@@ -21,6 +21,8 @@ What it guarantees (docs/emails.md, "What the builder guarantees"):
   them). Each part is UTF-8, quoted-printable by ``binascii.b2a_qp`` (RFC 2045 section
   6.7: lines of at most 76 characters, every control character but TAB encoded), with CRLF
   line ends and a final line end.
+* **Text.** A lone surrogate (possible in JSON input) becomes U+FFFD; nothing is refused
+  for its characters.
 
 The structure (``multipart/alternative`` of ``text/plain`` then ``text/html``) is written
 directly rather than through ``email.generator``: the pieces it joins come from the
@@ -56,8 +58,8 @@ __all__ = [
 
 MAX_LINE = 76  # every header line; encoded-words thus fit RFC 2047's 75
 CRLF = "\r\n"
-_SPACES = re.compile(r"[ \t]+")
 _LINE_ENDS = re.compile(r"\r\n|\r|\n")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # An ASCII phrase or subject is written as it is only if printable, free of anything an
 # RFC 2047 decoder would read as an encoded-word, and short enough not to need folding.
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
@@ -98,10 +100,18 @@ def _clean(value: str, name: str) -> str:
     return value
 
 
+def _unpaired(text: str) -> str:
+    """Lone surrogates (JSON's ``"\\ud800"`` decodes to one) have no UTF-8 form: each
+    becomes U+FFFD REPLACEMENT CHARACTER instead of failing the send."""
+    return _SURROGATE.sub("\ufffd", text) if not text.isascii() else text
+
+
 def single_line(value: str, name: str) -> str:
-    """A display name or subject as it will read back: no line breaks (refused), runs of
-    spaces and tabs collapsed to one space, none at either end."""
-    return _SPACES.sub(" ", _clean(value, name)).strip(" ")
+    """A display name or subject as it will read back: CR, LF, NUL refused; every run of
+    whitespace (Unicode's, as ``str.split`` sees it: also U+2028, U+0085, VT, FF, FS…)
+    one space, none at either end. Line and paragraph separators mean nothing in a
+    one-line field, and readers (the standard library's among them) strip them anyway."""
+    return " ".join(_clean(_unpaired(value), name).split())
 
 
 def _address(value: str, header: str) -> EmailAddress:
@@ -183,7 +193,7 @@ def _mailto(address: EmailAddress) -> str:
 def body_lines(text: str) -> str:
     """The text with CRLF, CR and LF as the only line ends, turned into LF, and a final
     line end (RFC 5322 section 2.3 wants the body as lines)."""
-    normal = _LINE_ENDS.sub("\n", text)
+    normal = _LINE_ENDS.sub("\n", _unpaired(text))
     return normal if normal.endswith("\n") else normal + "\n"
 
 
@@ -298,8 +308,8 @@ def build_email(envelope: Envelope, email: RenderedEmail) -> OutgoingEmail:
             else None
         ),
         subject=normal.subject,
-        html=email.html,
-        text=email.text,
+        html=_unpaired(email.html),
+        text=_unpaired(email.text),
         headers=_extra_headers(normal),
     )
     return OutgoingEmail(
