@@ -89,6 +89,7 @@ def parse_address(text: str) -> EmailAddress:
             allow_domain_literal=False,
             allow_display_name=False,
             allow_empty_local=False,
+            strict=True,  # RFC 5321 limits too: 64-octet local part
         )
     except EmailNotValidError as exc:
         raise InvalidAddress(str(exc)) from None
@@ -133,6 +134,7 @@ def parse_mailbox(text: str) -> tuple[str, EmailAddress]:
             allow_domain_literal=False,
             allow_display_name=True,
             allow_empty_local=False,
+            strict=True,  # RFC 5321 limits too: 64-octet local part
         )
     except EmailNotValidError as exc:
         raise InvalidAddress(str(exc)) from None
