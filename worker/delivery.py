@@ -173,12 +173,12 @@ def prepare(
         )
         # The one builder: bytes, the SMTP envelope (A-label domains) and the API fields.
         return build_email(envelope, rendered)
-    except (TemplateError, HeaderInjection) as exc:
-        return Skip("render_error", f"{exc.__class__.__name__}: {exc}")
     except InvalidAddress as exc:
         # An address stored before ingest validated addresses, or one no builder can
         # write as a single mailbox: never sent, never an internal error.
         return Skip("unsupported_address", f"{exc.__class__.__name__}: {exc}")
+    except (TemplateError, HeaderInjection) as exc:
+        return Skip("render_error", f"{exc.__class__.__name__}: {exc}")
 
 
 def backoff(attempts: int, base: float, retry_after: float | None) -> timedelta:

@@ -114,9 +114,17 @@ def single_line(value: str, name: str) -> str:
     return " ".join(_clean(_unpaired(value), name).split())
 
 
+class AddressInjection(InvalidAddress, HeaderInjection):
+    """An address with a line break: both unusable and an attempt to add a header."""
+
+
 def _address(value: str, header: str) -> EmailAddress:
     try:
-        return parse_address(_clean(value, header))
+        _clean(value, header)
+    except HeaderInjection as exc:
+        raise AddressInjection(str(exc)) from None
+    try:
+        return parse_address(value)
     except InvalidAddress as exc:
         raise InvalidAddress(f"{header}: {exc}") from None
 
@@ -228,6 +236,8 @@ def _normalise(envelope: Envelope, email: RenderedEmail) -> _Normalised:
     if envelope.reply_to:
         try:
             reply_name, reply_to = parse_mailbox(_clean(envelope.reply_to, "Reply-To"))
+        except HeaderInjection as exc:
+            raise AddressInjection(str(exc)) from None
         except InvalidAddress as exc:
             raise InvalidAddress(f"Reply-To: {exc}") from None
     mailto = _address(envelope.unsubscribe_mailto, "List-Unsubscribe")
