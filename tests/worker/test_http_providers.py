@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes, policy
+from email import message_from_bytes, message_from_string, policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
@@ -51,6 +51,7 @@ from worker.providers.base import (
     OutgoingEmail,
     PermanentDeliveryError,
     TransientDeliveryError,
+    UnsupportedAddress,
 )
 from worker.providers.http import CredentialsRefused, HTTPProvider, parse_retry_after
 from worker.providers.mailgun import MailgunProvider
@@ -828,3 +829,46 @@ def test_hand_over_comes_before_the_request_and_can_stop_it() -> None:
         assert steps == ["hand_over", "request"], "no request without a committed claim"
     finally:
         provider.close()
+
+
+# --- international addresses: what each API documents it accepts --------------------------
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_an_idn_recipient_reaches_every_api_as_a_labels(
+    kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    email = _email(recipient="ana@exämple.ro")
+    opened(kind, api).send(email)
+    (accepted,) = api.accepted
+    assert accepted.recipient == "ana@xn--exmple-cua.ro"
+    if accepted.payload is not None and kind in ("postmark", "sendgrid"):
+        assert "ana@xn--exmple-cua.ro" in json.dumps(accepted.payload)
+        assert "exämple" not in json.dumps(accepted.payload, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("kind", ["postmark", "sendgrid", "ses"])
+def test_a_utf8_local_part_is_refused_before_an_api_that_cannot_carry_it(
+    kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    hand_overs: list[None] = []
+    with pytest.raises(UnsupportedAddress) as refused:
+        opened(kind, api).send(
+            _email(recipient="josé@example.com"), lambda: hand_overs.append(None)
+        )
+    assert not refused.value.hard_bounce and not refused.value.policy
+    assert hand_overs == [] and api.attempts == [] and api.accepted == []
+
+
+def test_mailgun_takes_a_utf8_local_part_as_it_documents() -> None:
+    with EmailApiServer() as api:
+        provider = _provider("mailgun", api)
+        try:
+            provider.send(_email(recipient="josé@example.com"))
+        finally:
+            provider.close()
+    (accepted,) = api.accepted
+    assert accepted.recipient == "josé@example.com"
+    assert accepted.mime is not None
+    parsed = message_from_string(accepted.mime.decode("utf-8"), policy=policy.default)
+    assert parsed["To"].addresses[0].addr_spec == "josé@example.com"
