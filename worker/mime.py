@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, quote
+from functools import lru_cache
 from urllib.parse import quote as url_quote
 
 from triggers.addresses import EmailAddress, InvalidAddress, parse_address, parse_mailbox
@@ -169,28 +170,30 @@ def _phrase(name: str, header: str) -> list[str]:
     return _encoded(name, header)
 
 
-def format_mailbox(name: str, wire: str, header: str) -> list[str]:
+@lru_cache(maxsize=4096)
+def format_mailbox(name: str, wire: str, header: str) -> tuple[str, ...]:
     """``Name <local@a-label>`` (or the bare address without a name) as header lines;
     ``wire`` is an address :mod:`triggers.addresses` has parsed (``EmailAddress.wire``)."""
     if not name:
-        return [wire]
+        return (wire,)
     lines = _phrase(name, header)
     last = len(lines[-1]) + (len(header) + 2 if len(lines) == 1 else 1)
     if last + 3 + len(wire.encode("utf-8")) <= MAX_LINE:
         lines[-1] = f"{lines[-1]} <{wire}>"
     else:
         lines.append(f"<{wire}>")
-    return lines
+    return tuple(lines)
 
 
-def _unstructured(value: str, header: str) -> list[str]:
+@lru_cache(maxsize=4096)
+def _unstructured(value: str, header: str) -> tuple[str, ...]:
     """An unstructured value (the subject), already single-line."""
     if _foldable(value, header):
-        return _folded_ascii(value, header) if value else [""]
-    return _encoded(value, header)
+        return tuple(_folded_ascii(value, header)) if value else ("",)
+    return tuple(_encoded(value, header))
 
 
-def _header(name: str, lines: list[str]) -> str:
+def _header(name: str, lines: tuple[str, ...]) -> str:
     return f"{name}: " + (CRLF + " ").join(lines) + CRLF
 
 
@@ -342,6 +345,14 @@ def message_content(envelope: Envelope, email: RenderedEmail) -> MessageContent:
     content = build_email(envelope, email).content
     assert content is not None
     return content
+
+
+def clear_caches() -> None:
+    """Forget every cached address and header line (benchmarks measure cold messages)."""
+    parse_address.cache_clear()
+    parse_mailbox.cache_clear()
+    format_mailbox.cache_clear()
+    _unstructured.cache_clear()
 
 
 def mailbox_header_value(name: str, address: str) -> str:
