@@ -302,3 +302,27 @@ def test_headers_other_than_the_addressing_ones_are_as_before() -> None:
     assert parsed["X-Crosssell-Campaign"] == "laptop-accessories"
     assert parsed["Reply-To"].addresses[0].addr_spec == "help@example.ro"
     assert parsed["MIME-Version"] == "1.0"
+
+
+printable_ascii = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=400)
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=printable_ascii, subject=printable_ascii)
+def test_ascii_names_and_subjects_of_any_length_fold_and_read_back(name: str, subject: str) -> None:
+    """The path that writes ASCII as it is (atoms or a quoted-string, folded at spaces)
+    and its fallback to encoded-words for words too long to fold."""
+    raw = build_message(_envelope(recipient_name=name), RenderedEmail(subject, "h", "t"))
+    _assert_lines(raw)
+    parsed = _parse(raw)
+    assert _mailbox(raw, parsed, "To") == (_one_line(name), "ioana@example.ro")
+    assert str(parsed["Subject"]) == _one_line(subject)
+
+
+@pytest.mark.parametrize(
+    "subject", ["x" * 500, "Re: " + "a-b," * 200, "=?utf-8?q?not_encoded?= really", '"q" \\ ;,']
+)
+def test_awkward_ascii_subjects(subject: str) -> None:
+    raw = build_message(_envelope(), RenderedEmail(subject, "h", "t"))
+    _assert_lines(raw)
+    assert str(_parse(raw)["Subject"]) == subject
