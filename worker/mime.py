@@ -68,6 +68,8 @@ _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
 # RFC 6068 section 2: what may stay unescaped in a mailto: local part.
 _MAILTO_SAFE = "!$'()*+,;=-._~"
+# URI characters (RFC 3986 section 2) but for "<" ">" and space, which end the header's <…>.
+_URI_TEXT = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
 
 
 class HeaderInjection(ValueError):
@@ -197,8 +199,15 @@ def _header(name: str, lines: tuple[str, ...]) -> str:
     return f"{name}: " + (CRLF + " ").join(lines) + CRLF
 
 
-def _mailto(address: EmailAddress) -> str:
-    return f"mailto:{url_quote(address.local_part, safe=_MAILTO_SAFE)}@{address.ascii_domain}"
+def _mailto(value: str) -> str:
+    """``mailto:`` + the address (local part percent-encoded, A-label domain, RFC 6068
+    section 2) + any ``?hfields`` as given, which must already be a URI's ASCII."""
+    target, mark, query = _clean(value, "List-Unsubscribe").partition("?")
+    address = _address(target, "List-Unsubscribe")
+    if not _URI_TEXT.fullmatch(query):
+        raise HeaderInjection("the List-Unsubscribe mailto query must be percent-encoded ASCII")
+    local = url_quote(address.local_part, safe=_MAILTO_SAFE)
+    return f"mailto:{local}@{address.ascii_domain}{mark}{query}"
 
 
 def body_lines(text: str) -> str:
@@ -243,10 +252,9 @@ def _normalise(envelope: Envelope, email: RenderedEmail) -> _Normalised:
             raise AddressInjection(str(exc)) from None
         except InvalidAddress as exc:
             raise InvalidAddress(f"Reply-To: {exc}") from None
-    mailto = _address(envelope.unsubscribe_mailto, "List-Unsubscribe")
     url = _clean(envelope.unsubscribe_url, "List-Unsubscribe")
-    if not url.isascii() or any(ch in url for ch in " \t<>"):
-        raise HeaderInjection("List-Unsubscribe URL must be ASCII without spaces or <>")
+    if not _URI_TEXT.fullmatch(url):
+        raise HeaderInjection("the List-Unsubscribe URL must be a URI (ASCII, no spaces or <>)")
     return _Normalised(
         sender_name=single_line(envelope.sender_name, "From"),
         sender=_address(envelope.sender_address, "From"),
@@ -255,7 +263,7 @@ def _normalise(envelope: Envelope, email: RenderedEmail) -> _Normalised:
         reply_to=reply_to,
         reply_to_name=single_line(reply_name, "Reply-To"),
         subject=single_line(email.subject, "Subject"),
-        unsubscribe=f"<{url}>, <{_mailto(mailto)}>",
+        unsubscribe=f"<{url}>, <{_mailto(envelope.unsubscribe_mailto)}>",
         message_id=_clean(envelope.message_id, "Message-ID"),
         campaign_id=_clean(envelope.campaign_id, "campaign"),
     )

@@ -156,6 +156,9 @@ class Settings(BaseSettings):
         try:
             if info.field_name == "reply_to":
                 return canonical_mailbox(value)  # may be "Name <address>"
+            if info.field_name == "unsubscribe_mailto":  # may carry ?hfields (RFC 6068)
+                address, mark, query = value.partition("?")
+                return canonical_address(address) + mark + query
             return canonical_address(value)
         except InvalidAddress as exc:
             setting = f"CROSSSELL_{(info.field_name or '').upper()}"

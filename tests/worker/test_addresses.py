@@ -218,8 +218,8 @@ def test_address_settings_are_normalised(tmp_path: Path) -> None:
         tmp_path,
         sender_address="Offers@SHOP.example",
         reply_to='"Ajutor, magazin" <Help@EXÄMPLE.ro>',
-        unsubscribe_mailto="unsubscribe@xn--exmple-cua.ro",
+        unsubscribe_mailto="unsubscribe@xn--exmple-cua.ro?x=1",
     )
     assert settings.sender_address == "Offers@shop.example"
     assert settings.reply_to == '"Ajutor, magazin" <Help@exämple.ro>'
-    assert settings.unsubscribe_mailto == "unsubscribe@exämple.ro"
+    assert settings.unsubscribe_mailto == "unsubscribe@exämple.ro?x=1"  # RFC 6068 hfields kept

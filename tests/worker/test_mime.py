@@ -326,3 +326,28 @@ def test_awkward_ascii_subjects(subject: str) -> None:
     raw = build_message(_envelope(), RenderedEmail(subject, "h", "t"))
     _assert_lines(raw)
     assert str(_parse(raw)["Subject"]) == subject
+
+
+@pytest.mark.parametrize(
+    ("mailto", "expected"),
+    [
+        ("u@example.ro", "mailto:u@example.ro"),
+        (
+            "u@exämple.ro?subject=unsubscribe%20k1.abc.def",
+            "mailto:u@xn--exmple-cua.ro?subject=unsubscribe%20k1.abc.def",
+        ),
+        ("désabonner@example.fr", "mailto:d%C3%A9sabonner@example.fr"),  # RFC 6068 section 2
+    ],
+)
+def test_the_unsubscribe_mailto_is_a_uri(mailto: str, expected: str) -> None:
+    raw = build_message(_envelope(unsubscribe_mailto=mailto), RenderedEmail("s", "h", "t"))
+    assert raw.isascii()
+    assert str(_parse(raw)["List-Unsubscribe"]).split(", ")[1] == f"<{expected}>"
+
+
+@pytest.mark.parametrize(
+    "mailto", ["u@example.ro?subject=a b", "u@example.ro?subject=<x>", "u@example.ro>,<evil@x.ro"]
+)
+def test_an_unsubscribe_mailto_that_is_not_a_uri_is_refused(mailto: str) -> None:
+    with pytest.raises((HeaderInjection, InvalidAddress)):
+        build_message(_envelope(unsubscribe_mailto=mailto), RenderedEmail("s", "h", "t"))
