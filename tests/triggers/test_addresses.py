@@ -8,7 +8,9 @@ import idna
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from tests.triggers.builders import campaign_document
 from triggers.addresses import (
     InvalidAddress,
     canonical_address,
@@ -17,6 +19,7 @@ from triggers.addresses import (
     parse_mailbox,
     suppression_key,
 )
+from triggers.campaigns import Campaign
 from triggers.events import InvalidEvent, validate_event
 
 HOSTILE = [
@@ -158,3 +161,20 @@ def test_a_mailbox_setting_keeps_its_name(text: str, name: str, address: str) ->
 def test_a_mailbox_setting_is_one_mailbox(text: str) -> None:
     with pytest.raises(InvalidAddress):
         parse_mailbox(text)
+
+
+@pytest.mark.parametrize("field", ["address", "reply_to"])
+@pytest.mark.parametrize("text", ["offers@shop.example>", "a@shop.example>,<evil@x.ro", "a@b"])
+def test_a_campaign_sender_is_one_mailbox(field: str, text: str) -> None:
+    document = campaign_document("c-1")
+    document["sender"] = {field: text}
+    with pytest.raises(ValidationError) as refused:
+        Campaign.model_validate(document)
+    assert f"sender.{field}" in str(refused.value).replace("\n", ".")
+
+
+def test_a_campaign_sender_is_stored_canonical() -> None:
+    document = campaign_document("c-1")
+    document["sender"] = {"name": "Magazin", "address": "Oferte@MAGAZIN-ȚARĂ.ro"}
+    sender = Campaign.model_validate(document).sender
+    assert sender is not None and sender.address == "Oferte@magazin-țară.ro"
