@@ -15,7 +15,9 @@ What it guarantees (docs/emails.md, "What the builder guarantees"):
   written either as they are (printable ASCII that fits on a line) or as RFC 2047
   encoded-words made by the standard library's ``email.header.Header``: each
   encoded-word at most 75 characters (RFC 2047 section 2), every header line at most 76
-  octets, so under RFC 5322's 78 and far under its 998.
+  octets (under RFC 5322's 78), except a line holding nothing but one address or URL,
+  which has no whitespace to fold at (still under RFC 5322's 998: an address is at
+  most 254 octets).
 * **Bodies.** Only CR, LF and CRLF end a line (RFC 5322 section 2.1; Python's
   ``str.splitlines`` also splits on U+2028, U+0085, VT, FF, FS, GS, RS, which would corrupt
   them). Each part is UTF-8, quoted-printable by ``binascii.b2a_qp`` (RFC 2045 section
@@ -52,6 +54,7 @@ __all__ = [
     "InvalidAddress",
     "build_email",
     "build_message",
+    "clear_caches",
     "format_mailbox",
     "message_content",
     "message_id_for",
@@ -61,8 +64,8 @@ MAX_LINE = 76  # every header line; encoded-words thus fit RFC 2047's 75
 CRLF = "\r\n"
 _LINE_ENDS = re.compile(r"\r\n|\r|\n")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# An ASCII phrase or subject is written as it is only if printable, free of anything an
-# RFC 2047 decoder would read as an encoded-word, and short enough not to need folding.
+# An ASCII phrase or subject is written as it is only if printable and free of anything
+# an RFC 2047 decoder would read as an encoded-word (see _foldable).
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 # RFC 5322 section 3.2.3 atext plus the space between words: such a name needs no quotes.
 _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
