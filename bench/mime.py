@@ -3,10 +3,12 @@
     python -m bench.mime
 
 For each demo campaign (config/campaigns) and locale (en, ro-RO, it-IT) the email is
-rendered with a realistic context, then built as RFC 5322 bytes by
-``worker.mime.build_message`` (the fast path the worker uses) and, in the same run, by
-``build_message_stdlib`` (``email.message.EmailMessage``). Prints messages per second on
-one core for each step and for render + build together.
+rendered with a realistic context, then built by ``worker.mime.build_email`` (the one
+builder every provider and preview use: bytes, envelope and API fields) and, in the same
+run, as the same message through the standard library's ``email.message.EmailMessage``
+(``policy.SMTP``), the baseline. Prints messages per second on one core for each step,
+for render + build together, and the builder's ratio to the baseline. Target: at least
+2,000 messages per second for the build alone.
 """
 
 from __future__ import annotations
@@ -14,22 +16,55 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+from triggers.addresses import parse_address
 from worker.email_context import sample_context
-from worker.mime import Envelope, build_message, build_message_stdlib, message_id_for
+from worker.mime import Envelope, build_email, clear_caches, message_id_for
 from worker.rendering import RenderedEmail, Renderer
 from worker.rules import load_rules
 from worker.settings import Settings
 
 LOCALES = ("en", "ro-RO", "it-IT")
+TARGET = 2000.0
+COUNT = 2000
+BUILDER = "MIME build only (worker.mime.build_email, the one builder)"
+BASELINE = "MIME build only, stdlib EmailMessage (baseline)"
+
+
+def build_with_email_message(envelope: Envelope, email: RenderedEmail) -> bytes:
+    """The same message through ``EmailMessage``: the baseline the builder is timed against."""
+    message = EmailMessage(policy=SMTP)
+    local, _, domain = envelope.sender_address.rpartition("@")
+    message["From"] = Address(envelope.sender_name, local, domain)
+    local, _, domain = envelope.recipient_address.rpartition("@")
+    message["To"] = Address(envelope.recipient_name, local, domain)
+    message["Subject"] = email.subject
+    message["Date"] = format_datetime(envelope.date)
+    message["Message-ID"] = envelope.message_id
+    message["List-Unsubscribe"] = (
+        f"<{envelope.unsubscribe_url}>, <mailto:{envelope.unsubscribe_mailto}>"
+    )
+    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    message["X-Crosssell-Campaign"] = envelope.campaign_id
+    message.set_content(email.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    message.add_alternative(email.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    return message.as_bytes()
 
 
 def _rate(work: Callable[[int], object], count: int) -> float:
     best = 0.0
     for _ in range(3):
+        # Every recipient is new to the process each round: no cached address or header
+        # (the sender's lines are cached in the worker too, and are here after message 1).
+        clear_caches()
         started = time.perf_counter()
         for n in range(count):
             work(n)
@@ -64,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 sender_name="Magazinul Ștefăniță",
                 sender_address="shop@example.ro",
                 recipient_name="Ioana Țurcanu",
-                recipient_address="ioana@example.ro",
+                recipient_address=f"ioana.{n}@exemplu-țară.ro",  # IDN, one per message
                 reply_to=None,
                 date=datetime(2026, 11, 17, 10, 30, tzinfo=UTC),
                 message_id=message_id_for(n, "example.ro"),
@@ -72,9 +107,14 @@ def main(argv: list[str] | None = None) -> int:
                 unsubscribe_mailto="unsubscribe@example.ro",
                 campaign_id=campaign.id,
             )
-            for n, (campaign, _, _, _) in enumerate(cases)
+            for n, (campaign, _, _, _) in enumerate(itertools.islice(itertools.cycle(cases), COUNT))
         ]
         size = len(cases)
+        # EmailMessage takes no IDN domain (it would need the A-labels done for it).
+        ascii_envelopes = [
+            replace(envelope, recipient_address=parse_address(envelope.recipient_address).wire)
+            for envelope in envelopes
+        ]
         cycle = list(itertools.islice(itertools.cycle(range(size)), size))
 
         def render(n: int) -> object:
@@ -82,36 +122,35 @@ def main(argv: list[str] | None = None) -> int:
             return renderer.render(variant.template, context, locale, variant.subject)
 
         def fast(n: int) -> object:
-            return build_message(envelopes[n % size], rendered[n % size])
+            return build_email(envelopes[n], rendered[n % size])
 
         def stdlib(n: int) -> object:
-            return build_message_stdlib(envelopes[n % size], rendered[n % size])
+            return build_with_email_message(ascii_envelopes[n], rendered[n % size])
 
         def render_fast(n: int) -> object:
-            return build_message(envelopes[n % size], render(n))  # type: ignore[arg-type]
+            return build_email(envelopes[n], render(n))  # type: ignore[arg-type]
 
         def render_stdlib(n: int) -> object:
-            return build_message_stdlib(envelopes[n % size], render(n))  # type: ignore[arg-type]
+            return build_with_email_message(ascii_envelopes[n], render(n))  # type: ignore[arg-type]
 
-        count = 2000
+        count = COUNT
         print(
             f"bench.mime: {len(rules.campaigns)} demo campaigns, {size} (campaign, variant, "
             f"locale) cases, best of 3 x {count} messages, one core ({len(cycle)} cases)"
         )
         rates = {
             "render only (sandboxed Jinja + CSS inlining)": _rate(render, count),
-            "MIME build only, fast path (worker.mime.build_message)": _rate(fast, count),
-            "MIME build only, stdlib EmailMessage (baseline)": _rate(stdlib, count),
-            "render + fast MIME build": _rate(render_fast, count),
+            BUILDER: _rate(fast, count),
+            BASELINE: _rate(stdlib, count),
+            "render + worker.mime build": _rate(render_fast, count),
             "render + stdlib EmailMessage build (baseline)": _rate(render_stdlib, count),
         }
         for label, rate in rates.items():
             print(f"  {label:<58} {rate:>9,.0f} messages/s")
-        speedup = (
-            rates["MIME build only, fast path (worker.mime.build_message)"]
-            / rates["MIME build only, stdlib EmailMessage (baseline)"]
-        )
-        print(f"  fast MIME build vs stdlib: {speedup:.1f}x")
+        speedup = rates[BUILDER] / rates[BASELINE]
+        verdict = "meets" if rates[BUILDER] >= TARGET else "MISSES"
+        print(f"  worker.mime build vs stdlib EmailMessage: {speedup:.1f}x")
+        print(f"  builder {verdict} the target of {TARGET:,.0f} messages/s on one core")
     return 0
 
 

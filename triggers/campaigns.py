@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -20,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from triggers.addresses import canonical_address
 from triggers.conditions import Condition
 from triggers.durations import parse_duration, parse_time_of_day
 
@@ -222,7 +224,12 @@ class Experiment(_Model):
     variants: list[Variant] = Field(min_length=1)
 
 
-Address = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)]
+# One mailbox, stored canonical (triggers.addresses); the pattern only shapes the schema.
+Address = Annotated[
+    str,
+    Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320),
+    AfterValidator(canonical_address),
+]
 
 
 class Sender(_Model):

@@ -33,6 +33,8 @@ from pydantic import (
     field_validator,
 )
 
+from triggers.addresses import InvalidAddress, canonical_address
+
 EVENT_TYPES = ("purchase", "anniversary", "usage_change")
 MAX_EVENT_BYTES = 256 * 1024
 """A body's size in bytes, checked before it is decoded."""
@@ -82,6 +84,17 @@ _TIMEZONE_KEY = re.compile(r"^[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*$")
 _LOCALE_TAG = re.compile(r"^[A-Za-z0-9]+(?:[_\-@][A-Za-z0-9]+)*$")
 
 
+def _email_address(value: str) -> str:
+    """``customer.email``: exactly one mailbox, stored in canonical form (triggers.addresses).
+
+    The message is fixed and PII-free (``describe_errors`` logs it); the event is refused.
+    """
+    try:
+        return canonical_address(value)
+    except InvalidAddress:
+        raise ValueError("not a single valid email address (RFC 5322/6531 addr-spec)") from None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -107,9 +120,7 @@ class CustomerData(_Strict):
     """An upsert: only ``id`` is required; fields that are given replace stored ones."""
 
     id: Identifier
-    email: Annotated[str, Field(max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = (
-        None
-    )
+    email: Annotated[str, Field(max_length=320), AfterValidator(_email_address)] | None = None
     first_name: Annotated[str, Field(max_length=100)] | None = None
     last_name: Annotated[str, Field(max_length=100)] | None = None
     locale: Annotated[str, Field(max_length=35)] | None = None

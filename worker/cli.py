@@ -373,13 +373,17 @@ def suppressions_add(email: str, reason: str) -> None:
     """
     from datetime import UTC, datetime
 
+    from triggers.addresses import InvalidAddress, suppression_key
     from worker.customers import customers_with_address, withdraw_consent
     from worker.db import transaction
     from worker.models import Suppression
 
-    address = email.strip().lower()
-    if "@" not in address or any(ch in address for ch in "\r\n\t "):
-        raise click.BadParameter(f"{email!r} is not an email address", param_hint="EMAIL")
+    try:
+        address = suppression_key(email)
+    except InvalidAddress as exc:
+        raise click.BadParameter(
+            f"{email!r} is not an email address: {exc}", param_hint="EMAIL"
+        ) from None
     now = datetime.now(UTC)
     with transaction(get_settings().resolved_database_url) as session:
         withdrawn = []
@@ -440,10 +444,11 @@ def unsubscribe_mail(listen: str, lmtp: bool) -> None:
 @click.argument("email")
 def suppressions_remove(email: str) -> None:
     """Allow email to EMAIL again (consent is still required)."""
+    from triggers.addresses import lookup_key
     from worker.db import transaction
     from worker.models import Suppression
 
-    address = email.strip().lower()
+    address = lookup_key(email)
     with transaction(get_settings().resolved_database_url) as session:
         row = session.get(Suppression, address)
         if row is None:

@@ -28,6 +28,7 @@ from decimal import Decimal
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from triggers.addresses import lookup_key
 from triggers.decide import MARKETING_HISTORY, PastSend
 from triggers.events import Consent, CustomerData, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, purchase_of
@@ -266,9 +267,16 @@ def set_kind_preferences(
 
 
 def customers_with_address(session: Session, email: str) -> list[Customer]:
-    """Every customer whose current address is ``email`` (compared case-insensitively)."""
-    address = email.strip().lower()
-    return list(session.scalars(select(Customer).where(func.lower(Customer.email) == address)))
+    """Every customer whose current address has the same canonical suppression key as
+    ``email`` (triggers.addresses: A-label and Unicode domains, any case, are one).
+
+    Stored addresses are canonical (normalised domain, local part's case kept), so the
+    candidates are those on the same domain; the key decides. A database's ``lower()``
+    is not used: SQLite's folds ASCII only."""
+    address = lookup_key(email)
+    domain = address.rpartition("@")[2]
+    candidates = session.scalars(select(Customer).where(Customer.email.like(f"%@{domain}")))
+    return [c for c in candidates if c.email and lookup_key(c.email) == address]
 
 
 def _lift_unsubscribe_suppression(
@@ -281,7 +289,7 @@ def _lift_unsubscribe_suppression(
         return
     session.execute(
         delete(Suppression).where(
-            Suppression.email == email.strip().lower(),
+            Suppression.email == lookup_key(email),
             Suppression.reason == "unsubscribe",
             Suppression.created_at < resubscribed_at,
         )
@@ -377,4 +385,6 @@ def send_history(
 
 
 def is_suppressed(session: Session, email: str | None) -> bool:
-    return email is not None and session.get(Suppression, email.strip().lower()) is not None
+    """Checked on the canonical suppression key (triggers.addresses), so ``Ana@EXÄMPLE.ro``
+    and ``ana@xn--exmple-cua.ro`` are one address."""
+    return email is not None and session.get(Suppression, lookup_key(email)) is not None

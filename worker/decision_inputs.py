@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from triggers.addresses import lookup_key
 from triggers.decide import COUNTED_STATUSES, MARKETING_HISTORY, PastSend, Subject, subject_for
 from triggers.events import AnyEvent
 from triggers.facts import CustomerProfile, build_facts
@@ -119,7 +120,7 @@ class Standing:
     opted_out: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def subject(self, profile: CustomerProfile) -> Subject:
-        email = profile.email.strip().lower() if profile.email else None
+        email = lookup_key(profile.email) if profile.email else None
         return subject_for(
             profile,
             suppressed=email is not None and email in self.suppressed,

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.orm import Session
 
+from triggers.addresses import InvalidAddress, lookup_key
 from triggers.decide import Later, recheck
 from triggers.events import validate_event
 from triggers.offers import AnyOffer, OfferUnavailable
@@ -28,13 +29,7 @@ from worker.db import session_factory, surviving_disconnects, transaction
 from worker.decision_inputs import decision_inputs
 from worker.email_context import Coupon, email_context, links_for
 from worker.metrics import SENDS
-from worker.mime import (
-    Envelope,
-    HeaderInjection,
-    build_message,
-    message_content,
-    message_id_for,
-)
+from worker.mime import Envelope, HeaderInjection, build_email, message_id_for
 from worker.models import Customer, Event, Send, Suppression
 from worker.offer_resolution import resolve_for_send
 from worker.providers.base import (
@@ -43,6 +38,7 @@ from worker.providers.base import (
     OutgoingEmail,
     PermanentDeliveryError,
     TransientDeliveryError,
+    UnsupportedAddress,
 )
 from worker.rate_limit import RateLimiter
 from worker.redaction import error_summary
@@ -178,12 +174,14 @@ def prepare(
             unsubscribe_mailto=mailto_for(runtime, customer.id),
             campaign_id=compiled.id,
         )
-        data = build_message(envelope, rendered)
-        content = message_content(envelope, rendered)
+        # The one builder: bytes, the SMTP envelope (A-label domains) and the API fields.
+        return build_email(envelope, rendered)
+    except InvalidAddress as exc:
+        # An address stored before ingest validated addresses, or one no builder can
+        # write as a single mailbox: never sent, never an internal error.
+        return Skip(SkipReason.UNSUPPORTED_ADDRESS, f"{exc.__class__.__name__}: {exc}"[:1000])
     except HeaderInjection as exc:
         return Skip(SkipReason.RENDER_ERROR, f"{exc.__class__.__name__}: {exc}"[:1000])
-    envelope_from = (sender and sender.address) or settings.sender_address
-    return OutgoingEmail(send.id, message_id, envelope_from, customer.email or "", data, content)
 
 
 def backoff(attempts: int, base: float, retry_after: float | None) -> timedelta:
@@ -423,7 +421,9 @@ def _ambiguous(runtime: Runtime, send_id: int, message_id: str, exc: AmbiguousDe
 def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryError) -> str:
     now = runtime.clock.now()
     reason = (
-        SkipReason.POLICY_REJECTED
+        SkipReason.UNSUPPORTED_ADDRESS
+        if isinstance(exc, UnsupportedAddress)
+        else SkipReason.POLICY_REJECTED
         if exc.policy
         else SkipReason.HARD_BOUNCE
         if exc.hard_bounce
@@ -439,10 +439,11 @@ def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryErro
             detail=str(exc)[:1000],
             updated_at=now,
         )
-        if exc.hard_bounce and session.get(Suppression, email.lower()) is None:
+        key = lookup_key(email)
+        if exc.hard_bounce and session.get(Suppression, key) is None:
             session.add(
                 Suppression(
-                    email=email.lower(),
+                    email=key,
                     reason=SkipReason.HARD_BOUNCE,
                     source=f"send:{send_id}",
                     created_at=now,

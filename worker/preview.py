@@ -98,7 +98,7 @@ def preview(
             "email": customer.email,
             "locale": locale or customer.locale,
         }
-        address = customer.email or "preview@example.invalid"
+        address = customer.email or "preview@example.com"
         name = " ".join(filter(None, [customer.first_name, customer.last_name]))
     links = links_for(settings, runtime.unsubscribe_keys, customer_id)
     coupon = None

@@ -12,9 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from triggers.addresses import InvalidAddress, canonical_address, canonical_mailbox
 from triggers.decide import Policy
 from triggers.durations import parse_duration, parse_time_of_day
 
@@ -150,6 +151,31 @@ class Settings(BaseSettings):
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)
+        return value
+
+    @field_validator("sender_address", "reply_to", "unsubscribe_mailto")
+    @classmethod
+    def _address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """One mailbox each, canonical (triggers.addresses); a bad one stops the process
+        at start, naming the variable, instead of failing every send later."""
+        if value is None or (value == "" and info.field_name == "reply_to"):
+            return None
+        try:
+            if info.field_name == "reply_to":
+                return canonical_mailbox(value)  # may be "Name <address>"
+            if info.field_name == "unsubscribe_mailto":  # may carry ?hfields (RFC 6068)
+                address, mark, query = value.partition("?")
+                return canonical_address(address) + mark + query
+            return canonical_address(value)
+        except InvalidAddress as exc:
+            setting = f"CROSSSELL_{(info.field_name or '').upper()}"
+            raise ValueError(f"{setting} is not a single email address: {exc}") from None
+
+    @field_validator("sender_name")
+    @classmethod
+    def _display_name(cls, value: str) -> str:
+        if any(ch in value for ch in "\r\n\x00"):
+            raise ValueError("CROSSSELL_SENDER_NAME must be one line (no CR, LF or NUL)")
         return value
 
     @field_validator("quiet_hours")

@@ -41,6 +41,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from triggers.addresses import lookup_key
 from worker.customers import set_kind_preferences, withdraw_consent
 from worker.db import transaction
 from worker.models import Customer, Suppression
@@ -169,10 +170,11 @@ def unsubscribe_customer(runtime: Runtime, customer_id: str, source: str) -> boo
         if customer is None:
             return False
         withdraw_consent(session, customer, source, now)
-        if customer.email and session.get(Suppression, customer.email.lower()) is None:
+        key = lookup_key(customer.email) if customer.email else None
+        if key and session.get(Suppression, key) is None:
             session.add(
                 Suppression(
-                    email=customer.email.lower(),
+                    email=key,
                     reason="unsubscribe",
                     source=source,
                     created_at=now,

@@ -12,8 +12,9 @@ import base64
 import json
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes, policy
+from email import message_from_bytes, message_from_string, policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
@@ -43,13 +44,14 @@ from tests.worker.test_webhooks import (
     _notification,
     _ses_bounce,
 )
-from worker.mime import Envelope, build_message, message_content, message_id_for
+from worker.mime import Envelope, build_email, message_id_for
 from worker.providers import make_provider
 from worker.providers.base import (
     AmbiguousDeliveryError,
     OutgoingEmail,
     PermanentDeliveryError,
     TransientDeliveryError,
+    UnsupportedAddress,
 )
 from worker.providers.http import CredentialsRefused, HTTPProvider, parse_retry_after
 from worker.providers.mailgun import MailgunProvider
@@ -82,14 +84,14 @@ def _email(send_id: int = 1, recipient: str = "ioana@example.ro") -> OutgoingEma
         "<p>Bună, <b>Ioana</b>: à è ì ò ù</p>",
         "Bună, Ioana: à è ì ò ù",
     )
-    return OutgoingEmail(
-        send_id,
-        envelope.message_id,
-        SENDER[1],
-        recipient,
-        build_message(envelope, rendered),
-        message_content(envelope, rendered),
-    )
+    return build_email(envelope, rendered)
+
+
+def _unchecked_recipient(email: OutgoingEmail, recipient: str) -> OutgoingEmail:
+    """The message with a recipient our builder would refuse: for the server's own checks."""
+    assert email.content is not None
+    content = replace(email.content, recipient=replace(email.content.recipient, address=recipient))
+    return replace(email, recipient=recipient, content=content)
 
 
 @pytest.fixture
@@ -583,7 +585,7 @@ def test_the_server_refuses_what_the_real_api_refuses(
     """An invalid recipient is refused by the server's own validation, not a plan."""
     for kind in ("postmark", "sendgrid", "mailgun"):
         with pytest.raises(PermanentDeliveryError) as refused:
-            opened(kind, api).send(_email(recipient="not-an-address"))
+            opened(kind, api).send(_unchecked_recipient(_email(), "not-an-address"))
         assert refused.value.hard_bounce, kind
     api.inactive.add("gone@example.ro")
     with pytest.raises(PermanentDeliveryError) as inactive:
@@ -827,3 +829,46 @@ def test_hand_over_comes_before_the_request_and_can_stop_it() -> None:
         assert steps == ["hand_over", "request"], "no request without a committed claim"
     finally:
         provider.close()
+
+
+# --- international addresses: what each API documents it accepts --------------------------
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_an_idn_recipient_reaches_every_api_as_a_labels(
+    kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    email = _email(recipient="ana@exämple.ro")
+    opened(kind, api).send(email)
+    (accepted,) = api.accepted
+    assert accepted.recipient == "ana@xn--exmple-cua.ro"
+    if accepted.payload is not None and kind in ("postmark", "sendgrid"):
+        assert "ana@xn--exmple-cua.ro" in json.dumps(accepted.payload)
+        assert "exämple" not in json.dumps(accepted.payload, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("kind", ["postmark", "sendgrid", "ses"])
+def test_a_utf8_local_part_is_refused_before_an_api_that_cannot_carry_it(
+    kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    hand_overs: list[None] = []
+    with pytest.raises(UnsupportedAddress) as refused:
+        opened(kind, api).send(
+            _email(recipient="josé@example.com"), lambda: hand_overs.append(None)
+        )
+    assert not refused.value.hard_bounce and not refused.value.policy
+    assert hand_overs == [] and api.attempts == [] and api.accepted == []
+
+
+def test_mailgun_takes_a_utf8_local_part_as_it_documents() -> None:
+    with EmailApiServer() as api:
+        provider = _provider("mailgun", api)
+        try:
+            provider.send(_email(recipient="josé@example.com"))
+        finally:
+            provider.close()
+    (accepted,) = api.accepted
+    assert accepted.recipient == "josé@example.com"
+    assert accepted.mime is not None
+    parsed = message_from_string(accepted.mime.decode("utf-8"), policy=policy.default)
+    assert parsed["To"].addresses[0].addr_spec == "josé@example.com"

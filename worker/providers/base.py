@@ -3,8 +3,9 @@
     DeliveryError
     ├── TransientDeliveryError   retry later (SMTP 4xx, HTTP 429/5xx, timeouts, 454)
     ├── PermanentDeliveryError   never retry (SMTP 5xx, invalid recipient, HTTP 4xx)
-    │       .hard_bounce  the address does not exist: suppress it
-    │       .policy       5.7.x policy/auth refusal: alert the operator, keep the customer
+    │   │   .hard_bounce  the address does not exist: suppress it
+    │   │   .policy       5.7.x policy/auth refusal: alert the operator, keep the customer
+    │   └── UnsupportedAddress  a UTF-8 local part this provider cannot carry
     └── AmbiguousDeliveryError   the message was handed over but no answer came back
                                  (connection lost or timed out after the data was sent):
                                  the provider may have accepted it, so it is never retried
@@ -18,7 +19,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import formataddr
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +29,11 @@ class Mailbox:
     name: str = ""
 
     def formatted(self) -> str:
-        """``Name <address>`` with a non-ASCII name RFC 2047-encoded, as in our MIME."""
-        return formataddr((self.name, self.address), charset="utf-8")
+        """``Name <address>`` exactly as our MIME's From/To says it, unfolded (a non-ASCII
+        name as RFC 2047 encoded-words), for APIs that take a formatted mailbox."""
+        from worker.mime import mailbox_header_value  # the builder imports this module
+
+        return mailbox_header_value(self.name, self.address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,12 @@ class OutgoingEmail:
     data: bytes
     content: MessageContent | None = None
 
+    @property
+    def needs_smtputf8(self) -> bool:
+        """A UTF-8 local part in the envelope or headers (RFC 6531/6532): only a server
+        offering SMTPUTF8, or an API documented to accept it, can take the message."""
+        return not (self.sender.isascii() and self.recipient.isascii() and self.data.isascii())
+
 
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
@@ -108,6 +117,13 @@ class PermanentDeliveryError(DeliveryError):
         super().__init__(message, code, enhanced)
         self.hard_bounce = hard_bounce
         self.policy = policy
+
+
+class UnsupportedAddress(PermanentDeliveryError):
+    """The provider cannot carry this address: a UTF-8 local part (RFC 6531) and no
+    SMTPUTF8 on the server, or an API that documents ASCII-only addresses. Raised before
+    anything is handed over; the send fails with reason ``unsupported_address`` and the
+    address is not suppressed (nothing is wrong with it)."""
 
 
 class AmbiguousDeliveryError(DeliveryError):

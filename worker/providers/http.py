@@ -51,6 +51,7 @@ from worker.providers.base import (
     PermanentDeliveryError,
     Provider,
     TransientDeliveryError,
+    UnsupportedAddress,
     no_hand_over,
 )
 from worker.redaction import redact
@@ -110,6 +111,9 @@ class HTTPProvider(Provider):
 
     #: the environment variable holding the secret, named in the credentials log line
     credential_setting: str = ""
+    #: whether the provider documents accepting a UTF-8 local part (SMTPUTF8, RFC 6531);
+    #: IDN domains are always sent as A-labels, which every provider takes
+    accepts_utf8_addresses: bool = False
 
     def __init__(
         self,
@@ -162,6 +166,10 @@ class HTTPProvider(Provider):
     # --- the flow ------------------------------------------------------------------------
 
     def send(self, email: OutgoingEmail, hand_over: HandOver = no_hand_over) -> DeliveryResult:
+        if email.needs_smtputf8 and not self.accepts_utf8_addresses:
+            raise UnsupportedAddress(
+                f"{self.name}: the API does not accept a UTF-8 local part (no SMTPUTF8)"
+            )
         client = self.client
         request = self.build_request(email)
         hand_over()  # the request is the step that cannot be taken back

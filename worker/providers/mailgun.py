@@ -6,6 +6,11 @@ The body is ``multipart/form-data`` with ``to`` (the envelope recipient) and ``m
 header reach the recipient exactly as we built them. Accounts in the EU region use
 ``https://api.eu.mailgun.net`` as the base URL.
 
+Addresses: Mailgun documents SMTPUTF8 support for outgoing messages through its HTTP API
+(documentation.mailgun.com, "Internationalization"), so a UTF-8 local part is sent (the
+receiving server must offer SMTPUTF8 too, or Mailgun reports a bounce); IDN domains go as
+A-labels.
+
 An accepted message is answered ``200 {"id": "<…@domain>", "message": "Queued. Thank
 you."}``. Mailgun's webhooks carry the message's Message-ID header in angle brackets,
 and ``worker.webhooks.mailgun`` uses it as the provider id too, so we store ``id`` the
@@ -41,6 +46,7 @@ def _message(response: httpx2.Response) -> str:
 
 class MailgunProvider(HTTPProvider):
     name = "mailgun"
+    accepts_utf8_addresses = True
     credential_setting = "CROSSSELL_MAILGUN_API_KEY and CROSSSELL_MAILGUN_DOMAIN"
 
     def __init__(

@@ -5,6 +5,11 @@ RFC 2047-encoded as in our MIME), ``Subject``, ``HtmlBody``, ``TextBody``, ``Hea
 (a list of ``{"Name", "Value"}``: our Message-ID, List-Unsubscribe, List-Unsubscribe-Post
 and X- headers) and ``MessageStream``; the token goes in ``X-Postmark-Server-Token``.
 
+Addresses: an IDN domain goes as its A-labels (``ana@xn--exmple-cua.ro``). Postmark does
+not accept a UTF-8 local part (it answers ErrorCode 300 "Illegal email mailbox"; its
+support has said Unicode recipient addresses are not supported), so such a send is
+refused before the request with ``UnsupportedAddress``.
+
 An accepted message is answered ``200 {"ErrorCode": 0, "MessageID": "<uuid>", …}``.
 Postmark may put its own Message-ID on the message it sends, and its webhooks name the
 message only by that ``MessageID`` (``worker.webhooks.postmark``), so that is what we

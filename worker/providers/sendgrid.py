@@ -7,6 +7,10 @@ SendGrid requires, then ``text/html``) and ``headers`` (our Message-ID, List-Uns
 List-Unsubscribe-Post and X- headers; none is on SendGrid's reserved list, so it keeps
 them, and its webhooks report our Message-ID as ``smtp-id``).
 
+Addresses: an IDN domain goes as its A-labels. SendGrid does not support a UTF-8 local
+part (it accepts the request and then drops the message as invalid, per its maintainers),
+so such a send is refused before the request with ``UnsupportedAddress``.
+
 An accepted message is answered ``202 Accepted`` with an empty body and the id in the
 ``X-Message-Id`` header. The event webhook's ``sg_message_id`` is that id followed by
 ``.filter…``, and ``worker.webhooks.sendgrid`` keeps the part before the first dot: so

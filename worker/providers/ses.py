@@ -7,6 +7,10 @@ headers are exactly ours, and ``ConfigurationSetName`` when one is set (that is 
 SES event publishing to SNS, and so ``worker.webhooks.ses``, is configured). The
 endpoint is ``https://email.<region>.amazonaws.com``.
 
+Addresses: SES does not support SMTPUTF8 (API reference, ``Destination``): an address must
+be 7-bit ASCII, an IDN domain as Punycode (we send A-labels). A UTF-8 local part is
+refused before the request with ``UnsupportedAddress``.
+
 Signing uses botocore's ``SigV4Auth`` on an ``AWSRequest``, then copies the signed
 headers onto the httpx2 request. botocore is AWS's own implementation, maintained with
 every SDK release and independent of any HTTP client, so it signs a request we send

@@ -3,6 +3,10 @@
 Replies are classified by their basic and enhanced status codes (RFC 3463): 4xx and
 454 throttling are transient; 5xx are permanent, 5.1.x recipient failures are hard
 bounces, 5.7.x policy refusals are operator problems rather than bad addresses.
+
+A message with a UTF-8 local part (``OutgoingEmail.needs_smtputf8``) is sent with
+``MAIL FROM:<…> SMTPUTF8`` (RFC 6531) when the server's EHLO offers it, and refused with
+``UnsupportedAddress`` before MAIL FROM when it does not.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from worker.providers.base import (
     PermanentDeliveryError,
     Provider,
     TransientDeliveryError,
+    UnsupportedAddress,
     no_hand_over,
 )
 
@@ -233,7 +238,18 @@ class _PooledConnection:
     def _open_transaction(self, email: OutgoingEmail) -> smtplib.SMTP:
         """MAIL FROM, RCPT TO and DATA up to the server's 354 go-ahead."""
         connection = self._live_connection()
-        self._expect(connection, connection.mail(email.sender), (250,))
+        options: tuple[str, ...] = ()
+        if email.needs_smtputf8:
+            # RFC 6531 section 3.4: a UTF-8 address or header needs the server's SMTPUTF8;
+            # there is no downgrade, so without it the message cannot go out through here.
+            if not connection.has_extn("smtputf8"):
+                raise UnsupportedAddress(
+                    "the SMTP server does not offer SMTPUTF8, needed for a UTF-8 local part"
+                )
+            options = (
+                ("SMTPUTF8", "BODY=8BITMIME") if connection.has_extn("8bitmime") else ("SMTPUTF8",)
+            )
+        self._expect(connection, connection.mail(email.sender, options), (250,))
         self._expect(connection, connection.rcpt(email.recipient), (250, 251))
         self._expect(connection, connection.docmd("DATA"), (354,))
         return connection

@@ -38,6 +38,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from triggers.addresses import lookup_key
 from worker.customers import withdraw_consent
 from worker.metrics import SENDS
 from worker.models import Customer, Send, Suppression
@@ -198,18 +199,21 @@ def _customers(session: Session, event: TrackingEvent, send: Send | None) -> lis
     if not event.recipient:
         return []
     return list(
-        session.scalars(select(Customer).where(func.lower(Customer.email) == event.recipient))
+        session.scalars(
+            select(Customer).where(func.lower(Customer.email) == lookup_key(event.recipient))
+        )
     )
 
 
 def _suppress(session: Session, email: str, reason: str, source: str, now: datetime) -> bool:
     """Add the address to the suppression list; False if it is already there (the first
     reason stays: it is the one that explains the first refusal)."""
-    if session.get(Suppression, email) is not None:
+    key = lookup_key(email)  # the canonical key: a provider may name the A-label form
+    if session.get(Suppression, key) is not None:
         return False
     try:
         with session.begin_nested():
-            session.add(Suppression(email=email, reason=reason, source=source, created_at=now))
+            session.add(Suppression(email=key, reason=reason, source=source, created_at=now))
     except IntegrityError:
         return False  # suppressed meanwhile by another request: the goal is reached
     return True
