@@ -27,7 +27,7 @@ from tempfile import TemporaryDirectory
 
 from triggers.addresses import parse_address
 from worker.email_context import sample_context
-from worker.mime import Envelope, build_email, clear_caches, message_id_for
+from worker.mime import Envelope, build_email, clear_caches, feedback_id_for, message_id_for
 from worker.rendering import RenderedEmail, Renderer
 from worker.rules import load_rules
 from worker.settings import Settings
@@ -53,7 +53,7 @@ def build_with_email_message(envelope: Envelope, email: RenderedEmail) -> bytes:
         f"<{envelope.unsubscribe_url}>, <mailto:{envelope.unsubscribe_mailto}>"
     )
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    message["X-Crosssell-Campaign"] = envelope.campaign_id
+    message["Feedback-ID"] = envelope.feedback_id
     message.set_content(email.text, subtype="plain", charset="utf-8", cte="quoted-printable")
     message.add_alternative(email.html, subtype="html", charset="utf-8", cte="quoted-printable")
     return message.as_bytes()
@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 recipient_address=f"ioana.{n}@exemplu-țară.ro",  # IDN, one per message
                 reply_to=None,
                 date=datetime(2026, 11, 17, 10, 30, tzinfo=UTC),
-                message_id=message_id_for(n, "example.ro"),
+                message_id=message_id_for(n, "example.ro", b"k" * 32),
                 unsubscribe_url="https://shop.example/u/k1.payload.signature",
                 unsubscribe_mailto="unsubscribe@example.ro",
-                campaign_id=campaign.id,
+                feedback_id=feedback_id_for(campaign.id, campaign.kind, "crosssell"),
             )
             for n, (campaign, _, _, _) in enumerate(itertools.islice(itertools.cycle(cases), COUNT))
         ]

@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.orm import Session
 
-from triggers.addresses import InvalidAddress, lookup_key
+from triggers.addresses import InvalidAddress, lookup_key, parse_address
 from triggers.decide import Later, recheck
 from triggers.events import validate_event
 from triggers.offers import AnyOffer, OfferUnavailable
@@ -29,7 +29,7 @@ from worker.db import session_factory, surviving_disconnects, transaction
 from worker.decision_inputs import decision_inputs
 from worker.email_context import Coupon, email_context, links_for
 from worker.metrics import SENDS
-from worker.mime import Envelope, HeaderInjection, build_email, message_id_for
+from worker.mime import Envelope, HeaderInjection, build_email, feedback_id_for, message_id_for
 from worker.models import Customer, Event, Send, Suppression
 from worker.offer_resolution import resolve_for_send
 from worker.providers.base import (
@@ -158,13 +158,19 @@ def prepare(
         )
         return Skip(SkipReason.RENDER_ERROR, f"{exc.__class__.__name__}: {exc}"[:1000])
     try:
-        message_id = message_id_for(send.id, settings.message_id_domain)
-        send.message_id = message_id  # committed with the claim: reports can name it
         sender = compiled.campaign.sender
+        sender_address = (sender and sender.address) or settings.sender_address
+        # Stored with the claim and reused on every retry: one Message-ID per send.
+        message_id = send.message_id or message_id_for(
+            send.id,
+            settings.message_id_domain or parse_address(sender_address).ascii_domain,
+            next(iter(runtime.unsubscribe_keys.values())),
+        )
+        send.message_id = message_id
         envelope = Envelope(
             send_id=send.id,
             sender_name=(sender and sender.name) or settings.sender_name,
-            sender_address=(sender and sender.address) or settings.sender_address,
+            sender_address=sender_address,
             recipient_name=" ".join(filter(None, [customer.first_name, customer.last_name])),
             recipient_address=customer.email or "",
             reply_to=(sender and sender.reply_to) or settings.reply_to,
@@ -172,7 +178,9 @@ def prepare(
             message_id=message_id,
             unsubscribe_url=links.unsubscribe_url,
             unsubscribe_mailto=mailto_for(runtime, customer.id),
-            campaign_id=compiled.id,
+            feedback_id=feedback_id_for(
+                compiled.id, compiled.campaign.kind, settings.feedback_sender_id
+            ),
         )
         # The one builder: bytes, the SMTP envelope (A-label domains) and the API fields.
         return build_email(envelope, rendered)

@@ -20,6 +20,7 @@ SIGNED_HEADERS = (
     b"reply-to",
     b"list-unsubscribe",
     b"list-unsubscribe-post",
+    b"feedback-id",  # Gmail reads it only when DKIM-signed by the sender
     b"mime-version",
     b"content-type",
 )

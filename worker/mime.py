@@ -34,8 +34,10 @@ over generated names, addresses, subjects and bodies across the whole Unicode ra
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,6 +57,7 @@ __all__ = [
     "build_email",
     "build_message",
     "clear_caches",
+    "feedback_id_for",
     "format_mailbox",
     "message_content",
     "message_id_for",
@@ -79,10 +82,30 @@ class HeaderInjection(ValueError):
     """A header value tried to start a new line."""
 
 
-def message_id_for(send_id: int, domain: str) -> str:
-    """Stable per send: a retry of the same send carries the same Message-ID."""
-    tag = hashlib.sha256(f"crosssell-send-{send_id}".encode()).hexdigest()[:12]
-    return f"<send-{send_id}.{tag}@{domain}>"
+def message_id_for(send_id: int, domain: str, key: bytes) -> str:
+    """``<26 base32 characters@domain>``: an HMAC-SHA256 of the send id under ``key``.
+
+    Unique per send (RFC 5322 §3.6.4) and stable for a given key, yet it shows no
+    sequence a recipient could read send volumes from. The worker stores it with the
+    claim and reuses the stored one on every retry, so a key rotation never changes the
+    Message-ID of a send already tried; webhooks find the send by the stored value.
+    ``domain`` should be the sender's (A-label form), which is what receivers expect.
+    """
+    mac = hmac.new(key, f"message-id:{send_id}".encode(), hashlib.sha256).digest()
+    token = base64.b32encode(mac[:16]).decode("ascii").rstrip("=").lower()
+    return f"<{token}@{domain}>"
+
+
+def feedback_id_for(campaign_id: str, campaign_kind: str, sender_id: str) -> str:
+    """The ``Feedback-ID`` value Gmail's feedback loop aggregates complaints by:
+    ``campaign:kind:SenderId`` (Google's format ``a:b:c:SenderId``, SenderId 5-15
+    characters, identifiers grouping mail, never one message or person).
+
+    The campaign is an opaque 10-hex tag (SHA-256 of its id), so recipients do not see
+    internal campaign names; ``crosssell explain`` prints a campaign's tag.
+    """
+    tag = hashlib.sha256(f"crosssell-campaign:{campaign_id}".encode()).hexdigest()[:10]
+    return f"{tag}:{campaign_kind.replace('_', '-')}:{sender_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +120,7 @@ class Envelope:
     message_id: str
     unsubscribe_url: str
     unsubscribe_mailto: str
-    campaign_id: str
+    feedback_id: str
 
 
 def _clean(value: str, name: str) -> str:
@@ -243,7 +266,7 @@ class _Normalised:
     subject: str
     unsubscribe: str
     message_id: str
-    campaign_id: str
+    feedback_id: str
 
 
 def _normalise(envelope: Envelope, email: RenderedEmail) -> _Normalised:
@@ -268,7 +291,7 @@ def _normalise(envelope: Envelope, email: RenderedEmail) -> _Normalised:
         subject=single_line(email.subject, "Subject"),
         unsubscribe=f"<{url}>, <{_mailto(envelope.unsubscribe_mailto)}>",
         message_id=_clean(envelope.message_id, "Message-ID"),
-        campaign_id=_clean(envelope.campaign_id, "campaign"),
+        feedback_id=_clean(envelope.feedback_id, "Feedback-ID"),
     )
 
 
@@ -277,7 +300,7 @@ def _extra_headers(normal: _Normalised) -> tuple[tuple[str, str], ...]:
         ("Message-ID", normal.message_id),
         ("List-Unsubscribe", normal.unsubscribe),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
-        ("X-Crosssell-Campaign", normal.campaign_id),
+        ("Feedback-ID", normal.feedback_id),
     )
 
 
@@ -297,7 +320,7 @@ def _bytes(normal: _Normalised, envelope: Envelope, email: RenderedEmail) -> byt
         f"Message-ID: {normal.message_id}\r\n",
         f"List-Unsubscribe: {url},\r\n {mailto}\r\n",
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
-        f"X-Crosssell-Campaign: {normal.campaign_id}\r\n",
+        f"Feedback-ID: {normal.feedback_id}\r\n",
         "MIME-Version: 1.0\r\n",
         f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n',
         "\r\n",

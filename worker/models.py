@@ -186,7 +186,7 @@ class Send(Base):
     sent_at: Mapped[datetime | None]
     provider: Mapped[str | None] = mapped_column(String(32))
     provider_message_id: Mapped[str | None] = mapped_column(String(255), index=True)
-    message_id: Mapped[str | None] = mapped_column(String(255))
+    message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     coupon_code: Mapped[str | None] = mapped_column(String(40), unique=True)
     coupon_expires_at: Mapped[datetime | None]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from triggers.addresses import parse_address
 from triggers.decide import Later, recheck
 from triggers.events import validate_event
 from triggers.offers import OfferUnavailable
@@ -26,7 +27,7 @@ from worker.email_context import (
     sample_context,
     sample_offer,
 )
-from worker.mime import Envelope, build_message
+from worker.mime import Envelope, build_message, feedback_id_for
 from worker.models import Customer, Event
 from worker.offer_resolution import resolve_for_send
 from worker.runtime import Runtime
@@ -124,19 +125,23 @@ def preview(
             variant.template, context, customer_view["locale"], variant.subject
         )
         sender = campaign.sender
+        sender_address = (sender and sender.address) or settings.sender_address
+        domain = settings.message_id_domain or parse_address(sender_address).ascii_domain
         data = build_message(
             Envelope(
                 send_id=0,
                 sender_name=(sender and sender.name) or settings.sender_name,
-                sender_address=(sender and sender.address) or settings.sender_address,
+                sender_address=sender_address,
                 recipient_name=name,
                 recipient_address=address,
                 reply_to=(sender and sender.reply_to) or settings.reply_to,
                 date=now,
-                message_id=f"<preview-{campaign.id}-{variant.id}@{settings.message_id_domain}>",
+                message_id=f"<preview-{campaign.id}-{variant.id}@{domain}>",
                 unsubscribe_url=links.unsubscribe_url,
                 unsubscribe_mailto=mailto_for(runtime, customer_id),
-                campaign_id=campaign.id,
+                feedback_id=feedback_id_for(
+                    campaign.id, campaign.kind, settings.feedback_sender_id
+                ),
             ),
             rendered,
         )

@@ -80,7 +80,16 @@ class Settings(BaseSettings):
     sender_name: str = "Crosssell Shop"
     sender_address: str = "offers@shop.example"
     reply_to: str | None = None
-    message_id_domain: str = "crosssell.local"
+    message_id_domain: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$",
+        description="right side of Message-ID; default: the sender address's domain",
+    )
+    feedback_sender_id: str = Field(
+        "crosssell",
+        pattern=r"^[A-Za-z0-9-]{5,15}$",
+        description="SenderId of the Feedback-ID header (Gmail: 5-15 characters)",
+    )
     public_url: str = "https://shop.example"
     unsubscribe_mailto: str = "unsubscribe@shop.example"
     unsubscribe_keys: SecretStr | None = Field(

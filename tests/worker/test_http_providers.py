@@ -74,10 +74,10 @@ def _email(send_id: int = 1, recipient: str = "ioana@example.ro") -> OutgoingEma
         recipient_address=recipient,
         reply_to="Ajutor <help@shop.example>",
         date=datetime(2026, 11, 17, 10, 30, tzinfo=UTC),
-        message_id=message_id_for(send_id, "shop.example"),
+        message_id=message_id_for(send_id, "shop.example", b"k" * 32),
         unsubscribe_url=f"https://shop.example/u/token-{send_id}",
         unsubscribe_mailto="unsubscribe@shop.example",
-        campaign_id="laptop-accessories",
+        feedback_id="a1b2c3d4e5:cross-sell:crosssell",
     )
     rendered = RenderedEmail(
         "Ioana, ți-am pregătit: șnur, țintă, câștig",
@@ -164,7 +164,7 @@ def test_message_content_says_what_the_mime_says() -> None:
         "message-id",
         "list-unsubscribe",
         "list-unsubscribe-post",
-        "x-crosssell-campaign",
+        "feedback-id",
     ]
     text, html = mime.get_body(("plain",)), mime.get_body(("html",))
     assert text is not None and html is not None
@@ -215,7 +215,7 @@ def test_postmark_request_carries_every_field(
         "<https://shop.example/u/token-1>, <mailto:unsubscribe@shop.example>"
     )
     assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert headers["X-Crosssell-Campaign"] == "laptop-accessories"
+    assert headers["Feedback-ID"] == "a1b2c3d4e5:cross-sell:crosssell"
 
 
 def test_sendgrid_request_carries_every_field(

@@ -143,6 +143,14 @@ def test_due_send_is_delivered_once_over_smtp(
         send = session.get(Send, send_id)
     assert send is not None and send.status == "sent"
     assert send.message_id == message["Message-ID"]
+    # The Message-ID is on the sender's domain and shows no send id; internal campaign
+    # ids stay out of the headers (an opaque Feedback-ID instead).
+    sender_domain = runtime.settings.sender_address.rpartition("@")[2]
+    assert message["Message-ID"].endswith(f"@{sender_domain}>")
+    assert str(send_id) not in message["Message-ID"].partition("@")[0]
+    assert "X-Crosssell-Campaign" not in message
+    assert "laptop-accessories" not in str(message["Feedback-ID"])
+    assert str(message["Feedback-ID"]).endswith(f":{runtime.settings.feedback_sender_id}")
 
 
 def test_hard_bounce_fails_and_suppresses_without_retry(

@@ -7,6 +7,8 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from jinja2 import UndefinedError
 from jinja2.exceptions import SecurityError
 
@@ -85,10 +87,10 @@ def _envelope(**overrides: object) -> Envelope:
         "recipient_address": "ioana@example.ro",
         "reply_to": None,
         "date": datetime(2026, 11, 17, 10, 30, tzinfo=UTC),
-        "message_id": message_id_for(42, "example.ro"),
+        "message_id": message_id_for(42, "example.ro", b"k" * 32),
         "unsubscribe_url": "https://shop.example/u/tok",
         "unsubscribe_mailto": "u@example.ro",
-        "campaign_id": "laptop-accessories",
+        "feedback_id": "a1b2c3d4e5:cross-sell:crosssell",
     }
     values.update(overrides)
     return Envelope(**values)  # type: ignore[arg-type]
@@ -110,7 +112,7 @@ def test_non_ascii_headers_round_trip(subject: str, sender: str) -> None:
     assert parsed["From"].addresses[0].display_name == sender
     body = parsed.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert body.replace("\r\n", "\n") == "ș à\n"
-    assert parsed["Message-ID"] == message_id_for(42, "example.ro")
+    assert parsed["Message-ID"] == message_id_for(42, "example.ro", b"k" * 32)
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
 
@@ -131,8 +133,8 @@ def test_line_breaks_in_subject_cannot_add_headers() -> None:
 
 
 def test_message_id_is_stable_per_send() -> None:
-    assert message_id_for(7, "d.example") == message_id_for(7, "d.example")
-    assert message_id_for(7, "d.example") != message_id_for(8, "d.example")
+    assert message_id_for(7, "d.example", b"k" * 32) == message_id_for(7, "d.example", b"k" * 32)
+    assert message_id_for(7, "d.example", b"k" * 32) != message_id_for(8, "d.example", b"k" * 32)
 
 
 def test_a_template_without_a_text_part_gets_one_from_its_html(tmp_path: Path) -> None:
@@ -148,3 +150,18 @@ def test_a_template_without_a_text_part_gets_one_from_its_html(tmp_path: Path) -
     assert "Hi Ana" in email.text
     assert "https://s.example/p" in email.text
     assert "* one" in email.text and "<" not in email.text
+
+
+@given(st.integers(min_value=1, max_value=10**12))
+def test_message_id_does_not_show_the_send_id(send_id: int) -> None:
+    """The Message-ID is unique per send but carries no readable sequence: the local
+    part is base32 of an HMAC, so neither the decimal id nor its neighbours' ids appear,
+    and another key gives an unrelated value."""
+    key = b"k" * 32
+    value = message_id_for(send_id, "shop.example", key)
+    local, _, domain = value.strip("<>").partition("@")
+    assert domain == "shop.example"
+    assert str(send_id) not in local
+    assert len(local) == 26 and set(local) <= set("abcdefghijklmnopqrstuvwxyz234567")
+    assert value != message_id_for(send_id + 1, "shop.example", key)
+    assert value != message_id_for(send_id, "shop.example", b"j" * 32)

@@ -124,10 +124,10 @@ def test_romanian_and_italian_headers_survive_the_trip_through_an_smtp_server(
                 recipient_address=f"r{n}@example.it",
                 reply_to=None,
                 date=datetime(2026, 11, 17, 10, 30, tzinfo=UTC),
-                message_id=message_id_for(n, "example.ro"),
+                message_id=message_id_for(n, "example.ro", b"k" * 32),
                 unsubscribe_url="https://shop.example/u/t",
                 unsubscribe_mailto="u@example.ro",
-                campaign_id="c",
+                feedback_id="c0c0c0c0c0:cross-sell:crosssell",
             )
             data = build_message(envelope, RenderedEmail(subject, f"<p>{subject}</p>", subject))
             provider.send(

@@ -748,7 +748,7 @@ def db(webhook_table: None, database_url: str) -> Seeded:
         )
         session.add(send)
         session.flush()
-        send.message_id = message_id_for(send.id, "crosssell.local")
+        send.message_id = message_id_for(send.id, "shop.example", b"k" * 32)
         return Seeded(database_url, send.id, send.message_id)
 
 

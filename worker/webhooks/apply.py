@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -53,9 +52,6 @@ WEBHOOK_EVENTS = MetricCounter(
     "Provider webhook events by provider, kind and result (applied or duplicate)",
     ["provider", "kind", "result"],
 )
-
-# The Message-ID that worker.mime.message_id_for gives every send: the id is in it.
-_OUR_MESSAGE_ID = re.compile(r"^<send-(\d{1,18})\.[0-9a-f]{12}@")
 
 
 @dataclass
@@ -175,14 +171,14 @@ def _withdraw(
 
 
 def _find_send(session: Session, event: TrackingEvent) -> Send | None:
-    """The send the event is about: by our Message-ID (a primary-key lookup), else by
-    the id the provider's API returned."""
+    """The send the event is about: by our Message-ID (stored with the claim, indexed),
+    else by the id the provider's API returned."""
     if event.message_id:
-        match = _OUR_MESSAGE_ID.match(event.message_id)
-        if match:
-            send = session.get(Send, int(match.group(1)))
-            if send is not None and send.message_id == event.message_id:
-                return send
+        send = session.scalars(
+            select(Send).where(Send.message_id == event.message_id).limit(1)
+        ).first()
+        if send is not None:
+            return send
     if event.provider_message_id:
         return session.scalars(
             select(Send).where(Send.provider_message_id == event.provider_message_id).limit(1)
