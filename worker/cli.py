@@ -99,18 +99,21 @@ def consume() -> None:
 
 @main.command()
 def dispatch() -> None:
-    """Enqueue due sends for the Celery workers and re-enqueue lost ones."""
+    """Enqueue due sends for the Celery workers, re-enqueue lost ones, publish activity."""
     import signal
 
+    from worker.activity import start_activity_publisher
     from worker.dispatcher import run_dispatcher
 
     runtime = _serve("dispatch")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    activity = start_activity_publisher(runtime.settings, stop)
     try:
         run_dispatcher(runtime, stop)
     except KeyboardInterrupt:
         stop.set()
+    activity.join(timeout=10)
 
 
 @main.command()
@@ -118,6 +121,7 @@ def dispatch() -> None:
 @click.option("--concurrency", default=1, show_default=True, help="Delivery threads.")
 def run(until_drained: bool, concurrency: int) -> None:
     """Consumer, dispatcher and Celery worker in one process (embedded and small installs)."""
+    from worker.activity import start_activity_publisher
     from worker.providers import check_provider
     from worker.run import run_all
 
@@ -126,7 +130,14 @@ def run(until_drained: bool, concurrency: int) -> None:
         check_provider(runtime.settings)
     except ValueError as exc:
         raise click.ClickException(f"email provider: {exc}") from None
-    sys.exit(run_all(runtime, until_drained=until_drained, concurrency=concurrency))
+    stop = threading.Event()
+    activity = start_activity_publisher(runtime.settings, stop)
+    try:
+        code = run_all(runtime, until_drained=until_drained, concurrency=concurrency)
+    finally:
+        stop.set()
+        activity.join(timeout=10)
+    sys.exit(code)
 
 
 @main.command()

@@ -24,6 +24,7 @@ import logging
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
+from typing import Literal
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -31,6 +32,7 @@ from sqlalchemy.orm import Session
 from triggers.decide import MARKETING_HISTORY, PastSend
 from triggers.events import Consent, CustomerData, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, purchase_of
+from worker.activity import record_activity
 from worker.models import ConsentRecord, Customer, Order, OrderLine, Send, Suppression
 
 log = logging.getLogger(__name__)
@@ -219,14 +221,17 @@ def withdraw_consent(
     *,
     decided_at: datetime | None = None,
     detail: str | None = None,
+    activity: Literal["unsubscribed", "complained"] = "unsubscribed",
 ) -> bool:
     """Opt the customer out of all marketing email through a crosssell channel.
 
     Records the decision and clears ``email_marketing``. Every request is recorded, a
     repeated one too (the latest opt-out is the one a CRM opt-in must be newer than),
-    but repeating it changes nothing the customer sees. True if consent was on before.
+    but repeating it changes nothing the customer sees. Each record is also an
+    ``activity`` event (``worker.activity``) at the decision time, with ``changed``
+    saying whether consent was on before. True if consent was on before.
     """
-    record_decision(
+    record = record_decision(
         session,
         customer,
         EMAIL_MARKETING,
@@ -237,6 +242,15 @@ def withdraw_consent(
         detail=detail,
     )
     withdrawn = customer.email_marketing is not False
+    session.flush()  # the record's id names the activity event
+    record_activity(
+        session,
+        activity,
+        customer.id,
+        {"scope": EMAIL_MARKETING, "source": record.source, "changed": withdrawn},
+        record.decided_at,
+        source=f"consent-{record.id}",
+    )
     customer.email_marketing = False
     customer.updated_at = now
     return withdrawn

@@ -24,6 +24,7 @@ from triggers.events import validate_event
 from triggers.facts import build_facts
 from triggers.offers import AnyOffer, OfferUnavailable
 from triggers.schedule import campaign_window, next_allowed, quiet_hours_window, resolve_zone
+from worker.activity import record_send_activity
 from worker.coupons import coupon_code
 from worker.customers import is_suppressed, profile_of, send_history
 from worker.db import session_factory, surviving_disconnects, transaction
@@ -321,7 +322,7 @@ def _record_sent(
 ) -> str:
     with transaction(runtime.settings.resolved_database_url) as session:
         done = runtime.clock.now()
-        _set(
+        if _set(
             session,
             send_id,
             "sending",
@@ -333,7 +334,8 @@ def _record_sent(
             message_id=prepared.message_id,
             reason=None,
             detail=None,
-        )
+        ):
+            record_send_activity(session, "email_sent", send_id, done)
     return "sent"
 
 
@@ -431,7 +433,7 @@ def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryErro
     now = runtime.clock.now()
     reason = "policy_rejected" if exc.policy else "hard_bounce" if exc.hard_bounce else "rejected"
     with transaction(runtime.settings.resolved_database_url) as session:
-        _set(
+        failed = _set(
             session,
             send_id,
             "sending",
@@ -440,6 +442,8 @@ def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryErro
             detail=str(exc)[:1000],
             updated_at=now,
         )
+        if failed and exc.hard_bounce:
+            record_send_activity(session, "email_bounced", send_id, now)
         if exc.hard_bounce and session.get(Suppression, email.lower()) is None:
             session.add(
                 Suppression(

@@ -115,6 +115,21 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="serve /metrics here; 0: off")
     metrics_host: str = Field("127.0.0.1", description="address the metrics server binds")
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="the Celery worker serves /metrics here; 0: off"
+    )
+    activity_publish: bool = Field(
+        False, description="publish email_sent, email_bounced, … to the activity exchange"
+    )
+    activity_exchange: str = Field(
+        "crosssell.activity", description="durable topic exchange of the activity events"
+    )
+    activity_retention: str = Field(
+        "7d", description="activity outbox rows are deleted after this (published or not)"
+    )
+    forget_key: SecretStr | None = Field(
+        None, description="HMAC key for forgotten addresses; default: a key file in var_dir"
+    )
     dispatch_interval: float = Field(1.0, gt=0, description="seconds between dispatcher polls")
     dispatch_batch: int = Field(500, ge=1)
     dispatch_max_queued: int = Field(
@@ -138,7 +153,11 @@ class Settings(BaseSettings):
     retry_base_seconds: float = 30.0
 
     @field_validator(
-        "cap_window", "requeue_after", "sending_timeout", "recommendations_rebuild_every"
+        "cap_window",
+        "requeue_after",
+        "sending_timeout",
+        "recommendations_rebuild_every",
+        "activity_retention",
     )
     @classmethod
     def _duration(cls, value: str) -> str:
