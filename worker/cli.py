@@ -6,7 +6,7 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 import click
 
@@ -436,14 +436,20 @@ def suppressions_remove(email: str) -> None:
     """Allow email to EMAIL again (consent is still required)."""
     from worker.db import transaction
     from worker.models import Suppression
+    from worker.privacy import suppression_keys
 
     address = email.strip().lower()
     with transaction(get_settings().resolved_database_url) as session:
-        row = session.get(Suppression, address)
-        if row is None:
+        rows = [
+            row
+            for key in suppression_keys(address)
+            if (row := session.get(Suppression, key)) is not None
+        ]
+        if not rows:
             raise click.ClickException(f"{address} is not suppressed")
-        session.delete(row)
-    click.echo(f"removed {address} ({row.reason})")
+        for row in rows:  # the address itself, and its hash if its customer was forgotten
+            session.delete(row)
+    click.echo(f"removed {address} ({', '.join(row.reason for row in rows)})")
 
 
 @main.command()
@@ -469,3 +475,48 @@ def preview(campaign_id: str, customer_id: str, locale: str | None, out: Path | 
         for note in result.notes:
             click.echo(f"note: {note}")
         click.echo(f"wrote {result.directory}/{{subject.txt,body.html,body.txt,message.eml}}")
+
+
+@main.command()
+@click.argument("customer_id")
+def forget(customer_id: str) -> None:
+    """Erase CUSTOMER_ID's personal data; anonymised rows stay, so totals do not change."""
+    from datetime import UTC, datetime
+
+    from worker.privacy import forget_now
+
+    report = forget_now(get_settings(), customer_id, datetime.now(UTC))
+    if report is None:
+        raise click.ClickException(f"customer {customer_id} is not known")
+    click.echo(
+        f"forgot customer {customer_id}: {report.addresses} address(es) replaced by their "
+        f"keyed hash ({report.suppressions} suppression(s), {report.consent_records} consent "
+        f"record(s), {report.webhook_events} webhook record(s)); {report.events} event(s) "
+        f"cut to the customer id; {report.sends_scrubbed} send detail(s) scrubbed; "
+        f"{report.sends_cancelled} waiting send(s) skipped"
+    )
+
+
+@main.command()
+@click.argument("customer_id")
+@click.option(
+    "--output",
+    type=click.File("w", encoding="utf-8"),
+    default="-",
+    show_default=True,
+    help="File to write the JSON to ('-': standard output).",
+)
+def export(customer_id: str, output: TextIO) -> None:
+    """Write everything held about CUSTOMER_ID as one JSON document."""
+    import json
+
+    from worker.db import transaction
+    from worker.privacy import export_customer, forget_key
+
+    settings = get_settings()
+    with transaction(settings.resolved_database_url) as session:
+        document = export_customer(session, customer_id, forget_key(settings))
+    if document is None:
+        raise click.ClickException(f"customer {customer_id} is not known")
+    json.dump(document, output, ensure_ascii=False, indent=2)
+    output.write("\n")

@@ -22,6 +22,7 @@ from triggers.events import InvalidEvent, parse_event
 from worker.db import transaction
 from worker.ingest import ingest_event
 from worker.metrics import EVENTS
+from worker.privacy import forget_from_message
 from worker.redaction import redact
 from worker.runtime import Runtime
 from worker.topology import dead_letter_queue, events_queue, transport_options
@@ -57,6 +58,12 @@ class EventConsumer(ConsumerMixin):
         try:
             event = parse_event(body)
         except InvalidEvent as bad:
+            try:  # a CRM erasure request is not a marketing event (worker.privacy)
+                if bad.code == "unknown_type" and forget_from_message(self.runtime, body):
+                    message.ack()
+                    return
+            except InvalidEvent as wrong:
+                bad = wrong
             self.dead_letter(message, bad.code, bad.reason)
             return
         try:

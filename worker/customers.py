@@ -34,6 +34,7 @@ from triggers.events import Consent, CustomerData, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, purchase_of
 from worker.activity import record_activity
 from worker.models import ConsentRecord, Customer, Order, OrderLine, Send, Suppression
+from worker.privacy import suppression_keys
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ def _lift_unsubscribe_suppression(
         return
     session.execute(
         delete(Suppression).where(
-            Suppression.email == email.strip().lower(),
+            Suppression.email.in_(suppression_keys(email)),
             Suppression.reason == "unsubscribe",
             Suppression.created_at < resubscribed_at,
         )
@@ -391,4 +392,9 @@ def send_history(
 
 
 def is_suppressed(session: Session, email: str | None) -> bool:
-    return email is not None and session.get(Suppression, email.strip().lower()) is not None
+    """Whether the address is suppressed, as itself or as the keyed hash a ``forget``
+    left in its place (``worker.privacy.suppression_keys``)."""
+    if email is None:
+        return False
+    keys = suppression_keys(email)
+    return session.scalar(select(Suppression.email).where(Suppression.email.in_(keys))) is not None
