@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 
 from triggers.durations import parse_duration
 from worker.db import transaction
+from worker.metrics import ACTIVITY_PUBLISHED
 from worker.models import ActivityOutbox, Send
 from worker.settings import Settings
 from worker.topology import transport_options
@@ -225,6 +226,7 @@ class ActivityPublisher:
                     )
                     # confirm_publish: publish() returned, so the broker has confirmed.
                     self._confirmed.add(row.id)
+                    ACTIVITY_PUBLISHED.labels(row.type).inc()
                     published += 1
                 self._mark(session, self._confirmed)
         self._confirmed.clear()

@@ -6,7 +6,7 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO, Literal, TextIO
 
 import click
 
@@ -18,9 +18,8 @@ def _serve(runtime_name: str) -> Runtime:
     """The process runtime, with SIGHUP reloading campaigns and metrics served if asked."""
     import signal
 
-    from prometheus_client import start_http_server
-
     from triggers.loader import RuleSetError
+    from worker.metrics import serve_metrics
     from worker.migrate import SchemaNotCurrent, ensure_schema
     from worker.runtime import get_runtime
 
@@ -38,16 +37,9 @@ def _serve(runtime_name: str) -> Runtime:
     signal.signal(signal.SIGHUP, lambda *_: runtime.rules.request_reload())
     port = runtime.settings.metrics_port
     if port:
-        start_http_server(port, addr=runtime.settings.metrics_host)
+        serve_metrics(port, runtime.settings.metrics_host, settings.resolved_database_url)
         logging.getLogger(__name__).info("%s: metrics on :%s/metrics", runtime_name, port)
     return runtime
-
-
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 @click.group()
@@ -57,9 +49,17 @@ def _logging(level: str) -> None:
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="text, or json: one object per line [default: CROSSSELL_LOG_FORMAT, else text]",
+)
+def main(log_level: str, log_format: Literal["text", "json"] | None) -> None:
     """crosssell: CRM events in, timely cross-sell emails out."""
-    _logging(log_level)
+    from worker.log_format import configure_logging
+
+    configure_logging(log_level, log_format or get_settings().log_format)
 
 
 @main.command()
@@ -325,10 +325,13 @@ def web(host: str, port: int) -> None:
     """Unsubscribe and preference pages, /healthz and /metrics (ASGI, uvicorn)."""
     import uvicorn
 
+    from worker.metrics import install_outbox_gauges
     from worker.runtime import get_runtime
     from worker.web import create_app
 
-    uvicorn.run(create_app(get_runtime()), host=host, port=port, proxy_headers=True)
+    runtime = get_runtime()
+    install_outbox_gauges(runtime.settings.resolved_database_url)
+    uvicorn.run(create_app(runtime), host=host, port=port, proxy_headers=True)
 
 
 @main.group()

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from triggers.events import InvalidEvent, parse_event
 from worker.db import transaction
 from worker.ingest import ingest_event
+from worker.log_format import fields
 from worker.metrics import EVENTS
 from worker.privacy import forget_from_message
 from worker.redaction import redact
@@ -91,7 +92,17 @@ class EventConsumer(ConsumerMixin):
         outcome = "duplicate" if result.duplicate else "accepted"
         self.stats[outcome] += 1
         EVENTS.labels(outcome).inc()
-        log.debug("event %s %s", event.id, "duplicate" if result.duplicate else "stored")
+        log.info(
+            "event %s %s%s",
+            event.id,
+            outcome,
+            "".join(
+                f", {d.campaign_id}: {d.reason or d.outcome}"
+                for d in result.decisions
+                if d.outcome != "not_matched"
+            ),
+            extra=fields(event_id=event.id, customer_id=event.customer.id, outcome=outcome),
+        )
         if self.on_ingested is not None:
             self.on_ingested()
 

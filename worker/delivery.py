@@ -29,7 +29,8 @@ from worker.coupons import coupon_code
 from worker.customers import is_suppressed, profile_of, send_history
 from worker.db import session_factory, surviving_disconnects, transaction
 from worker.email_context import Coupon, email_context, links_for
-from worker.metrics import SENDS
+from worker.log_format import fields
+from worker.metrics import PROVIDER_SECONDS, SENDS
 from worker.mime import (
     Envelope,
     HeaderInjection,
@@ -67,13 +68,23 @@ class Reschedule:
 
 
 def _set(session: Session, send_id: int, expected: str, **values: Any) -> bool:
-    result = session.execute(
-        update(Send).where(Send.id == send_id, Send.status == expected).values(**values)
-    )
-    changed = bool(getattr(result, "rowcount", 0))
-    if changed and values.get("status") != "sending":
-        SENDS.labels(values.get("status", ""), values.get("reason") or "").inc()
-    return changed
+    moved = session.execute(
+        update(Send)
+        .where(Send.id == send_id, Send.status == expected)
+        .values(**values)
+        .returning(Send.campaign_id)
+    ).first()
+    status, reason = values.get("status", ""), values.get("reason")
+    if moved is not None and status != "sending":
+        SENDS.labels(status, reason or "").inc()
+        log.info(
+            "send %s %s%s",
+            send_id,
+            status,
+            f" ({reason})" if reason else "",
+            extra=fields(send_id=send_id, campaign=moved[0], outcome=status, reason=reason),
+        )
+    return moved is not None
 
 
 def _coupon(runtime: Runtime, send: Send, offer: AnyOffer, now: datetime) -> Coupon | None:
@@ -262,7 +273,8 @@ def _attempt(runtime: Runtime, send_id: int) -> str:
                 handed_over = True
 
         try:
-            result = runtime.provider.send(prepared, hand_over)
+            with PROVIDER_SECONDS.labels(runtime.provider.name).time():
+                result = runtime.provider.send(prepared, hand_over)
         except TransientDeliveryError as exc:
             hand_over()
             outcome = partial(_retry_or_fail, runtime, send_id, attempts, exc)

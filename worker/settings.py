@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="serve /metrics here; 0: off")
     metrics_host: str = Field("127.0.0.1", description="address the metrics server binds")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one object per line (docs/operations.md)"
+    )
     worker_metrics_port: int = Field(
         0, ge=0, le=65535, description="the Celery worker serves /metrics here; 0: off"
     )
