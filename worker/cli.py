@@ -523,3 +523,63 @@ def export(customer_id: str, output: TextIO) -> None:
         raise click.ClickException(f"customer {customer_id} is not known")
     json.dump(document, output, ensure_ascii=False, indent=2)
     output.write("\n")
+
+
+@main.command()
+@click.option("--ambiguous", "ambiguous_limit", default=10, show_default=True, help="List at most.")
+def status(ambiguous_limit: int) -> None:
+    """The pipeline at a glance: backlog, due and queued sends, recent failures, rules."""
+    from datetime import UTC, datetime
+
+    from triggers.loader import RuleSetError
+    from worker.db import transaction
+    from worker.rendering import Renderer
+    from worker.rules import load_rules
+    from worker.run import waiting_events
+    from worker.runtime import Runtime
+    from worker.status import outbox_status, rules_summary, status_lines
+
+    settings = get_settings()
+    now = datetime.now(UTC)
+    with transaction(settings.resolved_database_url) as session:
+        report = outbox_status(session, now, ambiguous_limit)
+    try:
+        waiting: int | None = waiting_events(Runtime(settings))
+    except Exception:  # no broker, or the queue not declared yet: say so, do not fail
+        waiting = None
+    campaigns: int | None = None
+    problems: int | None = None
+    try:
+        campaigns = len(load_rules(settings, Renderer(settings), None, parallel=True).campaigns)
+    except RuleSetError as exc:
+        problems = len(exc.issues)
+    summary = rules_summary(settings, campaigns, problems, now)
+    for line in status_lines(report, now, waiting, summary):
+        click.echo(line)
+
+
+@main.group()
+def sends() -> None:
+    """The outbox: what is waiting, what failed, and why."""
+
+
+@sends.command("list")
+@click.option(
+    "--status",
+    "status_name",
+    type=click.Choice(["planned", "queued", "sending", "failed", "skipped", "sent", "held_out"]),
+    default="planned",
+    show_default=True,
+)
+@click.option("--campaign", default=None, help="Only this campaign id.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+def sends_list(status_name: str, campaign: str | None, limit: int) -> None:
+    """List sends in a status (tab-separated): planned ones with why they wait, failed
+    ones with the provider's answer (addresses redacted)."""
+    from worker.db import transaction
+    from worker.status import list_sends, send_lines
+
+    with transaction(get_settings().resolved_database_url) as session:
+        rows = list_sends(session, status_name, campaign, limit)
+    for line in send_lines(rows, status_name):
+        click.echo(line)
