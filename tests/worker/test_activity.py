@@ -329,3 +329,41 @@ def test_pruning_keeps_what_still_waits_for_the_broker(tmp_path: Path, database_
     off = runtime.settings.model_copy(update={"activity_publish": False})
     assert prune_activity(off, now) == 2  # publishing off: nothing would publish them
     assert _outbox(database_url) == []
+
+
+def test_the_dispatch_loop_publishes_what_a_change_recorded(
+    tmp_path: Path, postgres_url: str, bound_queue: tuple[str, Queue]
+) -> None:
+    import threading
+    import time
+
+    from tests.conftest import _truncate
+    from worker.activity import start_activity_publisher
+
+    _truncate(postgres_url)
+    url, queue = bound_queue
+    assert queue.exchange is not None
+    runtime = _runtime(
+        tmp_path,
+        postgres_url,
+        events_url=url,
+        activity_publish=True,
+        activity_exchange=queue.exchange.name,
+        dispatch_interval=0.1,
+    )
+    stop = threading.Event()
+    thread = start_activity_publisher(runtime.settings, stop)
+    try:
+        with transaction(postgres_url) as session:
+            key = record_activity(session, "converted", "C-7", {"order_id": "O-7"}, TUESDAY_MORNING)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not all(
+            row.published_at for row in _outbox(postgres_url)
+        ):
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert [body["id"] for _, body, _ in _drain(url, queue)] == [key]
+    _truncate(postgres_url)

@@ -338,3 +338,37 @@ def test_the_cli_switch_selects_the_format(cli: CliRunner) -> None:
     line = json.loads(stream.getvalue().splitlines()[-1])
     assert (line["message"], line["send_id"], line["level"]) == ("send 7 failed", 7, "WARNING")
     configure_logging("WARNING", "text")
+
+
+def test_the_celery_worker_serves_metrics_with_the_outbox_gauges(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    import socket
+    import urllib.request
+
+    from tests.support.factories import make_settings
+    from worker.app import MetricsServer
+    from worker.metrics import OLDEST_DUE_AGE, SENDS_DUE, SENDS_QUEUED
+    from worker.runtime import Runtime, set_runtime
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    now = datetime.now(UTC)
+    _store(
+        sqlite_url,
+        [{"id": 1, "status": "queued", "reason": None, "send_at": now, "updated_at": now}],
+        now,
+    )
+    set_runtime(Runtime(make_settings(tmp_path, database_url=sqlite_url, worker_metrics_port=port)))
+    try:
+        MetricsServer(None)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            body = answer.read().decode()
+    finally:
+        set_runtime(None)
+        for gauge in (SENDS_DUE, SENDS_QUEUED, OLDEST_DUE_AGE):
+            gauge.set_function(lambda: 0.0)
+    assert "crosssell_sends_queued 1.0" in body.splitlines()
+    assert "crosssell_sends_due 0.0" in body.splitlines()
+    assert "# TYPE crosssell_provider_send_seconds histogram" in body

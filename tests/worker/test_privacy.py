@@ -351,3 +351,16 @@ def main_cli() -> Any:
     from worker.cli import main
 
     return main
+
+
+def test_the_documented_forget_event_is_valid() -> None:
+    import re
+
+    from triggers.events import parse_forget
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text("utf-8")
+    section = guide.split("## Forgetting a customer", 1)[1]
+    block = re.search(r"```json\n(.*?)```", section, flags=re.DOTALL)
+    assert block is not None
+    request = parse_forget(block.group(1))
+    assert request is not None and request.customer.id == "C-1001"
