@@ -241,7 +241,7 @@ def parse_forget(body: bytes | str) -> ForgetEvent | None:
     another type); :class:`InvalidEvent` when it says ``forget`` but breaks the schema."""
     try:
         document: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(document, dict) or document.get("type") != "forget":
         return None

@@ -364,3 +364,44 @@ def test_the_documented_forget_event_is_valid() -> None:
     assert block is not None
     request = parse_forget(block.group(1))
     assert request is not None and request.customer.id == "C-1001"
+
+
+_FORGET = {
+    "id": "f-1",
+    "type": "forget",
+    "occurred_at": "2026-11-20T10:00:00+00:00",
+    "customer": {"id": "C-1"},
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (json.dumps(_FORGET), "C-1"),
+        (json.dumps({**_FORGET, "type": "purchase"}), None),
+        (json.dumps([_FORGET]), None),
+        ("not json", None),
+        (b"\xff\xfe{", None),
+        ("[" * 100_000 + "]" * 100_000, None),
+        (json.dumps({k: v for k, v in _FORGET.items() if k != "customer"}), "customer"),
+        (json.dumps({**_FORGET, "customer": {"id": "C-1", "first_name": "Ana"}}), "first_name"),
+        (json.dumps({**_FORGET, "customer": {"id": ""}}), "customer.id"),
+        (json.dumps({**_FORGET, "occurred_at": "2026-11-20T10:00:00"}), "occurred_at"),
+        (json.dumps({**_FORGET, "data": {}}), "data"),
+    ],
+)
+def test_forget_requests_are_told_apart_from_other_messages(
+    body: str | bytes, expected: str | None
+) -> None:
+    from triggers.events import InvalidEvent, parse_forget
+
+    if expected is None:
+        assert parse_forget(body) is None
+    elif expected.startswith("C-"):
+        request = parse_forget(body)
+        assert request is not None and request.customer.id == expected
+    else:
+        with pytest.raises(InvalidEvent) as bad:
+            parse_forget(body)
+        assert bad.value.code == "wrong_schema" and expected in bad.value.reason
+        assert "Ana" not in bad.value.reason
