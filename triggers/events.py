@@ -265,6 +265,26 @@ _EVENT_ADAPTER: TypeAdapter[PurchaseEvent | AnniversaryEvent | UsageChangeEvent]
 )
 
 
+class ForgetCustomer(_Strict):
+    id: Identifier
+
+
+class ForgetEvent(_Strict):
+    """The CRM asks crosssell to erase a customer's personal data (GDPR Art. 17).
+
+    Only the customer's id travels: the request must not carry what it erases. Handled
+    apart from the marketing events (never stored in the inbox, never decided on).
+    """
+
+    id: Identifier
+    type: Literal["forget"]
+    occurred_at: AwareDatetime
+    customer: ForgetCustomer
+
+
+_FORGET_ADAPTER: TypeAdapter[ForgetEvent] = TypeAdapter(ForgetEvent)
+
+
 class InvalidEvent(ValueError):
     """A message that is not a valid v1 event; ``reason`` is safe to log (no PII): it
     names fields and rules, never the rejected values."""
@@ -469,3 +489,20 @@ AnyEvent = PurchaseEvent | AnniversaryEvent | UsageChangeEvent
 def event_time(event: AnyEvent) -> datetime:
     """When the event happened, as an aware datetime."""
     return event.occurred_at
+
+
+def parse_forget(body: bytes | str) -> ForgetEvent | None:
+    """A ``forget`` request, or None when the body is not one (not JSON, not an object,
+    another type); :class:`InvalidEvent` when it says ``forget`` but breaks the schema."""
+    try:
+        document: Any = load_json(body)  # the same limits as every event
+    except InvalidEvent:
+        return None
+    if not isinstance(document, dict) or document.get("type") != "forget":
+        return None
+    try:
+        return _FORGET_ADAPTER.validate_python(document)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)[:5]
+        reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        raise InvalidEvent("wrong_schema", reason) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.signals import after_setup_logger
 
 from triggers.durations import parse_duration
 from worker.runtime import get_runtime
@@ -75,3 +76,34 @@ class ProviderCheck(bootsteps.Step):  # type: ignore[misc,unused-ignore]
 
 
 app.steps["worker"].add(ProviderCheck)
+
+
+class MetricsServer(bootsteps.Step):  # type: ignore[misc,unused-ignore]
+    """With ``CROSSSELL_WORKER_METRICS_PORT`` set, the worker serves ``/metrics``: the
+    deliveries its threads made (``crosssell_sends_total``, provider latency) and the
+    outbox gauges. One registry per process: run the worker with ``--pool threads`` (or
+    ``solo``); prefork children would each count apart, unseen by the server."""
+
+    def __init__(self, parent: Any, **options: Any) -> None:
+        from worker.metrics import serve_metrics
+
+        super().__init__(parent, **options)
+        settings = get_runtime().settings
+        if settings.worker_metrics_port:
+            serve_metrics(
+                settings.worker_metrics_port, settings.metrics_host, settings.resolved_database_url
+            )
+
+
+app.steps["worker"].add(MetricsServer)
+
+
+@after_setup_logger.connect  # type: ignore[untyped-decorator,unused-ignore]
+def _log_format(logger: Any = None, **_: Any) -> None:
+    """``CROSSSELL_LOG_FORMAT=json`` applies to ``celery -A worker.app worker`` too."""
+    from worker.log_format import formatter
+
+    log_format = get_runtime().settings.log_format
+    if log_format == "json" and logger is not None:
+        for handler in logger.handlers:
+            handler.setFormatter(formatter(log_format))

@@ -6,7 +6,7 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal, TextIO
 
 import click
 
@@ -18,9 +18,8 @@ def _serve(runtime_name: str) -> Runtime:
     """The process runtime, with SIGHUP reloading campaigns and metrics served if asked."""
     import signal
 
-    from prometheus_client import start_http_server
-
     from triggers.loader import RuleSetError
+    from worker.metrics import serve_metrics
     from worker.migrate import SchemaNotCurrent, ensure_schema
     from worker.runtime import get_runtime
 
@@ -38,16 +37,9 @@ def _serve(runtime_name: str) -> Runtime:
     signal.signal(signal.SIGHUP, lambda *_: runtime.rules.request_reload())
     port = runtime.settings.metrics_port
     if port:
-        start_http_server(port, addr=runtime.settings.metrics_host)
+        serve_metrics(port, runtime.settings.metrics_host, settings.resolved_database_url)
         logging.getLogger(__name__).info("%s: metrics on :%s/metrics", runtime_name, port)
     return runtime
-
-
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 @click.group()
@@ -57,9 +49,17 @@ def _logging(level: str) -> None:
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="text, or json: one object per line [default: CROSSSELL_LOG_FORMAT, else text]",
+)
+def main(log_level: str, log_format: Literal["text", "json"] | None) -> None:
     """crosssell: CRM events in, timely cross-sell emails out."""
-    _logging(log_level)
+    from worker.log_format import configure_logging
+
+    configure_logging(log_level, log_format or get_settings().log_format)
 
 
 @main.command()
@@ -103,18 +103,21 @@ def consume() -> None:
 
 @main.command()
 def dispatch() -> None:
-    """Enqueue due sends for the Celery workers and re-enqueue lost ones."""
+    """Enqueue due sends for the Celery workers, re-enqueue lost ones, publish activity."""
     import signal
 
+    from worker.activity import start_activity_publisher
     from worker.dispatcher import run_dispatcher
 
     runtime = _serve("dispatch")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    activity = start_activity_publisher(runtime.settings, stop)
     try:
         run_dispatcher(runtime, stop)
     except KeyboardInterrupt:
         stop.set()
+    activity.join(timeout=10)
 
 
 @main.command()
@@ -122,6 +125,7 @@ def dispatch() -> None:
 @click.option("--concurrency", default=1, show_default=True, help="Delivery threads.")
 def run(until_drained: bool, concurrency: int) -> None:
     """Consumer, dispatcher and Celery worker in one process (embedded and small installs)."""
+    from worker.activity import start_activity_publisher
     from worker.providers import check_provider
     from worker.run import run_all
 
@@ -130,7 +134,14 @@ def run(until_drained: bool, concurrency: int) -> None:
         check_provider(runtime.settings)
     except ValueError as exc:
         raise click.ClickException(f"email provider: {exc}") from None
-    sys.exit(run_all(runtime, until_drained=until_drained, concurrency=concurrency))
+    stop = threading.Event()
+    activity = start_activity_publisher(runtime.settings, stop)
+    try:
+        code = run_all(runtime, until_drained=until_drained, concurrency=concurrency)
+    finally:
+        stop.set()
+        activity.join(timeout=10)
+    sys.exit(code)
 
 
 @main.command()
@@ -331,10 +342,13 @@ def web(host: str, port: int) -> None:
     """Unsubscribe and preference pages, /healthz and /metrics (ASGI, uvicorn)."""
     import uvicorn
 
+    from worker.metrics import install_outbox_gauges
     from worker.runtime import get_runtime
     from worker.web import create_app
 
-    uvicorn.run(create_app(get_runtime()), host=host, port=port, proxy_headers=True)
+    runtime = get_runtime()
+    install_outbox_gauges(runtime.settings.resolved_database_url)
+    uvicorn.run(create_app(runtime), host=host, port=port, proxy_headers=True)
 
 
 @main.group()
@@ -447,14 +461,20 @@ def suppressions_remove(email: str) -> None:
     from triggers.addresses import lookup_key
     from worker.db import transaction
     from worker.models import Suppression
+    from worker.privacy import suppression_keys
 
     address = lookup_key(email)
     with transaction(get_settings().resolved_database_url) as session:
-        row = session.get(Suppression, address)
-        if row is None:
+        rows = [
+            row
+            for key in suppression_keys(address)
+            if (row := session.get(Suppression, key)) is not None
+        ]
+        if not rows:
             raise click.ClickException(f"{address} is not suppressed")
-        session.delete(row)
-    click.echo(f"removed {address} ({row.reason})")
+        for row in rows:  # the address itself, and its hash if its customer was forgotten
+            session.delete(row)
+    click.echo(f"removed {address} ({', '.join(row.reason for row in rows)})")
 
 
 @main.command()
@@ -480,3 +500,108 @@ def preview(campaign_id: str, customer_id: str, locale: str | None, out: Path | 
         for note in result.notes:
             click.echo(f"note: {note}")
         click.echo(f"wrote {result.directory}/{{subject.txt,body.html,body.txt,message.eml}}")
+
+
+@main.command()
+@click.argument("customer_id")
+def forget(customer_id: str) -> None:
+    """Erase CUSTOMER_ID's personal data; anonymised rows stay, so totals do not change."""
+    from datetime import UTC, datetime
+
+    from worker.privacy import forget_now
+
+    report = forget_now(get_settings(), customer_id, datetime.now(UTC))
+    if report is None:
+        raise click.ClickException(f"customer {customer_id} is not known")
+    click.echo(
+        f"forgot customer {customer_id}: {report.addresses} address(es) replaced by their "
+        f"keyed hash ({report.suppressions} suppression(s), {report.consent_records} consent "
+        f"record(s), {report.webhook_events} webhook record(s)); {report.events} event(s) "
+        f"cut to the customer id; {report.sends_scrubbed} send detail(s) scrubbed; "
+        f"{report.sends_cancelled} waiting send(s) skipped"
+    )
+
+
+@main.command()
+@click.argument("customer_id")
+@click.option(
+    "--output",
+    type=click.File("w", encoding="utf-8"),
+    default="-",
+    show_default=True,
+    help="File to write the JSON to ('-': standard output).",
+)
+def export(customer_id: str, output: TextIO) -> None:
+    """Write everything held about CUSTOMER_ID as one JSON document."""
+    import json
+
+    from worker.db import transaction
+    from worker.privacy import export_customer, forget_key
+
+    settings = get_settings()
+    with transaction(settings.resolved_database_url) as session:
+        document = export_customer(session, customer_id, forget_key(settings))
+    if document is None:
+        raise click.ClickException(f"customer {customer_id} is not known")
+    json.dump(document, output, ensure_ascii=False, indent=2)
+    output.write("\n")
+
+
+@main.command()
+@click.option("--ambiguous", "ambiguous_limit", default=10, show_default=True, help="List at most.")
+def status(ambiguous_limit: int) -> None:
+    """The pipeline at a glance: backlog, due and queued sends, recent failures, rules."""
+    from datetime import UTC, datetime
+
+    from triggers.loader import RuleSetError
+    from worker.db import transaction
+    from worker.rendering import Renderer
+    from worker.rules import load_rules
+    from worker.run import waiting_events
+    from worker.runtime import Runtime
+    from worker.status import outbox_status, rules_summary, status_lines
+
+    settings = get_settings()
+    now = datetime.now(UTC)
+    with transaction(settings.resolved_database_url) as session:
+        report = outbox_status(session, now, ambiguous_limit)
+    try:
+        waiting: int | None = waiting_events(Runtime(settings))
+    except Exception:  # no broker, or the queue not declared yet: say so, do not fail
+        waiting = None
+    campaigns: int | None = None
+    problems: int | None = None
+    try:
+        campaigns = len(load_rules(settings, Renderer(settings), None, parallel=True).campaigns)
+    except RuleSetError as exc:
+        problems = len(exc.issues)
+    summary = rules_summary(settings, campaigns, problems, now)
+    for line in status_lines(report, now, waiting, summary):
+        click.echo(line)
+
+
+@main.group()
+def sends() -> None:
+    """The outbox: what is waiting, what failed, and why."""
+
+
+@sends.command("list")
+@click.option(
+    "--status",
+    "status_name",
+    type=click.Choice(["planned", "queued", "sending", "failed", "skipped", "sent", "held_out"]),
+    default="planned",
+    show_default=True,
+)
+@click.option("--campaign", default=None, help="Only this campaign id.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+def sends_list(status_name: str, campaign: str | None, limit: int) -> None:
+    """List sends in a status (tab-separated): planned ones with why they wait, failed
+    ones with the provider's answer (addresses redacted)."""
+    from worker.db import transaction
+    from worker.status import list_sends, send_lines
+
+    with transaction(get_settings().resolved_database_url) as session:
+        rows = list_sends(session, status_name, campaign, limit)
+    for line in send_lines(rows, status_name):
+        click.echo(line)

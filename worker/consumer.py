@@ -27,7 +27,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from triggers.events import InvalidEvent, parse_event
 from worker.db import transaction
 from worker.ingest import ingest_event
+from worker.log_format import fields
 from worker.metrics import EVENTS
+from worker.privacy import forget_from_message
 from worker.redaction import redact
 from worker.runtime import Runtime
 from worker.topology import dead_letter_queue, events_queue, transport_options
@@ -94,6 +96,13 @@ def _handle(runtime: Runtime, body: object) -> Handled:
     try:
         event = parse_event(body, received_at=runtime.clock.now())
     except InvalidEvent as bad:
+        if bad.code != "unknown_type":
+            return Handled("dead_letter", bad.code, bad.reason)
+        try:  # a CRM erasure request is not a marketing event (worker.privacy)
+            if forget_from_message(runtime, body):
+                return Handled("stored")
+        except InvalidEvent as wrong:
+            return Handled("dead_letter", wrong.code, wrong.reason)
         return Handled("dead_letter", bad.code, bad.reason)
     attempt = 0
     while True:
@@ -177,7 +186,12 @@ class EventConsumer(ConsumerMixin):
         outcome = "duplicate" if handled.outcome == "duplicate" else "accepted"
         self.stats[outcome] += 1
         EVENTS.labels(outcome).inc()
-        log.debug("event %s %s", handled.event_id, handled.outcome)
+        log.info(
+            "event %s %s",
+            handled.event_id,
+            handled.outcome,
+            extra=fields(event_id=handled.event_id, outcome=handled.outcome),
+        )
         if self.on_ingested is not None:
             self.on_ingested()
 

@@ -24,6 +24,7 @@ import logging
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
+from typing import Literal
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -32,7 +33,9 @@ from triggers.addresses import lookup_key
 from triggers.decide import MARKETING_HISTORY, PastSend
 from triggers.events import Consent, CustomerData, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, purchase_of
+from worker.activity import record_activity
 from worker.models import ConsentRecord, Customer, Order, OrderLine, Send, Suppression
+from worker.privacy import suppression_keys
 
 log = logging.getLogger(__name__)
 
@@ -220,14 +223,17 @@ def withdraw_consent(
     *,
     decided_at: datetime | None = None,
     detail: str | None = None,
+    activity: Literal["unsubscribed", "complained"] = "unsubscribed",
 ) -> bool:
     """Opt the customer out of all marketing email through a crosssell channel.
 
     Records the decision and clears ``email_marketing``. Every request is recorded, a
     repeated one too (the latest opt-out is the one a CRM opt-in must be newer than),
-    but repeating it changes nothing the customer sees. True if consent was on before.
+    but repeating it changes nothing the customer sees. Each record is also an
+    ``activity`` event (``worker.activity``) at the decision time, with ``changed``
+    saying whether consent was on before. True if consent was on before.
     """
-    record_decision(
+    record = record_decision(
         session,
         customer,
         EMAIL_MARKETING,
@@ -238,6 +244,15 @@ def withdraw_consent(
         detail=detail,
     )
     withdrawn = customer.email_marketing is not False
+    session.flush()  # the record's id names the activity event
+    record_activity(
+        session,
+        activity,
+        customer.id,
+        {"scope": EMAIL_MARKETING, "source": record.source, "changed": withdrawn},
+        record.decided_at,
+        source=f"consent-{record.id}",
+    )
     customer.email_marketing = False
     customer.updated_at = now
     return withdrawn
@@ -289,7 +304,7 @@ def _lift_unsubscribe_suppression(
         return
     session.execute(
         delete(Suppression).where(
-            Suppression.email == lookup_key(email),
+            Suppression.email.in_(suppression_keys(email)),
             Suppression.reason == "unsubscribe",
             Suppression.created_at < resubscribed_at,
         )
@@ -385,6 +400,10 @@ def send_history(
 
 
 def is_suppressed(session: Session, email: str | None) -> bool:
-    """Checked on the canonical suppression key (triggers.addresses), so ``Ana@EXÄMPLE.ro``
-    and ``ana@xn--exmple-cua.ro`` are one address."""
-    return email is not None and session.get(Suppression, lookup_key(email)) is not None
+    """Whether the address is suppressed: as its canonical key (triggers.addresses, so
+    ``Ana@EXÄMPLE.ro`` and ``ana@xn--exmple-cua.ro`` are one address) or as the keyed
+    hash a ``forget`` left in its place (``worker.privacy.suppression_keys``)."""
+    if email is None:
+        return False
+    keys = suppression_keys(email)
+    return session.scalar(select(Suppression.email).where(Suppression.email.in_(keys))) is not None

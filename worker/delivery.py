@@ -24,11 +24,13 @@ from triggers.decide import Later, recheck
 from triggers.events import validate_event
 from triggers.offers import AnyOffer, OfferUnavailable
 from triggers.outcomes import SkipReason
+from worker.activity import record_send_activity
 from worker.coupons import coupon_code
 from worker.db import session_factory, surviving_disconnects, transaction
 from worker.decision_inputs import decision_inputs
 from worker.email_context import Coupon, email_context, links_for
-from worker.metrics import SENDS
+from worker.log_format import fields
+from worker.metrics import PROVIDER_SECONDS, SENDS
 from worker.mime import Envelope, HeaderInjection, build_email, feedback_id_for, message_id_for
 from worker.models import Customer, Event, Send, Suppression
 from worker.offer_resolution import resolve_for_send
@@ -62,13 +64,23 @@ class Reschedule:
 
 
 def _set(session: Session, send_id: int, expected: str, **values: Any) -> bool:
-    result = session.execute(
-        update(Send).where(Send.id == send_id, Send.status == expected).values(**values)
-    )
-    changed = bool(getattr(result, "rowcount", 0))
-    if changed and values.get("status") != "sending":
-        SENDS.labels(values.get("status", ""), values.get("reason") or "").inc()
-    return changed
+    moved = session.execute(
+        update(Send)
+        .where(Send.id == send_id, Send.status == expected)
+        .values(**values)
+        .returning(Send.campaign_id)
+    ).first()
+    status, reason = values.get("status", ""), values.get("reason")
+    if moved is not None and status != "sending":
+        SENDS.labels(status, reason or "").inc()
+        log.info(
+            "send %s %s%s",
+            send_id,
+            status,
+            f" ({reason})" if reason else "",
+            extra=fields(send_id=send_id, campaign=moved[0], outcome=status, reason=reason),
+        )
+    return moved is not None
 
 
 def _coupon(runtime: Runtime, send: Send, offer: AnyOffer, now: datetime) -> Coupon | None:
@@ -260,7 +272,8 @@ def _attempt(runtime: Runtime, send_id: int) -> str:
                 handed_over = True
 
         try:
-            result = runtime.provider.send(prepared, hand_over)
+            with PROVIDER_SECONDS.labels(runtime.provider.name).time():
+                result = runtime.provider.send(prepared, hand_over)
         except TransientDeliveryError as exc:
             hand_over()
             outcome = partial(_retry_or_fail, runtime, send_id, attempts, exc)
@@ -320,7 +333,7 @@ def _record_sent(
 ) -> str:
     with transaction(runtime.settings.resolved_database_url) as session:
         done = runtime.clock.now()
-        _set(
+        if _set(
             session,
             send_id,
             "sending",
@@ -332,7 +345,8 @@ def _record_sent(
             message_id=prepared.message_id,
             reason=None,
             detail=None,
-        )
+        ):
+            record_send_activity(session, "email_sent", send_id, done)
     return "sent"
 
 
@@ -438,7 +452,7 @@ def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryErro
         else SkipReason.REJECTED
     )
     with transaction(runtime.settings.resolved_database_url) as session:
-        _set(
+        failed = _set(
             session,
             send_id,
             "sending",
@@ -447,6 +461,8 @@ def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryErro
             detail=str(exc)[:1000],
             updated_at=now,
         )
+        if failed and exc.hard_bounce:
+            record_send_activity(session, "email_bounced", send_id, now)
         key = lookup_key(email)
         if exc.hard_bounce and session.get(Suppression, key) is None:
             session.add(

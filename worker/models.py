@@ -235,3 +235,26 @@ class Suppression(Base):
     reason: Mapped[str] = mapped_column(String(32))
     source: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
+
+
+class ActivityOutbox(Base):
+    """One activity event waiting to be published to the activity exchange (or already
+    published: ``published_at`` set after the broker's confirm).
+
+    Written in the same transaction as the state change it reports, so the event exists
+    exactly when the change does (the transactional outbox pattern). ``activity_id`` is
+    stable and derived from the source row (``email_sent:send-42``), so a consumer
+    de-duplicates by it. ``data`` holds ids, codes and amounts only, never personal data.
+    """
+
+    __tablename__ = "activity_outbox"
+    __table_args__ = (Index("ix_activity_outbox_published_at_id", "published_at", "id"),)
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    activity_id: Mapped[str] = mapped_column(String(200), unique=True)
+    type: Mapped[str] = mapped_column(String(32))
+    customer_id: Mapped[str] = mapped_column(String(128), index=True)
+    occurred_at: Mapped[datetime]
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    published_at: Mapped[datetime | None]

@@ -17,7 +17,7 @@ from typing import BinaryIO
 from kombu.connection import Connection
 from kombu.messaging import Producer
 
-from triggers.events import MAX_EVENT_BYTES, InvalidEvent, parse_event
+from triggers.events import MAX_EVENT_BYTES, InvalidEvent, parse_event, parse_forget
 from worker.settings import Settings
 from worker.topology import events_exchange, events_queue, transport_options
 
@@ -51,6 +51,19 @@ def bounded_lines(stream: BinaryIO, limit: int = MAX_EVENT_BYTES) -> Iterator[by
         yield line
 
 
+def _routing_key(line: bytes, now: datetime) -> str:
+    """The type of a valid line: a marketing event, or a ``forget`` request (which the
+    consumer handles apart); InvalidEvent otherwise, as the consumer would refuse it."""
+    try:
+        return parse_event(line, received_at=now).type
+    except InvalidEvent as bad:
+        if bad.code == "unknown_type":
+            forget = parse_forget(line)  # InvalidEvent when it is a malformed forget
+            if forget is not None:
+                return forget.type
+        raise
+
+
 def publish_lines(
     settings: Settings, lines: Iterable[bytes], received_at: datetime | None = None
 ) -> PublishReport:
@@ -69,13 +82,13 @@ def publish_lines(
             if not line:
                 continue
             try:
-                event = parse_event(line, received_at=now)
+                routing_key = _routing_key(line, now)
             except InvalidEvent as bad:
                 rejected.append(RejectedLine(number, bad.code, bad.reason))
                 continue
             producer.publish(
                 line,
-                routing_key=event.type,
+                routing_key=routing_key,
                 content_type="application/json",
                 content_encoding="utf-8",
                 delivery_mode=2,

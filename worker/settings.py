@@ -128,6 +128,24 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="serve /metrics here; 0: off")
     metrics_host: str = Field("127.0.0.1", description="address the metrics server binds")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one object per line (docs/operations.md)"
+    )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="the Celery worker serves /metrics here; 0: off"
+    )
+    activity_publish: bool = Field(
+        False, description="publish email_sent, email_bounced, … to the activity exchange"
+    )
+    activity_exchange: str = Field(
+        "crosssell.activity", description="durable topic exchange of the activity events"
+    )
+    activity_retention: str = Field(
+        "7d", description="activity outbox rows are deleted after this (published or not)"
+    )
+    forget_key: SecretStr | None = Field(
+        None, description="HMAC key for forgotten addresses; default: a key file in var_dir"
+    )
     dispatch_interval: float = Field(1.0, gt=0, description="seconds between dispatcher polls")
     dispatch_batch: int = Field(500, ge=1)
     dispatch_max_queued: int = Field(
@@ -156,6 +174,7 @@ class Settings(BaseSettings):
         "sending_timeout",
         "recommendations_rebuild_every",
         "min_gap",
+        "activity_retention",
     )
     @classmethod
     def _duration(cls, value: str) -> str:

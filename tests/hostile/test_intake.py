@@ -50,10 +50,6 @@ from worker.topology import (
     transport_options,
 )
 
-# kombu's SQLite broker models use SQLAlchemy's ``noload``, deprecated in SQLAlchemy 2.1.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning"
-)
 SECONDS_PER_CASE = 10.0  # generous on a shared 2-core machine; a poison case took 15 s+ before
 
 

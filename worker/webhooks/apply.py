@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from triggers.addresses import lookup_key
+from worker.activity import record_send_activity
 from worker.customers import withdraw_consent
 from worker.metrics import SENDS
 from worker.models import Customer, Send, Suppression
@@ -166,7 +167,15 @@ def _withdraw(
     made when the provider saw it (``event.timestamp``)."""
     decided_at = min(event.timestamp, now) if event.timestamp else now
     for customer in _customers(session, event, send):
-        if withdraw_consent(session, customer, source, now, decided_at=decided_at, detail=detail):
+        if withdraw_consent(
+            session,
+            customer,
+            source,
+            now,
+            decided_at=decided_at,
+            detail=detail,
+            activity="complained" if detail == "complaint" else "unsubscribed",
+        ):
             report.consent_withdrawn.append(customer.id)
 
 
@@ -233,4 +242,6 @@ def _fail_send(
     changed = bool(getattr(result, "rowcount", 0))
     if changed:
         SENDS.labels("failed", reason).inc()
+        if reason == "hard_bounce":
+            record_send_activity(session, "email_bounced", send_id, event.timestamp or now)
     return changed
