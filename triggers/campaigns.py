@@ -203,11 +203,46 @@ Offer = Annotated[
 ]
 
 
+SubjectText = Annotated[str, Field(min_length=1, max_length=300)]
+# A BCP 47 language, optionally with a region: en, ro, pt-BR (written pt_BR or pt-BR).
+LocaleKey = Annotated[str, Field(pattern=r"^[a-z]{2,3}([_-][A-Z]{2})?$")]
+
+
+def subject_key(tag: str) -> str:
+    """``pt-BR`` and ``pt_BR`` are the same key: ``pt_BR``, as Babel and template files
+    spell it (``subject.pt_BR.txt``)."""
+    return tag.replace("-", "_")
+
+
 class Variant(_Model):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$", max_length=40)]
     weight: Annotated[Whole, Field(ge=0, le=10_000)] = 1
     template: TemplateName
-    subject: Annotated[str, Field(max_length=300)] | None = None
+    subject: SubjectText | dict[LocaleKey, SubjectText] | None = Field(
+        default=None,
+        description="Replaces the template's subject: per locale ({en: …, ro: …}; a locale "
+        "left out keeps the template's own subject file for it), or one text for every "
+        "locale",
+    )
+
+    @field_validator("subject")
+    @classmethod
+    def _one_key_per_locale(cls, value: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        if not isinstance(value, dict):
+            return value
+        if not value:
+            raise ValueError("give at least one locale, e.g. {en: ..., ro: ...}")
+        keys = [subject_key(key) for key in value]
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        if twice:
+            raise ValueError(f"locale {twice[0]} is given twice")
+        return {subject_key(key): text for key, text in value.items()}
+
+    def subject_cache_key(self) -> str | tuple[tuple[str, str], ...] | None:
+        """The subject as a hashable value (cache keys)."""
+        if isinstance(self.subject, dict):
+            return tuple(sorted(self.subject.items()))
+        return self.subject
 
 
 class Experiment(_Model):

@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
 from worker.runtime import Runtime
 from worker.settings import get_settings
+
+if TYPE_CHECKING:
+    from triggers.loader import LintIssue
 
 
 def _serve(runtime_name: str) -> Runtime:
@@ -137,11 +141,28 @@ def demo() -> None:
     sys.exit(run_demo(get_settings(), sys.stdout))
 
 
+def _print_issues(issues: Sequence[LintIssue], output: str) -> None:
+    for issue in issues:
+        if output == "github":
+            where = f"{issue.path}: " if issue.path else ""
+            click.echo(
+                f"::{issue.level} file={issue.file},line={issue.line},col={issue.col},"
+                f"title={issue.code}::{where}{issue.message}"
+            )
+        else:
+            click.echo(str(issue))
+
+
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "output", type=click.Choice(["text", "github"]), default="text")
-def lint(paths: tuple[Path, ...], output: str) -> None:
-    """Validate campaign files (default: the configured campaigns directory)."""
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too (for CI).")
+def lint(paths: tuple[Path, ...], output: str, strict: bool) -> None:
+    """Validate campaign files (default: the configured campaigns directory).
+
+    Errors exit 1; warnings (an email that sends but reads badly for some customers) are
+    printed the same way and exit 0, unless --strict.
+    """
     from triggers.loader import RuleSetError
     from worker.rendering import Renderer
     from worker.rules import load_rules
@@ -150,18 +171,17 @@ def lint(paths: tuple[Path, ...], output: str) -> None:
     try:
         rules = load_rules(settings, Renderer(settings), list(paths) or None, parallel=True)
     except RuleSetError as exc:
-        for issue in exc.issues:
-            if output == "github":
-                where = f"{issue.path}: " if issue.path else ""
-                click.echo(
-                    f"::error file={issue.file},line={issue.line},col={issue.col},"
-                    f"title={issue.code}::{where}{issue.message}"
-                )
-            else:
-                click.echo(str(issue))
-        click.echo(f"{len(exc.issues)} error(s)", err=True)
+        _print_issues(exc.issues, output)
+        warnings = len(exc.issues) - len(exc.errors)
+        summary = f"{len(exc.errors)} error(s)" + (f", {warnings} warning(s)" if warnings else "")
+        click.echo(summary, err=True)
         sys.exit(1)
+    _print_issues(rules.warnings, output)
+    if rules.warnings:
+        click.echo(f"{len(rules.warnings)} warning(s)", err=True)
     click.echo(f"{len(rules.campaigns)} campaign(s) OK")
+    if strict and rules.warnings:
+        sys.exit(1)
 
 
 @main.command()

@@ -77,6 +77,7 @@ def preview(
             "last_name": customer.last_name,
             "email": customer.email,
             "locale": locale or customer.locale,
+            "timezone": customer.timezone,
         }
         address = customer.email or "preview@example.invalid"
         name = " ".join(filter(None, [customer.first_name, customer.last_name]))
