@@ -457,12 +457,29 @@ def suppressions_remove(email: str) -> None:
 
 @main.command()
 @click.argument("campaign_id")
-@click.option("--customer", "customer_id", required=True)
+@click.option(
+    "--customer",
+    "customer_id",
+    default=None,
+    help="A customer in the database (default: the sample customer lint uses; no database).",
+)
 @click.option("--locale", default=None, help="Render in this locale instead of the customer's.")
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Directory (default: var/preview)."
 )
-def preview(campaign_id: str, customer_id: str, locale: str | None, out: Path | None) -> None:
+@click.option(
+    "--screenshot",
+    "screenshots",
+    is_flag=True,
+    help="Also write screenshot-800.png and screenshot-375.png (headless Chromium).",
+)
+def preview(
+    campaign_id: str,
+    customer_id: str | None,
+    locale: str | None,
+    out: Path | None,
+    screenshots: bool,
+) -> None:
     """Render a campaign's email for one customer: subject, HTML, text and .eml files."""
     from worker.preview import preview as make_preview
     from worker.runtime import get_runtime
@@ -470,11 +487,19 @@ def preview(campaign_id: str, customer_id: str, locale: str | None, out: Path | 
     runtime = get_runtime()
     try:
         results = make_preview(
-            runtime, campaign_id, customer_id, locale, out or runtime.settings.var_dir / "preview"
+            runtime,
+            campaign_id,
+            customer_id,
+            locale,
+            out or runtime.settings.var_dir / "preview",
+            screenshots,
         )
-    except LookupError as missing:
-        raise click.ClickException(str(missing)) from None
+    except (LookupError, RuntimeError) as problem:
+        raise click.ClickException(str(problem)) from None
     for result in results:
         for note in result.notes:
             click.echo(f"note: {note}")
-        click.echo(f"wrote {result.directory}/{{subject.txt,body.html,body.txt,message.eml}}")
+        files = "subject.txt,body.html,body.txt,message.eml"
+        if screenshots:
+            files += ",screenshot-800.png,screenshot-375.png"
+        click.echo(f"wrote {result.directory}/{{{files}}}")

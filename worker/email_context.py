@@ -261,6 +261,7 @@ def sample_offer(campaign: Campaign) -> ResolvedOffer:
             Decimal("49.90") * n,
             "EUR",
             url=f"https://shop.example/p/sample-{n}",
+            image_url=f"https://shop.example/img/sample-{n}.jpg",
         )
         for n in (1, 2)
     )
