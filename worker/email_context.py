@@ -4,7 +4,8 @@ customer   id, first_name, last_name (both may be empty: write a fallback), emai
 event      the stored event (``event.data.order_id``, ``event.data.years`` …)
 offer      type, items[] (sku, name, category, price, currency, price_text, url,
            image_url), currency, points, new_categories, discount_percent,
-           regular_price_text, bundle_price_text
+           discount_text ("15%", "15 %": the locale's percent format), regular_price_text,
+           bundle_price_text
 coupon     None, or code, discount_percent, discount_text ("15%", "15 %"), expires_at
            (ISO 8601), expires_text (date and time in the customer's locale and zone)
 cta_url    the call to action: ``CROSSSELL_CART_LINK_TEMPLATE`` with the offer's SKUs, the
@@ -177,6 +178,11 @@ def offer_context(
         "points": offer.points,
         "new_categories": list(offer.new_categories),
         "discount_percent": str(offer.discount_percent) if offer.discount_percent else None,
+        "discount_text": format_percent(
+            offer.discount_percent / 100, locale=locale, decimal_quantization=False
+        )
+        if offer.discount_percent
+        else None,
         "regular_price_text": None,
         "bundle_price_text": None,
     }
