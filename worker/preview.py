@@ -44,7 +44,7 @@ from worker.unsubscribe_mail import mailto_for
 
 # Viewport (width, height) in CSS pixels: a desktop client's reading pane and an
 # iPhone-sized phone (375 px wide); the height is what the picture shows.
-SCREENSHOT_SIZES = ((800, 1000), (375, 1400))
+SCREENSHOT_SIZES = ((800, 960), (375, 1280))
 # Headless and quiet: no sandbox (root in CI), no GPU, no network besides the page's own
 # requests, a throw-away profile.
 CHROMIUM_FLAGS = (
