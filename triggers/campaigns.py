@@ -205,7 +205,22 @@ Offer = Annotated[
 
 SubjectText = Annotated[str, Field(min_length=1, max_length=300)]
 # A BCP 47 language, optionally with a region: en, ro, pt-BR (written pt_BR or pt-BR).
-LocaleKey = Annotated[str, Field(pattern=r"^[a-z]{2,3}([_-][A-Z]{2})?$")]
+LOCALE_KEY_PATTERN = r"^[a-z]{2,3}([_-][A-Z]{2})?$"
+LocaleKey = Annotated[str, Field(pattern=LOCALE_KEY_PATTERN)]
+SubjectByLocale = Annotated[
+    dict[LocaleKey, SubjectText],
+    # Editors flag a misspelt locale key: no key outside the pattern.
+    WithJsonSchema(
+        {
+            "type": "object",
+            "minProperties": 1,
+            "patternProperties": {
+                LOCALE_KEY_PATTERN: {"type": "string", "minLength": 1, "maxLength": 300}
+            },
+            "additionalProperties": False,
+        }
+    ),
+]
 
 
 def subject_key(tag: str) -> str:
@@ -218,7 +233,7 @@ class Variant(_Model):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$", max_length=40)]
     weight: Annotated[Whole, Field(ge=0, le=10_000)] = 1
     template: TemplateName
-    subject: SubjectText | dict[LocaleKey, SubjectText] | None = Field(
+    subject: SubjectText | SubjectByLocale | None = Field(
         default=None,
         description="Replaces the template's subject: per locale ({en: …, ro: …}; a locale "
         "left out keeps the template's own subject file for it), or one text for every "

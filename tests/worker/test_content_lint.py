@@ -340,3 +340,38 @@ def test_the_file_provider_starts_with_a_demo_address(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     check_provider(settings)
     assert settings.footer_postal_address
+
+
+@pytest.mark.parametrize(
+    ("subject", "valid"),
+    [
+        ("One text", True),
+        ({"en": "Hello", "ro": "Bună ziua"}, True),
+        ({"pt-BR": "Olá"}, True),
+        ({}, False),
+        ({"english": "x"}, False),
+        ({"ro": ""}, False),
+        ({"RO": "x"}, False),
+        ({"ro": "x" * 301}, False),
+    ],
+)
+def test_the_schema_and_the_model_agree_on_variant_subjects(subject: object, valid: bool) -> None:
+    """An editor underlines exactly the subjects that lint refuses."""
+    import json
+
+    import jsonschema
+
+    from worker.settings import PROJECT_ROOT
+
+    schema = json.loads((PROJECT_ROOT / "schema" / "campaign.schema.json").read_text("utf-8"))
+    data = {
+        **PER_LOCALE,
+        "experiment": {"variants": [{"id": "B", "template": "t", "subject": subject}]},
+    }
+    assert jsonschema.Draft202012Validator(schema).is_valid(data) == valid
+    try:
+        Campaign.model_validate(data)
+    except ValidationError:
+        assert not valid
+    else:
+        assert valid
