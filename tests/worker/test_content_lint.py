@@ -87,6 +87,7 @@ def test_the_old_shipped_variant_subject_warns_twice_and_strict_fails(tmp_path: 
     try:
         plain = CliRunner(env=env).invoke(main, ["lint", str(campaign)])
         strict = CliRunner(env=env).invoke(main, ["lint", "--strict", str(campaign)])
+        github = CliRunner(env=env).invoke(main, ["lint", "--format", "github", str(campaign)])
     finally:
         get_settings.cache_clear()
     assert plain.exit_code == 0, plain.output
@@ -94,6 +95,9 @@ def test_the_old_shipped_variant_subject_warns_twice_and_strict_fails(tmp_path: 
     line = f"{campaign}:8:"
     warned = [row for row in plain.stdout.splitlines() if row.startswith(line)]
     assert len(warned) == 2 and all(": warning[" in row for row in warned), plain.stdout
+    annotations = [row for row in github.stdout.splitlines() if row.startswith("::")]
+    assert github.exit_code == 0 and len(annotations) == 2
+    assert all(row.startswith(f"::warning file={campaign},line=8,") for row in annotations)
 
 
 def test_a_per_locale_subject_does_not_warn(tmp_path: Path) -> None:
