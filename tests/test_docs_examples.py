@@ -29,3 +29,4 @@ def test_guide_example_lints(tmp_path: Path, text: str) -> None:
     settings = Settings(var_dir=tmp_path / "var", campaigns_dir=tmp_path)
     rules = load_rules(settings, Renderer(settings))
     assert len(rules.campaigns) == 1
+    assert [str(warning) for warning in rules.warnings] == []  # the guide teaches no warning

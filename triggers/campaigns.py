@@ -212,11 +212,61 @@ Offer = Annotated[
 ]
 
 
+SubjectText = Annotated[str, Field(min_length=1, max_length=300)]
+# A BCP 47 language, optionally with a region: en, ro, pt-BR (written pt_BR or pt-BR).
+LOCALE_KEY_PATTERN = r"^[a-z]{2,3}([_-][A-Z]{2})?$"
+LocaleKey = Annotated[str, Field(pattern=LOCALE_KEY_PATTERN)]
+SubjectByLocale = Annotated[
+    dict[LocaleKey, SubjectText],
+    # Editors flag a misspelt locale key: no key outside the pattern.
+    WithJsonSchema(
+        {
+            "type": "object",
+            "minProperties": 1,
+            "patternProperties": {
+                LOCALE_KEY_PATTERN: {"type": "string", "minLength": 1, "maxLength": 300}
+            },
+            "additionalProperties": False,
+        }
+    ),
+]
+
+
+def subject_key(tag: str) -> str:
+    """``pt-BR`` and ``pt_BR`` are the same key: ``pt_BR``, as Babel and template files
+    spell it (``subject.pt_BR.txt``)."""
+    return tag.replace("-", "_")
+
+
 class Variant(_Model):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$", max_length=40)]
     weight: Annotated[Whole, Field(ge=0, le=10_000)] = 1
     template: TemplateName
-    subject: Annotated[str, Field(max_length=300)] | None = None
+    subject: SubjectText | SubjectByLocale | None = Field(
+        default=None,
+        description="Replaces the template's subject: per locale ({en: …, ro: …}; a locale "
+        "left out keeps the template's own subject file for it), or one text for every "
+        "locale",
+    )
+
+    @field_validator("subject")
+    @classmethod
+    def _one_key_per_locale(cls, value: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        if not isinstance(value, dict):
+            return value
+        if not value:
+            raise ValueError("give at least one locale, e.g. {en: ..., ro: ...}")
+        keys = [subject_key(key) for key in value]
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        if twice:
+            raise ValueError(f"locale {twice[0]} is given twice")
+        return {subject_key(key): text for key, text in value.items()}
+
+    def subject_cache_key(self) -> str | tuple[tuple[str, str], ...] | None:
+        """The subject as a hashable value (cache keys)."""
+        if isinstance(self.subject, dict):
+            return tuple(sorted(self.subject.items()))
+        return self.subject
 
 
 class Experiment(_Model):

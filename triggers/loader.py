@@ -16,7 +16,7 @@ from decimal import Decimal
 from functools import cache
 from itertools import repeat
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
@@ -43,27 +43,43 @@ from triggers.outcomes import Decision
 from triggers.prefilter import Prefilter, build_prefilter, split_guard
 from triggers.schedule import DailyWindow, campaign_window, send_windows
 
+Level = Literal["error", "warning"]
+
 
 @dataclass(frozen=True, slots=True)
 class LintIssue:
+    """One finding, printed ``file:line:col: error[code] path: message``.
+
+    An ``error`` makes the rule set unusable; a ``warning`` (an email that works but reads
+    badly for some customers) is reported and the rule set is used all the same.
+    """
+
     file: str
     line: int
     col: int
     code: str
     path: str
     message: str
+    level: Level = "error"
 
     def __str__(self) -> str:
         where = f" {self.path}:" if self.path else ""
-        return f"{self.file}:{self.line}:{self.col}: error[{self.code}]{where} {self.message}"
+        return (
+            f"{self.file}:{self.line}:{self.col}: {self.level}[{self.code}]{where} {self.message}"
+        )
 
 
 class RuleSetError(Exception):
-    """A rule set that cannot be used; carries every issue found, in file order."""
+    """A rule set that cannot be used; carries every issue found (errors and warnings),
+    in file order."""
 
     def __init__(self, issues: Sequence[LintIssue]) -> None:
         super().__init__("\n".join(str(issue) for issue in issues))
         self.issues = tuple(issues)
+
+    @property
+    def errors(self) -> tuple[LintIssue, ...]:
+        return tuple(issue for issue in self.issues if issue.level == "error")
 
 
 Check = Callable[[Facts], Decision | None]
@@ -143,6 +159,7 @@ class RuleSet:
 
     campaigns: tuple[CompiledCampaign, ...]
     segments: Mapping[str, Condition] = field(default_factory=dict)
+    warnings: tuple[LintIssue, ...] = ()
     _by_id: dict[str, CompiledCampaign] = field(init=False, repr=False, compare=False)
     _active: dict[str, tuple[CompiledCampaign, ...]] = field(init=False, repr=False, compare=False)
     _prefilters: dict[str, Prefilter] = field(init=False, repr=False, compare=False)
@@ -738,7 +755,8 @@ def campaign_files(paths: Iterable[Path]) -> list[Path]:
 @dataclass(frozen=True, slots=True)
 class TemplateProblem:
     """A problem a template check found; located in the template file when it knows where,
-    else at the variant's ``template:`` line of the campaign."""
+    else at the variant's ``template:`` (or, with ``at="subject"``, ``subject:``) line of
+    the campaign."""
 
     variant: int
     code: str
@@ -746,6 +764,8 @@ class TemplateProblem:
     file: str | None = None
     line: int = 1
     col: int = 1
+    level: Level = "error"
+    at: Literal["template", "subject"] = "template"
 
 
 TemplateCheck = Callable[[Campaign], Iterable[TemplateProblem]]
@@ -763,6 +783,7 @@ class ParsedFile:
     issues: tuple[LintIssue, ...]
     id_at: tuple[int, int] = (1, 1)
     templates_at: tuple[tuple[int, int], ...] = ()
+    subjects_at: tuple[tuple[int, int] | None, ...] = ()
 
 
 def parse_file(
@@ -782,6 +803,12 @@ def parse_file(
         tuple(found),
         locate(document, ("id",)),
         tuple(locate(document, ("experiment", "variants", i, "template")) for i in variants),
+        tuple(
+            locate(document, ("experiment", "variants", i, "subject"))
+            if campaign.experiment.variants[i].subject is not None
+            else None
+            for i in variants
+        ),
     )
 
 
@@ -811,10 +838,22 @@ def parse_files(
         )
 
 
-def _at_variant(parsed: ParsedFile, index: int, code: str, message: str) -> LintIssue:
-    line, col = parsed.templates_at[index]
-    path = f"experiment.variants[{index}].template"
-    return LintIssue(parsed.name, line, col, code, path, message)
+def _at_variant(
+    parsed: ParsedFile,
+    index: int,
+    code: str,
+    message: str,
+    level: Level = "error",
+    at: Literal["template", "subject"] = "template",
+) -> LintIssue:
+    subject_at = parsed.subjects_at[index] if index < len(parsed.subjects_at) else None
+    if at == "subject" and subject_at is not None:
+        line, col = subject_at
+    else:
+        line, col = parsed.templates_at[index]
+        at = "template"
+    path = f"experiment.variants[{index}].{at}"
+    return LintIssue(parsed.name, line, col, code, path, message, level)
 
 
 def load_rule_set(
@@ -825,7 +864,8 @@ def load_rule_set(
     template_check: TemplateCheck | None = None,
     parallel: bool = False,
 ) -> RuleSet:
-    """Load, validate and compile every campaign; all or nothing (raises RuleSetError)."""
+    """Load, validate and compile every campaign; all or nothing (raises RuleSetError
+    when any issue is an error). Warnings come back in ``RuleSet.warnings``."""
     segments = dict(segments or {})
     templates = set(template_names) if template_names is not None else None
     issues: list[LintIssue] = []
@@ -861,16 +901,30 @@ def load_rule_set(
         if template_check is not None:
             checked = [
                 LintIssue(
-                    problem.file, problem.line, problem.col, problem.code, "", problem.message
+                    problem.file,
+                    problem.line,
+                    problem.col,
+                    problem.code,
+                    "",
+                    problem.message,
+                    problem.level,
                 )
                 if problem.file
-                else _at_variant(parsed, problem.variant, problem.code, problem.message)
+                else _at_variant(
+                    parsed,
+                    problem.variant,
+                    problem.code,
+                    problem.message,
+                    problem.level,
+                    problem.at,
+                )
                 for problem in template_check(campaign)
             ]
-            if checked:
-                issues += checked
+            # A template shared by several variants warns once, not once per variant.
+            issues += [i for i in checked if i.level == "error" or i not in issues]
+            if any(issue.level == "error" for issue in checked):
                 continue
         compiled.append(compile_campaign(campaign, name, segments))
-    if issues:
+    if any(issue.level == "error" for issue in issues):
         raise RuleSetError(issues)
-    return RuleSet(tuple(compiled), segments)
+    return RuleSet(tuple(compiled), segments, tuple(issues))

@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, Literal, TextIO
+from typing import TYPE_CHECKING, BinaryIO, Literal, TextIO
 
 import click
 
 from worker.runtime import Runtime
 from worker.settings import get_settings
+
+if TYPE_CHECKING:
+    from triggers.loader import LintIssue
 
 
 def _serve(runtime_name: str) -> Runtime:
@@ -152,11 +156,28 @@ def demo() -> None:
     sys.exit(run_demo(get_settings(), sys.stdout))
 
 
+def _print_issues(issues: Sequence[LintIssue], output: str) -> None:
+    for issue in issues:
+        if output == "github":
+            where = f"{issue.path}: " if issue.path else ""
+            click.echo(
+                f"::{issue.level} file={issue.file},line={issue.line},col={issue.col},"
+                f"title={issue.code}::{where}{issue.message}"
+            )
+        else:
+            click.echo(str(issue))
+
+
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "output", type=click.Choice(["text", "github"]), default="text")
-def lint(paths: tuple[Path, ...], output: str) -> None:
-    """Validate campaign files (default: the configured campaigns directory)."""
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too (for CI).")
+def lint(paths: tuple[Path, ...], output: str, strict: bool) -> None:
+    """Validate campaign files (default: the configured campaigns directory).
+
+    Errors exit 1; warnings (an email that sends but reads badly for some customers) are
+    printed the same way and exit 0, unless --strict.
+    """
     from triggers.loader import RuleSetError
     from worker.rendering import Renderer
     from worker.rules import load_rules
@@ -165,18 +186,17 @@ def lint(paths: tuple[Path, ...], output: str) -> None:
     try:
         rules = load_rules(settings, Renderer(settings), list(paths) or None, parallel=True)
     except RuleSetError as exc:
-        for issue in exc.issues:
-            if output == "github":
-                where = f"{issue.path}: " if issue.path else ""
-                click.echo(
-                    f"::error file={issue.file},line={issue.line},col={issue.col},"
-                    f"title={issue.code}::{where}{issue.message}"
-                )
-            else:
-                click.echo(str(issue))
-        click.echo(f"{len(exc.issues)} error(s)", err=True)
+        _print_issues(exc.issues, output)
+        warnings = len(exc.issues) - len(exc.errors)
+        summary = f"{len(exc.errors)} error(s)" + (f", {warnings} warning(s)" if warnings else "")
+        click.echo(summary, err=True)
         sys.exit(1)
+    _print_issues(rules.warnings, output)
+    if rules.warnings:
+        click.echo(f"{len(rules.warnings)} warning(s)", err=True)
     click.echo(f"{len(rules.campaigns)} campaign(s) OK")
+    if strict and rules.warnings:
+        sys.exit(1)
 
 
 @main.command()
@@ -479,12 +499,29 @@ def suppressions_remove(email: str) -> None:
 
 @main.command()
 @click.argument("campaign_id")
-@click.option("--customer", "customer_id", required=True)
+@click.option(
+    "--customer",
+    "customer_id",
+    default=None,
+    help="A customer in the database (default: the sample customer lint uses; no database).",
+)
 @click.option("--locale", default=None, help="Render in this locale instead of the customer's.")
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Directory (default: var/preview)."
 )
-def preview(campaign_id: str, customer_id: str, locale: str | None, out: Path | None) -> None:
+@click.option(
+    "--screenshot",
+    "screenshots",
+    is_flag=True,
+    help="Also write screenshot-800.png and screenshot-375.png (headless Chromium).",
+)
+def preview(
+    campaign_id: str,
+    customer_id: str | None,
+    locale: str | None,
+    out: Path | None,
+    screenshots: bool,
+) -> None:
     """Render a campaign's email for one customer: subject, HTML, text and .eml files."""
     from worker.preview import preview as make_preview
     from worker.runtime import get_runtime
@@ -492,14 +529,22 @@ def preview(campaign_id: str, customer_id: str, locale: str | None, out: Path | 
     runtime = get_runtime()
     try:
         results = make_preview(
-            runtime, campaign_id, customer_id, locale, out or runtime.settings.var_dir / "preview"
+            runtime,
+            campaign_id,
+            customer_id,
+            locale,
+            out or runtime.settings.var_dir / "preview",
+            screenshots,
         )
-    except LookupError as missing:
-        raise click.ClickException(str(missing)) from None
+    except (LookupError, RuntimeError) as problem:
+        raise click.ClickException(str(problem)) from None
     for result in results:
         for note in result.notes:
             click.echo(f"note: {note}")
-        click.echo(f"wrote {result.directory}/{{subject.txt,body.html,body.txt,message.eml}}")
+        files = "subject.txt,body.html,body.txt,message.eml"
+        if screenshots:
+            files += ",screenshot-800.png,screenshot-375.png"
+        click.echo(f"wrote {result.directory}/{{{files}}}")
 
 
 @main.command()

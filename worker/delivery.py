@@ -149,6 +149,7 @@ def prepare(
             "last_name": customer.last_name,
             "email": customer.email,
             "locale": customer.locale,
+            "timezone": customer.timezone,
         },
         event=stored.payload,
         campaign=compiled.campaign,

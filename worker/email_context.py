@@ -1,23 +1,34 @@
 """The variables a template sees — one builder for real sends, lint and previews.
 
-customer   id, first_name, last_name, email
+customer   id, first_name, last_name (both may be empty: write a fallback), email
 event      the stored event (``event.data.order_id``, ``event.data.years`` …)
 offer      type, items[] (sku, name, category, price, currency, price_text, url,
            image_url), currency, points, new_categories, discount_percent,
-           regular_price_text, bundle_price_text
+           discount_text ("15%", "15 %": the locale's percent format), regular_price_text,
+           bundle_price_text
+coupon     None, or code, discount_percent, discount_text ("15%", "15 %"), expires_at
+           (ISO 8601), expires_text (date and time in the customer's locale and zone)
+cta_url    the call to action: ``CROSSSELL_CART_LINK_TEMPLATE`` with the offer's SKUs, the
+           coupon code and UTM parameters
 campaign   id, name, kind        variant   the variant id
-shop       name, url             unsubscribe_url, preferences_url
+shop       name, url, organization, postal_address
+unsubscribe_url, preferences_url
 money(amount, currency), number(value), long_date(value), locale, lang
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from babel.dates import format_date
+from babel import Locale
+from babel.dates import format_date, format_time, get_datetime_format
+from babel.numbers import format_percent
 
 from triggers.campaigns import Campaign
 from triggers.money import round_money
@@ -36,6 +47,8 @@ CONTEXT_NAMES = frozenset(
         "shop",
         "unsubscribe_url",
         "preferences_url",
+        "coupon",
+        "cta_url",
         "money",
         "number",
         "long_date",
@@ -62,6 +75,78 @@ def links_for(settings: Settings, keys: dict[str, bytes], customer_id: str) -> L
     token = sign(keys, customer_id, "all")
     base = settings.public_url.rstrip("/")
     return Links(f"{base}/u/{token}", f"{base}/preferences/{token}")
+
+
+UTM_SOURCE = "crosssell"
+UTM_MEDIUM = "email"
+
+
+def cart_link(
+    settings: Settings, skus: Sequence[str], coupon_code: str | None, campaign_id: str, variant: str
+) -> str:
+    """The call to action's URL: ``settings.cart_link_template`` filled in, plus UTM tags.
+
+    ``{skus}`` becomes the SKUs joined with commas and ``{coupon}`` the code, each
+    percent-encoded (RFC 3986 section 2.1) so a SKU can never add a parameter; a query
+    parameter left empty (no coupon) is dropped; an offer without items (a loyalty bonus
+    with nothing new to show) links to the shop's home page instead. The UTM parameters follow
+    Google Analytics' campaign URL convention (source, medium, campaign, content) and
+    replace any of the same name the template carries.
+    """
+    template = settings.cart_link_template if skus else "{public_url}/"
+    filled = template.format(
+        public_url=settings.public_url.rstrip("/"),
+        skus=quote(",".join(skus), safe=","),
+        coupon=quote(coupon_code or "", safe=""),
+    )
+    parts = urlsplit(filled)
+    query = [
+        (key, value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        if value and not key.startswith("utm_")
+    ]
+    query += [
+        ("utm_source", UTM_SOURCE),
+        ("utm_medium", UTM_MEDIUM),
+        ("utm_campaign", campaign_id),
+        ("utm_content", variant),
+    ]
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote, safe=",")))
+
+
+def _zone(name: str | None, default: str) -> ZoneInfo:
+    for candidate in (name, default):
+        if candidate:
+            try:
+                return ZoneInfo(candidate)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ZoneInfo("UTC")
+
+
+def local_date_time(moment: datetime, zone: ZoneInfo, locale: Locale) -> str:
+    """``moment`` as a long date and a short time in ``zone``, joined the locale's way
+    (CLDR's dateTimeFormat): "January 15, 2026 at 11:59 PM", "15 ianuarie 2026, 23:59"."""
+    local = moment.astimezone(zone)
+    pattern = str(get_datetime_format("long", locale=locale)).replace("'", "")
+    return pattern.replace("{0}", format_time(local, "short", locale=locale)).replace(
+        "{1}", format_date(local, "long", locale=locale)
+    )
+
+
+def coupon_context(coupon: Coupon, zone: ZoneInfo, locale: Locale) -> dict[str, Any]:
+    """``coupon`` for templates: the code, the discount and the expiry as the customer reads
+    them (their locale, their time zone)."""
+    percent = coupon.discount_percent
+    return {
+        "code": coupon.code,
+        "discount_percent": str(percent) if percent else None,
+        "discount_text": format_percent(percent / 100, locale=locale, decimal_quantization=False)
+        if percent
+        else None,
+        "expires_at": coupon.expires_at.isoformat(),
+        "expires_text": local_date_time(coupon.expires_at, zone, locale),
+    }
 
 
 def offer_context(
@@ -93,6 +178,11 @@ def offer_context(
         "points": offer.points,
         "new_categories": list(offer.new_categories),
         "discount_percent": str(offer.discount_percent) if offer.discount_percent else None,
+        "discount_text": format_percent(
+            offer.discount_percent / 100, locale=locale, decimal_quantization=False
+        )
+        if offer.discount_percent
+        else None,
         "regular_price_text": None,
         "bundle_price_text": None,
     }
@@ -113,7 +203,11 @@ def email_context(
     links: Links,
     coupon: Coupon | None = None,
 ) -> dict[str, Any]:
+    """The template context of one email. ``customer`` is the profile (``id``, optional
+    ``first_name``, ``last_name``, ``email``, ``locale``, ``timezone``)."""
     locale = babel_locale(customer.get("locale"), settings.default_locale)
+    zone = _zone(customer.get("timezone"), settings.default_timezone)
+    skus = [product.sku for product in offer.items]
     return {
         "customer": {
             "id": customer["id"],
@@ -125,17 +219,16 @@ def email_context(
         "offer": offer_context(offer, customer.get("locale"), settings.default_locale),
         "campaign": {"id": campaign.id, "name": campaign.name, "kind": campaign.kind},
         "variant": variant,
-        "shop": {"name": settings.shop_name, "url": settings.public_url},
+        "shop": {
+            "name": settings.shop_name,
+            "url": settings.public_url,
+            "organization": settings.sender_organization,
+            "postal_address": settings.footer_postal_address,
+        },
+        "cta_url": cart_link(settings, skus, coupon.code if coupon else None, campaign.id, variant),
         "unsubscribe_url": links.unsubscribe_url,
         "preferences_url": links.preferences_url,
-        "coupon": None
-        if coupon is None
-        else {
-            "code": coupon.code,
-            "expires_at": coupon.expires_at.isoformat(),
-            "expires_text": format_date(coupon.expires_at, format="long", locale=locale),
-            "discount_percent": str(coupon.discount_percent) if coupon.discount_percent else None,
-        },
+        "coupon": None if coupon is None else coupon_context(coupon, zone, locale),
     }
 
 
@@ -174,6 +267,7 @@ def sample_offer(campaign: Campaign) -> ResolvedOffer:
             Decimal("49.90") * n,
             "EUR",
             url=f"https://shop.example/p/sample-{n}",
+            image_url=f"https://shop.example/img/sample-{n}.jpg",
         )
         for n in (1, 2)
     )
@@ -195,6 +289,7 @@ def sample_context(campaign: Campaign, settings: Settings, locale: str | None) -
         "last_name": "Pop",
         "email": "ana.pop@example.com",
         "locale": locale,
+        "timezone": "Europe/Bucharest",
     }
     event = {
         "id": "evt-sample",

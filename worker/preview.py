@@ -3,21 +3,31 @@
 Uses the customer's stored profile, their latest event of the campaign's trigger type
 (or a sample one), the live catalog for the offer, and every variant's template. Writes
 the subject, HTML, text and the complete ``.eml`` per variant; changes nothing in the
-database and sends nothing.
+database and sends nothing. Without a customer it renders the sample customer, event and
+offer ``crosssell lint`` uses, and needs no database: the way to score a template with
+SpamAssassin before any customer exists.
+
+With ``screenshot`` it also writes ``screenshot-800.png`` and ``screenshot-375.png``: the
+HTML part as headless Chromium draws it at a desktop mail client's width and a phone's.
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
 from triggers.addresses import parse_address
+from triggers.campaigns import Campaign
 from triggers.decide import Later, recheck
 from triggers.events import validate_event
-from triggers.offers import OfferUnavailable
+from triggers.offers import OfferUnavailable, ResolvedOffer
 from worker.db import transaction
 from worker.decision_inputs import decision_inputs
 from worker.email_context import (
@@ -31,7 +41,64 @@ from worker.mime import Envelope, build_message, feedback_id_for
 from worker.models import Customer, Event
 from worker.offer_resolution import resolve_for_send
 from worker.runtime import Runtime
+from worker.settings import Settings
 from worker.unsubscribe_mail import mailto_for
+
+# Viewport (width, height) in CSS pixels: a desktop client's reading pane and an
+# iPhone-sized phone (375 px wide); the height is what the picture shows.
+SCREENSHOT_SIZES = ((800, 960), (375, 1280))
+# Headless and quiet: no sandbox (root in CI), no GPU, no network besides the page's own
+# requests, a throw-away profile.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
+)
+
+
+SAMPLE_CUSTOMER = "sample"
+
+
+def find_chromium() -> str | None:
+    """The first Chromium or Chrome on the PATH."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def screenshot(html: Path, png: Path, width: int, height: int) -> None:
+    """Draw ``html`` at ``width`` by ``height`` CSS pixels into ``png`` with headless
+    Chromium. Raises ``RuntimeError`` when Chromium is missing or draws nothing."""
+    chromium = find_chromium()
+    if chromium is None:
+        raise RuntimeError("--screenshot needs Chromium: apt-get install -y chromium")
+    png.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="crosssell-chromium-") as profile:
+        result = subprocess.run(
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                f"--screenshot={png}",
+                html.resolve().as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+    if not png.exists():
+        detail = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"Chromium wrote no screenshot: {' '.join(detail)}")
 
 
 @dataclass(frozen=True)
@@ -40,9 +107,33 @@ class Preview:
     notes: tuple[str, ...]
 
 
+def _sample_inputs(
+    campaign: Campaign, settings: Settings, locale: str | None
+) -> tuple[dict[str, Any], dict[str, Any], ResolvedOffer, str, str]:
+    """The sample customer, event and offer of ``crosssell lint``."""
+    sample = sample_context(campaign, settings, locale)
+    customer = {
+        "id": "C-SAMPLE",
+        "first_name": sample["customer"]["first_name"],
+        "last_name": sample["customer"]["last_name"],
+        "email": sample["customer"]["email"],
+        "locale": locale,
+        "timezone": "Europe/Bucharest",
+    }
+    name = f"{customer['first_name']} {customer['last_name']}"
+    return customer, sample["event"], sample_offer(campaign), customer["email"], name
+
+
 def preview(
-    runtime: Runtime, campaign_id: str, customer_id: str, locale: str | None, out: Path
+    runtime: Runtime,
+    campaign_id: str,
+    customer_id: str | None,
+    locale: str | None,
+    out: Path,
+    screenshots: bool = False,
 ) -> list[Preview]:
+    """Render every variant of ``campaign_id`` for ``customer_id`` (``None``: the sample
+    customer) into ``out/<campaign>-<customer>-<variant>/``."""
     rules = runtime.rules.current()
     compiled = rules.by_id(campaign_id)
     if compiled is None:
@@ -50,6 +141,22 @@ def preview(
     campaign = compiled.campaign
     settings = runtime.settings
     notes: list[str] = []
+    if customer_id is None:
+        customer_view, payload, offer, address, name = _sample_inputs(campaign, settings, locale)
+        notes.append("no --customer: the sample customer, event and offer of crosssell lint")
+        return _write(
+            runtime,
+            campaign,
+            "sample",
+            customer_view,
+            payload,
+            offer,
+            address,
+            name,
+            notes,
+            out,
+            screenshots,
+        )
     with transaction(settings.resolved_database_url) as session:
         customer = session.get(Customer, customer_id)
         if customer is None:
@@ -98,9 +205,40 @@ def preview(
             "last_name": customer.last_name,
             "email": customer.email,
             "locale": locale or customer.locale,
+            "timezone": customer.timezone,
         }
         address = customer.email or "preview@example.com"
         name = " ".join(filter(None, [customer.first_name, customer.last_name]))
+    return _write(
+        runtime,
+        campaign,
+        customer_id,
+        customer_view,
+        payload,
+        offer,
+        address,
+        name,
+        notes,
+        out,
+        screenshots,
+    )
+
+
+def _write(
+    runtime: Runtime,
+    campaign: Campaign,
+    customer_id: str,
+    customer_view: dict[str, Any],
+    payload: dict[str, Any],
+    offer: ResolvedOffer,
+    address: str,
+    name: str,
+    notes: list[str],
+    out: Path,
+    screenshots: bool,
+) -> list[Preview]:
+    settings = runtime.settings
+    now = datetime.now(UTC)
     links = links_for(settings, runtime.unsubscribe_keys, customer_id)
     coupon = None
     if campaign.offer.coupon is not None:
@@ -146,10 +284,17 @@ def preview(
             rendered,
         )
         directory = out / f"{campaign.id}-{customer_id}-{variant.id}"
+        if customer_id == SAMPLE_CUSTOMER and customer_view["locale"]:
+            directory = directory.with_name(f"{directory.name}-{customer_view['locale']}")
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "subject.txt").write_text(rendered.subject + "\n", encoding="utf-8")
         (directory / "body.html").write_text(rendered.html, encoding="utf-8")
         (directory / "body.txt").write_text(rendered.text, encoding="utf-8")
         (directory / "message.eml").write_bytes(data)
+        if screenshots:
+            for width, height in SCREENSHOT_SIZES:
+                screenshot(
+                    directory / "body.html", directory / f"screenshot-{width}.png", width, height
+                )
         results.append(Preview(directory, tuple(notes)))
     return results

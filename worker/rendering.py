@@ -6,6 +6,10 @@ customer when it exists. Undefined variables are errors, and the sandbox keeps a
 template from reaching Python internals, from running long or building huge values, and
 from reading files outside the templates directory (``worker/template_sandbox.py``).
 
+A variant may replace the subject: with one text for every locale, or per locale
+(``{"en": …, "ro": …}``); a locale the mapping leaves out gets the template's own
+subject file for that locale, never another locale's text.
+
 Escaping follows the destination: only ``.html`` templates are HTML-autoescaped. The
 subject (``subject.txt`` or a variant's inline ``subject:``), ``body.txt`` and the text
 part derived from the HTML are plain text, so ``D'Arcy & Sons`` stays ``D'Arcy & Sons``.
@@ -48,6 +52,7 @@ __all__ = [
     "Renderer",
     "UnsafeTemplatePath",
     "babel_locale",
+    "subject_for",
     "text_from_html",
 ]
 
@@ -128,6 +133,18 @@ def text_from_html(html: str) -> str:
     return str(get_text(html.replace("&", "&amp;"), _TEXT_CONFIG))
 
 
+def subject_for(subject: str | Mapping[str, str] | None, locale: Locale) -> str | None:
+    """The variant subject for ``locale``: the text given for ``ro_RO``, else for ``ro``;
+    ``None`` (use the template's subject file for the locale) when the mapping has
+    neither. A plain text applies to every locale."""
+    if subject is None or isinstance(subject, str):
+        return subject
+    for key in (f"{locale.language}_{locale.territory}", locale.language):
+        if key in subject:
+            return subject[key]
+    return None
+
+
 def html_autoescape(name: str | None) -> bool:
     """Autoescape ``*.html`` templates only; inline templates (a variant's subject) and
     ``*.txt`` files render to plain text and must not get HTML entities."""
@@ -180,10 +197,13 @@ class Renderer:
         template: str,
         context: Mapping[str, Any],
         locale_tag: str | None,
-        subject_override: str | None = None,
+        subject_override: str | Mapping[str, str] | None = None,
         time_limit: float | None = None,
     ) -> RenderedEmail:
         """Subject, HTML and text of one email.
+
+        ``subject_override`` is a variant's ``subject:``: one text, or texts by locale
+        (``ro``, ``pt_BR``), picked as the template files are (see :func:`subject_for`).
 
         Raises a ``jinja2.TemplateError`` for template faults: ``UndefinedError``,
         ``SecurityError`` (including ``UnsafeTemplatePath``), ``RenderLimitError`` when the
@@ -199,9 +219,10 @@ class Renderer:
         template: str,
         context: Mapping[str, Any],
         locale_tag: str | None,
-        subject_override: str | None,
+        subject_override: str | Mapping[str, str] | None,
     ) -> RenderedEmail:
         locale = babel_locale(locale_tag, self.settings.default_locale)
+        subject_override = subject_for(subject_override, locale)
         values = dict(context)
         values.update(
             locale=str(locale),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import time
 from functools import lru_cache
 from pathlib import Path
+from string import Formatter
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
@@ -20,6 +21,9 @@ from triggers.decide import Policy
 from triggers.durations import parse_duration, parse_time_of_day
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Shown in the footers of the demo's emails (file provider) when no address is set.
+DEMO_POSTAL_ADDRESS = "Strada Exemplului 1, 010101 București, Romania"
+CART_LINK_PLACEHOLDERS = frozenset({"public_url", "skus", "coupon"})
 
 
 class Settings(BaseSettings):
@@ -96,6 +100,21 @@ class Settings(BaseSettings):
         None, description="kid:secret[,kid:secret…]; the first signs; default: var/ key file"
     )
     shop_name: str = "Crosssell Shop"
+    sender_organization: str = Field(
+        "Crosssell Shop S.R.L.",
+        min_length=1,
+        description="legal name of the sender, shown in every email's footer",
+    )
+    postal_address: str | None = Field(
+        None,
+        description="the sender's physical postal address, shown in every email's footer; "
+        "required by CAN-SPAM and by mailbox providers' bulk sender rules",
+    )
+    cart_link_template: str = Field(
+        "{public_url}/cart/add?sku={skus}&coupon={coupon}",
+        description="the call to action's link: {public_url}, {skus} (comma-separated) and "
+        "{coupon} (empty without one); UTM parameters are added",
+    )
 
     default_timezone: str = Field("UTC", description="IANA zone for customers without one")
     default_locale: str = "en"
@@ -215,6 +234,29 @@ class Settings(BaseSettings):
         parse_time_of_day(start)
         parse_time_of_day(end)
         return value
+
+    @field_validator("cart_link_template")
+    @classmethod
+    def _cart_link(cls, value: str) -> str:
+        """Only the known placeholders, ``{skus}`` among them, and an http(s) URL."""
+        names = {name for _, name, _, _ in Formatter().parse(value) if name is not None}
+        unknown = names - CART_LINK_PLACEHOLDERS
+        if unknown:
+            known = ", ".join(f"{{{name}}}" for name in sorted(CART_LINK_PLACEHOLDERS))
+            raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}}: use {known}")
+        if "skus" not in names:
+            raise ValueError("the cart link needs the {skus} placeholder")
+        if not value.startswith(("https://", "http://", "{public_url}")):
+            raise ValueError("the cart link must be an http(s) URL or start with {public_url}")
+        return value
+
+    @property
+    def footer_postal_address(self) -> str:
+        """The postal address for footers: the setting, or a demo one for the ``file``
+        provider (nothing leaves the machine); other providers refuse to start without it."""
+        if self.postal_address:
+            return self.postal_address
+        return DEMO_POSTAL_ADDRESS if self.email_provider == "file" else ""
 
     @property
     def resolved_database_url(self) -> str:

@@ -67,7 +67,8 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 
 def _lint(tmp_path: Path, files: dict[str, str]) -> list[LintIssue]:
-    """The issues ``crosssell lint`` reports for one campaign using template ``t``."""
+    """The errors ``crosssell lint`` reports for one campaign using template ``t``
+    (warnings, such as a first name without a fallback, are not what these tests probe)."""
     templates = tmp_path / "templates"
     base = {"t/subject.txt": "Hello", "t/body.html": "<p>Hi</p>", "t/body.txt": "Hi"}
     _write(templates, base | files)
@@ -78,7 +79,7 @@ def _lint(tmp_path: Path, files: dict[str, str]) -> list[LintIssue]:
         load_rules(settings, Renderer(settings), [campaign])
     except RuleSetError as exc:
         assert "Traceback" not in str(exc)
-        return list(exc.issues)
+        return list(exc.errors)
     return []
 
 

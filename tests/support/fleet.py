@@ -74,6 +74,7 @@ def fleet_env(
         "SENDING_TIMEOUT": "8s",
         "RETRY_BASE_SECONDS": "0.5",
         "SMTP_TIMEOUT": "3",
+        "POSTAL_ADDRESS": "1 Test Street, Testville",
     }
     values.update({key.upper(): value for key, value in settings.items()})
     return {**os.environ, **{f"CROSSSELL_{key}": value for key, value in values.items()}}

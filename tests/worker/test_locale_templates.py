@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ COPY: dict[str, dict[str, tuple[str, str]]] = {
         "en": ("ready for an upgrade", "next step up"),
     },
     "usage_bundle": {
-        "ro": ("reducere de 15%", "Prețul pachetului"),
+        # CLDR ro writes "15\u00a0%"; a subject is one line of plain spaces.
+        "ro": ("reducere de 15 %", "Prețul pachetului"),
         "it": ("15% di sconto", "Prezzo del pacchetto"),
         "en": ("15% off", "Bundle price"),
     },
@@ -168,6 +170,17 @@ def test_greeting_without_a_first_name(render: Render, template: str, lang: str)
     assert ", ," not in email.html + email.text
 
 
+class _Tags(HTMLParser):
+    """Every start tag of a document with its attributes, as a browser would parse them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, list[tuple[str, str | None]]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.found.append((tag, attrs))
+
+
 @pytest.mark.parametrize("lang", ["ro", "it"])
 @pytest.mark.parametrize("template", SHIPPED)
 def test_html_is_escaped(render: Render, template: str, lang: str) -> None:
@@ -180,9 +193,12 @@ def test_html_is_escaped(render: Render, template: str, lang: str) -> None:
             item["name"] = "<script>alert(1)</script>"
 
     email = render(template, lang, hostile)
-    assert "<b onclick" not in email.html
-    assert "<script>alert" not in email.html
-    assert "<i>O-1</i>" not in email.html
+    tags = _Tags()
+    tags.feed(email.html)
+    # No element the data wrote: no <b>, <i> or <script>, no event handler attribute (a
+    # "<" inside a quoted attribute value, such as an image's alt, is only text).
+    assert not {"b", "i", "script"} & {tag for tag, _ in tags.found}
+    assert not [name for _, attrs in tags.found for name, _ in attrs if name.startswith("on")]
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in email.html
     assert "&lt;b onclick=" in email.html
     assert "Ana &amp; Co" in email.html

@@ -101,6 +101,7 @@ def stack(
             "CROSSSELL_DEAD_LETTER_QUEUE": f"crosssell.events.dead.e2e.{tag}",
             "CROSSSELL_DELIVER_QUEUE": f"crosssell.deliver.e2e.{tag}",
             "CROSSSELL_EMAIL_PROVIDER": "smtp",
+            "CROSSSELL_POSTAL_ADDRESS": "1 Test Street, Testville",
             "CROSSSELL_SMTP_PORT": str(smtp_sink.port),
             "CROSSSELL_CAMPAIGNS_DIR": str(campaigns),
             "CROSSSELL_QUIET_HOURS": "off",

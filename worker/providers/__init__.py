@@ -14,8 +14,15 @@ from worker.settings import Settings
 
 
 def check_provider(settings: Settings) -> None:
-    """Fail at startup, naming the variable, if the chosen provider cannot be built."""
+    """Fail at startup, naming the variable, if the chosen provider cannot be built, or if
+    a provider that reaches real inboxes has no postal address for the footers (CAN-SPAM,
+    15 U.S.C. 7704(a)(5)(A)(iii); Gmail's and Yahoo's bulk sender rules)."""
     make_provider(settings).close()
+    if settings.email_provider != "file" and not (settings.postal_address or "").strip():
+        raise ValueError(
+            "CROSSSELL_POSTAL_ADDRESS is required with the "
+            f"{settings.email_provider!r} provider: every email's footer shows it"
+        )
 
 
 def make_provider(settings: Settings) -> Provider:
