@@ -134,11 +134,18 @@ class Settings(BaseSettings):
     rate_limit_max_wait: float = Field(
         10.0, gt=0, description="longer waits give the send back to the outbox instead"
     )
+    attribution_window: str = Field(
+        "7d", description="a purchase this long after an email or holdout is its conversion"
+    )
     max_attempts: int = Field(8, ge=1)
     retry_base_seconds: float = 30.0
 
     @field_validator(
-        "cap_window", "requeue_after", "sending_timeout", "recommendations_rebuild_every"
+        "cap_window",
+        "requeue_after",
+        "sending_timeout",
+        "recommendations_rebuild_every",
+        "attribution_window",
     )
     @classmethod
     def _duration(cls, value: str) -> str:
