@@ -105,7 +105,7 @@ def attribute(purchase: Purchase, touches: Iterable[Touch]) -> tuple[Attribution
             credited=touch is credited,
             touched_at=touch.touched_at,
         )
-        for campaign_id, touch in sorted(latest.items())
+        for touch in (latest[campaign_id] for campaign_id in sorted(latest))
     )
 
 

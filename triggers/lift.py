@@ -2,16 +2,16 @@
 
 * Conversion-rate difference (absolute lift) with Newcombe's hybrid score interval —
   Newcombe, R. G. (1998), "Interval estimation for the difference between independent
-  proportions: comparison of eleven methods", Statistics in Medicine 17:873–890,
+  proportions: comparison of eleven methods", Statistics in Medicine 17:873-890,
   method 10: the Wilson score intervals of each rate combined by the square-and-add rule.
   It keeps close to its nominal coverage at the small rates and unequal group sizes of a
   10 % holdout, where the Wald interval does not.
-* Relative lift (rate ratio − 1) with the Katz log interval, 0.5 added to every cell when
+* Relative lift (rate ratio - 1) with the Katz log interval, 0.5 added to every cell when
   a count is zero (Katz et al. 1978).
 * Power of the two-sided test of a difference of proportions under the normal
   approximation with unpooled variances (Chow, Shao & Wang, "Sample Size Calculations in
   Clinical Research", §4.2), and the holdout size it needs.
-* Incremental revenue: (mean revenue per treated touch − mean per control touch) × treated
+* Incremental revenue: (mean revenue per treated touch - mean per control touch) x treated
   touches, with a percentile bootstrap interval (Efron & Tibshirani 1993, ch. 13) drawn
   from a fixed seed so a report is reproducible.
 
@@ -59,7 +59,7 @@ def wilson_arrays(
 def newcombe_arrays(
     x1: npt.ArrayLike, n1: npt.ArrayLike, x2: npt.ArrayLike, n2: npt.ArrayLike, z: float
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """(difference p1 − p2, lower, upper) for arrays of experiments, vectorised."""
+    """(difference p1 - p2, lower, upper) for arrays of experiments, vectorised."""
     a1, m1 = np.asarray(x1, dtype=np.float64), np.asarray(n1, dtype=np.float64)
     a2, m2 = np.asarray(x2, dtype=np.float64), np.asarray(n2, dtype=np.float64)
     p1, p2 = a1 / m1, a2 / m2
@@ -85,17 +85,15 @@ class Interval:
 def rate_difference(
     x1: int, n1: int, x2: int, n2: int, confidence: float = 0.95
 ) -> Interval | None:
-    """Absolute lift p1 − p2 (group 1 treated, group 2 control); None if a group is empty."""
+    """Absolute lift p1 - p2 (group 1 treated, group 2 control); None if a group is empty."""
     if n1 <= 0 or n2 <= 0:
         return None
     diff, lower, upper = newcombe_arrays(x1, n1, x2, n2, z_value(confidence))
     return Interval(float(diff), float(lower), float(upper), NEWCOMBE)
 
 
-def relative_lift(
-    x1: int, n1: int, x2: int, n2: int, confidence: float = 0.95
-) -> Interval | None:
-    """p1 / p2 − 1 with the Katz log interval; None if a group is empty or both rates are 0."""
+def relative_lift(x1: int, n1: int, x2: int, n2: int, confidence: float = 0.95) -> Interval | None:
+    """p1 / p2 - 1 with the Katz log interval; None if a group is empty or both rates are 0."""
     if n1 <= 0 or n2 <= 0 or (x1 == 0 and x2 == 0):
         return None
     a, b = float(x1), float(x2)
@@ -116,7 +114,7 @@ def relative_lift(
 def power(
     p_control: float, lift: float, n_treated: float, n_control: float, confidence: float = 0.95
 ) -> float:
-    """Probability that a two-sided test at ``1 − confidence`` finds a true difference
+    """Probability that a two-sided test at ``1 - confidence`` finds a true difference
     ``lift`` (absolute) with these group sizes, normal approximation, unpooled variances."""
     p1 = min(max(p_control + lift, 0.0), 1.0)
     p2 = min(max(p_control, 0.0), 1.0)
@@ -138,7 +136,7 @@ def holdout_needed(
     """The control-group size at which ``power`` reaches ``target_power`` given
     ``n_treated``; None when no control size is enough (the treated group is too small).
 
-    Solves ``p1 q1 / n1 + p2 q2 / n2 = (lift / (z_α/2 + z_β))²`` for n2 (the one-sided
+    Solves ``p1 q1 / n1 + p2 q2 / n2 = (lift / (z_a/2 + z_b))^2`` for n2 (the one-sided
     approximation of ``power``, exact to well under a point at 80 %)."""
     p1 = min(max(p_control + lift, 0.0), 1.0)
     p2 = min(max(p_control, 0.0), 1.0)
@@ -241,7 +239,7 @@ def _bootstrap_means(
 
     Drawing ``size`` touches with replacement is drawing how many land on a non-zero one
     (binomial) and then which ones (uniform): the same distribution as the plain
-    bootstrap, without materialising ``resamples × size`` indices."""
+    bootstrap, without materialising ``resamples x size`` indices."""
     if size == 0:
         return np.zeros(resamples)
     if values.size == 0:
@@ -266,8 +264,8 @@ def incremental_revenue(
     resamples: int = 2000,
     seed: int = 20261129,
 ) -> RevenueInterval | None:
-    """Revenue the emails added in one currency: (mean per treated touch − mean per
-    control touch) × treated touches, with a percentile bootstrap interval.
+    """Revenue the emails added in one currency: (mean per treated touch - mean per
+    control touch) x treated touches, with a percentile bootstrap interval.
 
     ``*_revenues`` are the converting touches' revenues (one entry per converting touch);
     the other touches of the group count as 0. None when a group is empty. Amounts are

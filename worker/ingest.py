@@ -18,6 +18,7 @@ from triggers.events import AnyEvent, PurchaseEvent
 from triggers.facts import build_facts
 from triggers.loader import RuleSet
 from triggers.outcomes import Decision
+from worker.attribution import attribute_event
 from worker.customers import (
     is_suppressed,
     profile_of,
@@ -114,4 +115,5 @@ def ingest_event(
         outcome[decision.campaign_id] = decision.reason or decision.outcome
         SENDS.labels(decision.outcome, decision.reason or "").inc()
     row.outcome = outcome
+    attribute_event(session, event, rules, now)
     return IngestResult(duplicate=False, decisions=tuple(decisions))
