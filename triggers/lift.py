@@ -66,8 +66,8 @@ def newcombe_arrays(
     l1, u1 = wilson_arrays(a1, m1, z)
     l2, u2 = wilson_arrays(a2, m2, z)
     diff = p1 - p2
-    lower = diff - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
-    upper = diff + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    lower = np.clip(diff - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), -1.0, 1.0)
+    upper = np.clip(diff + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2), -1.0, 1.0)
     return diff, lower, upper
 
 
@@ -111,11 +111,11 @@ def relative_lift(x1: int, n1: int, x2: int, n2: int, confidence: float = 0.95) 
     )
 
 
-def power(
+def normal_power(
     p_control: float, lift: float, n_treated: float, n_control: float, confidence: float = 0.95
 ) -> float:
-    """Probability that a two-sided test at ``1 - confidence`` finds a true difference
-    ``lift`` (absolute) with these group sizes, normal approximation, unpooled variances."""
+    """Power of the two-sided test under the normal approximation with unpooled
+    variances; good when both groups expect many conversions."""
     p1 = min(max(p_control + lift, 0.0), 1.0)
     p2 = min(max(p_control, 0.0), 1.0)
     variance = p1 * (1 - p1) / n_treated + p2 * (1 - p2) / n_control
@@ -126,25 +126,78 @@ def power(
     return _STANDARD_NORMAL.cdf(shift - z) + _STANDARD_NORMAL.cdf(-shift - z)
 
 
+# Largest (treated outcomes x control outcomes) grid summed exactly (~8 MB of floats per array).
+EXACT_GRID_LIMIT = 1_000_000
+
+
+def _likely_counts(n: int, p: float) -> tuple[npt.NDArray[np.int64], FloatArray]:
+    """The binomial(n, p) outcomes holding all but ~1e-12 of the mass, with their pmf."""
+    from scipy.stats import binom  # not at import: scipy is slow to load
+
+    low = int(binom.ppf(1e-12, n, p))
+    high = int(binom.isf(1e-12, n, p))
+    counts = np.arange(max(low - 1, 0), min(high + 1, n) + 1)
+    return counts, binom.pmf(counts, n, p)
+
+
+def power(
+    p_control: float, lift: float, n_treated: int, n_control: int, confidence: float = 0.95
+) -> float:
+    """Probability that the report's interval (Newcombe, two-sided ``confidence``)
+    excludes 0 when the treated rate truly is ``p_control + lift``.
+
+    Computed exactly, by summing the Newcombe decision over both groups' binomial
+    outcomes, while that grid is small enough; otherwise (large groups, where the
+    normal approximation is accurate) by :func:`normal_power`. The normal
+    approximation alone overstates the power by several points when the holdout
+    expects few conversions."""
+    p1 = min(max(p_control + lift, 0.0), 1.0)
+    p2 = min(max(p_control, 0.0), 1.0)
+    n1, n2 = int(n_treated), int(n_control)
+    if n1 <= 0 or n2 <= 0:
+        return 0.0
+    x1, w1 = _likely_counts(n1, p1)
+    x2, w2 = _likely_counts(n2, p2)
+    if x1.size * x2.size > EXACT_GRID_LIMIT:
+        return normal_power(p_control, lift, n1, n2, confidence)
+    _, lower, upper = newcombe_arrays(x1[:, None], n1, x2[None, :], n2, z_value(confidence))
+    rejects = (lower > 0) | (upper < 0)
+    return float(np.clip((w1[:, None] * w2[None, :] * rejects).sum(), 0.0, 1.0))
+
+
 def holdout_needed(
     p_control: float,
     lift: float,
-    n_treated: float,
+    n_treated: int,
     confidence: float = 0.95,
     target_power: float = 0.8,
 ) -> int | None:
-    """The control-group size at which ``power`` reaches ``target_power`` given
-    ``n_treated``; None when no control size is enough (the treated group is too small).
+    """The smallest control-group size at which :func:`power` reaches ``target_power``
+    given ``n_treated``; None when no control size is enough (the treated group alone
+    is too small).
 
-    Solves ``p1 q1 / n1 + p2 q2 / n2 = (lift / (z_a/2 + z_b))^2`` for n2 (the one-sided
-    approximation of ``power``, exact to well under a point at 80 %)."""
+    The normal approximation's answer, from ``p1 q1 / n1 + p2 q2 / n2 = (lift /
+    (z_a/2 + z_b))^2``, starts a bisection on the exact power (which moves in small
+    steps with n2 as counts are discrete: the answer is the first size found on the
+    rising curve)."""
     p1 = min(max(p_control + lift, 0.0), 1.0)
     p2 = min(max(p_control, 0.0), 1.0)
     budget = (abs(lift) / (z_value(confidence) + _STANDARD_NORMAL.inv_cdf(target_power))) ** 2
     room = budget - p1 * (1 - p1) / n_treated
-    if room <= 0:
-        return None
-    return math.ceil(p2 * (1 - p2) / room)
+    guess = math.ceil(p2 * (1 - p2) / room) if room > 0 else None
+    ceiling = max(4 * (guess or 0), 1000)
+    if power(p_control, lift, n_treated, ceiling, confidence) < target_power:
+        ceiling = 64 * ceiling
+        if power(p_control, lift, n_treated, ceiling, confidence) < target_power:
+            return None
+    low, high = 1, ceiling  # power(high) >= target; find the smallest such size
+    while low < high:
+        middle = (low + high) // 2
+        if power(p_control, lift, n_treated, middle, confidence) >= target_power:
+            high = middle
+        else:
+            low = middle + 1
+    return high
 
 
 def treated_needed(
