@@ -545,9 +545,12 @@ def render_table(report: Report) -> str:
 
 
 def heading(report: Report) -> str:
-    since = report.since.isoformat() if report.since else "the start"
-    until = report.until.isoformat() if report.until else report.generated_at.isoformat()
-    return f"crosssell report: touches from {since} to {until}"
+    def moment(value: datetime) -> str:
+        return f"{value:%Y-%m-%d %H:%M} UTC"
+
+    since = moment(report.since) if report.since else "the start"
+    until = moment(report.until or report.generated_at)
+    return f"crosssell report: emails and holdout decisions from {since} to {until}"
 
 
 def render_csv(report: Report) -> str:
