@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import and_, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from triggers.attribution import (
@@ -131,7 +131,20 @@ def offered_skus(
                 skus = [item.sku for item in resolved.items]
             except OfferUnavailable as unavailable:
                 reason = unavailable.reason[:64]
-    session.add(SendOffer(send_id=send.id, skus=skus, reason=reason, resolved_at=now))
+            except DBAPIError:
+                raise  # the connection or the database: the caller's retry decides
+            except Exception:
+                # Measurement must never stop ingest: the send is recorded without an
+                # offer (its conversions count as influenced) and the fault is logged.
+                log.exception("send %s: its offer could not be resolved for attribution", send.id)
+                reason = "offer_error"
+    try:
+        # A concurrent reconciliation may record the same send's offer first.
+        with session.begin_nested():
+            session.add(SendOffer(send_id=send.id, skus=skus, reason=reason, resolved_at=now))
+    except IntegrityError:
+        stored = session.get(SendOffer, send.id)
+        return frozenset(stored.skus) if stored is not None else frozenset()
     return frozenset(skus)
 
 

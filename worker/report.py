@@ -40,7 +40,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from triggers.attribution import window_for
@@ -152,19 +152,30 @@ def _touches(
     since: datetime | None,
     until: datetime | None,
 ) -> list[Send]:
-    query = select(Send).where(or_(Send.status != "skipped", Send.queued_at.is_not(None)))
+    """The sends of the range that belong to a group: held-out decisions by the time the
+    email would have gone out, emails by hand-over, the rest planned for a variant (not
+    dropped at planning) by their planning time."""
+
+    def within(column: Any) -> Any:
+        bounds = [column.is_not(None)]
+        if since is not None:
+            bounds.append(column >= since)
+        if until is not None:
+            bounds.append(column < until)
+        return and_(*bounds)
+
+    held_out = and_(Send.status == "held_out", within(Send.send_at))
+    emailed = and_(Send.status != "held_out", within(Send.sent_at))
+    planned = and_(
+        Send.status != "held_out",
+        Send.sent_at.is_(None),
+        or_(Send.status != "skipped", Send.queued_at.is_not(None)),
+        within(Send.created_at),
+    )
+    query = select(Send).where(or_(held_out, emailed, planned))
     if campaign_id is not None:
         query = query.where(Send.campaign_id == campaign_id)
-    sends = session.scalars(query.order_by(Send.id)).all()
-
-    def moment(send: Send) -> datetime:
-        return (send.send_at if send.status == "held_out" else send.sent_at) or send.created_at
-
-    return [
-        send
-        for send in sends
-        if (since is None or moment(send) >= since) and (until is None or moment(send) < until)
-    ]
+    return list(session.scalars(query.order_by(Send.id)))
 
 
 def _opt_outs(session: Session, customer_ids: Iterable[str]) -> dict[str, list[ConsentRecord]]:

@@ -310,3 +310,29 @@ def test_ingest_records_the_same_offer_for_emailed_and_held_out_customers(
     held_offer, planned_offer = offers["held_out"], offers["planned"]
     assert held_offer is not None and planned_offer is not None
     assert held_offer.skus and held_offer.skus == planned_offer.skus
+
+
+def test_an_offer_fault_never_stops_ingest(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in offer resolution is logged and the send recorded without an offer; the
+    purchase and its plan are still stored."""
+    import worker.attribution
+
+    def broken(*_: object, **__: object) -> object:
+        raise ValueError("a catalog row nobody foresaw")
+
+    monkeypatch.setattr(worker.attribution, "resolve_for_send", broken)
+    settings = make_settings(tmp_path, database_url=database_url)
+    document = campaign_document(
+        "laptops", where={"field": "event.categories", "op": "contains_any", "value": ["laptops"]}
+    )
+    rules = RuleSet((compile_campaign(Campaign.model_validate(document), "laptops.yaml", {}),))
+    with transaction(settings.resolved_database_url) as session:
+        event = validate_event(purchase(at=T - timedelta(hours=1)))
+        ingest_event(session, event, rules, settings.policy(), T)
+    with transaction(settings.resolved_database_url) as session:
+        (send,) = session.scalars(select(Send).where(Send.campaign_id == "laptops"))
+        offer = session.get(SendOffer, send.id)
+        assert offer is not None and (offer.skus, offer.reason) == ([], "offer_error")
+    dispose_engines()
