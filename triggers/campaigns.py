@@ -303,3 +303,6 @@ class Campaign(_Model):
     frequency: Frequency = Field(default_factory=Frequency)
     experiment: Experiment
     sender: Sender | None = None
+    # How long after an email (or a holdout decision) a purchase still counts as this
+    # campaign's conversion; unset: the installation's CROSSSELL_ATTRIBUTION_WINDOW.
+    attribution_window: Annotated[Duration, Field(gt=timedelta(0))] | None = None

@@ -308,6 +308,38 @@ def simulate(events_file: Path | None, since_text: str | None, at_text: str | No
         click.echo(f"skipped bad event: {problem}", err=True)
 
 
+@main.command()
+@click.option("--since", "since_text", default=None, help="Touches from this ISO time (UTC).")
+@click.option("--until", "until_text", default=None, help="Touches before this ISO time.")
+@click.option("--campaign", "campaign_id", default=None, help="Only this campaign.")
+@click.option(
+    "--format", "output", type=click.Choice(["table", "csv", "json", "html"]), default="table"
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--no-reconcile", is_flag=True, help="Skip attributing late purchases first.")
+def report(
+    since_text: str | None,
+    until_text: str | None,
+    campaign_id: str | None,
+    output: str,
+    out: Path | None,
+    no_reconcile: bool,
+) -> None:
+    """Each campaign variant against its holdout: conversions, lift, revenue, verdict."""
+    from worker.report import run_report
+
+    try:
+        text = run_report(since_text, until_text, campaign_id, output, not no_reconcile)
+    except ValueError as bad:
+        raise click.UsageError(str(bad)) from None
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"report written to {out}")
+
+
 @main.group()
 def catalog() -> None:
     """The product catalog offers draw from."""

@@ -12,6 +12,7 @@ import warnings
 from collections import Counter
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import TextIO
 
 from celery.exceptions import SecurityWarning
@@ -173,4 +174,110 @@ def run_demo(settings: Settings, out: TextIO) -> int:
     consumer = runtime.consumer
     dead = consumer.stats["dead_lettered"] if consumer is not None else 0
     summary(settings, out, dead)
+    bought = follow_up_week(runtime, anchor)
+    print(f"the week after:      {bought} purchases by emailed and held-out customers", file=out)
+    report_path = write_report(runtime)
+    print(f"report:              {report_path} (crosssell report --format html)", file=out)
     return code
+
+
+# Purchase probabilities in the week after the emails: the planted effect the report
+# should find (emailed customers buy more, and more of what they were offered).
+FOLLOW_UP_EMAILED = 0.16
+FOLLOW_UP_HELD_OUT = 0.06
+FOLLOW_UP_OFFERED_SHARE = 0.6
+
+
+def follow_up_week(runtime: Runtime, anchor: datetime) -> int:
+    """Synthetic purchases in the seven days after the emails, ingested as a CRM's would
+    be (``ingest_event``, each at its own time), so the report has something to measure.
+
+    Only customers with a touch buy, and only accessories under every campaign's
+    threshold, so no new email is planned. Deterministic (seeded, ids from the touch),
+    so a second demo run adds nothing."""
+    import random
+
+    from triggers.events import validate_event
+    from worker.demo_data import MAIN_CATEGORIES
+    from worker.ingest import ingest_event
+    from worker.models import SendOffer
+
+    settings = runtime.settings
+    url = settings.resolved_database_url
+    rng = random.Random(20261117)
+    extras = {p[0]: p for p in CATALOG if p[2] not in MAIN_CATEGORIES}
+    with transaction(url) as session:
+        touches = session.execute(
+            select(Send.id, Send.status, Send.customer_id, Send.sent_at, Send.send_at)
+            .where(Send.status.in_(("sent", "held_out")))
+            .order_by(Send.id)
+        ).all()
+        offered = {row.send_id: row.skus for row in session.scalars(select(SendOffer))}
+        people = {c.id: c for c in session.scalars(select(Customer))}
+    documents: list[dict[str, object]] = []
+    for touch in touches:
+        emailed = touch.status == "sent"
+        chance = FOLLOW_UP_EMAILED if emailed else FOLLOW_UP_HELD_OUT
+        roll, hours, pick = rng.random(), rng.uniform(2, 160), rng.random()
+        start = touch.sent_at if emailed else touch.send_at
+        if roll >= chance or start is None:
+            continue
+        choices = [sku for sku in offered.get(touch.id, []) if sku in extras]
+        sku = (
+            choices[0]
+            if choices and emailed and pick < FOLLOW_UP_OFFERED_SHARE
+            else sorted(extras)[int(pick * len(extras))]
+        )
+        _, name, category, price, _, _ = extras[sku]
+        person = people[touch.customer_id]
+        at = (start + timedelta(hours=hours)).replace(microsecond=0)
+        documents.append(
+            {
+                "id": f"evt-demo-f{touch.id:05d}",
+                "type": "purchase",
+                "occurred_at": at.isoformat(),
+                "customer": {"id": person.id},
+                "data": {
+                    "order_id": f"O-F{touch.id:05d}",
+                    "currency": CURRENCY,
+                    "total": price,
+                    "items": [
+                        {
+                            "sku": sku,
+                            "name": name,
+                            "category": category,
+                            "quantity": 1,
+                            "unit_price": price,
+                        }
+                    ],
+                },
+            }
+        )
+    rules = runtime.rules.current()
+    stored = 0
+    for document in sorted(documents, key=lambda d: str(d["occurred_at"])):
+        event = validate_event(document)
+        with transaction(url) as session:
+            result = ingest_event(session, event, rules, runtime.policy, event.occurred_at)
+        stored += 0 if result.duplicate else 1
+    return len(documents)
+
+
+def write_report(runtime: Runtime) -> Path:
+    """``var/report.html``: the measurement report over everything the demo recorded,
+    on a clock two weeks after the emails (every attribution window closed)."""
+    from worker.attribution import AttributionConfig, reconcile
+    from worker.report import build_report, render
+
+    settings = runtime.settings
+    url = settings.resolved_database_url
+    rules = runtime.rules.current()
+    config = AttributionConfig.from_settings(settings)
+    later = runtime.clock.now() + timedelta(days=14)
+    with transaction(url) as session:
+        reconcile(session, rules, config, later)
+    with transaction(url) as session:
+        report = build_report(session, rules, config, later)
+    path = settings.var_dir / "report.html"
+    path.write_text(render(report, "html"), encoding="utf-8")
+    return path

@@ -17,6 +17,7 @@ from triggers.decide import Policy, decide
 from triggers.events import AnyEvent, PurchaseEvent
 from triggers.loader import RuleSet
 from triggers.outcomes import Decision, SkipReason
+from worker.attribution import attribute_event
 from worker.customers import record_purchase, upsert_customer
 from worker.decision_inputs import decision_inputs
 from worker.metrics import SENDS
@@ -117,4 +118,5 @@ def ingest_event(
         if getattr(changed, "rowcount", 0):
             SENDS.labels(moved.outcome, moved.reason).inc()
     row.outcome = outcome
+    attribute_event(session, event, rules, now)
     return IngestResult(duplicate=False, decisions=tuple(decisions))

@@ -17,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -258,3 +259,47 @@ class ActivityOutbox(Base):
     data: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(index=True)
     published_at: Mapped[datetime | None]
+
+
+class SendOffer(Base):
+    """The products a send offered — or, for a held-out send, would have offered.
+
+    Resolved once, at planning time, for every planned and held-out send alike (see
+    ``worker.attribution``), so the direct/influenced split of a conversion is decided
+    the same way in the emailed and the control group. ``skus`` is empty with a
+    ``reason`` when the offer could not be resolved (``offer_unavailable`` …)."""
+
+    __tablename__ = "send_offers"
+
+    send_id: Mapped[int] = mapped_column(
+        AutoId, ForeignKey("sends.id", ondelete="CASCADE"), primary_key=True
+    )
+    skus: Mapped[list[str]] = mapped_column(JSON, default=list)
+    reason: Mapped[str | None] = mapped_column(String(64))
+    resolved_at: Mapped[datetime]
+
+
+class Conversion(Base):
+    """A purchase attributed to one campaign's touch (a sent or held-out send).
+
+    One row per (order, campaign): a redelivered purchase or a second reconciliation
+    pass cannot count it twice. ``revenue`` is the order's total in its own
+    ``currency``; ``credited`` marks the one row per order that the cross-campaign
+    total counts (the latest sent touch, see ``triggers.attribution``)."""
+
+    __tablename__ = "conversions"
+    __table_args__ = (UniqueConstraint("order_id", "campaign_id"),)
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    campaign_id: Mapped[str] = mapped_column(String(80), index=True)
+    send_id: Mapped[int] = mapped_column(ForeignKey("sends.id", ondelete="CASCADE"), index=True)
+    variant: Mapped[str | None] = mapped_column(String(40))
+    arm: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    credited: Mapped[bool] = mapped_column(Boolean)
+    revenue: Mapped[Decimal]
+    currency: Mapped[str] = mapped_column(String(3))
+    ordered_at: Mapped[datetime] = mapped_column(index=True)
+    touched_at: Mapped[datetime]
+    attributed_at: Mapped[datetime]

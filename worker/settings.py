@@ -184,6 +184,9 @@ class Settings(BaseSettings):
     rate_limit_max_wait: float = Field(
         10.0, gt=0, description="longer waits give the send back to the outbox instead"
     )
+    attribution_window: str = Field(
+        "7d", description="a purchase this long after an email or holdout is its conversion"
+    )
     max_attempts: int = Field(8, ge=1)
     retry_base_seconds: float = 30.0
 
@@ -194,6 +197,7 @@ class Settings(BaseSettings):
         "recommendations_rebuild_every",
         "min_gap",
         "activity_retention",
+        "attribution_window",
     )
     @classmethod
     def _duration(cls, value: str) -> str:

@@ -1,7 +1,7 @@
 """activity outbox
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-11-29 19:10:00.000000
 
 The ``activity_outbox`` table: activity events (email sent, bounced, complaint,
@@ -18,7 +18,7 @@ from alembic import op
 import worker.db_types
 
 revision: str = '0009'
-down_revision: str | None = '0006'
+down_revision: str | None = '0008'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
