@@ -1,6 +1,7 @@
 """``make demo`` / ``crosssell demo``: the whole pipeline on embedded defaults.
 
-Seeds the catalog, publishes the demo events through the same transport a CRM uses,
+Imports the demo catalog (config/demo/catalog.csv, through the same import as
+``crosssell catalog import``), publishes the demo events through the same transport a CRM uses,
 runs consumer + dispatcher + Celery worker until drained and prints what happened. The
 demo runs on a clock set to the latest Tuesday 10:30 UTC, so its emails fall inside the
 campaigns' send windows whatever the hour at which it is run.
@@ -11,17 +12,17 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from datetime import UTC, datetime, time, timedelta
-from decimal import Decimal
 from typing import TextIO
 
 from celery.exceptions import SecurityWarning
 from sqlalchemy import func, select
 
+from worker.catalog_import import upsert_products
 from worker.clock import ShiftedClock
 from worker.db import transaction
-from worker.demo_data import CATALOG, CURRENCY, OUT_OF_STOCK, as_lines
+from worker.demo_data import DEMO_CATALOG, as_lines, catalog_rows
 from worker.migrate import upgrade
-from worker.models import Customer, Event, Product, Send
+from worker.models import Customer, Event, Send
 from worker.publisher import publish_lines
 from worker.run import run_all
 from worker.runtime import Runtime, set_runtime
@@ -35,16 +36,10 @@ def demo_anchor(today: datetime) -> datetime:
 
 
 def seed_catalog(settings: Settings, now: datetime) -> int:
+    """Import config/demo/catalog.csv as ``crosssell catalog import`` would; the number
+    of products."""
     with transaction(settings.resolved_database_url) as session:
-        for sku, name, category, price, line, tier in CATALOG:
-            product = session.get(Product, sku) or Product(sku=sku)
-            product.name, product.category, product.price = name, category, Decimal(price)
-            product.currency, product.in_stock = CURRENCY, sku not in OUT_OF_STOCK
-            product.url = f"{settings.public_url.rstrip('/')}/p/{sku.lower()}"
-            product.image_url = f"{settings.public_url.rstrip('/')}/img/{sku.lower()}.jpg"
-            product.brand, product.line, product.tier, product.updated_at = "Demo", line, tier, now
-            session.add(product)
-    return len(CATALOG)
+        return upsert_products(session, list(catalog_rows()), now)
 
 
 def summary(settings: Settings, out: TextIO, dead_lettered: int) -> None:
@@ -107,7 +102,7 @@ def run_demo(settings: Settings, out: TextIO) -> int:
     demo_file.parent.mkdir(parents=True, exist_ok=True)
     demo_file.write_bytes(b"\n".join(lines) + b"\n")
     print(f"crosssell demo: clock set to {anchor:%a %Y-%m-%d %H:%M} UTC", file=out)
-    print(f"catalog:             {products} products", file=out)
+    print(f"catalog:             {products} products from {DEMO_CATALOG.name}", file=out)
     report = publish_lines(settings, lines)
     print(f"events published:    {report.published} from {demo_file}", file=out)
     # Celery warns about running as root (containers often do); the demo's tasks are JSON

@@ -2,8 +2,8 @@
 
 customer   id, first_name, last_name, email
 event      the stored event (``event.data.order_id``, ``event.data.years`` …)
-offer      type, items[] (sku, name, category, price, currency, price_text, url,
-           image_url), currency, points, new_categories, discount_percent,
+offer      type, items[] (sku, name, description, category, price, currency, price_text,
+           url, image_url), currency, points, new_categories, discount_percent,
            regular_price_text, bundle_price_text
 campaign   id, name, kind        variant   the variant id
 shop       name, url             unsubscribe_url, preferences_url
@@ -79,7 +79,8 @@ def offer_context(
         "items": [
             {
                 "sku": p.sku,
-                "name": p.name,
+                "name": p.name,  # in the customer's language when the catalog has it
+                "description": getattr(p, "description", None),
                 "category": p.category,
                 "price": str(round_money(p.price, p.currency)),
                 "currency": p.currency,

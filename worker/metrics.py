@@ -17,3 +17,8 @@ RULES_STALE = Gauge(
     "1 while the files on disk fail validation and the previous rules keep running",
 )
 CAMPAIGNS_ACTIVE = Gauge("crosssell_campaigns_active", "Active campaigns in the rule set")
+OFFERS_UNAVAILABLE = Counter(
+    "crosssell_offers_unavailable_total",
+    "Offers that found nothing to show at send time (the send is skipped with this reason)",
+    ["reason"],
+)

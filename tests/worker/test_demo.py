@@ -9,7 +9,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
-from worker.demo_data import CATALOG
+from worker.demo_data import catalog_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 CROSSSELL = str(Path(sys.executable).parent / "crosssell")
@@ -37,7 +37,10 @@ def test_demo_writes_personal_multipart_emails_and_is_idempotent(tmp_path: Path)
     first_output = _run_demo(var_dir)
     emails = _emails(var_dir / "outbox")
     assert len(emails) >= 100, first_output
-    product_names = {name for _, name, *_ in CATALOG}
+    rows = catalog_rows()
+    product_names = {row.name for row in rows} | {
+        name for row in rows for name in row.name_i18n.values()
+    }
     for name, message in emails.items():
         assert message.get_content_type() == "multipart/alternative", name
         parts = [part.get_content_type() for part in message.iter_parts()]
