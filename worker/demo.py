@@ -23,6 +23,7 @@ from worker.db import transaction
 from worker.demo_data import DEMO_CATALOG, as_lines, catalog_rows
 from worker.migrate import upgrade
 from worker.models import Customer, Event, Send
+from worker.progress import progress, tracked
 from worker.publisher import publish_lines
 from worker.run import run_all
 from worker.runtime import Runtime, set_runtime
@@ -103,14 +104,15 @@ def run_demo(settings: Settings, out: TextIO) -> int:
     demo_file.write_bytes(b"\n".join(lines) + b"\n")
     print(f"crosssell demo: clock set to {anchor:%a %Y-%m-%d %H:%M} UTC", file=out)
     print(f"catalog:             {products} products from {DEMO_CATALOG.name}", file=out)
-    report = publish_lines(settings, lines)
+    report = publish_lines(settings, tracked(lines, "publishing events", total=len(lines)))
     print(f"events published:    {report.published} from {demo_file}", file=out)
     # Celery warns about running as root (containers often do); the demo's tasks are JSON
     # only, so the warning is noise here.
     warnings.filterwarnings("ignore", category=SecurityWarning)
     runtime = Runtime(settings, clock=ShiftedClock(anchor))
     set_runtime(runtime)
-    code = run_all(runtime, until_drained=True)
+    with progress("running consumer, dispatcher and worker until drained"):
+        code = run_all(runtime, until_drained=True)
     consumer = runtime.consumer
     dead = consumer.stats["dead_lettered"] if consumer is not None else 0
     summary(settings, out, dead)

@@ -21,6 +21,7 @@ from triggers.durations import parse_duration
 from worker.db import transaction
 from worker.models import Send
 from worker.runtime import Runtime
+from worker.startup import startup_line
 
 log = logging.getLogger(__name__)
 Enqueue = Callable[[Sequence[int]], None]
@@ -121,10 +122,16 @@ def celery_enqueue(ids: Sequence[int]) -> None:
 
 
 def run_dispatcher(
-    runtime: Runtime, stop: threading.Event, enqueue: Enqueue = celery_enqueue
+    runtime: Runtime,
+    stop: threading.Event,
+    enqueue: Enqueue = celery_enqueue,
+    announce: bool = True,
 ) -> None:
-    """Poll until ``stop`` is set; a failing poll is logged and retried, never fatal."""
+    """Poll until ``stop`` is set; a failing poll is logged and retried, never fatal.
+    ``announce``: log the startup line (``crosssell run`` logs its own instead)."""
     interval = runtime.settings.dispatch_interval
+    if announce:
+        log.info("%s", startup_line(runtime, "dispatch"))
     while not stop.is_set():
         try:
             report = dispatch_once(runtime, enqueue)

@@ -2,12 +2,15 @@
 
 Uses the customer's stored profile, their latest event of the campaign's trigger type
 (or a sample one), the live catalog for the offer, and every variant's template. Writes
-the subject, HTML, text and the complete ``.eml`` per variant; changes nothing in the
-database and sends nothing.
+the subject, HTML, text and the complete ``.eml`` per variant, under a directory per
+locale (``var/preview/ro-RO/<campaign>-<customer>-<variant>/``), so previews of one
+email in several languages sit side by side; changes nothing in the database and sends
+nothing.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +33,12 @@ from worker.models import Customer, Event
 from worker.offer_resolution import resolve_for_send
 from worker.runtime import Runtime
 from worker.unsubscribe_mail import mailto_for
+
+
+def locale_directory(locale: str) -> str:
+    """A locale as a directory name: ``ro_RO`` -> ``ro-RO``; anything but letters, digits
+    and ``-`` becomes ``_`` (a locale is never a path)."""
+    return re.sub(r"[^A-Za-z0-9-]", "_", locale.replace("_", "-")) or "default"
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,9 @@ def preview(
         event = validate_event({**payload, "customer": {"id": customer_id}})
         profile = profile_of(customer)
         try:
-            offer = resolve_for_send(session, campaign.offer, event, profile, runtime.complements)
+            offer = resolve_for_send(
+                session, campaign.offer, event, profile, runtime.complements, locale=locale
+            )
         except OfferUnavailable as unavailable:
             notes.append(f"the offer is unavailable now ({unavailable.reason}): sample products")
             offer = sample_offer(campaign)
@@ -121,7 +132,10 @@ def preview(
             ),
             rendered,
         )
-        directory = out / f"{campaign.id}-{customer_id}-{variant.id}"
+        shown_locale = customer_view["locale"] or settings.default_locale
+        directory = (
+            out / locale_directory(shown_locale) / f"{campaign.id}-{customer_id}-{variant.id}"
+        )
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "subject.txt").write_text(rendered.subject + "\n", encoding="utf-8")
         (directory / "body.html").write_text(rendered.html, encoding="utf-8")

@@ -8,8 +8,6 @@ no event waits in the queue and no send is due, queued or in flight — the demo
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from typing import Any
@@ -22,6 +20,7 @@ from worker.db import transaction
 from worker.dispatcher import run_dispatcher
 from worker.models import Send
 from worker.runtime import Runtime
+from worker.startup import startup_line
 from worker.topology import events_queue, transport_options
 
 log = logging.getLogger(__name__)
@@ -63,14 +62,29 @@ def _watch_until_drained(
             idle = False
         calm = calm + 1 if idle else 0
     log.info("pipeline drained; stopping")
-    os.kill(os.getpid(), signal.SIGTERM)
+    # A warm shutdown, as SIGTERM would ask for, without Celery's "worker: Warm shutdown"
+    # line on stdout: the worker's loop checks this flag on every turn.
+    from celery.worker import state
+
+    state.should_stop = 0
 
 
 def run_all(
-    runtime: Runtime, until_drained: bool = False, concurrency: int = 1, loglevel: str = "WARNING"
+    runtime: Runtime,
+    until_drained: bool = False,
+    concurrency: int = 1,
+    loglevel: str | None = None,
 ) -> int:
-    from worker.app import app
+    """Run until stopped (SIGTERM, or drained with ``until_drained``); the exit code.
+    ``loglevel``: for the embedded Celery worker, which sets the root logger's level;
+    default: the level logging has now, so the command line's choice stands."""
+    if loglevel is None:
+        loglevel = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    from worker import app as celery_app
 
+    app = celery_app.app
+    celery_app.announce_worker = False  # this process logs one line for all three parts
+    log.info("%s", startup_line(runtime, "run"))
     stop = threading.Event()
     consumer_ready = threading.Event()
     consumers: list[EventConsumer] = []
@@ -82,10 +96,18 @@ def run_all(
 
     threads = [
         threading.Thread(
-            target=run_consumer, args=(runtime, started), name="consumer", daemon=True
+            target=run_consumer,
+            args=(runtime, started),
+            kwargs={"announce": False},
+            name="consumer",
+            daemon=True,
         ),
         threading.Thread(
-            target=run_dispatcher, args=(runtime, stop), name="dispatcher", daemon=True
+            target=run_dispatcher,
+            args=(runtime, stop),
+            kwargs={"announce": False},
+            name="dispatcher",
+            daemon=True,
         ),
     ]
     if until_drained:
