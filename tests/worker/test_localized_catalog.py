@@ -330,3 +330,22 @@ def test_emails_name_products_in_the_customers_language(
         ]
         shown = [name for name in foreign if name in body]
         assert shown == [], body
+
+
+def test_the_documented_examples_import(tmp_path: Path) -> None:
+    """docs/offers.md's CSV and JSON Lines examples of translations are valid files."""
+    import re
+
+    from worker.settings import PROJECT_ROOT
+
+    guide = (PROJECT_ROOT / "docs" / "offers.md").read_text(encoding="utf-8")
+    section = guide.split("### Names and descriptions per language", 1)[1]
+    csv_example = re.search(r"```csv\n(.*?)```", section, flags=re.DOTALL)
+    json_example = re.search(r"```json\n(.*?)```", section, flags=re.DOTALL)
+    assert csv_example is not None and json_example is not None
+    (tmp_path / "example.csv").write_text(csv_example.group(1), encoding="utf-8")
+    (tmp_path / "example.jsonl").write_text(json_example.group(1), encoding="utf-8")
+    (from_csv,) = parse_catalog(tmp_path / "example.csv")
+    (from_jsonl,) = parse_catalog(tmp_path / "example.jsonl")
+    assert set(from_csv.name_i18n) == {"ro", "it"} and from_csv.description_i18n
+    assert set(from_jsonl.name_i18n) == {"ro", "it"} and from_jsonl.description_i18n

@@ -8,9 +8,9 @@ in the README's process table, a CRM publishes plain JSON to RabbitMQ, and the e
 all three shipped campaigns must reach an SMTP sink.
 
 The shipped campaign files are used as they are but for their send windows (weekday and
-hour), which are widened to the whole week, and quiet hours are off: the processes run on the real clock, and a
-test that passes only on weekday afternoons would be no test. Delays are kept; the events
-are dated back by them.
+hour), which are widened to the whole week, and quiet hours are off: the processes run on
+the real clock, and a test that passes only on weekday afternoons would be no test.
+Delays are kept; the events are dated back by them.
 """
 
 from __future__ import annotations
