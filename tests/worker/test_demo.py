@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from email import message_from_bytes, policy
@@ -22,6 +23,15 @@ def _run_demo(var_dir: Path) -> str:
         [CROSSSELL, "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    # Only the demo's own summary: no worker log lines, no Celery shutdown banner.
+    assert done.stderr == "", done.stderr
+    labels = re.compile(
+        r"^(crosssell demo: clock set to |catalog: |events published: |events stored: |"
+        r"dead-lettered: |customers: |campaigns matched: |emails written: |held out \(control\): |"
+        r"scheduled for later: |failed: |skipped by reason: )"
+    )
+    stray = [line for line in done.stdout.splitlines() if not labels.match(line)]
+    assert stray == [], done.stdout
     return done.stdout
 
 

@@ -278,3 +278,33 @@ def test_preview_refuses_a_locale_that_is_a_path(tmp_path: Path) -> None:
     )
     get_settings.cache_clear()
     assert result.exit_code == 2 and "is not a locale" in result.output
+
+
+def test_run_logs_one_line_for_its_three_parts(tmp_path: Path) -> None:
+    """``crosssell run`` embeds the consumer, the dispatcher and a Celery worker: one
+    startup line for the process, not one per part (and INFO without --log-level)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSSELL_")}
+    env["CROSSSELL_VAR_DIR"] = str(tmp_path / "var")
+    crosssell = str(Path(sys.executable).parent / "crosssell")
+    done = subprocess.run(
+        [crosssell, "run", "--until-drained"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    starts = [
+        line
+        for line in done.stderr.splitlines()
+        if re.search(r"(run|consume|dispatch|celery worker): (events|database|broker) ", line)
+    ]
+    assert len(starts) == 1, done.stderr
+    assert " INFO worker.run: run: events sqla+sqlite:///" in starts[0]
+    assert "provider file (" in starts[0] and "active campaign(s) of" in starts[0]
+    assert "Warm shutdown" not in done.stdout + done.stderr
