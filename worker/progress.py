@@ -38,20 +38,28 @@ def _ignore(_: int) -> None:
 
 @contextmanager
 def progress(
-    description: str, total: int | None = None, console: Console | None = None
+    description: str,
+    total: int | None = None,
+    console: Console | None = None,
+    counting: bool = False,
 ) -> Iterator[Advance]:
     """A progress line while the block runs; yields ``advance(n)``. ``total=None`` shows
-    a spinner and a count instead of a bar. Does nothing unless stderr is a terminal
-    (or a ``console`` is given, as tests do)."""
+    a spinner instead of a bar (with a running count if ``counting``). Does nothing
+    unless stderr is a terminal (or a ``console`` is given, as tests do)."""
     if console is None:
         if not attached_to_terminal():
             yield _ignore
             return
-        console = Console(stderr=True)
+        # Bound to the stream now: an embedded Celery worker later replaces sys.stderr
+        # with a logging proxy, and the line must stay on the terminal.
+        console = Console(file=sys.stderr)
     columns = [SpinnerColumn(), TextColumn("{task.description}")]
     if total is not None:
         columns.append(BarColumn())
-    columns += [MofNCompleteColumn() if total is not None else TextColumn("{task.completed}")]
+    if total is not None:
+        columns.append(MofNCompleteColumn())
+    elif counting:
+        columns.append(TextColumn("{task.completed}"))
     columns.append(TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(description, total=total)
@@ -66,7 +74,7 @@ def tracked(
     items: Iterable[T], description: str, total: int | None = None, console: Console | None = None
 ) -> Iterator[T]:
     """``items`` unchanged, counted on a progress line as they are consumed."""
-    with progress(description, total, console) as advance:
+    with progress(description, total, console, counting=True) as advance:
         for item in items:
             yield item
             advance(1)
