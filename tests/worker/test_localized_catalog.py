@@ -320,6 +320,11 @@ def test_emails_name_products_in_the_customers_language(
     rows = _demo_rows()
     wanted = [row[f"name.{language}"] if language else row["name"] for row in rows]
     assert any(name in body for name in wanted), body
+    # Each product shown has its description in the same language, where it has one.
+    suffix = f".{language}" if language else ""
+    shown = [row for row in rows if (row[f"name{suffix}"]) in body]
+    for row in shown:
+        assert row[f"description{suffix}"] in body, (row["sku"], body)
     if language is not None:
         # No English default name shows, unless it is part of a name in the language.
         foreign = [
