@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from sqlalchemy import select
 
@@ -190,6 +190,46 @@ def test_jsonl_translations_as_objects_or_dotted_keys(tmp_path: Path) -> None:
     assert first.name_i18n == {"ro": "Trepied", "it": "Treppiede"}
     assert first.description_i18n == {"ro": "Ușor."}
     assert second.name_i18n == {"ro": "Geantă"}
+
+
+language_tags = st.builds(
+    lambda language, region: language + (f"-{region}" if region else ""),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=2, max_size=3),
+    st.one_of(st.none(), st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=2, max_size=2)),
+)
+product_text = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zl", "Zp")),
+    min_size=1,
+    max_size=40,
+).filter(lambda text: text.strip() == text and text != "")
+
+
+@given(
+    names=st.dictionaries(language_tags, product_text, max_size=5),
+    descriptions=st.dictionaries(language_tags, product_text, max_size=5),
+)
+def test_any_translations_written_by_the_csv_module_come_back(
+    tmp_path_factory: pytest.TempPathFactory,
+    names: dict[str, str],
+    descriptions: dict[str, str],
+) -> None:
+    """Whatever languages and texts (quotes, commas, diacritics, newlines aside) a
+    spreadsheet exports through the stdlib csv writer are read back, keyed by the
+    lower-case tag."""
+    # Tags differing only in case are one language (RFC 5646 2.1.1): not two columns.
+    assume(len({tag.lower() for tag in names}) == len(names))
+    assume(len({tag.lower() for tag in descriptions}) == len(descriptions))
+    header = ["sku", "name", "category", "price", "currency"]
+    header += [f"name.{tag}" for tag in names] + [f"description.{tag}" for tag in descriptions]
+    row = ["S-1", "Default", "c", "1.00", "EUR", *names.values(), *descriptions.values()]
+    path = tmp_path_factory.mktemp("csv") / "catalog.csv"
+    with path.open("w", encoding="utf-8", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        writer.writerow(row)
+    (parsed,) = parse_catalog(path)
+    assert parsed.name_i18n == {tag.lower(): text for tag, text in names.items()}
+    assert parsed.description_i18n == {tag.lower(): text for tag, text in descriptions.items()}
 
 
 @pytest.mark.parametrize(
