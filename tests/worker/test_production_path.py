@@ -21,6 +21,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -39,7 +40,7 @@ from tests.worker.test_production_stack import Stack, _pika, _queue_ready, publi
 from worker.migrate import alembic_config
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(os.sys.executable).parent  # type: ignore[attr-defined]
+BIN = Path(sys.executable).parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
