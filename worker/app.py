@@ -6,7 +6,6 @@ settings as everything else; nothing connects at import time.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -78,15 +77,10 @@ class ProviderCheck(bootsteps.Step):  # type: ignore[misc,unused-ignore]
 
 app.steps["worker"].add(ProviderCheck)
 
-log = logging.getLogger(__name__)
-# ``crosssell run`` embeds a worker and logs one line for the whole process instead.
-announce_worker = True
-
 
 @worker_ready.connect  # type: ignore[untyped-decorator,unused-ignore]
 def _announce(**_: Any) -> None:
     """The Celery worker's startup line: broker, database, campaigns, provider."""
-    if announce_worker:
-        from worker.startup import startup_line
+    from worker.startup import announce
 
-        log.info("%s", startup_line(get_runtime(), "celery worker"))
+    announce(get_runtime(), "celery worker")

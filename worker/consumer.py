@@ -23,7 +23,7 @@ from worker.db import transaction
 from worker.ingest import ingest_event
 from worker.metrics import EVENTS
 from worker.runtime import Runtime
-from worker.startup import startup_line
+from worker.startup import announce
 from worker.topology import dead_letter_queue, events_queue, transport_options
 
 log = logging.getLogger(__name__)
@@ -117,15 +117,11 @@ class EventConsumer(ConsumerMixin):
 
 
 def run_consumer(
-    runtime: Runtime,
-    started: Callable[[EventConsumer], None] | None = None,
-    announce: bool = True,
+    runtime: Runtime, started: Callable[[EventConsumer], None] | None = None
 ) -> EventConsumer:
-    """Consume until ``should_stop`` is set on the consumer (``started`` receives it).
-    ``announce``: log the startup line (``crosssell run`` logs its own instead)."""
+    """Consume until ``should_stop`` is set on the consumer (``started`` receives it)."""
     url = runtime.settings.resolved_events_url
-    if announce:
-        log.info("%s", startup_line(runtime, "consume"))
+    announce(runtime, "consume")
     with Connection(url, transport_options=transport_options(url)) as connection:
         consumer = EventConsumer(connection, runtime)
         if started is not None:

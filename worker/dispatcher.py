@@ -21,7 +21,7 @@ from triggers.durations import parse_duration
 from worker.db import transaction
 from worker.models import Send
 from worker.runtime import Runtime
-from worker.startup import startup_line
+from worker.startup import announce
 
 log = logging.getLogger(__name__)
 Enqueue = Callable[[Sequence[int]], None]
@@ -122,16 +122,11 @@ def celery_enqueue(ids: Sequence[int]) -> None:
 
 
 def run_dispatcher(
-    runtime: Runtime,
-    stop: threading.Event,
-    enqueue: Enqueue = celery_enqueue,
-    announce: bool = True,
+    runtime: Runtime, stop: threading.Event, enqueue: Enqueue = celery_enqueue
 ) -> None:
-    """Poll until ``stop`` is set; a failing poll is logged and retried, never fatal.
-    ``announce``: log the startup line (``crosssell run`` logs its own instead)."""
+    """Poll until ``stop`` is set; a failing poll is logged and retried, never fatal."""
     interval = runtime.settings.dispatch_interval
-    if announce:
-        log.info("%s", startup_line(runtime, "dispatch"))
+    announce(runtime, "dispatch")
     while not stop.is_set():
         try:
             report = dispatch_once(runtime, enqueue)

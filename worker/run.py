@@ -20,7 +20,7 @@ from worker.db import transaction
 from worker.dispatcher import run_dispatcher
 from worker.models import Send
 from worker.runtime import Runtime
-from worker.startup import startup_line
+from worker.startup import announce_combined
 from worker.topology import events_queue, transport_options
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,9 @@ def run_all(
     default: the level logging has now, so the command line's choice stands."""
     if loglevel is None:
         loglevel = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-    from worker import app as celery_app
+    from worker.app import app
 
-    app = celery_app.app
-    celery_app.announce_worker = False  # this process logs one line for all three parts
-    log.info("%s", startup_line(runtime, "run"))
+    announce_combined(runtime)  # one line for the consumer, dispatcher and worker
     stop = threading.Event()
     consumer_ready = threading.Event()
     consumers: list[EventConsumer] = []
@@ -96,18 +94,10 @@ def run_all(
 
     threads = [
         threading.Thread(
-            target=run_consumer,
-            args=(runtime, started),
-            kwargs={"announce": False},
-            name="consumer",
-            daemon=True,
+            target=run_consumer, args=(runtime, started), name="consumer", daemon=True
         ),
         threading.Thread(
-            target=run_dispatcher,
-            args=(runtime, stop),
-            kwargs={"announce": False},
-            name="dispatcher",
-            daemon=True,
+            target=run_dispatcher, args=(runtime, stop), name="dispatcher", daemon=True
         ),
     ]
     if until_drained:

@@ -10,6 +10,8 @@ since it may carry credentials too), and provider credentials are never named.
 
 from __future__ import annotations
 
+import logging
+
 from kombu.utils.url import sanitize_url
 
 from worker.runtime import Runtime
@@ -26,6 +28,25 @@ CONNECTIONS: dict[str, tuple[tuple[str, str], ...]] = {
         ("broker", "resolved_broker_url"),
     ),
 }
+
+
+log = logging.getLogger(__name__)
+# Set by ``crosssell run``: its consumer, dispatcher and Celery worker share one process,
+# which logs one line for all three instead of one per part.
+_combined = False
+
+
+def announce(runtime: Runtime, process: str) -> None:
+    """Log ``process``'s startup line at INFO, unless it is part of ``crosssell run``."""
+    if not _combined:
+        log.info("%s", startup_line(runtime, process))
+
+
+def announce_combined(runtime: Runtime) -> None:
+    """Log the startup line of ``crosssell run`` and silence those of its parts."""
+    global _combined
+    _combined = True
+    log.info("%s", startup_line(runtime, "run"))
 
 
 def masked(url: str) -> str:

@@ -125,7 +125,7 @@ def test_the_consumer_logs_its_line_once_at_info(
     def stop_at_once(consumer: EventConsumer) -> None:
         consumer.should_stop = True
 
-    with caplog.at_level(logging.INFO, logger="worker.consumer"):
+    with caplog.at_level(logging.INFO, logger="worker.startup"):
         run_consumer(runtime, stop_at_once)
     lines = [r for r in caplog.records if r.getMessage().startswith("consume: ")]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
@@ -305,6 +305,6 @@ def test_run_logs_one_line_for_its_three_parts(tmp_path: Path) -> None:
         if re.search(r"(run|consume|dispatch|celery worker): (events|database|broker) ", line)
     ]
     assert len(starts) == 1, done.stderr
-    assert " INFO worker.run: run: events sqla+sqlite:///" in starts[0]
+    assert " INFO worker.startup: run: events sqla+sqlite:///" in starts[0]
     assert "provider file (" in starts[0] and "active campaign(s) of" in starts[0]
     assert "Warm shutdown" not in done.stdout + done.stderr
