@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import after_setup_logger
+from celery.signals import after_setup_logger, worker_ready
 
 from triggers.durations import parse_duration
 from worker.runtime import get_runtime
@@ -107,3 +107,11 @@ def _log_format(logger: Any = None, **_: Any) -> None:
     if log_format == "json" and logger is not None:
         for handler in logger.handlers:
             handler.setFormatter(formatter(log_format))
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator,unused-ignore]
+def _announce(**_: Any) -> None:
+    """The Celery worker's startup line: broker, database, campaigns, provider."""
+    from worker.startup import announce
+
+    announce(get_runtime(), "celery worker")

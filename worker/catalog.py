@@ -6,7 +6,8 @@ identity map) and building the decision core's immutable ``Product`` directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +29,63 @@ _COLUMNS = (
     Product.line,
     Product.tier,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class LocalizedProduct(OfferProduct):
+    """A product as one customer sees it: ``name`` in their language (or the default
+    name) and the ``description`` in their language, if the catalog has one."""
+
+    description: str | None = None
+
+
+def lookup_tags(locale_tag: str | None) -> list[str]:
+    """The language tags to try for a customer's locale, most specific first: RFC 4647
+    section 3.4 lookup, truncating subtags from the end (``ro-RO`` -> ``ro-ro``, ``ro``;
+    POSIX ``it_IT.UTF-8`` -> ``it-it``, ``it``). Empty for no locale."""
+    if not locale_tag:
+        return []
+    tag = locale_tag.split(".", 1)[0].split("@", 1)[0].replace("_", "-").strip().lower()
+    subtags = [part for part in tag.split("-") if part]
+    tags = []
+    while subtags:
+        tags.append("-".join(subtags))
+        subtags.pop()
+        # RFC 4647 3.4: a single-letter subtag (extension or private-use singleton) is
+        # removed together with the subtag that follows it.
+        while subtags and len(subtags[-1]) == 1:
+            subtags.pop()
+    return tags
+
+
+def localized(
+    texts: Mapping[str, str] | None, default: str | None, locale_tag: str | None
+) -> str | None:
+    """The text for ``locale_tag`` from ``texts`` (lower-case tag -> text), falling back
+    to ``default`` when no tag of the lookup chain has one."""
+    if texts:
+        for tag in lookup_tags(locale_tag):
+            text = texts.get(tag)
+            if text:
+                return text
+    return default
+
+
+def product_texts(
+    session: Session, skus: Iterable[str]
+) -> dict[str, tuple[dict[str, str], str | None, dict[str, str]]]:
+    """``sku -> (name_i18n, description, description_i18n)`` for the given products: only
+    the few items an email shows, read after the offer is chosen."""
+    wanted = list(dict.fromkeys(skus))
+    if not wanted:
+        return {}
+    query = select(
+        Product.sku, Product.name_i18n, Product.description, Product.description_i18n
+    ).where(Product.sku.in_(wanted))
+    return {
+        row.sku: (dict(row.name_i18n or {}), row.description, dict(row.description_i18n or {}))
+        for row in session.execute(query)
+    }
 
 
 def _offer_product(row: Any) -> OfferProduct:

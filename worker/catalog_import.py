@@ -2,14 +2,20 @@
 
 Every row is validated first and every error is reported with its line number; only a
 file without errors is written, in one transaction, as an upsert by SKU. Nothing is ever
-half-imported. The format is documented in docs/catalog.md.
+half-imported. The format is documented in docs/offers.md.
+
+Per-language texts: a CSV has ``name.<tag>`` and ``description.<tag>`` columns (``name.ro``,
+``description.it``, ``name.pt-BR``) next to the default ``name`` and ``description``; a
+JSON Lines row has ``name_i18n`` and ``description_i18n`` objects (``{"ro": "…"}``) or
+the same dotted keys. Tags are BCP 47 language tags (RFC 5646), stored lower-case.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -35,9 +41,43 @@ COLUMNS = (
     "brand",
     "line",
     "tier",
+    "description",
 )
+# Columns that take a language suffix: ``name.ro`` goes to ``name_i18n["ro"]``.
+TRANSLATED = ("name", "description")
 REQUIRED = ("sku", "name", "category", "price", "currency")
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+# A language tag as products use it: a 2-3 letter primary language subtag and optional
+# script/region/variant subtags (RFC 5646 section 2.1, without extensions or private use).
+LANGUAGE_TAG = re.compile(r"^[a-z]{2,3}(?:-[a-z0-9]{2,8})*$")
+MAX_TRANSLATIONS = 50
+
+
+def language_tag(tag: str) -> str:
+    """``tag`` in the stored form: lower case, ``-`` separated (``pt_BR`` -> ``pt-br``).
+    Raises ValueError if it is not a language tag. Tags compare case-insensitively
+    (RFC 5646 section 2.1.1), so the lower-case form is canonical for lookups."""
+    normalized = tag.strip().replace("_", "-").lower()
+    if not LANGUAGE_TAG.fullmatch(normalized):
+        raise ValueError(f"{tag!r} is not a language tag (like ro, it or pt-BR)")
+    return normalized
+
+
+def _translations(value: object) -> object:
+    """Validate a ``{tag: text}`` object and store its tags in canonical form."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError('write translations as an object, e.g. {"ro": "…", "it": "…"}')
+    if len(value) > MAX_TRANSLATIONS:
+        raise ValueError(f"at most {MAX_TRANSLATIONS} languages")
+    texts: dict[str, object] = {}
+    for tag, text in value.items():
+        key = language_tag(str(tag))
+        if key in texts:
+            raise ValueError(f"language {key!r} given twice")
+        texts[key] = text.strip() if isinstance(text, str) else text
+    return texts
 
 
 class CatalogRow(BaseModel):
@@ -54,6 +94,18 @@ class CatalogRow(BaseModel):
     brand: Annotated[str, Field(max_length=128)] | None = None
     line: Annotated[str, Field(max_length=128)] | None = None
     tier: Annotated[int, Field(ge=0, le=1000)] | None = None
+    description: Annotated[str, Field(max_length=2000)] | None = None
+    name_i18n: dict[str, Annotated[str, Field(min_length=1, max_length=300)]] = Field(
+        default_factory=dict
+    )
+    description_i18n: dict[str, Annotated[str, Field(min_length=1, max_length=2000)]] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("name_i18n", "description_i18n", mode="before")
+    @classmethod
+    def _language_tags(cls, value: object) -> object:
+        return _translations(value)
 
     @field_validator("price", mode="before")
     @classmethod
@@ -95,6 +147,54 @@ def _checked_lines(text: str, errors: list[RowError]) -> Iterator[tuple[int, str
         yield number, line
 
 
+def _split_column(name: str) -> tuple[str, str | None]:
+    """``"name.ro"`` -> ``("name", "ro")``; ``"price"`` -> ``("price", None)``."""
+    base, dot, tag = name.partition(".")
+    return (base, tag) if dot else (name, None)
+
+
+def _gather_translations(values: dict[str, Any]) -> dict[str, Any]:
+    """Move ``name.<tag>`` / ``description.<tag>`` values into ``name_i18n`` /
+    ``description_i18n``; a bad tag is left under its own key for validation to name."""
+    gathered: dict[str, Any] = {}
+    for key, value in values.items():
+        base, tag = _split_column(key)
+        if tag is None or base not in TRANSLATED:
+            gathered[key] = value
+            continue
+        try:
+            canonical = language_tag(tag)
+        except ValueError:
+            gathered[key] = value
+            continue
+        texts = gathered.setdefault(f"{base}_i18n", {})
+        if isinstance(texts, dict):
+            texts[canonical] = value
+    return gathered
+
+
+def _canonical_column(name: str) -> str:
+    """``name.RO`` and ``name.ro`` are one column: language tags ignore case."""
+    base, tag = _split_column(name)
+    if tag is None or base not in TRANSLATED:
+        return name
+    try:
+        return f"{base}.{language_tag(tag)}"
+    except ValueError:
+        return name
+
+
+def _known_column(name: str) -> bool:
+    base, tag = _split_column(name)
+    if tag is None:
+        return name in COLUMNS
+    try:
+        language_tag(tag)
+    except ValueError:
+        return False
+    return base in TRANSLATED
+
+
 def _csv_rows(text: str, errors: list[RowError]) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
     reader = csv.DictReader(line for _number, line in _checked_lines(text, errors))
     try:
@@ -102,12 +202,15 @@ def _csv_rows(text: str, errors: list[RowError]) -> Iterator[tuple[int, dict[str
     except csv.Error as exc:
         yield 1, RowError(1, "csv", str(exc))
         return
-    unknown = [name for name in header if name not in COLUMNS]
+    unknown = [name for name in header if not _known_column(name)]
+    canonical = [_canonical_column(name) for name in header]
+    unknown += sorted({f"{name} (twice)" for name in canonical if canonical.count(name) > 1})
     missing = [name for name in REQUIRED if name not in header]
     if unknown or missing:
         problems = [f"unknown column {name!r}" for name in unknown]
         problems += [f"missing column {name!r}" for name in missing]
-        yield 1, RowError(1, "header", "; ".join(problems) + f" (columns: {', '.join(COLUMNS)})")
+        known = ", ".join(COLUMNS) + ", name.<language>, description.<language>"
+        yield 1, RowError(1, "header", "; ".join(problems) + f" (columns: {known})")
         return
     while True:
         try:
@@ -130,7 +233,7 @@ def _csv_rows(text: str, errors: list[RowError]) -> Iterator[tuple[int, dict[str
                 values["in_stock"] = flag in _TRUE
         if "tier" in values and str(values["tier"]).strip().isdigit():
             values["tier"] = int(values["tier"])
-        yield line, values
+        yield line, _gather_translations(values)
 
 
 def _jsonl_rows(
@@ -152,7 +255,14 @@ def _jsonl_rows(
         if not isinstance(document, dict):
             yield line, RowError(line, "json", "each line must be a JSON object")
             continue
-        yield line, document
+        dotted = {k: v for k, v in document.items() if "." in k}
+        for key in dotted:
+            base = _split_column(key)[0]
+            if f"{base}_i18n" in document:
+                yield line, RowError(line, key, f"give {base}_i18n or {base}.<language>, not both")
+                break
+        else:
+            yield line, _gather_translations(document)
 
 
 def _read(path: Path) -> str:
@@ -205,14 +315,30 @@ def parse_catalog(path: Path) -> list[CatalogRow]:
     return rows
 
 
-def upsert_products(session: Session, rows: list[CatalogRow], now: datetime) -> int:
-    """Insert new SKUs and update existing ones, in batches, in the caller's transaction."""
+UPSERT_BATCH = 1000
+
+
+def upsert_products(
+    session: Session,
+    rows: list[CatalogRow],
+    now: datetime,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Insert new SKUs and update existing ones, in batches, in the caller's transaction.
+
+    Every column is taken from the file, translations included: a language left out of
+    the file is removed from the product. ``on_batch(n)`` is told each batch's size (for
+    a progress bar)."""
     table: Table = Product.__table__  # type: ignore[assignment]
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    for start in range(0, len(rows), 1000):
-        batch = [{**row.model_dump(), "updated_at": now} for row in rows[start : start + 1000]]
+    columns = (*COLUMNS[1:], "name_i18n", "description_i18n", "updated_at")
+    for start in range(0, len(rows), UPSERT_BATCH):
+        chunk = rows[start : start + UPSERT_BATCH]
+        batch = [{**row.model_dump(), "updated_at": now} for row in chunk]
         statement = insert(table).values(batch)
-        updates = {c: statement.excluded[c] for c in (*COLUMNS[1:], "updated_at")}
+        updates = {c: statement.excluded[c] for c in columns}
         session.execute(statement.on_conflict_do_update(index_elements=["sku"], set_=updates))
+        if on_batch is not None:
+            on_batch(len(chunk))
     return len(rows)

@@ -46,11 +46,19 @@ def _serve(runtime_name: str) -> Runtime:
     return runtime
 
 
+# Long-running processes log at INFO by default (their startup line, reloads); one-shot
+# commands at WARNING, so their output is only their own result lines; the demo at ERROR,
+# since its summary reports what the warnings would (dead letters, skips).
+SERVICES = frozenset({"consume", "dispatch", "run", "web", "unsubscribe-mail"})
+QUIET = frozenset({"demo"})
+
+
 @click.group()
 @click.option(
     "--log-level",
-    default="WARNING",
-    show_default=True,
+    default=None,
+    help="Default: INFO for consume, dispatch, run, web, unsubscribe-mail; ERROR for demo; "
+    "else WARNING.",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 @click.option(
@@ -59,21 +67,48 @@ def _serve(runtime_name: str) -> Runtime:
     default=None,
     help="text, or json: one object per line [default: CROSSSELL_LOG_FORMAT, else text]",
 )
-def main(log_level: str, log_format: Literal["text", "json"] | None) -> None:
+@click.pass_context
+def main(
+    ctx: click.Context, log_level: str | None, log_format: Literal["text", "json"] | None
+) -> None:
     """crosssell: CRM events in, timely cross-sell emails out."""
     from worker.log_format import configure_logging
 
-    configure_logging(log_level, log_format or get_settings().log_format)
+    command = ctx.invoked_subcommand
+    default = "INFO" if command in SERVICES else "ERROR" if command in QUIET else "WARNING"
+    configure_logging(log_level or default, log_format or get_settings().log_format)
+
+
+def _revision_text(revision: str | None, docs: dict[str, str]) -> str:
+    if revision is None:
+        return "an empty database"
+    return f"{revision} ({docs[revision]})" if docs.get(revision) else revision
 
 
 @main.command()
 def migrate() -> None:
-    """Create or upgrade the database schema (Alembic)."""
-    from worker.migrate import upgrade
+    """Create or upgrade the database schema (Alembic); says from which revision to which."""
+    from alembic.script import ScriptDirectory
+
+    from worker.migrate import alembic_config, current_revision, upgrade
+    from worker.startup import masked
 
     settings = get_settings()
-    upgrade(settings.resolved_database_url)
-    click.echo("database is at the latest schema")
+    url = settings.resolved_database_url
+    script = ScriptDirectory.from_config(alembic_config(url))
+    docs = {rev.revision: str(rev.doc or "") for rev in script.walk_revisions()}
+    before = current_revision(url)
+    upgrade(url)
+    after = current_revision(url)
+    where = masked(url)
+    if before == after:
+        click.echo(f"{where}: already at {_revision_text(after, docs)}; nothing to do")
+        return
+    applied = [rev for rev in script.iterate_revisions(after, before)]
+    click.echo(
+        f"{where}: migrated from {_revision_text(before, docs)} "
+        f"to {_revision_text(after, docs)} ({len(applied)} migration(s))"
+    )
 
 
 @main.command()
@@ -300,7 +335,10 @@ def simulate(events_file: Path | None, since_text: str | None, at_text: str | No
         except ValueError as bad:
             raise click.BadParameter(str(bad), param_hint="--since") from None
         source = events_from_log(runtime)
-    report, standing = run_simulation(runtime, source, count_from=count_from, at=at)
+    from worker.progress import tracked
+
+    replayed = tracked(source, "replaying events")
+    report, standing = run_simulation(runtime, replayed, count_from=count_from, at=at)
     campaigns = [c.id for c in runtime.rules.current().campaigns]
     for line in report_lines(report, campaigns, standing):
         click.echo(line)
@@ -353,9 +391,11 @@ def catalog_import(file: Path) -> None:
 
     from worker.catalog_import import CatalogError, parse_catalog, upsert_products
     from worker.db import transaction
+    from worker.progress import progress
 
     try:
-        rows = parse_catalog(file)
+        with progress(f"reading {file.name}"):
+            rows = parse_catalog(file)
     except CatalogError as bad:
         for error in bad.errors[:100]:
             click.echo(f"{file}:{error.line}: {error.column}: {error.message}", err=True)
@@ -365,9 +405,14 @@ def catalog_import(file: Path) -> None:
             "nothing was imported"
         ) from None
     settings = get_settings()
-    with transaction(settings.resolved_database_url) as session:
-        count = upsert_products(session, rows, datetime.now(UTC))
-    click.echo(f"imported {count} product(s) from {file}")
+    with (
+        progress("importing products", total=len(rows)) as advance,
+        transaction(settings.resolved_database_url) as session,
+    ):
+        count = upsert_products(session, rows, datetime.now(UTC), on_batch=advance)
+    translated = sorted({tag for row in rows for tag in row.name_i18n})
+    languages = f"; names also in {', '.join(translated)}" if translated else ""
+    click.echo(f"imported {count} product(s) from {file}{languages}")
 
 
 @main.group()
@@ -378,9 +423,11 @@ def recommendations() -> None:
 @recommendations.command("rebuild")
 def recommendations_rebuild() -> None:
     """Recompute product affinities and bestsellers from the order history now."""
+    from worker.progress import progress
     from worker.recommendations import run_rebuild
 
-    report = run_rebuild(get_settings())
+    with progress("rebuilding product affinities"):
+        report = run_rebuild(get_settings())
     click.echo(
         f"rebuilt from {report.customers} customers and {report.products} products: "
         f"{report.pairs} product pairs kept, in {report.seconds:.1f} s"
@@ -537,7 +584,11 @@ def suppressions_remove(email: str) -> None:
     default=None,
     help="A customer in the database (default: the sample customer lint uses; no database).",
 )
-@click.option("--locale", default=None, help="Render in this locale instead of the customer's.")
+@click.option(
+    "--locale",
+    default=None,
+    help="Render in this locale instead of the customer's (each locale has its own directory).",
+)
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Directory (default: var/preview)."
 )
@@ -555,9 +606,18 @@ def preview(
     screenshots: bool,
 ) -> None:
     """Render a campaign's email for one customer: subject, HTML, text and .eml files."""
+    from babel import Locale, UnknownLocaleError
+
     from worker.preview import preview as make_preview
     from worker.runtime import get_runtime
 
+    if locale is not None:
+        try:
+            Locale.parse(locale.replace("-", "_"))
+        except (ValueError, UnknownLocaleError):
+            raise click.BadParameter(
+                f"{locale!r} is not a locale (like ro-RO or it)", param_hint="--locale"
+            ) from None
     runtime = get_runtime()
     try:
         results = make_preview(

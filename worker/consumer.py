@@ -32,6 +32,7 @@ from worker.metrics import EVENTS
 from worker.privacy import forget_from_message
 from worker.redaction import redact
 from worker.runtime import Runtime
+from worker.startup import announce
 from worker.topology import dead_letter_queue, events_queue, transport_options
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ def run_consumer(
 ) -> EventConsumer:
     """Consume until ``should_stop`` is set on the consumer (``started`` receives it)."""
     url = runtime.settings.resolved_events_url
+    announce(runtime, "consume")
     with Connection(url, transport_options=transport_options(url)) as connection:
         consumer = EventConsumer(connection, runtime)
         if started is not None:

@@ -1,6 +1,7 @@
 """``make demo`` / ``crosssell demo``: the whole pipeline on embedded defaults.
 
-Seeds the catalog, publishes the demo events through the same transport a CRM uses,
+Imports the demo catalog (config/demo/catalog.csv, through the same import as
+``crosssell catalog import``), publishes the demo events through the same transport a CRM uses,
 runs consumer + dispatcher + Celery worker until drained and prints what happened. The
 demo runs on a clock set to the latest Tuesday 10:30 UTC, so its emails fall inside the
 campaigns' send windows whatever the hour at which it is run.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from datetime import UTC, datetime, time, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
 
@@ -19,11 +19,13 @@ from celery.exceptions import SecurityWarning
 from sqlalchemy import func, select
 
 from triggers.outcomes import SkipReason
+from worker.catalog_import import upsert_products
 from worker.clock import ShiftedClock
 from worker.db import transaction
-from worker.demo_data import CATALOG, CURRENCY, OUT_OF_STOCK, as_lines
+from worker.demo_data import DEMO_CATALOG, as_lines, catalog_rows
 from worker.migrate import upgrade
-from worker.models import Customer, Event, Product, Send
+from worker.models import Customer, Event, Send
+from worker.progress import progress, tracked
 from worker.publisher import publish_lines
 from worker.run import run_all
 from worker.runtime import Runtime, set_runtime
@@ -52,16 +54,10 @@ def demo_anchor(today: datetime) -> datetime:
 
 
 def seed_catalog(settings: Settings, now: datetime) -> int:
+    """Import config/demo/catalog.csv as ``crosssell catalog import`` would; the number
+    of products."""
     with transaction(settings.resolved_database_url) as session:
-        for sku, name, category, price, line, tier in CATALOG:
-            product = session.get(Product, sku) or Product(sku=sku)
-            product.name, product.category, product.price = name, category, Decimal(price)
-            product.currency, product.in_stock = CURRENCY, sku not in OUT_OF_STOCK
-            product.url = f"{settings.public_url.rstrip('/')}/p/{sku.lower()}"
-            product.image_url = f"{settings.public_url.rstrip('/')}/img/{sku.lower()}.jpg"
-            product.brand, product.line, product.tier, product.updated_at = "Demo", line, tier, now
-            session.add(product)
-    return len(CATALOG)
+        return upsert_products(session, list(catalog_rows()), now)
 
 
 def summary(settings: Settings, out: TextIO, dead_lettered: int) -> None:
@@ -162,15 +158,16 @@ def run_demo(settings: Settings, out: TextIO) -> int:
     demo_file.parent.mkdir(parents=True, exist_ok=True)
     demo_file.write_bytes(b"\n".join(lines) + b"\n")
     print(f"crosssell demo: clock set to {anchor:%a %Y-%m-%d %H:%M} UTC", file=out)
-    print(f"catalog:             {products} products", file=out)
-    report = publish_lines(settings, lines)
+    print(f"catalog:             {products} products from {DEMO_CATALOG.name}", file=out)
+    report = publish_lines(settings, tracked(lines, "publishing events", total=len(lines)))
     print(f"events published:    {report.published} from {demo_file}", file=out)
     # Celery warns about running as root (containers often do); the demo's tasks are JSON
     # only, so the warning is noise here.
     warnings.filterwarnings("ignore", category=SecurityWarning)
     runtime = Runtime(settings, clock=ShiftedClock(anchor))
     set_runtime(runtime)
-    code = run_all(runtime, until_drained=True)
+    with progress("running consumer, dispatcher and worker until drained"):
+        code = run_all(runtime, until_drained=True)
     consumer = runtime.consumer
     dead = consumer.stats["dead_lettered"] if consumer is not None else 0
     summary(settings, out, dead)
@@ -198,14 +195,14 @@ def follow_up_week(runtime: Runtime, anchor: datetime) -> int:
     import random
 
     from triggers.events import validate_event
-    from worker.demo_data import MAIN_CATEGORIES
+    from worker.demo_data import CURRENCY, MAIN_CATEGORIES, catalog_rows
     from worker.ingest import ingest_event
     from worker.models import SendOffer
 
     settings = runtime.settings
     url = settings.resolved_database_url
     rng = random.Random(20261117)
-    extras = {p[0]: p for p in CATALOG if p[2] not in MAIN_CATEGORIES}
+    extras = {p.sku: p for p in catalog_rows() if p.category not in MAIN_CATEGORIES}
     with transaction(url) as session:
         touches = session.execute(
             select(Send.id, Send.status, Send.customer_id, Send.sent_at, Send.send_at)
@@ -228,7 +225,8 @@ def follow_up_week(runtime: Runtime, anchor: datetime) -> int:
             if choices and emailed and pick < FOLLOW_UP_OFFERED_SHARE
             else sorted(extras)[int(pick * len(extras))]
         )
-        _, name, category, price, _, _ = extras[sku]
+        product = extras[sku]
+        name, category, price = product.name, product.category, str(product.price)
         person = people[touch.customer_id]
         at = (start + timedelta(hours=hours)).replace(microsecond=0)
         documents.append(

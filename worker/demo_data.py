@@ -13,47 +13,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cache
+
+from worker.catalog_import import CatalogRow, parse_catalog
+from worker.settings import PROJECT_ROOT
 
 SEED = 2026
 CURRENCY = "EUR"
 
-# (sku, name, category, price, line, tier)
-CATALOG: tuple[tuple[str, str, str, str, str | None, int | None], ...] = (
-    ("LAP-14-BASIC", "Laptop 14 Basic", "laptops", "649.00", "laptop-14", 1),
-    ("LAP-14-PRO", "Laptop 14 Pro", "laptops", "999.00", "laptop-14", 2),
-    ("LAP-16-MAX", "Laptop 16 Max", "laptops", "1499.00", "laptop-16", 3),
-    ("PHN-A", "Phone A", "phones", "349.00", "phone", 1),
-    ("PHN-A-PLUS", "Phone A Plus", "phones", "549.00", "phone", 2),
-    ("PHN-ULTRA", "Phone Ultra", "phones", "899.00", "phone", 3),
-    ("TAB-10", "Tablet 10", "tablets", "329.00", "tablet", 1),
-    ("TAB-12-PRO", "Tablet 12 Pro", "tablets", "699.00", "tablet", 2),
-    ("MON-24", 'Monitor 24" IPS', "monitors", "179.00", "monitor", 1),
-    ("MON-27-4K", 'Monitor 27" 4K', "monitors", "379.00", "monitor", 2),
-    ("CAM-MIRRORLESS", "Mirrorless Camera M5", "cameras", "899.00", "camera", 1),
-    ("CAM-ACTION", "Action Camera Go", "cameras", "299.00", "action-camera", 1),
-    ("HP-BUDS", "Wireless Earbuds", "headphones", "79.00", "buds", 1),
-    ("HP-NC700", "Noise-Cancelling Headphones 700", "headphones", "249.00", "over-ear", 2),
-    ("BAG-SLEEVE-14", 'Laptop Sleeve 14"', "laptop-bags", "29.00", None, None),
-    ("BAG-BACKPACK", "Commuter Laptop Backpack", "laptop-bags", "69.00", None, None),
-    ("MOU-WIRELESS", "Wireless Mouse", "mice", "25.00", None, None),
-    ("MOU-ERGO", "Ergonomic Mouse", "mice", "59.00", None, None),
-    ("DOCK-USBC", "USB-C Docking Station", "docking-stations", "129.00", None, None),
-    ("DOCK-MINI", "Mini USB-C Hub", "docking-stations", "39.00", None, None),
-    ("KEY-MECH", "Mechanical Keyboard", "keyboards", "89.00", None, None),
-    ("KEY-SLIM", "Slim Wireless Keyboard", "keyboards", "45.00", None, None),
-    ("CASE-CLEAR", "Clear Phone Case", "phone-cases", "15.00", None, None),
-    ("CASE-LEATHER", "Leather Phone Case", "phone-cases", "39.00", None, None),
-    ("CHG-65W", "65 W USB-C Charger", "chargers", "35.00", None, None),
-    ("CHG-WIRELESS", "Wireless Charging Pad", "chargers", "29.00", None, None),
-    ("COV-TAB10", "Tablet 10 Smart Cover", "tablet-covers", "35.00", None, None),
-    ("COV-TAB12", "Tablet 12 Keyboard Cover", "tablet-covers", "149.00", None, None),
-    ("CBAG-SHOULDER", "Camera Shoulder Bag", "camera-bags", "59.00", None, None),
-    ("MEM-SD128", "SD Card 128 GB", "memory-cards", "24.00", None, None),
-    ("MEM-SD256", "SD Card 256 GB", "memory-cards", "42.00", None, None),
-    ("TRI-TRAVEL", "Travel Tripod", "tripods", "79.00", None, None),
-    ("TRI-GORILLA", "Flexible Mini Tripod", "tripods", "29.00", None, None),
-)
-OUT_OF_STOCK = frozenset({"DOCK-USBC", "MEM-SD256"})
+# The demo catalog ships as a file and is loaded like any shop's (crosssell catalog
+# import): English default names, Romanian and Italian ones (name.ro, name.it).
+DEMO_CATALOG = PROJECT_ROOT / "config" / "demo" / "catalog.csv"
+
+
+@cache
+def catalog_rows() -> tuple[CatalogRow, ...]:
+    """The demo catalog's products, in file order (the event generator draws from them,
+    so the order is part of the demo's reproducible stream)."""
+    return tuple(parse_catalog(DEMO_CATALOG))
+
+
 MAIN_CATEGORIES = ("laptops", "phones", "tablets", "monitors", "cameras", "headphones")
 
 RO_FIRST = (
@@ -189,16 +168,23 @@ def _purchase(
     customer: DemoCustomer, at: datetime, order_no: int, rng: random.Random
 ) -> dict[str, object]:
     main = rng.choice(MAIN_CATEGORIES)
-    items = [p for p in CATALOG if p[2] == main]
+    catalog = catalog_rows()
+    items = [p for p in catalog if p.category == main]
     chosen = [rng.choice(items)]
     if rng.random() < 0.3:
-        extras = [p for p in CATALOG if p[2] not in MAIN_CATEGORIES]
+        extras = [p for p in catalog if p.category not in MAIN_CATEGORIES]
         chosen.append(rng.choice(extras))
     lines = [
-        {"sku": sku, "name": name, "category": category, "quantity": 1, "unit_price": price}
-        for sku, name, category, price, _, _ in chosen
+        {
+            "sku": p.sku,
+            "name": p.name,
+            "category": p.category,
+            "quantity": 1,
+            "unit_price": str(p.price),
+        }
+        for p in chosen
     ]
-    total = sum((Decimal(p[3]) for p in chosen), Decimal(0))
+    total = sum((p.price for p in chosen), Decimal(0))
     return {
         "id": f"evt-demo-p{order_no:05d}",
         "type": "purchase",

@@ -21,6 +21,7 @@ from triggers.durations import parse_duration
 from worker.db import transaction
 from worker.models import Send
 from worker.runtime import Runtime
+from worker.startup import announce
 
 log = logging.getLogger(__name__)
 Enqueue = Callable[[Sequence[int]], None]
@@ -125,6 +126,7 @@ def run_dispatcher(
 ) -> None:
     """Poll until ``stop`` is set; a failing poll is logged and retried, never fatal."""
     interval = runtime.settings.dispatch_interval
+    announce(runtime, "dispatch")
     while not stop.is_set():
         try:
             report = dispatch_once(runtime, enqueue)

@@ -2,8 +2,9 @@
 
 customer   id, first_name, last_name (both may be empty: write a fallback), email
 event      the stored event (``event.data.order_id``, ``event.data.years`` …)
-offer      type, items[] (sku, name, category, price, currency, price_text, url,
-           image_url), currency, points, new_categories, discount_percent,
+offer      type, items[] (sku, name, description, category, price, currency, price_text,
+           url, image_url; name and description in the customer's language when the
+           catalog has them), currency, points, new_categories, discount_percent,
            discount_text ("15%", "15 %": the locale's percent format), regular_price_text,
            bundle_price_text
 coupon     None, or code, discount_percent, discount_text ("15%", "15 %"), expires_at
@@ -164,7 +165,8 @@ def offer_context(
         "items": [
             {
                 "sku": p.sku,
-                "name": p.name,
+                "name": p.name,  # in the customer's language when the catalog has it
+                "description": getattr(p, "description", None),
                 "category": p.category,
                 "price": str(round_money(p.price, p.currency)),
                 "currency": p.currency,

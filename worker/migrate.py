@@ -20,6 +20,16 @@ def upgrade(database_url: str) -> None:
     command.upgrade(alembic_config(database_url), "head")
 
 
+def current_revision(database_url: str) -> str | None:
+    """The database's schema revision; None for a database never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
+    from worker.db import engine_for
+
+    with engine_for(database_url).connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
 def pending(database_url: str) -> bool:
     """True when the database is not at the latest schema revision."""
     from alembic.runtime.migration import MigrationContext

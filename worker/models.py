@@ -102,12 +102,23 @@ class ConsentRecord(Base):
 
 
 class Product(Base):
-    """A catalog entry; ``line`` and ``tier`` let an upsell find a better version."""
+    """A catalog entry; ``line`` and ``tier`` let an upsell find a better version.
+
+    ``name`` and ``description`` are the default texts; ``name_i18n`` and
+    ``description_i18n`` map a lower-case BCP 47 language tag (``ro``, ``it``,
+    ``pt-br``) to the text in that language, looked up for the customer's locale by
+    :func:`worker.catalog.localized` (RFC 4647 section 3.4 lookup).
+    """
 
     __tablename__ = "products"
 
     sku: Mapped[str] = mapped_column(String(128), primary_key=True)
     name: Mapped[str] = mapped_column(String(300))
+    name_i18n: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default="{}")
+    description: Mapped[str | None] = mapped_column(Text)
+    description_i18n: Mapped[dict[str, str]] = mapped_column(
+        JSON, default=dict, server_default="{}"
+    )
     category: Mapped[str] = mapped_column(String(128), index=True)
     price: Mapped[Decimal]
     currency: Mapped[str] = mapped_column(String(3))

@@ -2,12 +2,15 @@
 
 Stock and prices are read now, not at planning time, so an email never offers what sold
 out or shows yesterday's price. Only the sources the offer's strategy chain needs are
-queried.
+queried. The chosen items then get their name and description in the customer's
+language (:func:`localize_offer`), falling back to the catalog's default texts.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -24,12 +27,45 @@ from triggers.offers import (
     target_categories,
 )
 from worker.catalog import (
+    LocalizedProduct,
     bestsellers_in,
+    localized,
+    product_texts,
     products_by_sku,
     products_in_categories,
     products_in_lines,
     recommended_for,
 )
+from worker.metrics import OFFERS_UNAVAILABLE
+
+log = logging.getLogger(__name__)
+
+
+def localize_offer(session: Session, offer: ResolvedOffer, locale_tag: str | None) -> ResolvedOffer:
+    """``offer`` with each item's name and description in the language of
+    ``locale_tag`` (``ro-RO`` uses the ``ro`` texts), or the default ones."""
+    if not offer.items:
+        return offer
+    texts = product_texts(session, [item.sku for item in offer.items])
+    items = []
+    for item in offer.items:
+        names, description, descriptions = texts.get(item.sku, ({}, None, {}))
+        items.append(
+            LocalizedProduct(
+                sku=item.sku,
+                name=localized(names, item.name, locale_tag) or item.name,
+                category=item.category,
+                price=item.price,
+                currency=item.currency,
+                in_stock=item.in_stock,
+                url=item.url,
+                image_url=item.image_url,
+                line=item.line,
+                tier=item.tier,
+                description=localized(descriptions, description, locale_tag),
+            )
+        )
+    return replace(offer, items=tuple(items))
 
 
 def resolve_for_send(
@@ -38,8 +74,37 @@ def resolve_for_send(
     event: AnyEvent,
     profile: CustomerProfile,
     complements: Mapping[str, Sequence[str]],
+    locale: str | None = None,
 ) -> ResolvedOffer:
-    """The offer's items for this customer now; raises OfferUnavailable."""
+    """The offer's items for this customer now, named in ``locale`` (default: the
+    customer's own); raises OfferUnavailable.
+
+    An unavailable offer is logged at WARNING (customer id only, no personal data) and
+    counted in ``crosssell_offers_unavailable_total``: an empty or unimported catalog
+    otherwise shows only as skipped sends.
+    """
+    try:
+        chosen = _resolve(session, offer, event, profile, complements)
+    except OfferUnavailable as unavailable:
+        OFFERS_UNAVAILABLE.labels(unavailable.reason).inc()
+        log.warning(
+            "no offer for customer %s (%s offer, %s): is the catalog imported? "
+            "(crosssell catalog import FILE)",
+            profile.id,
+            offer.type,
+            unavailable.reason,
+        )
+        raise
+    return localize_offer(session, chosen, locale or profile.locale)
+
+
+def _resolve(
+    session: Session,
+    offer: AnyOffer,
+    event: AnyEvent,
+    profile: CustomerProfile,
+    complements: Mapping[str, Sequence[str]],
+) -> ResolvedOffer:
     bought = list(event.data.items) if isinstance(event, PurchaseEvent) else []
     categories = target_categories(
         offer, [item.category for item in bought], profile.categories_bought, complements

@@ -2,9 +2,11 @@
 
 Uses the customer's stored profile, their latest event of the campaign's trigger type
 (or a sample one), the live catalog for the offer, and every variant's template. Writes
-the subject, HTML, text and the complete ``.eml`` per variant; changes nothing in the
-database and sends nothing. Without a customer it renders the sample customer, event and
-offer ``crosssell lint`` uses, and needs no database: the way to score a template with
+the subject, HTML, text and the complete ``.eml`` per variant, under a directory per
+locale (``var/preview/ro-RO/<campaign>-<customer>-<variant>/``), so previews of one
+email in several languages sit side by side; changes nothing in the database and sends
+nothing. Without a customer it renders the sample customer, event and offer
+``crosssell lint`` uses, and needs no database: the way to score a template with
 SpamAssassin before any customer exists.
 
 With ``screenshot`` it also writes ``screenshot-800.png`` and ``screenshot-375.png``: the
@@ -13,6 +15,7 @@ HTML part as headless Chromium draws it at a desktop mail client's width and a p
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -99,6 +102,12 @@ def screenshot(html: Path, png: Path, width: int, height: int) -> None:
     if not png.exists():
         detail = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"Chromium wrote no screenshot: {' '.join(detail)}")
+
+
+def locale_directory(locale: str) -> str:
+    """A locale as a directory name: ``ro_RO`` -> ``ro-RO``; anything but letters, digits
+    and ``-`` becomes ``_`` (a locale is never a path)."""
+    return re.sub(r"[^A-Za-z0-9-]", "_", locale.replace("_", "-")) or "default"
 
 
 @dataclass(frozen=True)
@@ -195,7 +204,9 @@ def preview(
         elif verdict is not None:
             notes.append(f"a send now would be skipped: {verdict}")
         try:
-            offer = resolve_for_send(session, campaign.offer, event, profile, runtime.complements)
+            offer = resolve_for_send(
+                session, campaign.offer, event, profile, runtime.complements, locale=locale
+            )
         except OfferUnavailable as unavailable:
             notes.append(f"the offer is unavailable now ({unavailable.reason}): sample products")
             offer = sample_offer(campaign)
@@ -283,9 +294,10 @@ def _write(
             ),
             rendered,
         )
-        directory = out / f"{campaign.id}-{customer_id}-{variant.id}"
-        if customer_id == SAMPLE_CUSTOMER and customer_view["locale"]:
-            directory = directory.with_name(f"{directory.name}-{customer_view['locale']}")
+        shown_locale = customer_view["locale"] or settings.default_locale
+        directory = (
+            out / locale_directory(shown_locale) / f"{campaign.id}-{customer_id}-{variant.id}"
+        )
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "subject.txt").write_text(rendered.subject + "\n", encoding="utf-8")
         (directory / "body.html").write_text(rendered.html, encoding="utf-8")

@@ -41,13 +41,14 @@ Signature = tuple[tuple[str, int, int], ...]
 
 
 def template_names(templates_dir: Path) -> set[str]:
-    """Template directories (``_base`` and other ``_`` folders are layouts, not templates)."""
+    """Template directories (``_base`` and other ``_`` folders are layouts, not templates;
+    ``pages`` holds the unsubscribe and preference pages, see ``worker.web``)."""
     if not templates_dir.is_dir():
         return set()
     return {
         path.name
         for path in templates_dir.iterdir()
-        if path.is_dir() and not path.name.startswith("_")
+        if path.is_dir() and not path.name.startswith("_") and path.name != "pages"
     }
 
 

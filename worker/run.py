@@ -23,6 +23,7 @@ from worker.db import transaction
 from worker.dispatcher import run_dispatcher
 from worker.models import Send
 from worker.runtime import Runtime
+from worker.startup import announce_combined
 from worker.topology import events_queue, transport_options
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,11 @@ def _watch_until_drained(
             idle = False
         calm = calm + 1 if idle else 0
     log.info("pipeline drained; stopping")
-    os.kill(os.getpid(), signal.SIGTERM)
+    # A warm shutdown, as SIGTERM would ask for, without Celery's "worker: Warm shutdown"
+    # line on stdout: the worker's loop checks this flag on every turn.
+    from celery.worker import state
+
+    state.should_stop = 0
 
 
 def _fatal_if_it_ends(
@@ -96,10 +101,19 @@ def _fatal_if_it_ends(
 
 
 def run_all(
-    runtime: Runtime, until_drained: bool = False, concurrency: int = 1, loglevel: str = "WARNING"
+    runtime: Runtime,
+    until_drained: bool = False,
+    concurrency: int = 1,
+    loglevel: str | None = None,
 ) -> int:
+    """Run until stopped (SIGTERM, or drained with ``until_drained``); the exit code.
+    ``loglevel``: for the embedded Celery worker, which sets the root logger's level;
+    default: the level logging has now, so the command line's choice stands."""
+    if loglevel is None:
+        loglevel = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     from worker.app import app
 
+    announce_combined(runtime)  # one line for the consumer, dispatcher and worker
     stop = threading.Event()
     failed = threading.Event()
     consumer_ready = threading.Event()

@@ -17,17 +17,22 @@ Request bodies are capped per route *before* they are read (:class:`BodyLimit`):
 and anything else; a larger body gets 413. Bodies that are not what the route expects
 (invalid UTF-8, JSON nested 100,000 deep, wrong types) get a 4xx, never a 500.
 
+The pages are Jinja templates under ``templates/pages/<language>/`` (en, ro, it ship),
+shown in the customer's stored locale (``ro-RO`` -> ``ro``), else in the default locale.
+
 Tokens are HMAC-signed with a key id (``CROSSSELL_UNSUBSCRIBE_KEYS``), so keys rotate
 without breaking links already in inboxes while the old key stays configured.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -42,10 +47,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from triggers.addresses import lookup_key
+from worker.catalog import lookup_tags
 from worker.customers import set_kind_preferences, withdraw_consent
 from worker.db import transaction
 from worker.models import Customer, Suppression
 from worker.runtime import Runtime
+from worker.settings import PROJECT_ROOT
 from worker.tokens import verify
 from worker.webhooks import mailgun, postmark, sendgrid, ses
 from worker.webhooks.apply import apply_events
@@ -120,33 +127,49 @@ def _too_large(limit: int) -> Response:
     return PlainTextResponse(f"request body is larger than {limit} bytes", 413, headers=_CLOSE)
 
 
-KINDS = {
-    "cross_sell": "Products that go with what you bought",
-    "upsell": "Better versions of products you own",
-    "loyalty": "Loyalty bonuses and anniversaries",
-    "reengagement": "Offers when you have not visited for a while",
-}
+# The campaign kinds a customer can opt out of, in the order the preferences page lists
+# them; each page template labels them in its language.
+KINDS = ("cross_sell", "upsell", "loyalty", "reengagement")
 # The confirmation page's form field that tells its POST from an RFC 8058 one-click POST.
 CONFIRMATION_FIELD = "confirmed"
+PAGES = ("invalid", "unsubscribe", "unsubscribed", "preferences")
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    document = (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title></head>"
-        '<body style="font-family: sans-serif; max-width: 36em; margin: 2em auto;">'
-        f"<h1>{html.escape(title)}</h1>{body}</body></html>"
-    )
-    return HTMLResponse(document, status_code=status)
+class Pages:
+    """The customer-facing pages, one directory of templates per language tag
+    (``templates/pages/ro/unsubscribe.html``), all extending ``layout.html``."""
 
+    def __init__(self, directory: Path, default_locale: str) -> None:
+        self.languages = sorted(
+            path.name
+            for path in directory.iterdir()
+            if path.is_dir() and all((path / f"{page}.html").is_file() for page in PAGES)
+        )
+        if not self.languages:
+            raise FileNotFoundError(f"no page templates in {directory}")
+        self.default_locale = default_locale
+        self.env = Environment(
+            loader=FileSystemLoader(str(directory)),
+            autoescape=select_autoescape(default=True),
+            undefined=StrictUndefined,
+            auto_reload=False,
+        )
 
-def _invalid() -> HTMLResponse:
-    return _page(
-        "This link is not valid",
-        "<p>The link is damaged or no longer valid. Nothing was changed.</p>",
-        400,
-    )
+    def language(self, locale: str | None) -> str:
+        """The page language for a customer's locale: the RFC 4647 lookup over the
+        shipped languages, then the default locale, then English (or the first one)."""
+        for tag in (*lookup_tags(locale), *lookup_tags(self.default_locale), "en"):
+            if tag in self.languages:
+                return tag
+        return self.languages[0]
+
+    def render(
+        self, page: str, locale: str | None, status: int = 200, **values: Any
+    ) -> HTMLResponse:
+        lang = self.language(locale)
+        template = self.env.get_template(f"{lang}/{page}.html")
+        document = template.render(lang=lang, page=page, **values)
+        return HTMLResponse(document, status_code=status)
 
 
 async def _from_confirmation_page(request: Request) -> bool:
@@ -216,30 +239,42 @@ def parse_webhook(
     raise LookupError(provider)
 
 
+def customer_locale(runtime: Runtime, customer_id: str) -> str | None:
+    """The customer's stored locale (None for an unknown customer or none stored)."""
+    with transaction(runtime.settings.resolved_database_url) as session:
+        customer = session.get(Customer, customer_id)
+        return customer.locale if customer is not None else None
+
+
 def create_app(runtime: Runtime) -> Starlette:
     keys = runtime.unsubscribe_keys
     url = runtime.settings.resolved_database_url
+    # A templates directory of one's own may leave the pages out: the shipped ones serve.
+    directory = runtime.settings.templates_dir / "pages"
+    if not directory.is_dir():
+        directory = PROJECT_ROOT / "templates" / "pages"
+    pages = Pages(directory, runtime.settings.default_locale)
+    shop_name = runtime.settings.shop_name
+
+    def invalid() -> HTMLResponse:
+        return pages.render("invalid", None, 400, shop_name=shop_name)
 
     def customer_of(request: Request) -> str | None:
         found = verify(keys, request.path_params["token"])
         return found[0] if found else None
 
     async def unsubscribe_page(request: Request) -> Response:
-        if customer_of(request) is None:
-            return _invalid()
-        action = html.escape(str(request.url.path))
-        return _page(
-            "Unsubscribe",
-            (
-                f"<p>Stop all marketing email from {html.escape(runtime.settings.shop_name)}?</p>"
-                f'<form method="post" action="{action}">'
-                '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
-                f'<input type="hidden" name="{CONFIRMATION_FIELD}" value="1">'
-                '<button type="submit">Unsubscribe</button></form>'
-                '<p>Or <a href="../preferences/'
-                + html.escape(request.path_params["token"])
-                + '">choose which emails you get</a>.</p>'
-            ),
+        customer_id = customer_of(request)
+        if customer_id is None:
+            return invalid()
+        locale = await run_in_threadpool(customer_locale, runtime, customer_id)
+        return pages.render(
+            "unsubscribe",
+            locale,
+            shop_name=shop_name,
+            action=str(request.url.path),
+            confirmation_field=CONFIRMATION_FIELD,
+            preferences_url="../preferences/" + request.path_params["token"],
         )
 
     async def unsubscribe(request: Request) -> Response:
@@ -248,50 +283,41 @@ def create_app(runtime: Runtime) -> Starlette:
         await request.body()
         customer_id = customer_of(request)
         if customer_id is None:
-            return _invalid()
+            return invalid()
         source = "confirmation-page" if await _from_confirmation_page(request) else "one-click"
-        if not await run_in_threadpool(unsubscribe_customer, runtime, customer_id, source):
-            return _page("Unsubscribed", "<p>You will not get marketing email from us.</p>")
-        return _page(
-            "Unsubscribed",
-            "<p>Done: you will not get marketing email from us "
-            "any more. It can take a few minutes to apply.</p>",
-        )
+        await run_in_threadpool(unsubscribe_customer, runtime, customer_id, source)
+        locale = await run_in_threadpool(customer_locale, runtime, customer_id)
+        return pages.render("unsubscribed", locale, shop_name=shop_name)
 
     async def preferences(request: Request) -> Response:
         if request.method == "POST":
             await request.body()  # under the body cap whatever its content type
         customer_id = customer_of(request)
         if customer_id is None:
-            return _invalid()
+            return invalid()
         form = await request.form() if request.method == "POST" else None
         if form is not None and form.get("all") == "unsubscribe":
             await run_in_threadpool(unsubscribe_customer, runtime, customer_id, "preference-page")
-            return _page("Unsubscribed", "<p>You will not get marketing email from us.</p>")
+            locale = await run_in_threadpool(customer_locale, runtime, customer_id)
+            return pages.render("unsubscribed", locale, shop_name=shop_name)
         with transaction(url) as session:
             customer = session.get(Customer, customer_id)
             if customer is None:
-                return _invalid()
+                return invalid()
             if form is not None:
                 wanted = {str(kind) for kind in form.getlist("kinds")}
                 set_kind_preferences(
                     session, customer, set(KINDS) - wanted, "preference-page", datetime.now(UTC)
                 )
             opted_out = set(customer.opted_out_kinds or ())
-        saved = "<p><strong>Saved.</strong></p>" if form is not None else ""
-        boxes = "".join(
-            f'<p><label><input type="checkbox" name="kinds" value="{kind}"'
-            f"{'' if kind in opted_out else ' checked'}> {html.escape(label)}</label></p>"
-            for kind, label in KINDS.items()
-        )
-        return _page(
-            "Email preferences",
-            (
-                f'{saved}<form method="post">{boxes}<button type="submit">Save</button></form>'
-                '<form method="post"><input type="hidden" name="all" value="unsubscribe">'
-                '<p><button type="submit">Unsubscribe from all marketing email</button></p>'
-                "</form>"
-            ),
+            locale = customer.locale
+        return pages.render(
+            "preferences",
+            locale,
+            shop_name=shop_name,
+            saved=form is not None,
+            kinds=KINDS,
+            opted_out=opted_out,
         )
 
     async def webhook(request: Request) -> Response:

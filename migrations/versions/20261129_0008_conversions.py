@@ -1,7 +1,7 @@
 """conversions
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-11-29 19:00:43.618231
 
 Attribution: ``conversions`` (a purchase counted for a campaign's sent or held-out
@@ -18,7 +18,7 @@ from alembic import op
 import worker.db_types
 
 revision: str = '0008'
-down_revision: str | None = '0006'
+down_revision: str | None = '0007'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -205,7 +205,7 @@ def preference_page(shop: Shop) -> None:
     parser.feed(page.text)
     everything = next(fields for _, _, fields in parser.forms if fields.get("all"))
     response = shop.client.post(f"/preferences/{shop.token}", data=everything)
-    assert response.status_code == 200 and "Unsubscribed" in response.text
+    assert response.status_code == 200 and 'data-page="unsubscribed"' in response.text
 
 
 def mailto(shop: Shop) -> None:

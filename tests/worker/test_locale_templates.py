@@ -15,13 +15,12 @@ from triggers.campaigns import Campaign
 from triggers.loader import load_rule_set
 from worker.email_context import sample_context
 from worker.rendering import RenderedEmail, Renderer
+from worker.rules import template_names
 from worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = REPO / "templates"
-SHIPPED = sorted(
-    p.name for p in TEMPLATES_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")
-)
+SHIPPED = sorted(template_names(TEMPLATES_DIR))  # email templates (not layouts or pages)
 LOCALE_FILES = [
     f"{part}.{lang}.{suffix}"
     for lang in ("ro", "it")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from alembic import command
@@ -70,3 +71,43 @@ def test_upgrades_keep_existing_rows(tmp_path: Path) -> None:
         events = connection.execute(text("SELECT count(*) FROM events")).scalar_one()
     assert kinds == "[]" and events == 1
     command.check(config)
+
+
+def test_localized_product_texts_migrate_up_and_down(tmp_path: Path) -> None:
+    """0007 adds the per-language texts with empty defaults for products already there,
+    and its downgrade removes them again, on SQLite and PostgreSQL alike."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    from tests.support.services import fresh_postgres_database
+
+    def run(url: str) -> None:
+        config = alembic_config(url)
+        command.upgrade(config, "0006")
+        with engine_for(url).begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO products (sku, name, category, price, currency, in_stock, "
+                    "updated_at) VALUES ('P-1', 'Laptop', 'laptops', 10, 'EUR', true, :now)"
+                ),
+                {"now": datetime.now(UTC)},
+            )
+        command.upgrade(config, "0007")
+        with engine_for(url).connect() as connection:
+            row = connection.execute(
+                text("SELECT name, name_i18n, description, description_i18n FROM products")
+            ).one()
+        as_json = [value if isinstance(value, dict) else json.loads(value) for value in row[1::2]]
+        assert (row.name, row.description, as_json) == ("Laptop", None, [{}, {}])
+        command.check(config)
+        command.downgrade(config, "0006")
+        columns = {c["name"] for c in inspect(engine_for(url)).get_columns("products")}
+        assert not {"name_i18n", "description", "description_i18n"} & columns
+        assert "name" in columns
+        command.upgrade(config, "head")
+        command.check(config)
+
+    run(f"sqlite:///{tmp_path / 'i18n.db'}")
+    with fresh_postgres_database() as url:
+        run(url)

@@ -37,7 +37,8 @@ def test_preview_writes_every_variant_for_the_customer(tmp_path: Path, database_
     )
     assert str(message["Subject"]).startswith("Chiara")  # variant B's own subject
     text = (results[0].directory / "body.txt").read_text()
-    assert "Laptop Sleeve" in text  # a real complementary product from the catalog
+    # A real complementary product from the catalog, by its Italian name (it-IT customer).
+    assert 'Custodia per portatile da 14"' in text and "Laptop Sleeve" not in text
     assert "€" in text  # Italian currency format
     with transaction(database_url) as session:
         assert session.scalar(select(func.count()).select_from(Send)) == sends_before
