@@ -100,6 +100,7 @@ def test_localized_product_texts_migrate_up_and_down(tmp_path: Path) -> None:
             ).one()
         as_json = [value if isinstance(value, dict) else json.loads(value) for value in row[1::2]]
         assert (row.name, row.description, as_json) == ("Laptop", None, [{}, {}])
+        command.upgrade(config, "head")
         command.check(config)
         command.downgrade(config, "0006")
         columns = {c["name"] for c in inspect(engine_for(url)).get_columns("products")}
