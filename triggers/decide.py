@@ -309,6 +309,8 @@ def decide(
             matched.append((ranks[position], position))
         else:
             decisions[position] = miss
+    if matched and rules.has_sequences(event_type):
+        matched = _enter_sequences(rules, event_type, matched, event_id, subject, decisions)
     if not matched:
         return decisions
     matched.sort()  # highest priority first, ties by id (the ranks say so)
@@ -326,6 +328,50 @@ def decide(
     for position, outcome in zip(sorted(p for _, p in matched), decided, strict=True):
         decisions[position] = outcome
     return decisions
+
+
+def _enter_sequences(
+    rules: RuleSet,
+    event_type: str,
+    matched: list[tuple[int, int]],
+    event_id: str,
+    subject: Subject,
+    out: Decisions,
+) -> list[tuple[int, int]]:
+    """Entry decisions for the matched campaigns with steps; returns the others.
+
+    Entering a sequence sends nothing by itself, so it takes no place among the event's
+    ``max_campaigns_per_event``: each step is planned when due and checked then like any
+    email. A customer who may not be emailed (consent, suppression, opted-out kind) does
+    not enter; a held-out one enters as ``held_out`` (fixed for the whole enrollment).
+    Whether the ``reenter`` rule lets them in is the enrollment book's to say (the worker's
+    unique entry slot, ``triggers.sequences.may_enter``).
+    """
+    active = rules.active_for(event_type)
+    rest: list[tuple[int, int]] = []
+    for rank, position in matched:
+        compiled = active[position]
+        if compiled.sequence is None:
+            rest.append((rank, position))
+            continue
+        campaign = compiled.campaign
+        key = f"{campaign.id}|{subject.id}|enter|{event_id}"
+        blocked = standing_block(campaign, subject)
+        if blocked is not None:
+            out[position] = skipped(campaign.id, blocked, key)
+            continue
+        assignment = compiled.assign(subject.id)
+        out[position] = Decision(
+            campaign.id,
+            "enrolled",
+            SkipReason.HOLDOUT if assignment.held_out else None,
+            assignment.variant.id,
+            None,
+            None,
+            None,
+            key,
+        )
+    return rest
 
 
 def _skip_all(

@@ -42,6 +42,7 @@ from triggers.fields import FieldType, fields_for
 from triggers.outcomes import Decision
 from triggers.prefilter import Prefilter, build_prefilter, split_guard
 from triggers.schedule import DailyWindow, campaign_window, send_windows
+from triggers.sequences import CompiledSequence, compile_sequence, sequence_problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,8 @@ class CompiledCampaign:
     where: Predicate
     audience: Predicate
     segments: InitVar[Mapping[str, Condition] | None] = None
+    # A sequence's steps and exits (``triggers.sequences``); None for a one-email campaign.
+    sequence: CompiledSequence | None = None
     id: str = field(init=False)
     miss_trigger: Decision = field(init=False, repr=False, compare=False)
     miss_audience: Decision = field(init=False, repr=False, compare=False)
@@ -149,6 +152,7 @@ class RuleSet:
     _misses: dict[str, tuple[Decision, ...]] = field(init=False, repr=False, compare=False)
     _ranks: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
     _checks: dict[str, tuple[Check, ...]] = field(init=False, repr=False, compare=False)
+    _stepped: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         active: dict[str, list[CompiledCampaign]] = {}
@@ -156,6 +160,15 @@ class RuleSet:
             if compiled.campaign.status == "active":
                 active.setdefault(compiled.campaign.trigger.event, []).append(compiled)
         object.__setattr__(self, "_by_id", {c.id: c for c in self.campaigns})
+        object.__setattr__(
+            self,
+            "_stepped",
+            frozenset(
+                event_type
+                for event_type, compiled in active.items()
+                if any(c.sequence is not None for c in compiled)
+            ),
+        )
         object.__setattr__(self, "_active", {k: tuple(v) for k, v in active.items()})
         object.__setattr__(
             self,
@@ -189,6 +202,14 @@ class RuleSet:
 
     def by_id(self, campaign_id: str) -> CompiledCampaign | None:
         return self._by_id.get(campaign_id)
+
+    def has_sequences(self, event_type: str) -> bool:
+        """Whether an active campaign with steps is triggered by ``event_type``."""
+        return event_type in self._stepped
+
+    def sequences(self) -> dict[str, CompiledSequence]:
+        """Every campaign with steps (whatever its status), by id."""
+        return {c.id: c.sequence for c in self.campaigns if c.sequence is not None}
 
     def active_for(self, event_type: str) -> tuple[CompiledCampaign, ...]:
         return self._active.get(event_type, ())
@@ -678,6 +699,7 @@ def parse_campaign(
     if campaign.audience is not None:
         problems += check_condition(campaign.audience, fields, names, ("audience",))
     problems += _variant_problems(campaign)
+    problems += sequence_problems(campaign, names, attributes)
     issues = [problem_issue(filename, document, problem) for problem in problems]
     return (None if issues else campaign), document, issues
 
@@ -721,6 +743,7 @@ def compile_campaign(
         where=compile_condition(where, segments) if where is not None else always,
         audience=compile_condition(audience, segments) if audience is not None else always,
         segments=segments,
+        sequence=compile_sequence(campaign, segments),
     )
 
 
@@ -763,6 +786,8 @@ class ParsedFile:
     issues: tuple[LintIssue, ...]
     id_at: tuple[int, int] = (1, 1)
     templates_at: tuple[tuple[int, int], ...] = ()
+    # Each step's ``template:`` (or its ``id:`` when it has none), for the template check.
+    step_templates_at: tuple[tuple[int, int], ...] = ()
 
 
 def parse_file(
@@ -782,6 +807,10 @@ def parse_file(
         tuple(found),
         locate(document, ("id",)),
         tuple(locate(document, ("experiment", "variants", i, "template")) for i in variants),
+        tuple(
+            locate(document, ("steps", i, "template" if step.template else "id"))
+            for i, step in enumerate(campaign.steps or ())
+        ),
     )
 
 
@@ -854,6 +883,18 @@ def load_rule_set(
                 )
                 for index, variant in enumerate(campaign.experiment.variants)
                 if variant.template not in templates
+            ]
+            unknown += [
+                LintIssue(
+                    parsed.name,
+                    *parsed.step_templates_at[index],
+                    "unknown-template",
+                    f"steps[{index}].template",
+                    f"no template {step.template!r}"
+                    + did_you_mean(step.template, sorted(templates)),
+                )
+                for index, step in enumerate(campaign.steps or ())
+                if step.template is not None and step.template not in templates
             ]
             if unknown:
                 issues += unknown
