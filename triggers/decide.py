@@ -18,7 +18,7 @@ from datetime import datetime, time, timedelta
 from functools import lru_cache
 from typing import Literal
 
-from triggers.campaigns import Campaign
+from triggers.campaigns import Campaign, Step
 from triggers.facts import CustomerProfile
 from triggers.loader import CompiledCampaign, RuleSet
 from triggers.outcomes import Decision, SkipReason, skipped
@@ -28,7 +28,9 @@ from triggers.schedule import (
     plan_in_windows,
     quiet_hours_window,
     resolve_zone,
+    send_windows,
 )
+from triggers.sequences import step_window
 
 COUNTED_STATUSES = frozenset({"planned", "queued", "sending", "sent"})
 MARKETING_HISTORY = COUNTED_STATUSES | {"held_out"}
@@ -554,13 +556,15 @@ def recheck(
     policy: Policy,
     now: datetime,
     expires_at: datetime | None,
+    step: Step | None = None,
 ) -> SkipReason | Later | None:
     """May this planned send still go out at ``now``? None: yes; a reason: never; ``Later``:
     at that time (spacing deferred under ``over_cap: defer``, or outside the window).
 
     The same checks as ``decide``, in the same order — campaign still active and not
     expired, consent and suppression, opted-out kinds, audience on fresh facts, frequency,
-    spacing, window and quiet hours — against ``history`` without the send itself. Only
+    spacing, window and quiet hours — against ``history`` without the send itself. A
+    sequence ``step`` with its own ``window`` is timed by that window instead. Only
     emails that went out (``SETTLED_STATUSES``) count here: a planned one may yet be
     skipped and is rechecked when its own turn comes.
     """
@@ -586,7 +590,12 @@ def recheck(
             return SkipReason.MIN_GAP
         earliest, reason = clash, SkipReason.DEFERRED_BY_GAP
     zone = resolve_zone(campaign.schedule.timezone, subject.timezone, policy.default_timezone)
-    windows = compiled.send_windows(_quiet_window(policy.quiet_from, policy.quiet_to))
+    quiet = _quiet_window(policy.quiet_from, policy.quiet_to)
+    windows = (
+        send_windows(step_window(step.window), quiet)
+        if step is not None and step.window is not None
+        else compiled.send_windows(quiet)
+    )
     allowed = next_allowed(earliest, windows, zone) if windows else earliest
     # A retry or a late dispatch must not land at 3 a.m., outside the window or too close
     # to the email that just went.

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from triggers.campaigns import Campaign, ExitRule, ReenterAfter, Step
+from triggers.campaigns import WEEKDAYS, Campaign, ExitRule, ReenterAfter, Step, Window
 from triggers.conditions import (
     AllOf,
     Condition,
@@ -35,6 +35,7 @@ from triggers.conditions import (
     compile_condition,
 )
 from triggers.fields import FieldSpec, FieldType, fields_for
+from triggers.schedule import DailyWindow
 
 
 class ExitReason(StrEnum):
@@ -84,6 +85,12 @@ def earliest_offsets(steps: Sequence[Step]) -> list[timedelta]:
         else:
             offsets.append((offsets[-1] if offsets else timedelta(0)) + step.delay)
     return offsets
+
+
+def step_window(window: Window) -> DailyWindow:
+    """A step's own ``window`` as the scheduler's ``DailyWindow`` (replaces the campaign's)."""
+    weekdays = frozenset(WEEKDAYS.index(day) for day in window.days)
+    return DailyWindow(window.from_, window.to, weekdays)
 
 
 # --- lint -------------------------------------------------------------------------------

@@ -1,0 +1,487 @@
+"""Sequences in the database: enroll at ingest, exit at ingest, plan due steps as sends.
+
+The rules are ``triggers.sequences``; this module applies them to ``enrollments`` rows:
+
+* ``observe`` (ingest, *before* the event is decided): every active enrollment of the
+  customer learns of the event (``purchased_since_entry`` …) and ends when an exit rule
+  holds or the customer may no longer be emailed; its planned step is skipped
+  (``sequence_exited``). The rows are locked, so the step planner cannot plan a step of an
+  enrollment being exited meanwhile.
+* ``enroll`` (ingest, for an ``enrolled`` decision): one row per entry, inserted with
+  ``ON CONFLICT DO NOTHING`` on the entry slot, so two racing entries leave one.
+* ``plan_due`` (the dispatcher's loop, before it claims due sends): each due step becomes
+  a ``sends`` row — planned (then claimed, rechecked and delivered like any email), or
+  held out, or skipped with its reason — and enrollments whose step send has ended move
+  on to their next step or complete.
+* ``step_check`` (delivery's ``prepare``): just before a step goes out, the enrollment
+  must still be active, the step still in the campaign and its ``only_if`` still true.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from triggers.decide import Later, Policy, recheck
+from triggers.events import AnyEvent, PurchaseEvent, validate_event
+from triggers.facts import event_facts
+from triggers.loader import CompiledCampaign, RuleSet
+from triggers.outcomes import Decision, SkipReason
+from triggers.sequences import (
+    CompiledSequence,
+    ExitReason,
+    Happening,
+    PastEntry,
+    enrollment_facts,
+    entry_slot,
+    exit_reason,
+    may_enter,
+    next_step,
+)
+from worker.decision_inputs import DecisionInputs, decision_inputs
+from worker.metrics import SENDS
+from worker.models import Customer, Enrollment, Event, Send
+
+log = logging.getLogger(__name__)
+
+# A step's send in one of these is over: the enrollment moves on.
+ENDED = frozenset({"sent", "skipped", "failed", "held_out"})
+STANDING = frozenset(
+    {SkipReason.NO_EMAIL, SkipReason.NO_CONSENT, SkipReason.SUPPRESSED, SkipReason.OPTED_OUT}
+)
+
+
+def happening_of(event: AnyEvent, facts: Mapping[str, object]) -> Happening:
+    if isinstance(event, PurchaseEvent):
+        items = event.data.items
+        return Happening(
+            event.type,
+            facts,
+            frozenset(item.sku for item in items),
+            frozenset(item.category for item in items),
+        )
+    return Happening(event.type, facts)
+
+
+def observe(
+    session: Session,
+    rules: RuleSet,
+    customer: Customer,
+    event: AnyEvent,
+    inputs: DecisionInputs,
+    now: datetime,
+) -> dict[int, ExitReason]:
+    """Apply a stored event to the customer's active enrollments; returns those it ended.
+
+    Called by ingest before ``decide``: a purchase that exits a sequence does so before
+    any further step of it can be planned."""
+    query = (
+        select(Enrollment)
+        .where(Enrollment.customer_id == customer.id, Enrollment.status == "active")
+        .order_by(Enrollment.id)
+        .with_for_update()
+    )
+    enrollments = list(session.scalars(query))
+    if not enrollments:
+        return {}
+    happening = happening_of(event, event_facts(event))
+    sequences = rules.sequences()
+    ended: dict[int, ExitReason] = {}
+    for enrollment in enrollments:
+        if enrollment.entry_event_id == event.id:
+            continue
+        if happening.type == "purchase":
+            enrollment.purchased_since_entry = True
+            enrollment.categories_since_entry = sorted(
+                set(enrollment.categories_since_entry or ()) | happening.categories
+            )
+        compiled = rules.by_id(enrollment.campaign_id)
+        sequence = sequences.get(enrollment.campaign_id)
+        reason: ExitReason | None = None
+        if compiled is not None and sequence is not None:
+            reason = exit_reason(sequence, happening, enrollment.offered_skus or ())
+            if reason is None and _standing(compiled, inputs) is not None:
+                reason = ExitReason.UNSUBSCRIBED
+        if reason is not None:
+            end(session, enrollment, reason, now, event.id)
+            ended[enrollment.id] = reason
+        enrollment.updated_at = now
+    return ended
+
+
+def _standing(compiled: CompiledCampaign, inputs: DecisionInputs) -> SkipReason | None:
+    from triggers.decide import standing_block
+
+    return standing_block(compiled.campaign, inputs.subject)
+
+
+def end(
+    session: Session,
+    enrollment: Enrollment,
+    reason: ExitReason,
+    now: datetime,
+    event_id: str | None = None,
+) -> None:
+    """End an enrollment: release its entry slot (unless ``reenter: never`` holds it),
+    record why, and skip its step still waiting in the outbox (one already claimed by a
+    worker is stopped by ``step_check``)."""
+    enrollment.status = "completed" if reason is ExitReason.COMPLETED else "exited"
+    enrollment.exit_reason = reason
+    enrollment.exit_event_id = event_id
+    enrollment.exited_at = now
+    enrollment.next_due_at = None
+    if enrollment.entry_slot != "once":
+        enrollment.entry_slot = f"ended:{enrollment.id}"
+    enrollment.updated_at = now
+    if reason is ExitReason.COMPLETED:
+        return
+    skipped = session.execute(
+        update(Send)
+        .where(Send.enrollment_id == enrollment.id, Send.status == "planned")
+        .values(status="skipped", reason=SkipReason.SEQUENCE_EXITED, updated_at=now)
+    )
+    count = int(getattr(skipped, "rowcount", 0) or 0)
+    if count:
+        SENDS.labels("skipped", SkipReason.SEQUENCE_EXITED).inc(count)
+
+
+def enroll(
+    session: Session,
+    compiled: CompiledCampaign,
+    decision: Decision,
+    customer_id: str,
+    event: AnyEvent,
+    now: datetime,
+) -> int | None:
+    """Enroll the customer for an ``enrolled`` decision; the new enrollment's id, or None
+    when the ``reenter`` rule or a concurrent entry keeps them out.
+
+    The insert is ``ON CONFLICT DO NOTHING`` on the unique entry slot and entry event:
+    whichever of two simultaneous entries commits first wins, the other inserts nothing.
+    """
+    campaign = compiled.campaign
+    sequence = compiled.sequence
+    assert sequence is not None and decision.variant is not None
+    previous = [
+        PastEntry(row.entered_at, row.status == "active")
+        for row in session.execute(
+            select(Enrollment.entered_at, Enrollment.status).where(
+                Enrollment.campaign_id == campaign.id, Enrollment.customer_id == customer_id
+            )
+        )
+    ]
+    if not may_enter(campaign, previous, now):
+        return None
+    first = next_step(sequence, (), now, None)
+    assert first is not None  # a sequence has at least one step
+    values = dict(
+        campaign_id=campaign.id,
+        customer_id=customer_id,
+        entry_event_id=event.id,
+        entry_slot=entry_slot(campaign),
+        entered_at=now,
+        variant=decision.variant,
+        held_out=decision.reason == SkipReason.HOLDOUT,
+        status="active",
+        done=[],
+        steps_sent=0,
+        next_step_id=first.step.id,
+        next_due_at=first.due_at,
+        offered_skus=[],
+        purchased_since_entry=False,
+        categories_since_entry=[],
+        created_at=now,
+        updated_at=now,
+    )
+    dialect = session.get_bind().dialect.name
+    statement: postgresql.Insert | sqlite.Insert
+    if dialect == "postgresql":
+        statement = postgresql.insert(Enrollment).values(values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        statement = sqlite.insert(Enrollment).values(values).on_conflict_do_nothing()
+    else:
+        raise RuntimeError(f"enrollments need PostgreSQL or SQLite, not {dialect}")
+    inserted: int | None = session.execute(statement.returning(Enrollment.id)).scalar_one_or_none()
+    return inserted
+
+
+@dataclass(frozen=True, slots=True)
+class PlanReport:
+    planned: int = 0
+    held_out: int = 0
+    skipped: int = 0
+    advanced: int = 0
+    completed: int = 0
+    exited: int = 0
+
+
+_timed_for: dict[str, RuleSet] = {}
+
+
+def plan_due(
+    session: Session, rules: RuleSet, policy: Policy, now: datetime, limit: int
+) -> PlanReport:
+    """Move sequences on, in the caller's transaction: enrollments whose step send ended
+    advance (or complete); due steps of active campaigns become sends.
+
+    After a reload (a new ``RuleSet``), the waiting enrollments are re-timed first: a
+    changed delay applies to every step not yet planned."""
+    url = str(session.get_bind().engine.url)
+    if _timed_for.get(url) is not rules:
+        _retime(session, rules, now)
+        _timed_for[url] = rules
+    advanced, completed = _advance_finished(session, rules, now, limit)
+    sequences = rules.sequences()
+    live = [cid for cid in sequences if (c := rules.by_id(cid)) and c.campaign.status == "active"]
+    if not live:
+        return PlanReport(advanced=advanced, completed=completed)
+    query = (
+        select(Enrollment)
+        .where(
+            Enrollment.status == "active",
+            Enrollment.next_due_at <= now,
+            Enrollment.campaign_id.in_(live),
+        )
+        .order_by(Enrollment.next_due_at, Enrollment.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    counts = {"planned": 0, "held_out": 0, "skipped": 0, "exited": 0, "waiting": 0}
+    for enrollment in session.scalars(query):
+        compiled = rules.by_id(enrollment.campaign_id)
+        assert compiled is not None and compiled.sequence is not None
+        outcome = _plan_step(session, rules, compiled, compiled.sequence, enrollment, policy, now)
+        counts[outcome] += 1
+    return PlanReport(
+        counts["planned"],
+        counts["held_out"],
+        counts["skipped"],
+        advanced,
+        completed,
+        counts["exited"],
+    )
+
+
+def _retime(session: Session, rules: RuleSet, now: datetime) -> None:
+    """Recompute the next step and its due time of every enrollment not waiting on a send
+    (after a reload: steps matched by id, a removed step is passed over)."""
+    sequences = rules.sequences()
+    waiting = session.scalars(
+        select(Enrollment).where(Enrollment.status == "active", Enrollment.next_due_at.is_not(None))
+    )
+    for enrollment in waiting:
+        sequence = sequences.get(enrollment.campaign_id)
+        if sequence is None:
+            continue
+        _schedule_next(session, enrollment, sequence, now)
+
+
+def _schedule_next(
+    session: Session, enrollment: Enrollment, sequence: CompiledSequence, now: datetime
+) -> bool:
+    """Point the enrollment at its next step; False (and completed) when there is none."""
+    due = next_step(sequence, enrollment.done or (), enrollment.entered_at, enrollment.last_step_at)
+    if due is None:
+        end(session, enrollment, ExitReason.COMPLETED, now)
+        return False
+    enrollment.next_step_id, enrollment.next_due_at = due.step.id, due.due_at
+    return True
+
+
+def _advance_finished(
+    session: Session, rules: RuleSet, now: datetime, limit: int
+) -> tuple[int, int]:
+    """Enrollments whose step send reached an end state move on to their next step."""
+    query = (
+        select(Enrollment, Send.status, Send.sent_at, Send.updated_at)
+        .join(
+            Send,
+            and_(Send.enrollment_id == Enrollment.id, Send.step_id == Enrollment.next_step_id),
+        )
+        .where(
+            Enrollment.status == "active",
+            Enrollment.next_due_at.is_(None),
+            Send.status.in_(ENDED),
+        )
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=Enrollment, skip_locked=True)
+    sequences = rules.sequences()
+    advanced = completed = 0
+    for enrollment, status, sent_at, updated_at in session.execute(query).all():
+        _finish_step(enrollment, status, sent_at or updated_at, now)
+        sequence = sequences.get(enrollment.campaign_id)
+        if sequence is None:
+            continue
+        advanced += 1
+        if not _schedule_next(session, enrollment, sequence, now):
+            completed += 1
+    return advanced, completed
+
+
+def _finish_step(enrollment: Enrollment, status: str, at: datetime, now: datetime) -> None:
+    assert enrollment.next_step_id is not None
+    enrollment.done = [*(enrollment.done or ()), enrollment.next_step_id]
+    enrollment.last_step_at = at
+    if status == "sent":
+        enrollment.steps_sent += 1
+    enrollment.updated_at = now
+
+
+def step_inputs(
+    session: Session, enrollment: Enrollment, now: datetime, exclude_send: int | None = None
+) -> tuple[AnyEvent, DecisionInputs, dict[str, object]]:
+    """The entry event, the decision inputs as of ``now`` and the facts ``only_if`` sees."""
+    stored = session.scalars(select(Event).where(Event.event_id == enrollment.entry_event_id)).one()
+    event = validate_event(stored.payload)
+    customer = session.get(Customer, enrollment.customer_id)
+    inputs = decision_inputs(session, event, now, customer=customer, exclude_send=exclude_send)
+    facts = dict(inputs.facts) | enrollment_facts(
+        enrollment.entered_at,
+        now,
+        enrollment.steps_sent,
+        enrollment.categories_since_entry or (),
+        enrollment.purchased_since_entry,
+    )
+    return event, inputs, facts
+
+
+def _plan_step(
+    session: Session,
+    rules: RuleSet,
+    compiled: CompiledCampaign,
+    sequence: CompiledSequence,
+    enrollment: Enrollment,
+    policy: Policy,
+    now: datetime,
+) -> str:
+    """Turn the enrollment's due step into a send row; returns what became of it."""
+    if not _schedule_next(session, enrollment, sequence, now):
+        return "waiting"  # completed: nothing left to plan
+    step = sequence.step(enrollment.next_step_id or "")
+    assert step is not None and enrollment.next_due_at is not None
+    due_at = enrollment.next_due_at
+    if due_at > now:
+        return "waiting"  # re-timed by an edit: not due yet
+    campaign = compiled.campaign
+    _, inputs, facts = step_inputs(session, enrollment, now)
+    if _standing(compiled, inputs) is not None:
+        end(session, enrollment, ExitReason.UNSUBSCRIBED, now)
+        return "exited"
+    expires_at = due_at + campaign.schedule.expire_after
+    variant = next(
+        (v for v in campaign.experiment.variants if v.id == enrollment.variant),
+        campaign.experiment.variants[0],
+    )
+    status, reason, send_at = "planned", None, now
+    only_if = sequence.only_if.get(step.id)
+    if enrollment.held_out:
+        status, reason = "held_out", SkipReason.HOLDOUT
+    elif only_if is not None and not only_if(facts):
+        status, reason = "skipped", SkipReason.STEP_CONDITION
+    else:
+        verdict = recheck(
+            rules=rules,
+            campaign_id=campaign.id,
+            facts=facts,
+            subject=inputs.subject,
+            history=inputs.history,
+            policy=policy,
+            now=now,
+            expires_at=expires_at,
+            step=step,
+        )
+        if isinstance(verdict, Later):
+            if verdict.send_at > expires_at:
+                status, reason = "skipped", SkipReason.EXPIRED
+            else:
+                send_at, reason = verdict.send_at, verdict.reason
+        elif verdict is not None:
+            status, reason = "skipped", verdict
+    session.add(
+        Send(
+            campaign_id=campaign.id,
+            kind=campaign.kind,
+            variant=variant.id,
+            template=step.template or variant.template,
+            customer_id=enrollment.customer_id,
+            event_id=enrollment.entry_event_id,
+            status=status,
+            reason=reason,
+            dedupe_key=f"{campaign.id}|{enrollment.customer_id}|n{enrollment.id}|{step.id}",
+            send_at=send_at,
+            expires_at=expires_at,
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+            enrollment_id=enrollment.id,
+            step_id=step.id,
+        )
+    )
+    SENDS.labels(status, reason or "").inc()
+    enrollment.next_due_at = None  # waiting on the send
+    enrollment.updated_at = now
+    if status != "planned":
+        # Held out or skipped now: the step is over, the next one is timed from here.
+        _finish_step(enrollment, status, now, now)
+        _schedule_next(session, enrollment, sequence, now)
+    return "planned" if status == "planned" else status
+
+
+@dataclass(frozen=True, slots=True)
+class StepVerdict:
+    """``step_check``'s answer: a skip reason, or the step to send (with its facts)."""
+
+    reason: SkipReason | None
+    enrollment: Enrollment | None = None
+    facts: Mapping[str, object] | None = None
+
+
+def step_check(
+    session: Session, rules: RuleSet, send: Send, inputs: DecisionInputs, now: datetime
+) -> StepVerdict:
+    """Just before a step goes out: its enrollment still active (locked until the send is
+    handed over, so an exit waits for it or wins), the step still in the campaign, its
+    ``only_if`` still true on fresh facts; and an unsubscribe ends the enrollment."""
+    assert send.enrollment_id is not None
+    query = select(Enrollment).where(Enrollment.id == send.enrollment_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    enrollment = session.scalars(query).one()
+    if enrollment.status != "active":
+        return StepVerdict(SkipReason.SEQUENCE_EXITED, enrollment)
+    compiled = rules.by_id(send.campaign_id)
+    sequence = compiled.sequence if compiled is not None else None
+    if compiled is None or sequence is None or sequence.step(send.step_id or "") is None:
+        return StepVerdict(SkipReason.STEP_REMOVED, enrollment)
+    blocked = _standing(compiled, inputs)
+    if blocked is not None:
+        end(session, enrollment, ExitReason.UNSUBSCRIBED, now)
+        return StepVerdict(blocked, enrollment)
+    facts = dict(inputs.facts) | enrollment_facts(
+        enrollment.entered_at,
+        now,
+        enrollment.steps_sent,
+        enrollment.categories_since_entry or (),
+        enrollment.purchased_since_entry,
+    )
+    only_if = sequence.only_if.get(send.step_id or "")
+    if only_if is not None and not only_if(facts):
+        return StepVerdict(SkipReason.STEP_CONDITION, enrollment)
+    return StepVerdict(None, enrollment, facts)
+
+
+def record_offered(enrollment: Enrollment, skus: list[str], now: datetime) -> None:
+    """Remember what a step offered, for ``exit_when: purchase: offered``."""
+    known = set(enrollment.offered_skus or ())
+    if not set(skus) <= known:
+        enrollment.offered_skus = sorted(known | set(skus))
+        enrollment.updated_at = now
