@@ -28,7 +28,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from triggers.decide import Later, Policy, recheck
+from triggers.decide import Later, Policy, email_spans, gap_clash, min_gap, recheck
 from triggers.events import AnyEvent, PurchaseEvent, validate_event
 from triggers.facts import event_facts
 from triggers.loader import CompiledCampaign, RuleSet
@@ -105,9 +105,12 @@ def observe(
         sequence = sequences.get(enrollment.campaign_id)
         reason: ExitReason | None = None
         if compiled is not None and sequence is not None:
-            reason = exit_reason(sequence, happening, enrollment.offered_skus or ())
-            if reason is None and _standing(compiled, inputs) is not None:
-                reason = ExitReason.UNSUBSCRIBED
+            # An unsubscribe comes first: it ends every sequence, whatever else happened.
+            reason = (
+                ExitReason.UNSUBSCRIBED
+                if _standing(compiled, inputs) is not None
+                else exit_reason(sequence, happening, enrollment.offered_skus or ())
+            )
         if reason is not None:
             end(session, enrollment, reason, now, event.id)
             ended[enrollment.id] = reason
@@ -400,12 +403,28 @@ def _plan_step(
             step=step,
         )
         if isinstance(verdict, Later):
-            if verdict.send_at > expires_at:
-                status, reason = "skipped", SkipReason.EXPIRED
-            else:
-                send_at, reason = verdict.send_at, verdict.reason
+            send_at, reason = verdict.send_at, verdict.reason
         elif verdict is not None:
             status, reason = "skipped", verdict
+        if status == "planned":
+            # The recheck counts only emails that went; one still planned for this
+            # customer keeps its distance too, as at ingest (drop: skipped; defer: after it).
+            clash = gap_clash(
+                send_at, email_spans(inputs.history, rules), min_gap(campaign, policy)
+            )
+            if clash is not None and policy.over_cap == "drop":
+                status, reason = "skipped", SkipReason.MIN_GAP
+            elif clash is not None:
+                send_at, reason = clash, SkipReason.DEFERRED_BY_GAP
+        if status == "planned" and send_at > expires_at:
+            status, reason = (
+                "skipped",
+                (
+                    SkipReason.MIN_GAP
+                    if reason is SkipReason.DEFERRED_BY_GAP
+                    else SkipReason.EXPIRED
+                ),
+            )
     session.add(
         Send(
             campaign_id=campaign.id,

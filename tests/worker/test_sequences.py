@@ -1,0 +1,287 @@
+"""Sequences end to end on a real database: enroll at ingest, steps planned by the
+dispatcher, delivered through the outbox with the same rechecks, exits, hot reload."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
+from triggers.events import validate_event
+from triggers.experiments import assign
+from triggers.loader import load_rule_set
+from worker.db import transaction
+from worker.delivery import deliver_send
+from worker.demo import seed_catalog
+from worker.dispatcher import dispatch_once
+from worker.ingest import ingest_event
+from worker.models import Enrollment, Send
+from worker.runtime import Runtime
+
+ROOT = Path(__file__).resolve().parents[2]
+JOURNEY = ROOT / "config" / "campaigns" / "post-purchase-journey.yaml"
+_opened: list[Runtime] = []
+
+
+class SteppedClock:
+    """A clock the test moves by hand (the engine never reads another)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.at = start
+
+    def now(self) -> datetime:
+        return self.at
+
+
+@pytest.fixture(autouse=True)
+def _close_runtimes() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
+def _journey() -> object:
+    return load_rule_set([JOURNEY]).by_id("post-purchase-journey")
+
+
+def _customer(held_out: bool) -> str:
+    """A customer id the journey's experiment holds out (or not), found by the reference
+    assignment function rather than assumed."""
+    compiled = load_rule_set([JOURNEY]).by_id("post-purchase-journey")
+    assert compiled is not None
+    for number in range(1000):
+        customer_id = f"C-{number}"
+        if assign(compiled.campaign.experiment, compiled.id, customer_id).held_out == held_out:
+            return customer_id
+    raise AssertionError("no such customer in 1000")
+
+
+def _runtime(tmp_path: Path, database_url: str) -> tuple[Runtime, SteppedClock]:
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    shutil.copy(JOURNEY, campaigns / JOURNEY.name)
+    settings = make_settings(
+        tmp_path, database_url=database_url, campaigns_dir=campaigns, quiet_hours="off"
+    )
+    clock = SteppedClock(TUESDAY_MORNING)
+    runtime = Runtime(settings, clock=clock)
+    seed_catalog(settings, TUESDAY_MORNING)
+    _opened.append(runtime)
+    return runtime, clock
+
+
+def _ingest(runtime: Runtime, document: dict[str, object]) -> None:
+    with transaction(runtime.settings.resolved_database_url) as session:
+        ingest_event(
+            session,
+            validate_event(document),
+            runtime.rules.current(),
+            runtime.policy,
+            runtime.clock.now(),
+        )
+
+
+def _pump(runtime: Runtime) -> list[str]:
+    """Plan due steps, claim due sends and deliver them until nothing moves."""
+    statuses: list[str] = []
+    queued: list[int] = []
+
+    def collect(ids: Sequence[int]) -> None:
+        queued.extend(ids)
+
+    for _ in range(10):
+        queued.clear()
+        dispatch_once(runtime, collect)
+        if not queued:
+            break
+        statuses += [deliver_send(runtime, send_id) for send_id in queued]
+    return statuses
+
+
+def _camera(customer_id: str, at: datetime, event_id: str | None = None) -> dict[str, object]:
+    return purchase(
+        event_id,
+        at=at,
+        customer=customer_block(customer_id),
+        sku="CAM-MIRRORLESS",
+        category="cameras",
+        price="899.00",
+    )
+
+
+def _steps(database_url: str, customer_id: str) -> list[tuple[str | None, str, str | None]]:
+    with transaction(database_url) as session:
+        rows = session.execute(
+            select(Send.step_id, Send.status, Send.reason)
+            .where(Send.customer_id == customer_id)
+            .order_by(Send.id)
+        ).all()
+    return [(row.step_id, row.status, row.reason) for row in rows]
+
+
+def _enrollment(database_url: str, customer_id: str) -> Enrollment:
+    with transaction(database_url) as session:
+        return session.scalars(
+            select(Enrollment).where(Enrollment.customer_id == customer_id)
+        ).one()
+
+
+def _advance(runtime: Runtime, clock: SteppedClock, days: int) -> None:
+    """Move the clock day by day (the dispatcher polls every day), to a Tuesday 10:30."""
+    for _ in range(days):
+        clock.at += timedelta(days=1)
+        _pump(runtime)
+
+
+def test_three_steps_go_out_in_order_at_their_delays(tmp_path: Path, database_url: str) -> None:
+    runtime, clock = _runtime(tmp_path, database_url)
+    customer = _customer(held_out=False)
+    _ingest(runtime, _camera(customer, clock.at))
+    assert _pump(runtime) == ["sent"]
+    _advance(runtime, clock, 35)
+    assert _steps(database_url, customer) == [
+        ("accessories", "sent", None),
+        ("bundle", "sent", None),
+        ("loyalty", "sent", None),
+    ]
+    with transaction(database_url) as session:
+        sent = session.execute(
+            select(Send.step_id, Send.sent_at).where(Send.customer_id == customer)
+        ).all()
+    entered = TUESDAY_MORNING
+    delays = {"accessories": timedelta(0), "bundle": timedelta(days=7), "loyalty": timedelta(30)}
+    for step_id, sent_at in sent:
+        assert sent_at >= entered + delays[step_id]
+    enrollment = _enrollment(database_url, customer)
+    assert (enrollment.status, enrollment.exit_reason, enrollment.steps_sent) == (
+        "completed",
+        "completed",
+        3,
+    )
+    assert enrollment.done == ["accessories", "bundle", "loyalty"]
+
+
+def test_buying_an_offered_product_exits_before_the_next_step(
+    tmp_path: Path, database_url: str
+) -> None:
+    runtime, clock = _runtime(tmp_path, database_url)
+    customer = _customer(held_out=False)
+    _ingest(runtime, _camera(customer, clock.at))
+    _pump(runtime)
+    offered = _enrollment(database_url, customer).offered_skus
+    assert offered, "the first step recorded what it offered"
+    _advance(runtime, clock, 6)
+    # Day 7 arrives with the purchase already in the inbox, before the dispatcher polls.
+    clock.at += timedelta(days=1)
+    _ingest(runtime, purchase(at=clock.at, customer=customer_block(customer), sku=offered[0]))
+    _advance(runtime, clock, 40)
+    assert _steps(database_url, customer) == [("accessories", "sent", None)]
+    enrollment = _enrollment(database_url, customer)
+    assert (enrollment.status, enrollment.exit_reason) == ("exited", "purchased_offered")
+
+
+def test_a_purchase_of_something_else_skips_the_bundle_by_only_if(
+    tmp_path: Path, database_url: str
+) -> None:
+    runtime, clock = _runtime(tmp_path, database_url)
+    customer = _customer(held_out=False)
+    _ingest(runtime, _camera(customer, clock.at))
+    _pump(runtime)
+    _advance(runtime, clock, 2)
+    _ingest(
+        runtime,
+        purchase(
+            at=clock.at, customer=customer_block(customer), sku="KEY-MECH", category="keyboards"
+        ),
+    )
+    _advance(runtime, clock, 35)
+    assert _steps(database_url, customer) == [
+        ("accessories", "sent", None),
+        ("bundle", "skipped", "step_condition"),
+        ("loyalty", "sent", None),
+    ]
+
+
+def test_held_out_customers_receive_nothing_but_their_steps_are_recorded(
+    tmp_path: Path, database_url: str
+) -> None:
+    runtime, clock = _runtime(tmp_path, database_url)
+    customer = _customer(held_out=True)
+    _ingest(runtime, _camera(customer, clock.at))
+    _advance(runtime, clock, 35)
+    steps = _steps(database_url, customer)
+    assert [status for _, status, _ in steps] == ["held_out"] * 3
+    assert not (tmp_path / "var" / "outbox").exists() or not list(
+        (tmp_path / "var" / "outbox").iterdir()
+    )
+
+
+def test_two_entries_in_the_same_second_enroll_once(tmp_path: Path, database_url: str) -> None:
+    runtime, clock = _runtime(tmp_path, database_url)
+    customer = _customer(held_out=False)
+    _ingest(runtime, _camera(customer, clock.at))
+    _ingest(runtime, _camera(customer, clock.at))
+    with transaction(database_url) as session:
+        rows = session.scalars(select(Enrollment).where(Enrollment.customer_id == customer)).all()
+    assert len(rows) == 1
+
+
+def test_unsubscribe_exits_at_the_next_event(tmp_path: Path, database_url: str) -> None:
+    runtime, clock = _runtime(tmp_path, database_url)
+    customer = _customer(held_out=False)
+    _ingest(runtime, _camera(customer, clock.at))
+    _pump(runtime)
+    clock.at += timedelta(days=1)
+    withdrawn = customer_block(customer, consent={"email_marketing": False})
+    _ingest(
+        runtime, purchase(at=clock.at, customer=withdrawn, sku="TRI-GORILLA", category="tripods")
+    )
+    _advance(runtime, clock, 35)
+    assert _steps(database_url, customer) == [("accessories", "sent", None)]
+    assert _enrollment(database_url, customer).exit_reason == "unsubscribed"
+
+
+def test_editing_a_live_sequence(tmp_path: Path, database_url: str) -> None:
+    """Steps are matched by id: a removed step is skipped, a changed delay applies to
+    steps not yet planned, a paused campaign stops future steps."""
+    runtime, clock = _runtime(tmp_path, database_url)
+    first, second = _customer(held_out=False), None
+    _ingest(runtime, _camera(first, clock.at))
+    _pump(runtime)
+    campaign_file = runtime.settings.campaigns_dir / JOURNEY.name
+    text = campaign_file.read_text()
+    # The bundle step goes; the loyalty step comes after 10 days instead of 30.
+    start = text.index("  - id: bundle")
+    end = text.index("  - id: loyalty")
+    edited = (text[:start] + text[end:]).replace("after_entry: 30d", "after_entry: 10d")
+    campaign_file.write_text(edited)
+    runtime.rules.load()
+    _advance(runtime, clock, 14)  # to a Tuesday: in the campaign's window
+    assert _steps(database_url, first) == [("accessories", "sent", None), ("loyalty", "sent", None)]
+    assert _enrollment(database_url, first).status == "completed"
+
+    # Paused: a newly enrolled customer gets their first step, then nothing more.
+    for number in range(1000, 2000):
+        candidate = f"C-{number}"
+        if candidate != first and _customer_is_mailed(candidate):
+            second = candidate
+            break
+    assert second is not None
+    _ingest(runtime, _camera(second, clock.at))
+    _pump(runtime)
+    campaign_file.write_text(edited.replace("status: active", "status: paused"))
+    runtime.rules.load()
+    _advance(runtime, clock, 15)
+    assert _steps(database_url, second) == [("accessories", "sent", None)]
+    assert _enrollment(database_url, second).status == "active"
+
+
+def _customer_is_mailed(customer_id: str) -> bool:
+    compiled = load_rule_set([JOURNEY]).by_id("post-purchase-journey")
+    assert compiled is not None
+    return not assign(compiled.campaign.experiment, compiled.id, customer_id).held_out
