@@ -312,7 +312,9 @@ def decide(
         else:
             decisions[position] = miss
     if matched and rules.has_sequences(event_type):
-        matched = _enter_sequences(rules, event_type, matched, event_id, subject, decisions)
+        matched = _enter_sequences(
+            rules, event_type, matched, event_id, triggered_at, subject, now, decisions
+        )
     if not matched:
         return decisions
     matched.sort()  # highest priority first, ties by id (the ranks say so)
@@ -337,7 +339,9 @@ def _enter_sequences(
     event_type: str,
     matched: list[tuple[int, int]],
     event_id: str,
+    triggered_at: datetime,
     subject: Subject,
+    now: datetime,
     out: Decisions,
 ) -> list[tuple[int, int]]:
     """Entry decisions for the matched campaigns with steps; returns the others.
@@ -345,7 +349,9 @@ def _enter_sequences(
     Entering a sequence sends nothing by itself, so it takes no place among the event's
     ``max_campaigns_per_event``: each step is planned when due and checked then like any
     email. A customer who may not be emailed (consent, suppression, opted-out kind) does
-    not enter; a held-out one enters as ``held_out`` (fixed for the whole enrollment).
+    not enter; nor does one whose first step would have expired already (an old event
+    replayed late: ``expired``). A held-out one enters with reason ``holdout``, fixed for
+    the whole enrollment. The entry time is the event's ``triggered_at``.
     Whether the ``reenter`` rule lets them in is the enrollment book's to say (the worker's
     unique entry slot, ``triggers.sequences.may_enter``).
     """
@@ -359,6 +365,9 @@ def _enter_sequences(
         campaign = compiled.campaign
         key = f"{campaign.id}|{subject.id}|enter|{event_id}"
         blocked = standing_block(campaign, subject)
+        first = compiled.sequence.steps[0]
+        if blocked is None and now > triggered_at + first.delay + campaign.schedule.expire_after:
+            blocked = SkipReason.EXPIRED
         if blocked is not None:
             out[position] = skipped(campaign.id, blocked, key)
             continue

@@ -255,6 +255,9 @@ def _field_contradiction(name: str, leaves: Iterable[Leaf]) -> str | None:
         and (low[0] > high[0] or (low[0] == high[0] and not (low[1] and high[1])))
     ):
         return f"{name} cannot be both above {low[0]} and below {high[0]}"
+    if low is not None and high is not None and low[0] == high[0]:
+        point: set[object] = {low[0]}  # gte x and lte x: only x
+        equal = point if equal is None else equal & point
     if equal is None:
         return None
     allowed = {v for v in equal - excluded if not isinstance(v, Decimal) or _within(v, low, high)}

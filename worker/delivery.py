@@ -135,6 +135,10 @@ def prepare(
         offer = resolve_for_send(session, offer_spec, event, profile, runtime.complements)
     except OfferUnavailable as unavailable:
         return Skip(unavailable.reason)
+    if step is not None and not offer.items:
+        # A sequence step is a nudge toward products: with none to show (a loyalty bonus
+        # for a customer who has every category already) it is skipped, the sequence goes on.
+        return Skip(SkipReason.NO_OFFER)
     coupon = _coupon(runtime, send, offer_spec, now)
     if enrollment is not None:
         record_offered(enrollment, [item.sku for item in offer.items], now)

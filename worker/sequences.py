@@ -163,7 +163,8 @@ def enroll(
     now: datetime,
 ) -> int | None:
     """Enroll the customer for an ``enrolled`` decision; the new enrollment's id, or None
-    when the ``reenter`` rule or a concurrent entry keeps them out.
+    when the ``reenter`` rule or a concurrent entry keeps them out. The customer entered
+    when the event happened (never later than ``now``): steps are timed from then.
 
     The insert is ``ON CONFLICT DO NOTHING`` on the unique entry slot and entry event:
     whichever of two simultaneous entries commits first wins, the other inserts nothing.
@@ -179,16 +180,17 @@ def enroll(
             )
         )
     ]
-    if not may_enter(campaign, previous, now):
+    entered_at = min(event.occurred_at, now)
+    if not may_enter(campaign, previous, entered_at):
         return None
-    first = next_step(sequence, (), now, None)
+    first = next_step(sequence, (), entered_at, None)
     assert first is not None  # a sequence has at least one step
     values = dict(
         campaign_id=campaign.id,
         customer_id=customer_id,
         entry_event_id=event.id,
         entry_slot=entry_slot(campaign),
-        entered_at=now,
+        entered_at=entered_at,
         variant=decision.variant,
         held_out=decision.reason == SkipReason.HOLDOUT,
         status="active",
