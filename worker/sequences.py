@@ -506,3 +506,81 @@ def record_offered(enrollment: Enrollment, skus: list[str], now: datetime) -> No
     if not set(skus) <= known:
         enrollment.offered_skus = sorted(known | set(skus))
         enrollment.updated_at = now
+
+
+def enrollment_path(
+    session: Session, rules: RuleSet, campaign_id: str, customer_id: str, event_id: str
+) -> list[str] | None:
+    """``explain``'s account of one enrollment: for each step of the campaign, whether
+    it went (when), was skipped (why), is planned (for when) or waits (until when), and
+    how the enrollment ended. The enrollment is the one this event started, else the
+    customer's latest in the campaign; None when there is none."""
+    rows = session.scalars(
+        select(Enrollment)
+        .where(Enrollment.campaign_id == campaign_id, Enrollment.customer_id == customer_id)
+        .order_by(Enrollment.id)
+    ).all()
+    if not rows:
+        return None
+    enrollment = next((row for row in rows if row.entry_event_id == event_id), rows[-1])
+    sends = {
+        send.step_id: send
+        for send in session.scalars(select(Send).where(Send.enrollment_id == enrollment.id))
+    }
+    lines = [
+        f"enrollment {enrollment.id}: entered {enrollment.entered_at.isoformat()} by event "
+        f"{enrollment.entry_event_id}, variant {enrollment.variant}"
+        + (", held out" if enrollment.held_out else "")
+        + f"; {enrollment.status}"
+        + (
+            f" ({enrollment.exit_reason} at {enrollment.exited_at.isoformat()}"
+            + (f", event {enrollment.exit_event_id}" if enrollment.exit_event_id else "")
+            + ")"
+            if enrollment.exit_reason and enrollment.exited_at
+            else ""
+        )
+    ]
+    compiled = rules.by_id(campaign_id)
+    sequence = compiled.sequence if compiled is not None else None
+    step_ids = [step.id for step in sequence.steps] if sequence is not None else []
+    for step_id in dict.fromkeys([*(enrollment.done or ()), *sends, *step_ids]):
+        if step_id is None:
+            continue
+        send = sends.get(step_id)
+        if send is not None:
+            when = send.sent_at or send.send_at
+            what = {
+                "sent": f"sent {when.isoformat() if when else ''}",
+                "planned": f"planned for {when.isoformat() if when else ''}",
+                "queued": "on its way",
+                "sending": "on its way",
+                "held_out": "held out (not sent)",
+            }.get(send.status, f"{send.status}, reason {send.reason}")
+            if send.status == "planned" and send.reason:
+                what += f" ({send.reason})"
+            lines.append(f"  step {step_id}: {what}")
+        elif enrollment.status != "active":
+            lines.append(f"  step {step_id}: not reached ({enrollment.exit_reason})")
+        elif step_id == enrollment.next_step_id and enrollment.next_due_at is not None:
+            lines.append(f"  step {step_id}: waits until {enrollment.next_due_at.isoformat()}")
+        else:
+            lines.append(f"  step {step_id}: later")
+        if step_id not in step_ids:
+            lines[-1] += " (no longer in the campaign)"
+    return lines
+
+
+def planned_path(rules: RuleSet, campaign_id: str, entered_at: datetime) -> list[str]:
+    """Each step's earliest due time for an entry at ``entered_at`` (no database)."""
+    compiled = rules.by_id(campaign_id)
+    sequence = compiled.sequence if compiled is not None else None
+    if sequence is None:
+        return []
+    lines = []
+    done: list[str] = []
+    last: datetime | None = None
+    while (due := next_step(sequence, done, entered_at, last)) is not None:
+        lines.append(f"  step {due.step.id}: due {due.due_at.isoformat()} at the earliest")
+        done.append(due.step.id)
+        last = due.due_at
+    return lines

@@ -285,3 +285,24 @@ def _customer_is_mailed(customer_id: str) -> bool:
     compiled = load_rule_set([JOURNEY]).by_id("post-purchase-journey")
     assert compiled is not None
     return not assign(compiled.campaign.experiment, compiled.id, customer_id).held_out
+
+
+def test_explain_shows_the_path_of_an_enrollment(tmp_path: Path, database_url: str) -> None:
+    from worker.explain import explain
+
+    runtime, clock = _runtime(tmp_path, database_url)
+    customer = _customer(held_out=False)
+    entry = _camera(customer, clock.at)
+    _ingest(runtime, entry)
+    _pump(runtime)
+    offered = _enrollment(database_url, customer).offered_skus
+    clock.at += timedelta(days=2)
+    bought = purchase(at=clock.at, customer=customer_block(customer), sku=offered[0])
+    _ingest(runtime, bought)
+    lines = list(explain(runtime, validate_event(entry), "post-purchase-journey", None))
+    text = "\n".join(lines)
+    assert "decision: enters the sequence, variant A" in text, text
+    assert f"exited (purchased_offered at {clock.at.isoformat()}, event {bought['id']})" in text
+    assert "step accessories: sent" in text
+    assert "step bundle: not reached (purchased_offered)" in text
+    assert "step loyalty: not reached (purchased_offered)" in text
