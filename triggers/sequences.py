@@ -34,6 +34,8 @@ from triggers.conditions import (
     check_condition,
     compile_condition,
 )
+from triggers.events import AnyEvent, PurchaseEvent
+from triggers.facts import event_facts
 from triggers.fields import FieldSpec, FieldType, fields_for
 from triggers.schedule import DailyWindow
 
@@ -379,16 +381,21 @@ def next_step(
     entered_at: datetime,
     last_step_at: datetime | None,
 ) -> DueStep | None:
-    """The first step of the campaign as it is now whose id is not in ``done``, and when
-    it is due: ``after_entry`` from entry, ``after_previous`` from the previous step's
-    time (``last_step_at``: when it was sent or skipped); never before ``last_step_at``,
-    so steps stay in order. None: the sequence is complete.
+    """The first step of the campaign as it is now after the furthest one in ``done``
+    (steps matched by id), and when it is due: ``after_entry`` from entry,
+    ``after_previous`` from the previous step's time (``last_step_at``: when it was sent
+    or skipped); never before ``last_step_at``, so steps stay in order. None: the
+    sequence is complete.
 
     Steps are matched by id, so an edit that removes, adds or re-times a step applies to
     every enrollment at its next step (hot reload)."""
     finished = set(done)
+    # Only steps after the furthest one done: a step added above it is not sent late.
+    passed = max(
+        (index for index, step in enumerate(sequence.steps) if step.id in finished), default=-1
+    )
     for index, step in enumerate(sequence.steps):
-        if step.id in finished:
+        if index <= passed:
             continue
         anchor = last_step_at or entered_at
         if step.after_entry is not None:
@@ -424,6 +431,19 @@ class Happening:
     facts: Mapping[str, object]
     skus: frozenset[str] = frozenset()
     categories: frozenset[str] = frozenset()
+
+
+def happening_of(event: AnyEvent) -> Happening:
+    """The ``Happening`` of a CRM event (its facts; a purchase's SKUs and categories)."""
+    if isinstance(event, PurchaseEvent):
+        items = event.data.items
+        return Happening(
+            event.type,
+            event_facts(event),
+            frozenset(item.sku for item in items),
+            frozenset(item.category for item in items),
+        )
+    return Happening(event.type, event_facts(event))
 
 
 def exit_reason(

@@ -29,18 +29,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from triggers.decide import Later, Policy, email_spans, gap_clash, min_gap, recheck
-from triggers.events import AnyEvent, PurchaseEvent, validate_event
-from triggers.facts import event_facts
+from triggers.events import AnyEvent, validate_event
 from triggers.loader import CompiledCampaign, RuleSet
 from triggers.outcomes import Decision, SkipReason
 from triggers.sequences import (
     CompiledSequence,
     ExitReason,
-    Happening,
     PastEntry,
     enrollment_facts,
     entry_slot,
     exit_reason,
+    happening_of,
     may_enter,
     next_step,
 )
@@ -55,18 +54,6 @@ ENDED = frozenset({"sent", "skipped", "failed", "held_out"})
 STANDING = frozenset(
     {SkipReason.NO_EMAIL, SkipReason.NO_CONSENT, SkipReason.SUPPRESSED, SkipReason.OPTED_OUT}
 )
-
-
-def happening_of(event: AnyEvent, facts: Mapping[str, object]) -> Happening:
-    if isinstance(event, PurchaseEvent):
-        items = event.data.items
-        return Happening(
-            event.type,
-            facts,
-            frozenset(item.sku for item in items),
-            frozenset(item.category for item in items),
-        )
-    return Happening(event.type, facts)
 
 
 def observe(
@@ -90,7 +77,7 @@ def observe(
     enrollments = list(session.scalars(query))
     if not enrollments:
         return {}
-    happening = happening_of(event, event_facts(event))
+    happening = happening_of(event)
     sequences = rules.sequences()
     ended: dict[int, ExitReason] = {}
     for enrollment in enrollments:

@@ -306,3 +306,85 @@ def test_explain_shows_the_path_of_an_enrollment(tmp_path: Path, database_url: s
     assert "step accessories: sent" in text
     assert "step bundle: not reached (purchased_offered)" in text
     assert "step loyalty: not reached (purchased_offered)" in text
+
+
+def test_simulate_predicts_each_step_and_exit_of_the_pipeline(
+    tmp_path: Path, database_url: str
+) -> None:
+    from collections import Counter
+
+    from sqlalchemy import func
+
+    from triggers.simulate import simulate
+
+    runtime, clock = _runtime(tmp_path, database_url)
+    mailed = [c for c in (f"C-{n}" for n in range(2000, 2100)) if _customer_is_mailed(c)][:3]
+    held = _customer(held_out=True)
+    other, withdrawn, plain = mailed
+    start = clock.at
+    timeline: list[tuple[int, dict[str, object]]] = [
+        (0, _camera(plain, start)),
+        (0, _camera(other, start)),
+        (0, _camera(withdrawn, start)),
+        (0, _camera(held, start)),
+        (
+            2,
+            purchase(
+                at=start + timedelta(days=2),
+                customer=customer_block(other),
+                sku="KEY-MECH",
+                category="keyboards",
+            ),
+        ),
+        (
+            3,
+            purchase(
+                at=start + timedelta(days=3),
+                customer=customer_block(withdrawn, consent={"email_marketing": False}),
+                sku="KEY-SLIM",
+                category="keyboards",
+            ),
+        ),
+    ]
+    for day in range(40):
+        for when, document in timeline:
+            if when == day:
+                _ingest(runtime, document)
+        _pump(runtime)
+        clock.at += timedelta(days=1)
+    with transaction(database_url) as session:
+        actual_steps = Counter(
+            {
+                (step, status, reason): count
+                for step, status, reason, count in session.execute(
+                    select(Send.step_id, Send.status, Send.reason, func.count()).group_by(
+                        Send.step_id, Send.status, Send.reason
+                    )
+                ).all()
+            }
+        )
+        actual_exits = Counter(
+            dict(
+                session.execute(
+                    select(Enrollment.exit_reason, func.count()).group_by(Enrollment.exit_reason)
+                ).all()
+            )
+        )
+    report = simulate(
+        [validate_event(document) for _, document in timeline],
+        runtime.rules.current(),
+        runtime.policy,
+    )
+    predicted_steps = Counter(
+        {
+            (step, outcome, reason): count
+            for (_, step, outcome, reason), count in report.steps.items()
+        }
+    )
+    predicted_exits = Counter({reason: count for (_, reason), count in report.exits.items()})
+    assert +predicted_steps == +actual_steps
+    assert +predicted_exits == +actual_exits
+    # And what that is, as the campaign file states it.
+    assert actual_steps[("bundle", "skipped", "step_condition")] == 1  # the keyboard buyer
+    assert actual_steps[("loyalty", "sent", None)] == 2
+    assert actual_exits["unsubscribed"] == 1 and actual_exits["completed"] == 3
