@@ -11,6 +11,11 @@ exactly as ingest builds them in the database; nothing is sent or stored. Two cl
 
 The report counts, per campaign and day, emails, holdouts and skips by reason, and per
 (campaign, outcome, reason) the same figures the ``sends`` table would hold.
+
+Sequences (campaigns with ``steps``) are replayed whole: entries, each step judged when it
+falls due as the worker's step planner judges it (live: between the events; with ``at``:
+after all of them, as the dispatcher's next poll would), every sequence run to its end,
+and the exits. Those figures are in ``entries``, ``steps`` and ``exits``.
 """
 
 from __future__ import annotations

@@ -3,18 +3,24 @@ dispatcher, delivered through the outbox with the same rechecks, exits, hot relo
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
 from triggers.events import validate_event
 from triggers.experiments import assign
 from triggers.loader import load_rule_set
+from triggers.sequences import earliest_offsets
 from worker.db import transaction
 from worker.delivery import deliver_send
 from worker.demo import seed_catalog
@@ -388,3 +394,159 @@ def test_simulate_predicts_each_step_and_exit_of_the_pipeline(
     assert actual_steps[("bundle", "skipped", "step_condition")] == 1  # the keyboard buyer
     assert actual_steps[("loyalty", "sent", None)] == 2
     assert actual_exits["unsubscribed"] == 1 and actual_exits["completed"] == 3
+
+
+# --- the invariants over arbitrary interleavings, on the real pipeline ----------------------
+
+_TEMPLATE_DB: dict[str, Path] = {}
+
+
+def _fresh_sqlite(folder: Path) -> str:
+    """A migrated SQLite database, copied from one migrated once per session (fast)."""
+    from worker.migrate import upgrade
+
+    if "db" not in _TEMPLATE_DB:
+        template = Path(tempfile.mkdtemp(prefix="seq-template-")) / "template.db"
+        upgrade(f"sqlite:///{template}")
+        _TEMPLATE_DB["db"] = template
+    target = folder / "crosssell.db"
+    shutil.copy(_TEMPLATE_DB["db"], target)
+    return f"sqlite:///{target}"
+
+
+ACTIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("enter"), st.sampled_from(("mailed-1", "mailed-2", "held"))),
+        st.tuples(st.just("buy_offered"), st.sampled_from(("mailed-1", "mailed-2", "held"))),
+        st.tuples(st.just("buy_other"), st.sampled_from(("mailed-1", "mailed-2"))),
+        st.tuples(st.just("wait"), st.integers(1, 9 * 24)),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("CROSSSELL_SEQUENCE_EXAMPLES", "25")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(ACTIONS)
+def test_pipeline_invariants_over_interleavings(
+    tmp_path_factory: pytest.TempPathFactory, script: list[tuple[Any, ...]]
+) -> None:
+    from worker.db import dispose_engines
+
+    folder = tmp_path_factory.mktemp("interleaving")
+    url = _fresh_sqlite(folder)
+    runtime, clock = _runtime(folder, url)
+    names = {
+        "mailed-1": _customer(held_out=False),
+        "mailed-2": next(
+            c for c in (f"C-{n}" for n in range(3000, 4000)) if _customer_is_mailed(c)
+        ),
+        "held": _customer(held_out=True),
+    }
+    # (enrollment, when the exiting event was stored, the last send id before it)
+    exits: list[tuple[int, datetime, int]] = []
+    try:
+        for number, action in enumerate(script):
+            if action[0] == "wait":
+                clock.at += timedelta(hours=action[1])
+                _pump(runtime)
+                continue
+            customer = names[action[1]]
+            if action[0] == "enter":
+                document = _camera(customer, clock.at, f"e-{number}")
+            else:
+                active = _active(url, customer)
+                offered = sorted({sku for e in active for sku in e.offered_skus})
+                sku = offered[0] if action[0] == "buy_offered" and offered else "KEY-MECH"
+                category = _category(sku)
+                document = purchase(
+                    f"e-{number}",
+                    at=clock.at,
+                    customer=customer_block(customer),
+                    sku=sku,
+                    category=category,
+                )
+                should_exit = [e.id for e in active if sku in e.offered_skus]
+                last_send = _last_send_id(url)
+            _ingest(runtime, document)
+            if action[0] != "enter":
+                for enrollment_id in should_exit:
+                    exits.append((enrollment_id, clock.at, last_send))
+                    assert _status(url, enrollment_id) == ("exited", "purchased_offered")
+            _pump(runtime)
+        clock.at += timedelta(days=40)
+        _pump(runtime)
+        _check_invariants(url, names["held"], exits)
+        event("an enrollment exited" if exits else "no exit")
+    finally:
+        runtime.close()
+        _opened.remove(runtime)
+        dispose_engines()
+
+
+def _category(sku: str) -> str:
+    from worker.demo_data import CATALOG
+
+    return next(category for code, _, category, *_ in CATALOG if code == sku)
+
+
+def _active(url: str, customer_id: str) -> list[Enrollment]:
+    with transaction(url) as session:
+        return list(
+            session.scalars(
+                select(Enrollment).where(
+                    Enrollment.customer_id == customer_id, Enrollment.status == "active"
+                )
+            )
+        )
+
+
+def _last_send_id(url: str) -> int:
+    from sqlalchemy import func
+
+    with transaction(url) as session:
+        return int(session.scalar(select(func.max(Send.id))) or 0)
+
+
+def _status(url: str, enrollment_id: int) -> tuple[str, str | None]:
+    with transaction(url) as session:
+        row = session.get(Enrollment, enrollment_id)
+        assert row is not None
+        return row.status, row.exit_reason
+
+
+def _check_invariants(url: str, held_customer: str, exits: list[tuple[int, datetime, int]]) -> None:
+    compiled = load_rule_set([JOURNEY]).by_id("post-purchase-journey")
+    assert compiled is not None and compiled.campaign.steps is not None
+    order = [step.id for step in compiled.campaign.steps]
+    offsets = dict(zip(order, earliest_offsets(compiled.campaign.steps), strict=True))
+    with transaction(url) as session:
+        enrollments = {e.id: e for e in session.scalars(select(Enrollment))}
+        sends = list(session.scalars(select(Send).where(Send.enrollment_id.is_not(None))))
+    by_enrollment: dict[int, list[Send]] = {}
+    for send in sends:
+        assert send.enrollment_id is not None
+        by_enrollment.setdefault(send.enrollment_id, []).append(send)
+    for enrollment_id, rows in by_enrollment.items():
+        enrollment = enrollments[enrollment_id]
+        step_ids = [row.step_id for row in rows]
+        assert len(step_ids) == len(set(step_ids)), "a step twice"
+        sent = sorted((row for row in rows if row.status == "sent"), key=lambda r: r.id)
+        assert [order.index(r.step_id or "") for r in sent] == sorted(
+            order.index(r.step_id or "") for r in sent
+        ), "steps out of order"
+        for row in sent:
+            assert row.sent_at is not None
+            assert row.sent_at >= enrollment.entered_at + offsets[row.step_id or ""], "early"
+        if enrollment.customer_id == held_customer:
+            assert all(row.status == "held_out" for row in rows), "a held-out customer got mail"
+    for enrollment_id, stored_at, last_send in exits:
+        for row in by_enrollment.get(enrollment_id, []):
+            assert row.id <= last_send, "a step planned after the exit"
+            assert row.sent_at is None or row.sent_at <= stored_at, "a step sent after the exit"
+            if row.sent_at is None:
+                assert row.status in ("skipped", "held_out"), (row.status, row.reason)
