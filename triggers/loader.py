@@ -153,6 +153,7 @@ class RuleSet:
     _ranks: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
     _checks: dict[str, tuple[Check, ...]] = field(init=False, repr=False, compare=False)
     _stepped: frozenset[str] = field(init=False, repr=False, compare=False)
+    _has_steps: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         active: dict[str, list[CompiledCampaign]] = {}
@@ -160,6 +161,7 @@ class RuleSet:
             if compiled.campaign.status == "active":
                 active.setdefault(compiled.campaign.trigger.event, []).append(compiled)
         object.__setattr__(self, "_by_id", {c.id: c for c in self.campaigns})
+        object.__setattr__(self, "_has_steps", any(c.sequence is not None for c in self.campaigns))
         object.__setattr__(
             self,
             "_stepped",
@@ -206,6 +208,11 @@ class RuleSet:
     def has_sequences(self, event_type: str) -> bool:
         """Whether an active campaign with steps is triggered by ``event_type``."""
         return event_type in self._stepped
+
+    @property
+    def has_steps(self) -> bool:
+        """Whether any campaign of the set (whatever its status) is a sequence."""
+        return self._has_steps
 
     def sequences(self) -> dict[str, CompiledSequence]:
         """Every campaign with steps (whatever its status), by id."""

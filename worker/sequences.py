@@ -68,6 +68,8 @@ def observe(
 
     Called by ingest before ``decide``: a purchase that exits a sequence does so before
     any further step of it can be planned."""
+    if not rules.has_steps:
+        return {}
     query = (
         select(Enrollment)
         .where(Enrollment.customer_id == customer.id, Enrollment.status == "active")
@@ -224,6 +226,8 @@ def plan_due(
 
     After a reload (a new ``RuleSet``), the waiting enrollments are re-timed first: a
     changed delay applies to every step not yet planned."""
+    if not rules.has_steps:
+        return PlanReport()
     url = str(session.get_bind().engine.url)
     if _timed_for.get(url) is not rules:
         _retime(session, rules, now)
@@ -265,10 +269,13 @@ def _retime(session: Session, rules: RuleSet, now: datetime) -> None:
     """Recompute the next step and its due time of every enrollment not waiting on a send
     (after a reload: steps matched by id, a removed step is passed over)."""
     sequences = rules.sequences()
-    waiting = session.scalars(
-        select(Enrollment).where(Enrollment.status == "active", Enrollment.next_due_at.is_not(None))
+    query = select(Enrollment).where(
+        Enrollment.status == "active", Enrollment.next_due_at.is_not(None)
     )
-    for enrollment in waiting:
+    if session.get_bind().dialect.name == "postgresql":
+        # A row another dispatcher is planning or advancing keeps its timing.
+        query = query.with_for_update(skip_locked=True)
+    for enrollment in session.scalars(query):
         sequence = sequences.get(enrollment.campaign_id)
         if sequence is None:
             continue
@@ -363,6 +370,13 @@ def _plan_step(
     due_at = enrollment.next_due_at
     if due_at > now:
         return "waiting"  # re-timed by an edit: not due yet
+    planned = session.scalar(
+        select(Send.id).where(Send.enrollment_id == enrollment.id, Send.step_id == step.id)
+    )
+    if planned is not None:
+        # Already a send (timing written over by a concurrent re-time): wait for it to end.
+        enrollment.next_due_at = None
+        return "waiting"
     campaign = compiled.campaign
     _, inputs, facts = step_inputs(session, enrollment, now)
     if _standing(compiled, inputs) is not None:

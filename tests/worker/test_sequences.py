@@ -550,3 +550,46 @@ def _check_invariants(url: str, held_customer: str, exits: list[tuple[int, datet
             assert row.sent_at is None or row.sent_at <= stored_at, "a step sent after the exit"
             if row.sent_at is None:
                 assert row.status in ("skipped", "held_out"), (row.status, row.reason)
+
+
+def test_reenter_after_waits_from_the_previous_entry(tmp_path: Path, database_url: str) -> None:
+    """``reenter: {after: 60d}``: not while enrolled, not within 60 days of the last entry."""
+    from worker.models import Event
+
+    runtime, clock = _runtime(tmp_path, database_url)
+    customer = _customer(held_out=False)
+    _ingest(runtime, _camera(customer, clock.at, "entry-1"))
+    _advance(runtime, clock, 35)  # completed by now
+    _ingest(runtime, _camera(customer, clock.at, "entry-2"))
+    clock.at += timedelta(days=28)  # 63 days after the first entry
+    _ingest(runtime, _camera(customer, clock.at, "entry-3"))
+    with transaction(database_url) as session:
+        outcomes = {
+            row.event_id: row.outcome["post-purchase-journey"]
+            for row in session.scalars(select(Event).where(Event.event_id.like("entry-%")))
+        }
+        entries = session.scalars(
+            select(Enrollment.entry_event_id).where(Enrollment.customer_id == customer)
+        ).all()
+    assert outcomes["entry-2"] == "already_enrolled"
+    assert outcomes["entry-3"].startswith("enrolled:")
+    assert sorted(entries) == ["entry-1", "entry-3"]
+
+
+def test_a_step_already_planned_is_not_planned_again(tmp_path: Path, database_url: str) -> None:
+    """A due time written over (a concurrent re-time after a reload) while the step's send
+    waits: the planner notices the send and waits for it, instead of failing on its key."""
+    runtime, clock = _runtime(tmp_path, database_url)
+    customer = _customer(held_out=False)
+    clock.at = TUESDAY_MORNING.replace(hour=22)  # planned for tomorrow morning
+    _ingest(runtime, _camera(customer, clock.at))
+    assert _pump(runtime) == []
+    with transaction(database_url) as session:
+        enrollment = session.scalars(
+            select(Enrollment).where(Enrollment.customer_id == customer)
+        ).one()
+        assert enrollment.next_due_at is None
+        enrollment.next_due_at = clock.at - timedelta(minutes=1)
+    assert _pump(runtime) == []
+    assert _steps(database_url, customer) == [("accessories", "planned", "outside_window")]
+    assert _enrollment(database_url, customer).next_due_at is None
