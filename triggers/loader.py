@@ -26,7 +26,7 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
-from triggers.campaigns import Campaign
+from triggers.campaigns import Campaign, Experiment, Variant
 from triggers.conditions import (
     Condition,
     Facts,
@@ -853,6 +853,42 @@ def _at_variant(parsed: ParsedFile, index: int, code: str, message: str) -> Lint
     return LintIssue(parsed.name, line, col, code, path, message)
 
 
+def _step_template_issues(
+    parsed: ParsedFile, campaign: Campaign, template_check: TemplateCheck
+) -> list[LintIssue]:
+    """The template check for each sequence step, as the step will render: its template,
+    subject and offer (or the campaign's), located in the template or at the step."""
+    issues: list[LintIssue] = []
+    first = campaign.experiment.variants[0]
+    for index, step in enumerate(campaign.steps or ()):
+        variant = Variant(
+            id=first.id,
+            template=step.template or first.template,
+            subject=step.subject or first.subject,
+        )
+        probe = campaign.model_copy(
+            update={
+                "offer": step.offer or campaign.offer,
+                "experiment": Experiment(variants=[variant]),
+                "steps": None,
+            }
+        )
+        for problem in template_check(probe):
+            if problem.file:
+                issues.append(
+                    LintIssue(
+                        problem.file, problem.line, problem.col, problem.code, "", problem.message
+                    )
+                )
+            else:
+                line, col = parsed.step_templates_at[index]
+                path = f"steps[{index}]"
+                issues.append(
+                    LintIssue(parsed.name, line, col, problem.code, path, problem.message)
+                )
+    return issues
+
+
 def load_rule_set(
     paths: Iterable[Path],
     template_names: Iterable[str] | None = None,
@@ -915,6 +951,7 @@ def load_rule_set(
                 else _at_variant(parsed, problem.variant, problem.code, problem.message)
                 for problem in template_check(campaign)
             ]
+            checked += _step_template_issues(parsed, campaign, template_check)
             if checked:
                 issues += checked
                 continue

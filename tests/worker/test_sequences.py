@@ -593,3 +593,28 @@ def test_a_step_already_planned_is_not_planned_again(tmp_path: Path, database_ur
     assert _pump(runtime) == []
     assert _steps(database_url, customer) == [("accessories", "planned", "outside_window")]
     assert _enrollment(database_url, customer).next_due_at is None
+
+
+def test_lint_renders_each_step_as_it_will_be_sent(tmp_path: Path) -> None:
+    """A step's own subject and offer are rendered by lint, and a fault points at the step."""
+    from triggers.loader import RuleSetError
+    from worker.rendering import Renderer
+    from worker.rules import load_rules
+    from worker.settings import Settings
+
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    text = JOURNEY.read_text().replace(
+        "    template: journey_bundle\n",
+        '    template: journey_bundle\n    subject: "{{ 1/0 }}"\n',
+    )
+    (campaigns / "journey.yaml").write_text(text)
+    settings = Settings(var_dir=tmp_path / "var", campaigns_dir=campaigns)
+    with pytest.raises(RuleSetError) as raised:
+        load_rules(settings, Renderer(settings))
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if "journey_bundle" in row)
+    issues = raised.value.issues
+    assert {(i.line, i.code, i.path) for i in issues} == {(line, "template-runtime", "steps[1]")}
+    # Unchanged, the shipped file lints: the bundle template renders with the step's offer.
+    (campaigns / "journey.yaml").write_text(JOURNEY.read_text())
+    assert load_rules(settings, Renderer(settings)).by_id("post-purchase-journey") is not None
