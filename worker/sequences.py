@@ -19,7 +19,6 @@ The rules are ``triggers.sequences``; this module applies them to ``enrollments`
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +27,15 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from triggers.decide import Later, Policy, email_spans, gap_clash, min_gap, recheck
+from triggers.decide import (
+    Later,
+    Policy,
+    email_spans,
+    gap_clash,
+    min_gap,
+    recheck,
+    standing_block,
+)
 from triggers.events import AnyEvent, validate_event
 from triggers.loader import CompiledCampaign, RuleSet
 from triggers.outcomes import Decision, SkipReason
@@ -47,13 +54,8 @@ from worker.decision_inputs import DecisionInputs, decision_inputs
 from worker.metrics import SENDS
 from worker.models import Customer, Enrollment, Event, Send
 
-log = logging.getLogger(__name__)
-
 # A step's send in one of these is over: the enrollment moves on.
 ENDED = frozenset({"sent", "skipped", "failed", "held_out"})
-STANDING = frozenset(
-    {SkipReason.NO_EMAIL, SkipReason.NO_CONSENT, SkipReason.SUPPRESSED, SkipReason.OPTED_OUT}
-)
 
 
 def observe(
@@ -85,7 +87,10 @@ def observe(
     for enrollment in enrollments:
         if enrollment.entry_event_id == event.id:
             continue
-        if happening.type == "purchase":
+        # An event from before the entry (delivered late) can still carry an opt-out, but
+        # it is no purchase "since entry" and meets no exit rule.
+        before_entry = event.occurred_at < enrollment.entered_at
+        if happening.type == "purchase" and not before_entry:
             enrollment.purchased_since_entry = True
             enrollment.categories_since_entry = sorted(
                 set(enrollment.categories_since_entry or ()) | happening.categories
@@ -98,6 +103,8 @@ def observe(
             reason = (
                 ExitReason.UNSUBSCRIBED
                 if _standing(compiled, inputs) is not None
+                else None
+                if before_entry
                 else exit_reason(sequence, happening, enrollment.offered_skus or ())
             )
         if reason is not None:
@@ -108,8 +115,6 @@ def observe(
 
 
 def _standing(compiled: CompiledCampaign, inputs: DecisionInputs) -> SkipReason | None:
-    from triggers.decide import standing_block
-
     return standing_block(compiled.campaign, inputs.subject)
 
 

@@ -618,3 +618,19 @@ def test_lint_renders_each_step_as_it_will_be_sent(tmp_path: Path) -> None:
     # Unchanged, the shipped file lints: the bundle template renders with the step's offer.
     (campaigns / "journey.yaml").write_text(JOURNEY.read_text())
     assert load_rules(settings, Renderer(settings)).by_id("post-purchase-journey") is not None
+
+
+def test_a_late_event_from_before_the_entry_exits_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A purchase that happened before the customer entered, delivered late, is no
+    purchase "since entry": it neither exits nor counts for only_if."""
+    runtime, clock = _runtime(tmp_path, database_url)
+    customer = _customer(held_out=False)
+    _ingest(runtime, _camera(customer, clock.at))
+    _pump(runtime)
+    offered = _enrollment(database_url, customer).offered_skus
+    earlier = clock.at - timedelta(days=1)
+    _ingest(runtime, purchase(at=earlier, customer=customer_block(customer), sku=offered[0]))
+    enrollment = _enrollment(database_url, customer)
+    assert (enrollment.status, enrollment.purchased_since_entry) == ("active", False)
