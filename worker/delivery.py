@@ -140,8 +140,6 @@ def prepare(
         # for a customer who has every category already) it is skipped, the sequence goes on.
         return Skip(SkipReason.NO_OFFER)
     coupon = _coupon(runtime, send, offer_spec, now)
-    if enrollment is not None:
-        record_offered(enrollment, [item.sku for item in offer.items], now)
 
     variant = next(v for v in compiled.campaign.experiment.variants if v.id == send.variant)
     subject = (step.subject if step is not None else None) or variant.subject
@@ -192,7 +190,11 @@ def prepare(
             campaign_id=compiled.id,
         )
         # The one builder: bytes, the SMTP envelope (A-label domains) and the API fields.
-        return build_email(envelope, rendered)
+        built = build_email(envelope, rendered)
+        if enrollment is not None:
+            # Committed with the hand-over: what this step offers, for purchase: offered.
+            record_offered(enrollment, [item.sku for item in offer.items], now)
+        return built
     except InvalidAddress as exc:
         # An address stored before ingest validated addresses, or one no builder can
         # write as a single mailbox: never sent, never an internal error.
