@@ -146,7 +146,7 @@ GRID = [Decimal(n) / 2 for n in range(-14, 15)]
 @settings(max_examples=400, deadline=None)
 @given(st.lists(leaves, min_size=1, max_size=5))
 def test_contradiction_is_only_claimed_when_no_value_satisfies(parts: list[Leaf]) -> None:
-    node = AllOf(all=parts)  # type: ignore[arg-type]
+    node = AllOf(all=parts)
     predicate = compile_condition(node, {})
     satisfiable = any(predicate({"event.change_pct": value}) for value in GRID)
     claimed = contradiction(node)

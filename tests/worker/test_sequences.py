@@ -162,7 +162,7 @@ def test_three_steps_go_out_in_order_at_their_delays(tmp_path: Path, database_ur
     entered = TUESDAY_MORNING
     delays = {"accessories": timedelta(0), "bundle": timedelta(days=7), "loyalty": timedelta(30)}
     for step_id, sent_at in sent:
-        assert sent_at >= entered + delays[step_id]
+        assert sent_at >= entered + delays[step_id or ""]
     enrollment = _enrollment(database_url, customer)
     assert (enrollment.status, enrollment.exit_reason, enrollment.steps_sent) == (
         "completed",
@@ -634,3 +634,57 @@ def test_a_late_event_from_before_the_entry_exits_nothing(
     _ingest(runtime, purchase(at=earlier, customer=customer_block(customer), sku=offered[0]))
     enrollment = _enrollment(database_url, customer)
     assert (enrollment.status, enrollment.purchased_since_entry) == ("active", False)
+
+
+def test_two_racing_entries_leave_one_enrollment(tmp_path: Path, postgres_url: str) -> None:
+    """Two transactions enroll the same customer at once, neither seeing the other's row:
+    the unique entry slot keeps one, the other inserts nothing (no error, no second row)."""
+    import threading
+
+    from tests.conftest import _truncate
+    from triggers.outcomes import Decision
+    from worker.db import session_factory
+    from worker.sequences import enroll
+
+    _truncate(postgres_url)
+    runtime, clock = _runtime(tmp_path, postgres_url)
+    compiled = runtime.rules.current().by_id("post-purchase-journey")
+    assert compiled is not None
+    customer = _customer(held_out=False)
+    other = purchase(
+        at=clock.at, customer=customer_block(customer), sku="KEY-SLIM", category="keyboards"
+    )
+    _ingest(runtime, other)  # the customer row exists; nobody is enrolled yet
+    events = [validate_event(_camera(customer, clock.at, f"race-{n}")) for n in range(2)]
+    decisions = [
+        Decision(compiled.id, "enrolled", None, "A", None, None, None, f"race-{n}")
+        for n in range(2)
+    ]
+    factory = session_factory(postgres_url)
+    first, second = factory(), factory()
+    results: dict[str, int | None] = {}
+
+    def race() -> None:
+        with second.begin():
+            results["second"] = enroll(
+                second, compiled, decisions[1], customer, events[1], clock.at
+            )
+
+    try:
+        first.begin()
+        results["first"] = enroll(first, compiled, decisions[0], customer, events[0], clock.at)
+        thread = threading.Thread(target=race)
+        thread.start()
+        thread.join(1.0)
+        assert thread.is_alive(), "the second insert waits on the first one's unique key"
+        first.commit()
+        thread.join(10)
+        assert not thread.is_alive()
+    finally:
+        first.close()
+        second.close()
+    assert results["first"] is not None and results["second"] is None
+    with transaction(postgres_url) as session:
+        rows = session.scalars(select(Enrollment.id).where(Enrollment.customer_id == customer))
+        assert list(rows) == [results["first"]]
+    _truncate(postgres_url)
