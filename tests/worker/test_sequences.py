@@ -162,7 +162,7 @@ def test_three_steps_go_out_in_order_at_their_delays(tmp_path: Path, database_ur
     entered = TUESDAY_MORNING
     delays = {"accessories": timedelta(0), "bundle": timedelta(days=7), "loyalty": timedelta(30)}
     for step_id, sent_at in sent:
-        assert sent_at >= entered + delays[step_id or ""]
+        assert sent_at is not None and sent_at >= entered + delays[step_id or ""]
     enrollment = _enrollment(database_url, customer)
     assert (enrollment.status, enrollment.exit_reason, enrollment.steps_sent) == (
         "completed",
