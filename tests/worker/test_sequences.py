@@ -688,3 +688,42 @@ def test_two_racing_entries_leave_one_enrollment(tmp_path: Path, postgres_url: s
         rows = session.scalars(select(Enrollment.id).where(Enrollment.customer_id == customer))
         assert list(rows) == [results["first"]]
     _truncate(postgres_url)
+
+
+def test_a_planned_step_removed_from_the_file_is_skipped(tmp_path: Path, database_url: str) -> None:
+    runtime, clock = _runtime(tmp_path, database_url)
+    customer = _customer(held_out=False)
+    clock.at = TUESDAY_MORNING.replace(hour=22)  # the first step waits for the morning
+    _ingest(runtime, _camera(customer, clock.at))
+    _pump(runtime)
+    assert _steps(database_url, customer) == [("accessories", "planned", "outside_window")]
+    campaign_file = runtime.settings.campaigns_dir / JOURNEY.name
+    text = campaign_file.read_text()
+    start, end = text.index("  - id: accessories"), text.index("  - id: bundle")
+    campaign_file.write_text(text[:start] + text[end:])
+    runtime.rules.load()
+    clock.at += timedelta(hours=12)
+    _pump(runtime)
+    assert _steps(database_url, customer) == [("accessories", "skipped", "step_removed")]
+    assert _enrollment(database_url, customer).next_step_id == "bundle"
+
+
+def test_reenter_never_keeps_the_entry_slot_for_ever(tmp_path: Path, database_url: str) -> None:
+    from worker.models import Event
+
+    runtime, clock = _runtime(tmp_path, database_url)
+    campaign_file = runtime.settings.campaigns_dir / JOURNEY.name
+    campaign_file.write_text(
+        campaign_file.read_text().replace("reenter: {after: 60d}", "reenter: never")
+    )
+    runtime.rules.load()
+    customer = _customer(held_out=False)
+    _ingest(runtime, _camera(customer, clock.at, "first-entry"))
+    _advance(runtime, clock, 35)
+    clock.at += timedelta(days=365)
+    _ingest(runtime, _camera(customer, clock.at, "a-year-later"))
+    with transaction(database_url) as session:
+        said = session.scalars(select(Event.outcome).where(Event.event_id == "a-year-later")).one()
+    assert said["post-purchase-journey"] == "already_enrolled"
+    enrollment = _enrollment(database_url, customer)
+    assert (enrollment.status, enrollment.entry_slot) == ("completed", "once")
