@@ -290,6 +290,84 @@ class Sender(_Model):
     reply_to: Address | None = None
 
 
+StepId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$", max_length=40)]
+
+
+class Step(_Model):
+    """One email of a sequence, timed from the customer's entry or from the step before.
+
+    Exactly one of ``after_entry`` and ``after_previous`` says when it is due; the step's
+    own ``template``, ``subject``, ``offer`` and ``window`` replace the campaign's (the
+    entry variant's template and subject otherwise). ``only_if`` is evaluated when the
+    step is due and again just before it is sent; false skips the step (``step_condition``)
+    and the sequence goes on.
+    """
+
+    id: StepId
+    after_entry: Duration | None = Field(
+        default=None, description="due this long after the customer entered the sequence"
+    )
+    after_previous: Duration | None = Field(
+        default=None, description="due this long after the previous step was sent or skipped"
+    )
+    template: TemplateName | None = None
+    subject: Annotated[str, Field(max_length=300)] | None = None
+    offer: Offer | None = None
+    window: Window | None = None
+    only_if: Condition | None = Field(
+        default=None,
+        description="customer.*, event.* (the entry event) and enrollment.* fields",
+    )
+
+    @model_validator(mode="after")
+    def _one_delay(self) -> Step:
+        if (self.after_entry is None) == (self.after_previous is None):
+            raise ValueError("give a step exactly one of after_entry or after_previous")
+        return self
+
+    @property
+    def delay(self) -> timedelta:
+        """The step's delay, whichever way it is written."""
+        delay = self.after_entry if self.after_entry is not None else self.after_previous
+        assert delay is not None  # _one_delay
+        return delay
+
+
+class EventExit(_Model):
+    type: Literal["purchase", "anniversary", "usage_change"]
+    where: Condition | None = None
+
+
+class ExitRule(_Model):
+    """One way out of a sequence; exactly one key per rule.
+
+    ``purchase: any`` (any order), ``purchase: offered`` (an order with a product one of
+    the enrollment's emails offered), ``purchase_in: [categories]`` (an order with a line
+    in one of them), ``event: {type, where}`` (an event of that type for which ``where``
+    holds). An unsubscribe always exits, whether listed or not.
+    """
+
+    purchase: Literal["any", "offered"] | None = None
+    purchase_in: (
+        Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None
+    ) = None
+    event: EventExit | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ExitRule:
+        given = [self.purchase, self.purchase_in, self.event]
+        if sum(value is not None for value in given) != 1:
+            raise ValueError("an exit rule has exactly one of purchase, purchase_in or event")
+        return self
+
+
+class ReenterAfter(_Model):
+    after: Duration
+
+
+Reenter = Literal["never", "after_exit"] | ReenterAfter
+
+
 class Campaign(_Model):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9\-]*$", max_length=80)]
     name: Annotated[str, Field(min_length=1, max_length=200)]
@@ -306,3 +384,16 @@ class Campaign(_Model):
     # How long after an email (or a holdout decision) a purchase still counts as this
     # campaign's conversion; unset: the installation's CROSSSELL_ATTRIBUTION_WINDOW.
     attribution_window: Annotated[Duration, Field(gt=timedelta(0))] | None = None
+    steps: list[Step] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20,
+        description="a sequence: the emails after entry, in order (none: one email)",
+    )
+    exit_when: list[ExitRule] = Field(
+        default_factory=list, description="what ends a sequence early (an unsubscribe always does)"
+    )
+    reenter: Reenter = Field(
+        default="after_exit",
+        description="never, after_exit, or {after: 30d} (since the previous entry)",
+    )

@@ -18,7 +18,7 @@ from datetime import datetime, time, timedelta
 from functools import lru_cache
 from typing import Literal
 
-from triggers.campaigns import Campaign
+from triggers.campaigns import Campaign, Step
 from triggers.facts import CustomerProfile
 from triggers.loader import CompiledCampaign, RuleSet
 from triggers.outcomes import Decision, SkipReason, skipped
@@ -28,7 +28,9 @@ from triggers.schedule import (
     plan_in_windows,
     quiet_hours_window,
     resolve_zone,
+    send_windows,
 )
+from triggers.sequences import step_window
 
 COUNTED_STATUSES = frozenset({"planned", "queued", "sending", "sent"})
 MARKETING_HISTORY = COUNTED_STATUSES | {"held_out"}
@@ -309,6 +311,10 @@ def decide(
             matched.append((ranks[position], position))
         else:
             decisions[position] = miss
+    if matched and rules.has_sequences(event_type):
+        matched = _enter_sequences(
+            rules, event_type, matched, event_id, triggered_at, subject, now, decisions
+        )
     if not matched:
         return decisions
     matched.sort()  # highest priority first, ties by id (the ranks say so)
@@ -326,6 +332,57 @@ def decide(
     for position, outcome in zip(sorted(p for _, p in matched), decided, strict=True):
         decisions[position] = outcome
     return decisions
+
+
+def _enter_sequences(
+    rules: RuleSet,
+    event_type: str,
+    matched: list[tuple[int, int]],
+    event_id: str,
+    triggered_at: datetime,
+    subject: Subject,
+    now: datetime,
+    out: Decisions,
+) -> list[tuple[int, int]]:
+    """Entry decisions for the matched campaigns with steps; returns the others.
+
+    Entering a sequence sends nothing by itself, so it takes no place among the event's
+    ``max_campaigns_per_event``: each step is planned when due and checked then like any
+    email. A customer who may not be emailed (consent, suppression, opted-out kind) does
+    not enter; nor does one whose first step would have expired already (an old event
+    replayed late: ``expired``). A held-out one enters with reason ``holdout``, fixed for
+    the whole enrollment. The entry time is the event's ``triggered_at``.
+    Whether the ``reenter`` rule lets them in is the enrollment book's to say (the worker's
+    unique entry slot, ``triggers.sequences.may_enter``).
+    """
+    active = rules.active_for(event_type)
+    rest: list[tuple[int, int]] = []
+    for rank, position in matched:
+        compiled = active[position]
+        if compiled.sequence is None:
+            rest.append((rank, position))
+            continue
+        campaign = compiled.campaign
+        key = f"{campaign.id}|{subject.id}|enter|{event_id}"
+        blocked = standing_block(campaign, subject)
+        first = compiled.sequence.steps[0]
+        if blocked is None and now > triggered_at + first.delay + campaign.schedule.expire_after:
+            blocked = SkipReason.EXPIRED
+        if blocked is not None:
+            out[position] = skipped(campaign.id, blocked, key)
+            continue
+        assignment = compiled.assign(subject.id)
+        out[position] = Decision(
+            campaign.id,
+            "enrolled",
+            SkipReason.HOLDOUT if assignment.held_out else None,
+            assignment.variant.id,
+            None,
+            None,
+            None,
+            key,
+        )
+    return rest
 
 
 def _skip_all(
@@ -508,13 +565,15 @@ def recheck(
     policy: Policy,
     now: datetime,
     expires_at: datetime | None,
+    step: Step | None = None,
 ) -> SkipReason | Later | None:
     """May this planned send still go out at ``now``? None: yes; a reason: never; ``Later``:
     at that time (spacing deferred under ``over_cap: defer``, or outside the window).
 
     The same checks as ``decide``, in the same order — campaign still active and not
     expired, consent and suppression, opted-out kinds, audience on fresh facts, frequency,
-    spacing, window and quiet hours — against ``history`` without the send itself. Only
+    spacing, window and quiet hours — against ``history`` without the send itself. A
+    sequence ``step`` with its own ``window`` is timed by that window instead. Only
     emails that went out (``SETTLED_STATUSES``) count here: a planned one may yet be
     skipped and is rechecked when its own turn comes.
     """
@@ -540,7 +599,12 @@ def recheck(
             return SkipReason.MIN_GAP
         earliest, reason = clash, SkipReason.DEFERRED_BY_GAP
     zone = resolve_zone(campaign.schedule.timezone, subject.timezone, policy.default_timezone)
-    windows = compiled.send_windows(_quiet_window(policy.quiet_from, policy.quiet_to))
+    quiet = _quiet_window(policy.quiet_from, policy.quiet_to)
+    windows = (
+        send_windows(step_window(step.window), quiet)
+        if step is not None and step.window is not None
+        else compiled.send_windows(quiet)
+    )
     allowed = next_allowed(earliest, windows, zone) if windows else earliest
     # A retry or a late dispatch must not land at 3 a.m., outside the window or too close
     # to the email that just went.

@@ -26,7 +26,7 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
-from triggers.campaigns import Campaign
+from triggers.campaigns import Campaign, Experiment, Variant
 from triggers.conditions import (
     Condition,
     Facts,
@@ -42,6 +42,7 @@ from triggers.fields import FieldType, fields_for
 from triggers.outcomes import Decision
 from triggers.prefilter import Prefilter, build_prefilter, split_guard
 from triggers.schedule import DailyWindow, campaign_window, send_windows
+from triggers.sequences import CompiledSequence, compile_sequence, sequence_problems
 
 Level = Literal["error", "warning"]
 
@@ -98,6 +99,8 @@ class CompiledCampaign:
     where: Predicate
     audience: Predicate
     segments: InitVar[Mapping[str, Condition] | None] = None
+    # A sequence's steps and exits (``triggers.sequences``); None for a one-email campaign.
+    sequence: CompiledSequence | None = None
     id: str = field(init=False)
     miss_trigger: Decision = field(init=False, repr=False, compare=False)
     miss_audience: Decision = field(init=False, repr=False, compare=False)
@@ -166,6 +169,8 @@ class RuleSet:
     _misses: dict[str, tuple[Decision, ...]] = field(init=False, repr=False, compare=False)
     _ranks: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
     _checks: dict[str, tuple[Check, ...]] = field(init=False, repr=False, compare=False)
+    _stepped: frozenset[str] = field(init=False, repr=False, compare=False)
+    _has_steps: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         active: dict[str, list[CompiledCampaign]] = {}
@@ -173,6 +178,16 @@ class RuleSet:
             if compiled.campaign.status == "active":
                 active.setdefault(compiled.campaign.trigger.event, []).append(compiled)
         object.__setattr__(self, "_by_id", {c.id: c for c in self.campaigns})
+        object.__setattr__(self, "_has_steps", any(c.sequence is not None for c in self.campaigns))
+        object.__setattr__(
+            self,
+            "_stepped",
+            frozenset(
+                event_type
+                for event_type, compiled in active.items()
+                if any(c.sequence is not None for c in compiled)
+            ),
+        )
         object.__setattr__(self, "_active", {k: tuple(v) for k, v in active.items()})
         object.__setattr__(
             self,
@@ -206,6 +221,19 @@ class RuleSet:
 
     def by_id(self, campaign_id: str) -> CompiledCampaign | None:
         return self._by_id.get(campaign_id)
+
+    def has_sequences(self, event_type: str) -> bool:
+        """Whether an active campaign with steps is triggered by ``event_type``."""
+        return event_type in self._stepped
+
+    @property
+    def has_steps(self) -> bool:
+        """Whether any campaign of the set (whatever its status) is a sequence."""
+        return self._has_steps
+
+    def sequences(self) -> dict[str, CompiledSequence]:
+        """Every campaign with steps (whatever its status), by id."""
+        return {c.id: c.sequence for c in self.campaigns if c.sequence is not None}
 
     def active_for(self, event_type: str) -> tuple[CompiledCampaign, ...]:
         return self._active.get(event_type, ())
@@ -695,6 +723,7 @@ def parse_campaign(
     if campaign.audience is not None:
         problems += check_condition(campaign.audience, fields, names, ("audience",))
     problems += _variant_problems(campaign)
+    problems += sequence_problems(campaign, names, attributes)
     issues = [problem_issue(filename, document, problem) for problem in problems]
     return (None if issues else campaign), document, issues
 
@@ -738,6 +767,7 @@ def compile_campaign(
         where=compile_condition(where, segments) if where is not None else always,
         audience=compile_condition(audience, segments) if audience is not None else always,
         segments=segments,
+        sequence=compile_sequence(campaign, segments),
     )
 
 
@@ -784,6 +814,8 @@ class ParsedFile:
     id_at: tuple[int, int] = (1, 1)
     templates_at: tuple[tuple[int, int], ...] = ()
     subjects_at: tuple[tuple[int, int] | None, ...] = ()
+    # Each step's ``template:`` (or its ``id:`` when it has none), for the template check.
+    step_templates_at: tuple[tuple[int, int], ...] = ()
 
 
 def parse_file(
@@ -808,6 +840,10 @@ def parse_file(
             if campaign.experiment.variants[i].subject is not None
             else None
             for i in variants
+        ),
+        tuple(
+            locate(document, ("steps", i, "template" if step.template else "id"))
+            for i, step in enumerate(campaign.steps or ())
         ),
     )
 
@@ -856,6 +892,50 @@ def _at_variant(
     return LintIssue(parsed.name, line, col, code, path, message, level)
 
 
+def _step_template_issues(
+    parsed: ParsedFile, campaign: Campaign, template_check: TemplateCheck
+) -> list[LintIssue]:
+    """The template check for each sequence step, as the step will render: its template,
+    subject and offer (or the campaign's), located in the template or at the step."""
+    issues: list[LintIssue] = []
+    first = campaign.experiment.variants[0]
+    for index, step in enumerate(campaign.steps or ()):
+        variant = Variant(
+            id=first.id,
+            template=step.template or first.template,
+            subject=step.subject or first.subject,
+        )
+        probe = campaign.model_copy(
+            update={
+                "offer": step.offer or campaign.offer,
+                "experiment": Experiment(variants=[variant]),
+                "steps": None,
+            }
+        )
+        for problem in template_check(probe):
+            if problem.file:
+                issues.append(
+                    LintIssue(
+                        problem.file,
+                        problem.line,
+                        problem.col,
+                        problem.code,
+                        "",
+                        problem.message,
+                        problem.level,
+                    )
+                )
+            else:
+                line, col = parsed.step_templates_at[index]
+                path = f"steps[{index}]"
+                issues.append(
+                    LintIssue(
+                        parsed.name, line, col, problem.code, path, problem.message, problem.level
+                    )
+                )
+    return issues
+
+
 def load_rule_set(
     paths: Iterable[Path],
     template_names: Iterable[str] | None = None,
@@ -895,6 +975,18 @@ def load_rule_set(
                 for index, variant in enumerate(campaign.experiment.variants)
                 if variant.template not in templates
             ]
+            unknown += [
+                LintIssue(
+                    parsed.name,
+                    *parsed.step_templates_at[index],
+                    "unknown-template",
+                    f"steps[{index}].template",
+                    f"no template {step.template!r}"
+                    + did_you_mean(step.template, sorted(templates)),
+                )
+                for index, step in enumerate(campaign.steps or ())
+                if step.template is not None and step.template not in templates
+            ]
             if unknown:
                 issues += unknown
                 continue
@@ -920,6 +1012,7 @@ def load_rule_set(
                 )
                 for problem in template_check(campaign)
             ]
+            checked += _step_template_issues(parsed, campaign, template_check)
             # A template shared by several variants warns once, not once per variant.
             issues += [i for i in checked if i.level == "error" or i not in issues]
             if any(issue.level == "error" for issue in checked):

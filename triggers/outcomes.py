@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-Outcome = Literal["planned", "held_out", "skipped", "not_matched"]
+Outcome = Literal["planned", "held_out", "skipped", "not_matched", "enrolled"]
 
 
 class SkipReason(StrEnum):
@@ -38,6 +38,11 @@ class SkipReason(StrEnum):
     EXPIRED = "expired"
     HOLDOUT = "holdout"
     ALREADY_PLANNED = "already_planned"
+    # Sequences (campaigns with steps, triggers/sequences.py).
+    ALREADY_ENROLLED = "already_enrolled"
+    SEQUENCE_EXITED = "sequence_exited"
+    STEP_CONDITION = "step_condition"
+    STEP_REMOVED = "step_removed"
     # Planned, but later than asked (the send still goes).
     DEFERRED_BY_CAP = "deferred_by_cap"
     DEFERRED_BY_GAP = "deferred_by_gap"

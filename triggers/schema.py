@@ -15,12 +15,15 @@ from pydantic import TypeAdapter
 from triggers.campaigns import Campaign
 from triggers.conditions import Condition
 from triggers.fields import ALL_OPERATORS, OPERATORS, FieldSpec, FieldType, fields_for
+from triggers.sequences import ENROLLMENT_FIELDS
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-def _field_schema(attributes: Mapping[str, FieldType]) -> dict[str, Any]:
-    specs: dict[str, FieldSpec] = {}
+def _field_schema(
+    attributes: Mapping[str, FieldType], extra: Mapping[str, FieldSpec] | None = None
+) -> dict[str, Any]:
+    specs: dict[str, FieldSpec] = dict(extra or {})
     for event_type in ("purchase", "anniversary", "usage_change"):
         specs |= fields_for(event_type, attributes)
     return {
@@ -49,16 +52,25 @@ def _operator_schema() -> dict[str, Any]:
     }
 
 
-def _enrich(schema: dict[str, Any], attributes: Mapping[str, FieldType]) -> dict[str, Any]:
+def _enrich(
+    schema: dict[str, Any],
+    attributes: Mapping[str, FieldType],
+    extra: Mapping[str, FieldSpec] | None = None,
+) -> dict[str, Any]:
     leaf = schema["$defs"]["Leaf"]["properties"]
-    leaf["field"] = _field_schema(attributes)
+    leaf["field"] = _field_schema(attributes, extra)
     leaf["op"] = _operator_schema()
     return schema
 
 
 def campaign_schema(attributes: Mapping[str, FieldType] | None = None) -> dict[str, Any]:
     schema = copy.deepcopy(Campaign.model_json_schema(by_alias=True))
-    schema = _enrich(schema, attributes or {})
+    # enrollment.* fields: only a sequence step's only_if may use them (lint checks where).
+    sequence_only = {
+        name: FieldSpec(name, spec.type, f"{spec.description} (a step's only_if)")
+        for name, spec in ENROLLMENT_FIELDS.items()
+    }
+    schema = _enrich(schema, attributes or {}, sequence_only)
     return {
         "$schema": DIALECT,
         "$id": "crosssell/campaign.schema.json",

@@ -45,6 +45,7 @@ from worker.providers.base import (
 from worker.rate_limit import RateLimiter
 from worker.redaction import error_summary
 from worker.runtime import Runtime
+from worker.sequences import record_offered, step_check
 from worker.unsubscribe_mail import mailto_for
 
 log = logging.getLogger(__name__)
@@ -115,15 +116,25 @@ def prepare(
     assert customer is not None
     event = validate_event(stored.payload)
     inputs = decision_inputs(session, event, now, customer=customer, exclude_send=send.id)
+    step, facts, enrollment = None, inputs.facts, None
+    if send.enrollment_id is not None:
+        # A sequence step: its enrollment still active, the step still there, only_if true.
+        checked = step_check(session, rules, send, inputs, now)
+        if checked.reason is not None:
+            return Skip(checked.reason)
+        assert compiled.sequence is not None and checked.facts is not None
+        step, facts = compiled.sequence.step(send.step_id or ""), checked.facts
+        enrollment = checked.enrollment
     verdict = recheck(
         rules=rules,
         campaign_id=send.campaign_id,
-        facts=inputs.facts,
+        facts=facts,
         subject=inputs.subject,
         history=inputs.history,
         policy=runtime.policy,
         now=now,
         expires_at=send.expires_at,
+        step=step,
     )
     if isinstance(verdict, Later):
         return Reschedule(verdict.send_at, verdict.reason)
@@ -131,15 +142,19 @@ def prepare(
         return Skip(verdict)
     profile = inputs.profile
 
+    offer_spec = (step.offer if step is not None else None) or compiled.campaign.offer
     try:
-        offer = resolve_for_send(
-            session, compiled.campaign.offer, event, profile, runtime.complements
-        )
+        offer = resolve_for_send(session, offer_spec, event, profile, runtime.complements)
     except OfferUnavailable as unavailable:
         return Skip(unavailable.reason)
-    coupon = _coupon(runtime, send, compiled.campaign.offer, now)
+    if step is not None and not offer.items:
+        # A sequence step is a nudge toward products: with none to show (a loyalty bonus
+        # for a customer who has every category already) it is skipped, the sequence goes on.
+        return Skip(SkipReason.NO_OFFER)
+    coupon = _coupon(runtime, send, offer_spec, now)
 
     variant = next(v for v in compiled.campaign.experiment.variants if v.id == send.variant)
+    subject = (step.subject if step is not None else None) or variant.subject
     links = links_for(settings, runtime.unsubscribe_keys, customer.id)
     context = email_context(
         settings=settings,
@@ -160,7 +175,7 @@ def prepare(
     )
     try:
         rendered = runtime.renderer.render(
-            send.template or variant.template, context, customer.locale, variant.subject
+            send.template or variant.template, context, customer.locale, subject
         )
     except Exception as exc:
         # A template fault (1/0, a type error, a render limit hit, a refused symlink) is
@@ -196,7 +211,11 @@ def prepare(
             ),
         )
         # The one builder: bytes, the SMTP envelope (A-label domains) and the API fields.
-        return build_email(envelope, rendered)
+        built = build_email(envelope, rendered)
+        if enrollment is not None:
+            # Committed with the hand-over: what this step offers, for purchase: offered.
+            record_offered(enrollment, [item.sku for item in offer.items], now)
+        return built
     except InvalidAddress as exc:
         # An address stored before ingest validated addresses, or one no builder can
         # write as a single mailbox: never sent, never an internal error.

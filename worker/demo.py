@@ -18,13 +18,17 @@ from typing import TextIO
 from celery.exceptions import SecurityWarning
 from sqlalchemy import func, select
 
+from triggers.events import validate_event
 from triggers.outcomes import SkipReason
 from worker.catalog_import import upsert_products
 from worker.clock import ShiftedClock
 from worker.db import transaction
-from worker.demo_data import DEMO_CATALOG, as_lines, catalog_rows
+from worker.delivery import deliver_send
+from worker.demo_data import DEMO_CATALOG, as_lines, catalog_rows, journey_followups
+from worker.dispatcher import dispatch_once
+from worker.ingest import ingest_event
 from worker.migrate import upgrade
-from worker.models import Customer, Event, Send
+from worker.models import Customer, Enrollment, Event, Send
 from worker.progress import progress, tracked
 from worker.publisher import publish_lines
 from worker.run import run_all
@@ -32,6 +36,7 @@ from worker.runtime import Runtime, set_runtime
 from worker.settings import Settings
 
 EMAIL_STATUSES = ("sent", "planned", "queued", "sending")
+JOURNEY_STEPS = ("accessories", "bundle", "loyalty")
 
 
 def closest_emails(rows: list[tuple[str, datetime]]) -> timedelta | None:
@@ -170,7 +175,10 @@ def run_demo(settings: Settings, out: TextIO) -> int:
         code = run_all(runtime, until_drained=True)
     consumer = runtime.consumer
     dead = consumer.stats["dead_lettered"] if consumer is not None else 0
+    if code == 0:
+        drive_sequences(runtime, anchor, out)
     summary(settings, out, dead)
+    sequence_summary(settings, out)
     bought = follow_up_week(runtime, anchor)
     print(f"the week after:      {bought} purchases by emailed and held-out customers", file=out)
     report_path = write_report(runtime)
@@ -279,3 +287,105 @@ def write_report(runtime: Runtime) -> Path:
     path = settings.var_dir / "report.html"
     path.write_text(render(report, "html"), encoding="utf-8")
     return path
+
+
+# When the demo's clock stops after the first run: follow-up purchases on day 3, then the
+# day-7 and day-30 steps (a second stop six hours later for customers in quiet hours).
+SEQUENCE_STOPS = (
+    timedelta(days=3),
+    timedelta(days=7),
+    timedelta(days=7, hours=6),
+    timedelta(days=30),
+    timedelta(days=30, hours=6),
+)
+
+
+def drive_sequences(runtime: Runtime, anchor: datetime, out: TextIO) -> None:
+    """Move the demo's clock through the post-purchase journey: at each stop the
+    dispatcher's poll plans due steps and claims due sends, and the delivery task's own
+    function sends them (in this process: no broker needed for a clock that jumps).
+
+    On day 3, some enrolled customers buy again (``demo_data.journey_followups``),
+    ingested as the consumer would: those who buy an offered product leave the sequence.
+    The follow-ups carry fixed ids, so a second ``make demo`` plans nothing new."""
+    url = runtime.settings.resolved_database_url
+    with transaction(url) as session:
+        offered = {
+            customer_id: list(skus)
+            for customer_id, skus in session.execute(
+                select(Enrollment.customer_id, Enrollment.offered_skus).where(
+                    Enrollment.status == "active"
+                )
+            ).all()
+        }
+    followups = journey_followups(offered, anchor + SEQUENCE_STOPS[0])
+    for stop in SEQUENCE_STOPS:
+        runtime.clock = ShiftedClock(anchor + stop)
+        if stop == SEQUENCE_STOPS[0]:
+            for document in followups:
+                with transaction(url) as session:
+                    ingest_event(
+                        session,
+                        validate_event(document),
+                        runtime.rules.current(),
+                        runtime.policy,
+                        runtime.clock.now(),
+                    )
+        _drain(runtime)
+    print(
+        f"journey follow-ups:  {len(followups)} purchases on day 3 (clock driven to "
+        f"{anchor + SEQUENCE_STOPS[-1]:%a %Y-%m-%d %H:%M} UTC)",
+        file=out,
+    )
+
+
+def _drain(runtime: Runtime) -> None:
+    queued: list[int] = []
+    for _ in range(50):
+        queued.clear()
+        dispatch_once(runtime, queued.extend)
+        if not queued:
+            return
+        for send_id in queued:
+            deliver_send(runtime, send_id)
+
+
+def sequence_summary(settings: Settings, out: TextIO) -> None:
+    """Per sequence step: sent, held out, skipped by reason; and exits by reason."""
+    with transaction(settings.resolved_database_url) as session:
+        steps = session.execute(
+            select(Send.campaign_id, Send.step_id, Send.status, Send.reason, func.count())
+            .where(Send.step_id.is_not(None))
+            .group_by(Send.campaign_id, Send.step_id, Send.status, Send.reason)
+        ).all()
+        exits = Counter(
+            dict(
+                session.execute(
+                    select(Enrollment.exit_reason, func.count())
+                    .where(Enrollment.exit_reason.is_not(None))
+                    .group_by(Enrollment.exit_reason)
+                ).all()
+            )
+        )
+        enrolled = session.scalar(select(func.count()).select_from(Enrollment))
+        active = session.scalar(
+            select(func.count()).select_from(Enrollment).where(Enrollment.status == "active")
+        )
+    by_step: dict[tuple[str, str], Counter[str]] = {}
+    for campaign_id, step_id, status, reason, count in steps:
+        label = status if status != "skipped" else f"skipped {reason}"
+        by_step.setdefault((campaign_id, step_id or ""), Counter())[label] += count
+    print(f"sequences:           {enrolled} enrolled, {active} still running", file=out)
+    for (campaign_id, step_id), counts in sorted(by_step.items(), key=_step_order):
+        listing = ", ".join(f"{label} {count}" for label, count in counts.most_common())
+        print(f"  {campaign_id} {step_id}: {listing}", file=out)
+    print(
+        "sequence exits:      "
+        + (", ".join(f"{reason} {count}" for reason, count in exits.most_common()) or "none"),
+        file=out,
+    )
+
+
+def _step_order(item: tuple[tuple[str, str], Counter[str]]) -> tuple[str, int]:
+    (campaign_id, step_id), _ = item
+    return campaign_id, JOURNEY_STEPS.index(step_id) if step_id in JOURNEY_STEPS else 99

@@ -284,3 +284,48 @@ def as_lines(anchor: datetime) -> list[bytes]:
         (item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)).encode("utf-8")
         for item in events(anchor)
     ]
+
+
+def journey_followups(offered: dict[str, list[str]], at: datetime) -> list[dict[str, object]]:
+    """What the post-purchase journey's customers buy a few days after its first email:
+    half of those it offered products to buy one of them (which ends their sequence), a
+    quarter of the others buy something else (so the day-7 bundle, which asks that nothing
+    else was bought, is skipped for them), the rest buy nothing. Reproducible (fixed seed)."""
+    rng = random.Random(SEED + 7)
+    catalog = catalog_rows()
+    by_sku = {p.sku: (p.name, p.category, str(p.price)) for p in catalog}
+    others = [p.sku for p in catalog if p.category not in MAIN_CATEGORIES and p.in_stock]
+    followups: list[dict[str, object]] = []
+    for customer_id in sorted(offered):
+        roll = rng.random()
+        if roll < 0.5 and offered[customer_id]:
+            sku = rng.choice(offered[customer_id])
+        elif roll < 0.75:
+            sku = rng.choice([s for s in others if s not in offered[customer_id]])
+        else:
+            continue
+        name, category, price = by_sku[sku]
+        number = len(followups) + 1
+        followups.append(
+            {
+                "id": f"evt-demo-j{number:05d}",
+                "type": "purchase",
+                "occurred_at": at.isoformat(),
+                "customer": {"id": customer_id},
+                "data": {
+                    "order_id": f"O-J{number:05d}",
+                    "currency": CURRENCY,
+                    "total": price,
+                    "items": [
+                        {
+                            "sku": sku,
+                            "name": name,
+                            "category": category,
+                            "quantity": 1,
+                            "unit_price": price,
+                        }
+                    ],
+                },
+            }
+        )
+    return followups

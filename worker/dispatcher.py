@@ -21,6 +21,7 @@ from triggers.durations import parse_duration
 from worker.db import transaction
 from worker.models import Send
 from worker.runtime import Runtime
+from worker.sequences import plan_due
 from worker.startup import announce
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,16 @@ def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
     return ids, len(stuck)
 
 
+def _plan_steps(runtime: Runtime, now: datetime) -> None:
+    """Due sequence steps become sends (``worker.sequences``) before the due ones are claimed."""
+    settings = runtime.settings
+    with transaction(settings.resolved_database_url) as session:
+        plan_due(session, runtime.rules.current(), runtime.policy, now, settings.dispatch_batch)
+
+
 def dispatch_once(runtime: Runtime, enqueue: Enqueue) -> DispatchReport:
     now = runtime.clock.now()
+    _plan_steps(runtime, now)
     ids, expired = _claim_due(runtime, now)
     if ids:
         enqueue(ids)

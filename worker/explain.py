@@ -156,6 +156,13 @@ def explain(
         return
     if mine.outcome == "skipped":
         yield f"decision: skipped, reason {mine.reason}"
+        if compiled.sequence is not None:
+            yield from _enrollment_lines(runtime, campaign.id, event, at)
+        return
+    if mine.outcome == "enrolled":
+        held = " (held out: its steps are recorded, never sent)" if mine.reason else ""
+        yield f"decision: enters the sequence, variant {mine.variant}{held}"
+        yield from _enrollment_lines(runtime, campaign.id, event, at)
         return
     zone = resolve_zone(
         campaign.schedule.timezone, inputs.profile.timezone, runtime.policy.default_timezone
@@ -168,3 +175,23 @@ def explain(
         f"send at {local:%a %Y-%m-%d %H:%M} {zone.key} ({mine.send_at:%H:%M} UTC)"
         + (f", reason {mine.reason}" if mine.reason and mine.outcome == "planned" else "")
     )
+
+
+def _enrollment_lines(
+    runtime: Runtime, campaign_id: str, event: AnyEvent, at: datetime
+) -> Iterator[str]:
+    """The stored enrollment's path, step by step (``worker.sequences.enrollment_path``),
+    or each step's timing from the entry when the database does not hold one."""
+    from worker.db import transaction
+    from worker.sequences import enrollment_path, planned_path
+
+    try:
+        with transaction(runtime.settings.resolved_database_url) as session:
+            lines = enrollment_path(
+                session, runtime.rules.current(), campaign_id, event.customer.id, event.id
+            )
+    except SQLAlchemyError:
+        lines = None
+    if lines is None:
+        lines = planned_path(runtime.rules.current(), campaign_id, min(event.occurred_at, at))
+    yield from lines

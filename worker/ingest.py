@@ -17,6 +17,7 @@ from triggers.decide import Policy, decide
 from triggers.events import AnyEvent, PurchaseEvent
 from triggers.loader import RuleSet
 from triggers.outcomes import Decision, SkipReason
+from worker import sequences
 from worker.attribution import attribute_event
 from worker.customers import record_purchase, upsert_customer
 from worker.decision_inputs import decision_inputs
@@ -58,6 +59,9 @@ def ingest_event(
     session.flush()
 
     inputs = decision_inputs(session, event, now, customer=customer, lock=True)
+    # Sequences first: an event that exits one does so before anything more is planned.
+    if sequences.observe(session, rules, customer, event, inputs, now):
+        inputs = decision_inputs(session, event, now, customer=customer, lock=True)
     decisions = decide(
         rules=rules,
         event_type=event.type,
@@ -77,6 +81,12 @@ def ingest_event(
         compiled = rules.by_id(decision.campaign_id)
         assert compiled is not None
         assert decision.dedupe_key is not None
+        if decision.outcome == "enrolled":
+            enrolled = sequences.enroll(session, compiled, decision, customer.id, event, now)
+            outcome[decision.campaign_id] = (
+                f"enrolled:{enrolled}" if enrolled is not None else SkipReason.ALREADY_ENROLLED
+            )
+            continue
         taken = session.scalar(select(Send.id).where(Send.dedupe_key == decision.dedupe_key))
         if taken is not None:
             outcome[decision.campaign_id] = f"{SkipReason.ALREADY_PLANNED}:{taken}"

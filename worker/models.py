@@ -201,6 +201,11 @@ class Send(Base):
     message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     coupon_code: Mapped[str | None] = mapped_column(String(40), unique=True)
     coupon_expires_at: Mapped[datetime | None]
+    # The sequence step this email is (``enrollments``); None for a one-email campaign.
+    enrollment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("enrollments.id"), index=True, default=None
+    )
+    step_id: Mapped[str | None] = mapped_column(String(40), default=None)
 
 
 class RateLimitState(Base):
@@ -314,3 +319,48 @@ class Conversion(Base):
     ordered_at: Mapped[datetime] = mapped_column(index=True)
     touched_at: Mapped[datetime]
     attributed_at: Mapped[datetime]
+
+
+class Enrollment(Base):
+    """One customer's way through a sequence (a campaign with ``steps``), from one entry.
+
+    ``entry_slot`` is unique per (campaign, customer): ``once`` for ``reenter: never``,
+    ``active`` while an enrollment runs, ``ended:<id>`` once it has ended — so two events
+    racing to enroll the same customer leave one row, whatever the isolation level.
+    ``done`` lists the step ids already sent or skipped, in order; ``next_step_id`` and
+    ``next_due_at`` are the step that comes next and when (what the planner polls).
+    Variant and holdout are fixed at entry. ``offered_skus`` (the products the
+    enrollment's emails offered) and ``purchased_since_entry`` /
+    ``categories_since_entry`` feed the exit rules and ``only_if``.
+    """
+
+    __tablename__ = "enrollments"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "customer_id", "entry_slot"),
+        UniqueConstraint("campaign_id", "entry_event_id"),
+        Index("ix_enrollments_status_next_due_at", "status", "next_due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(String(80))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    entry_event_id: Mapped[str] = mapped_column(String(128))
+    entry_slot: Mapped[str] = mapped_column(String(40))
+    entered_at: Mapped[datetime]
+    variant: Mapped[str] = mapped_column(String(40))
+    held_out: Mapped[bool] = mapped_column(Boolean)
+    # active | exited | completed
+    status: Mapped[str] = mapped_column(String(16))
+    done: Mapped[list[str]] = mapped_column(JSON, default=list)
+    steps_sent: Mapped[int] = mapped_column(Integer, default=0)
+    last_step_at: Mapped[datetime | None]
+    next_step_id: Mapped[str | None] = mapped_column(String(40))
+    next_due_at: Mapped[datetime | None]
+    offered_skus: Mapped[list[str]] = mapped_column(JSON, default=list)
+    purchased_since_entry: Mapped[bool] = mapped_column(Boolean, default=False)
+    categories_since_entry: Mapped[list[str]] = mapped_column(JSON, default=list)
+    exit_reason: Mapped[str | None] = mapped_column(String(32))
+    exit_event_id: Mapped[str | None] = mapped_column(String(128))
+    exited_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

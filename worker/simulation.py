@@ -113,6 +113,7 @@ def report_lines(
             f"{campaign:<28} {total.emails:>7} {total.held_out:>9} "
             f"{report.not_matched[campaign]:>12}  {skipped or '-'}"
         )
+    yield from sequence_lines(report)
     yield ""
     days = [(day, count) for day, count in report.emails_per_day().items() if count]
     yield "emails per day (customer's local date):" + ("" if days else " none")
@@ -125,6 +126,37 @@ def report_lines(
         yield (
             f"{campaign:<28} {day.isoformat():<10} {tally.emails:>7} {tally.held_out:>9}  {skipped}"
         )
+
+
+def sequence_lines(report: SimulationReport) -> Iterator[str]:
+    """Per sequence: entries, then per step sent / held out / skipped by reason, then exits
+    by reason (steps in the order they were first resolved)."""
+    campaigns = dict.fromkeys(
+        [c for c, _ in report.entries]
+        + [c for c, *_ in report.steps]
+        + [c for c, _ in report.exits]
+    )
+    for campaign in campaigns:
+        entries = ", ".join(
+            f"{label} {count}"
+            for (c, label), count in report.entries.most_common()
+            if c == campaign
+        )
+        yield ""
+        yield f"sequence {campaign}: {entries or 'no entries'}"
+        steps: dict[str, list[str]] = {}
+        for (c, step, outcome, reason), count in report.steps.items():
+            if c == campaign and count:
+                label = outcome if outcome != "skipped" else f"skipped {reason}"
+                steps.setdefault(step, []).append(f"{label} {count}")
+        for step, parts in steps.items():
+            yield f"  step {step}: {', '.join(sorted(parts))}"
+        exits = ", ".join(
+            f"{reason} {count}"
+            for (c, reason), count in report.exits.most_common()
+            if c == campaign
+        )
+        yield f"  exited: {exits or 'none'}"
 
 
 def parse_since(text: str, option: str = "--since") -> datetime:

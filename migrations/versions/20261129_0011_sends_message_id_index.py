@@ -1,7 +1,7 @@
 """index sends.message_id: webhooks find a send by its opaque Message-ID
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-11-29 19:20:00
 
 The Message-ID no longer carries the send id (it is an HMAC of it), so a provider
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = '0011'
-down_revision: str | None = '0009'
+down_revision: str | None = '0010'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -66,6 +66,21 @@ COPY: dict[str, dict[str, tuple[str, str]]] = {
         "it": ("2 anni insieme", "Buon anniversario, Ana!"),
         "en": ("2 years together", "Happy anniversary, Ana!"),
     },
+    "journey_accessories": {
+        "ro": ("accesoriile potrivite", "Vă mulțumim pentru comanda O-SAMPLE"),
+        "it": ("gli accessori giusti", "Grazie per il suo ordine O-SAMPLE"),
+        "en": ("the right accessories", "Thank you for your order O-SAMPLE"),
+    },
+    "journey_bundle": {
+        "ro": ("un cupon", "Prețul pachetului"),
+        "it": ("un coupon", "Prezzo del pacchetto"),
+        "en": ("a coupon", "Bundle price"),
+    },
+    "journey_loyalty": {
+        "ro": ("300 de puncte de fidelitate", "o lună alături de noi"),
+        "it": ("300 punti fedeltà", "questo mese insieme"),
+        "en": ("300 loyalty points", "a month with us"),
+    },
     "upgrade": {
         "ro": ("este momentul pentru un upgrade", "următorul nivel"),
         "it": ("è il momento di un upgrade", "passo avanti"),
@@ -102,6 +117,11 @@ def campaigns(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> d
     for compiled in rules.campaigns:
         for variant in compiled.campaign.experiment.variants:
             by_template.setdefault(variant.template, compiled.campaign)
+        # A sequence step's template is written for the step's own offer.
+        for step in compiled.campaign.steps or ():
+            if step.template is not None:
+                offer = step.offer or compiled.campaign.offer
+                by_template[step.template] = compiled.campaign.model_copy(update={"offer": offer})
     return by_template
 
 

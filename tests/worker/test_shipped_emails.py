@@ -27,7 +27,7 @@ import pytest
 from jinja2 import Environment, nodes
 
 from tests.support.factories import make_settings
-from triggers.campaigns import Campaign
+from triggers.campaigns import Campaign, Experiment, Variant
 from triggers.loader import load_rule_set
 from triggers.offers import Product, ResolvedOffer, bundle_offer
 from worker.email_context import Coupon, Links, email_context
@@ -61,6 +61,23 @@ UPGRADE_CAMPAIGN: dict[str, Any] = {
 def _campaigns() -> dict[str, Campaign]:
     rules = load_rule_set([REPO / "config" / "campaigns"], template_names(TEMPLATES))
     found = {c.campaign.experiment.variants[0].template: c.campaign for c in rules.campaigns}
+    for compiled in rules.campaigns:
+        campaign = compiled.campaign
+        for step in campaign.steps or ():
+            # A sequence step renders as its own one-variant campaign (as lint checks it).
+            template = step.template or campaign.experiment.variants[0].template
+            found.setdefault(
+                template,
+                campaign.model_copy(
+                    update={
+                        "offer": step.offer or campaign.offer,
+                        "experiment": Experiment(
+                            variants=[Variant(id="A", template=template, subject=step.subject)]
+                        ),
+                        "steps": None,
+                    }
+                ),
+            )
     found.setdefault("upgrade", Campaign.model_validate(UPGRADE_CAMPAIGN))
     return found
 
