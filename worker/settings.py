@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     attributes_file: Path = PROJECT_ROOT / "config" / "attributes.yaml"
     templates_dir: Path = PROJECT_ROOT / "templates"
 
-    email_provider: Literal["file", "smtp", "postmark", "sendgrid", "mailgun", "ses"] = "file"
+    email_provider: str = Field(
+        "file", description="a provider of worker.providers.registry (README provider table)"
+    )
     outbox_dir: Path | None = Field(None, description="file provider; default var_dir/outbox")
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
@@ -203,6 +205,16 @@ class Settings(BaseSettings):
     def _duration(cls, value: str) -> str:
         parse_duration(value)
         return value
+
+    @field_validator("email_provider")
+    @classmethod
+    def _provider(cls, value: str) -> str:
+        """A name the provider registry knows; its own settings are checked when it is
+        built (``check_provider`` at start), so a process that never sends (the CLI's
+        reports) does not need them."""
+        from worker.providers.registry import lookup
+
+        return lookup(value).name
 
     @field_validator("sender_address", "reply_to", "unsubscribe_mailto")
     @classmethod
