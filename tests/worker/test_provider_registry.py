@@ -12,12 +12,16 @@ import json
 import operator
 import re
 import string
+import sys
+import threading
+import types
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from functools import reduce
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -40,6 +44,7 @@ from worker.providers.base import (
     Provider,
     no_hand_over,
 )
+from worker.providers.http import CredentialsRefused
 from worker.providers.registry import (
     ProviderSettings,
     ProviderSpec,
@@ -441,3 +446,96 @@ def test_webhooks_route_only_to_configured_providers_with_a_webhook(
     finally:
         unregister("toy")
     assert answer.status_code == 404
+
+
+# --- the example of docs/delivery.md, run as written ------------------------------------
+
+
+def _documented_module() -> str:
+    text = (ROOT / "docs" / "delivery.md").read_text(encoding="utf-8")
+    section = text.split("\n## Adding a provider\n", 1)[1]
+    found = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert found, "docs/delivery.md lost its example provider module"
+    return found.group(1)
+
+
+class _AcmeApi(BaseHTTPRequestHandler):
+    """Acme's documented send: Bearer key, MIME body, ``200 {"id"}`` or ``401``."""
+
+    received: ClassVar[list[tuple[str, str, bytes]]] = []
+    key: ClassVar[str] = "acme-key"
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.headers.get("Authorization") != f"Bearer {self.key}":
+            self._answer(401, {"error": "bad key"})
+            return
+        self.received.append((self.path, self.headers.get("Content-Type", ""), body))
+        self._answer(200, {"id": f"acme-{len(self.received)}"})
+
+    def _answer(self, status: int, payload: dict[str, str]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        del format, args
+
+
+@pytest.fixture
+def acme_api() -> Iterator[str]:
+    _AcmeApi.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _AcmeApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_the_documented_example_provider_works_as_written(
+    tmp_path: Path, acme_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = types.ModuleType("acme_docs_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(_documented_module(), "docs/delivery.md", "exec"), module.__dict__)
+    monkeypatch.setenv("CROSSSELL_ACME_BASE_URL", acme_api)
+    register(module.PROVIDER)
+    try:
+        configured = make_settings(tmp_path, email_provider="acme", postal_address="1 Main St")
+        monkeypatch.delenv("CROSSSELL_ACME_API_KEY", raising=False)
+        with pytest.raises(ConfigurationError, match="CROSSSELL_ACME_API_KEY is not set"):
+            check_provider(configured)
+        monkeypatch.setenv("CROSSSELL_ACME_API_KEY", "acme-key")
+        check_provider(configured)
+        provider = make_provider(configured)
+        email = OutgoingEmail(
+            7,
+            "<7@shop.example>",
+            "offers@shop.example",
+            "ana@example.ro",
+            b"Subject: x\r\n\r\nhi\r\n",
+        )
+        try:
+            result = provider.send(email)
+        finally:
+            provider.close()
+        assert (result.provider, result.provider_message_id) == ("acme", "acme-1")
+        assert _AcmeApi.received == [
+            ("/v1/messages?to=ana%40example.ro", "message/rfc822", email.data)
+        ]
+        monkeypatch.setenv("CROSSSELL_ACME_API_KEY", "rotated-away")
+        refused = make_provider(configured)
+        try:
+            with pytest.raises(CredentialsRefused):  # transient: the operator fixes the key
+                refused.send(email)
+        finally:
+            refused.close()
+    finally:
+        unregister("acme")
