@@ -374,6 +374,14 @@ def test_a_toy_provider_is_checked_at_start_like_the_built_in_ones(
         check_provider(make_settings(tmp_path, email_provider="toy"))
 
 
+def test_the_startup_line_names_a_registered_provider(
+    tmp_path: Path, toy: ProviderSpec[Any]
+) -> None:
+    from worker.startup import provider_description
+
+    assert provider_description(make_settings(tmp_path, email_provider="toy")) == "toy"
+
+
 def test_a_toy_provider_sends_and_receives_its_webhook(
     tmp_path: Path, sqlite_url: str, toy: ProviderSpec[Any]
 ) -> None:
