@@ -205,6 +205,36 @@ def test_an_invalid_value_names_its_variable_and_not_the_secret(
         assert secret not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "content", [None, b"not a certificate\n", b""], ids=["absent", "junk", "empty"]
+)
+def test_an_unusable_smtp_ca_file_names_its_variable(tmp_path: Path, content: bytes | None) -> None:
+    ca_file = tmp_path / "ca.pem"
+    if content is not None:
+        ca_file.write_bytes(content)
+    configured = make_settings(tmp_path, email_provider="smtp", smtp_ca_file=ca_file)
+    with pytest.raises(ConfigurationError) as caught:
+        make_provider(configured)
+    assert caught.value.variables == ("CROSSSELL_SMTP_CA_FILE",)
+
+
+def test_settings_values_win_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A built-in provider's model takes what ``Settings`` holds (which read the
+    environment already, or was given in code), never a second reading of it."""
+    monkeypatch.setenv("CROSSSELL_POSTMARK_SERVER_TOKEN", "from-the-environment")
+    made = make_provider(
+        make_settings(tmp_path, email_provider="postmark", postmark_server_token="given")
+    )
+    assert getattr(made, "server_token", None) == "given"
+    made.close()
+    with pytest.raises(ConfigurationError, match="CROSSSELL_POSTMARK_SERVER_TOKEN is not set"):
+        make_provider(
+            make_settings(tmp_path, email_provider="postmark", postmark_server_token=None)
+        )
+
+
 def test_check_provider_raises_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as missing:
         check_provider(make_settings(tmp_path, email_provider="sendgrid", postal_address="1 St"))

@@ -57,8 +57,8 @@ def variable(field: str) -> str:
 
 class ProviderSettings(BaseSettings):
     """Base of every provider's settings model; field names are the variables' names
-    without ``CROSSSELL_`` (lower case). An empty value of a required field counts as
-    unset, as an empty ``export CROSSSELL_POSTMARK_SERVER_TOKEN=`` means."""
+    without ``CROSSSELL_`` (lower case). A None or blank value of a required field counts
+    as unset, as an empty ``export CROSSSELL_POSTMARK_SERVER_TOKEN=`` means."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
@@ -82,14 +82,11 @@ class ProviderSettings(BaseSettings):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
-        """This model's values: from ``settings`` where it declares the field, else from
-        the environment. Raises ConfigurationError naming each bad variable."""
+        """This model's values: from ``settings`` where it declares the field (it read
+        the environment already), else from the environment. Raises ConfigurationError
+        naming each bad variable."""
         declared = type(settings).model_fields
-        given = {
-            name: value
-            for name in cls.model_fields
-            if name in declared and (value := getattr(settings, name)) is not None
-        }
+        given = {name: getattr(settings, name) for name in cls.model_fields if name in declared}
         try:
             return cls(**given)
         except ValidationError as exc:
@@ -97,6 +94,8 @@ class ProviderSettings(BaseSettings):
 
 
 def _blank(value: object) -> bool:
+    if value is None:
+        return True
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     return isinstance(value, str) and not value.strip()

@@ -27,6 +27,7 @@ from pydantic import Field, SecretStr
 from worker.dkim_signing import DkimSigner
 from worker.providers.base import (
     AmbiguousDeliveryError,
+    ConfigurationError,
     DeliveryError,
     DeliveryResult,
     HandOver,
@@ -129,7 +130,13 @@ class SMTPProvider(Provider):
         DKIM signing when domain, selector and key are all set."""
         context = ssl.create_default_context()
         if settings.smtp_ca_file is not None:
-            context.load_verify_locations(cafile=str(settings.smtp_ca_file))
+            try:
+                context.load_verify_locations(cafile=str(settings.smtp_ca_file))
+            except (OSError, ssl.SSLError) as exc:  # missing, unreadable or not PEM
+                variable = "CROSSSELL_SMTP_CA_FILE"
+                raise ConfigurationError(
+                    f"{variable}: cannot load {settings.smtp_ca_file}: {exc}", (variable,)
+                ) from None
         signer = None
         if settings.dkim_domain and settings.dkim_selector and settings.dkim_private_key:
             signer = DkimSigner(
