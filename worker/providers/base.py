@@ -17,8 +17,8 @@
 A configuration error is deliberately not a :class:`DeliveryError`: code that catches
 delivery errors to retry or fail a send can never swallow it, so it stops the process at
 start (``check_provider``) or leaves the send queued, and never marks a customer as bad.
-An ``OSError`` from a provider's own setup (an unreadable CA file) is likewise no
-delivery error.
+A setting that is present but unusable (an unreadable ``CROSSSELL_SMTP_CA_FILE``) is one
+too.
 """
 
 from __future__ import annotations
