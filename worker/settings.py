@@ -43,7 +43,13 @@ class Settings(BaseSettings):
     attributes_file: Path = PROJECT_ROOT / "config" / "attributes.yaml"
     templates_dir: Path = PROJECT_ROOT / "templates"
 
-    email_provider: Literal["file", "smtp", "postmark", "sendgrid", "mailgun", "ses"] = "file"
+    # The built-in providers' variables (worker/providers/<name>.py). Declared here too so
+    # that Settings(...) takes them and the README's settings table lists them; each
+    # provider's own model validates them when it is built, and a test keeps the two in
+    # step. A provider added later reads its variables itself, with no field here.
+    email_provider: str = Field(
+        "file", description="a provider of worker.providers.registry (README provider table)"
+    )
     outbox_dir: Path | None = Field(None, description="file provider; default var_dir/outbox")
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
@@ -204,6 +210,16 @@ class Settings(BaseSettings):
         parse_duration(value)
         return value
 
+    @field_validator("email_provider")
+    @classmethod
+    def _provider(cls, value: str) -> str:
+        """A name the provider registry knows; its own settings are checked when it is
+        built (``check_provider`` at start), so a process that never sends (the CLI's
+        reports) does not need them."""
+        from worker.providers.registry import lookup
+
+        return lookup(value).name
+
     @field_validator("sender_address", "reply_to", "unsubscribe_mailto")
     @classmethod
     def _address(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -256,11 +272,13 @@ class Settings(BaseSettings):
 
     @property
     def footer_postal_address(self) -> str:
-        """The postal address for footers: the setting, or a demo one for the ``file``
-        provider (nothing leaves the machine); other providers refuse to start without it."""
+        """The postal address for footers: the setting, or a demo one for a provider whose
+        mail never leaves the machine (``file``); others refuse to start without it."""
         if self.postal_address:
             return self.postal_address
-        return DEMO_POSTAL_ADDRESS if self.email_provider == "file" else ""
+        from worker.providers.registry import lookup
+
+        return "" if lookup(self.email_provider).reaches_inboxes else DEMO_POSTAL_ADDRESS
 
     @property
     def resolved_database_url(self) -> str:

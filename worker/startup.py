@@ -67,8 +67,9 @@ def provider_description(settings: Settings) -> str:
         "postmark": settings.postmark_base_url,
         "sendgrid": settings.sendgrid_base_url,
         "mailgun": settings.mailgun_base_url,
-    }[name]
-    return f"{name} ({masked(base_url)})"
+    }.get(name)
+    # A provider added through the registry is named; its settings are its own.
+    return f"{name} ({masked(base_url)})" if base_url else name
 
 
 def startup_line(runtime: Runtime, process: str) -> str:

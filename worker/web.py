@@ -6,7 +6,8 @@
   (``List-Unsubscribe=One-Click``) that mailbox providers send, or the page's button. No
   cookie, no login, no redirect; repeating it changes nothing.
 * ``GET``/``POST /preferences/{token}``: opt out of some campaign kinds, or of all email.
-* ``POST /webhooks/{postmark,sendgrid,mailgun,ses}``: provider events, each provider's
+* ``POST /webhooks/{provider}``: provider events for every provider of the registry
+  that declares a webhook (postmark, sendgrid, mailgun, ses), each provider's
   authentication checked first (401 when it fails); bounces and complaints suppress.
 * ``/healthz`` (``{"status": "healthy"}`` with 200 when the database answers,
   ``{"status": "unhealthy"}`` with 503 when not: no host, port, role or error text) and
@@ -51,10 +52,11 @@ from worker.catalog import lookup_tags
 from worker.customers import set_kind_preferences, withdraw_consent
 from worker.db import transaction
 from worker.models import Customer, Suppression
+from worker.providers.registry import webhook_for
 from worker.runtime import Runtime
 from worker.settings import PROJECT_ROOT
 from worker.tokens import verify
-from worker.webhooks import mailgun, postmark, sendgrid, ses
+from worker.webhooks import ses
 from worker.webhooks.apply import apply_events
 from worker.webhooks.events import TrackingEvent, WebhookPayloadError, WebhookRejected
 
@@ -209,34 +211,16 @@ def unsubscribe_customer(runtime: Runtime, customer_id: str, source: str) -> boo
 def parse_webhook(
     runtime: Runtime, provider: str, headers: dict[str, str], body: bytes
 ) -> list[TrackingEvent] | ses.SubscriptionConfirmation:
-    """Authenticate and read one provider webhook; LookupError if it is not configured.
+    """Authenticate and read one provider webhook, routed by the provider registry;
+    LookupError if no provider has a webhook by that name or its secrets are not set.
 
     Signature ages and certificates are checked against the real clock, never a shifted
     one: they come from the outside world.
     """
-    settings = runtime.settings
-    now = datetime.now(UTC)
-    if provider == "postmark" and settings.postmark_webhook_username:
-        password = settings.postmark_webhook_password
-        return postmark.parse(
-            headers,
-            body,
-            username=settings.postmark_webhook_username,
-            password=password.get_secret_value() if password else "",
-        )
-    if provider == "sendgrid" and settings.sendgrid_webhook_verification_key:
-        return sendgrid.parse(headers, body, public_key=settings.sendgrid_webhook_verification_key)
-    if provider == "mailgun" and settings.mailgun_webhook_signing_key:
-        return mailgun.parse(
-            headers,
-            body,
-            signing_key=settings.mailgun_webhook_signing_key.get_secret_value(),
-            now=now,
-        )
-    if provider == "ses" and settings.ses_sns_topic_arns:
-        topics = [arn.strip() for arn in settings.ses_sns_topic_arns.split(",") if arn.strip()]
-        return ses.parse(headers, body, allowed_topic_arns=topics, now=now)
-    raise LookupError(provider)
+    result = webhook_for(provider).receive(runtime.settings, headers, body, datetime.now(UTC))
+    if result is None:
+        raise LookupError(provider)
+    return result
 
 
 def customer_locale(runtime: Runtime, customer_id: str) -> str | None:

@@ -10,8 +10,15 @@
                                  (connection lost or timed out after the data was sent):
                                  the provider may have accepted it, so it is never retried
 
-A provider's configuration error (bad credentials in settings) is an ``OSError`` or
-``ValueError`` of its own, not a delivery error, so it never marks a customer as bad.
+    ConfigurationError (a ValueError, outside the tree above)
+                                 a provider setting is missing or invalid; names the
+                                 ``CROSSSELL_*`` variable(s) in ``.variables``
+
+A configuration error is deliberately not a :class:`DeliveryError`: code that catches
+delivery errors to retry or fail a send can never swallow it, so it stops the process at
+start (``check_provider``) or leaves the send queued, and never marks a customer as bad.
+A setting that is present but unusable (an unreadable ``CROSSSELL_SMTP_CA_FILE``) is one
+too.
 """
 
 from __future__ import annotations
@@ -84,6 +91,18 @@ class OutgoingEmail:
 class DeliveryResult:
     provider: str
     provider_message_id: str
+
+
+class ConfigurationError(ValueError):
+    """A provider setting is missing or invalid: the operator must fix ``variables``.
+
+    A ``ValueError`` so that callers which already refuse bad settings that way (the
+    CLI's start-up check) keep doing so; never a :class:`DeliveryError`.
+    """
+
+    def __init__(self, message: str, variables: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.variables = variables
 
 
 class DeliveryError(Exception):

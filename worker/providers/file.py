@@ -1,7 +1,8 @@
 """The ``file`` provider: each email becomes ``<outbox>/<send id>.eml``.
 
 The file is written to a temporary name and renamed into place, so a reader never sees
-half a message and writing the same send twice leaves one file, not two.
+half a message and writing the same send twice leaves one file, not two. Nothing leaves
+the machine, so this provider alone runs without ``CROSSSELL_POSTAL_ADDRESS``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,19 @@ from worker.providers.base import (
     Provider,
     no_hand_over,
 )
+from worker.providers.registry import ProviderSettings, ProviderSpec
+from worker.settings import PROJECT_ROOT
+
+
+class FileSettings(ProviderSettings):
+    """``CROSSSELL_OUTBOX_DIR``, by default ``<CROSSSELL_VAR_DIR>/outbox``."""
+
+    var_dir: Path = PROJECT_ROOT / "var"
+    outbox_dir: Path | None = None
+
+    @property
+    def outbox(self) -> Path:
+        return self.outbox_dir or self.var_dir / "outbox"
 
 
 class FileProvider(Provider):
@@ -24,6 +38,10 @@ class FileProvider(Provider):
 
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
+
+    @classmethod
+    def from_settings(cls, settings: FileSettings) -> FileProvider:
+        return cls(settings.outbox)
 
     def send(self, email: OutgoingEmail, hand_over: HandOver = no_hand_over) -> DeliveryResult:
         self.outbox.mkdir(parents=True, exist_ok=True)
@@ -40,3 +58,12 @@ class FileProvider(Provider):
             Path(temporary).unlink(missing_ok=True)
             raise
         return DeliveryResult(self.name, target.name)
+
+
+PROVIDER = ProviderSpec(
+    name="file",
+    settings=FileSettings,
+    sender=FileProvider.from_settings,
+    summary="writes each email as an `.eml` file (embedded default; nothing leaves the machine)",
+    reaches_inboxes=False,
+)

@@ -37,9 +37,10 @@ import threading
 from abc import abstractmethod
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Annotated, Any
 
 import httpx2
+from pydantic import AfterValidator, Field
 
 from worker.providers.base import (
     AmbiguousDeliveryError,
@@ -54,6 +55,7 @@ from worker.providers.base import (
     UnsupportedAddress,
     no_hand_over,
 )
+from worker.providers.registry import ProviderSettings
 from worker.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,23 @@ def require_content(email: OutgoingEmail) -> MessageContent:
     if email.content is None:
         raise ValueError(f"send {email.send_id}: this provider needs OutgoingEmail.content")
     return email.content
+
+
+def _http_base_url(value: str) -> str:
+    if not value.startswith(("https://", "http://")):
+        raise ValueError("base URL must be http(s)://…")
+    return value
+
+
+#: a provider's API base URL setting: ``https://…`` (``http://`` for a local test server)
+BaseURL = Annotated[str, AfterValidator(_http_base_url)]
+
+
+class HTTPSettings(ProviderSettings):
+    """The timeouts every HTTP API provider shares, in seconds."""
+
+    http_timeout: float = Field(30.0, gt=0)
+    http_connect_timeout: float = Field(10.0, gt=0)
 
 
 class CredentialsRefused(TransientDeliveryError):

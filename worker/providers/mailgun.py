@@ -30,12 +30,28 @@ import base64
 from urllib.parse import quote
 
 import httpx2
+from pydantic import SecretStr
 
-from worker.providers.base import DeliveryError, OutgoingEmail, PermanentDeliveryError
-from worker.providers.http import HTTPProvider, json_body, summary
+from worker.providers.base import (
+    ConfigurationError,
+    DeliveryError,
+    OutgoingEmail,
+    PermanentDeliveryError,
+)
+from worker.providers.http import BaseURL, HTTPProvider, HTTPSettings, json_body, summary
+from worker.providers.registry import ProviderSpec
+from worker.webhooks.mailgun import WEBHOOK
 
 DEFAULT_BASE_URL = "https://api.mailgun.net"
 EU_BASE_URL = "https://api.eu.mailgun.net"
+
+
+class MailgunSettings(HTTPSettings):
+    """The API key and sending domain (both required) and the region's base URL."""
+
+    mailgun_api_key: SecretStr
+    mailgun_domain: str
+    mailgun_base_url: BaseURL = DEFAULT_BASE_URL
 
 
 def _message(response: httpx2.Response) -> str:
@@ -58,14 +74,26 @@ class MailgunProvider(HTTPProvider):
         connect_timeout: float = 10.0,
         transport: httpx2.BaseTransport | None = None,
     ) -> None:
-        if not api_key:
-            raise ValueError("CROSSSELL_MAILGUN_API_KEY is not set")
-        if not domain:
-            raise ValueError("CROSSSELL_MAILGUN_DOMAIN is not set")
+        for value, variable in (
+            (api_key, "CROSSSELL_MAILGUN_API_KEY"),
+            (domain, "CROSSSELL_MAILGUN_DOMAIN"),
+        ):
+            if not value:
+                raise ConfigurationError(f"{variable} is not set", (variable,))
         super().__init__(base_url, timeout, connect_timeout, transport)
         token = base64.b64encode(f"api:{api_key}".encode()).decode("ascii")
         self.authorization = f"Basic {token}"
         self.domain = domain
+
+    @classmethod
+    def from_settings(cls, settings: MailgunSettings) -> MailgunProvider:
+        return cls(
+            settings.mailgun_api_key.get_secret_value(),
+            settings.mailgun_domain,
+            settings.mailgun_base_url,
+            timeout=settings.http_timeout,
+            connect_timeout=settings.http_connect_timeout,
+        )
 
     def build_request(self, email: OutgoingEmail) -> httpx2.Request:
         return self.client.build_request(
@@ -99,3 +127,12 @@ class MailgunProvider(HTTPProvider):
                 f"mailgun: {message or summary(response)}"[:500], code=400, hard_bounce=hard
             )
         return error
+
+
+PROVIDER = ProviderSpec(
+    name="mailgun",
+    settings=MailgunSettings,
+    sender=MailgunProvider.from_settings,
+    summary="Mailgun's messages.mime API (our MIME bytes as they are)",
+    webhook=WEBHOOK,
+)

@@ -33,14 +33,24 @@ overview#error-codes). We read:
 from __future__ import annotations
 
 import httpx2
+from pydantic import SecretStr
 
 from worker.providers.base import (
+    ConfigurationError,
     DeliveryError,
     OutgoingEmail,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from worker.providers.http import HTTPProvider, json_body, require_content
+from worker.providers.http import (
+    BaseURL,
+    HTTPProvider,
+    HTTPSettings,
+    json_body,
+    require_content,
+)
+from worker.providers.registry import ProviderSpec
+from worker.webhooks.postmark import WEBHOOK
 
 DEFAULT_BASE_URL = "https://api.postmarkapp.com"
 INACTIVE_RECIPIENT = 406
@@ -48,6 +58,14 @@ INVALID_REQUEST = 300
 BAD_TOKEN = 10
 TRANSIENT_CODES = frozenset({100, 429})
 ACCOUNT_CODES = frozenset({400, 401, 405, 412, 413})
+
+
+class PostmarkSettings(HTTPSettings):
+    """The server token (required), the message stream and the API base URL."""
+
+    postmark_server_token: SecretStr
+    postmark_message_stream: str = "outbound"
+    postmark_base_url: BaseURL = DEFAULT_BASE_URL
 
 
 class PostmarkProvider(HTTPProvider):
@@ -64,10 +82,21 @@ class PostmarkProvider(HTTPProvider):
         transport: httpx2.BaseTransport | None = None,
     ) -> None:
         if not server_token:
-            raise ValueError("CROSSSELL_POSTMARK_SERVER_TOKEN is not set")
+            variable = "CROSSSELL_POSTMARK_SERVER_TOKEN"
+            raise ConfigurationError(f"{variable} is not set", (variable,))
         super().__init__(base_url, timeout, connect_timeout, transport)
         self.server_token = server_token
         self.message_stream = message_stream
+
+    @classmethod
+    def from_settings(cls, settings: PostmarkSettings) -> PostmarkProvider:
+        return cls(
+            settings.postmark_server_token.get_secret_value(),
+            settings.postmark_message_stream,
+            settings.postmark_base_url,
+            timeout=settings.http_timeout,
+            connect_timeout=settings.http_connect_timeout,
+        )
 
     def build_request(self, email: OutgoingEmail) -> httpx2.Request:
         content = require_content(email)
@@ -118,3 +147,12 @@ class PostmarkProvider(HTTPProvider):
         if code in ACCOUNT_CODES:
             return PermanentDeliveryError(text, code=status, policy=True)
         return PermanentDeliveryError(text, code=status)
+
+
+PROVIDER = ProviderSpec(
+    name="postmark",
+    settings=PostmarkSettings,
+    sender=PostmarkProvider.from_settings,
+    summary="Postmark's Email API (JSON fields, our headers)",
+    webhook=WEBHOOK,
+)

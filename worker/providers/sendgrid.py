@@ -29,18 +29,36 @@ import re
 import time
 
 import httpx2
+from pydantic import SecretStr
 
 from worker.providers.base import (
+    ConfigurationError,
     DeliveryError,
     Mailbox,
     OutgoingEmail,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from worker.providers.http import MAX_RETRY_AFTER, HTTPProvider, json_body, require_content
+from worker.providers.http import (
+    MAX_RETRY_AFTER,
+    BaseURL,
+    HTTPProvider,
+    HTTPSettings,
+    json_body,
+    require_content,
+)
+from worker.providers.registry import ProviderSpec
+from worker.webhooks.sendgrid import WEBHOOK
 
 DEFAULT_BASE_URL = "https://api.sendgrid.com"
 _RECIPIENT_FIELD = re.compile(r"^personalizations\.\d+\.(to|cc|bcc)\.\d+\.email$")
+
+
+class SendGridSettings(HTTPSettings):
+    """The API key (required) and the API base URL (EU subusers: api.eu.sendgrid.com)."""
+
+    sendgrid_api_key: SecretStr
+    sendgrid_base_url: BaseURL = DEFAULT_BASE_URL
 
 
 def _address(mailbox: Mailbox) -> dict[str, str]:
@@ -70,9 +88,19 @@ class SendGridProvider(HTTPProvider):
         transport: httpx2.BaseTransport | None = None,
     ) -> None:
         if not api_key:
-            raise ValueError("CROSSSELL_SENDGRID_API_KEY is not set")
+            variable = "CROSSSELL_SENDGRID_API_KEY"
+            raise ConfigurationError(f"{variable} is not set", (variable,))
         super().__init__(base_url, timeout, connect_timeout, transport)
         self.api_key = api_key
+
+    @classmethod
+    def from_settings(cls, settings: SendGridSettings) -> SendGridProvider:
+        return cls(
+            settings.sendgrid_api_key.get_secret_value(),
+            settings.sendgrid_base_url,
+            timeout=settings.http_timeout,
+            connect_timeout=settings.http_connect_timeout,
+        )
 
     def build_request(self, email: OutgoingEmail) -> httpx2.Request:
         content = require_content(email)
@@ -120,3 +148,12 @@ class SendGridProvider(HTTPProvider):
         except ValueError:
             return None
         return min(max(reset - time.time(), 0.0), MAX_RETRY_AFTER)
+
+
+PROVIDER = ProviderSpec(
+    name="sendgrid",
+    settings=SendGridSettings,
+    sender=SendGridProvider.from_settings,
+    summary="SendGrid's v3 Mail Send API (JSON fields, our headers)",
+    webhook=WEBHOOK,
+)

@@ -47,14 +47,18 @@ import httpx2
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from pydantic import Field, SecretStr
 
 from worker.providers.base import (
+    ConfigurationError,
     DeliveryError,
     OutgoingEmail,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from worker.providers.http import HTTPProvider, json_body
+from worker.providers.http import BaseURL, HTTPProvider, HTTPSettings, json_body
+from worker.providers.registry import ProviderSpec
+from worker.webhooks.ses import WEBHOOK
 
 SIGNING_NAME = "ses"
 TRANSIENT_TYPES = frozenset(
@@ -64,6 +68,18 @@ POLICY_TYPES = frozenset(
     {"AccountSuspendedException", "SendingPausedException", "MailFromDomainNotVerifiedException"}
 )
 SETTINGS_TYPES = frozenset({"NotFoundException"})
+
+
+class SESSettings(HTTPSettings):
+    """Region and access key (required), optional session token, configuration set and
+    endpoint (default ``https://email.<region>.amazonaws.com``)."""
+
+    ses_region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
+    ses_access_key_id: str
+    ses_secret_access_key: SecretStr
+    ses_session_token: SecretStr | None = None
+    ses_configuration_set: str | None = None
+    ses_base_url: BaseURL | None = None
 
 
 def default_base_url(region: str) -> str:
@@ -108,7 +124,7 @@ class SESProvider(HTTPProvider):
             (secret_access_key, "CROSSSELL_SES_SECRET_ACCESS_KEY"),
         ):
             if not value:
-                raise ValueError(f"{setting} is not set")
+                raise ConfigurationError(f"{setting} is not set", (setting,))
         super().__init__(base_url or default_base_url(region), timeout, connect_timeout, transport)
         self.signer = SigV4Auth(
             Credentials(access_key_id, secret_access_key, session_token or None),
@@ -116,6 +132,20 @@ class SESProvider(HTTPProvider):
             region,
         )
         self.configuration_set = configuration_set
+
+    @classmethod
+    def from_settings(cls, settings: SESSettings) -> SESProvider:
+        token = settings.ses_session_token
+        return cls(
+            settings.ses_region,
+            settings.ses_access_key_id,
+            settings.ses_secret_access_key.get_secret_value(),
+            token.get_secret_value() or None if token is not None else None,
+            settings.ses_configuration_set,
+            settings.ses_base_url,
+            timeout=settings.http_timeout,
+            connect_timeout=settings.http_connect_timeout,
+        )
 
     def build_request(self, email: OutgoingEmail) -> httpx2.Request:
         payload: dict[str, object] = {
@@ -155,3 +185,12 @@ class SESProvider(HTTPProvider):
         if kind in POLICY_TYPES or (kind == "MessageRejected" and "not verified" in message):
             return PermanentDeliveryError(text, code=status, policy=True)
         return PermanentDeliveryError(text, code=status)
+
+
+PROVIDER = ProviderSpec(
+    name="ses",
+    settings=SESSettings,
+    sender=SESProvider.from_settings,
+    summary="Amazon SES v2 SendEmail, raw content (our MIME bytes), SigV4-signed",
+    webhook=WEBHOOK,
+)

@@ -19,11 +19,15 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, SecretStr
 
 from worker.dkim_signing import DkimSigner
 from worker.providers.base import (
     AmbiguousDeliveryError,
+    ConfigurationError,
     DeliveryError,
     DeliveryResult,
     HandOver,
@@ -34,6 +38,7 @@ from worker.providers.base import (
     UnsupportedAddress,
     no_hand_over,
 )
+from worker.providers.registry import ProviderSettings, ProviderSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,6 +80,22 @@ def classify(code: int, message: bytes | str) -> TransientDeliveryError | Perman
     )
 
 
+class SMTPSettings(ProviderSettings):
+    """The ``CROSSSELL_SMTP_*`` relay and the optional ``CROSSSELL_DKIM_*`` signing key."""
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_security: Literal["none", "starttls", "ssl"] = "none"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout: float = 30.0
+    smtp_pool_size: int = Field(4, ge=1)
+    smtp_ca_file: Path | None = None
+    dkim_domain: str | None = None
+    dkim_selector: str | None = None
+    dkim_private_key: SecretStr | None = None
+
+
 class SMTPProvider(Provider):
     """A pool of persistent SMTP connections: each sending thread takes one of its own,
     up to ``pool_size``, so a slow server round trip does not serialise the workers."""
@@ -102,6 +123,39 @@ class SMTPProvider(Provider):
         self._idle: list[_PooledConnection] = []
         self._created = 0
         self.connections_opened = 0
+
+    @classmethod
+    def from_settings(cls, settings: SMTPSettings) -> SMTPProvider:
+        """The pool ``settings`` describe: system CAs plus ``CROSSSELL_SMTP_CA_FILE``,
+        DKIM signing when domain, selector and key are all set."""
+        context = ssl.create_default_context()
+        if settings.smtp_ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=str(settings.smtp_ca_file))
+            except (OSError, ssl.SSLError) as exc:  # missing, unreadable or not PEM
+                variable = "CROSSSELL_SMTP_CA_FILE"
+                raise ConfigurationError(
+                    f"{variable}: cannot load {settings.smtp_ca_file}: {exc}", (variable,)
+                ) from None
+        signer = None
+        if settings.dkim_domain and settings.dkim_selector and settings.dkim_private_key:
+            signer = DkimSigner(
+                settings.dkim_selector,
+                settings.dkim_domain,
+                settings.dkim_private_key.get_secret_value().encode(),
+            )
+        password = settings.smtp_password
+        return cls(
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.smtp_security,
+            settings.smtp_username,
+            password.get_secret_value() if password is not None else None,
+            settings.smtp_timeout,
+            context,
+            signer,
+            settings.smtp_pool_size,
+        )
 
     def send(self, email: OutgoingEmail, hand_over: HandOver = no_hand_over) -> DeliveryResult:
         pooled = self._checkout()
@@ -301,3 +355,11 @@ class _PooledConnection:
 
     def close(self) -> None:
         self._drop()
+
+
+PROVIDER = ProviderSpec(
+    name="smtp",
+    settings=SMTPSettings,
+    sender=SMTPProvider.from_settings,
+    summary="any SMTP relay: pooled connections, STARTTLS or implicit TLS, AUTH, DKIM signing",
+)

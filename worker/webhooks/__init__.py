@@ -2,7 +2,9 @@
 
 One module per provider (``postmark``, ``sendgrid``, ``mailgun``, ``ses``) exposes
 ``parse(headers, body, <its secrets>)``, which authenticates *before* reading anything
-and returns :class:`~worker.webhooks.events.TrackingEvent` values;
+and returns :class:`~worker.webhooks.events.TrackingEvent` values, and ``WEBHOOK``: its
+settings model and that parser for the provider registry, which routes
+``/webhooks/<provider>`` to it (:mod:`worker.providers.registry`);
 :func:`worker.webhooks.apply.apply_events` applies them. Nothing is imported here, so
 importing a parser does not register the ``webhook_events`` table with the models.
 """

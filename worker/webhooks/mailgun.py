@@ -27,6 +27,9 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import SecretStr
+
+from worker.providers.registry import ProviderSettings, Webhook
 from worker.webhooks.events import (
     BounceType,
     EventKind,
@@ -173,3 +176,23 @@ def _event(data: dict[str, Any]) -> TrackingEvent:
         description=description or None,
         policy=policy,
     )
+
+
+class MailgunWebhookSettings(ProviderSettings):
+    """The account's HTTP webhook signing key."""
+
+    mailgun_webhook_signing_key: SecretStr | None = None
+
+
+def _receive(
+    settings: MailgunWebhookSettings, headers: Mapping[str, str], body: bytes, now: datetime
+) -> list[TrackingEvent]:
+    key = settings.mailgun_webhook_signing_key
+    return parse(headers, body, signing_key=key.get_secret_value() if key else "", now=now)
+
+
+WEBHOOK = Webhook(
+    settings=MailgunWebhookSettings,
+    configured=lambda settings: bool(settings.mailgun_webhook_signing_key),
+    parse=_receive,
+)

@@ -22,9 +22,12 @@ import base64
 import binascii
 import hmac
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import SecretStr
+
+from worker.providers.registry import ProviderSettings, Webhook
 from worker.webhooks.events import (
     BounceType,
     EventKind,
@@ -153,3 +156,30 @@ def _event(record: dict[str, Any]) -> TrackingEvent:
         description=description or None,
         policy=policy,
     )
+
+
+class PostmarkWebhookSettings(ProviderSettings):
+    """The HTTP Basic credentials put in the webhook URL; the username turns it on."""
+
+    postmark_webhook_username: str | None = None
+    postmark_webhook_password: SecretStr | None = None
+
+
+def _receive(
+    settings: PostmarkWebhookSettings, headers: Mapping[str, str], body: bytes, now: datetime
+) -> list[TrackingEvent]:
+    del now  # nothing Postmark sends is signed with a time
+    password = settings.postmark_webhook_password
+    return parse(
+        headers,
+        body,
+        username=settings.postmark_webhook_username or "",
+        password=password.get_secret_value() if password is not None else "",
+    )
+
+
+WEBHOOK = Webhook(
+    settings=PostmarkWebhookSettings,
+    configured=lambda settings: bool(settings.postmark_webhook_username),
+    parse=_receive,
+)

@@ -20,13 +20,14 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from worker.providers.registry import ProviderSettings, Webhook
 from worker.webhooks.events import (
     BounceType,
     EventKind,
@@ -144,3 +145,23 @@ def _event(item: dict[str, Any]) -> TrackingEvent:
         description=description or None,
         policy=policy,
     )
+
+
+class SendGridWebhookSettings(ProviderSettings):
+    """The signed event webhook's verification key (base64 P-256 public key)."""
+
+    sendgrid_webhook_verification_key: str | None = None
+
+
+def _receive(
+    settings: SendGridWebhookSettings, headers: Mapping[str, str], body: bytes, now: datetime
+) -> list[TrackingEvent]:
+    del now  # SendGrid documents no replay window (docs/delivery.md)
+    return parse(headers, body, public_key=settings.sendgrid_webhook_verification_key or "")
+
+
+WEBHOOK = Webhook(
+    settings=SendGridWebhookSettings,
+    configured=lambda settings: bool(settings.sendgrid_webhook_verification_key),
+    parse=_receive,
+)

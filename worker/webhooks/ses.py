@@ -45,6 +45,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from worker.providers.registry import ProviderSettings, Webhook
 from worker.webhooks.events import (
     BounceType,
     EventKind,
@@ -361,3 +362,26 @@ def _events(
         event(address, kind, mail.get("timestamp"), None, kind_name or None)
         for address in items(mail, "destination")
     ]
+
+
+class SESWebhookSettings(ProviderSettings):
+    """The SNS topics (comma-separated ARNs) allowed to post SES events."""
+
+    ses_sns_topic_arns: str | None = None
+
+    @property
+    def topics(self) -> list[str]:
+        return [arn.strip() for arn in (self.ses_sns_topic_arns or "").split(",") if arn.strip()]
+
+
+def _receive(
+    settings: SESWebhookSettings, headers: Mapping[str, str], body: bytes, now: datetime
+) -> list[TrackingEvent] | SubscriptionConfirmation:
+    return parse(headers, body, allowed_topic_arns=settings.topics, now=now)
+
+
+WEBHOOK = Webhook(
+    settings=SESWebhookSettings,
+    configured=lambda settings: bool(settings.ses_sns_topic_arns),
+    parse=_receive,
+)

@@ -1,0 +1,41 @@
+"""Mailgun (worker/providers/mailgun.py) against the local server speaking its API: the
+id its webhooks name and the UTF-8 local part it documents. The shared HTTP flow and the
+classification of every provider's refusals are in tests/worker/test_http_providers.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from email import message_from_string, policy
+
+from tests.support.email_api import EmailApiServer
+from tests.worker.test_http_providers import _email, _provider
+from tests.worker.test_webhooks import MAILGUN_KEY, MAILGUN_PERMANENT_FAILURE, NOW, _mailgun_body
+from worker.providers.http import HTTPProvider
+from worker.webhooks import mailgun
+
+
+def test_mailgun_webhook_names_the_id_we_stored(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    email = _email()
+    result = opened("mailgun", api).send(email)
+    data = json.loads(json.dumps(MAILGUN_PERMANENT_FAILURE))
+    # Mailgun's events carry the header without its angle brackets.
+    data["message"]["headers"]["message-id"] = email.message_id.strip("<>")
+    [event] = mailgun.parse({}, _mailgun_body(data), signing_key=MAILGUN_KEY, now=NOW)
+    assert event.provider_message_id == result.provider_message_id
+
+
+def test_mailgun_takes_a_utf8_local_part_as_it_documents() -> None:
+    with EmailApiServer() as api:
+        provider = _provider("mailgun", api)
+        try:
+            provider.send(_email(recipient="josé@example.com"))
+        finally:
+            provider.close()
+    (accepted,) = api.accepted
+    assert accepted.recipient == "josé@example.com"
+    assert accepted.mime is not None
+    parsed = message_from_string(accepted.mime.decode("utf-8"), policy=policy.default)
+    assert parsed["To"].addresses[0].addr_spec == "josé@example.com"
