@@ -80,6 +80,11 @@ Identifier = Annotated[
 UsageLevel = Annotated[Decimal, Field(max_digits=30, decimal_places=10, allow_inf_nan=False)]
 AttributeValue = str | bool | int | Decimal | list[str] | None
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# A person's name goes into headers and greetings: besides control characters, no
+# Unicode line or paragraph separator (U+2028, U+2029: line breaks to a text reader) and
+# no bidirectional embedding, override or isolate (U+202A-U+202E, U+2066-U+2069), which
+# can make a subject read backwards (Unicode TR #9; "Trojan Source", CVE-2021-42574).
+_NAME_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _TIMEZONE_KEY = re.compile(r"^[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*$")
 _LOCALE_TAG = re.compile(r"^[A-Za-z0-9]+(?:[_\-@][A-Za-z0-9]+)*$")
 
@@ -131,9 +136,12 @@ class CustomerData(_Strict):
     @field_validator("first_name", "last_name")
     @classmethod
     def _single_line(cls, value: str | None) -> str | None:
-        """Names go into email headers: one line, no control character (C0, DEL, C1)."""
-        if value is not None and _CONTROL.search(value):
-            raise ValueError("must not contain line breaks or other control characters")
+        """Names go into email headers: one line, no control character (C0, DEL, C1), no
+        Unicode line separator and no bidirectional override."""
+        if value is not None and _NAME_FORBIDDEN.search(value):
+            raise ValueError(
+                "must not contain line breaks, control or bidirectional override characters"
+            )
         return value
 
     @field_validator("locale")
@@ -406,12 +414,32 @@ def _check_string(text: str, where: list[str | int]) -> None:
         )
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are unique. RFC 8259 §4 leaves duplicates to the parser
+    ("last one wins" here, "first one wins" elsewhere): two systems could read two
+    different events from one body, so a body with a repeated key is refused."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                shown = key if _SAFE_KEY.fullmatch(key) else "<key>"
+                raise _DuplicateKey(f"the key {shown} appears twice in one object")
+            seen.add(key)
+    return document
+
+
 def load_json(body: bytes | str) -> Any:
     """Decode one message body as JSON within the limits above, or raise
     :class:`InvalidEvent` (codes ``oversize``, ``not_utf8``, ``too_deep``, ``not_json``,
-    ``number_limit``, ``string_limit``, ``bad_character``). Numbers with a fraction or
-    an exponent become ``Decimal``, integers ``int``. Shared by every transport and by
-    ``crosssell publish``."""
+    ``number_limit``, ``string_limit``, ``bad_character``, ``duplicate_key``). Numbers
+    with a fraction or an exponent become ``Decimal``, integers ``int``. Shared by every
+    transport and by ``crosssell publish``."""
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent("oversize", f"{len(raw)} bytes exceeds the {MAX_EVENT_BYTES} limit")
@@ -427,7 +455,10 @@ def load_json(body: bytes | str) -> Any:
             parse_float=_bounded_decimal,
             parse_int=_bounded_int,
             parse_constant=_no_constant,
+            object_pairs_hook=_unique_keys,
         )
+    except _DuplicateKey as duplicate:
+        raise InvalidEvent("duplicate_key", duplicate.reason) from None
     except json.JSONDecodeError as exc:
         raise InvalidEvent(
             "not_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"

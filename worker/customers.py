@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
@@ -75,10 +75,19 @@ def upsert_customer(session: Session, data: CustomerData, now: datetime) -> Cust
     return customer
 
 
+# How far a CRM's clock may run ahead of ours before its ``updated_at`` stops being
+# believed (NTP keeps real clocks within a second; a few minutes covers a slow sync).
+CLOCK_SKEW = timedelta(minutes=5)
+
+
 def _decided_at(consent: Consent, now: datetime) -> datetime | None:
-    """When the CRM says the customer decided; a time later than ``now`` (a CRM clock
-    ahead of ours) counts as now, since a decision cannot postdate its report."""
-    return min(consent.updated_at, now) if consent.updated_at else None
+    """When the CRM says the customer decided. A time slightly later than ``now`` (a CRM
+    clock a little ahead of ours) counts as now, since a decision cannot postdate its
+    report; one more than ``CLOCK_SKEW`` ahead is no proof of anything (a clock or
+    time-zone bug) and counts as absent, so it can never lift an opt-out made later."""
+    if consent.updated_at is None or consent.updated_at > now + CLOCK_SKEW:
+        return None
+    return min(consent.updated_at, now)
 
 
 def _apply_kinds(

@@ -122,6 +122,9 @@ def receiver(runtime: Runtime, host: str, port: int, *, lmtp: bool = False) -> C
         def factory(self) -> SMTP:
             return LMTP(self.handler, **self.SMTP_kwargs)
 
+    # aiosmtpd logs every SMTP command and the sender's address at INFO ("mail.log"): the
+    # address is personal data, and nothing there is needed to run the receiver.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     controller_class = LMTPController if lmtp else Controller
     return controller_class(
         UnsubscribeHandler(runtime),

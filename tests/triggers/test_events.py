@@ -354,6 +354,40 @@ def test_line_breaks_and_nul_in_a_name_are_rejected(field: str, bad: str) -> Non
     assert f"customer.{field}" in error.reason
 
 
+# Every character a name must not hold: C0, DEL, C1, the Unicode line and paragraph
+# separators and the bidirectional embeddings, overrides and isolates (Unicode TR #9).
+BIDI_CONTROLS = ("LRE", "RLE", "PDF", "LRO", "RLO", "LRI", "RLI", "FSI", "PDI")
+NAME_FORBIDDEN = [
+    chr(c)
+    for c in range(0x110000)
+    if unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp")
+    or unicodedata.bidirectional(chr(c)) in BIDI_CONTROLS
+]
+
+
+@given(st.sampled_from(NAME_FORBIDDEN), st.sampled_from(["first_name", "last_name"]))
+def test_no_line_separator_control_or_bidi_override_in_a_name(bad: str, field: str) -> None:
+    document = design_event()
+    document["customer"][field] = f"Ana{bad}Pop"
+    error = _reject(to_json(document))
+    assert error.code in ("wrong_schema", "bad_character")
+    assert f"customer.{field}" in error.reason or error.code == "bad_character"
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=30))
+def test_a_name_of_any_other_characters_is_kept_as_given(name: str) -> None:
+    if any(ch in NAME_FORBIDDEN for ch in name) or name.strip() != name or "\x00" in name:
+        return
+    document = design_event()
+    document["customer"]["first_name"] = name
+    try:
+        event = parse_event(to_json(document))
+    except InvalidEvent as error:  # surrogates and the like are refused for every string
+        assert error.code == "bad_character", error
+        return
+    assert event.customer.first_name == name
+
+
 @pytest.mark.parametrize("zone", ["Mars/Olympus", "Europe/Bucuresti", "", "../../etc/passwd"])
 def test_unknown_timezone_is_rejected(zone: str) -> None:
     document = design_event()
@@ -716,3 +750,21 @@ def test_a_key_in_a_reason_is_shown_only_when_it_looks_like_a_field_name(
     assert error.code == "wrong_schema"
     assert (f"customer.attributes.{key}." in error.reason) is shown
     assert ("customer.attributes.<key>." in error.reason) is not shown
+
+
+@given(st.sampled_from(["id", "type", "email", "sku", "x-y"]), st.integers(1, 3))
+def test_a_repeated_key_is_refused_and_named_only_when_it_is_a_field_name(
+    key: str, depth: int
+) -> None:
+    """RFC 8259 leaves repeated keys to the parser; two readers could see two events."""
+    inner = f'{{"{key}": 1, "{key}": 2}}'
+    for _ in range(depth - 1):
+        inner = f'{{"a": {inner}}}'
+    error = _reject(inner)
+    assert error.code == "duplicate_key"
+    assert key in error.reason
+
+
+def test_a_repeated_key_that_is_data_is_not_quoted() -> None:
+    error = _reject('{"attributes": {"ana@example.ro": 1, "ana@example.ro": 2}}')
+    assert error.code == "duplicate_key" and "ana@example.ro" not in error.reason

@@ -423,6 +423,22 @@ def test_a_repeated_opt_out_changes_nothing_but_is_the_one_that_counts(shop: Sho
     assert (between.status, between.reason) == ("skipped", "no_consent")
 
 
+@pytest.mark.parametrize(
+    "ahead", [timedelta(minutes=6), timedelta(days=1), timedelta(days=365 * 70)]
+)
+def test_a_consent_time_in_the_future_never_lifts_an_opt_out(shop: Shop, ahead: timedelta) -> None:
+    """A CRM whose clock (or time zone) is off must not undo an unsubscribe: an
+    ``updated_at`` beyond the allowed skew is no proof, before or after the opt-out."""
+    at = T0 + timedelta(days=30)
+    received = at + timedelta(minutes=30)  # Shop.ingest decides half an hour after `at`
+    future = {"email_marketing": True, "updated_at": (received + ahead).isoformat()}
+    shop.ingest(T0 + timedelta(days=20), consent=future)  # recorded before the opt-out
+    one_click(shop)
+    again = shop.ingest(at, consent=future)
+    assert (again.status, again.reason) == ("skipped", "no_consent")
+    assert shop.customer().email_marketing is False
+
+
 def test_a_crm_opt_out_always_applies_and_its_own_opt_in_undoes_it(shop: Shop) -> None:
     off = shop.ingest(T0 + timedelta(days=15), consent={"email_marketing": False})
     assert (off.status, off.reason) == ("skipped", "no_consent")
@@ -462,6 +478,7 @@ def test_a_newer_re_subscription_lifts_the_unsubscribe_suppression_only(shop: Sh
 Step = tuple[str, bool, int | None]
 ORIGIN = datetime(2026, 6, 1, tzinfo=UTC)
 _customer_numbers = itertools.count()
+SKEW_MINUTES = 5  # docs/events.md: "up to 5 minutes later than the moment crosssell receives"
 
 steps = st.lists(
     st.one_of(
@@ -486,7 +503,8 @@ def reference(history: list[Step], clock: list[int]) -> bool | None:
             effective = False
         elif standing is None:
             effective = True
-        elif updated is not None and updated > standing:
+        elif updated is not None and updated <= now + SKEW_MINUTES and updated > standing:
+            # a time more than the allowed skew ahead of the clock is no proof
             standing = None
             effective = True
     return effective

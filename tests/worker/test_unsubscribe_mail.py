@@ -8,6 +8,7 @@ the receiver on loopback through smtplib, as a mail client's MTA would send it.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 import signal
@@ -184,6 +185,18 @@ def test_a_token_signed_with_a_rotated_out_key_still_works(runtime: Runtime) -> 
     with running_receiver(runtime) as (host, port):
         assert data_reply(host, port, request(f"Re: unsubscribe {old}"))[0] == 250
     assert state(runtime)[0] is False
+
+
+def test_the_receiver_logs_no_sender_address(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiosmtpd logs each SMTP command with the sender's address at INFO; the receiver
+    keeps that out of the logs at every level crosssell's processes run at."""
+    old = sign({"k1": KEYS["k1"]}, "C-mail", "all")
+    with caplog.at_level(logging.DEBUG), running_receiver(runtime) as (host, port):
+        assert data_reply(host, port, request(f"unsubscribe {old}"))[0] == 250
+    assert state(runtime)[0] is False
+    assert not [r.getMessage() for r in caplog.records if "someone@example.net" in r.getMessage()]
 
 
 def test_only_the_unsubscribe_address_is_accepted(runtime: Runtime) -> None:
