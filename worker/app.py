@@ -70,9 +70,14 @@ class ProviderCheck(bootsteps.Step):  # type: ignore[misc,unused-ignore]
 
     def __init__(self, parent: Any, **options: Any) -> None:
         from worker.providers import check_provider
+        from worker.providers.base import ConfigurationError
 
         super().__init__(parent, **options)
-        check_provider(get_runtime().settings)
+        try:
+            check_provider(get_runtime().settings)
+        except ConfigurationError as exc:
+            # One line naming the variable, not a 40-line traceback from Celery's boot.
+            raise SystemExit(f"crosssell: {exc}") from None
 
 
 app.steps["worker"].add(ProviderCheck)

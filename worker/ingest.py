@@ -32,8 +32,13 @@ class IngestResult:
 
 
 def event_payload(event: AnyEvent) -> dict[str, object]:
-    """The event as JSON-ready data, decimals as strings (never floats)."""
+    """The event as JSON-ready data, decimals as strings (never floats).
+
+    The customer block keeps only the fields the CRM gave: it is an upsert, so a replay of
+    the stored event (``simulate --since``, delivery's recheck) must not read an absent
+    field as "set to null" and wipe what another event stored."""
     loaded: dict[str, object] = json.loads(event.model_dump_json())
+    loaded["customer"] = json.loads(event.customer.model_dump_json(exclude_unset=True))
     return loaded
 
 

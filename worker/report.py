@@ -13,7 +13,8 @@ Counts per group, all over touches of the range:
 eligible       sends the campaign planned for the group (held out, or planned for the
                variant and not dropped at planning), whatever happened to them later
 sent           emails handed to the provider (the variant's touches); for the holdout:
-               its touches (held-out decisions)
+               its touches (held-out decisions). The table's column says "touched" for
+               both; CSV and JSON name the holdout's ``held_out``
 delivered      handed over and not reported bounced
 bounced        handed over, then a hard bounce or a policy refusal (``failed``)
 complained     customers with a complaint in their consent history inside the window
@@ -512,14 +513,16 @@ def render_table(report: Report) -> str:
             "",
             f"{c.campaign_id} / variant {v.label} vs holdout "
             f"(attribution window {duration_text(c.window)})",
-            f"  {'':14}{'eligible':>9}{'sent':>7}{'deliv.':>7}{'bounced':>8}{'compl.':>7}"
+            f"  {'':14}{'eligible':>9}{'touched':>8}{'deliv.':>7}{'bounced':>8}{'compl.':>7}"
             f"{'unsub.':>7}{'direct':>7}{'influ.':>7}{'rate':>10}",
         ]
+        # "touched": emails sent for the variant, customers held out for the holdout (the
+        # group each rate is measured on).
         for name, g in ((f"variant {v.label}", v), ("holdout", h)):
             delivered = "-" if g is h else str(g.delivered)
             bounced = "-" if g is h else str(g.bounced)
             lines.append(
-                f"  {name:14}{g.eligible:>9}{g.sent:>7}{delivered:>7}{bounced:>8}"
+                f"  {name:14}{g.eligible:>9}{g.sent:>8}{delivered:>7}{bounced:>8}"
                 f"{g.complained:>7}{g.unsubscribed:>7}{g.direct:>7}{g.influenced:>7}"
                 f"{percent(g.rate):>10}"
             )

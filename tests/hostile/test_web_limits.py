@@ -329,3 +329,24 @@ def test_uvicorn_answers_413_to_a_chunked_body_soon_after_the_cap(
     status, sent = _status_while_sending(server, head, iter([framed] * (100 * MiB // piece)))
     # The cap plus what socket buffers held when the answer came: far below 100 MiB.
     assert status == 413 and sent < 16 * MiB, sent
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"RecordType": "Bounce", "MessageID": ["x"], "Email": {"a": 1}},
+        {"RecordType": "Bounce", "Email": 7},
+        {"RecordType": 3},
+        {"Email": "a@example.ro"},
+        {"RecordType": "SubscriptionChange", "SuppressSending": "yes"},
+        {"RecordType": "Bounce", "ID": [1]},
+    ],
+)
+def test_a_postmark_record_of_the_wrong_shape_is_refused_not_stored(
+    app: Starlette, record: dict[str, object]
+) -> None:
+    """Before: wrong types were answered 200 and stored as a meaningless event."""
+    response = asyncio.run(
+        _post(app, "/webhooks/postmark", json.dumps(record).encode(), POSTMARK_AUTH)
+    )
+    assert response.status_code == 400, response.text

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session
 
@@ -30,7 +32,7 @@ from worker.db import dispose_engines, transaction
 from worker.delivery import Reschedule, Skip, prepare
 from worker.demo import seed_catalog
 from worker.explain import explain
-from worker.ingest import ingest_event
+from worker.ingest import event_payload, ingest_event
 from worker.models import Customer, Send, Suppression
 from worker.preview import preview
 from worker.runtime import Runtime
@@ -408,3 +410,22 @@ def test_simulate_rejects_an_at_without_a_time_zone(tmp_path: Path, cli_env: Non
         main, ["simulate", "--events", str(events), "--at", "2026-11-17T10:30"]
     )
     assert result.exit_code != 0 and "--at" in result.output
+
+
+@given(
+    st.sets(
+        st.sampled_from(
+            ["email", "first_name", "last_name", "locale", "timezone", "consent", "attributes"]
+        )
+    )
+)
+def test_a_stored_event_replays_as_the_same_upsert(given_fields: set[str]) -> None:
+    """The inbox keeps what the CRM said, not the model's defaults: replayed by
+    ``simulate --since`` (or rechecked at delivery), an event without ``email`` must not
+    turn into one that sets it to null and wipes the address another event stored."""
+    full = customer_block("C-replay")
+    customer = {"id": "C-replay", **{k: v for k, v in full.items() if k in given_fields}}
+    event = validate_event(purchase(customer=customer, at=NOW))
+    replayed = validate_event(event_payload(event))
+    assert replayed.customer.model_fields_set == event.customer.model_fields_set
+    assert replayed.customer == event.customer

@@ -105,7 +105,29 @@ def parse(
     record = load_json(body)
     if not isinstance(record, dict):
         raise WebhookPayloadError("a Postmark webhook body is one JSON object")
+    _check_types(record)
     return [_event(record)]
+
+
+# The fields read from a record and the JSON types Postmark sends them as (its webhook
+# documentation's examples); anything else is not Postmark's and is refused with a 400
+# instead of being stored as a meaningless event.
+_TEXT_FIELDS = (
+    "RecordType", "MessageID", "Email", "Recipient", "Type", "Description", "Details",
+    "BouncedAt", "DeliveredAt", "ChangedAt", "SuppressionReason", "MessageStream",
+)  # fmt: skip
+
+
+def _check_types(record: dict[str, Any]) -> None:
+    if not isinstance(record.get("RecordType"), str):
+        raise WebhookPayloadError("RecordType: must be a string")
+    for name in _TEXT_FIELDS:
+        if record.get(name) is not None and not isinstance(record[name], str):
+            raise WebhookPayloadError(f"{name}: must be a string")
+    if record.get("ID") is not None and not isinstance(record["ID"], int | str):
+        raise WebhookPayloadError("ID: must be a number or a string")
+    if "SuppressSending" in record and not isinstance(record["SuppressSending"], bool):
+        raise WebhookPayloadError("SuppressSending: must be true or false")
 
 
 def _event(record: dict[str, Any]) -> TrackingEvent:
