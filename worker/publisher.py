@@ -64,6 +64,27 @@ def _routing_key(line: bytes, now: datetime) -> str:
         raise
 
 
+def publish_unchecked(settings: Settings, bodies: Iterable[bytes], routing_key: str) -> int:
+    """Publish bodies as they are, unchecked, as any CRM's own AMQP client can: for the
+    demo, which shows that what ``crosssell publish`` refuses is dead-lettered by the
+    consumer too, never lost and never processed. Returns how many were published."""
+    url = settings.resolved_events_url
+    count = 0
+    with Connection(url, transport_options=transport_options(url)) as connection:
+        producer = Producer(connection.channel(), exchange=events_exchange(settings))
+        events_queue(settings)(producer.channel).declare()
+        for body in bodies:
+            producer.publish(
+                body,
+                routing_key=routing_key,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+            )
+            count += 1
+    return count
+
+
 def publish_lines(
     settings: Settings, lines: Iterable[bytes], received_at: datetime | None = None
 ) -> PublishReport:

@@ -50,16 +50,33 @@ def run_simulation(
     count_from: datetime | None = None,
     at: datetime | None = None,
 ) -> tuple[SimulationReport, str]:
-    """``triggers.simulate.simulate`` with the worker's rules, policy and standing."""
+    """``triggers.simulate.simulate`` with the worker's rules, policy and standing.
+
+    With ``at``, an event that occurs after it cannot have been received then: such
+    events are still decided (as if they had arrived early), and the returned source
+    line says how many, so a wrong ``--at`` does not go unnoticed."""
     known, source = standing(runtime)
+    late = [0]
+
+    def counted(stream: Iterable[AnyEvent]) -> Iterator[AnyEvent]:
+        for event in stream:
+            if at is not None and event.occurred_at > at:
+                late[0] += 1
+            yield event
+
     report = simulate(
-        events,
+        counted(events),
         runtime.rules.current(),
         runtime.policy,
         count_from=count_from,
         at=at,
         subject_of=known.subject,
     )
+    if late[0]:
+        source += (
+            f"; warning: {late[0]} event(s) occur after the decision clock {at:%Y-%m-%d %H:%M}"
+            " UTC (decided as if received early: is --at the clock you meant?)"
+        )
     return report, source
 
 

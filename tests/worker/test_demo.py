@@ -28,7 +28,9 @@ def _run_demo(var_dir: Path) -> str:
     labels = re.compile(
         r"^(crosssell demo: clock set to |catalog: |events published: |events stored: |"
         r"dead-lettered: |customers: |campaigns matched: |emails written: |held out \(control\): |"
-        r"scheduled for later: |failed: |skipped by reason: )"
+        r"scheduled for later: |failed: |skipped by reason: |spaced out: |closest emails: |"
+        r"journey follow-ups: |sequences: |  post-purchase-journey |sequence exits: |"
+        r"the week after: |report: )"
     )
     stray = [line for line in done.stdout.splitlines() if not labels.match(line)]
     assert stray == [], done.stdout
