@@ -443,10 +443,13 @@ def web(host: str, port: int) -> None:
 
     from worker.metrics import install_outbox_gauges
     from worker.runtime import get_runtime
+    from worker.startup import announce
     from worker.web import create_app
 
     runtime = get_runtime()
     install_outbox_gauges(runtime.settings.resolved_database_url)
+    runtime.rules.current()  # loads the rules: crosssell_campaigns_active on /metrics
+    announce(runtime, "web")
     uvicorn.run(create_app(runtime), host=host, port=port, proxy_headers=True)
 
 
@@ -713,7 +716,7 @@ def status(ambiguous_limit: int) -> None:
     except RuleSetError as exc:
         problems = len(exc.issues)
     summary = rules_summary(settings, campaigns, problems, now)
-    for line in status_lines(report, now, waiting, summary):
+    for line in status_lines(report, now, waiting, summary, settings.activity_publish):
         click.echo(line)
 
 

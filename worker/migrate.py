@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from alembic import command
 from alembic.config import Config
 
@@ -47,9 +51,27 @@ class SchemaNotCurrent(RuntimeError):
     """The configured database needs ``crosssell migrate`` first."""
 
 
+@contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """Alembic logs each plugin it sets up and each step at INFO: noise in a service's
+    start-up log, which says what matters in its own one line (worker.startup)."""
+    logger = logging.getLogger("alembic")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def ensure_schema(database_url: str, embedded: bool) -> None:
     """The embedded SQLite database is migrated on start; any other must be migrated
     explicitly (``crosssell migrate``) so that schema changes are a deliberate step."""
+    with _quiet_alembic():
+        _ensure_schema(database_url, embedded)
+
+
+def _ensure_schema(database_url: str, embedded: bool) -> None:
     if embedded:
         upgrade(database_url)
     elif pending(database_url):

@@ -106,7 +106,11 @@ def _age(now: datetime, then: datetime) -> str:
 
 
 def status_lines(
-    status: OutboxStatus, now: datetime, events_waiting: int | None, rules: str
+    status: OutboxStatus,
+    now: datetime,
+    events_waiting: int | None,
+    rules: str,
+    activity_publishing: bool = True,
 ) -> Iterator[str]:
     """The report ``crosssell status`` prints, one fact per line."""
     yield f"crosssell status at {now:%Y-%m-%d %H:%M:%S %Z}"
@@ -129,7 +133,13 @@ def status_lines(
             f"  send {item.send_id}  {item.campaign_id}  Message-ID "
             f"{item.message_id or 'not recorded'}  at {item.at:%Y-%m-%d %H:%M}"
         )
-    yield f"activity not yet published:   {status.activity_unpublished}"
+    if activity_publishing:
+        yield f"activity not yet published:   {status.activity_unpublished}"
+    else:  # kept for CROSSSELL_ACTIVITY_RETENTION, not a backlog
+        yield (
+            f"activity outbox:              {status.activity_unpublished} kept, publishing off "
+            "(CROSSSELL_ACTIVITY_PUBLISH)"
+        )
     yield f"rules: {rules}"
 
 
