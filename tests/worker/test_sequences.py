@@ -613,8 +613,11 @@ def test_lint_renders_each_step_as_it_will_be_sent(tmp_path: Path) -> None:
     with pytest.raises(RuleSetError) as raised:
         load_rules(settings, Renderer(settings))
     line = next(n for n, row in enumerate(text.splitlines(), 1) if "journey_bundle" in row)
-    issues = raised.value.issues
-    assert {(i.line, i.code, i.path) for i in issues} == {(line, "template-runtime", "steps[1]")}
+    errors = raised.value.errors
+    assert {(i.line, i.code, i.path) for i in errors} == {(line, "template-runtime", "steps[1]")}
+    # One subject text over a template with Romanian and Italian subject files also warns.
+    warnings = {(i.line, i.code) for i in raised.value.issues if i.level == "warning"}
+    assert warnings == {(line, "single-language-subject")}
     # Unchanged, the shipped file lints: the bundle template renders with the step's offer.
     (campaigns / "journey.yaml").write_text(JOURNEY.read_text())
     assert load_rules(settings, Renderer(settings)).by_id("post-purchase-journey") is not None
