@@ -111,3 +111,51 @@ def test_localized_product_texts_migrate_up_and_down(tmp_path: Path) -> None:
     run(f"sqlite:///{tmp_path / 'i18n.db'}")
     with fresh_postgres_database() as url:
         run(url)
+
+
+def _revisions_in_order(url: str) -> list[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(url))
+    return [revision.revision for revision in reversed(list(script.walk_revisions()))]
+
+
+def test_every_migration_goes_up_down_and_up_again(tmp_path: Path) -> None:
+    """Each revision's downgrade undoes it exactly (the schema after up, down, up is the
+    schema after up), on SQLite and PostgreSQL; afterwards ``alembic check`` is clean."""
+    from tests.support.services import fresh_postgres_database
+    from worker.migrate import current_revision
+
+    def schema(url: str) -> dict[str, list[tuple[str, str]]]:
+        inspector = inspect(engine_for(url))
+        return {
+            table: sorted((c["name"], str(c["type"])) for c in inspector.get_columns(table))
+            + sorted(("index", i["name"] or "") for i in inspector.get_indexes(table))
+            for table in inspector.get_table_names()
+            if table != "alembic_version"  # Alembic's own, stays once created
+        }
+
+    def run(url: str) -> None:
+        config = alembic_config(url)
+        revisions = _revisions_in_order(url)
+        assert len(revisions) >= 10
+        previous: str = "base"
+        for revision in revisions:
+            before = schema(url)
+            command.upgrade(config, revision)
+            after = schema(url)
+            command.downgrade(config, previous)
+            assert schema(url) == before, f"downgrade of {revision} left changes behind"
+            assert current_revision(url) == (None if previous == "base" else previous)
+            command.upgrade(config, revision)
+            assert schema(url) == after, f"{revision} differs on its second upgrade"
+            previous = revision
+        command.check(config)
+        command.downgrade(config, "base")
+        assert schema(url) == {}
+        command.upgrade(config, "head")
+        command.check(config)
+
+    run(f"sqlite:///{tmp_path / 'updown.db'}")
+    with fresh_postgres_database() as url:
+        run(url)
