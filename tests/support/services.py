@@ -94,8 +94,11 @@ def _rabbitmqctl(*arguments: str) -> subprocess.CompletedProcess[str]:
 
 
 def _with_vhost(url: str, vhost: str) -> str:
-    """``amqp://user:pass@host:port/`` plus the vhost (kombu takes it unquoted)."""
-    return url.rsplit("/", 1)[0].rstrip("/") + "/" + vhost
+    """The URL with its path replaced by the vhost (kombu and pika both read a name
+    without ``/`` or ``%`` as it is)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(url)._replace(path="/" + vhost))
 
 
 def _delete_run_vhost(vhost: str) -> None:
@@ -129,7 +132,10 @@ def require_rabbitmq() -> str:
     """The shared RabbitMQ, on this run's own virtual host."""
     from kombu.connection import Connection
 
-    vhost = _run_vhost() if port_open(*_host_port(RABBITMQ_URL, 5672)) else ""
+    host, port = _host_port(RABBITMQ_URL, 5672)
+    # rabbitmqctl reaches the node of this host only: a remote broker keeps its vhost.
+    local = host in ("127.0.0.1", "localhost", "::1")
+    vhost = _run_vhost() if local and port_open(host, port) else ""
     url = _with_vhost(RABBITMQ_URL, vhost) if vhost else RABBITMQ_URL
     try:
         with Connection(url, connect_timeout=3) as connection:
