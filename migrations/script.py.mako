@@ -5,6 +5,21 @@ Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 """
 
+# Backward compatibility. `crosssell migrate` runs before the new release replaces the old
+# processes, so for a while the PREVIOUS release's code runs on this schema (and rolling
+# back the code leaves it running on it for good). This migration must keep that code
+# working:
+# * add columns nullable or with a server default, never NOT NULL without a default: the
+#   old code's INSERTs do not name them;
+# * never drop or rename a table, column, index or constraint the old code uses in the
+#   same release: stop using it in release N, drop it in N+1 (a rename is add + backfill +
+#   switch the code + drop later);
+# * never narrow a type, add a CHECK or UNIQUE the old code's writes could break, or
+#   change what an existing value means;
+# * keep the data migration idempotent and its locks short (lock_timeout and
+#   statement_timeout are set in env.py; large backfills go in batches);
+# * write a downgrade() that undoes exactly this step, so up, down, up works.
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa

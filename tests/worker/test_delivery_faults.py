@@ -13,6 +13,10 @@ end every send is checked against the sink:
 * nothing is received twice, nothing is left open.
 
 Sizes can be raised with ``CROSSSELL_FAULT_SENDS`` for a longer soak.
+
+The servers broken here are the module's own (``tests/support/private_services.py``): a
+PostgreSQL cluster and a RabbitMQ node started once for the module, a ``redis-server`` per
+test that needs one. The machine's shared services are not touched at all.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -43,15 +46,9 @@ from tests.support.fleet import (
     statuses,
     wait_until,
 )
-from tests.support.services import (
-    POSTGRES_ADMIN_URL,
-    database_name,
-    fresh_postgres_database,
-    require_rabbitmq,
-    require_redis,
-    unavailable,
-)
-from tests.support.smtp_sink import SmtpSink, free_port, message_id_of
+from tests.support.private_services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
+from tests.support.services import database_name, fresh_postgres_database
+from tests.support.smtp_sink import SmtpSink, message_id_of
 from worker.db import dispose_engines, engine_for, transaction
 from worker.migrate import upgrade
 from worker.models import Customer, Suppression
@@ -67,19 +64,61 @@ REPORT = re.compile(r"OPERATOR: send (\d+) \(Message-ID (<[^>]+>)\) is ambiguous
 
 
 @pytest.fixture(scope="module")
-def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A database with ``SENDS`` due sends, ingested once and copied by every test."""
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """The module's own PostgreSQL cluster: its connections may be terminated freely."""
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+    """The module's own RabbitMQ node (one boot, ~5 s, for every test here)."""
+    server = PrivateRabbitMQ()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def broker(private_rabbitmq: PrivateRabbitMQ) -> str:
+    return private_rabbitmq.url
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A ``redis-server`` of the test's own (restartable; nothing on disk)."""
+    server = PrivateRedis()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def seeded_template(
+    tmp_path_factory: pytest.TempPathFactory, private_postgres: PrivatePostgres
+) -> Iterator[tuple[str, Path, str]]:
+    """A database with ``SENDS`` due sends, ingested once and copied by every test:
+    (its name, the folder of its campaigns, the admin URL of its server)."""
     folder = tmp_path_factory.mktemp("seed")
-    with fresh_postgres_database() as url:
+    admin_url = private_postgres.admin_url
+    with fresh_postgres_database(admin_url=admin_url) as url:
         upgrade(url)
         seed_due_sends(folder, fleet_env(folder, url, "memory://"), SENDS)
         dispose_engines()
-        yield database_name(url), folder
+        yield database_name(url), folder, admin_url
 
 
-def fleet_database(template: tuple[str, Path], sends: int) -> Iterator[str]:
+def fleet_database(template: tuple[str, Path, str], sends: int) -> Iterator[str]:
     """A copy of the seeded database holding its first ``sends`` sends."""
-    with fresh_postgres_database(template[0]) as url:
+    with fresh_postgres_database(template[0], admin_url=template[2]) as url:
         with engine_for(url).begin() as connection:
             connection.execute(text("DELETE FROM sends WHERE id > :n"), {"n": sends})
         yield url
@@ -87,7 +126,7 @@ def fleet_database(template: tuple[str, Path], sends: int) -> Iterator[str]:
 
 
 @pytest.fixture
-def database_url(seeded_template: tuple[str, Path]) -> Iterator[str]:
+def database_url(seeded_template: tuple[str, Path, str]) -> Iterator[str]:
     yield from fleet_database(seeded_template, SENDS)
 
 
@@ -150,9 +189,8 @@ def running_fleet(
 
 
 def test_workers_killed_at_random_moments_deliver_every_send_once(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, database_url: str, broker: str
 ) -> None:
-    broker = require_rabbitmq()
     with SmtpSink() as sink:
         with running_fleet(tmp_path, database_url, broker, sink) as fleet:
             chaos = random.Random(os.environ.get("CROSSSELL_FAULT_SEED", "kill"))
@@ -171,115 +209,47 @@ def test_workers_killed_at_random_moments_deliver_every_send_once(
 
 
 @pytest.fixture
-def smaller_run(seeded_template: tuple[str, Path]) -> Iterator[str]:
+def smaller_run(seeded_template: tuple[str, Path, str]) -> Iterator[str]:
     """The other faults run on fewer sends: the mechanics are the same, the suite shorter."""
     yield from fleet_database(seeded_template, SMALLER)
 
 
-def rabbitmqctl(*arguments: str) -> None:
-    completed = subprocess.run(
-        ["rabbitmqctl", *arguments], capture_output=True, text=True, timeout=120
-    )
-    if completed.returncode != 0:
-        unavailable("rabbitmqctl", completed.stderr.strip() or completed.stdout.strip())
-
-
-def test_rabbitmq_restarted_mid_run(tmp_path: Path, smaller_run: str) -> None:
-    broker = require_rabbitmq()
+def test_rabbitmq_restarted_mid_run(
+    tmp_path: Path, smaller_run: str, private_rabbitmq: PrivateRabbitMQ
+) -> None:
+    """``stop_app``/``start_app`` on the module's own node, never the machine's."""
+    broker = private_rabbitmq.url
     with SmtpSink() as sink:
         with running_fleet(tmp_path, smaller_run, broker, sink, requeue_after="8s") as fleet:
-            rabbitmqctl("stop_app")
+            private_rabbitmq.stop_app()
             try:
                 time.sleep(2)
             finally:
-                rabbitmqctl("start_app")
-                rabbitmqctl("await_startup")
+                private_rabbitmq.start_app()
             run_to_the_end(smaller_run, fleet)
         check_exactly_once(outcome(smaller_run, sink.handler.message_ids()), fleet, SMALLER)
 
 
-class PrivateRedis:
-    """A redis-server of the test's own on a free port, so it can be restarted freely.
-
-    It keeps nothing on disk, like a cache-configured production Redis: a restart loses
-    every queued task, and the dispatcher's sweeper has to find them again.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            unavailable("redis-server", "not installed")
-        assert binary is not None
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-
 def test_redis_broker_restarted_mid_run_loses_its_queue_and_nothing_else(
-    tmp_path: Path, smaller_run: str
+    tmp_path: Path, smaller_run: str, private_redis: PrivateRedis
 ) -> None:
-    redis_server = PrivateRedis(tmp_path)
-    redis_server.start()
-    try:
-        with SmtpSink() as sink:
-            with running_fleet(
-                tmp_path, smaller_run, redis_server.url, sink, requeue_after="8s"
-            ) as fleet:
-                redis_server.stop()
-                time.sleep(1)
-                redis_server.start()
-                run_to_the_end(smaller_run, fleet)
-            check_exactly_once(outcome(smaller_run, sink.handler.message_ids()), fleet, SMALLER)
-    finally:
-        redis_server.stop()
+    with SmtpSink() as sink:
+        with running_fleet(
+            tmp_path, smaller_run, private_redis.url, sink, requeue_after="8s"
+        ) as fleet:
+            private_redis.stop()
+            time.sleep(1)
+            private_redis.start()
+            run_to_the_end(smaller_run, fleet)
+        check_exactly_once(outcome(smaller_run, sink.handler.message_ids()), fleet, SMALLER)
 
 
-def test_postgresql_connections_dropped_mid_run(tmp_path: Path, smaller_run: str) -> None:
-    broker = require_rabbitmq()
+def test_postgresql_connections_dropped_mid_run(
+    tmp_path: Path, smaller_run: str, broker: str, private_postgres: PrivatePostgres
+) -> None:
+    """``pg_terminate_backend`` on the module's own cluster, never the machine's."""
     name = database_name(smaller_run)
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(private_postgres.admin_url, isolation_level="AUTOCOMMIT")
     dropped = 0
     try:
         with SmtpSink() as sink:
@@ -323,9 +293,8 @@ TRIES: dict[str, int] = {}
 
 
 def test_smtp_4xx_retried_until_delivered_5xx_failed_and_suppressed(
-    tmp_path: Path, smaller_run: str
+    tmp_path: Path, smaller_run: str, broker: str
 ) -> None:
-    broker = require_rabbitmq()
     TRIES.clear()
     with SmtpSink() as sink:
         sink.handler.fault = smtp_fault
@@ -353,15 +322,18 @@ def test_smtp_4xx_retried_until_delivered_5xx_failed_and_suppressed(
 
 
 @pytest.fixture
-def rate_run(seeded_template: tuple[str, Path]) -> Iterator[str]:
+def rate_run(seeded_template: tuple[str, Path, str]) -> Iterator[str]:
     """Enough sends to keep 50/s busy for the 20 s window and the start before it."""
     yield from fleet_database(seeded_template, RATE_SENDS)
 
 
-def test_rate_limit_shared_by_two_worker_processes(tmp_path: Path, rate_run: str) -> None:
-    """50/s across two processes (Redis holds the shared rate), measured at the sink."""
-    broker = require_rabbitmq()
-    limiter_url = require_redis()
+def test_rate_limit_shared_by_two_worker_processes(
+    tmp_path: Path, rate_run: str, broker: str, private_redis: PrivateRedis
+) -> None:
+    """50/s across two processes (Redis holds the shared rate), measured at the sink.
+
+    The limiter's Redis is private too: a parallel run sharing its keys would halve the
+    rate each run measures."""
     with SmtpSink() as sink:
         with running_fleet(
             tmp_path,
@@ -370,7 +342,7 @@ def test_rate_limit_shared_by_two_worker_processes(tmp_path: Path, rate_run: str
             sink,
             rate_limit_per_second="50",
             rate_limit_burst="5",
-            rate_limit_url=limiter_url,
+            rate_limit_url=private_redis.url,
         ) as fleet:
             start = time.monotonic()
             time.sleep(2)  # past the start-up burst

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect, text
 
 from worker.db import engine_for
 from worker.migrate import alembic_config
@@ -100,8 +107,6 @@ def test_localized_product_texts_migrate_up_and_down(tmp_path: Path) -> None:
             ).one()
         as_json = [value if isinstance(value, dict) else json.loads(value) for value in row[1::2]]
         assert (row.name, row.description, as_json) == ("Laptop", None, [{}, {}])
-        command.upgrade(config, "head")
-        command.check(config)
         command.downgrade(config, "0006")
         columns = {c["name"] for c in inspect(engine_for(url)).get_columns("products")}
         assert not {"name_i18n", "description", "description_i18n"} & columns
@@ -112,3 +117,197 @@ def test_localized_product_texts_migrate_up_and_down(tmp_path: Path) -> None:
     run(f"sqlite:///{tmp_path / 'i18n.db'}")
     with fresh_postgres_database() as url:
         run(url)
+
+
+def _revisions_in_order(url: str) -> list[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(url))
+    return [revision.revision for revision in reversed(list(script.walk_revisions()))]
+
+
+def test_every_migration_goes_up_down_and_up_again(tmp_path: Path) -> None:
+    """Each revision's downgrade undoes it exactly (the schema after up, down, up is the
+    schema after up), on SQLite and PostgreSQL; afterwards ``alembic check`` is clean."""
+    from tests.support.services import fresh_postgres_database
+    from worker.migrate import current_revision
+
+    def schema(url: str) -> dict[str, list[tuple[str, str]]]:
+        inspector = inspect(engine_for(url))
+        return {
+            table: sorted((c["name"], str(c["type"])) for c in inspector.get_columns(table))
+            + sorted(("index", i["name"] or "") for i in inspector.get_indexes(table))
+            for table in inspector.get_table_names()
+            if table != "alembic_version"  # Alembic's own, stays once created
+        }
+
+    def run(url: str) -> None:
+        config = alembic_config(url)
+        revisions = _revisions_in_order(url)
+        assert len(revisions) >= 10
+        previous: str = "base"
+        for revision in revisions:
+            before = schema(url)
+            command.upgrade(config, revision)
+            after = schema(url)
+            command.downgrade(config, previous)
+            assert schema(url) == before, f"downgrade of {revision} left changes behind"
+            assert current_revision(url) == (None if previous == "base" else previous)
+            command.upgrade(config, revision)
+            assert schema(url) == after, f"{revision} differs on its second upgrade"
+            previous = revision
+        command.check(config)
+        command.downgrade(config, "base")
+        assert schema(url) == {}
+        command.upgrade(config, "head")
+        command.check(config)
+
+    run(f"sqlite:///{tmp_path / 'updown.db'}")
+    with fresh_postgres_database() as url:
+        run(url)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# Restated from the contract in migrations/env.py: the lock every migration run takes.
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"crosssell migrations").digest()[:8], "big", signed=True)
+
+
+STATEMENT_TIMEOUT = "CROSSSELL_MIGRATION_STATEMENT_TIMEOUT"
+
+
+def _migrate_in_a_process(url: str, **environment: str) -> subprocess.Popen[str]:
+    """``upgrade(url)`` in its own interpreter, as a second deploy would run it."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from worker.migrate import upgrade; upgrade(sys.argv[1])",
+            url,
+        ],
+        cwd=ROOT,
+        env={**os.environ, **environment},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _waiting_for_the_lock(admin: Engine, database: str) -> int:
+    with admin.connect() as connection:
+        return int(
+            connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                    "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = :name"
+                ),
+                {"name": database},
+            ).scalar_one()
+        )
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_two_concurrent_upgrades_of_a_fresh_database_both_succeed() -> None:
+    """Two deploys migrate one empty PostgreSQL database at the same moment. Without a
+    lock both would create ``alembic_version`` and the first tables, and one would fail
+    (duplicate table or key); with it the second waits, then finds the work done.
+
+    The test holds the migration lock itself until both runs wait for it, so they are
+    released together, the worst case, rather than relying on lucky timing."""
+    from sqlalchemy import create_engine
+
+    from tests.support.services import POSTGRES_ADMIN_URL, database_name, fresh_postgres_database
+    from worker.migrate import current_revision
+
+    with fresh_postgres_database() as url:
+        holder = create_engine(url)
+        admin = create_engine(POSTGRES_ADMIN_URL)
+        runs: list[subprocess.Popen[str]] = []
+        try:
+            with holder.connect() as connection:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+                runs = [_migrate_in_a_process(url), _migrate_in_a_process(url)]
+                _wait(
+                    lambda: _waiting_for_the_lock(admin, database_name(url)) == 2,
+                    60,
+                    "both migration runs to wait for the advisory lock",
+                )
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+                connection.commit()
+            outputs = [run.communicate(timeout=120) for run in runs]
+        finally:
+            for run in runs:
+                if run.poll() is None:
+                    run.kill()
+                    run.wait()
+            holder.dispose()
+            admin.dispose()
+        for run, (_, stderr) in zip(runs, outputs, strict=True):
+            assert run.returncode == 0, stderr
+        head = _revisions_in_order(url)[-1]
+        assert current_revision(url) == head
+        with engine_for(url).connect() as connection:
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+        assert [row[0] for row in versions] == [head]
+        command.check(alembic_config(url))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {
+                "CROSSSELL_MIGRATION_LOCK_TIMEOUT": "1s",
+                "CROSSSELL_MIGRATION_STATEMENT_TIMEOUT": "0",
+            },
+            "canceling statement due to lock timeout",
+        ),
+        (
+            {
+                "CROSSSELL_MIGRATION_LOCK_TIMEOUT": "0",
+                "CROSSSELL_MIGRATION_STATEMENT_TIMEOUT": "1s",
+            },
+            "canceling statement due to statement timeout",
+        ),
+    ],
+)
+def test_a_migration_blocked_by_a_long_transaction_gives_up_and_rolls_back(
+    settings: dict[str, str], message: str
+) -> None:
+    """A transaction holding a lock on ``sends`` (a long report, a stuck session) would
+    leave the migration's DDL queued behind it, and every query on ``sends`` queued behind
+    the DDL. With the timeouts the migration fails within seconds, rolls back whole, and
+    can simply be run again. Each timeout is shown alone (the other set to 0, no limit)."""
+    from tests.support.services import fresh_postgres_database
+    from worker.migrate import current_revision
+
+    with fresh_postgres_database() as url:
+        revisions = _revisions_in_order(url)
+        before = revisions[-2]
+        command.upgrade(alembic_config(url), before)
+        blocker = engine_for(url).connect()
+        try:
+            blocker.execute(text("LOCK TABLE sends IN ACCESS EXCLUSIVE MODE"))
+            started = time.monotonic()
+            run = _migrate_in_a_process(url, **settings)
+            try:
+                _, stderr = run.communicate(timeout=60)
+            finally:
+                if run.poll() is None:
+                    run.kill()
+                    run.wait()
+            elapsed = time.monotonic() - started
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert run.returncode != 0
+        assert message in stderr, stderr[-2000:]
+        assert elapsed < 30
+        assert current_revision(url) == before, "the failed run left nothing half-done"
+        command.upgrade(alembic_config(url), "head")
+        assert current_revision(url) == revisions[-1]

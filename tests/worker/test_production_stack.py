@@ -31,7 +31,11 @@ BIN = Path(sys.executable).parent
 
 
 def _pika(url: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(url[:-2] + "/%2F"))
+    """pika reads the URL path percent-decoded as the vhost; kombu's ``//`` (the default
+    vhost ``/``) must be spelled ``/%2F`` for it, a named vhost is the same for both."""
+    if url.endswith("//"):
+        url = url[:-2] + "/%2F"
+    return pika.BlockingConnection(pika.URLParameters(url))
 
 
 def publish_plain(url: str, body: bytes, routing_key: str) -> None:
