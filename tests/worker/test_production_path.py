@@ -38,6 +38,7 @@ from tests.support.smtp_sink import SmtpSink
 from tests.worker.test_consumer_rabbitmq import wait_for
 from tests.worker.test_production_stack import Stack, _pika, _queue_ready, publish_plain
 from worker.migrate import alembic_config
+from worker.startup import masked
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -303,15 +304,18 @@ def test_readme_production_steps_deliver_the_shipped_campaigns(
 
     # Each process said, once, what it connected to, with the password masked.
     logs_text = {path.stem: path.read_text(errors="replace") for path in logs.glob("*.log")}
+    amqp = masked(env["CROSSSELL_EVENTS_URL"])  # the run's own vhost, password masked
+    assert "guest:**@" in amqp
     expected = {
-        "consume": "consume: events amqp://guest:**@127.0.0.1:5672//, database postgresql+psycopg://",
+        "consume": f"consume: events {amqp}, database postgresql+psycopg://",
         "dispatch": "dispatch: database postgresql+psycopg://",
-        "celery": "celery worker: broker amqp://guest:**@127.0.0.1:5672//, database postgresql",
+        "celery": f"celery worker: broker {amqp}, database postgresql",
     }
     for name, start in expected.items():
         lines = [line for line in logs_text[name].splitlines() if start in line]
         assert len(lines) == 1, (name, logs_text[name][-2000:])
-        assert "3 active campaign(s) of 3" in lines[0], lines[0]
+        shipped = len(list(Path(env["CROSSSELL_CAMPAIGNS_DIR"]).glob("*.yaml")))
+        assert f"{shipped} active campaign(s) of {shipped}" in lines[0], lines[0]
         assert f"provider smtp (127.0.0.1:{smtp_sink.port}, none)" in lines[0], lines[0]
     for name, content in logs_text.items():
         assert "guest:guest" not in content and "a-long-random-test-secret" not in content, name
