@@ -874,6 +874,14 @@ def parse_files(
         )
 
 
+def _in_template(problem: TemplateProblem) -> LintIssue:
+    """A template check's problem located in the template file itself."""
+    assert problem.file is not None
+    return LintIssue(
+        problem.file, problem.line, problem.col, problem.code, "", problem.message, problem.level
+    )
+
+
 def _at_variant(
     parsed: ParsedFile,
     index: int,
@@ -914,17 +922,7 @@ def _step_template_issues(
         )
         for problem in template_check(probe):
             if problem.file:
-                issues.append(
-                    LintIssue(
-                        problem.file,
-                        problem.line,
-                        problem.col,
-                        problem.code,
-                        "",
-                        problem.message,
-                        problem.level,
-                    )
-                )
+                issues.append(_in_template(problem))
             else:
                 line, col = parsed.step_templates_at[index]
                 path = f"steps[{index}]"
@@ -992,15 +990,7 @@ def load_rule_set(
                 continue
         if template_check is not None:
             checked = [
-                LintIssue(
-                    problem.file,
-                    problem.line,
-                    problem.col,
-                    problem.code,
-                    "",
-                    problem.message,
-                    problem.level,
-                )
+                _in_template(problem)
                 if problem.file
                 else _at_variant(
                     parsed,

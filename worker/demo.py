@@ -223,7 +223,7 @@ def follow_up_week(runtime: Runtime, anchor: datetime) -> int:
     import random
 
     from triggers.events import validate_event
-    from worker.demo_data import CURRENCY, MAIN_CATEGORIES, catalog_rows
+    from worker.demo_data import MAIN_CATEGORIES, catalog_rows, one_item_purchase
     from worker.ingest import ingest_event
     from worker.models import SendOffer
 
@@ -254,30 +254,16 @@ def follow_up_week(runtime: Runtime, anchor: datetime) -> int:
             else sorted(extras)[int(pick * len(extras))]
         )
         product = extras[sku]
-        name, category, price = product.name, product.category, str(product.price)
         person = people[touch.customer_id]
         at = (start + timedelta(hours=hours)).replace(microsecond=0)
         documents.append(
-            {
-                "id": f"evt-demo-f{touch.id:05d}",
-                "type": "purchase",
-                "occurred_at": at.isoformat(),
-                "customer": {"id": person.id},
-                "data": {
-                    "order_id": f"O-F{touch.id:05d}",
-                    "currency": CURRENCY,
-                    "total": price,
-                    "items": [
-                        {
-                            "sku": sku,
-                            "name": name,
-                            "category": category,
-                            "quantity": 1,
-                            "unit_price": price,
-                        }
-                    ],
-                },
-            }
+            one_item_purchase(
+                f"evt-demo-f{touch.id:05d}",
+                f"O-F{touch.id:05d}",
+                person.id,
+                at,
+                (sku, product.name, product.category, str(product.price)),
+            )
         )
     rules = runtime.rules.current()
     stored = 0

@@ -286,6 +286,32 @@ def as_lines(anchor: datetime) -> list[bytes]:
     ]
 
 
+def one_item_purchase(
+    event_id: str,
+    order_id: str,
+    customer_id: str,
+    at: datetime,
+    product: tuple[str, str, str, str],
+) -> dict[str, object]:
+    """A purchase event of one product, ``(sku, name, category, price)``, in the demo's
+    currency: the follow-ups the demo sends after its first run."""
+    sku, name, category, price = product
+    return {
+        "id": event_id,
+        "type": "purchase",
+        "occurred_at": at.isoformat(),
+        "customer": {"id": customer_id},
+        "data": {
+            "order_id": order_id,
+            "currency": CURRENCY,
+            "total": price,
+            "items": [
+                {"sku": sku, "name": name, "category": category, "quantity": 1, "unit_price": price}
+            ],
+        },
+    }
+
+
 def journey_followups(offered: dict[str, list[str]], at: datetime) -> list[dict[str, object]]:
     """What the post-purchase journey's customers buy a few days after its first email:
     half of those it offered products to buy one of them (which ends their sequence), a
@@ -307,25 +333,12 @@ def journey_followups(offered: dict[str, list[str]], at: datetime) -> list[dict[
         name, category, price = by_sku[sku]
         number = len(followups) + 1
         followups.append(
-            {
-                "id": f"evt-demo-j{number:05d}",
-                "type": "purchase",
-                "occurred_at": at.isoformat(),
-                "customer": {"id": customer_id},
-                "data": {
-                    "order_id": f"O-J{number:05d}",
-                    "currency": CURRENCY,
-                    "total": price,
-                    "items": [
-                        {
-                            "sku": sku,
-                            "name": name,
-                            "category": category,
-                            "quantity": 1,
-                            "unit_price": price,
-                        }
-                    ],
-                },
-            }
+            one_item_purchase(
+                f"evt-demo-j{number:05d}",
+                f"O-J{number:05d}",
+                customer_id,
+                at,
+                (sku, name, category, price),
+            )
         )
     return followups
