@@ -130,6 +130,12 @@ def offered_skus(
             try:
                 profile = profile_of(customer)
                 offer = compiled.campaign.offer
+                # A sequence step's email offers the step's own offer, if it has one.
+                step = next(
+                    (s for s in compiled.campaign.steps or () if s.id == send.step_id), None
+                )
+                if step is not None and step.offer is not None:
+                    offer = step.offer
                 resolved = resolve_for_send(session, offer, event, profile, config.complements)
                 skus = [item.sku for item in resolved.items]
             except OfferUnavailable as unavailable:

@@ -128,6 +128,24 @@ class DayRow:
 
 
 @dataclass
+class StepRow:
+    """One step of a sequence: its emails and held-out touches, and the conversions
+    credited to it (a purchase goes to the campaign's latest touch before it, so to the
+    step whose email came last; the sequence's total is the campaign's comparison)."""
+
+    campaign_id: str
+    step_id: str
+    sent: int = 0
+    held_out: int = 0
+    direct: int = 0
+    influenced: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.campaign_id} / {self.step_id}"
+
+
+@dataclass
 class Report:
     since: datetime | None
     until: datetime | None
@@ -137,6 +155,7 @@ class Report:
     pairs: list[OfferRow]
     days: list[DayRow]
     credited_revenue: dict[str, Decimal]
+    steps: list[StepRow] = field(default_factory=list)
 
 
 @dataclass
@@ -313,6 +332,22 @@ def build_report(
         )
 
     offer_types, pairs = _offer_rows(session, sends, offers, conversions, rules)
+    steps: dict[tuple[str, str], StepRow] = {}
+    for send in sends:
+        if send.step_id is None or (send.sent_at is None and send.status != "held_out"):
+            continue
+        step = steps.setdefault(
+            (send.campaign_id, send.step_id), StepRow(send.campaign_id, send.step_id)
+        )
+        if send.status == "held_out":
+            step.held_out += 1
+        else:
+            step.sent += 1
+        for conversion in conversions.get(send.id, ()):
+            if conversion.kind == "direct":
+                step.direct += 1
+            else:
+                step.influenced += 1
     credited: dict[str, Decimal] = defaultdict(Decimal)
     for rows in conversions.values():
         for row in rows:
@@ -332,6 +367,7 @@ def build_report(
             for day, campaign in sorted({(d, c) for d, c, _ in days})
         ],
         credited_revenue=dict(sorted(credited.items())),
+        steps=[steps[key] for key in sorted(steps)],
     )
 
 
@@ -552,6 +588,12 @@ def render_table(report: Report) -> str:
         lines += [
             f"  {r.key:40}{r.shown:>7}{r.direct:>7}{percent(r.rate):>10}" for r in report.pairs[:20]
         ]
+    if report.steps:
+        lines += ["", f"  {'sequence / step':40}{'sent':>7}{'held':>7}{'direct':>7}{'influ.':>7}"]
+        lines += [
+            f"  {r.key:40}{r.sent:>7}{r.held_out:>7}{r.direct:>7}{r.influenced:>7}"
+            for r in report.steps
+        ]
     if report.credited_revenue:
         total = ", ".join(f"{k} {v}" for k, v in report.credited_revenue.items())
         lines += ["", f"revenue after emails, last touch, all campaigns: {total}"]
@@ -595,6 +637,7 @@ def render_json(report: Report) -> str:
         ],
         "days": [{**asdict(d), "day": d.day.isoformat()} for d in report.days],
         "credited_revenue": {k: str(v) for k, v in report.credited_revenue.items()},
+        "steps": [{**asdict(r), "step": r.key} for r in report.steps],
     }
     return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
 

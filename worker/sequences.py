@@ -433,26 +433,34 @@ def _plan_step(
                     else SkipReason.EXPIRED
                 ),
             )
-    session.add(
-        Send(
-            campaign_id=campaign.id,
-            kind=campaign.kind,
-            variant=variant.id,
-            template=step.template or variant.template,
-            customer_id=enrollment.customer_id,
-            event_id=enrollment.entry_event_id,
-            status=status,
-            reason=reason,
-            dedupe_key=f"{campaign.id}|{enrollment.customer_id}|n{enrollment.id}|{step.id}",
-            send_at=send_at,
-            expires_at=expires_at,
-            attempts=0,
-            created_at=now,
-            updated_at=now,
-            enrollment_id=enrollment.id,
-            step_id=step.id,
-        )
+    send = Send(
+        campaign_id=campaign.id,
+        kind=campaign.kind,
+        variant=variant.id,
+        template=step.template or variant.template,
+        customer_id=enrollment.customer_id,
+        event_id=enrollment.entry_event_id,
+        status=status,
+        reason=reason,
+        dedupe_key=f"{campaign.id}|{enrollment.customer_id}|n{enrollment.id}|{step.id}",
+        send_at=send_at,
+        expires_at=expires_at,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+        enrollment_id=enrollment.id,
+        step_id=step.id,
     )
+    session.add(send)
+    if status in ("planned", "held_out"):
+        # What this step offers (or would have, held out), recorded as ingest records it
+        # for one-email campaigns: a purchase after the step is then credited to the
+        # step as direct or influenced (worker.attribution).
+        from worker.attribution import AttributionConfig, offered_skus
+        from worker.settings import get_settings
+
+        session.flush()
+        offered_skus(session, send, rules, AttributionConfig.from_settings(get_settings()), now)
     SENDS.labels(status, reason or "").inc()
     enrollment.next_due_at = None  # waiting on the send
     enrollment.updated_at = now

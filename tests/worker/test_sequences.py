@@ -730,3 +730,56 @@ def test_reenter_never_keeps_the_entry_slot_for_ever(tmp_path: Path, database_ur
     assert said["post-purchase-journey"] == "already_enrolled"
     enrollment = _enrollment(database_url, customer)
     assert (enrollment.status, enrollment.entry_slot) == ("completed", "once")
+
+
+def test_a_purchase_after_a_step_is_credited_to_that_step_and_its_sequence(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Attribution covers every step: the conversion points at the step's email (so the
+    report credits the step) and counts in the sequence campaign's comparison."""
+    from worker.attribution import AttributionConfig
+    from worker.models import Conversion
+    from worker.report import build_report
+
+    runtime, clock = _runtime(tmp_path, database_url)
+    customer = _customer(held_out=False)
+    _ingest(runtime, _camera(customer, clock.at))
+    _pump(runtime)
+    _advance(runtime, clock, 8)  # the day-7 bundle goes out too
+    bundle_skus = [
+        sku
+        for sku in _enrollment(database_url, customer).offered_skus
+        if sku not in _journey_accessories_offer(database_url, customer)
+    ] or _enrollment(database_url, customer).offered_skus
+    clock.at += timedelta(days=1)
+    _ingest(runtime, purchase(at=clock.at, customer=customer_block(customer), sku=bundle_skus[0]))
+    with transaction(database_url) as session:
+        (conversion,) = session.scalars(select(Conversion)).all()
+        credited = session.get(Send, conversion.send_id)
+        assert credited is not None
+        assert (conversion.campaign_id, credited.step_id) == ("post-purchase-journey", "bundle")
+        assert conversion.kind == "direct"
+        report = build_report(
+            session,
+            runtime.rules.current(),
+            AttributionConfig.from_settings(runtime.settings),
+            clock.at,
+        )
+    rows = {row.step_id: row for row in report.steps if row.campaign_id == "post-purchase-journey"}
+    assert (rows["accessories"].sent, rows["accessories"].direct) == (1, 0)
+    assert (rows["bundle"].sent, rows["bundle"].direct) == (1, 1)
+    (journey,) = [c for c in report.comparisons if c.campaign_id == "post-purchase-journey"]
+    assert journey.variant.direct == 1
+
+
+def _journey_accessories_offer(database_url: str, customer_id: str) -> list[str]:
+    from worker.models import SendOffer
+
+    with transaction(database_url) as session:
+        first = session.scalars(
+            select(Send).where(Send.customer_id == customer_id, Send.step_id == "accessories")
+        ).first()
+        if first is None:
+            return []
+        offer = session.get(SendOffer, first.id)
+        return list(offer.skus) if offer else []
