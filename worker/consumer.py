@@ -196,6 +196,16 @@ class EventConsumer(ConsumerMixin):
         if self.on_ingested is not None:
             self.on_ingested()
 
+    def on_connection_error(self, exc: Exception, interval: float) -> None:
+        """One line per failed attempt, no traceback: a refused login or an unreachable
+        broker is the same error every time (kombu's default logs the whole stack)."""
+        log.error(
+            "broker connection failed (%s: %s); trying again in %.0f s",
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+            interval,
+        )
+
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         """kombu could not decode the body for us (a Redis body string holding a lone
         surrogate, a bad ``body_encoding``): dead-letter it instead of kombu's default,
@@ -233,6 +243,24 @@ class EventConsumer(ConsumerMixin):
         self.stats["dead_lettered"] += 1
         EVENTS.labels("dead_lettered").inc()
         log.warning("dead-lettered a message: %s: %s", code, redact(reason))
+
+
+class _OneLineErrors(logging.Filter):
+    """kombu's consumer logs every failed reconnect with a full traceback, once a second:
+    keep the line, name the error in it, drop the stack (it is the same every time)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            first = str(error).splitlines()[0][:200] if str(error) else ""
+            record.msg = f"{record.getMessage()} ({type(error).__name__}: {first})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("kombu.mixins").addFilter(_OneLineErrors())
 
 
 def run_consumer(

@@ -6,10 +6,14 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from alembic import command
-from alembic.config import Config
+# Importing alembic sets up its plugins, each announced at INFO: noise in every service's
+# start-up log (crosssell migrate reports what it did in its own words).
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
-from worker.settings import PROJECT_ROOT
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+
+from worker.settings import PROJECT_ROOT  # noqa: E402
 
 
 def alembic_config(database_url: str) -> Config:
