@@ -44,14 +44,30 @@ class DailyWindow:
         """The earliest instant at or after ``moment`` that lies inside this window."""
         local_day = moment.astimezone(zone).date()
         start, end, weekdays = self.start, self.end, self.weekdays
+        found: datetime | None = None
         # Only a window that spans midnight can still be open from the previous day.
         for offset in _FROM_PREVIOUS_DAY if start > end else _FROM_SAME_DAY:
             day = local_day + offset
             if day.weekday() not in weekdays:
+                if found is not None:
+                    return found
                 continue
             for opens, closes in _window_spans(start, end, day, zone):
                 if closes > moment:
-                    return max(moment, opens)
+                    candidate = max(moment, opens)
+                    if found is not None:
+                        # A fold can make one day's window end after the next one opens
+                        # (the clock shows the overlap twice): the earlier of the two.
+                        return min(found, candidate)
+                    if candidate == moment:
+                        return moment
+                    found = candidate
+                    break
+            else:
+                if found is not None:
+                    return found
+        if found is not None:
+            return found
         raise ValueError("the window never opens")
 
     def contains(self, moment: datetime, zone: ZoneInfo) -> bool:

@@ -566,3 +566,16 @@ def test_windows_around_transitions_open_at_the_first_allowed_minute(
         assert found - moment > limit
     else:
         assert found == expected, (found.astimezone(zone), expected.astimezone(zone))
+
+
+def test_a_window_open_before_a_fold_is_open_during_it_even_when_the_next_day_overlaps() -> None:
+    """Pacific/Chatham falls back at 03:45 -> 02:45 on Sunday 2026-04-05 (14:00 UTC). A
+    window 03:15-03:00 (over midnight) on Saturday and Sunday: a minute before the fold
+    the clock shows 03:44, inside Sunday's window, while Saturday's window comes back at
+    02:45 (the repeated hour). Open now, not at the fold (found by the minute-by-minute
+    property test)."""
+    zone = ZoneInfo("Pacific/Chatham")
+    window = DailyWindow(time(3, 15), time(3, 0), frozenset({0, 1, 2, 3, 5, 6}))
+    moment = datetime(2026, 4, 4, 13, 59, tzinfo=UTC)
+    assert moment.astimezone(zone).strftime("%a %H:%M") == "Sun 03:44"
+    assert window.next_open(moment, zone) == moment
