@@ -8,11 +8,7 @@ within ``CROSSSELL_MIN_GAP``.
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import re
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,8 +18,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
 
 from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
 from triggers.events import AnyEvent, validate_event
@@ -317,40 +312,9 @@ def test_the_recheck_skips_a_customer_who_opted_out_after_planning(runtime: Runt
     assert _prepare(runtime, send_id, NOW + timedelta(hours=2)) == Skip("opted_out")
 
 
-# --- the demo, end to end ---------------------------------------------------------------------
+# The demo's spacing is checked on the demo run of tests/worker/test_demo.py (one run).
 
 
-def test_the_demo_sends_no_customer_two_emails_within_the_gap(tmp_path: Path) -> None:
-    var_dir = tmp_path / "var"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSSELL_")}
-    env["CROSSSELL_VAR_DIR"] = str(var_dir)
-    done = subprocess.run(
-        [CROSSSELL, "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    engine = create_engine(f"sqlite:///{var_dir / 'crosssell.db'}")
-    try:
-        with Session(engine) as session:
-            rows = session.execute(
-                select(Send.customer_id, Send.sent_at, Send.send_at).where(
-                    Send.status.in_(("sent", "planned", "queued", "sending"))
-                )
-            ).all()
-    finally:
-        engine.dispose()
-    emails: dict[str, list[datetime]] = {}
-    for customer_id, sent_at, send_at in rows:
-        emails.setdefault(customer_id, []).append(sent_at or send_at)
-    assert len(emails) >= 100
-    gap = timedelta(hours=20)  # the documented default of CROSSSELL_MIN_GAP
-    for customer_id, times in emails.items():
-        times.sort()
-        for earlier, later in itertools.pairwise(times):
-            assert later - earlier >= gap, (customer_id, times)
-    summary = re.search(r"^spaced out: +(\d+) not sent \(min_gap", done.stdout, re.M)
-    assert summary is not None, done.stdout
-    assert int(summary.group(1)) > 0
-    assert re.search(r"^skipped by reason: .*min_gap \d+", done.stdout, re.M), done.stdout
 
 
 # --- simulate's output ------------------------------------------------------------------------

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
 from worker.demo_data import catalog_rows
+from worker.models import Send
 
 ROOT = Path(__file__).resolve().parents[2]
 CROSSSELL = str(Path(sys.executable).parent / "crosssell")
@@ -44,9 +50,38 @@ def _emails(outbox: Path) -> dict[str, EmailMessage]:
     }
 
 
+def _assert_no_two_emails_within_the_gap(var_dir: Path, output: str) -> None:
+    """With default settings no customer gets two emails within CROSSSELL_MIN_GAP, and
+    the summary says how many were spaced out (read from the outbox itself)."""
+    engine = create_engine(f"sqlite:///{var_dir / 'crosssell.db'}")
+    try:
+        with Session(engine) as session:
+            rows = session.execute(
+                select(Send.customer_id, Send.sent_at, Send.send_at).where(
+                    Send.status.in_(("sent", "planned", "queued", "sending"))
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    emails: dict[str, list[datetime]] = {}
+    for customer_id, sent_at, send_at in rows:
+        emails.setdefault(customer_id, []).append(sent_at or send_at)
+    assert len(emails) >= 100
+    gap = timedelta(hours=20)  # the documented default of CROSSSELL_MIN_GAP
+    for customer_id, times in emails.items():
+        times.sort()
+        for earlier, later in itertools.pairwise(times):
+            assert later - earlier >= gap, (customer_id, times)
+    summary = re.search(r"^spaced out: +(\d+) not sent \(min_gap", output, re.M)
+    assert summary is not None, output
+    assert int(summary.group(1)) > 0
+    assert re.search(r"^skipped by reason: .*min_gap \d+", output, re.M), output
+
+
 def test_demo_writes_personal_multipart_emails_and_is_idempotent(tmp_path: Path) -> None:
     var_dir = tmp_path / "var"
     first_output = _run_demo(var_dir)
+    _assert_no_two_emails_within_the_gap(var_dir, first_output)
     emails = _emails(var_dir / "outbox")
     assert len(emails) >= 100, first_output
     rows = catalog_rows()

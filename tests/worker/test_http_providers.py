@@ -567,7 +567,7 @@ def test_a_celery_worker_without_provider_settings_does_not_start(tmp_path: Any)
     set_runtime(Runtime(make_settings(tmp_path, email_provider="sendgrid")))
     try:
         # One line naming the variable, as the process's exit message (no traceback).
-        with pytest.raises(SystemExit, match="^crosssell: CROSSSELL_SENDGRID_API_KEY"):
+        with pytest.raises(SystemExit, match=r"^crosssell: CROSSSELL_SENDGRID_API_KEY"):
             ProviderCheck(None)
     finally:
         set_runtime(None)
