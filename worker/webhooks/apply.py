@@ -1,7 +1,8 @@
 """Apply provider-neutral tracking events to sends, suppressions and consent — once each.
 
-What each kind does (DESIGN.md §3.4: hard bounces suppress the address; 5.7.x policy
-refusals alert the operator instead of suppressing the customer):
+What each kind does (docs/delivery.md, "Retries, permanent failures and suppression":
+hard bounces suppress the address; 5.7.x policy refusals alert the operator instead of
+suppressing the customer):
 
 ==============  ==================================================================
 hard bounce     suppress the address (``hard_bounce``); a ``sent`` send → ``failed``

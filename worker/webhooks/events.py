@@ -1,8 +1,8 @@
 """The provider-independent shape of a delivery webhook, and the errors of parsing one.
 
 Every provider module turns its own payload into :class:`TrackingEvent` values, so
-:func:`worker.webhooks.apply.apply_events` never needs to know who sent them (the
-django-anymail convention of DESIGN.md §5).
+:func:`worker.webhooks.apply.apply_events` never needs to know who sent them (as
+django-anymail's provider-neutral tracking events do).
 
     WebhookError
     ├── WebhookRejected      not authenticated (credentials, signature, stale timestamp,
@@ -56,7 +56,8 @@ class TrackingEvent:
     ``Message-ID`` (always in angle brackets, as :class:`worker.models.Send` stores it);
     ``provider_message_id`` is the id the provider's send API returned. ``policy`` marks a
     5.7.x refusal (DMARC, reputation, blocklists): the operator must act, the customer's
-    address is fine, so it is never suppressed for it (DESIGN.md §3.4).
+    address is fine, so it is never suppressed for it (docs/delivery.md, "Retries,
+    permanent failures and suppression").
     """
 
     provider: str
