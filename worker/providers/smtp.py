@@ -1,4 +1,5 @@
-"""The ``smtp`` provider: one persistent connection per process, reused across messages.
+"""The ``smtp`` provider: a pool of persistent connections (``CROSSSELL_SMTP_POOL_SIZE``,
+one per sending thread), each reused across messages.
 
 Replies are classified by their basic and enhanced status codes (RFC 3463): 4xx and
 454 throttling are transient; 5xx are permanent, 5.1.x recipient failures are hard
