@@ -30,11 +30,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from triggers.addresses import lookup_key
-from triggers.decide import MARKETING_HISTORY, PastSend
 from triggers.events import Consent, CustomerData, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, purchase_of
 from worker.activity import record_activity
-from worker.models import ConsentRecord, Customer, Order, OrderLine, Send, Suppression
+from worker.models import ConsentRecord, Customer, Order, OrderLine, Suppression
 from worker.privacy import suppression_keys
 
 log = logging.getLogger(__name__)
@@ -390,22 +389,6 @@ def profile_of(customer: Customer) -> CustomerProfile:
         skus_owned=frozenset(customer.skus_owned or ()),
         attributes=dict(customer.attributes or {}),
     )
-
-
-def send_history(
-    session: Session, customer_id: str, exclude_send: int | None = None
-) -> list[PastSend]:
-    """The customer's marketing emails that count for frequency rules."""
-    rows = session.execute(
-        select(
-            Send.id, Send.campaign_id, Send.status, Send.sent_at, Send.send_at, Send.created_at
-        ).where(Send.customer_id == customer_id, Send.status.in_(MARKETING_HISTORY))
-    ).all()
-    return [
-        PastSend(row.campaign_id, row.status, row.sent_at or row.send_at or row.created_at)
-        for row in rows
-        if row.id != exclude_send
-    ]
 
 
 def is_suppressed(session: Session, email: str | None) -> bool:

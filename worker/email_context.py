@@ -34,7 +34,7 @@ from babel.numbers import format_percent
 from triggers.campaigns import Campaign
 from triggers.money import round_money
 from triggers.offers import Product, ResolvedOffer, bundle_offer
-from worker.rendering import _money, babel_locale
+from worker.rendering import babel_locale, format_money
 from worker.settings import Settings
 from worker.tokens import sign
 
@@ -158,7 +158,7 @@ def offer_context(
     locale = babel_locale(locale_tag, default_locale)
 
     def money(amount: Decimal | None, currency: str) -> str:
-        return _money(amount or Decimal(0), currency, locale)
+        return format_money(amount or Decimal(0), currency, locale)
 
     context: dict[str, Any] = {
         "type": offer.type,

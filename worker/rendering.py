@@ -76,7 +76,7 @@ def babel_locale(tag: str | None, default: str = "en") -> Locale:
     return Locale("en")
 
 
-def _money(amount: Decimal | str | int, currency: str, locale: Locale) -> str:
+def format_money(amount: Decimal | str | int, currency: str, locale: Locale) -> str:
     """``amount`` in ``currency`` as the customer's locale writes it: ``￥4,433`` (ja, JPY).
 
     The amount is rounded once, half-up, to the currency's ISO 4217 minor unit
@@ -227,7 +227,7 @@ class Renderer:
         values.update(
             locale=str(locale),
             lang=locale.language,
-            money=lambda amount, currency: _money(amount, currency, locale),
+            money=lambda amount, currency: format_money(amount, currency, locale),
             number=lambda value: _number(value, locale),
             long_date=lambda value: _date(value, locale),
         )

@@ -14,7 +14,7 @@ from tests.triggers.test_money import ISO_4217_MINOR_UNITS, half_up
 from triggers.campaigns import BundleOffer
 from triggers.offers import Product, bundle_offer, resolve_offer
 from worker.email_context import offer_context, sample_offer
-from worker.rendering import _money, babel_locale
+from worker.rendering import babel_locale, format_money
 
 LOCALES = ("en", "ja", "it", "ro", "fr", "de", "de_CH", "hi", "ar", "es_CL")
 # Marks that set text direction around numbers in RTL locales: not part of the amount.
@@ -107,7 +107,7 @@ def test_template_money_shows_exactly_the_minor_unit(
     """``money(amount, currency)`` in a template keeps an already rounded amount intact."""
     digits = ISO_4217_MINOR_UNITS[currency]
     rounded = amount.quantize(Decimal(1).scaleb(-digits)) if digits < 2 else amount
-    text = _money(rounded, currency, babel_locale(locale))
+    text = format_money(rounded, currency, babel_locale(locale))
     assert amount_in(text, currency, locale) == rounded
     parsed = amount_in(text, currency, locale)
     assert parsed.as_tuple().exponent == -digits
