@@ -24,8 +24,9 @@ too.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,8 @@ class AmbiguousDeliveryError(DeliveryError):
 
 
 HandOver = Callable[[], None]
+BatchHandOver = Callable[[int], None]
+"""``send_many``'s hand-over: called with the index of the message about to leave."""
 
 
 def no_hand_over() -> None:
@@ -168,6 +171,30 @@ class Provider(ABC):
         file): the caller commits its claim there. If it raises, the message must not
         leave: abandon the attempt and let the exception through.
         """
+
+    def send_many(
+        self, emails: Sequence[OutgoingEmail], hand_over: BatchHandOver
+    ) -> list[DeliveryResult | Exception]:
+        """Hand several messages over, in order, reusing what can be reused (a connection,
+        a batch endpoint); one entry per message, in the same order.
+
+        ``hand_over(i)`` is called immediately before message ``i``'s irreversible step,
+        exactly as ``send``'s ``hand_over``; if it raises, message ``i`` must not leave,
+        its entry is that exception and the next message is tried. Otherwise the entry is
+        the :class:`DeliveryResult`, or the :class:`DeliveryError` the message met. Any
+        other exception in an entry is a bug met while sending that message: the caller,
+        which knows whether ``hand_over(i)`` completed, decides if it may have left.
+
+        This default sends one message at a time through :meth:`send`; providers with a
+        cheaper way (SMTP pipelining, a batch API) override it.
+        """
+        results: list[DeliveryResult | Exception] = []
+        for index, email in enumerate(emails):
+            try:
+                results.append(self.send(email, partial(hand_over, index)))
+            except Exception as exc:  # one message's fault never stops the batch
+                results.append(exc)
+        return results
 
     def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release connections; the provider may be used again afterwards."""
