@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from tests.triggers.builders import compiled, rule_set
 from triggers.conditions import AllOf, AnyOf, Leaf
-from triggers.loader import CompiledCampaign
 from triggers.prefilter import guard, split_guard
+from triggers.rule_set import CompiledCampaign
 
 CATEGORIES = ["laptops", "phones", "mice", "bags", "cameras"]
 METRICS = ["logins_per_week", "orders_per_month"]

@@ -19,7 +19,6 @@ from sqlalchemy import select
 from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
 from triggers.events import validate_event
 from triggers.experiments import assign
-from triggers.loader import load_rule_set
 from triggers.sequences import earliest_offsets
 from worker.db import transaction
 from worker.delivery import deliver_send
@@ -27,6 +26,7 @@ from worker.demo import seed_catalog
 from worker.dispatcher import dispatch_once
 from worker.ingest import ingest_event
 from worker.models import Enrollment, Send
+from worker.rule_files import load_rule_set
 from worker.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -597,7 +597,7 @@ def test_a_step_already_planned_is_not_planned_again(tmp_path: Path, database_ur
 
 def test_lint_renders_each_step_as_it_will_be_sent(tmp_path: Path) -> None:
     """A step's own subject and offer are rendered by lint, and a fault points at the step."""
-    from triggers.loader import RuleSetError
+    from triggers.lint_issues import RuleSetError
     from worker.rendering import Renderer
     from worker.rules import load_rules
     from worker.settings import Settings

@@ -14,20 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from triggers.campaign_text import parse_campaign
 from triggers.campaigns import ComplementaryOffer
-from triggers.definitions import load_definitions
-from triggers.loader import (
-    MAX_YAML_BYTES,
-    MAX_YAML_NODES,
-    LintIssue,
-    RuleSet,
-    RuleSetError,
-    campaign_files,
-    load_rule_set,
-    parse_campaign,
-    plain_data,
-    read_yaml,
-)
+from triggers.lint_issues import LintIssue, RuleSetError
+from triggers.rule_set import RuleSet
+from triggers.yaml_source import MAX_YAML_BYTES, MAX_YAML_NODES, plain_data, read_yaml
+from worker.rule_files import campaign_files, load_definitions, load_rule_set
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = {"accessories", "accessories_bundle"}
