@@ -8,7 +8,6 @@ Takes text: reading files is the shell's job (``worker.rule_files``).
 
 from __future__ import annotations
 
-import io
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -179,7 +178,7 @@ def read_yaml(text: str, filename: str, what: str) -> tuple[Any, list[LintIssue]
     if crowded is not None:
         return None, [crowded]
     try:
-        document = _yaml().load(io.StringIO(text))
+        document = _yaml().load(text)
     except _OverLimit as exc:
         return None, [replace(exc.issue, file=filename)]
     except MaxDepthExceededError as exc:
