@@ -92,20 +92,6 @@ def _dotted(path: Sequence[str | int]) -> str:
     return text
 
 
-def _known_keys(model: type[BaseModel], seen: set[type[BaseModel]] | None = None) -> set[str]:
-    """Every key any campaign mapping may hold, for "did you mean" on unknown keys."""
-    seen = seen if seen is not None else set()
-    if model in seen:
-        return set()
-    seen.add(model)
-    keys: set[str] = set()
-    for name, info in model.model_fields.items():
-        keys.add(info.alias or name)
-        for candidate in _models_in(info.annotation):
-            keys |= _known_keys(candidate, seen)
-    return keys
-
-
 def _models_in(annotation: Any) -> Iterable[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         yield annotation
