@@ -18,7 +18,6 @@ from sqlalchemy import select
 
 from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
 from triggers.events import validate_event
-from triggers.experiments import assign
 from triggers.sequences import earliest_offsets
 from worker.db import transaction
 from worker.delivery import deliver_send
@@ -62,7 +61,7 @@ def _customer(held_out: bool) -> str:
     assert compiled is not None
     for number in range(1000):
         customer_id = f"C-{number}"
-        if assign(compiled.campaign.experiment, compiled.id, customer_id).held_out == held_out:
+        if compiled.assign(customer_id).held_out == held_out:
             return customer_id
     raise AssertionError("no such customer in 1000")
 
@@ -290,7 +289,7 @@ def test_editing_a_live_sequence(tmp_path: Path, database_url: str) -> None:
 def _customer_is_mailed(customer_id: str) -> bool:
     compiled = load_rule_set([JOURNEY]).by_id("post-purchase-journey")
     assert compiled is not None
-    return not assign(compiled.campaign.experiment, compiled.id, customer_id).held_out
+    return not compiled.assign(customer_id).held_out
 
 
 def test_explain_shows_the_path_of_an_enrollment(tmp_path: Path, database_url: str) -> None:
