@@ -45,7 +45,9 @@ def closed_file_system(also_allowed: Iterable[str] = ()) -> Iterator[list[str]]:
     def allowed(target: object) -> bool:
         if isinstance(target, int):  # an open descriptor: the test machinery's own
             return True
-        where = os.path.realpath(os.fspath(target))  # type: ignore[arg-type]
+        if not isinstance(target, str | bytes | os.PathLike):
+            return False
+        where = os.path.realpath(os.fsdecode(target))
         return any(where == root or where.startswith(root + os.sep) for root in roots)
 
     def guard(name: str, original: Callable[..., Any]) -> Callable[..., Any]:

@@ -54,6 +54,8 @@ def forbidden_uses(source: str) -> list[str]:
     ``open`` and ``__import__`` builtins, as ``line: what``."""
     found = []
     for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.stmt | ast.expr):
+            continue
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
