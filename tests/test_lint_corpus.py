@@ -370,12 +370,12 @@ def test_shipped_campaigns_lint_clean(configure: Configure) -> None:
 def test_parallel_parsing_reports_exactly_what_sequential_parsing_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import worker.rule_files as loader
+    import worker.rule_files as rule_files
 
     files = sorted((CORPUS / "broken").glob("*.yaml"))
-    sequential = loader.parse_files(files, {}, {}, parallel=False)
-    monkeypatch.setattr(loader, "PARALLEL_FROM", 2)
-    parallel = loader.parse_files(files, {}, {}, parallel=True)
+    sequential = rule_files.parse_files(files, {}, {}, parallel=False)
+    monkeypatch.setattr(rule_files, "PARALLEL_FROM", 2)
+    parallel = rule_files.parse_files(files, {}, {}, parallel=True)
     assert parallel == sequential
 
 

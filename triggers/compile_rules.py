@@ -20,8 +20,7 @@ from triggers.rule_checks import (
     unknown_template_issues,
 )
 from triggers.rule_set import CompiledCampaign, RuleSet, compile_campaign
-
-Source = tuple[str, str]
+from triggers.yaml_source import Source
 
 
 def compile_rule_set(

@@ -29,9 +29,7 @@ from triggers.conditions import (
 from triggers.fields import FieldType, fields_for
 from triggers.lint_issues import LintIssue, RuleSetError
 from triggers.lint_messages import locate, problem_issue, pydantic_issues
-from triggers.yaml_source import plain_data, read_yaml
-
-Source = tuple[str, str]  # (name, text): the name is what each issue's file is
+from triggers.yaml_source import Source, plain_data, read_yaml
 
 _CONDITION: TypeAdapter[Condition] = TypeAdapter(Condition)
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")

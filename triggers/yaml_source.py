@@ -21,12 +21,17 @@ from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 from triggers.lint_issues import LintIssue
 
+# A file's contents as the core takes them: (name, text). The name (a path, for the shell)
+# is the file every issue names; the text is the file decoded as UTF-8.
+Source = tuple[str, str]
+
 # Limits on a YAML file (campaigns, segments, attributes, complements), so that a file
-# written by mistake or by an attacker cannot exhaust memory or the stack: the file's size
-# is checked before it is read, the node graph after it is composed and before it is
-# turned into data. An alias (``*name``) costs nothing in the file but is copied wherever
-# it is used: a few hundred bytes of nested aliases ("billion laughs") expand to billions
-# of nodes, so what is limited is the number of nodes once every alias is expanded.
+# written by mistake or by an attacker cannot exhaust memory or the stack: the size is
+# checked before a file is read (by the shell, ``worker.rule_files.read_limited``) and on
+# the text here, the node graph after it is composed and before it is turned into data.
+# An alias (``*name``) costs nothing in the file but is copied wherever it is used: a few
+# hundred bytes of nested aliases ("billion laughs") expand to billions of nodes, so what
+# is limited is the number of nodes once every alias is expanded.
 MAX_YAML_BYTES = 256 * 1024
 MAX_YAML_NODES = 100_000
 MAX_YAML_DEPTH = 64
@@ -59,6 +64,7 @@ def plain_data(node: Any) -> Any:
 
 
 def too_large_issue(filename: str, size: int) -> LintIssue:
+    """The issue for a file or text of ``size`` bytes, over ``MAX_YAML_BYTES``."""
     message = (
         f"the file is {size:,} bytes; a YAML file may have at most {MAX_YAML_BYTES:,} bytes"
         " (256 KiB): split it"
