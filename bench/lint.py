@@ -8,8 +8,8 @@ then times:
 * the full lint path, ``worker.rules.load_rules(settings, Renderer(settings), [dir])``,
   which parses and validates every file and parses and renders every template of every
   variant: each run, best and median (target: < 2 s);
-* the baseline: ``triggers.loader.load_rule_set`` alone, without template checks;
-* the YAML round-trip parse alone (``triggers.loader.read_yaml`` on every file);
+* the baseline: ``worker.rule_files.load_rule_set`` alone, without template checks;
+* the YAML round-trip parse alone (``triggers.yaml_source.read_yaml`` on every file);
 * ``crosssell lint <dir>`` once as a subprocess, wall clock, interpreter start included.
 
 Run ``python -m bench.lint`` (``--help`` for the knobs; ``--profile`` adds a cProfile).
@@ -30,9 +30,11 @@ from pathlib import Path
 
 from bench.corpus import DEFAULT_SEED, Corpus, write_corpus
 from bench.timing import machine_line, print_profile, verdict, workdir
-from triggers.definitions import Definitions, load_definitions
-from triggers.loader import RuleSet, campaign_files, load_rule_set, read_yaml
+from triggers.definitions import Definitions
+from triggers.rule_set import RuleSet
+from triggers.yaml_source import read_yaml
 from worker.rendering import Renderer
+from worker.rule_files import campaign_files, load_definitions, load_rule_set
 from worker.rules import load_rules
 from worker.settings import Settings
 

@@ -147,7 +147,6 @@ def load_shop(database_url: str, shop: Shop, now: datetime | None = None) -> int
             "updated_at": now,
             "url": None,
             "image_url": None,
-            "brand": "Synth",
         }
         for i, sku in enumerate(shop.skus)
     ]

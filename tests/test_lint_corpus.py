@@ -29,10 +29,10 @@ from click.testing import CliRunner
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from triggers.definitions import load_definitions
-from triggers.loader import LintIssue, RuleSetError
+from triggers.lint_issues import LintIssue, RuleSetError
 from worker.cli import main
 from worker.rendering import Renderer
+from worker.rule_files import load_definitions
 from worker.rules import load_rules
 from worker.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -370,12 +370,12 @@ def test_shipped_campaigns_lint_clean(configure: Configure) -> None:
 def test_parallel_parsing_reports_exactly_what_sequential_parsing_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import triggers.loader as loader
+    import worker.rule_files as rule_files
 
     files = sorted((CORPUS / "broken").glob("*.yaml"))
-    sequential = loader.parse_files(files, {}, {}, parallel=False)
-    monkeypatch.setattr(loader, "PARALLEL_FROM", 2)
-    parallel = loader.parse_files(files, {}, {}, parallel=True)
+    sequential = rule_files.parse_files(files, {}, {}, parallel=False)
+    monkeypatch.setattr(rule_files, "PARALLEL_FROM", 2)
+    parallel = rule_files.parse_files(files, {}, {}, parallel=True)
     assert parallel == sequential
 
 

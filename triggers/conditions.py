@@ -247,35 +247,6 @@ def _compile_numeric(name: str, op: str, expected: Any) -> Predicate:
     return compare_number
 
 
-def _all_of(parts: Sequence[Predicate]) -> Predicate:
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        first, second = parts
-        return lambda facts: first(facts) and second(facts)
-
-    def every(facts: Facts) -> bool:
-        for part in parts:  # noqa: SIM110 - a plain loop beats a generator on the hot path
-            if not part(facts):
-                return False
-        return True
-
-    return every
-
-
-def _any_of(parts: Sequence[Predicate]) -> Predicate:
-    if len(parts) == 1:
-        return parts[0]
-
-    def some(facts: Facts) -> bool:
-        for part in parts:  # noqa: SIM110 - a plain loop beats a generator on the hot path
-            if part(facts):
-                return True
-        return False
-
-    return some
-
-
 class _Emitter:
     """Builds one Python expression for a whole tree. Field names enter the source only
     through ``repr`` and every compared value is a constant passed by name, never text

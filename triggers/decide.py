@@ -20,8 +20,8 @@ from typing import Literal
 
 from triggers.campaigns import Campaign, Step
 from triggers.facts import CustomerProfile
-from triggers.loader import CompiledCampaign, RuleSet
 from triggers.outcomes import Decision, SkipReason, skipped
+from triggers.rule_set import CompiledCampaign, RuleSet
 from triggers.schedule import (
     DailyWindow,
     next_allowed,

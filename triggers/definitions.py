@@ -4,13 +4,14 @@
 condition on ``customer.attributes.<name>`` is type-checked like a built-in field.
 ``config/segments.yaml`` names reusable conditions (``{segment: repeat-buyers}``); a
 segment may use other segments, never itself, directly or through others.
+
+Both are parsed from text; ``worker.rule_files`` reads the files.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -26,16 +27,9 @@ from triggers.conditions import (
     did_you_mean,
 )
 from triggers.fields import FieldType, fields_for
-from triggers.loader import (
-    LintIssue,
-    RuleSetError,
-    locate,
-    plain_data,
-    problem_issue,
-    pydantic_issues,
-    read_limited,
-    read_yaml,
-)
+from triggers.lint_issues import LintIssue, RuleSetError
+from triggers.lint_messages import locate, problem_issue, pydantic_issues
+from triggers.yaml_source import Source, plain_data, read_yaml
 
 _CONDITION: TypeAdapter[Condition] = TypeAdapter(Condition)
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -47,50 +41,48 @@ class Definitions:
     segments: Mapping[str, Condition] = field(default_factory=dict)
 
 
-def _read(path: Path | None, what: str) -> tuple[Any, list[LintIssue]]:
-    if path is None or not path.exists():
-        return None, []
-    text, unreadable = read_limited(path)  # at most MAX_YAML_BYTES, like campaign files
-    if text is None:
-        return None, unreadable
+def _read(name: str, text: str, what: str) -> tuple[Any, list[LintIssue]]:
+    """The YAML document of a definitions text; an empty text is no document."""
     if not text.strip():
         return None, []
-    return read_yaml(text, str(path), what)
+    return read_yaml(text, name, what)
 
 
-def parse_attributes(path: Path | None) -> tuple[dict[str, FieldType], list[LintIssue]]:
-    document, issues = _read(path, "an attributes file")
+def parse_attributes(name: str, text: str) -> tuple[dict[str, FieldType], list[LintIssue]]:
+    """Custom attribute types declared in an attributes file's text, and the issues."""
+    filename = name
+    document, issues = _read(filename, text, "an attributes file")
     if document is None:
         return {}, issues
     kinds = [kind.value for kind in FieldType]
     found: dict[str, FieldType] = {}
-    for name, kind in document.items():
-        if not isinstance(name, str) or not name or not set(name) <= _NAME_CHARS:
-            line, col = document.lc.key(name)
+    for key, kind in document.items():
+        if not isinstance(key, str) or not key or not set(key) <= _NAME_CHARS:
+            line, col = document.lc.key(key)
             issues.append(
                 LintIssue(
-                    str(path),
+                    filename,
                     line + 1,
                     col + 1,
-                    "bad-name",
-                    str(name),
+                    "bad-key",
+                    str(key),
                     "attribute names use a-z, 0-9, _ and -",
                 )
             )
         elif kind not in kinds:
-            line, col = locate(document, (name,))
+            line, col = locate(document, (key,))
             issues.append(
                 LintIssue(
-                    str(path),
+                    filename,
                     line,
                     col,
                     "bad-value",
-                    name,
+                    key,
                     f"type must be one of {', '.join(kinds)}" + did_you_mean(str(kind), kinds),
                 )
             )
         else:
-            found[name] = FieldType(kind)
+            found[key] = FieldType(kind)
     return found, issues
 
 
@@ -121,12 +113,13 @@ def _cycle(name: str, graph: Mapping[str, set[str]]) -> list[str] | None:
 
 
 def parse_segments(
-    path: Path | None, attributes: Mapping[str, FieldType]
+    name: str, text: str, attributes: Mapping[str, FieldType]
 ) -> tuple[dict[str, Condition], list[LintIssue]]:
-    document, issues = _read(path, "a segments file")
+    """Named segments in a segments file's text (checked against ``attributes``)."""
+    document, issues = _read(name, text, "a segments file")
     if document is None:
         return {}, issues
-    filename = str(path)
+    filename = name
     fields = fields_for(None, attributes)
     names = [str(name) for name in document]
     found: dict[str, Condition] = {}
@@ -166,10 +159,15 @@ def parse_segments(
     return found, issues
 
 
-def load_definitions(attributes_path: Path | None, segments_path: Path | None) -> Definitions:
-    """Attributes, then segments (which may test attributes); raises RuleSetError."""
-    attributes, issues = parse_attributes(attributes_path)
-    segments, segment_issues = parse_segments(segments_path, attributes)
+def parse_definitions(
+    attributes_source: Source | None, segments_source: Source | None
+) -> Definitions:
+    """Attributes, then segments (which may test attributes); either may be absent.
+    Raises RuleSetError with every issue of both."""
+    attributes, issues = parse_attributes(*attributes_source) if attributes_source else ({}, [])
+    segments, segment_issues = (
+        parse_segments(*segments_source, attributes) if segments_source else ({}, [])
+    )
     issues += segment_issues
     if issues:
         raise RuleSetError(issues)

@@ -517,11 +517,6 @@ def describe_errors(exc: ValidationError) -> str:
 AnyEvent = PurchaseEvent | AnniversaryEvent | UsageChangeEvent
 
 
-def event_time(event: AnyEvent) -> datetime:
-    """When the event happened, as an aware datetime."""
-    return event.occurred_at
-
-
 def parse_forget(body: bytes | str) -> ForgetEvent | None:
     """A ``forget`` request, or None when the body is not one (not JSON, not an object,
     another type); :class:`InvalidEvent` when it says ``forget`` but breaks the schema."""

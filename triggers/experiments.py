@@ -13,12 +13,10 @@ from triggers.campaigns import Experiment, Variant
 BUCKETS = 10_000
 
 
-def bucket(campaign_id: str, customer_id: str, salt: str) -> int:
-    """A number in [0, 10000) spread uniformly by SHA-256 of the ids."""
-    return _bucket_of(f"{salt}\x1f{campaign_id}\x1f{customer_id}".encode())
-
-
 def _bucket_of(text: bytes) -> int:
+    """The bucket of ``salt␟campaign␟customer`` (as bytes): the first 8 bytes of its
+    SHA-256, big-endian, modulo ``BUCKETS``, so spread uniformly over [0, 10000). Pinned
+    by the tests against the reference ``bucket`` (tests/triggers/reference.py)."""
     return int.from_bytes(sha256(text).digest()[:8], "big") % BUCKETS
 
 
@@ -28,32 +26,17 @@ class Assignment:
     variant: Variant
 
 
-def assign(experiment: Experiment, campaign_id: str, customer_id: str) -> Assignment:
-    """Holdout first (its own hash), then a weighted variant (an independent hash).
-
-    The reference definition; the engine uses ``Assigner``, which gives the same answer.
-    """
-    holdout_buckets = int(experiment.holdout_percent * BUCKETS / Decimal(100))
-    held_out = bucket(campaign_id, customer_id, "holdout") < holdout_buckets
-    total = sum(variant.weight for variant in experiment.variants)
-    point = bucket(campaign_id, customer_id, "variant") * total // BUCKETS
-    for variant in experiment.variants:
-        if point < variant.weight:
-            return Assignment(held_out, variant)
-        point -= variant.weight
-    return Assignment(held_out, experiment.variants[-1])
-
-
 def _prefix(salt: str, campaign_id: str) -> bytes:
-    """``salt␟campaign␟`` as bytes: with the customer id appended, what ``bucket`` hashes."""
+    """``salt␟campaign␟`` as bytes: with the customer id appended, what ``_bucket_of`` hashes."""
     return f"{salt}\x1f{campaign_id}\x1f".encode()
 
 
 @dataclass(frozen=True, slots=True)
 class Assigner:
-    """``assign`` for one campaign with everything that does not depend on the customer
-    worked out once: the holdout threshold, the cumulative weights, the hashes' common
-    prefix, and which hash the answer cannot depend on (no holdout, a single variant)."""
+    """The customer's holdout and variant for one campaign, with everything that does not
+    depend on the customer worked out once: the holdout threshold, the cumulative weights,
+    the hashes' common prefix, and which hash the answer cannot depend on (no holdout, a
+    single variant)."""
 
     experiment: Experiment
     campaign_id: str
@@ -75,8 +58,8 @@ class Assigner:
             running += weight
             ends.append(running)
         weighted = [index for index, weight in enumerate(weights) if weight > 0]
-        # With no weight at all assign() falls through to the last variant; with one
-        # weighted variant every point lands in it.
+        # With no weight at all the reference assign() falls through to the last variant;
+        # with one weighted variant every point lands in it.
         fixed = len(variants) - 1 if not weighted else weighted[0]
         holdout = int(self.experiment.holdout_percent * BUCKETS / Decimal(100))
         values: dict[str, object] = {
@@ -95,7 +78,8 @@ class Assigner:
             object.__setattr__(self, name, value)
 
     def __call__(self, customer_id: str) -> Assignment:
-        """The customer's assignment, equal to ``assign(experiment, campaign_id, customer_id)``."""
+        """Holdout first (its own hash), then a weighted variant (an independent hash);
+        equal to the reference ``assign`` (tests/triggers/reference.py)."""
         key = customer_id.encode()
         held_out = (
             self._holdout_buckets >= BUCKETS  # 0 % or 100 %: no hash can change it

@@ -90,14 +90,9 @@ class Prefilter:
                 hits += [(name, item) for item in value if (name, item) in filed]
         return hits
 
-    def candidates(self, facts: Mapping[str, object]) -> set[int]:
-        found = set(self.unfiled)
-        for key in self._hits(facts):
-            found |= self.filed[key]
-        return found
-
     def positions(self, facts: Mapping[str, object]) -> Sequence[int]:
-        """``candidates`` in ascending order."""
+        """Ascending positions of the campaigns that could match: the unfiled ones and those
+        filed under a (field, value) the facts hold."""
         hits = self._hits(facts)
         if not hits:
             return self._none

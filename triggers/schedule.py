@@ -209,18 +209,6 @@ def send_windows(window: DailyWindow | None, quiet: DailyWindow | None) -> tuple
     return combined(tuple(w for w in (window, quiet) if w is not None))
 
 
-def plan_send_time(
-    schedule: Schedule,
-    triggered_at: datetime,
-    now: datetime,
-    zone: ZoneInfo,
-    quiet: DailyWindow | None,
-) -> SendTime:
-    """Delay from the trigger, then the first instant in the window and outside quiet hours."""
-    windows = send_windows(campaign_window(schedule), quiet)
-    return plan_in_windows(schedule, windows, triggered_at, now, zone)
-
-
 def plan_in_windows(
     schedule: Schedule,
     windows: tuple[DailyWindow, ...],
@@ -228,7 +216,8 @@ def plan_in_windows(
     now: datetime,
     zone: ZoneInfo,
 ) -> SendTime:
-    """``plan_send_time`` with the schedule's ``send_windows`` computed beforehand."""
+    """Delay from the trigger, then the first instant inside ``windows`` (the schedule's
+    ``send_windows``, combined once per campaign); expired past ``expire_after``."""
     delay = schedule.delay
     ready = max(triggered_at + delay, now)
     send_at = _next_in_combined(ready, windows, zone) if windows else ready

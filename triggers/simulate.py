@@ -43,8 +43,8 @@ from triggers.decide import (
 )
 from triggers.events import AnyEvent, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, build_facts, purchase_of
-from triggers.loader import RuleSet
 from triggers.outcomes import Decision, SkipReason
+from triggers.rule_set import RuleSet
 from triggers.schedule import resolve_zone
 from triggers.sequences import (
     DueStep,

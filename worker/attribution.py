@@ -39,9 +39,9 @@ from triggers.attribution import (
 )
 from triggers.durations import parse_duration
 from triggers.events import AnyEvent, PurchaseEvent, validate_event
-from triggers.loader import RuleSet
 from triggers.money import round_money
 from triggers.offers import OfferUnavailable
+from triggers.rule_set import RuleSet
 from worker.activity import record_activity
 from worker.customers import profile_of
 from worker.models import Conversion, Customer, Event, Order, OrderLine, Send, SendOffer

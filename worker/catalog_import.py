@@ -38,11 +38,13 @@ COLUMNS = (
     "url",
     "image_url",
     "in_stock",
-    "brand",
     "line",
     "tier",
     "description",
 )
+# Columns accepted and not stored: ``brand`` was stored by earlier versions and never used
+# (migration 0013 dropped it), so files written for them still import.
+IGNORED = ("brand",)
 # Columns that take a language suffix: ``name.ro`` goes to ``name_i18n["ro"]``.
 TRANSLATED = ("name", "description")
 REQUIRED = ("sku", "name", "category", "price", "currency")
@@ -91,7 +93,6 @@ class CatalogRow(BaseModel):
     url: Annotated[str, Field(max_length=500, pattern=r"^https?://")] | None = None
     image_url: Annotated[str, Field(max_length=500, pattern=r"^https?://")] | None = None
     in_stock: StrictBool = True
-    brand: Annotated[str, Field(max_length=128)] | None = None
     line: Annotated[str, Field(max_length=128)] | None = None
     tier: Annotated[int, Field(ge=0, le=1000)] | None = None
     description: Annotated[str, Field(max_length=2000)] | None = None
@@ -187,7 +188,7 @@ def _canonical_column(name: str) -> str:
 def _known_column(name: str) -> bool:
     base, tag = _split_column(name)
     if tag is None:
-        return name in COLUMNS
+        return name in COLUMNS or name in IGNORED
     try:
         language_tag(tag)
     except ValueError:
@@ -298,7 +299,9 @@ def parse_catalog(path: Path) -> list[CatalogRow]:
             errors.append(item)
             continue
         try:
-            row = CatalogRow.model_validate(item)
+            row = CatalogRow.model_validate(
+                {key: value for key, value in item.items() if key not in IGNORED}
+            )
         except ValidationError as exc:
             for error in exc.errors(include_url=False):
                 column = ".".join(str(part) for part in error["loc"]) or "row"

@@ -15,14 +15,14 @@ from worker.runtime import Runtime
 from worker.settings import get_settings
 
 if TYPE_CHECKING:
-    from triggers.loader import LintIssue
+    from triggers.lint_issues import LintIssue
 
 
 def _serve(runtime_name: str) -> Runtime:
     """The process runtime, with SIGHUP reloading campaigns and metrics served if asked."""
     import signal
 
-    from triggers.loader import RuleSetError
+    from triggers.lint_issues import RuleSetError
     from worker.metrics import serve_metrics
     from worker.migrate import SchemaNotCurrent, ensure_schema
     from worker.runtime import get_runtime
@@ -213,7 +213,7 @@ def lint(paths: tuple[Path, ...], output: str, strict: bool) -> None:
     Errors exit 1; warnings (an email that sends but reads badly for some customers) are
     printed the same way and exit 0, unless --strict.
     """
-    from triggers.loader import RuleSetError
+    from triggers.lint_issues import RuleSetError
     from worker.rendering import Renderer
     from worker.rules import load_rules
 
@@ -693,7 +693,7 @@ def status(ambiguous_limit: int) -> None:
     """The pipeline at a glance: backlog, due and queued sends, recent failures, rules."""
     from datetime import UTC, datetime
 
-    from triggers.loader import RuleSetError
+    from triggers.lint_issues import RuleSetError
     from worker.db import transaction
     from worker.rendering import Renderer
     from worker.rules import load_rules

@@ -38,26 +38,6 @@ from worker.rendering import babel_locale, format_money
 from worker.settings import Settings
 from worker.tokens import sign
 
-CONTEXT_NAMES = frozenset(
-    {
-        "customer",
-        "event",
-        "offer",
-        "campaign",
-        "variant",
-        "shop",
-        "unsubscribe_url",
-        "preferences_url",
-        "coupon",
-        "cta_url",
-        "money",
-        "number",
-        "long_date",
-        "locale",
-        "lang",
-    }
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Coupon:

@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from triggers.decide import Policy, decide
 from triggers.events import AnyEvent, PurchaseEvent
-from triggers.loader import RuleSet
 from triggers.outcomes import Decision, SkipReason
+from triggers.rule_set import RuleSet
 from worker import sequences
 from worker.attribution import attribute_event
 from worker.customers import record_purchase, upsert_customer

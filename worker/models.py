@@ -125,7 +125,6 @@ class Product(Base):
     in_stock: Mapped[bool] = mapped_column(Boolean, default=True)
     url: Mapped[str | None] = mapped_column(String(500))
     image_url: Mapped[str | None] = mapped_column(String(500))
-    brand: Mapped[str | None] = mapped_column(String(128))
     line: Mapped[str | None] = mapped_column(String(128), index=True)
     tier: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime]

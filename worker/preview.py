@@ -66,9 +66,6 @@ CHROMIUM_FLAGS = (
 )
 
 
-SAMPLE_CUSTOMER = "sample"
-
-
 def find_chromium() -> str | None:
     """The first Chromium or Chrome on the PATH."""
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):

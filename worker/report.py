@@ -54,7 +54,7 @@ from triggers.lift import (
     relative_lift,
     verdict,
 )
-from triggers.loader import RuleSet
+from triggers.rule_set import RuleSet
 from worker.attribution import TREATED_STATUSES, AttributionConfig
 from worker.models import ConsentRecord, Conversion, Event, OrderLine, Send, SendOffer
 

@@ -20,36 +20,23 @@ from pathlib import Path
 
 from ruamel.yaml.error import YAMLError
 
-from triggers.definitions import load_definitions
-from triggers.loader import (
-    LintIssue,
-    RuleSet,
-    RuleSetError,
-    campaign_files,
-    load_rule_set,
-    plain_data,
-    read_limited,
-    read_yaml,
-)
+from triggers.lint_issues import LintIssue, RuleSetError
+from triggers.rule_set import RuleSet
+from triggers.yaml_source import plain_data, read_yaml
 from worker.metrics import CAMPAIGNS_ACTIVE, RULE_RELOADS, RULES_STALE
 from worker.rendering import Renderer
+from worker.rule_files import (
+    campaign_files,
+    load_definitions,
+    load_rule_set,
+    read_limited,
+    template_names,
+)
 from worker.settings import Settings
 from worker.template_lint import make_template_check
 
 log = logging.getLogger(__name__)
 Signature = tuple[tuple[str, int, int], ...]
-
-
-def template_names(templates_dir: Path) -> set[str]:
-    """Template directories (``_base`` and other ``_`` folders are layouts, not templates;
-    ``pages`` holds the unsubscribe and preference pages, see ``worker.web``)."""
-    if not templates_dir.is_dir():
-        return set()
-    return {
-        path.name
-        for path in templates_dir.iterdir()
-        if path.is_dir() and not path.name.startswith("_") and path.name != "pages"
-    }
 
 
 def load_complements(path: Path) -> dict[str, list[str]]:

@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from triggers.definitions import parse_attributes
-from triggers.loader import RuleSetError
+from triggers.lint_issues import RuleSetError
 from triggers.schema import campaign_schema, segments_schema
+from worker.rule_files import read_attributes
 from worker.settings import PROJECT_ROOT, Settings
 
 
 def render_schemas(settings: Settings) -> dict[str, str]:
-    attributes, issues = parse_attributes(settings.attributes_file)
+    attributes, issues = read_attributes(settings.attributes_file)
     if issues:
         raise RuleSetError(issues)
     documents: dict[str, dict[str, Any]] = {

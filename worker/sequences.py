@@ -37,8 +37,8 @@ from triggers.decide import (
     standing_block,
 )
 from triggers.events import AnyEvent, validate_event
-from triggers.loader import CompiledCampaign, RuleSet
 from triggers.outcomes import Decision, SkipReason
+from triggers.rule_set import CompiledCampaign, RuleSet
 from triggers.sequences import (
     CompiledSequence,
     ExitReason,

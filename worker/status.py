@@ -215,7 +215,7 @@ def rules_summary(
     """What the campaign files on disk hold and when they last changed: running
     processes reload them within seconds of a change when they are valid, and keep the
     previous set (``crosssell_rules_reload_failing`` = 1) when they are not."""
-    from triggers.loader import campaign_files
+    from worker.rule_files import campaign_files
 
     files = campaign_files([settings.campaigns_dir])
     files += [settings.segments_file, settings.attributes_file]

@@ -38,7 +38,7 @@ from jinja2.exceptions import SecurityError
 
 from triggers.campaigns import Campaign
 from triggers.conditions import did_you_mean
-from triggers.loader import TemplateCheck, TemplateProblem
+from triggers.rule_checks import TemplateCheck, TemplateProblem
 from worker.email_context import sample_context
 from worker.rendering import Renderer
 from worker.template_sandbox import RenderLimitError, SafeFileSystemLoader, UnsafeTemplatePath

@@ -29,7 +29,7 @@ from sqlalchemy import select
 from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
 from tests.worker.test_pipeline import _dispatch, _ingest, _runtime
 from tests.worker.test_rendering import _envelope
-from triggers.loader import LintIssue, RuleSetError, load_rule_set
+from triggers.lint_issues import LintIssue, RuleSetError
 from worker.clock import ShiftedClock
 from worker.db import transaction
 from worker.delivery import deliver_send
@@ -37,6 +37,7 @@ from worker.email_context import sample_context
 from worker.mime import build_message
 from worker.models import Send
 from worker.rendering import Renderer
+from worker.rule_files import load_rule_set
 from worker.rules import RuleStore, load_rules
 from worker.template_sandbox import (
     RenderLimitError,

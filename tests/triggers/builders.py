@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from triggers.campaigns import Campaign
-from triggers.loader import CompiledCampaign, RuleSet, compile_campaign
+from triggers.rule_set import CompiledCampaign, RuleSet, compile_campaign
 
 # The DESIGN §3.1 example, verbatim.
 DESIGN_EVENT: dict[str, Any] = {

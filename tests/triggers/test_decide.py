@@ -30,8 +30,8 @@ from triggers.decide import (
     frequency_block,
     recheck,
 )
-from triggers.loader import CompiledCampaign, RuleSet, compile_campaign
 from triggers.outcomes import SkipReason
+from triggers.rule_set import CompiledCampaign, RuleSet, compile_campaign
 
 LAPTOP_FACTS: dict[str, object] = {
     "event.type": "purchase",

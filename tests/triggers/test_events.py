@@ -32,7 +32,6 @@ from triggers.events import (
     InvalidEvent,
     PurchaseEvent,
     UsageChangeEvent,
-    event_time,
     load_json,
     parse_event,
     validate_event,
@@ -68,7 +67,6 @@ def test_design_example_parses_into_a_purchase_event() -> None:
     assert event.id == "evt-2026-000123"
     assert event.occurred_at == datetime(2026, 11, 20, 8, 15, tzinfo=UTC)
     assert event.occurred_at.utcoffset() == timedelta(hours=2)
-    assert event_time(event) == event.occurred_at
     assert event.customer.id == "C-1001"
     assert event.customer.email == "ana.pop@example.ro"
     assert event.customer.locale == "ro-RO"

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from tests.triggers.reference import assign, bucket
 from triggers.campaigns import Experiment
-from triggers.experiments import BUCKETS, Assigner, assign, bucket
+from triggers.experiments import BUCKETS, Assigner
 
 CUSTOMERS = [f"C-{n:06d}" for n in range(20_000)]
 

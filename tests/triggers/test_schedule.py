@@ -11,6 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tests.triggers.builders import compiled
+from tests.triggers.reference import plan_send_time
 from triggers.campaigns import WEEKDAYS, Schedule
 from triggers.schedule import (
     DailyWindow,
@@ -18,7 +19,6 @@ from triggers.schedule import (
     campaign_window,
     next_allowed,
     plan_in_windows,
-    plan_send_time,
     quiet_hours_window,
     resolve_zone,
 )

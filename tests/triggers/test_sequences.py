@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from triggers.campaign_text import parse_campaign
 from triggers.campaigns import Campaign
 from triggers.conditions import AllOf, Leaf, compile_condition
-from triggers.loader import parse_campaign
 from triggers.sequences import (
     CompiledSequence,
     ExitReason,

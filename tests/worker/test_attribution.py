@@ -22,7 +22,7 @@ from tests.triggers.test_attribution import reference
 from triggers.attribution import Purchase, Touch
 from triggers.campaigns import Campaign
 from triggers.events import validate_event
-from triggers.loader import RuleSet, compile_campaign
+from triggers.rule_set import RuleSet, compile_campaign
 from worker.attribution import AttributionConfig, reconcile
 from worker.db import dispose_engines, transaction
 from worker.demo import seed_catalog

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from tests.support.factories import make_settings
 from triggers.campaigns import Campaign
-from triggers.loader import LintIssue, RuleSetError
+from triggers.lint_issues import LintIssue, RuleSetError
 from worker.email_context import cart_link, sample_context
 from worker.rendering import Renderer
 from worker.rules import load_rules

@@ -12,10 +12,9 @@ import pytest
 
 from tests.support.factories import make_settings
 from triggers.campaigns import Campaign
-from triggers.loader import load_rule_set
 from worker.email_context import sample_context
 from worker.rendering import RenderedEmail, Renderer
-from worker.rules import template_names
+from worker.rule_files import load_rule_set, template_names
 from worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

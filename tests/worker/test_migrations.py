@@ -279,10 +279,12 @@ def test_two_concurrent_upgrades_of_a_fresh_database_both_succeed() -> None:
 def test_a_migration_blocked_by_a_long_transaction_gives_up_and_rolls_back(
     settings: dict[str, str], message: str
 ) -> None:
-    """A transaction holding a lock on ``sends`` (a long report, a stuck session) would
-    leave the migration's DDL queued behind it, and every query on ``sends`` queued behind
-    the DDL. With the timeouts the migration fails within seconds, rolls back whole, and
-    can simply be run again. Each timeout is shown alone (the other set to 0, no limit)."""
+    """A transaction holding a lock on a table (a long report on ``sends``, a stuck
+    session) would leave the migration's DDL queued behind it, and every query on that
+    table queued behind the DDL. Every table is locked, so the last migration is blocked
+    whichever table it alters. With the timeouts the migration fails within seconds, rolls
+    back whole, and can simply be run again. Each timeout is shown alone (the other set to
+    0, no limit)."""
     from tests.support.services import fresh_postgres_database
     from worker.migrate import current_revision
 
@@ -292,7 +294,9 @@ def test_a_migration_blocked_by_a_long_transaction_gives_up_and_rolls_back(
         command.upgrade(alembic_config(url), before)
         blocker = engine_for(url).connect()
         try:
-            blocker.execute(text("LOCK TABLE sends IN ACCESS EXCLUSIVE MODE"))
+            tables = sorted(set(inspect(blocker).get_table_names()) - {"alembic_version"})
+            quoted = ", ".join(f'"{table}"' for table in tables)
+            blocker.execute(text(f"LOCK TABLE {quoted} IN ACCESS EXCLUSIVE MODE"))
             started = time.monotonic()
             run = _migrate_in_a_process(url, **settings)
             try:

@@ -18,8 +18,6 @@ from sqlalchemy import select
 
 from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
 from triggers.events import validate_event
-from triggers.experiments import assign
-from triggers.loader import load_rule_set
 from triggers.sequences import earliest_offsets
 from worker.db import transaction
 from worker.delivery import deliver_send
@@ -27,6 +25,7 @@ from worker.demo import seed_catalog
 from worker.dispatcher import dispatch_once
 from worker.ingest import ingest_event
 from worker.models import Enrollment, Send
+from worker.rule_files import load_rule_set
 from worker.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +61,7 @@ def _customer(held_out: bool) -> str:
     assert compiled is not None
     for number in range(1000):
         customer_id = f"C-{number}"
-        if assign(compiled.campaign.experiment, compiled.id, customer_id).held_out == held_out:
+        if compiled.assign(customer_id).held_out == held_out:
             return customer_id
     raise AssertionError("no such customer in 1000")
 
@@ -290,7 +289,7 @@ def test_editing_a_live_sequence(tmp_path: Path, database_url: str) -> None:
 def _customer_is_mailed(customer_id: str) -> bool:
     compiled = load_rule_set([JOURNEY]).by_id("post-purchase-journey")
     assert compiled is not None
-    return not assign(compiled.campaign.experiment, compiled.id, customer_id).held_out
+    return not compiled.assign(customer_id).held_out
 
 
 def test_explain_shows_the_path_of_an_enrollment(tmp_path: Path, database_url: str) -> None:
@@ -597,7 +596,7 @@ def test_a_step_already_planned_is_not_planned_again(tmp_path: Path, database_ur
 
 def test_lint_renders_each_step_as_it_will_be_sent(tmp_path: Path) -> None:
     """A step's own subject and offer are rendered by lint, and a fault points at the step."""
-    from triggers.loader import RuleSetError
+    from triggers.lint_issues import RuleSetError
     from worker.rendering import Renderer
     from worker.rules import load_rules
     from worker.settings import Settings

@@ -28,12 +28,11 @@ from jinja2 import Environment, nodes
 
 from tests.support.factories import make_settings
 from triggers.campaigns import Campaign, Experiment, Variant
-from triggers.loader import load_rule_set
 from triggers.offers import Product, ResolvedOffer, bundle_offer
 from worker.email_context import Coupon, Links, email_context
 from worker.mime import Envelope, build_message, feedback_id_for, message_id_for
 from worker.rendering import RenderedEmail, Renderer
-from worker.rules import template_names
+from worker.rule_files import load_rule_set, template_names
 from worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from triggers.loader import MAX_YAML_BYTES, MAX_YAML_NODES, RuleSetError, graph_issue
+from triggers.lint_issues import RuleSetError
+from triggers.yaml_source import MAX_YAML_BYTES, MAX_YAML_NODES, graph_issue
 from worker.rules import RuleStore, load_complements
 from worker.settings import PROJECT_ROOT, Settings
 

@@ -1,0 +1,122 @@
+"""One campaign file's text: parsed as YAML, validated, its conditions and steps checked,
+with the positions the cross-file checks point at (``triggers.rule_checks``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from triggers.campaigns import Campaign
+from triggers.conditions import Condition, Problem, check_condition
+from triggers.fields import FieldType, fields_for
+from triggers.lint_issues import LintIssue
+from triggers.lint_messages import locate, problem_issue, pydantic_issues
+from triggers.sequences import sequence_problems
+from triggers.yaml_source import plain_data, read_yaml
+
+
+def parse_campaign(
+    text: str,
+    filename: str,
+    segments: Mapping[str, Condition],
+    attributes: Mapping[str, FieldType] | None = None,
+) -> tuple[Campaign | None, Any, list[LintIssue]]:
+    """Parse and validate one campaign file's text; returns the campaign or its issues."""
+    document, syntax = read_yaml(text, filename, "a campaign file")
+    if syntax:
+        return None, document, syntax
+    try:
+        campaign = Campaign.model_validate(plain_data(document))
+    except ValidationError as exc:
+        return None, document, pydantic_issues(filename, document, exc)
+    problems: list[Problem] = []
+    fields = fields_for(campaign.trigger.event, attributes)
+    names = list(segments)
+    if campaign.trigger.where is not None:
+        problems += check_condition(campaign.trigger.where, fields, names, ("trigger", "where"))
+    if campaign.audience is not None:
+        problems += check_condition(campaign.audience, fields, names, ("audience",))
+    problems += _variant_problems(campaign)
+    problems += sequence_problems(campaign, names, attributes)
+    issues = [problem_issue(filename, document, problem) for problem in problems]
+    return (None if issues else campaign), document, issues
+
+
+def _variant_problems(campaign: Campaign) -> list[Problem]:
+    variants = campaign.experiment.variants
+    problems = []
+    seen: set[str] = set()
+    for index, variant in enumerate(variants):
+        if variant.id in seen:
+            problems.append(
+                Problem(
+                    ("experiment", "variants", index, "id"),
+                    "bad-value",
+                    f"variant id {variant.id!r} is used twice",
+                )
+            )
+        seen.add(variant.id)
+    if all(variant.weight == 0 for variant in variants):
+        problems.append(
+            Problem(
+                ("experiment", "variants"),
+                "bad-value",
+                "at least one variant needs a weight above 0",
+            )
+        )
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFile:
+    """One campaign file, parsed and checked, with the positions later checks point at.
+
+    Plain data only, so files can be parsed in worker processes and sent back.
+    """
+
+    name: str
+    campaign: Campaign | None
+    issues: tuple[LintIssue, ...]
+    id_at: tuple[int, int] = (1, 1)
+    templates_at: tuple[tuple[int, int], ...] = ()
+    subjects_at: tuple[tuple[int, int] | None, ...] = ()
+    # Each step's ``template:`` (or its ``id:`` when it has none), for the template check.
+    step_templates_at: tuple[tuple[int, int], ...] = ()
+
+
+def parse_campaign_text(
+    name: str,
+    text: str,
+    segments: Mapping[str, Condition],
+    attributes: Mapping[str, FieldType] | None = None,
+) -> ParsedFile:
+    """Parse and check one campaign file's text; ``name`` (its path) is the file every
+    issue names."""
+    campaign, document, found = parse_campaign(text, name, segments, attributes)
+    if campaign is None:
+        return ParsedFile(name, None, tuple(found))
+    variants = range(len(campaign.experiment.variants))
+    return ParsedFile(
+        name,
+        campaign,
+        tuple(found),
+        locate(document, ("id",)),
+        tuple(locate(document, ("experiment", "variants", i, "template")) for i in variants),
+        tuple(
+            locate(document, ("experiment", "variants", i, "subject"))
+            if campaign.experiment.variants[i].subject is not None
+            else None
+            for i in variants
+        ),
+        tuple(
+            locate(document, ("steps", i, "template" if step.template else "id"))
+            for i, step in enumerate(campaign.steps or ())
+        ),
+    )
+
+
+# Parsing YAML is the slow part of a lint (ruamel's round-trip parser is pure Python);
+# large rule sets are parsed on every core.
