@@ -1,6 +1,6 @@
 """Postmark (worker/providers/postmark.py) against the local server speaking its API:
 the request it builds and the id its webhooks name. The shared HTTP flow and the
-classification of every provider's refusals are in tests/worker/test_http_providers.py."""
+classification of every provider's refusals are in tests/worker/providers/test_http.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 
 from tests.support.email_api import EmailApiServer, decoded_name
-from tests.worker.test_http_providers import SENDER, _email
+from tests.worker.providers.helpers import SENDER, sample_email
 from tests.worker.test_webhooks import POSTMARK_HARD_BOUNCE
 from worker.providers.http import HTTPProvider
 from worker.webhooks import postmark
@@ -18,7 +18,7 @@ from worker.webhooks import postmark
 def test_postmark_request_carries_every_field(
     api: EmailApiServer, opened: Callable[..., HTTPProvider]
 ) -> None:
-    email = _email()
+    email = sample_email()
     opened("postmark", api, message_stream="broadcast").send(email)
     [accepted] = api.accepted
     payload = accepted.payload
@@ -41,7 +41,7 @@ def test_postmark_request_carries_every_field(
 def test_postmark_webhook_names_the_id_we_stored(
     api: EmailApiServer, opened: Callable[..., HTTPProvider]
 ) -> None:
-    result = opened("postmark", api).send(_email())
+    result = opened("postmark", api).send(sample_email())
     record = {**POSTMARK_HARD_BOUNCE, "MessageID": api.accepted[0].provider_message_id}
     token = base64.b64encode(b"hooks:s3cret").decode()
     [event] = postmark.parse(
