@@ -34,6 +34,7 @@ from tests.worker.providers.helpers import (
 from worker.providers import make_provider
 from worker.providers.base import (
     AmbiguousDeliveryError,
+    DeliveryResult,
     OutgoingEmail,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -125,6 +126,29 @@ def test_one_pooled_connection_carries_many_messages(
     for n in range(1, 5):
         provider.send(sample_email(n))
     assert len(api.accepted) == 4
+    assert len({attempt.peer for attempt in api.attempts}) == 1
+
+
+@pytest.mark.parametrize("kind", ["sendgrid", "mailgun", "ses"])
+def test_without_a_batch_endpoint_a_batch_is_one_request_a_message_on_one_connection(
+    kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    """SendGrid, Mailgun and SES have no endpoint for different messages in one request
+    (docs/delivery.md): each message is its own request, handed over just before it."""
+    claim_lost = ConnectionError("database gone")
+    seen: list[tuple[int, int]] = []
+
+    def hand_over(index: int) -> None:
+        seen.append((index, len(api.accepted)))
+        if index == 1:
+            raise claim_lost
+
+    emails = [sample_email(n, f"r{n}@example.ro") for n in range(1, 5)]
+    results = opened(kind, api).send_many(emails, hand_over)
+    assert results[1] is claim_lost
+    assert all(isinstance(results[i], DeliveryResult) for i in (0, 2, 3))
+    assert seen == [(0, 0), (1, 1), (2, 1), (3, 2)], "one request after each hand-over"
+    assert [a.recipient for a in api.accepted] == [f"r{n}@example.ro" for n in (1, 3, 4)]
     assert len({attempt.peer for attempt in api.attempts}) == 1
 
 
