@@ -5,7 +5,11 @@ Every test runs against a real aiosmtpd server on loopback, with and without PIP
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import pytest
 
@@ -197,3 +201,110 @@ def test_a_utf8_local_part_is_refused_alone_where_the_server_lacks_smtputf8(
         assert handed == [0, 2]
         assert _received(sink) == ["<send-1@test>", "<send-3@test>"]
         assert sink.handler.connections == 1
+
+
+class ScriptedServer:
+    """A pipelining SMTP server on a raw socket that misbehaves as RFC 2920 section 1
+    warns some do: it answers DATA with 354 even when the recipient was refused. It
+    refuses recipients containing ``gone`` and senders containing ``blocked``, and keeps
+    every line each connection sent."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.sessions: list[list[bytes]] = []
+        self.delivered: list[bytes] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.listener.close()
+        self._thread.join(5)
+        assert not self._thread.is_alive()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return  # closed by __exit__
+            lines: list[bytes] = []
+            self.sessions.append(lines)
+            with connection, connection.makefile("rb") as reader:
+                self._session(connection, reader, lines)
+
+    def _session(self, connection: socket.socket, reader: BinaryIO, lines: list[bytes]) -> None:
+        connection.sendall(b"220 scripted ESMTP\r\n")
+        while line := reader.readline():
+            lines.append(line)
+            command = line[:4].upper()
+            if command == b"EHLO":
+                connection.sendall(b"250-scripted\r\n250 PIPELINING\r\n")
+            elif command == b"MAIL":
+                refused = b"blocked" in line
+                connection.sendall(b"550 5.7.1 Sender blocked\r\n" if refused else b"250 OK\r\n")
+            elif command == b"RCPT":
+                refused = b"gone" in line
+                connection.sendall(b"550 5.1.1 No such user\r\n" if refused else b"250 OK\r\n")
+            elif command == b"RSET":
+                connection.sendall(b"250 OK\r\n")
+            elif command == b"DATA":
+                connection.sendall(b"354 go ahead\r\n")  # whatever MAIL and RCPT got
+                content: list[bytes] = []
+                while (data := reader.readline()) not in (b".\r\n", b""):
+                    content.append(data)
+                if data == b"":
+                    return  # abandoned before the final dot: nothing is kept
+                lines.append(data)
+                self.delivered.append(b"".join(content))
+                connection.sendall(b"250 OK queued\r\n")
+            elif command == b"QUIT":
+                connection.sendall(b"221 bye\r\n")
+                return
+            else:
+                connection.sendall(b"500 unknown\r\n")
+
+
+def test_a_354_after_a_refused_recipient_abandons_the_transaction_without_content() -> None:
+    """RFC 2920 3.1: the client checks every reply. The server is waiting for content it
+    must not get; the connection is dropped without the final dot, so nothing is kept."""
+    with ScriptedServer() as server:
+        provider = SMTPProvider("127.0.0.1", server.port, timeout=10)
+        handed: list[int] = []
+        try:
+            results = provider.send_many(
+                [_email(1), _email(2, "gone@example.ro"), _email(3)], handed.append
+            )
+        finally:
+            provider.close()
+    refused = results[1]
+    assert isinstance(refused, PermanentDeliveryError) and refused.hard_bounce
+    assert isinstance(results[0], DeliveryResult) and isinstance(results[2], DeliveryResult)
+    assert handed == [0, 2]
+    assert [message_id_of(m) for m in server.delivered] == ["<send-1@test>", "<send-3@test>"]
+    assert len(server.sessions) == 2, "the abandoned connection, then a new one"
+    first = server.sessions[0]
+    assert first[-1].startswith(b"DATA"), "nothing after DATA: no content, no final dot"
+    assert [line[:4] for line in first[-3:]] == [b"MAIL", b"RCPT", b"DATA"]
+
+
+def test_a_refused_sender_in_a_pipelined_group_is_that_messages_error() -> None:
+    with ScriptedServer() as server:
+        provider = SMTPProvider("127.0.0.1", server.port, timeout=10)
+        blocked = OutgoingEmail(
+            2, "<send-2@test>", "blocked@example.com", "r2@example.ro", _email(2).data
+        )
+        try:
+            results = provider.send_many([_email(1), blocked, _email(3)], lambda i: None)
+        finally:
+            provider.close()
+    refused = results[1]
+    assert isinstance(refused, PermanentDeliveryError) and refused.policy
+    assert (refused.code, refused.enhanced) == (550, "5.7.1")
+    assert [message_id_of(m) for m in server.delivered] == ["<send-1@test>", "<send-3@test>"]
+    assert len(server.sessions) == 2, "the 354 it was given anyway cost the connection"
