@@ -62,14 +62,28 @@ def _text(message: bytes | str) -> str:
 END_OF_DATA = b".\r\n"
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+# An addr-spec with nothing RFC 5322 would have to parse (no quotes, brackets, comments).
+_PLAIN_ADDRESS = re.compile(r"[^\s<>()\[\]\",;:\\@]+@[^\s<>()\[\]\",;:\\@]+")
+
+
 def _dot_stuffed(data: bytes) -> bytes:
     """The DATA payload (RFC 5321 4.5.2) up to the terminating dot line: CRLF line ends,
-    leading dots doubled."""
-    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    body = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
-    return body + b"\r\n"
+    leading dots doubled. Built messages already end lines with CRLF and rarely start one
+    with a dot, so both rewrites are skipped when there is nothing to rewrite."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\r") != crlf or data.count(b"\n") != crlf:  # a bare CR or LF
+        data = _LINE_END.sub(b"\r\n", data)
+    if data.startswith(b".") or b"\n." in data:
+        data = _LEADING_DOT.sub(b"..", data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+def _angle_address(address: str) -> str:
+    """``<address>`` for MAIL FROM and RCPT TO; smtplib's ``quoteaddr`` (a full RFC 5322
+    parse, tens of microseconds) only for what is not a plain addr-spec."""
+    return f"<{address}>" if _PLAIN_ADDRESS.fullmatch(address) else smtplib.quoteaddr(address)
 
 
 def classify(code: int, message: bytes | str) -> TransientDeliveryError | PermanentDeliveryError:
@@ -374,10 +388,10 @@ class _PooledConnection:
         closing; the replies after it may never come.
         """
         encoding = "utf-8" if email.needs_smtputf8 else "ascii"
-        mail = f"MAIL FROM:{smtplib.quoteaddr(email.sender)}"
+        mail = f"MAIL FROM:{_angle_address(email.sender)}"
         if options:
             mail += " " + " ".join(options)
-        lines = (mail, f"RCPT TO:{smtplib.quoteaddr(email.recipient)}", "DATA")
+        lines = (mail, f"RCPT TO:{_angle_address(email.recipient)}", "DATA")
         if any("\r" in line or "\n" in line for line in lines):
             raise ValueError("an envelope address contains a line break")
         connection.send("".join(f"{line}\r\n" for line in lines).encode(encoding))
