@@ -201,6 +201,6 @@ PROVIDER = ProviderSpec(
     name="postmark",
     settings=PostmarkSettings,
     sender=PostmarkProvider.from_settings,
-    summary="Postmark's Email API (JSON fields, our headers)",
+    summary="Postmark's Email API (JSON fields, our headers; batches via /email/batch)",
     webhook=WEBHOOK,
 )

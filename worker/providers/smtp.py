@@ -472,5 +472,8 @@ PROVIDER = ProviderSpec(
     name="smtp",
     settings=SMTPSettings,
     sender=SMTPProvider.from_settings,
-    summary="any SMTP relay: pooled connections, STARTTLS or implicit TLS, AUTH, DKIM signing",
+    summary=(
+        "any SMTP relay: pooled connections, PIPELINING where offered, STARTTLS or implicit "
+        "TLS, AUTH, DKIM signing"
+    ),
 )
