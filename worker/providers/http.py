@@ -255,12 +255,16 @@ class HTTPProvider(Provider):
     #: the most messages one request to the provider's batch endpoint may carry; 0 when
     #: the API has no batch endpoint for different messages (see docs/delivery.md)
     batch_limit: int = 0
+    #: the largest body, in bytes, that endpoint takes (a message alone may exceed it: the
+    #: provider then refuses that request, and only that message meets the refusal)
+    batch_bytes_limit: int = 0
 
-    def build_batch_item(self, email: OutgoingEmail) -> object:
-        """One message as an element of the batch request (providers with ``batch_limit``)."""
+    def build_batch_item(self, email: OutgoingEmail) -> bytes:
+        """One message as an element of the batch request body, encoded (providers with
+        ``batch_limit``): encoded once, so that its size is known before the request."""
         raise NotImplementedError(f"{self.name} has no batch endpoint")
 
-    def build_batch_request(self, items: Sequence[object]) -> httpx2.Request:
+    def build_batch_request(self, items: Sequence[bytes]) -> httpx2.Request:
         """The one request carrying ``items``, in order."""
         raise NotImplementedError(f"{self.name} has no batch endpoint")
 
@@ -275,8 +279,9 @@ class HTTPProvider(Provider):
     def send_many(
         self, emails: Sequence[OutgoingEmail], hand_over: BatchHandOver
     ) -> list[DeliveryResult | Exception]:
-        """Through the batch endpoint, ``batch_limit`` messages a request, where the API
-        has one; otherwise one request a message over the same pooled client.
+        """Through the batch endpoint where the API has one, as few requests as its
+        ``batch_limit`` and ``batch_bytes_limit`` allow; otherwise one request a message
+        over the same pooled client.
 
         Every message of a request is handed over immediately before that request; one
         whose hand-over raises is left out of it, its entry that exception. A failure of
@@ -287,10 +292,31 @@ class HTTPProvider(Provider):
         if not self.batch_limit:
             return super().send_many(emails, hand_over)
         results: list[DeliveryResult | Exception | None] = [None] * len(emails)
-        for start in range(0, len(emails), self.batch_limit):
-            chunk = range(start, min(start + self.batch_limit, len(emails)))
-            self._send_batch(emails, chunk, hand_over, results)
+        items: dict[int, bytes] = {}
+        for index, email in enumerate(emails):
+            try:
+                self._check_address(email)
+                items[index] = self.build_batch_item(email)
+            except Exception as exc:  # refused before anything is handed over
+                results[index] = exc
+        for chunk in self._requests(items):
+            self._send_batch(emails, chunk, items, hand_over, results)
         return [self._filled(entry) for entry in results]
+
+    def _requests(self, items: dict[int, bytes]) -> list[list[int]]:
+        """The messages of each request, in order, within both limits."""
+        requests: list[list[int]] = []
+        size = 0
+        for index, item in items.items():
+            added = len(item) + 1  # and a separator
+            fits = not self.batch_bytes_limit or size + added <= self.batch_bytes_limit
+            if requests and len(requests[-1]) < self.batch_limit and fits:
+                requests[-1].append(index)
+                size += added
+            else:
+                requests.append([index])
+                size = 2 + added  # the brackets of the array
+        return requests
 
     @staticmethod
     def _filled(entry: DeliveryResult | Exception | None) -> DeliveryResult | Exception:
@@ -301,20 +327,14 @@ class HTTPProvider(Provider):
     def _send_batch(
         self,
         emails: Sequence[OutgoingEmail],
-        indexes: range,
+        indexes: list[int],
+        items: dict[int, bytes],
         hand_over: BatchHandOver,
         results: list[DeliveryResult | Exception | None],
     ) -> None:
-        items: dict[int, object] = {}
-        for index in indexes:
-            try:
-                self._check_address(emails[index])
-                items[index] = self.build_batch_item(emails[index])
-            except Exception as exc:  # refused before anything is handed over
-                results[index] = exc
         client = self.client
         included: list[int] = []
-        for index in items:
+        for index in indexes:
             try:
                 hand_over(index)
             except Exception as exc:  # the claim failed: this message must not leave

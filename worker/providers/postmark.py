@@ -30,16 +30,19 @@ overview#error-codes). We read:
 ======================  ===============================================================
 
 A batch (``send_many``) goes to ``POST /email/batch``: a JSON array of the same message
-objects, at most 500 a request (postmarkapp.com/developer/user-guide/send-email-with-api/
-batch-emails). Postmark answers ``200`` even when some messages are refused, with one
-``{"ErrorCode", "Message", "MessageID", …}`` per message in the request's order; a
-refused message's entry is classified as the ``422`` that ``POST /email`` would have
-given it (the table above, ``code`` 422). A ``401``, ``422`` (a malformed request),
-``429`` or ``5xx`` answers for the whole request and is every message's entry.
+objects, at most 500 messages and 50 MB a request (postmarkapp.com/developer/user-guide/
+send-email-with-api/batch-emails); each message is encoded once, so that a batch is split
+by size before anything is handed over. Postmark answers ``200`` even when some messages
+are refused, with one ``{"ErrorCode", "Message", "MessageID", …}`` per message in the
+request's order; a refused message's entry is classified as the ``422`` that
+``POST /email`` would have given it (the table above, ``code`` 422). A ``401``, a
+``422`` (a malformed request), ``429`` or ``5xx`` answers for the whole request and is
+every message's entry.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import httpx2
@@ -70,6 +73,7 @@ BAD_TOKEN = 10
 TRANSIENT_CODES = frozenset({100, 429})
 ACCOUNT_CODES = frozenset({400, 401, 405, 412, 413})
 BATCH_LIMIT = 500  # messages per POST /email/batch (Postmark's batch-emails guide)
+BATCH_BYTES_LIMIT = 50_000_000  # "up to 50 MB payload size" (the same guide), decimal MB
 REFUSED = 422  # the status POST /email answers a refused message with
 
 
@@ -85,6 +89,7 @@ class PostmarkProvider(HTTPProvider):
     name = "postmark"
     credential_setting = "CROSSSELL_POSTMARK_SERVER_TOKEN"
     batch_limit = BATCH_LIMIT
+    batch_bytes_limit = BATCH_BYTES_LIMIT
 
     def __init__(
         self,
@@ -113,9 +118,9 @@ class PostmarkProvider(HTTPProvider):
         )
 
     def build_request(self, email: OutgoingEmail) -> httpx2.Request:
-        return self._post("/email", self.build_batch_item(email))
+        return self._post("/email", self._message(email))
 
-    def build_batch_item(self, email: OutgoingEmail) -> dict[str, object]:
+    def _message(self, email: OutgoingEmail) -> dict[str, object]:
         """The message object ``POST /email`` takes, and each element of a batch."""
         content = require_content(email)
         payload: dict[str, object] = {
@@ -131,15 +136,28 @@ class PostmarkProvider(HTTPProvider):
             payload["ReplyTo"] = content.reply_to.formatted()
         return payload
 
-    def build_batch_request(self, items: Sequence[object]) -> httpx2.Request:
-        return self._post("/email/batch", list(items))
+    def build_batch_item(self, email: OutgoingEmail) -> bytes:
+        return json.dumps(self._message(email), ensure_ascii=False, separators=(",", ":")).encode()
 
-    def _post(self, path: str, payload: object) -> httpx2.Request:
+    def build_batch_request(self, items: Sequence[bytes]) -> httpx2.Request:
+        return self._post(
+            "/email/batch",
+            content=b"[" + b",".join(items) + b"]",
+            content_type="application/json",
+        )
+
+    def _post(
+        self,
+        path: str,
+        payload: object = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+    ) -> httpx2.Request:
+        headers = {"Accept": "application/json", "X-Postmark-Server-Token": self.server_token}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         return self.client.build_request(
-            "POST",
-            f"{self.base_url}{path}",
-            json=payload,
-            headers={"Accept": "application/json", "X-Postmark-Server-Token": self.server_token},
+            "POST", f"{self.base_url}{path}", json=payload, content=content, headers=headers
         )
 
     def parse_batch_result(

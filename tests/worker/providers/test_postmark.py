@@ -108,6 +108,21 @@ def test_batches_are_split_at_the_limit(
     assert len(_requests(api)) == 3 and len(api.accepted) == 5
 
 
+def test_batches_are_split_by_size_before_anything_is_handed_over(
+    api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    provider = opened("postmark", api)
+    assert provider.batch_bytes_limit == 50_000_000  # "up to 50 MB payload size"
+    emails = _batch(5)
+    size = len(provider.build_batch_item(emails[0]))
+    provider.batch_bytes_limit = 2 * size + 10  # two messages and the brackets fit, not three
+    seen: list[tuple[int, int]] = []
+    results = provider.send_many(emails, lambda i: seen.append((i, len(api.accepted))))
+    assert all(isinstance(r, DeliveryResult) for r in results)
+    assert len(_requests(api)) == 3 and len(api.accepted) == 5
+    assert seen == [(0, 0), (1, 0), (2, 2), (3, 2), (4, 4)], "each request's just before it"
+
+
 POSTMARK_REFUSALS = [case for case in PERMANENT_CASES if case[0] == "postmark"]
 
 
