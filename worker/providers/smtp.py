@@ -384,8 +384,8 @@ class _PooledConnection:
         The first refusal decides the error, as it would step by step: a refused RCPT
         is answered by the server's 503/554 to DATA, and the transaction is reset. A
         server that says 354 although MAIL or RCPT was refused is waiting for content
-        we will not send: the connection is abandoned. A 421 means the server is
-        closing; the replies after it may never come.
+        we will not send: the connection is abandoned. A lost connection while reading
+        the replies is ``SMTPServerDisconnected``, before any content: ``send`` retries.
         """
         encoding = "utf-8" if email.needs_smtputf8 else "ascii"
         mail = f"MAIL FROM:{_angle_address(email.sender)}"
@@ -397,14 +397,9 @@ class _PooledConnection:
         connection.send("".join(f"{line}\r\n" for line in lines).encode(encoding))
         replies: list[tuple[int, bytes]] = []
         for _ in lines:
-            try:
-                replies.append(connection.getreply())
-            except smtplib.SMTPServerDisconnected:
-                if any(code == 421 for code, _ in replies):
-                    break  # it said it was closing
-                raise
+            replies.append(connection.getreply())
             if replies[-1][0] == 421:
-                break
+                break  # the server is closing: the replies after it may never come
         accepted = ((250,), (250, 251), (354,))
         refusal = next(
             (reply for reply, ok in zip(replies, accepted, strict=False) if reply[0] not in ok),
