@@ -207,7 +207,7 @@ class ScriptedServer:
     """A pipelining SMTP server on a raw socket that misbehaves as RFC 2920 section 1
     warns some do: it answers DATA with 354 even when the recipient was refused. It
     refuses recipients containing ``gone`` and senders containing ``blocked``, and keeps
-    every line each connection sent."""
+    every line each connection sent, commands and content."""
 
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -258,6 +258,7 @@ class ScriptedServer:
                 content: list[bytes] = []
                 while (data := reader.readline()) not in (b".\r\n", b""):
                     content.append(data)
+                    lines.append(data)
                 if data == b"":
                     return  # abandoned before the final dot: nothing is kept
                 lines.append(data)
@@ -289,7 +290,7 @@ def test_a_354_after_a_refused_recipient_abandons_the_transaction_without_conten
     assert [message_id_of(m) for m in server.delivered] == ["<send-1@test>", "<send-3@test>"]
     assert len(server.sessions) == 2, "the abandoned connection, then a new one"
     first = server.sessions[0]
-    assert first[-1].startswith(b"DATA"), "nothing after DATA: no content, no final dot"
+    assert first[-1].startswith(b"DATA"), "nothing after DATA: no content, no RSET, no dot"
     assert [line[:4] for line in first[-3:]] == [b"MAIL", b"RCPT", b"DATA"]
 
 
@@ -308,3 +309,4 @@ def test_a_refused_sender_in_a_pipelined_group_is_that_messages_error() -> None:
     assert (refused.code, refused.enhanced) == (550, "5.7.1")
     assert [message_id_of(m) for m in server.delivered] == ["<send-1@test>", "<send-3@test>"]
     assert len(server.sessions) == 2, "the 354 it was given anyway cost the connection"
+    assert server.sessions[0][-1].startswith(b"DATA"), "nothing after DATA, not even RSET"
