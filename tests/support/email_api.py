@@ -1,6 +1,9 @@
 """A real HTTP server on loopback that speaks four email APIs: Postmark, SendGrid,
 Mailgun and SES v2.
 
+Postmark's ``POST /email/batch`` is served too: per-message results in one ``200``
+answer, ``422`` for a malformed request (not an array, more than 500 messages).
+
 Each endpoint checks what the real one checks first — the credentials (Postmark's token
 header, SendGrid's Bearer key, Mailgun's Basic ``api:<key>``, a SigV4 signature verified
 in full) — then the body's shape, and refuses with that provider's own error body when
@@ -56,6 +59,7 @@ SENDGRID_RESERVED = frozenset(
     }
 )
 Provider = Literal["postmark", "sendgrid", "mailgun", "ses"]
+POSTMARK_BATCH_LIMIT = 500  # messages per POST /email/batch (Postmark's batch guide)
 
 
 @dataclass
@@ -143,6 +147,15 @@ class _Answer(Exception):
         self.status = status
         self.body = body
         self.headers = headers or {}
+
+
+class _Refused(Exception):
+    """One Postmark message refused: its ErrorCode and text (a 422, or a batch entry)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
 
 
 class EmailApiServer:
@@ -248,6 +261,8 @@ class EmailApiServer:
                 route: Callable[..., None] | None = None
                 if path.path == "/email":
                     route = api._postmark
+                elif path.path == "/email/batch":
+                    route = api._postmark_batch
                 elif path.path == "/v3/mail/send":
                     route = api._sendgrid
                 elif path.path.startswith("/v3/") and path.path.endswith("/messages.mime"):
@@ -341,26 +356,33 @@ class EmailApiServer:
 
     # --- Postmark ---------------------------------------------------------------------
 
-    def _postmark(self, handler: Any, path: str, query: str, body: bytes, arrived: float) -> None:
-        def refuse(code: int, message: str, status: int = 422) -> _Answer:
-            return _Answer(status, {"ErrorCode": code, "Message": message})
-
+    def _postmark_request(self, handler: Any, body: bytes) -> Any:
+        """The checks Postmark makes on the request before its messages: token, JSON."""
         if handler.headers.get("X-Postmark-Server-Token") != self.postmark_token:
-            raise refuse(10, "Request does not contain a valid Server token.", 401)
+            raise _Answer(
+                401, {"ErrorCode": 10, "Message": "Request does not contain a valid Server token."}
+            )
         if not str(handler.headers.get("Content-Type", "")).startswith("application/json"):
-            raise refuse(409, "JSON required")
+            raise _Answer(422, {"ErrorCode": 409, "Message": "JSON required"})
         payload = self._json(body)
+        if payload is None:
+            raise _Answer(422, {"ErrorCode": 402, "Message": "Received invalid JSON input."})
+        return payload
+
+    def _postmark_message(self, payload: object) -> tuple[str, str | None]:
+        """One message object checked as Postmark checks it: its recipient and our
+        Message-ID, or :class:`_Refused` with Postmark's ErrorCode and text."""
         if not isinstance(payload, dict):
-            raise refuse(402, "Received invalid JSON input.")
+            raise _Refused(402, "Received invalid JSON input.")
         if not valid_address(payload.get("From")):
-            raise refuse(300, f"Invalid 'From' address: '{payload.get('From')}'.")
+            raise _Refused(300, f"Invalid 'From' address: '{payload.get('From')}'.")
         to = payload.get("To")
         if not valid_address(to):
-            raise refuse(300, f"Invalid 'To' address: '{to}'.")
+            raise _Refused(300, f"Invalid 'To' address: '{to}'.")
         if "ReplyTo" in payload and not valid_address(payload["ReplyTo"]):
-            raise refuse(300, f"Invalid 'ReplyTo' address: '{payload['ReplyTo']}'.")
+            raise _Refused(300, f"Invalid 'ReplyTo' address: '{payload['ReplyTo']}'.")
         if not payload.get("TextBody") and not payload.get("HtmlBody"):
-            raise refuse(300, "Provide either email TextBody or HtmlBody or both.")
+            raise _Refused(300, "Provide either email TextBody or HtmlBody or both.")
         headers = payload.get("Headers", [])
         if not isinstance(headers, list) or not all(
             isinstance(h, dict)
@@ -368,40 +390,130 @@ class EmailApiServer:
             and isinstance(h.get("Value"), str)
             for h in headers
         ):
-            raise refuse(300, "Headers must be a list of {Name, Value} objects.")
+            raise _Refused(300, "Headers must be a list of {Name, Value} objects.")
         if payload.get("MessageStream", "outbound") not in self.postmark_streams:
-            raise refuse(1235, "The 'MessageStream' provided does not exist on this server.")
+            raise _Refused(1235, "The 'MessageStream' provided does not exist on this server.")
         recipient = parseaddr(str(to))[1].lower()
         if recipient in self.inactive:
-            raise refuse(
+            raise _Refused(
                 406,
                 "You tried to send to recipient(s) that have been marked as inactive. "
                 f"Found inactive addresses: {recipient}.",
             )
         message_id = next((h["Value"] for h in headers if h["Name"].lower() == "message-id"), None)
+        return recipient, message_id
 
-        def error_body(fault: Fault) -> tuple[object, dict[str, str]]:
-            if fault.error is None and fault.status >= 500:
-                return b"<html><body>Service Unavailable</body></html>", {}
-            return {"ErrorCode": fault.error or fault.status, "Message": fault.message}, {}
+    @staticmethod
+    def _postmark_error_body(fault: Fault) -> tuple[object, dict[str, str]]:
+        if fault.error is None and fault.status >= 500:
+            return b"<html><body>Service Unavailable</body></html>", {}
+        return {"ErrorCode": fault.error or fault.status, "Message": fault.message}, {}
+
+    def _postmark_accepted(
+        self, payload: dict[str, Any], recipient: str, message_id: str | None
+    ) -> tuple[dict[str, object], Accepted]:
+        postmark_id = str(uuid.uuid4())
+        answer = {
+            "To": payload.get("To"),
+            "SubmittedAt": datetime.now(UTC).isoformat(),
+            "MessageID": postmark_id,
+            "ErrorCode": 0,
+            "Message": "OK",
+        }
+        return answer, Accepted("postmark", message_id, postmark_id, recipient, payload, None)
+
+    def _postmark(self, handler: Any, path: str, query: str, body: bytes, arrived: float) -> None:
+        payload = self._postmark_request(handler, body)
+        try:
+            recipient, message_id = self._postmark_message(payload)
+        except _Refused as refused:
+            raise _Answer(422, {"ErrorCode": refused.code, "Message": refused.text}) from None
 
         def accept() -> tuple[int, object, dict[str, str], Accepted]:
-            postmark_id = str(uuid.uuid4())
-            answer = {
-                "To": to,
-                "SubmittedAt": datetime.now(UTC).isoformat(),
-                "MessageID": postmark_id,
-                "ErrorCode": 0,
-                "Message": "OK",
-            }
-            return (
-                200,
-                answer,
-                {},
-                Accepted("postmark", message_id, postmark_id, recipient, payload, None),
-            )
+            answer, accepted = self._postmark_accepted(payload, recipient, message_id)
+            return 200, answer, {}, accepted
 
-        self._deliver(handler, "postmark", recipient, message_id, arrived, error_body, accept)
+        self._deliver(
+            handler, "postmark", recipient, message_id, arrived, self._postmark_error_body, accept
+        )
+
+    def _postmark_batch(
+        self, handler: Any, path: str, query: str, body: bytes, arrived: float
+    ) -> None:
+        """``POST /email/batch``: an array of up to 500 message objects, answered ``200``
+        with one result per message in order, even when some are refused.
+
+        Faults are drawn for every valid message; an answer fault with a status below
+        500 other than 429 refuses that message in its result (``ErrorCode`` = the
+        fault's ``error``); a 429/5xx, ``hang`` or ``close`` answers for the whole request.
+        """
+        payload = self._postmark_request(handler, body)
+        if not isinstance(payload, list):
+            raise _Answer(422, {"ErrorCode": 402, "Message": "Received invalid JSON input."})
+        if len(payload) > POSTMARK_BATCH_LIMIT:
+            raise _Answer(
+                422,
+                {
+                    "ErrorCode": 410,
+                    "Message": f"Too many batch messages ({len(payload)}); "
+                    f"at most {POSTMARK_BATCH_LIMIT} may be sent at once.",
+                },
+            )
+        peer = int(handler.client_address[1])
+        checked: list[tuple[str, str | None] | _Refused] = []
+        for message in payload:
+            try:
+                checked.append(self._postmark_message(message))
+            except _Refused as refused:
+                checked.append(refused)
+        faults = [
+            None if isinstance(item, _Refused) else self._fault_for(item[0], item[1])
+            for item in checked
+        ]
+        whole = next(
+            (
+                f
+                for f in faults
+                if f is not None and (f.action != "answer" or f.status == 429 or f.status >= 500)
+            ),
+            None,
+        )
+        addressed = [item for item in checked if not isinstance(item, _Refused)]
+        if whole is not None:
+            status = None if whole.action != "answer" else whole.status
+            for recipient, message_id in addressed:
+                self._record(
+                    Attempt("postmark", message_id, recipient, arrived, arrived, status, None, peer)
+                )
+            if whole.action != "answer":
+                if whole.action == "hang":
+                    time.sleep(whole.hang_seconds)
+                handler.close_connection = True
+                with contextlib.suppress(OSError):
+                    handler.connection.shutdown(socket.SHUT_RDWR)
+                return
+            error, headers = self._postmark_error_body(whole)
+            raise _Answer(whole.status, error, {**headers, **whole.headers})
+        results: list[object] = []
+        accepted: list[Accepted] = []
+        for message, item, fault in zip(payload, checked, faults, strict=True):
+            if isinstance(item, _Refused):
+                results.append({"ErrorCode": item.code, "Message": item.text})
+            elif fault is not None:
+                results.append({"ErrorCode": fault.error or fault.status, "Message": fault.message})
+            else:
+                answer, record = self._postmark_accepted(message, *item)
+                results.append(answer)
+                accepted.append(record)
+        with self.lock:
+            self.accepted.extend(accepted)
+        # Recorded before the answer is written, so a client that has it sees the attempts.
+        answered = time.monotonic()
+        for recipient, message_id in addressed:
+            self._record(
+                Attempt("postmark", message_id, recipient, arrived, answered, 200, None, peer)
+            )
+        handler.answer(200, results, {})
 
     # --- SendGrid ---------------------------------------------------------------------
 

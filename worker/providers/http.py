@@ -2,7 +2,9 @@
 
 :class:`HTTPProvider` owns the send (the django-anymail shape): ``build_request`` →
 POST with timeouts → classify the answer → ``parse_result``. A provider module overrides
-only those steps, and ``refine`` to read its own error codes.
+only those steps, and ``refine`` to read its own error codes. A provider whose API has
+an endpoint for several different messages in one request sets ``batch_limit`` and the
+three batch steps; ``send_many`` then sends through it (Postmark's ``/email/batch``).
 
 How an answer or a failure maps onto the error tree of :mod:`worker.providers.base`:
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import abstractmethod
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Annotated, Any
@@ -44,6 +47,7 @@ from pydantic import AfterValidator, Field
 
 from worker.providers.base import (
     AmbiguousDeliveryError,
+    BatchHandOver,
     DeliveryError,
     DeliveryResult,
     HandOver,
@@ -185,15 +189,27 @@ class HTTPProvider(Provider):
     # --- the flow ------------------------------------------------------------------------
 
     def send(self, email: OutgoingEmail, hand_over: HandOver = no_hand_over) -> DeliveryResult:
+        self._check_address(email)
+        client = self.client
+        request = self.build_request(email)
+        hand_over()  # the request is the step that cannot be taken back
+        response = self._exchange(client, request)
+        if response.is_success:
+            return DeliveryResult(
+                self.name, self._provider_id(email, self.parse_result(email, response), response)
+            )
+        raise self._refusal(response)
+
+    def _check_address(self, email: OutgoingEmail) -> None:
         if email.needs_smtputf8 and not self.accepts_utf8_addresses:
             raise UnsupportedAddress(
                 f"{self.name}: the API does not accept a UTF-8 local part (no SMTPUTF8)"
             )
-        client = self.client
-        request = self.build_request(email)
-        hand_over()  # the request is the step that cannot be taken back
+
+    def _exchange(self, client: httpx2.Client, request: httpx2.Request) -> httpx2.Response:
+        """Send the request; a transport failure becomes the error the table above says."""
         try:
-            response = client.send(request)
+            return client.send(request)
         except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
             raise TransientDeliveryError(f"{self.name}: cannot connect: {exc!r}") from exc
         except (httpx2.WriteError, httpx2.WriteTimeout) as exc:
@@ -205,19 +221,24 @@ class HTTPProvider(Provider):
             ) from exc
         except httpx2.TransportError as exc:
             raise TransientDeliveryError(f"{self.name}: request failed: {exc!r}") from exc
-        if response.is_success:
-            provider_id = self.parse_result(email, response)
-            if not provider_id:
-                # Accepted all the same; only webhook matching by provider id suffers.
-                log.error(
-                    "%s accepted send %s without an id we could read (%s); webhooks will "
-                    "be matched by Message-ID only",
-                    self.name,
-                    email.send_id,
-                    redact(summary(response)),
-                )
-                provider_id = email.message_id
-            return DeliveryResult(self.name, provider_id)
+
+    def _provider_id(
+        self, email: OutgoingEmail, provider_id: str | None, response: httpx2.Response
+    ) -> str:
+        if provider_id:
+            return provider_id
+        # Accepted all the same; only webhook matching by provider id suffers.
+        log.error(
+            "%s accepted send %s without an id we could read (%s); webhooks will "
+            "be matched by Message-ID only",
+            self.name,
+            email.send_id,
+            redact(summary(response)),
+        )
+        return email.message_id
+
+    def _refusal(self, response: httpx2.Response) -> DeliveryError:
+        """The error for a non-2xx answer, logged for the operator when it is our key."""
         error = self.refine(response, self.classify(response))
         if isinstance(error, CredentialsRefused):
             log.error(
@@ -227,7 +248,130 @@ class HTTPProvider(Provider):
                 self.credential_setting or "the provider settings",
                 redact(summary(response)),
             )
-        raise error
+        return error
+
+    # --- batch endpoints -----------------------------------------------------------------
+
+    #: the most messages one request to the provider's batch endpoint may carry; 0 when
+    #: the API has no batch endpoint for different messages (see docs/delivery.md)
+    batch_limit: int = 0
+    #: the largest body, in bytes, that endpoint takes (a message alone may exceed it: the
+    #: provider then refuses that request, and only that message meets the refusal)
+    batch_bytes_limit: int = 0
+
+    def build_batch_item(self, email: OutgoingEmail) -> bytes:
+        """One message as an element of the batch request body, encoded (providers with
+        ``batch_limit``): encoded once, so that its size is known before the request."""
+        raise NotImplementedError(f"{self.name} has no batch endpoint")
+
+    def build_batch_request(self, items: Sequence[bytes]) -> httpx2.Request:
+        """The one request carrying ``items``, in order."""
+        raise NotImplementedError(f"{self.name} has no batch endpoint")
+
+    def parse_batch_result(
+        self, emails: Sequence[OutgoingEmail], response: httpx2.Response
+    ) -> list[str | DeliveryError | None] | None:
+        """Per message of an accepted batch request: its provider id (None when it cannot
+        be read) or the error the provider gave it; None when the answer cannot be read
+        message by message."""
+        raise NotImplementedError(f"{self.name} has no batch endpoint")
+
+    def send_many(
+        self, emails: Sequence[OutgoingEmail], hand_over: BatchHandOver
+    ) -> list[DeliveryResult | Exception]:
+        """Through the batch endpoint where the API has one, as few requests as its
+        ``batch_limit`` and ``batch_bytes_limit`` allow; otherwise one request a message
+        over the same pooled client.
+
+        Every message of a request is handed over immediately before that request; one
+        whose hand-over raises is left out of it, its entry that exception. A failure of
+        the whole request (transport, 429/5xx, credentials, a malformed request) is every
+        included message's entry; a 2xx answer whose per-message results cannot be read
+        makes them all ambiguous, since the provider may have accepted any of them.
+        """
+        if not self.batch_limit:
+            return super().send_many(emails, hand_over)
+        results: list[DeliveryResult | Exception | None] = [None] * len(emails)
+        items: dict[int, bytes] = {}
+        for index, email in enumerate(emails):
+            try:
+                self._check_address(email)
+                items[index] = self.build_batch_item(email)
+            except Exception as exc:  # refused before anything is handed over
+                results[index] = exc
+        for chunk in self._requests(items):
+            self._send_batch(emails, chunk, items, hand_over, results)
+        return [self._filled(entry) for entry in results]
+
+    def _requests(self, items: dict[int, bytes]) -> list[list[int]]:
+        """The messages of each request, in order, within both limits."""
+        requests: list[list[int]] = []
+        size = 0
+        for index, item in items.items():
+            added = len(item) + 1  # and a separator
+            fits = not self.batch_bytes_limit or size + added <= self.batch_bytes_limit
+            if requests and len(requests[-1]) < self.batch_limit and fits:
+                requests[-1].append(index)
+                size += added
+            else:
+                requests.append([index])
+                size = 2 + added  # the brackets of the array
+        return requests
+
+    @staticmethod
+    def _filled(entry: DeliveryResult | Exception | None) -> DeliveryResult | Exception:
+        if entry is None:
+            raise AssertionError("a message of the batch got no entry")
+        return entry
+
+    def _send_batch(
+        self,
+        emails: Sequence[OutgoingEmail],
+        indexes: list[int],
+        items: dict[int, bytes],
+        hand_over: BatchHandOver,
+        results: list[DeliveryResult | Exception | None],
+    ) -> None:
+        client = self.client
+        included: list[int] = []
+        for index in indexes:
+            try:
+                hand_over(index)
+            except Exception as exc:  # the claim failed: this message must not leave
+                results[index] = exc
+            else:
+                included.append(index)
+        if not included:
+            return
+        try:
+            request = self.build_batch_request([items[index] for index in included])
+            response = self._exchange(client, request)
+            if not response.is_success:
+                raise self._refusal(response)
+            outcomes = self.parse_batch_result([emails[index] for index in included], response)
+        except Exception as exc:  # the whole request: every message in it met it
+            for index in included:
+                results[index] = exc
+            return
+        if outcomes is None or len(outcomes) != len(included):
+            log.error(
+                "%s accepted a batch of %d with an answer we cannot read per message (%s)",
+                self.name,
+                len(included),
+                redact(summary(response)),
+            )
+            for index in included:
+                results[index] = AmbiguousDeliveryError(
+                    f"{self.name}: batch accepted, per-message results unreadable: "
+                    f"{summary(response)}"
+                )
+            return
+        for index, outcome in zip(included, outcomes, strict=True):
+            if isinstance(outcome, DeliveryError):
+                results[index] = outcome
+            else:
+                provider_id = self._provider_id(emails[index], outcome, response)
+                results[index] = DeliveryResult(self.name, provider_id)
 
     def classify(self, response: httpx2.Response) -> DeliveryError:
         """The generic reading of an HTTP error status (see the module docstring)."""

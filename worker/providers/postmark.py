@@ -28,9 +28,22 @@ overview#error-codes). We read:
 10 bad token            our credentials: transient with an ERROR log (see http.py)
 100 maintenance, 429    transient
 ======================  ===============================================================
+
+A batch (``send_many``) goes to ``POST /email/batch``: a JSON array of the same message
+objects, at most 500 messages and 50 MB a request (postmarkapp.com/developer/user-guide/
+send-email-with-api/batch-emails); each message is encoded once, so that a batch is split
+by size before anything is handed over. Postmark answers ``200`` even when some messages
+are refused, with one ``{"ErrorCode", "Message", "MessageID", …}`` per message in the
+request's order; a refused message's entry is classified as the ``422`` that
+``POST /email`` would have given it (the table above, ``code`` 422). A ``401``, a
+``422`` (a malformed request), ``429`` or ``5xx`` answers for the whole request and is
+every message's entry.
 """
 
 from __future__ import annotations
+
+import json
+from collections.abc import Sequence
 
 import httpx2
 from pydantic import SecretStr
@@ -44,6 +57,7 @@ from worker.providers.base import (
 )
 from worker.providers.http import (
     BaseURL,
+    CredentialsRefused,
     HTTPProvider,
     HTTPSettings,
     json_body,
@@ -58,6 +72,9 @@ INVALID_REQUEST = 300
 BAD_TOKEN = 10
 TRANSIENT_CODES = frozenset({100, 429})
 ACCOUNT_CODES = frozenset({400, 401, 405, 412, 413})
+BATCH_LIMIT = 500  # messages per POST /email/batch (Postmark's batch-emails guide)
+BATCH_BYTES_LIMIT = 50_000_000  # "up to 50 MB payload size" (the same guide), decimal MB
+REFUSED = 422  # the status POST /email answers a refused message with
 
 
 class PostmarkSettings(HTTPSettings):
@@ -71,6 +88,8 @@ class PostmarkSettings(HTTPSettings):
 class PostmarkProvider(HTTPProvider):
     name = "postmark"
     credential_setting = "CROSSSELL_POSTMARK_SERVER_TOKEN"
+    batch_limit = BATCH_LIMIT
+    batch_bytes_limit = BATCH_BYTES_LIMIT
 
     def __init__(
         self,
@@ -99,6 +118,10 @@ class PostmarkProvider(HTTPProvider):
         )
 
     def build_request(self, email: OutgoingEmail) -> httpx2.Request:
+        return self._post("/email", self._message(email))
+
+    def _message(self, email: OutgoingEmail) -> dict[str, object]:
+        """The message object ``POST /email`` takes, and each element of a batch."""
         content = require_content(email)
         payload: dict[str, object] = {
             "From": content.sender.formatted(),
@@ -111,12 +134,50 @@ class PostmarkProvider(HTTPProvider):
         }
         if content.reply_to is not None:
             payload["ReplyTo"] = content.reply_to.formatted()
-        return self.client.build_request(
-            "POST",
-            f"{self.base_url}/email",
-            json=payload,
-            headers={"Accept": "application/json", "X-Postmark-Server-Token": self.server_token},
+        return payload
+
+    def build_batch_item(self, email: OutgoingEmail) -> bytes:
+        return json.dumps(self._message(email), ensure_ascii=False, separators=(",", ":")).encode()
+
+    def build_batch_request(self, items: Sequence[bytes]) -> httpx2.Request:
+        return self._post(
+            "/email/batch",
+            content=b"[" + b",".join(items) + b"]",
+            content_type="application/json",
         )
+
+    def _post(
+        self,
+        path: str,
+        payload: object = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+    ) -> httpx2.Request:
+        headers = {"Accept": "application/json", "X-Postmark-Server-Token": self.server_token}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        return self.client.build_request(
+            "POST", f"{self.base_url}{path}", json=payload, content=content, headers=headers
+        )
+
+    def parse_batch_result(
+        self, emails: Sequence[OutgoingEmail], response: httpx2.Response
+    ) -> list[str | DeliveryError | None] | None:
+        body = json_body(response)
+        if not isinstance(body, list) or not all(isinstance(item, dict) for item in body):
+            return None
+        outcomes: list[str | DeliveryError | None] = []
+        for item in body:
+            code = item.get("ErrorCode", 0)
+            if code == 0:
+                message_id = item.get("MessageID")
+                outcomes.append(message_id if isinstance(message_id, str) and message_id else None)
+                continue
+            if not isinstance(code, int) or isinstance(code, bool):
+                return None
+            error = PermanentDeliveryError(f"postmark: ErrorCode {code}", code=REFUSED)
+            outcomes.append(self._refined(code, str(item.get("Message") or ""), REFUSED, error))
+        return outcomes
 
     def parse_result(self, email: OutgoingEmail, response: httpx2.Response) -> str | None:
         body = json_body(response)
@@ -130,11 +191,16 @@ class PostmarkProvider(HTTPProvider):
         code = body.get("ErrorCode") if isinstance(body, dict) else None
         if not isinstance(code, int) or isinstance(code, bool):
             return error
-        message = str(body.get("Message") or "") if isinstance(body, dict) else ""
-        text = f"postmark: ErrorCode {code}: {message}"[:500]
-        status = response.status_code
         if code == BAD_TOKEN:
             return self.credentials_error(response)
+        message = str(body.get("Message") or "") if isinstance(body, dict) else ""
+        return self._refined(code, message, response.status_code, error)
+
+    def _refined(self, code: int, message: str, status: int, error: DeliveryError) -> DeliveryError:
+        """``error`` sharpened by Postmark's ErrorCode (the table in the module docstring)."""
+        text = f"postmark: ErrorCode {code}: {message}"[:500]
+        if code == BAD_TOKEN:
+            return CredentialsRefused(f"postmark: credentials refused: {text}", code=status)
         if code in TRANSIENT_CODES:
             retry_after = getattr(error, "retry_after", None)
             return TransientDeliveryError(text, code=status, retry_after=retry_after)
@@ -153,6 +219,6 @@ PROVIDER = ProviderSpec(
     name="postmark",
     settings=PostmarkSettings,
     sender=PostmarkProvider.from_settings,
-    summary="Postmark's Email API (JSON fields, our headers)",
+    summary="Postmark's Email API (JSON fields, our headers; batches via /email/batch)",
     webhook=WEBHOOK,
 )

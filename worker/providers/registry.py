@@ -314,4 +314,8 @@ def markdown_table(specs: Iterable[ProviderSpec[Any]]) -> str:
 
 
 if __name__ == "__main__":  # python -m worker.providers.registry: print the README table
-    print(markdown_table(builtin()), end="")
+    # Run as __main__ this file is a second module with an empty registry of its own; the
+    # providers register with the package's, so the table is read from that one.
+    from worker.providers import registry as package_registry
+
+    print(package_registry.markdown_table(package_registry.builtin()), end="")

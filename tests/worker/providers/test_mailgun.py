@@ -1,6 +1,6 @@
 """Mailgun (worker/providers/mailgun.py) against the local server speaking its API: the
 id its webhooks name and the UTF-8 local part it documents. The shared HTTP flow and the
-classification of every provider's refusals are in tests/worker/test_http_providers.py."""
+classification of every provider's refusals are in tests/worker/providers/test_http.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from email import message_from_string, policy
 
 from tests.support.email_api import EmailApiServer
-from tests.worker.test_http_providers import _email, _provider
+from tests.worker.providers.helpers import provider_for, sample_email
 from tests.worker.test_webhooks import MAILGUN_KEY, MAILGUN_PERMANENT_FAILURE, NOW, _mailgun_body
 from worker.providers.http import HTTPProvider
 from worker.webhooks import mailgun
@@ -18,7 +18,7 @@ from worker.webhooks import mailgun
 def test_mailgun_webhook_names_the_id_we_stored(
     api: EmailApiServer, opened: Callable[..., HTTPProvider]
 ) -> None:
-    email = _email()
+    email = sample_email()
     result = opened("mailgun", api).send(email)
     data = json.loads(json.dumps(MAILGUN_PERMANENT_FAILURE))
     # Mailgun's events carry the header without its angle brackets.
@@ -29,9 +29,9 @@ def test_mailgun_webhook_names_the_id_we_stored(
 
 def test_mailgun_takes_a_utf8_local_part_as_it_documents() -> None:
     with EmailApiServer() as api:
-        provider = _provider("mailgun", api)
+        provider = provider_for("mailgun", api)
         try:
-            provider.send(_email(recipient="josé@example.com"))
+            provider.send(sample_email(recipient="josé@example.com"))
         finally:
             provider.close()
     (accepted,) = api.accepted

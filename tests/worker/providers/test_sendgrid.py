@@ -1,7 +1,7 @@
 """SendGrid (worker/providers/sendgrid.py) against the local server speaking its API:
 the request, the id its webhooks name, and its rate-limit headers. The shared HTTP flow
 and the classification of every provider's refusals are in
-tests/worker/test_http_providers.py."""
+tests/worker/providers/test_http.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.support.email_api import EmailApiServer, Fault
-from tests.worker.test_http_providers import SENDER, _email
+from tests.worker.providers.helpers import SENDER, sample_email
 from tests.worker.test_webhooks import SendGridSigner
 from worker.providers.base import TransientDeliveryError
 from worker.providers.http import HTTPProvider
@@ -22,7 +22,7 @@ from worker.webhooks import sendgrid
 def test_sendgrid_request_carries_every_field(
     api: EmailApiServer, opened: Callable[..., HTTPProvider]
 ) -> None:
-    email = _email()
+    email = sample_email()
     opened("sendgrid", api).send(email)
     payload = api.accepted[0].payload
     assert payload is not None
@@ -39,7 +39,7 @@ def test_sendgrid_request_carries_every_field(
 def test_sendgrid_webhook_names_the_id_we_stored(
     api: EmailApiServer, opened: Callable[..., HTTPProvider]
 ) -> None:
-    email = _email()
+    email = sample_email()
     result = opened("sendgrid", api).send(email)
     x_message_id = api.accepted[0].provider_message_id
     batch = [
@@ -68,5 +68,5 @@ def test_sendgrid_rate_limit_reset_stands_in_for_retry_after(
     reset = int(datetime.now(UTC).timestamp()) + 30
     api.plan("ioana@example.ro", Fault(429, None, "limit", {"X-RateLimit-Reset": str(reset)}))
     with pytest.raises(TransientDeliveryError) as busy:
-        opened("sendgrid", api).send(_email())
+        opened("sendgrid", api).send(sample_email())
     assert busy.value.retry_after is not None and 25 <= busy.value.retry_after <= 30

@@ -1,7 +1,7 @@
 """Amazon SES (worker/providers/ses.py) against the local server speaking its API: the
 signed request, temporary credentials, the id its notifications name and its settings.
 The shared HTTP flow and the classification of every provider's refusals are in
-tests/worker/test_http_providers.py."""
+tests/worker/providers/test_http.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from tests.support.email_api import EmailApiServer, Fault
 from tests.support.factories import make_settings
-from tests.worker.test_http_providers import SENDER, _email
+from tests.worker.providers.helpers import SENDER, sample_email
 from tests.worker.test_webhooks import (
     NOW,
     TOPIC,
@@ -38,7 +38,7 @@ def test_ses_sends_the_envelope_and_configuration_set(api: EmailApiServer) -> No
         base_url=api.url,
     )
     try:
-        provider.send(_email())
+        provider.send(sample_email())
     finally:
         provider.close()
     payload = api.accepted[0].payload
@@ -58,13 +58,13 @@ def test_ses_temporary_credentials_sign_the_session_token() -> None:
             base_url=api.url,
         )
         try:
-            provider.send(_email())
+            provider.send(sample_email())
             # Without the token the same keys are refused: the server does check it.
             bare = SESProvider(
                 api.aws_region, api.aws_access_key_id, api.aws_secret_access_key, base_url=api.url
             )
             with pytest.raises(CredentialsRefused):
-                bare.send(_email(2))
+                bare.send(sample_email(2))
             bare.close()
         finally:
             provider.close()
@@ -74,7 +74,7 @@ def test_ses_temporary_credentials_sign_the_session_token() -> None:
 def test_ses_notification_names_the_id_we_stored(
     api: EmailApiServer, opened: Callable[..., HTTPProvider]
 ) -> None:
-    email = _email()
+    email = sample_email()
     result = opened("ses", api).send(email)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sns = SnsSigner(key, _certificate(key))
@@ -99,7 +99,7 @@ def test_ses_missing_configuration_set_is_our_settings(
 ) -> None:
     api.plan("ioana@example.ro", Fault(404, "NotFoundException", "Configuration set not found"))
     with pytest.raises(CredentialsRefused):
-        opened("ses", api).send(_email())
+        opened("ses", api).send(sample_email())
 
 
 @pytest.mark.parametrize("region", ["eu-west-1.evil.example/", "EU-WEST-1", "us-east"])

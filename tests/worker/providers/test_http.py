@@ -6,16 +6,15 @@ transport is used only for what a real server cannot produce on demand here: a c
 timeout, a failed write, and a 2xx answer without an id.
 
 This module holds what every HTTP provider shares (the flow, the classification table,
-settings) and the fixtures; what only one provider does is in
-``tests/worker/providers/test_<provider>.py``.
+settings); the fixtures are in ``conftest.py``, the sample message in ``helpers.py``, and
+what only one provider does in ``tests/worker/providers/test_<provider>.py``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -27,10 +26,15 @@ import pytest
 
 from tests.support.email_api import EmailApiServer, Fault, closed_port
 from tests.support.factories import make_settings
-from worker.mime import Envelope, build_email, message_id_for
+from tests.worker.providers.helpers import (
+    PROVIDERS,
+    sample_email,
+    unchecked_recipient,
+)
 from worker.providers import make_provider
 from worker.providers.base import (
     AmbiguousDeliveryError,
+    DeliveryResult,
     OutgoingEmail,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -41,78 +45,6 @@ from worker.providers.mailgun import MailgunProvider
 from worker.providers.postmark import PostmarkProvider
 from worker.providers.sendgrid import SendGridProvider
 from worker.providers.ses import SESProvider
-from worker.rendering import RenderedEmail
-
-PROVIDERS = ["postmark", "sendgrid", "mailgun", "ses"]
-SENDER = ("Magazinul Ștefăniță", "offers@shop.example")
-
-
-def _email(send_id: int = 1, recipient: str = "ioana@example.ro") -> OutgoingEmail:
-    envelope = Envelope(
-        send_id=send_id,
-        sender_name=SENDER[0],
-        sender_address=SENDER[1],
-        recipient_name="Ioana Țurcanu",
-        recipient_address=recipient,
-        reply_to="Ajutor <help@shop.example>",
-        date=datetime(2026, 11, 17, 10, 30, tzinfo=UTC),
-        message_id=message_id_for(send_id, "shop.example", b"k" * 32),
-        unsubscribe_url=f"https://shop.example/u/token-{send_id}",
-        unsubscribe_mailto="unsubscribe@shop.example",
-        feedback_id="a1b2c3d4e5:cross-sell:crosssell",
-    )
-    rendered = RenderedEmail(
-        "Ioana, ți-am pregătit: șnur, țintă, câștig",
-        "<p>Bună, <b>Ioana</b>: à è ì ò ù</p>",
-        "Bună, Ioana: à è ì ò ù",
-    )
-    return build_email(envelope, rendered)
-
-
-def _unchecked_recipient(email: OutgoingEmail, recipient: str) -> OutgoingEmail:
-    """The message with a recipient our builder would refuse: for the server's own checks."""
-    assert email.content is not None
-    content = replace(email.content, recipient=replace(email.content.recipient, address=recipient))
-    return replace(email, recipient=recipient, content=content)
-
-
-@pytest.fixture
-def api() -> Iterator[EmailApiServer]:
-    with EmailApiServer() as server:
-        yield server
-
-
-def _provider(kind: str, api: EmailApiServer, **overrides: Any) -> HTTPProvider:
-    options: dict[str, Any] = {"base_url": api.url, "timeout": 5.0, "connect_timeout": 2.0}
-    options.update(overrides)
-    if kind == "postmark":
-        token = options.pop("token", api.postmark_token)
-        return PostmarkProvider(token, **options)
-    if kind == "sendgrid":
-        return SendGridProvider(options.pop("key", api.sendgrid_key), **options)
-    if kind == "mailgun":
-        key = options.pop("key", api.mailgun_key)
-        return MailgunProvider(key, options.pop("domain", api.mailgun_domain), **options)
-    return SESProvider(
-        api.aws_region,
-        api.aws_access_key_id,
-        options.pop("secret", api.aws_secret_access_key),
-        **options,
-    )
-
-
-@pytest.fixture
-def opened() -> Iterator[Callable[..., HTTPProvider]]:
-    providers: list[HTTPProvider] = []
-
-    def open_provider(kind: str, api: EmailApiServer, **overrides: Any) -> HTTPProvider:
-        provider = _provider(kind, api, **overrides)
-        providers.append(provider)
-        return provider
-
-    yield open_provider
-    for provider in providers:
-        provider.close()
 
 
 def _parsed(data: bytes) -> EmailMessage:
@@ -123,7 +55,7 @@ def _parsed(data: bytes) -> EmailMessage:
 
 
 def test_message_content_says_what_the_mime_says() -> None:
-    email = _email()
+    email = sample_email()
     assert email.content is not None
     content, mime = email.content, _parsed(email.data)
     assert (content.sender.name, content.sender.address) == (
@@ -166,7 +98,7 @@ def test_message_content_says_what_the_mime_says() -> None:
 def test_accepted_message_is_recorded_once_with_the_provider_id(
     kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
 ) -> None:
-    email = _email()
+    email = sample_email()
     result = opened(kind, api).send(email)
     [accepted] = api.by_message_id()[email.message_id]
     assert result.provider == kind
@@ -181,7 +113,7 @@ def test_accepted_message_is_recorded_once_with_the_provider_id(
 def test_raw_mime_providers_send_our_bytes_unchanged(
     kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
 ) -> None:
-    email = _email()
+    email = sample_email()
     opened(kind, api).send(email)
     assert api.accepted[0].mime == email.data
 
@@ -192,8 +124,31 @@ def test_one_pooled_connection_carries_many_messages(
 ) -> None:
     provider = opened(kind, api)
     for n in range(1, 5):
-        provider.send(_email(n))
+        provider.send(sample_email(n))
     assert len(api.accepted) == 4
+    assert len({attempt.peer for attempt in api.attempts}) == 1
+
+
+@pytest.mark.parametrize("kind", ["sendgrid", "mailgun", "ses"])
+def test_without_a_batch_endpoint_a_batch_is_one_request_a_message_on_one_connection(
+    kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    """SendGrid, Mailgun and SES have no endpoint for different messages in one request
+    (docs/delivery.md): each message is its own request, handed over just before it."""
+    claim_lost = ConnectionError("database gone")
+    seen: list[tuple[int, int]] = []
+
+    def hand_over(index: int) -> None:
+        seen.append((index, len(api.accepted)))
+        if index == 1:
+            raise claim_lost
+
+    emails = [sample_email(n, f"r{n}@example.ro") for n in range(1, 5)]
+    results = opened(kind, api).send_many(emails, hand_over)
+    assert results[1] is claim_lost
+    assert all(isinstance(results[i], DeliveryResult) for i in (0, 2, 3))
+    assert seen == [(0, 0), (1, 1), (2, 1), (3, 2)], "one request after each hand-over"
+    assert [a.recipient for a in api.accepted] == [f"r{n}@example.ro" for n in (1, 3, 4)]
     assert len({attempt.peer for attempt in api.attempts}) == 1
 
 
@@ -201,10 +156,10 @@ def test_a_closed_provider_opens_a_new_client_when_used_again(
     api: EmailApiServer, opened: Callable[..., HTTPProvider]
 ) -> None:
     provider = opened("postmark", api)
-    provider.send(_email(1))
+    provider.send(sample_email(1))
     first = provider.client
     provider.close()
-    provider.send(_email(2))
+    provider.send(sample_email(2))
     assert provider.client is not first
     assert len(api.accepted) == 2
 
@@ -280,14 +235,14 @@ def test_provider_refusals_are_permanent_and_told_apart(
     api.plan("ioana@example.ro", fault)
     provider = opened(kind, api)
     with pytest.raises(PermanentDeliveryError) as refused:
-        provider.send(_email())
+        provider.send(sample_email())
     assert (refused.value.hard_bounce, refused.value.policy) == (
         expected == HARD,
         expected == POLICY,
     )
     assert refused.value.code == fault.status
     assert api.accepted == []
-    provider.send(_email())  # the refusal was about that request only
+    provider.send(sample_email())  # the refusal was about that request only
     assert len(api.accepted) == 1
 
 
@@ -320,11 +275,11 @@ def test_throttling_and_server_errors_are_transient_with_retry_after(
     api.plan("ioana@example.ro", fault)
     provider = opened(kind, api)
     with pytest.raises(TransientDeliveryError) as busy:
-        provider.send(_email())
+        provider.send(sample_email())
     assert not isinstance(busy.value, CredentialsRefused)
     assert busy.value.retry_after == retry_after
-    provider.send(_email())
-    assert len(api.by_message_id()[_email().message_id]) == 1
+    provider.send(sample_email())
+    assert len(api.by_message_id()[sample_email().message_id]) == 1
 
 
 def test_retry_after_as_an_http_date(
@@ -333,7 +288,7 @@ def test_retry_after_as_an_http_date(
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
     api.plan("ioana@example.ro", Fault(503, None, "", {"Retry-After": when}))
     with pytest.raises(TransientDeliveryError) as busy:
-        opened("postmark", api).send(_email())
+        opened("postmark", api).send(sample_email())
     assert busy.value.retry_after is not None and 85 <= busy.value.retry_after <= 90
 
 
@@ -378,7 +333,7 @@ def test_refused_credentials_are_retried_and_logged_for_the_operator(
         caplog.at_level(logging.ERROR, logger="worker.providers.http"),
         pytest.raises(CredentialsRefused) as refused,
     ):
-        opened(kind, api, **overrides).send(_email())
+        opened(kind, api, **overrides).send(sample_email())
     assert isinstance(refused.value, TransientDeliveryError)
     assert refused.value.code in (401, 403, 404)
     assert any(setting in record.getMessage() for record in caplog.records)
@@ -391,11 +346,11 @@ def test_the_server_refuses_what_the_real_api_refuses(
     """An invalid recipient is refused by the server's own validation, not a plan."""
     for kind in ("postmark", "sendgrid", "mailgun"):
         with pytest.raises(PermanentDeliveryError) as refused:
-            opened(kind, api).send(_unchecked_recipient(_email(), "not-an-address"))
+            opened(kind, api).send(unchecked_recipient(sample_email(), "not-an-address"))
         assert refused.value.hard_bounce, kind
     api.inactive.add("gone@example.ro")
     with pytest.raises(PermanentDeliveryError) as inactive:
-        opened("postmark", api).send(_email(recipient="gone@example.ro"))
+        opened("postmark", api).send(sample_email(recipient="gone@example.ro"))
     assert inactive.value.hard_bounce
     assert api.accepted == []
 
@@ -412,10 +367,10 @@ def test_no_answer_after_sending_is_ambiguous(
     api.plan("ioana@example.ro", fault)
     provider = opened(kind, api, timeout=0.5)
     with pytest.raises(AmbiguousDeliveryError):
-        provider.send(_email())
+        provider.send(sample_email())
     [attempt] = api.attempts
-    assert attempt.status is None and attempt.message_id == _email().message_id
-    provider.send(_email(2))  # a fresh connection works
+    assert attempt.status is None and attempt.message_id == sample_email().message_id
+    provider.send(sample_email(2))  # a fresh connection works
     assert len(api.accepted) == 1
 
 
@@ -425,7 +380,7 @@ def test_refused_connection_is_transient(
 ) -> None:
     provider = opened(kind, api, base_url=f"http://127.0.0.1:{closed_port()}")
     with pytest.raises(TransientDeliveryError):
-        provider.send(_email())
+        provider.send(sample_email())
     assert api.attempts == []
 
 
@@ -444,7 +399,7 @@ def test_failures_before_the_request_got_through_are_transient(failure: Exceptio
         "token", base_url="https://api.example.invalid", transport=httpx2.MockTransport(fail)
     )
     with pytest.raises(TransientDeliveryError):
-        provider.send(_email())
+        provider.send(sample_email())
     provider.close()
 
 
@@ -457,7 +412,7 @@ def test_accepted_without_a_readable_id_is_still_sent(caplog: pytest.LogCaptureF
     provider = PostmarkProvider(
         "token", base_url="https://api.example.invalid", transport=httpx2.MockTransport(accept)
     )
-    email = _email()
+    email = sample_email()
     with caplog.at_level(logging.ERROR, logger="worker.providers.http"):
         result = provider.send(email)
     provider.close()
@@ -468,7 +423,7 @@ def test_accepted_without_a_readable_id_is_still_sent(caplog: pytest.LogCaptureF
 def test_json_providers_need_the_structured_message(
     api: EmailApiServer, opened: Callable[..., HTTPProvider]
 ) -> None:
-    email = _email()
+    email = sample_email()
     bare = OutgoingEmail(email.send_id, email.message_id, email.sender, email.recipient, email.data)
     for kind in ("postmark", "sendgrid"):
         with pytest.raises(ValueError, match="content"):
@@ -619,14 +574,14 @@ def test_hand_over_comes_before_the_request_and_can_stop_it() -> None:
         "token", base_url="https://api.example.invalid", transport=httpx2.MockTransport(accept)
     )
     try:
-        provider.send(_email(), lambda: steps.append("hand_over"))
+        provider.send(sample_email(), lambda: steps.append("hand_over"))
         assert steps == ["hand_over", "request"]
 
         def database_gone() -> None:
             raise RuntimeError("claim could not be committed")
 
         with pytest.raises(RuntimeError):
-            provider.send(_email(), database_gone)
+            provider.send(sample_email(), database_gone)
         assert steps == ["hand_over", "request"], "no request without a committed claim"
     finally:
         provider.close()
@@ -639,7 +594,7 @@ def test_hand_over_comes_before_the_request_and_can_stop_it() -> None:
 def test_an_idn_recipient_reaches_every_api_as_a_labels(
     kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
 ) -> None:
-    email = _email(recipient="ana@exämple.ro")
+    email = sample_email(recipient="ana@exämple.ro")
     opened(kind, api).send(email)
     (accepted,) = api.accepted
     assert accepted.recipient == "ana@xn--exmple-cua.ro"
@@ -655,7 +610,7 @@ def test_a_utf8_local_part_is_refused_before_an_api_that_cannot_carry_it(
     hand_overs: list[None] = []
     with pytest.raises(UnsupportedAddress) as refused:
         opened(kind, api).send(
-            _email(recipient="josé@example.com"), lambda: hand_overs.append(None)
+            sample_email(recipient="josé@example.com"), lambda: hand_overs.append(None)
         )
     assert not refused.value.hard_bounce and not refused.value.policy
     assert hand_overs == [] and api.attempts == [] and api.accepted == []

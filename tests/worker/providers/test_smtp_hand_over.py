@@ -3,15 +3,18 @@ the server has nothing; after it, only the server knows. Real servers on loopbac
 
 from __future__ import annotations
 
+import smtplib
 import socket
 import threading
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.support.smtp_sink import SmtpSink, free_port
 from worker.providers.base import AmbiguousDeliveryError, OutgoingEmail
-from worker.providers.smtp import SMTPProvider
+from worker.providers.smtp import SMTPProvider, _angle_address, _dot_stuffed
 
 
 def _email(send_id: int, body: bytes = b"hello\r\n") -> OutgoingEmail:
@@ -114,3 +117,25 @@ def test_the_connection_sends_small_segments_at_once(smtp_sink: SmtpSink) -> Non
         assert connection.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         provider.close()
+
+
+def _reference_dot_stuffed(data: bytes) -> bytes:
+    """RFC 5321 4.5.2 spelled out line by line: the wire form ``_dot_stuffed`` must give."""
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    body = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
+    return body + b"\r\n"
+
+
+@given(st.binary(max_size=64) | st.lists(st.sampled_from([b".", b"a", b"\r", b"\n"])).map(b"".join))
+def test_dot_stuffing_gives_the_rfc_5321_wire_form(data: bytes) -> None:
+    assert _dot_stuffed(data) == _reference_dot_stuffed(data)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["ana@example.ro", "josé@exämple.ro", "a.b+tag@sub.example.com", '"odd name"@example.ro'],
+)
+def test_envelope_addresses_are_bracketed_as_smtplib_would(address: str) -> None:
+    assert _angle_address(address) == smtplib.quoteaddr(address)
