@@ -307,8 +307,19 @@ class EventConsumer(ConsumerMixin):
                 except OSError:
                     if not self.should_stop:
                         raise
+                except Exception as exc:
+                    # The transport could not decode an item (Redis: not an envelope):
+                    # the connection is fine, so settle what was taken before _consume
+                    # skips the item and starts again; kombu would otherwise give the
+                    # taken messages back to the queue when the channel closes.
+                    if not isinstance(exc, self._connection_failures()):
+                        self.flush()
+                    raise
                 yield
             self.flush()  # asked to stop: store what was taken, then leave
+
+    def _connection_failures(self) -> tuple[type[BaseException], ...]:
+        return tuple(self.connection.connection_errors) + tuple(self.connection.channel_errors)
 
     def on_message(self, message: Message) -> None:
         if not self._taken:

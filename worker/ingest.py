@@ -228,25 +228,30 @@ def ingest_batch(
     first_event_of_new = set(created)
     decided: dict[int, tuple[Decision, ...]] = {}
 
-    for position in todo:
-        event = events[position]
-        customer = customers[event.customer.id]
-        if customer.id in batch.pending_customers:
-            batch.write_sends()  # the customer's next decision must see them, with ids
-        consent_before = customer.email_marketing
-        apply_upsert(
-            session, customer, event.customer, now, created=customer.id in first_event_of_new
-        )
-        first_event_of_new.discard(customer.id)
-        if customer.email_marketing != consent_before:
-            # A re-subscription may have lifted an unsubscribe suppression.
-            batch.inputs.forget_address(customer.email)
-        if isinstance(event, PurchaseEvent) and event.data.order_id not in known_orders:
-            order, order_lines = record_purchase(customer, event)
-            orders.append(order)
-            lines.extend(order_lines)
-            known_orders.add(event.data.order_id)
-        decided[position] = _plan(batch, rules, policy, customer, event, position, enrolled, config)
+    # The customers' changes are flushed once, after the loop: without this, every query
+    # the loop makes (an offer's products) would first flush the customer it just changed.
+    with session.no_autoflush:
+        for position in todo:
+            event = events[position]
+            customer = customers[event.customer.id]
+            if customer.id in batch.pending_customers:
+                batch.write_sends()  # the customer's next decision must see them, with ids
+            consent_before = customer.email_marketing
+            apply_upsert(
+                session, customer, event.customer, now, created=customer.id in first_event_of_new
+            )
+            first_event_of_new.discard(customer.id)
+            if customer.email_marketing != consent_before:
+                # A re-subscription may have lifted an unsubscribe suppression.
+                batch.inputs.forget_address(customer.email)
+            if isinstance(event, PurchaseEvent) and event.data.order_id not in known_orders:
+                order, order_lines = record_purchase(customer, event)
+                orders.append(order)
+                lines.extend(order_lines)
+                known_orders.add(event.data.order_id)
+            decided[position] = _plan(
+                batch, rules, policy, customer, event, position, enrolled, config
+            )
 
     batch.write_sends()
     session.flush()  # the customers' new state
