@@ -244,13 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rates.append(rate)
                     cpus.append(cpu)
                 print(
-                    f"{label:22} {min(rates):7.0f}–{max(rates):7.0f} events/s "
+                    f"{label:22} {min(rates):7.0f} to {max(rates):7.0f} events/s "
                     f"(median {statistics.median(rates):.0f}), "
-                    f"CPU {min(cpus):.2f}–{max(cpus):.2f} ms/event"
+                    f"CPU {min(cpus):.2f} to {max(cpus):.2f} ms/event"
                 )
             floors = [raw_floor(url, args.events, args.batch) for _ in range(args.rounds)]
             print(
-                f"{'raw floor (psycopg)':22} {min(floors):7.0f}–{max(floors):7.0f} rows/s "
+                f"{'raw floor (psycopg)':22} {min(floors):7.0f} to {max(floors):7.0f} rows/s "
                 f"(median {statistics.median(floors):.0f}), {args.batch} INSERTs per transaction"
             )
             runtime.close()

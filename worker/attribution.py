@@ -48,7 +48,7 @@ from worker.activity import record_activity
 from worker.customers import profile_of
 from worker.dialect_insert import insert_for
 from worker.models import Conversion, Customer, Event, Order, OrderLine, Send, SendOffer
-from worker.offer_resolution import resolve_for_send
+from worker.offer_resolution import CatalogMemo, choose_offer
 from worker.rules import load_complements
 from worker.settings import Settings
 
@@ -99,10 +99,12 @@ def resolve_offered(
     config: AttributionConfig,
     *,
     send_id: int | None = None,
+    memo: CatalogMemo | None = None,
 ) -> tuple[list[str], str | None]:
     """The products a send of ``compiled`` offers ``profile`` after ``event`` (a sequence
     step's own offer when it has one), with the reason when there are none. Never raises
-    but for database errors: measurement must not stop ingest."""
+    but for database errors: measurement must not stop ingest. ``memo`` shares catalog
+    reads between the sends of one transaction."""
     if compiled is None:
         return [], "campaign_unknown"
     if profile is None:
@@ -114,7 +116,7 @@ def resolve_offered(
         step = next((s for s in compiled.campaign.steps or () if s.id == step_id), None)
         if step is not None and step.offer is not None:
             offer = step.offer
-        resolved = resolve_for_send(session, offer, event, profile, config.complements)
+        resolved = choose_offer(session, offer, event, profile, config.complements, memo)
         return [item.sku for item in resolved.items], None
     except OfferUnavailable as unavailable:
         return [], unavailable.reason[:64]

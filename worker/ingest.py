@@ -44,6 +44,7 @@ from worker.decision_inputs import BatchInputs, decision_inputs, decision_inputs
 from worker.dialect_insert import insert_for
 from worker.metrics import SENDS
 from worker.models import Customer, Enrollment, Event, Order, OrderLine, Send
+from worker.offer_resolution import CatalogMemo
 from worker.settings import get_settings
 
 
@@ -95,6 +96,7 @@ class _Batch:
     pending: list[_NewSend] = field(default_factory=list)
     pending_customers: set[str] = field(default_factory=set)
     offers: dict[int, tuple[list[str], str | None]] = field(default_factory=dict)
+    catalog: CatalogMemo = field(default_factory=CatalogMemo)
 
     def write_sends(self) -> None:
         """Insert the pending sends in one statement; a dedupe key already taken (a
@@ -319,7 +321,9 @@ def _plan(
                 enrolled.add(customer.id)
             continue
         offer = (
-            resolve_offered(session, compiled, None, inputs.profile, event, config)
+            resolve_offered(
+                session, compiled, None, inputs.profile, event, config, memo=batch.catalog
+            )
             if decision.outcome in PLANNED_STATUSES
             else None
         )
@@ -409,19 +413,21 @@ def _attribute_purchases(
     config: AttributionConfig,
     now: datetime,
 ) -> None:
-    """Attribute each purchase's order, in order, for the customers with a touch (a sent
-    or held-out send: one query tells which); without one there is nothing to attribute."""
+    """Attribute each purchase's order, in order, for the customers with a touch before
+    it (a sent or held-out send: one query tells which); without one there is nothing to
+    attribute (``attribute_order`` applies the windows)."""
     if not purchases:
         return
     customer_ids = sorted({event.customer.id for event in purchases})
+    latest = max(event.occurred_at for event in purchases)
     touched = set(
         session.scalars(
             select(Send.customer_id)
             .where(
                 Send.customer_id.in_(customer_ids),
                 or_(
-                    and_(Send.status.in_(TREATED_STATUSES), Send.sent_at.is_not(None)),
-                    Send.status == "held_out",
+                    and_(Send.status.in_(TREATED_STATUSES), Send.sent_at < latest),
+                    and_(Send.status == "held_out", Send.send_at < latest),
                 ),
             )
             .distinct()
