@@ -105,7 +105,7 @@ def load_customers(url: str, prefix: str, count: int) -> list[str]:
         for customer_id in ids
     ]
     with engine_for(url).begin() as connection:
-        connection.execute(insert(Customer.__table__), rows)
+        connection.execute(insert(Customer), rows)
     return ids
 
 
