@@ -226,9 +226,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed_catalog(settings, NOW)
             runtime = Runtime(settings, clock=ShiftedClock(NOW))
             runtime.rules.current()  # load and compile the campaigns before any timing
+            from worker import consumer
+
+            path = (
+                f"handle_bodies, batches of {args.batch}"
+                if hasattr(consumer, "handle_bodies")
+                else "handle_body, one event per transaction"
+            )
             print(
-                f"ingest on PostgreSQL: {args.events} events per round, {args.rounds} rounds, "
-                f"batches of {args.batch}"
+                f"ingest on PostgreSQL ({consumer.__file__}): {args.events} events per round, "
+                f"{args.rounds} rounds, {path}"
             )
             for label, matching in (("one campaign matches", True), ("nothing matches", False)):
                 rates, cpus = [], []

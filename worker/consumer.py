@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from triggers.events import AnyEvent, InvalidEvent, parse_event
 from worker.db import transaction
-from worker.ingest import ingest_batch
+from worker.ingest import IngestResult, ingest_batch
 from worker.log_format import fields
 from worker.metrics import EVENTS
 from worker.privacy import forget_from_message
@@ -57,6 +57,23 @@ class Handled:
     code: str = ""
     reason: str = ""
     event_id: str | None = None
+    customer_id: str | None = None
+    decided: str = ""
+    """What each campaign that matched decided (``laptop-accessories: planned``), for the log."""
+
+
+def _ingested(event: AnyEvent, result: IngestResult) -> Handled:
+    decided = ", ".join(
+        f"{decision.campaign_id}: {decision.reason or decision.outcome}"
+        for decision in result.decisions
+        if decision.outcome != "not_matched"
+    )
+    return Handled(
+        "duplicate" if result.duplicate else "stored",
+        event_id=event.id,
+        customer_id=event.customer.id,
+        decided=decided,
+    )
 
 
 def _is_outage(exc: DBAPIError) -> bool:
@@ -186,10 +203,7 @@ def _store_batch(runtime: Runtime, events: list[AnyEvent]) -> list[Handled] | No
             "%s in a batch of %d events; storing them one by one", type(exc).__name__, len(events)
         )
         return None
-    return [
-        Handled("duplicate" if result.duplicate else "stored", event_id=event.id)
-        for event, result in zip(events, results, strict=True)
-    ]
+    return [_ingested(event, result) for event, result in zip(events, results, strict=True)]
 
 
 def _store_each(runtime: Runtime, events: list[AnyEvent]) -> list[Handled]:
@@ -245,7 +259,7 @@ def _store_one(runtime: Runtime, session: Session, event: AnyEvent) -> Handled:
         except Exception as exc:  # a message must not stop intake, whatever it trips
             handled = _internal_error(exc)
             return Handled(handled.outcome, handled.code, handled.reason, event.id)
-        return Handled("duplicate" if result.duplicate else "stored", event_id=event.id)
+        return _ingested(event, result)
 
 
 class EventConsumer(ConsumerMixin):
@@ -354,11 +368,16 @@ class EventConsumer(ConsumerMixin):
         outcome = "duplicate" if handled.outcome == "duplicate" else "accepted"
         self.stats[outcome] += 1
         EVENTS.labels(outcome).inc()
+        if handled.event_id is None:
+            return  # an erasure request: worker.privacy logs and counts it
         log.info(
-            "event %s %s",
+            "event %s %s%s",
             handled.event_id,
-            handled.outcome,
-            extra=fields(event_id=handled.event_id, outcome=handled.outcome),
+            outcome,
+            f", {handled.decided}" if handled.decided else "",
+            extra=fields(
+                event_id=handled.event_id, customer_id=handled.customer_id, outcome=outcome
+            ),
         )
 
     def on_connection_error(self, exc: Exception, interval: float) -> None:
