@@ -203,7 +203,9 @@ def _governed(
 def standing_opt_out(session: Session, customer_id: str, scope: str) -> datetime | None:
     """When the crosssell-recorded opt-out that still stands for ``scope`` was made:
     the latest non-CRM opt-out with no opt-in (from any source) strictly after it.
-    None when nothing stands."""
+    None when nothing stands. Flushes first: ingest plans a batch without autoflush, and
+    a decision an earlier event of the batch recorded must count."""
+    session.flush()
     last_out = session.scalar(
         select(ConsentRecord.decided_at)
         .where(

@@ -289,6 +289,9 @@ def _plan(
     session, now = batch.session, batch.now
     inputs = batch.inputs.for_event(session, event, now, customer)
     # Sequences first: an event that exits one does so before anything more is planned.
+    # They read enrollments and consent in SQL: flush what earlier events changed first.
+    if customer.id in enrolled:
+        session.flush()
     if customer.id in enrolled and sequences.observe(session, rules, customer, event, inputs, now):
         inputs = decision_inputs(session, event, now, customer=customer, lock=True)
         batch.inputs.histories[customer.id] = list(inputs.history)
@@ -313,6 +316,7 @@ def _plan(
         assert compiled is not None
         assert decision.dedupe_key is not None
         if decision.outcome == "enrolled":
+            session.flush()
             entered = sequences.enroll(session, compiled, decision, customer.id, event, now)
             outcome[decision.campaign_id] = (
                 f"enrolled:{entered}" if entered is not None else SkipReason.ALREADY_ENROLLED

@@ -39,7 +39,7 @@ from worker.db import dispose_engines, engine_for, transaction
 from worker.demo import seed_catalog
 from worker.ingest import ingest_batch, ingest_event
 from worker.migrate import upgrade
-from worker.models import Event, Send
+from worker.models import Enrollment, Event, Send
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.topology import events_exchange, events_queue, transport_options
@@ -92,13 +92,59 @@ def _mixed_batch() -> list[AnyEvent]:
     documents += [
         purchase(customer=customer_block(c), at=NOW - timedelta(minutes=10)) for c in usage_first
     ]
+    # C-seq-*: a camera enrolls them in the post-purchase journey (a sequence); their
+    # next purchases in the same batch are observed by it, and a second camera finds
+    # them enrolled already.
+    journey = [f"C-seq-{n}" for n in range(5)]
+    for minutes, category, price in ((50, "cameras", "800.00"), (40, "books", "20.00")):
+        documents += [
+            purchase(
+                customer=customer_block(c),
+                sku=f"SKU-{category}",
+                category=category,
+                price=price,
+                at=NOW - timedelta(minutes=minutes),
+            )
+            for c in journey
+        ]
+    documents += [
+        purchase(
+            customer=customer_block(c), sku="SKU-cameras-2", category="cameras", price="700.00"
+        )
+        for c in journey
+    ]
     documents.append(documents[0])
     return [validate_event(document) for document in documents]
 
 
-def _plan_of(url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """What the database holds, without row ids (numbered differently by the two paths)."""
+def _plan_of(
+    url: str,
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """What the database holds, without row ids (numbered differently by the two paths):
+    sends, events' outcomes, sequence enrollments."""
     with transaction(url) as session:
+        enrollments = sorted(
+            (
+                row.campaign_id,
+                row.customer_id,
+                row.entry_event_id,
+                row.status,
+                row.exit_reason,
+                row.purchased_since_entry,
+                tuple(row.categories_since_entry),
+            )
+            for row in session.execute(
+                select(
+                    Enrollment.campaign_id,
+                    Enrollment.customer_id,
+                    Enrollment.entry_event_id,
+                    Enrollment.status,
+                    Enrollment.exit_reason,
+                    Enrollment.purchased_since_entry,
+                    Enrollment.categories_since_entry,
+                )
+            )
+        )
         sends = sorted(
             (row.event_id, row.campaign_id, row.status, row.reason, row.send_at)
             for row in session.execute(
@@ -112,7 +158,7 @@ def _plan_of(url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
             )
             for row in session.execute(select(Event.event_id, Event.outcome))
         )
-    return sends, outcomes
+    return sends, outcomes, enrollments
 
 
 def test_a_batch_plans_what_the_events_one_at_a_time_plan(
@@ -142,7 +188,8 @@ def test_a_batch_plans_what_the_events_one_at_a_time_plan(
         batch_plan = _plan_of(database_url)
         assert batch_plan == _plan_of(one_by_one)
 
-        sends, _ = batch_plan
+        sends, _, enrollments = batch_plan
+        assert enrollments  # the post-purchase journey: sequences are in the batch too
         by_customer: dict[str, dict[str, tuple[str, str | None]]] = {}
         customer_of = {event.id: event.customer.id for event in events}
         for event_id, campaign_id, status, reason, _ in sends:
