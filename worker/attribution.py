@@ -3,11 +3,12 @@
 The rules (window, direct or influenced, last touch) are in :mod:`triggers.attribution`;
 this module reads the touches and writes ``conversions`` and ``send_offers``.
 
-* :func:`attribute_event` runs inside ingest's transaction. For every send the event
-  planned, emailed or held out, it stores the products the campaign's offer resolves to
-  *now* (``send_offers``): both groups' offers are resolved the same way at the same
-  moment, so "direct" means the same thing in both. For a purchase it then attributes the
-  order to the touches already recorded.
+* Ingest (``worker.ingest``), in its own transaction, resolves for every send an event
+  planned, emailed or held out, the products the campaign's offer gives *now*
+  (:func:`resolve_offered`, stored by :func:`store_offers` in ``send_offers``): both
+  groups' offers are resolved the same way at the same moment, so "direct" means the
+  same thing in both. For a purchase it then attributes the order to the touches
+  already recorded (:func:`attribute_order`).
 * :func:`reconcile` repeats the attribution for every order in a time range: purchases
   that arrived before the send they follow was recorded (an email marked ``sent`` after
   the purchase was ingested, a late trigger event) are attributed then. ``crosssell
@@ -39,15 +40,17 @@ from triggers.attribution import (
 )
 from triggers.durations import parse_duration
 from triggers.events import AnyEvent, PurchaseEvent, validate_event
+from triggers.facts import CustomerProfile
 from triggers.money import round_money
 from triggers.offers import OfferUnavailable
-from triggers.rule_set import RuleSet
+from triggers.rule_set import CompiledCampaign, RuleSet
 from worker.activity import record_activity
 from worker.customers import profile_of
+from worker.dialect_insert import insert_for
 from worker.models import Conversion, Customer, Event, Order, OrderLine, Send, SendOffer
-from worker.offer_resolution import resolve_for_send
+from worker.offer_resolution import CatalogMemo, choose_offer
 from worker.rules import load_complements
-from worker.settings import Settings, get_settings
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +90,61 @@ def _complements(path: Path, mtime: int) -> dict[str, list[str]]:
     return load_complements(path)
 
 
-def attribute_event(session: Session, event: AnyEvent, rules: RuleSet, now: datetime) -> None:
-    """Ingest's hook: record the offers of the sends this event planned and, for a
-    purchase, attribute the order. Same transaction as the event."""
-    config = AttributionConfig.from_settings(get_settings())
-    session.flush()
-    planned = session.scalars(
-        select(Send).where(Send.event_id == event.id, Send.status.in_(PLANNED_STATUSES))
-    ).all()
-    for send in planned:
-        offered_skus(session, send, rules, config, now, event)
-    if isinstance(event, PurchaseEvent):
-        attribute_order(session, event.data.order_id, rules, config, now, event)
+def resolve_offered(
+    session: Session,
+    compiled: CompiledCampaign | None,
+    step_id: str | None,
+    profile: CustomerProfile | None,
+    event: AnyEvent | None,
+    config: AttributionConfig,
+    *,
+    send_id: int | None = None,
+    memo: CatalogMemo | None = None,
+) -> tuple[list[str], str | None]:
+    """The products a send of ``compiled`` offers ``profile`` after ``event`` (a sequence
+    step's own offer when it has one), with the reason when there are none. Never raises
+    but for database errors: measurement must not stop ingest. ``memo`` shares catalog
+    reads between the sends of one transaction."""
+    if compiled is None:
+        return [], "campaign_unknown"
+    if profile is None:
+        return [], "customer_unknown"
+    if event is None:
+        return [], "event_unknown"
+    try:
+        offer = compiled.campaign.offer
+        step = next((s for s in compiled.campaign.steps or () if s.id == step_id), None)
+        if step is not None and step.offer is not None:
+            offer = step.offer
+        resolved = choose_offer(session, offer, event, profile, config.complements, memo)
+        return [item.sku for item in resolved.items], None
+    except OfferUnavailable as unavailable:
+        return [], unavailable.reason[:64]
+    except DBAPIError:
+        raise  # the connection or the database: the caller's retry decides
+    except Exception:
+        # The send is recorded without an offer (its conversions count as influenced)
+        # and the fault is logged.
+        log.exception(
+            "send %s of %s: its offer could not be resolved for attribution",
+            send_id if send_id is not None else "(new)",
+            compiled.id,
+        )
+        return [], "offer_error"
+
+
+def store_offers(
+    session: Session, offers: Mapping[int, tuple[list[str], str | None]], now: datetime
+) -> None:
+    """Record new sends' offers (send id → products, reason) in one statement; a row a
+    concurrent reconciliation stored first is kept (``ON CONFLICT DO NOTHING``)."""
+    if not offers:
+        return
+    rows = [
+        {"send_id": send_id, "skus": skus, "reason": reason, "resolved_at": now}
+        for send_id, (skus, reason) in offers.items()
+    ]
+    session.execute(insert_for(session, SendOffer).on_conflict_do_nothing(), rows)
 
 
 def offered_skus(
@@ -114,39 +160,20 @@ def offered_skus(
     stored = session.get(SendOffer, send.id)
     if stored is not None:
         return frozenset(stored.skus)
-    skus: list[str] = []
-    reason: str | None = None
     compiled = rules.by_id(send.campaign_id)
     customer = session.get(Customer, send.customer_id)
-    if compiled is None or customer is None:
-        reason = "campaign_unknown" if compiled is None else "customer_unknown"
-    else:
-        if event is None:
-            payload = session.scalar(select(Event.payload).where(Event.event_id == send.event_id))
-            event = validate_event(payload) if payload is not None else None
-        if event is None:
-            reason = "event_unknown"
-        else:
-            try:
-                profile = profile_of(customer)
-                offer = compiled.campaign.offer
-                # A sequence step's email offers the step's own offer, if it has one.
-                step = next(
-                    (s for s in compiled.campaign.steps or () if s.id == send.step_id), None
-                )
-                if step is not None and step.offer is not None:
-                    offer = step.offer
-                resolved = resolve_for_send(session, offer, event, profile, config.complements)
-                skus = [item.sku for item in resolved.items]
-            except OfferUnavailable as unavailable:
-                reason = unavailable.reason[:64]
-            except DBAPIError:
-                raise  # the connection or the database: the caller's retry decides
-            except Exception:
-                # Measurement must never stop ingest: the send is recorded without an
-                # offer (its conversions count as influenced) and the fault is logged.
-                log.exception("send %s: its offer could not be resolved for attribution", send.id)
-                reason = "offer_error"
+    if event is None and compiled is not None and customer is not None:
+        payload = session.scalar(select(Event.payload).where(Event.event_id == send.event_id))
+        event = validate_event(payload) if payload is not None else None
+    skus, reason = resolve_offered(
+        session,
+        compiled,
+        send.step_id,
+        profile_of(customer) if customer is not None else None,
+        event,
+        config,
+        send_id=send.id,
+    )
     try:
         # A concurrent reconciliation may record the same send's offer first.
         with session.begin_nested():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,10 +23,11 @@ from kombu.message import Message
 from kombu.messaging import Producer
 from kombu.mixins import ConsumerMixin
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
-from triggers.events import InvalidEvent, parse_event
+from triggers.events import AnyEvent, InvalidEvent, parse_event
 from worker.db import transaction
-from worker.ingest import ingest_event
+from worker.ingest import IngestResult, ingest_batch
 from worker.log_format import fields
 from worker.metrics import EVENTS
 from worker.privacy import forget_from_message
@@ -56,6 +57,23 @@ class Handled:
     code: str = ""
     reason: str = ""
     event_id: str | None = None
+    customer_id: str | None = None
+    decided: str = ""
+    """What each campaign that matched decided (``laptop-accessories: planned``), for the log."""
+
+
+def _ingested(event: AnyEvent, result: IngestResult) -> Handled:
+    decided = ", ".join(
+        f"{decision.campaign_id}: {decision.reason or decision.outcome}"
+        for decision in result.decisions
+        if decision.outcome != "not_matched"
+    )
+    return Handled(
+        "duplicate" if result.duplicate else "stored",
+        event_id=event.id,
+        customer_id=event.customer.id,
+        decided=decided,
+    )
 
 
 def _is_outage(exc: DBAPIError) -> bool:
@@ -75,47 +93,147 @@ def _sqlstate(exc: DBAPIError) -> str:
 def handle_body(runtime: Runtime, body: object) -> Handled:
     """Validate and store one message body; never raises (bar ``BaseException``s such
     as ``KeyboardInterrupt``)."""
-    try:
-        return _handle(runtime, body)
-    except Exception as exc:  # a message must not stop intake, whatever it trips
-        log.error(
-            "%s while handling a message; dead-lettered. Stack (no values):\n%s",
-            type(exc).__name__,
-            "".join(traceback.format_tb(exc.__traceback__)),
-        )
-        return Handled(
-            "dead_letter", "internal_error", f"{type(exc).__name__} while handling the event"
-        )
+    return handle_bodies(runtime, [body])[0]
 
 
-def _handle(runtime: Runtime, body: object) -> Handled:
-    if isinstance(body, bytearray | memoryview):
-        body = bytes(body)
+def handle_bodies(runtime: Runtime, bodies: Sequence[object]) -> list[Handled]:
+    """Validate and store a batch of message bodies, one :class:`Handled` per body, in
+    order; never raises (bar ``BaseException``s).
+
+    Each body is validated alone; the valid events are stored in one transaction. An
+    erasure request (``worker.privacy``) is applied on its own, in its place: the events
+    before it are stored first."""
+    results: list[Handled | None] = [None] * len(bodies)
+    run: list[tuple[int, AnyEvent]] = []
+    for position, raw in enumerate(bodies):
+        body = bytes(raw) if isinstance(raw, bytearray | memoryview) else raw
+        try:
+            parsed = _parse(runtime, body)
+        except Exception as exc:  # a message must not stop intake, whatever it trips
+            results[position] = _internal_error(exc)
+            continue
+        if isinstance(parsed, Handled):
+            results[position] = parsed
+        elif isinstance(parsed, InvalidEvent):  # not an event: perhaps an erasure request
+            _store_run(runtime, run, results)
+            run = []
+            results[position] = _forget(runtime, body, parsed)
+        else:
+            run.append((position, parsed))
+    _store_run(runtime, run, results)
+    assert all(result is not None for result in results)
+    return [result for result in results if result is not None]
+
+
+def _internal_error(exc: Exception) -> Handled:
+    log.error(
+        "%s while handling a message; dead-lettered. Stack (no values):\n%s",
+        type(exc).__name__,
+        "".join(traceback.format_tb(exc.__traceback__)),
+    )
+    return Handled(
+        "dead_letter", "internal_error", f"{type(exc).__name__} while handling the event"
+    )
+
+
+def _parse(runtime: Runtime, body: object) -> AnyEvent | Handled | InvalidEvent:
+    """The event in ``body``; a dead letter; or, for a body of unknown type (which may
+    be an erasure request), the refusal to use if it is not one."""
     if not isinstance(body, bytes | str):
         # A Redis envelope whose "body" is a JSON number, object or null.
         return Handled("dead_letter", "not_json", "the message body is not text")
     try:
-        event = parse_event(body, received_at=runtime.clock.now())
+        return parse_event(body, received_at=runtime.clock.now())
     except InvalidEvent as bad:
         if bad.code != "unknown_type":
             return Handled("dead_letter", bad.code, bad.reason)
-        try:  # a CRM erasure request is not a marketing event (worker.privacy)
-            if forget_from_message(runtime, body):
-                return Handled("stored")
-        except InvalidEvent as wrong:
-            return Handled("dead_letter", wrong.code, wrong.reason)
-        return Handled("dead_letter", bad.code, bad.reason)
+        return bad
+
+
+def _forget(runtime: Runtime, body: object, bad: InvalidEvent) -> Handled:
+    """Apply a CRM erasure request (not a marketing event); a body that is not one is
+    dead-lettered as ``bad`` says."""
+    assert isinstance(body, bytes | str)
+    try:
+        if forget_from_message(runtime, body):
+            return Handled("stored")
+    except InvalidEvent as wrong:
+        return Handled("dead_letter", wrong.code, wrong.reason)
+    except Exception as exc:  # a message must not stop intake, whatever it trips
+        return _internal_error(exc)
+    return Handled("dead_letter", bad.code, bad.reason)
+
+
+def _store_run(
+    runtime: Runtime, run: list[tuple[int, AnyEvent]], results: list[Handled | None]
+) -> None:
+    if not run:
+        return
+    events = [event for _, event in run]
+    stored = _store_batch(runtime, events) if len(events) > 1 else None
+    if stored is None:
+        stored = _store_each(runtime, events)
+    for (position, _), handled in zip(run, stored, strict=True):
+        results[position] = handled
+
+
+def _store_batch(runtime: Runtime, events: list[AnyEvent]) -> list[Handled] | None:
+    """All ``events`` in one transaction; None when the database refused something in
+    it (a value, a constraint, a race) or an event tripped a bug: the caller then stores
+    them one by one, to find which."""
+    try:
+        with transaction(runtime.settings.resolved_database_url) as session:
+            results = ingest_batch(
+                session, events, runtime.rules.current(), runtime.policy, runtime.clock.now()
+            )
+    except DBAPIError as exc:
+        if _is_outage(exc):
+            log.warning(
+                "database unavailable, %d events requeued: %s", len(events), type(exc).__name__
+            )
+            return [Handled("retry", event_id=event.id) for event in events]
+        log.info(
+            "the database refused a batch of %d events (%s); storing them one by one",
+            len(events),
+            _sqlstate(exc),
+        )
+        return None
+    except Exception as exc:  # a bug one event trips: find it, keep the others
+        log.info(
+            "%s in a batch of %d events; storing them one by one", type(exc).__name__, len(events)
+        )
+        return None
+    return [_ingested(event, result) for event, result in zip(events, results, strict=True)]
+
+
+def _store_each(runtime: Runtime, events: list[AnyEvent]) -> list[Handled]:
+    """The events one by one, each in a savepoint of one transaction: one the database
+    refuses is dead-lettered, the others are stored; a lost connection requeues all."""
+    handled: list[Handled] = []
+    try:
+        with transaction(runtime.settings.resolved_database_url) as session:
+            for event in events:
+                handled.append(_store_one(runtime, session, event))
+    except DBAPIError as exc:
+        if not _is_outage(exc):
+            log.error("the database refused a commit (%s); events requeued", _sqlstate(exc))
+        else:
+            log.warning(
+                "database unavailable, %d events requeued: %s", len(events), type(exc).__name__
+            )
+        return [Handled("retry", event_id=event.id) for event in events]
+    return handled
+
+
+def _store_one(runtime: Runtime, session: Session, event: AnyEvent) -> Handled:
+    """One event in a savepoint; raises only for a lost connection."""
     attempt = 0
     while True:
         attempt += 1
         try:
-            with transaction(runtime.settings.resolved_database_url) as session:
-                result = ingest_event(
-                    session,
-                    event,
-                    runtime.rules.current(),
-                    runtime.policy,
-                    runtime.clock.now(),
+            with session.begin_nested():
+                [result] = ingest_batch(
+                    session, [event], runtime.rules.current(), runtime.policy, runtime.clock.now()
                 )
         except IntegrityError as exc:
             if attempt < INTEGRITY_ATTEMPTS:
@@ -129,12 +247,7 @@ def _handle(runtime: Runtime, body: object) -> Handled:
             )
         except DBAPIError as exc:
             if _is_outage(exc):
-                log.warning(
-                    "database unavailable, event %s requeued: %s",
-                    event.id,
-                    exc.__class__.__name__,
-                )
-                return Handled("retry", event_id=event.id)
+                raise
             # DataError (NUL, value too long, numeric overflow) and the like: this
             # message would be refused on every retry.
             return Handled(
@@ -143,20 +256,25 @@ def _handle(runtime: Runtime, body: object) -> Handled:
                 f"the database refused a value ({_sqlstate(exc)})",
                 event.id,
             )
-        return Handled("duplicate" if result.duplicate else "stored", event_id=event.id)
+        except Exception as exc:  # a message must not stop intake, whatever it trips
+            handled = _internal_error(exc)
+            return Handled(handled.outcome, handled.code, handled.reason, event.id)
+        return _ingested(event, result)
 
 
 class EventConsumer(ConsumerMixin):
-    def __init__(
-        self,
-        connection: Connection,
-        runtime: Runtime,
-        on_ingested: Callable[[], None] | None = None,
-    ) -> None:
+    """Takes messages in batches: up to ``CROSSSELL_INGEST_BATCH`` of them, or what came
+    within ``CROSSSELL_INGEST_LINGER`` seconds of the first, stored in one transaction
+    and acknowledged after its commit (docs/events.md)."""
+
+    def __init__(self, connection: Connection, runtime: Runtime) -> None:
         self.connection = connection
         self.runtime = runtime
-        self.on_ingested = on_ingested
+        self.batch_size = runtime.settings.ingest_batch
+        self.linger = runtime.settings.ingest_linger
         self.stats = {"accepted": 0, "duplicate": 0, "dead_lettered": 0}
+        self._taken: list[Message] = []
+        self._deadline = 0.0
 
     @property
     def handled(self) -> int:
@@ -170,31 +288,97 @@ class EventConsumer(ConsumerMixin):
             consumer_cls(
                 queues=[events_queue(self.runtime.settings)],
                 on_message=self.on_message,
-                prefetch_count=32,
+                # A full batch must fit in what the broker hands out unacknowledged.
+                prefetch_count=self.batch_size,
             )
         ]
 
+    def consume(
+        self,
+        limit: int | None = None,
+        timeout: float | None = None,
+        safety_interval: float = 1,
+        **kwargs: Any,
+    ) -> Iterator[None]:
+        """kombu's loop, which waits for a message at most ``safety_interval`` seconds,
+        with a deadline added: a batch is stored when full (in :meth:`on_message`) or
+        ``linger`` seconds after its first message, whichever comes first.
+
+        Messages taken but not stored when the connection drops are not acknowledged;
+        the broker delivers them again."""
+        with self.consumer_context(**kwargs) as (connection, _channel, _consumers):
+            self._taken = []
+            while not self.should_stop:
+                wait = self._deadline - time.monotonic() if self._taken else safety_interval
+                if wait <= 0:
+                    self.flush()
+                    yield
+                    continue
+                try:
+                    connection.drain_events(timeout=wait)
+                except TimeoutError:
+                    connection.heartbeat_check()
+                except OSError:
+                    if not self.should_stop:
+                        raise
+                except Exception as exc:
+                    # The transport could not decode an item (Redis: not an envelope):
+                    # the connection is fine, so settle what was taken before _consume
+                    # skips the item and starts again; kombu would otherwise give the
+                    # taken messages back to the queue when the channel closes.
+                    if not isinstance(exc, self._connection_failures()):
+                        self.flush()
+                    raise
+                yield
+            self.flush()  # asked to stop: store what was taken, then leave
+
+    def _connection_failures(self) -> tuple[type[BaseException], ...]:
+        return tuple(self.connection.connection_errors) + tuple(self.connection.channel_errors)
+
     def on_message(self, message: Message) -> None:
-        handled = handle_body(self.runtime, message.body)
-        if handled.outcome == "dead_letter":
-            self.dead_letter(message, handled.code, handled.reason)
+        if not self._taken:
+            self._deadline = time.monotonic() + self.linger
+        self._taken.append(message)
+        if len(self._taken) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Store the messages taken so far, then settle each: acknowledge the stored and
+        duplicate ones (after the commit), dead-letter the bad ones, requeue all the
+        batch's events if the database is unavailable."""
+        messages, self._taken = self._taken, []
+        if not messages:
             return
-        if handled.outcome == "retry":
+        outcomes = handle_bodies(self.runtime, [message.body for message in messages])
+        retry: list[Message] = []
+        for message, handled in zip(messages, outcomes, strict=True):
+            if handled.outcome == "dead_letter":
+                self.dead_letter(message, handled.code, handled.reason)
+            elif handled.outcome == "retry":
+                retry.append(message)
+            else:
+                self._accepted(message, handled)
+        if retry:
             time.sleep(OUTAGE_PAUSE_SECONDS)
-            message.requeue()
-            return
+            for message in retry:
+                message.requeue()
+
+    def _accepted(self, message: Message, handled: Handled) -> None:
         message.ack()
         outcome = "duplicate" if handled.outcome == "duplicate" else "accepted"
         self.stats[outcome] += 1
         EVENTS.labels(outcome).inc()
+        if handled.event_id is None:
+            return  # an erasure request: worker.privacy logs and counts it
         log.info(
-            "event %s %s",
+            "event %s %s%s",
             handled.event_id,
-            handled.outcome,
-            extra=fields(event_id=handled.event_id, outcome=handled.outcome),
+            outcome,
+            f", {handled.decided}" if handled.decided else "",
+            extra=fields(
+                event_id=handled.event_id, customer_id=handled.customer_id, outcome=outcome
+            ),
         )
-        if self.on_ingested is not None:
-            self.on_ingested()
 
     def on_connection_error(self, exc: Exception, interval: float) -> None:
         """One line per failed attempt, no traceback: a refused login or an unreachable

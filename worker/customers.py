@@ -21,10 +21,11 @@ the same rule, each kind on its own.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -33,7 +34,7 @@ from triggers.addresses import lookup_key
 from triggers.events import Consent, CustomerData, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, purchase_of
 from worker.activity import record_activity
-from worker.models import ConsentRecord, Customer, Order, OrderLine, Suppression
+from worker.models import ConsentRecord, Customer, Suppression
 from worker.privacy import suppression_keys
 
 log = logging.getLogger(__name__)
@@ -50,19 +51,54 @@ def upsert_customer(session: Session, data: CustomerData, now: datetime) -> Cust
     A CRM opt-in that would undo a standing crosssell opt-out without being newer than
     it is ignored (module docstring).
     """
-    customer = session.get(Customer, data.id, with_for_update=True)
-    created = customer is None
+    return apply_upsert(session, session.get(Customer, data.id, with_for_update=True), data, now)
+
+
+def lock_customers(session: Session, ids: Iterable[str]) -> dict[str, Customer]:
+    """The stored customers among ``ids``, locked until the transaction ends (one query).
+
+    Locked in id order, so two consumers whose batches share customers take the locks in
+    the same order and wait for each other instead of deadlocking."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    rows = session.scalars(
+        select(Customer).where(Customer.id.in_(wanted)).order_by(Customer.id).with_for_update()
+    )
+    return {customer.id: customer for customer in rows}
+
+
+def new_customer(session: Session, customer_id: str, now: datetime) -> Customer:
+    """A customer the database does not know yet, with empty aggregates, added to the
+    session (its profile comes from :func:`apply_upsert`, with ``created=True``)."""
+    customer = Customer(
+        id=customer_id,
+        attributes={},
+        categories_bought=[],
+        skus_owned=[],
+        orders_count=0,
+        lifetime_spend=Decimal(0),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(customer)
+    return customer
+
+
+def apply_upsert(
+    session: Session,
+    customer: Customer | None,
+    data: CustomerData,
+    now: datetime,
+    *,
+    created: bool = False,
+) -> Customer:
+    """:func:`upsert_customer` on a row the caller has already locked. None is a customer
+    the database does not know yet (added to the session); so is one just made by
+    :func:`new_customer` (``created``): no consent history to govern or record yet."""
     if customer is None:
-        customer = Customer(
-            id=data.id,
-            attributes={},
-            categories_bought=[],
-            skus_owned=[],
-            orders_count=0,
-            lifetime_spend=Decimal(0),
-            created_at=now,
-        )
-        session.add(customer)
+        customer = new_customer(session, data.id, now)
+        created = True
     before = customer.email_marketing
     profile = apply_customer(profile_of(customer), data)
     customer.updated_at = now
@@ -167,7 +203,9 @@ def _governed(
 def standing_opt_out(session: Session, customer_id: str, scope: str) -> datetime | None:
     """When the crosssell-recorded opt-out that still stands for ``scope`` was made:
     the latest non-CRM opt-out with no opt-in (from any source) strictly after it.
-    None when nothing stands."""
+    None when nothing stands. Flushes first: ingest plans a batch without autoflush, and
+    a decision an earlier event of the batch recorded must count."""
+    session.flush()
     last_out = session.scalar(
         select(ConsentRecord.decided_at)
         .where(
@@ -319,33 +357,32 @@ def _lift_unsubscribe_suppression(
     )
 
 
-def record_purchase(session: Session, customer: Customer, event: PurchaseEvent) -> bool:
-    """Store the order and update the aggregates; False if the order was already known."""
+def record_purchase(
+    customer: Customer, event: PurchaseEvent
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Update the customer's aggregates with a new order; the ``orders`` row and its
+    ``order_lines`` rows for the caller to insert (the caller knows the order is new)."""
     data = event.data
-    if session.get(Order, data.order_id) is not None:
-        return False
-    session.add(
-        Order(
-            id=data.order_id,
-            customer_id=customer.id,
-            event_id=event.id,
-            currency=data.currency,
-            total=data.total,
-            ordered_at=event.occurred_at,
-        )
-    )
-    session.add_all(
-        OrderLine(
-            order_id=data.order_id,
-            sku=item.sku,
-            category=item.category,
-            quantity=item.quantity,
-            unit_price=item.unit_price,
-        )
+    order = {
+        "id": data.order_id,
+        "customer_id": customer.id,
+        "event_id": event.id,
+        "currency": data.currency,
+        "total": data.total,
+        "ordered_at": event.occurred_at,
+    }
+    lines = [
+        {
+            "order_id": data.order_id,
+            "sku": item.sku,
+            "category": item.category,
+            "quantity": item.quantity,
+            "unit_price": item.unit_price,
+        }
         for item in data.items
-    )
+    ]
     _store(customer, apply_purchase(profile_of(customer), *purchase_of(event)))
-    return True
+    return order, lines
 
 
 def _store(customer: Customer, profile: CustomerProfile) -> None:

@@ -9,7 +9,7 @@ gives the time of their last email, for spacing). Nothing here writes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -22,6 +22,7 @@ from triggers.events import AnyEvent
 from triggers.facts import CustomerProfile, build_facts
 from worker.customers import is_suppressed, profile_of
 from worker.models import Customer, Send, Suppression
+from worker.privacy import suppression_keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,97 @@ def send_history(
         for row in session.execute(query).all()
         if row.id != exclude_send
     ]
+
+
+@dataclass(slots=True)
+class BatchInputs:
+    """The stored inputs of a batch's customers, read with a few queries for the whole
+    batch (:func:`decision_inputs_many`), then kept current by ingest as it plans.
+
+    ``histories`` maps each customer id to their marketing sends (as ``send_history``);
+    ``suppressed`` holds the suppression keys found for the addresses in ``looked_up``.
+    An address outside ``looked_up`` (a customer whose event changed it) is asked of the
+    database, as is one whose suppression may have been lifted in this transaction
+    (:meth:`forget_address`)."""
+
+    histories: dict[str, list[PastSend]]
+    suppressed: set[str]
+    looked_up: set[str]
+
+    def is_suppressed(self, session: Session, email: str | None) -> bool:
+        """Same answer as :func:`worker.customers.is_suppressed`, from memory when it can."""
+        if email is None:
+            return False
+        if email not in self.looked_up:
+            return is_suppressed(session, email)
+        return any(key in self.suppressed for key in suppression_keys(email))
+
+    def forget_address(self, email: str | None) -> None:
+        """Ask the database again for ``email`` (its suppression may have changed)."""
+        self.looked_up.discard(email or "")
+
+    def for_event(
+        self, session: Session, event: AnyEvent, now: datetime, customer: Customer
+    ) -> DecisionInputs:
+        """The same :class:`DecisionInputs` as ``decision_inputs(..., customer=customer)``."""
+        profile = profile_of(customer)
+        subject = subject_for(
+            profile,
+            suppressed=self.is_suppressed(session, profile.email),
+            opted_out_kinds=customer.opted_out_kinds or (),
+        )
+        history = self.histories.setdefault(customer.id, [])
+        return DecisionInputs(profile, subject, build_facts(event, profile, now), list(history))
+
+
+def decision_inputs_many(
+    session: Session, customer_ids: Iterable[str], emails: Iterable[str | None], *, lock: bool
+) -> BatchInputs:
+    """The histories of ``customer_ids`` and the suppressions of ``emails``, three queries
+    for a whole batch. ``lock`` locks the customers' planned rows (in id order) until the
+    transaction ends, as ``send_history(lock=True)`` does for one customer."""
+    ids = sorted(set(customer_ids))
+    addresses = {email for email in emails if email}
+    histories: dict[str, list[PastSend]] = {customer_id: [] for customer_id in ids}
+    if ids and lock:
+        session.execute(
+            select(Send.id)
+            .where(Send.customer_id.in_(ids), Send.status == "planned")
+            .order_by(Send.id)
+            .with_for_update()
+        ).all()
+    if ids:
+        rows = session.execute(
+            select(
+                Send.id,
+                Send.customer_id,
+                Send.campaign_id,
+                Send.status,
+                Send.sent_at,
+                Send.send_at,
+                Send.created_at,
+                Send.expires_at,
+            )
+            .where(Send.customer_id.in_(ids), Send.status.in_(MARKETING_HISTORY))
+            .order_by(Send.id)
+        ).all()
+        for row in rows:
+            histories[row.customer_id].append(
+                PastSend(
+                    row.campaign_id,
+                    row.status,
+                    row.sent_at or row.send_at or row.created_at,
+                    row.id,
+                    row.expires_at,
+                )
+            )
+    keys = {key for email in addresses for key in suppression_keys(email)}
+    found = (
+        set(session.scalars(select(Suppression.email).where(Suppression.email.in_(keys))))
+        if keys
+        else set()
+    )
+    return BatchInputs(histories, found, addresses)
 
 
 @dataclass(frozen=True)

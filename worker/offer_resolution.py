@@ -9,7 +9,7 @@ language (:func:`localize_offer`), falling back to the catalog's default texts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -68,6 +68,26 @@ def localize_offer(session: Session, offer: ResolvedOffer, locale_tag: str | Non
     return replace(offer, items=tuple(items))
 
 
+class CatalogMemo:
+    """Catalog reads shared by the offers resolved in one transaction (an ingest batch):
+    events that target the same categories read them once. Only for a short unit of
+    work: stock and prices are what they were at the first read."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, tuple[str, ...]], list[Product]] = {}
+
+    def read(
+        self,
+        session: Session,
+        query: Callable[[Session, list[str]], Sequence[Product]],
+        args: list[str],
+    ) -> list[Product]:
+        key = (query.__name__, tuple(args))
+        if key not in self._rows:
+            self._rows[key] = list(query(session, args))
+        return self._rows[key]
+
+
 def resolve_for_send(
     session: Session,
     offer: AnyOffer,
@@ -77,14 +97,28 @@ def resolve_for_send(
     locale: str | None = None,
 ) -> ResolvedOffer:
     """The offer's items for this customer now, named in ``locale`` (default: the
-    customer's own); raises OfferUnavailable.
+    customer's own); raises OfferUnavailable (see :func:`choose_offer`)."""
+    chosen = choose_offer(session, offer, event, profile, complements)
+    return localize_offer(session, chosen, locale or profile.locale)
+
+
+def choose_offer(
+    session: Session,
+    offer: AnyOffer,
+    event: AnyEvent,
+    profile: CustomerProfile,
+    complements: Mapping[str, Sequence[str]],
+    memo: CatalogMemo | None = None,
+) -> ResolvedOffer:
+    """The offer's items for this customer now, with the catalog's default texts (what
+    attribution records: the products, not their names); raises OfferUnavailable.
 
     An unavailable offer is logged at WARNING (customer id only, no personal data) and
     counted in ``crosssell_offers_unavailable_total``: an empty or unimported catalog
     otherwise shows only as skipped sends.
     """
     try:
-        chosen = _resolve(session, offer, event, profile, complements)
+        return _resolve(session, offer, event, profile, complements, memo)
     except OfferUnavailable as unavailable:
         OFFERS_UNAVAILABLE.labels(unavailable.reason).inc()
         log.warning(
@@ -95,7 +129,6 @@ def resolve_for_send(
             unavailable.reason,
         )
         raise
-    return localize_offer(session, chosen, locale or profile.locale)
 
 
 def _resolve(
@@ -104,7 +137,16 @@ def _resolve(
     event: AnyEvent,
     profile: CustomerProfile,
     complements: Mapping[str, Sequence[str]],
+    memo: CatalogMemo | None,
 ) -> ResolvedOffer:
+    def read(
+        query: Callable[[Session, list[str]], Sequence[Product]], args: Iterable[str]
+    ) -> list[Product]:
+        wanted = list(args)
+        if memo is None:
+            return list(query(session, wanted))
+        return memo.read(session, query, wanted)
+
     bought = list(event.data.items) if isinstance(event, PurchaseEvent) else []
     categories = target_categories(
         offer, [item.category for item in bought], profile.categories_bought, complements
@@ -112,7 +154,7 @@ def _resolve(
     primary = primary_strategy(offer)
     # Only an upsell needs the bought products' catalog rows (their line and tier).
     needs_trigger = "upgrade" in {primary, *offer.fallback}
-    trigger_products = products_by_sku(session, [i.sku for i in bought]) if needs_trigger else []
+    trigger_products = read(products_by_sku, [i.sku for i in bought]) if needs_trigger else []
 
     fetched: dict[str, list[Product]] = {}
 
@@ -121,17 +163,17 @@ def _resolve(
         if strategy not in fetched:
             if strategy == "upgrade":
                 lines = [p.line for p in trigger_products if p.line]
-                fetched[strategy] = products_in_lines(session, lines)
+                fetched[strategy] = read(products_in_lines, lines)
             elif strategy == "skus":
-                fetched[strategy] = products_by_sku(session, getattr(offer, "skus", None) or [])
+                fetched[strategy] = read(products_by_sku, getattr(offer, "skus", None) or [])
             elif strategy == "complementary":
-                fetched[strategy] = products_in_categories(session, categories)
+                fetched[strategy] = read(products_in_categories, categories)
             elif strategy == "recommended":
                 # After a purchase: what goes with it; otherwise: with what the customer owns.
                 seeds = [item.sku for item in bought] or sorted(profile.skus_owned)
-                fetched[strategy] = recommended_for(session, seeds)
+                fetched[strategy] = read(recommended_for, seeds)
             else:
-                fetched[strategy] = bestsellers_in(session, categories)
+                fetched[strategy] = read(bestsellers_in, categories)
         return fetched[strategy]
 
     def sources(chain: set[str]) -> dict[str, Any]:

@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     forget_key: SecretStr | None = Field(
         None, description="HMAC key for forgotten addresses; default: a key file in var_dir"
     )
+    ingest_batch: int = Field(
+        200, ge=1, le=10000, description="events the consumer stores per transaction (and prefetch)"
+    )
+    ingest_linger: float = Field(
+        0.05, gt=0, le=10, description="seconds a batch waits for more events after its first"
+    )
     dispatch_interval: float = Field(1.0, gt=0, description="seconds between dispatcher polls")
     dispatch_batch: int = Field(500, ge=1)
     dispatch_max_queued: int = Field(

@@ -332,7 +332,7 @@ def test_an_offer_fault_never_stops_ingest(
     def broken(*_: object, **__: object) -> object:
         raise ValueError("a catalog row nobody foresaw")
 
-    monkeypatch.setattr(worker.attribution, "resolve_for_send", broken)
+    monkeypatch.setattr(worker.attribution, "choose_offer", broken)
     settings = make_settings(tmp_path, database_url=database_url)
     document = campaign_document(
         "laptops", where={"field": "event.categories", "op": "contains_any", "value": ["laptops"]}
