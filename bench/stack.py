@@ -1150,9 +1150,12 @@ def run(options: argparse.Namespace) -> Results:
                     bench.events("warmup", options.warmup_events, match_share=1.0),
                     None,
                 )
-                recordings = bench.start_profiles()
                 burst = bench.delivery("burst", bench.events("burst", options.events), None)
-                bench.finish_profiles(recordings)
+                if options.profile is not None:
+                    # Its own burst: py-spy's sampling takes CPU from the figures above.
+                    recordings = bench.start_profiles()
+                    bench.delivery("profiled burst", bench.events("profiled", options.events), None)
+                    bench.finish_profiles(recordings)
                 rate = max(1.0, burst.events_per_s / 2)
                 paced_count = max(10, int(rate * options.paced_seconds))
                 bench.delivery(
