@@ -905,12 +905,16 @@ class Bench:
                 f"{figures['growth'] * 100:+.1f} %"
             )
 
+    def close_publisher(self) -> None:
+        if self.publisher:
+            self.publisher.close()
+            self.publisher = None
+
     def close(self) -> None:
         if self.sampler:
             self.sampler.stop()
         self.stack.stop()
-        if self.publisher:
-            self.publisher.close()
+        self.close_publisher()
         if self.db:
             self.db.close()
 
@@ -991,6 +995,11 @@ def final_table(results: Results) -> list[str]:
         pipeline = [n for n in burst.cpu if n not in ("sink", "bench (publisher)")]
         cpu_ms = sum(burst.cpu[n] for n in pipeline) * 1000 / max(burst.emails, 1)
         add("CPU ms per email, all pipeline processes", TARGET_CPU_MS, cpu_ms, "ms", False)
+        # What the CPU alone would allow on this machine's cores, whatever else runs on it.
+        cores = os.cpu_count() or 1
+        if cpu_ms > 0:
+            allowed = cores * 1000 / cpu_ms
+            add(f"  emails/s that CPU allows on {cores} cores", None, allowed, "/s", True)
         add(
             "  of which the SMTP sink (not counted)",
             None,
@@ -1019,6 +1028,15 @@ def final_table(results: Results) -> list[str]:
     for ingest in results.ingest:
         target = TARGET_INGEST_NOTHING if "nothing" in ingest.label else TARGET_INGEST_MATCH
         add(f"ingest events/s, {ingest.label}", target, ingest.events_per_s, "/s", True)
+        consumer_ms = ingest.cpu_ms_per_event.get("consume", 0.0)
+        if consumer_ms > 0:
+            add(
+                "  events/s the consumer's CPU allows on one core",
+                None,
+                1000 / consumer_ms,
+                "/s",
+                True,
+            )
     crosssell = {
         name: mb
         for name, mb in results.peak_rss_mb.items()
@@ -1174,6 +1192,7 @@ def run(options: argparse.Namespace) -> Results:
                 )
             bench.peak_rss()
             bench.stack.stop("consume", "dispatch", *bench.worker_names)
+            bench.close_publisher()
             if not options.soak and not options.skip_floor:
                 bench.floor(processes)
             if not options.soak and not options.skip_embedded:

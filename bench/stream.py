@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -173,8 +174,11 @@ class Publisher:
         return int(declared.method.message_count)
 
     def close(self) -> None:
+        """Close; a connection the broker already dropped (an idle one misses its
+        heartbeats: pika answers them only while publishing) is simply gone."""
         if self.connection.is_open:
-            self.connection.close()
+            with suppress(pika.exceptions.AMQPError):
+                self.connection.close()
 
 
 def chunks(events: list[Planned], size: int) -> Iterator[list[Planned]]:
