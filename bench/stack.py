@@ -83,6 +83,8 @@ TARGET_CPU_MS = 3.6
 TARGET_RSS_MB = 200.0
 TARGET_EMBEDDED = 200.0
 TARGET_SOAK_GROWTH = 0.10
+# Process groups that are not crosssell's (bench/procstats.py): printed, never judged.
+NOT_OURS = ("postgresql", "rabbitmq", "sink", "bench (publisher)")
 
 
 def say(text: str = "") -> None:
@@ -835,7 +837,6 @@ class Bench:
         started = time.perf_counter()
         warm_at: float | None = None
         last_report = started
-        planned_all: list[Planned] = []
         while True:
             self.stack.check_alive()
             stored = self.db.events() - base
@@ -849,7 +850,6 @@ class Bench:
                 )
                 self.next_customer += count
                 self.publisher.publish(batch)
-                planned_all.extend(batch)
                 published += count
             if stored >= total and self.db.open_due() == 0:
                 break
@@ -1037,11 +1037,7 @@ def final_table(results: Results) -> list[str]:
                 "/s",
                 True,
             )
-    crosssell = {
-        name: mb
-        for name, mb in results.peak_rss_mb.items()
-        if name not in ("postgresql", "rabbitmq", "sink", "bench (publisher)")
-    }
+    crosssell = {name: mb for name, mb in results.peak_rss_mb.items() if name not in NOT_OURS}
     if crosssell:
         worst = max(crosssell, key=lambda name: crosssell[name])
         add(f"peak RSS of one process ({worst})", TARGET_RSS_MB, crosssell[worst], "MB", False)
@@ -1049,8 +1045,15 @@ def final_table(results: Results) -> list[str]:
         embedded_target = TARGET_EMBEDDED if key == "concurrency_1" else None
         add(f"embedded crosssell run, {key.replace('_', ' ')}", embedded_target, rate, "/s", True)
     if results.soak:
-        growth = max((g["growth"] for g in results.soak["rss"].values()), default=0.0)
-        add("soak: largest RSS growth after warm-up", TARGET_SOAK_GROWTH, growth, "", False)
+        # The target is about crosssell's processes; the shared servers, the sink and the
+        # harness are printed above for information.
+        growth = max(
+            (g["growth"] for name, g in results.soak["rss"].items() if name not in NOT_OURS),
+            default=0.0,
+        )
+        add(
+            "soak: largest RSS growth of a crosssell process", TARGET_SOAK_GROWTH, growth, "", False
+        )
         add(
             "soak: lost + duplicated at the sink",
             0,

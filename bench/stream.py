@@ -140,24 +140,44 @@ def mix(
 
 
 def amqp_parameters(url: str) -> pika.URLParameters:
-    """pika reads a URL's path as a percent-encoded vhost: kombu's ``//`` is ``/%2F``."""
+    """pika reads a URL's path as a percent-encoded vhost: kombu's ``//`` is ``/%2F``.
+    Heartbeats are off: a blocking pika connection answers them only while it is used,
+    and the harness leaves it idle for minutes while the stack works."""
     if url.endswith("//"):
         url = url[:-2] + "/%2F"
-    return pika.URLParameters(url)
+    parameters = pika.URLParameters(url)
+    parameters.heartbeat = 0
+    return parameters
 
 
 class Publisher:
     """One pika connection; records when each event was handed to the broker."""
 
     def __init__(self, url: str) -> None:
-        self.connection = pika.BlockingConnection(amqp_parameters(url))
-        self.channel = self.connection.channel()
+        self.url = url
         self.properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
         self.published_at: dict[str, float] = {}
+        self._connect()
+
+    def _connect(self) -> None:
+        self.connection = pika.BlockingConnection(amqp_parameters(self.url))
+        self.channel = self.connection.channel()
+
+    def _ensure_open(self) -> None:
+        """Reconnect if the broker dropped the connection while it sat idle."""
+        try:
+            self.connection.process_data_events(0)
+            if self.channel.is_open:
+                return
+        except pika.exceptions.AMQPError:
+            pass
+        self.close()
+        self._connect()
 
     def publish(self, events: Iterable[Planned], rate: float | None = None) -> float:
         """Publish as fast as possible, or ``rate`` events per second on a fixed schedule;
         returns the seconds it took."""
+        self._ensure_open()
         started = time.perf_counter()
         for n, planned in enumerate(events):
             if rate:
@@ -170,6 +190,7 @@ class Publisher:
         return time.perf_counter() - started
 
     def queue_depth(self, queue: str) -> int:
+        self._ensure_open()
         declared = self.channel.queue_declare(queue, passive=True)
         return int(declared.method.message_count)
 
