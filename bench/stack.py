@@ -572,8 +572,9 @@ class Bench:
         wait_for(settled, self.options.timeout, f"{label}: every event stored and sent", 0.5)
         prefix = planned[0].event_id.rsplit("-", 1)[0] + "-"
         rows = self.db.rows(
-            "SELECT event_id, status, coalesce(reason, ''), message_id FROM sends"
-            " WHERE event_id LIKE %s AND (send_at IS NULL OR send_at <= now())",
+            "SELECT event_id, CASE WHEN send_at > now() AND status = 'planned'"
+            " THEN 'planned for later' ELSE status END, coalesce(reason, ''), message_id"
+            " FROM sends WHERE event_id LIKE %s",
             (prefix + "%",),
         )
         sent = {row[3]: row[0] for row in rows if row[1] == "sent"}
