@@ -1013,14 +1013,14 @@ def final_table(results: Results) -> list[str]:
         add("lost + duplicated at the sink (burst)", 0, burst.lost + burst.duplicates, "", False)
     if paced:
         add(
-            f"latency p50 at {paced.events_per_s:,.0f} events/s (half max)",
+            f"latency p50, {paced.label} (half the burst)",
             None,
             paced.latency_p50,
             "s",
             False,
         )
         add(
-            f"latency p99 at {paced.events_per_s:,.0f} events/s (half max)",
+            f"latency p99, {paced.label} (half the burst)",
             TARGET_P99_S,
             paced.latency_p99,
             "s",
