@@ -392,6 +392,15 @@ class Bench:
         self.sampler: Sampler | None = None
         self.next_customer = 0
         self.worker_names = [f"celery-{k}" for k in range(options.workers)]
+        self.events_queue = self.env.get("CROSSSELL_EVENTS_QUEUE", "crosssell.events")
+        self.exchange = self.env.get("CROSSSELL_EVENTS_EXCHANGE", "crm.events")
+        # The batched rewrite may fold the dispatcher into the workers: run it if it exists.
+        self.dispatcher = (
+            subprocess.run(
+                [str(BIN / "crosssell"), "dispatch", "--help"], capture_output=True, check=False
+            ).returncode
+            == 0
+        )
 
     # setup -----------------------------------------------------------------------------
 
@@ -481,7 +490,8 @@ class Bench:
     def start_stack(self) -> None:
         crosssell = str(BIN / "crosssell")
         self.stack.start("consume", crosssell, "consume")
-        self.stack.start("dispatch", crosssell, "dispatch")
+        if self.dispatcher:
+            self.stack.start("dispatch", crosssell, "dispatch")
         for k, name in enumerate(self.worker_names):
             self.stack.start(
                 name,
@@ -498,16 +508,16 @@ class Bench:
                 "-n",
                 f"bench{k}@%h",
             )
-        self.publisher = Publisher(self.amqp)
+        self.publisher = Publisher(self.amqp, self.exchange)
 
         def queue_ready() -> bool:
             self.stack.check_alive()
             try:
-                probe = Publisher(self.amqp)
+                probe = Publisher(self.amqp, self.exchange)
             except Exception:
                 return False
             try:
-                probe.queue_depth("crosssell.events")
+                probe.queue_depth(self.events_queue)
                 return True
             except Exception:
                 return False
@@ -517,7 +527,8 @@ class Bench:
         wait_for(queue_ready, 90, "the consumer's queue")
         for name in self.worker_names:
             wait_for(lambda n=name: " ready." in self.stack.log(n), 90, f"{name} ready")  # type: ignore[misc]
-        wait_for(lambda: "dispatch: database" in self.stack.log("dispatch"), 60, "dispatch")
+        if self.dispatcher:
+            wait_for(lambda: "dispatch: database" in self.stack.log("dispatch"), 60, "dispatch")
 
     # profiles --------------------------------------------------------------------------
 
@@ -660,7 +671,7 @@ class Bench:
         wait_for(
             lambda: (
                 self.publisher is not None
-                and self.publisher.queue_depth("crosssell.events") >= len(planned)
+                and self.publisher.queue_depth(self.events_queue) >= len(planned)
             ),
             60,
             "the events in the queue",

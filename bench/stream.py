@@ -30,7 +30,7 @@ import pika
 
 from bench.shop import profile
 
-EXCHANGE = "crm.events"
+EXCHANGE = "crm.events"  # CROSSSELL_EVENTS_EXCHANGE's default
 
 # (sku, name, category, price) from config/demo/catalog.csv
 LAPTOP_LIKE = (
@@ -153,8 +153,9 @@ def amqp_parameters(url: str) -> pika.URLParameters:
 class Publisher:
     """One pika connection; records when each event was handed to the broker."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, exchange: str = EXCHANGE) -> None:
         self.url = url
+        self.exchange = exchange
         self.properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
         self.published_at: dict[str, float] = {}
         self._connect()
@@ -185,7 +186,7 @@ class Publisher:
                 if delay > 0:
                     time.sleep(delay)
             self.published_at[planned.event_id] = time.time()
-            self.channel.basic_publish(EXCHANGE, planned.kind, planned.body, self.properties)
+            self.channel.basic_publish(self.exchange, planned.kind, planned.body, self.properties)
         self.connection.process_data_events(0)
         return time.perf_counter() - started
 
