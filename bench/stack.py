@@ -408,7 +408,12 @@ class Bench:
         campaigns = bench_campaigns(self.campaigns)
         started = time.perf_counter()
         say("  " + run_command(self.env, "crosssell", "migrate"))
-        say("  " + run_command(self.env, "crosssell", "catalog", "import", str(CATALOG)))
+        say(
+            "  "
+            + run_command(
+                self.env, "crosssell", "catalog", "import", str(CATALOG.relative_to(ROOT))
+            )
+        )
         self.results.setup_seconds["migrate_and_catalog"] = time.perf_counter() - started
         started = time.perf_counter()
         lines = load_catalog_customers(self.database_url, self.options.customers, catalog_items())
@@ -787,7 +792,7 @@ class Bench:
             "CROSSSELL_OUTBOX_DIR": str(outbox),
         }
         run_command(env, "crosssell", "migrate")
-        run_command(env, "crosssell", "catalog", "import", str(CATALOG))
+        run_command(env, "crosssell", "catalog", "import", str(CATALOG.relative_to(ROOT)))
         planned = mix(
             f"embedded-{concurrency}",
             self.options.embedded_events,
