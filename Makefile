@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # locations of the machine's own pip configuration that do not exist.
 PIP_QUIET := -qq
 
-.PHONY: demo test lint typecheck check bench bench-offers clean
+.PHONY: demo test lint typecheck check bench bench-micro bench-soak bench-offers clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "crosssell needs Python 3.11+"'
@@ -34,8 +34,18 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-# Prints timings next to their targets (docs/benchmarks.md); asserts nothing about time.
+# Benchmarks print figures next to their targets (docs/benchmarks.md,
+# docs/performance.md); none asserts anything about time.
+# The production stack end to end on this machine's PostgreSQL and RabbitMQ (~10 min).
 bench: $(STAMP)
+	$(BIN)/python -m bench.stack $(BENCH_ARGS)
+
+# 300,000 events through the stack: RSS growth per process, lost and duplicated emails.
+bench-soak: $(STAMP)
+	$(BIN)/python -m bench.stack --soak $(BENCH_ARGS)
+
+# The in-process micro-benchmarks: decide() and lint.
+bench-micro: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:

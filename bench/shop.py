@@ -80,8 +80,9 @@ def make_shop(spec: ShopSpec) -> Shop:
 
 def _popularity(spec: ShopSpec) -> np.ndarray:
     ranks = np.arange(1, spec.products + 1, dtype=np.float64)
-    weights = ranks ** (-spec.zipf_exponent)
-    return weights / weights.sum()
+    weights: np.ndarray = ranks ** (-spec.zipf_exponent)
+    normalised: np.ndarray = weights / weights.sum()
+    return normalised
 
 
 def baskets(shop: Shop, chunk: int = 100_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -243,3 +244,123 @@ def load_shop(database_url: str, shop: Shop, now: datetime | None = None) -> int
                 ],
             )
     return lines_written
+
+
+# --- customers of the shipped demo catalog, for the production-stack benchmark ----------
+
+# (locale, time zone, first names, last names): the demo's four markets.
+MARKETS = (
+    ("ro-RO", "Europe/Bucharest", ("Ana", "Ioana", "Ștefan", "Mihai"), ("Pop", "Țurcanu")),
+    ("it-IT", "Europe/Rome", ("Giulia", "Luca", "Niccolò"), ("Rossi", "Bianchi")),
+    ("en-GB", "Europe/London", ("Olivia", "Harry", "Amelia"), ("Smith", "Jones")),
+    ("en-US", "America/New_York", ("Emma", "Liam", "Noah"), ("Miller", "Brown")),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogItem:
+    sku: str
+    category: str
+    price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What the benchmark needs to know of a generated customer to write its events."""
+
+    id: str
+    email: str
+    first_name: str
+    last_name: str
+    locale: str
+    timezone: str
+
+
+def profile(n: int) -> Profile:
+    """Customer ``n`` of :func:`load_catalog_customers`, computed, not read back."""
+    locale, zone, firsts, lasts = MARKETS[n % len(MARKETS)]
+    return Profile(
+        f"S-{n}",
+        f"c{n}@shop.example",
+        firsts[n // len(MARKETS) % len(firsts)],
+        lasts[n // 7 % len(lasts)],
+        locale,
+        zone,
+    )
+
+
+def load_catalog_customers(
+    database_url: str,
+    customers: int,
+    catalog: list[CatalogItem],
+    now: datetime | None = None,
+    seed: int = 11,
+) -> int:
+    """Customers with names, locales, time zones, marketing consent and 1-4 past orders
+    of the catalog's products (Zipf popularity), their profiles' order counts, spend,
+    categories and SKUs consistent with that history. PostgreSQL only (COPY); the
+    products themselves come from ``crosssell catalog import``. Returns the order lines
+    written."""
+    import json
+
+    now = now or datetime.now(UTC)
+    rng = np.random.default_rng(seed)
+    weights = np.arange(1, len(catalog) + 1, dtype=np.float64) ** -1.1
+    weights /= weights.sum()
+    orders_of = rng.integers(1, 5, size=customers)
+    days_back = rng.integers(30, 700, size=int(orders_of.sum()))
+    picks = rng.choice(len(catalog), size=int(orders_of.sum()), p=weights)
+    customer_rows: list[str] = []
+    order_rows: list[str] = []
+    line_rows: list[str] = []
+    cursor = 0
+    for n in range(customers):
+        person = profile(n)
+        count = int(orders_of[n])
+        items = [catalog[int(picks[cursor + k])] for k in range(count)]
+        dates = sorted(now - timedelta(days=int(days_back[cursor + k])) for k in range(count))
+        cursor += count
+        for k, (item, when) in enumerate(zip(items, dates, strict=True)):
+            order = f"O-{person.id}-{k}"
+            order_rows.append(
+                f"{order}\t{person.id}\tshop-history\tEUR\t{item.price}\t{when.isoformat()}\n"
+            )
+            line_rows.append(f"{order}\t{item.sku}\t{item.category}\t1\t{item.price}\n")
+        spend = sum((item.price for item in items), Decimal(0))
+        categories = json.dumps(sorted({item.category for item in items}))
+        skus = json.dumps(sorted({item.sku for item in items}))
+        customer_rows.append(
+            f"{person.id}\t{person.email}\t{person.first_name}\t{person.last_name}\t"
+            f"{person.locale}\t{person.timezone}\tt\t[]\t{{}}\t{count}\t{spend}\t"
+            f"{dates[0].isoformat()}\t{dates[-1].isoformat()}\t{categories}\t{skus}\t"
+            f"{now.isoformat()}\t{now.isoformat()}\n"
+        )
+    engine = engine_for(database_url)
+    if engine.dialect.name != "postgresql":
+        raise ValueError("load_catalog_customers writes with COPY: PostgreSQL only")
+    with engine.begin() as connection:
+        raw = connection.connection.driver_connection
+        _copy(
+            raw,
+            "customers",
+            "id, email, first_name, last_name, locale, timezone, email_marketing, "
+            "opted_out_kinds, attributes, orders_count, lifetime_spend, first_purchase_at, "
+            "last_purchase_at, categories_bought, skus_owned, created_at, updated_at",
+            iter(customer_rows),
+        )
+        _copy(
+            raw,
+            "orders",
+            "id, customer_id, event_id, currency, total, ordered_at",
+            iter(order_rows),
+        )
+        _copy(
+            raw,
+            "order_lines",
+            "order_id, sku, category, quantity, unit_price",
+            iter(line_rows),
+        )
+        connection.exec_driver_sql("ANALYZE customers")
+        connection.exec_driver_sql("ANALYZE orders")
+        connection.exec_driver_sql("ANALYZE order_lines")
+    return len(line_rows)

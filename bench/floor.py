@@ -1,0 +1,150 @@
+"""The floor: the least any pipeline must spend per email, measured in the same run.
+
+A minimal loop, in as many processes as the pipeline ran, that for the emails the
+pipeline just sent (same customers, campaigns, variants, templates, offered products and
+coupons, read back from the database) builds the template context with
+``worker.email_context.email_context``, renders it with ``worker.rendering.Renderer``,
+builds the MIME with ``worker.mime.build_email`` and sends it with ``smtplib`` over one
+persistent connection per process to the same sink. No database, broker or bookkeeping:
+what is left is what the pipeline cannot avoid. Message-IDs start with ``<floor-`` so the
+harness can tell these apart at the sink.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import smtplib
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from triggers.offers import Product, ResolvedOffer, bundle_offer
+from worker.email_context import Coupon, email_context, links_for
+from worker.mime import Envelope, build_email, feedback_id_for
+from worker.rendering import Renderer
+from worker.rules import load_rules
+from worker.settings import Settings
+
+KEYS = {"k1": b"a-long-random-bench-secret"}
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One email as the pipeline sent it (plain data, so it pickles to a process)."""
+
+    campaign_id: str
+    variant: str
+    template: str
+    customer: dict[str, Any]
+    event: dict[str, Any]
+    products: tuple[dict[str, Any], ...]
+    coupon_code: str | None
+    coupon_expires_at: datetime | None
+
+
+def _offer(kind: str, campaign_offer: Any, products: tuple[dict[str, Any], ...]) -> ResolvedOffer:
+    items = tuple(
+        Product(
+            p["sku"],
+            p["name"],
+            p["category"],
+            Decimal(p["price"]),
+            p["currency"],
+            url=p["url"],
+            image_url=p["image_url"],
+        )
+        for p in products
+    )
+    if kind == "bundle" and items:
+        return bundle_offer(items, campaign_offer.discount_percent)
+    if kind == "loyalty_bonus":
+        return ResolvedOffer(
+            "loyalty_bonus",
+            items,
+            "EUR",
+            points=campaign_offer.points,
+            new_categories=tuple(sorted({p.category for p in items})),
+        )
+    return ResolvedOffer(kind, items, items[0].currency if items else "EUR")
+
+
+def _loop(jobs: list[Job], count: int, port: int, worker: int, ready: Any, took: Any) -> None:
+    settings = Settings()
+    renderer = Renderer(settings)
+    campaigns = {c.campaign.id: c.campaign for c in load_rules(settings, renderer).campaigns}
+    with smtplib.SMTP("127.0.0.1", port) as smtp:
+        smtp.ehlo()
+        ready.wait()
+        started = time.perf_counter()
+        for n in range(count):
+            job = jobs[n % len(jobs)]
+            campaign = campaigns[job.campaign_id]
+            variant = next(v for v in campaign.experiment.variants if v.id == job.variant)
+            coupon = (
+                Coupon(
+                    job.coupon_code,
+                    job.coupon_expires_at,
+                    getattr(campaign.offer, "discount_percent", None),
+                )
+                if job.coupon_code and job.coupon_expires_at
+                else None
+            )
+            context = email_context(
+                settings=settings,
+                customer=job.customer,
+                event=job.event,
+                campaign=campaign,
+                variant=variant.id,
+                offer=_offer(campaign.offer.type, campaign.offer, job.products),
+                links=links_for(settings, KEYS, job.customer["id"]),
+                coupon=coupon,
+            )
+            rendered = renderer.render(
+                job.template, context, job.customer.get("locale"), variant.subject
+            )
+            envelope = Envelope(
+                send_id=n,
+                sender_name=settings.sender_name,
+                sender_address=settings.sender_address,
+                recipient_name=job.customer.get("first_name") or "",
+                recipient_address=job.customer["email"],
+                reply_to=None,
+                date=datetime.now(UTC),
+                message_id=f"<floor-{worker}-{n}@bench>",
+                unsubscribe_url=context["unsubscribe_url"],
+                unsubscribe_mailto=settings.unsubscribe_mailto,
+                feedback_id=feedback_id_for(campaign.id, campaign.kind, "crosssell"),
+            )
+            outgoing = build_email(envelope, rendered)
+            smtp.sendmail(outgoing.sender, [outgoing.recipient], outgoing.data)
+        took.put(time.perf_counter() - started)
+
+
+def measure_floor(jobs: list[Job], processes: int, per_process: int, port: int) -> float:
+    """Emails per second of ``processes`` loops together, each sending ``per_process``
+    emails; set-up (imports, rules, connecting) happens before the clock starts. The
+    processes inherit the environment, so ``Settings()`` reads the bench's CROSSSELL_*."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(processes)
+    took = context.Queue()
+    workers = [
+        context.Process(target=_loop, args=(jobs, per_process, port, k, ready, took))
+        for k in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    times = []
+    for _ in workers:
+        while True:
+            try:
+                times.append(took.get(timeout=5))
+                break
+            except queue.Empty:
+                if any(worker.exitcode for worker in workers):
+                    raise RuntimeError("a floor process failed (its traceback is above)") from None
+    for worker in workers:
+        worker.join()
+    return float(processes * per_process / max(times))
