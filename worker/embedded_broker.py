@@ -125,7 +125,30 @@ class _Wakeup:
 _prepared: set[Path] = set()
 _prepare_lock = threading.Lock()
 _wakeups: dict[Path, _Wakeup] = {}
-_local = threading.local()
+
+
+class _ThreadConnections(dict[Path, sqlite3.Connection]):
+    """One thread's connections, closed when the thread ends (or the process forgets
+    them), not left to the garbage collector."""
+
+    def close(self, path: Path) -> None:
+        connection = self.pop(path, None)
+        if connection is not None:
+            connection.close()
+
+    def __del__(self) -> None:
+        for path in list(self):
+            self.close(path)
+
+
+class _Local(threading.local):
+    connections: _ThreadConnections
+
+    def __init__(self) -> None:
+        self.connections = _ThreadConnections()
+
+
+_local = _Local()
 
 
 def _wakeup(path: Path) -> _Wakeup:
@@ -149,7 +172,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 def connection_for(path: Path) -> sqlite3.Connection:
     """This thread's connection to the broker file, created (and the file prepared) on
     first use. One per thread: Celery acknowledges from its pool threads."""
-    connections: dict[Path, sqlite3.Connection] = _local.__dict__.setdefault("by_path", {})
+    connections = _local.connections
     connection = connections.get(path)
     if connection is None:
         _prepare(path)
@@ -402,7 +425,13 @@ class Transport(virtual.Transport):  # type: ignore[misc,unused-ignore]
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
+        self.path = database_path(client.hostname)
         self._renewed_at = time.monotonic()
+
+    def close_connection(self, connection: Any) -> None:
+        super().close_connection(connection)
+        # This thread's connection to the file; used again, it is opened again.
+        _local.connections.close(self.path)
 
     def driver_version(self) -> str:
         return sqlite3.sqlite_version
