@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -115,8 +116,15 @@ def _crosssell(env: dict[str, str], *args: str, stdin: bytes | None = None) -> N
         raise SystemExit(f"crosssell {' '.join(args)} failed:\n{done.stderr.decode()}")
 
 
-def one_run(events: int, concurrency: int | None) -> tuple[float, int, float]:
-    """(emails per second, emails written, seconds) of one fresh run."""
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the waited-for child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def one_run(events: int, concurrency: int | None) -> tuple[float, int, float, float]:
+    """(emails per second, emails written, seconds, CPU seconds of the run process) of
+    one fresh run. The CPU time is what a loaded machine does not distort much."""
     with tempfile.TemporaryDirectory(prefix="crosssell-bench-") as tmp:
         var_dir = Path(tmp) / "var"
         campaigns = Path(tmp) / "campaigns"
@@ -130,6 +138,7 @@ def one_run(events: int, concurrency: int | None) -> tuple[float, int, float]:
         command = [CROSSSELL, "--log-level", "WARNING", "run", "--until-drained"]
         if concurrency is not None:
             command += ["--concurrency", str(concurrency)]
+        cpu_before = _children_cpu()
         started = time.perf_counter()
         process = subprocess.Popen(
             command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -141,18 +150,19 @@ def one_run(events: int, concurrency: int | None) -> tuple[float, int, float]:
             if written != last_count:
                 last_count, last_change = written, time.perf_counter()
         _, stderr = process.communicate()
+        cpu = _children_cpu() - cpu_before
         if process.returncode != 0:
             raise SystemExit(f"crosssell run failed:\n{stderr.decode()[-3000:]}")
         written = len(list(outbox.glob("*.eml")))
         if written != last_count:
             last_change = time.perf_counter()
         seconds = last_change - started
-        return written / seconds, written, seconds
+        return written / seconds, written, seconds, cpu
 
 
-def floor(count: int) -> float:
+def floor(count: int) -> tuple[float, float]:
     """Render + MIME build + ``.eml`` write of the bench campaign's email, alone in this
-    process, for ``count`` recipients: emails per second."""
+    process, for ``count`` recipients: (emails per second, CPU seconds per email)."""
     from worker.email_context import sample_context
     from worker.mime import Envelope, build_email, feedback_id_for, message_id_for
     from worker.rendering import Renderer
@@ -170,7 +180,7 @@ def floor(count: int) -> float:
         campaign = load_rules(settings, renderer).campaigns[0].campaign
         variant = campaign.experiment.variants[0]
         context = sample_context(campaign, settings, "en")
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for number in range(count):
             email = renderer.render(variant.template, context, "en", variant.subject)
             envelope = Envelope(
@@ -187,7 +197,8 @@ def floor(count: int) -> float:
                 feedback_id=feedback_id_for(campaign.id, campaign.kind, "crosssell"),
             )
             (outbox / f"{number}.eml").write_bytes(build_email(envelope, email).data)
-        return count / (time.perf_counter() - started)
+        cpu = (time.process_time() - cpu_started) / count
+        return count / (time.perf_counter() - started), cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,20 +209,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
-    rates = []
+    rates, cpus = [], []
     for attempt in range(1, args.repeat + 1):
-        rate, written, seconds = one_run(args.events, args.concurrency)
+        rate, written, seconds, cpu = one_run(args.events, args.concurrency)
         rates.append(rate)
+        cpus.append(cpu * 1000 / max(written, 1))
         print(
             f"run {attempt}: {written} emails from {args.events} events in {seconds:.1f} s: "
-            f"{rate:.0f} emails/s",
+            f"{rate:.0f} emails/s, {cpus[-1]:.1f} ms CPU per email (all threads)",
             flush=True,
         )
-    baseline = floor(args.events)
+    baseline, baseline_cpu = floor(args.events)
     print(
-        f"crosssell run --until-drained (embedded): {min(rates):.0f}-{max(rates):.0f} emails/s "
-        f"over {len(rates)} run(s) (target {TARGET:.0f}); same-run floor "
-        f"render+build+write alone: {baseline:.0f} emails/s"
+        f"crosssell run --until-drained (embedded): {min(rates):.0f}-{max(rates):.0f} emails/s, "
+        f"{min(cpus):.1f}-{max(cpus):.1f} ms CPU per email, over {len(rates)} run(s) "
+        f"(target {TARGET:.0f} emails/s); same-run floor render+build+write alone: "
+        f"{baseline:.0f} emails/s, {baseline_cpu * 1000:.1f} ms CPU per email"
     )
     return 0
 
