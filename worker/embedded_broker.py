@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -149,6 +150,19 @@ class _Local(threading.local):
 
 
 _local = _Local()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (Celery's prefork pool) must not use its parent's SQLite
+    connections (SQLite's rule) nor a lock another thread held at the fork: it forgets
+    them, unclosed, and opens its own when it needs one."""
+    global _prepare_lock
+    _prepare_lock = threading.Lock()
+    _local.connections.clear()
+    _wakeups.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _wakeup(path: Path) -> _Wakeup:

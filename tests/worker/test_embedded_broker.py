@@ -181,6 +181,46 @@ def _consume_and_ack(url: str, count: int) -> None:
             connection.drain_events(timeout=10)
 
 
+_FORK = """
+import os, sys
+import worker.topology
+from kombu import Connection, Producer, Queue
+from worker.embedded_broker import connection_for, database_path
+queue = Queue("forked", routing_key="forked")
+url = sys.argv[1]
+with Connection(url) as connection:  # the parent has its connection open at the fork
+    producer = Producer(connection.channel())
+    queue(producer.channel).declare()
+    producer.publish({"n": 1}, routing_key="forked")
+    parents = connection_for(database_path(url))
+    child = os.fork()
+    if child == 0:
+        if connection_for(database_path(url)) is parents:
+            os._exit(4)
+        with Connection(url) as own:
+            message = queue(own.channel()).get()
+            message.ack()
+        os._exit(0 if message.payload == {"n": 1} else 3)
+    _, status = os.waitpid(child, 0)
+    producer.publish({"n": 2}, routing_key="forked")  # the parent's connection still works
+    print(os.waitstatus_to_exitcode(status), queue(connection.channel()).get().payload["n"])
+"""
+
+
+def test_a_forked_child_opens_its_own_connection(broker: str) -> None:
+    """Celery's prefork pool forks after the parent opened the file: the child must not
+    reuse the parent's SQLite connection, and the parent's must survive the child."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK, broker],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "2"]
+
+
 def _file_size(url: str) -> int:
     path = database_path(url)
     wal = path.with_name(path.name + "-wal")
