@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -213,7 +213,7 @@ def _prepare(path: Path) -> None:
         if path in _prepared:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)) as connection:
+        with closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)) as connection:
             connection.isolation_level = None
             empty = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
             if empty:
@@ -227,30 +227,23 @@ def _prepare(path: Path) -> None:
         _prepared.add(path)
 
 
-@contextmanager
-def _closing(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    try:
-        yield connection
-    finally:
-        connection.close()
-
-
 def _upgrade_from_kombu_sqlalchemy(connection: sqlite3.Connection, path: Path) -> None:
-    """Move the messages waiting in a file written by kombu's SQLAlchemy transport
-    (crosssell ≤ this release's predecessor) into this transport's table, in order, then
-    drop kombu's tables and compact the file.
+    """Move the messages waiting in a file written by kombu's SQLAlchemy transport (the
+    embedded broker of earlier crosssell releases) into this transport's table, in order,
+    then drop kombu's tables and compact the file.
 
     kombu never deleted a message it had handed out; it only marked it invisible, so an
     invisible row is either acknowledged long ago or was lost in a crash, and the two
     cannot be told apart. Replaying them all would re-ingest the whole history (events of
     customers erased since, too): they are dropped, and counted in the log line.
     """
-    tables = {
-        row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
-    }
-    if not {"kombu_message", "kombu_queue"} <= tables:
-        return
-    with _write(connection):
+    with _write(connection):  # checked under the lock: two processes may start at once
+        tables = {
+            row[0]
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if not {"kombu_message", "kombu_queue"} <= tables:
+            return
         moved = connection.execute(
             f"INSERT INTO {_TABLE} (queue, payload) "
             "SELECT q.name, m.payload FROM kombu_message m JOIN kombu_queue q "
@@ -261,9 +254,6 @@ def _upgrade_from_kombu_sqlalchemy(connection: sqlite3.Connection, path: Path) -
         ).fetchone()[0]
         connection.execute("DROP TABLE kombu_message")
         connection.execute("DROP TABLE kombu_queue")
-    # Compact once, switching auto_vacuum on for the file from now on.
-    connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    connection.execute("VACUUM")
     log.warning(
         "embedded broker %s upgraded from kombu's SQLAlchemy format: %d waiting message(s) "
         "kept, %d already handed out dropped",
@@ -271,6 +261,13 @@ def _upgrade_from_kombu_sqlalchemy(connection: sqlite3.Connection, path: Path) -
         moved,
         handed_out,
     )
+    # Compact once, switching auto_vacuum on for the file from now on. Another process
+    # using the file meanwhile makes it wait, then give up: the file is only bigger.
+    try:
+        connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        connection.execute("VACUUM")
+    except sqlite3.OperationalError as exc:
+        log.warning("embedded broker %s not compacted (%s); it works as it is", path, exc)
 
 
 class QoS(virtual.QoS):  # type: ignore[misc,unused-ignore]
