@@ -26,12 +26,26 @@ DEMO_POSTAL_ADDRESS = "Strada Exemplului 1, 010101 București, Romania"
 CART_LINK_PLACEHOLDERS = frozenset({"public_url", "skus", "coupon"})
 
 
+LEGACY_EMBEDDED_PREFIX = "sqla+sqlite:///"
+
+
+def _embedded_scheme(url: str) -> str:
+    """``sqla+sqlite:///f`` (kombu's SQLAlchemy transport, the embedded broker of earlier
+    releases) read as ``sqlite:///f``: the same file, served by worker.embedded_broker,
+    which upgrades it in place. Other URLs unchanged."""
+    if url.startswith(LEGACY_EMBEDDED_PREFIX):
+        return "sqlite:///" + url[len(LEGACY_EMBEDDED_PREFIX) :]
+    return url
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CROSSSELL_", extra="ignore")
 
     var_dir: Path = Field(PROJECT_ROOT / "var", description="Embedded data: DB, broker, outbox")
     database_url: str = Field("", description="SQLAlchemy URL; default: SQLite in var_dir")
-    broker_url: str = Field("", description="Celery broker; default: SQLite file in var_dir")
+    broker_url: str = Field(
+        "", description="Celery broker; default: the embedded broker's SQLite file in var_dir"
+    )
     events_url: str = Field("", description="Where CRM events arrive; default: broker_url")
     events_exchange: str = "crm.events"
     events_queue: str = "crosssell.events"
@@ -292,11 +306,12 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or f"sqla+sqlite:///{self.var_dir / 'broker.db'}"
+        """The Celery broker; default: the embedded broker's file in ``var_dir``."""
+        return _embedded_scheme(self.broker_url) or f"sqlite:///{self.var_dir / 'broker.db'}"
 
     @property
     def resolved_events_url(self) -> str:
-        return self.events_url or self.resolved_broker_url
+        return _embedded_scheme(self.events_url) or self.resolved_broker_url
 
     @property
     def resolved_outbox_dir(self) -> Path:

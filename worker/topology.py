@@ -7,13 +7,15 @@ every type, unknown ones included (those are dead-lettered with a reason, never 
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
-from pathlib import Path
-
 from kombu.entity import Exchange, Queue
+from kombu.transport import TRANSPORT_ALIASES
 
+from worker import embedded_broker
 from worker.settings import Settings
+
+# The embedded broker answers ``sqlite:///…`` URLs in every process that imports this
+# module (the consumer, the publisher, the Celery app): kombu looks transports up here.
+TRANSPORT_ALIASES[embedded_broker.SCHEME] = "worker.embedded_broker:Transport"
 
 
 def events_exchange(settings: Settings) -> Exchange:
@@ -34,22 +36,12 @@ def dead_letter_queue(settings: Settings) -> Queue:
     return Queue(settings.dead_letter_queue, routing_key=settings.dead_letter_queue, durable=True)
 
 
-def _embedded_broker_wal(url: str) -> None:
-    """Put the embedded broker's SQLite file in WAL mode (it persists in the file):
-    kombu commits once per message, and WAL makes each commit several times cheaper."""
-    path = Path(url.split("///", 1)[1])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with closing(sqlite3.connect(path, timeout=30)) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")
-
-
 def transport_options(url: str) -> dict[str, object]:
-    """Per-transport options that make publishing safe (confirms) and SQLite patient."""
+    """Per-transport options that make publishing safe (confirms). The embedded broker
+    (``sqlite:///``) needs none: its lease and polling defaults live in
+    :mod:`worker.embedded_broker`."""
     if url.startswith(("amqp", "pyamqp")):
         return {"confirm_publish": True}
-    if url.startswith("sqla+sqlite:///"):
-        _embedded_broker_wal(url)
-        return {"connect_args": {"timeout": 30}}
     if url.startswith(("redis", "rediss")):
         return {"visibility_timeout": 3600}
     return {}

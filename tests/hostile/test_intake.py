@@ -432,24 +432,20 @@ def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp(request.param.replace("+", "-"))
-    with pytest.MonkeyPatch.context() as patch:
-        if request.param == "embedded":
-            from kombu.transport.sqlalchemy import Transport
+    if request.param == "embedded":
+        from worker.migrate import upgrade
 
-            from worker.migrate import upgrade
-
-            # kombu's SQLite broker polls an idle queue once a second; polling faster
-            # changes nothing these tests assert and saves a second per case.
-            patch.setattr(Transport, "polling_interval", 0.05)
-            settings = make_settings(tmp)  # SQLite database and kombu's SQLite broker in var/
-            upgrade(settings.resolved_database_url)
-        else:
-            settings = make_settings(
-                tmp,
-                database_url=request.getfixturevalue("postgres_url"),
-                events_url=require_rabbitmq(),
-            )
-        yield from _start(settings)
+        # SQLite database and the embedded broker (worker.embedded_broker) in var/; it
+        # polls an idle queue every 50 ms by itself.
+        settings = make_settings(tmp)
+        upgrade(settings.resolved_database_url)
+    else:
+        settings = make_settings(
+            tmp,
+            database_url=request.getfixturevalue("postgres_url"),
+            events_url=require_rabbitmq(),
+        )
+    yield from _start(settings)
     if request.param != "embedded":
         with Connection(settings.resolved_events_url) as connection:
             channel = connection.default_channel

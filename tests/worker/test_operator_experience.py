@@ -305,6 +305,6 @@ def test_run_logs_one_line_for_its_three_parts(tmp_path: Path) -> None:
         if re.search(r"(run|consume|dispatch|celery worker): (events|database|broker) ", line)
     ]
     assert len(starts) == 1, done.stderr
-    assert " INFO worker.startup: run: events sqla+sqlite:///" in starts[0]
+    assert " INFO worker.startup: run: events sqlite:///" in starts[0]
     assert "provider file (" in starts[0] and "active campaign(s) of" in starts[0]
     assert "Warm shutdown" not in done.stdout + done.stderr
