@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from worker.app import app
-from worker.delivery import deliver_send
+from worker.delivery import deliver_batch as deliver_sends
 from worker.recommendations import run_rebuild
 from worker.runtime import get_runtime
 
 
+@app.task(name="crosssell.deliver_batch", ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
+def deliver_batch(send_ids: list[int]) -> dict[int, str]:
+    """Deliver a batch of sends; safe to run twice for the same ids (the claim decides)."""
+    return deliver_sends(get_runtime(), send_ids)
+
+
 @app.task(name="crosssell.deliver", ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
 def deliver(send_id: int) -> str:
-    """Deliver one send; safe to run twice for the same id (the claim decides)."""
-    return deliver_send(get_runtime(), send_id)
+    """One send: a batch of one. Kept so tasks published before the upgrade still run."""
+    return deliver_sends(get_runtime(), [send_id])[send_id]
 
 
 @app.task(name="crosssell.rebuild_recommendations", ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
