@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Engine, case, or_, select, update
 
 from worker.clock import Clock
 from worker.models import Enrollment, Send
@@ -149,6 +149,8 @@ def release(
             .values(
                 status="planned",
                 send_at=now,
+                # A hand-over commit that landed counted an attempt that never happened.
+                attempts=Send.attempts - case((Send.handed_over_at.is_not(None), 1), else_=0),
                 reason="retry",
                 detail=detail[:1000],
                 claim_token=None,
@@ -200,3 +202,49 @@ class Lease:
                 renew(self.engine, self.token, self.clock.now(), self.length)
             except Exception as exc:
                 log.warning("could not renew the delivery lease: %s", exc.__class__.__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """``crosssell sends release``'s answer per id: what it was, and whether it moved."""
+
+    send_id: int
+    found: str | None  # "failed/ambiguous", "sending", another status, or None: no such send
+    released: bool
+
+
+def release_by_operator(engine: Engine, send_ids: Sequence[int], now: datetime) -> list[Released]:
+    """Give ambiguous (``failed``/``ambiguous``) or stuck ``sending`` sends back to the
+    outbox, due now, for an operator who checked the provider's log: the message never
+    arrived. Any other status is refused. The Message-ID is kept, so a copy that did
+    arrive after all is recognisable. A ``sending`` row's owner loses its claim: its
+    hand-over will find the row gone and not send."""
+    answers: list[Released] = []
+    releasable = or_(
+        (Send.status == "failed") & (Send.reason == "ambiguous"), Send.status == "sending"
+    )
+    with engine.begin() as connection:
+        for send_id in dict.fromkeys(send_ids):
+            row = connection.execute(
+                select(Send.status, Send.reason).where(Send.id == send_id)
+            ).first()
+            if row is None:
+                answers.append(Released(send_id, None, False))
+                continue
+            found = f"{row.status}/{row.reason}" if row.status == "failed" else row.status
+            moved = connection.execute(
+                update(Send)
+                .where(Send.id == send_id, releasable)
+                .values(
+                    status="planned",
+                    send_at=now,
+                    reason=None,
+                    detail=f"released by an operator (was {found})",
+                    claim_token=None,
+                    lease_expires_at=None,
+                    handed_over_at=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            answers.append(Released(send_id, found, moved == 1))
+    return answers
