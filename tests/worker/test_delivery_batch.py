@@ -124,8 +124,9 @@ def test_a_hand_over_whose_answer_is_lost_is_sent_once_later_never_ambiguous(
     assert deliver_send(runtime, first) == "sent"
     sent = _row(private_database, first)
     assert (sent.status, sent.attempts) == ("sent", 1)
-    received = [message["Message-ID"] for message in smtp_sink.handler.parsed()]
-    assert sorted(received) == sorted({sent.message_id, _row(private_database, second).message_id})
+    received = [str(message["Message-ID"]) for message in smtp_sink.handler.parsed()]
+    expected = [str(sent.message_id), str(_row(private_database, second).message_id)]
+    assert sorted(received) == sorted(expected), "each message exactly once"
 
 
 # --- fault (b): every affected send delivered or reported within 2 minutes ------------------
