@@ -50,7 +50,7 @@ from worker.log_format import fields
 from worker.metrics import PROVIDER_SECONDS, SENDS
 from worker.mime import Envelope, HeaderInjection, build_email, feedback_id_for, message_id_for
 from worker.models import Send, Suppression
-from worker.offer_resolution import resolve_for_send
+from worker.offer_resolution import CatalogReads, resolve_for_send
 from worker.providers.base import (
     AmbiguousDeliveryError,
     ConfigurationError,
@@ -116,11 +116,13 @@ def prepare(
     send: Send,
     now: datetime,
     loaded: RecheckInputs | None = None,
+    reads: CatalogReads | None = None,
 ) -> Prepared | Skip | Reschedule:
     """Recheck everything that may have changed since planning, then build the message.
 
     The recheck is ``triggers.decide.recheck`` on inputs from ``decision_inputs`` (for a
-    batch, ``recheck_inputs_many``; ``loaded`` is this send's): the engine's own checks
+    batch, ``recheck_inputs_many``; ``loaded`` is this send's, ``reads`` the batch's
+    catalog answers): the engine's own checks
     in the engine's order, so a send is never judged by other rules at sending than at
     planning. Nothing is written to the send here; a sequence step may end its
     enrollment (an unsubscribe) in ``session``.
@@ -161,7 +163,9 @@ def prepare(
 
     offer_spec = (step.offer if step is not None else None) or compiled.campaign.offer
     try:
-        offer = resolve_for_send(session, offer_spec, loaded.event, profile, runtime.complements)
+        offer = resolve_for_send(
+            session, offer_spec, loaded.event, profile, runtime.complements, None, reads
+        )
     except OfferUnavailable as unavailable:
         return Skip(unavailable.reason)
     if step is not None and not offer.items:
@@ -451,9 +455,10 @@ class _Batch:
                 order = {send_id: position for position, send_id in enumerate(ids)}
                 sends.sort(key=lambda send: order[send.id])
                 loaded = recheck_inputs_many(session, sends, now)
+                reads = CatalogReads(session)
                 for send in sends:
                     try:
-                        result = prepare(session, runtime, send, now, loaded[send.id])
+                        result = prepare(session, runtime, send, now, loaded[send.id], reads)
                     except (DBAPIError, InterfaceError):
                         raise  # the connection: surviving_disconnects decides
                     except Exception as exc:
@@ -545,13 +550,15 @@ class _Batch:
         for _ in ids:
             PROVIDER_SECONDS.labels(provider.name).observe(share)
         released: list[int] = []
+        records: list[tuple[int, Record]] = []
         for index, send_id in enumerate(ids):
             email, result = emails[index], results[index]
             record = self._outcome(send_id, email, result, handed[index], refused[index])
             if record is None:
                 released.append(send_id)
             else:
-                self._record(send_id, record)
+                records.append((send_id, record))
+        self._record_all(records)
         if released:
             self._release(released)
 
@@ -614,6 +621,27 @@ class _Batch:
             reason=SkipReason.INTERNAL_ERROR,
             detail=detail,
         )
+
+    def _record_all(self, records: list[tuple[int, Record]]) -> None:
+        """Every answer of the round in one commit; should one of them fail for another
+        reason than the connection (a bug), each is recorded on its own instead."""
+
+        def unit() -> dict[int, str]:
+            self.logged = []
+            with transaction(self.url) as session:
+                return {send_id: record(session) for send_id, record in records}
+
+        try:
+            self.outcomes |= surviving_disconnects(unit)
+        except (DBAPIError, InterfaceError):
+            raise
+        except Exception:
+            log.exception("recording a batch's answers failed; recording them one by one")
+            for send_id, record in records:
+                self._record(send_id, record)
+            return
+        for moved_id, campaign, status, reason in self.logged:
+            _counted(moved_id, campaign, status, reason)
 
     def _record(self, send_id: int, record: Record) -> None:
         def unit() -> str:

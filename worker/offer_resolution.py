@@ -41,12 +41,56 @@ from worker.metrics import OFFERS_UNAVAILABLE
 log = logging.getLogger(__name__)
 
 
-def localize_offer(session: Session, offer: ResolvedOffer, locale_tag: str | None) -> ResolvedOffer:
+class CatalogReads:
+    """The catalog queries of one unit of work, each asked once: a delivery batch reads
+    stock and prices as of its start, and sends offering the same categories share the
+    answer instead of one query each. The results are shared, never modified."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._seen: dict[tuple[object, ...], Any] = {}
+
+    def _read(self, query: Any, *arguments: Any) -> Any:
+        key = (query.__name__, *(tuple(a) if isinstance(a, list) else a for a in arguments))
+        if key not in self._seen:
+            self._seen[key] = query(self.session, *arguments)
+        return self._seen[key]
+
+    def products_in_categories(self, categories: Sequence[str]) -> list[Product]:
+        return list(self._read(products_in_categories, list(categories)))
+
+    def products_by_sku(self, skus: Sequence[str]) -> list[Product]:
+        return list(self._read(products_by_sku, list(skus)))
+
+    def products_in_lines(self, lines: Sequence[str]) -> list[Product]:
+        return list(self._read(products_in_lines, list(lines)))
+
+    def recommended_for(self, skus: Sequence[str]) -> list[Product]:
+        return list(self._read(recommended_for, list(skus)))
+
+    def bestsellers_in(self, categories: Sequence[str]) -> list[Product]:
+        return list(self._read(bestsellers_in, list(categories)))
+
+    def product_texts(
+        self, skus: Sequence[str]
+    ) -> dict[str, tuple[dict[str, str], str | None, dict[str, str]]]:
+        found: dict[str, tuple[dict[str, str], str | None, dict[str, str]]]
+        found = self._read(product_texts, list(skus))
+        return found
+
+
+def localize_offer(
+    session: Session,
+    offer: ResolvedOffer,
+    locale_tag: str | None,
+    reads: CatalogReads | None = None,
+) -> ResolvedOffer:
     """``offer`` with each item's name and description in the language of
     ``locale_tag`` (``ro-RO`` uses the ``ro`` texts), or the default ones."""
     if not offer.items:
         return offer
-    texts = product_texts(session, [item.sku for item in offer.items])
+    reads = reads or CatalogReads(session)
+    texts = reads.product_texts([item.sku for item in offer.items])
     items = []
     for item in offer.items:
         names, description, descriptions = texts.get(item.sku, ({}, None, {}))
@@ -75,6 +119,7 @@ def resolve_for_send(
     profile: CustomerProfile,
     complements: Mapping[str, Sequence[str]],
     locale: str | None = None,
+    reads: CatalogReads | None = None,
 ) -> ResolvedOffer:
     """The offer's items for this customer now, named in ``locale`` (default: the
     customer's own); raises OfferUnavailable.
@@ -83,8 +128,9 @@ def resolve_for_send(
     counted in ``crosssell_offers_unavailable_total``: an empty or unimported catalog
     otherwise shows only as skipped sends.
     """
+    reads = reads or CatalogReads(session)
     try:
-        chosen = _resolve(session, offer, event, profile, complements)
+        chosen = _resolve(reads, offer, event, profile, complements)
     except OfferUnavailable as unavailable:
         OFFERS_UNAVAILABLE.labels(unavailable.reason).inc()
         log.warning(
@@ -95,11 +141,11 @@ def resolve_for_send(
             unavailable.reason,
         )
         raise
-    return localize_offer(session, chosen, locale or profile.locale)
+    return localize_offer(session, chosen, locale or profile.locale, reads)
 
 
 def _resolve(
-    session: Session,
+    reads: CatalogReads,
     offer: AnyOffer,
     event: AnyEvent,
     profile: CustomerProfile,
@@ -112,7 +158,7 @@ def _resolve(
     primary = primary_strategy(offer)
     # Only an upsell needs the bought products' catalog rows (their line and tier).
     needs_trigger = "upgrade" in {primary, *offer.fallback}
-    trigger_products = products_by_sku(session, [i.sku for i in bought]) if needs_trigger else []
+    trigger_products = reads.products_by_sku([i.sku for i in bought]) if needs_trigger else []
 
     fetched: dict[str, list[Product]] = {}
 
@@ -121,17 +167,17 @@ def _resolve(
         if strategy not in fetched:
             if strategy == "upgrade":
                 lines = [p.line for p in trigger_products if p.line]
-                fetched[strategy] = products_in_lines(session, lines)
+                fetched[strategy] = reads.products_in_lines(lines)
             elif strategy == "skus":
-                fetched[strategy] = products_by_sku(session, getattr(offer, "skus", None) or [])
+                fetched[strategy] = reads.products_by_sku(getattr(offer, "skus", None) or [])
             elif strategy == "complementary":
-                fetched[strategy] = products_in_categories(session, categories)
+                fetched[strategy] = reads.products_in_categories(categories)
             elif strategy == "recommended":
                 # After a purchase: what goes with it; otherwise: with what the customer owns.
                 seeds = [item.sku for item in bought] or sorted(profile.skus_owned)
-                fetched[strategy] = recommended_for(session, seeds)
+                fetched[strategy] = reads.recommended_for(seeds)
             else:
-                fetched[strategy] = bestsellers_in(session, categories)
+                fetched[strategy] = reads.bestsellers_in(categories)
         return fetched[strategy]
 
     def sources(chain: set[str]) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from worker.app import app
 from worker.delivery import deliver_batch as deliver_sends
-from worker.recommendations import run_rebuild
 from worker.runtime import get_runtime
 
 
@@ -23,4 +22,8 @@ def deliver(send_id: int) -> str:
 @app.task(name="crosssell.rebuild_recommendations", ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
 def rebuild_recommendations() -> int:
     """Periodic (Celery beat): recompute "customers who bought X also bought Y"."""
+    # Imported here: scipy takes ~0.3 s and much memory to import, and the dispatcher
+    # imports this module to publish deliver tasks.
+    from worker.recommendations import run_rebuild
+
     return run_rebuild(get_runtime().settings).pairs
