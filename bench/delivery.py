@@ -16,6 +16,10 @@ counted). Printed per email:
 With this package's delivery (``deliver_batch``) the ids go in batches of B; a checkout
 without it (the one-at-a-time ``deliver_send``) is measured one send per call, so the
 same script measures before and after (run it with ``PYTHONPATH`` at the older tree).
+
+``--celery POOL [--concurrency C]`` delivers the same sends through a real Celery
+worker (RabbitMQ, ``--broker``) to compare worker pools: emails per second and the CPU
+of the worker's whole process tree per email.
 """
 
 from __future__ import annotations
@@ -149,7 +153,7 @@ def run(sends: int, batch: int, profile: bool) -> None:
 
         renders: list[tuple[tuple[Any, ...], Any]] = []
         builds: list[Any] = []
-        render, build = runtime.renderer.render, delivery.build_email
+        render, build = runtime.renderer.render, getattr(delivery, "build_email")  # noqa: B009
 
         def recorded_render(*arguments: Any) -> Any:
             renders.append((arguments, None))
@@ -159,8 +163,8 @@ def run(sends: int, batch: int, profile: bool) -> None:
             builds.append(envelope)
             return build(envelope, rendered)
 
-        runtime.renderer.render = recorded_render  # type: ignore[method-assign]
-        delivery.build_email = recorded_build  # type: ignore[assignment]
+        setattr(runtime.renderer, "render", recorded_render)  # noqa: B010
+        setattr(delivery, "build_email", recorded_build)  # noqa: B010
         runtime.provider  # noqa: B018 - connect outside the measurement
         counts = count_database(url)
         batched = getattr(delivery, "deliver_batch", None)
@@ -180,8 +184,8 @@ def run(sends: int, batch: int, profile: bool) -> None:
         if profiler is not None:
             profiler.disable()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        delivery.build_email = build  # type: ignore[assignment]
-        runtime.renderer.render = render  # type: ignore[method-assign]
+        setattr(delivery, "build_email", build)  # noqa: B010
+        setattr(runtime.renderer, "render", render)  # noqa: B010
 
         floor_cpu = floor(render, build, renders, builds, port)
         mode = f"deliver_batch, batches of {batch}" if batched else "deliver_send, one per call"
@@ -200,6 +204,94 @@ def run(sends: int, batch: int, profile: bool) -> None:
             from bench.timing import print_profile
 
             print_profile(profiler, 30)
+        runtime.close()
+
+
+def run_celery(sends: int, batch: int, pool: str, concurrency: int, broker: str) -> None:
+    """The same sends through ``celery -A worker.app worker --pool POOL``: emails per
+    second between the first and the last ``sent_at``, and the CPU of the whole worker
+    process tree (its children included) per email."""
+    import resource
+
+    from sqlalchemy import func, select
+
+    from tests.support.fleet import fleet_env, seed_due_sends
+    from worker.db import transaction
+    from worker.dispatcher import celery_enqueue, dispatch_once
+    from worker.migrate import upgrade
+    from worker.models import Send
+    from worker.runtime import Runtime, get_runtime
+    from worker.settings import get_settings
+
+    with own_database() as url, sink_process() as port, tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        upgrade(url)
+        env = fleet_env(
+            folder,
+            url,
+            broker,
+            email_provider="smtp",
+            smtp_port=str(port),
+            smtp_pool_size=str(concurrency),
+            dispatch_batch=str(sends),
+            dispatch_max_queued=str(sends),
+            delivery_batch=str(batch),
+        )
+        seed_due_sends(folder, env, sends)
+        os.environ.update(env)
+        get_settings.cache_clear()
+        runtime = Runtime(get_settings())
+        ids: list[int] = []
+        dispatch_once(runtime, ids.extend)
+        get_runtime()  # the Celery app configures itself from the environment set above
+        try:
+            celery_enqueue(ids, batch)
+        except TypeError:  # an older tree: one task per send
+            celery_enqueue(ids)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        worker = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "celery", "-A", "worker.app", "worker"),
+                *("--pool", pool, "--concurrency", str(concurrency), "--loglevel", "WARNING"),
+                *("--without-mingle", "--without-gossip", "--without-heartbeat"),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                with transaction(url) as session:
+                    open_sends = session.scalar(
+                        select(func.count())
+                        .select_from(Send)
+                        .where(Send.status.in_(["planned", "queued", "sending"]))
+                    )
+                if not open_sends:
+                    break
+                time.sleep(0.5)
+        finally:
+            worker.terminate()
+            worker.wait(60)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with transaction(url) as session:
+            first, last, sent = session.execute(
+                select(func.min(Send.sent_at), func.max(Send.sent_at), func.count())
+                .select_from(Send)
+                .where(Send.status == "sent")
+            ).one()
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        span = (last - first).total_seconds() if first and last else float("nan")
+        print(
+            f"celery --pool {pool} --concurrency {concurrency}, batches of {batch}: "
+            f"{sent}/{sends} sent, {sent / span:.0f} emails/s, worker CPU "
+            f"{cpu / max(sent, 1) * 1000:.2f} ms/email"
+        )
+        from worker.app import app
+
+        with app.connection_for_write() as connection:
+            connection.default_channel.queue_delete(env["CROSSSELL_DELIVER_QUEUE"])
         runtime.close()
 
 
@@ -227,8 +319,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sends", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--profile", action="store_true", help="print a cProfile summary")
+    parser.add_argument(
+        "--celery", metavar="POOL", help="deliver with a Celery worker of this pool instead"
+    )
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--broker", default="amqp://guest:guest@127.0.0.1:5672//")
     options = parser.parse_args(argv)
-    run(options.sends, options.batch, options.profile)
+    if options.celery:
+        run_celery(
+            options.sends, options.batch, options.celery, options.concurrency, options.broker
+        )
+    else:
+        run(options.sends, options.batch, options.profile)
     return 0
 
 

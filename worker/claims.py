@@ -135,11 +135,18 @@ def hand_over(engine: Engine, token: str, item: HandOver, now: datetime, lease: 
 
 
 def release(
-    engine: Engine, token: str, send_ids: Sequence[int], now: datetime, detail: str
+    engine: Engine,
+    token: str,
+    send_ids: Sequence[int],
+    now: datetime,
+    detail: str,
+    reason: str = "retry",
+    send_at: datetime | None = None,
 ) -> list[int]:
-    """Give this token's ``sending`` rows whose messages did not leave back to the outbox,
-    due now (``planned``, reason ``retry``), even if their hand-over commit landed: the
-    caller knows the provider never got them. Returns the ids released."""
+    """Give this token's ``sending`` rows whose messages did not leave back to the outbox
+    (``planned`` at ``send_at``, default now, with ``reason``), even if their hand-over
+    commit landed: the caller knows the provider never got them. Returns the ids
+    released."""
     if not send_ids:
         return []
     with engine.begin() as connection:
@@ -148,10 +155,10 @@ def release(
             .where(Send.id.in_(list(send_ids)), Send.claim_token == token, Send.status == "sending")
             .values(
                 status="planned",
-                send_at=now,
+                send_at=send_at or now,
                 # A hand-over commit that landed counted an attempt that never happened.
                 attempts=Send.attempts - case((Send.handed_over_at.is_not(None), 1), else_=0),
-                reason="retry",
+                reason=reason,
                 detail=detail[:1000],
                 claim_token=None,
                 lease_expires_at=None,

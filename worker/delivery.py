@@ -282,11 +282,11 @@ def deliver_batch(runtime: Runtime, send_ids: Sequence[int]) -> dict[int, str]:
     pending = list(dict.fromkeys(send_ids))
     with Lease(engine, token, runtime.clock, lease):
         while pending:
-            picked = surviving_disconnects(partial(_pick_round, runtime, engine, pending))
+            picked = surviving_disconnects(partial(_pick_round, engine, pending))
             outcomes |= picked.done
             pending = picked.later
             if picked.now:
-                batch = _Batch(runtime, engine, token, lease, picked.now, picked.slots)
+                batch = _Batch(runtime, engine, token, lease, picked.now)
                 outcomes |= batch.run()
     return outcomes
 
@@ -295,13 +295,12 @@ def deliver_batch(runtime: Runtime, send_ids: Sequence[int]) -> dict[int, str]:
 class _Round:
     now: list[int]
     later: list[int]
-    slots: dict[int, float]
     done: dict[int, str]
 
 
-def _pick_round(runtime: Runtime, engine: Engine, ids: list[int]) -> _Round:
-    """The ``queued`` sends to claim now (the first of each customer) with their rate
-    slots (monotonic times); the rest wait for a later round."""
+def _pick_round(engine: Engine, ids: list[int]) -> _Round:
+    """The ``queued`` sends to claim now (the first of each customer); the rest wait for
+    a later round, and the others are not this task's to deliver."""
     with engine.connect() as connection:
         rows = {
             row.id: row
@@ -316,47 +315,13 @@ def _pick_round(runtime: Runtime, engine: Engine, ids: list[int]) -> _Round:
     for send_id in ids:
         row = rows.get(send_id)
         if row is None or row.status != "queued":
-            done[send_id] = "not_claimed"  # a duplicate task spends no slot
+            done[send_id] = "not_claimed"  # finished, or another task's
         elif row.customer_id in customers:
             later.append(send_id)
         else:
             customers.add(row.customer_id)
             now_ids.append(send_id)
-    slots: dict[int, float] = {}
-    limiter = runtime.rate_limiter
-    if limiter is not None:
-        granted: list[int] = []
-        for position, send_id in enumerate(now_ids):
-            reservation = limiter.reserve()
-            if not reservation.granted:
-                # A slot further away than max_wait is not taken: these sends go back to
-                # the outbox for then, and the task ends instead of sleeping.
-                done |= _throttle(runtime, engine, now_ids[position:], reservation.wait)
-                break
-            slots[send_id] = time.monotonic() + reservation.wait
-            granted.append(send_id)
-        now_ids = granted
-    return _Round(now_ids, later, slots, done)
-
-
-def _throttle(runtime: Runtime, engine: Engine, ids: list[int], wait: float) -> dict[int, str]:
-    now = runtime.clock.now()
-    with engine.begin() as connection:
-        moved = connection.execute(
-            update(Send)
-            .where(Send.id.in_(ids), Send.status == "queued")
-            .values(
-                status="planned",
-                send_at=now + timedelta(seconds=wait),
-                reason=SkipReason.RATE_LIMITED,
-                updated_at=now,
-            )
-            .returning(Send.id, Send.campaign_id)
-        ).all()
-    for row in moved:
-        _counted(row.id, row.campaign_id, "planned", SkipReason.RATE_LIMITED)
-    thrown = {row.id for row in moved}
-    return {send_id: "throttled" if send_id in thrown else "not_claimed" for send_id in ids}
+    return _Round(now_ids, later, done)
 
 
 def _counted(send_id: int, campaign: str, status: str, reason: str | None) -> None:
@@ -401,12 +366,12 @@ class _Batch:
         token: str,
         lease: timedelta,
         ids: list[int],
-        slots: dict[int, float],
     ) -> None:
         self.runtime, self.engine, self.token, self.lease = runtime, engine, token, lease
-        self.ids, self.slots = ids, slots
+        self.ids = ids
         self.url = runtime.settings.resolved_database_url
         self.attempts: dict[int, int] = {}
+        self.throttle_wait = 0.0
         self.outcomes: dict[int, str] = {}
         self.logged: list[tuple[int, str, str, str | None]] = []
 
@@ -518,9 +483,6 @@ class _Batch:
 
         def on_hand_over(index: int) -> None:
             send_id = ids[index]
-            slot = self.slots.get(send_id)
-            if slot is not None and (pause := slot - time.monotonic()) > 0:
-                time.sleep(pause)  # the rate slot reserved for this message
             item = prepared[send_id]
             try:
                 hand_over(
@@ -545,15 +507,19 @@ class _Batch:
 
         provider = runtime.provider
         started = time.perf_counter()
-        results = provider.send_many(emails, on_hand_over)
-        share = (time.perf_counter() - started) / len(ids)
-        for _ in ids:
-            PROVIDER_SECONDS.labels(provider.name).observe(share)
+        if runtime.rate_limiter is None:
+            results = provider.send_many(emails, on_hand_over)
+        else:
+            results = self._send_paced(emails, on_hand_over)
+        if results:
+            share = (time.perf_counter() - started) / len(results)
+            for _ in results:
+                PROVIDER_SECONDS.labels(provider.name).observe(share)
         released: list[int] = []
         records: list[tuple[int, Record]] = []
-        for index, send_id in enumerate(ids):
-            email, result = emails[index], results[index]
-            record = self._outcome(send_id, email, result, handed[index], refused[index])
+        for index, result in enumerate(results):
+            send_id = ids[index]
+            record = self._outcome(send_id, emails[index], result, handed[index], refused[index])
             if record is None:
                 released.append(send_id)
             else:
@@ -561,6 +527,49 @@ class _Batch:
         self._record_all(records)
         if released:
             self._release(released)
+        if len(results) < len(ids):
+            self._throttle(ids[len(results) :])
+
+    def _send_paced(
+        self, emails: list[OutgoingEmail], on_hand_over: Callable[[int], None]
+    ) -> list[DeliveryResult | Exception]:
+        """One message at a time, each in its own rate slot, taken just before it goes:
+        the slots of the batch are not held while earlier messages are on their way. At
+        the first slot further away than ``max_wait`` the rest of the batch stops (the
+        caller gives it back to the outbox for then)."""
+        limiter = self.runtime.rate_limiter
+        assert limiter is not None
+        provider = self.runtime.provider
+        results: list[DeliveryResult | Exception] = []
+        for index, email in enumerate(emails):
+            reservation = limiter.acquire()
+            if not reservation.granted:
+                self.throttle_wait = reservation.wait
+                break
+            results += provider.send_many(
+                [email],
+                lambda _, index=index: on_hand_over(index),  # type: ignore[misc]
+            )
+        return results
+
+    def _throttle(self, ids: list[int]) -> None:
+        """Claimed sends with no rate slot within ``max_wait``: back to ``planned`` for
+        when the slot comes (reason ``rate_limited``), their attempt not counted."""
+        now = self.runtime.clock.now()
+        send_at = now + timedelta(seconds=self.throttle_wait)
+        moved = surviving_disconnects(
+            lambda: release(
+                self.engine,
+                self.token,
+                ids,
+                now,
+                "no rate slot within CROSSSELL_RATE_LIMIT_MAX_WAIT",
+                reason=SkipReason.RATE_LIMITED,
+                send_at=send_at,
+            )
+        )
+        for send_id in ids:
+            self.outcomes[send_id] = "throttled" if send_id in moved else "not_claimed"
 
     def _outcome(
         self,
