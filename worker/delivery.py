@@ -58,6 +58,7 @@ from worker.providers.base import (
     DeliveryResult,
     OutgoingEmail,
     PermanentDeliveryError,
+    Provider,
     TransientDeliveryError,
     UnsupportedAddress,
 )
@@ -371,7 +372,6 @@ class _Batch:
         self.ids = ids
         self.url = runtime.settings.resolved_database_url
         self.attempts: dict[int, int] = {}
-        self.throttle_wait = 0.0
         self.outcomes: dict[int, str] = {}
         self.logged: list[tuple[int, str, str, str | None]] = []
 
@@ -506,15 +506,41 @@ class _Batch:
             handed[index] = True
 
         provider = runtime.provider
-        started = time.perf_counter()
-        if runtime.rate_limiter is None:
+        limiter = runtime.rate_limiter
+        if limiter is None and type(provider).send_many is not Provider.send_many:
+            # A provider with a cheaper way for several messages (pipelining, a batch
+            # endpoint) gets them all; their answers are recorded together after it.
+            started = time.perf_counter()
             results = provider.send_many(emails, on_hand_over)
-        else:
-            results = self._send_paced(emails, on_hand_over)
-        if results:
-            share = (time.perf_counter() - started) / len(results)
-            for _ in results:
+            share = (time.perf_counter() - started) / len(ids)
+            for _ in ids:
                 PROVIDER_SECONDS.labels(provider.name).observe(share)
+            self._answered(ids, emails, results, handed, refused)
+            return
+        # One message at a time, its answer recorded as soon as it came, so that a worker
+        # killed mid-batch leaves at most the message in flight ambiguous, not every
+        # message of the batch sent so far. With a rate limit each message first takes
+        # its own slot, never inside an SMTP transaction; the batch's slots are not taken
+        # up front, where a task lagging behind its block of slots would waste them.
+        for index, send_id in enumerate(ids):
+            if limiter is not None:
+                reservation = limiter.acquire()
+                if not reservation.granted:
+                    self._throttle(ids[index:], reservation.wait)
+                    return
+            with PROVIDER_SECONDS.labels(provider.name).time():
+                results = provider.send_many([emails[index]], partial(_nth, on_hand_over, index))
+            self._answered([send_id], [emails[index]], results, [handed[index]], [refused[index]])
+
+    def _answered(
+        self,
+        ids: list[int],
+        emails: list[OutgoingEmail],
+        results: list[DeliveryResult | Exception],
+        handed: list[bool],
+        refused: list[Exception | None],
+    ) -> None:
+        """Record the answers (one commit) and release the sends that never left."""
         released: list[int] = []
         records: list[tuple[int, Record]] = []
         for index, result in enumerate(results):
@@ -527,36 +553,12 @@ class _Batch:
         self._record_all(records)
         if released:
             self._release(released)
-        if len(results) < len(ids):
-            self._throttle(ids[len(results) :])
 
-    def _send_paced(
-        self, emails: list[OutgoingEmail], on_hand_over: Callable[[int], None]
-    ) -> list[DeliveryResult | Exception]:
-        """One message at a time, each in its own rate slot, taken just before it goes:
-        the slots of the batch are not held while earlier messages are on their way. At
-        the first slot further away than ``max_wait`` the rest of the batch stops (the
-        caller gives it back to the outbox for then)."""
-        limiter = self.runtime.rate_limiter
-        assert limiter is not None
-        provider = self.runtime.provider
-        results: list[DeliveryResult | Exception] = []
-        for index, email in enumerate(emails):
-            reservation = limiter.acquire()
-            if not reservation.granted:
-                self.throttle_wait = reservation.wait
-                break
-            results += provider.send_many(
-                [email],
-                lambda _, index=index: on_hand_over(index),  # type: ignore[misc]
-            )
-        return results
-
-    def _throttle(self, ids: list[int]) -> None:
+    def _throttle(self, ids: list[int], wait: float) -> None:
         """Claimed sends with no rate slot within ``max_wait``: back to ``planned`` for
         when the slot comes (reason ``rate_limited``), their attempt not counted."""
         now = self.runtime.clock.now()
-        send_at = now + timedelta(seconds=self.throttle_wait)
+        send_at = now + timedelta(seconds=wait)
         moved = surviving_disconnects(
             lambda: release(
                 self.engine,
@@ -818,6 +820,11 @@ class _Batch:
                 error_summary(exc),
             )
         return outcome
+
+
+def _nth(hand_over: Callable[[int], None], index: int, _first: int) -> None:
+    """``send_many``'s hand-over for a one-message call: message ``index`` of the batch."""
+    hand_over(index)
 
 
 class _Unpreparable(Exception):
