@@ -23,13 +23,13 @@ from tests.support.smtp_sink import SmtpSink
 from tests.worker.test_pipeline import _dispatch, _planned_send, _runtime
 from triggers.durations import parse_duration
 from worker import delivery
-from worker.claims import HandOver, claim, hand_over, new_token
+from worker.claims import HandOver, claim, hand_over, new_token, renew
 from worker.cli import main
 from worker.clock import ShiftedClock
 from worker.db import dispose_engines, engine_for, transaction
 from worker.delivery import deliver_batch, deliver_send
 from worker.migrate import upgrade
-from worker.models import Send
+from worker.models import Customer, Send
 from worker.runtime import Runtime
 from worker.settings import Settings, get_settings
 
@@ -180,8 +180,6 @@ def test_a_lease_renewed_by_a_working_worker_is_not_taken(
     lease = parse_duration(runtime.settings.delivery_lease)
     token = new_token()
     claim(engine, ids, token, DUE, lease)
-    from worker.claims import renew
-
     later = DUE + lease - timedelta(seconds=1)
     assert renew(engine, token, later, lease) == 1  # the heartbeat
     runtime.clock = ShiftedClock(DUE + lease + timedelta(seconds=1))
@@ -233,8 +231,6 @@ def _stored_send(url: str, number: int, **values: Any) -> int:
         "updated_at": now,
     } | values
     with transaction(url) as session:
-        from worker.models import Customer
-
         session.add(Customer(id=row["customer_id"], created_at=now, updated_at=now))
         session.flush()
         return int(session.execute(insert(Send).values(**row).returning(Send.id)).scalar_one())
