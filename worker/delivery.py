@@ -50,7 +50,7 @@ from worker.log_format import fields
 from worker.metrics import PROVIDER_SECONDS, SENDS
 from worker.mime import Envelope, HeaderInjection, build_email, feedback_id_for, message_id_for
 from worker.models import Send, Suppression
-from worker.offer_resolution import CatalogReads, resolve_for_send
+from worker.offer_resolution import CatalogMemo, choose_offer, localize_offer
 from worker.providers.base import (
     AmbiguousDeliveryError,
     ConfigurationError,
@@ -117,13 +117,13 @@ def prepare(
     send: Send,
     now: datetime,
     loaded: RecheckInputs | None = None,
-    reads: CatalogReads | None = None,
+    reads: CatalogMemo | None = None,
 ) -> Prepared | Skip | Reschedule:
     """Recheck everything that may have changed since planning, then build the message.
 
     The recheck is ``triggers.decide.recheck`` on inputs from ``decision_inputs`` (for a
     batch, ``recheck_inputs_many``; ``loaded`` is this send's, ``reads`` the batch's
-    catalog answers): the engine's own checks
+    shared catalog reads): the engine's own checks
     in the engine's order, so a send is never judged by other rules at sending than at
     planning. Nothing is written to the send here; a sequence step may end its
     enrollment (an unsubscribe) in ``session``.
@@ -164,11 +164,12 @@ def prepare(
 
     offer_spec = (step.offer if step is not None else None) or compiled.campaign.offer
     try:
-        offer = resolve_for_send(
-            session, offer_spec, loaded.event, profile, runtime.complements, None, reads
+        chosen = choose_offer(
+            session, offer_spec, loaded.event, profile, runtime.complements, reads
         )
     except OfferUnavailable as unavailable:
         return Skip(unavailable.reason)
+    offer = localize_offer(session, chosen, profile.locale)
     if step is not None and not offer.items:
         # A sequence step is a nudge toward products: with none to show (a loyalty bonus
         # for a customer who has every category already) it is skipped, the sequence goes on.
@@ -420,7 +421,7 @@ class _Batch:
                 order = {send_id: position for position, send_id in enumerate(ids)}
                 sends.sort(key=lambda send: order[send.id])
                 loaded = recheck_inputs_many(session, sends, now)
-                reads = CatalogReads(session)
+                reads = CatalogMemo()
                 for send in sends:
                     try:
                         result = prepare(session, runtime, send, now, loaded[send.id], reads)
