@@ -33,6 +33,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # The pool the fault-injection tests prove (docs/performance.md "## Delivery":
+        # prefork measured faster on a loaded machine, but is not covered by them and
+        # splits the per-worker metrics); `--pool` on the command line still wins.
+        "worker_pool": "threads",
         # Not cancelled: a task past its hand-over must record the provider's answer,
         # and the message redelivered meanwhile finds the send claimed and does nothing.
         "worker_cancel_long_running_tasks_on_connection_loss": False,

@@ -745,3 +745,31 @@ def sends_list(status_name: str, campaign: str | None, limit: int) -> None:
         rows = list_sends(session, status_name, campaign, limit)
     for line in send_lines(rows, status_name):
         click.echo(line)
+
+
+@sends.command("release")
+@click.argument("send_ids", nargs=-1, required=True, type=int)
+def sends_release(send_ids: tuple[int, ...]) -> None:
+    """Send again sends reported ambiguous (or stuck ``sending``) whose message the
+    provider's log shows never arrived: they go back to the outbox, due now. Any other
+    status is refused (exit 1). See docs/delivery.md, "The ambiguous window"."""
+    from worker.claims import release_by_operator
+    from worker.clock import SystemClock
+    from worker.db import engine_for
+
+    url = get_settings().resolved_database_url
+    refused = False
+    for answer in release_by_operator(engine_for(url), send_ids, SystemClock().now()):
+        if answer.released:
+            click.echo(f"send {answer.send_id}: {answer.found} → planned, due now")
+        elif answer.found is None:
+            refused = True
+            click.echo(f"send {answer.send_id}: no such send")
+        else:
+            refused = True
+            click.echo(
+                f"send {answer.send_id}: is {answer.found}; only failed/ambiguous or "
+                "sending sends can be released"
+            )
+    if refused:
+        sys.exit(1)

@@ -9,9 +9,10 @@ gives the time of their last email, for spacing). Nothing here writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -228,3 +229,98 @@ def load_standing(session: Session) -> Standing:
         if row.opted_out_kinds
     }
     return Standing(suppressed, opted_out)
+
+
+# --- Delivery: the recheck's inputs for a whole batch of claimed sends -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecheckInputs:
+    """What the delivery recheck of one claimed send reads: its customer, the stored
+    event (the document and its validated form) and the decision inputs as of now."""
+
+    customer: Customer
+    payload: dict[str, Any]
+    event: AnyEvent
+    inputs: DecisionInputs
+
+
+def recheck_inputs_many(
+    session: Session, sends: Sequence[Send], now: datetime
+) -> dict[int, RecheckInputs]:
+    """``decision_inputs`` for many sends in four queries (customers, events, suppression
+    list, histories) instead of four per send; keyed by send id.
+
+    Each send is left out of its own history. A ``sending`` row not yet handed over counts
+    as ``queued`` (not gone yet), exactly as the uncommitted claim of a concurrent worker
+    was invisible before claims were committed at once: a recheck judges only emails that
+    went or are going out right now.
+    """
+    from triggers.events import validate_event
+    from worker.models import Event
+    from worker.privacy import suppression_keys
+
+    if not sends:
+        return {}
+    customer_ids = {send.customer_id for send in sends}
+    customers = {
+        customer.id: customer
+        for customer in session.scalars(select(Customer).where(Customer.id.in_(customer_ids)))
+    }
+    payloads: dict[str, dict[str, Any]] = {
+        row.event_id: row.payload
+        for row in session.execute(
+            select(Event.event_id, Event.payload).where(
+                Event.event_id.in_({send.event_id for send in sends})
+            )
+        )
+    }
+    keys = {
+        customer.id: suppression_keys(customer.email) if customer.email else []
+        for customer in customers.values()
+    }
+    wanted = {key for found in keys.values() for key in found}
+    suppressed = (
+        set(session.scalars(select(Suppression.email).where(Suppression.email.in_(wanted))))
+        if wanted
+        else set()
+    )
+    histories: dict[str, list[tuple[int, PastSend]]] = {}
+    rows = session.execute(
+        select(
+            Send.id,
+            Send.customer_id,
+            Send.campaign_id,
+            Send.status,
+            Send.handed_over_at,
+            Send.sent_at,
+            Send.send_at,
+            Send.created_at,
+            Send.expires_at,
+        ).where(Send.customer_id.in_(customer_ids), Send.status.in_(MARKETING_HISTORY))
+    )
+    for row in rows:
+        status = "queued" if row.status == "sending" and row.handed_over_at is None else row.status
+        past = PastSend(
+            row.campaign_id,
+            status,
+            row.sent_at or row.send_at or row.created_at,
+            row.id,
+            row.expires_at,
+        )
+        histories.setdefault(row.customer_id, []).append((row.id, past))
+    found: dict[int, RecheckInputs] = {}
+    for send in sends:
+        customer = customers[send.customer_id]
+        payload = payloads[send.event_id]
+        event = validate_event(payload)
+        profile = profile_of(customer)
+        subject = subject_for(
+            profile,
+            suppressed=any(key in suppressed for key in keys[customer.id]),
+            opted_out_kinds=customer.opted_out_kinds or (),
+        )
+        history = [past for send_id, past in histories.get(customer.id, []) if send_id != send.id]
+        inputs = DecisionInputs(profile, subject, build_facts(event, profile, now), history)
+        found[send.id] = RecheckInputs(customer, payload, event, inputs)
+    return found

@@ -1,51 +1,70 @@
-"""Deliver one planned send: claim → recheck → render → hand to provider → record.
+"""Deliver a batch of queued sends: claim → recheck → render → hand to provider → record.
 
-Each step is its own short transaction, so a provider call never holds a database lock.
-The claim (``queued`` → ``sending``) is a conditional UPDATE: however many copies of the
-task the broker delivers, one wins. A send found in ``sending`` by the sweeper is the
-ambiguous window (the provider may have accepted it); it is reported, never re-sent.
+One deliver task takes a batch of send ids. It claims them in one statement under a
+random token and a lease it renews while it works (``worker.claims``), loads what the
+rechecks need in a few queries, prepares each message with the engine's own recheck,
+records skips and reschedules in one commit, hands the messages to the provider's
+``send_many`` and records the answers in one commit. Each message's hand-over is a
+committed, token-conditional UPDATE just before its irreversible step: a message whose
+hand-over fails never leaves, and a worker that dies before it leaves its sends to the
+sweeper, which gives expired claims back to the queue. Only a send handed over without
+a recorded answer is ambiguous; it is reported, never re-sent. See docs/delivery.md.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.orm import Session
 
 from triggers.addresses import InvalidAddress, lookup_key, parse_address
 from triggers.decide import Later, recheck
-from triggers.events import validate_event
+from triggers.durations import parse_duration
 from triggers.offers import AnyOffer, OfferUnavailable
 from triggers.outcomes import SkipReason
 from worker.activity import record_send_activity
+from worker.claims import (
+    HandOver,
+    Lease,
+    LostClaim,
+    SequenceEnded,
+    claim,
+    hand_over,
+    new_token,
+    release,
+)
 from worker.coupons import coupon_code
-from worker.db import session_factory, surviving_disconnects, transaction
-from worker.decision_inputs import decision_inputs
+from worker.db import engine_for, session_factory, surviving_disconnects, transaction
+from worker.decision_inputs import RecheckInputs, recheck_inputs_many
 from worker.email_context import Coupon, email_context, links_for
 from worker.log_format import fields
 from worker.metrics import PROVIDER_SECONDS, SENDS
 from worker.mime import Envelope, HeaderInjection, build_email, feedback_id_for, message_id_for
-from worker.models import Customer, Event, Send, Suppression
-from worker.offer_resolution import resolve_for_send
+from worker.models import Send, Suppression
+from worker.offer_resolution import CatalogMemo, choose_offer, localize_offer
 from worker.providers.base import (
     AmbiguousDeliveryError,
+    ConfigurationError,
+    DeliveryError,
     DeliveryResult,
     OutgoingEmail,
     PermanentDeliveryError,
+    Provider,
     TransientDeliveryError,
     UnsupportedAddress,
 )
-from worker.rate_limit import RateLimiter
 from worker.redaction import error_summary
 from worker.runtime import Runtime
-from worker.sequences import record_offered, step_check
+from worker.sequences import offered_after, step_check
 from worker.unsubscribe_mail import mailto_for
 
 log = logging.getLogger(__name__)
@@ -64,58 +83,59 @@ class Reschedule:
     reason: SkipReason = SkipReason.OUTSIDE_WINDOW
 
 
-def _set(session: Session, send_id: int, expected: str, **values: Any) -> bool:
-    moved = session.execute(
-        update(Send)
-        .where(Send.id == send_id, Send.status == expected)
-        .values(**values)
-        .returning(Send.campaign_id)
-    ).first()
-    status, reason = values.get("status", ""), values.get("reason")
-    if moved is not None and status != "sending":
-        SENDS.labels(status, reason or "").inc()
-        log.info(
-            "send %s %s%s",
-            send_id,
-            status,
-            f" ({reason})" if reason else "",
-            extra=fields(send_id=send_id, campaign=moved[0], outcome=status, reason=reason),
-        )
-    return moved is not None
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A message ready to leave and what its hand-over records with it: the coupon made
+    on first render and, for a sequence step, the enrollment's offered SKUs."""
+
+    email: OutgoingEmail
+    coupon_code: str | None = None
+    coupon_expires_at: datetime | None = None
+    enrollment_id: int | None = None
+    offered_skus: list[str] | None = None
 
 
-def _coupon(runtime: Runtime, send: Send, offer: AnyOffer, now: datetime) -> Coupon | None:
-    """The send's coupon: made and stored on first render, read back on every retry."""
+def _coupon(
+    runtime: Runtime, send: Send, offer: AnyOffer, now: datetime
+) -> tuple[Coupon | None, str | None, datetime | None]:
+    """The send's coupon: made on first render (stored with the hand-over), read back on
+    every retry; with the code and expiry to store."""
     spec = offer.coupon
     if spec is None:
-        return None
-    if send.coupon_code is None:
+        return None, None, None
+    code, expires_at = send.coupon_code, send.coupon_expires_at
+    if code is None or expires_at is None:
         secret = next(iter(runtime.unsubscribe_keys.values()))
-        send.coupon_code = coupon_code(secret, send.id, spec.prefix)
-        send.coupon_expires_at = now + spec.expires_after
-    assert send.coupon_expires_at is not None
-    return Coupon(send.coupon_code, send.coupon_expires_at, spec.discount_percent)
+        code = coupon_code(secret, send.id, spec.prefix)
+        expires_at = now + spec.expires_after
+    return Coupon(code, expires_at, spec.discount_percent), code, expires_at
 
 
 def prepare(
-    session: Session, runtime: Runtime, send: Send, now: datetime
-) -> OutgoingEmail | Skip | Reschedule:
+    session: Session,
+    runtime: Runtime,
+    send: Send,
+    now: datetime,
+    loaded: RecheckInputs | None = None,
+    reads: CatalogMemo | None = None,
+) -> Prepared | Skip | Reschedule:
     """Recheck everything that may have changed since planning, then build the message.
 
-    The recheck is ``triggers.decide.recheck`` on inputs from ``decision_inputs``: the
-    engine's own checks in the engine's order, so a send is never judged by other rules
-    at sending than at planning.
+    The recheck is ``triggers.decide.recheck`` on inputs from ``decision_inputs`` (for a
+    batch, ``recheck_inputs_many``; ``loaded`` is this send's, ``reads`` the batch's
+    shared catalog reads): the engine's own checks
+    in the engine's order, so a send is never judged by other rules at sending than at
+    planning. Nothing is written to the send here; a sequence step may end its
+    enrollment (an unsubscribe) in ``session``.
     """
     settings = runtime.settings
     rules = runtime.rules.current()
     compiled = rules.by_id(send.campaign_id)
     if compiled is None or compiled.campaign.status != "active":
         return Skip(SkipReason.CAMPAIGN_INACTIVE)
-    customer = session.get(Customer, send.customer_id)
-    stored = session.query(Event).filter(Event.event_id == send.event_id).one()
-    assert customer is not None
-    event = validate_event(stored.payload)
-    inputs = decision_inputs(session, event, now, customer=customer, exclude_send=send.id)
+    if loaded is None:
+        loaded = recheck_inputs_many(session, [send], now)[send.id]
+    customer, inputs = loaded.customer, loaded.inputs
     step, facts, enrollment = None, inputs.facts, None
     if send.enrollment_id is not None:
         # A sequence step: its enrollment still active, the step still there, only_if true.
@@ -144,14 +164,17 @@ def prepare(
 
     offer_spec = (step.offer if step is not None else None) or compiled.campaign.offer
     try:
-        offer = resolve_for_send(session, offer_spec, event, profile, runtime.complements)
+        chosen = choose_offer(
+            session, offer_spec, loaded.event, profile, runtime.complements, reads
+        )
     except OfferUnavailable as unavailable:
         return Skip(unavailable.reason)
+    offer = localize_offer(session, chosen, profile.locale)
     if step is not None and not offer.items:
         # A sequence step is a nudge toward products: with none to show (a loyalty bonus
         # for a customer who has every category already) it is skipped, the sequence goes on.
         return Skip(SkipReason.NO_OFFER)
-    coupon = _coupon(runtime, send, offer_spec, now)
+    coupon, code, code_expires_at = _coupon(runtime, send, offer_spec, now)
 
     variant = next(v for v in compiled.campaign.experiment.variants if v.id == send.variant)
     subject = (step.subject if step is not None else None) or variant.subject
@@ -166,7 +189,7 @@ def prepare(
             "locale": customer.locale,
             "timezone": customer.timezone,
         },
-        event=stored.payload,
+        event=loaded.payload,
         campaign=compiled.campaign,
         variant=variant.id,
         offer=offer,
@@ -188,13 +211,12 @@ def prepare(
     try:
         sender = compiled.campaign.sender
         sender_address = (sender and sender.address) or settings.sender_address
-        # Stored with the claim and reused on every retry: one Message-ID per send.
+        # Stored with the hand-over and reused on every retry: one Message-ID per send.
         message_id = send.message_id or message_id_for(
             send.id,
             settings.message_id_domain or parse_address(sender_address).ascii_domain,
             next(iter(runtime.unsubscribe_keys.values())),
         )
-        send.message_id = message_id
         envelope = Envelope(
             send_id=send.id,
             sender_name=(sender and sender.name) or settings.sender_name,
@@ -212,16 +234,22 @@ def prepare(
         )
         # The one builder: bytes, the SMTP envelope (A-label domains) and the API fields.
         built = build_email(envelope, rendered)
-        if enrollment is not None:
-            # Committed with the hand-over: what this step offers, for purchase: offered.
-            record_offered(enrollment, [item.sku for item in offer.items], now)
-        return built
     except InvalidAddress as exc:
         # An address stored before ingest validated addresses, or one no builder can
         # write as a single mailbox: never sent, never an internal error.
         return Skip(SkipReason.UNSUPPORTED_ADDRESS, f"{exc.__class__.__name__}: {exc}"[:1000])
     except HeaderInjection as exc:
         return Skip(SkipReason.RENDER_ERROR, f"{exc.__class__.__name__}: {exc}"[:1000])
+    return Prepared(
+        built,
+        code,
+        code_expires_at,
+        # Committed with the hand-over: what this step offers, for purchase: offered.
+        enrollment.id if enrollment is not None else None,
+        offered_after(enrollment, [item.sku for item in offer.items])
+        if enrollment is not None
+        else None,
+    )
 
 
 def backoff(attempts: int, base: float, retry_after: float | None) -> timedelta:
@@ -232,258 +260,550 @@ def backoff(attempts: int, base: float, retry_after: float | None) -> timedelta:
 
 
 def deliver_send(runtime: Runtime, send_id: int) -> str:
-    """Run one send to its end state; returns the status it reached (for logs and tests).
+    """Deliver one send (a batch of one); returns the status it reached (logs, tests)."""
+    return deliver_batch(runtime, [send_id])[send_id]
 
-    Every unit of work here is safe to repeat, so a lost database connection is retried
-    rather than leaving the send half-recorded.
+
+def deliver_batch(runtime: Runtime, send_ids: Sequence[int]) -> dict[int, str]:
+    """Run a batch of sends to their end states; returns each one's status for logs and
+    tests: ``sent``, ``skipped``, ``rescheduled``, ``retry``, ``failed``, ``ambiguous``,
+    ``throttled`` (back to the outbox for its rate slot), ``released`` (the hand-over
+    could not be committed; due again) or ``not_claimed`` (not ``queued`` any more).
+
+    Sends of one customer go one per round, in the given order, so each is rechecked
+    against the ones before it as decided (spacing, caps), as one-at-a-time delivery did.
     """
     # Built before the claim: a provider with incomplete settings raises here and the
-    # send stays ``queued`` for the sweeper, instead of stranding in ``sending``.
+    # sends stay ``queued`` for the sweeper, instead of stranding in ``sending``.
     runtime.provider  # noqa: B018
-    limiter = runtime.rate_limiter
-    if limiter is not None:
-        throttled = surviving_disconnects(lambda: _wait_for_slot(runtime, limiter, send_id))
-        if throttled is not None:
-            return throttled
-    return surviving_disconnects(partial(_attempt, runtime, send_id))
+    settings = runtime.settings
+    engine = engine_for(settings.resolved_database_url)
+    lease = parse_duration(settings.delivery_lease)
+    token = new_token()
+    outcomes: dict[int, str] = {}
+    pending = list(dict.fromkeys(send_ids))
+    with Lease(engine, token, runtime.clock, lease):
+        while pending:
+            picked = surviving_disconnects(partial(_pick_round, engine, pending))
+            outcomes |= picked.done
+            pending = picked.later
+            if picked.now:
+                batch = _Batch(runtime, engine, token, lease, picked.now)
+                outcomes |= batch.run()
+    return outcomes
 
 
-def _attempt(runtime: Runtime, send_id: int) -> str:
-    """Claim, recheck and build in one transaction that commits only at the hand-over.
+@dataclass(frozen=True, slots=True)
+class _Round:
+    now: list[int]
+    later: list[int]
+    done: dict[int, str]
 
-    The provider calls ``hand_over`` just before the step it cannot take back (the final
-    dot of SMTP DATA, the HTTP request). Until then the claim is uncommitted: a worker
-    killed while rendering or talking MAIL/RCPT leaves the send ``queued`` for the broker's
-    redelivery, and only the moment from hand-over to the recorded answer is ambiguous.
+
+def _pick_round(engine: Engine, ids: list[int]) -> _Round:
+    """The ``queued`` sends to claim now (the first of each customer); the rest wait for
+    a later round, and the others are not this task's to deliver."""
+    with engine.connect() as connection:
+        rows = {
+            row.id: row
+            for row in connection.execute(
+                select(Send.id, Send.customer_id, Send.status).where(Send.id.in_(ids))
+            )
+        }
+    done: dict[int, str] = {}
+    now_ids: list[int] = []
+    later: list[int] = []
+    customers: set[str] = set()
+    for send_id in ids:
+        row = rows.get(send_id)
+        if row is None or row.status != "queued":
+            done[send_id] = "not_claimed"  # finished, or another task's
+        elif row.customer_id in customers:
+            later.append(send_id)
+        else:
+            customers.add(row.customer_id)
+            now_ids.append(send_id)
+    return _Round(now_ids, later, done)
+
+
+def _counted(send_id: int, campaign: str, status: str, reason: str | None) -> None:
+    SENDS.labels(status, reason or "").inc()
+    log.info(
+        "send %s %s%s",
+        send_id,
+        status,
+        f" ({reason})" if reason else "",
+        extra=fields(send_id=send_id, campaign=campaign, outcome=status, reason=reason),
+    )
+
+
+def _owned(session: Session, send_id: int, token: str, **values: Any) -> str | None:
+    """Move this token's ``sending`` row; returns its campaign, or None if it is not ours.
+
+    ``sent`` may also replace a ``failed``/``ambiguous`` the sweeper wrote while the
+    answer was on its way: the token proves it is this attempt's answer.
     """
-    session = session_factory(runtime.settings.resolved_database_url)()
-    try:
-        session.begin()
+    expected = Send.status == "sending"
+    if values.get("status") == "sent":
+        expected = expected | ((Send.status == "failed") & (Send.reason == SkipReason.AMBIGUOUS))
+    moved = session.execute(
+        update(Send)
+        .where(Send.id == send_id, Send.claim_token == token, expected)
+        .values(lease_expires_at=None, **values)
+        .returning(Send.campaign_id)
+    ).first()
+    return None if moved is None else str(moved[0])
+
+
+Record = Callable[[Session], str]
+
+
+class _Batch:
+    """One round of a deliver task: the claimed sends, their messages and outcomes."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        engine: Engine,
+        token: str,
+        lease: timedelta,
+        ids: list[int],
+    ) -> None:
+        self.runtime, self.engine, self.token, self.lease = runtime, engine, token, lease
+        self.ids = ids
+        self.url = runtime.settings.resolved_database_url
+        self.attempts: dict[int, int] = {}
+        self.outcomes: dict[int, str] = {}
+        self.logged: list[tuple[int, str, str, str | None]] = []
+
+    def run(self) -> dict[int, str]:
+        now = self.runtime.clock.now()
+        claimed = surviving_disconnects(
+            lambda: claim(self.engine, self.ids, self.token, now, self.lease)
+        )
+        self.attempts = {row.send_id: row.attempts for row in claimed}
+        self.outcomes = {send_id: "not_claimed" for send_id in self.ids}
+        if not claimed:
+            return self.outcomes
+        prepared = self._prepare_all([row.send_id for row in claimed])
+        if prepared:
+            self._send(prepared)
+        return self.outcomes
+
+    # -- recheck and build ---------------------------------------------------------------
+
+    def _prepare_all(self, ids: list[int]) -> dict[int, Prepared]:
+        """Prepare every claimed send; skips and reschedules are committed together.
+
+        An unexpected error in one send (a bug, data no recheck foresaw) marks that one
+        ``failed``/``internal_error`` and the others are prepared again from scratch
+        (rare, and it keeps one transaction per round)."""
+        remaining = list(ids)
+        while True:
+            try:
+                return surviving_disconnects(partial(self._prepare_round, remaining))
+            except _Unpreparable as broken:
+                self._internal_error(broken.send_id, broken.error)
+                remaining.remove(broken.send_id)
+
+    def _prepare_round(self, ids: list[int]) -> dict[int, Prepared]:
+        runtime, now = self.runtime, self.runtime.clock.now()
+        ready: dict[int, Prepared] = {}
+        moved: list[tuple[int, str, str, str | None]] = []
+        session = session_factory(self.url)()
         try:
-            claimed = _claim(session, runtime, send_id)
-        except (DBAPIError, InterfaceError):
-            raise  # the connection: surviving_disconnects decides
-        except Exception as exc:
-            # A bug or data no recheck foresaw: the same task would fail the same way
-            # every time the sweeper re-enqueued it, so stop here, with the reason.
-            session.rollback()
-            log.exception("send %s cannot be prepared; marked failed/internal_error", send_id)
-            _set(
+            with session.begin():
+                sends = list(
+                    session.scalars(
+                        select(Send).where(Send.id.in_(ids), Send.claim_token == self.token)
+                    )
+                )
+                order = {send_id: position for position, send_id in enumerate(ids)}
+                sends.sort(key=lambda send: order[send.id])
+                loaded = recheck_inputs_many(session, sends, now)
+                reads = CatalogMemo()
+                for send in sends:
+                    try:
+                        result = prepare(session, runtime, send, now, loaded[send.id], reads)
+                    except (DBAPIError, InterfaceError):
+                        raise  # the connection: surviving_disconnects decides
+                    except Exception as exc:
+                        raise _Unpreparable(send.id, exc) from exc
+                    if isinstance(result, Prepared):
+                        ready[send.id] = result
+                        continue
+                    if isinstance(result, Skip):
+                        values: dict[str, Any] = {
+                            "status": "skipped",
+                            "reason": result.reason,
+                            "detail": result.detail,
+                        }
+                    else:
+                        values = {
+                            "status": "planned",
+                            "send_at": result.send_at,
+                            "reason": result.reason,
+                        }
+                    campaign = _owned(session, send.id, self.token, updated_at=now, **values)
+                    if campaign is not None:
+                        moved.append((send.id, campaign, values["status"], values["reason"]))
+        finally:
+            session.close()
+        for send_id, campaign, status, reason in moved:
+            _counted(send_id, campaign, status, reason)
+            self.outcomes[send_id] = "skipped" if status == "skipped" else "rescheduled"
+        return ready
+
+    def _internal_error(self, send_id: int, exc: Exception) -> None:
+        log.error(
+            "send %s cannot be prepared; marked failed/internal_error",
+            send_id,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        detail = f"{exc.__class__.__name__}: {exc}"[:1000]
+        self._record(
+            send_id,
+            lambda session: self._move(
                 session,
                 send_id,
-                "queued",
+                "failed",
                 status="failed",
                 reason=SkipReason.INTERNAL_ERROR,
-                detail=f"{exc.__class__.__name__}: {exc}"[:1000],
-                updated_at=runtime.clock.now(),
-            )
-            session.commit()
-            return "failed"
-        if isinstance(claimed, str):
-            session.commit()
-            return claimed
-        prepared, attempts = claimed
-        handed_over = False
+                detail=detail,
+            ),
+        )
 
-        def hand_over() -> None:
-            nonlocal handed_over
-            if not handed_over:
-                session.commit()
-                handed_over = True
+    # -- hand over and record ------------------------------------------------------------
+
+    def _send(self, prepared: dict[int, Prepared]) -> None:
+        runtime = self.runtime
+        ids = list(prepared)
+        emails = [prepared[send_id].email for send_id in ids]
+        handed = [False] * len(ids)
+        refused: list[Exception | None] = [None] * len(ids)
+
+        def on_hand_over(index: int) -> None:
+            send_id = ids[index]
+            item = prepared[send_id]
+            try:
+                hand_over(
+                    self.engine,
+                    self.token,
+                    HandOver(
+                        send_id,
+                        self.attempts[send_id] + 1,
+                        item.email.message_id,
+                        item.coupon_code,
+                        item.coupon_expires_at,
+                        item.enrollment_id,
+                        item.offered_skus,
+                    ),
+                    runtime.clock.now(),
+                    self.lease,
+                )
+            except Exception as exc:
+                refused[index] = exc
+                raise
+            handed[index] = True
+
+        provider = runtime.provider
+        limiter = runtime.rate_limiter
+        if limiter is None and type(provider).send_many is not Provider.send_many:
+            # A provider with a cheaper way for several messages (pipelining, a batch
+            # endpoint) gets them all; their answers are recorded together after it.
+            started = time.perf_counter()
+            results = provider.send_many(emails, on_hand_over)
+            share = (time.perf_counter() - started) / len(ids)
+            for _ in ids:
+                PROVIDER_SECONDS.labels(provider.name).observe(share)
+            self._answered(ids, emails, results, handed, refused)
+            return
+        # One message at a time, its answer recorded as soon as it came, so that a worker
+        # killed mid-batch leaves at most the message in flight ambiguous, not every
+        # message of the batch sent so far. With a rate limit each message first takes
+        # its own slot, never inside an SMTP transaction; the batch's slots are not taken
+        # up front, where a task lagging behind its block of slots would waste them.
+        for index, send_id in enumerate(ids):
+            if limiter is not None:
+                reservation = limiter.acquire()
+                if not reservation.granted:
+                    self._throttle(ids[index:], reservation.wait)
+                    return
+            with PROVIDER_SECONDS.labels(provider.name).time():
+                results = provider.send_many([emails[index]], partial(_nth, on_hand_over, index))
+            self._answered([send_id], [emails[index]], results, [handed[index]], [refused[index]])
+
+    def _answered(
+        self,
+        ids: list[int],
+        emails: list[OutgoingEmail],
+        results: list[DeliveryResult | Exception],
+        handed: list[bool],
+        refused: list[Exception | None],
+    ) -> None:
+        """Record the answers (one commit) and release the sends that never left."""
+        released: list[int] = []
+        records: list[tuple[int, Record]] = []
+        for index, result in enumerate(results):
+            send_id = ids[index]
+            record = self._outcome(send_id, emails[index], result, handed[index], refused[index])
+            if record is None:
+                released.append(send_id)
+            else:
+                records.append((send_id, record))
+        self._record_all(records)
+        if released:
+            self._release(released)
+
+    def _throttle(self, ids: list[int], wait: float) -> None:
+        """Claimed sends with no rate slot within ``max_wait``: back to ``planned`` for
+        when the slot comes (reason ``rate_limited``), their attempt not counted."""
+        now = self.runtime.clock.now()
+        send_at = now + timedelta(seconds=wait)
+        moved = surviving_disconnects(
+            lambda: release(
+                self.engine,
+                self.token,
+                ids,
+                now,
+                "no rate slot within CROSSSELL_RATE_LIMIT_MAX_WAIT",
+                reason=SkipReason.RATE_LIMITED,
+                send_at=send_at,
+            )
+        )
+        for send_id in ids:
+            self.outcomes[send_id] = "throttled" if send_id in moved else "not_claimed"
+
+    def _outcome(
+        self,
+        send_id: int,
+        email: OutgoingEmail,
+        result: DeliveryResult | Exception,
+        handed: bool,
+        refused: Exception | None,
+    ) -> Record | None:
+        """How to record one message's answer; None: it did not leave, release it."""
+        attempts = self.attempts[send_id] + 1
+        if refused is not None:
+            if isinstance(refused, LostClaim):
+                log.warning("send %s: claim lost before the hand-over; not sent", send_id)
+                return lambda _session: "not_claimed"
+            if isinstance(refused, SequenceEnded):
+                return partial(
+                    self._move,
+                    send_id=send_id,
+                    outcome="skipped",
+                    status="skipped",
+                    reason=SkipReason.SEQUENCE_EXITED,
+                )
+            # The database failed under the hand-over: the message did not leave, even
+            # if the commit landed; it goes back to the outbox once the database is back.
+            log.warning(
+                "send %s: the hand-over could not be committed (%s); not sent, released",
+                send_id,
+                refused.__class__.__name__,
+            )
+            return None
+        if isinstance(result, DeliveryResult):
+            if not handed:
+                log.error("provider %s never handed over send %s", result.provider, send_id)
+            return partial(self._sent, send_id=send_id, email=email, result=result)
+        if isinstance(result, TransientDeliveryError):
+            return partial(self._retry_or_fail, send_id=send_id, attempts=attempts, exc=result)
+        if isinstance(result, PermanentDeliveryError):
+            return partial(self._fail, send_id=send_id, email=email, exc=result, attempts=attempts)
+        if handed:
+            # Ambiguous, or a bug met after the message may have left: never re-sent.
+            return partial(self._ambiguous, send_id=send_id, email=email, exc=result)
+        if isinstance(result, AmbiguousDeliveryError | ConfigurationError):
+            # Nothing was handed over, so nothing left: the send goes back to the outbox.
+            return None
+        log.error(
+            "send %s: provider %s failed before the hand-over",
+            send_id,
+            self.runtime.provider.name,
+            exc_info=(type(result), result, result.__traceback__),
+        )
+        detail = f"{result.__class__.__name__}: {result}"[:1000]
+        return partial(
+            self._move,
+            send_id=send_id,
+            outcome="failed",
+            status="failed",
+            reason=SkipReason.INTERNAL_ERROR,
+            detail=detail,
+        )
+
+    def _record_all(self, records: list[tuple[int, Record]]) -> None:
+        """Every answer of the round in one commit; should one of them fail for another
+        reason than the connection (a bug), each is recorded on its own instead."""
+
+        def unit() -> dict[int, str]:
+            self.logged = []
+            with transaction(self.url) as session:
+                return {send_id: record(session) for send_id, record in records}
 
         try:
-            with PROVIDER_SECONDS.labels(runtime.provider.name).time():
-                result = runtime.provider.send(prepared, hand_over)
-        except TransientDeliveryError as exc:
-            hand_over()
-            outcome = partial(_retry_or_fail, runtime, send_id, attempts, exc)
-        except PermanentDeliveryError as exc:
-            hand_over()
-            outcome = partial(_fail, runtime, send_id, prepared.recipient, exc)
-        except AmbiguousDeliveryError as exc:
-            hand_over()
-            outcome = partial(_ambiguous, runtime, send_id, prepared.message_id, exc)
-        else:
-            if not handed_over:
-                raise RuntimeError(f"provider {runtime.provider.name} never handed over")
-            outcome = partial(_record_sent, runtime, send_id, prepared, result)
-    finally:
-        session.close()
-    return surviving_disconnects(outcome)
+            self.outcomes |= surviving_disconnects(unit)
+        except (DBAPIError, InterfaceError):
+            raise
+        except Exception:
+            log.exception("recording a batch's answers failed; recording them one by one")
+            for send_id, record in records:
+                self._record(send_id, record)
+            return
+        for moved_id, campaign, status, reason in self.logged:
+            _counted(moved_id, campaign, status, reason)
 
+    def _record(self, send_id: int, record: Record) -> None:
+        def unit() -> str:
+            self.logged = []
+            with transaction(self.url) as session:
+                return record(session)
 
-def _claim(session: Session, runtime: Runtime, send_id: int) -> tuple[OutgoingEmail, int] | str:
-    """``queued`` → ``sending`` and the message built, or the status reached instead."""
-    now = runtime.clock.now()
-    if not _set(
-        session, send_id, "queued", status="sending", attempts=Send.attempts + 1, updated_at=now
-    ):
-        return "not_claimed"
-    send = session.get(Send, send_id)
-    assert send is not None
-    session.refresh(send)
-    prepared = prepare(session, runtime, send, now)
-    if isinstance(prepared, Skip):
-        _set(
-            session,
-            send_id,
-            "sending",
-            status="skipped",
-            reason=prepared.reason,
-            detail=prepared.detail,
-            updated_at=now,
+        self.outcomes[send_id] = surviving_disconnects(unit)
+        for moved_id, campaign, status, reason in self.logged:
+            _counted(moved_id, campaign, status, reason)
+
+    def _release(self, ids: list[int]) -> None:
+        now = self.runtime.clock.now()
+        done = surviving_disconnects(
+            lambda: release(
+                self.engine,
+                self.token,
+                ids,
+                now,
+                "the hand-over could not be committed; nothing was sent; due again",
+            )
         )
-        return "skipped"
-    if isinstance(prepared, Reschedule):
-        _set(
-            session,
-            send_id,
-            "sending",
-            status="planned",
-            send_at=prepared.send_at,
-            reason=prepared.reason,
-            updated_at=now,
+        for send_id in ids:
+            self.outcomes[send_id] = "released" if send_id in done else "not_claimed"
+
+    def _move(self, session: Session, send_id: int, outcome: str, **values: Any) -> str:
+        campaign = _owned(
+            session, send_id, self.token, updated_at=self.runtime.clock.now(), **values
         )
-        return "rescheduled"
-    return prepared, send.attempts
+        if campaign is None:
+            return "not_claimed"
+        self.logged.append((send_id, campaign, values["status"], values.get("reason")))
+        return outcome
 
-
-def _record_sent(
-    runtime: Runtime, send_id: int, prepared: OutgoingEmail, result: DeliveryResult
-) -> str:
-    with transaction(runtime.settings.resolved_database_url) as session:
-        done = runtime.clock.now()
-        if _set(
+    def _sent(
+        self, session: Session, send_id: int, email: OutgoingEmail, result: DeliveryResult
+    ) -> str:
+        done = self.runtime.clock.now()
+        outcome = self._move(
             session,
             send_id,
-            "sending",
+            "sent",
             status="sent",
             sent_at=done,
-            updated_at=done,
             provider=result.provider,
             provider_message_id=result.provider_message_id,
-            message_id=prepared.message_id,
+            message_id=email.message_id,
+            attempts=self.attempts[send_id] + 1,
             reason=None,
             detail=None,
-        ):
-            record_send_activity(session, "email_sent", send_id, done)
-    return "sent"
-
-
-def _wait_for_slot(runtime: Runtime, limiter: RateLimiter, send_id: int) -> str | None:
-    """Take a send slot before the claim, so a worker killed while waiting loses nothing.
-
-    A send that is not ``queued`` any more (a duplicate task) does not spend a slot. A
-    slot further away than the limiter's ``max_wait`` is not taken: the send goes back to
-    ``planned`` for then, and the task ends instead of sleeping.
-    """
-    url = runtime.settings.resolved_database_url
-    with transaction(url) as session:
-        if session.scalar(select(Send.status).where(Send.id == send_id)) != "queued":
-            return "not_claimed"
-    reservation = limiter.acquire()
-    if reservation.granted:
-        return None
-    now = runtime.clock.now()
-    with transaction(url) as session:
-        _set(
-            session,
-            send_id,
-            "queued",
-            status="planned",
-            send_at=now + timedelta(seconds=reservation.wait),
-            reason=SkipReason.RATE_LIMITED,
-            updated_at=now,
         )
-    return "throttled"
+        if outcome == "sent":
+            record_send_activity(session, "email_sent", send_id, done)
+        return outcome
 
-
-def _retry_or_fail(
-    runtime: Runtime, send_id: int, attempts: int, exc: TransientDeliveryError
-) -> str:
-    now = runtime.clock.now()
-    settings = runtime.settings
-    with transaction(settings.resolved_database_url) as session:
+    def _retry_or_fail(
+        self, session: Session, send_id: int, attempts: int, exc: TransientDeliveryError
+    ) -> str:
+        settings = self.runtime.settings
         if attempts >= settings.max_attempts:
-            _set(
+            outcome = self._move(
                 session,
                 send_id,
-                "sending",
+                "failed",
                 status="failed",
                 reason=SkipReason.RETRIES_EXHAUSTED,
                 detail=str(exc)[:1000],
-                updated_at=now,
+                attempts=attempts,
             )
             log.error("send %s failed after %s attempts: %s", send_id, attempts, error_summary(exc))
-            return "failed"
+            return outcome
         wait = backoff(attempts, settings.retry_base_seconds, exc.retry_after)
-        _set(
+        outcome = self._move(
             session,
             send_id,
-            "sending",
+            "retry",
             status="planned",
-            send_at=now + wait,
+            send_at=self.runtime.clock.now() + wait,
             reason=SkipReason.RETRY,
             detail=str(exc)[:1000],
-            updated_at=now,
+            attempts=attempts,
+            handed_over_at=None,
         )
-    log.info(
-        "send %s: transient failure, retry in %.0fs: %s",
-        send_id,
-        wait.total_seconds(),
-        error_summary(exc),
-    )
-    return "retry"
+        log.info(
+            "send %s: transient failure, retry in %.0fs: %s",
+            send_id,
+            wait.total_seconds(),
+            error_summary(exc),
+        )
+        return outcome
 
-
-def _ambiguous(runtime: Runtime, send_id: int, message_id: str, exc: AmbiguousDeliveryError) -> str:
-    """The provider may have the message: record that, report it, never send it again."""
-    now = runtime.clock.now()
-    with transaction(runtime.settings.resolved_database_url) as session:
-        _set(
+    def _ambiguous(
+        self, session: Session, send_id: int, email: OutgoingEmail, exc: Exception
+    ) -> str:
+        """The provider may have the message: record that, report it, never send it again."""
+        if not isinstance(exc, DeliveryError):
+            log.error(
+                "send %s: provider %s failed after the hand-over",
+                send_id,
+                self.runtime.provider.name,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+        outcome = self._move(
             session,
             send_id,
-            "sending",
+            "ambiguous",
             status="failed",
             reason=SkipReason.AMBIGUOUS,
-            message_id=message_id,
+            message_id=email.message_id,
             detail=f"provider gave no answer after the message was handed over: {exc}"[:1000],
-            updated_at=now,
         )
-    log.error(
-        "OPERATOR: send %s (Message-ID %s) is ambiguous: the provider may have accepted "
-        "it; not re-sent (see docs/delivery.md): %s",
-        send_id,
-        message_id,
-        error_summary(exc),
-    )
-    return "ambiguous"
+        log.error(
+            "OPERATOR: send %s (Message-ID %s) is ambiguous: the provider may have accepted "
+            "it; not re-sent (see docs/delivery.md): %s",
+            send_id,
+            email.message_id,
+            error_summary(exc),
+        )
+        return outcome
 
-
-def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryError) -> str:
-    now = runtime.clock.now()
-    reason = (
-        SkipReason.UNSUPPORTED_ADDRESS
-        if isinstance(exc, UnsupportedAddress)
-        else SkipReason.POLICY_REJECTED
-        if exc.policy
-        else SkipReason.HARD_BOUNCE
-        if exc.hard_bounce
-        else SkipReason.REJECTED
-    )
-    with transaction(runtime.settings.resolved_database_url) as session:
-        failed = _set(
+    def _fail(
+        self,
+        session: Session,
+        send_id: int,
+        email: OutgoingEmail,
+        exc: PermanentDeliveryError,
+        attempts: int,
+    ) -> str:
+        now = self.runtime.clock.now()
+        reason = (
+            SkipReason.UNSUPPORTED_ADDRESS
+            if isinstance(exc, UnsupportedAddress)
+            else SkipReason.POLICY_REJECTED
+            if exc.policy
+            else SkipReason.HARD_BOUNCE
+            if exc.hard_bounce
+            else SkipReason.REJECTED
+        )
+        outcome = self._move(
             session,
             send_id,
-            "sending",
+            "failed",
             status="failed",
             reason=reason,
             detail=str(exc)[:1000],
-            updated_at=now,
+            attempts=attempts,
         )
-        if failed and exc.hard_bounce:
+        if outcome == "failed" and exc.hard_bounce:
             record_send_activity(session, "email_bounced", send_id, now)
-        key = lookup_key(email)
+        key = lookup_key(email.recipient)
         if exc.hard_bounce and session.get(Suppression, key) is None:
             session.add(
                 Suppression(
@@ -493,11 +813,22 @@ def _fail(runtime: Runtime, send_id: int, email: str, exc: PermanentDeliveryErro
                     created_at=now,
                 )
             )
-    if exc.policy:
-        log.error(
-            "OPERATOR: provider refused send %s by policy (%s); the customer is not "
-            "suppressed — check sender authentication and reputation",
-            send_id,
-            error_summary(exc),
-        )
-    return "failed"
+        if exc.policy:
+            log.error(
+                "OPERATOR: provider refused send %s by policy (%s); the customer is not "
+                "suppressed — check sender authentication and reputation",
+                send_id,
+                error_summary(exc),
+            )
+        return outcome
+
+
+def _nth(hand_over: Callable[[int], None], index: int, _first: int) -> None:
+    """``send_many``'s hand-over for a one-message call: message ``index`` of the batch."""
+    hand_over(index)
+
+
+class _Unpreparable(Exception):
+    def __init__(self, send_id: int, error: Exception) -> None:
+        super().__init__(f"send {send_id}: {error}")
+        self.send_id, self.error = send_id, error

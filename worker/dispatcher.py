@@ -1,10 +1,13 @@
-"""Move due sends from the outbox onto the task queue, and recover lost broker messages.
+"""Move due sends from the outbox onto the task queue, and recover lost work.
 
-The database is the system of record, the broker carries only ids. Due rows become
-``queued`` and are committed *before* their task ids are published; if a publish is lost
-(or the broker forgets it), the sweeper re-publishes any send still ``queued`` after
-``requeue_after``. The claim in the task makes a duplicate publish harmless. Delays live
-in ``send_at``, never in Celery ETA/countdown.
+The database is the system of record, the broker carries only ids, in batches of
+``delivery_batch``. Due rows become ``queued`` and are committed *before* their ids are
+published; if a publish is lost (or the broker forgets it, or the dispatcher dies in
+between), the sweeper re-publishes any send still ``queued`` after ``requeue_after``.
+A worker's claim expires with its lease: an expired claim whose message was not handed
+over goes back to ``queued`` and is re-published; one that was handed over is reported
+ambiguous. The claim in the task makes a duplicate publish harmless. Delays live in
+``send_at``, never in Celery ETA/countdown.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from triggers.durations import parse_duration
 from worker.db import transaction
@@ -68,9 +72,13 @@ def _claim_due(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
 
 
 def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
+    """The sweep: queued sends whose task did not start in time, expired claims, and the
+    ambiguous ones. Returns the ids to publish again and how many became ambiguous."""
     settings = runtime.settings
     cutoff = now - parse_duration(settings.requeue_after)
-    sending_cutoff = now - parse_duration(settings.sending_timeout)
+    # Claims made without a lease (a worker of an earlier version) committed only at the
+    # hand-over: such a row is reported after the old timeout, as before.
+    legacy_cutoff = now - parse_duration(settings.sending_timeout)
     with transaction(settings.resolved_database_url) as session:
         stale = select(Send.id).where(Send.status == "queued", Send.queued_at < cutoff)
         stale = stale.limit(settings.dispatch_batch)
@@ -81,15 +89,40 @@ def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
                 .where(Send.id.in_(ids), Send.status == "queued")
                 .values(queued_at=now, updated_at=now)
             )
+        # The worker died (or lost the database) before handing any of these over: no
+        # message left, so they are queued again under no owner.
+        recovered = session.execute(
+            update(Send)
+            .where(
+                Send.status == "sending",
+                Send.lease_expires_at < now,
+                Send.handed_over_at.is_(None),
+            )
+            .values(
+                status="queued",
+                claim_token=None,
+                lease_expires_at=None,
+                queued_at=now,
+                updated_at=now,
+            )
+            .returning(Send.id)
+        ).all()
         stuck = session.execute(
             update(Send)
-            .where(Send.status == "sending", Send.updated_at < sending_cutoff)
+            .where(
+                Send.status == "sending",
+                or_(
+                    (Send.lease_expires_at < now) & Send.handed_over_at.is_not(None),
+                    Send.lease_expires_at.is_(None) & (Send.updated_at < legacy_cutoff),
+                ),
+            )
             .values(
                 status="failed",
                 reason="ambiguous",
                 updated_at=now,
-                detail="worker stopped after claiming the send and before recording the "
-                "provider's answer; the provider may have it; not re-sent (docs/delivery.md)",
+                detail="worker stopped after handing the message over and before recording "
+                "the provider's answer; the provider may have it; not re-sent "
+                "(docs/delivery.md)",
             )
             .returning(Send.id, Send.message_id)
         ).all()
@@ -100,7 +133,12 @@ def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
             send_id,
             message_id or "not recorded",
         )
-    return ids, len(stuck)
+    if recovered:
+        log.warning(
+            "%s send(s) claimed by a worker that stopped before handing them over: queued again",
+            len(recovered),
+        )
+    return ids + [row.id for row in recovered], len(stuck)
 
 
 def _plan_steps(runtime: Runtime, now: datetime) -> None:
@@ -123,17 +161,18 @@ def dispatch_once(runtime: Runtime, enqueue: Enqueue) -> DispatchReport:
     return DispatchReport(len(ids), len(stale), expired, ambiguous)
 
 
-def celery_enqueue(ids: Sequence[int]) -> None:
-    from worker.tasks import deliver
+def celery_enqueue(ids: Sequence[int], batch: int = 50) -> None:
+    """Publish ``crosssell.deliver_batch`` tasks of at most ``batch`` ids each."""
+    from worker.tasks import deliver_batch
 
-    for send_id in ids:
-        deliver.apply_async((send_id,), retry=True)
+    for first in range(0, len(ids), batch):
+        deliver_batch.apply_async((list(ids[first : first + batch]),), retry=True)
 
 
-def run_dispatcher(
-    runtime: Runtime, stop: threading.Event, enqueue: Enqueue = celery_enqueue
-) -> None:
+def run_dispatcher(runtime: Runtime, stop: threading.Event, enqueue: Enqueue | None = None) -> None:
     """Poll until ``stop`` is set; a failing poll is logged and retried, never fatal."""
+    if enqueue is None:
+        enqueue = partial(celery_enqueue, batch=runtime.settings.delivery_batch)
     interval = runtime.settings.dispatch_interval
     announce(runtime, "dispatch")
     while not stop.is_set():

@@ -129,6 +129,8 @@ def serve_metrics(port: int, host: str, database_url: str) -> bool:
         start_http_server(port, addr=host)
         _serving.add(port)
     return True
+
+
 OFFERS_UNAVAILABLE = Counter(
     "crosssell_offers_unavailable_total",
     "Offers that found nothing to show at send time (the send is skipped with this reason)",

@@ -205,6 +205,11 @@ class Send(Base):
         ForeignKey("enrollments.id"), index=True, default=None
     )
     step_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    # The worker batch that owns a ``sending`` row, until when (renewed while it works),
+    # and when this attempt's message was handed to the provider (docs/delivery.md).
+    claim_token: Mapped[str | None] = mapped_column(String(32), index=True, default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    handed_over_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class RateLimitState(Base):

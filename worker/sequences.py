@@ -516,10 +516,17 @@ def step_check(
 
 def record_offered(enrollment: Enrollment, skus: list[str], now: datetime) -> None:
     """Remember what a step offered, for ``exit_when: purchase: offered``."""
-    known = set(enrollment.offered_skus or ())
-    if not set(skus) <= known:
-        enrollment.offered_skus = sorted(known | set(skus))
+    offered = offered_after(enrollment, skus)
+    if offered is not None:
+        enrollment.offered_skus = offered
         enrollment.updated_at = now
+
+
+def offered_after(enrollment: Enrollment, skus: list[str]) -> list[str] | None:
+    """The enrollment's offered SKUs once a step offering ``skus`` went out, or None when
+    nothing new is offered; delivery writes it with the step's hand-over."""
+    known = set(enrollment.offered_skus or ())
+    return None if set(skus) <= known else sorted(known | set(skus))
 
 
 def enrollment_path(

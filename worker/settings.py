@@ -196,9 +196,17 @@ class Settings(BaseSettings):
     dispatch_max_queued: int = Field(
         2000, ge=1, description="most sends waiting in the broker at once (back-pressure)"
     )
-    requeue_after: str = Field("10m", description="re-enqueue a queued send not started by then")
+    requeue_after: str = Field("60s", description="re-enqueue a queued send not started by then")
     sending_timeout: str = Field(
-        "10m", description="a send still `sending` after this is reported ambiguous"
+        "10m",
+        description="a send claimed without a lease (by a worker of an earlier version) "
+        "still `sending` after this is reported ambiguous",
+    )
+    delivery_batch: int = Field(50, ge=1, description="sends per deliver task")
+    delivery_lease: str = Field(
+        "60s",
+        description="a worker's claim on its batch lasts this long, renewed every third of "
+        "it while it works; an expired one is recovered by the dispatcher",
     )
     rate_limit_per_second: float = Field(
         0, ge=0, description="provider sends per second, shared by all workers; 0: no limit"
@@ -220,6 +228,7 @@ class Settings(BaseSettings):
         "cap_window",
         "requeue_after",
         "sending_timeout",
+        "delivery_lease",
         "recommendations_rebuild_every",
         "min_gap",
         "activity_retention",

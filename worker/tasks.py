@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 from worker.app import app
-from worker.delivery import deliver_send
-from worker.recommendations import run_rebuild
+from worker.delivery import deliver_batch as deliver_sends
 from worker.runtime import get_runtime
+
+
+@app.task(name="crosssell.deliver_batch", ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
+def deliver_batch(send_ids: list[int]) -> dict[int, str]:
+    """Deliver a batch of sends; safe to run twice for the same ids (the claim decides)."""
+    return deliver_sends(get_runtime(), send_ids)
 
 
 @app.task(name="crosssell.deliver", ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
 def deliver(send_id: int) -> str:
-    """Deliver one send; safe to run twice for the same id (the claim decides)."""
-    return deliver_send(get_runtime(), send_id)
+    """One send: a batch of one. Kept so tasks published before the upgrade still run."""
+    return deliver_sends(get_runtime(), [send_id])[send_id]
 
 
 @app.task(name="crosssell.rebuild_recommendations", ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
 def rebuild_recommendations() -> int:
     """Periodic (Celery beat): recompute "customers who bought X also bought Y"."""
+    # Imported here: scipy takes ~0.3 s and much memory to import, and the dispatcher
+    # imports this module to publish deliver tasks.
+    from worker.recommendations import run_rebuild
+
     return run_rebuild(get_runtime().settings).pairs

@@ -1,7 +1,7 @@
 """drop products.brand
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-11-29 21:40:00.000000
 
 ``products.brand`` was stored by the catalog import and read by nothing: no condition,
@@ -17,7 +17,7 @@ from alembic import op
 
 revision: str = '0013'
 # 0012 is on another branch; the chain is set to 0011 -> 0012 -> 0013 when both land.
-down_revision: str | None = '0011'
+down_revision: str | None = '0012'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

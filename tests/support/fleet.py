@@ -72,6 +72,8 @@ def fleet_env(
         "DISPATCH_MAX_QUEUED": "300",
         "REQUEUE_AFTER": "20s",
         "SENDING_TIMEOUT": "8s",
+        "DELIVERY_LEASE": "8s",
+        "DELIVERY_BATCH": "20",
         "RETRY_BASE_SECONDS": "0.5",
         "SMTP_TIMEOUT": "3",
         "POSTAL_ADDRESS": "1 Test Street, Testville",
