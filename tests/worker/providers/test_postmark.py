@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from tests.support.email_api import EmailApiServer, decoded_name
 from tests.worker.test_http_providers import SENDER, _email
-from tests.worker.test_webhooks import POSTMARK_HARD_BOUNCE
+from tests.worker.webhooks.signed import POSTMARK_HARD_BOUNCE
 from worker.providers.http import HTTPProvider
 from worker.webhooks import postmark
 
