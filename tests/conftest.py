@@ -11,6 +11,10 @@ from tests.hostile.personal_data import LeakRecorder
 from tests.support.services import fresh_postgres_database
 from tests.support.smtp_sink import SmtpSink
 
+# Puts the ``integration`` marker on every test that needs a service, and fails one that
+# reaches a service without it (see the module's docstring).
+pytest_plugins = ["tests.support.integration"]
+
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
