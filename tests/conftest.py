@@ -11,6 +11,10 @@ from tests.hostile.personal_data import LeakRecorder
 from tests.support.services import fresh_postgres_database
 from tests.support.smtp_sink import SmtpSink
 
+# Puts the ``integration`` marker on every test that needs a service, and fails one that
+# reaches a service without it (see the module's docstring).
+pytest_plugins = ["tests.support.integration"]
+
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
@@ -85,3 +89,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The session-end assertion: a log record that named a test customer fails the run."""
     if _LEAKS.leaks and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- parallel runs (pytest-xdist, ``--dist loadgroup``) ------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A module whose fixtures live for the module (a private RabbitMQ node, a served
+    report, a signed key) runs on one worker: split over two, each would build them."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None or item.get_closest_marker("xdist_group") is not None:
+            continue
+        scopes = {
+            definition.scope
+            for definitions in info.name2fixturedefs.values()
+            for definition in definitions
+        }
+        if scopes & {"module", "class", "package"}:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))

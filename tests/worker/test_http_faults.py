@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from tests.support.email_api import Attempt, EmailApiServer, Fault
 from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
-from tests.worker.test_webhooks import POSTMARK_HARD_BOUNCE
+from tests.worker.webhooks.signed import POSTMARK_HARD_BOUNCE
 from triggers.events import validate_event
 from worker.clock import ShiftedClock
 from worker.db import transaction

@@ -10,7 +10,7 @@ from email import message_from_string, policy
 
 from tests.support.email_api import EmailApiServer
 from tests.worker.providers.helpers import provider_for, sample_email
-from tests.worker.test_webhooks import MAILGUN_KEY, MAILGUN_PERMANENT_FAILURE, NOW, _mailgun_body
+from tests.worker.webhooks.signed import MAILGUN_KEY, MAILGUN_PERMANENT_FAILURE, NOW, mailgun_body
 from worker.providers.http import HTTPProvider
 from worker.webhooks import mailgun
 
@@ -23,7 +23,7 @@ def test_mailgun_webhook_names_the_id_we_stored(
     data = json.loads(json.dumps(MAILGUN_PERMANENT_FAILURE))
     # Mailgun's events carry the header without its angle brackets.
     data["message"]["headers"]["message-id"] = email.message_id.strip("<>")
-    [event] = mailgun.parse({}, _mailgun_body(data), signing_key=MAILGUN_KEY, now=NOW)
+    [event] = mailgun.parse({}, mailgun_body(data), signing_key=MAILGUN_KEY, now=NOW)
     assert event.provider_message_id == result.provider_message_id
 
 

@@ -16,7 +16,7 @@ import pytest
 from tests.support.email_api import EmailApiServer, Fault, decoded_name
 from tests.worker.providers.helpers import SENDER, sample_email, unchecked_recipient
 from tests.worker.providers.test_http import HARD, PERMANENT_CASES, POLICY
-from tests.worker.test_webhooks import POSTMARK_HARD_BOUNCE
+from tests.worker.webhooks.signed import POSTMARK_HARD_BOUNCE
 from worker.providers.base import (
     AmbiguousDeliveryError,
     DeliveryResult,

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.email_api import EmailApiServer, Fault
 from tests.worker.providers.helpers import SENDER, sample_email
-from tests.worker.test_webhooks import SendGridSigner
+from tests.worker.webhooks.signed import SendGridSigner
 from worker.providers.base import TransientDeliveryError
 from worker.providers.http import HTTPProvider
 from worker.webhooks import sendgrid

@@ -16,13 +16,13 @@ from pydantic import ValidationError
 from tests.support.email_api import EmailApiServer, Fault
 from tests.support.factories import make_settings
 from tests.worker.providers.helpers import SENDER, sample_email
-from tests.worker.test_webhooks import (
+from tests.worker.webhooks.signed import (
     NOW,
     TOPIC,
     SnsSigner,
-    _certificate,
-    _notification,
-    _ses_bounce,
+    self_signed_certificate,
+    ses_bounce,
+    sns_notification,
 )
 from worker.providers.http import CredentialsRefused, HTTPProvider
 from worker.providers.ses import SESProvider
@@ -77,14 +77,14 @@ def test_ses_notification_names_the_id_we_stored(
     email = sample_email()
     result = opened("ses", api).send(email)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    sns = SnsSigner(key, _certificate(key))
-    message = _ses_bounce(
+    sns = SnsSigner(key, self_signed_certificate(key))
+    message = ses_bounce(
         "Permanent", [{"emailAddress": "ioana@example.ro", "status": "5.1.1"}], email.message_id
     )
     message["mail"]["messageId"] = api.accepted[0].provider_message_id
     events = ses.parse(
         {"x-amz-sns-message-type": "Notification"},
-        json.dumps(sns.sign(_notification(message))).encode(),
+        json.dumps(sns.sign(sns_notification(message))).encode(),
         allowed_topic_arns={TOPIC},
         now=NOW,
         fetch_certificate=sns.fetch,
