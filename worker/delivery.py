@@ -58,7 +58,6 @@ from worker.providers.base import (
     DeliveryResult,
     OutgoingEmail,
     PermanentDeliveryError,
-    Provider,
     TransientDeliveryError,
     UnsupportedAddress,
 )
@@ -508,9 +507,9 @@ class _Batch:
 
         provider = runtime.provider
         limiter = runtime.rate_limiter
-        if limiter is None and type(provider).send_many is not Provider.send_many:
-            # A provider with a cheaper way for several messages (pipelining, a batch
-            # endpoint) gets them all; their answers are recorded together after it.
+        if limiter is None and provider.answers_together:
+            # A batch endpoint: the messages go in one request and their answers come
+            # back together, so they are recorded together after it.
             started = time.perf_counter()
             results = provider.send_many(emails, on_hand_over)
             share = (time.perf_counter() - started) / len(ids)

@@ -375,3 +375,28 @@ def test_a_lost_claim_keeps_the_message_from_leaving(
     assert smtp_sink.handler.messages == []
     with transaction(database_url) as session:
         assert session.scalar(select(Send.handed_over_at).where(Send.id == send_id)) is None
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_smtp_answers_are_recorded_as_they_come_so_a_kill_leaves_one_ambiguous(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, pipelining: bool
+) -> None:
+    """SMTP answers each final dot on its own: when the next message is handed over, the
+    one before it is already recorded ``sent``. A worker killed mid-batch then leaves at
+    most the message in flight ambiguous, not every message of the batch sent so far."""
+    with SmtpSink(pipelining=pipelining) as sink:
+        runtime = _runtime(tmp_path, database_url, email_provider="smtp", smtp_port=sink.port)
+        ids = _due(runtime, 4, f"C-each-{pipelining}")
+        seen: list[tuple[int, list[str]]] = []
+
+        def note_earlier_statuses(engine_: Any, token: str, item: HandOver, *rest: Any) -> None:
+            earlier = ids[: ids.index(item.send_id)]
+            seen.append((item.send_id, [_row(database_url, send_id).status for send_id in earlier]))
+            hand_over(engine_, token, item, *rest)
+
+        monkeypatch.setattr(delivery, "hand_over", note_earlier_statuses)
+        outcomes = deliver_batch(runtime, ids)
+    assert outcomes == dict.fromkeys(ids, "sent")
+    assert seen == [(send_id, ["sent"] * position) for position, send_id in enumerate(ids)]
+    assert len(sink.handler.messages) == 4
+    assert sink.handler.connections == 1, "one connection carried the whole batch"

@@ -162,6 +162,15 @@ def no_hand_over() -> None:
 class Provider(ABC):
     name: str
 
+    @property
+    def answers_together(self) -> bool:
+        """True when ``send_many`` puts several messages in one request (a batch
+        endpoint), so their answers arrive together; False when messages leave one after
+        another (SMTP, even pipelined, answers each final dot on its own), so the caller
+        records each answer as it comes and a killed worker leaves at most the message in
+        flight ambiguous."""
+        return False
+
     @abstractmethod
     def send(self, email: OutgoingEmail, hand_over: HandOver = no_hand_over) -> DeliveryResult:
         """Hand one message to the provider or raise a :class:`DeliveryError`.

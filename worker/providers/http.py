@@ -259,6 +259,10 @@ class HTTPProvider(Provider):
     #: provider then refuses that request, and only that message meets the refusal)
     batch_bytes_limit: int = 0
 
+    @property
+    def answers_together(self) -> bool:
+        return self.batch_limit > 1
+
     def build_batch_item(self, email: OutgoingEmail) -> bytes:
         """One message as an element of the batch request body, encoded (providers with
         ``batch_limit``): encoded once, so that its size is known before the request."""
