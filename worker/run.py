@@ -111,6 +111,8 @@ def run_all(
     default: the level logging has now, so the command line's choice stands."""
     if loglevel is None:
         loglevel = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    from celery.beat import EmbeddedService
+
     from worker.app import app
 
     announce_combined(runtime)  # one line for the consumer, dispatcher and worker
@@ -157,13 +159,18 @@ def run_all(
         "without_gossip": True,
         "without_heartbeat": True,
         "quiet": True,
-        # Embedded Celery beat: the periodic recommendations rebuild.
-        "beat": True,
     }
+    # Celery beat (the periodic recommendations rebuild) in a thread of this process:
+    # Celery's ``beat=True`` forks it as a child while the consumer and dispatcher threads
+    # hold locks, and such a child could hang on a lock no thread of it will ever release,
+    # outliving ``crosssell run`` with the SQLite files open.
+    beat = EmbeddedService(app, thread=True)
     worker = app.Worker(**options)
     try:
+        beat.start()
         worker.start()
     finally:
+        beat.stop()
         stop.set()
         for consumer in consumers:
             consumer.should_stop = True
