@@ -7,7 +7,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
 
 import click
 
@@ -53,7 +53,28 @@ SERVICES = frozenset({"consume", "dispatch", "run", "web", "unsubscribe-mail"})
 QUIET = frozenset({"demo"})
 
 
-@click.group()
+class _CrosssellGroup(click.Group):
+    """Settings that do not validate end the command with one line per bad variable (its
+    ``CROSSSELL_`` name and why), exit status 2, instead of pydantic's traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from pydantic import ValidationError
+
+        try:
+            return super().invoke(ctx)
+        except ValidationError as error:
+            if error.title != "Settings":
+                raise
+            lines = [
+                f"  CROSSSELL_{'_'.join(str(part) for part in problem['loc']).upper()}: "
+                f"{problem['msg'].removeprefix('Value error, ')}"
+                for problem in error.errors()
+            ]
+            click.echo("crosssell: invalid settings:\n" + "\n".join(lines), err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_CrosssellGroup)
 @click.option(
     "--log-level",
     default=None,

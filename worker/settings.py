@@ -239,6 +239,23 @@ class Settings(BaseSettings):
         parse_duration(value)
         return value
 
+    @field_validator("broker_url", "events_url")
+    @classmethod
+    def _embedded_broker_options(cls, value: str) -> str:
+        """The embedded broker's URL takes one option, ``?lease=``: a misspelled key or a
+        bad duration is refused at start, not met later as a traceback."""
+        if not value.startswith(("sqlite://", "sqla+sqlite://")) or "?" not in value:
+            return value
+        from urllib.parse import parse_qs
+
+        from worker.embedded_broker import lease_seconds
+
+        unknown = sorted(set(parse_qs(value.split("?", 1)[1], keep_blank_values=True)) - {"lease"})
+        if unknown:
+            raise ValueError(f"the embedded broker takes only ?lease=, not {', '.join(unknown)}")
+        lease_seconds(value)
+        return value
+
     @field_validator("email_provider")
     @classmethod
     def _provider(cls, value: str) -> str:
