@@ -461,7 +461,7 @@ def load_json(body: bytes | str) -> Any:
         raise InvalidEvent("duplicate_key", duplicate.reason) from None
     except json.JSONDecodeError as exc:
         raise InvalidEvent(
-            "not_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+            "not_json", f"{exc.msg.removesuffix(' at')} at line {exc.lineno} column {exc.colno}"
         ) from None
     except _NotJson:
         raise InvalidEvent("not_json", "NaN and Infinity are not JSON numbers") from None

@@ -71,9 +71,10 @@ def _claim_due(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
         return ids, int(getattr(expired, "rowcount", 0) or 0)
 
 
-def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
+def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], list[int], int]:
     """The sweep: queued sends whose task did not start in time, expired claims, and the
-    ambiguous ones. Returns the ids to publish again and how many became ambiguous."""
+    ambiguous ones. Returns the ids of the first two (to publish again, each logged once
+    by what it was) and how many became ambiguous."""
     settings = runtime.settings
     cutoff = now - parse_duration(settings.requeue_after)
     # Claims made without a lease (a worker of an earlier version) committed only at the
@@ -138,7 +139,7 @@ def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
             "%s send(s) claimed by a worker that stopped before handing them over: queued again",
             len(recovered),
         )
-    return ids + [row.id for row in recovered], len(stuck)
+    return ids, [row.id for row in recovered], len(stuck)
 
 
 def _plan_steps(runtime: Runtime, now: datetime) -> None:
@@ -154,11 +155,12 @@ def dispatch_once(runtime: Runtime, enqueue: Enqueue) -> DispatchReport:
     ids, expired = _claim_due(runtime, now)
     if ids:
         enqueue(ids)
-    stale, ambiguous = _stale_queued(runtime, now)
+    stale, recovered, ambiguous = _stale_queued(runtime, now)
     if stale:
         log.warning("re-enqueueing %s send(s) whose task did not start in time", len(stale))
-        enqueue(stale)
-    return DispatchReport(len(ids), len(stale), expired, ambiguous)
+    if stale or recovered:
+        enqueue(stale + recovered)
+    return DispatchReport(len(ids), len(stale) + len(recovered), expired, ambiguous)
 
 
 def celery_enqueue(ids: Sequence[int], batch: int = 50) -> None:
