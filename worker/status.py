@@ -133,6 +133,11 @@ def status_lines(
             f"  send {item.send_id}  {item.campaign_id}  Message-ID "
             f"{item.message_id or 'not recorded'}  at {item.at:%Y-%m-%d %H:%M}"
         )
+    if status.ambiguous_total > len(status.ambiguous):
+        yield (
+            f"  … {status.ambiguous_total - len(status.ambiguous)} more "
+            "(--ambiguous N lists more; crosssell sends list --status failed)"
+        )
     if activity_publishing:
         yield f"activity not yet published:   {status.activity_unpublished}"
     else:  # kept for CROSSSELL_ACTIVITY_RETENTION, not a backlog
