@@ -154,6 +154,53 @@ class BatchInputs:
         return DecisionInputs(profile, subject, build_facts(event, profile, now), list(history))
 
 
+def histories_of(session: Session, customer_ids: Iterable[str]) -> dict[str, list[PastSend]]:
+    """The marketing send histories of many customers in one query, by customer id, in
+    send id order. A ``sending`` row not yet handed over counts as ``queued`` (not gone
+    yet), exactly as a concurrent worker's claim was invisible before claims were
+    committed at once: only emails that went or are going out now count as such."""
+    histories: dict[str, list[PastSend]] = {}
+    ids = sorted(set(customer_ids))
+    if not ids:
+        return histories
+    rows = session.execute(
+        select(
+            Send.id,
+            Send.customer_id,
+            Send.campaign_id,
+            Send.status,
+            Send.handed_over_at,
+            Send.sent_at,
+            Send.send_at,
+            Send.created_at,
+            Send.expires_at,
+        )
+        .where(Send.customer_id.in_(ids), Send.status.in_(MARKETING_HISTORY))
+        .order_by(Send.id)
+    )
+    for row in rows:
+        status = "queued" if row.status == "sending" and row.handed_over_at is None else row.status
+        histories.setdefault(row.customer_id, []).append(
+            PastSend(
+                row.campaign_id,
+                status,
+                row.sent_at or row.send_at or row.created_at,
+                row.id,
+                row.expires_at,
+            )
+        )
+    return histories
+
+
+def suppressed_among(session: Session, keys: Iterable[str]) -> set[str]:
+    """Which of these suppression keys (``worker.privacy.suppression_keys``) are on the
+    suppression list: one query."""
+    wanted = set(keys)
+    if not wanted:
+        return set()
+    return set(session.scalars(select(Suppression.email).where(Suppression.email.in_(wanted))))
+
+
 def decision_inputs_many(
     session: Session, customer_ids: Iterable[str], emails: Iterable[str | None], *, lock: bool
 ) -> BatchInputs:
@@ -170,36 +217,10 @@ def decision_inputs_many(
             .order_by(Send.id)
             .with_for_update()
         ).all()
-    if ids:
-        rows = session.execute(
-            select(
-                Send.id,
-                Send.customer_id,
-                Send.campaign_id,
-                Send.status,
-                Send.sent_at,
-                Send.send_at,
-                Send.created_at,
-                Send.expires_at,
-            )
-            .where(Send.customer_id.in_(ids), Send.status.in_(MARKETING_HISTORY))
-            .order_by(Send.id)
-        ).all()
-        for row in rows:
-            histories[row.customer_id].append(
-                PastSend(
-                    row.campaign_id,
-                    row.status,
-                    row.sent_at or row.send_at or row.created_at,
-                    row.id,
-                    row.expires_at,
-                )
-            )
-    keys = {key for email in addresses for key in suppression_keys(email)}
-    found = (
-        set(session.scalars(select(Suppression.email).where(Suppression.email.in_(keys))))
-        if keys
-        else set()
+    for customer_id, past in histories_of(session, ids).items():
+        histories[customer_id] = past
+    found = suppressed_among(
+        session, (key for email in addresses for key in suppression_keys(email))
     )
     return BatchInputs(histories, found, addresses)
 
@@ -279,36 +300,8 @@ def recheck_inputs_many(
         customer.id: suppression_keys(customer.email) if customer.email else []
         for customer in customers.values()
     }
-    wanted = {key for found in keys.values() for key in found}
-    suppressed = (
-        set(session.scalars(select(Suppression.email).where(Suppression.email.in_(wanted))))
-        if wanted
-        else set()
-    )
-    histories: dict[str, list[tuple[int, PastSend]]] = {}
-    rows = session.execute(
-        select(
-            Send.id,
-            Send.customer_id,
-            Send.campaign_id,
-            Send.status,
-            Send.handed_over_at,
-            Send.sent_at,
-            Send.send_at,
-            Send.created_at,
-            Send.expires_at,
-        ).where(Send.customer_id.in_(customer_ids), Send.status.in_(MARKETING_HISTORY))
-    )
-    for row in rows:
-        status = "queued" if row.status == "sending" and row.handed_over_at is None else row.status
-        past = PastSend(
-            row.campaign_id,
-            status,
-            row.sent_at or row.send_at or row.created_at,
-            row.id,
-            row.expires_at,
-        )
-        histories.setdefault(row.customer_id, []).append((row.id, past))
+    suppressed = suppressed_among(session, (key for found in keys.values() for key in found))
+    histories = histories_of(session, customer_ids)
     found: dict[int, RecheckInputs] = {}
     for send in sends:
         customer = customers[send.customer_id]
@@ -320,7 +313,7 @@ def recheck_inputs_many(
             suppressed=any(key in suppressed for key in keys[customer.id]),
             opted_out_kinds=customer.opted_out_kinds or (),
         )
-        history = [past for send_id, past in histories.get(customer.id, []) if send_id != send.id]
+        history = [past for past in histories.get(customer.id, []) if past.send_id != send.id]
         inputs = DecisionInputs(profile, subject, build_facts(event, profile, now), history)
         found[send.id] = RecheckInputs(customer, payload, event, inputs)
     return found
