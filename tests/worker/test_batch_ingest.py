@@ -31,6 +31,7 @@ from tests.support.factories import (
     make_settings,
     purchase,
 )
+from tests.support.private_services import PrivatePostgres
 from tests.support.services import fresh_postgres_database, require_rabbitmq
 from triggers.events import AnyEvent, validate_event
 from worker.clock import ShiftedClock
@@ -318,10 +319,23 @@ def _consuming(settings: Settings) -> Iterator[EventConsumer]:
 
 @pytest.fixture
 def outage_postgres() -> Iterator[str]:
-    """A migrated PostgreSQL database whose every insert into ``events`` kills its own
-    connection (counting each time in a sequence, which no rollback undoes): the database
-    is lost in the middle of every batch until the test drops the trigger."""
-    with fresh_postgres_database() as url:
+    """A migrated database on a PostgreSQL cluster of this test's own, whose every insert
+    into ``events`` kills its own connection (counting each time in a sequence, which no
+    rollback undoes): the database is lost in the middle of every batch until the test
+    drops the trigger. Private, so that no connection of the machine's server is cut."""
+    server = PrivatePostgres()
+    try:
+        server.start()
+        with _outage_database(server.admin_url) as url:
+            yield url
+    finally:
+        dispose_engines()
+        server.close()
+
+
+@contextmanager
+def _outage_database(admin_url: str) -> Iterator[str]:
+    with fresh_postgres_database(admin_url=admin_url) as url:
         upgrade(url)
         with engine_for(url).begin() as connection:
             connection.execute(text("CREATE SEQUENCE outages"))

@@ -292,8 +292,11 @@ class HTTPProvider(Provider):
         the whole request (transport, 429/5xx, credentials, a malformed request) is every
         included message's entry; a 2xx answer whose per-message results cannot be read
         makes them all ambiguous, since the provider may have accepted any of them.
+        A single message goes to the single-message endpoint: its answer is the one the
+        API documents for one message (``Retry-After``, the error body), not an entry of
+        a batch.
         """
-        if not self.batch_limit:
+        if not self.batch_limit or len(emails) == 1:
             return super().send_many(emails, hand_over)
         results: list[DeliveryResult | Exception | None] = [None] * len(emails)
         items: dict[int, bytes] = {}
