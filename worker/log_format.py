@@ -82,10 +82,3 @@ def configure_logging(level: str, log_format: LogFormat, stream: Any = None) -> 
     handler._crosssell = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
-
-
-def use_format_on_root(log_format: LogFormat) -> None:
-    """Switch every handler already on the root logger to ``log_format`` (the Celery
-    worker, whose handlers Celery made)."""
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(formatter(log_format))

@@ -43,7 +43,6 @@ from worker.providers.registry import ProviderSpec
 from worker.webhooks.mailgun import WEBHOOK
 
 DEFAULT_BASE_URL = "https://api.mailgun.net"
-EU_BASE_URL = "https://api.eu.mailgun.net"
 
 
 class MailgunSettings(HTTPSettings):
