@@ -57,8 +57,8 @@ from worker.providers.base import (
 )
 from worker.providers.http import (
     BaseURL,
+    BatchEndpoint,
     CredentialsRefused,
-    HTTPProvider,
     HTTPSettings,
     json_body,
     require_content,
@@ -85,7 +85,7 @@ class PostmarkSettings(HTTPSettings):
     postmark_base_url: BaseURL = DEFAULT_BASE_URL
 
 
-class PostmarkProvider(HTTPProvider):
+class PostmarkProvider(BatchEndpoint):
     name = "postmark"
     credential_setting = "CROSSSELL_POSTMARK_SERVER_TOKEN"
     batch_limit = BATCH_LIMIT
