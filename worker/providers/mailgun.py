@@ -38,7 +38,7 @@ from worker.providers.base import (
     OutgoingEmail,
     PermanentDeliveryError,
 )
-from worker.providers.http import BaseURL, HTTPProvider, HTTPSettings, json_body, summary
+from worker.providers.http import BaseURL, HTTPProvider, HTTPSettings, json_body, json_text, summary
 from worker.providers.registry import ProviderSpec
 from worker.webhooks.mailgun import WEBHOOK
 
@@ -104,11 +104,9 @@ class MailgunProvider(HTTPProvider):
         )
 
     def parse_result(self, email: OutgoingEmail, response: httpx2.Response) -> str | None:
-        body = json_body(response)
-        found = body.get("id") if isinstance(body, dict) else None
-        if not isinstance(found, str) or not found.strip():
+        text = (json_text(json_body(response), "id") or "").strip()
+        if not text:
             return None
-        text = found.strip()
         return text if text.startswith("<") else f"<{text}>"
 
     def refine(self, response: httpx2.Response, error: DeliveryError) -> DeliveryError:

@@ -61,6 +61,7 @@ from worker.providers.http import (
     CredentialsRefused,
     HTTPSettings,
     json_body,
+    json_text,
     require_content,
 )
 from worker.providers.registry import ProviderSpec
@@ -170,8 +171,7 @@ class PostmarkProvider(BatchEndpoint):
         for item in body:
             code = item.get("ErrorCode", 0)
             if code == 0:
-                message_id = item.get("MessageID")
-                outcomes.append(message_id if isinstance(message_id, str) and message_id else None)
+                outcomes.append(json_text(item, "MessageID"))
                 continue
             if not isinstance(code, int) or isinstance(code, bool):
                 return None
@@ -183,8 +183,7 @@ class PostmarkProvider(BatchEndpoint):
         body = json_body(response)
         if not isinstance(body, dict) or body.get("ErrorCode", 0) != 0:
             return None
-        message_id = body.get("MessageID")
-        return message_id if isinstance(message_id, str) and message_id else None
+        return json_text(body, "MessageID")
 
     def refine(self, response: httpx2.Response, error: DeliveryError) -> DeliveryError:
         body = json_body(response)

@@ -44,6 +44,7 @@ from worker.providers.http import (
     BatchEndpoint,
     CredentialsRefused,
     HTTPProvider,
+    json_text,
     parse_retry_after,
 )
 from worker.providers.mailgun import MailgunProvider
@@ -132,6 +133,25 @@ def test_one_pooled_connection_carries_many_messages(
         provider.send(sample_email(n))
     assert len(api.accepted) == 4
     assert len({attempt.peer for attempt in api.attempts}) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"MessageID": "b7bc2f4a-e38e"}, "b7bc2f4a-e38e"),
+        ({"MessageID": ""}, None),
+        ({"MessageID": 42}, None),
+        ({"MessageID": None}, None),
+        ({"Message": "OK"}, None),
+        (["b7bc2f4a-e38e"], None),
+        (None, None),  # the answer was not JSON
+    ],
+)
+def test_a_message_id_is_read_only_as_a_non_empty_string(
+    body: object, expected: str | None
+) -> None:
+    """The one reading of an id in a JSON answer that Postmark, SES and Mailgun share."""
+    assert json_text(body, "MessageID") == expected
 
 
 @pytest.mark.parametrize("kind", PROVIDERS)
