@@ -102,13 +102,6 @@ def json_body(response: httpx2.Response) -> Any:
         return None
 
 
-def json_text(body: object, field: str) -> str | None:
-    """``body[field]`` when ``body`` is a JSON object and that value a non-empty string
-    (the id a provider's answer gives a message), else None."""
-    value = body.get(field) if isinstance(body, dict) else None
-    return value if isinstance(value, str) and value else None
-
-
 def require_content(email: OutgoingEmail) -> MessageContent:
     """JSON APIs need the message as fields; an email without them is a programming error."""
     if email.content is None:

@@ -38,9 +38,9 @@ from worker.providers.base import (
     OutgoingEmail,
     PermanentDeliveryError,
 )
-from worker.providers.http import BaseURL, HTTPProvider, HTTPSettings, json_body, json_text, summary
+from worker.providers.http import BaseURL, HTTPProvider, HTTPSettings, json_body, summary
 from worker.providers.registry import ProviderSpec
-from worker.webhooks.events import normalize_message_id
+from worker.webhooks.events import json_text, normalize_message_id
 from worker.webhooks.mailgun import WEBHOOK
 
 DEFAULT_BASE_URL = "https://api.mailgun.net"

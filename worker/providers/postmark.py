@@ -61,10 +61,10 @@ from worker.providers.http import (
     CredentialsRefused,
     HTTPSettings,
     json_body,
-    json_text,
     require_content,
 )
 from worker.providers.registry import ProviderSpec
+from worker.webhooks.events import json_text
 from worker.webhooks.postmark import WEBHOOK
 
 DEFAULT_BASE_URL = "https://api.postmarkapp.com"

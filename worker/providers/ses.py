@@ -56,8 +56,9 @@ from worker.providers.base import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from worker.providers.http import BaseURL, HTTPProvider, HTTPSettings, json_body, json_text
+from worker.providers.http import BaseURL, HTTPProvider, HTTPSettings, json_body
 from worker.providers.registry import ProviderSpec
+from worker.webhooks.events import json_text
 from worker.webhooks.ses import WEBHOOK
 
 SIGNING_NAME = "ses"

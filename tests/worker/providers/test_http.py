@@ -44,13 +44,13 @@ from worker.providers.http import (
     BatchEndpoint,
     CredentialsRefused,
     HTTPProvider,
-    json_text,
     parse_retry_after,
 )
 from worker.providers.mailgun import MailgunProvider
 from worker.providers.postmark import PostmarkProvider
 from worker.providers.sendgrid import SendGridProvider
 from worker.providers.ses import SESProvider
+from worker.webhooks.events import json_text
 
 
 def _parsed(data: bytes) -> EmailMessage:
@@ -150,7 +150,7 @@ def test_one_pooled_connection_carries_many_messages(
 def test_a_message_id_is_read_only_as_a_non_empty_string(
     body: object, expected: str | None
 ) -> None:
-    """The one reading of an id in a JSON answer that Postmark, SES and Mailgun share."""
+    """The one reading of an id in a JSON answer or event that providers and webhooks share."""
     assert json_text(body, "MessageID") == expected
 
 
