@@ -15,13 +15,15 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
+from babel import Locale, UnknownLocaleError
+from babel.lists import format_list
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
@@ -63,6 +65,20 @@ def language_tag(tag: str) -> str:
     if not LANGUAGE_TAG.fullmatch(normalized):
         raise ValueError(f"{tag!r} is not a language tag (like ro, it or pt-BR)")
     return normalized
+
+
+def language_list(tags: Iterable[str]) -> str:
+    """Stored language tags as an operator reads them: ``it``, ``ro`` -> "Italian (it)
+    and Romanian (ro)". The name is the primary subtag's English name from Babel's CLDR
+    data; a tag CLDR does not know is shown alone."""
+    described = []
+    for tag in sorted(set(tags)):
+        try:
+            name = Locale.parse(tag.split("-")[0]).english_name
+        except (ValueError, UnknownLocaleError):
+            name = None
+        described.append(f"{name} ({tag})" if name else tag)
+    return format_list(described, locale="en")
 
 
 def _translations(value: object) -> object:

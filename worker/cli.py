@@ -410,7 +410,12 @@ def catalog_import(file: Path) -> None:
     """Import products from CSV or JSON Lines (.jsonl); all rows or none."""
     from datetime import UTC, datetime
 
-    from worker.catalog_import import CatalogError, parse_catalog, upsert_products
+    from worker.catalog_import import (
+        CatalogError,
+        language_list,
+        parse_catalog,
+        upsert_products,
+    )
     from worker.db import transaction
     from worker.progress import progress
 
@@ -431,8 +436,8 @@ def catalog_import(file: Path) -> None:
         transaction(settings.resolved_database_url) as session,
     ):
         count = upsert_products(session, rows, datetime.now(UTC), on_batch=advance)
-    translated = sorted({tag for row in rows for tag in row.name_i18n})
-    languages = f"; names also in {', '.join(translated)}" if translated else ""
+    translated = {tag for row in rows for tag in row.name_i18n}
+    languages = f"; names also in {language_list(translated)}" if translated else ""
     click.echo(f"imported {count} product(s) from {file}{languages}")
 
 

@@ -400,16 +400,26 @@ class EventConsumer(ConsumerMixin):
         )
 
     def dead_letter(self, message: Message, code: str, reason: str) -> None:
-        """Keep the bad message whole with its reason, then ack it; never log its body."""
+        """Keep the bad message whole with its reason, then ack it; never log its body.
+
+        The producer's headers and properties (``message_id``, ``correlation_id``,
+        ``app_id``, ``timestamp``…) stay on the dead letter, so it can be traced back to
+        its producer and replayed as it was; the reason is added as headers."""
         queue = dead_letter_queue(self.runtime.settings)
         producer = Producer(self.connection.default_channel)
         info = message.delivery_info or {}
+        original = message.headers if isinstance(message.headers, dict) else {}
+        properties = message.properties if isinstance(message.properties, dict) else {}
         headers = {
+            **original,
             "x-crosssell-error": code,
             "x-crosssell-reason": reason,
             "x-original-routing-key": str(info.get("routing_key") or ""),
             "x-original-exchange": str(info.get("exchange") or ""),
         }
+        if properties.get("user_id") is not None:
+            # RabbitMQ refuses a user_id that is not the publishing connection's user.
+            headers["x-original-user-id"] = properties["user_id"]
         body = message.body
         producer.publish(
             # surrogatepass: a Redis body may hold lone surrogates (JSON "\ud800"); keep them.
@@ -418,15 +428,26 @@ class EventConsumer(ConsumerMixin):
             routing_key=queue.name,
             headers=headers,
             content_type=message.content_type or "application/octet-stream",
-            content_encoding="binary",
+            content_encoding=message.content_encoding or "binary",
             delivery_mode=2,
             declare=[queue],
             retry=True,
+            **{
+                name: properties[name]
+                for name in KEPT_PROPERTIES
+                if properties.get(name) is not None
+            },
         )
         message.ack()
         self.stats["dead_lettered"] += 1
         EVENTS.labels("dead_lettered").inc()
         log.warning("dead-lettered a message: %s: %s", code, redact(reason))
+
+
+KEPT_PROPERTIES = ("message_id", "correlation_id", "app_id", "timestamp", "type", "reply_to")
+"""The producer's message properties a dead letter keeps. Not ``expiration`` (the dead
+letter would vanish from its queue), ``delivery_mode`` (a dead letter is always
+persistent) nor ``user_id`` (kept as the ``x-original-user-id`` header)."""
 
 
 class _OneLineErrors(logging.Filter):

@@ -52,65 +52,26 @@ def decision_inputs(
     exclude_send: int | None = None,
     lock: bool = False,
 ) -> DecisionInputs:
-    """The inputs for ``event`` as of ``now``.
+    """The inputs for ``event`` as of ``now``: the batch loader
+    (:func:`decision_inputs_many`) for a batch of one, so a single decision (``explain``,
+    ``preview``, a sequence step) reads its customer exactly as a batch does.
 
     ``profile`` defaults to the stored customer's; ``explain`` passes the stored one with
     the event applied on top. ``customer`` is None for a customer the database does not
     know yet: no history, no opted-out kinds, but the suppression list still applies to
     the event's address. ``exclude_send`` leaves a send out of its own history (recheck).
-    ``lock`` (ingest) locks the history rows until the caller's transaction ends, so a
-    planned send that ``decide`` lets make room cannot be claimed by a dispatcher meanwhile.
+    ``lock`` (ingest) locks the customer's planned rows until the caller's transaction
+    ends, so a planned send that ``decide`` lets make room cannot be claimed by a
+    dispatcher meanwhile.
+    ValueError when neither ``customer`` nor ``profile`` is given.
     """
-    if profile is None:
-        if customer is None:
-            raise ValueError("give the stored customer or a profile")
-        profile = profile_of(customer)
-    subject = subject_for(
-        profile,
-        suppressed=is_suppressed(session, profile.email),
-        opted_out_kinds=(customer.opted_out_kinds or ()) if customer is not None else (),
+    email = profile.email if profile is not None else customer.email if customer else None
+    batch = decision_inputs_many(
+        session, [customer.id] if customer is not None else [], [email], lock=lock
     )
-    history = (
-        send_history(session, customer.id, exclude_send=exclude_send, lock=lock)
-        if customer is not None
-        else []
+    return batch.for_event(
+        session, event, now, customer, profile=profile, exclude_send=exclude_send
     )
-    return DecisionInputs(profile, subject, build_facts(event, profile, now), history)
-
-
-def send_history(
-    session: Session, customer_id: str, *, exclude_send: int | None = None, lock: bool = False
-) -> list[PastSend]:
-    """The customer's marketing sends that count for frequency and spacing: when each
-    went or goes (sent, else planned time, else creation), with its id and expiry."""
-    query = select(
-        Send.id,
-        Send.campaign_id,
-        Send.status,
-        Send.sent_at,
-        Send.send_at,
-        Send.created_at,
-        Send.expires_at,
-    ).where(Send.customer_id == customer_id, Send.status.in_(MARKETING_HISTORY))
-    if lock:
-        # Only the planned rows can be asked to make room; locking just those never waits
-        # for a delivery that holds its claimed row, and the dispatcher skips them.
-        session.execute(
-            select(Send.id)
-            .where(Send.customer_id == customer_id, Send.status == "planned")
-            .with_for_update()
-        ).all()
-    return [
-        PastSend(
-            row.campaign_id,
-            row.status,
-            row.sent_at or row.send_at or row.created_at,
-            row.id,
-            row.expires_at,
-        )
-        for row in session.execute(query).all()
-        if row.id != exclude_send
-    ]
 
 
 @dataclass(slots=True)
@@ -118,39 +79,54 @@ class BatchInputs:
     """The stored inputs of a batch's customers, read with a few queries for the whole
     batch (:func:`decision_inputs_many`), then kept current by ingest as it plans.
 
-    ``histories`` maps each customer id to their marketing sends (as ``send_history``);
-    ``suppressed`` holds the suppression keys found for the addresses in ``looked_up``.
-    An address outside ``looked_up`` (a customer whose event changed it) is asked of the
-    database, as is one whose suppression may have been lifted in this transaction
-    (:meth:`forget_address`)."""
+    ``histories`` maps each customer id to their marketing sends (:func:`histories_of`);
+    ``suppressed`` maps each address looked up for the batch to whether it is on the
+    suppression list (under any of its keys, so each address is keyed once). An address
+    not in it (a customer whose event changed it) is asked of the database, as is one
+    whose suppression may have been lifted in this transaction (:meth:`forget_address`)."""
 
     histories: dict[str, list[PastSend]]
-    suppressed: set[str]
-    looked_up: set[str]
+    suppressed: dict[str, bool]
 
     def is_suppressed(self, session: Session, email: str | None) -> bool:
         """Same answer as :func:`worker.customers.is_suppressed`, from memory when it can."""
         if email is None:
             return False
-        if email not in self.looked_up:
-            return is_suppressed(session, email)
-        return any(key in self.suppressed for key in suppression_keys(email))
+        known = self.suppressed.get(email)
+        return is_suppressed(session, email) if known is None else known
 
     def forget_address(self, email: str | None) -> None:
         """Ask the database again for ``email`` (its suppression may have changed)."""
-        self.looked_up.discard(email or "")
+        self.suppressed.pop(email or "", None)
 
     def for_event(
-        self, session: Session, event: AnyEvent, now: datetime, customer: Customer
+        self,
+        session: Session,
+        event: AnyEvent,
+        now: datetime,
+        customer: Customer | None,
+        *,
+        profile: CustomerProfile | None = None,
+        exclude_send: int | None = None,
     ) -> DecisionInputs:
-        """The same :class:`DecisionInputs` as ``decision_inputs(..., customer=customer)``."""
-        profile = profile_of(customer)
+        """The :class:`DecisionInputs` of ``event`` for ``customer`` as of ``now``.
+
+        ``profile`` defaults to the stored customer's; ``customer`` None is one the
+        database does not know yet (no history, no opted-out kinds; the suppression list
+        still applies to the profile's address); ``exclude_send`` leaves that send out of
+        its own history (the delivery recheck)."""
+        if profile is None:
+            if customer is None:
+                raise ValueError("give the stored customer or a profile")
+            profile = profile_of(customer)
         subject = subject_for(
             profile,
             suppressed=self.is_suppressed(session, profile.email),
-            opted_out_kinds=customer.opted_out_kinds or (),
+            opted_out_kinds=(customer.opted_out_kinds or ()) if customer is not None else (),
         )
-        history = self.histories.setdefault(customer.id, [])
+        history = self.histories.setdefault(customer.id, []) if customer is not None else []
+        if exclude_send is not None:
+            history = [past for past in history if past.send_id != exclude_send]
         return DecisionInputs(profile, subject, build_facts(event, profile, now), list(history))
 
 
@@ -206,7 +182,8 @@ def decision_inputs_many(
 ) -> BatchInputs:
     """The histories of ``customer_ids`` and the suppressions of ``emails``, three queries
     for a whole batch. ``lock`` locks the customers' planned rows (in id order) until the
-    transaction ends, as ``send_history(lock=True)`` does for one customer."""
+    transaction ends: ingest's, so that a planned send ``decide`` lets make room cannot be
+    claimed by a dispatcher meanwhile."""
     ids = sorted(set(customer_ids))
     addresses = {email for email in emails if email}
     histories: dict[str, list[PastSend]] = {customer_id: [] for customer_id in ids}
@@ -219,10 +196,10 @@ def decision_inputs_many(
         ).all()
     for customer_id, past in histories_of(session, ids).items():
         histories[customer_id] = past
-    found = suppressed_among(
-        session, (key for email in addresses for key in suppression_keys(email))
-    )
-    return BatchInputs(histories, found, addresses)
+    keys = {email: suppression_keys(email) for email in addresses}
+    found = suppressed_among(session, (key for listed in keys.values() for key in listed))
+    suppressed = {email: any(key in found for key in listed) for email, listed in keys.items()}
+    return BatchInputs(histories, suppressed)
 
 
 @dataclass(frozen=True)
@@ -269,17 +246,16 @@ class RecheckInputs:
 def recheck_inputs_many(
     session: Session, sends: Sequence[Send], now: datetime
 ) -> dict[int, RecheckInputs]:
-    """``decision_inputs`` for many sends in four queries (customers, events, suppression
-    list, histories) instead of four per send; keyed by send id.
+    """The recheck inputs of many sends in four queries (customers, events, suppression
+    list, histories: :func:`decision_inputs_many`) instead of four per send; keyed by send
+    id. Each send is left out of its own history.
 
-    Each send is left out of its own history. A ``sending`` row not yet handed over counts
-    as ``queued`` (not gone yet), exactly as the uncommitted claim of a concurrent worker
-    was invisible before claims were committed at once: a recheck judges only emails that
-    went or are going out right now.
+    A ``sending`` row not yet handed over counts as ``queued`` (not gone yet), exactly as
+    the uncommitted claim of a concurrent worker was invisible before claims were
+    committed at once: a recheck judges only emails that went or are going out right now.
     """
     from triggers.events import validate_event
     from worker.models import Event
-    from worker.privacy import suppression_keys
 
     if not sends:
         return {}
@@ -296,24 +272,14 @@ def recheck_inputs_many(
             )
         )
     }
-    keys = {
-        customer.id: suppression_keys(customer.email) if customer.email else []
-        for customer in customers.values()
-    }
-    suppressed = suppressed_among(session, (key for found in keys.values() for key in found))
-    histories = histories_of(session, customer_ids)
+    batch = decision_inputs_many(
+        session, customer_ids, (customer.email for customer in customers.values()), lock=False
+    )
     found: dict[int, RecheckInputs] = {}
     for send in sends:
         customer = customers[send.customer_id]
         payload = payloads[send.event_id]
         event = validate_event(payload)
-        profile = profile_of(customer)
-        subject = subject_for(
-            profile,
-            suppressed=any(key in suppressed for key in keys[customer.id]),
-            opted_out_kinds=customer.opted_out_kinds or (),
-        )
-        history = [past for past in histories.get(customer.id, []) if past.send_id != send.id]
-        inputs = DecisionInputs(profile, subject, build_facts(event, profile, now), history)
+        inputs = batch.for_event(session, event, now, customer, exclude_send=send.id)
         found[send.id] = RecheckInputs(customer, payload, event, inputs)
     return found

@@ -120,9 +120,9 @@ def prepare(
 ) -> Prepared | Skip | Reschedule:
     """Recheck everything that may have changed since planning, then build the message.
 
-    The recheck is ``triggers.decide.recheck`` on inputs from ``decision_inputs`` (for a
-    batch, ``recheck_inputs_many``; ``loaded`` is this send's, ``reads`` the batch's
-    shared catalog reads): the engine's own checks
+    The recheck is ``triggers.decide.recheck`` on inputs from ``recheck_inputs_many``
+    (``loaded`` is this send's from its batch, else it is read as a batch of one;
+    ``reads`` the batch's shared catalog reads): the engine's own checks
     in the engine's order, so a send is never judged by other rules at sending than at
     planning. Nothing is written to the send here; a sequence step may end its
     enrollment (an unsubscribe) in ``session``.

@@ -61,6 +61,17 @@ def closest_emails(rows: list[tuple[str, datetime]]) -> timedelta | None:
     return min(gaps) if gaps else None
 
 
+def shown_path(path: Path, cwd: Path | None = None) -> str:
+    """``path`` as the user can type it: relative to the current directory when under it
+    (``var/outbox``), else absolute."""
+    here = (cwd or Path.cwd()).resolve()
+    full = path.resolve()
+    try:
+        return str(full.relative_to(here))
+    except ValueError:
+        return str(path)
+
+
 def demo_anchor(today: datetime) -> datetime:
     """The latest Tuesday, 10:30 UTC: mid-morning in Bucharest, Rome and London."""
     day = today.date() - timedelta(days=(today.weekday() - 1) % 7)
@@ -135,7 +146,10 @@ def summary(settings: Settings, out: TextIO, dead_lettered: int) -> None:
         f"campaigns matched:   {', '.join(f'{k} {v}' for k, v in sorted(matched.items()))}",
         file=out,
     )
-    print(f"emails written:      {statuses['sent']} -> {settings.resolved_outbox_dir}", file=out)
+    print(
+        f"emails written:      {statuses['sent']} -> {shown_path(settings.resolved_outbox_dir)}",
+        file=out,
+    )
     print(f"held out (control):  {statuses['held_out']}", file=out)
     print(f"scheduled for later: {statuses['planned'] + statuses['queued']}", file=out)
     print(f"failed:              {statuses['failed']}", file=out)
@@ -181,7 +195,8 @@ def run_demo(settings: Settings, out: TextIO) -> int:
     # consumer dead-letters them (the summary's "dead-lettered" line).
     publish_unchecked(settings, refused, "purchase")
     print(
-        f"events published:    {report.published} from {demo_file}, and {len(refused)} bad "
+        f"events published:    {report.published} from {shown_path(demo_file)}, "
+        f"and {len(refused)} bad "
         f"line(s) ({', '.join(f'{bad.line}: {bad.code}' for bad in report.rejected)}) "
         "sent raw",
         file=out,
@@ -202,7 +217,10 @@ def run_demo(settings: Settings, out: TextIO) -> int:
     bought = follow_up_week(runtime, anchor)
     print(f"the week after:      {bought} purchases by emailed and held-out customers", file=out)
     report_path = write_report(runtime)
-    print(f"report:              {report_path} (crosssell report --format html)", file=out)
+    print(
+        f"report:              {shown_path(report_path)} (crosssell report --format html)",
+        file=out,
+    )
     return code
 
 

@@ -129,3 +129,54 @@ def test_bad_messages_are_dead_lettered_with_a_reason(consumer_settings: Setting
     # The reason never carries the customer's personal data.
     assert bad_type["customer"]["email"] not in dead[1][0]["x-crosssell-reason"]
     assert dead[1][0]["x-original-routing-key"] == "refund"
+
+
+def test_a_dead_letter_keeps_the_producers_headers_and_properties(
+    consumer_settings: Settings,
+) -> None:
+    """What the producer set to trace its message stays on the dead letter; the reason is
+    added beside its headers, and an expiration is not kept (the letter would vanish)."""
+    sent = pika.BasicProperties(
+        content_type="application/json",
+        delivery_mode=2,
+        message_id="crm-msg-81",
+        correlation_id="order-flow-7",
+        app_id="crm-backend",
+        timestamp=1_764_000_000,
+        type="purchase",
+        reply_to="crm.replies",
+        user_id="guest",
+        expiration="600000",
+        headers={"tenant": "eu-1", "x-crosssell-error": "spoofed by the producer"},
+    )
+    connection = pika.BlockingConnection(pika_parameters(consumer_settings))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            exchange=consumer_settings.events_exchange,
+            routing_key="purchase",
+            body=b"{not json",
+            properties=sent,
+        )
+        kept: pika.BasicProperties | None = None
+        for _ in range(150):
+            method, kept, body = channel.basic_get(
+                consumer_settings.dead_letter_queue, auto_ack=True
+            )
+            if method is not None:
+                break
+            time.sleep(0.1)
+    finally:
+        connection.close()
+    assert method is not None and kept is not None
+    assert body == b"{not json"
+    for name in ("message_id", "correlation_id", "app_id", "timestamp", "type", "reply_to"):
+        assert getattr(kept, name) == getattr(sent, name), name
+    assert kept.content_type == sent.content_type
+    assert kept.expiration is None
+    assert kept.delivery_mode == 2
+    assert kept.headers["tenant"] == "eu-1"
+    assert kept.headers["x-crosssell-error"] == "not_json"  # ours, not the producer's
+    assert kept.headers["x-original-user-id"] == "guest"
+    assert kept.headers["x-original-routing-key"] == "purchase"

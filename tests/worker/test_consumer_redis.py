@@ -66,3 +66,21 @@ def test_lpush_of_the_documented_envelope_is_consumed(
     assert stored_events(settings, event["id"]) == 1
     dead = json.loads(client.lindex(settings.dead_letter_queue, 0))
     assert dead["headers"]["x-crosssell-error"] == "not_json"
+
+
+def test_a_dead_letter_keeps_the_envelopes_headers_and_properties(
+    redis_consumer: tuple[Settings, redis.Redis],
+) -> None:
+    settings, client = redis_consumer
+    sent = json.loads(envelope("{bad", "purchase"))
+    sent["headers"] = {"tenant": "eu-1"}
+    sent["properties"].update(
+        message_id="crm-msg-82", correlation_id="order-flow-8", app_id="crm", timestamp=1764000000
+    )
+    client.lpush(settings.events_queue, json.dumps(sent))
+    wait_for(lambda: client.llen(settings.dead_letter_queue) == 1)
+    dead = json.loads(client.lindex(settings.dead_letter_queue, 0))
+    assert dead["headers"]["tenant"] == "eu-1"
+    assert dead["headers"]["x-crosssell-error"] == "not_json"
+    for name in ("message_id", "correlation_id", "app_id", "timestamp"):
+        assert dead["properties"][name] == sent["properties"][name], name

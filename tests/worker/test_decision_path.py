@@ -66,26 +66,28 @@ def _known_customer(runtime: Runtime, customer_id: str, **block: object) -> AnyE
     return small
 
 
-def _email_sent(runtime: Runtime, customer_id: str, at: datetime) -> None:
-    """Another campaign's email that went out at ``at``."""
+def _email_sent(runtime: Runtime, customer_id: str, at: datetime, status: str = "sent") -> int:
+    """Another campaign's email that went out at ``at`` (``sending``: claimed at ``at``,
+    not handed over yet); its send id."""
     with transaction(runtime.settings.resolved_database_url) as session:
-        session.add(
-            Send(
-                campaign_id="usage-drop-bundle",
-                kind="reengagement",
-                variant="A",
-                template="usage_bundle",
-                customer_id=customer_id,
-                event_id=f"evt-elsewhere-{customer_id}",
-                status="sent",
-                dedupe_key=f"elsewhere|{customer_id}",
-                send_at=at,
-                sent_at=at,
-                attempts=1,
-                created_at=at,
-                updated_at=at,
-            )
+        send = Send(
+            campaign_id="usage-drop-bundle",
+            kind="reengagement",
+            variant="A",
+            template="usage_bundle",
+            customer_id=customer_id,
+            event_id=f"evt-elsewhere-{customer_id}",
+            status=status,
+            dedupe_key=f"elsewhere|{customer_id}",
+            send_at=at,
+            sent_at=at if status == "sent" else None,
+            attempts=1,
+            created_at=at,
+            updated_at=at,
         )
+        session.add(send)
+        session.flush()
+        return send.id
 
 
 def _opt_out(runtime: Runtime, customer_id: str) -> None:
@@ -287,6 +289,23 @@ def test_the_recheck_at_sending_spaces_emails_that_went_out_since_planning(
     assert _prepare(runtime, send_id, due) == Skip("min_gap")
     assert _prepare(runtime, send_id, went + timedelta(hours=19, minutes=59)) == Skip("min_gap")
     assert not isinstance(_prepare(runtime, send_id, went + timedelta(hours=20)), Skip)
+
+
+def test_preview_counts_a_claimed_email_as_gone_only_once_handed_over(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """Preview reads its customer as the delivery recheck does (one loader): a claimed
+    send not yet handed over may still be released, so it is not an email that went out;
+    once handed over it is, and spaces this campaign's email."""
+    _, customer_id = _planned(runtime)
+    now = datetime.now(UTC)  # preview judges a send made now
+    claimed_id = _email_sent(runtime, customer_id, now - timedelta(minutes=5), "sending")
+    (first, *_) = preview(runtime, CAMPAIGN, customer_id, None, tmp_path / "claimed")
+    assert not [note for note in first.notes if "min_gap" in note], first.notes
+    with transaction(runtime.settings.resolved_database_url) as session:
+        session.execute(update(Send).where(Send.id == claimed_id).values(handed_over_at=now))
+    (again, *_) = preview(runtime, CAMPAIGN, customer_id, None, tmp_path / "handed-over")
+    assert "a send now would be skipped: min_gap" in again.notes, again.notes
 
 
 def test_under_defer_the_recheck_moves_the_send_past_the_gap_and_into_the_window(

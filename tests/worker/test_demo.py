@@ -15,18 +15,25 @@ from pathlib import Path
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
+from worker.demo import shown_path
 from worker.demo_data import catalog_rows
 from worker.models import Send
 
-ROOT = Path(__file__).resolve().parents[2]
 CROSSSELL = str(Path(sys.executable).parent / "crosssell")
 
 
 def _run_demo(var_dir: Path) -> str:
+    """The demo with its data in ``var_dir``, run from the directory above it (as
+    ``make demo`` runs from the checkout, with ``var/`` under it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSSELL_")}
     env["CROSSSELL_VAR_DIR"] = str(var_dir)
     done = subprocess.run(
-        [CROSSSELL, "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+        [CROSSSELL, "demo"],
+        cwd=var_dir.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     # Only the demo's own summary: no worker log lines, no Celery shutdown banner.
@@ -102,6 +109,13 @@ def test_demo_writes_personal_multipart_emails_and_is_idempotent(tmp_path: Path)
     assert any(ch in str(m["To"]) for m in emails.values() for ch in "ăâîșț"), "no Romanian names"
     assert any(ch in str(m["To"]) for m in emails.values() for ch in "òàèìù"), "no Italian names"
     assert "emails written:" in first_output and "skipped by reason:" in first_output
+    # Paths under the current directory are printed relative to it, as a user types them.
+    relative = var_dir.relative_to(var_dir.parent)
+    assert f" from {relative / 'demo' / 'events.jsonl'}, " in first_output, first_output
+    assert re.search(
+        rf"^emails written: +\d+ -> {re.escape(str(relative / 'outbox'))}$", first_output, re.M
+    )
+    assert re.search(rf"^report: +{re.escape(str(relative / 'report.html'))} ", first_output, re.M)
 
     second_output = _run_demo(var_dir)
     again = _emails(var_dir / "outbox")
@@ -109,3 +123,12 @@ def test_demo_writes_personal_multipart_emails_and_is_idempotent(tmp_path: Path)
     ids = [m["Message-ID"] for m in again.values()]
     assert len(ids) == len(set(ids))
     assert "emails written:" in second_output
+
+
+def test_paths_are_shown_relative_to_the_current_directory_when_under_it(tmp_path: Path) -> None:
+    outbox = tmp_path / "var" / "outbox"
+    assert shown_path(outbox, cwd=tmp_path) == str(Path("var") / "outbox")
+    assert shown_path(outbox, cwd=tmp_path / "var") == "outbox"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert shown_path(outbox, cwd=elsewhere) == str(outbox)  # not under it: absolute

@@ -24,7 +24,7 @@ from triggers.events import validate_event
 from triggers.offers import Product as OfferProduct
 from triggers.offers import ResolvedOffer
 from worker.catalog import localized, lookup_tags
-from worker.catalog_import import CatalogError, parse_catalog, upsert_products
+from worker.catalog_import import CatalogError, language_list, parse_catalog, upsert_products
 from worker.clock import ShiftedClock
 from worker.db import transaction
 from worker.delivery import deliver_send
@@ -128,6 +128,20 @@ def test_no_translation_falls_back_to_the_default_name() -> None:
 CSV_HEADER = (
     "sku,name,name.ro,name.IT,name.pt_BR,description,description.ro,category,price,currency"
 )
+
+
+@pytest.mark.parametrize(
+    ("tags", "sentence"),
+    [
+        (["ro"], "Romanian (ro)"),
+        # "it" reads as a pronoun on its own ("names also in it, ro"): name each language.
+        (["ro", "it"], "Italian (it) and Romanian (ro)"),
+        (["pt-br", "de", "ro"], "German (de), Portuguese (pt-br), and Romanian (ro)"),
+        (["qaa", "it"], "Italian (it) and qaa"),  # a private-use tag CLDR cannot name
+    ],
+)
+def test_imported_languages_are_named(tags: list[str], sentence: str) -> None:
+    assert language_list(tags) == sentence
 
 
 def test_csv_columns_per_language_are_imported(tmp_path: Path, database_url: str) -> None:

@@ -237,7 +237,8 @@ def test_catalog_import_prints_its_result_only_off_a_terminal(tmp_path: Path) ->
     _cli(["migrate"], env)
     output = _cli(["catalog", "import", "config/demo/catalog.csv"], env)
     assert output.splitlines() == [
-        "imported 33 product(s) from config/demo/catalog.csv; names also in it, ro"
+        "imported 33 product(s) from config/demo/catalog.csv; "
+        "names also in Italian (it) and Romanian (ro)"
     ]
 
 

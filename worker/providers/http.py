@@ -3,8 +3,9 @@
 :class:`HTTPProvider` owns the send (the django-anymail shape): ``build_request`` →
 POST with timeouts → classify the answer → ``parse_result``. A provider module overrides
 only those steps, and ``refine`` to read its own error codes. A provider whose API has
-an endpoint for several different messages in one request sets ``batch_limit`` and the
-three batch steps; ``send_many`` then sends through it (Postmark's ``/email/batch``).
+an endpoint for several different messages in one request is a :class:`BatchEndpoint`:
+``batch_limit`` and the three batch steps; ``send_many`` then sends through it
+(Postmark's ``/email/batch``).
 
 How an answer or a failure maps onto the error tree of :mod:`worker.providers.base`:
 
@@ -250,42 +251,68 @@ class HTTPProvider(Provider):
             )
         return error
 
-    # --- batch endpoints -----------------------------------------------------------------
+    def classify(self, response: httpx2.Response) -> DeliveryError:
+        """The generic reading of an HTTP error status (see the module docstring)."""
+        status = response.status_code
+        text = summary(response)
+        if status == 429 or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return TransientDeliveryError(
+                f"{self.name}: {text}", code=status, retry_after=retry_after
+            )
+        if status in (401, 403):
+            return self.credentials_error(response)
+        if 400 <= status < 500:
+            return PermanentDeliveryError(f"{self.name}: {text}", code=status)
+        # 1xx/3xx: a redirect or a proxy in the way; nothing was accepted.
+        return TransientDeliveryError(f"{self.name}: unexpected {text}", code=status)
 
-    #: the most messages one request to the provider's batch endpoint may carry; 0 when
-    #: the API has no batch endpoint for different messages (see docs/delivery.md)
-    batch_limit: int = 0
-    #: the largest body, in bytes, that endpoint takes (a message alone may exceed it: the
-    #: provider then refuses that request, and only that message meets the refusal)
+    def credentials_error(self, response: httpx2.Response) -> CredentialsRefused:
+        """Our credentials or settings were refused: keep the send, tell the operator."""
+        return CredentialsRefused(
+            f"{self.name}: credentials refused: {summary(response)}", code=response.status_code
+        )
+
+
+class BatchEndpoint(HTTPProvider):
+    """An HTTP provider whose API has an endpoint for several *different* messages in one
+    request (Postmark's ``/email/batch``): ``send_many`` sends through it. The other HTTP
+    providers have none (docs/delivery.md says why for each) and send one request a
+    message, so ``isinstance(provider, BatchEndpoint)`` is what says a provider batches."""
+
+    #: the most messages one request to the batch endpoint may carry (the API's maximum)
+    batch_limit: int
+    #: the largest body, in bytes, that endpoint takes, 0 for no limit (a message alone
+    #: may exceed it: the provider then refuses that request, and only that message meets
+    #: the refusal)
     batch_bytes_limit: int = 0
 
     @property
     def answers_together(self) -> bool:
         return self.batch_limit > 1
 
+    @abstractmethod
     def build_batch_item(self, email: OutgoingEmail) -> bytes:
-        """One message as an element of the batch request body, encoded (providers with
-        ``batch_limit``): encoded once, so that its size is known before the request."""
-        raise NotImplementedError(f"{self.name} has no batch endpoint")
+        """One message as an element of the batch request body, encoded once, so that
+        its size is known before the request."""
 
+    @abstractmethod
     def build_batch_request(self, items: Sequence[bytes]) -> httpx2.Request:
         """The one request carrying ``items``, in order."""
-        raise NotImplementedError(f"{self.name} has no batch endpoint")
 
+    @abstractmethod
     def parse_batch_result(
         self, emails: Sequence[OutgoingEmail], response: httpx2.Response
     ) -> list[str | DeliveryError | None] | None:
         """Per message of an accepted batch request: its provider id (None when it cannot
         be read) or the error the provider gave it; None when the answer cannot be read
         message by message."""
-        raise NotImplementedError(f"{self.name} has no batch endpoint")
 
     def send_many(
         self, emails: Sequence[OutgoingEmail], hand_over: BatchHandOver
     ) -> list[DeliveryResult | Exception]:
-        """Through the batch endpoint where the API has one, as few requests as its
-        ``batch_limit`` and ``batch_bytes_limit`` allow; otherwise one request a message
-        over the same pooled client.
+        """Through the batch endpoint, as few requests as ``batch_limit`` and
+        ``batch_bytes_limit`` allow.
 
         Every message of a request is handed over immediately before that request; one
         whose hand-over raises is left out of it, its entry that exception. A failure of
@@ -296,7 +323,7 @@ class HTTPProvider(Provider):
         API documents for one message (``Retry-After``, the error body), not an entry of
         a batch.
         """
-        if not self.batch_limit or len(emails) == 1:
+        if len(emails) == 1:
             return super().send_many(emails, hand_over)
         results: list[DeliveryResult | Exception | None] = [None] * len(emails)
         items: dict[int, bytes] = {}
@@ -379,25 +406,3 @@ class HTTPProvider(Provider):
             else:
                 provider_id = self._provider_id(emails[index], outcome, response)
                 results[index] = DeliveryResult(self.name, provider_id)
-
-    def classify(self, response: httpx2.Response) -> DeliveryError:
-        """The generic reading of an HTTP error status (see the module docstring)."""
-        status = response.status_code
-        text = summary(response)
-        if status == 429 or status >= 500:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            return TransientDeliveryError(
-                f"{self.name}: {text}", code=status, retry_after=retry_after
-            )
-        if status in (401, 403):
-            return self.credentials_error(response)
-        if 400 <= status < 500:
-            return PermanentDeliveryError(f"{self.name}: {text}", code=status)
-        # 1xx/3xx: a redirect or a proxy in the way; nothing was accepted.
-        return TransientDeliveryError(f"{self.name}: unexpected {text}", code=status)
-
-    def credentials_error(self, response: httpx2.Response) -> CredentialsRefused:
-        """Our credentials or settings were refused: keep the send, tell the operator."""
-        return CredentialsRefused(
-            f"{self.name}: credentials refused: {summary(response)}", code=response.status_code
-        )

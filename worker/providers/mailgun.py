@@ -40,6 +40,7 @@ from worker.providers.base import (
 )
 from worker.providers.http import BaseURL, HTTPProvider, HTTPSettings, json_body, summary
 from worker.providers.registry import ProviderSpec
+from worker.webhooks.events import json_text, normalize_message_id
 from worker.webhooks.mailgun import WEBHOOK
 
 DEFAULT_BASE_URL = "https://api.mailgun.net"
@@ -104,12 +105,8 @@ class MailgunProvider(HTTPProvider):
         )
 
     def parse_result(self, email: OutgoingEmail, response: httpx2.Response) -> str | None:
-        body = json_body(response)
-        found = body.get("id") if isinstance(body, dict) else None
-        if not isinstance(found, str) or not found.strip():
-            return None
-        text = found.strip()
-        return text if text.startswith("<") else f"<{text}>"
+        # The webhooks' reading of a Message-ID, so that both name a message alike.
+        return normalize_message_id(json_text(json_body(response), "id"))
 
     def refine(self, response: httpx2.Response, error: DeliveryError) -> DeliveryError:
         status = response.status_code

@@ -57,13 +57,14 @@ from worker.providers.base import (
 )
 from worker.providers.http import (
     BaseURL,
+    BatchEndpoint,
     CredentialsRefused,
-    HTTPProvider,
     HTTPSettings,
     json_body,
     require_content,
 )
 from worker.providers.registry import ProviderSpec
+from worker.webhooks.events import json_text
 from worker.webhooks.postmark import WEBHOOK
 
 DEFAULT_BASE_URL = "https://api.postmarkapp.com"
@@ -85,7 +86,7 @@ class PostmarkSettings(HTTPSettings):
     postmark_base_url: BaseURL = DEFAULT_BASE_URL
 
 
-class PostmarkProvider(HTTPProvider):
+class PostmarkProvider(BatchEndpoint):
     name = "postmark"
     credential_setting = "CROSSSELL_POSTMARK_SERVER_TOKEN"
     batch_limit = BATCH_LIMIT
@@ -170,8 +171,7 @@ class PostmarkProvider(HTTPProvider):
         for item in body:
             code = item.get("ErrorCode", 0)
             if code == 0:
-                message_id = item.get("MessageID")
-                outcomes.append(message_id if isinstance(message_id, str) and message_id else None)
+                outcomes.append(json_text(item, "MessageID"))
                 continue
             if not isinstance(code, int) or isinstance(code, bool):
                 return None
@@ -183,8 +183,7 @@ class PostmarkProvider(HTTPProvider):
         body = json_body(response)
         if not isinstance(body, dict) or body.get("ErrorCode", 0) != 0:
             return None
-        message_id = body.get("MessageID")
-        return message_id if isinstance(message_id, str) and message_id else None
+        return json_text(body, "MessageID")
 
     def refine(self, response: httpx2.Response, error: DeliveryError) -> DeliveryError:
         body = json_body(response)

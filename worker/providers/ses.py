@@ -58,6 +58,7 @@ from worker.providers.base import (
 )
 from worker.providers.http import BaseURL, HTTPProvider, HTTPSettings, json_body
 from worker.providers.registry import ProviderSpec
+from worker.webhooks.events import json_text
 from worker.webhooks.ses import WEBHOOK
 
 SIGNING_NAME = "ses"
@@ -166,9 +167,7 @@ class SESProvider(HTTPProvider):
         )
 
     def parse_result(self, email: OutgoingEmail, response: httpx2.Response) -> str | None:
-        body = json_body(response)
-        found = body.get("MessageId") if isinstance(body, dict) else None
-        return found if isinstance(found, str) and found else None
+        return json_text(json_body(response), "MessageId")
 
     def refine(self, response: httpx2.Response, error: DeliveryError) -> DeliveryError:
         kind = error_type(response)

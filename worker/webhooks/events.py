@@ -106,6 +106,13 @@ def fingerprint(payload: object) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def json_text(payload: object, field: str) -> str | None:
+    """``payload[field]`` when ``payload`` is a JSON object and that value a non-empty
+    string (an id in a provider's answer or event), else None."""
+    value = payload.get(field) if isinstance(payload, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 def normalize_email(value: object) -> str | None:
     """Addresses compare case-insensitively here, as the suppression list stores them."""
     if not isinstance(value, str) or "@" not in value:

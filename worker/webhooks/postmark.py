@@ -37,6 +37,7 @@ from worker.webhooks.events import (
     fingerprint,
     from_iso,
     header,
+    json_text,
     load_json,
     normalize_email,
     text_or_none,
@@ -166,7 +167,7 @@ def _event(record: dict[str, Any]) -> TrackingEvent:
         if isinstance(record_id, int | str) and str(record_id)
         else f"{record_type}:{fingerprint(record)}"
     )
-    message_id = record.get("MessageID")
+    message_id = json_text(record, "MessageID")
     return TrackingEvent(
         provider=PROVIDER,
         event_id=event_id,
@@ -174,7 +175,7 @@ def _event(record: dict[str, Any]) -> TrackingEvent:
         recipient=recipient,
         timestamp=timestamp,
         bounce_type=bounce_type,
-        provider_message_id=message_id if isinstance(message_id, str) and message_id else None,
+        provider_message_id=message_id,
         description=description or None,
         policy=policy,
     )

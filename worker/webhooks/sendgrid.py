@@ -39,6 +39,7 @@ from worker.webhooks.events import (
     from_epoch,
     header,
     is_policy_status,
+    json_text,
     load_json,
     normalize_email,
     normalize_message_id,
@@ -126,16 +127,14 @@ def _event(item: dict[str, Any]) -> TrackingEvent:
         description = "; ".join(
             part for part in (name, str(item.get("type") or ""), description or "") if part
         )[:1000]
-    event_id = item.get("sg_event_id")
-    sg_message_id = item.get("sg_message_id")
+    event_id = json_text(item, "sg_event_id")
+    sg_message_id = json_text(item, "sg_message_id")
     # sg_message_id is the X-Message-Id that SendGrid's send API returns, followed by
     # ".<filter and server suffix>"; keep the part that our provider would have stored.
-    provider_message_id = (
-        sg_message_id.split(".", 1)[0] if isinstance(sg_message_id, str) and sg_message_id else None
-    )
+    provider_message_id = sg_message_id.split(".", 1)[0] if sg_message_id else None
     return TrackingEvent(
         provider=PROVIDER,
-        event_id=event_id if isinstance(event_id, str) and event_id else fingerprint(item),
+        event_id=event_id or fingerprint(item),
         kind=kind,
         recipient=normalize_email(item.get("email")),
         timestamp=from_epoch(item.get("timestamp")),

@@ -56,6 +56,7 @@ from worker.webhooks.events import (
     from_iso,
     header,
     is_policy_status,
+    json_text,
     load_json,
     normalize_email,
     normalize_message_id,
@@ -274,8 +275,7 @@ def _events(
     mail = mail if isinstance(mail, dict) else {}
     common = mail.get("commonHeaders")
     message_id = normalize_message_id(common.get("messageId") if isinstance(common, dict) else None)
-    ses_id = mail.get("messageId")
-    provider_message_id = ses_id if isinstance(ses_id, str) and ses_id else None
+    provider_message_id = json_text(mail, "messageId")
 
     def event(
         recipient: object,

@@ -40,11 +40,17 @@ from worker.providers.base import (
     TransientDeliveryError,
     UnsupportedAddress,
 )
-from worker.providers.http import CredentialsRefused, HTTPProvider, parse_retry_after
+from worker.providers.http import (
+    BatchEndpoint,
+    CredentialsRefused,
+    HTTPProvider,
+    parse_retry_after,
+)
 from worker.providers.mailgun import MailgunProvider
 from worker.providers.postmark import PostmarkProvider
 from worker.providers.sendgrid import SendGridProvider
 from worker.providers.ses import SESProvider
+from worker.webhooks.events import json_text
 
 
 def _parsed(data: bytes) -> EmailMessage:
@@ -127,6 +133,39 @@ def test_one_pooled_connection_carries_many_messages(
         provider.send(sample_email(n))
     assert len(api.accepted) == 4
     assert len({attempt.peer for attempt in api.attempts}) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"MessageID": "b7bc2f4a-e38e"}, "b7bc2f4a-e38e"),
+        ({"MessageID": ""}, None),
+        ({"MessageID": 42}, None),
+        ({"MessageID": None}, None),
+        ({"Message": "OK"}, None),
+        (["b7bc2f4a-e38e"], None),
+        (None, None),  # the answer was not JSON
+    ],
+)
+def test_a_message_id_is_read_only_as_a_non_empty_string(
+    body: object, expected: str | None
+) -> None:
+    """The one reading of an id in a JSON answer or event that providers and webhooks share."""
+    assert json_text(body, "MessageID") == expected
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_only_a_provider_with_a_batch_endpoint_has_the_batch_steps(
+    kind: str, api: EmailApiServer, opened: Callable[..., HTTPProvider]
+) -> None:
+    """Only Postmark's API takes different messages in one request (docs/delivery.md's
+    table); the others have no batch steps to call, and their answers come one by one."""
+    provider = opened(kind, api)
+    batches = kind == "postmark"
+    assert isinstance(provider, BatchEndpoint) == batches
+    assert provider.answers_together == batches
+    for step in ("build_batch_item", "build_batch_request", "parse_batch_result"):
+        assert hasattr(provider, step) == batches, step
 
 
 @pytest.mark.parametrize("kind", ["sendgrid", "mailgun", "ses"])

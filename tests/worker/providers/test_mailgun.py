@@ -8,11 +8,17 @@ import json
 from collections.abc import Callable
 from email import message_from_string, policy
 
+import httpx2
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tests.support.email_api import EmailApiServer
 from tests.worker.providers.helpers import provider_for, sample_email
 from tests.worker.webhooks.signed import MAILGUN_KEY, MAILGUN_PERMANENT_FAILURE, NOW, mailgun_body
 from worker.providers.http import HTTPProvider
+from worker.providers.mailgun import MailgunProvider
 from worker.webhooks import mailgun
+from worker.webhooks.events import normalize_message_id
 
 
 def test_mailgun_webhook_names_the_id_we_stored(
@@ -39,3 +45,12 @@ def test_mailgun_takes_a_utf8_local_part_as_it_documents() -> None:
     assert accepted.mime is not None
     parsed = message_from_string(accepted.mime.decode("utf-8"), policy=policy.default)
     assert parsed["To"].addresses[0].addr_spec == "josé@example.com"
+
+
+@given(st.one_of(st.text(alphabet=" <>@abc.-"), st.none(), st.integers()))
+def test_the_id_of_an_answer_is_read_as_the_webhooks_read_a_message_id(value: object) -> None:
+    """Mailgun answers ``{"id": "<…@domain>"}``; its events name the message by the same
+    Message-ID, with or without brackets: both sides read it one way."""
+    provider = MailgunProvider("key", "mg.example.ro", "https://api.mailgun.example")
+    answer = httpx2.Response(200, json={"id": value, "message": "Queued. Thank you."})
+    assert provider.parse_result(sample_email(), answer) == normalize_message_id(value)
