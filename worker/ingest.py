@@ -17,7 +17,6 @@ with an active enrollment, decisions that enroll, purchases of customers with to
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -62,9 +61,12 @@ def event_payload(event: AnyEvent) -> dict[str, object]:
 
     The customer block keeps only the fields the CRM gave: it is an upsert, so a replay of
     the stored event (``simulate --since``, delivery's recheck) must not read an absent
-    field as "set to null" and wipe what another event stored."""
-    loaded: dict[str, object] = json.loads(event.model_dump_json())
-    loaded["customer"] = json.loads(event.customer.model_dump_json(exclude_unset=True))
+    field as "set to null" and wipe what another event stored.
+
+    ``model_dump(mode="json")`` gives the same data as decoding ``model_dump_json()``
+    without a JSON text in between: the column type encodes it once, on insert."""
+    loaded: dict[str, object] = event.model_dump(mode="json")
+    loaded["customer"] = event.customer.model_dump(mode="json", exclude_unset=True)
     return loaded
 
 
