@@ -40,7 +40,7 @@ from worker.attribution import (
 )
 from worker.customers import apply_upsert, lock_customers, new_customer, record_purchase
 from worker.decision_inputs import BatchInputs, decision_inputs, decision_inputs_many
-from worker.dialect_insert import insert_for
+from worker.dialect_insert import insert_rows
 from worker.metrics import SENDS
 from worker.models import Customer, Enrollment, Event, Order, OrderLine, Send
 from worker.offer_resolution import CatalogMemo
@@ -108,14 +108,15 @@ class _Batch:
         if not self.pending:
             return
         session = self.session
-        statement = (
-            insert_for(session, Send)
-            .on_conflict_do_nothing(index_elements=["dedupe_key"])
-            .returning(Send.__table__.c.id, Send.__table__.c.dedupe_key)
-        )
         inserted = {
             row.dedupe_key: row.id
-            for row in session.execute(statement, [new.row for new in self.pending])
+            for row in insert_rows(
+                session,
+                Send,
+                [new.row for new in self.pending],
+                conflict="dedupe_key",
+                returning=("id", "dedupe_key"),
+            )
         }
         conflicted = [new.row["dedupe_key"] for new in self.pending]
         conflicted = [key for key in conflicted if key not in inserted]
@@ -164,12 +165,6 @@ def _known_events(session: Session, events: Sequence[AnyEvent]) -> set[str]:
 def _insert_events(session: Session, events: Sequence[AnyEvent], now: datetime) -> dict[str, int]:
     """Store the events (outcome empty for now); event id → row id for those inserted.
     One missing from the answer was stored by another consumer meanwhile."""
-    table = Event.__table__
-    statement = (
-        insert_for(session, Event)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(table.c.id, table.c.event_id)
-    )
     rows = [
         {
             "event_id": event.id,
@@ -182,7 +177,8 @@ def _insert_events(session: Session, events: Sequence[AnyEvent], now: datetime) 
         }
         for event in events
     ]
-    return {row.event_id: row.id for row in session.execute(statement, rows)}
+    inserted = insert_rows(session, Event, rows, conflict="event_id", returning=("id", "event_id"))
+    return {row.event_id: row.id for row in inserted}
 
 
 def ingest_batch(
@@ -259,10 +255,8 @@ def ingest_batch(
 
     batch.write_sends()
     session.flush()  # the customers' new state
-    if orders:
-        session.execute(insert_for(session, Order), orders)
-    if lines:
-        session.execute(insert_for(session, OrderLine), lines)
+    insert_rows(session, Order, orders)
+    insert_rows(session, OrderLine, lines)
     store_offers(session, batch.offers, now)
     table = cast(Table, Event.__table__)
     session.execute(
