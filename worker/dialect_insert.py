@@ -1,4 +1,4 @@
-"""``INSERT … ON CONFLICT`` for the two databases crosssell runs on.
+"""``INSERT … ON CONFLICT`` (and ``IN`` lists) for the two databases crosssell runs on.
 
 SQLAlchemy's generic ``insert()`` has no ``ON CONFLICT`` clause; PostgreSQL's and
 SQLite's dialect inserts both have it (``on_conflict_do_nothing``), with the same
@@ -17,13 +17,13 @@ it (docs/performance.md, "Ingest").
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, Dialect, Row, Table, text
+from sqlalchemy import JSON, ColumnElement, Dialect, Row, String, Table, any_, bindparam, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.type_api import _BindProcessorType
 
 
@@ -158,3 +158,20 @@ def _unnest_insert(
         + (f" RETURNING {', '.join(quote(name) for name in returning)}" if returning else "")
     )
     return sql, columns, defaults
+
+
+def among(
+    session: Session, column: ColumnElement[Any] | QueryableAttribute[Any], values: Iterable[Any]
+) -> ColumnElement[bool]:
+    """``column IN (values)``; on PostgreSQL written ``column = ANY(:array)``, the same
+    condition (PostgreSQL turns an ``IN`` list into it) as a statement whose text does not
+    change with the number of values, so the driver parses it once, not once per batch
+    (an ``IN`` list of 200 ids is 200 placeholders psycopg parses every time)."""
+    wanted = list(values)
+    if session.get_bind().dialect.name != "postgresql":
+        return column.in_(wanted)
+    element = column.__clause_element__() if isinstance(column, QueryableAttribute) else column
+    # VARCHAR without a length: a cast to VARCHAR(n)[] would cut a longer value to a prefix
+    # that might equal a stored one, where IN compares it whole.
+    item = String() if isinstance(element.type, String) else element.type
+    return element == any_(bindparam(None, wanted, type_=postgresql.ARRAY(item)))

@@ -40,7 +40,7 @@ from worker.attribution import (
 )
 from worker.customers import apply_upsert, lock_customers, new_customer, record_purchase
 from worker.decision_inputs import BatchInputs, decision_inputs, decision_inputs_many
-from worker.dialect_insert import insert_rows
+from worker.dialect_insert import among, insert_rows
 from worker.metrics import SENDS
 from worker.models import Customer, Enrollment, Event, Order, OrderLine, Send
 from worker.offer_resolution import CatalogMemo
@@ -123,7 +123,9 @@ class _Batch:
         taken = (
             dict(
                 session.execute(
-                    select(Send.dedupe_key, Send.id).where(Send.dedupe_key.in_(conflicted))
+                    select(Send.dedupe_key, Send.id).where(
+                        among(session, Send.dedupe_key, conflicted)
+                    )
                 ).tuples()
             )
             if conflicted
@@ -159,7 +161,7 @@ class _Batch:
 
 def _known_events(session: Session, events: Sequence[AnyEvent]) -> set[str]:
     ids = [event.id for event in events]
-    return set(session.scalars(select(Event.event_id).where(Event.event_id.in_(ids))))
+    return set(session.scalars(select(Event.event_id).where(among(session, Event.event_id, ids))))
 
 
 def _insert_events(session: Session, events: Sequence[AnyEvent], now: datetime) -> dict[str, int]:
@@ -390,7 +392,7 @@ def _known_orders(session: Session, purchases: Sequence[AnyEvent]) -> set[str]:
     ids = [event.data.order_id for event in purchases if isinstance(event, PurchaseEvent)]
     if not ids:
         return set()
-    return set(session.scalars(select(Order.id).where(Order.id.in_(ids))))
+    return set(session.scalars(select(Order.id).where(among(session, Order.id, ids))))
 
 
 def _enrolled_customers(session: Session, rules: RuleSet, customer_ids: list[str]) -> set[str]:
@@ -400,7 +402,9 @@ def _enrolled_customers(session: Session, rules: RuleSet, customer_ids: list[str
     return set(
         session.scalars(
             select(Enrollment.customer_id)
-            .where(Enrollment.customer_id.in_(customer_ids), Enrollment.status == "active")
+            .where(
+                among(session, Enrollment.customer_id, customer_ids), Enrollment.status == "active"
+            )
             .distinct()
         )
     )
@@ -424,7 +428,7 @@ def _attribute_purchases(
         session.scalars(
             select(Send.customer_id)
             .where(
-                Send.customer_id.in_(customer_ids),
+                among(session, Send.customer_id, customer_ids),
                 or_(
                     and_(Send.status.in_(TREATED_STATUSES), Send.sent_at < latest),
                     and_(Send.status == "held_out", Send.send_at < latest),

@@ -166,3 +166,23 @@ def test_a_column_left_to_a_per_row_default_takes_cores_path(database_url: str) 
         insert_rows(session, Event, rows)
         stored = _stored(session, Event, "event_id", "k")
         assert [row["outcome"] for row in stored] == [{}, {}]
+
+
+def test_among_is_in(database_url: str) -> None:
+    """``among`` finds what ``IN`` finds: none, some, all; a longer value than the column
+    holds is compared whole, never cut to a stored prefix."""
+    from worker.dialect_insert import among
+
+    with Session(engine_for(database_url)) as session, session.begin():
+        _customers(session, ["m-c0", "m-c1", "m-c2"])
+        short = Customer.__table__.c.id.type.length
+        for wanted in ([], ["nobody"], ["m-c1", "nobody"], ["m-c0", "m-c1", "m-c2"]):
+            found = session.scalars(select(Customer.id).where(among(session, Customer.id, wanted)))
+            plain = session.scalars(select(Customer.id).where(Customer.id.in_(wanted)))
+            assert sorted(found) == sorted(plain) == sorted(w for w in wanted if w != "nobody")
+        _customers(session, ["x" * short])
+        longer = ["x" * (short + 5)]
+        assert (
+            list(session.scalars(select(Customer.id).where(among(session, Customer.id, longer))))
+            == []
+        )
