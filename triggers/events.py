@@ -308,6 +308,9 @@ class InvalidEvent(ValueError):
 _STRUCTURE = re.compile(rb'"(?:[^"\\]++|\\[\s\S])*+"?|[\[\]{}]')
 _OPENING = frozenset(b"[{")
 _BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+# A JSON escape that may decode to NUL or a surrogate (or an escaped backslash before
+# such text: a false alarm only costs the walk).
+_BAD_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 # A field name, or a pydantic union member such as ``list[str]``.
 _SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}(?:\[[A-Za-z0-9_]{1,16}\])?")
 
@@ -315,7 +318,10 @@ _SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}(?:\[[A-Za-z0-9_]{1,16}\])
 def _nesting_depth_exceeds(raw: bytes, limit: int) -> bool:
     """Whether brackets outside strings nest deeper than ``limit``; iterative, so a
     100,000-level document is measured, not recursed into (``json`` would raise
-    ``RecursionError``)."""
+    ``RecursionError``). A body with no more opening brackets than ``limit`` (every
+    ordinary event: about 7) cannot nest deeper, and is not scanned."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
     depth = 0
     for match in _STRUCTURE.finditer(raw):
         token = match.group()
@@ -471,8 +477,19 @@ def load_json(body: bytes | str) -> Any:
         raise InvalidEvent(
             "too_deep", f"arrays and objects nest deeper than {MAX_DEPTH} levels"
         ) from None
-    _check_strings(document)
+    if _strings_need_checking(text):
+        _check_strings(document)
     return document
+
+
+def _strings_need_checking(text: str) -> bool:
+    """Whether :func:`_check_strings` could refuse the document decoded from ``text``.
+
+    A decoded string is never longer than the text it came from, and ``text`` (strict
+    UTF-8) holds no surrogate; a raw NUL or control character inside a string is already
+    ``not_json``. So only a long body or a ``\\u0000``/``\\uD800``-``\\uDFFF`` escape can
+    produce a string the walk refuses; other bodies skip it with the same result."""
+    return len(text) > MAX_STRING_CHARS or _BAD_ESCAPE.search(text) is not None
 
 
 def parse_event(

@@ -351,20 +351,40 @@ class EventConsumer(ConsumerMixin):
             return
         outcomes = handle_bodies(self.runtime, [message.body for message in messages])
         retry: list[Message] = []
+        accepted: list[tuple[Message, Handled]] = []
         for message, handled in zip(messages, outcomes, strict=True):
             if handled.outcome == "dead_letter":
                 self.dead_letter(message, handled.code, handled.reason)
             elif handled.outcome == "retry":
                 retry.append(message)
             else:
-                self._accepted(message, handled)
+                accepted.append((message, handled))
         if retry:
             time.sleep(OUTAGE_PAUSE_SECONDS)
             for message in retry:
                 message.requeue()
+        self._ack([message for message, _ in accepted])
+        for message, handled in accepted:
+            self._accepted(message, handled)
+
+    def _ack(self, messages: list[Message]) -> None:
+        """Acknowledge ``messages``, after the commit and after the batch's dead letters
+        and requeues. On AMQP one ``basic.ack`` with ``multiple`` settles the lot (AMQP
+        0-9-1: every unsettled delivery up to that tag on the channel, and every earlier
+        delivery on this channel is settled by now: the earlier batches and the rest of
+        this one). Other transports (Redis, the embedded broker) ack one by one: kombu's
+        virtual channels ignore ``multiple``."""
+        if not messages:
+            return
+        if self.connection.transport.driver_type == "amqp":
+            last = max(messages, key=lambda message: message.delivery_tag)
+            last.ack(multiple=True)
+            return
+        for message in messages:
+            message.ack()
 
     def _accepted(self, message: Message, handled: Handled) -> None:
-        message.ack()
+        """Count and log a stored or duplicate message (:meth:`_ack` acknowledged it)."""
         outcome = "duplicate" if handled.outcome == "duplicate" else "accepted"
         self.stats[outcome] += 1
         EVENTS.labels(outcome).inc()

@@ -34,6 +34,7 @@ from triggers.addresses import lookup_key
 from triggers.events import Consent, CustomerData, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, purchase_of
 from worker.activity import record_activity
+from worker.dialect_insert import among
 from worker.models import ConsentRecord, Customer, Suppression
 from worker.privacy import suppression_keys
 
@@ -63,7 +64,10 @@ def lock_customers(session: Session, ids: Iterable[str]) -> dict[str, Customer]:
     if not wanted:
         return {}
     rows = session.scalars(
-        select(Customer).where(Customer.id.in_(wanted)).order_by(Customer.id).with_for_update()
+        select(Customer)
+        .where(among(session, Customer.id, wanted))
+        .order_by(Customer.id)
+        .with_for_update()
     )
     return {customer.id: customer for customer in rows}
 

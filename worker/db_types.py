@@ -21,9 +21,10 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: crosssell stores aware UTC timestamps only")
-        value = value.astimezone(UTC)
+        if value.tzinfo is not UTC:  # already UTC (nearly every value): nothing to convert
+            if value.tzinfo is None:
+                raise ValueError("naive datetime: crosssell stores aware UTC timestamps only")
+            value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:

@@ -22,6 +22,7 @@ from triggers.decide import COUNTED_STATUSES, MARKETING_HISTORY, PastSend, Subje
 from triggers.events import AnyEvent
 from triggers.facts import CustomerProfile, build_facts
 from worker.customers import is_suppressed, profile_of
+from worker.dialect_insert import among
 from worker.models import Customer, Send, Suppression
 from worker.privacy import suppression_keys
 
@@ -151,7 +152,7 @@ def histories_of(session: Session, customer_ids: Iterable[str]) -> dict[str, lis
             Send.created_at,
             Send.expires_at,
         )
-        .where(Send.customer_id.in_(ids), Send.status.in_(MARKETING_HISTORY))
+        .where(among(session, Send.customer_id, ids), Send.status.in_(MARKETING_HISTORY))
         .order_by(Send.id)
     )
     for row in rows:
@@ -174,7 +175,9 @@ def suppressed_among(session: Session, keys: Iterable[str]) -> set[str]:
     wanted = set(keys)
     if not wanted:
         return set()
-    return set(session.scalars(select(Suppression.email).where(Suppression.email.in_(wanted))))
+    return set(
+        session.scalars(select(Suppression.email).where(among(session, Suppression.email, wanted)))
+    )
 
 
 def decision_inputs_many(
@@ -190,7 +193,7 @@ def decision_inputs_many(
     if ids and lock:
         session.execute(
             select(Send.id)
-            .where(Send.customer_id.in_(ids), Send.status == "planned")
+            .where(among(session, Send.customer_id, ids), Send.status == "planned")
             .order_by(Send.id)
             .with_for_update()
         ).all()

@@ -17,7 +17,6 @@ with an active enrollment, decisions that enroll, purchases of customers with to
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -41,7 +40,7 @@ from worker.attribution import (
 )
 from worker.customers import apply_upsert, lock_customers, new_customer, record_purchase
 from worker.decision_inputs import BatchInputs, decision_inputs, decision_inputs_many
-from worker.dialect_insert import insert_for
+from worker.dialect_insert import among, insert_rows
 from worker.metrics import SENDS
 from worker.models import Customer, Enrollment, Event, Order, OrderLine, Send
 from worker.offer_resolution import CatalogMemo
@@ -62,9 +61,12 @@ def event_payload(event: AnyEvent) -> dict[str, object]:
 
     The customer block keeps only the fields the CRM gave: it is an upsert, so a replay of
     the stored event (``simulate --since``, delivery's recheck) must not read an absent
-    field as "set to null" and wipe what another event stored."""
-    loaded: dict[str, object] = json.loads(event.model_dump_json())
-    loaded["customer"] = json.loads(event.customer.model_dump_json(exclude_unset=True))
+    field as "set to null" and wipe what another event stored.
+
+    ``model_dump(mode="json")`` gives the same data as decoding ``model_dump_json()``
+    without a JSON text in between: the column type encodes it once, on insert."""
+    loaded: dict[str, object] = event.model_dump(mode="json")
+    loaded["customer"] = event.customer.model_dump(mode="json", exclude_unset=True)
     return loaded
 
 
@@ -106,21 +108,24 @@ class _Batch:
         if not self.pending:
             return
         session = self.session
-        statement = (
-            insert_for(session, Send)
-            .on_conflict_do_nothing(index_elements=["dedupe_key"])
-            .returning(Send.__table__.c.id, Send.__table__.c.dedupe_key)
-        )
         inserted = {
             row.dedupe_key: row.id
-            for row in session.execute(statement, [new.row for new in self.pending])
+            for row in insert_rows(
+                session,
+                Send,
+                [new.row for new in self.pending],
+                conflict="dedupe_key",
+                returning=("id", "dedupe_key"),
+            )
         }
         conflicted = [new.row["dedupe_key"] for new in self.pending]
         conflicted = [key for key in conflicted if key not in inserted]
         taken = (
             dict(
                 session.execute(
-                    select(Send.dedupe_key, Send.id).where(Send.dedupe_key.in_(conflicted))
+                    select(Send.dedupe_key, Send.id).where(
+                        among(session, Send.dedupe_key, conflicted)
+                    )
                 ).tuples()
             )
             if conflicted
@@ -156,18 +161,12 @@ class _Batch:
 
 def _known_events(session: Session, events: Sequence[AnyEvent]) -> set[str]:
     ids = [event.id for event in events]
-    return set(session.scalars(select(Event.event_id).where(Event.event_id.in_(ids))))
+    return set(session.scalars(select(Event.event_id).where(among(session, Event.event_id, ids))))
 
 
 def _insert_events(session: Session, events: Sequence[AnyEvent], now: datetime) -> dict[str, int]:
     """Store the events (outcome empty for now); event id → row id for those inserted.
     One missing from the answer was stored by another consumer meanwhile."""
-    table = Event.__table__
-    statement = (
-        insert_for(session, Event)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(table.c.id, table.c.event_id)
-    )
     rows = [
         {
             "event_id": event.id,
@@ -180,7 +179,8 @@ def _insert_events(session: Session, events: Sequence[AnyEvent], now: datetime) 
         }
         for event in events
     ]
-    return {row.event_id: row.id for row in session.execute(statement, rows)}
+    inserted = insert_rows(session, Event, rows, conflict="event_id", returning=("id", "event_id"))
+    return {row.event_id: row.id for row in inserted}
 
 
 def ingest_batch(
@@ -257,10 +257,8 @@ def ingest_batch(
 
     batch.write_sends()
     session.flush()  # the customers' new state
-    if orders:
-        session.execute(insert_for(session, Order), orders)
-    if lines:
-        session.execute(insert_for(session, OrderLine), lines)
+    insert_rows(session, Order, orders)
+    insert_rows(session, OrderLine, lines)
     store_offers(session, batch.offers, now)
     table = cast(Table, Event.__table__)
     session.execute(
@@ -394,7 +392,7 @@ def _known_orders(session: Session, purchases: Sequence[AnyEvent]) -> set[str]:
     ids = [event.data.order_id for event in purchases if isinstance(event, PurchaseEvent)]
     if not ids:
         return set()
-    return set(session.scalars(select(Order.id).where(Order.id.in_(ids))))
+    return set(session.scalars(select(Order.id).where(among(session, Order.id, ids))))
 
 
 def _enrolled_customers(session: Session, rules: RuleSet, customer_ids: list[str]) -> set[str]:
@@ -404,7 +402,9 @@ def _enrolled_customers(session: Session, rules: RuleSet, customer_ids: list[str
     return set(
         session.scalars(
             select(Enrollment.customer_id)
-            .where(Enrollment.customer_id.in_(customer_ids), Enrollment.status == "active")
+            .where(
+                among(session, Enrollment.customer_id, customer_ids), Enrollment.status == "active"
+            )
             .distinct()
         )
     )
@@ -428,7 +428,7 @@ def _attribute_purchases(
         session.scalars(
             select(Send.customer_id)
             .where(
-                Send.customer_id.in_(customer_ids),
+                among(session, Send.customer_id, customer_ids),
                 or_(
                     and_(Send.status.in_(TREATED_STATUSES), Send.sent_at < latest),
                     and_(Send.status == "held_out", Send.send_at < latest),

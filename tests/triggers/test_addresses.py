@@ -178,3 +178,42 @@ def test_a_campaign_sender_is_stored_canonical() -> None:
     document["sender"] = {"name": "Magazin", "address": "Oferte@MAGAZIN-ȚARĂ.ro"}
     sender = Campaign.model_validate(document).sender
     assert sender is not None and sender.address == "Oferte@magazin-țară.ro"
+
+
+# Local parts near the fast path's edges: ASCII specials, dots anywhere, role names in any
+# case, quotes and brackets, a few non-ASCII letters, lengths around the 64-octet limit.
+LOCAL_EDGE = st.one_of(
+    st.text(st.sampled_from("aZ9.!#$%&'*+-/=?^_`{|}~\"()<>[]\\,;: @\tä"), max_size=70),
+    st.sampled_from(["Postmaster", "ABUSE", "hostmaster", "a" * 64, "a" * 65, "a.b", ".a", "a."]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(local=LOCAL_EDGE)
+def test_the_plain_local_part_path_answers_as_email_validator_does(local: str) -> None:
+    """``_local_part`` skips email-validator for plain ASCII dot-atoms: for any local part
+    it returns what the library returns for ``local@example.com``, or refuses it too."""
+    from email_validator import EmailNotValidError, validate_email
+
+    from triggers.addresses import _local_part, _plain_local_part
+
+    try:
+        expected: str | None = validate_email(
+            f"{local}@example.com",
+            check_deliverability=False,
+            allow_smtputf8=True,
+            allow_quoted_local=False,
+            allow_domain_literal=False,
+            allow_display_name=False,
+            allow_empty_local=False,
+            strict=True,
+        ).local_part
+    except EmailNotValidError:
+        expected = None
+    if _plain_local_part(local) is not None:
+        assert _plain_local_part(local) == expected
+    try:
+        found: str | None = _local_part(local)
+    except InvalidAddress:
+        found = None
+    assert found == expected

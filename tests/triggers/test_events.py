@@ -766,3 +766,58 @@ def test_a_repeated_key_is_refused_and_named_only_when_it_is_a_field_name(
 def test_a_repeated_key_that_is_data_is_not_quoted() -> None:
     error = _reject('{"attributes": {"ana@example.ro": 1, "ana@example.ro": 2}}')
     assert error.code == "duplicate_key" and "ana@example.ro" not in error.reason
+
+
+JSON_LEAVES = st.one_of(
+    st.text(st.characters(codec="utf-8"), max_size=20),
+    st.sampled_from(["\x00", "\ud800", "a\udfffb", "\\u0000", "x" * 17_000]),
+    st.integers(-1000, 1000),
+    st.booleans(),
+    st.none(),
+)
+JSON_DOCUMENTS = st.recursive(
+    JSON_LEAVES,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=JSON_DOCUMENTS, ensure_ascii=st.booleans())
+def test_skipping_the_string_walk_never_skips_a_refusal(document: Any, ensure_ascii: bool) -> None:
+    """``load_json`` walks the strings only when the text could hold one it refuses:
+    whenever the walk refuses a decoded document, the quick check asks for the walk."""
+    from triggers.events import _check_strings, _strings_need_checking
+
+    text = json.dumps(document, ensure_ascii=ensure_ascii)
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate unescaped: not UTF-8, never decoded
+        return
+    try:
+        _check_strings(json.loads(raw))
+    except InvalidEvent:
+        assert _strings_need_checking(raw.decode("utf-8"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.text(st.sampled_from('[]{}"\\a,:'), max_size=60), limit=st.integers(0, 8))
+def test_the_bracket_count_bound_agrees_with_the_nesting_scan(body: str, limit: int) -> None:
+    """Skipping the scan when there are no more opening brackets than the limit gives the
+    scan's own answer (checked against a plain depth count outside strings)."""
+    from triggers.events import _nesting_depth_exceeds
+
+    depth, deepest, in_string, escaped = 0, 0, False, False
+    for char in body:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    assert _nesting_depth_exceeds(body.encode(), limit) == (deepest > limit)

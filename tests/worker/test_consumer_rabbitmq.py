@@ -180,3 +180,46 @@ def test_a_dead_letter_keeps_the_producers_headers_and_properties(
     assert kept.headers["x-crosssell-error"] == "not_json"  # ours, not the producer's
     assert kept.headers["x-original-user-id"] == "guest"
     assert kept.headers["x-original-routing-key"] == "purchase"
+
+
+def test_a_mixed_batch_is_settled_whole_by_one_multiple_ack(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """Good, bad and duplicate messages in one batch: the bad one is dead-lettered alone,
+    the others are acknowledged together (``basic.ack`` with ``multiple``) after the
+    commit. Once the consumer has stopped (its channel closed, so anything unacknowledged
+    would be back in the queue), the queue is empty and each event is stored once."""
+    settings = make_settings(tmp_path, database_url=sqlite_url, events_url=require_rabbitmq())
+    runtime = Runtime(settings)
+    consumers: list[EventConsumer] = []
+    thread = threading.Thread(target=run_consumer, args=(runtime, consumers.append), daemon=True)
+    thread.start()
+    wait_for(lambda: bool(consumers))
+    wait_for(lambda: _queue_exists(settings))
+    events = [purchase() for _ in range(6)]
+    bodies = [as_json(events[0]), b"{not json", *map(as_json, events[1:]), as_json(events[2])]
+    connection = pika.BlockingConnection(pika_parameters(settings))
+    try:
+        channel = connection.channel()
+        for body in bodies:  # in one go, so that they arrive within one batch's linger
+            channel.basic_publish(
+                exchange=settings.events_exchange,
+                routing_key="purchase",
+                body=body,
+                properties=pika.BasicProperties(delivery_mode=2),
+            )
+        wait_for(lambda: all(stored_events(settings, event["id"]) == 1 for event in events))
+        wait_for(lambda: consumers[0].handled == len(bodies))
+        consumers[0].should_stop = True
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        ready = channel.queue_declare(settings.events_queue, passive=True).method.message_count
+        dead = channel.queue_declare(settings.dead_letter_queue, passive=True).method.message_count
+        assert (ready, dead) == (0, 1)
+        assert consumers[0].stats == {"accepted": 6, "duplicate": 1, "dead_lettered": 1}
+        assert all(stored_events(settings, event["id"]) == 1 for event in events)
+    finally:
+        channel.queue_delete(settings.events_queue)
+        channel.queue_delete(settings.dead_letter_queue)
+        channel.exchange_delete(settings.events_exchange)
+        connection.close()
