@@ -71,14 +71,15 @@ def _claim_due(runtime: Runtime, now: datetime, expire: bool = True) -> tuple[li
             return [], expired
         due = select(sends.c.id).where(sends.c.status == "planned", sends.c.send_at <= now)
         due = due.order_by(sends.c.send_at).limit(room)
+        claim = update(sends).values(status="queued", queued_at=now, updated_at=now)
         if connection.dialect.name == "postgresql":
-            due = due.with_for_update(skip_locked=True)
-        claimed = connection.execute(
-            update(sends)
-            .where(sends.c.id.in_(due.scalar_subquery()), sends.c.status == "planned")
-            .values(status="queued", queued_at=now, updated_at=now)
-            .returning(sends.c.id, sends.c.send_at)
-        ).all()
+            # A materialized CTE runs its locking LIMIT once: as an ``IN (subquery)`` the
+            # planner may rescan it and claim more than ``room`` rows.
+            picked = due.with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
+            claim = claim.where(sends.c.id == picked.c.id, sends.c.status == "planned")
+        else:
+            claim = claim.where(sends.c.id.in_(due.scalar_subquery()), sends.c.status == "planned")
+        claimed = connection.execute(claim.returning(sends.c.id, sends.c.send_at)).all()
     return [row.id for row in sorted(claimed, key=lambda row: (row.send_at, row.id))], expired
 
 
