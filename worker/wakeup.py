@@ -84,7 +84,7 @@ class Waiter:
 
         try:
             connection: psycopg.Connection[object] = psycopg.connect(
-                self._conninfo, autocommit=True, connect_timeout=10
+                self._conninfo, autocommit=True, connect_timeout=5
             )
             connection.execute(f"LISTEN {CHANNEL}")
         except psycopg.Error as exc:
@@ -126,7 +126,7 @@ class Waiter:
                 for _ in connection.notifies(timeout=0.001):
                     pass
             return woken
-        except psycopg.Error as exc:
+        except (psycopg.Error, OSError) as exc:
             log.warning(
                 "lost the LISTEN connection (%s); polling until it is back", type(exc).__name__
             )
