@@ -103,15 +103,15 @@ class Waiter:
             if left <= 0:
                 return False
             step = min(left, STOP_CHECK_SECONDS)
-            if _committed.is_set():
-                _committed.clear()
-                return True
             connection = self._listen()
             if connection is None:
                 if _committed.wait(step):
                     _committed.clear()
                     return True
                 continue
+            # Listening: the NOTIFY of a commit in this process arrives too; waking on
+            # the event as well would make two passes of one commit.
+            _committed.clear()
             if self._notified(connection, step):
                 return True
         return False
