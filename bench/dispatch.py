@@ -78,6 +78,8 @@ def run(sends: int, rate: float, profile: bool, broker: str) -> None:
             from worker.wakeup import wake_dispatcher as wake
         except ImportError:  # a tree from before the wake-up: polling only
             wake = None
+        if not hasattr(dispatcher, "Waiter"):
+            wake = None  # a dispatcher that does not listen (an older tree on this path)
         stop = threading.Event()
         publish_cpu = [0.0]
         profiler = cProfile.Profile() if profile else None
