@@ -14,22 +14,30 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from typing import cast
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Table, func, or_, select, update
 
 from triggers.durations import parse_duration
-from worker.db import transaction
+from worker.db import engine_for, transaction
 from worker.models import Send
 from worker.runtime import Runtime
 from worker.sequences import plan_due
 from worker.startup import announce
+from worker.wakeup import Waiter
 
 log = logging.getLogger(__name__)
 Enqueue = Callable[[Sequence[int]], None]
+SENDS_TABLE = cast(Table, Send.__table__)
+# After a wake-up, the dispatcher waits this long before its pass, so that ingest's
+# commits of the next moment (one every CROSSSELL_INGEST_LINGER while events trickle in)
+# share the pass: at most one woken pass per this interval, for that much latency.
+WAKE_COALESCE_SECONDS = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,35 +48,43 @@ class DispatchReport:
     ambiguous: int
 
 
-def _claim_due(runtime: Runtime, now: datetime) -> tuple[list[int], int]:
+def _claim_due(runtime: Runtime, now: datetime, expire: bool = True) -> tuple[list[int], int]:
+    """Due ``planned`` sends become ``queued`` (at most ``dispatch_batch``, fewer when the
+    broker holds ``dispatch_max_queued``): their ids, oldest due first, and how many
+    sends expired (``expire``: the housekeeping pass only). One transaction on SQLAlchemy
+    Core: the claim is a single ``UPDATE … RETURNING``."""
     settings = runtime.settings
-    with transaction(settings.resolved_database_url) as session:
-        expired = session.execute(
-            update(Send)
-            .where(Send.status == "planned", Send.expires_at < now)
-            .values(status="skipped", reason="expired", updated_at=now)
-        )
+    sends = SENDS_TABLE
+    expired = 0
+    with engine_for(settings.resolved_database_url).begin() as connection:
+        if expire:
+            result = connection.execute(
+                update(sends)
+                .where(sends.c.status == "planned", sends.c.expires_at < now)
+                .values(status="skipped", reason="expired", updated_at=now)
+            )
+            expired = int(result.rowcount or 0)
         # Back-pressure: no more than dispatch_max_queued tasks wait in the broker, so a
         # large campaign waits in the outbox (where the sweeper does not see it) rather
         # than in a queue longer than requeue_after.
-        waiting = session.scalar(
-            select(func.count()).select_from(Send).where(Send.status == "queued")
+        waiting = connection.scalar(
+            select(func.count()).select_from(sends).where(sends.c.status == "queued")
         )
         room = min(settings.dispatch_batch, settings.dispatch_max_queued - int(waiting or 0))
         if room <= 0:
-            return [], int(getattr(expired, "rowcount", 0) or 0)
-        due = select(Send.id).where(Send.status == "planned", Send.send_at <= now)
-        due = due.order_by(Send.send_at).limit(room)
-        if session.bind is not None and session.bind.dialect.name == "postgresql":
-            due = due.with_for_update(skip_locked=True)
-        ids = list(session.scalars(due))
-        if ids:
-            session.execute(
-                update(Send)
-                .where(Send.id.in_(ids), Send.status == "planned")
-                .values(status="queued", queued_at=now, updated_at=now)
-            )
-        return ids, int(getattr(expired, "rowcount", 0) or 0)
+            return [], expired
+        due = select(sends.c.id).where(sends.c.status == "planned", sends.c.send_at <= now)
+        due = due.order_by(sends.c.send_at).limit(room)
+        claim = update(sends).values(status="queued", queued_at=now, updated_at=now)
+        if connection.dialect.name == "postgresql":
+            # A materialized CTE runs its locking LIMIT once: as an ``IN (subquery)`` the
+            # planner may rescan it and claim more than ``room`` rows.
+            picked = due.with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
+            claim = claim.where(sends.c.id == picked.c.id, sends.c.status == "planned")
+        else:
+            claim = claim.where(sends.c.id.in_(due.scalar_subquery()), sends.c.status == "planned")
+        claimed = connection.execute(claim.returning(sends.c.id, sends.c.send_at)).all()
+    return [row.id for row in sorted(claimed, key=lambda row: (row.send_at, row.id))], expired
 
 
 def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], list[int], int]:
@@ -149,12 +165,18 @@ def _plan_steps(runtime: Runtime, now: datetime) -> None:
         plan_due(session, runtime.rules.current(), runtime.policy, now, settings.dispatch_batch)
 
 
-def dispatch_once(runtime: Runtime, enqueue: Enqueue) -> DispatchReport:
+def dispatch_once(runtime: Runtime, enqueue: Enqueue, housekeeping: bool = True) -> DispatchReport:
+    """One pass: claim and publish the due sends. ``housekeeping`` adds what only time
+    makes due (sequence steps, expiry, the sweep of lost work); the loop runs it once per
+    ``dispatch_interval``, not on every wake-up."""
     now = runtime.clock.now()
-    _plan_steps(runtime, now)
-    ids, expired = _claim_due(runtime, now)
+    if housekeeping:
+        _plan_steps(runtime, now)
+    ids, expired = _claim_due(runtime, now, expire=housekeeping)
     if ids:
         enqueue(ids)
+    if not housekeeping:
+        return DispatchReport(len(ids), 0, expired, 0)
     stale, recovered, ambiguous = _stale_queued(runtime, now)
     if stale:
         log.warning("re-enqueueing %s send(s) whose task did not start in time", len(stale))
@@ -172,17 +194,38 @@ def celery_enqueue(ids: Sequence[int], batch: int = 50) -> None:
 
 
 def run_dispatcher(runtime: Runtime, stop: threading.Event, enqueue: Enqueue | None = None) -> None:
-    """Poll until ``stop`` is set; a failing poll is logged and retried, never fatal."""
+    """Dispatch until ``stop`` is set; a failing pass is logged and retried, never fatal.
+
+    Between passes the dispatcher waits for ingest to commit a due send (``worker.wakeup``)
+    or for ``dispatch_interval`` to pass, whichever comes first; a pass that filled its
+    batch is followed at once by another."""
+    settings = runtime.settings
     if enqueue is None:
-        enqueue = partial(celery_enqueue, batch=runtime.settings.delivery_batch)
-    interval = runtime.settings.dispatch_interval
+        enqueue = partial(celery_enqueue, batch=settings.delivery_batch)
+    interval = settings.dispatch_interval
+    waiter = Waiter(settings.resolved_database_url) if settings.dispatch_wakeup else None
     announce(runtime, "dispatch")
-    while not stop.is_set():
-        try:
-            report = dispatch_once(runtime, enqueue)
-        except Exception:
-            log.exception("dispatch failed; retrying in %.1fs", interval)
-            stop.wait(interval * 5)
-            continue
-        if report.queued == 0:
-            stop.wait(interval)
+    next_housekeeping = 0.0
+    try:
+        while not stop.is_set():
+            housekeeping = time.monotonic() >= next_housekeeping
+            try:
+                report = dispatch_once(runtime, enqueue, housekeeping)
+            except Exception:
+                log.exception("dispatch failed; retrying in %.1fs", interval)
+                stop.wait(interval * 5)
+                continue
+            if housekeeping:
+                next_housekeeping = time.monotonic() + interval
+            if report.queued >= settings.dispatch_batch:
+                continue  # more may be due: no waiting
+            left = max(0.0, next_housekeeping - time.monotonic())
+            if waiter is None:
+                stop.wait(left)
+            elif waiter.wait(left, stop):
+                # Woken: let the commits of the next moment join this pass (a pass costs
+                # the same for 1 send as for 50).
+                stop.wait(min(WAKE_COALESCE_SECONDS, left))
+    finally:
+        if waiter is not None:
+            waiter.close()

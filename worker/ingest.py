@@ -45,6 +45,7 @@ from worker.metrics import SENDS
 from worker.models import Customer, Enrollment, Event, Order, OrderLine, Send
 from worker.offer_resolution import CatalogMemo
 from worker.settings import get_settings
+from worker.wakeup import wake_if_due
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +269,7 @@ def ingest_batch(
         [{"row_id": stored[events[p].id], "row_outcome": batch.outcomes[p]} for p in todo],
     )
     _attribute_purchases(session, [events[p] for p in purchases], rules, config, now)
+    wake_if_due(session, decided.values(), now)
     for position in todo:
         results[position] = IngestResult(duplicate=False, decisions=decided[position])
     return results

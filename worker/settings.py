@@ -191,7 +191,17 @@ class Settings(BaseSettings):
     ingest_linger: float = Field(
         0.05, gt=0, le=10, description="seconds a batch waits for more events after its first"
     )
-    dispatch_interval: float = Field(1.0, gt=0, description="seconds between dispatcher polls")
+    dispatch_interval: float = Field(
+        1.0,
+        gt=0,
+        description="seconds between dispatcher polls (sequence steps, expiry, the sweep, "
+        "sends that became due later)",
+    )
+    dispatch_wakeup: bool = Field(
+        True,
+        description="ingest wakes the dispatcher when it commits a send due now "
+        "(PostgreSQL LISTEN/NOTIFY, or in-process in `crosssell run`); off: poll only",
+    )
     dispatch_batch: int = Field(500, ge=1)
     dispatch_max_queued: int = Field(
         2000, ge=1, description="most sends waiting in the broker at once (back-pressure)"

@@ -1,0 +1,141 @@
+"""Wake the dispatcher when ingest commits sends that are due now, instead of letting
+them wait for its next poll (``CROSSSELL_DISPATCH_INTERVAL``).
+
+* PostgreSQL: ingest issues ``NOTIFY crosssell_sends_due`` in its own transaction, so
+  the notification is delivered only if (and when) the sends are committed; every
+  dispatcher holds one extra connection that ``LISTEN``s on the channel.
+* Any database, one process (``crosssell run``, the embedded SQLite mode): the commit
+  sets a ``threading.Event`` the dispatcher thread waits on.
+
+The poll stays: sends that become due later (a delay, a retry's backoff, quiet hours)
+and a lost notification (the listening connection dropped) are found by it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import event, make_url, text
+from sqlalchemy.orm import Session
+
+from triggers.outcomes import Decision
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "crosssell_sends_due"
+# How often a waiting dispatcher looks at its stop flag: the longest a SIGTERM waits.
+STOP_CHECK_SECONDS = 0.5
+
+_committed = threading.Event()
+
+
+def _set_committed(_session: Session) -> None:
+    _committed.set()
+
+
+def wake_dispatcher(session: Session) -> None:
+    """Wake the dispatchers once this transaction commits (nothing if it rolls back)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"NOTIFY {CHANNEL}"))
+    event.listen(session, "after_commit", _set_committed, once=True)
+
+
+def wake_if_due(session: Session, decided: Iterable[Sequence[Decision]], now: datetime) -> None:
+    """Ingest's call: wake the dispatchers when the batch planned an email due now."""
+    for decisions in decided:
+        for decision in decisions:
+            if decision.outcome == "planned" and (
+                decision.send_at is None or decision.send_at <= now
+            ):
+                wake_dispatcher(session)
+                return
+
+
+class Waiter:
+    """Where the dispatcher waits between polls: until ``timeout`` passes, ``stop`` is
+    set, or ingest commits a due send (``wait`` returns True then)."""
+
+    def __init__(self, database_url: str) -> None:
+        url = make_url(database_url)
+        self._conninfo: str | None = None
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", ""):
+            self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._connection: psycopg.Connection[object] | None = None
+        self._retry_at = 0.0
+
+    @property
+    def listening(self) -> bool:
+        return self._connection is not None
+
+    def _listen(self) -> psycopg.Connection[object] | None:
+        if self._connection is not None or self._conninfo is None:
+            return self._connection
+        if time.monotonic() < self._retry_at:
+            return None
+        import psycopg
+
+        try:
+            connection: psycopg.Connection[object] = psycopg.connect(
+                self._conninfo, autocommit=True, connect_timeout=5
+            )
+            connection.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error as exc:
+            log.warning(
+                "cannot LISTEN for due sends (%s); polling only for now", type(exc).__name__
+            )
+            self._retry_at = time.monotonic() + 30
+            return None
+        self._connection = connection
+        return connection
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool:
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            step = min(left, STOP_CHECK_SECONDS)
+            connection = self._listen()
+            if connection is None:
+                if _committed.wait(step):
+                    _committed.clear()
+                    return True
+                continue
+            # Listening: the NOTIFY of a commit in this process arrives too; waking on
+            # the event as well would make two passes of one commit.
+            _committed.clear()
+            if self._notified(connection, step):
+                return True
+        return False
+
+    def _notified(self, connection: psycopg.Connection[object], timeout: float) -> bool:
+        import psycopg
+
+        try:
+            woken = any(True for _ in connection.notifies(timeout=timeout, stop_after=1))
+            if woken:
+                # Several commits while the dispatcher worked: one pass takes them all.
+                for _ in connection.notifies(timeout=0.001):
+                    pass
+            return woken
+        except (psycopg.Error, OSError) as exc:
+            log.warning(
+                "lost the LISTEN connection (%s); polling until it is back", type(exc).__name__
+            )
+            self.close()
+            return False
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            finally:
+                self._connection = None
