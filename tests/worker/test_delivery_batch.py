@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import insert, select, update
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.engine import make_url
 
 from tests.support.factories import TUESDAY_MORNING
@@ -365,12 +365,16 @@ def test_a_lost_claim_keeps_the_message_from_leaving(
     runtime = _runtime(tmp_path, database_url, email_provider="smtp", smtp_port=smtp_sink.port)
     (send_id,) = _due(runtime, 1, "C-taken")
 
-    def taken_back(engine: Any, token: str, item: HandOver, *rest: Any) -> None:
+    real_hand_over = delivery._Batch._hand_over
+
+    def taken_back(batch: Any, item: HandOver) -> None:
+        # Committed before the hand-over's transaction begins (on SQLite a write inside
+        # it would wait for the worker's own write lock).
         with transaction(database_url) as session:
             session.execute(update(Send).where(Send.id == item.send_id).values(claim_token=None))
-        hand_over(engine, token, item, *rest)
+        real_hand_over(batch, item)
 
-    monkeypatch.setattr(delivery, "hand_over", taken_back)
+    monkeypatch.setattr(delivery._Batch, "_hand_over", taken_back)
     assert deliver_send(runtime, send_id) == "not_claimed"
     assert smtp_sink.handler.messages == []
     with transaction(database_url) as session:
@@ -378,25 +382,49 @@ def test_a_lost_claim_keeps_the_message_from_leaving(
 
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
-def test_smtp_answers_are_recorded_as_they_come_so_a_kill_leaves_one_ambiguous(
+def test_smtp_answers_ride_on_the_next_hand_over_so_a_kill_leaves_one_ambiguous(
     tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, pipelining: bool
 ) -> None:
-    """SMTP answers each final dot on its own: when the next message is handed over, the
-    one before it is already recorded ``sent``. A worker killed mid-batch then leaves at
-    most the message in flight ambiguous, not every message of the batch sent so far."""
+    """SMTP answers each final dot on its own; the answer is committed with the next
+    message's hand-over, the last one's at the end: one commit per email. When message
+    *i* is about to be handed over, every message before *i - 1* is recorded ``sent`` and
+    only *i - 1* waits (``sending``, handed over), so a worker killed mid-batch leaves at
+    most one message ambiguous, not every message of the batch sent so far."""
     with SmtpSink(pipelining=pipelining) as sink:
         runtime = _runtime(tmp_path, database_url, email_provider="smtp", smtp_port=sink.port)
         ids = _due(runtime, 4, f"C-each-{pipelining}")
         seen: list[tuple[int, list[str]]] = []
+        commits: list[int] = []
+        reading: list[bool] = []
 
-        def note_earlier_statuses(engine_: Any, token: str, item: HandOver, *rest: Any) -> None:
+        real_hand_over = delivery._Batch._hand_over
+
+        def note_earlier_statuses(batch: Any, item: HandOver) -> None:
+            # Read before the hand-over's transaction begins (on SQLite a read inside it
+            # would wait for the worker's own write lock).
             earlier = ids[: ids.index(item.send_id)]
+            reading.append(True)
             seen.append((item.send_id, [_row(database_url, send_id).status for send_id in earlier]))
-            hand_over(engine_, token, item, *rest)
+            reading.clear()
+            real_hand_over(batch, item)
 
-        monkeypatch.setattr(delivery, "hand_over", note_earlier_statuses)
-        outcomes = deliver_batch(runtime, ids)
+        def count_commit(*_: Any) -> None:
+            if seen and not reading:  # the worker's, from the first hand-over on
+                commits.append(1)
+
+        engine = engine_for(database_url)
+        event.listen(engine, "commit", count_commit)
+        monkeypatch.setattr(delivery._Batch, "_hand_over", note_earlier_statuses)
+        try:
+            outcomes = deliver_batch(runtime, ids)
+        finally:
+            event.remove(engine, "commit", count_commit)
     assert outcomes == dict.fromkeys(ids, "sent")
-    assert seen == [(send_id, ["sent"] * position) for position, send_id in enumerate(ids)]
+    assert seen == [
+        (send_id, ["sent"] * (position - 1) + ["sending"] * min(position, 1))
+        for position, send_id in enumerate(ids)
+    ]
+    assert len(commits) == len(ids) + 1, "one commit per hand-over, one for the last answer"
+    assert [_row(database_url, send_id).status for send_id in ids] == ["sent"] * len(ids)
     assert len(sink.handler.messages) == 4
     assert sink.handler.connections == 1, "one connection carried the whole batch"
