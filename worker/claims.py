@@ -53,7 +53,8 @@ def claim(
     One statement; on PostgreSQL the rows are picked with ``FOR UPDATE SKIP LOCKED`` so
     two workers never wait for each other. Rows already claimed under ``token`` and not
     handed over are returned again, so repeating a claim whose commit answer was lost
-    finds them.
+    finds them. Each new claim counts one in ``claims`` (the sweeper's crash-loop cap);
+    a repeated one does not.
     """
     if not ids:
         return []
@@ -73,6 +74,7 @@ def claim(
             lease_expires_at=now + lease,
             handed_over_at=None,
             updated_at=now,
+            claims=Send.claims + case((Send.status == "queued", 1), else_=0),
         )
         .returning(Send.id, Send.attempts)
     )
@@ -124,6 +126,7 @@ def _hand_over(
         "attempts": item.attempts,
         "message_id": item.message_id,
         "updated_at": now,
+        "claims": 0,  # the attempt is counted now: the worker survived until here
     }
     if item.coupon_code is not None:
         written |= {"coupon_code": item.coupon_code, "coupon_expires_at": item.coupon_expires_at}
@@ -178,6 +181,7 @@ def release(
                 claim_token=None,
                 lease_expires_at=None,
                 handed_over_at=None,
+                claims=0,
                 updated_at=now,
             )
             .returning(Send.id)
@@ -265,6 +269,7 @@ def release_by_operator(engine: Engine, send_ids: Sequence[int], now: datetime) 
                     claim_token=None,
                     lease_expires_at=None,
                     handed_over_at=None,
+                    claims=0,
                     updated_at=now,
                 )
             ).rowcount

@@ -345,7 +345,8 @@ def _owned(executor: Session | Connection, send_id: int, token: str, **values: A
     """Move this token's ``sending`` row; returns its campaign, or None if it is not ours.
 
     ``sent`` may also replace a ``failed``/``ambiguous`` the sweeper wrote while the
-    answer was on its way: the token proves it is this attempt's answer.
+    answer was on its way: the token proves it is this attempt's answer. The claim ends
+    here, so its count for the crash-loop cap (``claims``) starts again.
     """
     expected = Send.status == "sending"
     if values.get("status") == "sent":
@@ -353,7 +354,7 @@ def _owned(executor: Session | Connection, send_id: int, token: str, **values: A
     moved = executor.execute(
         update(Send)
         .where(Send.id == send_id, Send.claim_token == token, expected)
-        .values(lease_expires_at=None, **values)
+        .values(lease_expires_at=None, claims=0, **values)
         .returning(Send.campaign_id)
     ).first()
     return None if moved is None else str(moved[0])

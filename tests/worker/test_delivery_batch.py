@@ -205,6 +205,86 @@ def test_a_dispatcher_killed_after_queueing_is_made_good_after_requeue_after(
     assert set(deliver_batch(runtime, ids).values()) == {"sent"}
 
 
+# --- the crash-loop cap (CROSSSELL_MAX_CLAIMS) ----------------------------------------------
+
+
+class _WorkerKilled(BaseException):
+    """Stands for the process dying while it renders (OOM): not an ``Exception``, so no
+    handler of the worker catches it, and nothing after it runs, as after a SIGKILL."""
+
+
+def _render_kills_the_worker(monkeypatch: pytest.MonkeyPatch, runtime: Runtime) -> None:
+    def killed(*_: Any, **__: Any) -> Any:
+        raise _WorkerKilled
+
+    monkeypatch.setattr(type(runtime.renderer), "render", killed)
+
+
+def test_a_send_that_kills_its_worker_before_the_hand_over_fails_after_max_claims(
+    tmp_path: Path,
+    database_url: str,
+    smtp_sink: SmtpSink,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Attempts are counted at the hand-over, so a message that kills its worker while it
+    renders would be queued again at every lease expiry forever. Through the real task
+    and the real sweep: it comes back ``max_claims - 1`` times, then fails with the
+    reason; nothing ever reaches the provider."""
+    runtime = _runtime(tmp_path, database_url, email_provider="smtp", smtp_port=smtp_sink.port)
+    max_claims = runtime.settings.max_claims
+    assert max_claims == 5, "the documented default"
+    (send_id,) = _due(runtime, 1, "C-oom")
+    lease = parse_duration(runtime.settings.delivery_lease)
+    _render_kills_the_worker(monkeypatch, runtime)
+    now = DUE
+    for claims in range(1, max_claims + 1):
+        runtime.clock = ShiftedClock(now)
+        with pytest.raises(_WorkerKilled):
+            deliver_batch(runtime, [send_id])
+        row = _row(database_url, send_id)
+        assert (row.status, row.claims, row.handed_over_at) == ("sending", claims, None)
+        now += lease + timedelta(seconds=1)
+        runtime.clock = ShiftedClock(now)
+        with caplog.at_level(logging.ERROR, logger="worker.dispatcher"):
+            requeued = _dispatch(runtime)
+        if claims < max_claims:
+            assert requeued == [send_id], f"claim {claims} of {max_claims}: queued again"
+            assert _row(database_url, send_id).status == "queued"
+    assert requeued == []
+    failed = _row(database_url, send_id)
+    assert (failed.status, failed.reason, failed.attempts) == ("failed", "claims_exhausted", 0)
+    assert failed.claim_token is None and failed.detail is not None
+    assert f"send {send_id} failed/claims_exhausted" in caplog.text
+    assert smtp_sink.handler.messages == []
+    assert deliver_send(runtime, send_id) == "not_claimed", "failed for good"
+
+
+def test_the_claim_count_starts_again_once_a_worker_survives_to_the_hand_over(
+    tmp_path: Path, database_url: str, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims count the deaths *in a row*: a send that killed a worker (or several, fewer
+    than the cap) and then goes out is ``sent`` with its count back at 0."""
+    runtime = _runtime(tmp_path, database_url, email_provider="smtp", smtp_port=smtp_sink.port)
+    (send_id,) = _due(runtime, 1, "C-flaky")
+    lease = parse_duration(runtime.settings.delivery_lease)
+    now = DUE
+    with monkeypatch.context() as patched:
+        _render_kills_the_worker(patched, runtime)
+        for _ in range(runtime.settings.max_claims - 1):
+            runtime.clock = ShiftedClock(now)
+            with pytest.raises(_WorkerKilled):
+                deliver_batch(runtime, [send_id])
+            now += lease + timedelta(seconds=1)
+            runtime.clock = ShiftedClock(now)
+            assert _dispatch(runtime) == [send_id]
+    assert _row(database_url, send_id).claims == runtime.settings.max_claims - 1
+    assert deliver_send(runtime, send_id) == "sent"
+    sent = _row(database_url, send_id)
+    assert (sent.status, sent.claims, sent.attempts) == ("sent", 0, 1)
+    assert len(smtp_sink.handler.messages) == 1
+
+
 # --- crosssell sends release --------------------------------------------------------------
 
 
