@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, InterfaceError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from triggers.addresses import InvalidAddress, lookup_key, parse_address
@@ -610,14 +610,35 @@ class _Batch:
     def _hand_over(self, item: HandOver) -> None:
         """Commit ``item``'s hand-over together with the answers waiting for a commit;
         raises (and commits nothing, the answers still waiting) if the hand-over is
-        refused or the commit fails."""
+        refused or the commit fails.
+
+        The batch's connection is checked (pre-pinged) once per batch, so it may have
+        died since the last message (PostgreSQL restarted): a connection lost *before*
+        the COMMIT was sent committed nothing, and the unit is tried once more on a
+        fresh connection. A COMMIT whose answer was lost is never repeated."""
         now = self.runtime.clock.now()
+        committing: list[bool] = []
 
         def unit(connection: Connection) -> dict[int, str]:
+            committing.clear()
             hand_over(connection, self.token, item, now, self.lease)
-            return {send_id: record(connection) for send_id, record in self.pending}
+            recorded = {send_id: record(connection) for send_id, record in self.pending}
+            committing.append(True)  # the COMMIT follows when this returns
+            return recorded
 
-        self.outcomes |= self._unit(unit)
+        try:
+            outcomes = self._unit(unit)
+        except (OperationalError, InterfaceError) as exc:
+            if committing:
+                raise
+            log.warning(
+                "send %s: the database connection was lost before the hand-over (%s); "
+                "trying once more on a new one",
+                item.send_id,
+                exc.__class__.__name__,
+            )
+            outcomes = self._unit(unit)
+        self.outcomes |= outcomes
         self.pending = []
         self._log_moves()
 

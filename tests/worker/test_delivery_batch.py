@@ -74,6 +74,37 @@ def private_database(private_postgres: PrivatePostgres) -> Iterator[str]:
         dispose_engines()
 
 
+def test_a_connection_lost_between_two_messages_is_replaced_before_the_hand_over(
+    tmp_path: Path, private_database: str, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch keeps one connection for its hand-overs and answers (pinged once per
+    batch): when its backend dies between two messages (a PostgreSQL restart), the next
+    hand-over fails before its COMMIT, so nothing was committed and it is tried again on
+    a new connection. Both messages go out once and both answers are recorded."""
+    runtime = _runtime(tmp_path, private_database, email_provider="smtp", smtp_port=smtp_sink.port)
+    (first, second) = _due(runtime, 2, "C-restart")
+    libpq = make_url(private_database).set(drivername="postgresql")
+    conninfo = libpq.render_as_string(hide_password=False)
+    real_hand_over = delivery._Batch._hand_over
+    killed: list[int] = []
+
+    def kill_the_connection_first(batch: Any, item: HandOver) -> None:
+        if item.send_id == second and batch.connection is not None:
+            pid = batch.connection.connection.driver_connection.info.backend_pid
+            with psycopg.connect(conninfo, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            killed.append(pid)
+        real_hand_over(batch, item)
+
+    monkeypatch.setattr(delivery._Batch, "_hand_over", kill_the_connection_first)
+    assert deliver_batch(runtime, [first, second]) == {first: "sent", second: "sent"}
+    assert len(killed) == 1, "the connection of the first hand-over was terminated"
+    assert len(smtp_sink.handler.messages) == 2
+    for send_id in (first, second):
+        row = _row(private_database, send_id)
+        assert (row.status, row.attempts) == ("sent", 1)
+
+
 def test_a_hand_over_whose_answer_is_lost_is_sent_once_later_never_ambiguous(
     tmp_path: Path,
     private_database: str,
