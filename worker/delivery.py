@@ -577,8 +577,8 @@ class _Batch:
             return
         # One message at a time, its answer written in the commit of the next message's
         # hand-over (the last one's after the loop): one commit per email, and a worker
-        # killed mid-batch still leaves at most one message ambiguous — the one whose
-        # answer waits for the next commit — not every message of the batch sent so far.
+        # killed mid-batch still leaves at most one message of the batch ambiguous — the
+        # one whose answer waits for the next commit — not every message sent so far.
         # With a rate limit each message first takes its own slot, never inside an SMTP
         # transaction, and its answer is committed before the next slot is waited for
         # (a wait must not stretch the ambiguous window); the batch's slots are not
