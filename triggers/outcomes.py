@@ -57,6 +57,7 @@ class SkipReason(StrEnum):
     UNSUPPORTED_ADDRESS = "unsupported_address"
     # Delivery failures (status ``failed``).
     RETRIES_EXHAUSTED = "retries_exhausted"
+    CLAIMS_EXHAUSTED = "claims_exhausted"
     HARD_BOUNCE = "hard_bounce"
     REJECTED = "rejected"
     POLICY_REJECTED = "policy_rejected"

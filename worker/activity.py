@@ -33,6 +33,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -41,6 +42,8 @@ from kombu.connection import Connection
 from kombu.entity import Exchange
 from kombu.messaging import Producer
 from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection as DatabaseConnection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -125,28 +128,83 @@ def record_activity(
     return key
 
 
+@dataclass(frozen=True, slots=True)
+class SendFacts:
+    """What a send's activity event says about the send, as its worker already holds it."""
+
+    send_id: int
+    customer_id: str
+    campaign_id: str
+    kind: str
+    variant: str | None
+    event_id: str
+
+
+def _send_data(facts: SendFacts, provider: str | None, message_id: str | None) -> dict[str, Scalar]:
+    return {
+        "send_id": facts.send_id,
+        "campaign_id": facts.campaign_id,
+        "kind": facts.kind,
+        "variant": facts.variant,
+        "event_id": facts.event_id,
+        "provider": provider,
+        "message_id": message_id,
+    }
+
+
 def record_send_activity(
     session: Session, type: ActivityType, send_id: int, occurred_at: datetime
 ) -> str | None:
     """Record an ``email_sent`` or ``email_bounced`` event for one send (id
-    ``<type>:send-<id>``); None if the send does not exist."""
+    ``<type>:send-<id>``), read from the database; None if the send does not exist.
+    The delivery path, which holds the values, uses :func:`add_send_activity`."""
     send = session.get(Send, send_id)
     if send is None:
         return None
-    data: dict[str, Any] = {
-        "send_id": send.id,
-        "campaign_id": send.campaign_id,
-        "kind": send.kind,
-        "variant": send.variant,
-        "event_id": send.event_id,
-        "provider": send.provider,
-        "message_id": send.message_id,
-    }
+    facts = SendFacts(
+        send.id, send.customer_id, send.campaign_id, send.kind, send.variant, send.event_id
+    )
+    data: dict[str, Any] = _send_data(facts, send.provider, send.message_id)
     if type == "email_bounced":
         data["reason"] = send.reason
     return record_activity(
         session, type, send.customer_id, data, occurred_at, source=f"send-{send.id}"
     )
+
+
+def add_send_activity(
+    connection: DatabaseConnection,
+    type: ActivityType,
+    facts: SendFacts,
+    provider: str | None,
+    message_id: str | None,
+    occurred_at: datetime,
+    reason: str | None = None,
+) -> str:
+    """:func:`record_send_activity` from values in hand: the same row (id
+    ``<type>:send-<id>``, same data) in the caller's transaction, one
+    ``INSERT … ON CONFLICT DO NOTHING`` with no read before it (an id already recorded
+    stays as it is). ``reason`` is an ``email_bounced``'s. Returns the activity id."""
+    data = _send_data(facts, provider, message_id)
+    if type == "email_bounced":
+        data["reason"] = reason
+    key = f"{type}:send-{facts.send_id}"
+    dialect = connection.dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        raise RuntimeError(f"crosssell needs PostgreSQL or SQLite, not {dialect}")
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ActivityOutbox)
+    connection.execute(
+        insert.values(
+            activity_id=key,
+            type=type,
+            customer_id=facts.customer_id,
+            occurred_at=occurred_at,
+            data=data,
+            created_at=datetime.now(UTC),
+            published_at=None,
+        ).on_conflict_do_nothing(index_elements=["activity_id"])
+    )
+    return key
 
 
 def envelope(row: ActivityOutbox) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, case, or_, select, update
+from sqlalchemy import Connection, Engine, case, or_, select, update
 
 from worker.clock import Clock
 from worker.models import Enrollment, Send
@@ -53,7 +53,8 @@ def claim(
     One statement; on PostgreSQL the rows are picked with ``FOR UPDATE SKIP LOCKED`` so
     two workers never wait for each other. Rows already claimed under ``token`` and not
     handed over are returned again, so repeating a claim whose commit answer was lost
-    finds them.
+    finds them. Each new claim counts one in ``claims`` (the sweeper's crash-loop cap);
+    a repeated one does not.
     """
     if not ids:
         return []
@@ -73,6 +74,7 @@ def claim(
             lease_expires_at=now + lease,
             handed_over_at=None,
             updated_at=now,
+            claims=Send.claims + case((Send.status == "queued", 1), else_=0),
         )
         .returning(Send.id, Send.attempts)
     )
@@ -94,44 +96,60 @@ class HandOver:
     offered_skus: list[str] | None = None
 
 
-def hand_over(engine: Engine, token: str, item: HandOver, now: datetime, lease: timedelta) -> None:
-    """Record that ``item``'s message is about to leave, and commit.
+def hand_over(
+    bind: Engine | Connection, token: str, item: HandOver, now: datetime, lease: timedelta
+) -> None:
+    """Record that ``item``'s message is about to leave: committed here when ``bind`` is
+    an engine; on a connection, in the caller's transaction, which the caller commits
+    before the message leaves (the deliver task writes the previous message's answer in
+    the same commit).
 
     Raises :class:`LostClaim` if the row is no longer this token's ``sending`` one, and
     :class:`SequenceEnded` if a sequence step's enrollment is no longer active; either
-    way nothing is committed and the message must not leave. The lease is extended so
-    the answer can be recorded before the sweeper would call the send ambiguous.
+    way the transaction must be rolled back and the message must not leave. The lease is
+    extended so the answer can be recorded before the sweeper would call the send
+    ambiguous.
     """
+    if isinstance(bind, Engine):
+        with bind.begin() as connection:
+            _hand_over(connection, token, item, now, lease)
+    else:
+        _hand_over(bind, token, item, now, lease)
+
+
+def _hand_over(
+    connection: Connection, token: str, item: HandOver, now: datetime, lease: timedelta
+) -> None:
     written: dict[str, object] = {
         "handed_over_at": now,
         "lease_expires_at": now + lease,
         "attempts": item.attempts,
         "message_id": item.message_id,
         "updated_at": now,
+        "claims": 0,  # the attempt is counted now: the worker survived until here
     }
     if item.coupon_code is not None:
         written |= {"coupon_code": item.coupon_code, "coupon_expires_at": item.coupon_expires_at}
-    with engine.begin() as connection:
-        moved = connection.execute(
-            update(Send)
-            .where(Send.id == item.send_id, Send.claim_token == token, Send.status == "sending")
-            .values(**written)
+    moved = connection.execute(
+        update(Send)
+        .where(Send.id == item.send_id, Send.claim_token == token, Send.status == "sending")
+        .values(**written)
+    ).rowcount
+    if moved != 1:
+        raise LostClaim(f"send {item.send_id} is no longer claimed by this worker")
+    if item.enrollment_id is not None:
+        # The enrollment row stays locked until this commit: an exit either waits
+        # for the step to be handed over or wins and the step does not leave.
+        values: dict[str, object] = {"status": "active"}
+        if item.offered_skus is not None:
+            values |= {"offered_skus": item.offered_skus, "updated_at": now}
+        active = connection.execute(
+            update(Enrollment)
+            .where(Enrollment.id == item.enrollment_id, Enrollment.status == "active")
+            .values(**values)
         ).rowcount
-        if moved != 1:
-            raise LostClaim(f"send {item.send_id} is no longer claimed by this worker")
-        if item.enrollment_id is not None:
-            # The enrollment row stays locked until this commit: an exit either waits
-            # for the step to be handed over or wins and the step does not leave.
-            values: dict[str, object] = {"status": "active"}
-            if item.offered_skus is not None:
-                values |= {"offered_skus": item.offered_skus, "updated_at": now}
-            active = connection.execute(
-                update(Enrollment)
-                .where(Enrollment.id == item.enrollment_id, Enrollment.status == "active")
-                .values(**values)
-            ).rowcount
-            if active != 1:
-                raise SequenceEnded(f"enrollment {item.enrollment_id} ended")
+        if active != 1:
+            raise SequenceEnded(f"enrollment {item.enrollment_id} ended")
 
 
 def release(
@@ -163,6 +181,7 @@ def release(
                 claim_token=None,
                 lease_expires_at=None,
                 handed_over_at=None,
+                claims=0,
                 updated_at=now,
             )
             .returning(Send.id)
@@ -250,6 +269,7 @@ def release_by_operator(engine: Engine, send_ids: Sequence[int], now: datetime) 
                     claim_token=None,
                     lease_expires_at=None,
                     handed_over_at=None,
+                    claims=0,
                     updated_at=now,
                 )
             ).rowcount

@@ -3,12 +3,15 @@
 One deliver task takes a batch of send ids. It claims them in one statement under a
 random token and a lease it renews while it works (``worker.claims``), loads what the
 rechecks need in a few queries, prepares each message with the engine's own recheck,
-records skips and reschedules in one commit, hands the messages to the provider's
-``send_many`` and records the answers in one commit. Each message's hand-over is a
-committed, token-conditional UPDATE just before its irreversible step: a message whose
-hand-over fails never leaves, and a worker that dies before it leaves its sends to the
-sweeper, which gives expired claims back to the queue. Only a send handed over without
-a recorded answer is ambiguous; it is reported, never re-sent. See docs/delivery.md.
+records skips and reschedules in one commit, and hands the messages to the provider's
+``send_many``. Each message's hand-over is a committed, token-conditional UPDATE just
+before its irreversible step: a message whose hand-over fails never leaves, and a worker
+that dies before it leaves its sends to the sweeper, which gives expired claims back to
+the queue. When messages leave one at a time, the answer of each is written in the
+commit of the next one's hand-over (the last one's at the end of the batch): one commit
+per email, and still at most one message whose answer is not committed. Only a send
+handed over without a recorded answer is ambiguous; it is reported, never re-sent. See
+docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, select, update
-from sqlalchemy.exc import DBAPIError, InterfaceError
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from triggers.addresses import InvalidAddress, lookup_key, parse_address
@@ -31,7 +35,7 @@ from triggers.decide import Later, recheck
 from triggers.durations import parse_duration
 from triggers.offers import AnyOffer, OfferUnavailable
 from triggers.outcomes import SkipReason
-from worker.activity import record_send_activity
+from worker.activity import SendFacts, add_send_activity
 from worker.claims import (
     HandOver,
     Lease,
@@ -43,7 +47,7 @@ from worker.claims import (
     release,
 )
 from worker.coupons import coupon_code
-from worker.db import engine_for, session_factory, surviving_disconnects, transaction
+from worker.db import engine_for, session_factory, surviving_disconnects
 from worker.decision_inputs import RecheckInputs, recheck_inputs_many
 from worker.email_context import Coupon, email_context, links_for
 from worker.log_format import fields
@@ -68,6 +72,7 @@ from worker.unsubscribe_mail import mailto_for
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(hours=1)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,25 +341,37 @@ def _counted(send_id: int, campaign: str, status: str, reason: str | None) -> No
     )
 
 
-def _owned(session: Session, send_id: int, token: str, **values: Any) -> str | None:
+def _owned(executor: Session | Connection, send_id: int, token: str, **values: Any) -> str | None:
     """Move this token's ``sending`` row; returns its campaign, or None if it is not ours.
 
     ``sent`` may also replace a ``failed``/``ambiguous`` the sweeper wrote while the
-    answer was on its way: the token proves it is this attempt's answer.
+    answer was on its way: the token proves it is this attempt's answer. The claim ends
+    here, so its count for the crash-loop cap (``claims``) starts again.
     """
     expected = Send.status == "sending"
     if values.get("status") == "sent":
         expected = expected | ((Send.status == "failed") & (Send.reason == SkipReason.AMBIGUOUS))
-    moved = session.execute(
+    moved = executor.execute(
         update(Send)
         .where(Send.id == send_id, Send.claim_token == token, expected)
-        .values(lease_expires_at=None, **values)
+        .values(lease_expires_at=None, claims=0, **values)
         .returning(Send.campaign_id)
     ).first()
     return None if moved is None else str(moved[0])
 
 
-Record = Callable[[Session], str]
+def _suppress(connection: Connection, key: str, source: str, now: datetime) -> None:
+    """Add a hard-bounced address to the suppression list unless it is there already."""
+    dialect = connection.dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Suppression)
+    connection.execute(
+        insert.values(
+            email=key, reason=SkipReason.HARD_BOUNCE.value, source=source, created_at=now
+        ).on_conflict_do_nothing(index_elements=["email"])
+    )
+
+
+Record = Callable[[Connection], str]
 
 
 class _Batch:
@@ -374,6 +391,13 @@ class _Batch:
         self.attempts: dict[int, int] = {}
         self.outcomes: dict[int, str] = {}
         self.logged: list[tuple[int, str, str, str | None]] = []
+        # What the activity rows say about each prepared send, kept from the batch's load.
+        self.facts: dict[int, SendFacts] = {}
+        # Answers not committed yet: written with the next hand-over, or at the end.
+        self.pending: list[tuple[int, Record]] = []
+        # One connection for the batch's hand-overs and answers (one pool checkout and
+        # pre-ping per batch, not two per email); dropped after any error.
+        self.connection: Connection | None = None
 
     def run(self) -> dict[int, str]:
         now = self.runtime.clock.now()
@@ -384,10 +408,40 @@ class _Batch:
         self.outcomes = {send_id: "not_claimed" for send_id in self.ids}
         if not claimed:
             return self.outcomes
-        prepared = self._prepare_all([row.send_id for row in claimed])
-        if prepared:
-            self._send(prepared)
+        try:
+            prepared = self._prepare_all([row.send_id for row in claimed])
+            if prepared:
+                self._send(prepared)
+        finally:
+            self._drop_connection()
         return self.outcomes
+
+    def _unit(self, work: Callable[[Connection], T]) -> T:
+        """One transaction on the batch's connection: commit on success, roll back on
+        any error (and drop the connection, which may be the cause)."""
+        self.logged = []
+        connection = self.connection
+        if connection is None or connection.closed or connection.invalidated:
+            connection = self.connection = self.engine.connect()
+        try:
+            with connection.begin():
+                return work(connection)
+        except BaseException:
+            self._drop_connection()
+            raise
+
+    def _drop_connection(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # already broken: nothing to give back to the pool
+                log.debug("closing the batch's connection failed", exc_info=True)
+
+    def _log_moves(self) -> None:
+        for moved_id, campaign, status, reason in self.logged:
+            _counted(moved_id, campaign, status, reason)
+        self.logged = []
 
     # -- recheck and build ---------------------------------------------------------------
 
@@ -430,6 +484,14 @@ class _Batch:
                         raise _Unpreparable(send.id, exc) from exc
                     if isinstance(result, Prepared):
                         ready[send.id] = result
+                        self.facts[send.id] = SendFacts(
+                            send.id,
+                            send.customer_id,
+                            send.campaign_id,
+                            send.kind,
+                            send.variant,
+                            send.event_id,
+                        )
                         continue
                     if isinstance(result, Skip):
                         values: dict[str, Any] = {
@@ -485,9 +547,7 @@ class _Batch:
             send_id = ids[index]
             item = prepared[send_id]
             try:
-                hand_over(
-                    self.engine,
-                    self.token,
+                self._hand_over(
                     HandOver(
                         send_id,
                         self.attempts[send_id] + 1,
@@ -496,9 +556,7 @@ class _Batch:
                         item.coupon_expires_at,
                         item.enrollment_id,
                         item.offered_skus,
-                    ),
-                    runtime.clock.now(),
-                    self.lease,
+                    )
                 )
             except Exception as exc:
                 refused[index] = exc
@@ -517,20 +575,72 @@ class _Batch:
                 PROVIDER_SECONDS.labels(provider.name).observe(share)
             self._answered(ids, emails, results, handed, refused)
             return
-        # One message at a time, its answer recorded as soon as it came, so that a worker
-        # killed mid-batch leaves at most the message in flight ambiguous, not every
-        # message of the batch sent so far. With a rate limit each message first takes
-        # its own slot, never inside an SMTP transaction; the batch's slots are not taken
-        # up front, where a task lagging behind its block of slots would waste them.
-        for index, send_id in enumerate(ids):
-            if limiter is not None:
-                reservation = limiter.acquire()
-                if not reservation.granted:
-                    self._throttle(ids[index:], reservation.wait)
-                    return
-            with PROVIDER_SECONDS.labels(provider.name).time():
-                results = provider.send_many([emails[index]], partial(_nth, on_hand_over, index))
-            self._answered([send_id], [emails[index]], results, [handed[index]], [refused[index]])
+        # One message at a time, its answer written in the commit of the next message's
+        # hand-over (the last one's after the loop): one commit per email, and a worker
+        # killed mid-batch still leaves at most one message of the batch ambiguous — the
+        # one whose answer waits for the next commit — not every message sent so far.
+        # With a rate limit each message first takes its own slot, never inside an SMTP
+        # transaction, and its answer is committed before the next slot is waited for
+        # (a wait must not stretch the ambiguous window); the batch's slots are not
+        # taken up front, where a task lagging behind its block of slots would waste them.
+        try:
+            for index, send_id in enumerate(ids):
+                if limiter is not None:
+                    reservation = limiter.acquire()
+                    if not reservation.granted:
+                        self._throttle(ids[index:], reservation.wait)
+                        return
+                with PROVIDER_SECONDS.labels(provider.name).time():
+                    results = provider.send_many(
+                        [emails[index]], partial(_nth, on_hand_over, index)
+                    )
+                self._answered(
+                    [send_id],
+                    [emails[index]],
+                    results,
+                    [handed[index]],
+                    [refused[index]],
+                    # A refused hand-over committed nothing: record the answers now.
+                    defer=limiter is None and refused[index] is None,
+                )
+        finally:
+            if self.pending:
+                self._record_all([])
+
+    def _hand_over(self, item: HandOver) -> None:
+        """Commit ``item``'s hand-over together with the answers waiting for a commit;
+        raises (and commits nothing, the answers still waiting) if the hand-over is
+        refused or the commit fails.
+
+        The batch's connection is checked (pre-pinged) once per batch, so it may have
+        died since the last message (PostgreSQL restarted): a connection lost *before*
+        the COMMIT was sent committed nothing, and the unit is tried once more on a
+        fresh connection. A COMMIT whose answer was lost is never repeated."""
+        now = self.runtime.clock.now()
+        committing: list[bool] = []
+
+        def unit(connection: Connection) -> dict[int, str]:
+            committing.clear()
+            hand_over(connection, self.token, item, now, self.lease)
+            recorded = {send_id: record(connection) for send_id, record in self.pending}
+            committing.append(True)  # the COMMIT follows when this returns
+            return recorded
+
+        try:
+            outcomes = self._unit(unit)
+        except (OperationalError, InterfaceError) as exc:
+            if committing:
+                raise
+            log.warning(
+                "send %s: the database connection was lost before the hand-over (%s); "
+                "trying once more on a new one",
+                item.send_id,
+                exc.__class__.__name__,
+            )
+            outcomes = self._unit(unit)
+        self.outcomes |= outcomes
+        self.pending = []
+        self._log_moves()
 
     def _answered(
         self,
@@ -539,8 +649,10 @@ class _Batch:
         results: list[DeliveryResult | Exception],
         handed: list[bool],
         refused: list[Exception | None],
+        defer: bool = False,
     ) -> None:
-        """Record the answers (one commit) and release the sends that never left."""
+        """Record the answers — in one commit now, or with ``defer`` in the next
+        hand-over's commit — and release the sends that never left."""
         released: list[int] = []
         records: list[tuple[int, Record]] = []
         for index, result in enumerate(results):
@@ -550,7 +662,10 @@ class _Batch:
                 released.append(send_id)
             else:
                 records.append((send_id, record))
-        self._record_all(records)
+        if defer:
+            self.pending.extend(records)
+        else:
+            self._record_all(records)
         if released:
             self._release(released)
 
@@ -634,16 +749,16 @@ class _Batch:
         )
 
     def _record_all(self, records: list[tuple[int, Record]]) -> None:
-        """Every answer of the round in one commit; should one of them fail for another
-        reason than the connection (a bug), each is recorded on its own instead."""
+        """The waiting answers and ``records`` in one commit; should one of them fail for
+        another reason than the connection (a bug), each is recorded on its own instead."""
+        records = self.pending + records
+        self.pending = []
 
-        def unit() -> dict[int, str]:
-            self.logged = []
-            with transaction(self.url) as session:
-                return {send_id: record(session) for send_id, record in records}
+        def unit(connection: Connection) -> dict[int, str]:
+            return {send_id: record(connection) for send_id, record in records}
 
         try:
-            self.outcomes |= surviving_disconnects(unit)
+            self.outcomes |= surviving_disconnects(partial(self._unit, unit))
         except (DBAPIError, InterfaceError):
             raise
         except Exception:
@@ -651,18 +766,11 @@ class _Batch:
             for send_id, record in records:
                 self._record(send_id, record)
             return
-        for moved_id, campaign, status, reason in self.logged:
-            _counted(moved_id, campaign, status, reason)
+        self._log_moves()
 
     def _record(self, send_id: int, record: Record) -> None:
-        def unit() -> str:
-            self.logged = []
-            with transaction(self.url) as session:
-                return record(session)
-
-        self.outcomes[send_id] = surviving_disconnects(unit)
-        for moved_id, campaign, status, reason in self.logged:
-            _counted(moved_id, campaign, status, reason)
+        self.outcomes[send_id] = surviving_disconnects(partial(self._unit, record))
+        self._log_moves()
 
     def _release(self, ids: list[int]) -> None:
         now = self.runtime.clock.now()
@@ -678,9 +786,9 @@ class _Batch:
         for send_id in ids:
             self.outcomes[send_id] = "released" if send_id in done else "not_claimed"
 
-    def _move(self, session: Session, send_id: int, outcome: str, **values: Any) -> str:
+    def _move(self, connection: Connection, send_id: int, outcome: str, **values: Any) -> str:
         campaign = _owned(
-            session, send_id, self.token, updated_at=self.runtime.clock.now(), **values
+            connection, send_id, self.token, updated_at=self.runtime.clock.now(), **values
         )
         if campaign is None:
             return "not_claimed"
@@ -688,11 +796,11 @@ class _Batch:
         return outcome
 
     def _sent(
-        self, session: Session, send_id: int, email: OutgoingEmail, result: DeliveryResult
+        self, connection: Connection, send_id: int, email: OutgoingEmail, result: DeliveryResult
     ) -> str:
         done = self.runtime.clock.now()
         outcome = self._move(
-            session,
+            connection,
             send_id,
             "sent",
             status="sent",
@@ -705,16 +813,23 @@ class _Batch:
             detail=None,
         )
         if outcome == "sent":
-            record_send_activity(session, "email_sent", send_id, done)
+            add_send_activity(
+                connection,
+                "email_sent",
+                self.facts[send_id],
+                result.provider,
+                email.message_id,
+                done,
+            )
         return outcome
 
     def _retry_or_fail(
-        self, session: Session, send_id: int, attempts: int, exc: TransientDeliveryError
+        self, connection: Connection, send_id: int, attempts: int, exc: TransientDeliveryError
     ) -> str:
         settings = self.runtime.settings
         if attempts >= settings.max_attempts:
             outcome = self._move(
-                session,
+                connection,
                 send_id,
                 "failed",
                 status="failed",
@@ -726,7 +841,7 @@ class _Batch:
             return outcome
         wait = backoff(attempts, settings.retry_base_seconds, exc.retry_after)
         outcome = self._move(
-            session,
+            connection,
             send_id,
             "retry",
             status="planned",
@@ -745,7 +860,7 @@ class _Batch:
         return outcome
 
     def _ambiguous(
-        self, session: Session, send_id: int, email: OutgoingEmail, exc: Exception
+        self, connection: Connection, send_id: int, email: OutgoingEmail, exc: Exception
     ) -> str:
         """The provider may have the message: record that, report it, never send it again."""
         if not isinstance(exc, DeliveryError):
@@ -756,7 +871,7 @@ class _Batch:
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
         outcome = self._move(
-            session,
+            connection,
             send_id,
             "ambiguous",
             status="failed",
@@ -775,7 +890,7 @@ class _Batch:
 
     def _fail(
         self,
-        session: Session,
+        connection: Connection,
         send_id: int,
         email: OutgoingEmail,
         exc: PermanentDeliveryError,
@@ -792,7 +907,7 @@ class _Batch:
             else SkipReason.REJECTED
         )
         outcome = self._move(
-            session,
+            connection,
             send_id,
             "failed",
             status="failed",
@@ -801,17 +916,18 @@ class _Batch:
             attempts=attempts,
         )
         if outcome == "failed" and exc.hard_bounce:
-            record_send_activity(session, "email_bounced", send_id, now)
-        key = lookup_key(email.recipient)
-        if exc.hard_bounce and session.get(Suppression, key) is None:
-            session.add(
-                Suppression(
-                    email=key,
-                    reason=SkipReason.HARD_BOUNCE,
-                    source=f"send:{send_id}",
-                    created_at=now,
-                )
+            # The row's provider is set only when a send is sent, so a bounce's is None.
+            add_send_activity(
+                connection,
+                "email_bounced",
+                self.facts[send_id],
+                None,
+                email.message_id,
+                now,
+                reason=reason,
             )
+        if exc.hard_bounce:
+            _suppress(connection, lookup_key(email.recipient), f"send:{send_id}", now)
         if exc.policy:
             log.error(
                 "OPERATOR: provider refused send %s by policy (%s); the customer is not "

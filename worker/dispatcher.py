@@ -21,9 +21,10 @@ from datetime import datetime
 from functools import partial
 from typing import cast
 
-from sqlalchemy import Table, func, or_, select, update
+from sqlalchemy import Table, case, func, or_, select, update
 
 from triggers.durations import parse_duration
+from triggers.outcomes import SkipReason
 from worker.db import engine_for, transaction
 from worker.models import Send
 from worker.runtime import Runtime
@@ -107,8 +108,11 @@ def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], list[int]
                 .values(queued_at=now, updated_at=now)
             )
         # The worker died (or lost the database) before handing any of these over: no
-        # message left, so they are queued again under no owner.
-        recovered = session.execute(
+        # message left, so they are queued again under no owner — unless this was the
+        # max_claims-th such claim in a row: a message that kills its worker (OOM while
+        # rendering) fails instead of crash-looping the fleet forever.
+        exhausted = Send.claims >= settings.max_claims
+        swept = session.execute(
             update(Send)
             .where(
                 Send.status == "sending",
@@ -116,14 +120,25 @@ def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], list[int]
                 Send.handed_over_at.is_(None),
             )
             .values(
-                status="queued",
+                status=case((exhausted, "failed"), else_="queued"),
+                reason=case((exhausted, SkipReason.CLAIMS_EXHAUSTED.value), else_=Send.reason),
+                detail=case(
+                    (
+                        exhausted,
+                        f"claimed {settings.max_claims} times (CROSSSELL_MAX_CLAIMS) by "
+                        "workers that stopped before handing it over; nothing was sent",
+                    ),
+                    else_=Send.detail,
+                ),
                 claim_token=None,
                 lease_expires_at=None,
-                queued_at=now,
+                queued_at=case((exhausted, Send.queued_at), else_=now),
                 updated_at=now,
             )
-            .returning(Send.id)
+            .returning(Send.id, Send.status)
         ).all()
+        failed = [row.id for row in swept if row.status == "failed"]
+        recovered = [row.id for row in swept if row.status != "failed"]
         stuck = session.execute(
             update(Send)
             .where(
@@ -150,12 +165,19 @@ def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], list[int]
             send_id,
             message_id or "not recorded",
         )
+    for send_id in failed:
+        log.error(
+            "OPERATOR: send %s failed/claims_exhausted: its worker stopped before the "
+            "hand-over %s times in a row; not sent (docs/delivery.md)",
+            send_id,
+            settings.max_claims,
+        )
     if recovered:
         log.warning(
             "%s send(s) claimed by a worker that stopped before handing them over: queued again",
             len(recovered),
         )
-    return ids, [row.id for row in recovered], len(stuck)
+    return ids, recovered, len(stuck)
 
 
 def _plan_steps(runtime: Runtime, now: datetime) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -210,6 +211,9 @@ class Send(Base):
     claim_token: Mapped[str | None] = mapped_column(String(32), index=True, default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     handed_over_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Claims since the last hand-over or release: the sweeper fails a send whose claim
+    # expired CROSSSELL_MAX_CLAIMS times (a message that kills its worker), migration 0014.
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class RateLimitState(Base):

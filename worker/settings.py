@@ -232,6 +232,12 @@ class Settings(BaseSettings):
         "7d", description="a purchase this long after an email or holdout is its conversion"
     )
     max_attempts: int = Field(8, ge=1)
+    max_claims: int = Field(
+        5,
+        ge=1,
+        description="claims that expired without a hand-over (the worker died) before a "
+        "send is failed as claims_exhausted",
+    )
     retry_base_seconds: float = 30.0
 
     @field_validator(

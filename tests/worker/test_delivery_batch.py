@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import insert, select, update
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.engine import make_url
 
 from tests.support.factories import TUESDAY_MORNING
@@ -72,6 +72,37 @@ def private_database(private_postgres: PrivatePostgres) -> Iterator[str]:
         upgrade(url)
         yield url
         dispose_engines()
+
+
+def test_a_connection_lost_between_two_messages_is_replaced_before_the_hand_over(
+    tmp_path: Path, private_database: str, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch keeps one connection for its hand-overs and answers (pinged once per
+    batch): when its backend dies between two messages (a PostgreSQL restart), the next
+    hand-over fails before its COMMIT, so nothing was committed and it is tried again on
+    a new connection. Both messages go out once and both answers are recorded."""
+    runtime = _runtime(tmp_path, private_database, email_provider="smtp", smtp_port=smtp_sink.port)
+    (first, second) = _due(runtime, 2, "C-restart")
+    libpq = make_url(private_database).set(drivername="postgresql")
+    conninfo = libpq.render_as_string(hide_password=False)
+    real_hand_over = delivery._Batch._hand_over
+    killed: list[int] = []
+
+    def kill_the_connection_first(batch: Any, item: HandOver) -> None:
+        if item.send_id == second and batch.connection is not None:
+            pid = batch.connection.connection.driver_connection.info.backend_pid
+            with psycopg.connect(conninfo, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            killed.append(pid)
+        real_hand_over(batch, item)
+
+    monkeypatch.setattr(delivery._Batch, "_hand_over", kill_the_connection_first)
+    assert deliver_batch(runtime, [first, second]) == {first: "sent", second: "sent"}
+    assert len(killed) == 1, "the connection of the first hand-over was terminated"
+    assert len(smtp_sink.handler.messages) == 2
+    for send_id in (first, second):
+        row = _row(private_database, send_id)
+        assert (row.status, row.attempts) == ("sent", 1)
 
 
 def test_a_hand_over_whose_answer_is_lost_is_sent_once_later_never_ambiguous(
@@ -203,6 +234,86 @@ def test_a_dispatcher_killed_after_queueing_is_made_good_after_requeue_after(
     runtime.clock = ShiftedClock(DUE + requeue + timedelta(seconds=1))
     assert sorted(_dispatch(runtime)) == sorted(ids)
     assert set(deliver_batch(runtime, ids).values()) == {"sent"}
+
+
+# --- the crash-loop cap (CROSSSELL_MAX_CLAIMS) ----------------------------------------------
+
+
+class _WorkerKilled(BaseException):
+    """Stands for the process dying while it renders (OOM): not an ``Exception``, so no
+    handler of the worker catches it, and nothing after it runs, as after a SIGKILL."""
+
+
+def _render_kills_the_worker(monkeypatch: pytest.MonkeyPatch, runtime: Runtime) -> None:
+    def killed(*_: Any, **__: Any) -> Any:
+        raise _WorkerKilled
+
+    monkeypatch.setattr(type(runtime.renderer), "render", killed)
+
+
+def test_a_send_that_kills_its_worker_before_the_hand_over_fails_after_max_claims(
+    tmp_path: Path,
+    database_url: str,
+    smtp_sink: SmtpSink,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Attempts are counted at the hand-over, so a message that kills its worker while it
+    renders would be queued again at every lease expiry forever. Through the real task
+    and the real sweep: it comes back ``max_claims - 1`` times, then fails with the
+    reason; nothing ever reaches the provider."""
+    runtime = _runtime(tmp_path, database_url, email_provider="smtp", smtp_port=smtp_sink.port)
+    max_claims = runtime.settings.max_claims
+    assert max_claims == 5, "the documented default"
+    (send_id,) = _due(runtime, 1, "C-oom")
+    lease = parse_duration(runtime.settings.delivery_lease)
+    _render_kills_the_worker(monkeypatch, runtime)
+    now = DUE
+    for claims in range(1, max_claims + 1):
+        runtime.clock = ShiftedClock(now)
+        with pytest.raises(_WorkerKilled):
+            deliver_batch(runtime, [send_id])
+        row = _row(database_url, send_id)
+        assert (row.status, row.claims, row.handed_over_at) == ("sending", claims, None)
+        now += lease + timedelta(seconds=1)
+        runtime.clock = ShiftedClock(now)
+        with caplog.at_level(logging.ERROR, logger="worker.dispatcher"):
+            requeued = _dispatch(runtime)
+        if claims < max_claims:
+            assert requeued == [send_id], f"claim {claims} of {max_claims}: queued again"
+            assert _row(database_url, send_id).status == "queued"
+    assert requeued == []
+    failed = _row(database_url, send_id)
+    assert (failed.status, failed.reason, failed.attempts) == ("failed", "claims_exhausted", 0)
+    assert failed.claim_token is None and failed.detail is not None
+    assert f"send {send_id} failed/claims_exhausted" in caplog.text
+    assert smtp_sink.handler.messages == []
+    assert deliver_send(runtime, send_id) == "not_claimed", "failed for good"
+
+
+def test_the_claim_count_starts_again_once_a_worker_survives_to_the_hand_over(
+    tmp_path: Path, database_url: str, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims count the deaths *in a row*: a send that killed a worker (or several, fewer
+    than the cap) and then goes out is ``sent`` with its count back at 0."""
+    runtime = _runtime(tmp_path, database_url, email_provider="smtp", smtp_port=smtp_sink.port)
+    (send_id,) = _due(runtime, 1, "C-flaky")
+    lease = parse_duration(runtime.settings.delivery_lease)
+    now = DUE
+    with monkeypatch.context() as patched:
+        _render_kills_the_worker(patched, runtime)
+        for _ in range(runtime.settings.max_claims - 1):
+            runtime.clock = ShiftedClock(now)
+            with pytest.raises(_WorkerKilled):
+                deliver_batch(runtime, [send_id])
+            now += lease + timedelta(seconds=1)
+            runtime.clock = ShiftedClock(now)
+            assert _dispatch(runtime) == [send_id]
+    assert _row(database_url, send_id).claims == runtime.settings.max_claims - 1
+    assert deliver_send(runtime, send_id) == "sent"
+    sent = _row(database_url, send_id)
+    assert (sent.status, sent.claims, sent.attempts) == ("sent", 0, 1)
+    assert len(smtp_sink.handler.messages) == 1
 
 
 # --- crosssell sends release --------------------------------------------------------------
@@ -365,12 +476,16 @@ def test_a_lost_claim_keeps_the_message_from_leaving(
     runtime = _runtime(tmp_path, database_url, email_provider="smtp", smtp_port=smtp_sink.port)
     (send_id,) = _due(runtime, 1, "C-taken")
 
-    def taken_back(engine: Any, token: str, item: HandOver, *rest: Any) -> None:
+    real_hand_over = delivery._Batch._hand_over
+
+    def taken_back(batch: Any, item: HandOver) -> None:
+        # Committed before the hand-over's transaction begins (on SQLite a write inside
+        # it would wait for the worker's own write lock).
         with transaction(database_url) as session:
             session.execute(update(Send).where(Send.id == item.send_id).values(claim_token=None))
-        hand_over(engine, token, item, *rest)
+        real_hand_over(batch, item)
 
-    monkeypatch.setattr(delivery, "hand_over", taken_back)
+    monkeypatch.setattr(delivery._Batch, "_hand_over", taken_back)
     assert deliver_send(runtime, send_id) == "not_claimed"
     assert smtp_sink.handler.messages == []
     with transaction(database_url) as session:
@@ -378,25 +493,49 @@ def test_a_lost_claim_keeps_the_message_from_leaving(
 
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
-def test_smtp_answers_are_recorded_as_they_come_so_a_kill_leaves_one_ambiguous(
+def test_smtp_answers_ride_on_the_next_hand_over_so_a_kill_leaves_one_ambiguous(
     tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, pipelining: bool
 ) -> None:
-    """SMTP answers each final dot on its own: when the next message is handed over, the
-    one before it is already recorded ``sent``. A worker killed mid-batch then leaves at
-    most the message in flight ambiguous, not every message of the batch sent so far."""
+    """SMTP answers each final dot on its own; the answer is committed with the next
+    message's hand-over, the last one's at the end: one commit per email. When message
+    *i* is about to be handed over, every message before *i - 1* is recorded ``sent`` and
+    only *i - 1* waits (``sending``, handed over), so a worker killed mid-batch leaves at
+    most one message ambiguous, not every message of the batch sent so far."""
     with SmtpSink(pipelining=pipelining) as sink:
         runtime = _runtime(tmp_path, database_url, email_provider="smtp", smtp_port=sink.port)
         ids = _due(runtime, 4, f"C-each-{pipelining}")
         seen: list[tuple[int, list[str]]] = []
+        commits: list[int] = []
+        reading: list[bool] = []
 
-        def note_earlier_statuses(engine_: Any, token: str, item: HandOver, *rest: Any) -> None:
+        real_hand_over = delivery._Batch._hand_over
+
+        def note_earlier_statuses(batch: Any, item: HandOver) -> None:
+            # Read before the hand-over's transaction begins (on SQLite a read inside it
+            # would wait for the worker's own write lock).
             earlier = ids[: ids.index(item.send_id)]
+            reading.append(True)
             seen.append((item.send_id, [_row(database_url, send_id).status for send_id in earlier]))
-            hand_over(engine_, token, item, *rest)
+            reading.clear()
+            real_hand_over(batch, item)
 
-        monkeypatch.setattr(delivery, "hand_over", note_earlier_statuses)
-        outcomes = deliver_batch(runtime, ids)
+        def count_commit(*_: Any) -> None:
+            if seen and not reading:  # the worker's, from the first hand-over on
+                commits.append(1)
+
+        engine = engine_for(database_url)
+        event.listen(engine, "commit", count_commit)
+        monkeypatch.setattr(delivery._Batch, "_hand_over", note_earlier_statuses)
+        try:
+            outcomes = deliver_batch(runtime, ids)
+        finally:
+            event.remove(engine, "commit", count_commit)
     assert outcomes == dict.fromkeys(ids, "sent")
-    assert seen == [(send_id, ["sent"] * position) for position, send_id in enumerate(ids)]
+    assert seen == [
+        (send_id, ["sent"] * (position - 1) + ["sending"] * min(position, 1))
+        for position, send_id in enumerate(ids)
+    ]
+    assert len(commits) == len(ids) + 1, "one commit per hand-over, one for the last answer"
+    assert [_row(database_url, send_id).status for send_id in ids] == ["sent"] * len(ids)
     assert len(sink.handler.messages) == 4
     assert sink.handler.connections == 1, "one connection carried the whole batch"
