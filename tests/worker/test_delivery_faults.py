@@ -57,7 +57,10 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("celery", path=str(BIN)) is None, reason="no celery"),
 ]
-SENDS = int(os.environ.get("CROSSSELL_FAULT_SENDS", "2000"))
+# 1,000 sends: the workers are still killed 6 times before 90% arrive (6 kills on 600
+# sends at load 20), and the module's seeding (in-process ingest, traced by coverage)
+# stays well inside pytest-timeout's 300 s, which 2,000 passed at load 15.
+SENDS = int(os.environ.get("CROSSSELL_FAULT_SENDS", "1000"))
 SMALLER = min(SENDS, 600)
 # The shared rate limit test: 20/s is well under what two workers reach in CI; its sends
 # cover the start-up, the 1 s settling and the 10 s window at that rate, then a little.
