@@ -12,8 +12,9 @@ from tests.support.services import fresh_postgres_database
 from tests.support.smtp_sink import SmtpSink
 
 # Puts the ``integration`` marker on every test that needs a service, and fails one that
-# reaches a service without it (see the module's docstring).
-pytest_plugins = ["tests.support.integration"]
+# reaches a service without it (see the module's docstring); and the ``private_postgres``
+# fixture of the tests that break a PostgreSQL server.
+pytest_plugins = ["tests.support.integration", "tests.support.private_services"]
 
 
 @pytest.fixture(scope="session")

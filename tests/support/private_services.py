@@ -17,6 +17,9 @@ temporary directory, on free loopback ports, and removes everything on ``close()
   cache-configured production Redis: a restart loses every key.
 
 A missing binary skips the test (fails it with ``CI=true``), see ``services.unavailable``.
+
+The module-scoped ``private_postgres`` fixture (one cluster per test module) is loaded for
+every test by ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.support.services import unavailable
 from tests.support.smtp_sink import free_port
@@ -289,3 +295,15 @@ class PrivateRedis:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """The test module's own PostgreSQL cluster: its backends may be terminated freely.
+    One ``initdb`` and boot per module (a few seconds), shared by its tests."""
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -318,19 +318,16 @@ def _consuming(settings: Settings) -> Iterator[EventConsumer]:
 
 
 @pytest.fixture
-def outage_postgres() -> Iterator[str]:
-    """A migrated database on a PostgreSQL cluster of this test's own, whose every insert
+def outage_postgres(private_postgres: PrivatePostgres) -> Iterator[str]:
+    """A migrated database on this module's own PostgreSQL cluster, whose every insert
     into ``events`` kills its own connection (counting each time in a sequence, which no
     rollback undoes): the database is lost in the middle of every batch until the test
     drops the trigger. Private, so that no connection of the machine's server is cut."""
-    server = PrivatePostgres()
     try:
-        server.start()
-        with _outage_database(server.admin_url) as url:
+        with _outage_database(private_postgres.admin_url) as url:
             yield url
     finally:
         dispose_engines()
-        server.close()
 
 
 @contextmanager

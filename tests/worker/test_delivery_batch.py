@@ -55,17 +55,6 @@ def _due(runtime: Runtime, count: int, prefix: str) -> list[int]:
 # --- fault (a): the hand-over commit landed, its answer was lost ---------------------------
 
 
-@pytest.fixture(scope="module")
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """This module's own PostgreSQL cluster: its backends may be terminated freely."""
-    server = PrivatePostgres()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
 @pytest.fixture
 def private_database(private_postgres: PrivatePostgres) -> Iterator[str]:
     with fresh_postgres_database(admin_url=private_postgres.admin_url) as url:

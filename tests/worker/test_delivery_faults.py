@@ -57,21 +57,17 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("celery", path=str(BIN)) is None, reason="no celery"),
 ]
-SENDS = int(os.environ.get("CROSSSELL_FAULT_SENDS", "2000"))
+# 1,000 sends: the workers are still killed 6 times before 90% arrive (6 kills on 600
+# sends at load 20), and the module's seeding (in-process ingest, traced by coverage)
+# stays well inside pytest-timeout's 300 s, which 2,000 passed at load 15.
+SENDS = int(os.environ.get("CROSSSELL_FAULT_SENDS", "1000"))
 SMALLER = min(SENDS, 600)
-RATE_SENDS = min(SENDS, 1400)
+# The shared rate limit test: 20/s is well under what two workers reach in CI; its sends
+# cover the start-up, the 1 s settling and the 10 s window at that rate, then a little.
+RATE, BURST, WINDOW = 20, 5, 10.0
+RATE_SENDS = min(SENDS, 320)
+SINK_JITTER = 1.0  # seconds a slot's message may take to the sink beyond the fastest one
 REPORT = re.compile(r"OPERATOR: send (\d+) \(Message-ID (<[^>]+>)\) is ambiguous")
-
-
-@pytest.fixture(scope="module")
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """The module's own PostgreSQL cluster: its connections may be terminated freely."""
-    server = PrivatePostgres()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")
@@ -323,14 +319,36 @@ def test_smtp_4xx_retried_until_delivered_5xx_failed_and_suppressed(
 
 @pytest.fixture
 def rate_run(seeded_template: tuple[str, Path, str]) -> Iterator[str]:
-    """Enough sends to keep 50/s busy for the 20 s window and the start before it."""
+    """Enough sends to keep ``RATE`` per second busy past the end of the measured window."""
     yield from fleet_database(seeded_template, RATE_SENDS)
+
+
+def largest_excess(stamps: list[float], rate: float) -> float:
+    """The most messages any stretch of ``stamps`` holds beyond ``rate`` times its
+    length: over every pair i <= j, ``(j - i + 1) - rate * (stamps[j] - stamps[i])``.
+    A limiter of ``rate`` with ``burst`` never lets it exceed ``burst`` at the sender."""
+    ordered = sorted(stamps)
+    return max(
+        (j - i + 1) - rate * (ordered[j] - ordered[i])
+        for i in range(len(ordered))
+        for j in range(i, len(ordered))
+    )
 
 
 def test_rate_limit_shared_by_two_worker_processes(
     tmp_path: Path, rate_run: str, broker: str, private_redis: PrivateRedis
 ) -> None:
-    """50/s across two processes (Redis holds the shared rate), measured at the sink.
+    """``RATE``/s across two processes (Redis holds the shared rate), measured at the sink.
+
+    What the limiter guarantees is checked strictly: no stretch of the run, start-up
+    included, holds more than ``RATE`` times its length plus the burst, plus
+    ``SINK_JITTER`` seconds' worth for the varying time from a slot to the sink's
+    acceptance (an SMTP conversation on a loaded machine). Two processes each limited on
+    their own would send twice the rate: 200 messages too many over the window.
+
+    The lower bound only shows the shared limit does not starve the workers: two workers
+    reached 44/s in a CI run, but 7/s on two cores shared at load 14 (six test runs and
+    benchmarks at once), so a quarter of ``RATE`` is all the pipeline surely has.
 
     The limiter's Redis is private too: a parallel run sharing its keys would halve the
     rate each run measures."""
@@ -340,22 +358,23 @@ def test_rate_limit_shared_by_two_worker_processes(
             rate_run,
             broker,
             sink,
-            rate_limit_per_second="50",
-            rate_limit_burst="5",
+            rate_limit_per_second=str(RATE),
+            rate_limit_burst=str(BURST),
             rate_limit_url=private_redis.url,
         ) as fleet:
-            start = time.monotonic()
-            time.sleep(2)  # past the start-up burst
+            time.sleep(1)  # past the start-up burst
             window_start = time.monotonic()
-            time.sleep(20)
+            time.sleep(WINDOW)
             window_end = time.monotonic()
-            stamps = list(sink.handler.accepted_at)
             run_to_the_end(rate_run, fleet)
+        stamps = list(sink.handler.accepted_at)
         check_exactly_once(outcome(rate_run, sink.handler.message_ids()), fleet, RATE_SENDS)
     in_window = [t for t in stamps if window_start <= t < window_end]
     rate = len(in_window) / (window_end - window_start)
+    excess = largest_excess(stamps, RATE)
     print(
-        f"measured {rate:.1f} messages/s at the sink over 20 s (limit 50/s), "
-        f"{len(stamps)} received since {window_start - start:.1f}s"
+        f"measured {rate:.1f} messages/s at the sink over {WINDOW:g} s (limit {RATE}/s), "
+        f"largest excess over the limit {excess:.1f} messages (burst {BURST})"
     )
-    assert 45 <= rate <= 55
+    assert excess <= BURST + RATE * SINK_JITTER, "the sends outran the shared limit"
+    assert rate >= RATE / 4, "the shared limit held the workers far under it"

@@ -112,7 +112,9 @@ def test_throttling_and_outages_delay_but_never_lose_or_duplicate(
                 left = session.scalar(select(Send.id).where(Send.status.in_(UNFINISHED)).limit(1))
             if left is None:
                 break
-            assert time.monotonic() - started < 60, f"still unfinished: {outcomes}"
+            # A deadline against a stuck loop, not a speed test: on two cores shared with
+            # other runs (load 15-20) the loop was still making progress after 60 s.
+            assert time.monotonic() - started < 240, f"still unfinished: {outcomes}"
             time.sleep(0.05)
 
         workers.shutdown()

@@ -186,10 +186,12 @@ CSV_HEADER = CSV_GOOD.splitlines(keepends=True)[0]
 
 
 def _errors(path: Path) -> list[tuple[int, str]]:
-    started = time.perf_counter()
+    # CPU time of this process: a quadratic parse of the long lines would burn it, while
+    # wall time also counts whatever else a loaded machine runs.
+    started = time.process_time()
     with pytest.raises(CatalogError) as caught:
         parse_catalog(path)
-    assert time.perf_counter() - started < 2
+    assert time.process_time() - started < 2
     return [(error.line, error.column) for error in caught.value.errors]
 
 
