@@ -8,7 +8,11 @@ works the same in a Celery thread, the rule watcher and ``crosssell lint``):
 
 * **steps** — every loop iteration, macro or function call, filter and arithmetic
   operator is one step; a render may take ``max_steps``. The step hook also checks the
-  wall-clock ``time_limit``, so a render ends within a step of its deadline.
+  ``time_limit``, CPU seconds of the rendering thread (``time.thread_time``), every
+  ``CLOCK_EVERY`` steps (the clock is a system call of ~0.5 µs, steps are far cheaper), so
+  a render ends within that many steps of its deadline. CPU time rather than wall time:
+  a loaded machine or threads waiting on the GIL stretch wall time without the template
+  costing more, and a cheap render must not fail because the host is busy.
 * **size** — every string or list a template builds (``*``, ``+``, ``~``, ``%``, filters,
   string methods) is checked; operations that could *allocate* beyond ``max_value`` are
   refused before they run (``'x' * 10**9``, ``|center(10**9)``, ``|join`` of a huge list),
@@ -60,8 +64,8 @@ class RenderLimits:
     """Ceilings of one render of one email (subject, HTML and text together).
 
     A real email needs a few hundred steps and a few kB; Gmail clips an HTML part
-    beyond 102 kB. Units: steps, seconds, characters (or list items), call frames, bits,
-    bytes; ``max_html_depth`` is elements nested in the HTML part.
+    beyond 102 kB. Units: steps, CPU seconds of the rendering thread, characters (or list
+    items), call frames, bits, bytes; ``max_html_depth`` is elements nested in the HTML part.
     """
 
     max_steps: int = 100_000
@@ -74,12 +78,17 @@ class RenderLimits:
     max_html_depth: int = 256
 
 
+CLOCK_EVERY = 32
+"""Steps between two readings of the CPU clock (measured: ``time.thread_time`` 0.56 µs,
+``time.monotonic`` 0.045 µs per call on this project's 2-core test machine)."""
+
+
 class Budget:
     """What one render has spent; raises RenderLimitError when a ceiling is crossed."""
 
     def __init__(self, limits: RenderLimits, time_limit: float) -> None:
         self.limits = limits
-        self.deadline = time.monotonic() + time_limit
+        self.deadline = time.thread_time() + time_limit
         self.time_limit = time_limit
         self.steps = 0
         self.output = 0
@@ -97,8 +106,10 @@ class Budget:
             raise RenderLimitError(
                 f"render limit: output longer than {self.limits.max_output} characters"
             )
-        if time.monotonic() > self.deadline:
-            raise RenderLimitError(f"render limit: took longer than {self.time_limit:g} s")
+        if not self.steps % CLOCK_EVERY and time.thread_time() > self.deadline:
+            raise RenderLimitError(
+                f"render limit: took longer than {self.time_limit:g} s of CPU time"
+            )
 
 
 _BUDGET: ContextVar[Budget | None] = ContextVar("crosssell_render_budget", default=None)
