@@ -53,11 +53,22 @@ def json_loads(text: str | bytes) -> object:
     return json.loads(text, parse_float=Decimal)
 
 
+POOL_SIZE = 10
+"""Connections a PostgreSQL pool keeps open per process."""
+POOL_OVERFLOW = 20
+"""Connections it may open beyond ``POOL_SIZE`` at a peak, closed again when returned."""
+
+
 def make_engine(url: str) -> Engine:
     """An engine with the options each backend needs for safe concurrent use.
 
     ``hide_parameters`` keeps bound values (addresses, names) out of SQLAlchemy's error
     messages and statement logs, which end up in our logs and tracebacks.
+
+    PostgreSQL pool: up to ``POOL_SIZE + POOL_OVERFLOW`` connections per process. A Celery
+    worker thread holds its batch's connection while it sends and briefly takes a second
+    one for its lease heartbeat and the recheck session, so the README's 8 threads need
+    up to 24; a smaller pool makes heartbeats wait out ``pool_timeout`` and leases expire.
     """
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1]
@@ -79,8 +90,8 @@ def make_engine(url: str) -> Engine:
         url,
         pool_pre_ping=True,
         hide_parameters=True,
-        pool_size=5,
-        max_overflow=5,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_OVERFLOW,
         json_serializer=json_dumps,
         json_deserializer=json_loads,
     )
