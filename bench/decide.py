@@ -2,7 +2,7 @@
 
 Writes 200 generated campaign files (mixed triggers, 2-8 condition leaves each, segments,
 priorities, cooldowns, windows, holdouts) to a temporary directory, loads them through
-``worker.rule_files.load_rule_set`` (the real YAML parser and compiler), builds a varied set
+``worker.decide.rule_files.load_rule_set`` (the real YAML parser and compiler), builds a varied set
 of events and customers, and times single decisions with ``time.perf_counter_ns``.
 
 Printed, each as median / p95 / p99 in microseconds per decision:
@@ -44,7 +44,7 @@ from bench.timing import (
 from triggers.decide import PastSend, Policy, Subject, decide
 from triggers.facts import build_facts
 from triggers.rule_set import RuleSet
-from worker.rule_files import load_definitions, load_rule_set
+from worker.decide.rule_files import load_definitions, load_rule_set
 
 TARGET_MEDIAN_US = 50.0
 CUSTOMERS = 500

@@ -57,7 +57,7 @@ def own_database() -> Iterator[str]:
     try:
         yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     finally:
-        from worker.db import dispose_engines
+        from worker.core.db import dispose_engines
 
         dispose_engines()
         with admin.connect() as connection:
@@ -104,7 +104,7 @@ class Counts:
 
 
 def count_database(url: str) -> Counts:
-    from worker.db import engine_for
+    from worker.core.db import engine_for
 
     counts = Counts()
     engine = engine_for(url)
@@ -122,12 +122,12 @@ def count_database(url: str) -> Counts:
 
 
 def run(sends: int, batch: int, profile: bool) -> None:
-    import worker.delivery as delivery
+    import worker.outbox.delivery as delivery
     from tests.support.factories import make_settings
     from tests.support.fleet import fleet_env, seed_due_sends
-    from worker.dispatcher import dispatch_once
-    from worker.migrate import upgrade
-    from worker.runtime import Runtime
+    from worker.commands.migrate import upgrade
+    from worker.outbox.dispatcher import dispatch_once
+    from worker.process.runtime import Runtime
 
     with own_database() as url, sink_process() as port, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -208,7 +208,7 @@ def run(sends: int, batch: int, profile: bool) -> None:
 
 
 def run_celery(sends: int, batch: int, pool: str, concurrency: int, broker: str) -> None:
-    """The same sends through ``celery -A worker.app worker --pool POOL``: emails per
+    """The same sends through ``celery -A worker.outbox.app worker --pool POOL``: emails per
     second between the first and the last ``sent_at``, and the CPU of the whole worker
     process tree (its children included) per email."""
     import resource
@@ -216,12 +216,12 @@ def run_celery(sends: int, batch: int, pool: str, concurrency: int, broker: str)
     from sqlalchemy import func, select
 
     from tests.support.fleet import fleet_env, seed_due_sends
-    from worker.db import transaction
-    from worker.dispatcher import celery_enqueue, dispatch_once
-    from worker.migrate import upgrade
-    from worker.models import Send
-    from worker.runtime import Runtime, get_runtime
-    from worker.settings import get_settings
+    from worker.commands.migrate import upgrade
+    from worker.core.db import transaction
+    from worker.core.models import Send
+    from worker.core.settings import get_settings
+    from worker.outbox.dispatcher import celery_enqueue, dispatch_once
+    from worker.process.runtime import Runtime, get_runtime
 
     with own_database() as url, sink_process() as port, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -251,7 +251,7 @@ def run_celery(sends: int, batch: int, pool: str, concurrency: int, broker: str)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         worker = subprocess.Popen(
             [
-                *(sys.executable, "-m", "celery", "-A", "worker.app", "worker"),
+                *(sys.executable, "-m", "celery", "-A", "worker.outbox.app", "worker"),
                 *("--pool", pool, "--concurrency", str(concurrency), "--loglevel", "WARNING"),
                 *("--without-mingle", "--without-gossip", "--without-heartbeat"),
             ],
@@ -288,7 +288,7 @@ def run_celery(sends: int, batch: int, pool: str, concurrency: int, broker: str)
             f"{sent}/{sends} sent, {sent / span:.0f} emails/s, worker CPU "
             f"{cpu / max(sent, 1) * 1000:.2f} ms/email"
         )
-        from worker.app import app
+        from worker.outbox.app import app
 
         with app.connection_for_write() as connection:
             connection.default_channel.queue_delete(env["CROSSSELL_DELIVER_QUEUE"])

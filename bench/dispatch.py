@@ -40,12 +40,12 @@ def run(sends: int, rate: float, profile: bool, broker: str) -> None:
     import os
 
     from tests.support.fleet import fleet_env, seed_due_sends
-    from worker import dispatcher
-    from worker.db import transaction
-    from worker.migrate import upgrade
-    from worker.models import Send
-    from worker.runtime import Runtime
-    from worker.settings import get_settings
+    from worker.commands.migrate import upgrade
+    from worker.core.db import transaction
+    from worker.core.models import Send
+    from worker.core.settings import get_settings
+    from worker.outbox import dispatcher
+    from worker.process.runtime import Runtime
 
     with own_database() as url, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -75,7 +75,7 @@ def run(sends: int, rate: float, profile: bool, broker: str) -> None:
         ids.sort()
         wake: Callable[[Session], None] | None
         try:
-            from worker.wakeup import wake_dispatcher as wake
+            from worker.core.wakeup import wake_dispatcher as wake
         except ImportError:  # a tree from before the wake-up: polling only
             wake = None
         if not hasattr(dispatcher, "Waiter"):
@@ -84,7 +84,7 @@ def run(sends: int, rate: float, profile: bool, broker: str) -> None:
         publish_cpu = [0.0]
         profiler = cProfile.Profile() if profile else None
 
-        from worker.dispatcher import celery_enqueue
+        from worker.outbox.dispatcher import celery_enqueue
 
         def enqueue(batch: Sequence[int]) -> None:
             started = time.thread_time()
@@ -167,7 +167,7 @@ def run(sends: int, rate: float, profile: bool, broker: str) -> None:
             from bench.timing import print_profile
 
             print_profile(profiler, 30)
-        from worker.app import app
+        from worker.outbox.app import app
 
         with app.connection_for_write() as connection:
             connection.default_channel.queue_delete(env["CROSSSELL_DELIVER_QUEUE"])

@@ -163,11 +163,11 @@ def one_run(events: int, concurrency: int | None) -> tuple[float, int, float, fl
 def floor(count: int) -> tuple[float, float]:
     """Render + MIME build + ``.eml`` write of the bench campaign's email, alone in this
     process, for ``count`` recipients: (emails per second, CPU seconds per email)."""
-    from worker.email_context import sample_context
-    from worker.mime import Envelope, build_email, feedback_id_for, message_id_for
-    from worker.rendering import Renderer
-    from worker.rules import load_rules
-    from worker.settings import Settings
+    from worker.core.settings import Settings
+    from worker.decide.rules import load_rules
+    from worker.email.email_context import sample_context
+    from worker.email.mime import Envelope, build_email, feedback_id_for, message_id_for
+    from worker.email.rendering import Renderer
 
     with tempfile.TemporaryDirectory(prefix="crosssell-floor-") as tmp:
         campaigns = Path(tmp) / "campaigns"

@@ -3,8 +3,8 @@
 A minimal loop, in as many processes as the pipeline ran, that for the emails the
 pipeline just sent (same customers, campaigns, variants, templates, offered products and
 coupons, read back from the database) builds the template context with
-``worker.email_context.email_context``, renders it with ``worker.rendering.Renderer``,
-builds the MIME with ``worker.mime.build_email`` and sends it with ``smtplib`` over one
+``worker.email.email_context.email_context``, renders it with ``worker.email.rendering.Renderer``,
+builds the MIME with ``worker.email.mime.build_email`` and sends it with ``smtplib`` over one
 persistent connection per process to the same sink. No database, broker or bookkeeping:
 what is left is what the pipeline cannot avoid. Message-IDs start with ``<floor-`` so the
 harness can tell these apart at the sink.
@@ -22,11 +22,11 @@ from decimal import Decimal
 from typing import Any
 
 from triggers.offers import Product, ResolvedOffer, bundle_offer
-from worker.email_context import Coupon, email_context, links_for
-from worker.mime import Envelope, build_email, feedback_id_for
-from worker.rendering import Renderer
-from worker.rules import load_rules
-from worker.settings import Settings
+from worker.core.settings import Settings
+from worker.decide.rules import load_rules
+from worker.email.email_context import Coupon, email_context, links_for
+from worker.email.mime import Envelope, build_email, feedback_id_for
+from worker.email.rendering import Renderer
 
 KEYS = {"k1": b"a-long-random-bench-secret"}
 

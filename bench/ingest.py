@@ -3,7 +3,7 @@
 Creates its own PostgreSQL database (``crosssell_bench_<random>``, dropped at the end),
 migrates it, imports the demo catalog and, for each round, loads ``--events`` new
 customers, then stores one purchase event per customer through the consumer's own path
-(``worker.consumer.handle_bodies``: validation, one transaction per batch, the rule
+(``worker.intake.consumer.handle_bodies``: validation, one transaction per batch, the rule
 engine, the outbox) in batches of ``--batch`` bodies, as the consumer does after taking
 them off the queue. The broker is left out: its cost is the same with or without
 batches, and leaving it out keeps the figure about the database side.
@@ -63,12 +63,12 @@ def bench_database(admin_url: str) -> Iterator[str]:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     url = admin_url.rsplit("/", 1)[0] + f"/{name}"
     try:
-        from worker.migrate import upgrade
+        from worker.commands.migrate import upgrade
 
         upgrade(url)
         yield url
     finally:
-        from worker.db import dispose_engines
+        from worker.core.db import dispose_engines
 
         dispose_engines()
         with admin.connect() as connection:
@@ -78,8 +78,8 @@ def bench_database(admin_url: str) -> Iterator[str]:
 
 def load_customers(url: str, prefix: str, count: int) -> list[str]:
     """``count`` consenting customers with one earlier order each, inserted directly."""
-    from worker.db import engine_for
-    from worker.models import Customer
+    from worker.core.db import engine_for
+    from worker.core.models import Customer
 
     ids = [f"{prefix}-{index:06d}" for index in range(count)]
     rows = [
@@ -139,7 +139,7 @@ def purchase_body(customer_id: str, matching: bool) -> bytes:
 
 def store_function(runtime: Any) -> Callable[[Sequence[bytes]], list[Any]]:
     """The consumer's batch path, or, in a checkout before it, one body at a time."""
-    from worker import consumer
+    from worker.intake import consumer
 
     batch = getattr(consumer, "handle_bodies", None)
     if batch is not None:
@@ -205,9 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--admin-url", default=ADMIN_URL)
     args = parser.parse_args(argv)
 
-    from worker.clock import ShiftedClock
-    from worker.runtime import Runtime
-    from worker.settings import Settings
+    from worker.core.clock import ShiftedClock
+    from worker.core.settings import Settings
+    from worker.process.runtime import Runtime
 
     workdir = Path(tempfile.mkdtemp(prefix="crosssell-bench-ingest-"))
     try:
@@ -221,12 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 campaigns_dir=campaigns,
                 unsubscribe_keys="b1:bench-secret",
             )
-            from worker.demo import seed_catalog
+            from worker.commands.demo import seed_catalog
 
             seed_catalog(settings, NOW)
             runtime = Runtime(settings, clock=ShiftedClock(NOW))
             runtime.rules.current()  # load and compile the campaigns before any timing
-            from worker import consumer
+            from worker.intake import consumer
 
             path = (
                 f"handle_bodies, batches of {args.batch}"

@@ -5,10 +5,10 @@ paused or draft), the segments and attributes files and 24 templates (12 of them
 Romanian variant) on the project's ``templates/_base`` layout to a temporary directory,
 then times:
 
-* the full lint path, ``worker.rules.load_rules(settings, Renderer(settings), [dir])``,
+* the full lint path, ``worker.decide.rules.load_rules(settings, Renderer(settings), [dir])``,
   which parses and validates every file and parses and renders every template of every
   variant: each run, best and median (target: < 2 s);
-* the baseline: ``worker.rule_files.load_rule_set`` alone, without template checks;
+* the baseline: ``worker.decide.rule_files.load_rule_set`` alone, without template checks;
 * the YAML round-trip parse alone (``triggers.yaml_source.read_yaml`` on every file);
 * ``crosssell lint <dir>`` once as a subprocess, wall clock, interpreter start included.
 
@@ -33,10 +33,10 @@ from bench.timing import machine_line, print_profile, verdict, workdir
 from triggers.definitions import Definitions
 from triggers.rule_set import RuleSet
 from triggers.yaml_source import read_yaml
-from worker.rendering import Renderer
-from worker.rule_files import campaign_files, load_definitions, load_rule_set
-from worker.rules import load_rules
-from worker.settings import Settings
+from worker.core.settings import Settings
+from worker.decide.rule_files import campaign_files, load_definitions, load_rule_set
+from worker.decide.rules import load_rules
+from worker.email.rendering import Renderer
 
 TARGET_SECONDS = 2.0
 INACTIVE_SHARE = 0.1
@@ -83,7 +83,7 @@ def lint_command() -> list[str]:
     script = Path(sys.executable).parent / "crosssell"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from worker.cli import main; main()"]
+    return [sys.executable, "-c", "from worker.commands.cli import main; main()"]
 
 
 def run_subprocess(corpus: Corpus) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -104,7 +104,7 @@ def run_subprocess(corpus: Corpus) -> tuple[float, subprocess.CompletedProcess[s
 def interpreter_and_imports() -> float:
     """Wall time of a fresh interpreter that only imports the CLI module."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import worker.cli"], check=True)
+    subprocess.run([sys.executable, "-c", "import worker.commands.cli"], check=True)
     return time.perf_counter() - started
 
 
@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             start = interpreter_and_imports()
             bytecode = "off" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on"
             print(
-                f"    of which a fresh interpreter importing worker.cli: {start:.2f} s "
+                f"    of which a fresh interpreter importing worker.commands.cli: {start:.2f} s "
                 f"(PYTHONDONTWRITEBYTECODE {'set' if bytecode == 'off' else 'unset'})"
             )
 

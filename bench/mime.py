@@ -3,7 +3,7 @@
     python -m bench.mime
 
 For each demo campaign (config/campaigns) and locale (en, ro-RO, it-IT) the email is
-rendered with a realistic context, then built by ``worker.mime.build_email`` (the one
+rendered with a realistic context, then built by ``worker.email.mime.build_email`` (the one
 builder every provider and preview use: bytes, envelope and API fields) and, in the same
 run, as the same message through the standard library's ``email.message.EmailMessage``
 (``policy.SMTP``), the baseline. Prints messages per second on one core for each step,
@@ -26,16 +26,16 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from triggers.addresses import parse_address
-from worker.email_context import sample_context
-from worker.mime import Envelope, build_email, clear_caches, feedback_id_for, message_id_for
-from worker.rendering import RenderedEmail, Renderer
-from worker.rules import load_rules
-from worker.settings import Settings
+from worker.core.settings import Settings
+from worker.decide.rules import load_rules
+from worker.email.email_context import sample_context
+from worker.email.mime import Envelope, build_email, clear_caches, feedback_id_for, message_id_for
+from worker.email.rendering import RenderedEmail, Renderer
 
 LOCALES = ("en", "ro-RO", "it-IT")
 TARGET = 2000.0
 COUNT = 2000
-BUILDER = "MIME build only (worker.mime.build_email, the one builder)"
+BUILDER = "MIME build only (worker.email.mime.build_email, the one builder)"
 BASELINE = "MIME build only, stdlib EmailMessage (baseline)"
 
 
@@ -142,14 +142,14 @@ def main(argv: list[str] | None = None) -> int:
             "render only (sandboxed Jinja + CSS inlining)": _rate(render, count),
             BUILDER: _rate(fast, count),
             BASELINE: _rate(stdlib, count),
-            "render + worker.mime build": _rate(render_fast, count),
+            "render + worker.email.mime build": _rate(render_fast, count),
             "render + stdlib EmailMessage build (baseline)": _rate(render_stdlib, count),
         }
         for label, rate in rates.items():
             print(f"  {label:<58} {rate:>9,.0f} messages/s")
         speedup = rates[BUILDER] / rates[BASELINE]
         verdict = "meets" if rates[BUILDER] >= TARGET else "MISSES"
-        print(f"  worker.mime build vs stdlib EmailMessage: {speedup:.1f}x")
+        print(f"  worker.email.mime build vs stdlib EmailMessage: {speedup:.1f}x")
         print(f"  builder {verdict} the target of {TARGET:,.0f} messages/s on one core")
     return 0
 

@@ -33,10 +33,10 @@ from bench.shop import ShopSpec, load_shop, make_shop
 from triggers.campaigns import RecommendedOffer
 from triggers.events import validate_event
 from triggers.facts import CustomerProfile
-from worker.db import dispose_engines, transaction
-from worker.migrate import upgrade
-from worker.offer_resolution import resolve_for_send
-from worker.recommendations import rebuild_affinities
+from worker.commands.migrate import upgrade
+from worker.core.db import dispose_engines, transaction
+from worker.offers.offer_resolution import resolve_for_send
+from worker.offers.recommendations import rebuild_affinities
 
 ADMIN_URL = os.environ.get(
     "CROSSSELL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -108,7 +108,7 @@ def run(customers: int, lines_per_customer: float, products: int, samples: int, 
             f"(matrix work {report.seconds:.1f} s of it)"
         )
 
-        from worker.catalog import recommended_for
+        from worker.offers.catalog import recommended_for
 
         with transaction(url) as session:
             hits = sum(

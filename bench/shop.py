@@ -22,7 +22,7 @@ from decimal import Decimal
 
 import numpy as np
 
-from worker.db import engine_for
+from worker.core.db import engine_for
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -153,7 +153,7 @@ def load_shop(database_url: str, shop: Shop, now: datetime | None = None) -> int
     ]
     from sqlalchemy import insert
 
-    from worker.models import Customer, Order, OrderLine, Product
+    from worker.core.models import Customer, Order, OrderLine, Product
 
     lines_written = 0
     if engine.dialect.name == "postgresql":

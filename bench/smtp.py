@@ -5,7 +5,7 @@
 A minimal SMTP sink runs in its own process on loopback (plain sockets, replies to a
 pipelined group written together, as Postfix does); ``--latency-ms`` makes it wait that
 long before each write of replies, a stand-in for the round trip to a relay on another
-machine. The same message (a demo-sized multipart email built by ``worker.mime``) is
+machine. The same message (a demo-sized multipart email built by ``worker.email.mime``) is
 sent ``--count`` times over one connection by:
 
 * the floor: ``smtplib.SMTP.sendmail`` in a loop (MAIL, RCPT, DATA, content: no hand-over,
@@ -36,10 +36,10 @@ from multiprocessing.context import SpawnProcess
 from multiprocessing.sharedctypes import Synchronized
 from statistics import median
 
-from worker.mime import Envelope, build_email, message_id_for
+from worker.email.mime import Envelope, build_email, message_id_for
+from worker.email.rendering import RenderedEmail
 from worker.providers.base import OutgoingEmail
 from worker.providers.smtp import SMTPProvider
-from worker.rendering import RenderedEmail
 
 FLOOR = "floor: smtplib sendmail loop"
 VARIANTS = (

@@ -12,7 +12,7 @@ What it does, in order (docs/performance.md has the whole story):
    (``--customers``, each with 1-4 past orders of the demo catalog: bench/shop.py);
 2. starts the SMTP sink in its own process (bench/sink.py) and measures what it takes
    from raw smtplib clients, to show it is not the bottleneck;
-3. starts ``crosssell consume``, ``crosssell dispatch`` and ``celery -A worker.app
+3. starts ``crosssell consume``, ``crosssell dispatch`` and ``celery -A worker.outbox.app
    worker`` as the README's process table does, configured only through ``CROSSSELL_*``
    variables, on the shipped campaigns and templates with their delays set to 0 and
    their send windows widened to the whole week (quiet hours off), so that every
@@ -502,7 +502,7 @@ class Bench:
                 name,
                 str(BIN / "celery"),
                 "-A",
-                "worker.app",
+                "worker.outbox.app",
                 "worker",
                 "--pool",
                 self.options.pool,

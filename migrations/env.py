@@ -31,10 +31,10 @@ from typing import Any
 from alembic import context
 from sqlalchemy import text
 
-import worker.webhooks.store  # noqa: F401  (registers webhook_events on the metadata)
-from worker.db import make_engine
-from worker.models import Base
-from worker.settings import get_settings
+import worker.records.webhook_events  # noqa: F401  (registers webhook_events on the metadata)
+from worker.core.db import make_engine
+from worker.core.models import Base
+from worker.core.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

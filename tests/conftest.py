@@ -20,7 +20,7 @@ pytest_plugins = ["tests.support.integration", "tests.support.private_services"]
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A migrated PostgreSQL database for the whole session."""
-    from worker.migrate import upgrade
+    from worker.commands.migrate import upgrade
 
     with fresh_postgres_database() as url:
         upgrade(url)
@@ -29,8 +29,8 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> Iterator[str]:
-    from worker.db import dispose_engines
-    from worker.migrate import upgrade
+    from worker.commands.migrate import upgrade
+    from worker.core.db import dispose_engines
 
     url = f"sqlite:///{tmp_path / 'crosssell.db'}"
     upgrade(url)
@@ -41,8 +41,8 @@ def sqlite_url(tmp_path: Path) -> Iterator[str]:
 def _truncate(url: str) -> None:
     from sqlalchemy import text
 
-    from worker.db import engine_for
-    from worker.models import Base
+    from worker.core.db import engine_for
+    from worker.core.models import Base
 
     names = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
     with engine_for(url).begin() as connection:

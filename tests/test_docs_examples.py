@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.rendering import Renderer
-from worker.rules import load_rules
-from worker.settings import PROJECT_ROOT, Settings
+from worker.core.settings import PROJECT_ROOT, Settings
+from worker.decide.rules import load_rules
+from worker.email.rendering import Renderer
 
 GUIDE = (PROJECT_ROOT / "docs" / "campaigns.md").read_text(encoding="utf-8")
 CAMPAIGNS = [

@@ -7,7 +7,7 @@ names it relative to the campaign file: ``# expect: ../templates/x/body.html:3:1
 a file that must lint clean on its own says ``# expect: none``.
 
 Campaigns are linted one at a time through the code path of ``crosssell lint``
-(``worker.rules.load_rules`` with the real renderer), against ``tests/corpus/templates/``
+(``worker.decide.rules.load_rules`` with the real renderer), against ``tests/corpus/templates/``
 (the shipped templates plus one broken template) and the shipped segments and attributes.
 ``tests/corpus/definitions/`` does the same for broken ``segments.yaml`` and
 ``attributes.yaml`` files through ``triggers.definitions.load_definitions``.
@@ -30,11 +30,11 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from triggers.lint_issues import LintIssue, RuleSetError
-from worker.cli import main
-from worker.rendering import Renderer
-from worker.rule_files import load_definitions
-from worker.rules import load_rules
-from worker.settings import PROJECT_ROOT, Settings, get_settings
+from worker.commands.cli import main
+from worker.core.settings import PROJECT_ROOT, Settings, get_settings
+from worker.decide.rule_files import load_definitions
+from worker.decide.rules import load_rules
+from worker.email.rendering import Renderer
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 BROKEN = CORPUS / "broken"
@@ -370,7 +370,7 @@ def test_shipped_campaigns_lint_clean(configure: Configure) -> None:
 def test_parallel_parsing_reports_exactly_what_sequential_parsing_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import worker.rule_files as rule_files
+    import worker.decide.rule_files as rule_files
 
     files = sorted((CORPUS / "broken").glob("*.yaml"))
     sequential = rule_files.parse_files(files, {}, {}, parallel=False)

@@ -12,7 +12,7 @@ A purchase is a conversion of a touch when it happened inside the touch's window
 ``touched_at < ordered_at <= touched_at + window`` (strictly after the touch; the window
 end included). Within one campaign a purchase counts once, for the latest touch whose
 window holds it. It is *direct* when it contains a product the touch offered, otherwise
-*influenced*; both groups' offers are resolved the same way (see ``worker.attribution``).
+*influenced*; both groups' offers are resolved the same way (see ``worker.decide.attribution``).
 
 Across campaigns — last touch: the purchase counts in the measurement of **every**
 campaign whose window holds it, so each campaign's treatment and control groups are

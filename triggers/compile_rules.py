@@ -2,7 +2,7 @@
 nothing (``RuleSetError`` when any issue is an error).
 
 A source is a ``(name, text)`` pair: the name (a file path for the shell) is what every
-``file:line:col`` message carries. Reading files is ``worker.rule_files``'s job.
+``file:line:col`` message carries. Reading files is ``worker.decide.rule_files``'s job.
 """
 
 from __future__ import annotations

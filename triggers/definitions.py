@@ -5,7 +5,7 @@ condition on ``customer.attributes.<name>`` is type-checked like a built-in fiel
 ``config/segments.yaml`` names reusable conditions (``{segment: repeat-buyers}``); a
 segment may use other segments, never itself, directly or through others.
 
-Both are parsed from text; ``worker.rule_files`` reads the files.
+Both are parsed from text; ``worker.decide.rule_files`` reads the files.
 """
 
 from __future__ import annotations

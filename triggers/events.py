@@ -48,7 +48,7 @@ decimal exponent (``0e99`` included) lies within +/-40."""
 MAX_STRING_CHARS = 16_384
 """Characters of one JSON string, object keys included."""
 MAX_IDENTIFIER_CHARS = 128
-"""Identifiers fit the ``String(128)`` columns of ``worker/models.py``."""
+"""Identifiers fit the ``String(128)`` columns of ``worker/core/models.py``."""
 EARLIEST_OCCURRED_AT = datetime(1970, 1, 1, tzinfo=UTC)
 """No CRM event predates the Unix epoch; earlier stamps are broken clocks or defaults."""
 MAX_CLOCK_SKEW = timedelta(days=1)

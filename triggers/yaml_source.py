@@ -3,7 +3,7 @@ aliases, depth).
 
 ruamel.yaml's round-trip loader keeps the position of every key and value, so an error
 found by pydantic or by the field catalogue can point at the exact line a marketer typed.
-Takes text: reading files is the shell's job (``worker.rule_files``).
+Takes text: reading files is the shell's job (``worker.decide.rule_files``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ Source = tuple[str, str]
 
 # Limits on a YAML file (campaigns, segments, attributes, complements), so that a file
 # written by mistake or by an attacker cannot exhaust memory or the stack: the size is
-# checked before a file is read (by the shell, ``worker.rule_files.read_limited``) and on
+# checked before a file is read (by the shell, ``worker.decide.rule_files.read_limited``) and on
 # the text here, the node graph after it is composed and before it is turned into data.
 # An alias (``*name``) costs nothing in the file but is copied wherever it is used: a few
 # hundred bytes of nested aliases ("billion laughs") expand to billions of nodes, so what

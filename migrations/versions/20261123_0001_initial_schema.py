@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import worker.db_types
+import worker.core.db_types
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -30,20 +30,20 @@ def upgrade() -> None:
     sa.Column('email_marketing', sa.Boolean(), nullable=True),
     sa.Column('attributes', sa.JSON(), nullable=False),
     sa.Column('orders_count', sa.Integer(), nullable=False),
-    sa.Column('lifetime_spend', worker.db_types.Money(precision=18, scale=4), nullable=False),
-    sa.Column('first_purchase_at', worker.db_types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('last_purchase_at', worker.db_types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('lifetime_spend', worker.core.db_types.Money(precision=18, scale=4), nullable=False),
+    sa.Column('first_purchase_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_purchase_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('categories_bought', sa.JSON(), nullable=False),
     sa.Column('skus_owned', sa.JSON(), nullable=False),
-    sa.Column('created_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_customers'))
     )
     op.create_table('products',
     sa.Column('sku', sa.String(length=128), nullable=False),
     sa.Column('name', sa.String(length=300), nullable=False),
     sa.Column('category', sa.String(length=128), nullable=False),
-    sa.Column('price', worker.db_types.Money(precision=18, scale=4), nullable=False),
+    sa.Column('price', worker.core.db_types.Money(precision=18, scale=4), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
     sa.Column('in_stock', sa.Boolean(), nullable=False),
     sa.Column('url', sa.String(length=500), nullable=True),
@@ -51,7 +51,7 @@ def upgrade() -> None:
     sa.Column('brand', sa.String(length=128), nullable=True),
     sa.Column('line', sa.String(length=128), nullable=True),
     sa.Column('tier', sa.Integer(), nullable=True),
-    sa.Column('updated_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('sku', name=op.f('pk_products'))
     )
     with op.batch_alter_table('products', schema=None) as batch_op:
@@ -62,7 +62,7 @@ def upgrade() -> None:
     sa.Column('email', sa.String(length=320), nullable=False),
     sa.Column('reason', sa.String(length=32), nullable=False),
     sa.Column('source', sa.String(length=64), nullable=True),
-    sa.Column('created_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('email', name=op.f('pk_suppressions'))
     )
     op.create_table('events',
@@ -70,8 +70,8 @@ def upgrade() -> None:
     sa.Column('event_id', sa.String(length=128), nullable=False),
     sa.Column('type', sa.String(length=32), nullable=False),
     sa.Column('customer_id', sa.String(length=128), nullable=False),
-    sa.Column('occurred_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('received_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('occurred_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('received_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('payload', sa.JSON(), nullable=False),
     sa.Column('outcome', sa.JSON(), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_events_customer_id_customers')),
@@ -86,8 +86,8 @@ def upgrade() -> None:
     sa.Column('customer_id', sa.String(length=128), nullable=False),
     sa.Column('event_id', sa.String(length=128), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('total', worker.db_types.Money(precision=18, scale=4), nullable=False),
-    sa.Column('ordered_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('total', worker.core.db_types.Money(precision=18, scale=4), nullable=False),
+    sa.Column('ordered_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_orders_customer_id_customers')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_orders'))
     )
@@ -107,13 +107,13 @@ def upgrade() -> None:
     sa.Column('reason', sa.String(length=64), nullable=True),
     sa.Column('detail', sa.Text(), nullable=True),
     sa.Column('dedupe_key', sa.String(length=400), nullable=False),
-    sa.Column('send_at', worker.db_types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('expires_at', worker.db_types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('send_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('expires_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('created_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('queued_at', worker.db_types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('sent_at', worker.db_types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('queued_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('sent_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('provider', sa.String(length=32), nullable=True),
     sa.Column('provider_message_id', sa.String(length=255), nullable=True),
     sa.Column('message_id', sa.String(length=255), nullable=True),
@@ -133,7 +133,7 @@ def upgrade() -> None:
     sa.Column('sku', sa.String(length=128), nullable=False),
     sa.Column('category', sa.String(length=128), nullable=False),
     sa.Column('quantity', sa.Integer(), nullable=False),
-    sa.Column('unit_price', worker.db_types.Money(precision=18, scale=4), nullable=False),
+    sa.Column('unit_price', worker.core.db_types.Money(precision=18, scale=4), nullable=False),
     sa.ForeignKeyConstraint(['order_id'], ['orders.id'], name=op.f('fk_order_lines_order_id_orders'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_order_lines'))
     )

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import worker.db_types
+import worker.core.db_types
 
 revision: str = '0002'
 down_revision: str | None = '0001'
@@ -34,7 +34,7 @@ def upgrade() -> None:
     sa.Column('sku', sa.String(length=128), nullable=False),
     sa.Column('category', sa.String(length=128), nullable=False),
     sa.Column('buyers', sa.Integer(), nullable=False),
-    sa.Column('computed_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('computed_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('sku', name=op.f('pk_product_stats'))
     )
     with op.batch_alter_table('product_stats', schema=None) as batch_op:
@@ -42,7 +42,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table('sends', schema=None) as batch_op:
         batch_op.add_column(sa.Column('coupon_code', sa.String(length=40), nullable=True))
-        batch_op.add_column(sa.Column('coupon_expires_at', worker.db_types.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('coupon_expires_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_unique_constraint(batch_op.f('uq_sends_coupon_code'), ['coupon_code'])
 
     # ### end Alembic commands ###

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import worker.db_types
+import worker.core.db_types
 
 revision: str = '0004'
 down_revision: str | None = '0003'
@@ -26,8 +26,8 @@ def upgrade() -> None:
     sa.Column('event_id', sa.String(length=255), nullable=False),
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('recipient', sa.String(length=320), nullable=True),
-    sa.Column('occurred_at', worker.db_types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('received_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('occurred_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('received_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_webhook_events')),
     sa.UniqueConstraint('provider', 'event_id', name=op.f('uq_webhook_events_provider_event_id'))
     )

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-import worker.db_types
+import worker.core.db_types
 
 revision: str = '0006'
 down_revision: str | None = '0005'
@@ -36,8 +36,8 @@ def upgrade() -> None:
     sa.Column('source', sa.String(length=64), nullable=False),
     sa.Column('email', sa.String(length=320), nullable=True),
     sa.Column('detail', sa.String(length=200), nullable=True),
-    sa.Column('decided_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('recorded_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('decided_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('recorded_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_consent_records_customer_id_customers')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_consent_records'))
     )
@@ -53,14 +53,14 @@ def _backfill(records: sa.Table) -> None:
         sa.column('email', sa.String()),
         sa.column('email_marketing', sa.Boolean()),
         sa.column('opted_out_kinds', sa.JSON()),
-        sa.column('updated_at', worker.db_types.UTCDateTime(timezone=True)),
+        sa.column('updated_at', worker.core.db_types.UTCDateTime(timezone=True)),
     )
     suppressions = sa.table(
         'suppressions',
         sa.column('email', sa.String()),
         sa.column('reason', sa.String()),
         sa.column('source', sa.String()),
-        sa.column('created_at', worker.db_types.UTCDateTime(timezone=True)),
+        sa.column('created_at', worker.core.db_types.UTCDateTime(timezone=True)),
     )
     connection = op.get_bind()
     now = datetime.now(UTC)

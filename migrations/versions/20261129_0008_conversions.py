@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import worker.db_types
+import worker.core.db_types
 
 revision: str = '0008'
 down_revision: str | None = '0007'
@@ -33,11 +33,11 @@ def upgrade() -> None:
     sa.Column('arm', sa.String(length=16), nullable=False),
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('credited', sa.Boolean(), nullable=False),
-    sa.Column('revenue', worker.db_types.Money(precision=18, scale=4), nullable=False),
+    sa.Column('revenue', worker.core.db_types.Money(precision=18, scale=4), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('ordered_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('touched_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('attributed_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ordered_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('touched_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('attributed_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['order_id'], ['orders.id'], name=op.f('fk_conversions_order_id_orders'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['send_id'], ['sends.id'], name=op.f('fk_conversions_send_id_sends'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_conversions')),
@@ -52,7 +52,7 @@ def upgrade() -> None:
     sa.Column('send_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('skus', sa.JSON(), nullable=False),
     sa.Column('reason', sa.String(length=64), nullable=True),
-    sa.Column('resolved_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('resolved_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['send_id'], ['sends.id'], name=op.f('fk_send_offers_send_id_sends'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('send_id', name=op.f('pk_send_offers'))
     )

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import worker.db_types
+import worker.core.db_types
 
 revision: str = '0009'
 down_revision: str | None = '0008'
@@ -29,10 +29,10 @@ def upgrade() -> None:
     sa.Column('activity_id', sa.String(length=200), nullable=False),
     sa.Column('type', sa.String(length=32), nullable=False),
     sa.Column('customer_id', sa.String(length=128), nullable=False),
-    sa.Column('occurred_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('occurred_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('data', sa.JSON(), nullable=False),
-    sa.Column('created_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('published_at', worker.db_types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('published_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_activity_outbox')),
     sa.UniqueConstraint('activity_id', name=op.f('uq_activity_outbox_activity_id'))
     )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import worker.db_types
+import worker.core.db_types
 
 revision: str = '0010'
 down_revision: str | None = '0009'
@@ -29,23 +29,23 @@ def upgrade() -> None:
     sa.Column('customer_id', sa.String(length=128), nullable=False),
     sa.Column('entry_event_id', sa.String(length=128), nullable=False),
     sa.Column('entry_slot', sa.String(length=40), nullable=False),
-    sa.Column('entered_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('entered_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('variant', sa.String(length=40), nullable=False),
     sa.Column('held_out', sa.Boolean(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('done', sa.JSON(), nullable=False),
     sa.Column('steps_sent', sa.Integer(), nullable=False),
-    sa.Column('last_step_at', worker.db_types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_step_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('next_step_id', sa.String(length=40), nullable=True),
-    sa.Column('next_due_at', worker.db_types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('next_due_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('offered_skus', sa.JSON(), nullable=False),
     sa.Column('purchased_since_entry', sa.Boolean(), nullable=False),
     sa.Column('categories_since_entry', sa.JSON(), nullable=False),
     sa.Column('exit_reason', sa.String(length=32), nullable=True),
     sa.Column('exit_event_id', sa.String(length=128), nullable=True),
-    sa.Column('exited_at', worker.db_types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('created_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', worker.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('exited_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_enrollments_customer_id_customers')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_enrollments')),
     sa.UniqueConstraint('campaign_id', 'customer_id', 'entry_slot', name=op.f('uq_enrollments_campaign_id_customer_id_entry_slot')),

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import worker.db_types
+import worker.core.db_types
 
 revision: str = '0012'
 down_revision: str | None = '0011'
@@ -26,8 +26,8 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table('sends', schema=None) as batch_op:
         batch_op.add_column(sa.Column('claim_token', sa.String(length=32), nullable=True))
-        batch_op.add_column(sa.Column('lease_expires_at', worker.db_types.UTCDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column('handed_over_at', worker.db_types.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('lease_expires_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('handed_over_at', worker.core.db_types.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f('ix_sends_claim_token'), ['claim_token'], unique=False)
 
 

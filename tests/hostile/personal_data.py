@@ -1,7 +1,7 @@
 """Watch every log record of the test suite for the test customers' addresses and names.
 
 The personal data is taken from where the test customers are defined — the builders in
-:mod:`tests.support.factories` and the demo shop's generator in :mod:`worker.demo_data`
+:mod:`tests.support.factories` and the demo shop's generator in :mod:`worker.commands.demo_data`
 — never typed in here, so a new name or market there is watched at once.
 
 ``tests/conftest.py`` installs :class:`LeakRecorder` on the root logger at DEBUG around
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from tests.support.factories import customer_block
-from worker import demo_data
+from worker.commands import demo_data
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,6 @@ class LeakRecorder(logging.Handler):
         loggers = sorted({leak.logger for leak in self.leaks})
         lines.append(
             f"the session fails: {len(self.leaks)} log record(s) named a test customer "
-            f"(loggers: {', '.join(loggers)}); log ids or worker.redaction.address_ref instead"
+            f"(loggers: {', '.join(loggers)}); log ids or worker.core.redaction.address_ref instead"
         )
         return lines

@@ -36,19 +36,19 @@ from sqlalchemy import func, select, text
 
 from tests.support.factories import as_json, customer_block, make_settings, purchase
 from tests.support.services import fresh_postgres_database, require_rabbitmq, require_redis
-from worker.consumer import EventConsumer, run_consumer
-from worker.db import dispose_engines, engine_for, transaction
-from worker.models import Event
-from worker.run import _fatal_if_it_ends
-from worker.runtime import Runtime
-from worker.settings import Settings
-from worker.tokens import sign, verify
-from worker.topology import (
+from worker.commands.run import _fatal_if_it_ends
+from worker.core.db import dispose_engines, engine_for, transaction
+from worker.core.models import Event
+from worker.core.settings import Settings
+from worker.core.topology import (
     dead_letter_queue,
     events_exchange,
     events_queue,
     transport_options,
 )
+from worker.email.tokens import sign, verify
+from worker.intake.consumer import EventConsumer, run_consumer
+from worker.process.runtime import Runtime
 
 SECONDS_PER_CASE = 10.0  # generous on a shared 2-core machine; a poison case took 15 s+ before
 
@@ -433,9 +433,9 @@ def stack(
 ) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp(request.param.replace("+", "-"))
     if request.param == "embedded":
-        from worker.migrate import upgrade
+        from worker.commands.migrate import upgrade
 
-        # SQLite database and the embedded broker (worker.embedded_broker) in var/; it
+        # SQLite database and the embedded broker (worker.core.embedded_broker) in var/; it
         # polls an idle queue every 50 ms by itself.
         settings = make_settings(tmp)
         upgrade(settings.resolved_database_url)
@@ -507,7 +507,7 @@ def refusing_postgres() -> Iterator[str]:
     3 characters (a DataError, SQLSTATE 22001) and customers with id ``C-refused`` (a
     CHECK constraint: an IntegrityError that is no race). Validation cannot see these,
     so they reach the database, as a column or constraint mismatch would in production."""
-    from worker.migrate import upgrade
+    from worker.commands.migrate import upgrade
 
     with fresh_postgres_database() as url:
         upgrade(url)
@@ -583,7 +583,7 @@ def test_a_storage_refusal_is_dead_lettered_not_requeued_forever(
 
 def test_a_lost_database_connection_still_requeues(tmp_path: Path) -> None:
     """The other side of the line: an outage is retried, not dead-lettered."""
-    from worker.consumer import handle_body
+    from worker.intake.consumer import handle_body
 
     settings = make_settings(
         tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:1/none"
@@ -652,9 +652,9 @@ def test_redis_bodies_and_envelopes_that_are_not_events(
 def test_publish_reports_bad_lines_by_number_and_publishes_the_good_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.cli import main
-    from worker.migrate import upgrade
-    from worker.settings import get_settings
+    from worker.commands.cli import main
+    from worker.commands.migrate import upgrade
+    from worker.core.settings import get_settings
 
     settings = make_settings(tmp_path)
     for name, value in {

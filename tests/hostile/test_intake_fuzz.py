@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.factories import customer_block, make_settings, purchase
-from worker.consumer import Handled, handle_body
-from worker.db import dispose_engines
-from worker.runtime import Runtime
+from worker.core.db import dispose_engines
+from worker.intake.consumer import Handled, handle_body
+from worker.process.runtime import Runtime
 
 FUZZ = settings(
     max_examples=150,
@@ -35,7 +35,7 @@ SLOWEST_SECONDS = 2.0  # one message; the poison cases used to take 15 s and mor
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    from worker.migrate import upgrade
+    from worker.commands.migrate import upgrade
 
     settings_ = make_settings(tmp_path_factory.mktemp("fuzz"))
     upgrade(settings_.resolved_database_url)

@@ -25,16 +25,16 @@ from tests.hostile.personal_data import PROBE, LeakRecorder, customers_data, pat
 from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
 from tests.support.smtp_sink import SmtpSink
 from triggers.events import validate_event
-from worker import demo_data
-from worker.clock import ShiftedClock
-from worker.db import transaction
-from worker.delivery import deliver_send
-from worker.demo import seed_catalog
-from worker.dispatcher import dispatch_once
-from worker.ingest import ingest_event
-from worker.models import Customer, Send, Suppression
-from worker.redaction import address_ref, redact
-from worker.runtime import Runtime
+from worker.commands import demo_data
+from worker.commands.demo import seed_catalog
+from worker.core.clock import ShiftedClock
+from worker.core.db import transaction
+from worker.core.models import Customer, Send, Suppression
+from worker.core.redaction import address_ref, redact
+from worker.intake.ingest import ingest_event
+from worker.outbox.delivery import deliver_send
+from worker.outbox.dispatcher import dispatch_once
+from worker.process.runtime import Runtime
 from worker.webhooks.events import TrackingEvent
 
 # --- the watch ------------------------------------------------------------------------

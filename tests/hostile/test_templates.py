@@ -27,24 +27,24 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
-from tests.worker.test_pipeline import _dispatch, _ingest, _runtime
-from tests.worker.test_rendering import _envelope
+from tests.worker.email.test_rendering import _envelope
+from tests.worker.end_to_end.test_pipeline import _dispatch, _ingest, _runtime
 from triggers.lint_issues import LintIssue, RuleSetError
-from worker.clock import ShiftedClock
-from worker.db import transaction
-from worker.delivery import deliver_send
-from worker.email_context import sample_context
-from worker.mime import build_message
-from worker.models import Send
-from worker.rendering import Renderer
-from worker.rule_files import load_rule_set
-from worker.rules import RuleStore, load_rules
-from worker.template_sandbox import (
+from worker.core.clock import ShiftedClock
+from worker.core.db import transaction
+from worker.core.models import Send
+from worker.decide.rule_files import load_rule_set
+from worker.decide.rules import RuleStore, load_rules
+from worker.email.email_context import sample_context
+from worker.email.mime import build_message
+from worker.email.rendering import Renderer
+from worker.email.template_sandbox import (
     RenderLimitError,
     RenderLimits,
     SafeFileSystemLoader,
     UnsafeTemplatePath,
 )
+from worker.outbox.delivery import deliver_send
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 
 from tests.support.factories import make_settings
-from worker.runtime import Runtime
-from worker.tokens import sign
-from worker.web import FORM_BODY_LIMIT, WEBHOOK_BODY_LIMIT, create_app
+from worker.email.tokens import sign
+from worker.process.runtime import Runtime
+from worker.web.web import FORM_BODY_LIMIT, WEBHOOK_BODY_LIMIT, create_app
 
 MiB = 1024 * 1024
 POSTMARK_AUTH = {"Authorization": "Basic " + base64.b64encode(b"hooks:pw").decode()}
@@ -39,8 +39,8 @@ POSTMARK_AUTH = {"Authorization": "Basic " + base64.b64encode(b"hooks:pw").decod
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Starlette]:
     """The real app on a migrated SQLite database, Postmark webhooks configured."""
-    from worker.db import dispose_engines
-    from worker.migrate import upgrade
+    from worker.commands.migrate import upgrade
+    from worker.core.db import dispose_engines
 
     tmp = tmp_path_factory.mktemp("web-limits")
     url = f"sqlite:///{tmp / 'crosssell.db'}"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from worker.settings import Settings
+from worker.core.settings import Settings
 
 # A Tuesday, 10:30 UTC: inside every demo campaign's window and outside quiet hours.
 TUESDAY_MORNING = datetime(2026, 11, 17, 10, 30, tzinfo=UTC)

@@ -24,11 +24,11 @@ from sqlalchemy import func, select
 
 from tests.support.factories import customer_block, make_settings, purchase
 from triggers.events import validate_event
-from worker.db import transaction
-from worker.demo import seed_catalog
-from worker.ingest import ingest_event
-from worker.models import Send
-from worker.runtime import Runtime
+from worker.commands.demo import seed_catalog
+from worker.core.db import transaction
+from worker.core.models import Send
+from worker.intake.ingest import ingest_event
+from worker.process.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -131,7 +131,7 @@ class Fleet:
             name,
             str(BIN / "celery"),
             "-A",
-            "worker.app",
+            "worker.outbox.app",
             "worker",
             "--pool",
             "threads",

@@ -75,7 +75,7 @@ def fresh_postgres_database(
     try:
         yield admin_url.rsplit("/", 1)[0] + f"/{name}"
     finally:
-        from worker.db import dispose_engines
+        from worker.core.db import dispose_engines
 
         dispose_engines()
         with admin.connect() as connection:

@@ -1,6 +1,6 @@
 """Campaign texts: YAML 1.2, strict validation, and every problem reported as file:line:col.
 
-The core is given ``(name, text)`` sources; ``tests/worker/test_campaign_files.py`` covers
+The core is given ``(name, text)`` sources; ``tests/worker/decide/test_campaign_files.py`` covers
 reading them from disk."""
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def test_no_module_of_the_core_imports_what_io_needs(stem: str) -> None:
             ["2: import concurrent.futures"],
         ),
         ("import multiprocessing.pool\n", ["1: import multiprocessing.pool"]),
-        ("from worker.rules import load_rules\n", ["1: import worker.rules"]),
+        ("from worker.decide.rules import load_rules\n", ["1: import worker.decide.rules"]),
         ("import sqlalchemy as sa\n", ["1: import sqlalchemy"]),
         ("text = open('x').read()\n", ["1: open()"]),
         ("from triggers.os_names import x\nimport osmosis\n", []),

@@ -39,7 +39,7 @@ class Mailbox:
     def formatted(self) -> str:
         """``Name <address>`` exactly as our MIME's From/To says it, unfolded (a non-ASCII
         name as RFC 2047 encoded-words), for APIs that take a formatted mailbox."""
-        from worker.mime import mailbox_header_value  # the builder imports this module
+        from worker.email.mime import mailbox_header_value  # the builder imports this module
 
         return mailbox_header_value(self.name, self.address)
 
@@ -48,7 +48,7 @@ class Mailbox:
 class MessageContent:
     """The message as fields, for APIs that build the MIME themselves (Postmark, SendGrid).
 
-    Made by :func:`worker.mime.message_content` from the same inputs as the MIME bytes,
+    Made by :func:`worker.email.mime.message_content` from the same inputs as the MIME bytes,
     so both say the same thing. ``headers`` are the ones we add beyond the addressing
     fields: ``Message-ID``, ``List-Unsubscribe``, ``List-Unsubscribe-Post``, ``X-…``.
     """

@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from worker.core.settings import PROJECT_ROOT
 from worker.providers.base import (
     DeliveryResult,
     HandOver,
@@ -19,7 +20,6 @@ from worker.providers.base import (
     no_hand_over,
 )
 from worker.providers.registry import ProviderSettings, ProviderSpec
-from worker.settings import PROJECT_ROOT
 
 
 class FileSettings(ProviderSettings):

@@ -46,6 +46,7 @@ from typing import Annotated, Any
 import httpx2
 from pydantic import AfterValidator, Field
 
+from worker.core.redaction import redact
 from worker.providers.base import (
     AmbiguousDeliveryError,
     BatchHandOver,
@@ -61,7 +62,6 @@ from worker.providers.base import (
     no_hand_over,
 )
 from worker.providers.registry import ProviderSettings
-from worker.redaction import redact
 
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 24 * 3600.0  # a provider asking for more than a day is not believed

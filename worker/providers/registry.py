@@ -6,7 +6,7 @@ and of the ``/webhooks/<name>`` path), its settings model, the factory that buil
 sender from those settings, and its webhook (if it has one). Everything that used to
 repeat the list of providers asks the registry instead: settings validation of
 ``CROSSSELL_EMAIL_PROVIDER``, :func:`make_provider`, the start-time
-:func:`check_provider`, webhook routing (``worker.web.parse_webhook``) and the README's
+:func:`check_provider`, webhook routing (``worker.web.web.parse_webhook``) and the README's
 provider table (:func:`markdown_table`, checked by a test).
 
 A module is imported only when its provider is asked for, so choosing ``file`` never
@@ -17,7 +17,7 @@ Settings stay the flat ``CROSSSELL_*`` environment variables users already set. 
 provider's settings model (:class:`ProviderSettings`) names its fields after those
 variables without the prefix (``postmark_server_token`` is
 ``CROSSSELL_POSTMARK_SERVER_TOKEN``); :meth:`ProviderSettings.from_settings` takes each
-value from :class:`worker.settings.Settings` when it declares the field (the built-in
+value from :class:`worker.core.settings.Settings` when it declares the field (the built-in
 providers), else reads the environment itself (pydantic-settings), so a new provider
 needs no change to ``Settings``. A missing or invalid value is a
 :class:`~worker.providers.base.ConfigurationError` naming the variable.
@@ -40,7 +40,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker.providers.base import ConfigurationError, Provider
 
 if TYPE_CHECKING:
-    from worker.settings import Settings
+    from worker.core.settings import Settings
     from worker.webhooks.events import TrackingEvent
     from worker.webhooks.ses import SubscriptionConfirmation
 

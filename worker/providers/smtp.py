@@ -32,7 +32,6 @@ from typing import Literal, TypeVar
 
 from pydantic import Field, SecretStr
 
-from worker.dkim_signing import DkimSigner
 from worker.providers.base import (
     AmbiguousDeliveryError,
     BatchHandOver,
@@ -47,6 +46,7 @@ from worker.providers.base import (
     UnsupportedAddress,
     no_hand_over,
 )
+from worker.providers.dkim_signing import DkimSigner
 from worker.providers.registry import ProviderSettings, ProviderSpec
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ rejected, other
 delivered       recorded and counted
 ==============  ==================================================================
 
-Every event is first recorded in ``webhook_events`` (see :mod:`worker.webhooks.store`);
+Every event is first recorded in ``webhook_events`` (see :mod:`worker.records.webhook_events`);
 an event already recorded is counted as a duplicate and changes nothing. Run this in
-one transaction per webhook request (``worker.db.transaction``), so a failure leaves
+one transaction per webhook request (``worker.core.db.transaction``), so a failure leaves
 nothing half-applied and the provider's retry applies it whole.
 """
 
@@ -39,13 +39,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from triggers.addresses import lookup_key
-from worker.activity import record_send_activity
-from worker.customers import withdraw_consent
-from worker.metrics import SENDS
-from worker.models import Customer, Send, Suppression
-from worker.redaction import address_ref, redact
+from worker.core.metrics import SENDS
+from worker.core.models import Customer, Send, Suppression
+from worker.core.redaction import address_ref, redact
+from worker.records.activity import record_send_activity
+from worker.records.customers import withdraw_consent
+from worker.records.webhook_events import EVENT_ID_LENGTH, WebhookEvent
 from worker.webhooks.events import TrackingEvent
-from worker.webhooks.store import EVENT_ID_LENGTH, WebhookEvent
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ class TrackingEvent:
 
     ``event_id`` is stable across the provider's retries of the same event, so it is the
     de-duplication key together with ``provider``. ``message_id`` is the RFC 5322
-    ``Message-ID`` (always in angle brackets, as :class:`worker.models.Send` stores it);
+    ``Message-ID`` (always in angle brackets, as :class:`worker.core.models.Send` stores it);
     ``provider_message_id`` is the id the provider's send API returned. ``policy`` marks a
     5.7.x refusal (DMARC, reputation, blocklists): the operator must act, the customer's
     address is fine, so it is never suppressed for it (docs/delivery.md, "Retries,

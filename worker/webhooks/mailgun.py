@@ -12,7 +12,7 @@ every retry carries the signature made for the first attempt. So a correctly sig
 request up to :data:`MAX_SIGNATURE_AGE` old (the 8-hour window plus
 :data:`CLOCK_SKEW`) is accepted; older ones, and timestamps more than ``CLOCK_SKEW``
 in the future, are refused. Replays inside that window are harmless: the event id is
-recorded in ``webhook_events`` (:mod:`worker.webhooks.store`) and applied once.
+recorded in ``webhook_events`` (:mod:`worker.records.webhook_events`) and applied once.
 
 ``event-data.id`` is documented as unique only within a day, so the de-duplication id
 joins it with the event's own timestamp, which stays the same on every retry.

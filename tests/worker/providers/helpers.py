@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tests.support.email_api import EmailApiServer
-from worker.mime import Envelope, build_email, message_id_for
+from worker.email.mime import Envelope, build_email, message_id_for
+from worker.email.rendering import RenderedEmail
 from worker.providers.base import OutgoingEmail
 from worker.providers.http import HTTPProvider
 from worker.providers.mailgun import MailgunProvider
 from worker.providers.postmark import PostmarkProvider
 from worker.providers.sendgrid import SendGridProvider
 from worker.providers.ses import SESProvider
-from worker.rendering import RenderedEmail
 
 PROVIDERS = ["postmark", "sendgrid", "mailgun", "ses"]
 SENDER = ("Magazinul Ștefăniță", "offers@shop.example")

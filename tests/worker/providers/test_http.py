@@ -555,8 +555,8 @@ def test_base_url_must_be_http(tmp_path: Any) -> None:
 
 
 def test_a_celery_worker_without_provider_settings_does_not_start(tmp_path: Any) -> None:
-    from worker.app import ProviderCheck
-    from worker.runtime import Runtime, set_runtime
+    from worker.outbox.app import ProviderCheck
+    from worker.process.runtime import Runtime, set_runtime
 
     set_runtime(Runtime(make_settings(tmp_path, email_provider="sendgrid")))
     try:
@@ -572,14 +572,14 @@ def test_a_provider_without_settings_leaves_the_send_queued(tmp_path: Any, sqlit
 
     from tests.support.factories import TUESDAY_MORNING, customer_block, purchase
     from triggers.events import validate_event
-    from worker.clock import ShiftedClock
-    from worker.db import transaction
-    from worker.delivery import deliver_send
-    from worker.demo import seed_catalog
-    from worker.dispatcher import dispatch_once
-    from worker.ingest import ingest_event
-    from worker.models import Send
-    from worker.runtime import Runtime
+    from worker.commands.demo import seed_catalog
+    from worker.core.clock import ShiftedClock
+    from worker.core.db import transaction
+    from worker.core.models import Send
+    from worker.intake.ingest import ingest_event
+    from worker.outbox.delivery import deliver_send
+    from worker.outbox.dispatcher import dispatch_once
+    from worker.process.runtime import Runtime
 
     settings = make_settings(tmp_path, database_url=sqlite_url, email_provider="mailgun")
     runtime = Runtime(settings, clock=ShiftedClock(TUESDAY_MORNING))

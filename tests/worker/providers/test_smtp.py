@@ -106,8 +106,8 @@ def test_romanian_and_italian_headers_survive_the_trip_through_an_smtp_server(
 ) -> None:
     from datetime import UTC, datetime
 
-    from worker.mime import Envelope, build_message, message_id_for
-    from worker.rendering import RenderedEmail
+    from worker.email.mime import Envelope, build_message, message_id_for
+    from worker.email.rendering import RenderedEmail
 
     cases = [
         ("Magazinul Ștefăniță", "Ioana Țurcanu", "Ioana, ți-am pregătit: șnur, țintă, câștig"),

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 from sqlalchemy import Table, select
 
-from worker.db import engine_for, transaction
-from worker.mime import message_id_for
-from worker.models import Customer, Send, Suppression
+from worker.core.db import engine_for, transaction
+from worker.core.models import Customer, Send, Suppression
+from worker.email.mime import message_id_for
 from worker.webhooks import sendgrid
 from worker.webhooks.events import TrackingEvent
 
@@ -44,7 +44,7 @@ class Seeded:
 
 
 def _webhook_table() -> Table:
-    from worker.webhooks.store import WebhookEvent
+    from worker.records.webhook_events import WebhookEvent
 
     return cast(Table, WebhookEvent.__table__)
 
@@ -104,7 +104,7 @@ def _apply(url: str, events: list[TrackingEvent]) -> ApplyReport:
 
 
 def _state(url: str) -> dict[str, Any]:
-    from worker.webhooks.store import WebhookEvent
+    from worker.records.webhook_events import WebhookEvent
 
     with transaction(url) as session:
         send = session.scalars(select(Send)).one()

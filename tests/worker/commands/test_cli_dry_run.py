@@ -1,0 +1,101 @@
+"""`crosssell explain` and `crosssell simulate`: they tell, and they write nothing."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from tests.support.factories import TUESDAY_MORNING, customer_block, purchase
+from worker.commands.cli import main
+from worker.core.db import dispose_engines, transaction
+from worker.core.models import Event, Send
+from worker.core.settings import get_settings
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    env = {"CROSSSELL_VAR_DIR": str(tmp_path / "var"), "CROSSSELL_UNSUBSCRIBE_KEYS": "k:s"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    from worker.process import runtime
+
+    runtime.set_runtime(None)
+    yield env
+    get_settings.cache_clear()
+    runtime.set_runtime(None)
+    dispose_engines()
+
+
+def test_explain_shows_every_leaf_with_its_value(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    event = purchase(customer=customer_block("C-x"), price="250.00")
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(event, indent=2))
+    result = CliRunner().invoke(
+        main, ["explain", "--event", str(path), "--campaign", "laptop-accessories"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "customer data from: this event only" in lines[1]
+    assert "trigger.where: NO" in result.output
+    assert any("yes trigger.where.all[0]: event.categories contains_any" in line for line in lines)
+    assert any(
+        "NO  trigger.where.all[1]: event.total gte 300  (actual: Decimal('250.00'))" in line
+        for line in lines
+    )
+    assert lines[-1] == "decision: not matched (trigger_conditions)"
+
+
+def test_explain_of_a_matching_event_tells_when_it_would_go(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    event = purchase(customer=customer_block("C-1003"), at=TUESDAY_MORNING)
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(event))
+    result = CliRunner().invoke(
+        main, ["explain", "--event", str(path), "--campaign", "laptop-accessories"]
+    )
+    assert result.exit_code == 0, result.output
+    last = result.output.splitlines()[-1]
+    # Delay 2h from 10:30 UTC = 14:30 in Bucharest (UTC+2 in November): inside 09-19.
+    assert "Europe/Bucharest" in last and "14:30" in last and "(12:30 UTC)" in last, last
+
+
+def test_explain_unknown_campaign_is_a_clear_error(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(purchase()))
+    result = CliRunner().invoke(main, ["explain", "--event", str(path), "--campaign", "nope"])
+    assert result.exit_code != 0
+    assert "no campaign 'nope'" in result.output
+
+
+def test_simulate_reports_per_campaign_and_day_and_writes_nothing(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    lines = []
+    for n in range(6):
+        at = TUESDAY_MORNING - timedelta(days=n)
+        lines.append(
+            json.dumps(purchase(f"evt-sim-{n}", at=at, customer=customer_block(f"C-sim-{n % 3}")))
+        )
+    lines.append("{broken")
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+    runner = CliRunner()
+    result = runner.invoke(main, ["simulate", "--events", str(events)])
+    assert result.exit_code == 0, result.output
+    assert "events replayed: 6" in result.output
+    assert "laptop-accessories" in result.output
+    assert "emails per day" in result.output
+    assert "skipped bad event" in result.output and ":7: not_json" in result.output
+    # Nothing was written to the live tables.
+    database = Path(cli_env["CROSSSELL_VAR_DIR"]) / "crosssell.db"
+    if database.exists():
+        with transaction(f"sqlite:///{database}") as session:
+            assert session.scalar(select(func.count()).select_from(Event)) == 0
+            assert session.scalar(select(func.count()).select_from(Send)) == 0

@@ -1,0 +1,422 @@
+"""Batched ingest (``worker.intake.ingest.ingest_batch``, ``worker.intake.consumer.handle_bodies``).
+
+A batch must store and plan exactly what the same events stored one at a time would,
+a customer's second event seeing what the first planned; each message keeps its own
+fate (a bad one is dead-lettered alone, a refused value too); a lost database requeues
+the whole batch; and messages are acknowledged only after the commit, so a consumer
+that dies between the two leaves a duplicate behind, never a second plan.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu.connection import Connection
+from kombu.messaging import Producer
+from sqlalchemy import func, select, text
+
+from tests.support.factories import (
+    TUESDAY_MORNING,
+    as_json,
+    customer_block,
+    make_settings,
+    purchase,
+)
+from tests.support.private_services import PrivatePostgres
+from tests.support.services import fresh_postgres_database, require_rabbitmq
+from triggers.events import AnyEvent, validate_event
+from worker.commands.demo import seed_catalog
+from worker.commands.migrate import upgrade
+from worker.core.clock import ShiftedClock
+from worker.core.db import dispose_engines, engine_for, transaction
+from worker.core.models import Enrollment, Event, Send
+from worker.core.settings import Settings
+from worker.core.topology import events_exchange, events_queue, transport_options
+from worker.intake.consumer import EventConsumer, handle_bodies, run_consumer
+from worker.intake.ingest import ingest_batch, ingest_event
+from worker.process.runtime import Runtime
+
+NOW = TUESDAY_MORNING
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _usage_drop(customer_id: str, at: datetime) -> dict[str, Any]:
+    return {
+        "id": f"evt-usage-{customer_id}-{uuid.uuid4().hex[:6]}",
+        "type": "usage_change",
+        "occurred_at": at.isoformat(),
+        "customer": {"id": customer_id},
+        "data": {"metric": "logins_per_week", "previous": 10, "current": 2, "window_days": 14},
+    }
+
+
+def _mixed_batch() -> list[AnyEvent]:
+    """Customers with two or three events each, interleaved with other customers':
+
+    * ``C-lap-*``: a laptop purchase (laptop-accessories, priority 80, in 2 h), then a
+      usage drop (usage-drop-bundle, priority 70): the second must see the first's plan
+      and give way (``min_gap``);
+    * ``C-use-*``: a small order, a usage drop, then a laptop purchase: the laptop email
+      takes the place of the usage one planned earlier in the same batch (displaced);
+    * the first event once more at the end: a duplicate within the batch.
+    """
+    laptop_first = [f"C-lap-{n}" for n in range(10)]
+    usage_first = [f"C-use-{n}" for n in range(10)]
+    documents: list[dict[str, Any]] = []
+    documents += [
+        purchase(customer=customer_block(c), at=NOW - timedelta(minutes=30)) for c in laptop_first
+    ]
+    documents += [
+        purchase(
+            customer=customer_block(c), category="books", price="20.00", at=NOW - timedelta(days=9)
+        )
+        for c in usage_first
+    ]
+    documents += [_usage_drop(c, NOW - timedelta(minutes=20)) for c in laptop_first + usage_first]
+    documents += [
+        purchase(customer=customer_block(c), at=NOW - timedelta(minutes=10)) for c in usage_first
+    ]
+    # C-seq-*: a camera enrolls them in the post-purchase journey (a sequence); their
+    # next purchases in the same batch are observed by it, and a second camera finds
+    # them enrolled already.
+    journey = [f"C-seq-{n}" for n in range(5)]
+    for minutes, category, price in ((50, "cameras", "800.00"), (40, "books", "20.00")):
+        documents += [
+            purchase(
+                customer=customer_block(c),
+                sku=f"SKU-{category}",
+                category=category,
+                price=price,
+                at=NOW - timedelta(minutes=minutes),
+            )
+            for c in journey
+        ]
+    documents += [
+        purchase(
+            customer=customer_block(c), sku="SKU-cameras-2", category="cameras", price="700.00"
+        )
+        for c in journey
+    ]
+    documents.append(documents[0])
+    return [validate_event(document) for document in documents]
+
+
+def _plan_of(
+    url: str,
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """What the database holds, without row ids (numbered differently by the two paths):
+    sends, events' outcomes, sequence enrollments."""
+    with transaction(url) as session:
+        enrollments = sorted(
+            (
+                row.campaign_id,
+                row.customer_id,
+                row.entry_event_id,
+                row.status,
+                row.exit_reason,
+                row.purchased_since_entry,
+                tuple(row.categories_since_entry),
+            )
+            for row in session.execute(
+                select(
+                    Enrollment.campaign_id,
+                    Enrollment.customer_id,
+                    Enrollment.entry_event_id,
+                    Enrollment.status,
+                    Enrollment.exit_reason,
+                    Enrollment.purchased_since_entry,
+                    Enrollment.categories_since_entry,
+                )
+            )
+        )
+        sends = sorted(
+            (row.event_id, row.campaign_id, row.status, row.reason, row.send_at)
+            for row in session.execute(
+                select(Send.event_id, Send.campaign_id, Send.status, Send.reason, Send.send_at)
+            )
+        )
+        outcomes = sorted(
+            (
+                row.event_id,
+                sorted((k, re.sub(r":\d+$", ":<id>", str(v))) for k, v in row.outcome.items()),
+            )
+            for row in session.execute(select(Event.event_id, Event.outcome))
+        )
+    return sends, outcomes, enrollments
+
+
+def test_a_batch_plans_what_the_events_one_at_a_time_plan(
+    tmp_path: Path, database_url: str
+) -> None:
+    events = _mixed_batch()
+    one_by_one = f"sqlite:///{tmp_path / 'one-by-one.db'}"
+    upgrade(one_by_one)
+    # A gap longer than the time between the two emails, whatever the send windows.
+    batch_runtime = Runtime(
+        make_settings(tmp_path / "batch", database_url=database_url, min_gap="3d")
+    )
+    single_runtime = Runtime(
+        make_settings(tmp_path / "single", database_url=one_by_one, min_gap="3d")
+    )
+    try:
+        for runtime in (batch_runtime, single_runtime):
+            seed_catalog(runtime.settings, NOW)
+        rules = batch_runtime.rules.current()
+        with transaction(database_url) as session:
+            results = ingest_batch(session, events, rules, batch_runtime.policy, NOW)
+        for event in events:
+            with transaction(one_by_one) as session:
+                ingest_event(session, event, rules, single_runtime.policy, NOW)
+
+        assert [result.duplicate for result in results] == [False] * (len(events) - 1) + [True]
+        batch_plan = _plan_of(database_url)
+        assert batch_plan == _plan_of(one_by_one)
+
+        sends, _, enrollments = batch_plan
+        assert enrollments  # the post-purchase journey: sequences are in the batch too
+        by_customer: dict[str, dict[str, tuple[str, str | None]]] = {}
+        customer_of = {event.id: event.customer.id for event in events}
+        for event_id, campaign_id, status, reason, _ in sends:
+            by_customer.setdefault(customer_of[event_id], {})[campaign_id] = (status, reason)
+        gave_way = displaced = 0
+        for customer_id, plan in by_customer.items():
+            if plan.get("laptop-accessories") != ("planned", None):
+                continue  # held out: no email, no spacing
+            # Whichever came first in the batch, the lower-priority email is not sent
+            # within the gap of the laptop one.
+            assert plan["usage-drop-bundle"] in {("skipped", "min_gap"), ("held_out", "holdout")}
+            if plan["usage-drop-bundle"] == ("skipped", "min_gap"):
+                if customer_id.startswith("C-lap-"):
+                    gave_way += 1
+                else:
+                    displaced += 1
+        assert gave_way and displaced
+    finally:
+        batch_runtime.close()
+        single_runtime.close()
+        dispose_engines()
+
+
+# --- each message keeps its own fate ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def short_names_postgres() -> Iterator[str]:
+    """A migrated PostgreSQL database that refuses first names over 3 characters (a
+    DataError, SQLSTATE 22001): a value validation cannot see, as a column mismatch
+    would be in production."""
+    with fresh_postgres_database() as url:
+        upgrade(url)
+        with engine_for(url).begin() as connection:
+            connection.execute(
+                text("ALTER TABLE customers ALTER COLUMN first_name TYPE varchar(3)")
+            )
+        dispose_engines()
+        yield url
+
+
+def _short(customer_id: str) -> dict[str, Any]:
+    return purchase(customer=customer_block(customer_id, first_name="Ana"))
+
+
+def _stored(url: str, *event_ids: str) -> int:
+    with transaction(url) as session:
+        count = session.scalar(
+            select(func.count()).select_from(Event).where(Event.event_id.in_(event_ids))
+        )
+    return int(count or 0)
+
+
+def test_bad_and_refused_messages_are_dead_lettered_alone(
+    tmp_path: Path, short_names_postgres: str
+) -> None:
+    url = short_names_postgres
+    runtime = Runtime(make_settings(tmp_path, database_url=url), clock=ShiftedClock(NOW))
+    first, second = _short(f"C-{uuid.uuid4().hex[:8]}"), _short(f"C-{uuid.uuid4().hex[:8]}")
+    refused = purchase(customer=customer_block(f"C-{uuid.uuid4().hex[:8]}", first_name="Ștefan"))
+    bodies: list[object] = [
+        as_json(first),
+        b"{not json",
+        as_json(refused),
+        as_json(second),
+        as_json(first),
+    ]
+    try:
+        handled = handle_bodies(runtime, bodies)
+    finally:
+        runtime.close()
+    assert [(h.outcome, h.code) for h in handled] == [
+        ("stored", ""),
+        ("dead_letter", "not_json"),
+        ("dead_letter", "storage_refused"),
+        ("stored", ""),
+        ("duplicate", ""),
+    ]
+    assert "22001" in handled[2].reason
+    assert "Ștefan" not in handled[2].reason
+    assert _stored(url, first["id"], second["id"]) == 2
+    assert _stored(url, refused["id"]) == 0
+
+
+# --- on RabbitMQ: requeue on an outage, ack only after the commit -------------------------
+
+
+def _publish(settings: Settings, *documents: dict[str, Any]) -> None:
+    url = settings.resolved_events_url
+    with Connection(url, transport_options=transport_options(url)) as connection:
+        producer = Producer(connection.channel(), exchange=events_exchange(settings))
+        events_queue(settings)(producer.channel).declare()
+        for document in documents:
+            producer.publish(
+                as_json(document),
+                routing_key=document["type"],
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+            )
+
+
+def _delete_queues(settings: Settings) -> None:
+    with Connection(settings.resolved_events_url) as connection:
+        channel = connection.default_channel
+        channel.queue_delete(settings.events_queue)
+        channel.queue_delete(settings.dead_letter_queue)
+        channel.exchange_delete(settings.events_exchange)
+
+
+@contextmanager
+def _consuming(settings: Settings) -> Iterator[EventConsumer]:
+    consumers: list[EventConsumer] = []
+    thread = threading.Thread(
+        target=run_consumer, args=(Runtime(settings), consumers.append), daemon=True
+    )
+    thread.start()
+    _wait_for(lambda: bool(consumers), 15)
+    try:
+        yield consumers[0]
+    finally:
+        consumers[0].should_stop = True
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+@pytest.fixture
+def outage_postgres(private_postgres: PrivatePostgres) -> Iterator[str]:
+    """A migrated database on this module's own PostgreSQL cluster, whose every insert
+    into ``events`` kills its own connection (counting each time in a sequence, which no
+    rollback undoes): the database is lost in the middle of every batch until the test
+    drops the trigger. Private, so that no connection of the machine's server is cut."""
+    try:
+        with _outage_database(private_postgres.admin_url) as url:
+            yield url
+    finally:
+        dispose_engines()
+
+
+@contextmanager
+def _outage_database(admin_url: str) -> Iterator[str]:
+    with fresh_postgres_database(admin_url=admin_url) as url:
+        upgrade(url)
+        with engine_for(url).begin() as connection:
+            connection.execute(text("CREATE SEQUENCE outages"))
+            connection.execute(
+                text(
+                    "CREATE FUNCTION lose_connection() RETURNS trigger AS $$ BEGIN "
+                    "PERFORM nextval('outages'); PERFORM pg_terminate_backend(pg_backend_pid()); "
+                    "RETURN NULL; END $$ LANGUAGE plpgsql"
+                )
+            )
+            connection.execute(
+                text(
+                    "CREATE TRIGGER outage BEFORE INSERT ON events "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION lose_connection()"
+                )
+            )
+        yield url
+
+
+def _outages(url: str) -> int:
+    with engine_for(url).connect() as connection:
+        called = connection.execute(text("SELECT last_value, is_called FROM outages")).one()
+    return int(called.last_value) if called.is_called else 0
+
+
+def test_a_database_lost_mid_batch_requeues_the_whole_batch(
+    tmp_path: Path, outage_postgres: str
+) -> None:
+    url = outage_postgres
+    settings = make_settings(
+        tmp_path, database_url=url, events_url=require_rabbitmq(), ingest_linger=0.5
+    )
+    documents = [_short(f"C-{uuid.uuid4().hex[:8]}") for _ in range(5)]
+    ids = [document["id"] for document in documents]
+    try:
+        with _consuming(settings) as consumer:
+            _publish(settings, *documents)
+            _wait_for(lambda: _outages(url) >= 2)  # the batch was tried, lost, tried again
+            assert _stored(url, *ids) == 0
+            assert consumer.stats == {"accepted": 0, "duplicate": 0, "dead_lettered": 0}
+            with engine_for(url).begin() as connection:
+                connection.execute(text("DROP TRIGGER outage ON events"))
+            _wait_for(lambda: _stored(url, *ids) == 5)
+            _wait_for(lambda: consumer.stats["accepted"] == 5)
+            assert consumer.stats == {"accepted": 5, "duplicate": 0, "dead_lettered": 0}
+    finally:
+        _delete_queues(settings)
+
+
+def test_a_consumer_that_dies_after_the_commit_leaves_a_duplicate_not_a_second_plan(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The message is taken and stored, then the consumer's connection ends before the
+    ack (as when the process dies there): the broker delivers it again, and the next
+    consumer finds it stored."""
+    settings = make_settings(tmp_path, database_url=postgres_url, events_url=require_rabbitmq())
+    seed_catalog(settings, NOW)
+    document = purchase(customer=customer_block(f"C-{uuid.uuid4().hex[:8]}"))
+    runtime = Runtime(settings, clock=ShiftedClock(NOW))
+    try:
+        _publish(settings, document)
+        url = settings.resolved_events_url
+        with Connection(url, transport_options=transport_options(url)) as connection:
+            queue = events_queue(settings)(connection.default_channel)
+            message = None
+            while message is None:
+                message = queue.get(no_ack=False)
+            [handled] = handle_bodies(runtime, [message.body])
+            assert handled.outcome == "stored"
+            # The connection closes here with the message unacknowledged.
+        with transaction(postgres_url) as session:
+            planned = session.scalar(
+                select(func.count()).select_from(Send).where(Send.event_id == document["id"])
+            )
+        assert planned == 1
+        with _consuming(settings) as consumer:
+            _wait_for(lambda: consumer.stats["duplicate"] == 1)
+            assert consumer.stats == {"accepted": 0, "duplicate": 1, "dead_lettered": 0}
+        with transaction(postgres_url) as session:
+            again = session.scalar(
+                select(func.count()).select_from(Send).where(Send.event_id == document["id"])
+            )
+        assert again == 1
+        assert _stored(postgres_url, document["id"]) == 1
+    finally:
+        runtime.close()
+        _delete_queues(settings)

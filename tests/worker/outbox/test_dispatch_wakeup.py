@@ -1,0 +1,142 @@
+"""The dispatcher is woken by ingest's commit of a due send, not by its next poll.
+
+The poll is set to 30 s, so a send enqueued within a few seconds of its commit can only
+have been picked up by the wake-up: PostgreSQL's LISTEN/NOTIFY between connections, the
+in-process event on SQLite (``crosssell run``). Times are the ones recorded at the
+commit and at the enqueue.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
+from tests.support.fleet import CAMPAIGN
+from triggers.events import validate_event
+from worker.commands.demo import seed_catalog
+from worker.core.clock import ShiftedClock
+from worker.core.db import transaction
+from worker.core.models import Send
+from worker.intake.ingest import ingest_event
+from worker.outbox.dispatcher import run_dispatcher
+from worker.process.runtime import Runtime
+
+POLL_SECONDS = 30.0
+# Far below the poll, far above a pass on a loaded 2-core machine.
+WAKE_WITHIN_SECONDS = 5.0
+
+
+class Dispatching:
+    """``run_dispatcher`` in a thread, recording when each id was enqueued."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.enqueued: dict[int, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(
+            target=run_dispatcher, args=(runtime, self.stop, self.enqueue), daemon=True
+        )
+
+    def enqueue(self, ids: Sequence[int]) -> None:
+        at = time.monotonic()
+        for send_id in ids:
+            self.enqueued.setdefault(send_id, at)
+
+    def wait_for(self, send_id: int, timeout: float) -> float | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if send_id in self.enqueued:
+                return self.enqueued[send_id]
+            time.sleep(0.02)
+        return self.enqueued.get(send_id)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, database_url: str) -> Iterator[Runtime]:
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    (campaigns / "instant.yaml").write_text(CAMPAIGN)
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        campaigns_dir=campaigns,
+        quiet_hours="off",
+        dispatch_interval=POLL_SECONDS,
+    )
+    runtime = Runtime(settings, clock=ShiftedClock(TUESDAY_MORNING))
+    seed_catalog(settings, TUESDAY_MORNING)
+    runtime.rules  # noqa: B018 - loaded before the dispatcher thread reads it
+    yield runtime
+    runtime.close()
+
+
+def _ingest_purchase(runtime: Runtime) -> tuple[int, float]:
+    """A laptop purchase whose cross-sell is due at once: its send id and the time its
+    transaction committed."""
+    event = validate_event(purchase(customer=customer_block("C-wake-1")))
+    with transaction(runtime.settings.resolved_database_url) as session:
+        ingest_event(session, event, runtime.rules.current(), runtime.policy, runtime.clock.now())
+    committed = time.monotonic()
+    with transaction(runtime.settings.resolved_database_url) as session:
+        send_id = session.scalars(
+            select(Send.id).where(Send.event_id == event.id, Send.status.in_(["planned", "queued"]))
+        ).one()
+    return send_id, committed
+
+
+def _started(dispatching: Dispatching) -> None:
+    """Start the dispatcher and let its first pass (with the poll's housekeeping) end:
+    from then on only the wake-up can make it look again within POLL_SECONDS."""
+    dispatching.thread.start()
+    time.sleep(2.0)
+
+
+def test_ingest_wakes_the_dispatcher_long_before_its_poll(runtime: Runtime) -> None:
+    dispatching = Dispatching(runtime)
+    _started(dispatching)
+    try:
+        send_id, committed = _ingest_purchase(runtime)
+        enqueued = dispatching.wait_for(send_id, WAKE_WITHIN_SECONDS + 5)
+    finally:
+        dispatching.stop.set()
+        dispatching.thread.join(10)
+    assert not dispatching.thread.is_alive(), "the dispatcher did not stop within 10 s"
+    assert enqueued is not None, f"send {send_id} not enqueued within 10 s (poll: 30 s)"
+    assert enqueued - committed < WAKE_WITHIN_SECONDS
+    with transaction(runtime.settings.resolved_database_url) as session:
+        assert session.get(Send, send_id).status == "queued"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_without_the_wakeup_the_send_waits_for_the_poll(tmp_path: Path, database_url: str) -> None:
+    """The same scenario with ``dispatch_wakeup`` off: what the test above measures is the
+    wake-up, not a dispatcher that happens to look again."""
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    (campaigns / "instant.yaml").write_text(CAMPAIGN)
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        campaigns_dir=campaigns,
+        quiet_hours="off",
+        dispatch_interval=POLL_SECONDS,
+        dispatch_wakeup=False,
+    )
+    runtime = Runtime(settings, clock=ShiftedClock(TUESDAY_MORNING))
+    seed_catalog(settings, TUESDAY_MORNING)
+    runtime.rules  # noqa: B018
+    dispatching = Dispatching(runtime)
+    _started(dispatching)
+    try:
+        send_id, _ = _ingest_purchase(runtime)
+        enqueued = dispatching.wait_for(send_id, 3.0)
+    finally:
+        dispatching.stop.set()
+        dispatching.thread.join(10)
+        runtime.close()
+    assert enqueued is None

@@ -1,0 +1,801 @@
+"""The ``crosssell`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
+
+import click
+
+from worker.core.settings import get_settings
+from worker.process.runtime import Runtime
+
+if TYPE_CHECKING:
+    from triggers.lint_issues import LintIssue
+
+
+def _serve(runtime_name: str) -> Runtime:
+    """The process runtime, with SIGHUP reloading campaigns and metrics served if asked."""
+    import signal
+
+    from triggers.lint_issues import RuleSetError
+    from worker.commands.migrate import SchemaNotCurrent, ensure_schema
+    from worker.core.metrics import serve_metrics
+    from worker.process.runtime import get_runtime
+
+    runtime = get_runtime()
+    settings = runtime.settings
+    try:
+        ensure_schema(settings.resolved_database_url, embedded=not settings.database_url)
+    except SchemaNotCurrent as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        runtime.rules.current()  # fail fast on bad rules at start, before taking any work
+    except RuleSetError as exc:
+        raise click.ClickException(f"the campaign files are not valid:\n{exc}") from None
+    runtime.rules.watch_in_background()
+    signal.signal(signal.SIGHUP, lambda *_: runtime.rules.request_reload())
+    port = runtime.settings.metrics_port
+    if port:
+        serve_metrics(port, runtime.settings.metrics_host, settings.resolved_database_url)
+        logging.getLogger(__name__).info("%s: metrics on :%s/metrics", runtime_name, port)
+    return runtime
+
+
+# Long-running processes log at INFO by default (their startup line, reloads); one-shot
+# commands at WARNING, so their output is only their own result lines; the demo at ERROR,
+# since its summary reports what the warnings would (dead letters, skips).
+SERVICES = frozenset({"consume", "dispatch", "run", "web", "unsubscribe-mail"})
+QUIET = frozenset({"demo"})
+
+
+class _CrosssellGroup(click.Group):
+    """Settings that do not validate end the command with one line per bad variable (its
+    ``CROSSSELL_`` name and why), exit status 2, instead of pydantic's traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from pydantic import ValidationError
+
+        try:
+            return super().invoke(ctx)
+        except ValidationError as error:
+            if error.title != "Settings":
+                raise
+            lines = [
+                f"  CROSSSELL_{'_'.join(str(part) for part in problem['loc']).upper()}: "
+                f"{problem['msg'].removeprefix('Value error, ')}"
+                for problem in error.errors()
+            ]
+            click.echo("crosssell: invalid settings:\n" + "\n".join(lines), err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_CrosssellGroup)
+@click.option(
+    "--log-level",
+    default=None,
+    help="Default: INFO for consume, dispatch, run, web, unsubscribe-mail; ERROR for demo; "
+    "else WARNING.",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="text, or json: one object per line [default: CROSSSELL_LOG_FORMAT, else text]",
+)
+@click.pass_context
+def main(
+    ctx: click.Context, log_level: str | None, log_format: Literal["text", "json"] | None
+) -> None:
+    """crosssell: CRM events in, timely cross-sell emails out."""
+    from worker.core.log_format import configure_logging
+
+    command = ctx.invoked_subcommand
+    default = "INFO" if command in SERVICES else "ERROR" if command in QUIET else "WARNING"
+    configure_logging(log_level or default, log_format or get_settings().log_format)
+
+
+def _revision_text(revision: str | None, docs: dict[str, str]) -> str:
+    if revision is None:
+        return "an empty database"
+    return f"{revision} ({docs[revision]})" if docs.get(revision) else revision
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (Alembic); says from which revision to which."""
+    from alembic.script import ScriptDirectory
+
+    from worker.commands.migrate import alembic_config, current_revision, upgrade
+    from worker.process.startup import masked
+
+    settings = get_settings()
+    url = settings.resolved_database_url
+    script = ScriptDirectory.from_config(alembic_config(url))
+    docs = {rev.revision: str(rev.doc or "") for rev in script.walk_revisions()}
+    before = current_revision(url)
+    upgrade(url)
+    after = current_revision(url)
+    where = masked(url)
+    if before == after:
+        click.echo(f"{where}: already at {_revision_text(after, docs)}; nothing to do")
+        return
+    applied = [rev for rev in script.iterate_revisions(after, before)]
+    click.echo(
+        f"{where}: migrated from {_revision_text(before, docs)} "
+        f"to {_revision_text(after, docs)} ({len(applied)} migration(s))"
+    )
+
+
+@main.command()
+@click.argument("file", type=click.File("rb"))
+def publish(file: BinaryIO) -> None:
+    """Publish the events of a JSON Lines FILE ('-' for stdin) to the configured queue.
+
+    Each line is validated as the consumer would; invalid lines are reported on stderr
+    with their line numbers and not published, and the exit status is then 1.
+    """
+    from worker.intake.publisher import bounded_lines, publish_lines
+
+    report = publish_lines(get_settings(), bounded_lines(file))
+    for bad in report.rejected:
+        click.echo(f"line {bad.line}: {bad.code}: {bad.reason}", err=True)
+    click.echo(
+        f"published {report.published} event(s)"
+        + (f", {len(report.rejected)} invalid line(s) not published" if report.rejected else "")
+    )
+    if report.rejected:
+        sys.exit(1)
+
+
+@main.command()
+def consume() -> None:
+    """Consume CRM events: store, decide and plan (production: one or more of these)."""
+    from worker.intake.consumer import run_consumer
+
+    run_consumer(_serve("consume"))
+
+
+@main.command()
+def dispatch() -> None:
+    """Enqueue due sends for the Celery workers, re-enqueue lost ones, publish activity."""
+    import signal
+
+    from worker.outbox.dispatcher import run_dispatcher
+    from worker.records.activity import start_activity_publisher
+
+    runtime = _serve("dispatch")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    activity = start_activity_publisher(runtime.settings, stop)
+    try:
+        run_dispatcher(runtime, stop)
+    except KeyboardInterrupt:
+        stop.set()
+    activity.join(timeout=10)
+
+
+@main.command()
+@click.option("--until-drained", is_flag=True, help="Stop when nothing is left to do.")
+@click.option("--concurrency", default=1, show_default=True, help="Delivery threads.")
+def run(until_drained: bool, concurrency: int) -> None:
+    """Consumer, dispatcher and Celery worker in one process (embedded and small installs)."""
+    from worker.commands.run import run_all
+    from worker.providers import check_provider
+    from worker.records.activity import start_activity_publisher
+
+    runtime = _serve("run")
+    try:
+        check_provider(runtime.settings)
+    except ValueError as exc:
+        raise click.ClickException(f"email provider: {exc}") from None
+    stop = threading.Event()
+    activity = start_activity_publisher(runtime.settings, stop)
+    try:
+        code = run_all(runtime, until_drained=until_drained, concurrency=concurrency)
+    finally:
+        stop.set()
+        activity.join(timeout=10)
+    sys.exit(code)
+
+
+@main.command()
+def demo() -> None:
+    """Run the demo shop through the whole pipeline on embedded defaults."""
+    from worker.commands.demo import run_demo
+
+    sys.exit(run_demo(get_settings(), sys.stdout))
+
+
+def _print_issues(issues: Sequence[LintIssue], output: str) -> None:
+    for issue in issues:
+        if output == "github":
+            where = f"{issue.path}: " if issue.path else ""
+            click.echo(
+                f"::{issue.level} file={issue.file},line={issue.line},col={issue.col},"
+                f"title={issue.code}::{where}{issue.message}"
+            )
+        else:
+            click.echo(str(issue))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "output", type=click.Choice(["text", "github"]), default="text")
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too (for CI).")
+def lint(paths: tuple[Path, ...], output: str, strict: bool) -> None:
+    """Validate campaign files (default: the configured campaigns directory).
+
+    Errors exit 1; warnings (an email that sends but reads badly for some customers) are
+    printed the same way and exit 0, unless --strict.
+    """
+    from triggers.lint_issues import RuleSetError
+    from worker.decide.rules import load_rules
+    from worker.email.rendering import Renderer
+
+    settings = get_settings()
+    try:
+        rules = load_rules(settings, Renderer(settings), list(paths) or None, parallel=True)
+    except RuleSetError as exc:
+        _print_issues(exc.issues, output)
+        warnings = len(exc.issues) - len(exc.errors)
+        summary = f"{len(exc.errors)} error(s)" + (f", {warnings} warning(s)" if warnings else "")
+        click.echo(summary, err=True)
+        sys.exit(1)
+    _print_issues(rules.warnings, output)
+    if rules.warnings:
+        click.echo(f"{len(rules.warnings)} warning(s)", err=True)
+    click.echo(f"{len(rules.campaigns)} campaign(s) OK")
+    if strict and rules.warnings:
+        sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--output",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directory to write to (default: schema/ in the project).",
+)
+def schema(directory: Path | None) -> None:
+    """Write the JSON Schemas of campaign and segment files (for editors and CI)."""
+    from worker.commands.schemas import write_schemas
+
+    for path in write_schemas(get_settings(), directory):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option(
+    "--event",
+    "event_file",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A file holding one event (JSON, or the first line of a JSONL file).",
+)
+@click.option("--campaign", "campaign_id", required=True)
+@click.option("--now", "now_text", default=None, help="Decide as of this ISO time.")
+def explain(event_file: Path, campaign_id: str, now_text: str | None) -> None:
+    """Show how each condition of a campaign evaluated for an event."""
+    from datetime import datetime
+
+    from triggers.events import InvalidEvent, parse_event
+    from worker.commands.explain import explain as explain_event
+    from worker.process.runtime import get_runtime
+
+    raw = event_file.read_bytes().strip()
+    try:
+        event = parse_event(raw)
+    except InvalidEvent as bad:
+        if bad.code != "not_json" or not raw:
+            raise click.ClickException(f"{event_file}: {bad.code}: {bad.reason}") from None
+        try:  # a JSON Lines file: explain its first event
+            event = parse_event(raw.splitlines()[0])
+        except InvalidEvent as first:
+            raise click.ClickException(f"{event_file}: {first.code}: {first.reason}") from None
+    now = datetime.fromisoformat(now_text) if now_text else None
+    try:
+        for line in explain_event(get_runtime(), event, campaign_id, now):
+            click.echo(line)
+    except LookupError as missing:
+        raise click.ClickException(str(missing)) from None
+
+
+@main.command()
+@click.option(
+    "--events",
+    "events_file",
+    type=click.Path(exists=True, path_type=Path),
+    help="JSON Lines file of events to replay.",
+)
+@click.option(
+    "--since",
+    "since_text",
+    default=None,
+    help="Replay the stored event log, counting from this ISO time.",
+)
+@click.option(
+    "--at",
+    "at_text",
+    default=None,
+    help="Decide every event at this ISO time ('now': the worker's clock), in arrival "
+    "order, as the worker would ingest them; default: each event at its own time.",
+)
+def simulate(events_file: Path | None, since_text: str | None, at_text: str | None) -> None:
+    """Dry run: which campaigns would fire, emails per day, what was skipped. Sends nothing."""
+    from worker.commands.simulation import (
+        events_from_file,
+        events_from_log,
+        parse_since,
+        report_lines,
+        run_simulation,
+    )
+    from worker.process.runtime import get_runtime
+
+    if (events_file is None) == (since_text is None):
+        raise click.UsageError("give either --events FILE or --since TIME")
+    runtime = get_runtime()
+    problems: list[str] = []
+    try:
+        at = None
+        if at_text is not None:
+            at = runtime.clock.now() if at_text == "now" else parse_since(at_text, "--at")
+    except ValueError as bad:
+        raise click.BadParameter(str(bad), param_hint="--at") from None
+    if events_file is not None:
+        source, count_from = events_from_file(events_file, problems), None
+    else:
+        try:
+            count_from = parse_since(str(since_text))
+        except ValueError as bad:
+            raise click.BadParameter(str(bad), param_hint="--since") from None
+        source = events_from_log(runtime)
+    from worker.commands.progress import tracked
+
+    replayed = tracked(source, "replaying events")
+    report, standing = run_simulation(runtime, replayed, count_from=count_from, at=at)
+    campaigns = [c.id for c in runtime.rules.current().campaigns]
+    for line in report_lines(report, campaigns, standing):
+        click.echo(line)
+    for problem in problems:
+        click.echo(f"skipped bad event: {problem}", err=True)
+
+
+@main.command()
+@click.option("--since", "since_text", default=None, help="Touches from this ISO time (UTC).")
+@click.option("--until", "until_text", default=None, help="Touches before this ISO time.")
+@click.option("--campaign", "campaign_id", default=None, help="Only this campaign.")
+@click.option(
+    "--format", "output", type=click.Choice(["table", "csv", "json", "html"]), default="table"
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--no-reconcile", is_flag=True, help="Skip attributing late purchases first.")
+def report(
+    since_text: str | None,
+    until_text: str | None,
+    campaign_id: str | None,
+    output: str,
+    out: Path | None,
+    no_reconcile: bool,
+) -> None:
+    """Each campaign variant against its holdout: conversions, lift, revenue, verdict."""
+    from worker.commands.report import run_report
+
+    try:
+        text = run_report(since_text, until_text, campaign_id, output, not no_reconcile)
+    except ValueError as bad:
+        raise click.UsageError(str(bad)) from None
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"report written to {out}")
+
+
+@main.group()
+def catalog() -> None:
+    """The product catalog offers draw from."""
+
+
+@catalog.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def catalog_import(file: Path) -> None:
+    """Import products from CSV or JSON Lines (.jsonl); all rows or none."""
+    from datetime import UTC, datetime
+
+    from worker.commands.progress import progress
+    from worker.core.db import transaction
+    from worker.offers.catalog_import import (
+        CatalogError,
+        language_list,
+        parse_catalog,
+        upsert_products,
+    )
+
+    try:
+        with progress(f"reading {file.name}"):
+            rows = parse_catalog(file)
+    except CatalogError as bad:
+        for error in bad.errors[:100]:
+            click.echo(f"{file}:{error.line}: {error.column}: {error.message}", err=True)
+        more = len(bad.errors) - 100
+        raise click.ClickException(
+            f"{len(bad.errors)} error(s){f' ({more} not shown)' if more > 0 else ''}; "
+            "nothing was imported"
+        ) from None
+    settings = get_settings()
+    with (
+        progress("importing products", total=len(rows)) as advance,
+        transaction(settings.resolved_database_url) as session,
+    ):
+        count = upsert_products(session, rows, datetime.now(UTC), on_batch=advance)
+    translated = {tag for row in rows for tag in row.name_i18n}
+    languages = f"; names also in {language_list(translated)}" if translated else ""
+    click.echo(f"imported {count} product(s) from {file}{languages}")
+
+
+@main.group()
+def recommendations() -> None:
+    """ "Customers who bought X also bought Y" for recommended offers."""
+
+
+@recommendations.command("rebuild")
+def recommendations_rebuild() -> None:
+    """Recompute product affinities and bestsellers from the order history now."""
+    from worker.commands.progress import progress
+    from worker.offers.recommendations import run_rebuild
+
+    with progress("rebuilding product affinities"):
+        report = run_rebuild(get_settings())
+    click.echo(
+        f"rebuilt from {report.customers} customers and {report.products} products: "
+        f"{report.pairs} product pairs kept, in {report.seconds:.1f} s"
+    )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+def web(host: str, port: int) -> None:
+    """Unsubscribe and preference pages, /healthz and /metrics (ASGI, uvicorn)."""
+    import uvicorn
+
+    from worker.core.metrics import install_outbox_gauges
+    from worker.process.runtime import get_runtime
+    from worker.process.startup import announce
+    from worker.web.web import create_app
+
+    runtime = get_runtime()
+    install_outbox_gauges(runtime.settings.resolved_database_url)
+    runtime.rules.current()  # loads the rules: crosssell_campaigns_active on /metrics
+    announce(runtime, "web")
+    uvicorn.run(create_app(runtime), host=host, port=port, proxy_headers=True)
+
+
+@main.group()
+def suppressions() -> None:
+    """Addresses that never get email: hard bounces, complaints, unsubscribes, manual."""
+
+
+@suppressions.command("list")
+@click.option("--reason", default=None, help="Only this reason (hard_bounce, complaint, …).")
+def suppressions_list(reason: str | None) -> None:
+    """List suppressed addresses, newest first (tab-separated)."""
+    from sqlalchemy import select
+
+    from worker.core.db import transaction
+    from worker.core.models import Suppression
+
+    query = select(Suppression).order_by(Suppression.created_at.desc())
+    if reason:
+        query = query.where(Suppression.reason == reason)
+    with transaction(get_settings().resolved_database_url) as session:
+        for row in session.scalars(query):
+            click.echo(
+                f"{row.email}\t{row.reason}\t{row.source or ''}\t{row.created_at:%Y-%m-%d %H:%M}"
+            )
+
+
+@suppressions.command("add")
+@click.argument("email")
+@click.option("--reason", default="manual", show_default=True)
+def suppressions_add(email: str, reason: str) -> None:
+    """Never email EMAIL again (until removed).
+
+    Unless the reason is hard_bounce (a fact about the address, not a wish of the
+    person), the customers who have this address are also opted out in their consent
+    history (source cli), so the opt-out follows them to a new address.
+    """
+    from datetime import UTC, datetime
+
+    from triggers.addresses import InvalidAddress, suppression_key
+    from worker.core.db import transaction
+    from worker.core.models import Suppression
+    from worker.records.customers import customers_with_address, withdraw_consent
+
+    try:
+        address = suppression_key(email)
+    except InvalidAddress as exc:
+        raise click.BadParameter(
+            f"{email!r} is not an email address: {exc}", param_hint="EMAIL"
+        ) from None
+    now = datetime.now(UTC)
+    with transaction(get_settings().resolved_database_url) as session:
+        withdrawn = []
+        if reason != "hard_bounce":
+            for customer in customers_with_address(session, address):
+                if withdraw_consent(
+                    session, customer, "cli", now, detail=f"suppressions add: {reason}"
+                ):
+                    withdrawn.append(customer.id)
+        if session.get(Suppression, address) is not None:
+            click.echo(f"{address} is already suppressed")
+        else:
+            session.add(Suppression(email=address, reason=reason, source="cli", created_at=now))
+            click.echo(f"suppressed {address} ({reason})")
+    for customer_id in withdrawn:
+        click.echo(f"consent withdrawn for customer {customer_id}")
+
+
+@main.command("unsubscribe-mail")
+@click.option(
+    "--listen",
+    default="127.0.0.1:2525",
+    show_default=True,
+    help="HOST:PORT to accept the unsubscribe mail on ([::1]:2525 for IPv6).",
+)
+@click.option("--lmtp", is_flag=True, help="Speak LMTP (RFC 2033) instead of SMTP.")
+def unsubscribe_mail(listen: str, lmtp: bool) -> None:
+    """Receive List-Unsubscribe mailto requests (SMTP or LMTP) and opt the senders out."""
+    import signal
+
+    from worker.process.runtime import get_runtime
+    from worker.web.unsubscribe_mail import parse_listen, receiver
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as bad:
+        raise click.BadParameter(str(bad), param_hint="--listen") from None
+    runtime = get_runtime()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    controller = receiver(runtime, host, port, lmtp=lmtp)
+    controller.start()
+    logging.getLogger(__name__).warning(
+        "unsubscribe mail receiver (%s) on %s:%s for %s",
+        "LMTP" if lmtp else "SMTP",
+        host,
+        port,
+        runtime.settings.unsubscribe_mailto,
+    )
+    try:
+        stop.wait()
+    finally:
+        controller.stop()
+
+
+@suppressions.command("remove")
+@click.argument("email")
+def suppressions_remove(email: str) -> None:
+    """Allow email to EMAIL again (consent is still required)."""
+    from triggers.addresses import lookup_key
+    from worker.core.db import transaction
+    from worker.core.models import Suppression
+    from worker.records.privacy import suppression_keys
+
+    address = lookup_key(email)
+    with transaction(get_settings().resolved_database_url) as session:
+        rows = [
+            row
+            for key in suppression_keys(address)
+            if (row := session.get(Suppression, key)) is not None
+        ]
+        if not rows:
+            raise click.ClickException(f"{address} is not suppressed")
+        for row in rows:  # the address itself, and its hash if its customer was forgotten
+            session.delete(row)
+    click.echo(f"removed {address} ({', '.join(row.reason for row in rows)})")
+
+
+@main.command()
+@click.argument("campaign_id")
+@click.option(
+    "--customer",
+    "customer_id",
+    default=None,
+    help="A customer in the database (default: the sample customer lint uses; no database).",
+)
+@click.option(
+    "--locale",
+    default=None,
+    help="Render in this locale instead of the customer's (each locale has its own directory).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Directory (default: var/preview)."
+)
+@click.option(
+    "--screenshot",
+    "screenshots",
+    is_flag=True,
+    help="Also write screenshot-800.png and screenshot-375.png (headless Chromium).",
+)
+def preview(
+    campaign_id: str,
+    customer_id: str | None,
+    locale: str | None,
+    out: Path | None,
+    screenshots: bool,
+) -> None:
+    """Render a campaign's email for one customer: subject, HTML, text and .eml files."""
+    from babel import Locale, UnknownLocaleError
+
+    from worker.commands.preview import preview as make_preview
+    from worker.process.runtime import get_runtime
+
+    if locale is not None:
+        try:
+            Locale.parse(locale.replace("-", "_"))
+        except (ValueError, UnknownLocaleError):
+            raise click.BadParameter(
+                f"{locale!r} is not a locale (like ro-RO or it)", param_hint="--locale"
+            ) from None
+    runtime = get_runtime()
+    try:
+        results = make_preview(
+            runtime,
+            campaign_id,
+            customer_id,
+            locale,
+            out or runtime.settings.var_dir / "preview",
+            screenshots,
+        )
+    except (LookupError, RuntimeError) as problem:
+        raise click.ClickException(str(problem)) from None
+    for result in results:
+        for note in result.notes:
+            click.echo(f"note: {note}")
+        files = "subject.txt,body.html,body.txt,message.eml"
+        if screenshots:
+            files += ",screenshot-800.png,screenshot-375.png"
+        click.echo(f"wrote {result.directory}/{{{files}}}")
+
+
+@main.command()
+@click.argument("customer_id")
+def forget(customer_id: str) -> None:
+    """Erase CUSTOMER_ID's personal data; anonymised rows stay, so totals do not change."""
+    from datetime import UTC, datetime
+
+    from worker.records.privacy import forget_now
+
+    report = forget_now(get_settings(), customer_id, datetime.now(UTC))
+    if report is None:
+        raise click.ClickException(f"customer {customer_id} is not known")
+    click.echo(
+        f"forgot customer {customer_id}: {report.addresses} address(es) replaced by their "
+        f"keyed hash ({report.suppressions} suppression(s), {report.consent_records} consent "
+        f"record(s), {report.webhook_events} webhook record(s)); {report.events} event(s) "
+        f"cut to the customer id; {report.sends_scrubbed} send detail(s) scrubbed; "
+        f"{report.sends_cancelled} waiting send(s) skipped"
+    )
+
+
+@main.command()
+@click.argument("customer_id")
+@click.option(
+    "--output",
+    type=click.File("w", encoding="utf-8"),
+    default="-",
+    show_default=True,
+    help="File to write the JSON to ('-': standard output).",
+)
+def export(customer_id: str, output: TextIO) -> None:
+    """Write everything held about CUSTOMER_ID as one JSON document."""
+    import json
+
+    from worker.core.db import transaction
+    from worker.records.privacy import export_customer, forget_key
+
+    settings = get_settings()
+    with transaction(settings.resolved_database_url) as session:
+        document = export_customer(session, customer_id, forget_key(settings))
+    if document is None:
+        raise click.ClickException(f"customer {customer_id} is not known")
+    json.dump(document, output, ensure_ascii=False, indent=2)
+    output.write("\n")
+
+
+@main.command()
+@click.option("--ambiguous", "ambiguous_limit", default=10, show_default=True, help="List at most.")
+def status(ambiguous_limit: int) -> None:
+    """The pipeline at a glance: backlog, due and queued sends, recent failures, rules."""
+    from datetime import UTC, datetime
+
+    from triggers.lint_issues import RuleSetError
+    from worker.commands.run import waiting_events
+    from worker.commands.status import outbox_status, rules_summary, status_lines
+    from worker.core.db import transaction
+    from worker.decide.rules import load_rules
+    from worker.email.rendering import Renderer
+    from worker.process.runtime import Runtime
+
+    settings = get_settings()
+    now = datetime.now(UTC)
+    with transaction(settings.resolved_database_url) as session:
+        report = outbox_status(session, now, ambiguous_limit)
+    try:
+        waiting: int | None = waiting_events(Runtime(settings))
+    except Exception:  # no broker, or the queue not declared yet: say so, do not fail
+        waiting = None
+    campaigns: int | None = None
+    problems: int | None = None
+    try:
+        campaigns = len(load_rules(settings, Renderer(settings), None, parallel=True).campaigns)
+    except RuleSetError as exc:
+        problems = len(exc.issues)
+    summary = rules_summary(settings, campaigns, problems, now)
+    for line in status_lines(report, now, waiting, summary, settings.activity_publish):
+        click.echo(line)
+
+
+@main.group()
+def sends() -> None:
+    """The outbox: what is waiting, what failed, and why."""
+
+
+@sends.command("list")
+@click.option(
+    "--status",
+    "status_name",
+    type=click.Choice(["planned", "queued", "sending", "failed", "skipped", "sent", "held_out"]),
+    default="planned",
+    show_default=True,
+)
+@click.option("--campaign", default=None, help="Only this campaign id.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+def sends_list(status_name: str, campaign: str | None, limit: int) -> None:
+    """List sends in a status (tab-separated): planned ones with why they wait, failed
+    ones with the provider's answer (addresses redacted)."""
+    from worker.commands.status import list_sends, send_lines
+    from worker.core.db import transaction
+
+    with transaction(get_settings().resolved_database_url) as session:
+        rows = list_sends(session, status_name, campaign, limit)
+    for line in send_lines(rows, status_name):
+        click.echo(line)
+
+
+@sends.command("release")
+@click.argument("send_ids", nargs=-1, required=True, type=int)
+def sends_release(send_ids: tuple[int, ...]) -> None:
+    """Send again sends reported ambiguous (or stuck ``sending``) whose message the
+    provider's log shows never arrived: they go back to the outbox, due now. Any other
+    status is refused (exit 1). See docs/delivery.md, "The ambiguous window"."""
+    from worker.core.clock import SystemClock
+    from worker.core.db import engine_for
+    from worker.outbox.claims import release_by_operator
+
+    url = get_settings().resolved_database_url
+    refused = False
+    for answer in release_by_operator(engine_for(url), send_ids, SystemClock().now()):
+        if answer.released:
+            click.echo(f"send {answer.send_id}: {answer.found} → planned, due now")
+        elif answer.found is None:
+            refused = True
+            click.echo(f"send {answer.send_id}: no such send")
+        else:
+            refused = True
+            click.echo(
+                f"send {answer.send_id}: is {answer.found}; only failed/ambiguous or "
+                "sending sends can be released"
+            )
+    if refused:
+        sys.exit(1)

@@ -1,0 +1,289 @@
+"""The engine's inputs, read from the database in one place.
+
+``decide`` (planning) and ``recheck`` (just before sending) are pure: they see only what
+they are given. Ingest, the delivery recheck, ``explain``, ``simulate`` and ``preview``
+all build that from here, so each sees the same customer: profile and facts, consent and
+suppression, the campaign kinds they opted out of, and their send history (which also
+gives the time of their last email, for spacing). Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from triggers.addresses import lookup_key
+from triggers.decide import COUNTED_STATUSES, MARKETING_HISTORY, PastSend, Subject, subject_for
+from triggers.events import AnyEvent
+from triggers.facts import CustomerProfile, build_facts
+from worker.core.dialect_insert import among
+from worker.core.models import Customer, Send, Suppression
+from worker.records.customers import is_suppressed, profile_of
+from worker.records.privacy import suppression_keys
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionInputs:
+    """Everything ``decide`` and ``recheck`` need about one customer and one event."""
+
+    profile: CustomerProfile
+    subject: Subject
+    facts: Mapping[str, object]
+    history: list[PastSend]
+
+    @property
+    def last_email_at(self) -> datetime | None:
+        """When the customer's latest email went or goes out (planned ones included)."""
+        times = [past.at for past in self.history if past.status in COUNTED_STATUSES]
+        return max(times) if times else None
+
+
+def decision_inputs(
+    session: Session,
+    event: AnyEvent,
+    now: datetime,
+    *,
+    customer: Customer | None,
+    profile: CustomerProfile | None = None,
+    exclude_send: int | None = None,
+    lock: bool = False,
+) -> DecisionInputs:
+    """The inputs for ``event`` as of ``now``: the batch loader
+    (:func:`decision_inputs_many`) for a batch of one, so a single decision (``explain``,
+    ``preview``, a sequence step) reads its customer exactly as a batch does.
+
+    ``profile`` defaults to the stored customer's; ``explain`` passes the stored one with
+    the event applied on top. ``customer`` is None for a customer the database does not
+    know yet: no history, no opted-out kinds, but the suppression list still applies to
+    the event's address. ``exclude_send`` leaves a send out of its own history (recheck).
+    ``lock`` (ingest) locks the customer's planned rows until the caller's transaction
+    ends, so a planned send that ``decide`` lets make room cannot be claimed by a
+    dispatcher meanwhile.
+    ValueError when neither ``customer`` nor ``profile`` is given.
+    """
+    email = profile.email if profile is not None else customer.email if customer else None
+    batch = decision_inputs_many(
+        session, [customer.id] if customer is not None else [], [email], lock=lock
+    )
+    return batch.for_event(
+        session, event, now, customer, profile=profile, exclude_send=exclude_send
+    )
+
+
+@dataclass(slots=True)
+class BatchInputs:
+    """The stored inputs of a batch's customers, read with a few queries for the whole
+    batch (:func:`decision_inputs_many`), then kept current by ingest as it plans.
+
+    ``histories`` maps each customer id to their marketing sends (:func:`histories_of`);
+    ``suppressed`` maps each address looked up for the batch to whether it is on the
+    suppression list (under any of its keys, so each address is keyed once). An address
+    not in it (a customer whose event changed it) is asked of the database, as is one
+    whose suppression may have been lifted in this transaction (:meth:`forget_address`)."""
+
+    histories: dict[str, list[PastSend]]
+    suppressed: dict[str, bool]
+
+    def is_suppressed(self, session: Session, email: str | None) -> bool:
+        """Same answer as :func:`worker.records.customers.is_suppressed`, from memory when
+        it can."""
+        if email is None:
+            return False
+        known = self.suppressed.get(email)
+        return is_suppressed(session, email) if known is None else known
+
+    def forget_address(self, email: str | None) -> None:
+        """Ask the database again for ``email`` (its suppression may have changed)."""
+        self.suppressed.pop(email or "", None)
+
+    def for_event(
+        self,
+        session: Session,
+        event: AnyEvent,
+        now: datetime,
+        customer: Customer | None,
+        *,
+        profile: CustomerProfile | None = None,
+        exclude_send: int | None = None,
+    ) -> DecisionInputs:
+        """The :class:`DecisionInputs` of ``event`` for ``customer`` as of ``now``.
+
+        ``profile`` defaults to the stored customer's; ``customer`` None is one the
+        database does not know yet (no history, no opted-out kinds; the suppression list
+        still applies to the profile's address); ``exclude_send`` leaves that send out of
+        its own history (the delivery recheck)."""
+        if profile is None:
+            if customer is None:
+                raise ValueError("give the stored customer or a profile")
+            profile = profile_of(customer)
+        subject = subject_for(
+            profile,
+            suppressed=self.is_suppressed(session, profile.email),
+            opted_out_kinds=(customer.opted_out_kinds or ()) if customer is not None else (),
+        )
+        history = self.histories.setdefault(customer.id, []) if customer is not None else []
+        if exclude_send is not None:
+            history = [past for past in history if past.send_id != exclude_send]
+        return DecisionInputs(profile, subject, build_facts(event, profile, now), list(history))
+
+
+def histories_of(session: Session, customer_ids: Iterable[str]) -> dict[str, list[PastSend]]:
+    """The marketing send histories of many customers in one query, by customer id, in
+    send id order. A ``sending`` row not yet handed over counts as ``queued`` (not gone
+    yet), exactly as a concurrent worker's claim was invisible before claims were
+    committed at once: only emails that went or are going out now count as such."""
+    histories: dict[str, list[PastSend]] = {}
+    ids = sorted(set(customer_ids))
+    if not ids:
+        return histories
+    rows = session.execute(
+        select(
+            Send.id,
+            Send.customer_id,
+            Send.campaign_id,
+            Send.status,
+            Send.handed_over_at,
+            Send.sent_at,
+            Send.send_at,
+            Send.created_at,
+            Send.expires_at,
+        )
+        .where(among(session, Send.customer_id, ids), Send.status.in_(MARKETING_HISTORY))
+        .order_by(Send.id)
+    )
+    for row in rows:
+        status = "queued" if row.status == "sending" and row.handed_over_at is None else row.status
+        histories.setdefault(row.customer_id, []).append(
+            PastSend(
+                row.campaign_id,
+                status,
+                row.sent_at or row.send_at or row.created_at,
+                row.id,
+                row.expires_at,
+            )
+        )
+    return histories
+
+
+def suppressed_among(session: Session, keys: Iterable[str]) -> set[str]:
+    """Which of these suppression keys (``worker.records.privacy.suppression_keys``) are on the
+    suppression list: one query."""
+    wanted = set(keys)
+    if not wanted:
+        return set()
+    return set(
+        session.scalars(select(Suppression.email).where(among(session, Suppression.email, wanted)))
+    )
+
+
+def decision_inputs_many(
+    session: Session, customer_ids: Iterable[str], emails: Iterable[str | None], *, lock: bool
+) -> BatchInputs:
+    """The histories of ``customer_ids`` and the suppressions of ``emails``, three queries
+    for a whole batch. ``lock`` locks the customers' planned rows (in id order) until the
+    transaction ends: ingest's, so that a planned send ``decide`` lets make room cannot be
+    claimed by a dispatcher meanwhile."""
+    ids = sorted(set(customer_ids))
+    addresses = {email for email in emails if email}
+    histories: dict[str, list[PastSend]] = {customer_id: [] for customer_id in ids}
+    if ids and lock:
+        session.execute(
+            select(Send.id)
+            .where(among(session, Send.customer_id, ids), Send.status == "planned")
+            .order_by(Send.id)
+            .with_for_update()
+        ).all()
+    for customer_id, past in histories_of(session, ids).items():
+        histories[customer_id] = past
+    keys = {email: suppression_keys(email) for email in addresses}
+    found = suppressed_among(session, (key for listed in keys.values() for key in listed))
+    suppressed = {email: any(key in found for key in listed) for email, listed in keys.items()}
+    return BatchInputs(histories, suppressed)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """The database's suppression list and opted-out kinds, read once, for ``simulate``
+    (which rebuilds profiles and history in memory but cannot know these from events)."""
+
+    suppressed: frozenset[str] = frozenset()
+    opted_out: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def subject(self, profile: CustomerProfile) -> Subject:
+        email = lookup_key(profile.email) if profile.email else None
+        return subject_for(
+            profile,
+            suppressed=email is not None and email in self.suppressed,
+            opted_out_kinds=self.opted_out.get(profile.id, frozenset()),
+        )
+
+
+def load_standing(session: Session) -> Standing:
+    suppressed = frozenset(session.scalars(select(Suppression.email)).all())
+    opted_out = {
+        row.id: frozenset(row.opted_out_kinds)
+        for row in session.execute(select(Customer.id, Customer.opted_out_kinds)).all()
+        if row.opted_out_kinds
+    }
+    return Standing(suppressed, opted_out)
+
+
+# --- Delivery: the recheck's inputs for a whole batch of claimed sends -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecheckInputs:
+    """What the delivery recheck of one claimed send reads: its customer, the stored
+    event (the document and its validated form) and the decision inputs as of now."""
+
+    customer: Customer
+    payload: dict[str, Any]
+    event: AnyEvent
+    inputs: DecisionInputs
+
+
+def recheck_inputs_many(
+    session: Session, sends: Sequence[Send], now: datetime
+) -> dict[int, RecheckInputs]:
+    """The recheck inputs of many sends in four queries (customers, events, suppression
+    list, histories: :func:`decision_inputs_many`) instead of four per send; keyed by send
+    id. Each send is left out of its own history.
+
+    A ``sending`` row not yet handed over counts as ``queued`` (not gone yet), exactly as
+    the uncommitted claim of a concurrent worker was invisible before claims were
+    committed at once: a recheck judges only emails that went or are going out right now.
+    """
+    from triggers.events import validate_event
+    from worker.core.models import Event
+
+    if not sends:
+        return {}
+    customer_ids = {send.customer_id for send in sends}
+    customers = {
+        customer.id: customer
+        for customer in session.scalars(select(Customer).where(Customer.id.in_(customer_ids)))
+    }
+    payloads: dict[str, dict[str, Any]] = {
+        row.event_id: row.payload
+        for row in session.execute(
+            select(Event.event_id, Event.payload).where(
+                Event.event_id.in_({send.event_id for send in sends})
+            )
+        )
+    }
+    batch = decision_inputs_many(
+        session, customer_ids, (customer.email for customer in customers.values()), lock=False
+    )
+    found: dict[int, RecheckInputs] = {}
+    for send in sends:
+        customer = customers[send.customer_id]
+        payload = payloads[send.event_id]
+        event = validate_event(payload)
+        inputs = batch.for_event(session, event, now, customer, exclude_send=send.id)
+        found[send.id] = RecheckInputs(customer, payload, event, inputs)
+    return found

@@ -1,0 +1,528 @@
+"""The event consumer: broker message → validated event → committed row → ack.
+
+Built on kombu's ``ConsumerMixin`` so it reconnects by itself. The raw body is decoded
+here, not by kombu, so any AMQP client's plain JSON is accepted and anything bad is
+dead-lettered with a reason instead of kombu's default of acknowledging and losing it.
+
+No message can stop intake: :func:`handle_body` turns every failure that belongs to the
+message (invalid input, a value the database refuses, a bug it trips) into a dead letter,
+and only a lost database connection sends the message back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kombu.connection import Connection
+from kombu.message import Message
+from kombu.messaging import Producer
+from kombu.mixins import ConsumerMixin
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from triggers.events import AnyEvent, InvalidEvent, parse_event
+from worker.core.db import transaction
+from worker.core.log_format import fields
+from worker.core.metrics import EVENTS
+from worker.core.redaction import redact
+from worker.core.topology import dead_letter_queue, events_queue, transport_options
+from worker.intake.ingest import IngestResult, ingest_batch
+from worker.process.runtime import Runtime
+from worker.process.startup import announce
+from worker.records.privacy import forget_from_message
+
+log = logging.getLogger(__name__)
+
+INTEGRITY_ATTEMPTS = 3
+"""Tries of one event after integrity errors: a race with another consumer (same event
+id, same new customer) resolves on the next try, when the winner's row is visible."""
+OUTAGE_PAUSE_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """What became of one message body.
+
+    ``stored`` and ``duplicate`` are acknowledged, ``dead_letter`` is moved to the
+    dead-letter queue with ``code`` and ``reason`` (PII-free), ``retry`` (the database
+    is unreachable) goes back to the queue.
+    """
+
+    outcome: Literal["stored", "duplicate", "dead_letter", "retry"]
+    code: str = ""
+    reason: str = ""
+    event_id: str | None = None
+    customer_id: str | None = None
+    decided: str = ""
+    """What each campaign that matched decided (``laptop-accessories: planned``), for the log."""
+
+
+def _ingested(event: AnyEvent, result: IngestResult) -> Handled:
+    decided = ", ".join(
+        f"{decision.campaign_id}: {decision.reason or decision.outcome}"
+        for decision in result.decisions
+        if decision.outcome != "not_matched"
+    )
+    return Handled(
+        "duplicate" if result.duplicate else "stored",
+        event_id=event.id,
+        customer_id=event.customer.id,
+        decided=decided,
+    )
+
+
+def _is_outage(exc: DBAPIError) -> bool:
+    """A lost or refused connection, a lock timeout: the database's state, not the
+    message's fault (PEP 249 OperationalError / InterfaceError, or SQLAlchemy's
+    connection-invalidated flag)."""
+    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+
+
+def _sqlstate(exc: DBAPIError) -> str:
+    """The SQLSTATE code of a PostgreSQL error (psycopg's ``sqlstate``), else the driver
+    exception's class name; neither quotes the refused value."""
+    state = getattr(exc.orig, "sqlstate", None)
+    return f"SQLSTATE {state}" if isinstance(state, str) else type(exc.orig).__name__
+
+
+def handle_body(runtime: Runtime, body: object) -> Handled:
+    """Validate and store one message body; never raises (bar ``BaseException``s such
+    as ``KeyboardInterrupt``)."""
+    return handle_bodies(runtime, [body])[0]
+
+
+def handle_bodies(runtime: Runtime, bodies: Sequence[object]) -> list[Handled]:
+    """Validate and store a batch of message bodies, one :class:`Handled` per body, in
+    order; never raises (bar ``BaseException``s).
+
+    Each body is validated alone; the valid events are stored in one transaction. An
+    erasure request (``worker.records.privacy``) is applied on its own, in its place: the events
+    before it are stored first."""
+    results: list[Handled | None] = [None] * len(bodies)
+    run: list[tuple[int, AnyEvent]] = []
+    for position, raw in enumerate(bodies):
+        body = bytes(raw) if isinstance(raw, bytearray | memoryview) else raw
+        try:
+            parsed = _parse(runtime, body)
+        except Exception as exc:  # a message must not stop intake, whatever it trips
+            results[position] = _internal_error(exc)
+            continue
+        if isinstance(parsed, Handled):
+            results[position] = parsed
+        elif isinstance(parsed, InvalidEvent):  # not an event: perhaps an erasure request
+            _store_run(runtime, run, results)
+            run = []
+            results[position] = _forget(runtime, body, parsed)
+        else:
+            run.append((position, parsed))
+    _store_run(runtime, run, results)
+    assert all(result is not None for result in results)
+    return [result for result in results if result is not None]
+
+
+def _internal_error(exc: Exception) -> Handled:
+    log.error(
+        "%s while handling a message; dead-lettered. Stack (no values):\n%s",
+        type(exc).__name__,
+        "".join(traceback.format_tb(exc.__traceback__)),
+    )
+    return Handled(
+        "dead_letter", "internal_error", f"{type(exc).__name__} while handling the event"
+    )
+
+
+def _parse(runtime: Runtime, body: object) -> AnyEvent | Handled | InvalidEvent:
+    """The event in ``body``; a dead letter; or, for a body of unknown type (which may
+    be an erasure request), the refusal to use if it is not one."""
+    if not isinstance(body, bytes | str):
+        # A Redis envelope whose "body" is a JSON number, object or null.
+        return Handled("dead_letter", "not_json", "the message body is not text")
+    try:
+        return parse_event(body, received_at=runtime.clock.now())
+    except InvalidEvent as bad:
+        if bad.code != "unknown_type":
+            return Handled("dead_letter", bad.code, bad.reason)
+        return bad
+
+
+def _forget(runtime: Runtime, body: object, bad: InvalidEvent) -> Handled:
+    """Apply a CRM erasure request (not a marketing event); a body that is not one is
+    dead-lettered as ``bad`` says."""
+    assert isinstance(body, bytes | str)
+    try:
+        if forget_from_message(runtime, body):
+            return Handled("stored")
+    except InvalidEvent as wrong:
+        return Handled("dead_letter", wrong.code, wrong.reason)
+    except Exception as exc:  # a message must not stop intake, whatever it trips
+        return _internal_error(exc)
+    return Handled("dead_letter", bad.code, bad.reason)
+
+
+def _store_run(
+    runtime: Runtime, run: list[tuple[int, AnyEvent]], results: list[Handled | None]
+) -> None:
+    if not run:
+        return
+    events = [event for _, event in run]
+    stored = _store_batch(runtime, events) if len(events) > 1 else None
+    if stored is None:
+        stored = _store_each(runtime, events)
+    for (position, _), handled in zip(run, stored, strict=True):
+        results[position] = handled
+
+
+def _store_batch(runtime: Runtime, events: list[AnyEvent]) -> list[Handled] | None:
+    """All ``events`` in one transaction; None when the database refused something in
+    it (a value, a constraint, a race) or an event tripped a bug: the caller then stores
+    them one by one, to find which."""
+    try:
+        with transaction(runtime.settings.resolved_database_url) as session:
+            results = ingest_batch(
+                session, events, runtime.rules.current(), runtime.policy, runtime.clock.now()
+            )
+    except DBAPIError as exc:
+        if _is_outage(exc):
+            log.warning(
+                "database unavailable, %d events requeued: %s", len(events), type(exc).__name__
+            )
+            return [Handled("retry", event_id=event.id) for event in events]
+        log.info(
+            "the database refused a batch of %d events (%s); storing them one by one",
+            len(events),
+            _sqlstate(exc),
+        )
+        return None
+    except Exception as exc:  # a bug one event trips: find it, keep the others
+        log.info(
+            "%s in a batch of %d events; storing them one by one", type(exc).__name__, len(events)
+        )
+        return None
+    return [_ingested(event, result) for event, result in zip(events, results, strict=True)]
+
+
+def _store_each(runtime: Runtime, events: list[AnyEvent]) -> list[Handled]:
+    """The events one by one, each in a savepoint of one transaction: one the database
+    refuses is dead-lettered, the others are stored; a lost connection requeues all."""
+    handled: list[Handled] = []
+    try:
+        with transaction(runtime.settings.resolved_database_url) as session:
+            for event in events:
+                handled.append(_store_one(runtime, session, event))
+    except DBAPIError as exc:
+        if not _is_outage(exc):
+            log.error("the database refused a commit (%s); events requeued", _sqlstate(exc))
+        else:
+            log.warning(
+                "database unavailable, %d events requeued: %s", len(events), type(exc).__name__
+            )
+        return [Handled("retry", event_id=event.id) for event in events]
+    return handled
+
+
+def _store_one(runtime: Runtime, session: Session, event: AnyEvent) -> Handled:
+    """One event in a savepoint; raises only for a lost connection."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with session.begin_nested():
+                [result] = ingest_batch(
+                    session, [event], runtime.rules.current(), runtime.policy, runtime.clock.now()
+                )
+        except IntegrityError as exc:
+            if attempt < INTEGRITY_ATTEMPTS:
+                log.info("event %s raced another consumer; trying again", event.id)
+                continue
+            return Handled(
+                "dead_letter",
+                "storage_refused",
+                f"the database refused the event {attempt} times ({_sqlstate(exc)})",
+                event.id,
+            )
+        except DBAPIError as exc:
+            if _is_outage(exc):
+                raise
+            # DataError (NUL, value too long, numeric overflow) and the like: this
+            # message would be refused on every retry.
+            return Handled(
+                "dead_letter",
+                "storage_refused",
+                f"the database refused a value ({_sqlstate(exc)})",
+                event.id,
+            )
+        except Exception as exc:  # a message must not stop intake, whatever it trips
+            handled = _internal_error(exc)
+            return Handled(handled.outcome, handled.code, handled.reason, event.id)
+        return _ingested(event, result)
+
+
+class EventConsumer(ConsumerMixin):
+    """Takes messages in batches: up to ``CROSSSELL_INGEST_BATCH`` of them, or what came
+    within ``CROSSSELL_INGEST_LINGER`` seconds of the first, stored in one transaction
+    and acknowledged after its commit (docs/events.md)."""
+
+    def __init__(self, connection: Connection, runtime: Runtime) -> None:
+        self.connection = connection
+        self.runtime = runtime
+        self.batch_size = runtime.settings.ingest_batch
+        self.linger = runtime.settings.ingest_linger
+        self.stats = {"accepted": 0, "duplicate": 0, "dead_lettered": 0}
+        self._taken: list[Message] = []
+        self._deadline = 0.0
+
+    @property
+    def handled(self) -> int:
+        """Messages taken off the queue for good (stored, duplicate or dead-lettered)."""
+        return sum(self.stats.values())
+
+    def get_consumers(self, consumer_cls: Any, channel: Any) -> list[Any]:
+        dead = dead_letter_queue(self.runtime.settings)
+        dead(channel).declare()
+        return [
+            consumer_cls(
+                queues=[events_queue(self.runtime.settings)],
+                on_message=self.on_message,
+                # A full batch must fit in what the broker hands out unacknowledged.
+                prefetch_count=self.batch_size,
+            )
+        ]
+
+    def consume(
+        self,
+        limit: int | None = None,
+        timeout: float | None = None,
+        safety_interval: float = 1,
+        **kwargs: Any,
+    ) -> Iterator[None]:
+        """kombu's loop, which waits for a message at most ``safety_interval`` seconds,
+        with a deadline added: a batch is stored when full (in :meth:`on_message`) or
+        ``linger`` seconds after its first message, whichever comes first.
+
+        Messages taken but not stored when the connection drops are not acknowledged;
+        the broker delivers them again."""
+        with self.consumer_context(**kwargs) as (connection, _channel, _consumers):
+            self._taken = []
+            while not self.should_stop:
+                wait = self._deadline - time.monotonic() if self._taken else safety_interval
+                if wait <= 0:
+                    self.flush()
+                    yield
+                    continue
+                try:
+                    connection.drain_events(timeout=wait)
+                except TimeoutError:
+                    connection.heartbeat_check()
+                except OSError:
+                    if not self.should_stop:
+                        raise
+                except Exception as exc:
+                    # The transport could not decode an item (Redis: not an envelope):
+                    # the connection is fine, so settle what was taken before _consume
+                    # skips the item and starts again; kombu would otherwise give the
+                    # taken messages back to the queue when the channel closes.
+                    if not isinstance(exc, self._connection_failures()):
+                        self.flush()
+                    raise
+                yield
+            self.flush()  # asked to stop: store what was taken, then leave
+
+    def _connection_failures(self) -> tuple[type[BaseException], ...]:
+        return tuple(self.connection.connection_errors) + tuple(self.connection.channel_errors)
+
+    def on_message(self, message: Message) -> None:
+        if not self._taken:
+            self._deadline = time.monotonic() + self.linger
+        self._taken.append(message)
+        if len(self._taken) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Store the messages taken so far, then settle each: acknowledge the stored and
+        duplicate ones (after the commit), dead-letter the bad ones, requeue all the
+        batch's events if the database is unavailable."""
+        messages, self._taken = self._taken, []
+        if not messages:
+            return
+        outcomes = handle_bodies(self.runtime, [message.body for message in messages])
+        retry: list[Message] = []
+        accepted: list[tuple[Message, Handled]] = []
+        for message, handled in zip(messages, outcomes, strict=True):
+            if handled.outcome == "dead_letter":
+                self.dead_letter(message, handled.code, handled.reason)
+            elif handled.outcome == "retry":
+                retry.append(message)
+            else:
+                accepted.append((message, handled))
+        if retry:
+            time.sleep(OUTAGE_PAUSE_SECONDS)
+            for message in retry:
+                message.requeue()
+        self._ack([message for message, _ in accepted])
+        for message, handled in accepted:
+            self._accepted(message, handled)
+
+    def _ack(self, messages: list[Message]) -> None:
+        """Acknowledge ``messages``, after the commit and after the batch's dead letters
+        and requeues. On AMQP one ``basic.ack`` with ``multiple`` settles the lot (AMQP
+        0-9-1: every unsettled delivery up to that tag on the channel, and every earlier
+        delivery on this channel is settled by now: the earlier batches and the rest of
+        this one). Other transports (Redis, the embedded broker) ack one by one: kombu's
+        virtual channels ignore ``multiple``."""
+        if not messages:
+            return
+        if self.connection.transport.driver_type == "amqp":
+            last = max(messages, key=lambda message: message.delivery_tag)
+            last.ack(multiple=True)
+            return
+        for message in messages:
+            message.ack()
+
+    def _accepted(self, message: Message, handled: Handled) -> None:
+        """Count and log a stored or duplicate message (:meth:`_ack` acknowledged it)."""
+        outcome = "duplicate" if handled.outcome == "duplicate" else "accepted"
+        self.stats[outcome] += 1
+        EVENTS.labels(outcome).inc()
+        if handled.event_id is None:
+            return  # an erasure request: worker.records.privacy logs and counts it
+        log.info(
+            "event %s %s%s",
+            handled.event_id,
+            outcome,
+            f", {handled.decided}" if handled.decided else "",
+            extra=fields(
+                event_id=handled.event_id, customer_id=handled.customer_id, outcome=outcome
+            ),
+        )
+
+    def on_connection_error(self, exc: Exception, interval: float) -> None:
+        """One line per failed attempt, no traceback: a refused login or an unreachable
+        broker is the same error every time (kombu's default logs the whole stack)."""
+        log.error(
+            "broker connection failed (%s: %s); trying again in %.0f s",
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+            interval,
+        )
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        """kombu could not decode the body for us (a Redis body string holding a lone
+        surrogate, a bad ``body_encoding``): dead-letter it instead of kombu's default,
+        which logs the body and acknowledges it, losing the message."""
+        code = "not_utf8" if isinstance(exc, UnicodeError) else "undecodable"
+        self.dead_letter(
+            message, code, f"the transport could not decode the body ({type(exc).__name__})"
+        )
+
+    def dead_letter(self, message: Message, code: str, reason: str) -> None:
+        """Keep the bad message whole with its reason, then ack it; never log its body.
+
+        The producer's headers and properties (``message_id``, ``correlation_id``,
+        ``app_id``, ``timestamp``…) stay on the dead letter, so it can be traced back to
+        its producer and replayed as it was; the reason is added as headers."""
+        queue = dead_letter_queue(self.runtime.settings)
+        producer = Producer(self.connection.default_channel)
+        info = message.delivery_info or {}
+        original = message.headers if isinstance(message.headers, dict) else {}
+        properties = message.properties if isinstance(message.properties, dict) else {}
+        headers = {
+            **original,
+            "x-crosssell-error": code,
+            "x-crosssell-reason": reason,
+            "x-original-routing-key": str(info.get("routing_key") or ""),
+            "x-original-exchange": str(info.get("exchange") or ""),
+        }
+        if properties.get("user_id") is not None:
+            # RabbitMQ refuses a user_id that is not the publishing connection's user.
+            headers["x-original-user-id"] = properties["user_id"]
+        body = message.body
+        producer.publish(
+            # surrogatepass: a Redis body may hold lone surrogates (JSON "\ud800"); keep them.
+            body if isinstance(body, bytes) else str(body).encode("utf-8", "surrogatepass"),
+            exchange="",
+            routing_key=queue.name,
+            headers=headers,
+            content_type=message.content_type or "application/octet-stream",
+            content_encoding=message.content_encoding or "binary",
+            delivery_mode=2,
+            declare=[queue],
+            retry=True,
+            **{
+                name: properties[name]
+                for name in KEPT_PROPERTIES
+                if properties.get(name) is not None
+            },
+        )
+        message.ack()
+        self.stats["dead_lettered"] += 1
+        EVENTS.labels("dead_lettered").inc()
+        log.warning("dead-lettered a message: %s: %s", code, redact(reason))
+
+
+KEPT_PROPERTIES = ("message_id", "correlation_id", "app_id", "timestamp", "type", "reply_to")
+"""The producer's message properties a dead letter keeps. Not ``expiration`` (the dead
+letter would vanish from its queue), ``delivery_mode`` (a dead letter is always
+persistent) nor ``user_id`` (kept as the ``x-original-user-id`` header)."""
+
+
+class _OneLineErrors(logging.Filter):
+    """kombu's consumer logs every failed reconnect with a full traceback, once a second:
+    keep the line, name the error in it, drop the stack (it is the same every time)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            first = str(error).splitlines()[0][:200] if str(error) else ""
+            record.msg = f"{record.getMessage()} ({type(error).__name__}: {first})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("kombu.mixins").addFilter(_OneLineErrors())
+
+
+def run_consumer(
+    runtime: Runtime, started: Callable[[EventConsumer], None] | None = None
+) -> EventConsumer:
+    """Consume until ``should_stop`` is set on the consumer (``started`` receives it)."""
+    url = runtime.settings.resolved_events_url
+    announce(runtime, "consume")
+    with Connection(url, transport_options=transport_options(url)) as connection:
+        consumer = EventConsumer(connection, runtime)
+        if started is not None:
+            started(consumer)
+        _consume(consumer)
+        return consumer
+
+
+MAX_TRANSPORT_FAILURES = 100
+"""Consecutive transport-level decoding failures (no message handled in between) after
+which the consumer gives up and raises: beyond that it is not one bad message."""
+
+
+def _consume(consumer: EventConsumer) -> None:
+    """``consumer.run()``, kept going when the *transport* cannot decode an item.
+
+    kombu reconnects on connection errors itself, but an item that is not a kombu
+    envelope at all (Redis: not JSON, not an object, a bad ``body_encoding``) raises from
+    kombu's own decoding before :meth:`EventConsumer.on_message` sees it. Such an item
+    has already left the queue; it is logged (class of error only) and skipped.
+    """
+    failures = 0
+    while not consumer.should_stop:
+        handled_before = consumer.handled
+        try:
+            consumer.run()
+        except Exception as exc:
+            failures = 1 if consumer.handled != handled_before else failures + 1
+            if failures >= MAX_TRANSPORT_FAILURES:
+                raise
+            log.error("the transport could not decode a message (%s); skipped", type(exc).__name__)
+            time.sleep(0.1)
