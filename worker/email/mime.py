@@ -47,8 +47,8 @@ from functools import lru_cache
 from urllib.parse import quote as url_quote
 
 from triggers.addresses import EmailAddress, InvalidAddress, parse_address, parse_mailbox
+from worker.email.message import Mailbox, MessageContent, OutgoingEmail
 from worker.email.rendering import RenderedEmail
-from worker.providers.base import Mailbox, MessageContent, OutgoingEmail
 
 __all__ = [
     "Envelope",
