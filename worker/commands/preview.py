@@ -39,13 +39,13 @@ from worker.email.email_context import (
     Coupon,
     email_context,
     links_for,
+    mailto_for,
     sample_context,
     sample_offer,
 )
 from worker.email.mime import Envelope, build_message, feedback_id_for
 from worker.offers.offer_resolution import resolve_for_send
 from worker.process.runtime import Runtime
-from worker.web.unsubscribe_mail import mailto_for
 
 # Viewport (width, height) in CSS pixels: a desktop client's reading pane and an
 # iPhone-sized phone (375 px wide); the height is what the picture shows.
@@ -284,7 +284,7 @@ def _write(
                 date=now,
                 message_id=f"<preview-{campaign.id}-{variant.id}@{domain}>",
                 unsubscribe_url=links.unsubscribe_url,
-                unsubscribe_mailto=mailto_for(runtime, customer_id),
+                unsubscribe_mailto=mailto_for(settings, runtime.unsubscribe_keys, customer_id),
                 feedback_id=feedback_id_for(
                     campaign.id, campaign.kind, settings.feedback_sender_id
                 ),

@@ -58,6 +58,27 @@ def links_for(settings: Settings, keys: dict[str, bytes], customer_id: str) -> L
     return Links(f"{base}/u/{token}", f"{base}/preferences/{token}")
 
 
+# The word before the token in a mailto unsubscribe's subject; worker/web/unsubscribe_mail.py
+# takes the first genuine token wherever it stands in the subject.
+SUBJECT_WORD = "unsubscribe"
+
+
+def mailto_uri_body(address: str, token: str) -> str:
+    """The part after ``mailto:`` for one customer: ``address?subject=unsubscribe%20TOKEN``.
+
+    The subject is percent-encoded as RFC 6068 §2 requires (the token's own characters
+    are all unreserved, so it travels unchanged).
+    """
+    separator = "&" if "?" in address else "?"
+    return f"{address}{separator}subject={quote(f'{SUBJECT_WORD} {token}', safe='')}"
+
+
+def mailto_for(settings: Settings, keys: dict[str, bytes], customer_id: str) -> str:
+    """The List-Unsubscribe mailto value (without ``mailto:``) for a customer's email,
+    answered by ``crosssell unsubscribe-mail`` (worker/web/unsubscribe_mail.py)."""
+    return mailto_uri_body(settings.unsubscribe_mailto, sign(keys, customer_id, "all"))
+
+
 UTM_SOURCE = "crosssell"
 UTM_MEDIUM = "email"
 

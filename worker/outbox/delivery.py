@@ -42,7 +42,7 @@ from worker.core.models import Send, Suppression
 from worker.core.redaction import error_summary
 from worker.decide.decision_inputs import RecheckInputs, recheck_inputs_many
 from worker.decide.sequences import offered_after, step_check
-from worker.email.email_context import Coupon, email_context, links_for
+from worker.email.email_context import Coupon, email_context, links_for, mailto_for
 from worker.email.mime import (
     Envelope,
     HeaderInjection,
@@ -74,7 +74,6 @@ from worker.providers.base import (
     UnsupportedAddress,
 )
 from worker.records.activity import SendFacts, add_send_activity
-from worker.web.unsubscribe_mail import mailto_for
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(hours=1)
@@ -237,7 +236,7 @@ def prepare(
             date=now,
             message_id=message_id,
             unsubscribe_url=links.unsubscribe_url,
-            unsubscribe_mailto=mailto_for(runtime, customer.id),
+            unsubscribe_mailto=mailto_for(settings, runtime.unsubscribe_keys, customer.id),
             feedback_id=feedback_id_for(
                 compiled.id, compiled.campaign.kind, settings.feedback_sender_id
             ),

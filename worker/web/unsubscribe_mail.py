@@ -30,12 +30,12 @@ import logging
 import re
 from email import message_from_bytes, policy
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker.email.tokens import sign, verify
+from worker.email.tokens import verify
 from worker.process.runtime import Runtime
+from worker.web.web import unsubscribe_customer
 
 if TYPE_CHECKING:
     from aiosmtpd.controller import Controller
@@ -45,26 +45,9 @@ log = logging.getLogger(__name__)
 # What a mailto unsubscribe request may weigh: a client-made message is a few KiB; the
 # server answers 552 above this (RFC 5321 §4.5.3.1.10 lets a server set its limit).
 MAX_MESSAGE_BYTES = 256 * 1024
-SUBJECT_WORD = "unsubscribe"
 # ``<key id>.<payload>.<signature>``, each part base64url (worker.email.tokens).
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 ACCEPTED = "250 2.0.0 OK: request received"
-
-
-def mailto_uri_body(address: str, token: str) -> str:
-    """The part after ``mailto:`` for one customer: ``address?subject=unsubscribe%20TOKEN``.
-
-    The subject is percent-encoded as RFC 6068 §2 requires (the token's own characters
-    are all unreserved, so it travels unchanged).
-    """
-    separator = "&" if "?" in address else "?"
-    return f"{address}{separator}subject={quote(f'{SUBJECT_WORD} {token}', safe='')}"
-
-
-def mailto_for(runtime: Runtime, customer_id: str) -> str:
-    """The List-Unsubscribe mailto value (without ``mailto:``) for a customer's email."""
-    token = sign(runtime.unsubscribe_keys, customer_id, "all")
-    return mailto_uri_body(runtime.settings.unsubscribe_mailto, token)
 
 
 def customer_in(keys: dict[str, bytes], content: bytes) -> str | None:
@@ -100,9 +83,6 @@ class UnsubscribeHandler:
         if customer_id is None:
             log.info("mailto unsubscribe without a genuine token: nothing changed")
             return ACCEPTED
-        # Imported here: the delivery worker imports this module for mailto_for only.
-        from worker.web.web import unsubscribe_customer
-
         try:
             await asyncio.to_thread(unsubscribe_customer, self.runtime, customer_id, "mailto")
         except SQLAlchemyError:

@@ -37,11 +37,12 @@ from worker.core.clock import ShiftedClock
 from worker.core.db import transaction
 from worker.core.models import ConsentRecord, Customer, Send, Suppression
 from worker.core.settings import get_settings
+from worker.email.email_context import mailto_for
 from worker.email.tokens import sign
 from worker.intake.ingest import ingest_event
 from worker.process.runtime import Runtime
 from worker.records.customers import EMAIL_MARKETING, upsert_customer, withdraw_consent
-from worker.web.unsubscribe_mail import mailto_for, receiver
+from worker.web.unsubscribe_mail import receiver
 from worker.web.web import create_app
 
 T0 = TUESDAY_MORNING - timedelta(minutes=30)
@@ -209,7 +210,9 @@ def preference_page(shop: Shop) -> None:
 
 
 def mailto(shop: Shop) -> None:
-    uri = urlsplit("mailto:" + mailto_for(shop.runtime, shop.customer_id))
+    runtime = shop.runtime
+    body = mailto_for(runtime.settings, runtime.unsubscribe_keys, shop.customer_id)
+    uri = urlsplit("mailto:" + body)
     message = EmailMessage()
     message["From"] = shop.address
     message["To"] = uri.path

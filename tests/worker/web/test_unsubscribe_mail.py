@@ -35,12 +35,13 @@ from worker.commands.demo import seed_catalog
 from worker.core.clock import ShiftedClock
 from worker.core.db import transaction
 from worker.core.models import ConsentRecord, Customer, Send, Suppression
+from worker.email.email_context import mailto_uri_body
 from worker.email.tokens import sign, verify
 from worker.intake.ingest import ingest_event
 from worker.outbox.delivery import deliver_send
 from worker.outbox.dispatcher import dispatch_once
 from worker.process.runtime import Runtime
-from worker.web.unsubscribe_mail import customer_in, mailto_uri_body, parse_listen
+from worker.web.unsubscribe_mail import customer_in, parse_listen
 
 KEYS = {"k2": b"mail-secret-2", "k1": b"mail-secret-1"}
 KEY_SPEC = "k2:mail-secret-2,k1:mail-secret-1"
