@@ -1,0 +1,6 @@
+"""Customer records: profiles, consent history and suppressions, privacy (export and
+forget), the stored webhook events, and the activity outbox published to the CRM.
+
+May import: :mod:`worker.core`. May be imported by: every stage above it (a decision
+reads consent, a webhook suppresses an address, the CLI forgets a customer).
+"""
