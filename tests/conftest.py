@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.hostile.personal_data import LeakRecorder
+from tests.support.logging_guard import reenable_disabled
 from tests.support.services import fresh_postgres_database
 from tests.support.smtp_sink import SmtpSink
 
@@ -59,6 +60,15 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     _truncate(url)
     yield url
     _truncate(url)
+
+
+@pytest.fixture(autouse=True)
+def _loggers_stay_enabled() -> Iterator[None]:
+    """Fail the test that leaves a ``worker`` logger disabled (tests/support/logging_guard.py
+    says how that happens); the loggers are enabled again for the tests after it."""
+    yield
+    disabled = reenable_disabled("worker")
+    assert not disabled, f"this test left loggers disabled: {', '.join(disabled)}"
 
 
 @pytest.fixture
