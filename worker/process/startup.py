@@ -11,14 +11,19 @@ since it may carry credentials too), and provider credentials are never named.
 from __future__ import annotations
 
 import logging
+from typing import Literal, get_args
 
 from kombu.utils.url import sanitize_url
 
 from worker.core.settings import Settings
 from worker.process.runtime import Runtime
 
-# What each process connects to: (label, settings property) pairs.
-CONNECTIONS: dict[str, tuple[tuple[str, str], ...]] = {
+Process = Literal["consume", "dispatch", "celery worker", "run", "web"]
+"""The long-running processes that announce themselves."""
+
+# What each process connects to: (label, settings property) pairs; one entry per Process
+# (checked at import: a process without one would fail only when it starts).
+CONNECTIONS: dict[Process, tuple[tuple[str, str], ...]] = {
     "consume": (("events", "resolved_events_url"), ("database", "resolved_database_url")),
     "dispatch": (("database", "resolved_database_url"), ("broker", "resolved_broker_url")),
     "celery worker": (("broker", "resolved_broker_url"), ("database", "resolved_database_url")),
@@ -27,7 +32,10 @@ CONNECTIONS: dict[str, tuple[tuple[str, str], ...]] = {
         ("database", "resolved_database_url"),
         ("broker", "resolved_broker_url"),
     ),
+    "web": (("database", "resolved_database_url"),),
 }
+if set(CONNECTIONS) != set(get_args(Process)):
+    raise RuntimeError("every Process needs its CONNECTIONS entry")
 
 
 log = logging.getLogger(__name__)
@@ -36,7 +44,7 @@ log = logging.getLogger(__name__)
 _combined = False
 
 
-def announce(runtime: Runtime, process: str) -> None:
+def announce(runtime: Runtime, process: Process) -> None:
     """Log ``process``'s startup line at INFO, unless it is part of ``crosssell run``."""
     if not _combined:
         log.info("%s", startup_line(runtime, process))
@@ -72,7 +80,7 @@ def provider_description(settings: Settings) -> str:
     return f"{name} ({masked(base_url)})" if base_url else name
 
 
-def startup_line(runtime: Runtime, process: str) -> str:
+def startup_line(runtime: Runtime, process: Process) -> str:
     """``consume: events amqp://u:**@rabbit//, database postgresql+psycopg://…; 3 active
     campaign(s) of 4; provider smtp (smtp.example.com:587, starttls)``."""
     settings = runtime.settings

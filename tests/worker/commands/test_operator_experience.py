@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -28,7 +29,7 @@ from worker.core.models import Customer
 from worker.intake.ingest import ingest_event
 from worker.offers.offer_resolution import resolve_for_send
 from worker.process.runtime import Runtime
-from worker.process.startup import masked, provider_description, startup_line
+from worker.process.startup import Process, masked, provider_description, startup_line
 from worker.records.customers import profile_of
 
 # --- startup lines -------------------------------------------------------------------------
@@ -81,9 +82,9 @@ def runtime(tmp_path: Path, database_url: str) -> Iterator[Runtime]:
     runtime.close()
 
 
-@pytest.mark.parametrize("process", ["consume", "dispatch", "celery worker", "run"])
+@pytest.mark.parametrize("process", get_args(Process))
 def test_startup_line_names_connections_campaigns_and_provider(
-    runtime: Runtime, process: str
+    runtime: Runtime, process: Process
 ) -> None:
     line = startup_line(runtime, process)
     assert line.startswith(f"{process}: ")
@@ -97,6 +98,7 @@ def test_startup_line_names_connections_campaigns_and_provider(
         "dispatch": ["database ", "broker redis://:**@redis:6379/0"],
         "celery worker": ["broker redis://:**@redis:6379/0", "database "],
         "run": ["events amqp://crm:**@rabbit", "database ", "broker redis://:**@redis"],
+        "web": ["database "],
     }[process]
     for part in wanted:
         assert part in line, line

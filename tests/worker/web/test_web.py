@@ -6,7 +6,14 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +23,7 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from tests.support.factories import customer_block, make_settings, purchase
+from tests.worker.records.test_consent import free_port
 from triggers.events import validate_event
 from worker.core.db import transaction
 from worker.core.models import Customer, Send, Suppression
@@ -238,3 +246,50 @@ def test_a_mailgun_retry_with_an_old_signature_is_applied_once(
     with transaction(runtime.settings.resolved_database_url) as session:
         row = session.get(Suppression, "c-web@example.ro")
         assert row is not None and row.reason == "hard_bounce"
+
+
+def test_the_web_command_starts_announces_itself_and_serves_healthz(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """``crosssell web`` as an operator starts it: a process that logs its startup line,
+    binds its port and answers ``/healthz`` until SIGTERM ends it cleanly (the app is
+    tested in-process above; this is the command around it, which once failed at start on
+    a missing startup entry)."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "CROSSSELL_DATABASE_URL": sqlite_url,
+        "CROSSSELL_VAR_DIR": str(tmp_path / "var"),
+    }
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "crosssell"), "web", "--port", str(port)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True)
+    reader.start()
+    bound = f"Uvicorn running on http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        # Our process bound the port (another one may have taken a port free_port gave).
+        while not any(bound in line for line in lines):
+            assert process.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "crosssell web did not start:\n" + "".join(lines)
+            time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        reader.join(timeout=10)
+        process.stderr.close()
+    output = "".join(lines)
+    # uvicorn shuts down cleanly, then re-raises the signal it caught so that the exit
+    # status says why the process ended (uvicorn >= 0.29): -SIGTERM, not a crash.
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output
+    assert "web: database sqlite:///" in output
