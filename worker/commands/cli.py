@@ -569,7 +569,7 @@ def unsubscribe_mail(listen: str, lmtp: bool) -> None:
         signal.signal(signum, lambda *_: stop.set())
     controller = receiver(runtime, host, port, lmtp=lmtp)
     controller.start()
-    logging.getLogger(__name__).warning(
+    logging.getLogger(__name__).info(
         "unsubscribe mail receiver (%s) on %s:%s for %s",
         "LMTP" if lmtp else "SMTP",
         host,

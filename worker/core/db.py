@@ -67,8 +67,9 @@ def make_engine(url: str) -> Engine:
 
     PostgreSQL pool: up to ``POOL_SIZE + POOL_OVERFLOW`` connections per process. A Celery
     worker thread holds its batch's connection while it sends and briefly takes a second
-    one for its lease heartbeat and the recheck session, so the README's 8 threads need
-    up to 24; a smaller pool makes heartbeats wait out ``pool_timeout`` and leases expire.
+    one for its lease heartbeat, so the README's 8 threads need up to 16 (the rest is
+    headroom for recheck sessions and a larger ``--concurrency``); a pool smaller than the
+    threads need makes heartbeats wait out ``pool_timeout`` and leases expire.
     """
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1]

@@ -70,6 +70,7 @@ class Waiter:
             self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._connection: psycopg.Connection[object] | None = None
         self._retry_at = 0.0
+        self._lost = False  # a LISTEN connection failed: say so when one is back
 
     @property
     def listening(self) -> bool:
@@ -92,8 +93,12 @@ class Waiter:
                 "cannot LISTEN for due sends (%s); polling only for now", type(exc).__name__
             )
             self._retry_at = time.monotonic() + 30
+            self._lost = True
             return None
         self._connection = connection
+        if self._lost:
+            self._lost = False
+            log.info("listening for due sends again (LISTEN %s)", CHANNEL)
         return connection
 
     def wait(self, timeout: float, stop: threading.Event) -> bool:
@@ -130,6 +135,7 @@ class Waiter:
             log.warning(
                 "lost the LISTEN connection (%s); polling until it is back", type(exc).__name__
             )
+            self._lost = True
             self.close()
             return False
 

@@ -5,7 +5,13 @@ is declared by each module's ``PROVIDER`` and read through
 :mod:`worker.providers.registry`; the two functions every process needs are re-exported
 here. A provider whose settings are incomplete raises
 :class:`~worker.providers.base.ConfigurationError` naming the variable, at startup
-rather than at the first send.
+rather than at the first send. ``readme_table`` prints the README's provider table.
+
+May import: :mod:`worker.webhooks` (each provider names its webhook parser),
+:mod:`worker.email` (the message types and MIME), :mod:`worker.offers`,
+:mod:`worker.records`, :mod:`worker.core`. May be imported by: decide and every stage
+above it (delivery sends through a provider; ``settings`` looks the provider name up in
+the registry, the contract's one exception).
 """
 
 from __future__ import annotations

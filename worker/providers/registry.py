@@ -311,11 +311,3 @@ def markdown_table(specs: Iterable[ProviderSpec[Any]]) -> str:
         row = (spec.name, spec.summary, _cell(spec.settings.variables()), hook)
         lines.append(f"| `{row[0]}` | {row[1]} | {row[2]} | {row[3]} |")
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":  # python -m worker.providers.registry: print the README table
-    # Run as __main__ this file is a second module with an empty registry of its own; the
-    # providers register with the package's, so the table is read from that one.
-    from worker.providers import registry as package_registry
-
-    print(package_registry.markdown_table(package_registry.builtin()), end="")

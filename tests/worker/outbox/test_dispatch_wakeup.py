@@ -140,3 +140,34 @@ def test_without_the_wakeup_the_send_waits_for_the_poll(tmp_path: Path, database
         dispatching.thread.join(10)
         runtime.close()
     assert enqueued is None
+
+
+def test_a_lost_listen_connection_is_said_and_so_is_its_return(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The dispatcher's LISTEN connection breaks (a PostgreSQL restart, a proxy's idle
+    cut): the waiter says it polls meanwhile, listens again as soon as it can connect,
+    says so, and hears the next commit's NOTIFY."""
+    from sqlalchemy import text
+
+    from worker.core.db import engine_for
+    from worker.core.wakeup import CHANNEL, Waiter
+
+    waiter = Waiter(postgres_url)
+    stop = threading.Event()
+    try:
+        assert waiter.wait(0.05, stop) is False and waiter.listening
+        connection = waiter._connection
+        assert connection is not None
+        connection.pgconn.finish()  # the socket goes away under the waiter
+        with caplog.at_level("INFO", logger="worker.core.wakeup"):
+            assert waiter.wait(0.2, stop) is False
+        assert waiter.listening and waiter._connection is not connection
+        messages = [record.getMessage() for record in caplog.records]
+        assert any("lost the LISTEN connection" in m for m in messages), messages
+        assert any(f"listening for due sends again (LISTEN {CHANNEL})" in m for m in messages)
+        with engine_for(postgres_url).begin() as notifier:
+            notifier.execute(text(f"NOTIFY {CHANNEL}"))
+        assert waiter.wait(10, stop) is True
+    finally:
+        waiter.close()

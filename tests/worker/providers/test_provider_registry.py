@@ -287,7 +287,7 @@ def test_the_readme_provider_table_is_the_registrys() -> None:
     found = re.search(r"<!-- providers:start -->\n(.*?)<!-- providers:end -->", README, flags=re.S)
     assert found, "README.md lost its provider table markers"
     assert found.group(1) == markdown_table(builtin()), (
-        "regenerate it: python -m worker.providers.registry"
+        "regenerate it: python -m worker.providers.readme_table"
     )
     for spec in builtin():  # and the table says what an operator sets, in their words
         assert f"| `{spec.name}` |" in found.group(1)
