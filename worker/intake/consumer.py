@@ -461,7 +461,15 @@ class EventConsumer(ConsumerMixin):
         message.ack()
         self.stats["dead_lettered"] += 1
         EVENTS.labels("dead_lettered").inc()
-        log.warning("dead-lettered a message: %s: %s", code, redact(reason))
+        # The producer's message_id (if it set one) finds the letter in the dead-letter
+        # queue; it is the producer's opaque id, never the body's data.
+        mark = properties.get("message_id")
+        log.warning(
+            "dead-lettered a message%s: %s: %s",
+            f" (message_id {redact(str(mark))[:200]})" if mark else "",
+            code,
+            redact(reason),
+        )
 
 
 KEPT_PROPERTIES = ("message_id", "correlation_id", "app_id", "timestamp", "type", "reply_to")

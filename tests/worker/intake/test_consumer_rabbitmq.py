@@ -132,7 +132,7 @@ def test_bad_messages_are_dead_lettered_with_a_reason(consumer_settings: Setting
 
 
 def test_a_dead_letter_keeps_the_producers_headers_and_properties(
-    consumer_settings: Settings,
+    consumer_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     """What the producer set to trace its message stays on the dead letter; the reason is
     added beside its headers, and an expiration is not kept (the letter would vanish)."""
@@ -180,6 +180,8 @@ def test_a_dead_letter_keeps_the_producers_headers_and_properties(
     assert kept.headers["x-crosssell-error"] == "not_json"  # ours, not the producer's
     assert kept.headers["x-original-user-id"] == "guest"
     assert kept.headers["x-original-routing-key"] == "purchase"
+    # The log line names the producer's message_id, to find the letter by.
+    assert "dead-lettered a message (message_id crm-msg-81): not_json" in caplog.text
 
 
 def test_a_mixed_batch_is_settled_whole_by_one_multiple_ack(
