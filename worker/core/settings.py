@@ -213,6 +213,13 @@ class Settings(BaseSettings):
         "still `sending` after this is reported ambiguous",
     )
     delivery_batch: int = Field(50, ge=1, description="sends per deliver task")
+    delivery_spread: int = Field(
+        1,
+        ge=1,
+        description="a dispatch pass of fewer sends than this many full batches is split "
+        "into this many tasks, so that idle worker threads share it; 1: tasks of "
+        "delivery_batch only (each extra task costs the worker a claim, lease and commit)",
+    )
     delivery_lease: str = Field(
         "60s",
         description="a worker's claim on its batch lasts this long, renewed every third of "

@@ -208,12 +208,27 @@ def dispatch_once(runtime: Runtime, enqueue: Enqueue, housekeeping: bool = True)
     return DispatchReport(len(ids), len(stale) + len(recovered), expired, ambiguous)
 
 
-def celery_enqueue(ids: Sequence[int], batch: int = 50) -> None:
-    """Publish ``crosssell.deliver_batch`` tasks of at most ``batch`` ids each."""
+def task_batches(ids: Sequence[int], batch: int, spread: int = 1) -> list[list[int]]:
+    """``ids`` cut into tasks of at most ``batch`` ids, and into at least ``spread`` tasks
+    while there are that many ids: a task's sends go out one after another on one worker
+    thread, so a pass of 8 sends as one task would make the last wait for 7 SMTP
+    exchanges while the other threads idle. A large pass keeps full batches."""
+    full = -(-len(ids) // batch)
+    tasks = max(full, min(len(ids), spread))
+    if tasks == full:  # the spread does not bind: full batches, the rest in the last
+        return [list(ids[first : first + batch]) for first in range(0, len(ids), batch)]
+    size, larger = divmod(len(ids), tasks)  # the first ``larger`` tasks take one more
+    bounds = [index * size + min(index, larger) for index in range(tasks + 1)]
+    return [list(ids[bounds[index] : bounds[index + 1]]) for index in range(tasks)]
+
+
+def celery_enqueue(ids: Sequence[int], batch: int = 50, spread: int = 1) -> None:
+    """Publish ``crosssell.deliver_batch`` tasks of at most ``batch`` ids each, spread over
+    at least ``spread`` tasks (``task_batches``)."""
     from worker.outbox.tasks import deliver_batch
 
-    for first in range(0, len(ids), batch):
-        deliver_batch.apply_async((list(ids[first : first + batch]),), retry=True)
+    for chunk in task_batches(ids, batch, spread):
+        deliver_batch.apply_async((chunk,), retry=True)
 
 
 def run_dispatcher(runtime: Runtime, stop: threading.Event, enqueue: Enqueue | None = None) -> None:
@@ -224,7 +239,9 @@ def run_dispatcher(runtime: Runtime, stop: threading.Event, enqueue: Enqueue | N
     batch is followed at once by another."""
     settings = runtime.settings
     if enqueue is None:
-        enqueue = partial(celery_enqueue, batch=settings.delivery_batch)
+        enqueue = partial(
+            celery_enqueue, batch=settings.delivery_batch, spread=settings.delivery_spread
+        )
     interval = settings.dispatch_interval
     waiter = Waiter(settings.resolved_database_url) if settings.dispatch_wakeup else None
     announce(runtime, "dispatch")
