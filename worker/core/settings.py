@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import time
 from functools import lru_cache
 from pathlib import Path
@@ -461,14 +461,25 @@ def settings_error_lines(error: ValidationError) -> list[str]:
     ]
 
 
-def unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    """One warning text per ``CROSSSELL_*`` name in ``environ`` that no setting reads
-    (a typo such as ``CROSSSELL_MAX_CLAIM``), with the closest known name if any."""
-    known = [name.upper() for name in Settings.model_fields]
+# CROSSSELL_* variables read outside Settings: Alembic's migrations/env.py (README
+# "Running on the production stack"), and the developer knobs of tests/ and bench/
+# (README "Services the tests use", docs/testing.md) by prefix.
+OTHER_VARIABLES = frozenset(
+    {"MIGRATION_LOCK_WAIT", "MIGRATION_LOCK_TIMEOUT", "MIGRATION_STATEMENT_TIMEOUT"}
+)
+DEVELOPER_PREFIXES = ("TEST_", "BENCH_", "FAULT_", "SEQUENCE_")
+
+
+def unknown_variables(environ: Mapping[str, str], also_known: Iterable[str] = ()) -> list[str]:
+    """One warning text per ``CROSSSELL_*`` name in ``environ`` that nothing reads (a typo
+    such as ``CROSSSELL_MAX_CLAIM``), with the closest known name if any; ``also_known``
+    are further full names (a plug-in provider's own variables)."""
+    known = [name.upper() for name in Settings.model_fields] + sorted(OTHER_VARIABLES)
+    known += [name.upper().removeprefix("CROSSSELL_") for name in also_known]
     texts = []
     for name in sorted(environ):
         prefix, suffix = name[:10].upper(), name[10:].upper()
-        if prefix != "CROSSSELL_" or suffix in known:
+        if prefix != "CROSSSELL_" or suffix in known or suffix.startswith(DEVELOPER_PREFIXES):
             continue
         # Compared without the shared prefix, which would make every name look close.
         close = difflib.get_close_matches(suffix, known, n=1)
@@ -481,7 +492,10 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment on first use; unknown
     ``CROSSSELL_*`` names are logged as warnings, not refused (deployments share env)."""
+    from worker.providers.registry import lookup
+
     settings = Settings()
-    for text in unknown_variables(os.environ):
+    provider_variables = lookup(settings.email_provider).settings.variables()
+    for text in unknown_variables(os.environ, provider_variables):
         logging.getLogger(__name__).warning("%s", text)
     return settings
