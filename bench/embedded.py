@@ -104,7 +104,7 @@ def environment(var_dir: Path, campaigns: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CROSSSELL_")}
     env["CROSSSELL_VAR_DIR"] = str(var_dir)
     env["CROSSSELL_CAMPAIGNS_DIR"] = str(campaigns)
-    env["CROSSSELL_UNSUBSCRIBE_KEYS"] = "b1:bench-secret"
+    env["CROSSSELL_UNSUBSCRIBE_KEYS"] = "b1:bench-secret-0123456789"
     return env
 
 

@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 var_dir=workdir / "var",
                 database_url=url,
                 campaigns_dir=campaigns,
-                unsubscribe_keys="b1:bench-secret",
+                unsubscribe_keys="b1:bench-secret-0123456789",
             )
             from worker.commands.demo import seed_catalog
 

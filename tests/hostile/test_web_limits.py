@@ -59,7 +59,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Starlette]:
 
 @pytest.fixture(scope="module")
 def token(app: Starlette) -> str:
-    return sign({"t1": b"test-secret"}, "C-nobody", "all")
+    return sign({"t1": b"test-secret-0123456789"}, "C-nobody", "all")
 
 
 @dataclass

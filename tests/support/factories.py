@@ -20,7 +20,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "events_exchange": f"crm.events.test.{uuid.uuid4().hex[:8]}",
         "events_queue": f"crosssell.events.test.{uuid.uuid4().hex[:8]}",
         "dead_letter_queue": f"crosssell.events.dead.test.{uuid.uuid4().hex[:8]}",
-        "unsubscribe_keys": "t1:test-secret",
+        "unsubscribe_keys": "t1:test-secret-0123456789",
     }
     values.update(overrides)
     return Settings(**values)

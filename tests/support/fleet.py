@@ -66,7 +66,7 @@ def fleet_env(
         "CAMPAIGNS_DIR": str(campaigns),
         "QUIET_HOURS": "off",
         "VAR_DIR": str(tmp_path / "var"),
-        "UNSUBSCRIBE_KEYS": "t1:fleet-secret",
+        "UNSUBSCRIBE_KEYS": "t1:fleet-secret-0123456789",
         "DISPATCH_INTERVAL": "0.2",
         "DISPATCH_BATCH": "200",
         "DISPATCH_MAX_QUEUED": "300",

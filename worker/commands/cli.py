@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
 
 import click
 
-from worker.core.settings import get_settings
+from worker.core.settings import get_settings, settings_error_lines
 from worker.process.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -53,9 +53,56 @@ SERVICES = frozenset({"consume", "dispatch", "run", "web", "unsubscribe-mail"})
 QUIET = frozenset({"demo"})
 
 
+# Exit status of a command that cannot reach its database or broker at start (README
+# "Settings"); 2 is for settings that do not validate.
+UNREACHABLE_EXIT = 1
+# Which broker URLs a command's kombu connection may have used, by command name; other
+# commands that reach a broker publish or read events.
+BROKER_URLS: dict[str, tuple[str, ...]] = {
+    "dispatch": ("resolved_broker_url",),
+    "run": ("resolved_events_url", "resolved_broker_url"),
+}
+
+
+def _first_line(exc: BaseException) -> str:
+    """The innermost cause's first line: psycopg's or the socket's reason, not the
+    SQLAlchemy or kombu wrapper's (whose text repeats it with a link and a traceback)."""
+    while exc.__cause__ is not None or getattr(exc, "orig", None) is not None:
+        exc = getattr(exc, "orig", None) or exc.__cause__  # type: ignore[assignment]
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def unreachable_line(exc: BaseException, command: str | None) -> str | None:
+    """One line naming the service a command could not reach and its URL (password
+    masked), or ``None`` when ``exc`` is not a failed connection."""
+    import socket
+
+    import sqlalchemy.exc
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    from worker.process.startup import masked
+
+    settings = get_settings()
+    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        if exc.statement is not None:
+            return None  # a statement failed (no such table, …): connected, so not this
+        where = f"the database {masked(settings.resolved_database_url)}"
+    elif isinstance(exc, BrokenPipeError):
+        return None  # the reader of our output went away (`| head`), not a service
+    elif isinstance(exc, KombuOperationalError | ConnectionError | socket.gaierror | TimeoutError):
+        names = BROKER_URLS.get(command or "", ("resolved_events_url",))
+        urls = dict.fromkeys(masked(str(getattr(settings, name))) for name in names)
+        where = f"the message broker {' / '.join(urls)}"
+    else:
+        return None
+    return f"crosssell: cannot connect to {where}: {_first_line(exc)}"
+
+
 class _CrosssellGroup(click.Group):
     """Settings that do not validate end the command with one line per bad variable (its
-    ``CROSSSELL_`` name and why), exit status 2, instead of pydantic's traceback."""
+    ``CROSSSELL_`` name and why), exit status 2, instead of pydantic's traceback; a
+    database or broker that cannot be reached, with one line naming it, exit status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from pydantic import ValidationError
@@ -65,13 +112,15 @@ class _CrosssellGroup(click.Group):
         except ValidationError as error:
             if error.title != "Settings":
                 raise
-            lines = [
-                f"  CROSSSELL_{'_'.join(str(part) for part in problem['loc']).upper()}: "
-                f"{problem['msg'].removeprefix('Value error, ')}"
-                for problem in error.errors()
-            ]
+            lines = settings_error_lines(error)
             click.echo("crosssell: invalid settings:\n" + "\n".join(lines), err=True)
             ctx.exit(2)
+        except Exception as error:
+            line = unreachable_line(error, ctx.invoked_subcommand)
+            if line is None:
+                raise
+            click.echo(line, err=True)
+            ctx.exit(UNREACHABLE_EXIT)
 
 
 @click.group(cls=_CrosssellGroup)

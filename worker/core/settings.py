@@ -7,13 +7,17 @@ Redis and SMTP by setting environment variables; secrets come only from the envi
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
+from collections.abc import Iterable, Mapping
 from datetime import time
 from functools import lru_cache
 from pathlib import Path
 from string import Formatter
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from triggers.addresses import InvalidAddress, canonical_address, canonical_mailbox
@@ -27,6 +31,23 @@ CART_LINK_PLACEHOLDERS = frozenset({"public_url", "skus", "coupon"})
 
 
 LEGACY_EMBEDDED_PREFIX = "sqla+sqlite:///"
+
+# The URL schemes each URL setting is served by today (README "Settings"): the database
+# through SQLAlchemy with psycopg 3 or sqlite3; the broker and events through kombu's
+# py-amqp and redis transports, the embedded broker (``sqlite``, earlier ``sqla+sqlite``)
+# and kombu's in-process ``memory`` transport (tests); the shared rate through redis-py.
+URL_SCHEMES: dict[str, frozenset[str]] = {
+    "database_url": frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg"}),
+    "broker_url": frozenset(
+        {"amqp", "amqps", "pyamqp", "redis", "rediss", "sqlite", "sqla+sqlite", "memory"}
+    ),
+    "events_url": frozenset(
+        {"amqp", "amqps", "pyamqp", "redis", "rediss", "sqlite", "sqla+sqlite", "memory"}
+    ),
+    "rate_limit_url": frozenset({"redis", "rediss", "unix"}),
+}
+# Providers whose one call is bounded by CROSSSELL_HTTP_CONNECT_TIMEOUT + CROSSSELL_HTTP_TIMEOUT.
+HTTP_PROVIDERS = frozenset({"postmark", "sendgrid", "mailgun", "ses"})
 
 
 def _embedded_scheme(url: str) -> str:
@@ -262,6 +283,23 @@ class Settings(BaseSettings):
         parse_duration(value)
         return value
 
+    @field_validator("database_url", "broker_url", "events_url", "rate_limit_url")
+    @classmethod
+    def _url_scheme(cls, value: str, info: ValidationInfo) -> str:
+        """A scheme the product has a driver for (:data:`URL_SCHEMES`): anything else
+        would start and fail later inside SQLAlchemy, kombu or redis with a traceback."""
+        name = info.field_name or ""
+        if value == "" or (name == "rate_limit_url" and value == "database"):
+            return value
+        scheme, separator, _ = value.partition("://")
+        allowed = URL_SCHEMES[name]
+        if not separator or scheme.lower() not in allowed:
+            shown = scheme if separator else value
+            raise ValueError(
+                f"unsupported URL scheme {shown!r}: use one of {', '.join(sorted(allowed))}"
+            )
+        return value
+
     @field_validator("broker_url", "events_url")
     @classmethod
     def _embedded_broker_options(cls, value: str) -> str:
@@ -277,6 +315,39 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"the embedded broker takes only ?lease=, not {', '.join(unknown)}")
         lease_seconds(value)
+        return value
+
+    @field_validator("unsubscribe_keys")
+    @classmethod
+    def _unsubscribe_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        """``kid:secret[,kid:secret…]`` with secrets of at least 16 bytes, checked at start
+        of every command instead of failing every send as ``internal_error``."""
+        from worker.email.tokens import parse_keys
+
+        if value is not None and value.get_secret_value():
+            parse_keys(value.get_secret_value())
+        return value
+
+    @field_validator("delivery_lease")
+    @classmethod
+    def _lease_outlasts_provider(cls, value: str, info: ValidationInfo) -> str:
+        """A lease shorter than one provider call expires while the call still runs, and
+        the dispatcher recovers a batch that is being sent. Compared with the timeout of
+        the configured provider: ``smtp_timeout``, or connect + read for HTTP APIs."""
+        provider = info.data.get("email_provider")
+        if provider == "smtp" and "smtp_timeout" in info.data:
+            timeout, source = info.data["smtp_timeout"], "CROSSSELL_SMTP_TIMEOUT"
+        elif provider in HTTP_PROVIDERS and {"http_timeout", "http_connect_timeout"} <= set(
+            info.data
+        ):
+            timeout = info.data["http_timeout"] + info.data["http_connect_timeout"]
+            source = "CROSSSELL_HTTP_CONNECT_TIMEOUT + CROSSSELL_HTTP_TIMEOUT"
+        else:
+            return value
+        if parse_duration(value).total_seconds() <= timeout:
+            raise ValueError(
+                f"{value} does not exceed the provider timeout ({source} = {timeout:g} s)"
+            )
         return value
 
     @field_validator("email_provider")
@@ -387,7 +458,51 @@ class Settings(BaseSettings):
         )
 
 
+def settings_error_lines(error: ValidationError) -> list[str]:
+    """``  CROSSSELL_NAME: why`` for each problem of a :class:`Settings` ValidationError:
+    what the ``crosssell`` commands and the Celery entry points print before exit 2."""
+    return [
+        f"  CROSSSELL_{'_'.join(str(part) for part in problem['loc']).upper()}: "
+        f"{problem['msg'].removeprefix('Value error, ')}"
+        for problem in error.errors()
+    ]
+
+
+# CROSSSELL_* variables read outside Settings: Alembic's migrations/env.py (README
+# "Running on the production stack"), and the developer knobs of tests/ and bench/
+# (README "Services the tests use", docs/testing.md) by prefix.
+OTHER_VARIABLES = frozenset(
+    {"MIGRATION_LOCK_WAIT", "MIGRATION_LOCK_TIMEOUT", "MIGRATION_STATEMENT_TIMEOUT"}
+)
+DEVELOPER_PREFIXES = ("TEST_", "BENCH_", "FAULT_", "SEQUENCE_")
+
+
+def unknown_variables(environ: Mapping[str, str], also_known: Iterable[str] = ()) -> list[str]:
+    """One warning text per ``CROSSSELL_*`` name in ``environ`` that nothing reads (a typo
+    such as ``CROSSSELL_MAX_CLAIM``), with the closest known name if any; ``also_known``
+    are further full names (a plug-in provider's own variables)."""
+    known = [name.upper() for name in Settings.model_fields] + sorted(OTHER_VARIABLES)
+    known += [name.upper().removeprefix("CROSSSELL_") for name in also_known]
+    texts = []
+    for name in sorted(environ):
+        prefix, suffix = name[:10].upper(), name[10:].upper()
+        if prefix != "CROSSSELL_" or suffix in known or suffix.startswith(DEVELOPER_PREFIXES):
+            continue
+        # Compared without the shared prefix, which would make every name look close.
+        close = difflib.get_close_matches(suffix, known, n=1)
+        hint = f"; did you mean CROSSSELL_{close[0]}?" if close else ""
+        texts.append(f"{name} is not a crosssell setting and is ignored{hint}")
+    return texts
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment on first use."""
-    return Settings()
+    """The process-wide settings, read once from the environment on first use; unknown
+    ``CROSSSELL_*`` names are logged as warnings, not refused (deployments share env)."""
+    from worker.providers.registry import lookup
+
+    settings = Settings()
+    provider_variables = lookup(settings.email_provider).settings.variables()
+    for text in unknown_variables(os.environ, provider_variables):
+        logging.getLogger(__name__).warning("%s", text)
+    return settings

@@ -6,6 +6,7 @@ settings as everything else; nothing connects at import time.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -60,6 +61,25 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def exit_on_invalid_settings() -> None:
+    """Stop ``celery -A worker.outbox.app worker|beat`` at import, before Celery boots,
+    when the settings do not validate: one ``CROSSSELL_*`` line per problem on stderr,
+    exit status 2, as the ``crosssell`` commands do. Later, Celery would meet the error
+    inside a signal handler, which logs it as a traceback (the worker exits 1, beat keeps
+    running). Only validates: the process's settings are still read on first use."""
+    from pydantic import ValidationError
+
+    from worker.core.settings import settings_error_lines
+
+    try:
+        Settings()
+    except ValidationError as error:
+        lines = settings_error_lines(error)
+        print("crosssell: invalid settings:\n" + "\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+exit_on_invalid_settings()
 app = Celery("crosssell", include=["worker.outbox.tasks"])
 
 

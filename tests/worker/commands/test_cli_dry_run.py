@@ -19,7 +19,10 @@ from worker.core.settings import get_settings
 
 @pytest.fixture
 def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    env = {"CROSSSELL_VAR_DIR": str(tmp_path / "var"), "CROSSSELL_UNSUBSCRIBE_KEYS": "k:s"}
+    env = {
+        "CROSSSELL_VAR_DIR": str(tmp_path / "var"),
+        "CROSSSELL_UNSUBSCRIBE_KEYS": "k:dry-run-test-secret",
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()

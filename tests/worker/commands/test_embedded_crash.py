@@ -59,7 +59,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env.update(
         CROSSSELL_VAR_DIR=str(var_dir),
         CROSSSELL_CAMPAIGNS_DIR=str(campaigns),
-        CROSSSELL_UNSUBSCRIBE_KEYS="t1:test-secret",
+        CROSSSELL_UNSUBSCRIBE_KEYS="t1:test-secret-0123456789",
         CROSSSELL_BROKER_URL=f"sqlite:///{var_dir / 'broker.db'}?lease=1s",
     )
     return env

@@ -337,8 +337,6 @@ def test_the_recheck_skips_a_customer_who_opted_out_after_planning(runtime: Runt
 # The demo's spacing is checked on the demo run of tests/worker/commands/test_demo.py (one run).
 
 
-
-
 # --- simulate's output ------------------------------------------------------------------------
 
 
@@ -348,7 +346,7 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from worker.process import runtime as runtime_module
 
     monkeypatch.setenv("CROSSSELL_VAR_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("CROSSSELL_UNSUBSCRIBE_KEYS", "k:s")
+    monkeypatch.setenv("CROSSSELL_UNSUBSCRIBE_KEYS", "k:decision-path-secret")
     get_settings.cache_clear()
     runtime_module.set_runtime(None)
     yield

@@ -43,8 +43,8 @@ from worker.outbox.dispatcher import dispatch_once
 from worker.process.runtime import Runtime
 from worker.web.unsubscribe_mail import customer_in, parse_listen
 
-KEYS = {"k2": b"mail-secret-2", "k1": b"mail-secret-1"}
-KEY_SPEC = "k2:mail-secret-2,k1:mail-secret-1"
+KEYS = {"k2": b"mail-secret-2-abcdef", "k1": b"mail-secret-1-abcdef"}
+KEY_SPEC = "k2:mail-secret-2-abcdef,k1:mail-secret-1-abcdef"
 ADDRESS = "unsubscribe@shop.example"
 
 
