@@ -322,7 +322,7 @@ class Settings(BaseSettings):
     def _unsubscribe_keys(cls, value: SecretStr | None) -> SecretStr | None:
         """``kid:secret[,kid:secret…]`` with secrets of at least 16 bytes, checked at start
         of every command instead of failing every send as ``internal_error``."""
-        from worker.email.tokens import parse_keys
+        from worker.core.key_specs import parse_keys
 
         if value is not None and value.get_secret_value():
             parse_keys(value.get_secret_value())
