@@ -131,7 +131,9 @@ def test_unknown_rate_limit_store_is_a_clear_error(tmp_path: object) -> None:
     from worker.core.settings import Settings
     from worker.process.rate_limit import make_rate_limiter
 
-    settings = Settings(rate_limit_per_second=10, rate_limit_url="memcached://x")
-    with pytest.raises(ValueError, match="CROSSSELL_RATE_LIMIT_URL"):
-        make_rate_limiter(settings, "smtp")
+    # Refused when the settings are read, before any process starts (a ValidationError
+    # is a ValueError), naming the variable and the schemes it takes.
+    with pytest.raises(ValueError, match="memcached") as refused:
+        Settings(rate_limit_per_second=10, rate_limit_url="memcached://x")
+    assert "redis" in str(refused.value)
     assert make_rate_limiter(Settings(), "smtp") is None
