@@ -544,8 +544,10 @@ class Bench:
             say("  --profile: py-spy is not installed (pip install py-spy); no profiles")
             return []
         recordings = []
-        for name in ("consume", *self.worker_names):
-            process = self.stack.running[name]
+        for name in ("consume", "dispatch", *self.worker_names):
+            process = self.stack.running.get(name)
+            if process is None:
+                continue
             recording = profile_module.start(
                 name, process.pid, self.options.profile, self.options.pool == "prefork"
             )
