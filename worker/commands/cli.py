@@ -99,10 +99,34 @@ def unreachable_line(exc: BaseException, command: str | None) -> str | None:
     return f"crosssell: cannot connect to {where}: {_first_line(exc)}"
 
 
+def unmigrated_line(exc: BaseException) -> str | None:
+    """One line saying the database needs ``crosssell migrate`` when a statement failed
+    on a schema older than the code (a missing table or column), else ``None``."""
+    import sqlalchemy.exc
+
+    if not isinstance(exc, sqlalchemy.exc.DBAPIError) or exc.statement is None:
+        return None
+    from worker.commands.migrate import pending
+    from worker.process.startup import masked
+
+    url = get_settings().resolved_database_url
+    try:
+        behind = pending(url)
+    except Exception:  # the database went away meanwhile: the original error stands
+        return None
+    if not behind:
+        return None
+    return (
+        f"crosssell: the database {masked(url)} is not at the latest schema revision: "
+        "run `crosssell migrate` first"
+    )
+
+
 class _CrosssellGroup(click.Group):
     """Settings that do not validate end the command with one line per bad variable (its
     ``CROSSSELL_`` name and why), exit status 2, instead of pydantic's traceback; a
-    database or broker that cannot be reached, with one line naming it, exit status 1."""
+    database or broker that cannot be reached, with one line naming it, exit status 1;
+    a database whose schema is behind the code, with one line saying to migrate, exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from pydantic import ValidationError
@@ -116,7 +140,7 @@ class _CrosssellGroup(click.Group):
             click.echo("crosssell: invalid settings:\n" + "\n".join(lines), err=True)
             ctx.exit(2)
         except Exception as error:
-            line = unreachable_line(error, ctx.invoked_subcommand)
+            line = unreachable_line(error, ctx.invoked_subcommand) or unmigrated_line(error)
             if line is None:
                 raise
             click.echo(line, err=True)

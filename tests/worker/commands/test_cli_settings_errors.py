@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from worker.commands.cli import main
+from worker.commands.migrate import upgrade
 from worker.core.settings import PROJECT_ROOT, Settings, get_settings, unknown_variables
 
 
@@ -191,13 +193,47 @@ def test_an_unreachable_events_broker_is_one_line_without_the_password(
     assert "secretpw" not in line and "refused" in line.lower()
 
 
-def test_a_failed_statement_is_not_reported_as_unreachable(
+@pytest.mark.parametrize(
+    ("revision", "command"),
+    [
+        (None, ["status"]),
+        (None, ["sends", "list"]),
+        (None, ["suppressions", "list"]),
+        ("0005", ["status"]),
+        ("0013", ["sends", "list"]),  # reads sends.claims, added by 0014
+    ],
+)
+def test_a_database_behind_the_code_is_one_line_saying_to_migrate(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: list[str], revision: str | None
+) -> None:
+    """An empty SQLite file, or one a migration behind, connects: a missing table or
+    column is neither a connection problem nor a traceback, but one line to migrate (a
+    command that reads nothing the newer schema added still works on the older one)."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    if revision is not None:
+        upgrade(url, revision)
+    monkeypatch.setenv("CROSSSELL_DATABASE_URL", url)
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.splitlines()
+    assert line == (
+        f"crosssell: the database {url} is not at the latest schema revision: "
+        "run `crosssell migrate` first"
+    )
+
+
+def test_a_failed_statement_on_a_current_schema_is_raised_as_it_is(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """An empty SQLite file connects; its missing tables are not a connection problem."""
-    monkeypatch.setenv("CROSSSELL_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    """A statement failing on a migrated database is a bug to see in full, not 'migrate'."""
+    url = f"sqlite:///{tmp_path / 'current.db'}"
+    upgrade(url)
+    with sqlite3.connect(tmp_path / "current.db") as connection:
+        connection.execute("DROP TABLE sends")
+    monkeypatch.setenv("CROSSSELL_DATABASE_URL", url)
     result = CliRunner().invoke(main, ["status"])
-    assert result.exception is not None and "cannot connect" not in result.output
+    assert result.exception is not None and not isinstance(result.exception, SystemExit)
+    assert "migrate" not in result.output and "cannot connect" not in result.output
 
 
 @pytest.mark.parametrize("program", ["worker", "beat"])
