@@ -189,7 +189,7 @@ def list_sends(session: Session, status: str, campaign: str | None, limit: int) 
 
 # What a planned send's reason means while it waits.
 WAITING_BECAUSE = {
-    None: "scheduled (campaign delay)",
+    None: "scheduled by the campaign (its delay, send window or quiet hours)",
     "outside_window": "outside the send window or in quiet hours",
     "retry": "retry after a transient provider error",
     "rate_limited": "waiting for a slot of the provider's rate",

@@ -282,7 +282,7 @@ def test_status_and_sends_list_commands(cli: CliRunner) -> None:
     planned = cli.invoke(main, ["sends", "list", "--status", "planned"]).output.splitlines()
     assert [line.split("\t")[0] for line in planned[1:]] == ["1", "2"]
     assert planned[1].endswith("retry after a transient provider error")
-    assert planned[2].endswith("scheduled (campaign delay)")
+    assert planned[2].endswith("scheduled by the campaign (its delay, send window or quiet hours)")
     failed = cli.invoke(main, ["sends", "list", "--status", "failed", "--campaign", "camp-1"])
     rows = failed.output.splitlines()[1:]
     assert [row.split("\t")[0] for row in rows] == ["4"]
