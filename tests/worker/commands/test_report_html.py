@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -18,20 +17,13 @@ import pytest
 from PIL import Image
 
 from triggers.lift import rate_difference, relative_lift, verdict
+from worker.commands.preview import CHROMIUM_FLAGS, find_chromium
 from worker.commands.report import Comparison, DayRow, GroupStats, OfferRow, Report
 from worker.commands.report_html import render_html
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = find_chromium()
 FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
+    *CHROMIUM_FLAGS,
     # Any request leaving the machine fails: the page must need none.
     "--host-resolver-rules=MAP * ~NOTFOUND",
     "--enable-logging=stderr",
