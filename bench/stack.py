@@ -1116,7 +1116,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="burst size (default 2000), or soak size (default 300000)",
     )
-    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument(
+        "--customers",
+        type=int,
+        default=None,
+        help="customers in the generated shop (default 100000; a soak: at least --events)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
     parser.add_argument("--pool", choices=("prefork", "threads"), default="threads")
     parser.add_argument("--concurrency", type=int, default=8)
@@ -1165,6 +1170,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     options = parser.parse_args(argv)
     if options.events is None:
         options.events = 300_000 if options.soak else 2000
+    if options.customers is None:
+        # A soak's events go to customers in turn: with fewer customers than events the
+        # second round meets every campaign's cooldown and the soak stops sending email.
+        options.customers = max(100_000, options.events) if options.soak else 100_000
     if options.ingest_events is None:
         options.ingest_events = options.events
     return options
