@@ -11,6 +11,7 @@ from tests.hostile.personal_data import LeakRecorder
 from tests.support.logging_guard import reenable_disabled
 from tests.support.services import fresh_postgres_database
 from tests.support.smtp_sink import SmtpSink
+from tests.support.sqlite_template import migrated_sqlite_url
 
 # Puts the ``integration`` marker on every test that needs a service, and fails one that
 # reaches a service without it (see the module's docstring); and the ``private_postgres``
@@ -30,11 +31,11 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> Iterator[str]:
-    from worker.commands.migrate import upgrade
+    """A migrated, empty SQLite database of the test's own (a copy of the migrated file
+    this process made once: tests/support/sqlite_template.py)."""
     from worker.core.db import dispose_engines
 
-    url = f"sqlite:///{tmp_path / 'crosssell.db'}"
-    upgrade(url)
+    url = migrated_sqlite_url(tmp_path / "crosssell.db")
     yield url
     dispose_engines()
 
