@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,11 @@ def _outcome(database_url: str, event_id: str) -> Any:
             return session.scalar(select(Event.outcome).where(Event.event_id == event_id))
     except OperationalError:  # `crosssell run` is still creating the schema
         return None
+
+
+def reloads(log_path: Path) -> int:
+    """How many times ``crosssell run`` has logged a reload that took new rules."""
+    return log_path.read_text(errors="replace").count("campaigns reloaded: ")
 
 
 def test_edit_reloads_and_a_broken_edit_keeps_the_last_good_rules(tmp_path: Path) -> None:
@@ -88,8 +92,10 @@ def test_edit_reloads_and_a_broken_edit_keeps_the_last_good_rules(tmp_path: Path
         wait_for(lambda: _outcome(database_url, first) is not None, 60)
         assert _outcome(database_url, first) == {"big-orders": "planned"}
 
+        before = reloads(log_path)
         campaign_file.write_text(CAMPAIGN.format(threshold=1000))
-        time.sleep(3)  # the rule store looks at the files every 2 s
+        # The process's one rule store looks at the files every 2 s and logs each reload.
+        wait_for(lambda: reloads(log_path) > before, 30)
         second = publish("150.00")
         wait_for(lambda: _outcome(database_url, second) is not None, 30)
         assert _outcome(database_url, second) == {"big-orders": "trigger_conditions"}
@@ -180,8 +186,11 @@ def test_a_template_bomb_is_refused_on_reload_and_a_fix_recovers(tmp_path: Path)
         wait_for(lambda: len(emails()) == 2, 30)
         assert b"good" in emails()[1]  # the last good templates, not the bomb
 
+        before = reloads(log_path)
         body.write_text("<p>fixed</p>")
-        time.sleep(3)  # the rule store looks at the files every 2 s
+        # The process's one rule store looks at the files every 2 s and logs each reload
+        # that took new rules (not the refused bomb).
+        wait_for(lambda: reloads(log_path) > before, 30)
         publish("C-bomb-3")
         wait_for(lambda: len(emails()) == 3, 30)
         assert b"fixed" in emails()[2]
