@@ -675,11 +675,11 @@ def _write_enrollments(session: Session, enrollments: Sequence[Enrollment]) -> N
     written: list[Enrollment] = []
     for enrollment in enrollments:
         state = inspect(enrollment)
-        if state.deleted or state.detached or not session.is_modified(enrollment):
+        if state.deleted or state.detached:
             continue
         changed = tuple(sorted(attr.key for attr in state.attrs if attr.history.has_changes()))
-        if "id" in changed:
-            continue  # never done here; left to the unit of work
+        if not changed or "id" in changed:
+            continue  # unchanged; or (never done here) a new id, left to the unit of work
         values = {f"new_{key}": getattr(enrollment, key) for key in changed}
         by_columns.setdefault(changed, []).append({"row_id": enrollment.id, **values})
         written.append(enrollment)
