@@ -204,7 +204,7 @@ class Entries:
 
     def __init__(self, session: Session, customer_ids: Sequence[str]) -> None:
         self._session = session
-        self._customer_ids = sorted(set(customer_ids))
+        self._customer_ids = frozenset(customer_ids)
         # (campaign id, customer id) -> enrollment id -> entry; None until first needed.
         self._past: dict[tuple[str, str], dict[int, PastEntry]] | None = None
         self._ended: set[int] = set()
@@ -222,7 +222,9 @@ class Entries:
                         Enrollment.customer_id,
                         Enrollment.entered_at,
                         Enrollment.status,
-                    ).where(among(self._session, Enrollment.customer_id, self._customer_ids))
+                    ).where(
+                        among(self._session, Enrollment.customer_id, sorted(self._customer_ids))
+                    )
                 )
                 for row in rows:
                     self._add(row.id, row.campaign_id, row.customer_id, row.entered_at, row.status)
