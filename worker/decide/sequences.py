@@ -7,12 +7,14 @@ The rules are ``triggers.sequences``; this module applies them to ``enrollments`
   holds or the customer may no longer be emailed; its planned step is skipped
   (``sequence_exited``). The rows are locked, so the step planner cannot plan a step of an
   enrollment being exited meanwhile.
-* ``enroll`` (ingest, for an ``enrolled`` decision): one row per entry, inserted with
-  ``ON CONFLICT DO NOTHING`` on the entry slot, so two racing entries leave one.
+* ``Entries`` (ingest, for its ``enrolled`` decisions; ``enroll`` for one): one row per
+  entry, a batch's inserted together with ``ON CONFLICT DO NOTHING`` on the entry slot, so
+  two racing entries leave one.
 * ``plan_due`` (the dispatcher's loop, before it claims due sends): each due step becomes
   a ``sends`` row — planned (then claimed, rechecked and delivered like any email), or
   held out, or skipped with its reason — and enrollments whose step send has ended move
-  on to their next step or complete.
+  on to their next step or complete. A pass's steps are planned together, on inputs
+  read for all of them at once.
 * ``step_check`` (delivery's ``prepare``): just before a step goes out, the enrollment
   must still be active, the step still in the campaign and its ``only_if`` still true.
 """
