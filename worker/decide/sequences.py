@@ -7,28 +7,33 @@ The rules are ``triggers.sequences``; this module applies them to ``enrollments`
   holds or the customer may no longer be emailed; its planned step is skipped
   (``sequence_exited``). The rows are locked, so the step planner cannot plan a step of an
   enrollment being exited meanwhile.
-* ``enroll`` (ingest, for an ``enrolled`` decision): one row per entry, inserted with
-  ``ON CONFLICT DO NOTHING`` on the entry slot, so two racing entries leave one.
+* ``Entries`` (ingest, for its ``enrolled`` decisions; ``enroll`` for one): one row per
+  entry, a batch's inserted together with ``ON CONFLICT DO NOTHING`` on the entry slot, so
+  two racing entries leave one.
 * ``plan_due`` (the dispatcher's loop, before it claims due sends): each due step becomes
   a ``sends`` row — planned (then claimed, rechecked and delivered like any email), or
   held out, or skipped with its reason — and enrollments whose step send has ended move
-  on to their next step or complete.
+  on to their next step or complete. A pass's steps are planned together, on inputs
+  read for all of them at once.
 * ``step_check`` (delivery's ``prepare``): just before a step goes out, the enrollment
   must still be active, the step still in the campaign and its ``only_if`` still true.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import and_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, and_, bindparam, inspect, select, update
 from sqlalchemy.orm import Session
 
+from triggers.campaigns import Step
 from triggers.decide import (
+    MARKETING_HISTORY,
     Later,
+    PastSend,
     Policy,
     email_spans,
     gap_clash,
@@ -50,9 +55,18 @@ from triggers.sequences import (
     may_enter,
     next_step,
 )
+from worker.core.dialect_insert import among, insert_for, insert_rows
 from worker.core.metrics import SENDS
 from worker.core.models import Customer, Enrollment, Event, Send
-from worker.decide.decision_inputs import DecisionInputs, decision_inputs
+from worker.core.settings import get_settings
+from worker.decide.attribution import AttributionConfig, resolve_offered, store_offers
+from worker.decide.decision_inputs import (
+    BatchInputs,
+    DecisionInputs,
+    decision_inputs_many,
+    histories_of,
+)
+from worker.offers.offer_resolution import CatalogMemo
 
 # A step's send in one of these is over: the enrollment moves on.
 ENDED = frozenset({"sent", "skipped", "failed", "held_out"})
@@ -160,54 +174,167 @@ def enroll(
     when the ``reenter`` rule or a concurrent entry keeps them out. The customer entered
     when the event happened (never later than ``now``): steps are timed from then.
 
-    The insert is ``ON CONFLICT DO NOTHING`` on the unique entry slot and entry event:
-    whichever of two simultaneous entries commits first wins, the other inserts nothing.
-    """
-    campaign = compiled.campaign
-    sequence = compiled.sequence
-    assert sequence is not None and decision.variant is not None
-    previous = [
-        PastEntry(row.entered_at, row.status == "active")
-        for row in session.execute(
-            select(Enrollment.entered_at, Enrollment.status).where(
-                Enrollment.campaign_id == campaign.id, Enrollment.customer_id == customer_id
-            )
+    An :class:`Entries` of one: the insert is ``ON CONFLICT DO NOTHING`` on the unique
+    entry slot and entry event, so whichever of two simultaneous entries commits first
+    wins, the other inserts nothing."""
+    entries = Entries(session, [customer_id])
+    queued = entries.enroll(compiled, decision, customer_id, event, now, {})
+    entries.write()
+    return queued.enrollment_id if queued is not None else None
+
+
+@dataclass(slots=True)
+class QueuedEntry:
+    """An entry :meth:`Entries.enroll` let in, to be inserted by :meth:`Entries.write`;
+    ``enrollment_id`` is the new row's id once written (None: a concurrent entry won)."""
+
+    values: dict[str, object]
+    outcome: dict[str, object]
+    enrollment_id: int | None = None
+
+
+class Entries:
+    """The sequence entries of one ingest batch, written together: the past entries of
+    the batch's customers are read with one statement (on the first entry), the new ones
+    inserted with one (:meth:`write`), where entering one by one took two per entry.
+
+    Each entry is judged as :func:`enroll` judges it alone, on the customer's entries as
+    this transaction has them: ingest locks the batch's customers first, so no other
+    ingest enrolls them meanwhile; an entry queued earlier in the batch counts once
+    written (ingest writes a customer's queued entries before their next event), and an
+    exit of this batch once reported (:meth:`ended`)."""
+
+    def __init__(self, session: Session, customer_ids: Sequence[str]) -> None:
+        self._session = session
+        self._customer_ids = frozenset(customer_ids)
+        # (campaign id, customer id) -> enrollment id -> entry; None until first needed.
+        self._past: dict[tuple[str, str], dict[int, PastEntry]] | None = None
+        self._ended: set[int] = set()
+        self._queued: list[QueuedEntry] = []
+        self.pending_customers: set[str] = set()
+
+    def _entries(self) -> dict[tuple[str, str], dict[int, PastEntry]]:
+        if self._past is None:
+            self._past = {}
+            if self._customer_ids:
+                rows = self._session.execute(
+                    select(
+                        Enrollment.id,
+                        Enrollment.campaign_id,
+                        Enrollment.customer_id,
+                        Enrollment.entered_at,
+                        Enrollment.status,
+                    ).where(
+                        among(self._session, Enrollment.customer_id, sorted(self._customer_ids))
+                    )
+                )
+                for row in rows:
+                    self._add(row.id, row.campaign_id, row.customer_id, row.entered_at, row.status)
+        return self._past
+
+    def _add(
+        self, enrollment_id: int, campaign_id: str, customer_id: str, at: datetime, status: str
+    ) -> None:
+        assert self._past is not None
+        self._past.setdefault((campaign_id, customer_id), {})[enrollment_id] = PastEntry(
+            at, status == "active"
         )
-    ]
-    entered_at = min(event.occurred_at, now)
-    if not may_enter(campaign, previous, entered_at):
-        return None
-    first = next_step(sequence, (), entered_at, None)
-    assert first is not None  # a sequence has at least one step
-    values = dict(
-        campaign_id=campaign.id,
-        customer_id=customer_id,
-        entry_event_id=event.id,
-        entry_slot=entry_slot(campaign),
-        entered_at=entered_at,
-        variant=decision.variant,
-        held_out=decision.reason == SkipReason.HOLDOUT,
-        status="active",
-        done=[],
-        steps_sent=0,
-        next_step_id=first.step.id,
-        next_due_at=first.due_at,
-        offered_skus=[],
-        purchased_since_entry=False,
-        categories_since_entry=[],
-        created_at=now,
-        updated_at=now,
-    )
-    dialect = session.get_bind().dialect.name
-    statement: postgresql.Insert | sqlite.Insert
-    if dialect == "postgresql":
-        statement = postgresql.insert(Enrollment).values(values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        statement = sqlite.insert(Enrollment).values(values).on_conflict_do_nothing()
-    else:
-        raise RuntimeError(f"enrollments need PostgreSQL or SQLite, not {dialect}")
-    inserted: int | None = session.execute(statement.returning(Enrollment.id)).scalar_one_or_none()
-    return inserted
+
+    def enroll(
+        self,
+        compiled: CompiledCampaign,
+        decision: Decision,
+        customer_id: str,
+        event: AnyEvent,
+        now: datetime,
+        outcome: dict[str, object],
+    ) -> QueuedEntry | None:
+        """Queue the customer's entry for an ``enrolled`` decision (see :func:`enroll`);
+        None when the ``reenter`` rule keeps them out. The result goes into ``outcome``
+        under the campaign id: ``already_enrolled`` at once when refused, else
+        ``enrolled:<id>`` or ``already_enrolled`` (a concurrent entry won) when
+        :meth:`write` has inserted it. ValueError for a customer not given at creation."""
+        campaign = compiled.campaign
+        sequence = compiled.sequence
+        assert sequence is not None and decision.variant is not None
+        if customer_id not in self._customer_ids:
+            raise ValueError(f"customer {customer_id} is not one of this batch's")
+        previous = [
+            PastEntry(past.entered_at, past.active and enrollment_id not in self._ended)
+            for enrollment_id, past in self._entries().get((campaign.id, customer_id), {}).items()
+        ]
+        entered_at = min(event.occurred_at, now)
+        if not may_enter(campaign, previous, entered_at):
+            outcome[campaign.id] = SkipReason.ALREADY_ENROLLED
+            return None
+        first = next_step(sequence, (), entered_at, None)
+        assert first is not None  # a sequence has at least one step
+        values: dict[str, object] = dict(
+            campaign_id=campaign.id,
+            customer_id=customer_id,
+            entry_event_id=event.id,
+            entry_slot=entry_slot(campaign),
+            entered_at=entered_at,
+            variant=decision.variant,
+            held_out=decision.reason == SkipReason.HOLDOUT,
+            status="active",
+            done=[],
+            steps_sent=0,
+            next_step_id=first.step.id,
+            next_due_at=first.due_at,
+            offered_skus=[],
+            purchased_since_entry=False,
+            categories_since_entry=[],
+            created_at=now,
+            updated_at=now,
+        )
+        queued = QueuedEntry(values, outcome)
+        self._queued.append(queued)
+        self.pending_customers.add(customer_id)
+        return queued
+
+    def ended(self, ended: Mapping[int, ExitReason]) -> None:
+        """Enrollments an exit of this batch ended (``observe``'s answer): no longer
+        active for the ``reenter`` rule, whether the past entries were read before the
+        exit or after it (ingest does not flush in between)."""
+        self._ended.update(ended)
+
+    def write(self) -> set[str]:
+        """Insert the queued entries in one statement; the customers who entered.
+
+        The session is flushed first: an exit earlier in the batch must have released its
+        entry slot in the database before the insert meets the unique key."""
+        if not self._queued:
+            return set()
+        session = self._session
+        session.flush()
+        statement = (
+            insert_for(session, Enrollment)
+            .values([entry.values for entry in self._queued])
+            .on_conflict_do_nothing()
+            .returning(Enrollment.id, Enrollment.campaign_id, Enrollment.customer_id)
+        )
+        inserted = {
+            (row.campaign_id, row.customer_id): row.id for row in session.execute(statement)
+        }
+        entered: set[str] = set()
+        for entry in self._queued:
+            campaign_id = str(entry.values["campaign_id"])
+            customer_id = str(entry.values["customer_id"])
+            enrollment_id = inserted.get((campaign_id, customer_id))
+            entry.enrollment_id = enrollment_id
+            if enrollment_id is None:
+                entry.outcome[campaign_id] = SkipReason.ALREADY_ENROLLED
+                continue
+            entry.outcome[campaign_id] = f"enrolled:{enrollment_id}"
+            entered_at = entry.values["entered_at"]
+            assert isinstance(entered_at, datetime)
+            self._entries()
+            self._add(enrollment_id, campaign_id, customer_id, entered_at, "active")
+            entered.add(customer_id)
+        self._queued.clear()
+        self.pending_customers.clear()
+        return entered
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +357,11 @@ def plan_due(
     advance (or complete); due steps of active campaigns become sends.
 
     After a reload (a new ``RuleSet``), the waiting enrollments are re-timed first: a
-    changed delay applies to every step not yet planned."""
+    changed delay applies to every step not yet planned.
+
+    The due steps of a pass are planned together (:func:`_plan_steps`): what they read is
+    loaded with a fixed number of statements whatever their number, and each step's plan
+    is the one it would get planned alone, in the pass's order."""
     if not rules.has_steps:
         return PlanReport()
     url = str(session.get_bind().engine.url)
@@ -255,11 +386,22 @@ def plan_due(
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     counts = {"planned": 0, "held_out": 0, "skipped": 0, "exited": 0, "waiting": 0}
-    for enrollment in session.scalars(query):
-        compiled = rules.by_id(enrollment.campaign_id)
-        assert compiled is not None and compiled.sequence is not None
-        outcome = _plan_step(session, rules, compiled, compiled.sequence, enrollment, policy, now)
-        counts[outcome] += 1
+    due: list[DueEnrollment] = []
+    enrollments = list(session.scalars(query))
+    # Nothing the pass reads depends on its enrollments' new state: their changes are
+    # written at the end, together (not row by row by each query's autoflush).
+    with session.no_autoflush:
+        for enrollment in enrollments:
+            compiled = rules.by_id(enrollment.campaign_id)
+            assert compiled is not None and compiled.sequence is not None
+            step = _step_to_plan(session, enrollment, compiled.sequence, now)
+            if step is None:
+                counts["waiting"] += 1
+            else:
+                due.append(DueEnrollment(enrollment, compiled, compiled.sequence, step))
+        for outcome in _plan_steps(session, rules, policy, due, now):
+            counts[outcome] += 1
+        _write_enrollments(session, enrollments)
     return PlanReport(
         counts["planned"],
         counts["held_out"],
@@ -340,53 +482,243 @@ def _finish_step(enrollment: Enrollment, status: str, at: datetime, now: datetim
     enrollment.updated_at = now
 
 
-def step_inputs(
-    session: Session, enrollment: Enrollment, now: datetime, exclude_send: int | None = None
-) -> tuple[AnyEvent, DecisionInputs, dict[str, object]]:
-    """The entry event, the decision inputs as of ``now`` and the facts ``only_if`` sees."""
-    stored = session.scalars(select(Event).where(Event.event_id == enrollment.entry_event_id)).one()
-    event = validate_event(stored.payload)
-    customer = session.get(Customer, enrollment.customer_id)
-    inputs = decision_inputs(session, event, now, customer=customer, exclude_send=exclude_send)
-    facts = dict(inputs.facts) | enrollment_facts(
-        enrollment.entered_at,
-        now,
-        enrollment.steps_sent,
-        enrollment.categories_since_entry or (),
-        enrollment.purchased_since_entry,
+def _step_to_plan(
+    session: Session, enrollment: Enrollment, sequence: CompiledSequence, now: datetime
+) -> Step | None:
+    """The due enrollment's step to plan now; None when it has completed (no step left)
+    or an edit re-timed its step past ``now``."""
+    if not _schedule_next(session, enrollment, sequence, now):
+        return None
+    step = sequence.step(enrollment.next_step_id or "")
+    assert step is not None and enrollment.next_due_at is not None
+    return None if enrollment.next_due_at > now else step
+
+
+@dataclass(frozen=True, slots=True)
+class DueEnrollment:
+    """An enrollment whose ``step`` is due, with its campaign as the rules have it now."""
+
+    enrollment: Enrollment
+    compiled: CompiledCampaign
+    sequence: CompiledSequence
+    step: Step
+
+
+@dataclass(slots=True)
+class StepInputs:
+    """What the due steps of one pass read, loaded for all of them at once
+    (:func:`load_step_inputs`), then kept as the database has it while the pass plans:
+    a send planned or held out joins its customer's history before that customer's next
+    step is planned, and a customer whose sends an exit changed is read again.
+
+    ``events`` maps entry event id to the validated event, ``customers`` customer id to
+    the row (absent: unknown to the database), ``inputs`` holds the customers' histories
+    and the suppressions of their addresses."""
+
+    events: dict[str, AnyEvent]
+    customers: dict[str, Customer]
+    inputs: BatchInputs
+    unsaved: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    stale: set[str] = field(default_factory=set)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    send_ids: dict[str, int] = field(default_factory=dict)
+
+    def for_step(
+        self, session: Session, enrollment: Enrollment, now: datetime
+    ) -> tuple[DecisionInputs, dict[str, object]]:
+        """The decision inputs of the enrollment's entry event as of ``now``, and the
+        facts ``only_if`` sees; the same as read for this enrollment alone. ValueError
+        when its customer is not in the database (``BatchInputs.for_event``)."""
+        customer_id = enrollment.customer_id
+        if customer_id in self.stale:
+            self.insert_sends(session)
+            self.inputs.histories[customer_id] = histories_of(session, [customer_id]).get(
+                customer_id, []
+            )
+            self.unsaved.pop(customer_id, None)
+            self.stale.discard(customer_id)
+        elif self.unsaved.get(customer_id):
+            history = self.inputs.histories.setdefault(customer_id, [])
+            for row in self.unsaved.pop(customer_id):
+                # As histories_of reads it back (the time it is due), but without its id:
+                # not inserted yet, and neither the recheck nor the gap reads it (only
+                # ingest's displacement does, triggers.decide._yields).
+                history.append(
+                    PastSend(
+                        row["campaign_id"], row["status"], row["send_at"], None, row["expires_at"]
+                    )
+                )
+        event = self.events[enrollment.entry_event_id]
+        inputs = self.inputs.for_event(session, event, now, self.customers.get(customer_id))
+        facts = dict(inputs.facts) | enrollment_facts(
+            enrollment.entered_at,
+            now,
+            enrollment.steps_sent,
+            enrollment.categories_since_entry or (),
+            enrollment.purchased_since_entry,
+        )
+        return inputs, facts
+
+    def planned(self, row: dict[str, Any]) -> None:
+        """A send this pass made (a ``sends`` row's values), inserted with the others
+        (:meth:`insert_sends`); it counts in its customer's history from now on."""
+        self.pending.append(row)
+        if row["status"] in MARKETING_HISTORY:
+            self.unsaved.setdefault(row["customer_id"], []).append(row)
+
+    def insert_sends(self, session: Session) -> None:
+        """Insert the sends made since the last call, one statement; their ids are then
+        in ``send_ids`` by dedupe key. IntegrityError if a dedupe key is taken (the
+        step's send exists: the pass checked it has none)."""
+        if not self.pending:
+            return
+        inserted = insert_rows(session, Send, self.pending, returning=("id", "dedupe_key"))
+        self.send_ids.update((row.dedupe_key, row.id) for row in inserted)
+        self.pending.clear()
+
+    def exited(self, customer_id: str) -> None:
+        """An enrollment of the customer ended, its planned sends skipped: read their
+        history again before their next step."""
+        self.stale.add(customer_id)
+
+
+def load_step_inputs(session: Session, enrollments: Sequence[Enrollment]) -> StepInputs:
+    """The entry events, customers, histories and suppressions of ``enrollments``, four
+    statements for any number of them. KeyError (on use) for an entry event the
+    database does not hold."""
+    event_ids = sorted({enrollment.entry_event_id for enrollment in enrollments})
+    events = {
+        row.event_id: validate_event(row.payload)
+        for row in session.execute(
+            select(Event.event_id, Event.payload).where(among(session, Event.event_id, event_ids))
+        )
+    }
+    customer_ids = sorted({enrollment.customer_id for enrollment in enrollments})
+    customers = {
+        customer.id: customer
+        for customer in session.scalars(
+            select(Customer).where(among(session, Customer.id, customer_ids))
+        )
+    }
+    inputs = decision_inputs_many(
+        session, customer_ids, (customer.email for customer in customers.values()), lock=False
     )
-    return event, inputs, facts
+    return StepInputs(events, customers, inputs)
+
+
+def _plan_steps(
+    session: Session,
+    rules: RuleSet,
+    policy: Policy,
+    due: Sequence[DueEnrollment],
+    now: datetime,
+) -> list[str]:
+    """Plan the due steps, in order; what became of each (``_plan_step``).
+
+    A step that already has its send (timing written over by a concurrent re-time) waits
+    for it to end. The others read their inputs from one load, and the new sends and
+    their offers are written with one insert each."""
+    if not due:
+        return []
+    existing = {
+        (row.enrollment_id, row.step_id)
+        for row in session.execute(
+            select(Send.enrollment_id, Send.step_id).where(
+                among(session, Send.enrollment_id, [item.enrollment.id for item in due])
+            )
+        )
+    }
+    todo: list[DueEnrollment] = []
+    outcomes: list[str] = []
+    for item in due:
+        if (item.enrollment.id, item.step.id) in existing:
+            item.enrollment.next_due_at = None
+            outcomes.append("waiting")
+        else:
+            todo.append(item)
+    if not todo:
+        return outcomes
+    loaded = load_step_inputs(session, [item.enrollment for item in todo])
+    offered: list[tuple[str, DueEnrollment, DecisionInputs]] = []
+    for item in todo:
+        outcome, row, inputs = _plan_step(session, rules, policy, item, loaded, now)
+        outcomes.append(outcome)
+        if row is not None and row["status"] in ("planned", "held_out"):
+            offered.append((row["dedupe_key"], item, inputs))
+    loaded.insert_sends(session)
+    if offered:
+        # What each step offers (or would have, held out), recorded as ingest records it
+        # for one-email campaigns: a purchase after the step is then credited to the step
+        # as direct or influenced (worker.decide.attribution).
+        config = AttributionConfig.from_settings(get_settings())
+        memo = CatalogMemo()
+        offers = {}
+        for key, item, inputs in offered:
+            send_id = loaded.send_ids[key]
+            offers[send_id] = resolve_offered(
+                session,
+                item.compiled,
+                item.step.id,
+                inputs.profile,
+                loaded.events[item.enrollment.entry_event_id],
+                config,
+                send_id=send_id,
+                memo=memo,
+            )
+        store_offers(session, offers, now)
+    return outcomes
+
+
+def _write_enrollments(session: Session, enrollments: Sequence[Enrollment]) -> None:
+    """Write the pass's changes to its enrollments: one ``UPDATE`` (executemany) per set
+    of changed columns, where the unit of work's flush wrote one per row whenever two rows
+    in id order differed in what changed. The same columns and values as that flush;
+    the objects are then expired (their changes are in the database, a later read
+    reloads them). Called with autoflush off, so that no query flushed them before."""
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    written: list[Enrollment] = []
+    for enrollment in enrollments:
+        state = inspect(enrollment)
+        if state.deleted or state.detached:
+            continue
+        changed = tuple(sorted(attr.key for attr in state.attrs if attr.history.has_changes()))
+        if not changed or "id" in changed:
+            continue  # unchanged; or (never done here) a new id, left to the unit of work
+        values = {f"new_{key}": getattr(enrollment, key) for key in changed}
+        by_columns.setdefault(changed, []).append({"row_id": enrollment.id, **values})
+        written.append(enrollment)
+    table = cast(Table, Enrollment.__table__)
+    for columns, rows in by_columns.items():
+        session.execute(
+            update(table)
+            .where(table.c.id == bindparam("row_id"))
+            .values({name: bindparam(f"new_{name}", type_=table.c[name].type) for name in columns}),
+            rows,
+        )
+    for enrollment in written:
+        session.expire(enrollment)
 
 
 def _plan_step(
     session: Session,
     rules: RuleSet,
-    compiled: CompiledCampaign,
-    sequence: CompiledSequence,
-    enrollment: Enrollment,
     policy: Policy,
+    due: DueEnrollment,
+    loaded: StepInputs,
     now: datetime,
-) -> str:
-    """Turn the enrollment's due step into a send row; returns what became of it."""
-    if not _schedule_next(session, enrollment, sequence, now):
-        return "waiting"  # completed: nothing left to plan
-    step = sequence.step(enrollment.next_step_id or "")
-    assert step is not None and enrollment.next_due_at is not None
+) -> tuple[str, dict[str, Any] | None, DecisionInputs]:
+    """Turn the enrollment's due step into a send row (queued in ``loaded``); what became
+    of it, the row's values (None when the enrollment exited instead) and the inputs it
+    was planned on."""
+    enrollment, compiled, sequence, step = due.enrollment, due.compiled, due.sequence, due.step
+    assert enrollment.next_due_at is not None
     due_at = enrollment.next_due_at
-    if due_at > now:
-        return "waiting"  # re-timed by an edit: not due yet
-    planned = session.scalar(
-        select(Send.id).where(Send.enrollment_id == enrollment.id, Send.step_id == step.id)
-    )
-    if planned is not None:
-        # Already a send (timing written over by a concurrent re-time): wait for it to end.
-        enrollment.next_due_at = None
-        return "waiting"
     campaign = compiled.campaign
-    _, inputs, facts = step_inputs(session, enrollment, now)
+    inputs, facts = loaded.for_step(session, enrollment, now)
     if _standing(compiled, inputs) is not None:
         end(session, enrollment, ExitReason.UNSUBSCRIBED, now)
-        return "exited"
+        loaded.exited(enrollment.customer_id)
+        return "exited", None, inputs
     expires_at = due_at + campaign.schedule.expire_after
     variant = next(
         (v for v in campaign.experiment.variants if v.id == enrollment.variant),
@@ -433,7 +765,7 @@ def _plan_step(
                     else SkipReason.EXPIRED
                 ),
             )
-    send = Send(
+    row: dict[str, Any] = dict(
         campaign_id=campaign.id,
         kind=campaign.kind,
         variant=variant.id,
@@ -451,16 +783,7 @@ def _plan_step(
         enrollment_id=enrollment.id,
         step_id=step.id,
     )
-    session.add(send)
-    if status in ("planned", "held_out"):
-        # What this step offers (or would have, held out), recorded as ingest records it
-        # for one-email campaigns: a purchase after the step is then credited to the
-        # step as direct or influenced (worker.decide.attribution).
-        from worker.core.settings import get_settings
-        from worker.decide.attribution import AttributionConfig, offered_skus
-
-        session.flush()
-        offered_skus(session, send, rules, AttributionConfig.from_settings(get_settings()), now)
+    loaded.planned(row)
     SENDS.labels(status, reason or "").inc()
     enrollment.next_due_at = None  # waiting on the send
     enrollment.updated_at = now
@@ -468,7 +791,7 @@ def _plan_step(
         # Held out or skipped now: the step is over, the next one is timed from here.
         _finish_step(enrollment, status, now, now)
         _schedule_next(session, enrollment, sequence, now)
-    return "planned" if status == "planned" else status
+    return status, row, inputs
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,11 @@ histories, their planned rows' locks and their suppressions, one multi-row inser
 for sends (``ON CONFLICT (dedupe_key) DO NOTHING``), orders, order lines and offers, and
 one for the events' outcomes. ``decide`` runs per event in memory, in arrival order, on
 the history kept current as the batch plans, so a customer's second event in a batch
-sees what the first one planned. Sequences and attribution, which need rows of their
-own, go through their per-event functions only for the events that need them: customers
-with an active enrollment, decisions that enroll, purchases of customers with touches.
+sees what the first one planned. Sequence entries are written together too (one
+statement for the customers' past entries, one insert: ``sequences.Entries``). Exits and
+attribution, which need rows of their own, go through their per-event functions only for
+the events that need them: customers with an active enrollment, purchases of customers
+with touches.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class _Batch:
     session: Session
     now: datetime
     inputs: BatchInputs
+    entries: sequences.Entries
     outcomes: dict[int, dict[str, object]] = field(default_factory=dict)
     pending: list[_NewSend] = field(default_factory=list)
     pending_customers: set[str] = field(default_factory=set)
@@ -221,7 +224,12 @@ def ingest_batch(
     emails += [
         events[p].customer.email for p in todo if "email" in events[p].customer.model_fields_set
     ]
-    batch = _Batch(session, now, decision_inputs_many(session, customer_ids, emails, lock=True))
+    batch = _Batch(
+        session,
+        now,
+        decision_inputs_many(session, customer_ids, emails, lock=True),
+        sequences.Entries(session, customer_ids),
+    )
     purchases = [p for p in todo if isinstance(events[p], PurchaseEvent)]
     known_orders = _known_orders(session, [events[p] for p in purchases])
     enrolled = _enrolled_customers(session, rules, customer_ids)
@@ -239,6 +247,8 @@ def ingest_batch(
             customer = customers[event.customer.id]
             if customer.id in batch.pending_customers:
                 batch.write_sends()  # the customer's next decision must see them, with ids
+            if customer.id in batch.entries.pending_customers:
+                enrolled |= batch.entries.write()  # and their sequences must see this entry
             consent_before = customer.email_marketing
             apply_upsert(
                 session, customer, event.customer, now, created=customer.id in first_event_of_new
@@ -258,6 +268,7 @@ def ingest_batch(
 
     batch.write_sends()
     session.flush()  # the customers' new state
+    batch.entries.write()
     insert_rows(session, Order, orders)
     insert_rows(session, OrderLine, lines)
     store_offers(session, batch.offers, now)
@@ -292,7 +303,13 @@ def _plan(
     # They read enrollments and consent in SQL: flush what earlier events changed first.
     if customer.id in enrolled:
         session.flush()
-    if customer.id in enrolled and sequences.observe(session, rules, customer, event, inputs, now):
+    ended = (
+        sequences.observe(session, rules, customer, event, inputs, now)
+        if customer.id in enrolled
+        else {}
+    )
+    if ended:
+        batch.entries.ended(ended)
         inputs = decision_inputs(session, event, now, customer=customer, lock=True)
         batch.inputs.histories[customer.id] = list(inputs.history)
     decisions = decide(
@@ -316,13 +333,8 @@ def _plan(
         assert compiled is not None
         assert decision.dedupe_key is not None
         if decision.outcome == "enrolled":
-            session.flush()
-            entered = sequences.enroll(session, compiled, decision, customer.id, event, now)
-            outcome[decision.campaign_id] = (
-                f"enrolled:{entered}" if entered is not None else SkipReason.ALREADY_ENROLLED
-            )
-            if entered is not None:
-                enrolled.add(customer.id)
+            # Written with the batch's other entries (its outcome filled in then).
+            batch.entries.enroll(compiled, decision, customer.id, event, now, outcome)
             continue
         offer = (
             resolve_offered(
