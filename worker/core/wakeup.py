@@ -48,8 +48,18 @@ def wake_dispatcher(session: Session) -> None:
     event.listen(session, "after_commit", _set_committed, once=True)
 
 
-def wake_if_due(session: Session, decided: Iterable[Sequence[Decision]], now: datetime) -> None:
-    """Ingest's call: wake the dispatchers when the batch planned an email due now."""
+def wake_if_due(
+    session: Session,
+    decided: Iterable[Sequence[Decision]],
+    now: datetime,
+    first_step_due_at: datetime | None = None,
+) -> None:
+    """Ingest's call: wake the dispatchers when the batch planned an email due now, or
+    entered a customer into a sequence whose first step is due now
+    (``first_step_due_at``: the earliest of the batch's entries; a woken pass plans it)."""
+    if first_step_due_at is not None and first_step_due_at <= now:
+        wake_dispatcher(session)
+        return
     for decisions in decided:
         for decision in decisions:
             if decision.outcome == "planned" and (

@@ -212,6 +212,8 @@ class Entries:
         self._ended: set[int] = set()
         self._queued: list[QueuedEntry] = []
         self.pending_customers: set[str] = set()
+        # The earliest first-step due time of the entries written so far (None: none).
+        self.first_due_at: datetime | None = None
 
     def _entries(self) -> dict[tuple[str, str], dict[int, PastEntry]]:
         if self._past is None:
@@ -327,8 +329,10 @@ class Entries:
                 entry.outcome[campaign_id] = SkipReason.ALREADY_ENROLLED
                 continue
             entry.outcome[campaign_id] = f"enrolled:{enrollment_id}"
-            entered_at = entry.values["entered_at"]
-            assert isinstance(entered_at, datetime)
+            entered_at, due_at = entry.values["entered_at"], entry.values["next_due_at"]
+            assert isinstance(entered_at, datetime) and isinstance(due_at, datetime)
+            if self.first_due_at is None or due_at < self.first_due_at:
+                self.first_due_at = due_at
             self._entries()
             self._add(enrollment_id, campaign_id, customer_id, entered_at, "active")
             entered.add(customer_id)

@@ -280,7 +280,7 @@ def ingest_batch(
         [{"row_id": stored[events[p].id], "row_outcome": batch.outcomes[p]} for p in todo],
     )
     _attribute_purchases(session, [events[p] for p in purchases], rules, config, now)
-    wake_if_due(session, decided.values(), now)
+    wake_if_due(session, decided.values(), now, batch.entries.first_due_at)
     for position in todo:
         results[position] = IngestResult(duplicate=False, decisions=decided[position])
     return results

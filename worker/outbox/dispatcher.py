@@ -189,12 +189,13 @@ def _plan_steps(runtime: Runtime, now: datetime) -> None:
 
 
 def dispatch_once(runtime: Runtime, enqueue: Enqueue, housekeeping: bool = True) -> DispatchReport:
-    """One pass: claim and publish the due sends. ``housekeeping`` adds what only time
-    makes due (sequence steps, expiry, the sweep of lost work); the loop runs it once per
-    ``dispatch_interval``, not on every wake-up."""
+    """One pass: plan the due sequence steps, claim and publish the due sends.
+    ``housekeeping`` adds what only time makes due (expiry, the sweep of lost work); the
+    loop runs it once per ``dispatch_interval``, not on every wake-up. Steps are planned
+    on every pass: ingest wakes the dispatcher for a sequence entry whose first step is
+    due at once, which must not wait for the next housekeeping."""
     now = runtime.clock.now()
-    if housekeeping:
-        _plan_steps(runtime, now)
+    _plan_steps(runtime, now)
     ids, expired = _claim_due(runtime, now, expire=housekeeping)
     if ids:
         enqueue(ids)

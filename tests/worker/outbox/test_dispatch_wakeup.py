@@ -112,6 +112,79 @@ def test_ingest_wakes_the_dispatcher_long_before_its_poll(runtime: Runtime) -> N
         assert session.get(Send, send_id).status == "queued"  # type: ignore[union-attr]
 
 
+SEQUENCE = """\
+id: camera-journey
+name: A first step at once after a camera purchase
+kind: cross_sell
+trigger:
+  event: purchase
+  where: {field: event.categories, op: contains, value: cameras}
+offer: {type: complementary, max_items: 2}
+steps:
+  - {id: first, after_entry: 0m, template: accessories}
+  - {id: later, after_entry: 7d, template: accessories}
+experiment:
+  variants:
+    - {id: A, template: accessories}
+"""
+
+
+def test_a_sequence_entry_due_at_once_wakes_the_dispatcher_to_plan_its_step(
+    tmp_path: Path, database_url: str
+) -> None:
+    """An entry makes no send at ingest: its first step is planned by the dispatcher.
+    Ingest wakes it when that step is due at once, and the woken pass (not only the poll's
+    housekeeping) plans and enqueues the step."""
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    (campaigns / "journey.yaml").write_text(SEQUENCE)
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        campaigns_dir=campaigns,
+        quiet_hours="off",
+        dispatch_interval=POLL_SECONDS,
+    )
+    runtime = Runtime(settings, clock=ShiftedClock(TUESDAY_MORNING))
+    seed_catalog(settings, TUESDAY_MORNING)
+    runtime.rules  # noqa: B018
+    dispatching = Dispatching(runtime)
+    _started(dispatching)
+    event = validate_event(
+        purchase(
+            customer=customer_block("C-wake-journey"),
+            sku="CAM-MIRRORLESS",
+            category="cameras",
+            price="1200.00",
+        )
+    )
+    try:
+        with transaction(settings.resolved_database_url) as session:
+            ingest_event(
+                session, event, runtime.rules.current(), runtime.policy, runtime.clock.now()
+            )
+            assert session.scalars(select(Send.id).where(Send.event_id == event.id)).all() == []
+        committed = time.monotonic()
+        deadline = committed + WAKE_WITHIN_SECONDS + 5
+        step: int | None = None
+        while step is None and time.monotonic() < deadline:
+            with transaction(settings.resolved_database_url) as session:
+                step = session.scalars(
+                    select(Send.id).where(Send.campaign_id == "camera-journey")
+                ).first()
+            time.sleep(0.05)
+        assert step is not None, "the first step was not planned within 10 s (poll: 30 s)"
+        enqueued = dispatching.wait_for(step, WAKE_WITHIN_SECONDS)
+    finally:
+        dispatching.stop.set()
+        dispatching.thread.join(10)
+        runtime.close()
+    assert enqueued is not None and enqueued - committed < WAKE_WITHIN_SECONDS
+    with transaction(settings.resolved_database_url) as session:
+        planned = session.get(Send, step)
+        assert planned is not None and planned.step_id == "first" and planned.status == "queued"
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_without_the_wakeup_the_send_waits_for_the_poll(tmp_path: Path, database_url: str) -> None:
     """The same scenario with ``dispatch_wakeup`` off: what the test above measures is the
