@@ -2,8 +2,8 @@
 
 Rendering and the MIME builder are tuned for speed (docs/performance.md, "Rendering and
 the MIME build"); a tuning must not change one byte of what a customer receives. Each
-case is rendered (the cases of test_shipped_emails: every shipped template and variant ×
-English, Romanian, Italian × named or not × coupon or not) and built with a fixed
+case is rendered (the cases of test_shipped_emails: every shipped template and variant,
+in English, Romanian and Italian, named or not, with a coupon or not) and built with a fixed
 envelope (fixed Date and Message-ID), and the SHA-256 of the message is compared with
 the one recorded in ``message_digests.json``. The bodies of ``HOSTILE`` go through the
 builder alone: every line end, lone surrogates, Unicode line separators, long lines,
