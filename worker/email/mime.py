@@ -131,8 +131,18 @@ def _clean(value: str, name: str) -> str:
 
 def _unpaired(text: str) -> str:
     """Lone surrogates (JSON's ``"\\ud800"`` decodes to one) have no UTF-8 form: each
-    becomes U+FFFD REPLACEMENT CHARACTER instead of failing the send."""
-    return _SURROGATE.sub("\ufffd", text) if not text.isascii() else text
+    becomes U+FFFD REPLACEMENT CHARACTER instead of failing the send.
+
+    Surrogates are the only code points UTF-8 cannot encode, so a text that encodes has
+    none: the encoder, a C loop, tells that in a tenth of the time the regular
+    expression takes to scan a 5 kB HTML part (measured, docs/performance.md)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
 
 
 def single_line(value: str, name: str) -> str:
@@ -239,12 +249,23 @@ def _mailto(value: str) -> str:
 def body_lines(text: str) -> str:
     """The text with CRLF, CR and LF as the only line ends, turned into LF, and a final
     line end (RFC 5322 section 2.3 wants the body as lines)."""
-    normal = _LINE_ENDS.sub("\n", _unpaired(text))
+    return _lf_lines(_unpaired(text))
+
+
+def _lf_lines(text: str) -> str:
+    """:func:`body_lines` of a text already free of lone surrogates. Without a CR the
+    line ends are LF already: the substitution, which rebuilds the whole text even when
+    it replaces LF by LF, is skipped."""
+    normal = _LINE_ENDS.sub("\n", text) if "\r" in text else text
     return normal if normal.endswith("\n") else normal + "\n"
 
 
 def _qp(text: str) -> str:
-    encoded = binascii.b2a_qp(body_lines(text).encode("utf-8"), istext=True)
+    """A body (lone surrogates already replaced) as quoted-printable with CRLF line ends.
+
+    The encoder is the standard library's C one, ``binascii.b2a_qp``, which ``quopri``
+    also calls; ``email.quoprimime.body_encode`` writes the same encoding in Python."""
+    encoded = binascii.b2a_qp(_lf_lines(text).encode("utf-8"), istext=True)
     return encoded.decode("ascii").replace("\n", CRLF)
 
 
@@ -304,7 +325,8 @@ def _extra_headers(normal: _Normalised) -> tuple[tuple[str, str], ...]:
     )
 
 
-def _bytes(normal: _Normalised, envelope: Envelope, email: RenderedEmail) -> bytes:
+def _bytes(normal: _Normalised, envelope: Envelope, text: str, html: str) -> bytes:
+    """The message; ``text`` and ``html`` are the bodies with lone surrogates replaced."""
     boundary = _boundary(normal.message_id)
     url, _, mailto = normal.unsubscribe.partition(", ")
     parts = [
@@ -325,7 +347,7 @@ def _bytes(normal: _Normalised, envelope: Envelope, email: RenderedEmail) -> byt
         f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n',
         "\r\n",
     ]
-    for subtype, body in (("plain", email.text), ("html", email.html)):
+    for subtype, body in (("plain", text), ("html", html)):
         parts += [
             f"--{boundary}\r\n",
             f'Content-Type: text/{subtype}; charset="utf-8"\r\n',
@@ -346,6 +368,7 @@ def build_email(envelope: Envelope, email: RenderedEmail) -> OutgoingEmail:
     :class:`~triggers.addresses.InvalidAddress` for an address that is not one mailbox.
     """
     normal = _normalise(envelope, email)
+    text, html = _unpaired(email.text), _unpaired(email.html)
     content = MessageContent(
         sender=Mailbox(normal.sender.wire, normal.sender_name),
         recipient=Mailbox(normal.recipient.wire, normal.recipient_name),
@@ -355,8 +378,8 @@ def build_email(envelope: Envelope, email: RenderedEmail) -> OutgoingEmail:
             else None
         ),
         subject=normal.subject,
-        html=_unpaired(email.html),
-        text=_unpaired(email.text),
+        html=html,
+        text=text,
         headers=_extra_headers(normal),
     )
     return OutgoingEmail(
@@ -364,7 +387,7 @@ def build_email(envelope: Envelope, email: RenderedEmail) -> OutgoingEmail:
         normal.message_id,
         normal.sender.wire,
         normal.recipient.wire,
-        _bytes(normal, envelope, email),
+        _bytes(normal, envelope, text, html),
         content,
     )
 
