@@ -199,13 +199,17 @@ def _foldable(text: str, header: str) -> bool:
     return _plain(text) and all(len(word) <= room for word in text.split(" "))
 
 
-def _phrase(name: str, header: str) -> list[str]:
+@lru_cache(maxsize=4096)
+def _phrase(name: str, header: str) -> tuple[str, ...]:
     """A display name (RFC 5322 section 3.2.5 phrase) as header lines, name already clean:
-    atoms, else a quoted-string, else (non-ASCII) RFC 2047 encoded-words."""
+    atoms, else a quoted-string, else (non-ASCII) RFC 2047 encoded-words.
+
+    Cached apart from the address: a name shared by many recipients (first names, the
+    sender's) is folded or encoded by ``email.header.Header`` once, not once per address."""
     if _foldable(name, header):
         text = name if _ATOM_PHRASE.fullmatch(name) else f'"{quote(name)}"'
-        return _folded_ascii(text, header)
-    return _encoded(name, header)
+        return tuple(_folded_ascii(text, header))
+    return tuple(_encoded(name, header))
 
 
 @lru_cache(maxsize=4096)
@@ -214,7 +218,7 @@ def format_mailbox(name: str, wire: str, header: str) -> tuple[str, ...]:
     ``wire`` is an address :mod:`triggers.addresses` has parsed (``EmailAddress.wire``)."""
     if not name:
         return (wire,)
-    lines = _phrase(name, header)
+    lines = list(_phrase(name, header))
     last = len(lines[-1]) + (len(header) + 2 if len(lines) == 1 else 1)
     if last + 3 + len(wire.encode("utf-8")) <= MAX_LINE:
         lines[-1] = f"{lines[-1]} <{wire}>"
@@ -409,6 +413,7 @@ def clear_caches() -> None:
     parse_address.cache_clear()
     parse_mailbox.cache_clear()
     format_mailbox.cache_clear()
+    _phrase.cache_clear()
     _unstructured.cache_clear()
 
 
