@@ -284,6 +284,17 @@ def sample_offer(campaign: Campaign) -> ResolvedOffer:
     return ResolvedOffer(offer.type, items, "EUR")
 
 
+def sample_event(campaign: Campaign, customer_id: str) -> dict[str, Any]:
+    """An event of the campaign's trigger type for ``customer_id``, as the CRM sends it."""
+    return {
+        "id": "evt-sample",
+        "type": campaign.trigger.event,
+        "occurred_at": datetime(2026, 1, 1, tzinfo=UTC).isoformat(),
+        "customer": {"id": customer_id},
+        "data": _SAMPLE_DATA[campaign.trigger.event],
+    }
+
+
 def sample_context(campaign: Campaign, settings: Settings, locale: str | None) -> dict[str, Any]:
     """A realistic context for the campaign's trigger and offer types."""
     customer = {
@@ -294,13 +305,7 @@ def sample_context(campaign: Campaign, settings: Settings, locale: str | None) -
         "locale": locale,
         "timezone": "Europe/Bucharest",
     }
-    event = {
-        "id": "evt-sample",
-        "type": campaign.trigger.event,
-        "occurred_at": datetime(2026, 1, 1, tzinfo=UTC).isoformat(),
-        "customer": {"id": "C-SAMPLE"},
-        "data": _SAMPLE_DATA[campaign.trigger.event],
-    }
+    event = sample_event(campaign, "C-SAMPLE")
     links = Links("https://shop.example/u/sample", "https://shop.example/preferences/sample")
     spec = campaign.offer.coupon
     coupon = None

@@ -84,7 +84,14 @@ def format_money(amount: Decimal | str | int, currency: str, locale: Locale) -> 
     text is the computed amount: Babel's own rounding (half-even, to CLDR's digits, which
     differ from ISO 4217 for some currencies) never gets a say.
     """
-    value = round_money(Decimal(str(amount)), currency)
+    return _money_text(str(amount), currency, locale)
+
+
+@lru_cache(maxsize=4096)
+def _money_text(amount: str, currency: str, locale: Locale) -> str:
+    """:func:`format_money` of the amount's text: prices repeat from email to email, and
+    Babel takes some 30 µs to format one (measured, docs/performance.md)."""
+    value = round_money(Decimal(amount), currency)
     digits = minor_unit(currency)
     pattern = _currency_pattern(locale, digits)
     return format_currency(value, currency, pattern, locale=locale, currency_digits=False)
@@ -151,6 +158,11 @@ def html_autoescape(name: str | None) -> bool:
     return name is not None and name.endswith((".html", ".htm"))
 
 
+MAX_PICKED = 4096
+"""Picked templates a renderer remembers (templates, parts and locales in use); beyond it,
+picks are looked up as before (a bound on memory, never on correctness)."""
+
+
 class Renderer:
     """Renders one email; every render runs under ``limits`` (steps, time, sizes)."""
 
@@ -173,6 +185,20 @@ class Renderer:
         # missing and the compiled inline subjects (compiling is most of a render's cost).
         self._missing: set[str] = set()
         self._inline: dict[str, Template] = {}
+        # The template picked for (template, part, suffix, language, territory): six
+        # lookups in Jinja's locked LRU cache per email otherwise.
+        self._picked: dict[tuple[str, str, str, str, str | None], Template] = {}
+
+    def _compiled(self, template: str, part: str, suffix: str, locale: Locale) -> Template:
+        """The compiled template :meth:`_pick` names (same errors), remembered for the
+        first ``MAX_PICKED`` keys."""
+        key = (template, part, suffix, locale.language, locale.territory)
+        compiled = self._picked.get(key)
+        if compiled is None:
+            compiled = self.env.get_template(self._pick(template, part, suffix, locale))
+            if len(self._picked) < MAX_PICKED:
+                self._picked[key] = compiled
+        return compiled
 
     def _pick(self, template: str, part: str, suffix: str, locale: Locale) -> str:
         """``<template>/<part>.<lang>.<suffix>`` if it exists, else the default part."""
@@ -239,20 +265,17 @@ class Renderer:
                     self._inline[subject_override] = compiled
             subject = self._output(compiled, values)
         else:
-            name = self._pick(template, "subject", "txt", locale)
-            subject = self._output(self.env.get_template(name), values)
+            subject = self._output(self._compiled(template, "subject", "txt", locale), values)
         subject = " ".join(subject.split())
-        html = self._output(
-            self.env.get_template(self._pick(template, "body", "html", locale)), values
-        )
+        html = self._output(self._compiled(template, "body", "html", locale), values)
         check_html_nesting(html, self.limits.max_html_depth)  # before css-inline recurses
         html = self._inliner.inline(html)
         try:
-            text_name = self._pick(template, "body", "txt", locale)
+            text_template = self._compiled(template, "body", "txt", locale)
         except TemplateNotFound:
             text = text_from_html(html)  # a template may ship HTML only
         else:
-            text = self._output(self.env.get_template(text_name), values)
+            text = self._output(text_template, values)
         return RenderedEmail(subject=subject, html=html, text=text.strip() + "\n")
 
     def _output(self, template: Template, values: dict[str, Any]) -> str:

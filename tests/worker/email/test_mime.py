@@ -352,3 +352,28 @@ def test_the_unsubscribe_mailto_is_a_uri(mailto: str, expected: str) -> None:
 def test_an_unsubscribe_mailto_that_is_not_a_uri_is_refused(mailto: str) -> None:
     with pytest.raises((HeaderInjection, InvalidAddress)):
         build_message(_envelope(unsubscribe_mailto=mailto), RenderedEmail("s", "h", "t"))
+
+
+# Bodies where the builder's shortcuts decide: lone surrogates (replaced only when the text
+# has one), CR alone or before LF (line ends rewritten only when the text has a CR), and
+# the characters around them, ASCII or not.
+awkward_body = st.lists(
+    st.sampled_from(["\r", "\n", "\r\n", "\ud800", "\udbff", "\udc00", "\udfff", "a", " "])
+    | st.sampled_from(["=", "\t", "é", "\u2028", "\x85", "😀", "\x0b"])
+    | st.characters(),
+    max_size=200,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(plain=awkward_body, html=awkward_body)
+def test_bodies_with_lone_surrogates_and_any_line_ends_read_back_as_given(
+    plain: str, html: str
+) -> None:
+    email = build_email(_envelope(), RenderedEmail("Subject", html, plain))
+    parsed = _parse(email.data)
+    assert _content(parsed, "plain") == _body(plain)
+    assert _content(parsed, "html") == _body(html)
+    content = email.content
+    assert content is not None
+    assert (content.text, content.html) == (_replaced(plain), _replaced(html))

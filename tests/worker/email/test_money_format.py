@@ -14,7 +14,7 @@ from tests.triggers.test_money import ISO_4217_MINOR_UNITS, half_up
 from triggers.campaigns import BundleOffer
 from triggers.offers import Product, bundle_offer, resolve_offer
 from worker.email.email_context import offer_context, sample_offer
-from worker.email.rendering import babel_locale, format_money
+from worker.email.rendering import _money_text, babel_locale, format_money
 
 LOCALES = ("en", "ja", "it", "ro", "fr", "de", "de_CH", "hi", "ar", "es_CL")
 # Marks that set text direction around numbers in RTL locales: not part of the amount.
@@ -130,3 +130,31 @@ def test_a_sample_bundle_tie_rounds_half_up() -> None:
     # 49.90 + 99.80 = 149.70 at 15 % off is exactly 127.245: half-up 127.25 (not 127.24).
     campaign = make_campaign("sample-bundle", offer={"type": "bundle", "discount_percent": 15})
     assert sample_offer(campaign).bundle_price == Decimal("127.25")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    amounts=st.lists(
+        st.decimals(min_value=-(10**6), max_value=10**6, places=3)
+        | st.sampled_from([Decimal("0"), Decimal("-0"), Decimal("-0.00"), Decimal("49.9")])
+        | st.sampled_from([Decimal("49.90"), Decimal("1E+2"), Decimal("100")]),
+        min_size=1,
+        max_size=8,
+    ),
+    currency=st.sampled_from(["EUR", "JPY", "KWD", "RON", "USD"]),
+    locale=st.sampled_from(["en", "ro-RO", "ja", "de-CH", "ar-EG"]),
+)
+def test_a_remembered_amount_is_written_as_a_fresh_one(
+    amounts: list[Decimal], currency: str, locale: str
+) -> None:
+    """format_money remembers texts by the amount's own text: an equal amount written
+    differently (``49.9`` and ``49.90``, ``0`` and ``-0``, a Decimal, its str, an int)
+    reads exactly as when it is formatted for the first time."""
+    where = babel_locale(locale)
+    for amount in amounts:
+        forms: list[Decimal | str | int] = [amount, str(amount)]
+        if amount == amount.to_integral_value():
+            forms.append(int(amount))
+        for form in forms:
+            fresh = _money_text.__wrapped__(str(form), currency, where)
+            assert format_money(form, currency, where) == fresh
