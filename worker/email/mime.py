@@ -269,8 +269,36 @@ def _qp(text: str) -> str:
 
     The encoder is the standard library's C one, ``binascii.b2a_qp``, which ``quopri``
     also calls; ``email.quoprimime.body_encode`` writes the same encoding in Python."""
-    encoded = binascii.b2a_qp(_lf_lines(text).encode("utf-8"), istext=True)
-    return encoded.decode("ascii").replace("\n", CRLF)
+    encoded = binascii.b2a_qp(_lf_lines(text).encode("utf-8"), istext=True).decode("ascii")
+    if "=09\n" in encoded or "=20\n" in encoded:
+        encoded = "\n".join(_within_76(line) for line in encoded.split("\n"))
+    return encoded.replace("\n", CRLF)
+
+
+_QP_TOKEN = re.compile(r"=[0-9A-F]{2}|.", re.DOTALL)
+
+
+def _within_76(line: str) -> str:
+    """``line`` cut with soft line breaks (``=`` at the end) into lines of at most 76
+    characters, never inside an ``=XX`` escape (RFC 2045 section 6.7, rule 5).
+
+    ``b2a_qp`` leaves a line of 77 or 78 characters when it ends in a space or tab that it
+    encodes (``=20``/``=09``) after 74 characters: it counts the character, not its
+    three-character escape."""
+    if len(line) <= 76:
+        return line
+    pieces: list[str] = []
+    current = ""
+    tokens = _QP_TOKEN.findall(line)
+    for index, token in enumerate(tokens):
+        last = index == len(tokens) - 1
+        # A line that goes on needs room for its soft break "=": 75 characters of text.
+        if len(current) + len(token) > (76 if last else 75):
+            pieces.append(current + "=")
+            current = ""
+        current += token
+    pieces.append(current)
+    return "\n".join(pieces)
 
 
 def _boundary(message_id: str) -> str:

@@ -377,3 +377,37 @@ def test_bodies_with_lone_surrogates_and_any_line_ends_read_back_as_given(
     content = email.content
     assert content is not None
     assert (content.text, content.html) == (_replaced(plain), _replaced(html))
+
+
+# Lines of any length ending in the characters quoted-printable must encode at a line end
+# (space, tab), after any mix of plain, escaped ("=", "é") and multi-byte characters.
+line_with_trailing_space = st.tuples(
+    st.lists(st.sampled_from(["a", "=", "é", "😀", " ", "\t"]), min_size=60, max_size=160),
+    st.sampled_from([" ", "\t", "  ", " \t"]),
+).map(lambda parts: "".join(parts[0]) + parts[1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(line_with_trailing_space, min_size=1, max_size=4))
+def test_quoted_printable_lines_stay_within_76_characters_at_encoded_line_ends(
+    lines: list[str],
+) -> None:
+    """``binascii.b2a_qp`` alone writes 77 or 78 characters when a line's 75th character
+    is a space or tab it escapes at the line end (RFC 2045 section 6.7 (5): 76 at most)."""
+    body = "\n".join(lines) + "\n"
+    email = build_email(_envelope(), RenderedEmail("Subject", body, body))
+    _assert_lines(email.data)
+    parsed = _parse(email.data)
+    assert _content(parsed, "plain") == body
+    assert _content(parsed, "html") == body
+
+
+@pytest.mark.parametrize("length", [73, 74, 75, 76])
+@pytest.mark.parametrize("ending", [" ", "\t"])
+def test_a_line_of_74_characters_and_a_trailing_space_is_cut_by_a_soft_break(
+    length: int, ending: str
+) -> None:
+    body = "a" * length + ending + "\n"
+    email = build_email(_envelope(), RenderedEmail("Subject", body, body))
+    _assert_lines(email.data)
+    assert _content(_parse(email.data), "plain") == body
