@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.hostile.personal_data import LeakRecorder
 from tests.support.logging_guard import reenable_disabled
@@ -17,6 +18,12 @@ from tests.support.sqlite_template import migrated_sqlite_url
 # reaches a service without it (see the module's docstring); and the ``private_postgres``
 # fixture of the tests that break a PostgreSQL server.
 pytest_plugins = ["tests.support.integration", "tests.support.private_services"]
+
+# No per-example deadline (Hypothesis's default is 200 ms): a property test checks what
+# the code answers, not how fast, and on a loaded 2-core machine a cheap example can take
+# longer (seen: the cart-link test of test_content_lint). Speed is measured under bench/.
+hypothesis_settings.register_profile("crosssell", deadline=None)
+hypothesis_settings.load_profile("crosssell")
 
 
 @pytest.fixture(scope="session")
