@@ -45,7 +45,13 @@ from worker.decide.attribution import (
 )
 from worker.decide.decision_inputs import BatchInputs, decision_inputs, decision_inputs_many
 from worker.offers.offer_resolution import CatalogMemo
-from worker.records.customers import apply_upsert, lock_customers, new_customer, record_purchase
+from worker.records.customers import (
+    apply_upsert,
+    lock_customers,
+    new_customer,
+    record_purchase,
+    write_customers,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +263,8 @@ def ingest_batch(
             )
 
     batch.write_sends()
-    session.flush()  # the customers' new state
+    write_customers(session, customers.values())  # the customers' new state
+    session.flush()  # what else the loop left to the ORM (consent records, new rows)
     insert_rows(session, Order, orders)
     insert_rows(session, OrderLine, lines)
     store_offers(session, batch.offers, now)
