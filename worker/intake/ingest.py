@@ -17,12 +17,13 @@ with an active enrollment, decisions that enroll, purchases of customers with to
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from triggers.decide import MARKETING_HISTORY, PastSend, Policy, decide
@@ -190,6 +191,41 @@ def _insert_events(session: Session, events: Sequence[AnyEvent], now: datetime) 
     return {row.event_id: row.id for row in inserted}
 
 
+_OUTCOMES_FROM_UNNEST = (
+    "UPDATE events SET outcome = decided.outcome FROM unnest(CAST(:ids AS BIGINT[]),"
+    " ARRAY(SELECT value FROM json_array_elements(CAST(:outcomes AS JSON))"
+    " WITH ORDINALITY ORDER BY ordinality)) AS decided(id, outcome)"
+    " WHERE events.id = decided.id"
+)
+
+
+def _write_outcomes(session: Session, outcomes: list[tuple[int, dict[str, object]]]) -> None:
+    """Set each stored event's ``outcome`` (row id, campaign → outcome). On PostgreSQL one
+    statement for the batch, the outcomes as one JSON array (as ``insert_rows`` sends a
+    JSON column); elsewhere one ``UPDATE`` per event. The row ids are the ones the events'
+    insert returned, so every one is there."""
+    if not outcomes:
+        return
+    dialect = session.get_bind().dialect
+    if dialect.name == "postgresql":
+        serializer = getattr(dialect, "_json_serializer", None) or json.dumps
+        session.execute(
+            text(_OUTCOMES_FROM_UNNEST),
+            {
+                "ids": [row_id for row_id, _ in outcomes],
+                "outcomes": serializer([outcome for _, outcome in outcomes]),
+            },
+        )
+        return
+    table = cast(Table, Event.__table__)
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("row_id"))
+        .values(outcome=bindparam("row_outcome")),
+        [{"row_id": row_id, "row_outcome": outcome} for row_id, outcome in outcomes],
+    )
+
+
 def ingest_batch(
     session: Session,
     events: Sequence[AnyEvent],
@@ -262,19 +298,14 @@ def ingest_batch(
                 batch, rules, policy, customer, event, position, enrolled, config
             )
 
+    # The customers' new state, before any statement can autoflush them one by one.
+    write_customers(session, customers.values())
     batch.write_sends()
-    write_customers(session, customers.values())  # the customers' new state
     session.flush()  # what else the loop left to the ORM (consent records, new rows)
     insert_rows(session, Order, orders)
     insert_rows(session, OrderLine, lines)
     store_offers(session, batch.offers, now)
-    table = cast(Table, Event.__table__)
-    session.execute(
-        update(table)
-        .where(table.c.id == bindparam("row_id"))
-        .values(outcome=bindparam("row_outcome")),
-        [{"row_id": stored[events[p].id], "row_outcome": batch.outcomes[p]} for p in todo],
-    )
+    _write_outcomes(session, [(stored[events[p].id], batch.outcomes[p]) for p in todo])
     _attribute_purchases(session, [events[p] for p in purchases], rules, config, now)
     wake_if_due(session, decided.values(), now)
     for position in todo:
