@@ -128,14 +128,15 @@ class _Batch:
         }
         conflicted = [new.row["dedupe_key"] for new in self.pending]
         conflicted = [key for key in conflicted if key not in inserted]
-        taken = (
-            dict(
-                session.execute(
+        taken: dict[str, int] = (
+            {
+                dedupe_key: send_id
+                for dedupe_key, send_id in session.execute(
                     select(Send.dedupe_key, Send.id).where(
                         among(session, Send.dedupe_key, conflicted)
                     )
-                ).tuples()
-            )
+                )
+            }
             if conflicted
             else {}
         )

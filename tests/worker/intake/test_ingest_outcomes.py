@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker.core.db import engine_for
@@ -63,3 +63,53 @@ def test_each_event_gets_its_own_outcome(database_url: str) -> None:
             for event_id, outcome in session.execute(select(Event.event_id, Event.outcome))
         }
     assert stored == {**wanted, f"evt-{len(AWKWARD)}": {}}
+
+
+def test_a_taken_dedupe_key_records_the_send_that_holds_it(database_url: str) -> None:
+    """A send whose dedupe key another row already holds (a concurrent consumer, a
+    cooldown period used) is not inserted; the event's outcome names the holder."""
+    from worker.core.models import Send
+    from worker.decide.decision_inputs import decision_inputs_many
+    from worker.intake.ingest import _Batch, _NewSend
+
+    def send(event_id: str) -> dict[str, object]:
+        return {
+            "campaign_id": "laptop-accessories",
+            "kind": "cross_sell",
+            "variant": None,
+            "template": "laptop-accessories",
+            "customer_id": "C-1",
+            "event_id": event_id,
+            "status": "planned",
+            "reason": None,
+            "dedupe_key": "laptop-accessories:C-1:once",
+            "send_at": NOW,
+            "expires_at": None,
+            "attempts": 0,
+            "created_at": NOW,
+            "updated_at": NOW,
+        }
+
+    with Session(engine_for(database_url)) as session, session.begin():
+        session.execute(
+            insert_for(session, Customer),
+            [
+                {
+                    "id": "C-1",
+                    "attributes": {},
+                    "categories_bought": [],
+                    "skus_owned": [],
+                    "orders_count": 0,
+                    "lifetime_spend": Decimal(0),
+                    "created_at": NOW,
+                    "updated_at": NOW,
+                }
+            ],
+        )
+        [holder] = insert_rows(session, Send, [send("evt-1")], returning=("id",))
+        batch = _Batch(session, NOW, decision_inputs_many(session, [], [], lock=False))
+        batch.outcomes[0] = {}
+        batch.pending.append(_NewSend(0, send("evt-2"), "planned", None))
+        batch.write_sends()
+        assert batch.outcomes[0] == {"laptop-accessories": f"already_planned:{holder.id}"}
+        assert session.scalar(select(func.count()).select_from(Send)) == 1
