@@ -50,7 +50,7 @@ from worker.records.customers import (
     apply_upsert,
     lock_customers,
     new_customer,
-    record_purchase,
+    order_rows,
     write_customers,
 )
 
@@ -283,18 +283,28 @@ def ingest_batch(
             if customer.id in batch.pending_customers:
                 batch.write_sends()  # the customer's next decision must see them, with ids
             consent_before = customer.email_marketing
+            purchase = (
+                event
+                if isinstance(event, PurchaseEvent) and event.data.order_id not in known_orders
+                else None
+            )
             apply_upsert(
-                session, customer, event.customer, now, created=customer.id in first_event_of_new
+                session,
+                customer,
+                event.customer,
+                now,
+                created=customer.id in first_event_of_new,
+                purchase=purchase,
             )
             first_event_of_new.discard(customer.id)
             if customer.email_marketing != consent_before:
                 # A re-subscription may have lifted an unsubscribe suppression.
                 batch.inputs.forget_address(customer.email)
-            if isinstance(event, PurchaseEvent) and event.data.order_id not in known_orders:
-                order, order_lines = record_purchase(customer, event)
+            if purchase is not None:
+                order, order_lines = order_rows(customer.id, purchase)
                 orders.append(order)
                 lines.extend(order_lines)
-                known_orders.add(event.data.order_id)
+                known_orders.add(purchase.data.order_id)
             decided[position] = _plan(
                 batch, rules, policy, customer, event, position, enrolled, config
             )

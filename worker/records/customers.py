@@ -199,10 +199,15 @@ def apply_upsert(
     now: datetime,
     *,
     created: bool = False,
+    purchase: PurchaseEvent | None = None,
 ) -> Customer:
     """:func:`upsert_customer` on a row the caller has already locked. None is a customer
     the database does not know yet (added to the session); so is one just made by
-    :func:`new_customer` (``created``): no consent history to govern or record yet."""
+    :func:`new_customer` (``created``): no consent history to govern or record yet.
+
+    ``purchase`` (a new order of this customer's; the caller knows it is new) also
+    updates the purchase aggregates, in the same pass over the row: one profile read and
+    one write per event. Its rows come from :func:`order_rows`."""
     if customer is None:
         customer = new_customer(session, data.id, now)
         created = True
@@ -211,6 +216,8 @@ def apply_upsert(
     customer.updated_at = now
     if not created and data.consent is not None and profile.email_marketing != before:
         profile = _governed(session, customer, data.consent, profile, now)
+    if purchase is not None:
+        profile = apply_purchase(profile, *purchase_of(purchase))
     _store(customer, profile)
     if data.consent is not None and data.consent.kinds:
         _apply_kinds(session, customer, data.consent, now, record=not created)
@@ -464,15 +471,15 @@ def _lift_unsubscribe_suppression(
     )
 
 
-def record_purchase(
-    customer: Customer, event: PurchaseEvent
+def order_rows(
+    customer_id: str, event: PurchaseEvent
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Update the customer's aggregates with a new order; the ``orders`` row and its
-    ``order_lines`` rows for the caller to insert (the caller knows the order is new)."""
+    """The ``orders`` row of a new order and its ``order_lines`` rows, for the caller to
+    insert (:func:`apply_upsert` with ``purchase`` updates the customer's aggregates)."""
     data = event.data
     order = {
         "id": data.order_id,
-        "customer_id": customer.id,
+        "customer_id": customer_id,
         "event_id": event.id,
         "currency": data.currency,
         "total": data.total,
@@ -488,7 +495,6 @@ def record_purchase(
         }
         for item in data.items
     ]
-    _store(customer, apply_purchase(profile_of(customer), *purchase_of(event)))
     return order, lines
 
 
