@@ -416,6 +416,27 @@ def test_known_locales_and_zones_are_accepted(locale: str, zone: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("locale", "zone", "known"),
+    [("ro-RO", "Europe/Bucharest", True), ("qq-QQ", "Mars/Olympus", False)],
+)
+def test_a_repeated_locale_and_zone_get_the_same_answer(
+    locale: str, zone: str, known: bool
+) -> None:
+    """The answers are cached per process: the second and later events with the same
+    locale and zone are accepted or refused exactly as the first."""
+    document = design_event()
+    document["customer"].update(locale=locale, timezone=zone)
+    for _ in range(3):
+        if known:
+            event = parse_event(to_json(document))
+            assert (event.customer.locale, event.customer.timezone) == (locale, zone)
+        else:
+            error = _reject(to_json(document))
+            assert "customer.locale" in error.reason
+            assert "customer.timezone" in error.reason
+
+
+@pytest.mark.parametrize(
     "customer_change",
     [
         {"email": "ana.pop@@example.ro"},

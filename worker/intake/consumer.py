@@ -364,8 +364,7 @@ class EventConsumer(ConsumerMixin):
             for message in retry:
                 message.requeue()
         self._ack([message for message, _ in accepted])
-        for message, handled in accepted:
-            self._accepted(message, handled)
+        self._accepted([handled for _, handled in accepted])
 
     def _ack(self, messages: list[Message]) -> None:
         """Acknowledge ``messages``, after the commit and after the batch's dead letters
@@ -383,22 +382,30 @@ class EventConsumer(ConsumerMixin):
         for message in messages:
             message.ack()
 
-    def _accepted(self, message: Message, handled: Handled) -> None:
-        """Count and log a stored or duplicate message (:meth:`_ack` acknowledged it)."""
-        outcome = "duplicate" if handled.outcome == "duplicate" else "accepted"
-        self.stats[outcome] += 1
-        EVENTS.labels(outcome).inc()
-        if handled.event_id is None:
-            return  # an erasure request: worker.records.privacy logs and counts it
-        log.info(
-            "event %s %s%s",
-            handled.event_id,
-            outcome,
-            f", {handled.decided}" if handled.decided else "",
-            extra=fields(
-                event_id=handled.event_id, customer_id=handled.customer_id, outcome=outcome
-            ),
-        )
+    def _accepted(self, accepted: list[Handled]) -> None:
+        """Count the stored and duplicate messages of a batch (:meth:`_ack` acknowledged
+        them), one counter increment per outcome, and log one line per event (operators
+        follow an event by it: docs/operations.md)."""
+        counts = {"accepted": 0, "duplicate": 0}
+        logged = log.isEnabledFor(logging.INFO)
+        for handled in accepted:
+            outcome = "duplicate" if handled.outcome == "duplicate" else "accepted"
+            counts[outcome] += 1
+            if handled.event_id is None or not logged:
+                continue  # an erasure request: worker.records.privacy logs and counts it
+            log.info(
+                "event %s %s%s",
+                handled.event_id,
+                outcome,
+                f", {handled.decided}" if handled.decided else "",
+                extra=fields(
+                    event_id=handled.event_id, customer_id=handled.customer_id, outcome=outcome
+                ),
+            )
+        for outcome, count in counts.items():
+            if count:
+                self.stats[outcome] += count
+                EVENTS.labels(outcome).inc(count)
 
     def on_connection_error(self, exc: Exception, interval: float) -> None:
         """One line per failed attempt, no traceback: a refused login or an unreachable

@@ -19,12 +19,13 @@ with touches.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from triggers.decide import MARKETING_HISTORY, PastSend, Policy, decide
@@ -47,7 +48,13 @@ from worker.decide.attribution import (
 )
 from worker.decide.decision_inputs import BatchInputs, decision_inputs, decision_inputs_many
 from worker.offers.offer_resolution import CatalogMemo
-from worker.records.customers import apply_upsert, lock_customers, new_customer, record_purchase
+from worker.records.customers import (
+    apply_upsert,
+    lock_customers,
+    new_customer,
+    order_rows,
+    write_customers,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,14 +131,15 @@ class _Batch:
         }
         conflicted = [new.row["dedupe_key"] for new in self.pending]
         conflicted = [key for key in conflicted if key not in inserted]
-        taken = (
-            dict(
-                session.execute(
+        taken: dict[str, int] = (
+            {
+                dedupe_key: send_id
+                for dedupe_key, send_id in session.execute(
                     select(Send.dedupe_key, Send.id).where(
                         among(session, Send.dedupe_key, conflicted)
                     )
-                ).tuples()
-            )
+                )
+            }
             if conflicted
             else {}
         )
@@ -185,6 +193,41 @@ def _insert_events(session: Session, events: Sequence[AnyEvent], now: datetime) 
     ]
     inserted = insert_rows(session, Event, rows, conflict="event_id", returning=("id", "event_id"))
     return {row.event_id: row.id for row in inserted}
+
+
+_OUTCOMES_FROM_UNNEST = (
+    "UPDATE events SET outcome = decided.outcome FROM unnest(CAST(:ids AS BIGINT[]),"
+    " ARRAY(SELECT value FROM json_array_elements(CAST(:outcomes AS JSON))"
+    " WITH ORDINALITY ORDER BY ordinality)) AS decided(id, outcome)"
+    " WHERE events.id = decided.id"
+)
+
+
+def _write_outcomes(session: Session, outcomes: list[tuple[int, dict[str, object]]]) -> None:
+    """Set each stored event's ``outcome`` (row id, campaign → outcome). On PostgreSQL one
+    statement for the batch, the outcomes as one JSON array (as ``insert_rows`` sends a
+    JSON column); elsewhere one ``UPDATE`` per event. The row ids are the ones the events'
+    insert returned, so every one is there."""
+    if not outcomes:
+        return
+    dialect = session.get_bind().dialect
+    if dialect.name == "postgresql":
+        serializer = getattr(dialect, "_json_serializer", None) or json.dumps
+        session.execute(
+            text(_OUTCOMES_FROM_UNNEST),
+            {
+                "ids": [row_id for row_id, _ in outcomes],
+                "outcomes": serializer([outcome for _, outcome in outcomes]),
+            },
+        )
+        return
+    table = cast(Table, Event.__table__)
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("row_id"))
+        .values(outcome=bindparam("row_outcome")),
+        [{"row_id": row_id, "row_outcome": outcome} for row_id, outcome in outcomes],
+    )
 
 
 def ingest_batch(
@@ -250,35 +293,41 @@ def ingest_batch(
             if customer.id in batch.entries.pending_customers:
                 enrolled |= batch.entries.write()  # and their sequences must see this entry
             consent_before = customer.email_marketing
+            purchase = (
+                event
+                if isinstance(event, PurchaseEvent) and event.data.order_id not in known_orders
+                else None
+            )
             apply_upsert(
-                session, customer, event.customer, now, created=customer.id in first_event_of_new
+                session,
+                customer,
+                event.customer,
+                now,
+                created=customer.id in first_event_of_new,
+                purchase=purchase,
             )
             first_event_of_new.discard(customer.id)
             if customer.email_marketing != consent_before:
                 # A re-subscription may have lifted an unsubscribe suppression.
                 batch.inputs.forget_address(customer.email)
-            if isinstance(event, PurchaseEvent) and event.data.order_id not in known_orders:
-                order, order_lines = record_purchase(customer, event)
+            if purchase is not None:
+                order, order_lines = order_rows(customer.id, purchase)
                 orders.append(order)
                 lines.extend(order_lines)
-                known_orders.add(event.data.order_id)
+                known_orders.add(purchase.data.order_id)
             decided[position] = _plan(
                 batch, rules, policy, customer, event, position, enrolled, config
             )
 
+    # The customers' new state, before any statement can autoflush them one by one.
+    write_customers(session, customers.values())
     batch.write_sends()
-    session.flush()  # the customers' new state
+    session.flush()  # what else the loop left to the ORM (consent records, new rows)
     batch.entries.write()
     insert_rows(session, Order, orders)
     insert_rows(session, OrderLine, lines)
     store_offers(session, batch.offers, now)
-    table = cast(Table, Event.__table__)
-    session.execute(
-        update(table)
-        .where(table.c.id == bindparam("row_id"))
-        .values(outcome=bindparam("row_outcome")),
-        [{"row_id": stored[events[p].id], "row_outcome": batch.outcomes[p]} for p in todo],
-    )
+    _write_outcomes(session, [(stored[events[p].id], batch.outcomes[p]) for p in todo])
     _attribute_purchases(session, [events[p] for p in purchases], rules, config, now)
     wake_if_due(session, decided.values(), now, batch.entries.first_due_at)
     for position in todo:
