@@ -6,7 +6,7 @@ catalog (``catalog_version.version``, which triggers change with every write to
 of a category or of a line, a product by SKU, a product's affinity partners, a
 category's bestsellers, a product's localized texts. It is filled lazily, key by key, so
 a shop of 100,000 products holds only what its campaigns offer, and it is bounded
-(:data:`MAX_ROWS`). The process keeps one snapshot per database; a batch reads the
+(:data:`MAX_BYTES`). The process keeps one snapshot per database; a batch reads the
 version once (:func:`current_snapshot`) and gets a new, empty snapshot when it changed.
 
 Fills are checked, not trusted: on PostgreSQL (read committed) a fill may already see
@@ -35,11 +35,24 @@ from worker.core.models import Product as ProductRow
 from worker.core.models import ProductAffinity, ProductStats
 from worker.offers.catalog import PRODUCT_COLUMNS, Texts, offer_product, product_texts
 
-# At most this many rows (products, affinity partners, texts) are kept per snapshot;
-# past it the snapshot starts again empty. About 13 MB per 10,000 product rows, texts
-# included (measured: docs/performance.md, "The catalog snapshot").
-MAX_ROWS = 100_000
-VERSION_SQL = "SELECT version FROM catalog_version WHERE id = 1"
+# What a snapshot may hold, in bytes as estimated from the sizes measured with
+# tracemalloc (docs/performance.md, "The catalog snapshot"): a product 731 B, an
+# affinity partner 158 B, a product's texts about 130 B per text plus its characters.
+# Past it the snapshot starts again empty. 32 MiB is about 45,000 products.
+MAX_BYTES = 32 * 1024 * 1024
+PRODUCT_BYTES = 750
+PARTNER_BYTES = 160
+TEXT_BYTES = 130
+VERSION_SQL = {
+    # The transaction's own catalog writes after its first one are counted in a
+    # transaction-local setting, not in the row (migration 0015 says why).
+    "postgresql": (
+        "SELECT version || ':' || coalesce("
+        "nullif(current_setting('crosssell.catalog_writes', true), ''), '0') "
+        "FROM catalog_version WHERE id = 1"
+    ),
+    "sqlite": "SELECT version FROM catalog_version WHERE id = 1",
+}
 
 V = TypeVar("V")
 _ABSENT = object()
@@ -49,7 +62,8 @@ def catalog_version(session: Session) -> str | None:
     """The catalog's current version as ``session``'s transaction sees it (one
     statement); None when the ``catalog_version`` row is missing (a table emptied by
     hand: nothing is kept until the next catalog write makes it again)."""
-    value = session.connection().exec_driver_sql(VERSION_SQL).scalar()
+    connection = session.connection()
+    value = connection.exec_driver_sql(VERSION_SQL[connection.dialect.name]).scalar()
     return None if value is None else str(value)
 
 
@@ -60,18 +74,18 @@ class CatalogSnapshot:
     and ``seen``, the caller's batch-local memo: what the batch read is served again
     from it even when the snapshot could not keep it (a stale fill, the bound)."""
 
-    def __init__(self, version: str | None, max_rows: int = MAX_ROWS) -> None:
+    def __init__(self, version: str | None, max_bytes: int = MAX_BYTES) -> None:
         self.version = version
-        self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, Hashable], Any] = {}
         self._products: dict[str, Product] = {}
-        self._rows = 0
+        self._size = 0
 
     @property
-    def rows(self) -> int:
-        """Rows held now (products, partners, texts), for tests and measurement."""
-        return self._rows
+    def size(self) -> int:
+        """What the snapshot holds now, in estimated bytes (see :data:`MAX_BYTES`)."""
+        return self._size
 
     def holds(self, products: Iterable[Product]) -> bool:
         """Whether each of ``products`` is the very object this snapshot handed out:
@@ -179,18 +193,18 @@ class CatalogSnapshot:
     def _keep(self, kind: _Kind, loaded: dict[Any, Any]) -> dict[Any, Any]:
         """Store ``loaded`` (read at this snapshot's version) and return it with each
         product replaced by the snapshot's own object for its SKU. Past
-        :attr:`max_rows` the snapshot empties first; a value larger than that alone is
+        :attr:`max_bytes` the snapshot empties first; a value larger than that alone is
         not kept."""
         weight = sum(kind.weight(value) for value in loaded.values())
-        if weight > self.max_rows:
+        if weight > self.max_bytes:
             return loaded
         with self._lock:
-            if self._rows + weight > self.max_rows:
-                self._entries, self._products, self._rows = {}, {}, 0
+            if self._size + weight > self.max_bytes:
+                self._entries, self._products, self._size = {}, {}, 0
             products = self._products
             kept = {key: kind.intern(value, products) for key, value in loaded.items()}
             self._entries.update(((kind.name, key), value) for key, value in kept.items())
-            self._rows += weight
+            self._size += weight
         return kept
 
 
@@ -260,7 +274,7 @@ def _load_texts(session: Session, skus: list[str]) -> dict[str, Texts]:
     return {sku: texts.get(sku, ({}, None, {})) for sku in skus}
 
 
-# -- what each kind of entry is: its query, its size in rows, its products made canonical --
+# -- what each kind of entry is: its query, its size, its products made canonical ----------
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,8 +285,18 @@ class _Kind:
     intern: Callable[[Any, dict[str, Product]], Any]
 
 
-def _one(value: object) -> int:
-    return 1
+def _products_size(value: tuple[Any, ...] | Product | None) -> int:
+    return PRODUCT_BYTES * (len(value) if isinstance(value, tuple) else 1)
+
+
+def _partners_size(value: tuple[tuple[str, float], ...]) -> int:
+    return PARTNER_BYTES * len(value)
+
+
+def _texts_size(value: Texts) -> int:
+    names, description, descriptions = value
+    texts = [*names.values(), *descriptions.values(), description or ""]
+    return sum(TEXT_BYTES + len(text) for text in texts) + 2 * TEXT_BYTES
 
 
 def _as_is(value: V, products: dict[str, Product]) -> V:
@@ -295,12 +319,12 @@ def _intern_ranked(
     return tuple((rank, products.setdefault(p.sku, p)) for rank, p in value)
 
 
-_CATEGORY = _Kind("category", _load_categories, len, _intern_products)
-_LINE = _Kind("line", _load_lines, len, _intern_products)
-_SKU = _Kind("sku", _load_skus, _one, _intern_product)
-_PARTNERS = _Kind("partners", _load_partners, len, _as_is)
-_BESTSELLERS = _Kind("bestsellers", _load_bestsellers, len, _intern_ranked)
-_TEXTS = _Kind("texts", _load_texts, _one, _as_is)
+_CATEGORY = _Kind("category", _load_categories, _products_size, _intern_products)
+_LINE = _Kind("line", _load_lines, _products_size, _intern_products)
+_SKU = _Kind("sku", _load_skus, _products_size, _intern_product)
+_PARTNERS = _Kind("partners", _load_partners, _partners_size, _as_is)
+_BESTSELLERS = _Kind("bestsellers", _load_bestsellers, _products_size, _intern_ranked)
+_TEXTS = _Kind("texts", _load_texts, _texts_size, _as_is)
 
 
 # -- one snapshot per process and database ---------------------------------------------------

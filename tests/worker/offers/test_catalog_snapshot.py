@@ -29,6 +29,7 @@ from worker.core.models import CatalogVersion, Product, ProductAffinity, Product
 from worker.offers import catalog
 from worker.offers.catalog_import import CatalogRow, upsert_products
 from worker.offers.catalog_snapshot import (
+    MAX_BYTES,
     CatalogReads,
     CatalogSnapshot,
     catalog_version,
@@ -119,9 +120,9 @@ def test_an_import_in_another_transaction_is_seen_by_the_next_batch(database_url
             # A read the batch had not made yet sees the import (read committed), as a
             # query of its own would; the snapshot of the older version does not keep it.
             snapshot = memo.reads(session).snapshot
-            rows = snapshot.rows
+            size = snapshot.size
             found = memo.reads(session).products_by_sku(session, ["SD-32"])
-            assert [p.sku for p in found] == ["SD-32"] and snapshot.rows == rows
+            assert [p.sku for p in found] == ["SD-32"] and snapshot.size == size
     else:
         _import(database_url, [_row("SD-32", "cards", "9.00")])
     # The next batch sees it.
@@ -206,6 +207,34 @@ def test_the_version_changes_with_every_write_and_only_then(database_url: str) -
     assert None not in seen and len(set(seen)) == len(seen)
 
 
+def test_a_transaction_sees_its_own_catalog_writes(database_url: str) -> None:
+    """Each of its writes, not only the first (PostgreSQL counts the later ones in a
+    transaction-local setting; other sessions see the committed version only)."""
+    _import(database_url, CAMERAS + CARDS)
+    event_ = validate_event(purchase(sku="CAM-1", category="cameras"))
+
+    def offered(session: Any) -> list[str]:
+        chosen = choose_offer(
+            session, COMPLEMENTARY, event_, CustomerProfile("C-1"), {"cameras": ["cards"]}
+        )
+        return [item.sku for item in chosen.items]
+
+    with transaction(database_url) as session:
+        versions = [catalog_version(session)]
+        assert offered(session) == ["SD-64"]
+        for sku, expected in [("SD-64", "SD-128"), ("SD-128", "SD-256")]:
+            session.execute(update(Product).where(Product.sku == sku).values(in_stock=False))
+            versions.append(catalog_version(session))
+            assert offered(session) == [expected]
+        if database_url.startswith("postgresql"):
+            with transaction(database_url) as other:
+                assert catalog_version(other) == versions[0]
+    assert len(set(versions)) == 3
+    with transaction(database_url) as session:
+        assert catalog_version(session) not in versions[:1]
+        assert offered(session) == ["SD-256"]
+
+
 def test_an_emptied_version_table_keeps_nothing_until_the_next_write(database_url: str) -> None:
     _import(database_url, CARDS)
     with transaction(database_url) as session:
@@ -215,7 +244,7 @@ def test_an_emptied_version_table_keeps_nothing_until_the_next_write(database_ur
         assert snapshot.version is None
         reads = CatalogReads(snapshot)
         assert len(reads.products_in_categories(session, ["cards"])) == 3
-        assert snapshot.rows == 0
+        assert snapshot.size == 0
     _import(database_url, [_row("SD-32", "cards", "9.00")])
     with transaction(database_url) as session:
         assert catalog_version(session) is not None
@@ -291,9 +320,8 @@ def test_statements_per_batch_do_not_depend_on_the_number_of_emails(
 
     assert len(batch(cases)) > 1  # the first batch fills the snapshot
     rng = random.Random(emails)
-    assert batch([rng.choice(cases) for _ in range(emails)]) == [
-        "SELECT version FROM catalog_version WHERE id = 1"
-    ]
+    (statement,) = batch([rng.choice(cases) for _ in range(emails)])
+    assert "FROM catalog_version" in statement
 
 
 # --- the same answers as the SQL reads --------------------------------------------------------
@@ -308,13 +336,13 @@ def shop(database_url: str) -> Iterator[tuple[str, Shop]]:
     yield database_url, synthetic
 
 
-@pytest.mark.parametrize("max_rows", [100_000, 40])
-def test_snapshot_reads_equal_the_sql_reads(shop: tuple[str, Shop], max_rows: int) -> None:
+@pytest.mark.parametrize("max_bytes", [MAX_BYTES, 30_000])
+def test_snapshot_reads_equal_the_sql_reads(shop: tuple[str, Shop], max_bytes: int) -> None:
     """Also with a bound far below the catalog: the snapshot empties and fills again."""
     url, synthetic = shop
-    rng = random.Random(max_rows)
+    rng = random.Random(max_bytes)
     with transaction(url) as session:
-        snapshot = CatalogSnapshot(catalog_version(session), max_rows=max_rows)
+        snapshot = CatalogSnapshot(catalog_version(session), max_bytes=max_bytes)
         lines = sorted({line for line in synthetic.lines if line})
         for _ in range(60):
             reads = CatalogReads(snapshot)  # a new batch, the same snapshot
@@ -338,4 +366,4 @@ def test_snapshot_reads_equal_the_sql_reads(shop: tuple[str, Shop], max_rows: in
             assert reads.bestsellers_in(session, categories) == catalog.bestsellers_in(
                 session, categories
             )
-            assert snapshot.rows <= max_rows
+            assert snapshot.size <= max_bytes
