@@ -10,9 +10,11 @@ a shop of 100,000 products holds only what its campaigns offer, and it is bounde
 version once (:func:`current_snapshot`) and gets a new, empty snapshot when it changed.
 
 Fills are checked, not trusted: on PostgreSQL (read committed) a fill may already see
-an import that committed after the batch read the version, so a fill is kept only when
-the version read right after it is still the snapshot's. Otherwise the rows serve the
-batch that read them, as the per-batch reads did before, and are not kept.
+an import that committed after the batch read the version, so each fill query also
+reads the version (joined to its rows: one statement, one view of the database), and
+its rows are kept only when that is the snapshot's version. Otherwise they serve the
+batch that read them, as the per-batch reads did before, and are not kept. A miss
+costs one statement, as the read did before the snapshot.
 
 Orders are those of the SQL reads in :mod:`worker.offers.catalog`; where the SQL breaks
 ties by SKU, this module compares SKUs by code point, as SQLite and PostgreSQL's ``C``
@@ -27,13 +29,13 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import ColumnElement, Engine, FromClause, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from triggers.offers import Product
+from worker.core.models import CatalogVersion, ProductAffinity, ProductStats
 from worker.core.models import Product as ProductRow
-from worker.core.models import ProductAffinity, ProductStats
-from worker.offers.catalog import PRODUCT_COLUMNS, Texts, offer_product, product_texts
+from worker.offers.catalog import PRODUCT_COLUMNS, Texts, offer_product
 
 # What a snapshot may hold, in bytes as estimated from the sizes measured with
 # tracemalloc (docs/performance.md, "The catalog snapshot"): a product 731 B, an
@@ -43,19 +45,26 @@ MAX_BYTES = 32 * 1024 * 1024
 PRODUCT_BYTES = 750
 PARTNER_BYTES = 160
 TEXT_BYTES = 130
-VERSION_SQL = {
-    # The transaction's own catalog writes after its first one are counted in a
-    # transaction-local setting, not in the row (migration 0015 says why).
+# The catalog's version as a transaction sees it. On PostgreSQL the transaction's own
+# catalog writes after its first one are counted in a transaction-local setting, not in
+# the row (migration 0015 says why), so the count is part of the version.
+VERSION_EXPRESSION = {
     "postgresql": (
-        "SELECT version || ':' || coalesce("
-        "nullif(current_setting('crosssell.catalog_writes', true), ''), '0') "
-        "FROM catalog_version WHERE id = 1"
+        "catalog_version.version || ':' || coalesce("
+        "nullif(current_setting('crosssell.catalog_writes', true), ''), '0')"
     ),
-    "sqlite": "SELECT version FROM catalog_version WHERE id = 1",
+    "sqlite": "catalog_version.version",
+}
+VERSION_SQL = {
+    dialect: f"SELECT {expression} FROM catalog_version WHERE id = 1"
+    for dialect, expression in VERSION_EXPRESSION.items()
 }
 
 V = TypeVar("V")
 _ABSENT = object()
+# What a fill query returns: the catalog version it saw (None: not asked, or no version
+# row) and ``key -> value`` for every key asked for.
+_Loaded = tuple[str | None, dict[Any, Any]]
 
 
 def catalog_version(session: Session) -> str | None:
@@ -182,8 +191,8 @@ class CatalogSnapshot:
                 missing.append(key)
             found[key] = value
         if missing:
-            loaded = kind.load(session, missing)
-            if self.version is not None and catalog_version(session) == self.version:
+            version, loaded = kind.load(session, missing, self.version is not None)
+            if version is not None and version == self.version:
                 loaded = self._keep(kind, loaded)
             found.update(loaded)
         for key, value in found.items():
@@ -211,6 +220,35 @@ class CatalogSnapshot:
 # -- the queries that fill a snapshot (one per call, for all the missing keys) ---------------
 
 
+def _version_column(session: Session) -> ColumnElement[Any]:
+    """The version as :func:`catalog_version` reads it, as a column of a fill query."""
+    dialect = session.get_bind().dialect.name
+    return literal_column(VERSION_EXPRESSION[dialect]).label("catalog_version")
+
+
+def _read(
+    session: Session,
+    columns: Sequence[Any],
+    source: FromClause | type[Any],
+    condition: ColumnElement[bool],
+    versioned: bool,
+) -> tuple[str | None, list[Any]]:
+    """The rows of ``source`` meeting ``condition`` and, when ``versioned``, the catalog
+    version the same statement saw (one snapshot of the database: the rows are of that
+    version), read by joining the rows to the ``catalog_version`` row."""
+    if versioned:
+        query = (
+            select(_version_column(session), *columns)
+            .select_from(CatalogVersion)
+            .outerjoin(source, condition)
+            .where(CatalogVersion.id == 1)
+        )
+        rows = session.execute(query).all()
+        if rows:  # the version row is there: the rows found are those with a SKU
+            return str(rows[0].catalog_version), [row for row in rows if row.sku is not None]
+    return None, list(session.execute(select(*columns).where(condition)))
+
+
 def _grouped(rows: Iterable[Any], attribute: str, keys: Sequence[Any]) -> dict[Any, Any]:
     groups: dict[Any, list[Product]] = {key: [] for key in keys}
     for row in rows:
@@ -218,40 +256,42 @@ def _grouped(rows: Iterable[Any], attribute: str, keys: Sequence[Any]) -> dict[A
     return {key: tuple(products) for key, products in groups.items()}
 
 
-def _load_categories(session: Session, categories: list[str]) -> dict[str, tuple[Product, ...]]:
-    query = select(*PRODUCT_COLUMNS).where(ProductRow.category.in_(categories))
-    return _grouped(session.execute(query), "category", categories)
+def _load_categories(session: Session, categories: list[str], versioned: bool) -> _Loaded:
+    condition = ProductRow.category.in_(categories)
+    version, rows = _read(session, PRODUCT_COLUMNS, ProductRow, condition, versioned)
+    return version, _grouped(rows, "category", categories)
 
 
-def _load_lines(session: Session, lines: list[str]) -> dict[str, tuple[Product, ...]]:
-    query = select(*PRODUCT_COLUMNS).where(ProductRow.line.in_(lines))
-    return _grouped(session.execute(query), "line", lines)
+def _load_lines(session: Session, lines: list[str], versioned: bool) -> _Loaded:
+    condition = ProductRow.line.in_(lines)
+    version, rows = _read(session, PRODUCT_COLUMNS, ProductRow, condition, versioned)
+    return version, _grouped(rows, "line", lines)
 
 
-def _load_skus(session: Session, skus: list[str]) -> dict[str, Product | None]:
-    query = select(*PRODUCT_COLUMNS).where(ProductRow.sku.in_(skus))
+def _load_skus(session: Session, skus: list[str], versioned: bool) -> _Loaded:
+    condition = ProductRow.sku.in_(skus)
+    version, rows = _read(session, PRODUCT_COLUMNS, ProductRow, condition, versioned)
     found: dict[str, Product | None] = dict.fromkeys(skus)
-    for row in session.execute(query):
+    for row in rows:
         found[row.sku] = offer_product(row)
-    return found
+    return version, found
 
 
-def _load_partners(session: Session, skus: list[str]) -> dict[str, tuple[tuple[str, float], ...]]:
-    query = select(ProductAffinity.sku, ProductAffinity.other_sku, ProductAffinity.score).where(
-        ProductAffinity.sku.in_(skus)
-    )
+def _load_partners(session: Session, skus: list[str], versioned: bool) -> _Loaded:
+    columns = (ProductAffinity.sku, ProductAffinity.other_sku, ProductAffinity.score)
+    condition = ProductAffinity.sku.in_(skus)
+    version, rows = _read(session, columns, ProductAffinity, condition, versioned)
     partners: dict[str, list[tuple[str, float]]] = {sku: [] for sku in skus}
-    for sku, other, score in session.execute(query):
-        partners[sku].append((other, float(score)))
-    return {sku: tuple(pairs) for sku, pairs in partners.items()}
+    for row in rows:
+        partners[row.sku].append((row.other_sku, float(row.score)))
+    return version, {sku: tuple(pairs) for sku, pairs in partners.items()}
 
 
-def _load_bestsellers(
-    session: Session, keys: list[tuple[str, int]]
-) -> dict[tuple[str, int], tuple[tuple[int, Product], ...]]:
+def _load_bestsellers(session: Session, keys: list[tuple[str, int]], versioned: bool) -> _Loaded:
     """Each category's ``per_category`` products with the most buyers (ties by SKU, in
     the database's order), with their rank."""
     found: dict[tuple[str, int], list[tuple[int, Product]]] = {key: [] for key in keys}
+    versions: set[str | None] = set()
     for per_category in sorted({n for _, n in keys}):
         categories = [category for category, n in keys if n == per_category]
         rank = func.row_number().over(
@@ -264,14 +304,30 @@ def _load_bestsellers(
             .where(ProductRow.category.in_(categories))
             .subquery()
         )
-        for row in session.execute(select(ranked).where(ranked.c.rank <= per_category)):
+        condition = ranked.c.rank <= per_category
+        version, rows = _read(session, list(ranked.c), ranked, condition, versioned)
+        versions.add(version)
+        for row in rows:
             found[(row.category, per_category)].append((int(row.rank), offer_product(row)))
-    return {key: tuple(entries) for key, entries in found.items()}
+    # Two statements (two sizes asked for at once) are one version only if both saw it.
+    version = versions.pop() if len(versions) == 1 else None
+    return version, {key: tuple(entries) for key, entries in found.items()}
 
 
-def _load_texts(session: Session, skus: list[str]) -> dict[str, Texts]:
-    texts = product_texts(session, skus)
-    return {sku: texts.get(sku, ({}, None, {})) for sku in skus}
+def _load_texts(session: Session, skus: list[str], versioned: bool) -> _Loaded:
+    columns = (
+        ProductRow.sku,
+        ProductRow.name_i18n,
+        ProductRow.description,
+        ProductRow.description_i18n,
+    )
+    condition = ProductRow.sku.in_(skus)
+    version, rows = _read(session, columns, ProductRow, condition, versioned)
+    texts: dict[str, Texts] = dict.fromkeys(skus, ({}, None, {}))
+    for row in rows:
+        names, descriptions = dict(row.name_i18n or {}), dict(row.description_i18n or {})
+        texts[row.sku] = (names, row.description, descriptions)
+    return version, texts
 
 
 # -- what each kind of entry is: its query, its size, its products made canonical ----------
@@ -280,7 +336,7 @@ def _load_texts(session: Session, skus: list[str]) -> dict[str, Texts]:
 @dataclass(frozen=True, slots=True)
 class _Kind:
     name: str
-    load: Callable[[Session, list[Any]], dict[Any, Any]]
+    load: Callable[[Session, list[Any], bool], _Loaded]
     weight: Callable[[Any], int]
     intern: Callable[[Any, dict[str, Product]], Any]
 
