@@ -9,9 +9,13 @@ popularity, planted co-purchase pairs; see bench/shop.py), then prints:
 * the load time (for information) and the size reached;
 * the rebuild time of "customers who bought X also bought Y" (target <= 120 s);
 * how many planted partners the rebuild puts in the anchor's top 3;
-* the median / p95 time to resolve one offer at send time through the same function
-  the deliver task uses (target median <= 2 ms), next to the raw baseline of one
-  primary-key product lookup on the same connection.
+* the median / p95 time to resolve one offer at send time, one offer per catalog check
+  (``resolve_for_send``, as a preview does; target median <= 2 ms), next to the raw
+  baseline of one primary-key product lookup on the same connection;
+* the same offers in batches of ``--batch``, as the deliver task resolves them (one
+  catalog version check per batch, ``CatalogMemo``): time per offer and the SQL
+  statements per batch, the first batch (which fills the process's catalog snapshot)
+  and the others.
 
 The scratch database is dropped at the end unless --keep is given.
 """
@@ -27,6 +31,7 @@ import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import create_engine, text
+from sqlalchemy.event import listen, remove
 from sqlalchemy.orm import Session
 
 from bench.shop import ShopSpec, load_shop, make_shop
@@ -34,8 +39,13 @@ from triggers.campaigns import RecommendedOffer
 from triggers.events import validate_event
 from triggers.facts import CustomerProfile
 from worker.commands.migrate import upgrade
-from worker.core.db import dispose_engines, transaction
-from worker.offers.offer_resolution import resolve_for_send
+from worker.core.db import dispose_engines, engine_for, transaction
+from worker.offers.offer_resolution import (
+    CatalogMemo,
+    choose_offer,
+    localize_offer,
+    resolve_for_send,
+)
 from worker.offers.recommendations import rebuild_affinities
 
 ADMIN_URL = os.environ.get(
@@ -73,7 +83,14 @@ def _event(sku: str, category: str, customer: str) -> dict[str, object]:
     }
 
 
-def run(customers: int, lines_per_customer: float, products: int, samples: int, keep: bool) -> None:
+def run(
+    customers: int,
+    lines_per_customer: float,
+    products: int,
+    samples: int,
+    keep: bool,
+    batch: int = 50,
+) -> None:
     name = f"crosssell_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -150,6 +167,37 @@ def run(customers: int, lines_per_customer: float, products: int, samples: int, 
             f"baseline, one product row by primary key on the driver cursor: median "
             f"{statistics.median(lookup_times):.2f} ms"
         )
+
+        statements: list[int] = [0]
+
+        def count(*_args: object) -> None:
+            statements[0] += 1
+
+        listen(engine_for(url), "before_cursor_execute", count)
+        per_offer: list[float] = []
+        per_batch: list[int] = []
+        for start in range(0, samples, batch):
+            statements[0] = 0
+            with transaction(url) as session:
+                memo = CatalogMemo()
+                begin = time.perf_counter_ns()
+                for _ in range(start, min(samples, start + batch)):
+                    index = rng.randrange(len(shop.skus))
+                    sku, category = shop.skus[index], shop.sku_category(index)
+                    event_ = validate_event(_event(sku, category, f"S-{rng.randrange(customers)}"))
+                    profile = CustomerProfile(event_.customer.id, skus_owned=frozenset({sku}))
+                    chosen = choose_offer(session, offer, event_, profile, complements, memo)
+                    localize_offer(session, chosen, "ro-RO")
+                count_in_batch = min(samples, start + batch) - start
+                per_offer.append((time.perf_counter_ns() - begin) / 1e6 / count_in_batch)
+            per_batch.append(statements[0])
+        remove(engine_for(url), "before_cursor_execute", count)
+        later = per_batch[1:] or per_batch
+        print(
+            f"resolve in batches of {batch} (one catalog check per batch): median "
+            f"{statistics.median(per_offer):.2f} ms per offer; SQL statements per batch: "
+            f"{per_batch[0]} in the first, median {statistics.median(later):.0f} after"
+        )
     finally:
         dispose_engines()
         if not keep:
@@ -166,9 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lines-per-customer", type=float, default=10.0)
     parser.add_argument("--products", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=2_000)
+    parser.add_argument("--batch", type=int, default=50, help="offers per batch")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = parser.parse_args(argv)
-    run(args.customers, args.lines_per_customer, args.products, args.samples, args.keep)
+    run(
+        args.customers,
+        args.lines_per_customer,
+        args.products,
+        args.samples,
+        args.keep,
+        args.batch,
+    )
     return 0
 
 

@@ -251,6 +251,18 @@ class ProductStats(Base):
     computed_at: Mapped[datetime]
 
 
+class CatalogVersion(Base):
+    """One row (``id`` 1) whose ``version`` changes with every write to ``products``,
+    ``product_affinities`` or ``product_stats``: triggers set it to a fresh random token
+    (migration 0015), so a process holding a copy of the catalog knows with one read
+    whether its copy is still the committed catalog. Written only by those triggers."""
+
+    __tablename__ = "catalog_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[str] = mapped_column(String(32))
+
+
 class Suppression(Base):
     """Addresses never to email again (hard bounce, complaint, unsubscribe, manual)."""
 

@@ -1,7 +1,10 @@
 """Catalog reads for offer resolution: the few products an offer may draw from.
 
-These run on every send, so each is one Core query returning plain rows (no ORM
-identity map) and building the decision core's immutable ``Product`` directly.
+Each is one Core query returning plain rows (no ORM identity map) and building the
+decision core's immutable ``Product`` directly. Sends do not call them one by one:
+they read through the process's snapshot (:mod:`worker.offers.catalog_snapshot`), which
+runs the same queries only for what it does not hold yet; these stay the reference
+(tests compare the snapshot with them) and serve one-off reads.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from sqlalchemy.orm import Session
 from triggers.offers import Product as OfferProduct
 from worker.core.models import Product, ProductStats
 
-_COLUMNS = (
+PRODUCT_COLUMNS = (
     Product.sku,
     Product.name,
     Product.category,
@@ -29,6 +32,10 @@ _COLUMNS = (
     Product.line,
     Product.tier,
 )
+
+
+# A product's texts: (name_i18n, description, description_i18n), language tags lower case.
+Texts = tuple[dict[str, str], str | None, dict[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +78,7 @@ def localized(
     return default
 
 
-def product_texts(
-    session: Session, skus: Iterable[str]
-) -> dict[str, tuple[dict[str, str], str | None, dict[str, str]]]:
+def product_texts(session: Session, skus: Iterable[str]) -> dict[str, Texts]:
     """``sku -> (name_i18n, description, description_i18n)`` for the given products: only
     the few items an email shows, read after the offer is chosen."""
     wanted = list(dict.fromkeys(skus))
@@ -88,7 +93,8 @@ def product_texts(
     }
 
 
-def _offer_product(row: Any) -> OfferProduct:
+def offer_product(row: Any) -> OfferProduct:
+    """The decision core's product from a row of :data:`PRODUCT_COLUMNS`."""
     return OfferProduct(
         sku=row.sku,
         name=row.name,
@@ -104,7 +110,7 @@ def _offer_product(row: Any) -> OfferProduct:
 
 
 def _products(session: Session, query: Executable) -> list[OfferProduct]:
-    return [_offer_product(row) for row in session.execute(query)]
+    return [offer_product(row) for row in session.execute(query)]
 
 
 _RAW_COLUMNS = (
@@ -145,21 +151,21 @@ def products_in_categories(session: Session, categories: Iterable[str]) -> list[
     wanted = list(categories)
     if not wanted:
         return []
-    return _products(session, select(*_COLUMNS).where(Product.category.in_(wanted)))
+    return _products(session, select(*PRODUCT_COLUMNS).where(Product.category.in_(wanted)))
 
 
 def products_by_sku(session: Session, skus: Iterable[str]) -> list[OfferProduct]:
     wanted = list(skus)
     if not wanted:
         return []
-    return _products(session, select(*_COLUMNS).where(Product.sku.in_(wanted)))
+    return _products(session, select(*PRODUCT_COLUMNS).where(Product.sku.in_(wanted)))
 
 
 def products_in_lines(session: Session, lines: Iterable[str]) -> list[OfferProduct]:
     wanted = [line for line in lines if line]
     if not wanted:
         return []
-    return _products(session, select(*_COLUMNS).where(Product.line.in_(wanted)))
+    return _products(session, select(*PRODUCT_COLUMNS).where(Product.line.in_(wanted)))
 
 
 def recommended_for(session: Session, skus: Iterable[str], limit: int = 50) -> list[OfferProduct]:
@@ -189,7 +195,7 @@ def bestsellers_in(
         partition_by=Product.category, order_by=(ProductStats.buyers.desc(), Product.sku)
     )
     ranked = (
-        select(*_COLUMNS, rank.label("rank"))
+        select(*PRODUCT_COLUMNS, rank.label("rank"))
         .join(ProductStats, ProductStats.sku == Product.sku)
         .where(Product.category.in_(wanted))
         .subquery()

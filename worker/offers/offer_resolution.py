@@ -1,15 +1,17 @@
 """Resolve a campaign's offer against the live catalog, just before rendering.
 
 Stock and prices are read now, not at planning time, so an email never offers what sold
-out or shows yesterday's price. Only the sources the offer's strategy chain needs are
-queried. The chosen items then get their name and description in the customer's
+out or shows yesterday's price: through the process's catalog snapshot, whose version is
+checked once per batch (:class:`CatalogMemo`) or once per call without one
+(:mod:`worker.offers.catalog_snapshot`). Only the sources the offer's strategy chain
+needs are read. The chosen items then get their name and description in the customer's
 language (:func:`localize_offer`), falling back to the catalog's default texts.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -27,16 +29,8 @@ from triggers.offers import (
     target_categories,
 )
 from worker.core.metrics import OFFERS_UNAVAILABLE
-from worker.offers.catalog import (
-    LocalizedProduct,
-    bestsellers_in,
-    localized,
-    product_texts,
-    products_by_sku,
-    products_in_categories,
-    products_in_lines,
-    recommended_for,
-)
+from worker.offers.catalog import LocalizedProduct, localized, product_texts
+from worker.offers.catalog_snapshot import CatalogReads, current_snapshot, snapshot_holding
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +40,15 @@ def localize_offer(session: Session, offer: ResolvedOffer, locale_tag: str | Non
     ``locale_tag`` (``ro-RO`` uses the ``ro`` texts), or the default ones."""
     if not offer.items:
         return offer
-    texts = product_texts(session, [item.sku for item in offer.items])
+    skus = [item.sku for item in offer.items]
+    # Items chosen through the snapshot take their texts from it (read once per process
+    # and version); others (made by hand, or read before a newer version replaced the
+    # snapshot) are looked up.
+    snapshot = snapshot_holding(session, offer.items)
+    if snapshot is not None:
+        texts = CatalogReads(snapshot).texts(session, skus)
+    else:
+        texts = product_texts(session, skus)
     items = []
     for item in offer.items:
         names, description, descriptions = texts.get(item.sku, ({}, None, {}))
@@ -69,23 +71,20 @@ def localize_offer(session: Session, offer: ResolvedOffer, locale_tag: str | Non
 
 
 class CatalogMemo:
-    """Catalog reads shared by the offers resolved in one transaction (an ingest batch):
-    events that target the same categories read them once. Only for a short unit of
-    work: stock and prices are what they were at the first read."""
+    """The catalog reads of one transaction (an ingest batch, a delivery round): the
+    catalog version is read once, at the first offer, and every offer of the batch
+    reads that version of the process's snapshot; what the batch read once is served
+    again from memory. Only for a short unit of work: stock and prices are what they
+    were at the first read, as for one transaction's reads."""
 
     def __init__(self) -> None:
-        self._rows: dict[tuple[str, tuple[str, ...]], list[Product]] = {}
+        self._reads: CatalogReads | None = None
 
-    def read(
-        self,
-        session: Session,
-        query: Callable[[Session, list[str]], Sequence[Product]],
-        args: list[str],
-    ) -> list[Product]:
-        key = (query.__name__, tuple(args))
-        if key not in self._rows:
-            self._rows[key] = list(query(session, args))
-        return self._rows[key]
+    def reads(self, session: Session) -> CatalogReads:
+        """The batch's reads; the first call reads the catalog version (one statement)."""
+        if self._reads is None:
+            self._reads = CatalogReads(current_snapshot(session))
+        return self._reads
 
 
 def resolve_for_send(
@@ -139,14 +138,7 @@ def _resolve(
     complements: Mapping[str, Sequence[str]],
     memo: CatalogMemo | None,
 ) -> ResolvedOffer:
-    def read(
-        query: Callable[[Session, list[str]], Sequence[Product]], args: Iterable[str]
-    ) -> list[Product]:
-        wanted = list(args)
-        if memo is None:
-            return list(query(session, wanted))
-        return memo.read(session, query, wanted)
-
+    catalog = CatalogReads(current_snapshot(session)) if memo is None else memo.reads(session)
     bought = list(event.data.items) if isinstance(event, PurchaseEvent) else []
     categories = target_categories(
         offer, [item.category for item in bought], profile.categories_bought, complements
@@ -154,26 +146,29 @@ def _resolve(
     primary = primary_strategy(offer)
     # Only an upsell needs the bought products' catalog rows (their line and tier).
     needs_trigger = "upgrade" in {primary, *offer.fallback}
-    trigger_products = read(products_by_sku, [i.sku for i in bought]) if needs_trigger else []
+    trigger_products = (
+        catalog.products_by_sku(session, [i.sku for i in bought]) if needs_trigger else []
+    )
 
     fetched: dict[str, list[Product]] = {}
 
     def source(strategy: str) -> list[Product]:
-        """Each source is queried at most once, however many attempts need it."""
+        """Each source is read at most once, however many attempts need it."""
         if strategy not in fetched:
             if strategy == "upgrade":
                 lines = [p.line for p in trigger_products if p.line]
-                fetched[strategy] = read(products_in_lines, lines)
+                fetched[strategy] = catalog.products_in_lines(session, lines)
             elif strategy == "skus":
-                fetched[strategy] = read(products_by_sku, getattr(offer, "skus", None) or [])
+                skus = getattr(offer, "skus", None) or []
+                fetched[strategy] = catalog.products_by_sku(session, skus)
             elif strategy == "complementary":
-                fetched[strategy] = read(products_in_categories, categories)
+                fetched[strategy] = catalog.products_in_categories(session, categories)
             elif strategy == "recommended":
                 # After a purchase: what goes with it; otherwise: with what the customer owns.
                 seeds = [item.sku for item in bought] or sorted(profile.skus_owned)
-                fetched[strategy] = read(recommended_for, seeds)
+                fetched[strategy] = catalog.recommended_for(session, seeds)
             else:
-                fetched[strategy] = read(bestsellers_in, categories)
+                fetched[strategy] = catalog.bestsellers_in(session, categories)
         return fetched[strategy]
 
     def sources(chain: set[str]) -> dict[str, Any]:
