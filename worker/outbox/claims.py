@@ -16,9 +16,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, case, or_, select, update
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from worker.core.clock import Clock
 from worker.core.models import Enrollment, Send
@@ -29,7 +30,7 @@ SENDS_TABLE = cast(Table, Send.__table__)
 ENROLLMENTS = cast(Table, Enrollment.__table__)
 
 
-def _claim_statement(skip_locked: bool) -> Any:
+def _claim_statement(skip_locked: bool) -> ReturningUpdate[int, int]:
     """The claim, built once per dialect: the ids and values are bound parameters."""
     sends = SENDS_TABLE.c
     claimable = or_(
@@ -58,11 +59,12 @@ def _claim_statement(skip_locked: bool) -> Any:
 
 # The hot statements are built once and executed with parameters: SQLAlchemy memoizes a
 # statement object's cache key, so each execution skips building the statement, its cache
-# key and the ORM's value coercions (about a third of the worker's CPU per email in the
-# profile that motivated it, docs/performance.md "Delivery"). A bound parameter may not be
-# named like a column, hence ``b_``; the SET clause of ``HAND_OVER`` and ``STEP_ACTIVE`` is
-# made from the other parameters' keys (one compiled form per set of keys).
-CLAIM = {"postgresql": _claim_statement(True), "sqlite": _claim_statement(False)}
+# key and the ORM's value coercions (the hand-over and the answer took 30 % of the worker's
+# CPU in the profile that motivated it, most of it building them: docs/performance.md,
+# "Statements built once"). A bound parameter may not be named like a column, hence
+# ``b_``; the SET clause of ``HAND_OVER`` and ``STEP_ACTIVE`` is made from the other
+# parameters' keys (one compiled form per set of keys).
+CLAIM_SKIP_LOCKED, CLAIM_WAITING = _claim_statement(True), _claim_statement(False)
 HAND_OVER = update(SENDS_TABLE).where(
     SENDS_TABLE.c.id == bindparam("b_id"),
     SENDS_TABLE.c.claim_token == bindparam("b_token"),
@@ -113,7 +115,8 @@ def claim(
         "b_now": now,
     }
     with engine.begin() as connection:
-        rows = connection.execute(CLAIM[engine.dialect.name], parameters).all()
+        statement = CLAIM_SKIP_LOCKED if engine.dialect.name == "postgresql" else CLAIM_WAITING
+        rows = connection.execute(statement, parameters).all()
     return [Claimed(row.id, row.attempts) for row in rows]
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from triggers.addresses import InvalidAddress, lookup_key, parse_address
 from triggers.decide import Later, recheck
@@ -352,7 +353,7 @@ def _counted(send_id: int, campaign: str, status: str, reason: str | None) -> No
     )
 
 
-def _owned_statement(answer_may_replace_ambiguous: bool) -> Any:
+def _owned_statement(answer_may_replace_ambiguous: bool) -> ReturningUpdate[str]:
     """``_owned``'s UPDATE, built once: its SET clause is made from the parameters' keys."""
     sends = SENDS_TABLE.c
     expected = sends.status == "sending"
