@@ -1,7 +1,7 @@
 """Delivery cost per email: worker CPU and database round trips, with the raw floor.
 
-``python -m bench.delivery [--sends N] [--batch B] [--profile]`` makes its own
-PostgreSQL database (``CROSSSELL_BENCH_POSTGRES``, default the local server's ``test``
+``python -m bench.delivery [--sends N] [--batch B] [--profile | --profile-cpu]`` makes
+its own PostgreSQL database (``CROSSSELL_BENCH_POSTGRES``, default the local server's ``test``
 database as admin), ingests N purchases by N customers (one due send each, the fleet
 tests' instant campaign), dispatches them, then delivers them in this process through
 the SMTP provider to an aiosmtpd ``Sink`` running in its own process (so its CPU is not
@@ -121,7 +121,7 @@ def count_database(url: str) -> Counts:
     return counts
 
 
-def run(sends: int, batch: int, profile: bool) -> None:
+def run(sends: int, batch: int, profile: bool, cpu_clock: bool = False) -> None:
     import worker.outbox.delivery as delivery
     from tests.support.factories import make_settings
     from tests.support.fleet import fleet_env, seed_due_sends
@@ -168,7 +168,9 @@ def run(sends: int, batch: int, profile: bool) -> None:
         runtime.provider  # noqa: B018 - connect outside the measurement
         counts = count_database(url)
         batched = getattr(delivery, "deliver_batch", None)
-        profiler = cProfile.Profile() if profile else None
+        profiler = None
+        if profile:
+            profiler = cProfile.Profile(time.process_time) if cpu_clock else cProfile.Profile()
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler is not None:
             profiler.enable()
@@ -320,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--profile", action="store_true", help="print a cProfile summary")
     parser.add_argument(
+        "--profile-cpu",
+        action="store_true",
+        help="profile CPU time (time.process_time) instead of wall time: what the worker "
+        "pays per email, without the waits for PostgreSQL and the SMTP sink",
+    )
+    parser.add_argument(
         "--celery", metavar="POOL", help="deliver with a Celery worker of this pool instead"
     )
     parser.add_argument("--concurrency", type=int, default=4)
@@ -330,7 +338,12 @@ def main(argv: list[str] | None = None) -> int:
             options.sends, options.batch, options.celery, options.concurrency, options.broker
         )
     else:
-        run(options.sends, options.batch, options.profile)
+        run(
+            options.sends,
+            options.batch,
+            options.profile or options.profile_cpu,
+            options.profile_cpu,
+        )
     return 0
 
 

@@ -25,10 +25,11 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from triggers.addresses import InvalidAddress, lookup_key, parse_address
 from triggers.decide import Later, recheck
@@ -41,6 +42,7 @@ from worker.core.metrics import PROVIDER_SECONDS, SENDS
 from worker.core.models import Send, Suppression
 from worker.core.redaction import error_summary
 from worker.decide.decision_inputs import RecheckInputs, recheck_inputs_many
+from worker.decide.rules import Snapshot
 from worker.decide.sequences import offered_after, step_check
 from worker.email.email_context import Coupon, email_context, links_for, mailto_for
 from worker.email.mime import (
@@ -52,6 +54,7 @@ from worker.email.mime import (
 )
 from worker.offers.offer_resolution import CatalogMemo, choose_offer, localize_offer
 from worker.outbox.claims import (
+    SENDS_TABLE,
     HandOver,
     Lease,
     LostClaim,
@@ -127,18 +130,22 @@ def prepare(
     now: datetime,
     loaded: RecheckInputs | None = None,
     reads: CatalogMemo | None = None,
+    snapshot: Snapshot | None = None,
 ) -> Prepared | Skip | Reschedule:
     """Recheck everything that may have changed since planning, then build the message.
 
     The recheck is ``triggers.decide.recheck`` on inputs from ``recheck_inputs_many``
     (``loaded`` is this send's from its batch, else it is read as a batch of one;
-    ``reads`` the batch's shared catalog reads): the engine's own checks
+    ``reads`` the batch's shared catalog reads; ``snapshot`` the rules and renderer the
+    batch took once, else the ones in force): the engine's own checks
     in the engine's order, so a send is never judged by other rules at sending than at
     planning. Nothing is written to the send here; a sequence step may end its
     enrollment (an unsubscribe) in ``session``.
     """
     settings = runtime.settings
-    rules = runtime.rules.current()
+    if snapshot is None:
+        snapshot = runtime.rules.snapshot()
+    rules = snapshot.rules
     compiled = rules.by_id(send.campaign_id)
     if compiled is None or compiled.campaign.status != "active":
         return Skip(SkipReason.CAMPAIGN_INACTIVE)
@@ -206,7 +213,7 @@ def prepare(
         coupon=coupon,
     )
     try:
-        rendered = runtime.renderer.render(
+        rendered = snapshot.renderer.render(
             send.template or variant.template, context, customer.locale, subject
         )
     except Exception as exc:
@@ -309,16 +316,16 @@ class _Round:
     done: dict[int, str]
 
 
+ROUND = select(SENDS_TABLE.c.id, SENDS_TABLE.c.customer_id, SENDS_TABLE.c.status).where(
+    SENDS_TABLE.c.id.in_(bindparam("b_ids", expanding=True))
+)
+
+
 def _pick_round(engine: Engine, ids: list[int]) -> _Round:
     """The ``queued`` sends to claim now (the first of each customer); the rest wait for
     a later round, and the others are not this task's to deliver."""
     with engine.connect() as connection:
-        rows = {
-            row.id: row
-            for row in connection.execute(
-                select(Send.id, Send.customer_id, Send.status).where(Send.id.in_(ids))
-            )
-        }
+        rows = {row.id: row for row in connection.execute(ROUND, {"b_ids": ids})}
     done: dict[int, str] = {}
     now_ids: list[int] = []
     later: list[int] = []
@@ -346,6 +353,25 @@ def _counted(send_id: int, campaign: str, status: str, reason: str | None) -> No
     )
 
 
+def _owned_statement(answer_may_replace_ambiguous: bool) -> ReturningUpdate[str]:
+    """``_owned``'s UPDATE, built once: its SET clause is made from the parameters' keys."""
+    sends = SENDS_TABLE.c
+    expected = sends.status == "sending"
+    if answer_may_replace_ambiguous:
+        expected = expected | (
+            (sends.status == "failed") & (sends.reason == SkipReason.AMBIGUOUS.value)
+        )
+    return (
+        update(SENDS_TABLE)
+        .where(sends.id == bindparam("b_id"), sends.claim_token == bindparam("b_token"), expected)
+        .returning(sends.campaign_id)
+    )
+
+
+OWNED = _owned_statement(False)
+OWNED_OR_AMBIGUOUS = _owned_statement(True)
+
+
 def _owned(executor: Session | Connection, send_id: int, token: str, **values: Any) -> str | None:
     """Move this token's ``sending`` row; returns its campaign, or None if it is not ours.
 
@@ -353,15 +379,9 @@ def _owned(executor: Session | Connection, send_id: int, token: str, **values: A
     answer was on its way: the token proves it is this attempt's answer. The claim ends
     here, so its count for the crash-loop cap (``claims``) starts again.
     """
-    expected = Send.status == "sending"
-    if values.get("status") == "sent":
-        expected = expected | ((Send.status == "failed") & (Send.reason == SkipReason.AMBIGUOUS))
-    moved = executor.execute(
-        update(Send)
-        .where(Send.id == send_id, Send.claim_token == token, expected)
-        .values(lease_expires_at=None, claims=0, **values)
-        .returning(Send.campaign_id)
-    ).first()
+    statement = OWNED_OR_AMBIGUOUS if values.get("status") == "sent" else OWNED
+    parameters = {"b_id": send_id, "b_token": token, "lease_expires_at": None, "claims": 0}
+    moved = executor.execute(statement, parameters | values).first()
     return None if moved is None else str(moved[0])
 
 
@@ -480,9 +500,12 @@ class _Batch:
                 sends.sort(key=lambda send: order[send.id])
                 loaded = recheck_inputs_many(session, sends, now)
                 reads = CatalogMemo()
+                snapshot = runtime.rules.snapshot()
                 for send in sends:
                     try:
-                        result = prepare(session, runtime, send, now, loaded[send.id], reads)
+                        result = prepare(
+                            session, runtime, send, now, loaded[send.id], reads, snapshot
+                        )
                     except (DBAPIError, InterfaceError):
                         raise  # the connection: surviving_disconnects decides
                     except Exception as exc:
