@@ -190,21 +190,33 @@ def add_send_activity(
         data["reason"] = reason
     key = f"{type}:send-{facts.send_id}"
     dialect = connection.dialect.name
-    if dialect not in ("postgresql", "sqlite"):
+    insert = _ACTIVITY_INSERTS.get(dialect)
+    if insert is None:
         raise RuntimeError(f"crosssell needs PostgreSQL or SQLite, not {dialect}")
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ActivityOutbox)
     connection.execute(
-        insert.values(
-            activity_id=key,
-            type=type,
-            customer_id=facts.customer_id,
-            occurred_at=occurred_at,
-            data=data,
-            created_at=datetime.now(UTC),
-            published_at=None,
-        ).on_conflict_do_nothing(index_elements=["activity_id"])
+        insert,
+        {
+            "activity_id": key,
+            "type": type,
+            "customer_id": facts.customer_id,
+            "occurred_at": occurred_at,
+            "data": data,
+            "created_at": datetime.now(UTC),
+            "published_at": None,
+        },
     )
     return key
+
+
+# Built once per dialect and run with parameters: the delivery worker writes one per
+# email, and building the statement (its cache key, the ORM's coercions) cost more than
+# running it (docs/performance.md, "Statements built once").
+_ACTIVITY_INSERTS = {
+    "postgresql": postgresql.insert(ActivityOutbox).on_conflict_do_nothing(
+        index_elements=["activity_id"]
+    ),
+    "sqlite": sqlite.insert(ActivityOutbox).on_conflict_do_nothing(index_elements=["activity_id"]),
+}
 
 
 def envelope(row: ActivityOutbox) -> dict[str, Any]:
