@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
 from tests.conftest import _truncate
@@ -446,3 +446,30 @@ def test_a_batch_enrolls_as_its_events_one_by_one(tmp_path: Path, database_url: 
         "second-journey": "already_enrolled",
     }
     assert sum(1 for row in stored if row[5] == "active") == 6
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_batch_of_thousands_of_entries_is_written_whole(
+    tmp_path: Path, database_url: str
+) -> None:
+    """2,100 purchases entering both sequences: 4,200 entries in one ingest batch, more
+    than one statement of 17 values an entry can carry on PostgreSQL (65,535 parameters),
+    all written, each event's outcome naming its enrollment."""
+    url = _fresh(tmp_path, database_url)
+    runtime = _runtime(tmp_path, url)
+    try:
+        documents = [validate_event(_buy(f"C-bulk-{number}", "899.00")) for number in range(2100)]
+        with transaction(url) as session:
+            results = ingest_batch(session, documents, runtime.rules.current(), runtime.policy, NOW)
+        assert [result.duplicate for result in results] == [False] * len(documents)
+        with transaction(url) as session:
+            entries = session.scalar(select(func.count()).select_from(Enrollment))
+            outcomes = [outcome for (outcome,) in session.execute(select(Event.outcome))]
+    finally:
+        runtime.close()
+    assert entries == 2 * len(documents)
+    assert all(
+        str(outcome[campaign]).startswith("enrolled:")
+        for outcome in outcomes
+        for campaign in ("post-purchase-journey", "second-journey")
+    )
