@@ -557,13 +557,7 @@ class StepInputs:
                 )
         event = self.events[enrollment.entry_event_id]
         inputs = self.inputs.for_event(session, event, now, self.customers.get(customer_id))
-        facts = dict(inputs.facts) | enrollment_facts(
-            enrollment.entered_at,
-            now,
-            enrollment.steps_sent,
-            enrollment.categories_since_entry or (),
-            enrollment.purchased_since_entry,
-        )
+        facts = step_facts(inputs, enrollment, now)
         return inputs, facts
 
     def planned(self, row: dict[str, Any]) -> None:
@@ -810,6 +804,18 @@ class StepVerdict:
     facts: Mapping[str, object] | None = None
 
 
+def step_facts(inputs: DecisionInputs, enrollment: Enrollment, now: datetime) -> dict[str, object]:
+    """The facts a step's ``only_if`` sees: the decision inputs' and the enrollment's own
+    (``enrollment.*``: time since entry, steps sent, what was bought since)."""
+    return dict(inputs.facts) | enrollment_facts(
+        enrollment.entered_at,
+        now,
+        enrollment.steps_sent,
+        enrollment.categories_since_entry or (),
+        enrollment.purchased_since_entry,
+    )
+
+
 def step_check(
     session: Session, rules: RuleSet, send: Send, inputs: DecisionInputs, now: datetime
 ) -> StepVerdict:
@@ -831,13 +837,7 @@ def step_check(
     if blocked is not None:
         end(session, enrollment, ExitReason.UNSUBSCRIBED, now)
         return StepVerdict(blocked, enrollment)
-    facts = dict(inputs.facts) | enrollment_facts(
-        enrollment.entered_at,
-        now,
-        enrollment.steps_sent,
-        enrollment.categories_since_entry or (),
-        enrollment.purchased_since_entry,
-    )
+    facts = step_facts(inputs, enrollment, now)
     only_if = sequence.only_if.get(send.step_id or "")
     if only_if is not None and not only_if(facts):
         return StepVerdict(SkipReason.STEP_CONDITION, enrollment)

@@ -58,21 +58,28 @@ class Dispatching:
 
 @pytest.fixture
 def runtime(tmp_path: Path, database_url: str) -> Iterator[Runtime]:
+    runtime = _runtime(tmp_path, database_url, CAMPAIGN)
+    yield runtime
+    runtime.close()
+
+
+def _runtime(tmp_path: Path, database_url: str, campaign: str, **settings: object) -> Runtime:
+    """A runtime on ``campaign`` alone, polling every POLL_SECONDS, its rules loaded."""
     campaigns = tmp_path / "campaigns"
     campaigns.mkdir()
-    (campaigns / "instant.yaml").write_text(CAMPAIGN)
-    settings = make_settings(
+    (campaigns / "campaign.yaml").write_text(campaign)
+    configured = make_settings(
         tmp_path,
         database_url=database_url,
         campaigns_dir=campaigns,
         quiet_hours="off",
         dispatch_interval=POLL_SECONDS,
+        **settings,
     )
-    runtime = Runtime(settings, clock=ShiftedClock(TUESDAY_MORNING))
-    seed_catalog(settings, TUESDAY_MORNING)
+    runtime = Runtime(configured, clock=ShiftedClock(TUESDAY_MORNING))
+    seed_catalog(configured, TUESDAY_MORNING)
     runtime.rules  # noqa: B018 - loaded before the dispatcher thread reads it
-    yield runtime
-    runtime.close()
+    return runtime
 
 
 def _ingest_purchase(runtime: Runtime) -> tuple[int, float]:
@@ -135,19 +142,8 @@ def test_a_sequence_entry_due_at_once_wakes_the_dispatcher_to_plan_its_step(
     """An entry makes no send at ingest: its first step is planned by the dispatcher.
     Ingest wakes it when that step is due at once, and the woken pass (not only the poll's
     housekeeping) plans and enqueues the step."""
-    campaigns = tmp_path / "campaigns"
-    campaigns.mkdir()
-    (campaigns / "journey.yaml").write_text(SEQUENCE)
-    settings = make_settings(
-        tmp_path,
-        database_url=database_url,
-        campaigns_dir=campaigns,
-        quiet_hours="off",
-        dispatch_interval=POLL_SECONDS,
-    )
-    runtime = Runtime(settings, clock=ShiftedClock(TUESDAY_MORNING))
-    seed_catalog(settings, TUESDAY_MORNING)
-    runtime.rules  # noqa: B018
+    runtime = _runtime(tmp_path, database_url, SEQUENCE)
+    settings = runtime.settings
     dispatching = Dispatching(runtime)
     _started(dispatching)
     event = validate_event(
@@ -189,20 +185,7 @@ def test_a_sequence_entry_due_at_once_wakes_the_dispatcher_to_plan_its_step(
 def test_without_the_wakeup_the_send_waits_for_the_poll(tmp_path: Path, database_url: str) -> None:
     """The same scenario with ``dispatch_wakeup`` off: what the test above measures is the
     wake-up, not a dispatcher that happens to look again."""
-    campaigns = tmp_path / "campaigns"
-    campaigns.mkdir()
-    (campaigns / "instant.yaml").write_text(CAMPAIGN)
-    settings = make_settings(
-        tmp_path,
-        database_url=database_url,
-        campaigns_dir=campaigns,
-        quiet_hours="off",
-        dispatch_interval=POLL_SECONDS,
-        dispatch_wakeup=False,
-    )
-    runtime = Runtime(settings, clock=ShiftedClock(TUESDAY_MORNING))
-    seed_catalog(settings, TUESDAY_MORNING)
-    runtime.rules  # noqa: B018
+    runtime = _runtime(tmp_path, database_url, CAMPAIGN, dispatch_wakeup=False)
     dispatching = Dispatching(runtime)
     _started(dispatching)
     try:
