@@ -6,9 +6,12 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.core.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 # A Tuesday, 10:30 UTC: inside every demo campaign's window and outside quiet hours.
 TUESDAY_MORNING = datetime(2026, 11, 17, 10, 30, tzinfo=UTC)
@@ -76,3 +79,29 @@ def purchase(
 
 def as_json(event: dict[str, Any]) -> bytes:
     return json.dumps(event, ensure_ascii=False).encode("utf-8")
+
+
+def insert_customers(session: Session, ids: list[str], now: datetime) -> None:
+    """Bare customer rows (no profile, no purchases) for tests that write rows referring
+    to customers without going through ingest."""
+    from decimal import Decimal
+
+    from worker.core.dialect_insert import insert_for
+    from worker.core.models import Customer
+
+    session.execute(
+        insert_for(session, Customer),
+        [
+            {
+                "id": customer_id,
+                "attributes": {},
+                "categories_bought": [],
+                "skus_owned": [],
+                "orders_count": 0,
+                "lifetime_spend": Decimal(0),
+                "created_at": now,
+                "updated_at": now,
+            }
+            for customer_id in ids
+        ],
+    )

@@ -11,31 +11,13 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tests.support.factories import insert_customers
 from worker.core.db import engine_for
 from worker.core.dialect_insert import insert_for, insert_rows
 from worker.core.models import Customer, Event, Order, Send
 
 NOW = datetime(2026, 11, 24, 8, 30, tzinfo=UTC)
 AWKWARD = ["plain", 'quote " and \\ backslash', "comma, {brace} NULL", "ț ș ă — 漢字 😀", "", " "]
-
-
-def _customers(session: Session, ids: list[str]) -> None:
-    session.execute(
-        insert_for(session, Customer),
-        [
-            {
-                "id": customer_id,
-                "attributes": {},
-                "categories_bought": [],
-                "skus_owned": [],
-                "orders_count": 0,
-                "lifetime_spend": Decimal(0),
-                "created_at": NOW,
-                "updated_at": NOW,
-            }
-            for customer_id in ids
-        ],
-    )
 
 
 def _event_rows(prefix: str) -> list[dict[str, Any]]:
@@ -107,7 +89,7 @@ def _renamed(row: dict[str, Any], old: str, new: str) -> dict[str, Any]:
 
 def test_unnest_stores_what_core_stores(database_url: str) -> None:
     with Session(engine_for(database_url)) as session, session.begin():
-        _customers(session, ["a-c0", "a-c1", "b-c0", "b-c1"])
+        insert_customers(session, ["a-c0", "a-c1", "b-c0", "b-c1"], NOW)
         _both_ways(session, Event, _event_rows, "event_id", "event_id")
         _both_ways(session, Send, _send_rows, "event_id", "dedupe_key")
         _both_ways(
@@ -133,7 +115,7 @@ def test_unnest_stores_what_core_stores(database_url: str) -> None:
 
 def test_conflicts_are_skipped_and_returning_names_the_inserted_rows(database_url: str) -> None:
     with Session(engine_for(database_url)) as session, session.begin():
-        _customers(session, ["x-c0", "x-c1"])
+        insert_customers(session, ["x-c0", "x-c1"], NOW)
         first = _event_rows("x")[:3]
         inserted = insert_rows(
             session, Event, first, conflict="event_id", returning=("id", "event_id")
@@ -148,7 +130,7 @@ def test_conflicts_are_skipped_and_returning_names_the_inserted_rows(database_ur
 
 def test_a_naive_datetime_is_refused_as_core_refuses_it(database_url: str) -> None:
     with Session(engine_for(database_url)) as session, session.begin():
-        _customers(session, ["n-c0", "n-c1"])
+        insert_customers(session, ["n-c0", "n-c1"], NOW)
         rows = _event_rows("n")
         rows[2]["received_at"] = datetime(2026, 11, 24, 8, 30)
         with pytest.raises(Exception, match="naive datetime"):
@@ -158,7 +140,7 @@ def test_a_naive_datetime_is_refused_as_core_refuses_it(database_url: str) -> No
 def test_a_column_left_to_a_per_row_default_takes_cores_path(database_url: str) -> None:
     """``events.outcome`` defaults to ``dict()``, called per row: Core's insert fills it."""
     with Session(engine_for(database_url)) as session, session.begin():
-        _customers(session, ["k-c0", "k-c1"])
+        insert_customers(session, ["k-c0", "k-c1"], NOW)
         rows = [
             {key: value for key, value in row.items() if key != "outcome"}
             for row in _event_rows("k")[:2]
@@ -174,13 +156,13 @@ def test_among_is_in(database_url: str) -> None:
     from worker.core.dialect_insert import among
 
     with Session(engine_for(database_url)) as session, session.begin():
-        _customers(session, ["m-c0", "m-c1", "m-c2"])
+        insert_customers(session, ["m-c0", "m-c1", "m-c2"], NOW)
         short = Customer.__table__.c.id.type.length
         for wanted in ([], ["nobody"], ["m-c1", "nobody"], ["m-c0", "m-c1", "m-c2"]):
             found = session.scalars(select(Customer.id).where(among(session, Customer.id, wanted)))
             plain = session.scalars(select(Customer.id).where(Customer.id.in_(wanted)))
             assert sorted(found) == sorted(plain) == sorted(w for w in wanted if w != "nobody")
-        _customers(session, ["x" * short])
+        insert_customers(session, ["x" * short], NOW)
         longer = ["x" * (short + 5)]
         assert (
             list(session.scalars(select(Customer.id).where(among(session, Customer.id, longer))))

@@ -4,14 +4,14 @@ the strings hold, on PostgreSQL (one statement) and SQLite (one per event)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tests.support.factories import insert_customers
 from worker.core.db import engine_for
-from worker.core.dialect_insert import insert_for, insert_rows
-from worker.core.models import Customer, Event
+from worker.core.dialect_insert import insert_rows
+from worker.core.models import Event
 from worker.decide import sequences
 from worker.intake.ingest import _write_outcomes
 
@@ -21,21 +21,7 @@ AWKWARD = ['quote " and \\ backslash', "comma, {brace} NULL", "ț ș ă — 漢�
 
 def test_each_event_gets_its_own_outcome(database_url: str) -> None:
     with Session(engine_for(database_url)) as session, session.begin():
-        session.execute(
-            insert_for(session, Customer),
-            [
-                {
-                    "id": "C-1",
-                    "attributes": {},
-                    "categories_bought": [],
-                    "skus_owned": [],
-                    "orders_count": 0,
-                    "lifetime_spend": Decimal(0),
-                    "created_at": NOW,
-                    "updated_at": NOW,
-                }
-            ],
-        )
+        insert_customers(session, ["C-1"], NOW)
         rows = insert_rows(
             session,
             Event,
@@ -92,21 +78,7 @@ def test_a_taken_dedupe_key_records_the_send_that_holds_it(database_url: str) ->
         }
 
     with Session(engine_for(database_url)) as session, session.begin():
-        session.execute(
-            insert_for(session, Customer),
-            [
-                {
-                    "id": "C-1",
-                    "attributes": {},
-                    "categories_bought": [],
-                    "skus_owned": [],
-                    "orders_count": 0,
-                    "lifetime_spend": Decimal(0),
-                    "created_at": NOW,
-                    "updated_at": NOW,
-                }
-            ],
-        )
+        insert_customers(session, ["C-1"], NOW)
         [holder] = insert_rows(session, Send, [send("evt-1")], returning=("id",))
         batch = _Batch(
             session,
