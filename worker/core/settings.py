@@ -207,7 +207,10 @@ class Settings(BaseSettings):
         None, description="HMAC key for forgotten addresses; default: a key file in var_dir"
     )
     ingest_batch: int = Field(
-        200, ge=1, le=10000, description="events the consumer stores per transaction (and prefetch)"
+        200,
+        ge=1,
+        le=10000,
+        description="events the consumer stores per transaction (its prefetch is twice this)",
     )
     ingest_linger: float = Field(
         0.05, gt=0, le=10, description="seconds a batch waits for more events after its first"

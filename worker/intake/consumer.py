@@ -262,6 +262,19 @@ def _store_one(runtime: Runtime, session: Session, event: AnyEvent) -> Handled:
         return _ingested(event, result)
 
 
+PREFETCH_LIMIT = 65_535
+"""AMQP 0-9-1 ``basic.qos`` carries the prefetch count as a short (16 bits)."""
+
+
+def ingest_prefetch(batch_size: int) -> int:
+    """The consumer's broker prefetch: two batches, so the next batch is already on the
+    wire while one is stored and committed (with one batch, the broker sent the next
+    only after the acknowledgement; docs/performance.md, "Ingest"). Unacknowledged
+    messages of a consumer that dies come back, as before; only the count that can come
+    back doubles."""
+    return min(2 * batch_size, PREFETCH_LIMIT)
+
+
 class EventConsumer(ConsumerMixin):
     """Takes messages in batches: up to ``CROSSSELL_INGEST_BATCH`` of them, or what came
     within ``CROSSSELL_INGEST_LINGER`` seconds of the first, stored in one transaction
@@ -288,8 +301,7 @@ class EventConsumer(ConsumerMixin):
             consumer_cls(
                 queues=[events_queue(self.runtime.settings)],
                 on_message=self.on_message,
-                # A full batch must fit in what the broker hands out unacknowledged.
-                prefetch_count=self.batch_size,
+                prefetch_count=ingest_prefetch(self.batch_size),
             )
         ]
 

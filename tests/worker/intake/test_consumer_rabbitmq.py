@@ -16,6 +16,7 @@ from tests.support.services import require_rabbitmq
 from worker.core.db import transaction
 from worker.core.models import Event
 from worker.core.settings import Settings
+from worker.intake import consumer as consumer_module
 from worker.intake.consumer import EventConsumer, run_consumer
 from worker.process.runtime import Runtime
 
@@ -221,6 +222,67 @@ def test_a_mixed_batch_is_settled_whole_by_one_multiple_ack(
         assert consumers[0].stats == {"accepted": 6, "duplicate": 1, "dead_lettered": 1}
         assert all(stored_events(settings, event["id"]) == 1 for event in events)
     finally:
+        channel.queue_delete(settings.events_queue)
+        channel.queue_delete(settings.dead_letter_queue)
+        channel.exchange_delete(settings.events_exchange)
+        connection.close()
+
+
+def test_the_next_batch_is_delivered_while_one_is_stored(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer's prefetch is two batches: while it stores one batch, the broker has
+    already handed it the next (they wait in the client, not in the queue), so no batch
+    waits for the acknowledgement of the one before. Nothing is acknowledged early: once
+    the stores resume, every event is stored once and the queue ends empty."""
+    settings = make_settings(
+        tmp_path, database_url=sqlite_url, events_url=require_rabbitmq(), ingest_batch=3
+    )
+    runtime = Runtime(settings)
+    storing, resume = threading.Event(), threading.Event()
+    real_handle_bodies = consumer_module.handle_bodies
+
+    def held_handle_bodies(runtime: Runtime, bodies: list[object]) -> list[object]:
+        storing.set()
+        assert resume.wait(timeout=20)
+        return real_handle_bodies(runtime, bodies)
+
+    monkeypatch.setattr(consumer_module, "handle_bodies", held_handle_bodies)
+    events = [purchase() for _ in range(10)]
+    connection = pika.BlockingConnection(pika_parameters(settings))
+    channel = connection.channel()
+    channel.exchange_declare(settings.events_exchange, "topic", durable=True)
+    channel.queue_declare(settings.events_queue, durable=True)
+    channel.queue_bind(settings.events_queue, settings.events_exchange, "#")
+    consumers: list[EventConsumer] = []
+    thread = threading.Thread(target=run_consumer, args=(runtime, consumers.append), daemon=True)
+    try:
+        for event in events:  # all waiting before the consumer starts
+            channel.basic_publish(
+                exchange=settings.events_exchange,
+                routing_key="purchase",
+                body=as_json(event),
+                properties=pika.BasicProperties(delivery_mode=2),
+            )
+        thread.start()
+        assert storing.wait(timeout=15)
+
+        def ready() -> int:
+            return channel.queue_declare(
+                settings.events_queue, durable=True, passive=True
+            ).method.message_count
+
+        # The first batch (3) is being stored and the second (3) is in the client.
+        wait_for(lambda: ready() == len(events) - 2 * settings.ingest_batch)
+        resume.set()
+        wait_for(lambda: all(stored_events(settings, event["id"]) == 1 for event in events))
+        wait_for(lambda: consumers[0].handled == len(events))
+        consumers[0].should_stop = True
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        assert ready() == 0
+    finally:
+        resume.set()
         channel.queue_delete(settings.events_queue)
         channel.queue_delete(settings.dead_letter_queue)
         channel.exchange_delete(settings.events_exchange)
