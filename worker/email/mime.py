@@ -41,6 +41,7 @@ import hmac
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from email import base64mime, quoprimime
 from email.header import Header
 from email.utils import format_datetime, quote
 from functools import lru_cache
@@ -172,24 +173,71 @@ def _plain(text: str) -> bool:
     return _PRINTABLE.fullmatch(text) is not None and "=?" not in text
 
 
+def _header_lines(text: str, charset: str, header: str) -> list[str]:
+    """``email.header.Header``'s folding of ``text``: the header's lines, unindented."""
+    folded = Header(text, charset, header_name=header).encode(
+        splitchars=" ", maxlinelen=MAX_LINE, linesep="\n"
+    )
+    return [line.strip(" ") for line in folded.split("\n")]
+
+
+_CHROME = len("=?utf-8?q??=")
+"""Characters of an encoded-word that are not its payload (``email.charset``: the charset
+name plus RFC2047_CHROME_LEN)."""
+_Q_LITERAL = bytes(octet for octet in range(256) if quoprimime.header_length(bytes([octet])) == 1)
+"""Octets the RFC 2047 "Q" encoding writes as one character; every other takes three."""
+_Q_LENGTH = tuple(quoprimime.header_length(bytes([octet])) for octet in range(128))
+
+
 def _encoded(text: str, header: str) -> list[str]:
     """``text`` as RFC 2047 encoded-words (UTF-8), folded: the header's lines, unindented.
 
-    ``Header`` splits between characters, never inside one, and counts the header name on
-    the first line, so with lines of at most 76 octets each encoded-word is at most 75.
+    Exactly what ``Header(text, "utf-8", header_name=header).encode(...)`` writes (a
+    property test compares the two over arbitrary text): the shorter of "B" and "Q" for
+    the whole text (``email.charset``'s SHORTEST), then as many characters per line as
+    fit, never splitting one, the header name counted on the first line; so with lines of
+    at most 76 octets each encoded-word is at most 75. ``Header`` measures every prefix
+    of the text anew (quadratic: 72 µs for a 70-character Romanian subject, measured);
+    here each character is counted once. Text the fast path does not cover (empty, or
+    with a line boundary, which the callers never pass) goes to ``Header`` itself.
     """
-    folded = Header(text, "utf-8", header_name=header).encode(
-        splitchars=" ", maxlinelen=MAX_LINE, linesep="\n"
-    )
-    return [line.strip(" ") for line in folded.split("\n")]
+    room = MAX_LINE - len(header) - 2 - _CHROME
+    if not text or room < 12 or text.splitlines() != [text]:
+        return _header_lines(text, "utf-8", header)
+    data = text.encode("utf-8")
+    q_length = len(data) + 2 * len(data.translate(None, _Q_LITERAL))
+    b_length = (len(data) + 2) // 3 * 4
+    base64 = b_length < q_length
+    encode = base64mime.header_encode if base64 else quoprimime.header_encode
+    if (b_length if base64 else q_length) <= room:
+        return [encode(data, "utf-8")]
+    # One character takes at most 4 octets: 12 characters in Q, 8 in B, so the first
+    # always fits a line (room >= 12), as Header's own loop then never yields None.
+    lines: list[str] = []
+    start = 0
+    used = 0  # B: octets on the line; Q: encoded characters on the line
+    for index, char in enumerate(text):
+        code = ord(char)
+        octets = 1 if code < 0x80 else 2 if code < 0x800 else 3 if code < 0x10000 else 4
+        cost = octets if base64 else _Q_LENGTH[code] if code < 0x80 else 3 * octets
+        total = used + cost
+        if ((total + 2) // 3 * 4 if base64 else total) > room:
+            lines.append(encode(text[start:index].encode("utf-8"), "utf-8"))
+            start, total = index, cost
+            room = MAX_LINE - 1 - _CHROME  # a continuation line: one space, no name
+        used = total
+    lines.append(encode(text[start:].encode("utf-8"), "utf-8"))
+    return lines
 
 
 def _folded_ascii(text: str, header: str) -> list[str]:
-    """Printable ASCII folded at its spaces (each fold keeps the space it is made at)."""
-    folded = Header(text, "us-ascii", header_name=header).encode(
-        splitchars=" ", maxlinelen=MAX_LINE, linesep="\n"
-    )
-    return [line.strip(" ") for line in folded.split("\n")]
+    """Printable ASCII folded at its spaces (each fold keeps the space it is made at).
+
+    A text that fits on the header's first line is that line as it is (what ``Header``
+    writes then; a property test compares the two), without ``Header``'s 6-12 µs."""
+    if len(header) + 2 + len(text) <= MAX_LINE and text.isascii() and text.isprintable():
+        return [text.strip(" ")]
+    return _header_lines(text, "us-ascii", header)
 
 
 def _foldable(text: str, header: str) -> bool:
