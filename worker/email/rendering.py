@@ -279,14 +279,23 @@ class Renderer:
         return RenderedEmail(subject=subject, html=html, text=text.strip() + "\n")
 
     def _output(self, template: Template, values: dict[str, Any]) -> str:
-        """The template's output, collected piece by piece up to ``limits.max_output``."""
+        """The template's output, collected piece by piece up to ``limits.max_output``.
+
+        What ``template.generate(values)`` yields, without its generator in between (each
+        of some 130 pieces an email went through one more ``yield from``) or its copy of
+        ``values`` (the new context copies them already); an exception gets the same
+        template traceback from ``handle_exception``."""
         pieces: list[str] = []
         size = 0
-        for piece in template.generate(values):
-            size += len(piece)
-            if size > self.limits.max_output:
-                raise RenderLimitError(
-                    f"render limit: output longer than {self.limits.max_output} characters"
-                )
-            pieces.append(piece)
+        limit = self.limits.max_output
+        try:
+            for piece in template.root_render_func(template.new_context(values)):
+                size += len(piece)
+                if size > limit:
+                    break
+                pieces.append(piece)
+        except Exception:
+            self.env.handle_exception()
+        if size > limit:
+            raise RenderLimitError(f"render limit: output longer than {limit} characters")
         return "".join(pieces)

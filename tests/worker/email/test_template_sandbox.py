@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jinja2 import DictLoader, StrictUndefined, TemplateError
+from jinja2 import DictLoader, StrictUndefined, TemplateError, TemplateNotFound
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tests.support.factories import make_settings
@@ -102,6 +102,30 @@ def test_templates_see_the_environments_globals_and_their_own_first() -> None:
     # The budgeted lipsum, not Jinja's: its size is checked before it is written.
     with pytest.raises(RenderLimitError):
         env.from_string("{{ lipsum(10 ** 6) }}").render()
+
+
+def test_templates_are_remembered_by_name_only_when_they_never_reload() -> None:
+    """``get_template`` answers as Jinja's cache did: one template per name for an
+    environment without ``auto_reload``, the same errors for a missing name every time,
+    a new loader's templates after the loader is replaced, reloads when ``auto_reload``."""
+    files = {
+        "base": "[{% block b %}{% endblock %}]",
+        "t": '{% extends "base" %}{% block b %}x{% include "part" %}{% endblock %}',
+        "part": "p",
+    }
+    env = BudgetedSandbox(loader=DictLoader(files), auto_reload=False)
+    first = env.get_template("t")
+    assert env.get_template("t") is first
+    assert env.get_template("base", parent="t") is env.get_template("base")
+    assert first.render() == "[xp]"
+    for _ in range(2):
+        with pytest.raises(TemplateNotFound):
+            env.get_template("missing")
+    env.loader = DictLoader({"t": "other"})
+    assert env.get_template("t").render() == "other"
+    files["part"] = "q"
+    reloading = BudgetedSandbox(loader=DictLoader(files), auto_reload=True)
+    assert reloading.get_template("t").render() == "[xq]"
 
 
 def _renderer(tmp_path: Path, files: dict[str, str], **limits: Any) -> Renderer:
