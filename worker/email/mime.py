@@ -469,6 +469,7 @@ def build_email(envelope: Envelope, email: RenderedEmail) -> OutgoingEmail:
         normal.recipient.wire,
         _bytes(normal, envelope, text, html),
         content,
+        crlf_lines=True,  # headers end in CRLF and hold none; bodies are QP of LF lines
     )
 
 
