@@ -312,15 +312,36 @@ def _lf_lines(text: str) -> str:
     return normal if normal.endswith("\n") else normal + "\n"
 
 
-def _qp(text: str) -> str:
-    """A body (lone surrogates already replaced) as quoted-printable with CRLF line ends.
+_LINE_ENDS_UTF8 = re.compile(rb"\r\n|\r|\n")
+
+
+def _utf8(text: str) -> tuple[str, bytes]:
+    """The text with lone surrogates replaced (:func:`_unpaired`) and its UTF-8 bytes:
+    one encoding serves both the check and the quoted-printable body."""
+    try:
+        return text, text.encode("utf-8")
+    except UnicodeEncodeError:
+        clean = _SURROGATE.sub("\ufffd", text)
+        return clean, clean.encode("utf-8")
+
+
+def _qp(data: bytes) -> bytes:
+    """A body's UTF-8 bytes as quoted-printable with CRLF line ends (:func:`body_lines`'
+    line ends first: CR or LF never occur inside a UTF-8 sequence, so the bytes split
+    where the text does).
 
     The encoder is the standard library's C one, ``binascii.b2a_qp``, which ``quopri``
-    also calls; ``email.quoprimime.body_encode`` writes the same encoding in Python."""
-    encoded = binascii.b2a_qp(_lf_lines(text).encode("utf-8"), istext=True).decode("ascii")
-    if "=09\n" in encoded or "=20\n" in encoded:
-        encoded = "\n".join(_within_76(line) for line in encoded.split("\n"))
-    return encoded.replace("\n", CRLF)
+    also calls; ``email.quoprimime.body_encode`` writes the same encoding in Python.
+    Bytes throughout: no decoding of the encoded body and no encoding of it again."""
+    if b"\r" in data:
+        data = _LINE_ENDS_UTF8.sub(b"\n", data)
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    encoded = binascii.b2a_qp(data, istext=True)
+    if b"=09\n" in encoded or b"=20\n" in encoded:
+        lines = encoded.decode("ascii").split("\n")
+        encoded = "\n".join(_within_76(line) for line in lines).encode("ascii")
+    return encoded.replace(b"\n", b"\r\n")
 
 
 _QP_TOKEN = re.compile(r"=[0-9A-F]{2}|.", re.DOTALL)
@@ -405,9 +426,10 @@ def _extra_headers(normal: _Normalised) -> tuple[tuple[str, str], ...]:
     )
 
 
-def _bytes(normal: _Normalised, envelope: Envelope, text: str, html: str) -> bytes:
-    """The message; ``text`` and ``html`` are the bodies with lone surrogates replaced."""
+def _bytes(normal: _Normalised, envelope: Envelope, text: bytes, html: bytes) -> bytes:
+    """The message; ``text`` and ``html`` are the bodies' UTF-8 (see :func:`_utf8`)."""
     boundary = _boundary(normal.message_id)
+    boundary_bytes = boundary.encode("ascii")
     url, _, mailto = normal.unsubscribe.partition(", ")
     parts = [
         _header("From", format_mailbox(normal.sender_name, normal.sender.wire, "From")),
@@ -427,18 +449,17 @@ def _bytes(normal: _Normalised, envelope: Envelope, text: str, html: str) -> byt
         f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n',
         "\r\n",
     ]
-    for subtype, body in (("plain", text), ("html", html)):
-        parts += [
-            f"--{boundary}\r\n",
-            f'Content-Type: text/{subtype}; charset="utf-8"\r\n',
-            "Content-Transfer-Encoding: quoted-printable\r\n",
-            "\r\n",
-            _qp(body),
-            "\r\n",
-        ]
-    parts.append(f"--{boundary}--\r\n")
     # ASCII but for a UTF-8 local part, which RFC 6532 writes as it is.
-    return "".join(parts).encode("utf-8")
+    message = ["".join(parts).encode("utf-8")]
+    for subtype, body in ((b"plain", text), (b"html", html)):
+        message += [
+            b'--%s\r\nContent-Type: text/%s; charset="utf-8"\r\n'
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" % (boundary_bytes, subtype),
+            _qp(body),
+            b"\r\n",
+        ]
+    message.append(b"--%s--\r\n" % boundary_bytes)
+    return b"".join(message)
 
 
 def build_email(envelope: Envelope, email: RenderedEmail) -> OutgoingEmail:
@@ -448,7 +469,7 @@ def build_email(envelope: Envelope, email: RenderedEmail) -> OutgoingEmail:
     :class:`~triggers.addresses.InvalidAddress` for an address that is not one mailbox.
     """
     normal = _normalise(envelope, email)
-    text, html = _unpaired(email.text), _unpaired(email.html)
+    (text, text_utf8), (html, html_utf8) = _utf8(email.text), _utf8(email.html)
     content = MessageContent(
         sender=Mailbox(normal.sender.wire, normal.sender_name),
         recipient=Mailbox(normal.recipient.wire, normal.recipient_name),
@@ -467,7 +488,7 @@ def build_email(envelope: Envelope, email: RenderedEmail) -> OutgoingEmail:
         normal.message_id,
         normal.sender.wire,
         normal.recipient.wire,
-        _bytes(normal, envelope, text, html),
+        _bytes(normal, envelope, text_utf8, html_utf8),
         content,
         crlf_lines=True,  # headers end in CRLF and hold none; bodies are QP of LF lines
     )
