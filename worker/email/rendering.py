@@ -115,7 +115,19 @@ def _currency_pattern(locale: Locale, digits: int) -> NumberPattern:
 
 
 def _number(value: Decimal | int, locale: Locale) -> str:
+    """``value`` as the locale writes it: ``1.250`` (ro). Numbers of the types templates
+    get (points, years, counts) are remembered by type and text, which identify the
+    value exactly (``Decimal("1.0")`` and ``1`` stay apart): Babel takes 3.6 µs, the
+    cache 0.25 µs (timeit). Huge integers, floats and the rest go to Babel each time."""
+    kind = type(value)
+    if kind is Decimal or (kind is int and -(10**15) < value < 10**15):
+        return _number_text(kind, str(value), locale)
     return format_decimal(value, locale=locale)
+
+
+@lru_cache(maxsize=4096)
+def _number_text(kind: type[int] | type[Decimal], text: str, locale: Locale) -> str:
+    return format_decimal(kind(text), locale=locale)
 
 
 def _date(value: date | datetime, locale: Locale) -> str:

@@ -454,9 +454,13 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
 
     def _finalize(self, value: Any) -> Any:
         """Every ``{{ … }}`` passes here: check its size before it is turned into text.
-        Most values are text, whose weight is its length (no call to :func:`weight`)."""
-        size = len(value) if isinstance(value, str) else weight(value, self.limits.max_value)
-        self.sizes.refuse_if(size, "an output value")
+        Most values are text, whose weight is its length (no call to :func:`weight`), and
+        fit: the refusal is called only for a value over the limit (some 50 values an
+        email)."""
+        max_value = self.limits.max_value
+        size = len(value) if isinstance(value, str) else weight(value, max_value)
+        if size > max_value:
+            self.sizes.refuse_if(size, "an output value")
         current = _BUDGET.get()
         if current is not None:
             current.step(size)
