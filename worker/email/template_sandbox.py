@@ -46,6 +46,7 @@ from pathlib import Path
 from string import Formatter
 from typing import Any, cast
 
+import markupsafe
 from jinja2 import BaseLoader, Environment, Template, TemplateNotFound, nodes, pass_context
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateRuntimeError
@@ -290,6 +291,18 @@ _STR_METHODS_WITH_WIDTH = frozenset({"ljust", "rjust", "center", "zfill"})
 _STR_METHODS_REFUSED = frozenset({"translate", "maketrans", "expandtabs"})
 
 
+def _escaped_markup_text(text: str) -> str:
+    return str(markupsafe.escape(text))
+
+
+_ESCAPE_TEXT: Callable[[str], str] = (
+    getattr(markupsafe, "_escape_inner", None) or _escaped_markup_text
+)
+"""MarkupSafe's own escaping of a ``str`` (its C function, which ``markupsafe.escape``
+calls and then wraps in ``Markup`` in Python: 21 ns against 268 ns for a 30-character
+name, timeit); ``markupsafe.escape`` itself should a release stop offering it."""
+
+
 class BudgetedSandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox plus the budget of this module (see its docstring)."""
 
@@ -466,6 +479,17 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
             current.step(size)
         return value
 
+    def finalize_escaped(self, value: Any) -> Any:
+        """``escape(finalize(value))`` in one call: what every ``{{ … }}`` of an
+        autoescaped template outputs (see :meth:`BudgetedCodeGenerator._output_child_pre`).
+        A ``str`` comes back escaped as a ``str``: output pieces are only ever joined (a
+        buffer is wrapped in ``Markup`` after joining), so the ``Markup`` that
+        ``markupsafe.escape`` builds for each one in Python is not needed."""
+        value = self._finalize(value)
+        if type(value) is str:
+            return _ESCAPE_TEXT(value)
+        return markupsafe.escape(value)
+
     def _budgeted_filter(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         """The filter with a step and size checks; as a context filter, never constant-folded
         at compile time (where a ``|center(10**9)`` would allocate before any render)."""
@@ -581,6 +605,32 @@ class BudgetedCodeGenerator(CodeGenerator):
         instrumented = _Instrument().visit(node)
         assert isinstance(instrumented, nodes.Template)
         super().visit_Template(instrumented, frame)
+
+    def _escaped_output(self, frame: Frame, finalize: CodeGenerator._FinalizeInfo) -> bool:
+        """An autoescaped ``{{ … }}`` of this module's sandbox: written as one call of
+        ``environment.finalize_escaped`` instead of ``escape(environment.finalize(…))``."""
+        return (
+            isinstance(self.environment, BudgetedSandbox)
+            and not frame.eval_ctx.volatile
+            and bool(frame.eval_ctx.autoescape)
+            and finalize.src == "environment.finalize("
+        )
+
+    def _output_child_pre(
+        self, node: nodes.Expr, frame: Frame, finalize: CodeGenerator._FinalizeInfo
+    ) -> None:
+        if self._escaped_output(frame, finalize):
+            self.write("environment.finalize_escaped(")
+        else:
+            super()._output_child_pre(node, frame, finalize)
+
+    def _output_child_post(
+        self, node: nodes.Expr, frame: Frame, finalize: CodeGenerator._FinalizeInfo
+    ) -> None:
+        if self._escaped_output(frame, finalize):
+            self.write(")")
+        else:
+            super()._output_child_post(node, frame, finalize)
 
 
 # Elements that never hold others, and those whose end tag the HTML parser supplies when

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jinja2 import DictLoader, StrictUndefined, TemplateError, TemplateNotFound
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup, escape
 
 from tests.support.factories import make_settings
 from worker.email import template_sandbox
@@ -102,6 +103,31 @@ def test_templates_see_the_environments_globals_and_their_own_first() -> None:
     # The budgeted lipsum, not Jinja's: its size is checked before it is written.
     with pytest.raises(RenderLimitError):
         env.from_string("{{ lipsum(10 ** 6) }}").render()
+
+
+class _Html:
+    def __html__(self) -> str:
+        return "<i>as is</i>"
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=60), number=st.integers() | st.floats(allow_nan=False))
+def test_autoescaped_output_is_markupsafes_escaping_once(text: str, number: float) -> None:
+    """``{{ … }}`` in an autoescaped template goes through one ``finalize_escaped`` call
+    (docs/performance.md): the text is MarkupSafe's escaping of each value, once, also
+    through a macro, a ``{% set %}`` block and a filter block (buffers wrapped in Markup)."""
+    source = (
+        "{% macro m(v) %}<b>{{ v }}</b>{% endmacro %}{% set block %}[{{ t }}]{% endset %}"
+        "{{ t }}|{{ n }}|{{ h }}|{{ safe }}|{{ m(t) }}|{{ block }}|"
+        "{% filter upper %}{{ t }}{% endfilter %}"
+    )
+    env = BudgetedSandbox(autoescape=True)
+    assert "finalize_escaped" in str(env.compile(source, raw=True))
+    values = {"t": text, "n": number, "h": _Html(), "safe": Markup("<u>")}
+    jinja = ImmutableSandboxedEnvironment(autoescape=True).from_string(source).render(values)
+    assert env.from_string(source).render(values) == jinja
+    e = str(escape(text))
+    assert jinja.startswith(f"{e}|{escape(number)}|<i>as is</i>|<u>|<b>{e}</b>|[{e}]|")
 
 
 def test_templates_are_remembered_by_name_only_when_they_never_reload() -> None:
