@@ -121,13 +121,13 @@ def _number(value: Decimal | int, locale: Locale) -> str:
     cache 0.25 µs (timeit). Huge integers, floats and the rest go to Babel each time."""
     kind = type(value)
     if kind is Decimal or (kind is int and -(10**15) < value < 10**15):
-        return _number_text(kind, str(value), locale)
+        return _number_text(str(value), kind is Decimal, locale)
     return format_decimal(value, locale=locale)
 
 
 @lru_cache(maxsize=4096)
-def _number_text(kind: type[int] | type[Decimal], text: str, locale: Locale) -> str:
-    return format_decimal(kind(text), locale=locale)
+def _number_text(text: str, decimal: bool, locale: Locale) -> str:
+    return format_decimal(Decimal(text) if decimal else int(text), locale=locale)
 
 
 def _date(value: date | datetime, locale: Locale) -> str:
