@@ -54,10 +54,6 @@ class OutgoingEmail:
 
     ``content`` is the same message as fields; providers that send raw MIME (file, SMTP,
     Mailgun, SES) never read it, so it may be absent where only bytes exist.
-    ``crlf_lines`` says that every line of ``data`` ends with CRLF, and no CR or LF stands
-    anywhere else (what :func:`worker.email.mime.build_email` writes, and sets it for);
-    SMTP then skips counting line ends before the DATA transfer. Anything else leaves
-    it False and gets its line ends checked.
     """
 
     send_id: int
@@ -66,7 +62,6 @@ class OutgoingEmail:
     recipient: str
     data: bytes
     content: MessageContent | None = None
-    crlf_lines: bool = False
 
     @property
     def needs_smtputf8(self) -> bool:

@@ -490,7 +490,6 @@ def build_email(envelope: Envelope, email: RenderedEmail) -> OutgoingEmail:
         normal.recipient.wire,
         _bytes(normal, envelope, text_utf8, html_utf8),
         content,
-        crlf_lines=True,  # headers end in CRLF and hold none; bodies are QP of LF lines
     )
 
 

@@ -443,18 +443,3 @@ def test_encoded_words_are_the_ones_email_header_writes(text: str, header: str) 
 )
 def test_printable_ascii_folds_as_email_header_folds_it(text: str, header: str) -> None:
     assert mime._folded_ascii(text, header) == _header_folding(text, "us-ascii", header)
-
-
-@settings(max_examples=300, deadline=None)
-@given(plain=awkward_body, html=awkward_body, subject=st.text(max_size=100))
-def test_built_messages_have_crlf_line_ends_only_as_they_claim(
-    plain: str, html: str, subject: str
-) -> None:
-    """``crlf_lines`` lets SMTP skip its line-end check: it must hold for any body and
-    subject (a bare CR or LF could end the DATA early at a lenient server)."""
-    subject = subject.replace("\r", " ").replace("\n", " ").replace("\x00", " ")
-    email = build_email(_envelope(), RenderedEmail(subject, html, plain))
-    data = email.data
-    assert email.crlf_lines
-    assert data.endswith(b"\r\n")
-    assert data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n")

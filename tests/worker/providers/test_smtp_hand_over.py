@@ -133,19 +133,6 @@ def test_dot_stuffing_gives_the_rfc_5321_wire_form(data: bytes) -> None:
     assert _dot_stuffed(data) == _reference_dot_stuffed(data)
 
 
-@given(
-    st.lists(st.sampled_from([b"", b".", b"..", b"a", b".a", b"a.b", b" ."]), max_size=8).map(
-        b"\r\n".join
-    ),
-    st.booleans(),
-)
-def test_dot_stuffing_of_crlf_lines_skips_only_the_line_end_check(data: bytes, end: bool) -> None:
-    """Bytes whose lines all end in CRLF (what ``build_email`` marks ``crlf_lines``) get
-    the same wire form without their line ends counted."""
-    data += b"\r\n" if end else b""
-    assert _dot_stuffed(data, crlf_lines=True) == _reference_dot_stuffed(data)
-
-
 @pytest.mark.parametrize(
     "address",
     ["ana@example.ro", "josé@exämple.ro", "a.b+tag@sub.example.com", '"odd name"@example.ro'],
