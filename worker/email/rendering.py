@@ -115,7 +115,19 @@ def _currency_pattern(locale: Locale, digits: int) -> NumberPattern:
 
 
 def _number(value: Decimal | int, locale: Locale) -> str:
+    """``value`` as the locale writes it: ``1.250`` (ro). Numbers of the types templates
+    get (points, years, counts) are remembered by type and text, which identify the
+    value exactly (``Decimal("1.0")`` and ``1`` stay apart): Babel takes 3.6 µs, the
+    cache 0.25 µs (timeit). Huge integers, floats and the rest go to Babel each time."""
+    kind = type(value)
+    if kind is Decimal or (kind is int and -(10**15) < value < 10**15):
+        return _number_text(str(value), kind is Decimal, locale)
     return format_decimal(value, locale=locale)
+
+
+@lru_cache(maxsize=4096)
+def _number_text(text: str, decimal: bool, locale: Locale) -> str:
+    return format_decimal(Decimal(text) if decimal else int(text), locale=locale)
 
 
 def _date(value: date | datetime, locale: Locale) -> str:
@@ -279,14 +291,23 @@ class Renderer:
         return RenderedEmail(subject=subject, html=html, text=text.strip() + "\n")
 
     def _output(self, template: Template, values: dict[str, Any]) -> str:
-        """The template's output, collected piece by piece up to ``limits.max_output``."""
+        """The template's output, collected piece by piece up to ``limits.max_output``.
+
+        What ``template.generate(values)`` yields, without its generator in between (each
+        of some 130 pieces an email went through one more ``yield from``) or its copy of
+        ``values`` (the new context copies them already); an exception gets the same
+        template traceback from ``handle_exception``."""
         pieces: list[str] = []
         size = 0
-        for piece in template.generate(values):
-            size += len(piece)
-            if size > self.limits.max_output:
-                raise RenderLimitError(
-                    f"render limit: output longer than {self.limits.max_output} characters"
-                )
-            pieces.append(piece)
+        limit = self.limits.max_output
+        try:
+            for piece in template.root_render_func(template.new_context(values)):
+                size += len(piece)
+                if size > limit:
+                    break
+                pieces.append(piece)
+        except Exception:
+            self.env.handle_exception()
+        if size > limit:
+            raise RenderLimitError(f"render limit: output longer than {limit} characters")
         return "".join(pieces)

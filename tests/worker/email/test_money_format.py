@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
 
-from babel.numbers import get_currency_symbol, parse_decimal
+from babel.numbers import format_decimal, get_currency_symbol, parse_decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ from tests.triggers.test_money import ISO_4217_MINOR_UNITS, half_up
 from triggers.campaigns import BundleOffer
 from triggers.offers import Product, bundle_offer, resolve_offer
 from worker.email.email_context import offer_context, sample_offer
-from worker.email.rendering import _money_text, babel_locale, format_money
+from worker.email.rendering import _money_text, _number, babel_locale, format_money
 
 LOCALES = ("en", "ja", "it", "ro", "fr", "de", "de_CH", "hi", "ar", "es_CL")
 # Marks that set text direction around numbers in RTL locales: not part of the amount.
@@ -158,3 +159,27 @@ def test_a_remembered_amount_is_written_as_a_fresh_one(
         for form in forms:
             fresh = _money_text.__wrapped__(str(form), currency, where)
             assert format_money(form, currency, where) == fresh
+
+
+def _outcome(write: Callable[[], str]) -> str | type[BaseException]:
+    try:
+        return write()
+    except Exception as exc:  # Babel refuses some values (bool, beyond 28 digits)
+        return type(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.integers(-(10**16), 10**16)
+    | st.decimals(allow_nan=False, allow_infinity=False, places=3)
+    | st.sampled_from([Decimal("1.0"), Decimal("1"), Decimal("-0"), Decimal("1E+3"), True]),
+    locale=st.sampled_from(["en", "ro-RO", "it-IT", "ja", "de-CH"]),
+)
+def test_number_is_what_babel_writes_for_the_same_value(value: int | Decimal, locale: str) -> None:
+    """``number()`` remembers its text by type and text of the value (docs/performance.md):
+    the text (or the error) is Babel's for that very value, ``Decimal("1.0")`` and ``1``
+    each their own."""
+    tag = babel_locale(locale)
+    assert _outcome(lambda: _number(value, tag)) == _outcome(
+        lambda: format_decimal(value, locale=tag)
+    )

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jinja2 import DictLoader, StrictUndefined, TemplateError
+from jinja2 import DictLoader, StrictUndefined, TemplateError, TemplateNotFound
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup, escape
 
 from tests.support.factories import make_settings
 from worker.email import template_sandbox
@@ -102,6 +103,55 @@ def test_templates_see_the_environments_globals_and_their_own_first() -> None:
     # The budgeted lipsum, not Jinja's: its size is checked before it is written.
     with pytest.raises(RenderLimitError):
         env.from_string("{{ lipsum(10 ** 6) }}").render()
+
+
+class _Html:
+    def __html__(self) -> str:
+        return "<i>as is</i>"
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=60), number=st.integers() | st.floats(allow_nan=False))
+def test_autoescaped_output_is_markupsafes_escaping_once(text: str, number: float) -> None:
+    """``{{ … }}`` in an autoescaped template goes through one ``finalize_escaped`` call
+    (docs/performance.md): the text is MarkupSafe's escaping of each value, once, also
+    through a macro, a ``{% set %}`` block and a filter block (buffers wrapped in Markup)."""
+    source = (
+        "{% macro m(v) %}<b>{{ v }}</b>{% endmacro %}{% set block %}[{{ t }}]{% endset %}"
+        "{{ t }}|{{ n }}|{{ h }}|{{ safe }}|{{ m(t) }}|{{ block }}|"
+        "{% filter upper %}{{ t }}{% endfilter %}"
+    )
+    env = BudgetedSandbox(autoescape=True)
+    assert "finalize_escaped" in str(env.compile(source, raw=True))
+    values = {"t": text, "n": number, "h": _Html(), "safe": Markup("<u>")}
+    jinja = ImmutableSandboxedEnvironment(autoescape=True).from_string(source).render(values)
+    assert env.from_string(source).render(values) == jinja
+    e = str(escape(text))
+    assert jinja.startswith(f"{e}|{escape(number)}|<i>as is</i>|<u>|<b>{e}</b>|[{e}]|")
+
+
+def test_templates_are_remembered_by_name_only_when_they_never_reload() -> None:
+    """``get_template`` answers as Jinja's cache did: one template per name for an
+    environment without ``auto_reload``, the same errors for a missing name every time,
+    a new loader's templates after the loader is replaced, reloads when ``auto_reload``."""
+    files = {
+        "base": "[{% block b %}{% endblock %}]",
+        "t": '{% extends "base" %}{% block b %}x{% include "part" %}{% endblock %}',
+        "part": "p",
+    }
+    env = BudgetedSandbox(loader=DictLoader(files), auto_reload=False)
+    first = env.get_template("t")
+    assert env.get_template("t") is first
+    assert env.get_template("base", parent="t") is env.get_template("base")
+    assert first.render() == "[xp]"
+    for _ in range(2):
+        with pytest.raises(TemplateNotFound):
+            env.get_template("missing")
+    env.loader = DictLoader({"t": "other"})
+    assert env.get_template("t").render() == "other"
+    files["part"] = "q"
+    reloading = BudgetedSandbox(loader=DictLoader(files), auto_reload=True)
+    assert reloading.get_template("t").render() == "[xq]"
 
 
 def _renderer(tmp_path: Path, files: dict[str, str], **limits: Any) -> Renderer:
