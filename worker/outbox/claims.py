@@ -108,11 +108,16 @@ def _claim_waiting() -> ReturningUpdate[int, int]:
 # "Statements built once"). A bound parameter may not be named like a column, hence
 # ``b_``; the SET clause of ``HAND_OVER`` and ``STEP_ACTIVE`` is made from the other
 # parameters' keys (one compiled form per set of keys).
-CLAIM_SKIP_LOCKED, CLAIM_WAITING = _claim_statement(True), _claim_statement(False)
+CLAIM_SKIP_LOCKED, CLAIM_WAITING = _claim_skip_locked(), _claim_waiting()
+# The hand-over finds its row by primary key only. Its claim is checked as one
+# expression, the token of the row's live claim (NULL unless ``sending``), which no index
+# matches: as ``status = 'sending'`` the planner took ``ix_sends_status_send_at`` under the
+# statistics of a growing table (a sends table analyzed before any row was ``sending``)
+# and read every ``sending`` entry for each row, 72 buffers per hand-over instead of 25
+# (docs/performance.md, "PostgreSQL work per email").
 HAND_OVER = update(SENDS_TABLE).where(
     SENDS_TABLE.c.id == bindparam("b_id"),
-    SENDS_TABLE.c.claim_token == bindparam("b_token"),
-    SENDS_TABLE.c.status == "sending",
+    case((SENDS_TABLE.c.status == "sending", SENDS_TABLE.c.claim_token)) == bindparam("b_token"),
 )
 STEP_ACTIVE = update(ENROLLMENTS).where(
     ENROLLMENTS.c.id == bindparam("b_id"), ENROLLMENTS.c.status == "active"
@@ -265,7 +270,9 @@ def release(
 
 
 def renew(engine: Engine, token: str, now: datetime, lease: timedelta) -> int:
-    """Extend the lease of every row this token still holds; returns how many."""
+    """Extend the lease of every row this token still holds; returns how many. The rows
+    are found among the ``sending`` ones (``ix_sends_status_send_at``): ``claim_token``
+    has no index of its own (migration 0016)."""
     with engine.begin() as connection:
         result = connection.execute(
             update(Send)
