@@ -38,7 +38,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from triggers.addresses import lookup_key
 from triggers.events import Consent, CustomerData, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, purchase_of
-from worker.core.dialect_insert import among
+from worker.core.dialect_insert import among, array_parameter
 from worker.core.models import ConsentRecord, Customer, Suppression
 from worker.records.activity import record_activity
 from worker.records.privacy import suppression_keys
@@ -109,14 +109,14 @@ def write_customers(session: Session, customers: Iterable[Customer]) -> int:
     written = 0
     for changed, group in groups.items():
         sql, processors = _update_plan(dialect, changed)
-        parameters: dict[str, Any] = {"ids": [customer.id for customer in group]}
+        parameters: dict[str, Any] = {"ids": array_parameter([customer.id for customer in group])}
         for index, (name, process) in enumerate(zip(changed, processors, strict=True)):
             values = [getattr(customer, name) for customer in group]
             if name in _JSON_COLUMNS:
                 serializer = getattr(dialect, "_json_serializer", None) or json.dumps
                 parameters[f"c{index}"] = serializer(values)
             else:
-                parameters[f"c{index}"] = (
+                parameters[f"c{index}"] = array_parameter(
                     values if process is None else [process(v) for v in values]
                 )
         with session.no_autoflush:  # the ORM would write these customers first
