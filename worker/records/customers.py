@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 from sqlalchemy import JSON, Dialect, Table, delete, func, inspect, select, text
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.orm.state import InstanceState
 
 from triggers.addresses import lookup_key
 from triggers.events import Consent, CustomerData, PurchaseEvent
@@ -92,26 +92,30 @@ def write_customers(session: Session, customers: Iterable[Customer]) -> int:
     row is missing (the ORM's own check), and what the database raises."""
     if session.get_bind().dialect.name != "postgresql":
         return 0
-    groups: dict[tuple[str, ...], list[Customer]] = {}
+    groups: dict[tuple[str, ...], list[InstanceState[Customer]]] = {}
     for customer in customers:
         state = inspect(customer)
         if not state.persistent or not state.modified:
             continue
-        unmodified = state.unmodified
-        changed = tuple(name for name in _WRITABLE if name not in unmodified)
-        if changed and all(
-            isinstance(getattr(customer, name), dict | list)
-            for name in changed
-            if name in _JSON_COLUMNS
+        committed = state.committed_state
+        changed = tuple(name for name in _WRITABLE if name in committed)
+        if (
+            changed
+            and len(changed) == len(committed)
+            and all(
+                isinstance(getattr(customer, name), dict | list)
+                for name in changed
+                if name in _JSON_COLUMNS
+            )
         ):
-            groups.setdefault(changed, []).append(customer)
+            groups.setdefault(changed, []).append(state)
     dialect = session.get_bind().dialect
     written = 0
     for changed, group in groups.items():
         sql, processors = _update_plan(dialect, changed)
-        parameters: dict[str, Any] = {"ids": array_parameter([customer.id for customer in group])}
+        parameters: dict[str, Any] = {"ids": array_parameter([state.dict["id"] for state in group])}
         for index, (name, process) in enumerate(zip(changed, processors, strict=True)):
-            values = [getattr(customer, name) for customer in group]
+            values = [state.dict[name] for state in group]
             if name in _JSON_COLUMNS:
                 serializer = getattr(dialect, "_json_serializer", None) or json.dumps
                 parameters[f"c{index}"] = serializer(values)
@@ -127,9 +131,11 @@ def write_customers(session: Session, customers: Iterable[Customer]) -> int:
                 f"UPDATE statement on table 'customers' expected to update {len(group)} "
                 f"row(s); {matched} were matched."
             )
-        for customer in group:
-            for name in changed:
-                set_committed_value(customer, name, getattr(customer, name))
+        # What the flush does once it has written a row: every attribute committed, the
+        # row no longer modified (so the next flush has nothing to look at).
+        InstanceState._commit_all_states(
+            [(state, state.dict) for state in group], session.identity_map
+        )
         written += len(group)
     return written
 
@@ -208,6 +214,22 @@ def apply_upsert(
     ``purchase`` (a new order of this customer's; the caller knows it is new) also
     updates the purchase aggregates, in the same pass over the row: one profile read and
     one write per event. Its rows come from :func:`order_rows`."""
+    return apply_upsert_profiled(session, customer, data, now, created=created, purchase=purchase)[
+        0
+    ]
+
+
+def apply_upsert_profiled(
+    session: Session,
+    customer: Customer | None,
+    data: CustomerData,
+    now: datetime,
+    *,
+    created: bool = False,
+    purchase: PurchaseEvent | None = None,
+) -> tuple[Customer, CustomerProfile]:
+    """:func:`apply_upsert`, and the profile it stored: equal to what :func:`profile_of`
+    reads back from the row, without reading it again (ingest decides on it next)."""
     if customer is None:
         customer = new_customer(session, data.id, now)
         created = True
@@ -221,7 +243,7 @@ def apply_upsert(
     _store(customer, profile)
     if data.consent is not None and data.consent.kinds:
         _apply_kinds(session, customer, data.consent, now, record=not created)
-    return customer
+    return customer, profile
 
 
 # How far a CRM's clock may run ahead of ours before its ``updated_at`` stops being

@@ -129,6 +129,8 @@ def _changed_and_stored(url: str, prefix: str, change: Change, *, core: bool) ->
             assert written == (len(ids) if url.startswith("postgresql") else 0)
             if written:
                 assert not any(session.is_modified(c) for c in customers.values())
+                # Nothing left for the flush to look at, as after the flush's own write.
+                assert not set(session.dirty) & set(customers.values())
         session.flush()
 
 
