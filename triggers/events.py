@@ -473,7 +473,7 @@ _DECODER = json.JSONDecoder(
 )
 """Built once: ``json.loads(text, **hooks)`` is ``JSONDecoder(**hooks).decode(text)``,
 a new decoder and scanner per body. ``load_json`` of a benchmark purchase, minimum of
-15 × 4,000: 12.2/13.8 → 11.1/11.6 µs (loaded machine; docs/performance.md, "Ingest").
+15 runs of 4,000: 12.2/13.8 → 11.1/11.6 µs (loaded machine; docs/performance.md, "Ingest").
 Shared between threads as the ``json`` module shares its own default decoder."""
 
 
