@@ -12,19 +12,68 @@ used for ``RETURNING``) is a new statement text per batch size, which the driver
 again every time (psycopg caches no statement over 4 kB or 50 parameters): for 200 sends
 of 14 columns, 92 kB of SQL and 17 ms of client CPU per batch, before the server parses
 it (docs/performance.md, "Ingest").
+
+Array parameters of strings, integers, booleans and aware datetimes travel in psycopg's
+binary format (:func:`array_parameter`): its text format quotes and escapes each element
+in Python, 0.4 µs per string and 2.2 µs per datetime, against about 0.1 µs in binary
+(200 values, median of 200 dumps; docs/performance.md, "Ingest").
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Dialect, Row, String, Table, any_, bindparam, text
+from psycopg import adapters
+from psycopg.types.array import ListBinaryDumper
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Dialect,
+    Row,
+    String,
+    Table,
+    TypeDecorator,
+    any_,
+    bindparam,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.type_api import _BindProcessorType
+
+
+class BinaryArray(list[Any]):
+    """A list psycopg sends as a binary array (``ListBinaryDumper``, registered below for
+    every connection made after this import; one made before sends it as text, the same
+    array). Build it with :func:`array_parameter`, which checks its elements."""
+
+
+adapters.register_dumper(BinaryArray, ListBinaryDumper)
+
+_BINARY_ELEMENTS = (str, int, bool)
+
+
+def array_parameter(values: list[Any]) -> list[Any]:
+    """``values`` as an array parameter: a :class:`BinaryArray` when every value, None
+    aside, has one type among ``str``, ``int``, ``bool`` and ``datetime`` with a time
+    zone, which psycopg's binary dumpers write as the text format would have been read
+    (same array type, same values); else ``values`` as they are, in text format (a
+    ``Decimal``: psycopg's binary numeric is slower than its text; an empty or all-None
+    list; mixed types)."""
+    kinds = {type(value) for value in values}
+    kinds.discard(type(None))
+    if len(kinds) != 1:
+        return values
+    kind = kinds.pop()
+    if kind in _BINARY_ELEMENTS:
+        return BinaryArray(values)
+    if kind is datetime and all(value is None or value.tzinfo is not None for value in values):
+        return BinaryArray(values)
+    return values
 
 
 def insert_for(session: Session, model: Any) -> postgresql.Insert | sqlite.Insert:
@@ -79,7 +128,9 @@ def insert_rows(
             serializer = getattr(dialect, "_json_serializer", None) or json.dumps
             parameters[f"c{index}"] = serializer(values)
         else:
-            parameters[f"c{index}"] = values if process is None else [process(v) for v in values]
+            parameters[f"c{index}"] = array_parameter(
+                values if process is None else [process(v) for v in values]
+            )
     result = session.execute(text(sql), parameters)
     return list(result) if returning else []
 
@@ -171,7 +222,26 @@ def among(
     if session.get_bind().dialect.name != "postgresql":
         return column.in_(wanted)
     element = column.__clause_element__() if isinstance(column, QueryableAttribute) else column
-    # VARCHAR without a length: a cast to VARCHAR(n)[] would cut a longer value to a prefix
-    # that might equal a stored one, where IN compares it whole.
-    item = String() if isinstance(element.type, String) else element.type
-    return element == any_(bindparam(None, wanted, type_=postgresql.ARRAY(item)))
+    if isinstance(element.type, String):
+        # VARCHAR without a length: a cast to VARCHAR(n)[] would cut a longer value to a
+        # prefix that might equal a stored one, where IN compares it whole.
+        return element == any_(bindparam(None, wanted, type_=_StringArray()))
+    return element == any_(bindparam(None, wanted, type_=postgresql.ARRAY(element.type)))
+
+
+class _StringArray(TypeDecorator[list[Any]]):
+    """``VARCHAR[]`` whose value reaches the driver through :func:`array_parameter` (the
+    ARRAY type's own bind processing copies it into a plain list, sent as text)."""
+
+    impl = postgresql.ARRAY(String())
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> _BindProcessorType[list[Any]]:
+        return _string_array
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return _string_array(value)
+
+
+def _string_array(value: Any) -> Any:
+    return None if value is None else array_parameter(list(value))

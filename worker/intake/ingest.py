@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from triggers.decide import MARKETING_HISTORY, PastSend, Policy, decide
 from triggers.events import AnyEvent, PurchaseEvent
+from triggers.facts import CustomerProfile
 from triggers.outcomes import Decision, SkipReason
 from triggers.rule_set import RuleSet
 from worker.core.dialect_insert import among, insert_rows
@@ -49,7 +50,7 @@ from worker.decide.attribution import (
 from worker.decide.decision_inputs import BatchInputs, decision_inputs, decision_inputs_many
 from worker.offers.offer_resolution import CatalogMemo
 from worker.records.customers import (
-    apply_upsert,
+    apply_upsert_profiled,
     lock_customers,
     new_customer,
     order_rows,
@@ -298,7 +299,7 @@ def ingest_batch(
                 if isinstance(event, PurchaseEvent) and event.data.order_id not in known_orders
                 else None
             )
-            apply_upsert(
+            customer, profile = apply_upsert_profiled(
                 session,
                 customer,
                 event.customer,
@@ -316,7 +317,7 @@ def ingest_batch(
                 lines.extend(order_lines)
                 known_orders.add(purchase.data.order_id)
             decided[position] = _plan(
-                batch, rules, policy, customer, event, position, enrolled, config
+                batch, rules, policy, customer, profile, event, position, enrolled, config
             )
 
     # The customers' new state, before any statement can autoflush them one by one.
@@ -340,14 +341,16 @@ def _plan(
     rules: RuleSet,
     policy: Policy,
     customer: Customer,
+    profile: CustomerProfile,
     event: AnyEvent,
     position: int,
     enrolled: set[str],
     config: AttributionConfig,
 ) -> tuple[Decision, ...]:
-    """Decide one event on its customer's current inputs and queue what it plans."""
+    """Decide one event on its customer's current inputs and queue what it plans;
+    ``profile`` is the customer's as the event's upsert left it."""
     session, now = batch.session, batch.now
-    inputs = batch.inputs.for_event(session, event, now, customer)
+    inputs = batch.inputs.for_event(session, event, now, customer, profile=profile)
     # Sequences first: an event that exits one does so before anything more is planned.
     # They read enrollments and consent in SQL: flush what earlier events changed first.
     if customer.id in enrolled:

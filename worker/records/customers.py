@@ -23,22 +23,23 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Literal
 
-from sqlalchemy import JSON, Dialect, Table, delete, func, inspect, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import JSON, Dialect, Row, Table, Text, cast, delete, func, inspect, select, text
+from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.orm.state import InstanceState
 
 from triggers.addresses import lookup_key
 from triggers.events import Consent, CustomerData, PurchaseEvent
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, purchase_of
-from worker.core.dialect_insert import among
+from worker.core.dialect_insert import among, array_parameter
 from worker.core.models import ConsentRecord, Customer, Suppression
 from worker.records.activity import record_activity
 from worker.records.privacy import suppression_keys
@@ -64,17 +65,59 @@ def lock_customers(session: Session, ids: Iterable[str]) -> dict[str, Customer]:
     """The stored customers among ``ids``, locked until the transaction ends (one query).
 
     Locked in id order, so two consumers whose batches share customers take the locks in
-    the same order and wait for each other instead of deadlocking."""
+    the same order and wait for each other instead of deadlocking. On PostgreSQL the
+    JSON columns come as their stored text and are decoded together
+    (:func:`_load_json_columns`)."""
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    rows = session.scalars(
-        select(Customer)
-        .where(among(session, Customer.id, wanted))
-        .order_by(Customer.id)
-        .with_for_update()
-    )
-    return {customer.id: customer for customer in rows}
+    statement = (
+        select(Customer).where(among(session, Customer.id, wanted)).order_by(Customer.id)
+    ).with_for_update()
+    dialect = session.get_bind().dialect
+    if dialect.name != "postgresql":
+        return {customer.id: customer for customer in session.scalars(statement)}
+    rows = session.execute(
+        statement.add_columns(*(cast(_CUSTOMERS.c[name], Text) for name in _JSON_NAMES)).options(
+            *(defer(getattr(Customer, name)) for name in _JSON_NAMES)
+        )
+    ).all()
+    _load_json_columns(dialect, rows)
+    return {row[0].id: row[0] for row in rows}
+
+
+def _load_json_columns(dialect: Dialect, rows: Sequence[Row[Any]]) -> None:
+    """Give each customer its JSON columns from their stored texts (``rows``: a customer,
+    then one text per :data:`_JSON_NAMES`), decoded by one call of the engine's JSON
+    deserializer on one array of them.
+
+    Loaded as columns, each document is decoded by its own call: four per customer, and
+    ``worker.core.db.json_loads`` builds a decoder on every call. lock_customers for 200
+    customers took 3.8 ms of CPU that way and 3.0-3.2 ms this way (minimum of 150,
+    collector as the consumer sets it). A ``json`` value is valid JSON text, so the
+    array decodes to the same values. A customer the session already held keeps the
+    values it has, as the ORM's load does: only attributes the load left unloaded are
+    set, as committed."""
+    targets: list[tuple[Customer, str]] = []
+    documents: list[str] = []
+    for row in rows:
+        customer: Customer = row[0]
+        loaded = customer.__dict__
+        texts: tuple[str | None, ...] = tuple(row[1:])
+        for name, document in zip(_JSON_NAMES, texts, strict=True):
+            if name in loaded:
+                continue
+            if document is None:
+                set_committed_value(customer, name, None)
+                continue
+            targets.append((customer, name))
+            documents.append(document)
+    if not documents:
+        return
+    deserializer = getattr(dialect, "_json_deserializer", None) or json.loads
+    values = deserializer("[" + ",".join(documents) + "]")
+    for (customer, name), value in zip(targets, values, strict=True):
+        set_committed_value(customer, name, value)
 
 
 def write_customers(session: Session, customers: Iterable[Customer]) -> int:
@@ -92,31 +135,35 @@ def write_customers(session: Session, customers: Iterable[Customer]) -> int:
     row is missing (the ORM's own check), and what the database raises."""
     if session.get_bind().dialect.name != "postgresql":
         return 0
-    groups: dict[tuple[str, ...], list[Customer]] = {}
+    groups: dict[tuple[str, ...], list[InstanceState[Customer]]] = {}
     for customer in customers:
         state = inspect(customer)
         if not state.persistent or not state.modified:
             continue
-        unmodified = state.unmodified
-        changed = tuple(name for name in _WRITABLE if name not in unmodified)
-        if changed and all(
-            isinstance(getattr(customer, name), dict | list)
-            for name in changed
-            if name in _JSON_COLUMNS
+        committed = state.committed_state
+        changed = tuple(name for name in _WRITABLE if name in committed)
+        if (
+            changed
+            and len(changed) == len(committed)
+            and all(
+                isinstance(getattr(customer, name), dict | list)
+                for name in changed
+                if name in _JSON_COLUMNS
+            )
         ):
-            groups.setdefault(changed, []).append(customer)
+            groups.setdefault(changed, []).append(state)
     dialect = session.get_bind().dialect
     written = 0
     for changed, group in groups.items():
         sql, processors = _update_plan(dialect, changed)
-        parameters: dict[str, Any] = {"ids": [customer.id for customer in group]}
+        parameters: dict[str, Any] = {"ids": array_parameter([state.dict["id"] for state in group])}
         for index, (name, process) in enumerate(zip(changed, processors, strict=True)):
-            values = [getattr(customer, name) for customer in group]
+            values = [state.dict[name] for state in group]
             if name in _JSON_COLUMNS:
                 serializer = getattr(dialect, "_json_serializer", None) or json.dumps
                 parameters[f"c{index}"] = serializer(values)
             else:
-                parameters[f"c{index}"] = (
+                parameters[f"c{index}"] = array_parameter(
                     values if process is None else [process(v) for v in values]
                 )
         with session.no_autoflush:  # the ORM would write these customers first
@@ -127,9 +174,11 @@ def write_customers(session: Session, customers: Iterable[Customer]) -> int:
                 f"UPDATE statement on table 'customers' expected to update {len(group)} "
                 f"row(s); {matched} were matched."
             )
-        for customer in group:
-            for name in changed:
-                set_committed_value(customer, name, getattr(customer, name))
+        # What the flush does once it has written a row: every attribute committed, the
+        # row no longer modified (so the next flush has nothing to look at).
+        InstanceState._commit_all_states(
+            [(state, state.dict) for state in group], session.identity_map
+        )
         written += len(group)
     return written
 
@@ -137,6 +186,7 @@ def write_customers(session: Session, customers: Iterable[Customer]) -> int:
 _CUSTOMERS: Table = Customer.__table__  # type: ignore[assignment]
 _WRITABLE = tuple(column.name for column in _CUSTOMERS.c if column.name != "id")
 _JSON_COLUMNS = frozenset(column.name for column in _CUSTOMERS.c if isinstance(column.type, JSON))
+_JSON_NAMES = tuple(sorted(_JSON_COLUMNS))
 # A length or precision on an array cast would cut a value (PostgreSQL truncates on an
 # explicit cast to VARCHAR(n)); cast to the bare type and let the column refuse it.
 _TYPE_MODIFIER = re.compile(r"\(\d+(?:,\s*\d+)?\)")
@@ -208,6 +258,22 @@ def apply_upsert(
     ``purchase`` (a new order of this customer's; the caller knows it is new) also
     updates the purchase aggregates, in the same pass over the row: one profile read and
     one write per event. Its rows come from :func:`order_rows`."""
+    return apply_upsert_profiled(session, customer, data, now, created=created, purchase=purchase)[
+        0
+    ]
+
+
+def apply_upsert_profiled(
+    session: Session,
+    customer: Customer | None,
+    data: CustomerData,
+    now: datetime,
+    *,
+    created: bool = False,
+    purchase: PurchaseEvent | None = None,
+) -> tuple[Customer, CustomerProfile]:
+    """:func:`apply_upsert`, and the profile it stored: equal to what :func:`profile_of`
+    reads back from the row, without reading it again (ingest decides on it next)."""
     if customer is None:
         customer = new_customer(session, data.id, now)
         created = True
@@ -221,7 +287,7 @@ def apply_upsert(
     _store(customer, profile)
     if data.consent is not None and data.consent.kinds:
         _apply_kinds(session, customer, data.consent, now, record=not created)
-    return customer
+    return customer, profile
 
 
 # How far a CRM's clock may run ahead of ours before its ``updated_at`` stops being

@@ -3,12 +3,13 @@ Core's multi-row insert stores, value for value; on SQLite it is Core's insert."
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
 from tests.support.factories import insert_customers
@@ -168,3 +169,66 @@ def test_among_is_in(database_url: str) -> None:
             list(session.scalars(select(Customer.id).where(among(session, Customer.id, longer))))
             == []
         )
+
+
+def test_array_parameter_is_binary_only_for_one_known_element_type() -> None:
+    """Binary for strings, integers, booleans and aware datetimes (None allowed among
+    them); the text format, as before, for anything else."""
+    from worker.core.dialect_insert import BinaryArray, array_parameter
+
+    binary = [
+        ["a", None, "b"],
+        [1, 2**40],
+        [True, None],
+        [NOW, None, NOW + timedelta(microseconds=1)],
+    ]
+    for values in binary:
+        sent = array_parameter(values)
+        assert isinstance(sent, BinaryArray) and sent == values
+    text = [[], [None], ["a", 1], [True, 1], [Decimal("1.5")], [datetime(2026, 1, 1), NOW]]
+    for values in text:
+        assert type(array_parameter(values)) is list
+
+
+@pytest.mark.parametrize(
+    ("values", "sql_type"),
+    [
+        ([*AWKWARD, None, "\\N", "NULL", '"', "{", "}", "a\tb\nc"], "VARCHAR"),
+        (
+            [
+                NOW,
+                None,
+                datetime(1970, 1, 1, tzinfo=UTC),
+                datetime(2026, 3, 29, 3, 30, 0, 999_999, tzinfo=timezone(timedelta(hours=3))),
+                datetime(8999, 12, 31, 23, 59, 59, tzinfo=timezone(-timedelta(hours=11))),
+            ],
+            "TIMESTAMP WITH TIME ZONE",
+        ),
+        ([0, -1, None, 2**31 - 1, -(2**63), 2**63 - 1], "BIGINT"),
+        ([0, 1, None, 32_767], "INTEGER"),
+        ([True, False, None], "BOOLEAN"),
+    ],
+)
+def test_a_binary_array_reads_as_the_text_one(
+    postgres_url: str, values: list[Any], sql_type: str
+) -> None:
+    """The server reads the same array from psycopg's binary format as from its text."""
+    from worker.core.dialect_insert import BinaryArray, array_parameter
+
+    sent = array_parameter(values)
+    assert isinstance(sent, BinaryArray)
+    query = text(f"SELECT CAST(:binary AS {sql_type}[]), CAST(:text AS {sql_type}[])")
+    with Session(engine_for(postgres_url)) as session:
+        binary, plain = session.execute(query, {"binary": sent, "text": list(values)}).one()
+    assert binary == plain == values
+
+
+def test_out_of_range_integers_are_refused_in_binary_too(postgres_url: str) -> None:
+    """An integer the column cannot hold is the database's refusal either way."""
+    from worker.core.dialect_insert import array_parameter
+
+    query = text("SELECT CAST(:values AS INTEGER[])")
+    for values in ([2**31], [2**63]):
+        for sent in (array_parameter(values), list(values)):
+            with Session(engine_for(postgres_url)) as session, pytest.raises(DataError):
+                session.execute(query, {"values": sent})

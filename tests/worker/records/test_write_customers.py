@@ -129,6 +129,8 @@ def _changed_and_stored(url: str, prefix: str, change: Change, *, core: bool) ->
             assert written == (len(ids) if url.startswith("postgresql") else 0)
             if written:
                 assert not any(session.is_modified(c) for c in customers.values())
+                # Nothing left for the flush to look at, as after the flush's own write.
+                assert not set(session.dirty) & set(customers.values())
         session.flush()
 
 
@@ -179,3 +181,59 @@ def test_a_vanished_row_is_stale_data_as_for_the_orm(postgres_url: str) -> None:
         with pytest.raises(StaleDataError):
             write_customers(session, customers.values())
         session.rollback()
+
+
+JSON_DOCUMENTS: list[dict[str, Any]] = [
+    {"attributes": {}, "categories_bought": [], "skus_owned": [], "opted_out_kinds": []},
+    {
+        "attributes": {
+            "score": Decimal("1.50"),
+            "big": 12345678901234567890,
+            "nested": {"list": [1, "2", None, True, {"x": "ț ș 漢字 😀"}]},
+            "quote": 'a "b" \\ c',
+            "null": None,
+        },
+        "categories_bought": ["books", "laptops"],
+        "skus_owned": ["BOOK-1"],
+        "opted_out_kinds": ["upsell"],
+    },
+]
+
+
+def test_locked_customers_have_the_json_the_orm_loads(database_url: str) -> None:
+    """The JSON columns decoded together (PostgreSQL) equal the ORM's own load."""
+    with Session(engine_for(database_url)) as session, session.begin():
+        ids = _add(session, "j", len(JSON_DOCUMENTS))
+        for customer_id, document in zip(ids, JSON_DOCUMENTS, strict=True):
+            customer = session.get(Customer, customer_id)
+            assert customer is not None
+            for name, value in document.items():
+                setattr(customer, name, value)
+    with Session(engine_for(database_url)) as session, session.begin():
+        plain = {
+            customer.id: {name: getattr(customer, name) for name in JSON_DOCUMENTS[0]}
+            for customer in session.scalars(select(Customer).where(Customer.id.in_(ids)))
+        }
+    with Session(engine_for(database_url)) as session, session.begin():
+        locked = lock_customers(session, ids)
+        for customer_id in ids:
+            customer = locked[customer_id]
+            assert {name: getattr(customer, name) for name in plain[customer_id]} == plain[
+                customer_id
+            ]
+            assert not session.is_modified(customer)
+        assert [plain[customer_id] for customer_id in ids] == JSON_DOCUMENTS
+
+
+def test_a_customer_already_in_the_session_keeps_its_pending_change(database_url: str) -> None:
+    with Session(engine_for(database_url)) as session, session.begin():
+        ids = _add(session, "k", 2)
+    with Session(engine_for(database_url)) as session, session.begin():
+        held = session.get(Customer, ids[0])
+        assert held is not None
+        held.attributes = {"pending": "yes"}
+        with session.no_autoflush:
+            locked = lock_customers(session, ids)
+        assert locked[ids[0]] is held
+        assert held.attributes == {"pending": "yes"}
+        assert session.is_modified(held)
