@@ -237,6 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             runtime.rules.current()  # load and compile the campaigns before any timing
             from worker.intake import consumer
 
+            try:
+                from worker.process import collector as service_collector
+            except ImportError:  # a checkout before the collector settings
+                service_collector = None
+
             path = (
                 f"handle_bodies, batches of {args.batch}"
                 if hasattr(consumer, "handle_bodies")
@@ -244,7 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             # The consumer process's collector settings (``crosssell consume`` runs with
             # them; a checkout before them has none).
-            tuned = getattr(consumer, "collector_for_intake", None)
+            tuned = getattr(service_collector, "collector_for_service", None) or getattr(
+                consumer, "collector_for_intake", None
+            )
             collector = "default" if tuned is None or args.default_gc else "as crosssell consume"
             print(
                 f"ingest on PostgreSQL ({consumer.__file__}): {args.events} events per round, "

@@ -11,13 +11,10 @@ and only a lost database connection sends the message back to the queue.
 
 from __future__ import annotations
 
-import gc
 import logging
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,6 +32,7 @@ from worker.core.metrics import EVENTS
 from worker.core.redaction import redact
 from worker.core.topology import dead_letter_queue, events_queue, transport_options
 from worker.intake.ingest import IngestResult, ingest_batch
+from worker.process.collector import collector_if_own_process
 from worker.process.runtime import Runtime
 from worker.process.startup import announce
 from worker.records.privacy import forget_from_message
@@ -518,52 +516,21 @@ class _OneLineErrors(logging.Filter):
 logging.getLogger("kombu.mixins").addFilter(_OneLineErrors())
 
 
-YOUNG_COLLECTION_THRESHOLD = 10_000
-"""Allocations between two collections of the youngest generation while consuming
-(CPython's default is 700). A batch of 200 events allocates far more than 700 objects
-that live until its commit, so at 700 the collector ran several times per batch and
-promoted them, then rescanned them in the older generations."""
-
-
-@contextmanager
-def collector_for_intake() -> Iterator[None]:
-    """The garbage collector tuned for consuming, restored on exit.
-
-    What the process built before consuming (modules, mappers, pydantic schemas, caches)
-    is frozen (``gc.freeze``: it stays, and the cyclic collector no longer traverses it
-    on every full collection), and the youngest generation is collected every
-    :data:`YOUNG_COLLECTION_THRESHOLD` allocations. Reference counting still frees
-    every acyclic object at once; cycles are still collected, less often. Measured in
-    ``bench.ingest`` (nothing matching, 10,000 events, a ``gc.callbacks`` timer): the
-    collector took 0.041-0.055 ms of CPU per event over 160,000 tracked objects, and
-    0.003 ms with this (docs/performance.md, "Ingest")."""
-    thresholds = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *thresholds[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
-
-
 def run_consumer(
     runtime: Runtime, started: Callable[[EventConsumer], None] | None = None
 ) -> EventConsumer:
     """Consume until ``should_stop`` is set on the consumer (``started`` receives it).
 
     On its process's main thread (``crosssell consume``: the process is the consumer's)
-    it consumes with :func:`collector_for_intake`; on another thread (``crosssell run``,
-    tests) the process's collector is left as it is: it is not the consumer's to tune."""
+    it consumes with the collector tuned for a service (``worker.process.collector``); on
+    another thread (``crosssell run``, tests) the process's collector is left alone."""
     url = runtime.settings.resolved_events_url
     announce(runtime, "consume")
     with Connection(url, transport_options=transport_options(url)) as connection:
         consumer = EventConsumer(connection, runtime)
         if started is not None:
             started(consumer)
-        alone = threading.current_thread() is threading.main_thread()
-        with collector_for_intake() if alone else nullcontext():
+        with collector_if_own_process():
             _consume(consumer)
         return consumer
 

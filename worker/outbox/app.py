@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import after_setup_logger, worker_ready
+from celery.signals import after_setup_logger, worker_process_init, worker_ready
 
 from triggers.durations import parse_duration
 from worker.core.settings import Settings
@@ -144,3 +144,16 @@ def _announce(**_: Any) -> None:
     from worker.process.startup import announce
 
     announce(get_runtime(), "celery worker")
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator,unused-ignore]
+@worker_process_init.connect  # type: ignore[untyped-decorator,unused-ignore]
+def _tune_collector(**_: Any) -> None:
+    """Once the worker (or a prefork child) has started, what it built is frozen and the
+    youngest generation collected less often, for the process's life
+    (``worker.process.collector``). A worker started on another thread (tests) leaves
+    its process's collector alone."""
+    from worker.process.collector import on_own_process, tune_for_service
+
+    if on_own_process():
+        tune_for_service()

@@ -29,6 +29,7 @@ from worker.core.db import engine_for, transaction
 from worker.core.models import Send
 from worker.core.wakeup import Waiter
 from worker.decide.sequences import plan_due
+from worker.process.collector import collector_if_own_process
 from worker.process.runtime import Runtime
 from worker.process.startup import announce
 
@@ -241,15 +242,24 @@ def run_dispatcher(runtime: Runtime, stop: threading.Event, enqueue: Enqueue | N
 
     Between passes the dispatcher waits for ingest to commit a due send (``worker.core.wakeup``)
     or for ``dispatch_interval`` to pass, whichever comes first; a pass that filled its
-    batch is followed at once by another."""
+    batch is followed at once by another. On its process's main thread (``crosssell
+    dispatch``) the collector is tuned for a service (``worker.process.collector``)."""
     settings = runtime.settings
     if enqueue is None:
         enqueue = partial(
             celery_enqueue, batch=settings.delivery_batch, spread=settings.delivery_spread
         )
-    interval = settings.dispatch_interval
     waiter = Waiter(settings.resolved_database_url) if settings.dispatch_wakeup else None
     announce(runtime, "dispatch")
+    with collector_if_own_process():
+        _dispatch_until_stopped(runtime, stop, enqueue, waiter)
+
+
+def _dispatch_until_stopped(
+    runtime: Runtime, stop: threading.Event, enqueue: Enqueue, waiter: Waiter | None
+) -> None:
+    settings = runtime.settings
+    interval = settings.dispatch_interval
     next_housekeeping = 0.0
     try:
         while not stop.is_set():
