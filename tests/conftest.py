@@ -149,9 +149,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # --- parallel runs (pytest-xdist, ``--dist loadgroup``) ------------------------------------
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A module whose fixtures live for the module (a private RabbitMQ node, a served
-    report, a signed key) runs on one worker: split over two, each would build them."""
+    report, a signed key) runs on one worker: split over two, each would build them.
+
+    ``tryfirst``: pytest-xdist reads the ``xdist_group`` markers in its own hook of the
+    same name (it appends ``@<group>`` to the node id), which runs before a conftest's
+    hook otherwise; a marker added after it is ignored and the module is split (seen:
+    the delivery fault module's 65 s set-up paid on both processes)."""
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         if info is None or item.get_closest_marker("xdist_group") is not None:

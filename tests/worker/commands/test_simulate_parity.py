@@ -17,13 +17,13 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.factories import make_settings
+from tests.support.sqlite_template import migrated_sqlite_url
 from triggers.decide import Policy
 from triggers.events import AnyEvent, InvalidEvent, parse_event
 from triggers.outcomes import SkipReason
 from triggers.simulate import DUPLICATE, simulate
 from worker.commands.demo import demo_anchor
 from worker.commands.demo_data import as_lines
-from worker.commands.migrate import upgrade
 from worker.core.db import dispose_engines, transaction
 from worker.core.models import Customer, Event, Send, Suppression
 from worker.decide.decision_inputs import load_standing
@@ -96,8 +96,7 @@ def pipeline(
 
 
 def _compare(tmp_path: Path, policy: Policy, now: datetime) -> tuple[Counter[OUTCOMES], int]:
-    url = f"sqlite:///{tmp_path / 'parity.db'}"
-    upgrade(url)
+    url = migrated_sqlite_url(tmp_path / "parity.db")
     try:
         runtime = Runtime(make_settings(tmp_path, database_url=url))
         runtime.__dict__["policy"] = policy
