@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -236,6 +236,38 @@ def load_standing(session: Session) -> Standing:
 # --- Delivery: the recheck's inputs for a whole batch of claimed sends -------------------
 
 
+class SendFields(Protocol):
+    """What the delivery recheck and message building read of a claimed send: an ORM
+    ``Send`` or delivery's plain row of the same columns (no identity map to fill)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def campaign_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def variant(self) -> str | None: ...
+    @property
+    def template(self) -> str | None: ...
+    @property
+    def customer_id(self) -> str: ...
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def coupon_code(self) -> str | None: ...
+    @property
+    def coupon_expires_at(self) -> datetime | None: ...
+    @property
+    def enrollment_id(self) -> int | None: ...
+    @property
+    def step_id(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RecheckInputs:
     """What the delivery recheck of one claimed send reads: its customer, the stored
@@ -248,7 +280,7 @@ class RecheckInputs:
 
 
 def recheck_inputs_many(
-    session: Session, sends: Sequence[Send], now: datetime
+    session: Session, sends: Sequence[SendFields], now: datetime
 ) -> dict[int, RecheckInputs]:
     """The recheck inputs of many sends in four queries (customers, events, suppression
     list, histories: :func:`decision_inputs_many`) instead of four per send; keyed by send

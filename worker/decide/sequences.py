@@ -63,6 +63,7 @@ from worker.decide.attribution import AttributionConfig, resolve_offered, store_
 from worker.decide.decision_inputs import (
     BatchInputs,
     DecisionInputs,
+    SendFields,
     decision_inputs_many,
     histories_of,
 )
@@ -817,7 +818,7 @@ def step_facts(inputs: DecisionInputs, enrollment: Enrollment, now: datetime) ->
 
 
 def step_check(
-    session: Session, rules: RuleSet, send: Send, inputs: DecisionInputs, now: datetime
+    session: Session, rules: RuleSet, send: SendFields, inputs: DecisionInputs, now: datetime
 ) -> StepVerdict:
     """Just before a step goes out: its enrollment still active (locked until the send is
     handed over, so an exit waits for it or wins), the step still in the campaign, its
