@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -40,12 +40,12 @@ from triggers.rule_set import CompiledCampaign
 from worker.core.db import engine_for, session_factory, surviving_disconnects
 from worker.core.log_format import fields
 from worker.core.metrics import PROVIDER_SECONDS, SENDS
-from worker.core.models import Suppression
+from worker.core.models import Enrollment, Suppression
 from worker.core.redaction import error_summary
 from worker.core.settings import Settings
 from worker.decide.decision_inputs import RecheckInputs, SendFields, recheck_inputs_many
 from worker.decide.rules import Snapshot
-from worker.decide.sequences import offered_after, step_check
+from worker.decide.sequences import lock_step_enrollments, offered_after, step_check
 from worker.email.email_context import (
     Coupon,
     email_context,
@@ -183,14 +183,15 @@ def prepare(
     reads: CatalogMemo | None = None,
     snapshot: Snapshot | None = None,
     senders: Senders | None = None,
+    locked: Mapping[int, Enrollment] | None = None,
 ) -> Prepared | Skip | Reschedule:
     """Recheck everything that may have changed since planning, then build the message.
 
     The recheck is ``triggers.decide.recheck`` on inputs from ``recheck_inputs_many``
     (``loaded`` is this send's from its batch, else it is read as a batch of one;
     ``reads`` the batch's shared catalog reads; ``snapshot`` the rules and renderer the
-    batch took once, else the ones in force; ``senders`` the batch's sender fields):
-    the engine's own checks
+    batch took once, else the ones in force; ``senders`` the batch's sender fields;
+    ``locked`` the batch's sequence enrollments, locked at once): the engine's own checks
     in the engine's order, so a send is never judged by other rules at sending than at
     planning. Nothing is written to the send here; a sequence step may end its
     enrollment (an unsubscribe) in ``session``.
@@ -208,7 +209,7 @@ def prepare(
     step, facts, enrollment = None, inputs.facts, None
     if send.enrollment_id is not None:
         # A sequence step: its enrollment still active, the step still there, only_if true.
-        checked = step_check(session, rules, send, inputs, now)
+        checked = step_check(session, rules, send, inputs, now, locked)
         if checked.reason is not None:
             return Skip(checked.reason)
         assert compiled.sequence is not None and checked.facts is not None
@@ -579,6 +580,11 @@ class _Batch:
                 ]
                 order = {send_id: position for position, send_id in enumerate(ids)}
                 sends.sort(key=lambda send: order[send.id])
+                # A sequence step's enrollment stays locked until this round commits.
+                locked = lock_step_enrollments(
+                    session,
+                    (send.enrollment_id for send in sends if send.enrollment_id is not None),
+                )
                 loaded = recheck_inputs_many(session, sends, now)
                 reads = CatalogMemo()
                 snapshot = runtime.rules.snapshot()
@@ -586,7 +592,15 @@ class _Batch:
                 for send in sends:
                     try:
                         result = prepare(
-                            session, runtime, send, now, loaded[send.id], reads, snapshot, senders
+                            session,
+                            runtime,
+                            send,
+                            now,
+                            loaded[send.id],
+                            reads,
+                            snapshot,
+                            senders,
+                            locked,
                         )
                     except (DBAPIError, InterfaceError):
                         raise  # the connection: surviving_disconnects decides
