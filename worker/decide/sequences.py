@@ -825,10 +825,18 @@ def lock_step_enrollments(session: Session, enrollment_ids: Iterable[int]) -> di
     wanted = sorted(set(enrollment_ids))
     if not wanted:
         return {}
-    query = select(Enrollment).where(Enrollment.id.in_(wanted)).order_by(Enrollment.id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    return {enrollment.id: enrollment for enrollment in session.scalars(query)}
+    postgres = session.get_bind().dialect.name == "postgresql"
+    query = STEP_ENROLLMENTS_LOCKED if postgres else STEP_ENROLLMENTS
+    return {enrollment.id: enrollment for enrollment in session.scalars(query, {"b_ids": wanted})}
+
+
+# Built once (the ids bound at execution): SQLAlchemy memoizes a built statement's cache key.
+STEP_ENROLLMENTS = (
+    select(Enrollment)
+    .where(Enrollment.id.in_(bindparam("b_ids", expanding=True)))
+    .order_by(Enrollment.id)
+)
+STEP_ENROLLMENTS_LOCKED = STEP_ENROLLMENTS.with_for_update()
 
 
 def step_check(
