@@ -37,7 +37,7 @@ from triggers.durations import parse_duration
 from triggers.offers import AnyOffer, OfferUnavailable
 from triggers.outcomes import SkipReason
 from triggers.rule_set import CompiledCampaign
-from worker.core.db import engine_for, session_factory, surviving_disconnects
+from worker.core.db import engine_for, surviving_disconnects
 from worker.core.log_format import fields
 from worker.core.metrics import PROVIDER_SECONDS, SENDS
 from worker.core.models import Enrollment, Suppression
@@ -353,15 +353,44 @@ def deliver_batch(runtime: Runtime, send_ids: Sequence[int]) -> dict[int, str]:
     token = new_token()
     outcomes: dict[int, str] = {}
     pending = list(dict.fromkeys(send_ids))
-    with Lease(engine, token, runtime.clock, lease):
-        while pending:
-            picked = surviving_disconnects(partial(_pick_round, engine, pending))
-            outcomes |= picked.done
-            pending = picked.later
-            if picked.now:
-                batch = _Batch(runtime, engine, token, lease, picked.now)
-                outcomes |= batch.run()
+    link = _Link(engine)
+    try:
+        with Lease(engine, token, runtime.clock, lease):
+            while pending:
+                picked = surviving_disconnects(partial(_pick_round, link, pending))
+                outcomes |= picked.done
+                pending = picked.later
+                if picked.now:
+                    batch = _Batch(runtime, link, token, lease, picked.now)
+                    outcomes |= batch.run()
+    finally:
+        link.drop()
     return outcomes
+
+
+class _Link:
+    """The one pooled connection of a deliver task: its rounds' picks, prepare sessions,
+    hand-overs and answers run on it, so the task checks a connection out of the pool
+    (and pre-pings it) once, not once per step; dropped after any error, which may be
+    the connection's, and opened again by the next step."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.connection: Connection | None = None
+
+    def get(self) -> Connection:
+        connection = self.connection
+        if connection is None or connection.closed or connection.invalidated:
+            connection = self.connection = self.engine.connect()
+        return connection
+
+    def drop(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # already broken: nothing to give back to the pool
+                log.debug("closing the task's connection failed", exc_info=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,9 +408,8 @@ ROUND = select(SENDS_TABLE.c.id, SENDS_TABLE.c.customer_id, SENDS_TABLE.c.status
 @dataclass(frozen=True, slots=True)
 class ClaimedSend:
     """The columns of a claimed send that its recheck and message read
-    (:class:`~worker.decide.decision_inputs.SendFields`), as a plain row: loading the
-    batch's ORM ``Send`` objects (identity map, every column, attribute instrumentation)
-    was 11 % of the batch's prepare CPU in a py-spy profile of ``bench.delivery``."""
+    (:class:`~worker.decide.decision_inputs.SendFields`), as a plain row: no ORM
+    ``Send`` objects (identity map, all 30 columns, instrumentation) kept for the batch."""
 
     id: int
     campaign_id: str
@@ -404,11 +432,15 @@ CLAIMED = select(*(SENDS_TABLE.c[name] for name in ClaimedSend.__dataclass_field
 )
 
 
-def _pick_round(engine: Engine, ids: list[int]) -> _Round:
+def _pick_round(link: _Link, ids: list[int]) -> _Round:
     """The ``queued`` sends to claim now (the first of each customer); the rest wait for
     a later round, and the others are not this task's to deliver."""
-    with engine.connect() as connection:
-        rows = {row.id: row for row in connection.execute(ROUND, {"b_ids": ids})}
+    try:
+        with link.get().begin() as transaction:
+            rows = {row.id: row for row in transaction.connection.execute(ROUND, {"b_ids": ids})}
+    except BaseException:
+        link.drop()
+        raise
     done: dict[int, str] = {}
     now_ids: list[int] = []
     later: list[int] = []
@@ -516,14 +548,14 @@ class _Batch:
     def __init__(
         self,
         runtime: Runtime,
-        engine: Engine,
+        link: _Link,
         token: str,
         lease: timedelta,
         ids: list[int],
     ) -> None:
-        self.runtime, self.engine, self.token, self.lease = runtime, engine, token, lease
+        self.runtime, self.link, self.token, self.lease = runtime, link, token, lease
+        self.engine = link.engine
         self.ids = ids
-        self.url = runtime.settings.resolved_database_url
         self.attempts: dict[int, int] = {}
         self.outcomes: dict[int, str] = {}
         self.logged: list[tuple[int, str, str, str | None]] = []
@@ -531,9 +563,6 @@ class _Batch:
         self.facts: dict[int, SendFacts] = {}
         # Answers not committed yet: written with the next hand-over, or at the end.
         self.pending: list[tuple[int, Record]] = []
-        # One connection for the batch's hand-overs and answers (one pool checkout and
-        # pre-ping per batch, not two per email); dropped after any error.
-        self.connection: Connection | None = None
 
     def run(self) -> dict[int, str]:
         now = self.runtime.clock.now()
@@ -544,35 +573,22 @@ class _Batch:
         self.outcomes = {send_id: "not_claimed" for send_id in self.ids}
         if not claimed:
             return self.outcomes
-        try:
-            prepared = self._prepare_all([row.send_id for row in claimed])
-            if prepared:
-                self._send(prepared)
-        finally:
-            self._drop_connection()
+        prepared = self._prepare_all([row.send_id for row in claimed])
+        if prepared:
+            self._send(prepared)
         return self.outcomes
 
     def _unit(self, work: Callable[[Connection], T]) -> T:
-        """One transaction on the batch's connection: commit on success, roll back on
+        """One transaction on the task's connection: commit on success, roll back on
         any error (and drop the connection, which may be the cause)."""
         self.logged = []
-        connection = self.connection
-        if connection is None or connection.closed or connection.invalidated:
-            connection = self.connection = self.engine.connect()
+        connection = self.link.get()
         try:
             with connection.begin():
                 return work(connection)
         except BaseException:
-            self._drop_connection()
+            self.link.drop()
             raise
-
-    def _drop_connection(self) -> None:
-        connection, self.connection = self.connection, None
-        if connection is not None:
-            try:
-                connection.close()
-            except Exception:  # already broken: nothing to give back to the pool
-                log.debug("closing the batch's connection failed", exc_info=True)
 
     def _log_moves(self) -> None:
         for moved_id, campaign, status, reason in self.logged:
@@ -599,7 +615,8 @@ class _Batch:
         runtime, now = self.runtime, self.runtime.clock.now()
         ready: dict[int, Prepared] = {}
         moved: list[tuple[int, str, str, str | None]] = []
-        session = session_factory(self.url)()
+        # On the task's connection: its pool checkout and pre-ping serve the whole task.
+        session = Session(bind=self.link.get(), expire_on_commit=False)
         try:
             with session.begin():
                 sends = [
@@ -660,6 +677,12 @@ class _Batch:
                     campaign = _owned(session, send.id, self.token, updated_at=now, **values)
                     if campaign is not None:
                         moved.append((send.id, campaign, values["status"], values["reason"]))
+        except _Unpreparable:
+            raise  # rolled back; the connection is fine
+        except BaseException:
+            session.close()
+            self.link.drop()  # the error may be the connection's
+            raise
         finally:
             session.close()
         for send_id, campaign, status, reason in moved:
@@ -764,7 +787,7 @@ class _Batch:
         raises (and commits nothing, the answers still waiting) if the hand-over is
         refused or the commit fails.
 
-        The batch's connection is checked (pre-pinged) once per batch, so it may have
+        The task's connection is checked (pre-pinged) once per task, so it may have
         died since the last message (PostgreSQL restarted): a connection lost *before*
         the COMMIT was sent committed nothing, and the unit is tried once more on a
         fresh connection. A COMMIT whose answer was lost is never repeated."""
