@@ -12,17 +12,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import cache
+from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Select, String, any_, bindparam, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from triggers.addresses import lookup_key
 from triggers.decide import COUNTED_STATUSES, MARKETING_HISTORY, PastSend, Subject, subject_for
 from triggers.events import AnyEvent
 from triggers.facts import CustomerProfile, build_facts
-from worker.core.dialect_insert import among
-from worker.core.models import Customer, Send, Suppression
+from worker.core.models import Customer, Event, Send, Suppression
 from worker.records.customers import is_suppressed, profile_of
 from worker.records.privacy import suppression_keys
 
@@ -132,6 +133,71 @@ class BatchInputs:
         return DecisionInputs(profile, subject, build_facts(event, profile, now), list(history))
 
 
+def _one_of(column: ColumnElement[Any], name: str, postgres: bool) -> ColumnElement[bool]:
+    """``column IN (:name)`` with the values bound at execution, for a statement built once
+    (:func:`_statements`): on PostgreSQL ``column = ANY(:name)``, whose text does not change
+    with the number of values (``worker.core.dialect_insert.among``, built per call)."""
+    if not postgres:
+        return column.in_(bindparam(name, expanding=True))
+    # VARCHAR without a length: a cast to VARCHAR(n)[] would cut a longer value to a prefix
+    # that might equal a stored one, where IN compares it whole.
+    item = String() if isinstance(column.type, String) else column.type
+    return column == any_(bindparam(name, type_=postgresql.ARRAY(item)))
+
+
+_AnySelect = Select[*tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """The batch reads of this module, built once per dialect and executed with the batch's
+    ids: building a statement and its cache key on every call cost 290 µs of CPU against
+    120 µs to run the built one (histories of 5 customers on PostgreSQL, measured with a
+    script timing 300 calls each), paid per batch by every deliver task and ingest batch."""
+
+    histories: _AnySelect
+    planned_lock: _AnySelect
+    suppressed: _AnySelect
+    customers: _AnySelect
+    payloads: _AnySelect
+
+
+@cache
+def _statements(postgres: bool) -> _Statements:
+    history_columns = (
+        Send.id,
+        Send.customer_id,
+        Send.campaign_id,
+        Send.status,
+        Send.handed_over_at,
+        Send.sent_at,
+        Send.send_at,
+        Send.created_at,
+        Send.expires_at,
+    )
+    customer_ids = _one_of(Send.customer_id.expression, "b_customer_ids", postgres)
+    return _Statements(
+        histories=select(*history_columns)
+        .where(customer_ids, Send.status.in_(MARKETING_HISTORY))
+        .order_by(Send.id),
+        planned_lock=select(Send.id)
+        .where(customer_ids, Send.status == "planned")
+        .order_by(Send.id)
+        .with_for_update(),
+        suppressed=select(Suppression.email).where(
+            _one_of(Suppression.email.expression, "b_keys", postgres)
+        ),
+        customers=select(Customer).where(_one_of(Customer.id.expression, "b_ids", postgres)),
+        payloads=select(Event.event_id, Event.payload).where(
+            _one_of(Event.event_id.expression, "b_ids", postgres)
+        ),
+    )
+
+
+def _statements_for(session: Session) -> _Statements:
+    return _statements(session.get_bind().dialect.name == "postgresql")
+
+
 def histories_of(session: Session, customer_ids: Iterable[str]) -> dict[str, list[PastSend]]:
     """The marketing send histories of many customers in one query, by customer id, in
     send id order. A ``sending`` row not yet handed over counts as ``queued`` (not gone
@@ -141,21 +207,7 @@ def histories_of(session: Session, customer_ids: Iterable[str]) -> dict[str, lis
     ids = sorted(set(customer_ids))
     if not ids:
         return histories
-    rows = session.execute(
-        select(
-            Send.id,
-            Send.customer_id,
-            Send.campaign_id,
-            Send.status,
-            Send.handed_over_at,
-            Send.sent_at,
-            Send.send_at,
-            Send.created_at,
-            Send.expires_at,
-        )
-        .where(among(session, Send.customer_id, ids), Send.status.in_(MARKETING_HISTORY))
-        .order_by(Send.id)
-    )
+    rows = session.execute(_statements_for(session).histories, {"b_customer_ids": ids})
     for row in rows:
         status = "queued" if row.status == "sending" and row.handed_over_at is None else row.status
         histories.setdefault(row.customer_id, []).append(
@@ -176,9 +228,7 @@ def suppressed_among(session: Session, keys: Iterable[str]) -> set[str]:
     wanted = set(keys)
     if not wanted:
         return set()
-    return set(
-        session.scalars(select(Suppression.email).where(among(session, Suppression.email, wanted)))
-    )
+    return set(session.scalars(_statements_for(session).suppressed, {"b_keys": list(wanted)}))
 
 
 def decision_inputs_many(
@@ -192,12 +242,7 @@ def decision_inputs_many(
     addresses = {email for email in emails if email}
     histories: dict[str, list[PastSend]] = {customer_id: [] for customer_id in ids}
     if ids and lock:
-        session.execute(
-            select(Send.id)
-            .where(among(session, Send.customer_id, ids), Send.status == "planned")
-            .order_by(Send.id)
-            .with_for_update()
-        ).all()
+        session.execute(_statements_for(session).planned_lock, {"b_customer_ids": ids}).all()
     for customer_id, past in histories_of(session, ids).items():
         histories[customer_id] = past
     keys = {email: suppression_keys(email) for email in addresses}
@@ -236,6 +281,38 @@ def load_standing(session: Session) -> Standing:
 # --- Delivery: the recheck's inputs for a whole batch of claimed sends -------------------
 
 
+class SendFields(Protocol):
+    """What the delivery recheck and message building read of a claimed send: an ORM
+    ``Send`` or delivery's plain row of the same columns (no identity map to fill)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def campaign_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def variant(self) -> str | None: ...
+    @property
+    def template(self) -> str | None: ...
+    @property
+    def customer_id(self) -> str: ...
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def coupon_code(self) -> str | None: ...
+    @property
+    def coupon_expires_at(self) -> datetime | None: ...
+    @property
+    def enrollment_id(self) -> int | None: ...
+    @property
+    def step_id(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RecheckInputs:
     """What the delivery recheck of one claimed send reads: its customer, the stored
@@ -248,7 +325,7 @@ class RecheckInputs:
 
 
 def recheck_inputs_many(
-    session: Session, sends: Sequence[Send], now: datetime
+    session: Session, sends: Sequence[SendFields], now: datetime
 ) -> dict[int, RecheckInputs]:
     """The recheck inputs of many sends in four queries (customers, events, suppression
     list, histories: :func:`decision_inputs_many`) instead of four per send; keyed by send
@@ -259,21 +336,19 @@ def recheck_inputs_many(
     committed at once: a recheck judges only emails that went or are going out right now.
     """
     from triggers.events import validate_event
-    from worker.core.models import Event
 
     if not sends:
         return {}
+    statements = _statements_for(session)
     customer_ids = {send.customer_id for send in sends}
     customers = {
         customer.id: customer
-        for customer in session.scalars(select(Customer).where(Customer.id.in_(customer_ids)))
+        for customer in session.scalars(statements.customers, {"b_ids": sorted(customer_ids)})
     }
     payloads: dict[str, dict[str, Any]] = {
         row.event_id: row.payload
         for row in session.execute(
-            select(Event.event_id, Event.payload).where(
-                Event.event_id.in_({send.event_id for send in sends})
-            )
+            statements.payloads, {"b_ids": sorted({send.event_id for send in sends})}
         )
     }
     batch = decision_inputs_many(

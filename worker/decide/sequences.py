@@ -21,7 +21,7 @@ The rules are ``triggers.sequences``; this module applies them to ``enrollments`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -63,6 +63,7 @@ from worker.decide.attribution import AttributionConfig, resolve_offered, store_
 from worker.decide.decision_inputs import (
     BatchInputs,
     DecisionInputs,
+    SendFields,
     decision_inputs_many,
     histories_of,
 )
@@ -816,17 +817,46 @@ def step_facts(inputs: DecisionInputs, enrollment: Enrollment, now: datetime) ->
     )
 
 
+def lock_step_enrollments(session: Session, enrollment_ids: Iterable[int]) -> dict[int, Enrollment]:
+    """The enrollments of a batch's sequence steps, by id, in one statement: locked (on
+    PostgreSQL) in id order until the transaction ends, so an exit waits for the steps
+    or wins, and two transactions locking overlapping sets take the locks in one order.
+    One statement per batch instead of one per step (``step_check``)."""
+    wanted = sorted(set(enrollment_ids))
+    if not wanted:
+        return {}
+    postgres = session.get_bind().dialect.name == "postgresql"
+    query = STEP_ENROLLMENTS_LOCKED if postgres else STEP_ENROLLMENTS
+    return {enrollment.id: enrollment for enrollment in session.scalars(query, {"b_ids": wanted})}
+
+
+# Built once (the ids bound at execution): SQLAlchemy memoizes a built statement's cache key.
+STEP_ENROLLMENTS = (
+    select(Enrollment)
+    .where(Enrollment.id.in_(bindparam("b_ids", expanding=True)))
+    .order_by(Enrollment.id)
+)
+STEP_ENROLLMENTS_LOCKED = STEP_ENROLLMENTS.with_for_update()
+
+
 def step_check(
-    session: Session, rules: RuleSet, send: Send, inputs: DecisionInputs, now: datetime
+    session: Session,
+    rules: RuleSet,
+    send: SendFields,
+    inputs: DecisionInputs,
+    now: datetime,
+    locked: Mapping[int, Enrollment] | None = None,
 ) -> StepVerdict:
     """Just before a step goes out: its enrollment still active (locked until the send is
     handed over, so an exit waits for it or wins), the step still in the campaign, its
-    ``only_if`` still true on fresh facts; and an unsubscribe ends the enrollment."""
+    ``only_if`` still true on fresh facts; and an unsubscribe ends the enrollment.
+
+    ``locked`` holds the batch's enrollments already locked in this transaction
+    (:func:`lock_step_enrollments`); without it the send's own is read and locked here."""
     assert send.enrollment_id is not None
-    query = select(Enrollment).where(Enrollment.id == send.enrollment_id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    enrollment = session.scalars(query).one()
+    if locked is None:
+        locked = lock_step_enrollments(session, [send.enrollment_id])
+    enrollment = locked[send.enrollment_id]
     if enrollment.status != "active":
         return StepVerdict(SkipReason.SEQUENCE_EXITED, enrollment)
     compiled = rules.by_id(send.campaign_id)

@@ -53,7 +53,18 @@ class Links:
 
 
 def links_for(settings: Settings, keys: dict[str, bytes], customer_id: str) -> Links:
-    token = sign(keys, customer_id, "all")
+    return links_with(settings, unsubscribe_token(keys, customer_id))
+
+
+def unsubscribe_token(keys: dict[str, bytes], customer_id: str) -> str:
+    """The signed token of a customer's unsubscribe and preferences links and of the
+    List-Unsubscribe mailto: one HMAC for all three (:func:`links_with`,
+    :func:`mailto_uri_body`)."""
+    return sign(keys, customer_id, "all")
+
+
+def links_with(settings: Settings, token: str) -> Links:
+    """The unsubscribe and preferences links carrying ``token`` (:func:`unsubscribe_token`)."""
     base = settings.public_url.rstrip("/")
     return Links(f"{base}/u/{token}", f"{base}/preferences/{token}")
 
@@ -76,7 +87,7 @@ def mailto_uri_body(address: str, token: str) -> str:
 def mailto_for(settings: Settings, keys: dict[str, bytes], customer_id: str) -> str:
     """The List-Unsubscribe mailto value (without ``mailto:``) for a customer's email,
     answered by ``crosssell unsubscribe-mail`` (worker/web/unsubscribe_mail.py)."""
-    return mailto_uri_body(settings.unsubscribe_mailto, sign(keys, customer_id, "all"))
+    return mailto_uri_body(settings.unsubscribe_mailto, unsubscribe_token(keys, customer_id))
 
 
 UTM_SOURCE = "crosssell"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -36,15 +36,23 @@ from triggers.decide import Later, recheck
 from triggers.durations import parse_duration
 from triggers.offers import AnyOffer, OfferUnavailable
 from triggers.outcomes import SkipReason
-from worker.core.db import engine_for, session_factory, surviving_disconnects
+from triggers.rule_set import CompiledCampaign
+from worker.core.db import engine_for, surviving_disconnects
 from worker.core.log_format import fields
 from worker.core.metrics import PROVIDER_SECONDS, SENDS
-from worker.core.models import Send, Suppression
+from worker.core.models import Enrollment, Suppression
 from worker.core.redaction import error_summary
-from worker.decide.decision_inputs import RecheckInputs, recheck_inputs_many
+from worker.core.settings import Settings
+from worker.decide.decision_inputs import RecheckInputs, SendFields, recheck_inputs_many
 from worker.decide.rules import Snapshot
-from worker.decide.sequences import offered_after, step_check
-from worker.email.email_context import Coupon, email_context, links_for, mailto_for
+from worker.decide.sequences import lock_step_enrollments, offered_after, step_check
+from worker.email.email_context import (
+    Coupon,
+    email_context,
+    links_with,
+    mailto_uri_body,
+    unsubscribe_token,
+)
 from worker.email.mime import (
     Envelope,
     HeaderInjection,
@@ -108,7 +116,7 @@ class Prepared:
 
 
 def _coupon(
-    runtime: Runtime, send: Send, offer: AnyOffer, now: datetime
+    runtime: Runtime, send: SendFields, offer: AnyOffer, now: datetime
 ) -> tuple[Coupon | None, str | None, datetime | None]:
     """The send's coupon: made on first render (stored with the hand-over), read back on
     every retry; with the code and expiry to store."""
@@ -123,21 +131,67 @@ def _coupon(
     return Coupon(code, expires_at, spec.discount_percent), code, expires_at
 
 
+@dataclass(frozen=True, slots=True)
+class _From:
+    """A campaign's sender fields and Feedback-ID: the same for each of its sends."""
+
+    name: str
+    address: str
+    reply_to: str | None
+    feedback_id: str
+
+
+class Senders:
+    """Each campaign's sender fields and Feedback-ID, and each sender's Message-ID
+    domain, worked out once per batch instead of once per send (a SHA-256 and an
+    address parse each)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._fields: dict[str, _From] = {}
+        self._domains: dict[str, str] = {}
+
+    def of(self, compiled: CompiledCampaign) -> _From:
+        found = self._fields.get(compiled.id)
+        if found is None:
+            settings, sender = self.settings, compiled.campaign.sender
+            found = self._fields[compiled.id] = _From(
+                (sender and sender.name) or settings.sender_name,
+                (sender and sender.address) or settings.sender_address,
+                (sender and sender.reply_to) or settings.reply_to,
+                feedback_id_for(compiled.id, compiled.campaign.kind, settings.feedback_sender_id),
+            )
+        return found
+
+    def message_id_domain(self, sender_address: str) -> str:
+        """``CROSSSELL_MESSAGE_ID_DOMAIN``, else the sender's domain in A-label form;
+        InvalidAddress (not remembered) for a sender address that does not parse."""
+        if self.settings.message_id_domain:
+            return self.settings.message_id_domain
+        domain = self._domains.get(sender_address)
+        if domain is None:
+            domain = self._domains[sender_address] = parse_address(sender_address).ascii_domain
+        return domain
+
+
 def prepare(
     session: Session,
     runtime: Runtime,
-    send: Send,
+    send: SendFields,
     now: datetime,
     loaded: RecheckInputs | None = None,
     reads: CatalogMemo | None = None,
     snapshot: Snapshot | None = None,
+    senders: Senders | None = None,
+    locked: Mapping[int, Enrollment] | None = None,
 ) -> Prepared | Skip | Reschedule:
     """Recheck everything that may have changed since planning, then build the message.
 
     The recheck is ``triggers.decide.recheck`` on inputs from ``recheck_inputs_many``
     (``loaded`` is this send's from its batch, else it is read as a batch of one;
     ``reads`` the batch's shared catalog reads; ``snapshot`` the rules and renderer the
-    batch took once, else the ones in force): the engine's own checks
+    batch took once, else the ones in force; ``senders`` the batch's sender fields;
+    ``locked`` the batch's sequence enrollments, locked at once): the engine's own checks
     in the engine's order, so a send is never judged by other rules at sending than at
     planning. Nothing is written to the send here; a sequence step may end its
     enrollment (an unsubscribe) in ``session``.
@@ -155,7 +209,7 @@ def prepare(
     step, facts, enrollment = None, inputs.facts, None
     if send.enrollment_id is not None:
         # A sequence step: its enrollment still active, the step still there, only_if true.
-        checked = step_check(session, rules, send, inputs, now)
+        checked = step_check(session, rules, send, inputs, now, locked)
         if checked.reason is not None:
             return Skip(checked.reason)
         assert compiled.sequence is not None and checked.facts is not None
@@ -194,7 +248,9 @@ def prepare(
 
     variant = next(v for v in compiled.campaign.experiment.variants if v.id == send.variant)
     subject = (step.subject if step is not None else None) or variant.subject
-    links = links_for(settings, runtime.unsubscribe_keys, customer.id)
+    # One HMAC for the unsubscribe and preferences links and the List-Unsubscribe mailto.
+    token = unsubscribe_token(runtime.unsubscribe_keys, customer.id)
+    links = links_with(settings, token)
     context = email_context(
         settings=settings,
         customer={
@@ -225,28 +281,27 @@ def prepare(
         )
         return Skip(SkipReason.RENDER_ERROR, f"{exc.__class__.__name__}: {exc}"[:1000])
     try:
-        sender = compiled.campaign.sender
-        sender_address = (sender and sender.address) or settings.sender_address
+        if senders is None:
+            senders = Senders(settings)
+        sender = senders.of(compiled)
         # Stored with the hand-over and reused on every retry: one Message-ID per send.
         message_id = send.message_id or message_id_for(
             send.id,
-            settings.message_id_domain or parse_address(sender_address).ascii_domain,
+            senders.message_id_domain(sender.address),
             next(iter(runtime.unsubscribe_keys.values())),
         )
         envelope = Envelope(
             send_id=send.id,
-            sender_name=(sender and sender.name) or settings.sender_name,
-            sender_address=sender_address,
+            sender_name=sender.name,
+            sender_address=sender.address,
             recipient_name=" ".join(filter(None, [customer.first_name, customer.last_name])),
             recipient_address=customer.email or "",
-            reply_to=(sender and sender.reply_to) or settings.reply_to,
+            reply_to=sender.reply_to,
             date=now,
             message_id=message_id,
             unsubscribe_url=links.unsubscribe_url,
-            unsubscribe_mailto=mailto_for(settings, runtime.unsubscribe_keys, customer.id),
-            feedback_id=feedback_id_for(
-                compiled.id, compiled.campaign.kind, settings.feedback_sender_id
-            ),
+            unsubscribe_mailto=mailto_uri_body(settings.unsubscribe_mailto, token),
+            feedback_id=sender.feedback_id,
         )
         # The one builder: bytes, the SMTP envelope (A-label domains) and the API fields.
         built = build_email(envelope, rendered)
@@ -298,15 +353,44 @@ def deliver_batch(runtime: Runtime, send_ids: Sequence[int]) -> dict[int, str]:
     token = new_token()
     outcomes: dict[int, str] = {}
     pending = list(dict.fromkeys(send_ids))
-    with Lease(engine, token, runtime.clock, lease):
-        while pending:
-            picked = surviving_disconnects(partial(_pick_round, engine, pending))
-            outcomes |= picked.done
-            pending = picked.later
-            if picked.now:
-                batch = _Batch(runtime, engine, token, lease, picked.now)
-                outcomes |= batch.run()
+    link = _Link(engine)
+    try:
+        with Lease(engine, token, runtime.clock, lease):
+            while pending:
+                picked = surviving_disconnects(partial(_pick_round, link, pending))
+                outcomes |= picked.done
+                pending = picked.later
+                if picked.now:
+                    batch = _Batch(runtime, link, token, lease, picked.now)
+                    outcomes |= batch.run()
+    finally:
+        link.drop()
     return outcomes
+
+
+class _Link:
+    """The one pooled connection of a deliver task: its rounds' picks, prepare sessions,
+    hand-overs and answers run on it, so the task checks a connection out of the pool
+    (and pre-pings it) once, not once per step; dropped after any error, which may be
+    the connection's, and opened again by the next step."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.connection: Connection | None = None
+
+    def get(self) -> Connection:
+        connection = self.connection
+        if connection is None or connection.closed or connection.invalidated:
+            connection = self.connection = self.engine.connect()
+        return connection
+
+    def drop(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # already broken: nothing to give back to the pool
+                log.debug("closing the task's connection failed", exc_info=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,11 +405,42 @@ ROUND = select(SENDS_TABLE.c.id, SENDS_TABLE.c.customer_id, SENDS_TABLE.c.status
 )
 
 
-def _pick_round(engine: Engine, ids: list[int]) -> _Round:
+@dataclass(frozen=True, slots=True)
+class ClaimedSend:
+    """The columns of a claimed send that its recheck and message read
+    (:class:`~worker.decide.decision_inputs.SendFields`), as a plain row: no ORM
+    ``Send`` objects (identity map, all 30 columns, instrumentation) kept for the batch."""
+
+    id: int
+    campaign_id: str
+    kind: str
+    variant: str | None
+    template: str | None
+    customer_id: str
+    event_id: str
+    expires_at: datetime | None
+    message_id: str | None
+    coupon_code: str | None
+    coupon_expires_at: datetime | None
+    enrollment_id: int | None
+    step_id: str | None
+
+
+CLAIMED = select(*(SENDS_TABLE.c[name] for name in ClaimedSend.__dataclass_fields__)).where(
+    SENDS_TABLE.c.id.in_(bindparam("b_ids", expanding=True)),
+    SENDS_TABLE.c.claim_token == bindparam("b_token"),
+)
+
+
+def _pick_round(link: _Link, ids: list[int]) -> _Round:
     """The ``queued`` sends to claim now (the first of each customer); the rest wait for
     a later round, and the others are not this task's to deliver."""
-    with engine.connect() as connection:
-        rows = {row.id: row for row in connection.execute(ROUND, {"b_ids": ids})}
+    try:
+        with link.get().begin() as transaction:
+            rows = {row.id: row for row in transaction.connection.execute(ROUND, {"b_ids": ids})}
+    except BaseException:
+        link.drop()
+        raise
     done: dict[int, str] = {}
     now_ids: list[int] = []
     later: list[int] = []
@@ -370,6 +485,34 @@ def _owned_statement(answer_may_replace_ambiguous: bool) -> ReturningUpdate[str]
 
 OWNED = _owned_statement(False)
 OWNED_OR_AMBIGUOUS = _owned_statement(True)
+# The most frequent answer, ``sent``, with its SET clause fixed and no RETURNING (the
+# campaign is the prepared send's): 52 against 66 µs of CPU per execution on PostgreSQL
+# (a script timing 1,000 executions of each on claimed rows of a bench database).
+SENT = (
+    update(SENDS_TABLE)
+    .where(
+        SENDS_TABLE.c.id == bindparam("b_id"),
+        SENDS_TABLE.c.claim_token == bindparam("b_token"),
+        (SENDS_TABLE.c.status == "sending")
+        | (
+            (SENDS_TABLE.c.status == "failed")
+            & (SENDS_TABLE.c.reason == SkipReason.AMBIGUOUS.value)
+        ),
+    )
+    .values(
+        status="sent",
+        sent_at=bindparam("b_sent_at"),
+        provider=bindparam("b_provider"),
+        provider_message_id=bindparam("b_provider_message_id"),
+        message_id=bindparam("b_message_id"),
+        attempts=bindparam("b_attempts"),
+        reason=None,
+        detail=None,
+        lease_expires_at=None,
+        claims=0,
+        updated_at=bindparam("b_updated_at"),
+    )
+)
 
 
 def _owned(executor: Session | Connection, send_id: int, token: str, **values: Any) -> str | None:
@@ -405,14 +548,14 @@ class _Batch:
     def __init__(
         self,
         runtime: Runtime,
-        engine: Engine,
+        link: _Link,
         token: str,
         lease: timedelta,
         ids: list[int],
     ) -> None:
-        self.runtime, self.engine, self.token, self.lease = runtime, engine, token, lease
+        self.runtime, self.link, self.token, self.lease = runtime, link, token, lease
+        self.engine = link.engine
         self.ids = ids
-        self.url = runtime.settings.resolved_database_url
         self.attempts: dict[int, int] = {}
         self.outcomes: dict[int, str] = {}
         self.logged: list[tuple[int, str, str, str | None]] = []
@@ -420,9 +563,6 @@ class _Batch:
         self.facts: dict[int, SendFacts] = {}
         # Answers not committed yet: written with the next hand-over, or at the end.
         self.pending: list[tuple[int, Record]] = []
-        # One connection for the batch's hand-overs and answers (one pool checkout and
-        # pre-ping per batch, not two per email); dropped after any error.
-        self.connection: Connection | None = None
 
     def run(self) -> dict[int, str]:
         now = self.runtime.clock.now()
@@ -433,35 +573,22 @@ class _Batch:
         self.outcomes = {send_id: "not_claimed" for send_id in self.ids}
         if not claimed:
             return self.outcomes
-        try:
-            prepared = self._prepare_all([row.send_id for row in claimed])
-            if prepared:
-                self._send(prepared)
-        finally:
-            self._drop_connection()
+        prepared = self._prepare_all([row.send_id for row in claimed])
+        if prepared:
+            self._send(prepared)
         return self.outcomes
 
     def _unit(self, work: Callable[[Connection], T]) -> T:
-        """One transaction on the batch's connection: commit on success, roll back on
+        """One transaction on the task's connection: commit on success, roll back on
         any error (and drop the connection, which may be the cause)."""
         self.logged = []
-        connection = self.connection
-        if connection is None or connection.closed or connection.invalidated:
-            connection = self.connection = self.engine.connect()
+        connection = self.link.get()
         try:
             with connection.begin():
                 return work(connection)
         except BaseException:
-            self._drop_connection()
+            self.link.drop()
             raise
-
-    def _drop_connection(self) -> None:
-        connection, self.connection = self.connection, None
-        if connection is not None:
-            try:
-                connection.close()
-            except Exception:  # already broken: nothing to give back to the pool
-                log.debug("closing the batch's connection failed", exc_info=True)
 
     def _log_moves(self) -> None:
         for moved_id, campaign, status, reason in self.logged:
@@ -488,23 +615,37 @@ class _Batch:
         runtime, now = self.runtime, self.runtime.clock.now()
         ready: dict[int, Prepared] = {}
         moved: list[tuple[int, str, str, str | None]] = []
-        session = session_factory(self.url)()
+        # On the task's connection: its pool checkout and pre-ping serve the whole task.
+        session = Session(bind=self.link.get(), expire_on_commit=False)
         try:
             with session.begin():
-                sends = list(
-                    session.scalars(
-                        select(Send).where(Send.id.in_(ids), Send.claim_token == self.token)
-                    )
-                )
+                sends = [
+                    ClaimedSend(*row)
+                    for row in session.execute(CLAIMED, {"b_ids": ids, "b_token": self.token})
+                ]
                 order = {send_id: position for position, send_id in enumerate(ids)}
                 sends.sort(key=lambda send: order[send.id])
+                # A sequence step's enrollment stays locked until this round commits.
+                locked = lock_step_enrollments(
+                    session,
+                    (send.enrollment_id for send in sends if send.enrollment_id is not None),
+                )
                 loaded = recheck_inputs_many(session, sends, now)
                 reads = CatalogMemo()
                 snapshot = runtime.rules.snapshot()
+                senders = Senders(runtime.settings)
                 for send in sends:
                     try:
                         result = prepare(
-                            session, runtime, send, now, loaded[send.id], reads, snapshot
+                            session,
+                            runtime,
+                            send,
+                            now,
+                            loaded[send.id],
+                            reads,
+                            snapshot,
+                            senders,
+                            locked,
                         )
                     except (DBAPIError, InterfaceError):
                         raise  # the connection: surviving_disconnects decides
@@ -536,6 +677,12 @@ class _Batch:
                     campaign = _owned(session, send.id, self.token, updated_at=now, **values)
                     if campaign is not None:
                         moved.append((send.id, campaign, values["status"], values["reason"]))
+        except _Unpreparable:
+            raise  # rolled back; the connection is fine
+        except BaseException:
+            session.close()
+            self.link.drop()  # the error may be the connection's
+            raise
         finally:
             session.close()
         for send_id, campaign, status, reason in moved:
@@ -640,7 +787,7 @@ class _Batch:
         raises (and commits nothing, the answers still waiting) if the hand-over is
         refused or the commit fails.
 
-        The batch's connection is checked (pre-pinged) once per batch, so it may have
+        The task's connection is checked (pre-pinged) once per task, so it may have
         died since the last message (PostgreSQL restarted): a connection lost *before*
         the COMMIT was sent committed nothing, and the unit is tried once more on a
         fresh connection. A COMMIT whose answer was lost is never repeated."""
@@ -827,29 +974,25 @@ class _Batch:
         self, connection: Connection, send_id: int, email: OutgoingEmail, result: DeliveryResult
     ) -> str:
         done = self.runtime.clock.now()
-        outcome = self._move(
-            connection,
-            send_id,
-            "sent",
-            status="sent",
-            sent_at=done,
-            provider=result.provider,
-            provider_message_id=result.provider_message_id,
-            message_id=email.message_id,
-            attempts=self.attempts[send_id] + 1,
-            reason=None,
-            detail=None,
-        )
-        if outcome == "sent":
-            add_send_activity(
-                connection,
-                "email_sent",
-                self.facts[send_id],
-                result.provider,
-                email.message_id,
-                done,
-            )
-        return outcome
+        facts = self.facts[send_id]
+        moved = connection.execute(
+            SENT,
+            {
+                "b_id": send_id,
+                "b_token": self.token,
+                "b_sent_at": done,
+                "b_provider": result.provider,
+                "b_provider_message_id": result.provider_message_id,
+                "b_message_id": email.message_id,
+                "b_attempts": self.attempts[send_id] + 1,
+                "b_updated_at": done,
+            },
+        ).rowcount
+        if moved != 1:
+            return "not_claimed"
+        self.logged.append((send_id, facts.campaign_id, "sent", None))
+        add_send_activity(connection, "email_sent", facts, result.provider, email.message_id, done)
+        return "sent"
 
     def _retry_or_fail(
         self, connection: Connection, send_id: int, attempts: int, exc: TransientDeliveryError

@@ -78,8 +78,8 @@ def test_a_connection_lost_between_two_messages_is_replaced_before_the_hand_over
     killed: list[int] = []
 
     def kill_the_connection_first(batch: Any, item: HandOver) -> None:
-        if item.send_id == second and batch.connection is not None:
-            pid = batch.connection.connection.driver_connection.info.backend_pid
+        if item.send_id == second and batch.link.connection is not None:
+            pid = batch.link.connection.connection.driver_connection.info.backend_pid
             with psycopg.connect(conninfo, autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
             killed.append(pid)
