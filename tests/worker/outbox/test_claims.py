@@ -13,7 +13,14 @@ from tests.worker.end_to_end.test_pipeline import _dispatch, _planned_send, _run
 from worker.core.clock import ShiftedClock
 from worker.core.db import engine_for, transaction
 from worker.core.models import Send
-from worker.outbox.claims import HandOver, LostClaim, claim, hand_over, new_token
+from worker.outbox.claims import (
+    CLAIM_SKIP_LOCKED,
+    HandOver,
+    LostClaim,
+    claim,
+    hand_over,
+    new_token,
+)
 from worker.outbox.delivery import _owned
 
 DUE = TUESDAY_MORNING + timedelta(hours=3)
@@ -96,3 +103,38 @@ def test_only_a_sent_answer_replaces_what_the_sweeper_called_ambiguous(
         "ambiguous",
         1,
     )
+
+
+def test_a_claim_never_takes_rows_another_worker_holds_or_claimed(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Two workers, one set of ids: while the first's claim is uncommitted its rows are
+    skipped (PostgreSQL, ``SKIP LOCKED``), and once committed they are not claimable under
+    another token; a handed-over row is not claimable again, even by its own token."""
+    held, free = _queued(tmp_path, database_url, ["C-held", "C-free"])
+    engine, first, second = engine_for(database_url), new_token(), new_token()
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection, connection.begin():
+            taken = connection.execute(
+                CLAIM_SKIP_LOCKED,
+                {
+                    "b_ids": [held],
+                    "b_token": first,
+                    "b_lease_expires_at": DUE + LEASE,
+                    "b_now": DUE,
+                },
+            ).all()
+            assert [row.id for row in taken] == [held]
+            # The first claim is not committed: its row is locked and skipped.
+            others = claim(engine, [held, free], second, DUE, LEASE)
+            assert [row.send_id for row in others] == [free]
+    else:
+        assert [row.send_id for row in claim(engine, [held], first, DUE, LEASE)] == [held]
+        assert [row.send_id for row in claim(engine, [free], second, DUE, LEASE)] == [free]
+    assert claim(engine, [held, free], new_token(), DUE, LEASE) == []
+    assert [row.send_id for row in claim(engine, [held], first, DUE, LEASE)] == [held]
+    hand_over(engine, first, HandOver(held, 1, "<h@x>"), DUE, LEASE)
+    assert claim(engine, [held], first, DUE, LEASE) == []
+    row = _row(database_url, held)
+    assert (row.status, row.claim_token, row.claims) == ("sending", first, 0)
+    assert _row(database_url, free).claim_token == second
