@@ -523,7 +523,8 @@ def run_consumer(
 
     On its process's main thread (``crosssell consume``: the process is the consumer's)
     it consumes with the collector tuned for a service (``worker.process.collector``); on
-    another thread (``crosssell run``, tests) the process's collector is left alone."""
+    another thread (``crosssell run``, whose Celery worker tunes the process; tests) it
+    leaves the process's collector alone."""
     url = runtime.settings.resolved_events_url
     announce(runtime, "consume")
     with Connection(url, transport_options=transport_options(url)) as connection:

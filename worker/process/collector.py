@@ -10,6 +10,13 @@ consumer's collector took 0.041-0.055 ms of CPU per event and 0.003 ms with thes
 settings (``bench.ingest``); the worker's CPU per email in ``bench.delivery`` went from
 1.62-1.67 to 1.53 ms (docs/performance.md). Reference counting still frees every
 acyclic object at once, and cycles are still collected, less often.
+
+What is frozen is never collected: that includes the first rules snapshot (its template
+environment refers to itself), so after a hot reload one snapshot stays in memory for
+the process's life, a fixed amount, not a growth. ``crosssell run`` runs its Celery
+worker on the main thread, so the embedded process is tuned too, for its life, by the
+worker's start signal (``worker.outbox.app``); its consumer and dispatcher, on threads,
+leave the collector to it.
 """
 
 from __future__ import annotations
@@ -52,7 +59,8 @@ def collector_for_service() -> Iterator[None]:
 def on_own_process() -> bool:
     """Whether the caller runs on its process's main thread: ``crosssell consume`` and
     ``crosssell dispatch`` own their process; under ``crosssell run`` and in tests the
-    same loops run on threads of a process that is not theirs to tune."""
+    same loops run on threads of a process that is not theirs to tune (under
+    ``crosssell run`` its Celery worker, on the main thread, tunes it)."""
     return threading.current_thread() is threading.main_thread()
 
 
