@@ -255,10 +255,13 @@ def outcome(database_url: str, received: Iterable[str]) -> Outcome:
             select(Send.id, Send.status, Send.reason, Send.message_id, Send.customer_id)
         ).all()
     for send_id, status, reason, message_id, customer_id in rows:
+        if status in ("sent", "failed") and reason in (None, "ambiguous"):
+            # Sent and ambiguous sends were handed over, which stores their Message-ID.
+            assert message_id is not None, f"send {send_id} ({status}) has no Message-ID"
         if status == "sent":
-            sent[send_id] = message_id
+            sent[send_id] = str(message_id)
         elif status == "failed" and reason == "ambiguous":
-            ambiguous[send_id] = message_id
+            ambiguous[send_id] = str(message_id)
         elif status == "failed":
             failed[send_id] = (reason or "", customer_id, message_id or "")
         else:
