@@ -43,7 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import QueryableAttribute, Session
-from sqlalchemy.sql.type_api import _BindProcessorType
+from sqlalchemy.sql.type_api import TypeEngine, _BindProcessorType
 
 
 class BinaryArray(list[Any]):
@@ -222,11 +222,25 @@ def among(
     if session.get_bind().dialect.name != "postgresql":
         return column.in_(wanted)
     element = column.__clause_element__() if isinstance(column, QueryableAttribute) else column
+    return element == any_(bindparam(None, wanted, type_=_array_of(element)))
+
+
+def bound_among(column: ColumnElement[Any], name: str, postgres: bool) -> ColumnElement[bool]:
+    """:func:`among` for a statement built once: ``column IN (:name)`` with the values
+    bound at each execution under ``name`` (a list), ``column = ANY(:name)`` on
+    PostgreSQL."""
+    if not postgres:
+        return column.in_(bindparam(name, expanding=True))
+    return column == any_(bindparam(name, type_=_array_of(column)))
+
+
+def _array_of(element: ColumnElement[Any]) -> TypeEngine[Any]:
+    """The array type of ``element``'s values for ``= ANY(…)``."""
     if isinstance(element.type, String):
         # VARCHAR without a length: a cast to VARCHAR(n)[] would cut a longer value to a
         # prefix that might equal a stored one, where IN compares it whole.
-        return element == any_(bindparam(None, wanted, type_=_StringArray()))
-    return element == any_(bindparam(None, wanted, type_=postgresql.ARRAY(element.type)))
+        return _StringArray()
+    return postgresql.ARRAY(element.type)
 
 
 class _StringArray(TypeDecorator[list[Any]]):

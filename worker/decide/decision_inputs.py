@@ -15,14 +15,14 @@ from datetime import datetime
 from functools import cache
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Select, String, any_, bindparam, select
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from triggers.addresses import lookup_key
 from triggers.decide import COUNTED_STATUSES, MARKETING_HISTORY, PastSend, Subject, subject_for
 from triggers.events import AnyEvent
 from triggers.facts import CustomerProfile, build_facts
+from worker.core.dialect_insert import bound_among
 from worker.core.models import Customer, Event, Send, Suppression
 from worker.records.customers import is_suppressed, profile_of
 from worker.records.privacy import suppression_keys
@@ -133,18 +133,6 @@ class BatchInputs:
         return DecisionInputs(profile, subject, build_facts(event, profile, now), list(history))
 
 
-def _one_of(column: ColumnElement[Any], name: str, postgres: bool) -> ColumnElement[bool]:
-    """``column IN (:name)`` with the values bound at execution, for a statement built once
-    (:func:`_statements`): on PostgreSQL ``column = ANY(:name)``, whose text does not change
-    with the number of values (``worker.core.dialect_insert.among``, built per call)."""
-    if not postgres:
-        return column.in_(bindparam(name, expanding=True))
-    # VARCHAR without a length: a cast to VARCHAR(n)[] would cut a longer value to a prefix
-    # that might equal a stored one, where IN compares it whole.
-    item = String() if isinstance(column.type, String) else column.type
-    return column == any_(bindparam(name, type_=postgresql.ARRAY(item)))
-
-
 _AnySelect = Select[*tuple[Any, ...]]
 
 
@@ -175,7 +163,7 @@ def _statements(postgres: bool) -> _Statements:
         Send.created_at,
         Send.expires_at,
     )
-    customer_ids = _one_of(Send.customer_id.expression, "b_customer_ids", postgres)
+    customer_ids = bound_among(Send.customer_id.expression, "b_customer_ids", postgres)
     return _Statements(
         histories=select(*history_columns)
         .where(customer_ids, Send.status.in_(MARKETING_HISTORY))
@@ -185,11 +173,11 @@ def _statements(postgres: bool) -> _Statements:
         .order_by(Send.id)
         .with_for_update(),
         suppressed=select(Suppression.email).where(
-            _one_of(Suppression.email.expression, "b_keys", postgres)
+            bound_among(Suppression.email.expression, "b_keys", postgres)
         ),
-        customers=select(Customer).where(_one_of(Customer.id.expression, "b_ids", postgres)),
+        customers=select(Customer).where(bound_among(Customer.id.expression, "b_ids", postgres)),
         payloads=select(Event.event_id, Event.payload).where(
-            _one_of(Event.event_id.expression, "b_ids", postgres)
+            bound_among(Event.event_id.expression, "b_ids", postgres)
         ),
     )
 
