@@ -121,7 +121,9 @@ def count_database(url: str) -> Counts:
     return counts
 
 
-def run(sends: int, batch: int, profile: bool, cpu_clock: bool = False) -> None:
+def run(
+    sends: int, batch: int, profile: bool, cpu_clock: bool = False, profile_out: str | None = None
+) -> None:
     import worker.outbox.delivery as delivery
     from tests.support.factories import make_settings
     from tests.support.fleet import fleet_env, seed_due_sends
@@ -206,6 +208,8 @@ def run(sends: int, batch: int, profile: bool, cpu_clock: bool = False) -> None:
             from bench.timing import print_profile
 
             print_profile(profiler, 30)
+            if profile_out:
+                profiler.dump_stats(profile_out)
         runtime.close()
 
 
@@ -328,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         "pays per email, without the waits for PostgreSQL and the SMTP sink",
     )
     parser.add_argument(
+        "--profile-out", metavar="FILE", help="with --profile or --profile-cpu: also save the pstats"
+    )
+    parser.add_argument(
         "--celery", metavar="POOL", help="deliver with a Celery worker of this pool instead"
     )
     parser.add_argument("--concurrency", type=int, default=4)
@@ -343,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             options.batch,
             options.profile or options.profile_cpu,
             options.profile_cpu,
+            options.profile_out,
         )
     return 0
 

@@ -61,6 +61,7 @@ from worker.email.mime import (
     message_id_for,
 )
 from worker.offers.offer_resolution import CatalogMemo, choose_offer, localize_offer
+from worker.outbox.answer_and_hand_over import answer_and_hand_over
 from worker.outbox.claims import (
     SENDS_TABLE,
     HandOver,
@@ -796,8 +797,12 @@ class _Batch:
 
         def unit(connection: Connection) -> dict[int, str]:
             committing.clear()
-            hand_over(connection, self.token, item, now, self.lease)
-            recorded = {send_id: record(connection) for send_id, record in self.pending}
+            answer = self._sent_answer_to_combine(connection, item)
+            if answer is not None:
+                recorded = self._answer_and_hand_over(connection, item, answer, now)
+            else:
+                hand_over(connection, self.token, item, now, self.lease)
+                recorded = {send_id: record(connection) for send_id, record in self.pending}
             committing.append(True)  # the COMMIT follows when this returns
             return recorded
 
@@ -816,6 +821,41 @@ class _Batch:
         self.outcomes |= outcomes
         self.pending = []
         self._log_moves()
+
+    def _sent_answer_to_combine(self, connection: Connection, item: HandOver) -> _SentAnswer | None:
+        """The waiting answer that ``item``'s hand-over can write in its own statement: on
+        PostgreSQL, with no enrollment to check, when the only answer waiting is a
+        ``sent`` one (the steady state of a batch)."""
+        if item.enrollment_id is not None or len(self.pending) != 1:
+            return None
+        answer = self.pending[0][1]
+        if not isinstance(answer, _SentAnswer) or connection.dialect.name != "postgresql":
+            return None
+        return answer
+
+    def _answer_and_hand_over(
+        self, connection: Connection, item: HandOver, answer: _SentAnswer, now: datetime
+    ) -> dict[int, str]:
+        facts = self.facts[answer.send_id]
+        handed, sent = answer_and_hand_over(
+            connection,
+            token=self.token,
+            item=item,
+            answer=(
+                facts,
+                self.attempts[answer.send_id] + 1,
+                answer.email.message_id,
+                answer.result,
+            ),
+            now=now,
+            lease=self.lease,
+        )
+        if not handed:
+            raise LostClaim(f"send {item.send_id} is no longer claimed by this worker")
+        if not sent:
+            return {answer.send_id: "not_claimed"}
+        self.logged.append((answer.send_id, facts.campaign_id, "sent", None))
+        return {answer.send_id: "sent"}
 
     def _answered(
         self,
@@ -896,7 +936,7 @@ class _Batch:
         if isinstance(result, DeliveryResult):
             if not handed:
                 log.error("provider %s never handed over send %s", result.provider, send_id)
-            return partial(self._sent, send_id=send_id, email=email, result=result)
+            return _SentAnswer(self._sent, send_id, email, result)
         if isinstance(result, TransientDeliveryError):
             return partial(self._retry_or_fail, send_id=send_id, attempts=attempts, exc=result)
         if isinstance(result, PermanentDeliveryError):
@@ -1107,6 +1147,21 @@ class _Batch:
                 error_summary(exc),
             )
         return outcome
+
+
+@dataclass(frozen=True, slots=True)
+class _SentAnswer:
+    """A ``sent`` answer waiting for the next commit, kept as data so that the next
+    hand-over can write it in the same statement (``worker.outbox.answer_and_hand_over``);
+    called, it is written on its own (``record``: the deliver task's ``_sent``)."""
+
+    record: Callable[[Connection, int, OutgoingEmail, DeliveryResult], str]
+    send_id: int
+    email: OutgoingEmail
+    result: DeliveryResult
+
+    def __call__(self, connection: Connection) -> str:
+        return self.record(connection, self.send_id, self.email, self.result)
 
 
 def _nth(hand_over: Callable[[int], None], index: int, _first: int) -> None:

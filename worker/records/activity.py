@@ -140,7 +140,11 @@ class SendFacts:
     event_id: str
 
 
-def _send_data(facts: SendFacts, provider: str | None, message_id: str | None) -> dict[str, Scalar]:
+def send_activity_data(
+    facts: SendFacts, provider: str | None, message_id: str | None
+) -> dict[str, Scalar]:
+    """The ``data`` of a send's activity event (``email_sent``, ``email_bounced``): ids
+    and codes only, never personal data."""
     return {
         "send_id": facts.send_id,
         "campaign_id": facts.campaign_id,
@@ -164,7 +168,7 @@ def record_send_activity(
     facts = SendFacts(
         send.id, send.customer_id, send.campaign_id, send.kind, send.variant, send.event_id
     )
-    data: dict[str, Any] = _send_data(facts, send.provider, send.message_id)
+    data: dict[str, Any] = send_activity_data(facts, send.provider, send.message_id)
     if type == "email_bounced":
         data["reason"] = send.reason
     return record_activity(
@@ -185,7 +189,7 @@ def add_send_activity(
     ``<type>:send-<id>``, same data) in the caller's transaction, one
     ``INSERT … ON CONFLICT DO NOTHING`` with no read before it (an id already recorded
     stays as it is). ``reason`` is an ``email_bounced``'s. Returns the activity id."""
-    data = _send_data(facts, provider, message_id)
+    data = send_activity_data(facts, provider, message_id)
     if type == "email_bounced":
         data["reason"] = reason
     key = f"{type}:send-{facts.send_id}"

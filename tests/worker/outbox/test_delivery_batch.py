@@ -26,7 +26,7 @@ from worker.commands.cli import main
 from worker.commands.migrate import upgrade
 from worker.core.clock import ShiftedClock
 from worker.core.db import dispose_engines, engine_for, transaction
-from worker.core.models import Customer, Send
+from worker.core.models import ActivityOutbox, Customer, Send
 from worker.core.settings import Settings, get_settings
 from worker.outbox import delivery
 from worker.outbox.claims import HandOver, claim, hand_over, new_token, renew
@@ -528,3 +528,54 @@ def test_smtp_answers_ride_on_the_next_hand_over_so_a_kill_leaves_one_ambiguous(
     assert [_row(database_url, send_id).status for send_id in ids] == ["sent"] * len(ids)
     assert len(sink.handler.messages) == 4
     assert sink.handler.connections == 1, "one connection carried the whole batch"
+
+
+def test_a_claim_lost_mid_batch_keeps_the_earlier_answer_and_its_activity(
+    tmp_path: Path, database_url: str, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the previous message's ``sent`` answer and its ``email_sent`` activity
+    row ride in the next hand-over's statement (``worker.outbox.answer_and_hand_over``).
+    When that hand-over is refused, nothing of the statement is kept: the answer is
+    written afterwards, once, and the refused message never leaves. Both dialects end
+    with the same rows."""
+    runtime = _runtime(tmp_path, database_url, email_provider="smtp", smtp_port=smtp_sink.port)
+    ids = _due(runtime, 3, "C-mid")
+    real_hand_over = delivery._Batch._hand_over
+
+    def take_back_the_second(batch: Any, item: HandOver) -> None:
+        if item.send_id == ids[1]:
+            with transaction(database_url) as session:
+                session.execute(update(Send).where(Send.id == ids[1]).values(claim_token=None))
+        real_hand_over(batch, item)
+
+    monkeypatch.setattr(delivery._Batch, "_hand_over", take_back_the_second)
+    outcomes = deliver_batch(runtime, ids)
+    assert outcomes == {ids[0]: "sent", ids[1]: "not_claimed", ids[2]: "sent"}
+    rows = {send_id: _row(database_url, send_id) for send_id in ids}
+    assert [rows[send_id].status for send_id in ids] == ["sent", "sending", "sent"]
+    assert rows[ids[1]].handed_over_at is None
+    received = sorted(smtp_sink.handler.message_ids())
+    assert received == sorted(str(rows[send_id].message_id) for send_id in (ids[0], ids[2]))
+    with transaction(database_url) as session:
+        activity = {
+            row.activity_id: row
+            for row in session.scalars(
+                select(ActivityOutbox).where(ActivityOutbox.type == "email_sent")
+            )
+        }
+    assert sorted(activity) == sorted(f"email_sent:send-{send_id}" for send_id in (ids[0], ids[2]))
+    for send_id in (ids[0], ids[2]):
+        row = activity[f"email_sent:send-{send_id}"]
+        send = rows[send_id]
+        assert row.customer_id == send.customer_id
+        assert row.occurred_at == send.sent_at
+        assert row.published_at is None
+        assert row.data == {
+            "send_id": send_id,
+            "campaign_id": send.campaign_id,
+            "kind": send.kind,
+            "variant": send.variant,
+            "event_id": send.event_id,
+            "provider": "smtp",
+            "message_id": send.message_id,
+        }

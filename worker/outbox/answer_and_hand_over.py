@@ -1,0 +1,160 @@
+"""One message's hand-over and the answer of the message before it, in one statement.
+
+The deliver task commits each message's hand-over before the message leaves and writes
+the previous message's answer in the same commit (one commit per email). The commonest
+answer, ``sent``, is two statements of its own (the ``sends`` row and its
+``email_sent`` activity row); with the hand-over that made three statements, five round
+trips with ``BEGIN`` and ``COMMIT``. On PostgreSQL the three are one statement of
+data-modifying ``WITH`` queries, which PostgreSQL runs once each, to completion, on one
+snapshot (PostgreSQL manual, "Data-Modifying Statements in WITH"): three round trips
+per email instead of five, in the same transaction as before, so a failure still
+commits nothing. SQLite, and a hand-over with anything else to record (a sequence
+step's enrollment, other answers), keep the separate statements.
+
+The two ``UPDATE``s touch two different rows (a batch's sends are distinct), so neither
+sees the other's change. The hand-over's conditions and values are those of
+``worker.outbox.claims.HAND_OVER``; the answer's those of the deliver task's ``SENT``;
+the activity row is ``worker.records.activity.add_send_activity``'s.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, bindparam, case, func, literal, select, update
+from sqlalchemy.dialects import postgresql
+
+from triggers.outcomes import SkipReason
+from worker.core.models import ActivityOutbox, Send
+from worker.outbox.claims import HandOver
+from worker.providers.base import DeliveryResult
+from worker.records.activity import SendFacts, send_activity_data
+
+SENDS = cast(Table, Send.__table__)
+ACTIVITY = cast(Table, ActivityOutbox.__table__)
+
+
+def _statement() -> Any:
+    sends = SENDS.c
+    handed = (
+        update(SENDS)
+        .where(
+            sends.id == bindparam("h_id"),
+            case((sends.status == "sending", sends.claim_token)) == bindparam("h_token"),
+        )
+        .values(
+            handed_over_at=bindparam("h_now"),
+            lease_expires_at=bindparam("h_lease_expires_at"),
+            attempts=bindparam("h_attempts"),
+            message_id=bindparam("h_message_id"),
+            updated_at=bindparam("h_now"),
+            claims=0,
+            coupon_code=func.coalesce(
+                bindparam("h_coupon_code", type_=sends.coupon_code.type), sends.coupon_code
+            ),
+            coupon_expires_at=func.coalesce(
+                bindparam("h_coupon_expires_at", type_=sends.coupon_expires_at.type),
+                sends.coupon_expires_at,
+            ),
+        )
+        .returning(sends.id)
+        .cte("handed")
+    )
+    sent = (
+        update(SENDS)
+        .where(
+            sends.id == bindparam("s_id"),
+            sends.claim_token == bindparam("s_token"),
+            (sends.status == "sending")
+            | ((sends.status == "failed") & (sends.reason == SkipReason.AMBIGUOUS.value)),
+        )
+        .values(
+            status="sent",
+            sent_at=bindparam("s_done"),
+            provider=bindparam("s_provider"),
+            provider_message_id=bindparam("s_provider_message_id"),
+            message_id=bindparam("s_message_id"),
+            attempts=bindparam("s_attempts"),
+            reason=None,
+            detail=None,
+            lease_expires_at=None,
+            claims=0,
+            updated_at=bindparam("s_done"),
+        )
+        .returning(sends.id)
+        .cte("sent")
+    )
+    activity = ACTIVITY.c
+    recorded = (
+        postgresql.insert(ACTIVITY)
+        .from_select(
+            ["activity_id", "type", "customer_id", "occurred_at", "data", "created_at"],
+            select(
+                bindparam("a_activity_id", type_=activity.activity_id.type),
+                literal("email_sent", activity.type.type),
+                bindparam("a_customer_id", type_=activity.customer_id.type),
+                bindparam("s_done", type_=activity.occurred_at.type),
+                bindparam("a_data", type_=activity.data.type),
+                bindparam("a_created_at", type_=activity.created_at.type),
+            ).select_from(sent),
+        )
+        .on_conflict_do_nothing(index_elements=["activity_id"])
+        .cte("recorded")
+    )
+    return select(
+        select(func.count()).select_from(handed).scalar_subquery().label("handed"),
+        select(func.count()).select_from(sent).scalar_subquery().label("sent"),
+    ).add_cte(recorded)
+
+
+# Built once and executed with parameters (docs/performance.md, "Statements built once").
+ANSWER_AND_HAND_OVER = _statement()
+
+
+def answer_and_hand_over(
+    connection: Connection,
+    *,
+    token: str,
+    item: HandOver,
+    answer: tuple[SendFacts, int, str, DeliveryResult],
+    now: datetime,
+    lease: timedelta,
+) -> tuple[bool, bool]:
+    """Hand over ``item`` (which has no sequence enrollment to check) and record the
+    previous message as ``sent`` at ``now``, in the caller's transaction (PostgreSQL
+    only).
+
+    ``answer`` is ``(the sent one's facts, its attempts, its Message-ID, the provider's
+    answer)``. Returns ``(handed, sent)``: whether the hand-over's row was still this
+    token's ``sending`` one, and whether the answer's was (``sent`` may also replace a
+    ``failed``/``ambiguous`` the sweeper wrote meanwhile). The caller rolls back when
+    ``handed`` is false, as after a refused hand-over on its own."""
+    if item.enrollment_id is not None:
+        raise ValueError("a sequence step's hand-over checks its enrollment on its own")
+    facts, sent_attempts, sent_message_id, result = answer
+    row = connection.execute(
+        ANSWER_AND_HAND_OVER,
+        {
+            "h_id": item.send_id,
+            "h_token": token,
+            "h_now": now,
+            "h_lease_expires_at": now + lease,
+            "h_attempts": item.attempts,
+            "h_message_id": item.message_id,
+            "h_coupon_code": item.coupon_code,
+            "h_coupon_expires_at": item.coupon_expires_at,
+            "s_id": facts.send_id,
+            "s_token": token,
+            "s_done": now,
+            "s_provider": result.provider,
+            "s_provider_message_id": result.provider_message_id,
+            "s_message_id": sent_message_id,
+            "s_attempts": sent_attempts,
+            "a_activity_id": f"email_sent:send-{facts.send_id}",
+            "a_customer_id": facts.customer_id,
+            "a_data": send_activity_data(facts, result.provider, sent_message_id),
+            "a_created_at": datetime.now(UTC),
+        },
+    ).one()
+    return row.handed == 1, row.sent == 1
