@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         "pays per email, without the waits for PostgreSQL and the SMTP sink",
     )
     parser.add_argument(
-        "--profile-out", metavar="FILE", help="with --profile or --profile-cpu: also save the pstats"
+        "--profile-out", metavar="FILE", help="with --profile(-cpu): also save the pstats"
     )
     parser.add_argument(
         "--celery", metavar="POOL", help="deliver with a Celery worker of this pool instead"
