@@ -314,6 +314,9 @@ class Delivery:
     outcomes: dict[str, int]
     cpu: dict[str, float]
     database: dict[str, float]
+    # seconds after the first publish: the last publish, the first and the last send
+    # stored by the consumer, the first and the last email at the sink
+    timeline: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -630,6 +633,19 @@ class Bench:
             {row[0] for row in rows}
         )
         cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
+        stored = self.db.rows(
+            "SELECT extract(epoch FROM min(created_at)), extract(epoch FROM max(created_at))"
+            " FROM sends WHERE event_id LIKE %s",
+            (prefix + "%",),
+        )[0]
+        firsts = sorted(times[0] for mid, times in arrivals.items() if mid in sent)
+        timeline = {
+            "last publish": max(published[p.event_id] for p in planned) - start,
+            "first send stored": float(stored[0] or start) - start,
+            "last send stored": float(stored[1] or start) - start,
+            "first email": (firsts[0] if firsts else start) - start,
+            "last email": last - start,
+        }
         result = Delivery(
             label=label,
             events=len(planned),
@@ -646,6 +662,7 @@ class Bench:
             outcomes=dict(outcomes),
             cpu=cpu,
             database=database_work(db_before, db_after, emails),
+            timeline=timeline,
         )
         self.results.deliveries.append(result)
         self._print_delivery(result)
@@ -660,6 +677,10 @@ class Bench:
             f"unexpected {d.unexpected}"
         )
         say("    outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(d.outcomes.items())))
+        say(
+            "    timeline, s after the first publish: "
+            + ", ".join(f"{name} {seconds:.2f}" for name, seconds in d.timeline.items())
+        )
         per = max(d.emails, 1)
         say(
             "    CPU ms per email: "
