@@ -36,9 +36,10 @@ from worker.process.startup import announce
 log = logging.getLogger(__name__)
 Enqueue = Callable[[Sequence[int]], None]
 SENDS_TABLE = cast(Table, Send.__table__)
-# After a wake-up, the dispatcher waits this long before its pass, so that ingest's
-# commits of the next moment (one every CROSSSELL_INGEST_LINGER while events trickle in)
-# share the pass: at most one woken pass per this interval, for that much latency.
+# Woken passes start at least this long apart, so that ingest's commits of one moment
+# (one every CROSSSELL_INGEST_LINGER while events stream in) share a pass: a wake-up
+# within this interval of the last pass's start waits for the rest of it, one after a
+# quiet moment runs its pass at once (the first email of a burst waits for no interval).
 WAKE_COALESCE_SECONDS = 0.1
 
 
@@ -263,7 +264,8 @@ def _dispatch_until_stopped(
     next_housekeeping = 0.0
     try:
         while not stop.is_set():
-            housekeeping = time.monotonic() >= next_housekeeping
+            started = time.monotonic()
+            housekeeping = started >= next_housekeeping
             try:
                 report = dispatch_once(runtime, enqueue, housekeeping)
             except Exception:
@@ -278,9 +280,11 @@ def _dispatch_until_stopped(
             if waiter is None:
                 stop.wait(left)
             elif waiter.wait(left, stop):
-                # Woken: let the commits of the next moment join this pass (a pass costs
-                # the same for 1 send as for 50).
-                stop.wait(min(WAKE_COALESCE_SECONDS, left))
+                # Woken: within the interval of the last pass, let the commits of the
+                # next moment join this one (a pass costs the same for 1 send as for 50).
+                coalesce = started + WAKE_COALESCE_SECONDS - time.monotonic()
+                if coalesce > 0:
+                    stop.wait(min(coalesce, left))
     finally:
         if waiter is not None:
             waiter.close()

@@ -11,7 +11,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from itertools import pairwise
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from sqlalchemy import select
@@ -23,8 +26,10 @@ from worker.commands.demo import seed_catalog
 from worker.core.clock import ShiftedClock
 from worker.core.db import transaction
 from worker.core.models import Send
+from worker.core.wakeup import Waiter
 from worker.intake.ingest import ingest_event
-from worker.outbox.dispatcher import run_dispatcher
+from worker.outbox import dispatcher
+from worker.outbox.dispatcher import WAKE_COALESCE_SECONDS, DispatchReport, run_dispatcher
 from worker.process.runtime import Runtime
 
 POLL_SECONDS = 30.0
@@ -227,3 +232,73 @@ def test_a_lost_listen_connection_is_said_and_so_is_its_return(
         assert waiter.wait(10, stop) is True
     finally:
         waiter.close()
+
+
+class _RecordingStop(threading.Event):
+    """The dispatcher's stop event, noting every wait the loop makes on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        return super().wait(timeout)
+
+
+class _Waker:
+    """A wake-up source that wakes the dispatcher after ``quiet`` seconds, every time."""
+
+    def __init__(self, quiet: float) -> None:
+        self.quiet = quiet
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool:
+        time.sleep(self.quiet)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def _passes(monkeypatch: pytest.MonkeyPatch, quiet: float) -> tuple[list[float], _RecordingStop]:
+    """Five woken passes of the dispatcher loop, each waking ``quiet`` seconds after the
+    last pass ended: when each pass started, and the loop's waits on its stop event."""
+    starts: list[float] = []
+    stop = _RecordingStop()
+
+    def one_pass(runtime: object, enqueue: object, housekeeping: bool) -> DispatchReport:
+        starts.append(time.monotonic())
+        if len(starts) == 5:
+            stop.set()
+        return DispatchReport(1, 0, 0, 0)
+
+    monkeypatch.setattr(dispatcher, "dispatch_once", one_pass)
+    settings = SimpleNamespace(dispatch_interval=POLL_SECONDS, dispatch_batch=500)
+    runtime = cast(Runtime, SimpleNamespace(settings=settings))
+    waker = cast(Waiter, _Waker(quiet))
+    dispatcher._dispatch_until_stopped(runtime, stop, lambda ids: None, waker)
+    return starts, stop
+
+
+def test_woken_passes_start_at_least_the_coalescing_interval_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Commits that keep waking the dispatcher share passes: woken passes start at least
+    ``WAKE_COALESCE_SECONDS`` apart, however often it is woken."""
+    starts, stop = _passes(monkeypatch, quiet=0.0)
+    gaps = [later - earlier for earlier, later in pairwise(starts)]
+    assert len(gaps) == 4
+    assert min(gaps) >= WAKE_COALESCE_SECONDS - 0.002, gaps
+    # one coalescing wait after each pass (after the last one, the stop ends it at once)
+    assert len(stop.waits) == len(starts)
+    assert all(0 < wait <= WAKE_COALESCE_SECONDS for wait in stop.waits if wait is not None)
+
+
+def test_a_wake_up_after_a_quiet_moment_runs_its_pass_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first commit after a quiet moment (the start of a burst) is not held back by
+    the coalescing interval: the loop makes no wait between the wake-up and the pass."""
+    starts, stop = _passes(monkeypatch, quiet=WAKE_COALESCE_SECONDS * 1.5)
+    assert len(starts) == 5
+    assert stop.waits == []
