@@ -1141,9 +1141,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="customers in the generated shop (default 100000; a soak: at least --events)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="Celery worker processes (default: one per usable CPU, as the README runs them)",
+    )
     parser.add_argument("--pool", choices=("prefork", "threads"), default="threads")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument(
         "--ingest-events",
         type=int,
