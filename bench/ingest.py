@@ -202,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2000, help="events per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=200, help="bodies per call (consumer batch)")
+    parser.add_argument(
+        "--batch", type=int, default=500, help="bodies per call (CROSSSELL_INGEST_BATCH's default)"
+    )
     parser.add_argument(
         "--profile", action="store_true", help="cProfile (process CPU clock) the first round"
     )

@@ -207,7 +207,7 @@ class Settings(BaseSettings):
         None, description="HMAC key for forgotten addresses; default: a key file in var_dir"
     )
     ingest_batch: int = Field(
-        200,
+        500,
         ge=1,
         le=10000,
         description="events the consumer stores per transaction (its prefetch is twice this)",
