@@ -106,10 +106,16 @@ class Reschedule:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A message ready to leave and what its hand-over records with it: the coupon made
-    on first render and, for a sequence step, the enrollment's offered SKUs."""
+    """A send that passed its recheck: how to build its message, and what its hand-over
+    records with it (the coupon made on first render and, for a sequence step, the
+    enrollment's offered SKUs).
 
-    email: OutgoingEmail
+    ``build`` renders and builds the message (pure: no database), or says why it cannot
+    (a template fault, an address no builder can write): the deliver task calls it right
+    before the message's hand-over, so a batch's first message leaves without waiting
+    for the whole batch to be rendered."""
+
+    build: Callable[[], OutgoingEmail | Skip]
     coupon_code: str | None = None
     coupon_expires_at: datetime | None = None
     enrollment_id: int | None = None
@@ -186,7 +192,8 @@ def prepare(
     senders: Senders | None = None,
     locked: Mapping[int, Enrollment] | None = None,
 ) -> Prepared | Skip | Reschedule:
-    """Recheck everything that may have changed since planning, then build the message.
+    """Recheck everything that may have changed since planning; what passes comes back
+    with the build of its message (``Prepared.build``), not built yet.
 
     The recheck is ``triggers.decide.recheck`` on inputs from ``recheck_inputs_many``
     (``loaded`` is this send's from its batch, else it is read as a batch of one;
@@ -269,51 +276,53 @@ def prepare(
         links=links,
         coupon=coupon,
     )
-    try:
-        rendered = snapshot.renderer.render(
-            send.template or variant.template, context, customer.locale, subject
-        )
-    except Exception as exc:
-        # A template fault (1/0, a type error, a render limit hit, a refused symlink) is
-        # this send's problem, not a worker bug: skipped with the reason, never retried;
-        # the time limit keeps it from holding the worker thread.
-        log.warning(
-            "send %s: the template did not render: %s: %s", send.id, type(exc).__name__, exc
-        )
-        return Skip(SkipReason.RENDER_ERROR, f"{exc.__class__.__name__}: {exc}"[:1000])
-    try:
-        if senders is None:
-            senders = Senders(settings)
-        sender = senders.of(compiled)
-        # Stored with the hand-over and reused on every retry: one Message-ID per send.
-        message_id = send.message_id or message_id_for(
-            send.id,
-            senders.message_id_domain(sender.address),
-            next(iter(runtime.unsubscribe_keys.values())),
-        )
-        envelope = Envelope(
-            send_id=send.id,
-            sender_name=sender.name,
-            sender_address=sender.address,
-            recipient_name=" ".join(filter(None, [customer.first_name, customer.last_name])),
-            recipient_address=customer.email or "",
-            reply_to=sender.reply_to,
-            date=now,
-            message_id=message_id,
-            unsubscribe_url=links.unsubscribe_url,
-            unsubscribe_mailto=mailto_uri_body(settings.unsubscribe_mailto, token),
-            feedback_id=sender.feedback_id,
-        )
-        # The one builder: bytes, the SMTP envelope (A-label domains) and the API fields.
-        built = build_email(envelope, rendered)
-    except InvalidAddress as exc:
-        # An address stored before ingest validated addresses, or one no builder can
-        # write as a single mailbox: never sent, never an internal error.
-        return Skip(SkipReason.UNSUPPORTED_ADDRESS, f"{exc.__class__.__name__}: {exc}"[:1000])
-    except HeaderInjection as exc:
-        return Skip(SkipReason.RENDER_ERROR, f"{exc.__class__.__name__}: {exc}"[:1000])
+    renderer = snapshot.renderer
+    template = send.template or variant.template
+    chosen_senders = senders if senders is not None else Senders(settings)
+
+    def build() -> OutgoingEmail | Skip:
+        try:
+            rendered = renderer.render(template, context, customer.locale, subject)
+        except Exception as exc:
+            # A template fault (1/0, a type error, a render limit hit, a refused symlink)
+            # is this send's problem, not a worker bug: skipped with the reason, never
+            # retried; the time limit keeps it from holding the worker thread.
+            log.warning(
+                "send %s: the template did not render: %s: %s", send.id, type(exc).__name__, exc
+            )
+            return Skip(SkipReason.RENDER_ERROR, f"{exc.__class__.__name__}: {exc}"[:1000])
+        try:
+            sender = chosen_senders.of(compiled)
+            # Stored with the hand-over and reused on every retry: one Message-ID per send.
+            message_id = send.message_id or message_id_for(
+                send.id,
+                chosen_senders.message_id_domain(sender.address),
+                next(iter(runtime.unsubscribe_keys.values())),
+            )
+            envelope = Envelope(
+                send_id=send.id,
+                sender_name=sender.name,
+                sender_address=sender.address,
+                recipient_name=" ".join(filter(None, [customer.first_name, customer.last_name])),
+                recipient_address=customer.email or "",
+                reply_to=sender.reply_to,
+                date=now,
+                message_id=message_id,
+                unsubscribe_url=links.unsubscribe_url,
+                unsubscribe_mailto=mailto_uri_body(settings.unsubscribe_mailto, token),
+                feedback_id=sender.feedback_id,
+            )
+            # The one builder: bytes, the SMTP envelope (A-label domains) and the API fields.
+            return build_email(envelope, rendered)
+        except InvalidAddress as exc:
+            # An address stored before ingest validated addresses, or one no builder can
+            # write as a single mailbox: never sent, never an internal error.
+            return Skip(SkipReason.UNSUPPORTED_ADDRESS, f"{exc.__class__.__name__}: {exc}"[:1000])
+        except HeaderInjection as exc:
+            return Skip(SkipReason.RENDER_ERROR, f"{exc.__class__.__name__}: {exc}"[:1000])
+
     return Prepared(
-        built,
+        build,
         code,
         code_expires_at,
         # Committed with the hand-over: what this step offers, for purchase: offered.
@@ -712,22 +721,46 @@ class _Batch:
 
     # -- hand over and record ------------------------------------------------------------
 
+    def _built(self, send_id: int, item: Prepared) -> OutgoingEmail | None:
+        """``item``'s message, rendered and built now; None if it cannot be (recorded:
+        ``skipped`` with the reason, or ``failed``/``internal_error`` for a bug)."""
+        try:
+            built = item.build()
+        except Exception as exc:
+            self._internal_error(send_id, exc)
+            return None
+        if isinstance(built, Skip):
+            self._record(
+                send_id,
+                partial(
+                    self._move,
+                    send_id=send_id,
+                    outcome="skipped",
+                    status="skipped",
+                    reason=built.reason,
+                    detail=built.detail,
+                ),
+            )
+            return None
+        return built
+
     def _send(self, prepared: dict[int, Prepared]) -> None:
         runtime = self.runtime
         ids = list(prepared)
-        emails = [prepared[send_id].email for send_id in ids]
+        emails: list[OutgoingEmail | None] = [None] * len(ids)
         handed = [False] * len(ids)
         refused: list[Exception | None] = [None] * len(ids)
 
         def on_hand_over(index: int) -> None:
-            send_id = ids[index]
+            send_id, email = ids[index], emails[index]
+            assert email is not None  # only built messages are handed to the provider
             item = prepared[send_id]
             try:
                 self._hand_over(
                     HandOver(
                         send_id,
                         self.attempts[send_id] + 1,
-                        item.email.message_id,
+                        email.message_id,
                         item.coupon_code,
                         item.coupon_expires_at,
                         item.enrollment_id,
@@ -743,36 +776,47 @@ class _Batch:
         limiter = runtime.rate_limiter
         if limiter is None and provider.answers_together:
             # A batch endpoint: the messages go in one request and their answers come
-            # back together, so they are recorded together after it.
+            # back together, so they are all built first and recorded together after it.
+            for index, send_id in enumerate(ids):
+                emails[index] = self._built(send_id, prepared[send_id])
+            built = [index for index, email in enumerate(emails) if email is not None]
+            if not built:
+                return
+            ids, emails = [ids[index] for index in built], [emails[index] for index in built]
+            handed, refused = [False] * len(ids), [None] * len(ids)
+            ready = [email for email in emails if email is not None]
             started = time.perf_counter()
-            results = provider.send_many(emails, on_hand_over)
+            results = provider.send_many(ready, on_hand_over)
             share = (time.perf_counter() - started) / len(ids)
             for _ in ids:
                 PROVIDER_SECONDS.labels(provider.name).observe(share)
-            self._answered(ids, emails, results, handed, refused)
+            self._answered(ids, ready, results, handed, refused)
             return
-        # One message at a time, its answer written in the commit of the next message's
-        # hand-over (the last one's after the loop): one commit per email, and a worker
-        # killed mid-batch still leaves at most one message of the batch ambiguous — the
-        # one whose answer waits for the next commit — not every message sent so far.
-        # With a rate limit each message first takes its own slot, never inside an SMTP
-        # transaction, and its answer is committed before the next slot is waited for
-        # (a wait must not stretch the ambiguous window); the batch's slots are not
-        # taken up front, where a task lagging behind its block of slots would waste them.
+        # One message at a time, built right before its hand-over (the first one leaves
+        # without waiting for the rest of the batch to be rendered), its answer written
+        # in the commit of the next message's hand-over (the last one's after the loop):
+        # one commit per email, and a worker killed mid-batch still leaves at most one
+        # message of the batch ambiguous — the one whose answer waits for the next
+        # commit — not every message sent so far. With a rate limit each message first
+        # takes its own slot, never inside an SMTP transaction, and its answer is
+        # committed before the next slot is waited for (a wait must not stretch the
+        # ambiguous window); the batch's slots are not taken up front, where a task
+        # lagging behind its block of slots would waste them.
         try:
             for index, send_id in enumerate(ids):
+                email = emails[index] = self._built(send_id, prepared[send_id])
+                if email is None:
+                    continue
                 if limiter is not None:
                     reservation = limiter.acquire()
                     if not reservation.granted:
                         self._throttle(ids[index:], reservation.wait)
                         return
                 with PROVIDER_SECONDS.labels(provider.name).time():
-                    results = provider.send_many(
-                        [emails[index]], partial(_nth, on_hand_over, index)
-                    )
+                    results = provider.send_many([email], partial(_nth, on_hand_over, index))
                 self._answered(
                     [send_id],
-                    [emails[index]],
+                    [email],
                     results,
                     [handed[index]],
                     [refused[index]],

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from sqlalchemy import event, insert, select, update
 from sqlalchemy.engine import make_url
 
+from tests.support.email_api import EmailApiServer
 from tests.support.factories import TUESDAY_MORNING
 from tests.support.private_services import PrivatePostgres
 from tests.support.services import fresh_postgres_database
@@ -579,3 +580,32 @@ def test_a_claim_lost_mid_batch_keeps_the_earlier_answer_and_its_activity(
             "provider": "smtp",
             "message_id": send.message_id,
         }
+
+
+def test_a_batch_endpoint_request_carries_only_the_messages_that_were_built(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Messages are built right before they are handed over; with a provider's batch
+    endpoint (Postmark's, one request for the batch) every message is built first, and
+    one whose template does not render is skipped with the reason, without a place in
+    the request: the others go out together, once, each handed over before it."""
+    with EmailApiServer() as api:
+        runtime = _runtime(
+            tmp_path,
+            database_url,
+            email_provider="postmark",
+            postmark_server_token=api.postmark_token,
+            postmark_base_url=api.url,
+        )
+        ids = _due(runtime, 4, "C-api")
+        with transaction(database_url) as session:
+            session.execute(update(Send).where(Send.id == ids[2]).values(template="no-such"))
+        outcomes = deliver_batch(runtime, ids)
+        requests = {(attempt.arrived, attempt.peer) for attempt in api.attempts}
+        accepted = sorted(attempt.message_id for attempt in api.accepted)
+    assert outcomes == {ids[0]: "sent", ids[1]: "sent", ids[2]: "skipped", ids[3]: "sent"}
+    rows = {send_id: _row(database_url, send_id) for send_id in ids}
+    assert (rows[ids[2]].status, rows[ids[2]].reason) == ("skipped", "render_error")
+    assert rows[ids[2]].handed_over_at is None
+    assert len(requests) == 1, "one request to the batch endpoint"
+    assert accepted == sorted(str(rows[send_id].message_id) for send_id in (ids[0], ids[1], ids[3]))
