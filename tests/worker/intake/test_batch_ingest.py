@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ from worker.core.db import dispose_engines, engine_for, transaction
 from worker.core.models import Enrollment, Event, Send
 from worker.core.settings import Settings
 from worker.core.topology import events_exchange, events_queue, transport_options
-from worker.intake.consumer import EventConsumer, handle_bodies, run_consumer
+from worker.intake import consumer as consumer_module
+from worker.intake.consumer import EventConsumer, handle_bodies, next_batch_limit, run_consumer
 from worker.intake.ingest import ingest_batch, ingest_event
 from worker.process.runtime import Runtime
 
@@ -419,4 +421,56 @@ def test_a_consumer_that_dies_after_the_commit_leaves_a_duplicate_not_a_second_p
         assert _stored(postgres_url, document["id"]) == 1
     finally:
         runtime.close()
+        _delete_queues(settings)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 200, 500, 10_000])
+def test_a_burst_after_a_quiet_moment_starts_with_small_batches(batch_size: int) -> None:
+    """The batch limit after a quiet moment is an eighth of CROSSSELL_INGEST_BATCH (at
+    least 1), doubles with each batch that filled it, never passes the setting, and a
+    steady stream cut by the linger keeps room to grow: the linger, not the limit, cuts."""
+    first = next_batch_limit(0, batch_size)
+    assert first == max(1, batch_size // 8)
+    limits, limit = [first], first
+    while limit < batch_size:
+        limit = next_batch_limit(limit, batch_size)
+        limits.append(limit)
+    assert limits[-1] == batch_size
+    assert all(later == min(2 * earlier, batch_size) for earlier, later in pairwise(limits))
+    assert next_batch_limit(batch_size, batch_size) == batch_size
+    for cut in range(1, batch_size + 1, max(1, batch_size // 7)):  # batches the linger cut
+        assert next_batch_limit(cut, batch_size) >= min(2 * cut, batch_size)
+        assert next_batch_limit(cut, batch_size) >= first
+
+
+def test_a_waiting_queue_is_stored_in_growing_batches_over_rabbitmq(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 events waiting when the consumer starts, CROSSSELL_INGEST_BATCH 16: the first
+    batch is stored after 2 of them (its events can be planned and sent while the rest
+    arrive), then 4, 8, 16, and the 10 left when the linger ends; each event once."""
+    settings = make_settings(
+        tmp_path,
+        database_url=postgres_url,
+        events_url=require_rabbitmq(),
+        ingest_batch=16,
+        ingest_linger=2.0,  # batches here end by their size, the last by the linger
+    )
+    seed_catalog(settings, NOW)
+    sizes: list[int] = []
+    real_handle_bodies = consumer_module.handle_bodies
+
+    def recorded(runtime: Runtime, bodies: list[object]) -> list[Any]:
+        sizes.append(len(bodies))
+        return real_handle_bodies(runtime, bodies)
+
+    monkeypatch.setattr(consumer_module, "handle_bodies", recorded)
+    documents = [_short(f"C-{uuid.uuid4().hex[:8]}") for _ in range(40)]
+    try:
+        _publish(settings, *documents)
+        with _consuming(settings) as consumer:
+            _wait_for(lambda: consumer.stats["accepted"] == 40)
+        assert sizes == [2, 4, 8, 16, 10]
+        assert _stored(postgres_url, *(document["id"] for document in documents)) == 40
+    finally:
         _delete_queues(settings)
