@@ -13,7 +13,7 @@ step's enrollment, other answers), keep the separate statements.
 
 The two ``UPDATE``s touch two different rows (a batch's sends are distinct), so neither
 sees the other's change. The hand-over's conditions and values are those of
-``worker.outbox.claims.HAND_OVER``; the answer's those of the deliver task's ``SENT``;
+``worker.outbox.claims.HAND_OVER``; the answer is :func:`sent_update`, as on its own;
 the activity row is ``worker.records.activity.add_send_activity``'s.
 """
 
@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, case, func, literal, select, update
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.dml import Update
 
 from triggers.outcomes import SkipReason
 from worker.core.models import ActivityOutbox, Send
@@ -33,6 +34,37 @@ from worker.records.activity import SendFacts, send_activity_data
 
 SENDS = cast(Table, Send.__table__)
 ACTIVITY = cast(Table, ActivityOutbox.__table__)
+
+
+def sent_update(prefix: str) -> Update:
+    """The ``sent`` answer: this token's row (``sending``, or the ``failed``/``ambiguous``
+    the sweeper wrote while the answer was on its way) becomes ``sent`` and its claim
+    ends. Bound parameters, each name after ``prefix``: ``id``, ``token``, ``done`` (the
+    time: ``sent_at`` and ``updated_at``), ``provider``, ``provider_message_id``,
+    ``message_id``, ``attempts``."""
+    sends = SENDS.c
+    return (
+        update(SENDS)
+        .where(
+            sends.id == bindparam(f"{prefix}id"),
+            sends.claim_token == bindparam(f"{prefix}token"),
+            (sends.status == "sending")
+            | ((sends.status == "failed") & (sends.reason == SkipReason.AMBIGUOUS.value)),
+        )
+        .values(
+            status="sent",
+            sent_at=bindparam(f"{prefix}done"),
+            provider=bindparam(f"{prefix}provider"),
+            provider_message_id=bindparam(f"{prefix}provider_message_id"),
+            message_id=bindparam(f"{prefix}message_id"),
+            attempts=bindparam(f"{prefix}attempts"),
+            reason=None,
+            detail=None,
+            lease_expires_at=None,
+            claims=0,
+            updated_at=bindparam(f"{prefix}done"),
+        )
+    )
 
 
 def _statement() -> Any:
@@ -61,30 +93,7 @@ def _statement() -> Any:
         .returning(sends.id)
         .cte("handed")
     )
-    sent = (
-        update(SENDS)
-        .where(
-            sends.id == bindparam("s_id"),
-            sends.claim_token == bindparam("s_token"),
-            (sends.status == "sending")
-            | ((sends.status == "failed") & (sends.reason == SkipReason.AMBIGUOUS.value)),
-        )
-        .values(
-            status="sent",
-            sent_at=bindparam("s_done"),
-            provider=bindparam("s_provider"),
-            provider_message_id=bindparam("s_provider_message_id"),
-            message_id=bindparam("s_message_id"),
-            attempts=bindparam("s_attempts"),
-            reason=None,
-            detail=None,
-            lease_expires_at=None,
-            claims=0,
-            updated_at=bindparam("s_done"),
-        )
-        .returning(sends.id)
-        .cte("sent")
-    )
+    sent = sent_update("s_").returning(sends.id).cte("sent")
     activity = ACTIVITY.c
     recorded = (
         postgresql.insert(ACTIVITY)
