@@ -454,7 +454,7 @@ def test_a_waiting_queue_is_stored_in_growing_batches_over_rabbitmq(
         database_url=postgres_url,
         events_url=require_rabbitmq(),
         ingest_batch=16,
-        ingest_linger=2.0,  # batches here end by their size, the last by the linger
+        ingest_linger=1.0,  # batches here end by their size, the last by the linger
     )
     seed_catalog(settings, NOW)
     sizes: list[int] = []
