@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, case, func, literal, select, update
+from sqlalchemy import Connection, Select, Table, bindparam, case, func, literal, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.dml import Update
 
@@ -67,7 +67,7 @@ def sent_update(prefix: str) -> Update:
     )
 
 
-def _statement() -> Any:
+def _statement() -> Select[Any]:
     sends = SENDS.c
     handed = (
         update(SENDS)

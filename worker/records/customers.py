@@ -58,7 +58,8 @@ def upsert_customer(session: Session, data: CustomerData, now: datetime) -> Cust
     A CRM opt-in that would undo a standing crosssell opt-out without being newer than
     it is ignored (module docstring).
     """
-    return apply_upsert(session, session.get(Customer, data.id, with_for_update=True), data, now)
+    locked = session.get(Customer, data.id, with_for_update=True)
+    return apply_upsert_profiled(session, locked, data, now)[0]
 
 
 def lock_customers(session: Session, ids: Iterable[str]) -> dict[str, Customer]:
@@ -228,7 +229,7 @@ def _update_plan(
 
 def new_customer(session: Session, customer_id: str, now: datetime) -> Customer:
     """A customer the database does not know yet, with empty aggregates, added to the
-    session (its profile comes from :func:`apply_upsert`, with ``created=True``)."""
+    session (its profile comes from :func:`apply_upsert_profiled`, with ``created=True``)."""
     customer = Customer(
         id=customer_id,
         attributes={},
@@ -243,28 +244,6 @@ def new_customer(session: Session, customer_id: str, now: datetime) -> Customer:
     return customer
 
 
-def apply_upsert(
-    session: Session,
-    customer: Customer | None,
-    data: CustomerData,
-    now: datetime,
-    *,
-    created: bool = False,
-    purchase: PurchaseEvent | None = None,
-) -> Customer:
-    """:func:`upsert_customer` on a row the caller has already locked. None is a customer
-    the database does not know yet (added to the session); so is one just made by
-    :func:`new_customer` (``created``): no consent history to govern or record yet.
-
-    ``purchase`` (a new order of this customer's; the caller knows it is new) also
-    updates the purchase aggregates, in the same pass over the row: one profile read and
-    one write per event. Its rows come from :func:`order_rows`."""
-    stored, _profile = apply_upsert_profiled(
-        session, customer, data, now, created=created, purchase=purchase
-    )
-    return stored
-
-
 def apply_upsert_profiled(
     session: Session,
     customer: Customer | None,
@@ -274,8 +253,15 @@ def apply_upsert_profiled(
     created: bool = False,
     purchase: PurchaseEvent | None = None,
 ) -> tuple[Customer, CustomerProfile]:
-    """:func:`apply_upsert`, and the profile it stored: equal to what :func:`profile_of`
-    reads back from the row, without reading it again (ingest decides on it next)."""
+    """:func:`upsert_customer` on a row the caller has already locked; returns the row and
+    the profile it stored, equal to what :func:`profile_of` reads back from the row,
+    without reading it again (ingest decides on it next). None is a customer the
+    database does not know yet (added to the session); so is one just made by
+    :func:`new_customer` (``created``): no consent history to govern or record yet.
+
+    ``purchase`` (a new order of this customer's; the caller knows it is new) also
+    updates the purchase aggregates, in the same pass over the row: one profile read and
+    one write per event. Its rows come from :func:`order_rows`."""
     if customer is None:
         customer = new_customer(session, data.id, now)
         created = True
@@ -543,7 +529,7 @@ def order_rows(
     customer_id: str, event: PurchaseEvent
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``orders`` row of a new order and its ``order_lines`` rows, for the caller to
-    insert (:func:`apply_upsert` with ``purchase`` updates the customer's aggregates)."""
+    insert (:func:`apply_upsert_profiled` with ``purchase`` updates the customer's aggregates)."""
     data = event.data
     order = {
         "id": data.order_id,
