@@ -35,6 +35,7 @@ from jinja2 import StrictUndefined, Template, TemplateNotFound
 
 from triggers.money import minor_unit, round_money
 from worker.core.settings import Settings
+from worker.email.compiled_cache import SharedBytecodeCache
 from worker.email.template_sandbox import (
     BudgetedSandbox,
     RenderLimitError,
@@ -170,6 +171,10 @@ def html_autoescape(name: str | None) -> bool:
     return name is not None and name.endswith((".html", ".htm"))
 
 
+COMPILED = SharedBytecodeCache()
+"""Compiled templates of every :class:`Renderer` of the process, found by source: a new
+renderer (each rule-set load builds one) compiles only templates it has not seen."""
+
 MAX_PICKED = 4096
 """Picked templates a renderer remembers (templates, parts and locales in use); beyond it,
 picks are looked up as before (a bound on memory, never on correctness)."""
@@ -191,6 +196,7 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=False,
+            bytecode_cache=COMPILED,  # safe to share: every Renderer has these options
         )
         self._inliner = css_inline.CSSInliner(keep_style_tags=True)
         # A snapshot's files never change under it: remember which locale variants are

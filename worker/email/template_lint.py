@@ -39,6 +39,7 @@ from jinja2.exceptions import SecurityError
 from triggers.campaigns import Campaign
 from triggers.conditions import did_you_mean
 from triggers.rule_checks import TemplateCheck, TemplateProblem
+from worker.email.compiled_cache import parsed
 from worker.email.email_context import sample_context
 from worker.email.rendering import Renderer
 from worker.email.template_sandbox import RenderLimitError, SafeFileSystemLoader, UnsafeTemplatePath
@@ -107,7 +108,7 @@ def _parse_problems(renderer: Renderer, directory: Path, template: str) -> list[
             continue
         try:
             source, filename, _ = loader.get_source(renderer.env, f"{template}/{path.name}")
-            renderer.env.parse(source, path.name, filename)
+            parsed(renderer.env, source, path.name, filename)
         except TemplateSyntaxError as exc:
             problems.append(
                 TemplateProblem(0, "template-syntax", exc.message or "", str(path), exc.lineno, 1)
@@ -220,7 +221,7 @@ def fallback_problems(
 ) -> list[TemplateProblem]:
     """``optional-field-without-fallback`` warnings for one template's source."""
     try:
-        tree = renderer.env.parse(source)
+        tree = parsed(renderer.env, source)
     except TemplateSyntaxError:
         return []  # reported as an error elsewhere
     return [
