@@ -1,6 +1,7 @@
 """`simulate` predicts what the pipeline plans: same events, clock and settings, same counts.
 
-The pipeline side is the real ``ingest_event`` into a fresh SQLite database (the demo's own
+The pipeline side is the real ``ingest_event`` (one event per transaction) or
+``ingest_batch`` (the consumer's batches) into a fresh SQLite database (the demo's own
 backend); the prediction is ``triggers.simulate.simulate`` on the same events at the same
 clock. They are compared per (campaign, status, reason), the figures the ``sends`` table
 holds, so any check one of them makes and the other forgets shows up as a difference.
@@ -27,7 +28,7 @@ from worker.commands.demo_data import as_lines
 from worker.core.db import dispose_engines, transaction
 from worker.core.models import Customer, Event, Send, Suppression
 from worker.decide.decision_inputs import load_standing
-from worker.intake.ingest import ingest_event
+from worker.intake.ingest import ingest_batch, ingest_event
 from worker.process.runtime import Runtime
 
 # A fixed demo clock: the latest Tuesday 10:30 UTC before this date, as `make demo` picks.
@@ -76,12 +77,18 @@ def _standing_rows(url: str) -> None:
 
 
 def pipeline(
-    url: str, runtime: Runtime, events: list[AnyEvent], now: datetime
+    url: str, runtime: Runtime, events: list[AnyEvent], now: datetime, batch: int
 ) -> Counter[OUTCOMES]:
+    """The plan the pipeline stores: one event per transaction (``batch`` 1, as
+    ``ingest_event`` stores one), or ``batch`` at a time as the consumer stores them."""
     rules = runtime.rules.current()
-    for event in events:
+    if batch == 1:
+        for event in events:
+            with transaction(url) as session:
+                ingest_event(session, event, rules, runtime.policy, now)
+    for start in range(0, len(events) if batch > 1 else 0, batch):
         with transaction(url) as session:
-            ingest_event(session, event, rules, runtime.policy, now)
+            ingest_batch(session, events[start : start + batch], rules, runtime.policy, now)
     planned: Counter[OUTCOMES] = Counter()
     with transaction(url) as session:
         for campaign, status, reason in session.execute(
@@ -95,7 +102,9 @@ def pipeline(
     return planned
 
 
-def _compare(tmp_path: Path, policy: Policy, now: datetime) -> tuple[Counter[OUTCOMES], int]:
+def _compare(
+    tmp_path: Path, policy: Policy, now: datetime, batch: int
+) -> tuple[Counter[OUTCOMES], int]:
     url = migrated_sqlite_url(tmp_path / "parity.db")
     try:
         runtime = Runtime(make_settings(tmp_path, database_url=url))
@@ -107,7 +116,7 @@ def _compare(tmp_path: Path, policy: Policy, now: datetime) -> tuple[Counter[OUT
         predicted = simulate(
             events, runtime.rules.current(), policy, at=now, subject_of=standing.subject
         )
-        actual = pipeline(url, runtime, events, now)
+        actual = pipeline(url, runtime, events, now, batch)
         assert +predicted.outcomes == +actual
         with transaction(url) as session:
             sends = len(session.execute(select(Send.id)).all())
@@ -118,7 +127,7 @@ def _compare(tmp_path: Path, policy: Policy, now: datetime) -> tuple[Counter[OUT
 
 def test_simulate_at_the_pipelines_clock_predicts_the_demo_plan(tmp_path: Path) -> None:
     policy = make_settings(tmp_path).policy()
-    actual, _ = _compare(tmp_path, policy, ANCHOR)
+    actual, _ = _compare(tmp_path, policy, ANCHOR, batch=1)
     # The standing rows and the spacing rule are all exercised by the demo's events.
     reasons = {reason for _, _, reason in actual}
     assert {"opted_out", "suppressed", "min_gap", "no_consent", "cooldown"} <= reasons
@@ -140,4 +149,6 @@ def test_simulate_at_the_pipelines_clock_predicts_the_demo_plan(tmp_path: Path) 
 )
 def test_parity_holds_under_other_settings(tmp_path: Path, change: dict[str, object]) -> None:
     policy = replace(make_settings(tmp_path).policy(), **change)  # type: ignore[arg-type]
-    _compare(tmp_path, policy, ANCHOR + timedelta(hours=3))
+    # The consumer's path: batches of the default CROSSSELL_INGEST_BATCH, same events.
+    batch = make_settings(tmp_path).ingest_batch
+    _compare(tmp_path, policy, ANCHOR + timedelta(hours=3), batch=batch)
