@@ -9,7 +9,6 @@ docs/performance.md, not something a test can hold.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,20 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.services import port_open, unavailable
+from tests.support.untraced import untraced
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.integration
-
-
-def unmeasured() -> dict[str, str]:
-    """This environment without the variable coverage's subprocess patch passes on
-    (``patch = ["subprocess"]``, docs/testing.md): the harness and the stack it starts are
-    not measured. Tracing them cost most of this test's time under ``make test``; the
-    stack's code is measured by the production-stack tests that run the same processes
-    (test_production_stack.py, test_production_path.py)."""
-    return {name: value for name, value in os.environ.items() if name != "COVERAGE_PROCESS_CONFIG"}
 
 
 @pytest.mark.skipif(shutil.which("celery", path=str(BIN)) is None, reason="celery not installed")
@@ -50,7 +41,9 @@ def test_the_stack_bench_runs_end_to_end(tmp_path: Path) -> None:
             "--workers", "1",  # the harness, not the per-core layout, is under test
         ],
         cwd=ROOT,
-        env=unmeasured(),
+        # Untraced: tracing cost most of this test's time; the production-stack tests
+        # (test_production_stack.py, test_production_path.py) measure the same processes.
+        env=untraced(),
         capture_output=True,
         text=True,
         timeout=300,

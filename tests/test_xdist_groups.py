@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.untraced import untraced
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SAMPLE = """
@@ -42,7 +44,7 @@ def test_a_module_with_a_module_fixture_runs_on_one_process(tmp_path: Path) -> N
     )
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     # Not measured: coverage's subprocess patch would trace this second pytest too.
-    env = {name: value for name, value in os.environ.items() if name != "COVERAGE_PROCESS_CONFIG"}
+    env = untraced()
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(
         [

@@ -23,6 +23,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from tests.support.factories import customer_block, make_settings, purchase
+from tests.support.untraced import untraced
 from triggers.events import validate_event
 from worker.commands.demo import seed_catalog
 from worker.core.db import transaction
@@ -53,9 +54,13 @@ experiment:
 
 
 def fleet_env(
-    tmp_path: Path, database_url: str, broker_url: str, **settings: str
+    tmp_path: Path, database_url: str, broker_url: str, traced: bool = True, **settings: str
 ) -> dict[str, str]:
-    """The environment every fleet process shares; ``settings`` are CROSSSELL_* overrides."""
+    """The environment every fleet process shares; ``settings`` are CROSSSELL_* overrides.
+
+    ``traced=False`` keeps coverage out of the fleet's processes (``tests/support/
+    untraced.py``): for the fault tests, which prove what breaking things does to the
+    sends, not which lines run (the production-stack tests measure the same processes)."""
     campaigns = tmp_path / "campaigns"
     campaigns.mkdir(exist_ok=True)
     (campaigns / "instant.yaml").write_text(CAMPAIGN)
@@ -79,7 +84,8 @@ def fleet_env(
         "POSTAL_ADDRESS": "1 Test Street, Testville",
     }
     values.update({key.upper(): value for key, value in settings.items()})
-    return {**os.environ, **{f"CROSSSELL_{key}": value for key, value in values.items()}}
+    base = os.environ if traced else untraced()
+    return {**base, **{f"CROSSSELL_{key}": value for key, value in values.items()}}
 
 
 def seed_due_sends(tmp_path: Path, env: dict[str, str], count: int) -> list[int]:

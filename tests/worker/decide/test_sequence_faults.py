@@ -110,6 +110,7 @@ def test_killed_dispatcher_and_workers_lose_no_step_and_send_none_twice(
             tmp_path,
             database_url,
             broker,
+            traced=False,  # reliability, not coverage: tests/support/untraced.py
             email_provider="smtp",
             smtp_port=str(sink.port),
             min_gap="0",

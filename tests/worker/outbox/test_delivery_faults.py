@@ -168,6 +168,7 @@ def running_fleet(
         tmp_path,
         database_url,
         broker,
+        traced=False,  # reliability, not coverage: tests/support/untraced.py
         email_provider="smtp",
         smtp_port=str(sink.port),
         **settings,
