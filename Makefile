@@ -32,10 +32,13 @@ typecheck: $(STAMP)
 
 # Two test processes (pytest-xdist; `make test TEST_PROCESSES=0` runs in one); the 15
 # slowest tests are listed (the suite is kept under 10 minutes: docs/testing.md, "Time").
+# The project is byte-compiled first: where PYTHONDONTWRITEBYTECODE is set (CI's machine),
+# each of the hundreds of processes the tests start compiled the modules it imports again.
 TEST_PROCESSES ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python -m compileall -q worker triggers tests bench migrations
 	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup --durations=15
 
 # The same suite under coverage.py: branch coverage of worker/ and triggers/, subprocesses
@@ -43,6 +46,7 @@ test: $(STAMP)
 # 15 least-covered modules. Tracing costs a quarter of the suite's CPU, which is why
 # `make test` (CI) leaves it out (docs/testing.md, "Coverage").
 coverage: $(STAMP)
+	$(BIN)/python -m compileall -q worker triggers tests bench migrations
 	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup --durations=15 --cov --cov-report=
 	@$(BIN)/coverage report --sort=cover | awk 'NR <= 17 || /^TOTAL/'
 
