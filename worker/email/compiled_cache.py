@@ -25,8 +25,16 @@ from jinja2 import Environment, TemplateSyntaxError, nodes
 from jinja2.bccache import Bucket, BytecodeCache
 
 MAX_TEMPLATES = 2048
-"""Compiled templates kept (least recently used dropped first): a bound on memory for a
-process that reloads edited templates for weeks, never on correctness."""
+"""Compiled templates kept (least recently used dropped first). Jinja finds a template's
+bucket by its name and file, so an edited file replaces its entry: the count is that of
+distinct template files, and this is a bound for a process serving several template
+directories, never a limit on correctness."""
+
+MAX_TREES = 512
+"""Parse trees kept by :func:`parsed`, least recently used dropped first. These are found
+by source, so each edit adds one (and the lint keeps up to two a file); the shipped rule
+set uses 111. The shipped templates' trees take about 8 kB each (tracemalloc), so this
+holds a few MB at most however long a worker reloads edited templates."""
 
 
 class SharedBytecodeCache(BytecodeCache):
@@ -105,7 +113,7 @@ def parsed(
             tree = exc
         with _TREES_LOCK:
             _TREES[key] = tree
-            while len(_TREES) > MAX_TEMPLATES:
+            while len(_TREES) > MAX_TREES:
                 _TREES.popitem(last=False)
     if isinstance(tree, TemplateSyntaxError):
         raise TemplateSyntaxError(tree.message or "", tree.lineno, tree.name, tree.filename)

@@ -113,7 +113,7 @@ def test_parsed_trees_are_shared_and_syntax_errors_raised_every_time() -> None:
 
 
 def test_parsed_trees_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compiled_cache, "MAX_TEMPLATES", 3)
+    monkeypatch.setattr(compiled_cache, "MAX_TREES", 3)
     env = Environment()
     for i in range(10):
         parsed(env, f"{{{{ {i} }}}} bounded")
