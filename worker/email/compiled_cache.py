@@ -1,4 +1,4 @@
-"""Compiled templates shared by every renderer of the process, keyed by their source.
+"""Compiled templates and parse trees shared by every renderer of the process.
 
 Each rule-set load builds a new :class:`~worker.email.rendering.Renderer` (the lint
 renders every template of every campaign for every locale), and a renderer compiles each

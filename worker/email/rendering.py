@@ -172,8 +172,9 @@ def html_autoescape(name: str | None) -> bool:
 
 
 COMPILED = SharedBytecodeCache()
-"""Compiled templates of every :class:`Renderer` of the process, found by source: a new
-renderer (each rule-set load builds one) compiles only templates it has not seen."""
+"""Compiled templates of every :class:`Renderer` of the process, by file and checked
+against its source: a new renderer (each rule-set load builds one) compiles only
+templates that are new or changed."""
 
 MAX_PICKED = 4096
 """Picked templates a renderer remembers (templates, parts and locales in use); beyond it,
