@@ -15,8 +15,9 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from kombu.connection import Connection
 from kombu.message import Message
@@ -104,23 +105,43 @@ def handle_bodies(runtime: Runtime, bodies: Sequence[object]) -> list[Handled]:
     Each body is validated alone; the valid events are stored in one transaction. An
     erasure request (``worker.records.privacy``) is applied on its own, in its place: the events
     before it are stored first."""
-    results: list[Handled | None] = [None] * len(bodies)
-    run: list[tuple[int, AnyEvent]] = []
-    for position, raw in enumerate(bodies):
+    return store_parsed(runtime, parse_bodies(runtime, bodies))
+
+
+Parsed: TypeAlias = tuple[object, AnyEvent | Handled | InvalidEvent]
+"""A message body and what validation made of it: an event to store, a final
+:class:`Handled` (a dead letter), or the refusal of a body of unknown type, which may
+still be an erasure request."""
+
+
+def parse_bodies(runtime: Runtime, bodies: Sequence[object]) -> list[Parsed]:
+    """Validate each body alone, without touching the database: the half of
+    :func:`handle_bodies` the consumer runs while the previous batch is being stored."""
+    parsed: list[Parsed] = []
+    for raw in bodies:
         body = bytes(raw) if isinstance(raw, bytearray | memoryview) else raw
         try:
-            parsed = _parse(runtime, body)
+            parsed.append((body, _parse(runtime, body)))
         except Exception as exc:  # a message must not stop intake, whatever it trips
-            results[position] = _internal_error(exc)
-            continue
-        if isinstance(parsed, Handled):
-            results[position] = parsed
-        elif isinstance(parsed, InvalidEvent):  # not an event: perhaps an erasure request
+            parsed.append((body, _internal_error(exc)))
+    return parsed
+
+
+def store_parsed(runtime: Runtime, parsed: Sequence[Parsed]) -> list[Handled]:
+    """Store what :func:`parse_bodies` validated, one :class:`Handled` per body, in
+    order: runs of events in one transaction each, an erasure request on its own in its
+    place. Never raises (bar ``BaseException``s)."""
+    results: list[Handled | None] = [None] * len(parsed)
+    run: list[tuple[int, AnyEvent]] = []
+    for position, (body, outcome) in enumerate(parsed):
+        if isinstance(outcome, Handled):
+            results[position] = outcome
+        elif isinstance(outcome, InvalidEvent):  # not an event: perhaps an erasure request
             _store_run(runtime, run, results)
             run = []
-            results[position] = _forget(runtime, body, parsed)
+            results[position] = _forget(runtime, body, outcome)
         else:
-            run.append((position, parsed))
+            run.append((position, outcome))
     _store_run(runtime, run, results)
     assert all(result is not None for result in results)
     return [result for result in results if result is not None]
@@ -293,11 +314,23 @@ def next_batch_limit(stored: int, batch_size: int) -> int:
     return max(min(2 * stored, batch_size), max(1, batch_size // FIRST_BATCH_SHARE))
 
 
+STORE_POLL_SECONDS = 0.005
+"""While a batch is being stored, the consumer's wait for the next message is cut to this
+(seconds), so a stored batch is acknowledged within about this of its commit even when
+no further message comes."""
+
+
 class EventConsumer(ConsumerMixin):
     """Takes messages in batches: up to ``CROSSSELL_INGEST_BATCH`` of them (fewer right
     after a quiet moment: :func:`next_batch_limit`), or what came within
     ``CROSSSELL_INGEST_LINGER`` seconds of the first, stored in one transaction and
-    acknowledged after its commit (docs/events.md)."""
+    acknowledged after its commit (docs/events.md).
+
+    One batch is stored on a store thread while the consumer's own thread takes and
+    validates the next: the wait on the database overlaps the broker and validation
+    work (docs/performance.md, "Ingest"). Batches are still stored one at a time and in
+    order, and every broker call (acknowledgements, dead letters, requeues) stays on the
+    consumer's thread, which owns the channel."""
 
     def __init__(self, connection: Connection, runtime: Runtime) -> None:
         self.connection = connection
@@ -308,6 +341,8 @@ class EventConsumer(ConsumerMixin):
         self.stats = {"accepted": 0, "duplicate": 0, "dead_lettered": 0}
         self._taken: list[Message] = []
         self._deadline = 0.0
+        self._store = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crosssell-store")
+        self._storing: tuple[list[Message], Future[list[Handled]]] | None = None
 
     @property
     def handled(self) -> int:
@@ -337,32 +372,45 @@ class EventConsumer(ConsumerMixin):
         ``linger`` seconds after its first message, whichever comes first.
 
         Messages taken but not stored when the connection drops are not acknowledged;
-        the broker delivers them again."""
+        the broker delivers them again, and so are those of a batch whose commit came
+        after the drop (they are then acknowledged as duplicates)."""
         with self.consumer_context(**kwargs) as (connection, _channel, _consumers):
             self._taken = []
-            while not self.should_stop:
-                wait = self._deadline - time.monotonic() if self._taken else safety_interval
-                if wait <= 0:
-                    self.flush()
+            try:
+                while not self.should_stop:
+                    if self._storing is not None and self._storing[1].done():
+                        self._settle_stored()
+                    wait = self._deadline - time.monotonic() if self._taken else safety_interval
+                    if self._taken and wait <= 0:
+                        self.flush()
+                        yield
+                        continue
+                    if self._storing is not None:
+                        wait = min(wait, STORE_POLL_SECONDS)
+                    try:
+                        connection.drain_events(timeout=wait)
+                    except TimeoutError:
+                        connection.heartbeat_check()
+                    except OSError:
+                        if not self.should_stop:
+                            raise
                     yield
-                    continue
-                try:
-                    connection.drain_events(timeout=wait)
-                except TimeoutError:
-                    connection.heartbeat_check()
-                except OSError:
-                    if not self.should_stop:
-                        raise
-                except Exception as exc:
+            except Exception as exc:
+                if isinstance(exc, (OSError, *self._connection_failures())):
+                    self._abandon_stored()
+                else:
                     # The transport could not decode an item (Redis: not an envelope):
                     # the connection is fine, so settle what was taken before _consume
                     # skips the item and starts again; kombu would otherwise give the
                     # taken messages back to the queue when the channel closes.
-                    if not isinstance(exc, self._connection_failures()):
-                        self.flush()
-                    raise
-                yield
+                    self.flush()
+                    self._settle_stored()
+                raise
+            except BaseException:
+                self._abandon_stored()
+                raise
             self.flush()  # asked to stop: store what was taken, then leave
+            self._settle_stored()
 
     def _connection_failures(self) -> tuple[type[BaseException], ...]:
         return tuple(self.connection.connection_errors) + tuple(self.connection.channel_errors)
@@ -375,14 +423,30 @@ class EventConsumer(ConsumerMixin):
             self.flush()
 
     def flush(self) -> None:
-        """Store the messages taken so far, then settle each: acknowledge the stored and
-        duplicate ones (after the commit), dead-letter the bad ones, requeue all the
-        batch's events if the database is unavailable."""
+        """Validate the messages taken so far and hand them to the store thread, once
+        the batch before them is stored and settled (:meth:`_settle_stored`)."""
         messages, self._taken = self._taken, []
         if not messages:
             return
         self.batch_limit = next_batch_limit(len(messages), self.batch_size)
-        outcomes = handle_bodies(self.runtime, [message.body for message in messages])
+        parsed = parse_bodies(self.runtime, [message.body for message in messages])
+        self._settle_stored()
+        self._storing = (messages, self._store.submit(store_parsed, self.runtime, parsed))
+
+    def close(self) -> None:
+        """Settle the batch being stored, if any, and end the store thread."""
+        self._settle_stored()
+        self._store.shutdown(wait=True)
+
+    def _settle_stored(self) -> None:
+        """Wait for the batch on the store thread, then settle each of its messages:
+        acknowledge the stored and duplicate ones (after the commit), dead-letter the
+        bad ones, requeue all the batch's events if the database is unavailable."""
+        if self._storing is None:
+            return
+        messages, storing = self._storing
+        self._storing = None
+        outcomes = storing.result()
         retry: list[Message] = []
         accepted: list[tuple[Message, Handled]] = []
         for message, handled in zip(messages, outcomes, strict=True):
@@ -398,6 +462,23 @@ class EventConsumer(ConsumerMixin):
                 message.requeue()
         self._ack([message for message, _ in accepted])
         self._accepted([handled for _, handled in accepted])
+
+    def _abandon_stored(self) -> None:
+        """The connection is gone: let the batch being stored finish, settle nothing
+        (its delivery tags belong to the lost channel); the broker delivers its messages
+        again and the stored ones come back as duplicates."""
+        if self._storing is None:
+            return
+        messages, storing = self._storing
+        self._storing = None
+        try:
+            storing.result()
+        except Exception as exc:  # store_parsed never raises; a bug must not hide the drop
+            log.error("storing a batch failed (%s)", type(exc).__name__)
+        log.warning(
+            "broker connection lost while %d messages were stored; the broker delivers them again",
+            len(messages),
+        )
 
     def _ack(self, messages: list[Message]) -> None:
         """Acknowledge ``messages``, after the commit and after the batch's dead letters
@@ -551,8 +632,11 @@ def run_consumer(
         consumer = EventConsumer(connection, runtime)
         if started is not None:
             started(consumer)
-        with collector_if_own_process():
-            _consume(consumer)
+        try:
+            with collector_if_own_process():
+                _consume(consumer)
+        finally:
+            consumer.close()
         return consumer
 
 

@@ -458,13 +458,13 @@ def test_a_waiting_queue_is_stored_in_growing_batches_over_rabbitmq(
     )
     seed_catalog(settings, NOW)
     sizes: list[int] = []
-    real_handle_bodies = consumer_module.handle_bodies
+    real_store = consumer_module.store_parsed
 
-    def recorded(runtime: Runtime, bodies: list[object]) -> list[Any]:
-        sizes.append(len(bodies))
-        return real_handle_bodies(runtime, bodies)
+    def recorded(runtime: Runtime, parsed: list[consumer_module.Parsed]) -> list[Any]:
+        sizes.append(len(parsed))
+        return real_store(runtime, parsed)
 
-    monkeypatch.setattr(consumer_module, "handle_bodies", recorded)
+    monkeypatch.setattr(consumer_module, "store_parsed", recorded)
     documents = [_short(f"C-{uuid.uuid4().hex[:8]}") for _ in range(40)]
     try:
         _publish(settings, *documents)

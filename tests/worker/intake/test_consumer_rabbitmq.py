@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
+from kombu.message import Message
 from sqlalchemy import func, select
 
 from tests.support.factories import as_json, make_settings, purchase
@@ -17,7 +21,7 @@ from worker.core.db import transaction
 from worker.core.models import Event
 from worker.core.settings import Settings
 from worker.intake import consumer as consumer_module
-from worker.intake.consumer import EventConsumer, run_consumer
+from worker.intake.consumer import EventConsumer, next_batch_limit, run_consumer
 from worker.process.runtime import Runtime
 
 
@@ -228,26 +232,35 @@ def test_a_mixed_batch_is_settled_whole_by_one_multiple_ack(
         connection.close()
 
 
-def test_the_next_batch_is_delivered_while_one_is_stored(
+def test_the_next_batch_is_delivered_and_validated_while_one_is_stored(
     tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The consumer's prefetch is two batches: while it stores one batch, the broker has
-    already handed it the next (they wait in the client, not in the queue), so no batch
-    waits for the acknowledgement of the one before. Nothing is acknowledged early: once
-    the stores resume, every event is stored once and the queue ends empty."""
+    """The consumer's prefetch is two batches: while its store thread stores one batch,
+    the broker has already handed it the next (they wait in the client, not in the
+    queue), and the consumer's own thread has taken and validated it, so no batch waits
+    for the commit of the one before to be read. Nothing is acknowledged early: once the
+    stores resume, every event is stored once, in order, and the queue ends empty."""
     settings = make_settings(
         tmp_path, database_url=sqlite_url, events_url=require_rabbitmq(), ingest_batch=3
     )
     runtime = Runtime(settings)
     storing, resume = threading.Event(), threading.Event()
-    real_handle_bodies = consumer_module.handle_bodies
+    real_store, real_parse = consumer_module.store_parsed, consumer_module.parse_bodies
+    validated: list[int] = []
+    stored_batches: list[list[str]] = []
 
-    def held_handle_bodies(runtime: Runtime, bodies: list[object]) -> list[object]:
+    def held_store(runtime: Runtime, parsed: list[consumer_module.Parsed]) -> list[object]:
         storing.set()
         assert resume.wait(timeout=20)
-        return real_handle_bodies(runtime, bodies)
+        stored_batches.append([json.loads(body)["id"] for body, _ in parsed])  # type: ignore[arg-type]
+        return real_store(runtime, parsed)
 
-    monkeypatch.setattr(consumer_module, "handle_bodies", held_handle_bodies)
+    def counted_parse(runtime: Runtime, bodies: list[object]) -> list[consumer_module.Parsed]:
+        validated.append(len(bodies))
+        return real_parse(runtime, bodies)
+
+    monkeypatch.setattr(consumer_module, "store_parsed", held_store)
+    monkeypatch.setattr(consumer_module, "parse_bodies", counted_parse)
     events = [purchase() for _ in range(10)]
     connection = pika.BlockingConnection(pika_parameters(settings))
     channel = connection.channel()
@@ -272,8 +285,13 @@ def test_the_next_batch_is_delivered_while_one_is_stored(
                 settings.events_queue, durable=True, passive=True
             ).method.message_count
 
-        # The first batch (3) is being stored and the second (3) is in the client.
+        # Two batches' worth (the prefetch) is in the client: the first batch is being
+        # stored, the second (twice its size: next_batch_limit) is already validated and
+        # waits for the first's commit; nothing is acknowledged.
         wait_for(lambda: ready() == len(events) - 2 * settings.ingest_batch)
+        first = next_batch_limit(0, settings.ingest_batch)
+        wait_for(lambda: validated == [first, next_batch_limit(first, settings.ingest_batch)])
+        assert consumers[0].handled == 0
         resume.set()
         wait_for(lambda: all(stored_events(settings, event["id"]) == 1 for event in events))
         wait_for(lambda: consumers[0].handled == len(events))
@@ -281,6 +299,76 @@ def test_the_next_batch_is_delivered_while_one_is_stored(
         thread.join(timeout=10)
         assert not thread.is_alive()
         assert ready() == 0
+        assert [event_id for batch in stored_batches for event_id in batch] == [
+            event["id"] for event in events
+        ]
+    finally:
+        resume.set()
+        channel.queue_delete(settings.events_queue)
+        channel.queue_delete(settings.dead_letter_queue)
+        channel.exchange_delete(settings.events_exchange)
+        connection.close()
+
+
+def test_a_batch_stored_while_the_connection_drops_comes_back_as_duplicates(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker connection is cut while a batch is on the store thread: the batch is
+    committed but cannot be acknowledged on the lost channel (its delivery tags belong
+    to it). The consumer reconnects, the broker delivers the messages again, and they
+    are acknowledged as duplicates: each event stored once, none lost, queue empty."""
+    settings = make_settings(
+        tmp_path, database_url=sqlite_url, events_url=require_rabbitmq(), ingest_linger=0.2
+    )
+    runtime = Runtime(settings)
+    storing, resume = threading.Event(), threading.Event()
+    real_store = consumer_module.store_parsed
+
+    def held_store(runtime: Runtime, parsed: list[consumer_module.Parsed]) -> list[object]:
+        if not storing.is_set():
+            storing.set()
+            assert resume.wait(timeout=20)
+        return real_store(runtime, parsed)
+
+    channels: list[Any] = []
+    real_on_message = EventConsumer.on_message
+
+    def noted_on_message(self: EventConsumer, message: Message) -> None:
+        channels.append(message.channel)
+        real_on_message(self, message)
+
+    monkeypatch.setattr(consumer_module, "store_parsed", held_store)
+    monkeypatch.setattr(EventConsumer, "on_message", noted_on_message)
+    events = [purchase() for _ in range(4)]
+    consumers: list[EventConsumer] = []
+    thread = threading.Thread(target=run_consumer, args=(runtime, consumers.append), daemon=True)
+    thread.start()
+    wait_for(lambda: bool(consumers))
+    wait_for(lambda: _queue_exists(settings))
+    connection = pika.BlockingConnection(pika_parameters(settings))
+    channel = connection.channel()
+    try:
+        for event in events:
+            channel.basic_publish(
+                exchange=settings.events_exchange,
+                routing_key="purchase",
+                body=as_json(event),
+                properties=pika.BasicProperties(delivery_mode=2),
+            )
+        assert storing.wait(timeout=15)
+        # Cut the consumer's own socket (not the server's other connections).
+        channels[0].connection.transport.sock.shutdown(socket.SHUT_RDWR)
+        time.sleep(0.3)
+        resume.set()
+        wait_for(lambda: all(stored_events(settings, event["id"]) == 1 for event in events))
+        wait_for(lambda: consumers[0].stats["duplicate"] == len(events))
+        consumers[0].should_stop = True
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        assert consumers[0].stats == {"accepted": 0, "duplicate": 4, "dead_lettered": 0}
+        ready = channel.queue_declare(settings.events_queue, passive=True).method.message_count
+        assert ready == 0
+        assert all(stored_events(settings, event["id"]) == 1 for event in events)
     finally:
         resume.set()
         channel.queue_delete(settings.events_queue)
