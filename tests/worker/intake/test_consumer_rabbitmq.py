@@ -40,6 +40,13 @@ def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
     raise AssertionError("condition not met in time")
 
 
+def drop_topology(channel: Any, settings: Settings) -> None:
+    """Delete the test's events queue, dead-letter queue and exchange (a pika channel)."""
+    channel.queue_delete(settings.events_queue)
+    channel.queue_delete(settings.dead_letter_queue)
+    channel.exchange_delete(settings.events_exchange)
+
+
 @pytest.fixture
 def consumer_settings(tmp_path: Path, sqlite_url: str) -> Iterator[Settings]:
     settings = make_settings(tmp_path, database_url=sqlite_url, events_url=require_rabbitmq())
@@ -53,9 +60,7 @@ def consumer_settings(tmp_path: Path, sqlite_url: str) -> Iterator[Settings]:
     consumers[0].should_stop = True
     thread.join(timeout=10)
     channel = pika.BlockingConnection(pika_parameters(settings)).channel()
-    channel.queue_delete(settings.events_queue)
-    channel.queue_delete(settings.dead_letter_queue)
-    channel.exchange_delete(settings.events_exchange)
+    drop_topology(channel, settings)
     channel.connection.close()
 
 
@@ -226,9 +231,7 @@ def test_a_mixed_batch_is_settled_whole_by_one_multiple_ack(
         assert consumers[0].stats == {"accepted": 6, "duplicate": 1, "dead_lettered": 1}
         assert all(stored_events(settings, event["id"]) == 1 for event in events)
     finally:
-        channel.queue_delete(settings.events_queue)
-        channel.queue_delete(settings.dead_letter_queue)
-        channel.exchange_delete(settings.events_exchange)
+        drop_topology(channel, settings)
         connection.close()
 
 
@@ -304,9 +307,7 @@ def test_the_next_batch_is_delivered_and_validated_while_one_is_stored(
         ]
     finally:
         resume.set()
-        channel.queue_delete(settings.events_queue)
-        channel.queue_delete(settings.dead_letter_queue)
-        channel.exchange_delete(settings.events_exchange)
+        drop_topology(channel, settings)
         connection.close()
 
 
@@ -371,7 +372,5 @@ def test_a_batch_stored_while_the_connection_drops_comes_back_as_duplicates(
         assert all(stored_events(settings, event["id"]) == 1 for event in events)
     finally:
         resume.set()
-        channel.queue_delete(settings.events_queue)
-        channel.queue_delete(settings.dead_letter_queue)
-        channel.exchange_delete(settings.events_exchange)
+        drop_topology(channel, settings)
         connection.close()
