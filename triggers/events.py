@@ -118,6 +118,18 @@ def _is_known_timezone(value: str) -> bool:
     return True
 
 
+def is_known_timezone(value: str) -> bool:
+    """Whether ``value`` is an IANA time zone key (``Europe/Bucharest``) that ``ZoneInfo``
+    loads: the rule for ``customer.timezone`` and ``CROSSSELL_DEFAULT_TIMEZONE``."""
+    return bool(_TIMEZONE_KEY.fullmatch(value)) and _is_known_timezone(value)
+
+
+def is_known_locale(value: str) -> bool:
+    """Whether ``value`` is a locale tag (``ro-RO``, ``ro_RO``) Babel knows: the rule for
+    ``customer.locale`` and ``CROSSSELL_DEFAULT_LOCALE``."""
+    return bool(_LOCALE_TAG.fullmatch(value)) and _is_known_locale(value)
+
+
 def _email_address(value: str) -> str:
     """``customer.email``: exactly one mailbox, stored in canonical form (triggers.addresses).
 

@@ -17,7 +17,15 @@ from pathlib import Path
 from string import Formatter
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from triggers.addresses import InvalidAddress, canonical_address, canonical_mailbox
@@ -48,6 +56,17 @@ URL_SCHEMES: dict[str, frozenset[str]] = {
 }
 # Providers whose one call is bounded by CROSSSELL_HTTP_CONNECT_TIMEOUT + CROSSSELL_HTTP_TIMEOUT.
 HTTP_PROVIDERS = frozenset({"postmark", "sendgrid", "mailgun", "ses"})
+# The SQLite schemes of the URL settings: after ``://`` comes a path (``/relative.db`` or
+# ``//abs/path.db``), never a host; SQLAlchemy and the embedded broker take a host-like
+# ``sqlite://relative.db`` as something else and fail later, or open a file elsewhere.
+SQLITE_SCHEMES = frozenset({"sqlite", "sqlite+pysqlite", "sqla+sqlite"})
+# The longest wait, timeout or interval a seconds setting may ask for: an hour. Longer
+# ones stall the process (a send waiting an hour for one answer), and huge ones overflow
+# the clocks they are added to (``OverflowError: timestamp out of range``).
+MAX_SECONDS = 3600.0
+
+
+_HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
 
 
 def _embedded_scheme(url: str) -> str:
@@ -60,7 +79,9 @@ def _embedded_scheme(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CROSSSELL_", extra="ignore")
+    # allow_inf_nan=False: no float setting means anything as inf or nan (each is a count
+    # of seconds or a rate); they would pass gt/ge bounds and break a loop later.
+    model_config = SettingsConfigDict(env_prefix="CROSSSELL_", extra="ignore", allow_inf_nan=False)
 
     var_dir: Path = Field(PROJECT_ROOT / "var", description="Embedded data: DB, broker, outbox")
     database_url: str = Field("", description="SQLAlchemy URL; default: SQLite in var_dir")
@@ -68,10 +89,12 @@ class Settings(BaseSettings):
         "", description="Celery broker; default: the embedded broker's SQLite file in var_dir"
     )
     events_url: str = Field("", description="Where CRM events arrive; default: broker_url")
-    events_exchange: str = "crm.events"
-    events_queue: str = "crosssell.events"
-    dead_letter_queue: str = "crosssell.events.dead"
-    deliver_queue: str = Field("crosssell.deliver", description="Celery queue of deliver tasks")
+    events_exchange: str = Field("crm.events", min_length=1)
+    events_queue: str = Field("crosssell.events", min_length=1)
+    dead_letter_queue: str = Field("crosssell.events.dead", min_length=1)
+    deliver_queue: str = Field(
+        "crosssell.deliver", min_length=1, description="Celery queue of deliver tasks"
+    )
     campaigns_dir: Path = PROJECT_ROOT / "config" / "campaigns"
     complements_file: Path = PROJECT_ROOT / "config" / "complements.yaml"
     segments_file: Path = PROJECT_ROOT / "config" / "segments.yaml"
@@ -86,12 +109,12 @@ class Settings(BaseSettings):
         "file", description="a provider of worker.providers.registry (README provider table)"
     )
     outbox_dir: Path | None = Field(None, description="file provider; default var_dir/outbox")
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 25
+    smtp_host: str = Field("127.0.0.1", min_length=1)
+    smtp_port: int = Field(25, ge=1, le=65535)
     smtp_security: Literal["none", "starttls", "ssl"] = "none"
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
-    smtp_timeout: float = 30.0
+    smtp_timeout: float = Field(30.0, gt=0, le=MAX_SECONDS)
     smtp_pool_size: int = Field(
         4, ge=1, description="SMTP connections per worker process (one per sending thread)"
     )
@@ -99,8 +122,12 @@ class Settings(BaseSettings):
     dkim_domain: str | None = Field(None, description="sign SMTP mail with DKIM for this d=")
     dkim_selector: str | None = None
     dkim_private_key: SecretStr | None = Field(None, description="PEM private key (secret)")
-    http_timeout: float = Field(30.0, gt=0, description="HTTP email APIs: seconds per answer")
-    http_connect_timeout: float = Field(10.0, gt=0, description="HTTP email APIs: to connect")
+    http_timeout: float = Field(
+        30.0, gt=0, le=MAX_SECONDS, description="HTTP email APIs: seconds per answer"
+    )
+    http_connect_timeout: float = Field(
+        10.0, gt=0, le=MAX_SECONDS, description="HTTP email APIs: to connect"
+    )
     postmark_server_token: SecretStr | None = None
     postmark_message_stream: str = "outbound"
     postmark_base_url: str = "https://api.postmarkapp.com"
@@ -218,6 +245,7 @@ class Settings(BaseSettings):
     dispatch_interval: float = Field(
         1.0,
         gt=0,
+        le=MAX_SECONDS,
         description="seconds between dispatcher polls (sequence steps, expiry, the sweep, "
         "sends that became due later)",
     )
@@ -250,14 +278,20 @@ class Settings(BaseSettings):
         "it while it works; an expired one is recovered by the dispatcher",
     )
     rate_limit_per_second: float = Field(
-        0, ge=0, description="provider sends per second, shared by all workers; 0: no limit"
+        0,
+        ge=0,
+        le=1_000_000,
+        description="provider sends per second, shared by all workers; 0: no limit",
     )
     rate_limit_burst: int = Field(5, ge=1, description="sends allowed at once above the rate")
     rate_limit_url: str = Field(
         "", description="where the shared rate lives: a redis:// URL, or empty: the database"
     )
     rate_limit_max_wait: float = Field(
-        10.0, gt=0, description="longer waits give the send back to the outbox instead"
+        10.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="longer waits give the send back to the outbox instead",
     )
     attribution_window: str = Field(
         "7d", description="a purchase this long after an email or holdout is its conversion"
@@ -269,7 +303,9 @@ class Settings(BaseSettings):
         description="claims that expired without a hand-over (the worker died) before a "
         "send is failed as claims_exhausted",
     )
-    retry_base_seconds: float = 30.0
+    retry_base_seconds: float = Field(
+        30.0, gt=0, le=MAX_SECONDS, description="first retry delay; doubles each attempt"
+    )
 
     @field_validator(
         "cap_window",
@@ -300,6 +336,21 @@ class Settings(BaseSettings):
             shown = scheme if separator else value
             raise ValueError(
                 f"unsupported URL scheme {shown!r}: use one of {', '.join(sorted(allowed))}"
+            )
+        return value
+
+    @field_validator("database_url", "broker_url", "events_url")
+    @classmethod
+    def _sqlite_path(cls, value: str) -> str:
+        """``sqlite:///relative.db`` or ``sqlite:////abs/path.db``: with two slashes only,
+        the file name is read as a host, and the process fails later (or uses another
+        file). ``sqlite://`` alone (SQLAlchemy's in-memory database) stays allowed."""
+        scheme, separator, rest = value.partition("://")
+        path = rest.split("?", 1)[0]
+        if separator and scheme.lower() in SQLITE_SCHEMES and path[:1] not in ("", "/"):
+            raise ValueError(
+                f"{value!r} names a host, not a file: use {scheme}:///relative/path.db "
+                f"or {scheme}:////abs/path.db"
             )
         return value
 
@@ -380,6 +431,46 @@ class Settings(BaseSettings):
         except InvalidAddress as exc:
             setting = f"CROSSSELL_{(info.field_name or '').upper()}"
             raise ValueError(f"{setting} is not a single email address: {exc}") from None
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        """An IANA key ``ZoneInfo`` loads, by the rule events' ``customer.timezone`` meets
+        (triggers.events): an unknown one would fail every customer without a zone."""
+        from triggers.events import is_known_timezone
+
+        if not is_known_timezone(value):
+            raise ValueError(
+                f"unknown IANA time zone {value!r}: use a name such as UTC or Europe/Bucharest"
+            )
+        return value
+
+    @field_validator("default_locale")
+    @classmethod
+    def _locale(cls, value: str) -> str:
+        """A CLDR locale Babel knows, by the rule events' ``customer.locale`` meets
+        (triggers.events): emails are rendered with it for customers without one."""
+        from triggers.events import is_known_locale
+
+        if not is_known_locale(value):
+            raise ValueError(f"unknown locale {value!r}: use a locale such as en or ro-RO")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        """An absolute http(s) URL with a host: the base of every link in every email
+        (kept as given; users of it strip a trailing ``/``)."""
+        try:
+            url = _HTTP_URL.validate_python(value)
+        except ValidationError:
+            url = None
+        if url is None or url.query is not None or url.fragment is not None:
+            raise ValueError(
+                f"{value!r} is not an absolute http(s) URL without query or fragment, "
+                "such as https://shop.example"
+            )
+        return value
 
     @field_validator("sender_name")
     @classmethod
