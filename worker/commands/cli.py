@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
 
@@ -22,7 +23,6 @@ def _serve(runtime_name: str) -> Runtime:
     """The process runtime, with SIGHUP reloading campaigns and metrics served if asked."""
     import signal
 
-    from triggers.lint_issues import RuleSetError
     from worker.commands.migrate import SchemaNotCurrent, ensure_schema
     from worker.core.metrics import serve_metrics
     from worker.process.runtime import get_runtime
@@ -33,10 +33,7 @@ def _serve(runtime_name: str) -> Runtime:
         ensure_schema(settings.resolved_database_url, embedded=not settings.database_url)
     except SchemaNotCurrent as exc:
         raise click.ClickException(str(exc)) from None
-    try:
-        runtime.rules.current()  # fail fast on bad rules at start, before taking any work
-    except RuleSetError as exc:
-        raise click.ClickException(f"the campaign files are not valid:\n{exc}") from None
+    runtime.rules.current()  # fail fast on bad rules at start (RuleSetError: see the group)
     runtime.rules.watch_in_background()
     signal.signal(signal.SIGHUP, lambda *_: runtime.rules.request_reload())
     port = runtime.settings.metrics_port
@@ -122,17 +119,59 @@ def unmigrated_line(exc: BaseException) -> str | None:
     )
 
 
+class IsoTime(click.ParamType[datetime | str, Any]):
+    """Every time option of every command: an ISO 8601 time with a zone (``…Z`` or
+    ``…+02:00``), one rule and one message, so a mistyped time is a usage error, never a
+    traceback, and a zone-less time is never silently read in some zone. ``now=True``
+    also takes ``now`` (returned as is: the command reads its runtime's clock);
+    ``utc=True`` reads a time or date without a zone as UTC, for the options whose help
+    documents that default (``report``)."""
+
+    name = "TIME"
+
+    def __init__(self, *, now: bool = False, utc: bool = False) -> None:
+        self.now = now
+        self.utc = utc
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime | str:
+        from datetime import UTC
+
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        if self.now and text == "now":
+            return text
+        example = "e.g. 2026-11-24T10:30Z or 2026-11-24T10:30+02:00"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{text!r} is not an ISO 8601 time ({example})", param, ctx)
+        if moment.tzinfo is None:
+            if not self.utc:
+                self.fail(f"{text!r} has no time zone: give one, {example}", param, ctx)
+            moment = moment.replace(tzinfo=UTC)
+        return moment
+
+
 class _CrosssellGroup(click.Group):
     """Settings that do not validate end the command with one line per bad variable (its
     ``CROSSSELL_`` name and why), exit status 2, instead of pydantic's traceback; a
     database or broker that cannot be reached, with one line naming it, exit status 1;
-    a database whose schema is behind the code, with one line saying to migrate, exit 1."""
+    a database whose schema is behind the code, with one line saying to migrate, exit 1;
+    campaign files that do not load (any command that needs the rule set), with
+    ``Error: the campaign files are not valid:`` and the lint lines, exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from pydantic import ValidationError
 
+        from triggers.lint_issues import RuleSetError
+
         try:
             return super().invoke(ctx)
+        except RuleSetError as exc:
+            raise click.ClickException(f"the campaign files are not valid:\n{exc}") from None
         except ValidationError as error:
             if error.title != "Settings":
                 raise
@@ -332,7 +371,7 @@ def lint(paths: tuple[Path, ...], output: str, strict: bool) -> None:
 @click.option(
     "--output",
     "directory",
-    type=click.Path(path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Directory to write to (default: schema/ in the project).",
 )
@@ -340,7 +379,11 @@ def schema(directory: Path | None) -> None:
     """Write the JSON Schemas of campaign and segment files (for editors and CI)."""
     from worker.commands.schemas import write_schemas
 
-    for path in write_schemas(get_settings(), directory):
+    try:
+        written = write_schemas(get_settings(), directory)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write to {exc.filename}: {exc.strerror}") from None
+    for path in written:
         click.echo(f"wrote {path}")
 
 
@@ -349,30 +392,28 @@ def schema(directory: Path | None) -> None:
     "--event",
     "event_file",
     required=True,
-    type=click.Path(exists=True, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A file holding one event (JSON, or the first line of a JSONL file).",
 )
 @click.option("--campaign", "campaign_id", required=True)
-@click.option("--now", "now_text", default=None, help="Decide as of this ISO time.")
-def explain(event_file: Path, campaign_id: str, now_text: str | None) -> None:
+@click.option(
+    "--now",
+    type=IsoTime(),
+    default=None,
+    help="Decide as of this ISO time, with a zone (e.g. 2026-11-24T10:30Z) "
+    "[default: the event's occurred_at].",
+)
+def explain(event_file: Path, campaign_id: str, now: datetime | None) -> None:
     """Show how each condition of a campaign evaluated for an event."""
-    from datetime import datetime
-
-    from triggers.events import InvalidEvent, parse_event
+    from triggers.events import InvalidEvent
+    from worker.commands.explain import event_from_file
     from worker.commands.explain import explain as explain_event
     from worker.process.runtime import get_runtime
 
-    raw = event_file.read_bytes().strip()
     try:
-        event = parse_event(raw)
+        event = event_from_file(event_file)
     except InvalidEvent as bad:
-        if bad.code != "not_json" or not raw:
-            raise click.ClickException(f"{event_file}: {bad.code}: {bad.reason}") from None
-        try:  # a JSON Lines file: explain its first event
-            event = parse_event(raw.splitlines()[0])
-        except InvalidEvent as first:
-            raise click.ClickException(f"{event_file}: {first.code}: {first.reason}") from None
-    now = datetime.fromisoformat(now_text) if now_text else None
+        raise click.ClickException(f"{event_file}: {bad.code}: {bad.reason}") from None
     try:
         for line in explain_event(get_runtime(), event, campaign_id, now):
             click.echo(line)
@@ -384,55 +425,45 @@ def explain(event_file: Path, campaign_id: str, now_text: str | None) -> None:
 @click.option(
     "--events",
     "events_file",
-    type=click.Path(exists=True, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="JSON Lines file of events to replay.",
 )
 @click.option(
     "--since",
-    "since_text",
+    type=IsoTime(),
     default=None,
-    help="Replay the stored event log, counting from this ISO time.",
+    help="Replay the stored event log, counting from this ISO time (with a zone).",
 )
 @click.option(
     "--at",
-    "at_text",
+    type=IsoTime(now=True),
     default=None,
-    help="Decide every event at this ISO time ('now': the worker's clock), in arrival "
-    "order, as the worker would ingest them; default: each event at its own time.",
+    help="Decide every event at this ISO time, with a zone ('now': the worker's clock), in "
+    "arrival order, as the worker would ingest them; default: each event at its own time.",
 )
-def simulate(events_file: Path | None, since_text: str | None, at_text: str | None) -> None:
+def simulate(events_file: Path | None, since: datetime | None, at: datetime | str | None) -> None:
     """Dry run: which campaigns would fire, emails per day, what was skipped. Sends nothing."""
     from worker.commands.simulation import (
         events_from_file,
         events_from_log,
-        parse_since,
         report_lines,
         run_simulation,
     )
     from worker.process.runtime import get_runtime
 
-    if (events_file is None) == (since_text is None):
+    if (events_file is None) == (since is None):
         raise click.UsageError("give either --events FILE or --since TIME")
     runtime = get_runtime()
     problems: list[str] = []
-    try:
-        at = None
-        if at_text is not None:
-            at = runtime.clock.now() if at_text == "now" else parse_since(at_text, "--at")
-    except ValueError as bad:
-        raise click.BadParameter(str(bad), param_hint="--at") from None
+    clock = runtime.clock.now() if isinstance(at, str) else at  # str: "now"
     if events_file is not None:
         source, count_from = events_from_file(events_file, problems), None
     else:
-        try:
-            count_from = parse_since(str(since_text))
-        except ValueError as bad:
-            raise click.BadParameter(str(bad), param_hint="--since") from None
-        source = events_from_log(runtime)
+        source, count_from = events_from_log(runtime), since
     from worker.commands.progress import tracked
 
     replayed = tracked(source, "replaying events")
-    report, standing = run_simulation(runtime, replayed, count_from=count_from, at=at)
+    report, standing = run_simulation(runtime, replayed, count_from=count_from, at=clock)
     campaigns = [c.id for c in runtime.rules.current().campaigns]
     for line in report_lines(report, campaigns, standing):
         click.echo(line)
@@ -441,8 +472,12 @@ def simulate(events_file: Path | None, since_text: str | None, at_text: str | No
 
 
 @main.command()
-@click.option("--since", "since_text", default=None, help="Touches from this ISO time (UTC).")
-@click.option("--until", "until_text", default=None, help="Touches before this ISO time.")
+@click.option(
+    "--since", type=IsoTime(utc=True), default=None, help="Touches from this ISO time (UTC)."
+)
+@click.option(
+    "--until", type=IsoTime(utc=True), default=None, help="Touches before this ISO time (UTC)."
+)
 @click.option("--campaign", "campaign_id", default=None, help="Only this campaign.")
 @click.option(
     "--format", "output", type=click.Choice(["table", "csv", "json", "html"]), default="table"
@@ -450,8 +485,8 @@ def simulate(events_file: Path | None, since_text: str | None, at_text: str | No
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--no-reconcile", is_flag=True, help="Skip attributing late purchases first.")
 def report(
-    since_text: str | None,
-    until_text: str | None,
+    since: datetime | None,
+    until: datetime | None,
     campaign_id: str | None,
     output: str,
     out: Path | None,
@@ -461,14 +496,23 @@ def report(
     from worker.commands.report import run_report
 
     try:
-        text = run_report(since_text, until_text, campaign_id, output, not no_reconcile)
+        text = run_report(
+            since.isoformat() if since else None,
+            until.isoformat() if until else None,
+            campaign_id,
+            output,
+            not no_reconcile,
+        )
     except ValueError as bad:
         raise click.UsageError(str(bad)) from None
     if out is None:
         click.echo(text, nl=False)
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
         click.echo(f"report written to {out}")
 
 
@@ -692,7 +736,10 @@ def suppressions_remove(email: str) -> None:
     help="Render in this locale instead of the customer's (each locale has its own directory).",
 )
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Directory (default: var/preview)."
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory (default: var/preview).",
 )
 @click.option(
     "--screenshot",
@@ -732,6 +779,8 @@ def preview(
         )
     except (LookupError, RuntimeError) as problem:
         raise click.ClickException(str(problem)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write to {exc.filename}: {exc.strerror}") from None
     for result in results:
         for note in result.notes:
             click.echo(f"note: {note}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -22,7 +23,7 @@ from triggers.decide import (
     min_gap,
     subject_for,
 )
-from triggers.events import AnyEvent, PurchaseEvent
+from triggers.events import MAX_EVENT_BYTES, AnyEvent, InvalidEvent, PurchaseEvent, parse_event
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, build_facts, purchase_of
 from triggers.schedule import resolve_zone
 from worker.decide.decision_inputs import DecisionInputs
@@ -62,6 +63,31 @@ def _known(runtime: Runtime, event: AnyEvent, at: datetime) -> Known:
         subject = subject_for(profile, suppressed=False)
         inputs = DecisionInputs(profile, subject, build_facts(event, profile, at), [])
         return Known(inputs, "this event only (no database)")
+
+
+def event_from_file(path: Path) -> AnyEvent:
+    """The event of ``path``: its first line (a JSON Lines file), read alone, so what
+    follows (more events, or bytes that are not even UTF-8) does not matter; or the whole
+    file when that line is not JSON by itself (one event written over several lines).
+    Raises ``InvalidEvent`` with the first line's reason when neither is an event."""
+    from worker.intake.publisher import CutLine, bounded_lines
+
+    with path.open("rb") as stream:
+        first = next((line for line in bounded_lines(stream) if line.strip()), b"")
+        if isinstance(first, CutLine):
+            raise first.invalid()
+        try:
+            return parse_event(first.strip())
+        except InvalidEvent as bad:
+            if bad.code != "not_json":
+                raise
+            whole = (first + stream.read(MAX_EVENT_BYTES + 1)).strip()
+            if whole == first.strip():
+                raise
+            try:
+                return parse_event(whole)
+            except InvalidEvent as other:
+                raise (other if other.code != "not_json" else bad) from None
 
 
 def _with_event(profile: CustomerProfile, event: AnyEvent, order_known: bool) -> CustomerProfile:

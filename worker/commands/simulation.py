@@ -174,10 +174,3 @@ def sequence_lines(report: SimulationReport) -> Iterator[str]:
             if c == campaign
         )
         yield f"  exited: {exits or 'none'}"
-
-
-def parse_since(text: str, option: str = "--since") -> datetime:
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"give {option} with a time zone, e.g. 2026-11-01T00:00+00:00 or ...Z")
-    return moment

@@ -10,11 +10,13 @@ line is reported with its line number and reason and not published; the rest go 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 
 from kombu.connection import Connection
+from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.messaging import Producer
 
 from triggers.events import MAX_EVENT_BYTES, InvalidEvent, parse_event, parse_forget
@@ -37,17 +39,47 @@ class PublishReport:
     rejected: tuple[RejectedLine, ...] = field(default=())
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+class CutLine(bytes):
+    """A line of more than the limit, cut after ``limit + 1`` bytes by
+    :func:`bounded_lines`; ``size`` is the whole line's length (without its newline),
+    so the report names the real size, not where the cut fell."""
+
+    size: int
+
+    def invalid(self) -> InvalidEvent:
+        """The ``oversize`` error :func:`triggers.events.load_json` gives a whole line."""
+        return InvalidEvent("oversize", f"{self.size} bytes exceeds the {MAX_EVENT_BYTES} limit")
+
+
 def bounded_lines(stream: BinaryIO, limit: int = MAX_EVENT_BYTES) -> Iterator[bytes]:
     """The lines of ``stream``, each cut after ``limit + 1`` bytes (the rest of an
-    over-long line is read and dropped), so one giant line cannot fill the memory; the
-    cut line is still over the limit and is reported as ``oversize``."""
+    over-long line is read, counted and dropped), so one giant line cannot fill the
+    memory; a cut line is a :class:`CutLine` that knows its real size. A UTF-8
+    byte-order mark before the first line is dropped, as ``catalog import`` drops it
+    (editors on Windows write one; the consumer's JSON parser would refuse it)."""
+    first = True
     while True:
         line = stream.readline(limit + 2)
+        if first and line.startswith(BOM):
+            line = line[len(BOM) :]
+            if line and not line.endswith(b"\n"):
+                line += stream.readline(limit + 2 - len(line))
+        first = False
         if not line:
             return
         if not line.endswith(b"\n") and len(line) > limit + 1:
-            while (rest := stream.readline(1 << 16)) and not rest.endswith(b"\n"):
-                pass
+            size, tail = len(line), line
+            while rest := stream.readline(1 << 16):
+                size, tail = size + len(rest), rest
+                if rest.endswith(b"\n"):
+                    break
+            cut = CutLine(line)
+            cut.size = size - (len(tail) - len(tail.rstrip(b"\r\n")))
+            yield cut
+            continue
         yield line
 
 
@@ -64,15 +96,32 @@ def _routing_key(line: bytes, now: datetime) -> str:
         raise
 
 
+@contextmanager
+def _producer(settings: Settings) -> Iterator[Producer]:
+    """A producer on the events exchange, its queue declared. A broker that cannot be
+    reached or refuses the login (a wrong password, an unknown vhost: amqp counts the
+    403 as a channel error, redis connects only at the first command) raises kombu's
+    ``OperationalError`` naming the cause, which the CLI prints as one line with the
+    password masked, as for a refused port."""
+    url = settings.resolved_events_url
+    with Connection(url, transport_options=transport_options(url)) as connection:
+        try:
+            connection.connect()
+            producer = Producer(connection.channel(), exchange=events_exchange(settings))
+            events_queue(settings)(producer.channel).declare()
+        except KombuOperationalError:
+            raise
+        except (*connection.connection_errors, *connection.channel_errors) as exc:
+            raise KombuOperationalError(str(exc)) from exc
+        yield producer
+
+
 def publish_unchecked(settings: Settings, bodies: Iterable[bytes], routing_key: str) -> int:
     """Publish bodies as they are, unchecked, as any CRM's own AMQP client can: for the
     demo, which shows that what ``crosssell publish`` refuses is dead-lettered by the
     consumer too, never lost and never processed. Returns how many were published."""
-    url = settings.resolved_events_url
     count = 0
-    with Connection(url, transport_options=transport_options(url)) as connection:
-        producer = Producer(connection.channel(), exchange=events_exchange(settings))
-        events_queue(settings)(producer.channel).declare()
+    with _producer(settings) as producer:
         for body in bodies:
             producer.publish(
                 body,
@@ -91,18 +140,16 @@ def publish_lines(
     """Publish each valid line; ``received_at`` (default: now) is the clock the
     ``occurred_at`` range is checked against. Blank lines are skipped but counted."""
     now = received_at or datetime.now(UTC)
-    url = settings.resolved_events_url
     published = 0
     rejected: list[RejectedLine] = []
-    queue = events_queue(settings)
-    with Connection(url, transport_options=transport_options(url)) as connection:
-        producer = Producer(connection.channel(), exchange=events_exchange(settings))
-        queue(producer.channel).declare()
+    with _producer(settings) as producer:
         for number, raw in enumerate(lines, start=1):
             line = raw.strip()
             if not line:
                 continue
             try:
+                if isinstance(raw, CutLine):
+                    raise raw.invalid()
                 routing_key = _routing_key(line, now)
             except InvalidEvent as bad:
                 rejected.append(RejectedLine(number, bad.code, bad.reason))

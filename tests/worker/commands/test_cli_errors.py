@@ -1,0 +1,219 @@
+"""What a new user mistypes ends a command with one clear line and a non-zero status,
+never a Python traceback: invalid campaign files for any command that loads the rule
+set, a time option that is not an ISO time with a zone, a broker that refuses the
+connection or the login, a byte-order mark or a giant line in a published file, an
+output path that is a file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.support.factories import purchase
+from tests.support.services import require_rabbitmq
+from triggers.events import MAX_EVENT_BYTES
+from worker.commands.cli import main
+from worker.core.settings import PROJECT_ROOT, get_settings
+from worker.process import runtime as runtime_module
+
+
+@pytest.fixture(autouse=True)
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Embedded defaults under tmp_path: no shared database, broker or var/ touched."""
+    monkeypatch.setenv("CROSSSELL_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("CROSSSELL_EVENTS_URL", f"sqlite:///{tmp_path / 'broker.db'}")
+    get_settings.cache_clear()
+    runtime_module.set_runtime(None)
+    yield
+    get_settings.cache_clear()
+    runtime_module.set_runtime(None)
+
+
+@pytest.fixture
+def events(tmp_path: Path) -> Path:
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps(purchase("evt-cli-1")) + "\n", encoding="utf-8")
+    return path
+
+
+def _no_traceback(result: Result) -> None:
+    assert isinstance(result.exception, SystemExit | None), result.exception
+    assert "Traceback" not in result.output
+
+
+# --- 1: every command that loads the rule set --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["simulate", "--events", "{events}"],
+        ["explain", "--event", "{events}", "--campaign", "laptop-accessories"],
+        ["preview", "laptop-accessories"],
+        ["report"],
+    ],
+    ids=["simulate", "explain", "preview", "report"],
+)
+def test_invalid_campaign_files_are_the_lint_lines_run_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, events: Path, arguments: list[str]
+) -> None:
+    """These commands let the loader's RuleSetError escape as a traceback; they now print
+    what ``run`` prints, from the one handler in the CLI group."""
+    campaigns = tmp_path / "campaigns"
+    shutil.copytree(PROJECT_ROOT / "config" / "campaigns", campaigns)
+    with (campaigns / "laptop-accessories.yaml").open("a", encoding="utf-8") as file:
+        file.write("colour: red\n")
+    monkeypatch.setenv("CROSSSELL_CAMPAIGNS_DIR", str(campaigns))
+    argv = [a.replace("{events}", str(events)) for a in arguments]
+    result = CliRunner().invoke(main, argv)
+    _no_traceback(result)
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "Error: the campaign files are not valid:", result.output
+    assert "laptop-accessories.yaml" in lines[1] and "error[unknown-key]" in lines[1]
+
+
+# --- 2: one time type for every time option -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "option"),
+    [
+        (["explain", "--event", "{events}", "--campaign", "laptop-accessories", "--now"], "--now"),
+        (["simulate", "--events", "{events}", "--at"], "--at"),
+        (["simulate", "--since"], "--since"),
+        (["report", "--since"], "--since"),
+        (["report", "--until"], "--until"),
+    ],
+)
+def test_a_time_that_is_not_iso_is_one_usage_line(
+    events: Path, arguments: list[str], option: str
+) -> None:
+    """``explain --now tomorrow`` was a ValueError traceback."""
+    argv = [a.replace("{events}", str(events)) for a in arguments] + ["tomorrow"]
+    result = CliRunner().invoke(main, argv)
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}': 'tomorrow' is not an ISO 8601 time" in result.output
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["explain", "--event", "{events}", "--campaign", "laptop-accessories", "--now"],
+        ["simulate", "--events", "{events}", "--at"],
+    ],
+    ids=["explain", "simulate"],
+)
+def test_a_time_without_a_zone_is_refused_alike(events: Path, arguments: list[str]) -> None:
+    """``explain --now 2026-11-24T10:30`` was a naive/aware TypeError traceback; it now
+    gets the message ``simulate --at`` gets."""
+    argv = [a.replace("{events}", str(events)) for a in arguments] + ["2026-11-24T10:30"]
+    result = CliRunner().invoke(main, argv)
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
+    assert "'2026-11-24T10:30' has no time zone" in result.output
+
+
+# --- 3: explain reads the first line only -------------------------------------------------
+
+
+def test_explain_reads_only_the_first_line_of_a_jsonl_file(tmp_path: Path) -> None:
+    """Its help promises the first line; the whole file was read, so a later line that
+    is not UTF-8 failed the command (``not_utf8``)."""
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(json.dumps(purchase("evt-first")).encode() + b"\n" + b"\xff\xfe junk\n")
+    result = CliRunner().invoke(
+        main, ["explain", "--event", str(path), "--campaign", "laptop-accessories"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "event evt-first (purchase)" in result.output
+    # One event written over several lines is still read whole.
+    path.write_text(json.dumps(purchase("evt-pretty"), indent=2), encoding="utf-8")
+    result = CliRunner().invoke(
+        main, ["explain", "--event", str(path), "--campaign", "laptop-accessories"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "event evt-pretty (purchase)" in result.output
+
+
+# --- 4: broker failures of publish ----------------------------------------------------------
+
+
+def _one_broker_line(result: Result, secret: str | None = None) -> str:
+    _no_traceback(result)
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith("crosssell: cannot connect to the message broker "), line
+    if secret:
+        assert secret not in line
+    return line
+
+
+def test_publish_to_a_refused_redis_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, events: Path
+) -> None:
+    """redis-py's ConnectionError is not the builtin one: it escaped as a traceback."""
+    monkeypatch.setenv("CROSSSELL_EVENTS_URL", "redis://:s3cret-pw@127.0.0.1:1/0")
+    line = _one_broker_line(CliRunner().invoke(main, ["publish", str(events)]), "s3cret-pw")
+    assert "127.0.0.1:1" in line
+
+
+def test_publish_with_a_wrong_rabbitmq_password_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, events: Path
+) -> None:
+    """amqp raises the 403 as a channel error (AccessRefused), which kombu does not wrap."""
+    parts = urlsplit(require_rabbitmq())
+    netloc = f"{parts.username}:wrong-pw-xyz@{parts.hostname}:{parts.port or 5672}"
+    monkeypatch.setenv("CROSSSELL_EVENTS_URL", urlunsplit(parts._replace(netloc=netloc)))
+    line = _one_broker_line(CliRunner().invoke(main, ["publish", str(events)]), "wrong-pw-xyz")
+    assert "ACCESS_REFUSED" in line
+
+
+# --- 5: what publish reads ----------------------------------------------------------------
+
+
+def test_publish_accepts_a_byte_order_mark(tmp_path: Path) -> None:
+    """``catalog import`` accepts a BOM; publish reported line 1 as ``not_json``."""
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(purchase("evt-bom")).encode() + b"\n")
+    result = CliRunner().invoke(main, ["publish", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "published 1 event(s)" in result.output
+
+
+def test_publish_reports_the_real_size_of_a_giant_line(tmp_path: Path) -> None:
+    """The line is cut at the limit to bound memory; the report gave the cut's size."""
+    path = tmp_path / "giant.jsonl"
+    size = 300_000
+    path.write_bytes(b'{"x": "' + b"a" * (size - 9) + b'"}\n' + json.dumps(purchase("e")).encode())
+    result = CliRunner().invoke(main, ["publish", str(path)])
+    assert result.exit_code == 1, result.output
+    assert f"line 1: oversize: {size} bytes exceeds the {MAX_EVENT_BYTES} limit" in result.output
+    assert "published 1 event(s)" in result.output
+
+
+# --- 6: an output directory that is a file --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["schema", "--output"], ["preview", "laptop-accessories", "--out"]],
+    ids=["schema", "preview"],
+)
+def test_an_output_directory_that_is_a_file_is_one_line(
+    tmp_path: Path, arguments: list[str]
+) -> None:
+    """``schema --output /etc/passwd`` was a FileExistsError traceback."""
+    existing = tmp_path / "a-file"
+    existing.write_text("not a directory\n", encoding="utf-8")
+    result = CliRunner().invoke(main, [*arguments, str(existing)])
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
+    assert f"Directory '{existing}' is a file" in result.output
