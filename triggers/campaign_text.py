@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+from ruamel.yaml.comments import CommentedMap
 
-from triggers.campaigns import Campaign
+from triggers.campaigns import Campaign, subject_key
 from triggers.conditions import Condition, Problem, check_condition
 from triggers.fields import FieldType, fields_for
 from triggers.lint_issues import LintIssue
@@ -71,6 +72,56 @@ def _variant_problems(campaign: Campaign) -> list[Problem]:
 
 
 @dataclass(frozen=True, slots=True)
+class SubjectAt:
+    """Where one subject text is written: the scalar (``line``, ``col``), the key as
+    written (``pt-BR``; None for one text for every locale) and, when the text stands on
+    that line exactly as written (no escapes, no block scalar), the column of its first
+    character, so that a column inside the text is a column of the file."""
+
+    line: int
+    col: int
+    key: str | None = None
+    text_col: int | None = None
+
+
+# Per variant (or step): (locale key as the campaign holds it, or None for one text;
+# where it is written).
+SubjectTexts = tuple[tuple[str | None, SubjectAt], ...]
+
+
+def _text_col(lines: list[str], line: int, col: int, text: object) -> int | None:
+    """The file column of ``text``'s first character when the scalar at ``line``:``col``
+    holds it verbatim (plain or quoted, on one line), else None."""
+    if not isinstance(text, str) or not 0 < line <= len(lines):
+        return None
+    raw = lines[line - 1]
+    start = col if raw[col - 1 : col] in ("'", '"') else col - 1
+    return start + 1 if raw[start : start + len(text)] == text and "\n" not in text else None
+
+
+def subject_texts(document: Any, path: tuple[str | int, ...], lines: list[str]) -> SubjectTexts:
+    """Where each text of the ``subject:`` at ``path`` is written (empty when none)."""
+    node = document
+    for step in path[:-1]:
+        try:
+            node = node[step]
+        except (KeyError, IndexError, TypeError):
+            return ()
+    if not isinstance(node, CommentedMap) or path[-1] not in node:
+        return ()
+    value = node[path[-1]]
+    if isinstance(value, CommentedMap):
+        found: list[tuple[str | None, SubjectAt]] = []
+        for key, text in value.items():
+            line, col = (n + 1 for n in value.lc.value(key))
+            at = SubjectAt(line, col, str(key), _text_col(lines, line, col, text))
+            found.append((subject_key(str(key)), at))
+        return tuple(found)
+    line, col = (n + 1 for n in node.lc.value(path[-1]))
+    return ((None, SubjectAt(line, col, None, _text_col(lines, line, col, value))),)
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedFile:
     """One campaign file, parsed and checked, with the positions later checks point at.
 
@@ -85,6 +136,8 @@ class ParsedFile:
     subjects_at: tuple[tuple[int, int] | None, ...] = ()
     # Each step's ``template:`` (or its ``id:`` when it has none), for the template check.
     step_templates_at: tuple[tuple[int, int], ...] = ()
+    # Each variant's subject texts, where they are written.
+    subject_texts_at: tuple[SubjectTexts, ...] = ()
 
 
 def parse_campaign_text(
@@ -99,6 +152,7 @@ def parse_campaign_text(
     if campaign is None:
         return ParsedFile(name, None, tuple(found))
     variants = range(len(campaign.experiment.variants))
+    lines = text.splitlines()
     return ParsedFile(
         name,
         campaign,
@@ -114,6 +168,10 @@ def parse_campaign_text(
         tuple(
             locate(document, ("steps", i, "template" if step.template else "id"))
             for i, step in enumerate(campaign.steps or ())
+        ),
+        tuple(
+            subject_texts(document, ("experiment", "variants", i, "subject"), lines)
+            for i in variants
         ),
     )
 

@@ -53,6 +53,7 @@ def compile_parsed_files(
     issues: list[LintIssue] = []
     compiled: list[CompiledCampaign] = []
     first_seen: dict[str, str] = {}
+    reported: set[LintIssue] = set()
     for parsed in parsed_files:
         issues += parsed.issues
         campaign = parsed.campaign
@@ -69,8 +70,9 @@ def compile_parsed_files(
                 continue
         if template_check is not None:
             checked = template_check_issues(parsed, template_check)
-            # A template shared by several variants warns once, not once per variant.
-            issues += [i for i in checked if i.level == "error" or i not in issues]
+            # A template shared by several variants (or campaigns) is reported once.
+            issues += [issue for issue in checked if issue not in reported]
+            reported.update(checked)
             if any(issue.level == "error" for issue in checked):
                 continue
         compiled.append(compile_campaign(campaign, parsed.name, segments))

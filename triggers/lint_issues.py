@@ -35,11 +35,12 @@ class LintIssue:
 
 class RuleSetError(Exception):
     """A rule set that cannot be used; carries every issue found (errors and warnings),
-    in file order."""
+    in file order, each distinct one (file, line, column, code, path, message) once."""
 
     def __init__(self, issues: Sequence[LintIssue]) -> None:
-        super().__init__("\n".join(str(issue) for issue in issues))
-        self.issues = tuple(issues)
+        distinct = tuple(dict.fromkeys(issues))
+        super().__init__("\n".join(str(issue) for issue in distinct))
+        self.issues = distinct
 
     @property
     def errors(self) -> tuple[LintIssue, ...]:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from triggers.campaign_text import ParsedFile
+from triggers.campaign_text import ParsedFile, SubjectTexts
 from triggers.campaigns import Campaign, Experiment, Variant
 from triggers.conditions import did_you_mean
 from triggers.lint_issues import Level, LintIssue
@@ -27,6 +27,28 @@ class TemplateProblem:
     col: int = 1
     level: Level = "error"
     at: Literal["template", "subject"] = "template"
+    # A problem inside the subject text itself (``at="subject"``): the locale key of the
+    # text it is in (None: the one text for every locale), and its line and column in that
+    # text when known (0: not known).
+    subject_locale: str | None = None
+    text_line: int = 0
+    text_col: int = 0
+
+
+def _in_subject(
+    problem: TemplateProblem, texts: SubjectTexts, path: str
+) -> tuple[int, int, str] | None:
+    """Line, column and path of a problem inside a subject text, from where that text is
+    written (a column inside it only where the text stands verbatim on one line)."""
+    if problem.at != "subject" or not problem.text_line:
+        return None
+    at = next((at for key, at in texts if key == problem.subject_locale), None)
+    if at is None:
+        return None
+    line, col = at.line, at.col
+    if problem.text_line == 1 and problem.text_col and at.text_col is not None:
+        col = at.text_col + problem.text_col - 1
+    return line, col, f"{path}.subject" + (f".{at.key}" if at.key else "")
 
 
 TemplateCheck = Callable[[Campaign], Iterable[TemplateProblem]]
@@ -40,14 +62,19 @@ def _in_template(problem: TemplateProblem) -> LintIssue:
     )
 
 
-def _at_variant(
-    parsed: ParsedFile,
-    index: int,
-    code: str,
-    message: str,
-    level: Level = "error",
-    at: Literal["template", "subject"] = "template",
-) -> LintIssue:
+def _at_variant(parsed: ParsedFile, problem: TemplateProblem) -> LintIssue:
+    index, code, message, level, at = (
+        problem.variant,
+        problem.code,
+        problem.message,
+        problem.level,
+        problem.at,
+    )
+    texts = parsed.subject_texts_at[index] if index < len(parsed.subject_texts_at) else ()
+    inside = _in_subject(problem, texts, f"experiment.variants[{index}]")
+    if inside is not None:
+        line, col, path = inside
+        return LintIssue(parsed.name, line, col, problem.code, path, problem.message, level)
     subject_at = parsed.subjects_at[index] if index < len(parsed.subjects_at) else None
     if at == "subject" and subject_at is not None:
         line, col = subject_at
@@ -112,9 +139,12 @@ def unknown_template_issues(parsed: ParsedFile, templates: set[str]) -> list[Lin
     unknown = [
         _at_variant(
             parsed,
-            index,
-            "unknown-template",
-            f"no template {variant.template!r}" + did_you_mean(variant.template, sorted(templates)),
+            TemplateProblem(
+                index,
+                "unknown-template",
+                f"no template {variant.template!r}"
+                + did_you_mean(variant.template, sorted(templates)),
+            ),
         )
         for index, variant in enumerate(campaign.experiment.variants)
         if variant.template not in templates
@@ -138,16 +168,7 @@ def template_check_issues(parsed: ParsedFile, template_check: TemplateCheck) -> 
     campaign = parsed.campaign
     assert campaign is not None
     checked = [
-        _in_template(problem)
-        if problem.file
-        else _at_variant(
-            parsed,
-            problem.variant,
-            problem.code,
-            problem.message,
-            problem.level,
-            problem.at,
-        )
+        _in_template(problem) if problem.file else _at_variant(parsed, problem)
         for problem in template_check(campaign)
     ]
     return checked + _step_template_issues(parsed, campaign, template_check)

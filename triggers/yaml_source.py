@@ -174,6 +174,19 @@ class _CheckedComposer(Composer):
         return node
 
 
+def syntax_message(exc: MarkedYAMLError) -> str:
+    """ruamel's whole message: the context (``while parsing a flow mapping``, ``expected a
+    single document in the stream``) with where it started, then the problem (``but found
+    another document``); either alone when the other is missing."""
+    context, problem = (exc.context or "").strip(), (exc.problem or "").strip()
+    if not context or not problem:
+        return context or problem or "invalid YAML"
+    mark, at = exc.context_mark, exc.problem_mark
+    if mark is not None and (at is None or (mark.line, mark.column) != (at.line, at.column)):
+        context += f" (line {mark.line + 1}, column {mark.column + 1})"
+    return f"{context}{',' if problem.startswith('but ') else ':'} {problem}"
+
+
 def read_yaml(text: str, filename: str, what: str) -> tuple[Any, list[LintIssue]]:
     """Parse YAML 1.2 keeping positions; a syntax error, a duplicate key or a file over
     the limits above (size, expanded aliases, depth) is an issue, never an exception."""
@@ -201,7 +214,7 @@ def read_yaml(text: str, filename: str, what: str) -> tuple[Any, list[LintIssue]
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        message = f"YAML syntax: {exc.problem or exc.context}"
+        message = f"YAML syntax: {syntax_message(exc)}"
         if "'\\t'" in message:
             message = "YAML syntax: a tab cannot indent YAML; indent with spaces"
         return None, [LintIssue(filename, line, col, "yaml-syntax", "", message)]

@@ -33,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from babel import Locale
 from jinja2 import TemplateError, TemplateNotFound, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
 
@@ -41,7 +42,7 @@ from triggers.conditions import did_you_mean
 from triggers.rule_checks import TemplateCheck, TemplateProblem
 from worker.email.compiled_cache import parsed
 from worker.email.email_context import sample_context
-from worker.email.rendering import Renderer
+from worker.email.rendering import Renderer, babel_locale, subject_for
 from worker.email.template_sandbox import RenderLimitError, SafeFileSystemLoader, UnsafeTemplatePath
 
 _LOCALE_PART = re.compile(r"^(?:subject|body)\.([a-z]{2,3}(?:_[A-Z]{2})?)\.(?:txt|html)$")
@@ -58,40 +59,160 @@ def template_locales(directory: Path, part: str | None = None) -> list[str | Non
     return [None, *sorted(found)]
 
 
-def _template_line(exc: BaseException, root: Path) -> tuple[str | None, int]:
-    """The template file and line an exception was raised from, if it came from one."""
-    where: tuple[str | None, int] = (None, 1)
+_INLINE = "<template>"  # the file name Jinja gives a template made from a string
+
+
+def _template_line(exc: BaseException, root: Path) -> tuple[str | None, int, bool]:
+    """The template file and line an exception was raised from, if it came from one; and
+    whether it came from the inline subject (a template made from a string) instead."""
+    where: tuple[str | None, int, bool] = (None, 1, False)
     for frame, line in traceback.walk_tb(exc.__traceback__):
         filename = frame.f_code.co_filename
         if filename.startswith(str(root)):
-            where = (filename, line)
+            where = (filename, line, False)
+        elif filename == _INLINE:
+            where = (None, line, True)
     return where
+
+
+# --- columns: Jinja reports a line; the column is found by the text the error names ----------
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # as Jinja's lexer splits lines
+# What Jinja reads as code: {{ … }} and {% … %} (to the end when unclosed); {# … #} is not.
+_CODE = re.compile(
+    r"(?P<open>\{\{|\{%)[-+]?(?P<inner>.*?)(?:[-+]?(?:\}\}|%\})|\Z)|\{#.*?(?:#\}|\Z)", re.DOTALL
+)
+_UNEXPECTED_CHAR = re.compile(r"^unexpected char '.+' at (\d+)$")
+_END_OF_TEMPLATE = re.compile(r"^unexpected end of template", re.IGNORECASE)
+_NAMED = re.compile(r"(?:unexpected|got|unknown tag|named|attribute) '([^'\s]+)'")
+
+
+def _lines(source: str) -> list[str]:
+    return _NEWLINE.split(source)
+
+
+def first_column(source: str, line: int) -> int:
+    """1-based column of the first non-blank character of ``line`` (1 for a blank line):
+    where an error points when its exact column cannot be known."""
+    lines = _lines(source)
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    stripped = text.lstrip()
+    return len(text) - len(stripped) + 1 if stripped else 1
+
+
+def _code_on_line(source: str, line: int) -> Iterator[tuple[int, int, int, bool]]:
+    """``(start, end, line_start, closed)`` offsets (in the newline-normalised source) of
+    the inside of each ``{{ … }}``/``{% … %}`` that overlaps ``line``, clipped to it."""
+    lines = _lines(source)
+    if not 0 < line <= len(lines):
+        return
+    text = "\n".join(lines)
+    line_start = sum(len(each) + 1 for each in lines[: line - 1])
+    line_end = line_start + len(lines[line - 1])
+    for match in _CODE.finditer(text):
+        if match["open"] is None:
+            continue
+        start, end = match.start("inner"), match.end("inner")
+        if end < line_start or start > line_end:
+            continue
+        closed = match.end() > match.end("inner")
+        yield max(start, line_start), min(end, line_end), line_start, closed
+
+
+def _columns_in_code(source: str, line: int, pattern: re.Pattern[str]) -> list[int]:
+    """1-based columns on ``line`` where ``pattern`` matches inside Jinja code."""
+    text = "\n".join(_lines(source))
+    return [
+        found.start() - line_start + 1
+        for start, end, line_start, _ in _code_on_line(source, line)
+        for found in pattern.finditer(text, start, end)
+    ]
+
+
+def _token(name: str) -> re.Pattern[str]:
+    if re.fullmatch(r"\w+", name):
+        return re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")
+    if name == "}":  # a lone brace, not one of a closing }}
+        return re.compile(r"(?<!\})\}(?!\})")
+    return re.compile(re.escape(name))
+
+
+def syntax_column(source: str, line: int, message: str) -> int:
+    """The column of a Jinja syntax error on ``line``: the offset the lexer gives, the
+    unclosed ``{{``/``{%`` for an unexpected end, else the one place on the line the token
+    the message names is; the line's first non-blank column when that is not certain."""
+    lines = _lines(source)
+    char = _UNEXPECTED_CHAR.match(message)
+    if char is not None and 0 < line <= len(lines):
+        column = int(char.group(1)) - sum(len(each) + 1 for each in lines[: line - 1]) + 1
+        if 0 < column <= len(lines[line - 1]):
+            return column
+    if _END_OF_TEMPLATE.match(message):
+        unclosed = [
+            start - line_start
+            for start, _, line_start, closed in _code_on_line(source, line)
+            if not closed
+        ]
+        if unclosed:
+            # The opening delimiter is just before the inside (a ``-`` may follow it).
+            text = lines[line - 1]
+            column = unclosed[-1]
+            while column > 0 and text[column - 1] in "-+":
+                column -= 1
+            if column >= 2:
+                return column - 1
+    named = _NAMED.search(message)
+    if named is not None:
+        columns = _columns_in_code(source, line, _token(named.group(1)))
+        if len(columns) == 1:
+            return columns[0]
+    return first_column(source, line)
 
 
 _MISSING_ATTRIBUTE = re.compile(r"has no attribute '(\w+)'")
 _UNDEFINED_NAME = re.compile(r"^'(\w+)' is undefined")
 
 
-def _unknown_variable(message: str, file: str | None, line: int, context: dict[str, Any]) -> str:
-    """Name the expression the template wrote (``customer.frist_name``) and what exists."""
+def _unknown_variable(
+    message: str, source: str | None, line: int, context: dict[str, Any]
+) -> tuple[str, int]:
+    """Name the expression the template wrote (``customer.frist_name``) and what exists,
+    and the column where it is written on ``line`` (of ``source``, the template's text)."""
+    if source is None:
+        return message, 1
     name = _UNDEFINED_NAME.match(message)
     if name:
-        return f"unknown variable {name.group(1)!r}" + did_you_mean(name.group(1), sorted(context))
+        columns = _columns_in_code(source, line, re.compile(rf"(?<![\w.]){name.group(1)}\b"))
+        return (
+            f"unknown variable {name.group(1)!r}" + did_you_mean(name.group(1), sorted(context)),
+            columns[0] if columns else first_column(source, line),
+        )
     attribute = _MISSING_ATTRIBUTE.search(message)
-    if attribute is None or file is None:
-        return message
-    source = Path(file).read_text(encoding="utf-8").splitlines()
-    text = source[line - 1] if 0 < line <= len(source) else ""
-    found = re.search(rf"([A-Za-z_][\w.]*)\.{re.escape(attribute.group(1))}\b", text)
+    if attribute is None:
+        return message, first_column(source, line)
+    written = re.escape(attribute.group(1))
+    pattern = re.compile(
+        rf"(?<![\w.])([A-Za-z_][\w.]*?)\s*(?:\.\s*{written}\b|\[\s*['\"]{written}['\"]\s*\])"
+    )
+    text = "\n".join(_lines(source))
+    found = next(
+        (
+            match
+            for start, end, _, _ in _code_on_line(source, line)
+            for match in pattern.finditer(text, start, end)
+        ),
+        None,
+    )
     if found is None:
-        return message
+        return message, first_column(source, line)
+    column = found.start() - sum(len(each) + 1 for each in _lines(source)[: line - 1]) + 1
     base = found.group(1)
     value: Any = context
     for part in base.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     keys = sorted(value) if isinstance(value, dict) else []
     hint = did_you_mean(attribute.group(1), keys)
-    return f"unknown variable {base}.{attribute.group(1)}{hint}"
+    return f"unknown variable {base}.{attribute.group(1)}{hint}", column
 
 
 def _parse_problems(renderer: Renderer, directory: Path, template: str) -> list[TemplateProblem]:
@@ -110,8 +231,10 @@ def _parse_problems(renderer: Renderer, directory: Path, template: str) -> list[
             source, filename, _ = loader.get_source(renderer.env, f"{template}/{path.name}")
             parsed(renderer.env, source, path.name, filename)
         except TemplateSyntaxError as exc:
+            message = exc.message or ""
+            column = syntax_column(source, exc.lineno, message)
             problems.append(
-                TemplateProblem(0, "template-syntax", exc.message or "", str(path), exc.lineno, 1)
+                TemplateProblem(0, "template-syntax", message, str(path), exc.lineno, column)
             )
         except UnsafeTemplatePath as exc:
             problems.append(TemplateProblem(0, "template-unsafe", exc.message or "", str(path)))
@@ -288,6 +411,71 @@ def _describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {message}" if message else exc.__class__.__name__
 
 
+def _subject_locale(subject: str | Mapping[str, str] | None, locale: Locale) -> str | None:
+    """The key of ``subject`` :func:`subject_for` picks for ``locale`` (None: one text)."""
+    if not isinstance(subject, Mapping):
+        return None
+    for key in (f"{locale.language}_{locale.territory}", locale.language):
+        if key in subject:
+            return key
+    return None
+
+
+def _render_problem(
+    exc: Exception, root: Path, context: dict[str, Any], subject: tuple[str | None, str | None]
+) -> tuple[TemplateProblem, bool]:
+    """What one failed render reports, located in the template file or in the variant's
+    inline subject (``subject``: its locale key and text); and whether it depends on the
+    locale rendered (then the locales it failed for are added to the message)."""
+    file, line, inline = _template_line(exc, root)
+    if isinstance(exc, TemplateSyntaxError):  # a template compiled only when rendered
+        inline, line = exc.filename is None, exc.lineno
+        file = None if inline else exc.filename
+    source: str | None = None
+    if inline:
+        source = subject[1]
+    elif file is not None:
+        try:
+            source = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            source = None
+    column = first_column(source, line) if source is not None else 1
+    per_locale = False
+    if isinstance(exc, TemplateSyntaxError):
+        code, message = "template-syntax", exc.message or ""
+        column = syntax_column(source, line, message) if source is not None else 1
+    elif isinstance(exc, UndefinedError):
+        code, per_locale = "unknown-variable", True
+        message, column = _unknown_variable(exc.message or "", source, line, context)
+    elif isinstance(exc, RenderLimitError):
+        code, message, per_locale = "template-runtime", str(exc), True
+    elif isinstance(exc, SecurityError):
+        code, message = "template-unsafe", str(exc)
+        named = _NAMED.search(message)
+        if named is not None and source is not None:
+            columns = _columns_in_code(source, line, _token(named.group(1)))
+            column = columns[0] if columns else column
+    elif isinstance(exc, TemplateError):
+        code, message = "template-error", str(exc)
+    else:  # whatever an expression raises: 1/0, 1 + "a", int("x") …
+        code, message, per_locale = "template-runtime", _describe(exc), True
+    if inline:
+        problem = TemplateProblem(
+            0,
+            code,
+            message,
+            at="subject",
+            subject_locale=subject[0],
+            text_line=line,
+            text_col=column,
+        )
+    elif file is not None:
+        problem = TemplateProblem(0, code, message, file, line, column)
+    else:
+        problem = TemplateProblem(0, code, message)
+    return problem, per_locale
+
+
 def _render_problems(
     renderer: Renderer,
     root: Path,
@@ -295,38 +483,38 @@ def _render_problems(
     template: str,
     subject: str | Mapping[str, str] | None,
 ) -> list[TemplateProblem]:
-    problems: list[TemplateProblem] = []
+    """Render the template in every locale it has; a problem found in several locales is
+    reported once, naming them."""
+    found: dict[tuple[TemplateProblem, bool], list[str]] = {}
     locales = template_locales(root / template)
+    own = [locale or "default" for locale in locales]
     if isinstance(subject, Mapping):
         locales += sorted(set(subject) - {locale for locale in locales if locale})
     no_coupon: list[str] = []
     for locale in locales:
         context = sample_context(campaign, renderer.settings, locale)
-        where = f"locale {locale or 'default'}"
         try:
             rendered = renderer.render(template, context, locale, subject)
             coupon = context.get("coupon")
             if coupon and not (coupon["code"] in rendered.html and coupon["code"] in rendered.text):
                 no_coupon.append(locale or "default")
-        except UndefinedError as exc:
-            file, line = _template_line(exc, root)
-            message = _unknown_variable(exc.message or "", file, line, context)
-            problems.append(
-                TemplateProblem(0, "unknown-variable", f"{message} ({where})", file, line)
+        except Exception as exc:
+            babel = babel_locale(locale, renderer.settings.default_locale)
+            text = subject_for(subject, babel)
+            key = _subject_locale(subject, babel)
+            found.setdefault(_render_problem(exc, root, context, (key, text)), []).append(
+                locale or "default"
             )
-        except RenderLimitError as exc:
-            file, line = _template_line(exc, root)
-            problems.append(TemplateProblem(0, "template-runtime", f"{exc} ({where})", file, line))
-        except SecurityError as exc:
-            file, line = _template_line(exc, root)
-            problems.append(TemplateProblem(0, "template-unsafe", str(exc), file, line))
-        except TemplateError as exc:
-            file, line = _template_line(exc, root)
-            problems.append(TemplateProblem(0, "template-error", str(exc), file, line))
-        except Exception as exc:  # whatever an expression raises: 1/0, 1 + "a", int("x") …
-            file, line = _template_line(exc, root)
-            message = f"{_describe(exc)} ({where})"
-            problems.append(TemplateProblem(0, "template-runtime", message, file, line))
+    problems: list[TemplateProblem] = []
+    for (problem, per_locale), names in found.items():
+        if per_locale:
+            # In a template file, the template's own locales are named (a locale only the
+            # subject adds renders the same files): the same problem whatever the subject,
+            # so variants with and without one report it once.
+            if problem.file is not None:
+                names = [name for name in names if name in own] or names
+            problem = replace(problem, message=f"{problem.message} (locale {', '.join(names)})")
+        problems.append(problem)
     if no_coupon:
         message = (
             f"the offer defines a coupon but {template} never shows coupon.code "
