@@ -25,6 +25,11 @@ conversions    purchases attributed to the group's touches: direct (containing a
 rate           touches with at least one conversion / touches
 =============  ======================================================================
 
+The offer sections count emails, never purchases or order lines: ``shown`` is the emails
+that offered the type (or, per trigger category -> product pair, the product), ``direct``
+those of them with at least one direct conversion (for a pair: one whose order contains
+that product), so their rate is a share of the same emails and never exceeds 100 %.
+
 The statistics are in :mod:`triggers.lift`; revenue is reported per currency and never
 added across currencies.
 """
@@ -32,6 +37,7 @@ added across currencies.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 from collections import Counter, defaultdict
@@ -108,7 +114,9 @@ class Comparison:
 
 @dataclass
 class OfferRow:
-    """Per offer type, or per (trigger category -> offered product) pair."""
+    """Per offer type, or per (trigger category -> offered product) pair: ``shown`` emails
+    offered it, ``direct`` of those emails led to at least one direct conversion (for a
+    pair, an order containing the product). Both count emails, so ``direct <= shown``."""
 
     key: str
     shown: int
@@ -411,13 +419,14 @@ def _offer_rows(
         compiled = rules.by_id(send.campaign_id)
         offer_type = compiled.campaign.offer.type if compiled else "unknown"
         direct_rows = [row for row in conversions.get(send.id, []) if row.kind == "direct"]
+        # One email counts once, however many of its purchases (or their lines) followed.
         by_type[offer_type][0] += 1
-        by_type[offer_type][1] += len(direct_rows)
+        by_type[offer_type][1] += 1 if direct_rows else 0
         for category in triggers.get(send.event_id, ["unknown"]):
             for sku in sorted(offers[send.id]):
                 pair = by_pair[f"{category} -> {sku}"]
                 pair[0] += 1
-                pair[1] += sum(1 for row in direct_rows if sku in bought[row.order_id])
+                pair[1] += 1 if any(sku in bought[row.order_id] for row in direct_rows) else 0
 
     def rows(counts: dict[str, list[int]]) -> list[OfferRow]:
         return sorted(
@@ -577,14 +586,17 @@ def render_table(report: Report) -> str:
         if v.open + h.open:
             lines.append(f"  still measuring: {v.open + h.open} touches with an open window")
         lines.append(f"  verdict: {c.verdict.text}")
+    offer_head = f"{'shown':>7}{'direct':>7}{'rate':>10}"
     if report.offer_types:
-        lines += ["", "offers shown by offer type (direct conversions):"]
+        lines += ["", "offers shown by offer type (emails; direct: emails with a direct purchase):"]
+        lines += [f"  {'offer type':40}{offer_head}"]
         lines += [
             f"  {r.key:40}{r.shown:>7}{r.direct:>7}{percent(r.rate):>10}"
             for r in report.offer_types
         ]
     if report.pairs:
         lines += ["", "trigger category -> offered product (top 20):"]
+        lines += [f"  {'trigger category -> product':40}{offer_head}"]
         lines += [
             f"  {r.key:40}{r.shown:>7}{r.direct:>7}{percent(r.rate):>10}" for r in report.pairs[:20]
         ]
@@ -656,6 +668,22 @@ def render(report: Report, output: str) -> str:
     raise ValueError(f"unknown format {output!r}; one of {', '.join(FORMATS)}")
 
 
+def check_campaign(session: Session, rules: RuleSet, campaign_id: str) -> None:
+    """Raise ValueError naming the known campaigns unless ``campaign_id`` is one: a
+    campaign of the current files, or one that has sends (a campaign since removed from
+    the files still has its history to report)."""
+    known = {c.id for c in rules.campaigns}
+    if campaign_id in known:
+        return
+    known |= set(session.scalars(select(Send.campaign_id).distinct()))
+    if campaign_id in known:
+        return
+    close = difflib.get_close_matches(campaign_id, sorted(known), n=3)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    listing = ", ".join(sorted(known)) or "none"
+    raise ValueError(f"unknown campaign {campaign_id!r}: {hint}known campaigns: {listing}")
+
+
 def run_report(
     since_text: str | None,
     until_text: str | None,
@@ -664,7 +692,8 @@ def run_report(
     reconcile_first: bool = True,
 ) -> str:
     """The ``crosssell report`` command: reconcile late purchases of the range (one
-    transaction), then read and render. Raises ValueError for bad times."""
+    transaction), then read and render. Raises ValueError for bad times and for a
+    campaign that is neither in the campaign files nor in the sends."""
     from worker.core.db import transaction
     from worker.decide.attribution import reconcile
     from worker.process.runtime import get_runtime
@@ -678,6 +707,9 @@ def run_report(
     config = AttributionConfig.from_settings(runtime.settings)
     now = runtime.clock.now()
     url = runtime.settings.resolved_database_url
+    if campaign_id is not None:
+        with transaction(url) as session:
+            check_campaign(session, rules, campaign_id)
     if reconcile_first:
         with transaction(url) as session:
             # Purchases up to one window after the range can belong to its touches.

@@ -180,13 +180,13 @@ def _comparison_table(comparisons: list[Comparison]) -> str:
     return "".join(parts) or "<p>No emails or holdout decisions in this range.</p>"
 
 
-def _offer_table(title: str, rows: list[tuple[str, int, int, str]]) -> str:
+def _offer_table(title: str, key: str, rows: list[tuple[str, int, int, str]]) -> str:
     body = "".join(
         f"<tr><td>{escape(key)}</td><td>{shown}</td><td>{direct}</td><td>{escape(rate)}</td></tr>"
         for key, shown, direct, rate in rows
     )
     return (
-        f"<h2>{escape(title)}</h2><table><tr><th></th><th>offers shown</th>"
+        f"<h2>{escape(title)}</h2><table><tr><th>{escape(key)}</th><th>offers shown</th>"
         f"<th>direct conversions</th><th>rate</th></tr>{body}</table>"
     )
 
@@ -215,10 +215,12 @@ def render_html(report: Report) -> str:
         f"<div class=chart>{divs[2]}</div>"
         + _offer_table(
             "By offer type",
+            "offer type",
             [(r.key, r.shown, r.direct, percent(r.rate)) for r in report.offer_types],
         )
         + _offer_table(
             "Trigger category -> offered product",
+            "trigger category -> product",
             [(r.key, r.shown, r.direct, percent(r.rate)) for r in report.pairs],
         )
         + f"<p>Revenue after emails, last touch, all campaigns: {escape(credited)} "

@@ -212,12 +212,44 @@ def _known_column(name: str) -> bool:
     return base in TRANSLATED
 
 
-def _csv_rows(text: str, errors: list[RowError]) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    reader = csv.DictReader(line for _number, line in _checked_lines(text, errors))
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """One row as read, before validation. ``problem`` is a row that cannot be validated
+    (its values are still read, so its SKU still counts towards duplicates)."""
+
+    line: int
+    values: dict[str, Any]
+    problem: RowError | None = None
+
+
+UNCLOSED_QUOTE = (
+    "a quote opened on this line is never closed: a field cannot contain a line break "
+    '(close the quote; write a quote inside a quoted field as "")'
+)
+
+
+def _csv_record(number: int, line: str) -> tuple[list[str], RowError | None]:
+    """One physical line as one CSV record, and what is wrong with it. Product fields
+    never contain line breaks, so each line is parsed alone: a quote left open on a line
+    is an error there, and it cannot swallow the lines after it."""
+    body = line.splitlines()[0] if line else ""
     try:
-        header = reader.fieldnames or []
+        record = next(csv.reader([body + "\n"]), [])
     except csv.Error as exc:
-        yield 1, RowError(1, "csv", str(exc))
+        return [], RowError(number, "csv", str(exc))
+    # ``body`` holds no line break, so the one added can only end up inside a field
+    # whose quote is still open at the end of the line.
+    if any("\n" in field for field in record):
+        return [field.rstrip("\n") for field in record], RowError(number, "csv", UNCLOSED_QUOTE)
+    return record, None
+
+
+def _csv_rows(text: str, errors: list[RowError]) -> Iterator[_Parsed]:
+    lines = _checked_lines(text, errors)
+    first = next(lines, None)
+    header, problem = _csv_record(1, first[1]) if first is not None else ([], None)
+    if problem is not None:
+        yield _Parsed(1, {}, problem)
         return
     unknown = [name for name in header if not _known_column(name)]
     canonical = [_canonical_column(name) for name in header]
@@ -227,59 +259,58 @@ def _csv_rows(text: str, errors: list[RowError]) -> Iterator[tuple[int, dict[str
         problems = [f"unknown column {name!r}" for name in unknown]
         problems += [f"missing column {name!r}" for name in missing]
         known = ", ".join(COLUMNS) + ", name.<language>, description.<language>"
-        yield 1, RowError(1, "header", "; ".join(problems) + f" (columns: {known})")
+        yield _Parsed(1, {}, RowError(1, "header", "; ".join(problems) + f" (columns: {known})"))
         return
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            # e.g. a quote never closed: the field runs on past csv's own field limit.
-            line = reader.reader.line_num  # the DictReader's own count stops at the last row
-            yield line, RowError(line, "csv", str(exc))
-            return
-        line = reader.line_num
-        if None in row:
-            yield line, RowError(line, "row", "more values than columns")
+    for line, text_line in lines:
+        if not text_line.strip("\r\n"):
+            continue  # a blank line, as csv skips it
+        record, problem = _csv_record(line, text_line)
+        if problem is not None:
+            # What the line holds is kept: its SKU still counts towards duplicates.
+            yield _Parsed(line, dict(zip(header, record, strict=False)), problem)
             continue
-        values: dict[str, Any] = {k: v for k, v in row.items() if v not in ("", None)}
+        values: dict[str, Any] = {
+            k: v for k, v in zip(header, record, strict=False) if v not in ("", None)
+        }
+        if len(record) > len(header):
+            yield _Parsed(line, values, RowError(line, "row", "more values than columns"))
+            continue
         if "in_stock" in values:
             flag = str(values["in_stock"]).strip().lower()
             if flag in _TRUE | _FALSE:
                 values["in_stock"] = flag in _TRUE
         if "tier" in values and str(values["tier"]).strip().isdigit():
             values["tier"] = int(values["tier"])
-        yield line, _gather_translations(values)
+        yield _Parsed(line, _gather_translations(values))
 
 
-def _jsonl_rows(
-    text: str, errors: list[RowError]
-) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+def _jsonl_rows(text: str, errors: list[RowError]) -> Iterator[_Parsed]:
     for line, raw in _checked_lines(text, errors):
         if not raw.strip():
             continue
         try:
             document = json.loads(raw, parse_float=Decimal)
         except json.JSONDecodeError as exc:
-            yield line, RowError(line, "json", exc.msg)
+            yield _Parsed(line, {}, RowError(line, "json", exc.msg))
             continue
         except (ValueError, RecursionError) as exc:
             # ValueError: an integer of thousands of digits (Python's int conversion limit).
             nested = isinstance(exc, RecursionError)
-            yield line, RowError(line, "json", "nested too deeply" if nested else str(exc))
+            message = "nested too deeply" if nested else str(exc)
+            yield _Parsed(line, {}, RowError(line, "json", message))
             continue
         if not isinstance(document, dict):
-            yield line, RowError(line, "json", "each line must be a JSON object")
+            yield _Parsed(line, {}, RowError(line, "json", "each line must be a JSON object"))
             continue
         dotted = {k: v for k, v in document.items() if "." in k}
         for key in dotted:
             base = _split_column(key)[0]
             if f"{base}_i18n" in document:
-                yield line, RowError(line, key, f"give {base}_i18n or {base}.<language>, not both")
+                message = f"give {base}_i18n or {base}.<language>, not both"
+                yield _Parsed(line, document, RowError(line, key, message))
                 break
         else:
-            yield line, _gather_translations(document)
+            yield _Parsed(line, _gather_translations(document))
 
 
 def _read(path: Path) -> str:
@@ -299,6 +330,14 @@ def _read(path: Path) -> str:
         raise CatalogError(path, [RowError(line, "file", f"not UTF-8: {exc.reason}")]) from None
 
 
+def _sku_of(values: dict[str, Any]) -> str | None:
+    """The row's SKU as validation stores it (stripped), or None if it has none."""
+    sku = values.get("sku")
+    if not isinstance(sku, str) or not sku.strip():
+        return None
+    return sku.strip()
+
+
 def parse_catalog(path: Path) -> list[CatalogRow]:
     """Validate the whole file; raise CatalogError listing every bad row (the first
     ``MAX_ERRORS``), or the one limit the file is over (size, line length, encoding)."""
@@ -307,28 +346,33 @@ def parse_catalog(path: Path) -> list[CatalogRow]:
     errors: list[RowError] = []
     rows: list[CatalogRow] = []
     seen: dict[str, int] = {}
-    for line, item in rows_of(text, errors):
+    for parsed in rows_of(text, errors):
+        line = parsed.line
         if len(errors) >= MAX_ERRORS:
             errors.append(RowError(line, "file", f"stopped after {MAX_ERRORS} errors"))
             break
-        if isinstance(item, RowError):
-            errors.append(item)
-            continue
-        try:
-            row = CatalogRow.model_validate(
-                {key: value for key, value in item.items() if key not in IGNORED}
-            )
-        except ValidationError as exc:
-            for error in exc.errors(include_url=False):
-                column = ".".join(str(part) for part in error["loc"]) or "row"
-                message = error["msg"].removeprefix("Value error, ")
-                errors.append(RowError(line, column, message))
-            continue
-        if row.sku in seen:
-            errors.append(RowError(line, "sku", f"{row.sku!r} already on line {seen[row.sku]}"))
-            continue
-        seen[row.sku] = line
-        rows.append(row)
+        found: list[RowError] = [parsed.problem] if parsed.problem else []
+        row: CatalogRow | None = None
+        if not found:
+            try:
+                row = CatalogRow.model_validate(
+                    {key: value for key, value in parsed.values.items() if key not in IGNORED}
+                )
+            except ValidationError as exc:
+                for error in exc.errors(include_url=False):
+                    column = ".".join(str(part) for part in error["loc"]) or "row"
+                    message = error["msg"].removeprefix("Value error, ")
+                    found.append(RowError(line, column, message))
+        # A repeated SKU is reported whatever else is wrong with either row.
+        sku = _sku_of(parsed.values)
+        if sku is not None and not any(error.column == "sku" for error in found):
+            if sku in seen:
+                found.append(RowError(line, "sku", f"{sku!r} already on line {seen[sku]}"))
+            else:
+                seen[sku] = line
+        errors.extend(found)
+        if row is not None and not found:
+            rows.append(row)
     if errors:
         raise CatalogError(path, errors)
     return rows

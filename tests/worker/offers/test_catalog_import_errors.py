@@ -1,0 +1,189 @@
+"""Catalog import errors land on the line that holds the fault, and none hides another:
+an unclosed CSV quote is reported where it opened and swallows nothing after it; a
+repeated SKU is reported whatever else is wrong with either row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from worker.offers.catalog_import import CatalogError, parse_catalog
+
+HEADER = "sku,name,category,price,currency\n"
+
+
+def _errors(path: Path) -> list[tuple[int, str]]:
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(path)
+    return [(error.line, error.column) for error in caught.value.errors]
+
+
+def _write(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # The tryout's file: the quote on line 3 used to swallow line 4.
+        (
+            HEADER + "E-1,One,laptops,1.00,EUR\n"
+            'E-2,"Two,laptops,2.00,EUR\n'
+            "E-3,Three,laptops,3.00,EUR\n",
+            [(3, "csv")],
+        ),
+        # Quote opened in the first and in the last field.
+        (HEADER + '"E-1,One,laptops,1.00,EUR\nE-2,Two,laptops,2.00,EUR\n', [(2, "csv")]),
+        (HEADER + 'E-1,One,laptops,1.00,"EUR\nE-2,Two,laptops,2.00,EUR\n', [(2, "csv")]),
+        # Windows line endings, and an unclosed quote on the last line without newline.
+        (
+            HEADER.replace("\n", "\r\n") + 'E-1,"One,laptops,1.00,EUR\r\nE-2,Two,x,-1,EUR\r\n',
+            [(2, "csv"), (3, "price")],
+        ),
+        (HEADER + "E-1,One,laptops,1.00,EUR\n" + 'E-2,"Two,laptops,2.00,EUR', [(3, "csv")]),
+        # A well-formed quoted field that spans lines is refused too, at its first line;
+        # the line after is read as a row of its own.
+        (
+            HEADER + 'E-1,"One\nline two",laptops,1.00,EUR\n',
+            [(2, "csv"), (3, "price"), (3, "currency")],
+        ),
+        # Two unclosed quotes: each on its own line; the rows after them are still read.
+        (
+            HEADER + 'A,"a,c,1,EUR\nB,b,c,-1,EUR\nC,"c,c,1,EUR\nD,d,c,1,euro\n',
+            [(2, "csv"), (3, "price"), (4, "csv"), (5, "currency")],
+        ),
+        # In the header.
+        ('sku,"name,category,price,currency\nE-1,One,laptops,1.00,EUR\n', [(1, "csv")]),
+    ],
+    ids=["tryout", "first-field", "last-field", "crlf", "last-line", "multiline", "two", "header"],
+)
+def test_an_unclosed_quote_is_an_error_on_its_own_line(
+    tmp_path: Path, text: str, expected: list[tuple[int, str]]
+) -> None:
+    path = _write(tmp_path, "catalog.csv", text)
+    errors = _errors(path)
+    assert errors == expected
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(path)
+    message = str(caught.value)
+    assert f"{path}:{expected[0][0]}: csv: a quote opened on this line is never closed" in message
+
+
+ROW_KINDS = st.sampled_from(["good", "unclosed", "bad-price", "blank"])
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(kinds=st.lists(ROW_KINDS, min_size=1, max_size=15), crlf=st.booleans())
+@example(kinds=["good", "unclosed", "good"], crlf=False)
+def test_every_line_keeps_its_own_errors_around_unclosed_quotes(
+    tmp_path_factory: pytest.TempPathFactory, kinds: list[str], crlf: bool
+) -> None:
+    """Whatever mix of rows: each unclosed quote is one error at its line, each other
+    bad row keeps its error at its line, and no row disappears into a quoted field."""
+    lines = [HEADER]
+    expected: list[tuple[int, str]] = []
+    for n, kind in enumerate(kinds):
+        line = n + 2
+        if kind == "blank":
+            lines.append("\n")
+        elif kind == "unclosed":
+            lines.append(f'U-{n},"Name {n},c,1.00,EUR\n')
+            expected.append((line, "csv"))
+        elif kind == "bad-price":
+            lines.append(f"P-{n},Name {n},c,-1,EUR\n")
+            expected.append((line, "price"))
+        else:
+            lines.append(f"G-{n},Name {n},c,1.00,EUR\n")
+    text = "".join(lines)
+    if crlf:
+        text = text.replace("\n", "\r\n")
+    path = _write(tmp_path_factory.mktemp("catalog"), "catalog.csv", text)
+    if not expected:
+        good = [f"G-{n}" for n, kind in enumerate(kinds) if kind == "good"]
+        assert [row.sku for row in parse_catalog(path)] == good
+        return
+    assert _errors(path) == expected
+
+
+# A row's own faults, in CSV and in JSON Lines (None: not expressible in that format).
+FAULTS: dict[str, tuple[str | None, dict[str, object] | None, str]] = {
+    "none": ("{sku},Name,c,1.00,EUR", {}, ""),
+    "price": ("{sku},Name,c,-1,EUR", {"price": "-1"}, "price"),
+    "currency+price": ("{sku},Name,c,-1,euro", {"price": "-1", "currency": "euro"}, "price"),
+    "missing": ("{sku},Name,,,", {"category": None, "price": None}, "category"),
+    "extra-values": ("{sku},Name,c,1.00,EUR,surplus", None, "row"),
+    "unclosed-quote": ('{sku},"Name,c,1.00,EUR', None, "csv"),
+    "both-i18n": (None, {"name.ro": "x", "name_i18n": {"ro": "y"}}, "name.ro"),
+}
+
+
+def _jsonl_row(sku: str, changes: dict[str, object]) -> str:
+    document: dict[str, object] = {
+        "sku": sku,
+        "name": "Name",
+        "category": "c",
+        "price": "1.00",
+        "currency": "EUR",
+    }
+    document.update(changes)
+    return json.dumps({k: v for k, v in document.items() if v is not None}) + "\n"
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["A", "B", "C"]), st.sampled_from(sorted(FAULTS))),
+        min_size=1,
+        max_size=10,
+    ),
+    jsonl=st.booleans(),
+)
+@example(rows=[("A", "none"), ("A", "price")], jsonl=False)
+@example(rows=[("A", "price"), ("A", "none")], jsonl=True)
+def test_a_repeated_sku_is_reported_whatever_else_is_wrong(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[str, str]], jsonl: bool
+) -> None:
+    lines = [] if jsonl else [HEADER]
+    first = 1 if jsonl else 2
+    seen: dict[str, int] = {}
+    expected: list[tuple[int, str]] = []
+    duplicates: list[tuple[int, str]] = []
+    written = 0
+    for sku, fault in rows:
+        csv_row, json_changes, column = FAULTS[fault]
+        if (json_changes if jsonl else csv_row) is None:
+            continue
+        line = first + written
+        written += 1
+        lines.append(
+            _jsonl_row(sku, json_changes or {}) if jsonl else (csv_row or "").format(sku=sku) + "\n"
+        )
+        if column:
+            expected.append((line, column))
+        if sku in seen:
+            expected.append((line, "sku"))
+            duplicates.append((line, f"{sku!r} already on line {seen[sku]}"))
+        else:
+            seen[sku] = line
+    path = _write(
+        tmp_path_factory.mktemp("catalog"),
+        "catalog.jsonl" if jsonl else "catalog.csv",
+        "".join(lines),
+    )
+    if not expected:
+        assert [row.sku for row in parse_catalog(path)] == list(seen)
+        return
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(path)
+    found = [(error.line, error.column) for error in caught.value.errors]
+    # Every row's own first error, and the duplicate, each at the row's line.
+    assert [e for e in found if e[1] == "sku"] == [(line, "sku") for line, _ in duplicates]
+    assert set(expected) <= set(found)
+    messages = [(e.line, e.message) for e in caught.value.errors if e.column == "sku"]
+    assert messages == duplicates
