@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale, UnknownLocaleError
+from babel.numbers import list_currencies
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -130,6 +131,23 @@ def is_known_locale(value: str) -> bool:
     return bool(_LOCALE_TAG.fullmatch(value)) and _is_known_locale(value)
 
 
+ISO_CURRENCIES: frozenset[str] = frozenset(list_currencies())
+"""The ISO 4217 codes CLDR knows (Babel's ``list_currencies``: current and historic, the
+X-codes included), the ones a price can be formatted in for a customer's locale."""
+
+
+def _iso_currency(value: str) -> str:
+    """A currency code: three capital letters (the pattern says so first) that ISO 4217
+    assigns; ``XYZ`` is refused rather than shown to a customer as an unknown unit."""
+    if value not in ISO_CURRENCIES:
+        raise ValueError("must be an ISO 4217 currency code such as EUR, RON or USD")
+    return value
+
+
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$"), AfterValidator(_iso_currency)]
+"""An event's or a product's currency (the catalog import uses the same rule)."""
+
+
 def _email_address(value: str) -> str:
     """``customer.email``: exactly one mailbox, stored in canonical form (triggers.addresses).
 
@@ -228,7 +246,7 @@ class LineItem(_Strict):
 
 class PurchaseData(_Strict):
     order_id: Identifier
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    currency: CurrencyCode
     total: Money
     items: Annotated[list[LineItem], Field(min_length=1, max_length=1000)]
 

@@ -154,6 +154,22 @@ def test_bad_money_is_wrong_schema_located_at_the_field(total: str, why: str) ->
     assert "data.total" in error.reason
 
 
+@pytest.mark.parametrize("currency", ["XYZ", "ABC", "EUX", "QQQ", "eur", "EURO", "", "€"])
+def test_a_currency_iso_4217_does_not_assign_is_wrong_schema(currency: str) -> None:
+    """Three capital letters are not enough: a code no one assigned cannot be formatted
+    as money for any customer."""
+    body = to_json(design_event(data={**DESIGN_EVENT["data"], "currency": currency}))
+    error = _reject(body)
+    assert error.code == "wrong_schema"
+    assert "data.currency" in error.reason
+
+
+@pytest.mark.parametrize("currency", ["EUR", "RON", "GBP", "USD", "JPY", "CHF", "XAU"])
+def test_assigned_currency_codes_are_taken(currency: str) -> None:
+    event = parse_event(to_json(design_event(data={**DESIGN_EVENT["data"], "currency": currency})))
+    assert isinstance(event, PurchaseEvent) and event.data.currency == currency
+
+
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_json_nan_literal_for_money_is_rejected(literal: str) -> None:
     # Python's json accepts these as an extension; RFC 8259 section 6 has no such number.

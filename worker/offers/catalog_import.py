@@ -13,6 +13,7 @@ the same dotted keys. Tags are BCP 47 language tags (RFC 5646), stored lower-cas
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +30,7 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from triggers.events import CurrencyCode
 from worker.core.models import Product
 
 COLUMNS = (
@@ -105,7 +107,7 @@ class CatalogRow(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=300)]
     category: Annotated[str, Field(min_length=1, max_length=128)]
     price: Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4, allow_inf_nan=False)]
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    currency: CurrencyCode
     url: Annotated[str, Field(max_length=500, pattern=r"^https?://")] | None = None
     image_url: Annotated[str, Field(max_length=500, pattern=r"^https?://")] | None = None
     in_stock: StrictBool = True
@@ -156,7 +158,10 @@ MAX_ERRORS = 1000  # reporting stops there; the file is rejected either way
 def _checked_lines(text: str, errors: list[RowError]) -> Iterator[tuple[int, str]]:
     """The file's lines with their 1-based numbers; a line over ``MAX_LINE_CHARS`` is
     reported and replaced by an empty one, so the numbering of the rest stays right."""
-    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+    # Lines end at \n, \r\n or \r only: ``str.splitlines`` also breaks at U+2028, U+0085
+    # and other characters a JSON string or a CSV field may hold, which would cut a row
+    # in two and misreport it.
+    for number, line in enumerate(io.StringIO(text, newline=""), start=1):
         if len(line.rstrip("\r\n")) > MAX_LINE_CHARS:
             message = f"the line has {len(line):,} characters; at most {MAX_LINE_CHARS:,}"
             errors.append(RowError(number, "line", message))
@@ -232,7 +237,7 @@ def _csv_record(number: int, line: str) -> tuple[list[str], RowError | None]:
     """One physical line as one CSV record, and what is wrong with it. Product fields
     never contain line breaks, so each line is parsed alone: a quote left open on a line
     is an error there, and it cannot swallow the lines after it."""
-    body = line.splitlines()[0] if line else ""
+    body = line.rstrip("\r\n")
     try:
         record = next(csv.reader([body + "\n"]), [])
     except csv.Error as exc:

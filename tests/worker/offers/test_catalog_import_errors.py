@@ -187,3 +187,46 @@ def test_a_repeated_sku_is_reported_whatever_else_is_wrong(
     assert set(expected) <= set(found)
     messages = [(e.line, e.message) for e in caught.value.errors if e.column == "sku"]
     assert messages == duplicates
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c"])
+def test_characters_str_splitlines_breaks_at_do_not_cut_a_row(
+    tmp_path: Path, separator: str
+) -> None:
+    """Rows end at \\n, \\r\\n or \\r only. A JSON string (or a CSV field) may hold
+    U+2028, NEL or a form feed; cutting the row there made one good row two bad lines."""
+    description = f"folds{separator}flat"
+    jsonl = _write(
+        tmp_path,
+        "catalog.jsonl",
+        json.dumps(
+            {
+                "sku": "A-1",
+                "name": "Tripod",
+                "category": "tripods",
+                "price": "9.00",
+                "currency": "EUR",
+                "description": description,
+            },
+            ensure_ascii=False,
+        )
+        + "\n"
+        + '{"sku": "A-2", "name": "Bag", "category": "bags", "price": "-1", "currency": "EUR"}\n',
+    )
+    assert _errors(jsonl) == [(2, "price")]
+    csv_file = _write(
+        tmp_path,
+        "catalog.csv",
+        HEADER + "A-1,Tri" + separator + "pod,tripods,9.00,EUR\nA-2,Bag,bags,-1,EUR\n",
+    )
+    assert _errors(csv_file) == [(3, "price")]
+
+
+@pytest.mark.parametrize("code", ["XYZ", "ABC", "EUX", "QQQ"])
+def test_a_currency_iso_4217_does_not_assign_is_refused_on_its_line(
+    tmp_path: Path, code: str
+) -> None:
+    path = _write(
+        tmp_path, "catalog.csv", HEADER + "A-1,One,c,1.00,EUR\n" + f"A-2,Two,c,1.00,{code}\n"
+    )
+    assert _errors(path) == [(3, "currency")]
