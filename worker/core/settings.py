@@ -357,9 +357,15 @@ class Settings(BaseSettings):
     @field_validator("broker_url", "events_url")
     @classmethod
     def _embedded_broker_options(cls, value: str) -> str:
-        """The embedded broker's URL takes one option, ``?lease=``: a misspelled key or a
-        bad duration is refused at start, not met later as a traceback."""
-        if not value.startswith(("sqlite://", "sqla+sqlite://")) or "?" not in value:
+        """The embedded broker's URL names a file (``sqlite:///var/broker.db``: an
+        in-memory database would be a different broker in every process) and takes one
+        option, ``?lease=``: a missing file name, a misspelled key or a bad duration is
+        refused at start, not met later as a traceback."""
+        if not value.startswith(("sqlite://", "sqla+sqlite://")):
+            return value
+        if not value.partition("://")[2].lstrip("/").split("?", 1)[0]:
+            raise ValueError(f"{value!r} names no file: use sqlite:///var/broker.db or the like")
+        if "?" not in value:
             return value
         from urllib.parse import parse_qs
 
@@ -431,6 +437,25 @@ class Settings(BaseSettings):
         except InvalidAddress as exc:
             setting = f"CROSSSELL_{(info.field_name or '').upper()}"
             raise ValueError(f"{setting} is not a single email address: {exc}") from None
+
+    @field_validator("campaigns_dir", "templates_dir")
+    @classmethod
+    def _existing_directory(cls, value: Path) -> Path:
+        """A directory given explicitly must exist: a mistyped one would otherwise load
+        no campaigns or find no template, and say only that. (Defaults are not checked:
+        a project may have no ``config/`` of its own until it writes one.)"""
+        if not value.is_dir():
+            raise ValueError(f"no such directory: {value}")
+        return value
+
+    @field_validator("complements_file", "segments_file", "attributes_file")
+    @classmethod
+    def _existing_file(cls, value: Path) -> Path:
+        """A definitions file given explicitly must exist: the defaults are optional (a
+        missing one defines nothing), but a mistyped path would be ignored silently."""
+        if not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
 
     @field_validator("default_timezone")
     @classmethod
