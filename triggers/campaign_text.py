@@ -138,6 +138,8 @@ class ParsedFile:
     step_templates_at: tuple[tuple[int, int], ...] = ()
     # Each variant's subject texts, where they are written.
     subject_texts_at: tuple[SubjectTexts, ...] = ()
+    # Each step's own subject texts (empty for a step without ``subject:``).
+    step_subject_texts_at: tuple[SubjectTexts, ...] = ()
 
 
 def parse_campaign_text(
@@ -172,6 +174,12 @@ def parse_campaign_text(
         tuple(
             subject_texts(document, ("experiment", "variants", i, "subject"), lines)
             for i in variants
+        ),
+        tuple(
+            subject_texts(document, ("steps", i, "subject"), lines)
+            if step.subject is not None
+            else ()
+            for i, step in enumerate(campaign.steps or ())
         ),
     )
 

@@ -105,18 +105,29 @@ def _step_template_issues(
                 "steps": None,
             }
         )
+        # A subject problem points inside the subject text it comes from: the step's own,
+        # or the first variant's that the step inherits.
+        if step.subject is not None:
+            texts, owner = _texts(parsed.step_subject_texts_at, index), f"steps[{index}]"
+        else:
+            texts, owner = _texts(parsed.subject_texts_at, 0), "experiment.variants[0]"
         for problem in template_check(probe):
             if problem.file:
                 issues.append(_in_template(problem))
+                continue
+            inside = _in_subject(problem, texts, owner)
+            if inside is not None:
+                line, col, path = inside
             else:
                 line, col = parsed.step_templates_at[index]
                 path = f"steps[{index}]"
-                issues.append(
-                    LintIssue(
-                        parsed.name, line, col, problem.code, path, problem.message, problem.level
-                    )
-                )
+            code, message, level = problem.code, problem.message, problem.level
+            issues.append(LintIssue(parsed.name, line, col, code, path, message, level))
     return issues
+
+
+def _texts(all_texts: tuple[SubjectTexts, ...], index: int) -> SubjectTexts:
+    return all_texts[index] if index < len(all_texts) else ()
 
 
 def duplicate_id_issue(parsed: ParsedFile, first_seen: dict[str, str]) -> LintIssue | None:

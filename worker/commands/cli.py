@@ -347,10 +347,16 @@ def lint(paths: tuple[Path, ...], output: str, strict: bool) -> None:
     printed the same way and exit 0, unless --strict.
     """
     from triggers.lint_issues import RuleSetError
+    from worker.decide.rule_files import campaign_files
     from worker.decide.rules import load_rules
     from worker.email.rendering import Renderer
 
     settings = get_settings()
+    # Nothing to lint is a mistyped path far more often than a project without
+    # campaigns, and "0 campaign(s) OK" would pass a CI check that checks nothing.
+    if not campaign_files(list(paths) or [settings.campaigns_dir]):
+        where = ", ".join(map(str, paths)) if paths else str(settings.campaigns_dir)
+        raise click.ClickException(f"no campaign files (*.yaml, *.yml) in {where}")
     try:
         rules = load_rules(settings, Renderer(settings), list(paths) or None, parallel=True)
     except RuleSetError as exc:

@@ -217,3 +217,25 @@ def test_an_output_directory_that_is_a_file_is_one_line(
     _no_traceback(result)
     assert result.exit_code == 2, result.output
     assert f"Directory '{existing}' is a file" in result.output
+
+
+# --- lint with nothing to lint -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["argument", "setting"])
+def test_lint_of_a_directory_without_campaign_files_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """ "0 campaign(s) OK" for an empty or mistyped directory would pass a CI check that
+    checked nothing."""
+    empty = tmp_path / "campaigns"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a campaign", encoding="utf-8")
+    arguments = ["lint", str(empty)] if where == "argument" else ["lint"]
+    if where == "setting":
+        monkeypatch.setenv("CROSSSELL_CAMPAIGNS_DIR", str(empty))
+        get_settings.cache_clear()
+    result = CliRunner().invoke(main, arguments)
+    _no_traceback(result)
+    assert result.exit_code == 1
+    assert f"no campaign files (*.yaml, *.yml) in {empty}" in result.output

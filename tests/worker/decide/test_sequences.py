@@ -612,8 +612,12 @@ def test_lint_renders_each_step_as_it_will_be_sent(tmp_path: Path) -> None:
     with pytest.raises(RuleSetError) as raised:
         load_rules(settings, Renderer(settings))
     line = next(n for n, row in enumerate(text.splitlines(), 1) if "journey_bundle" in row)
+    subject_line = line + 1  # the fault is in the step's own subject, on the next line
+    subject_col = text.splitlines()[line].index("{{ 1/0 }}") + 1
     errors = raised.value.errors
-    assert {(i.line, i.code, i.path) for i in errors} == {(line, "template-runtime", "steps[1]")}
+    assert {(i.line, i.col, i.code, i.path) for i in errors} == {
+        (subject_line, subject_col, "template-runtime", "steps[1].subject")
+    }
     # One subject text over a template with Romanian and Italian subject files also warns.
     warnings = {(i.line, i.code) for i in raised.value.issues if i.level == "warning"}
     assert warnings == {(line, "single-language-subject")}
