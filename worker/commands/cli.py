@@ -84,6 +84,15 @@ def unreachable_line(exc: BaseException, command: str | None) -> str | None:
     if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
         if exc.statement is not None:
             return None  # a statement failed (no such table, …): connected, so not this
+        from worker.core.db import sqlite_file
+
+        database = sqlite_file(settings.resolved_database_url)
+        if database is not None and not database.parent.is_dir():
+            return (
+                f"crosssell: no database at {database} (no directory {database.parent}): "
+                "run `crosssell migrate` to create it, or check CROSSSELL_DATABASE_URL "
+                "and CROSSSELL_VAR_DIR"
+            )
         where = f"the database {masked(settings.resolved_database_url)}"
     elif isinstance(exc, BrokenPipeError):
         return None  # the reader of our output went away (`| head`), not a service
@@ -224,10 +233,12 @@ def migrate() -> None:
     from alembic.script import ScriptDirectory
 
     from worker.commands.migrate import alembic_config, current_revision, upgrade
+    from worker.core.db import sqlite_parent
     from worker.process.startup import masked
 
     settings = get_settings()
     url = settings.resolved_database_url
+    sqlite_parent(url)  # migrate is the command that creates an embedded database
     script = ScriptDirectory.from_config(alembic_config(url))
     docs = {rev.revision: str(rev.doc or "") for rev in script.walk_revisions()}
     before = current_revision(url)

@@ -25,6 +25,10 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
+    """Migrate the database to ``revision``; a SQLite file's directory is created first."""
+    from worker.core.db import sqlite_parent
+
+    sqlite_parent(database_url)
     command.upgrade(alembic_config(database_url), revision)
 
 

@@ -70,6 +70,23 @@ POOL_OVERFLOW = 20
 """Connections it may open beyond ``POOL_SIZE`` at a peak, closed again when returned."""
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///FILE`` URL; None for another database or an
+    in-memory one."""
+    if not url.startswith("sqlite"):
+        return None
+    database = url.split("///", 1)[-1].split("?", 1)[0] if "///" in url else ""
+    return Path(database) if database and database != ":memory:" else None
+
+
+def sqlite_parent(url: str) -> None:
+    """Create the directory of a SQLite database file (``crosssell migrate`` creates the
+    database); nothing for other URLs."""
+    database = sqlite_file(url)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+
+
 def make_engine(url: str) -> Engine:
     """An engine with the options each backend needs for safe concurrent use.
 
@@ -83,9 +100,9 @@ def make_engine(url: str) -> Engine:
     threads need makes heartbeats wait out ``pool_timeout`` and leases expire.
     """
     if url.startswith("sqlite"):
-        database = url.split("///", 1)[-1]
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # No directory is created here: a command that only reads (``status``) must not
+        # leave a new empty database behind a mistyped path; ``crosssell migrate`` (and
+        # the embedded services, which migrate on start) create it (``sqlite_parent``).
         engine = create_engine(
             url,
             connect_args={"timeout": 30},

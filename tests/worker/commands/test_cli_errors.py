@@ -239,3 +239,26 @@ def test_lint_of_a_directory_without_campaign_files_is_an_error(
     _no_traceback(result)
     assert result.exit_code == 1
     assert f"no campaign files (*.yaml, *.yml) in {empty}" in result.output
+
+
+# --- a mistyped SQLite path -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["status"], ["sends", "list"], ["report"]])
+def test_a_command_that_reads_leaves_no_database_behind_a_mistyped_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Reading commands neither create the directory nor an empty database: they say
+    where they looked and that ``crosssell migrate`` creates it; migrate then does."""
+    missing = tmp_path / "typo" / "deeper" / "crosssell.db"
+    monkeypatch.setenv("CROSSSELL_DATABASE_URL", f"sqlite:///{missing}")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(main, command)
+    _no_traceback(result)
+    assert result.exit_code == 1
+    assert f"no database at {missing}" in result.output
+    assert "crosssell migrate" in result.output
+    assert not (tmp_path / "typo").exists()
+    migrated = CliRunner().invoke(main, ["migrate"])
+    assert migrated.exit_code == 0, migrated.output
+    assert missing.is_file()
