@@ -131,9 +131,12 @@ def is_known_locale(value: str) -> bool:
     return bool(_LOCALE_TAG.fullmatch(value)) and _is_known_locale(value)
 
 
-ISO_CURRENCIES: frozenset[str] = frozenset(list_currencies())
-"""The ISO 4217 codes CLDR knows (Babel's ``list_currencies``: current and historic, the
-X-codes included), the ones a price can be formatted in for a customer's locale."""
+NOT_MONEY = frozenset({"XXX", "XTS"})
+"""ISO 4217's "no currency" and "for testing" codes: assigned, but no price is in them."""
+ISO_CURRENCIES: frozenset[str] = frozenset(list_currencies()) - NOT_MONEY
+"""The ISO 4217 codes CLDR knows (Babel's ``list_currencies``: current and historic,
+precious metals such as XAU included), the ones a price can be formatted in for a
+customer's locale; not :data:`NOT_MONEY`."""
 
 
 def _iso_currency(value: str) -> str:

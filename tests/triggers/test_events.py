@@ -154,7 +154,9 @@ def test_bad_money_is_wrong_schema_located_at_the_field(total: str, why: str) ->
     assert "data.total" in error.reason
 
 
-@pytest.mark.parametrize("currency", ["XYZ", "ABC", "EUX", "QQQ", "eur", "EURO", "", "€"])
+@pytest.mark.parametrize(
+    "currency", ["XYZ", "ABC", "EUX", "QQQ", "XXX", "XTS", "eur", "EURO", "", "€"]
+)
 def test_a_currency_iso_4217_does_not_assign_is_wrong_schema(currency: str) -> None:
     """Three capital letters are not enough: a code no one assigned cannot be formatted
     as money for any customer."""

@@ -128,6 +128,12 @@ def unmigrated_line(exc: BaseException) -> str | None:
     )
 
 
+FIRST_YEAR, LAST_YEAR = 1970, 9000
+"""The years a time option may name: events are not older than 1970 (the event rules),
+and the commands add days and windows to the time, which must stay within datetime's
+range (year 9999)."""
+
+
 class IsoTime(click.ParamType[datetime | str, Any]):
     """Every time option of every command: an ISO 8601 time with a zone (``…Z`` or
     ``…+02:00``), one rule and one message, so a mistyped time is a usage error, never a
@@ -161,6 +167,12 @@ class IsoTime(click.ParamType[datetime | str, Any]):
             if not self.utc:
                 self.fail(f"{text!r} has no time zone: give one, {example}", param, ctx)
             moment = moment.replace(tzinfo=UTC)
+        try:
+            year = moment.astimezone(UTC).year
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before datetime.min in UTC
+            year = 0
+        if not FIRST_YEAR <= year <= LAST_YEAR:
+            self.fail(f"{text!r} is not between {FIRST_YEAR} and {LAST_YEAR}", param, ctx)
         return moment
 
 

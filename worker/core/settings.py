@@ -352,6 +352,13 @@ class Settings(BaseSettings):
                 f"{value!r} names a host, not a file: use {scheme}:///relative/path.db "
                 f"or {scheme}:////abs/path.db"
             )
+        if separator and scheme.lower() in SQLITE_SCHEMES and not path.lstrip("/"):
+            # SQLAlchemy reads this as a database in memory: each connection its own,
+            # gone when the process ends; no service can share or keep it.
+            raise ValueError(
+                f"{value!r} names no file: use {scheme}:///relative/path.db "
+                f"or {scheme}:////abs/path.db"
+            )
         return value
 
     @field_validator("broker_url", "events_url")
@@ -438,6 +445,23 @@ class Settings(BaseSettings):
             setting = f"CROSSSELL_{(info.field_name or '').upper()}"
             raise ValueError(f"{setting} is not a single email address: {exc}") from None
 
+    @field_validator(
+        "var_dir",
+        "campaigns_dir",
+        "templates_dir",
+        "complements_file",
+        "segments_file",
+        "attributes_file",
+        mode="before",
+    )
+    @classmethod
+    def _not_empty_path(cls, value: object) -> object:
+        """An empty path would be read as the current directory, silently: a variable
+        left empty (``CROSSSELL_CAMPAIGNS_DIR=``) loads whatever lies there."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: give a path, or unset the variable for the default")
+        return value
+
     @field_validator("campaigns_dir", "templates_dir")
     @classmethod
     def _existing_directory(cls, value: Path) -> Path:
@@ -490,10 +514,22 @@ class Settings(BaseSettings):
             url = _HTTP_URL.validate_python(value)
         except ValidationError:
             url = None
-        if url is None or url.query is not None or url.fragment is not None:
+        from urllib.parse import urlsplit
+
+        if (
+            url is None
+            or url.query is not None
+            or url.fragment is not None
+            # The text itself goes into every link and the List-Unsubscribe header: it
+            # must be what was validated, an ASCII URI (an IDN host in its xn-- form).
+            or not value.isascii()
+            or any(ch.isspace() or ch in '<>"' for ch in value)
+            or not urlsplit(value).hostname
+        ):
             raise ValueError(
                 f"{value!r} is not an absolute http(s) URL without query or fragment, "
-                "such as https://shop.example"
+                "in ASCII (an international domain in its xn-- form), such as "
+                "https://shop.example"
             )
         return value
 

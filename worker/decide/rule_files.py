@@ -43,14 +43,23 @@ def read_limited(path: Path) -> tuple[str | None, list[LintIssue]]:
 
 
 def campaign_files(paths: Iterable[Path]) -> list[Path]:
-    """Expand directories to their ``*.yaml``/``*.yml`` files, sorted for stable output."""
+    """Expand directories to their ``*.yaml``/``*.yml`` files, sorted for stable output;
+    a file named twice (``lint a.yaml a.yaml``, a file and its directory) is read once,
+    or it would be reported as a duplicate of itself."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
             found += sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
         else:
             found.append(path)
-    return found
+    seen: set[Path] = set()
+    unique: list[Path] = []
+    for path in found:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique
 
 
 def template_names(templates_dir: Path) -> set[str]:

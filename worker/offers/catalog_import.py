@@ -296,7 +296,10 @@ def _jsonl_rows(text: str, errors: list[RowError]) -> Iterator[_Parsed]:
         try:
             document = json.loads(raw, parse_float=Decimal)
         except json.JSONDecodeError as exc:
-            yield _Parsed(line, {}, RowError(line, "json", exc.msg))
+            # ``msg`` alone ends "… at" for some errors ("Invalid control character at"):
+            # the position is the rest; the line is the row's own.
+            reason = f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+            yield _Parsed(line, {}, RowError(line, "json", reason))
             continue
         except (ValueError, RecursionError) as exc:
             # ValueError: an integer of thousands of digits (Python's int conversion limit).

@@ -103,6 +103,40 @@ def test_a_time_that_is_not_iso_is_one_usage_line(
     assert f"Invalid value for '{option}': 'tomorrow' is not an ISO 8601 time" in result.output
 
 
+TIME_OPTIONS = [
+    (["explain", "--event", "{events}", "--campaign", "laptop-accessories", "--now"], "--now"),
+    (["simulate", "--events", "{events}", "--at"], "--at"),
+    (["simulate", "--since"], "--since"),
+    (["report", "--since"], "--since"),
+    (["report", "--until"], "--until"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "option"), TIME_OPTIONS)
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "0001-01-01T00:00Z",
+        "0001-01-01T00:00+01:00",
+        "9999-12-31T23:59-01:00",
+        "9999-12-31T23:59Z",
+        "1969-12-31T23:59Z",
+        "9001-01-01T00:00Z",
+    ],
+)
+def test_a_time_at_the_edge_of_the_calendar_is_one_usage_line(
+    events: Path, arguments: list[str], option: str, moment: str
+) -> None:
+    """The commands add days and windows to a time: one at datetime's edges was an
+    OverflowError traceback."""
+    argv = [a.replace("{events}", str(events)) for a in arguments] + [moment]
+    result = CliRunner().invoke(main, argv)
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert "is not between 1970 and 9000" in result.output
+
+
 @pytest.mark.parametrize(
     "arguments",
     [
@@ -262,3 +296,15 @@ def test_a_command_that_reads_leaves_no_database_behind_a_mistyped_path(
     migrated = CliRunner().invoke(main, ["migrate"])
     assert migrated.exit_code == 0, migrated.output
     assert missing.is_file()
+
+
+def test_a_campaign_file_named_twice_is_linted_once() -> None:
+    """``lint a.yaml a.yaml`` (or a file and its directory) reported the campaign's id
+    as a duplicate of itself."""
+    shipped = PROJECT_ROOT / "config" / "campaigns"
+    one = shipped / "laptop-accessories.yaml"
+    for arguments in ([str(one), str(one)], [str(one), str(shipped)]):
+        result = CliRunner().invoke(main, ["lint", *arguments])
+        _no_traceback(result)
+        assert result.exit_code == 0, result.output
+        assert "duplicate-id" not in result.output

@@ -154,7 +154,6 @@ def test_a_sqlite_url_naming_a_host_shows_the_right_form(name: str, value: str) 
     [
         ("database_url", "sqlite:///relative.db"),
         ("database_url", "sqlite:////abs/path.db"),
-        ("database_url", "sqlite://"),
         ("broker_url", "sqlite:///var/broker.db?lease=30s"),
         ("events_url", "sqla+sqlite:////abs/broker.db"),
     ],

@@ -5,6 +5,7 @@ repeated SKU is reported whatever else is wrong with either row."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,25 @@ def test_a_currency_iso_4217_does_not_assign_is_refused_on_its_line(
         tmp_path, "catalog.csv", HEADER + "A-1,One,c,1.00,EUR\n" + f"A-2,Two,c,1.00,{code}\n"
     )
     assert _errors(path) == [(3, "currency")]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        # The tab is the 25th character; the open string meets the line's end (a control
+        # character inside a string) at its 37th.
+        ('{"sku": "Z2", "name": "a\tb"}', "Invalid control character at column 25"),
+        ('{"sku": "Z2", "name": "unterminated}', "Invalid control character at column 37"),
+        ('{"sku": "Z2",, "name": "x"}', "Expecting property name enclosed in double quotes at"),
+        ('{"sku": 1.2.3}', "Expecting ',' delimiter at column 12"),
+    ],
+)
+def test_a_json_syntax_error_says_what_and_where(tmp_path: Path, row: str, message: str) -> None:
+    """The reason was cut after "at" for some JSON errors: the column belongs to it."""
+    path = _write(tmp_path, "catalog.jsonl", row + "\n")
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(path)
+    [error] = caught.value.errors
+    assert (error.line, error.column) == (1, "json")
+    assert error.message.startswith(message)
+    assert re.search(r" at column \d+$", error.message)
