@@ -82,16 +82,16 @@ def test_invalid_campaign_files_are_the_lint_lines_run_prints(
 # --- 2: one time type for every time option -----------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("arguments", "option"),
-    [
-        (["explain", "--event", "{events}", "--campaign", "laptop-accessories", "--now"], "--now"),
-        (["simulate", "--events", "{events}", "--at"], "--at"),
-        (["simulate", "--since"], "--since"),
-        (["report", "--since"], "--since"),
-        (["report", "--until"], "--until"),
-    ],
-)
+TIME_OPTIONS = [
+    (["explain", "--event", "{events}", "--campaign", "laptop-accessories", "--now"], "--now"),
+    (["simulate", "--events", "{events}", "--at"], "--at"),
+    (["simulate", "--since"], "--since"),
+    (["report", "--since"], "--since"),
+    (["report", "--until"], "--until"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "option"), TIME_OPTIONS)
 def test_a_time_that_is_not_iso_is_one_usage_line(
     events: Path, arguments: list[str], option: str
 ) -> None:
@@ -101,15 +101,6 @@ def test_a_time_that_is_not_iso_is_one_usage_line(
     _no_traceback(result)
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '{option}': 'tomorrow' is not an ISO 8601 time" in result.output
-
-
-TIME_OPTIONS = [
-    (["explain", "--event", "{events}", "--campaign", "laptop-accessories", "--now"], "--now"),
-    (["simulate", "--events", "{events}", "--at"], "--at"),
-    (["simulate", "--since"], "--since"),
-    (["report", "--since"], "--since"),
-    (["report", "--until"], "--until"),
-]
 
 
 @pytest.mark.parametrize(("arguments", "option"), TIME_OPTIONS)
