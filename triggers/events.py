@@ -100,7 +100,10 @@ each, and a flood of made-up ones only evicts (they are at most 35 and 64 charac
 def _is_known_locale(value: str) -> bool:
     """Whether Babel knows the locale ``value`` (``ro-RO`` or ``ro_RO``). Cached: Babel
     builds a ``Locale`` and normalises its identifier on every parse, which was 2.8 % of
-    the consumer's samples in the stack profile (docs/performance.md, "Ingest")."""
+    the consumer's samples in the stack profile (docs/performance.md, "Ingest"). The POSIX
+    locale (``C``, ``POSIX``) is no language a customer reads."""
+    if value.upper() in ("C", "POSIX"):
+        return False
     try:
         Locale.parse(value, sep="-" if "-" in value else "_")
     except (ValueError, TypeError, UnknownLocaleError):
@@ -108,10 +111,19 @@ def _is_known_locale(value: str) -> bool:
     return True
 
 
+NOT_PLACES = frozenset({"localtime", "posixrules", "Factory"})
+"""Keys ``ZoneInfo`` may load that name no place: the machine's own zone (it differs
+between the CRM's machine and ours), a rules template, tzdata's placeholder."""
+NOT_PLACE_PREFIXES = ("posix/", "right/")  # copies of the database, ``right/`` leap-second clocks
+
+
 @lru_cache(maxsize=KNOWN_NAMES_CACHED)
 def _is_known_timezone(value: str) -> bool:
-    """Whether ``ZoneInfo`` loads the key ``value``. Cached: an unknown key is looked for
-    in the time zone database on every call (``ZoneInfo`` caches only the keys it found)."""
+    """Whether ``ZoneInfo`` loads the key ``value`` and it names a place (not one of
+    :data:`NOT_PLACES`). Cached: an unknown key is looked for in the time zone database on
+    every call (``ZoneInfo`` caches only the keys it found)."""
+    if value in NOT_PLACES or value.startswith(NOT_PLACE_PREFIXES):
+        return False
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError, OSError):

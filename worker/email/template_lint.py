@@ -100,6 +100,26 @@ def first_column(source: str, line: int) -> int:
     return len(text) - len(stripped) + 1 if stripped else 1
 
 
+def code_column(source: str, line: int) -> int:
+    """1-based column of the ``{{``/``{%`` opened on ``line`` when exactly one is: an error
+    Jinja places only by line (a runtime error, a syntax error inside a tag) is in it.
+    Otherwise the line's first non-blank column (:func:`first_column`)."""
+    lines = _lines(source)
+    if not 0 < line <= len(lines):
+        return 1
+    text = "\n".join(lines)
+    line_start = sum(len(each) + 1 for each in lines[: line - 1])
+    line_end = line_start + len(lines[line - 1])
+    opened = [
+        match.start()
+        for match in _CODE.finditer(text)
+        if match["open"] is not None and line_start <= match.start() < line_end
+    ]
+    if len(opened) == 1:
+        return opened[0] - line_start + 1
+    return first_column(source, line)
+
+
 def _code_on_line(source: str, line: int) -> Iterator[tuple[int, int, int, bool]]:
     """``(start, end, line_start, closed)`` offsets (in the newline-normalised source) of
     the inside of each ``{{ … }}``/``{% … %}`` that overlaps ``line``, clipped to it."""
@@ -166,7 +186,7 @@ def syntax_column(source: str, line: int, message: str) -> int:
         columns = _columns_in_code(source, line, _token(named.group(1)))
         if len(columns) == 1:
             return columns[0]
-    return first_column(source, line)
+    return code_column(source, line)
 
 
 _MISSING_ATTRIBUTE = re.compile(r"has no attribute '(\w+)'")
@@ -185,11 +205,11 @@ def _unknown_variable(
         columns = _columns_in_code(source, line, re.compile(rf"(?<![\w.]){name.group(1)}\b"))
         return (
             f"unknown variable {name.group(1)!r}" + did_you_mean(name.group(1), sorted(context)),
-            columns[0] if columns else first_column(source, line),
+            columns[0] if columns else code_column(source, line),
         )
     attribute = _MISSING_ATTRIBUTE.search(message)
     if attribute is None:
-        return message, first_column(source, line)
+        return message, code_column(source, line)
     written = re.escape(attribute.group(1))
     pattern = re.compile(
         rf"(?<![\w.])([A-Za-z_][\w.]*?)\s*(?:\.\s*{written}\b|\[\s*['\"]{written}['\"]\s*\])"
@@ -204,7 +224,7 @@ def _unknown_variable(
         None,
     )
     if found is None:
-        return message, first_column(source, line)
+        return message, code_column(source, line)
     column = found.start() - sum(len(each) + 1 for each in _lines(source)[: line - 1]) + 1
     base = found.group(1)
     value: Any = context
@@ -439,7 +459,7 @@ def _render_problem(
             source = Path(file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             source = None
-    column = first_column(source, line) if source is not None else 1
+    column = code_column(source, line) if source is not None else 1
     per_locale = False
     if isinstance(exc, TemplateSyntaxError):
         code, message = "template-syntax", exc.message or ""

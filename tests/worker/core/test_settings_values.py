@@ -85,7 +85,21 @@ def test_a_rate_of_zero_means_no_limit() -> None:
     assert Settings(rate_limit_per_second="0").rate_limit_per_second == 0
 
 
-@pytest.mark.parametrize("value", ["Mars/Base", "Europe/", "../../etc/passwd", "", "utc/x"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Mars/Base",
+        "Europe/",
+        "../../etc/passwd",
+        "",
+        "utc/x",
+        "localtime",
+        "posixrules",
+        "Factory",
+        "posix/Europe/Rome",
+        "right/UTC",
+    ],
+)
 def test_an_unknown_default_timezone_is_refused(value: str) -> None:
     assert "IANA time zone" in _refused("default_timezone", value)
 
@@ -95,7 +109,9 @@ def test_a_known_default_timezone_is_taken(value: str) -> None:
     assert Settings(default_timezone=value).default_timezone == value
 
 
-@pytest.mark.parametrize("value", ["klingon", "", "en US", "xx-YY", "en/../ro", "ro-RO.UTF-8"])
+@pytest.mark.parametrize(
+    "value", ["klingon", "", "en US", "xx-YY", "en/../ro", "ro-RO.UTF-8", "C", "POSIX", "c"]
+)
 def test_an_unknown_default_locale_is_refused(value: str) -> None:
     assert "unknown locale" in _refused("default_locale", value)
 

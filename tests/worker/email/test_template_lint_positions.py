@@ -17,7 +17,7 @@ from triggers.yaml_source import read_yaml, syntax_message
 from worker.core.settings import PROJECT_ROOT, Settings
 from worker.decide.rules import load_rules
 from worker.email.rendering import Renderer
-from worker.email.template_lint import _unknown_variable, syntax_column
+from worker.email.template_lint import _unknown_variable, code_column, syntax_column
 
 # (template source, the column lint must give on the error's line); ^ marks nothing, the
 # column is counted by hand in each comment.
@@ -31,8 +31,10 @@ SYNTAX = [
     ('x {{ "abc }}', 6),
     ("x {% fi a %}y{% endif %}", 6),  # the unknown tag's name
     ("x {{ a b }}", 8),  # got 'b'
-    ("line one\n  line2 {{ a.b( }}\nline3", 3),  # no single place: first non-blank
-    ("x {% if a %}y", 1),  # the unclosed block: no token on the line
+    ("line one\n  line2 {{ a.b( }}\nline3", 9),  # no token: the one {{ on the line
+    ("x {% if a %}y", 3),  # the unclosed block: the one {% on the line
+    ("x é {% for x in %} done", 5),  # inside the one tag (the tryout's case)
+    ("x {% for x in %} done {% endfor %}", 1),  # two tags: not certain, first non-blank
     ("{{ a }} and {{ b }} {{ c d d }}", 1),  # 'd' twice: not certain
 ]
 
@@ -167,3 +169,22 @@ def test_a_broken_template_used_twice_is_reported_once_at_its_column(
         load_rules(settings, Renderer(settings))
     errors = caught.value.errors
     assert [(Path(e.file).name, e.line, e.col) for e in errors] == [(part, line, col)], errors
+
+
+@pytest.mark.parametrize(
+    ("source", "line", "column"),
+    [
+        ("x é ü {{ 1/0 }} done", 1, 7),  # a runtime error: the one {{ on its line
+        ("first\n   {%- include 'nonexist.txt' %}", 2, 4),
+        ("{{ a }} and {{ b }}", 1, 1),  # two: not certain, the first non-blank column
+        ("  {{ a }} {# a comment #}", 1, 3),  # a comment is not code
+        ("{{ a\n  + b }} x", 2, 3),  # opened on the line before: none opened here
+        ("", 1, 1),
+    ],
+)
+def test_an_error_placed_by_line_only_points_at_the_one_construct_there(
+    source: str, line: int, column: int
+) -> None:
+    """Jinja gives a runtime error (``{{ 1/0 }}``, a missing include) only a line; on a
+    line with one ``{{``/``{%`` the error is in it, so lint points there."""
+    assert code_column(source, line) == column
