@@ -153,16 +153,26 @@ def text_from_html(html: str) -> str:
     return str(get_text(html.replace("&", "&amp;"), _TEXT_CONFIG))
 
 
-def subject_for(subject: str | Mapping[str, str] | None, locale: Locale) -> str | None:
-    """The variant subject for ``locale``: the text given for ``ro_RO``, else for ``ro``;
-    ``None`` (use the template's subject file for the locale) when the mapping has
-    neither. A plain text applies to every locale."""
-    if subject is None or isinstance(subject, str):
-        return subject
+def subject_key(subject: str | Mapping[str, str] | None, locale: Locale) -> str | None:
+    """The key of a per-locale variant subject that applies to ``locale``: ``ro_RO`` if
+    given, else ``ro``; ``None`` for a plain text (or none) and for a mapping with
+    neither."""
+    if not isinstance(subject, Mapping):
+        return None
     for key in (f"{locale.language}_{locale.territory}", locale.language):
         if key in subject:
-            return subject[key]
+            return key
     return None
+
+
+def subject_for(subject: str | Mapping[str, str] | None, locale: Locale) -> str | None:
+    """The variant subject for ``locale``: the text given for ``ro_RO``, else for ``ro``
+    (:func:`subject_key`); ``None`` (use the template's subject file for the locale) when
+    the mapping has neither. A plain text applies to every locale."""
+    if subject is None or isinstance(subject, str):
+        return subject
+    key = subject_key(subject, locale)
+    return subject[key] if key is not None else None
 
 
 def html_autoescape(name: str | None) -> bool:

@@ -33,7 +33,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from babel import Locale
 from jinja2 import TemplateError, TemplateNotFound, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
 
@@ -42,7 +41,7 @@ from triggers.conditions import did_you_mean
 from triggers.rule_checks import TemplateCheck, TemplateProblem
 from worker.email.compiled_cache import parsed
 from worker.email.email_context import sample_context
-from worker.email.rendering import Renderer, babel_locale, subject_for
+from worker.email.rendering import Renderer, babel_locale, subject_for, subject_key
 from worker.email.template_sandbox import RenderLimitError, SafeFileSystemLoader, UnsafeTemplatePath
 
 _LOCALE_PART = re.compile(r"^(?:subject|body)\.([a-z]{2,3}(?:_[A-Z]{2})?)\.(?:txt|html)$")
@@ -91,6 +90,16 @@ def _lines(source: str) -> list[str]:
     return _NEWLINE.split(source)
 
 
+def _line_span(source: str, line: int) -> tuple[str, int, int] | None:
+    """The newline-normalised source and the offsets where ``line`` (1-based) starts and
+    ends in it; None for a line the source does not have."""
+    lines = _lines(source)
+    if not 0 < line <= len(lines):
+        return None
+    start = sum(len(each) + 1 for each in lines[: line - 1])
+    return "\n".join(lines), start, start + len(lines[line - 1])
+
+
 def first_column(source: str, line: int) -> int:
     """1-based column of the first non-blank character of ``line`` (1 for a blank line):
     where an error points when its exact column cannot be known."""
@@ -104,12 +113,10 @@ def code_column(source: str, line: int) -> int:
     """1-based column of the ``{{``/``{%`` opened on ``line`` when exactly one is: an error
     Jinja places only by line (a runtime error, a syntax error inside a tag) is in it.
     Otherwise the line's first non-blank column (:func:`first_column`)."""
-    lines = _lines(source)
-    if not 0 < line <= len(lines):
+    span = _line_span(source, line)
+    if span is None:
         return 1
-    text = "\n".join(lines)
-    line_start = sum(len(each) + 1 for each in lines[: line - 1])
-    line_end = line_start + len(lines[line - 1])
+    text, line_start, line_end = span
     opened = [
         match.start()
         for match in _CODE.finditer(text)
@@ -123,12 +130,10 @@ def code_column(source: str, line: int) -> int:
 def _code_on_line(source: str, line: int) -> Iterator[tuple[int, int, int, bool]]:
     """``(start, end, line_start, closed)`` offsets (in the newline-normalised source) of
     the inside of each ``{{ … }}``/``{% … %}`` that overlaps ``line``, clipped to it."""
-    lines = _lines(source)
-    if not 0 < line <= len(lines):
+    span = _line_span(source, line)
+    if span is None:
         return
-    text = "\n".join(lines)
-    line_start = sum(len(each) + 1 for each in lines[: line - 1])
-    line_end = line_start + len(lines[line - 1])
+    text, line_start, line_end = span
     for match in _CODE.finditer(text):
         if match["open"] is None:
             continue
@@ -162,10 +167,11 @@ def syntax_column(source: str, line: int, message: str) -> int:
     unclosed ``{{``/``{%`` for an unexpected end, else the one place on the line the token
     the message names is; the line's first non-blank column when that is not certain."""
     lines = _lines(source)
+    span = _line_span(source, line)
     char = _UNEXPECTED_CHAR.match(message)
-    if char is not None and 0 < line <= len(lines):
-        column = int(char.group(1)) - sum(len(each) + 1 for each in lines[: line - 1]) + 1
-        if 0 < column <= len(lines[line - 1]):
+    if char is not None and span is not None:
+        column = int(char.group(1)) - span[1] + 1
+        if 0 < column <= span[2] - span[1]:
             return column
     if _END_OF_TEMPLATE.match(message):
         unclosed = [
@@ -225,7 +231,8 @@ def _unknown_variable(
     )
     if found is None:
         return message, code_column(source, line)
-    column = found.start() - sum(len(each) + 1 for each in _lines(source)[: line - 1]) + 1
+    span = _line_span(source, line)
+    column = found.start() - span[1] + 1 if span is not None else 1
     base = found.group(1)
     value: Any = context
     for part in base.split("."):
@@ -431,16 +438,6 @@ def _describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {message}" if message else exc.__class__.__name__
 
 
-def _subject_locale(subject: str | Mapping[str, str] | None, locale: Locale) -> str | None:
-    """The key of ``subject`` :func:`subject_for` picks for ``locale`` (None: one text)."""
-    if not isinstance(subject, Mapping):
-        return None
-    for key in (f"{locale.language}_{locale.territory}", locale.language):
-        if key in subject:
-            return key
-    return None
-
-
 def _render_problem(
     exc: Exception, root: Path, context: dict[str, Any], subject: tuple[str | None, str | None]
 ) -> tuple[TemplateProblem, bool]:
@@ -521,7 +518,7 @@ def _render_problems(
         except Exception as exc:
             babel = babel_locale(locale, renderer.settings.default_locale)
             text = subject_for(subject, babel)
-            key = _subject_locale(subject, babel)
+            key = subject_key(subject, babel)
             found.setdefault(_render_problem(exc, root, context, (key, text)), []).append(
                 locale or "default"
             )
