@@ -37,7 +37,6 @@ added across currencies.
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
 from collections import Counter, defaultdict
@@ -51,6 +50,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from triggers.attribution import window_for
+from triggers.conditions import did_you_mean
 from triggers.lift import (
     Interval,
     RevenueInterval,
@@ -678,10 +678,9 @@ def check_campaign(session: Session, rules: RuleSet, campaign_id: str) -> None:
     known |= set(session.scalars(select(Send.campaign_id).distinct()))
     if campaign_id in known:
         return
-    close = difflib.get_close_matches(campaign_id, sorted(known), n=3)
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    hint = did_you_mean(campaign_id, sorted(known))
     listing = ", ".join(sorted(known)) or "none"
-    raise ValueError(f"unknown campaign {campaign_id!r}: {hint}known campaigns: {listing}")
+    raise ValueError(f"unknown campaign {campaign_id!r}{hint}; known campaigns: {listing}")
 
 
 def run_report(
