@@ -344,7 +344,8 @@ class Settings(BaseSettings):
     def _sqlite_path(cls, value: str) -> str:
         """``sqlite:///relative.db`` or ``sqlite:////abs/path.db``: with two slashes only,
         the file name is read as a host, and the process fails later (or uses another
-        file). ``sqlite://`` alone (SQLAlchemy's in-memory database) stays allowed."""
+        file); with no file name at all it is a database in memory, which no other
+        process (nor the next run) sees."""
         scheme, separator, rest = value.partition("://")
         path = rest.split("?", 1)[0]
         if separator and scheme.lower() in SQLITE_SCHEMES and path[:1] not in ("", "/"):
@@ -364,15 +365,10 @@ class Settings(BaseSettings):
     @field_validator("broker_url", "events_url")
     @classmethod
     def _embedded_broker_options(cls, value: str) -> str:
-        """The embedded broker's URL names a file (``sqlite:///var/broker.db``: an
-        in-memory database would be a different broker in every process) and takes one
-        option, ``?lease=``: a missing file name, a misspelled key or a bad duration is
-        refused at start, not met later as a traceback."""
-        if not value.startswith(("sqlite://", "sqla+sqlite://")):
-            return value
-        if not value.partition("://")[2].lstrip("/").split("?", 1)[0]:
-            raise ValueError(f"{value!r} names no file: use sqlite:///var/broker.db or the like")
-        if "?" not in value:
+        """The embedded broker's URL takes one option, ``?lease=``: a misspelled key or a
+        bad duration is refused at start, not met later as a traceback. (That it names a
+        file is :meth:`_sqlite_path`'s rule, for every SQLite URL.)"""
+        if not value.startswith(("sqlite://", "sqla+sqlite://")) or "?" not in value:
             return value
         from urllib.parse import parse_qs
 
