@@ -142,8 +142,9 @@ def _insert_values(
     conflict: str | None,
     returning: Sequence[str],
 ) -> list[Row[Any]]:
-    """The rows through Core's insert (a multi-row ``VALUES`` list): SQLite, and rows
-    :func:`_unnest_insert` cannot take."""
+    """The rows through Core's insert: SQLite, and rows :func:`_unnest_insert` cannot take.
+    With ``returning`` SQLAlchemy sends multi-row ``VALUES`` lists; without, the driver's
+    executemany (SQLite's runs in process, with no round trip per row)."""
     table: Table = model.__table__
     statement = insert_for(session, model)
     if conflict is not None:

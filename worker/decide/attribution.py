@@ -44,7 +44,7 @@ from triggers.facts import CustomerProfile
 from triggers.money import round_money
 from triggers.offers import OfferUnavailable
 from triggers.rule_set import CompiledCampaign, RuleSet
-from worker.core.dialect_insert import insert_for
+from worker.core.dialect_insert import insert_rows
 from worker.core.models import Conversion, Customer, Event, Order, OrderLine, Send, SendOffer
 from worker.core.settings import Settings
 from worker.decide.rules import load_complements
@@ -136,7 +136,9 @@ def resolve_offered(
 def store_offers(
     session: Session, offers: Mapping[int, tuple[list[str], str | None]], now: datetime
 ) -> None:
-    """Record new sends' offers (send id → products, reason) in one statement; a row a
+    """Record new sends' offers (send id → products, reason) in one multi-row statement
+    (``insert_rows``; an executemany was one ``INSERT`` per send, the largest statement of
+    a matching ingest batch: docs/performance.md, "Offers in one statement"); a row a
     concurrent reconciliation stored first is kept (``ON CONFLICT DO NOTHING``)."""
     if not offers:
         return
@@ -144,7 +146,7 @@ def store_offers(
         {"send_id": send_id, "skus": skus, "reason": reason, "resolved_at": now}
         for send_id, (skus, reason) in offers.items()
     ]
-    session.execute(insert_for(session, SendOffer).on_conflict_do_nothing(), rows)
+    insert_rows(session, SendOffer, rows, conflict="send_id")
 
 
 def offered_skus(

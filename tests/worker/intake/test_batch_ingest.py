@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from kombu.connection import Connection
 from kombu.messaging import Producer
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from tests.support.factories import (
     TUESDAY_MORNING,
@@ -39,7 +39,7 @@ from worker.commands.demo import seed_catalog
 from worker.commands.migrate import upgrade
 from worker.core.clock import ShiftedClock
 from worker.core.db import dispose_engines, engine_for, transaction
-from worker.core.models import Enrollment, Event, Send
+from worker.core.models import Enrollment, Event, Send, SendOffer
 from worker.core.settings import Settings
 from worker.core.topology import events_exchange, events_queue, transport_options
 from worker.intake import consumer as consumer_module
@@ -213,6 +213,47 @@ def test_a_batch_plans_what_the_events_one_at_a_time_plan(
     finally:
         batch_runtime.close()
         single_runtime.close()
+        dispose_engines()
+
+
+def test_a_batch_stores_its_offers_in_one_statement(tmp_path: Path, database_url: str) -> None:
+    """Every planned or held-out send of a batch has its offer row, written on PostgreSQL
+    by one statement of one parameter set whatever the number of sends (an executemany
+    made one server statement per send: docs/performance.md, "Offers in one statement")."""
+    runtime = Runtime(make_settings(tmp_path, database_url=database_url, min_gap="3d"))
+    offer_inserts: list[int] = []
+
+    def record(
+        _connection: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool
+    ) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO SEND_OFFERS"):
+            offer_inserts.append(len(parameters) if many else 1)
+
+    engine = engine_for(database_url)
+    try:
+        seed_catalog(runtime.settings, NOW)
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            with transaction(database_url) as session:
+                ingest_batch(session, _mixed_batch(), runtime.rules.current(), runtime.policy, NOW)
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        with transaction(database_url) as session:
+            offered = set(
+                session.scalars(
+                    select(Send.id).where(
+                        Send.status.in_(["planned", "held_out"]), Send.step_id.is_(None)
+                    )
+                )
+            )
+            stored = set(session.scalars(select(SendOffer.send_id)))
+        assert len(offered) > 3
+        assert offered <= stored
+        # SQLite runs an executemany in process (no round trip per row); PostgreSQL gets
+        # one statement for the batch.
+        assert offer_inserts == ([1] if database_url.startswith("postgresql") else [len(stored)])
+    finally:
+        runtime.close()
         dispose_engines()
 
 
