@@ -7,6 +7,12 @@ them wait for its next poll (``CROSSSELL_DISPATCH_INTERVAL``).
 * Any database, one process (``crosssell run``, the embedded SQLite mode): the commit
   sets a ``threading.Event`` the dispatcher thread waits on.
 
+A wake-up says what it is for: ``sends`` (an email due now) or ``steps`` (a sequence
+entry whose first step is due now, which a pass must plan first). A woken pass plans the
+sequences' due steps only when one of its wake-ups asked for it: planning them costs a
+pass several statements (``python -m bench.dispatch``, docs/performance.md, "Woken passes
+plan steps only when asked"), and steps that become due later are found by the poll.
+
 The poll stays: sends that become due later (a delay, a retry's backoff, quiet hours)
 and a lost notification (the listening connection dropped) are found by it.
 """
@@ -31,21 +37,43 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHANNEL = "crosssell_sends_due"
+SENDS = "sends"
+"""The payload of a wake-up for emails due now."""
+STEPS = "steps"
+"""The payload of a wake-up for a sequence step due now: the woken pass plans steps."""
+NOTHING: frozenset[str] = frozenset()
 # How often a waiting dispatcher looks at its stop flag: the longest a SIGTERM waits.
 STOP_CHECK_SECONDS = 0.5
 
 _committed = threading.Event()
+_steps_committed = threading.Event()
 
 
 def _set_committed(_session: Session) -> None:
     _committed.set()
 
 
-def wake_dispatcher(session: Session) -> None:
-    """Wake the dispatchers once this transaction commits (nothing if it rolls back)."""
+def _set_steps_committed(_session: Session) -> None:
+    _steps_committed.set()
+    _committed.set()
+
+
+def wake_dispatcher(session: Session, *, steps: bool = False) -> None:
+    """Wake the dispatchers once this transaction commits (nothing if it rolls back);
+    ``steps``: the woken pass must plan the sequences' due steps first."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"NOTIFY {CHANNEL}"))
-    event.listen(session, "after_commit", _set_committed, once=True)
+        session.execute(text(f"NOTIFY {CHANNEL}, '{STEPS if steps else SENDS}'"))
+    setter = _set_steps_committed if steps else _set_committed
+    event.listen(session, "after_commit", setter, once=True)
+
+
+def wake_kinds(payloads: Iterable[str]) -> frozenset[str]:
+    """What the notifications' payloads ask for. One without a known payload (a ``NOTIFY``
+    of an earlier version, or typed by an operator) asks for everything."""
+    kinds: set[str] = set()
+    for payload in payloads:
+        kinds.update((payload,) if payload in (SENDS, STEPS) else (SENDS, STEPS))
+    return frozenset(kinds)
 
 
 def wake_if_due(
@@ -58,7 +86,7 @@ def wake_if_due(
     entered a customer into a sequence whose first step is due now
     (``first_step_due_at``: the earliest of the batch's entries; a woken pass plans it)."""
     if first_step_due_at is not None and first_step_due_at <= now:
-        wake_dispatcher(session)
+        wake_dispatcher(session, steps=True)
         return
     for decisions in decided:
         for decision in decisions:
@@ -71,7 +99,8 @@ def wake_if_due(
 
 class Waiter:
     """Where the dispatcher waits between polls: until ``timeout`` passes, ``stop`` is
-    set, or ingest commits a due send (``wait`` returns True then)."""
+    set, or ingest commits a due send or step (``wait`` returns what the wake-ups asked
+    for, :data:`SENDS` and/or :data:`STEPS`; :data:`NOTHING` when none came)."""
 
     def __init__(self, database_url: str) -> None:
         url = make_url(database_url)
@@ -111,43 +140,48 @@ class Waiter:
             log.info("listening for due sends again (LISTEN %s)", CHANNEL)
         return connection
 
-    def wait(self, timeout: float, stop: threading.Event) -> bool:
+    def wait(self, timeout: float, stop: threading.Event) -> frozenset[str]:
         deadline = time.monotonic() + timeout
         while not stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
-                return False
+                return NOTHING
             step = min(left, STOP_CHECK_SECONDS)
             connection = self._listen()
             if connection is None:
                 if _committed.wait(step):
                     _committed.clear()
-                    return True
+                    steps = _steps_committed.is_set()
+                    _steps_committed.clear()
+                    return frozenset((SENDS, STEPS) if steps else (SENDS,))
                 continue
             # Listening: the NOTIFY of a commit in this process arrives too; waking on
             # the event as well would make two passes of one commit.
             _committed.clear()
-            if self._notified(connection, step):
-                return True
-        return False
+            _steps_committed.clear()
+            woken = self._notified(connection, step)
+            if woken:
+                return woken
+        return NOTHING
 
-    def _notified(self, connection: psycopg.Connection[object], timeout: float) -> bool:
+    def _notified(self, connection: psycopg.Connection[object], timeout: float) -> frozenset[str]:
         import psycopg
 
         try:
-            woken = any(True for _ in connection.notifies(timeout=timeout, stop_after=1))
-            if woken:
+            payloads = [
+                notify.payload for notify in connection.notifies(timeout=timeout, stop_after=1)
+            ]
+            if payloads:
                 # Several commits while the dispatcher worked: one pass takes them all.
-                for _ in connection.notifies(timeout=0.001):
-                    pass
-            return woken
+                payloads += [notify.payload for notify in connection.notifies(timeout=0.001)]
+            return wake_kinds(payloads)
         except (psycopg.Error, OSError) as exc:
             log.warning(
                 "lost the LISTEN connection (%s); polling until it is back", type(exc).__name__
             )
             self._lost = True
             self.close()
-            return False
+            return NOTHING
 
     def close(self) -> None:
         if self._connection is not None:

@@ -27,7 +27,7 @@ from triggers.durations import parse_duration
 from triggers.outcomes import SkipReason
 from worker.core.db import engine_for, transaction
 from worker.core.models import Send
-from worker.core.wakeup import Waiter
+from worker.core.wakeup import STEPS, Waiter
 from worker.decide.sequences import plan_due
 from worker.process.collector import collector_if_own_process
 from worker.process.runtime import Runtime
@@ -194,14 +194,18 @@ def _plan_steps(runtime: Runtime, now: datetime) -> None:
         plan_due(session, runtime.rules.current(), runtime.policy, now, settings.dispatch_batch)
 
 
-def dispatch_once(runtime: Runtime, enqueue: Enqueue, housekeeping: bool = True) -> DispatchReport:
-    """One pass: plan the due sequence steps, claim and publish the due sends.
+def dispatch_once(
+    runtime: Runtime, enqueue: Enqueue, housekeeping: bool = True, steps: bool = True
+) -> DispatchReport:
+    """One pass: plan the due sequence steps (``steps``), claim and publish the due sends.
     ``housekeeping`` adds what only time makes due (expiry, the sweep of lost work); the
-    loop runs it once per ``dispatch_interval``, not on every wake-up. Steps are planned
-    on every pass: ingest wakes the dispatcher for a sequence entry whose first step is
-    due at once, which must not wait for the next housekeeping."""
+    loop runs it once per ``dispatch_interval``, not on every wake-up. The loop asks for
+    steps on its housekeeping passes and on a wake-up for a step: ingest wakes the
+    dispatcher for a sequence entry whose first step is due at once, which must not wait
+    for the next housekeeping (``worker.core.wakeup``)."""
     now = runtime.clock.now()
-    _plan_steps(runtime, now)
+    if steps:
+        _plan_steps(runtime, now)
     ids, expired = _claim_due(runtime, now, expire=housekeeping)
     if ids:
         enqueue(ids)
@@ -262,16 +266,18 @@ def _dispatch_until_stopped(
     settings = runtime.settings
     interval = settings.dispatch_interval
     next_housekeeping = 0.0
+    steps_asked = False  # a wake-up asked for the sequences' due steps
     try:
         while not stop.is_set():
             started = time.monotonic()
             housekeeping = started >= next_housekeeping
             try:
-                report = dispatch_once(runtime, enqueue, housekeeping)
+                report = dispatch_once(runtime, enqueue, housekeeping, housekeeping or steps_asked)
             except Exception:
                 log.exception("dispatch failed; retrying in %.1fs", interval)
                 stop.wait(interval * 5)
                 continue
+            steps_asked = False
             if housekeeping:
                 next_housekeeping = time.monotonic() + interval
             if report.queued >= settings.dispatch_batch:
@@ -279,7 +285,10 @@ def _dispatch_until_stopped(
             left = max(0.0, next_housekeeping - time.monotonic())
             if waiter is None:
                 stop.wait(left)
-            elif waiter.wait(left, stop):
+                continue
+            woken = waiter.wait(left, stop)
+            if woken:
+                steps_asked = STEPS in woken
                 # Woken: within the interval of the last pass, let the commits of the
                 # next moment join this one (a pass costs the same for 1 send as for 50).
                 coalesce = started + WAKE_COALESCE_SECONDS - time.monotonic()

@@ -26,7 +26,7 @@ from worker.commands.demo import seed_catalog
 from worker.core.clock import ShiftedClock
 from worker.core.db import transaction
 from worker.core.models import Send
-from worker.core.wakeup import Waiter
+from worker.core.wakeup import NOTHING, SENDS, STEPS, Waiter, wake_kinds
 from worker.intake.ingest import ingest_event
 from worker.outbox import dispatcher
 from worker.outbox.dispatcher import WAKE_COALESCE_SECONDS, DispatchReport, run_dispatcher
@@ -217,19 +217,20 @@ def test_a_lost_listen_connection_is_said_and_so_is_its_return(
     waiter = Waiter(postgres_url)
     stop = threading.Event()
     try:
-        assert waiter.wait(0.05, stop) is False and waiter.listening
+        assert waiter.wait(0.05, stop) == NOTHING and waiter.listening
         connection = waiter._connection
         assert connection is not None
         connection.pgconn.finish()  # the socket goes away under the waiter
         with caplog.at_level("INFO", logger="worker.core.wakeup"):
-            assert waiter.wait(0.2, stop) is False
+            assert waiter.wait(0.2, stop) == NOTHING
         assert waiter.listening and waiter._connection is not connection
         messages = [record.getMessage() for record in caplog.records]
         assert any("lost the LISTEN connection" in m for m in messages), messages
         assert any(f"listening for due sends again (LISTEN {CHANNEL})" in m for m in messages)
         with engine_for(postgres_url).begin() as notifier:
             notifier.execute(text(f"NOTIFY {CHANNEL}"))
-        assert waiter.wait(10, stop) is True
+        # A NOTIFY without a payload (an earlier version's) asks for everything.
+        assert waiter.wait(10, stop) == {SENDS, STEPS}
     finally:
         waiter.close()
 
@@ -247,27 +248,39 @@ class _RecordingStop(threading.Event):
 
 
 class _Waker:
-    """A wake-up source that wakes the dispatcher after ``quiet`` seconds, every time."""
+    """A wake-up source that wakes the dispatcher after ``quiet`` seconds, every time, for
+    ``kinds`` (in turn; for emails due now when not given)."""
 
-    def __init__(self, quiet: float) -> None:
+    def __init__(self, quiet: float, kinds: Sequence[frozenset[str]] = ()) -> None:
         self.quiet = quiet
+        self.kinds = list(kinds)
 
-    def wait(self, timeout: float, stop: threading.Event) -> bool:
+    def wait(self, timeout: float, stop: threading.Event) -> frozenset[str]:
         time.sleep(self.quiet)
-        return True
+        return self.kinds.pop(0) if self.kinds else frozenset({SENDS})
 
     def close(self) -> None:
         pass
 
 
-def _passes(monkeypatch: pytest.MonkeyPatch, quiet: float) -> tuple[list[float], _RecordingStop]:
+def _passes(
+    monkeypatch: pytest.MonkeyPatch,
+    quiet: float,
+    kinds: Sequence[frozenset[str]] = (),
+    planned: list[bool] | None = None,
+) -> tuple[list[float], _RecordingStop]:
     """Five woken passes of the dispatcher loop, each waking ``quiet`` seconds after the
-    last pass ended: when each pass started, and the loop's waits on its stop event."""
+    last pass ended, for ``kinds`` in turn: when each pass started, and the loop's waits on
+    its stop event; ``planned`` gets whether each pass planned the sequences' steps."""
     starts: list[float] = []
     stop = _RecordingStop()
 
-    def one_pass(runtime: object, enqueue: object, housekeeping: bool) -> DispatchReport:
+    def one_pass(
+        runtime: object, enqueue: object, housekeeping: bool, steps: bool
+    ) -> DispatchReport:
         starts.append(time.monotonic())
+        if planned is not None:
+            planned.append(steps)
         if len(starts) == 5:
             stop.set()
         return DispatchReport(1, 0, 0, 0)
@@ -275,7 +288,7 @@ def _passes(monkeypatch: pytest.MonkeyPatch, quiet: float) -> tuple[list[float],
     monkeypatch.setattr(dispatcher, "dispatch_once", one_pass)
     settings = SimpleNamespace(dispatch_interval=POLL_SECONDS, dispatch_batch=500)
     runtime = cast(Runtime, SimpleNamespace(settings=settings))
-    waker = cast(Waiter, _Waker(quiet))
+    waker = cast(Waiter, _Waker(quiet, kinds))
     dispatcher._dispatch_until_stopped(runtime, stop, lambda ids: None, waker)
     return starts, stop
 
@@ -302,3 +315,54 @@ def test_a_wake_up_after_a_quiet_moment_runs_its_pass_at_once(
     starts, stop = _passes(monkeypatch, quiet=WAKE_COALESCE_SECONDS * 1.5)
     assert len(starts) == 5
     assert stop.waits == []
+
+
+def test_woken_passes_plan_sequence_steps_only_when_a_wake_up_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first pass (housekeeping) plans steps; after it, a pass woken for emails due now
+    only claims sends, one woken for a step (or for both) plans the steps first."""
+    planned: list[bool] = []
+    kinds = [frozenset({SENDS}), frozenset({STEPS}), frozenset({SENDS}), frozenset({SENDS, STEPS})]
+    _passes(monkeypatch, quiet=0.0, kinds=kinds, planned=planned)
+    assert planned == [True, False, True, False, True]
+
+
+@pytest.mark.parametrize(
+    ("payloads", "kinds"),
+    [
+        ([], set()),
+        (["sends"], {SENDS}),
+        (["steps"], {STEPS}),
+        (["sends", "sends", "steps"], {SENDS, STEPS}),
+        ([""], {SENDS, STEPS}),
+        (["Steps"], {SENDS, STEPS}),
+        (["sends", "anything else"], {SENDS, STEPS}),
+    ],
+)
+def test_a_wake_up_asks_for_what_its_payload_names_and_an_unknown_one_for_everything(
+    payloads: list[str], kinds: set[str]
+) -> None:
+    assert wake_kinds(payloads) == kinds
+
+
+@pytest.mark.parametrize("steps", [False, True], ids=["sends", "steps"])
+def test_a_commit_wakes_the_waiter_for_what_it_planned(database_url: str, steps: bool) -> None:
+    """ingest's wake-up, over PostgreSQL's NOTIFY or the in-process event (SQLite), says
+    whether a step is due; a rolled-back one wakes nothing."""
+    from worker.core.wakeup import wake_dispatcher
+
+    waiter = Waiter(database_url)
+    stop = threading.Event()
+    try:
+        waiter.wait(0.05, stop)  # listening (PostgreSQL) before the commits
+        with pytest.raises(RuntimeError), transaction(database_url) as session:
+            wake_dispatcher(session, steps=True)
+            raise RuntimeError("rolled back")
+        assert waiter.wait(0.3, stop) == NOTHING
+        with transaction(database_url) as session:
+            wake_dispatcher(session, steps=steps)
+        woken = waiter.wait(10, stop)
+    finally:
+        waiter.close()
+    assert STEPS in woken if steps else woken == {SENDS}
