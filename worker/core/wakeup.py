@@ -151,8 +151,11 @@ class Waiter:
             if connection is None:
                 if _committed.wait(step):
                     _committed.clear()
+                    # Cleared only when seen: a step's commit landing between the two
+                    # calls keeps its flag for the next wake-up instead of losing it.
                     steps = _steps_committed.is_set()
-                    _steps_committed.clear()
+                    if steps:
+                        _steps_committed.clear()
                     return frozenset((SENDS, STEPS) if steps else (SENDS,))
                 continue
             # Listening: the NOTIFY of a commit in this process arrives too; waking on

@@ -353,6 +353,9 @@ class PlanReport:
     advanced: int = 0
     completed: int = 0
     exited: int = 0
+    full: bool = False
+    """The pass took ``limit`` enrollments (due, or with a finished step): more may wait,
+    and the dispatcher plans again at once instead of at its next poll."""
 
 
 _timed_for: dict[str, RuleSet] = {}
@@ -376,11 +379,11 @@ def plan_due(
     if _timed_for.get(url) is not rules:
         _retime(session, rules, now)
         _timed_for[url] = rules
-    advanced, completed = _advance_finished(session, rules, now, limit)
+    advanced, completed, finished_full = _advance_finished(session, rules, now, limit)
     sequences = rules.sequences()
     live = [cid for cid in sequences if (c := rules.by_id(cid)) and c.campaign.status == "active"]
     if not live:
-        return PlanReport(advanced=advanced, completed=completed)
+        return PlanReport(advanced=advanced, completed=completed, full=finished_full)
     query = (
         select(Enrollment)
         .where(
@@ -417,6 +420,7 @@ def plan_due(
         advanced,
         completed,
         counts["exited"],
+        finished_full or len(enrollments) >= limit,
     )
 
 
@@ -451,8 +455,10 @@ def _schedule_next(
 
 def _advance_finished(
     session: Session, rules: RuleSet, now: datetime, limit: int
-) -> tuple[int, int]:
-    """Enrollments whose step send reached an end state move on to their next step."""
+) -> tuple[int, int, bool]:
+    """Enrollments whose step send reached an end state move on to their next step:
+    how many advanced, how many of them completed, and whether ``limit`` rows were taken
+    (more may wait)."""
     query = (
         select(Enrollment, Send.status, Send.sent_at, Send.updated_at)
         .join(
@@ -470,7 +476,8 @@ def _advance_finished(
         query = query.with_for_update(of=Enrollment, skip_locked=True)
     sequences = rules.sequences()
     advanced = completed = 0
-    for enrollment, status, sent_at, updated_at in session.execute(query).all():
+    rows = session.execute(query).all()
+    for enrollment, status, sent_at, updated_at in rows:
         _finish_step(enrollment, status, sent_at or updated_at, now)
         sequence = sequences.get(enrollment.campaign_id)
         if sequence is None:
@@ -478,7 +485,7 @@ def _advance_finished(
         advanced += 1
         if not _schedule_next(session, enrollment, sequence, now):
             completed += 1
-    return advanced, completed
+    return advanced, completed, len(rows) >= limit
 
 
 def _finish_step(enrollment: Enrollment, status: str, at: datetime, now: datetime) -> None:

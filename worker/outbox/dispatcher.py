@@ -49,6 +49,8 @@ class DispatchReport:
     requeued: int
     expired: int
     ambiguous: int
+    steps_left: bool = False
+    """The step planner took a full batch: more due steps may wait for the next pass."""
 
 
 def _claim_due(runtime: Runtime, now: datetime, expire: bool = True) -> tuple[list[int], int]:
@@ -186,12 +188,15 @@ def _stale_queued(runtime: Runtime, now: datetime) -> tuple[list[int], list[int]
     return ids, recovered, len(stuck)
 
 
-def _plan_steps(runtime: Runtime, now: datetime) -> None:
+def _plan_steps(runtime: Runtime, now: datetime) -> bool:
     """Due sequence steps become sends (``worker.decide.sequences``) before the due ones
-    are claimed."""
+    are claimed; True when the pass took a full batch (more may wait)."""
     settings = runtime.settings
     with transaction(settings.resolved_database_url) as session:
-        plan_due(session, runtime.rules.current(), runtime.policy, now, settings.dispatch_batch)
+        report = plan_due(
+            session, runtime.rules.current(), runtime.policy, now, settings.dispatch_batch
+        )
+    return report.full
 
 
 def dispatch_once(
@@ -204,19 +209,18 @@ def dispatch_once(
     dispatcher for a sequence entry whose first step is due at once, which must not wait
     for the next housekeeping (``worker.core.wakeup``)."""
     now = runtime.clock.now()
-    if steps:
-        _plan_steps(runtime, now)
+    steps_left = _plan_steps(runtime, now) if steps else False
     ids, expired = _claim_due(runtime, now, expire=housekeeping)
     if ids:
         enqueue(ids)
     if not housekeeping:
-        return DispatchReport(len(ids), 0, expired, 0)
+        return DispatchReport(len(ids), 0, expired, 0, steps_left)
     stale, recovered, ambiguous = _stale_queued(runtime, now)
     if stale:
         log.warning("re-enqueueing %s send(s) whose task did not start in time", len(stale))
     if stale or recovered:
         enqueue(stale + recovered)
-    return DispatchReport(len(ids), len(stale) + len(recovered), expired, ambiguous)
+    return DispatchReport(len(ids), len(stale) + len(recovered), expired, ambiguous, steps_left)
 
 
 def task_batches(ids: Sequence[int], batch: int, spread: int = 1) -> list[list[int]]:
@@ -277,10 +281,11 @@ def _dispatch_until_stopped(
                 log.exception("dispatch failed; retrying in %.1fs", interval)
                 stop.wait(interval * 5)
                 continue
-            steps_asked = False
+            # A step planner that took a full batch plans again on the next pass.
+            steps_asked = report.steps_left
             if housekeeping:
                 next_housekeeping = time.monotonic() + interval
-            if report.queued >= settings.dispatch_batch:
+            if report.queued >= settings.dispatch_batch or report.steps_left:
                 continue  # more may be due: no waiting
             left = max(0.0, next_housekeeping - time.monotonic())
             if waiter is None:

@@ -247,6 +247,25 @@ def _engines() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("_engines")
+def test_a_pass_that_takes_its_limit_says_more_may_wait(tmp_path: Path, database_url: str) -> None:
+    """The dispatcher plans again at once after a full pass (``PlanReport.full``), and
+    waits after one that took fewer than its limit."""
+    url = _fresh(tmp_path, database_url)
+    runtime = _runtime(tmp_path, url)
+    try:
+        _scenario(runtime)  # 14 due enrollments
+        reports = []
+        for limit in (5, 5, 100):
+            with transaction(url) as session:
+                reports.append(
+                    plan_due(session, runtime.rules.current(), runtime.policy, NOW, limit)
+                )
+    finally:
+        runtime.close()
+    assert [report.full for report in reports] == [True, True, False]
+
+
+@pytest.mark.usefixtures("_engines")
 def test_a_pass_plans_its_steps_as_each_planned_alone(tmp_path: Path, database_url: str) -> None:
     """Every outcome a due step can have, with two due steps of one customer in the same
     pass: planned together they give the same sends, offers and enrollments as planned

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import select
@@ -366,3 +366,67 @@ def test_a_commit_wakes_the_waiter_for_what_it_planned(database_url: str, steps:
     finally:
         waiter.close()
     assert STEPS in woken if steps else woken == {SENDS}
+
+
+def test_a_full_batch_of_steps_is_followed_at_once_by_another_pass_that_plans_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backlog of due steps (a blast's step delay elapsing, a dispatcher back after
+    downtime) is planned a full batch per pass, pass after pass, without waiting for a
+    wake-up or the poll; the pass after the last full one waits again."""
+    backlog = {"steps": 5 * 500 + 20}
+    planned: list[bool] = []
+    waits: list[float] = []
+    stop = threading.Event()
+
+    def one_pass(
+        runtime: object, enqueue: object, housekeeping: bool, steps: bool
+    ) -> DispatchReport:
+        planned.append(steps)
+        taken = min(500, backlog["steps"]) if steps else 0
+        backlog["steps"] -= taken
+        return DispatchReport(0, 0, 0, 0, steps_left=taken == 500)
+
+    class Quiet:
+        def wait(self, timeout: float, stop_event: threading.Event) -> frozenset[str]:
+            waits.append(timeout)
+            stop.set()
+            return NOTHING
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(dispatcher, "dispatch_once", one_pass)
+    settings = SimpleNamespace(dispatch_interval=POLL_SECONDS, dispatch_batch=500)
+    runtime = cast(Runtime, SimpleNamespace(settings=settings))
+    dispatcher._dispatch_until_stopped(runtime, stop, lambda ids: None, cast(Waiter, Quiet()))
+    assert backlog["steps"] == 0
+    assert planned == [True] * 6
+    assert len(waits) == 1  # only after the last, partial batch
+
+
+def test_a_steps_commit_landing_while_the_waiter_reads_the_flags_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The in-process wake-up (``crosssell run``): a sequence entry's commit that lands
+    between the waiter's look at the steps flag and its clearing still asks the next
+    pass to plan steps."""
+    from worker.core import wakeup
+
+    landing: list[Callable[[], None]] = []
+
+    class Racing(threading.Event):
+        def is_set(self) -> bool:
+            seen = super().is_set()
+            while landing:
+                landing.pop()()
+            return seen
+
+    monkeypatch.setattr(wakeup, "_steps_committed", Racing())
+    monkeypatch.setattr(wakeup, "_committed", threading.Event())
+    waiter = Waiter("sqlite:///unused.db")  # no LISTEN: the in-process events
+    stop = threading.Event()
+    wakeup._set_committed(cast(Any, None))  # an email due now is committed
+    landing.append(lambda: wakeup._set_steps_committed(cast(Any, None)))  # then an entry
+    kinds = set(waiter.wait(0.5, stop)) | set(waiter.wait(0.5, stop))
+    assert kinds == {SENDS, STEPS}
