@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -145,6 +145,27 @@ def transaction(url: str) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
     with session_factory(url)() as session, session.begin():
         yield session
+
+
+_CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
+
+
+def plan_for_this_batch(session: Session) -> None:
+    """Plan every statement of the caller's transaction for its own parameters and the
+    tables' size now (PostgreSQL; nothing elsewhere). For the transactions that read or
+    write a batch by lists of ids: ingest's batch, the worker's recheck round, the step
+    planner's pass.
+
+    psycopg prepares a statement run five times on a connection, and PostgreSQL may then
+    keep one generic plan for it, made while ``events``, ``sends`` or ``customers`` were
+    small (a hash join over a sequential scan) and kept until an ``ANALYZE`` of the table.
+    Without autovacuum's (it is off on the development VM), such plans read whole tables in
+    every batch, and ingest slowed down as the tables grew: 654 → 204 events/s over eight
+    rounds of ``bench.ingest`` batches (docs/performance.md, "Plans made for small
+    tables"). ``SET LOCAL`` ends with the transaction; planning a batch's statements costs
+    far less than one such scan."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_CUSTOM_PLANS)
 
 
 def surviving_disconnects(action: Callable[[], T], within: float = 60.0) -> T:

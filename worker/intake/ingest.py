@@ -33,6 +33,7 @@ from triggers.events import AnyEvent, PurchaseEvent
 from triggers.facts import CustomerProfile
 from triggers.outcomes import Decision, SkipReason
 from triggers.rule_set import RuleSet
+from worker.core.db import plan_for_this_batch
 from worker.core.dialect_insert import among, insert_rows
 from worker.core.metrics import SENDS
 from worker.core.models import Customer, Enrollment, Event, Order, OrderLine, Send
@@ -244,6 +245,7 @@ def ingest_batch(
     changes nothing. Raises what the database raises (the caller's transaction rolls
     back whole; ``worker.intake.consumer`` then tries the events one by one)."""
     results: list[IngestResult] = [DUPLICATE] * len(events)
+    plan_for_this_batch(session)
     firsts: dict[str, int] = {}
     for position, event in enumerate(events):
         firsts.setdefault(event.id, position)

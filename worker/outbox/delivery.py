@@ -37,7 +37,7 @@ from triggers.durations import parse_duration
 from triggers.offers import AnyOffer, OfferUnavailable
 from triggers.outcomes import SkipReason
 from triggers.rule_set import CompiledCampaign
-from worker.core.db import engine_for, surviving_disconnects
+from worker.core.db import engine_for, plan_for_this_batch, surviving_disconnects
 from worker.core.log_format import fields
 from worker.core.metrics import PROVIDER_SECONDS, SENDS
 from worker.core.models import Enrollment, Suppression
@@ -605,6 +605,7 @@ class _Batch:
         session = Session(bind=self.link.get(), expire_on_commit=False)
         try:
             with session.begin():
+                plan_for_this_batch(session)
                 sends = [
                     ClaimedSend(*row)
                     for row in session.execute(CLAIMED, {"b_ids": ids, "b_token": self.token})

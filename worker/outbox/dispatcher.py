@@ -25,7 +25,7 @@ from sqlalchemy import Table, case, func, or_, select, update
 
 from triggers.durations import parse_duration
 from triggers.outcomes import SkipReason
-from worker.core.db import engine_for, transaction
+from worker.core.db import engine_for, plan_for_this_batch, transaction
 from worker.core.models import Send
 from worker.core.wakeup import STEPS, Waiter
 from worker.decide.sequences import plan_due
@@ -193,6 +193,7 @@ def _plan_steps(runtime: Runtime, now: datetime) -> bool:
     are claimed; True when the pass took a full batch (more may wait)."""
     settings = runtime.settings
     with transaction(settings.resolved_database_url) as session:
+        plan_for_this_batch(session)
         report = plan_due(
             session, runtime.rules.current(), runtime.policy, now, settings.dispatch_batch
         )

@@ -257,6 +257,73 @@ def test_a_batch_stores_its_offers_in_one_statement(tmp_path: Path, database_url
         dispose_engines()
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_batch_after_the_tables_grew_unanalyzed_reads_no_table_whole(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Batches plan their statements for the tables as they are now: after the
+    connection has run the batch's statements often enough to keep generic plans (made
+    while the tables were nearly empty), and the tables then grew with no ``ANALYZE``
+    (autovacuum off), a batch still reads ``customers``, ``sends`` and ``events`` by
+    index, not whole (``pg_stat_xact_user_tables``: this transaction's scans)."""
+    runtime = Runtime(make_settings(tmp_path, database_url=database_url))
+    rules = runtime.rules.current()
+
+    def batch() -> list[AnyEvent]:
+        return [
+            validate_event(purchase(customer=customer_block(f"C-grow-{uuid.uuid4().hex[:8]}")))
+            for _ in range(3)
+        ]
+
+    try:
+        seed_catalog(runtime.settings, NOW)
+        # psycopg prepares a statement at its sixth run, PostgreSQL weighs a generic plan
+        # after five custom ones: 15 batches leave generic plans made for small tables.
+        for _ in range(15):
+            with transaction(database_url) as session:
+                ingest_batch(session, batch(), rules, runtime.policy, NOW)
+        with engine_for(database_url).begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO customers (id, email, email_marketing, attributes,"
+                    " orders_count, lifetime_spend, categories_bought, skus_owned,"
+                    " created_at, updated_at)"
+                    " SELECT 'C-bulk-' || n, 'bulk' || n || '@example.com', true, '{}', 0, 0,"
+                    " '[]', '[]', now(), now() FROM generate_series(1, 30000) AS n"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO sends (campaign_id, kind, customer_id, event_id, status,"
+                    " dedupe_key, attempts, claims, created_at, updated_at)"
+                    " SELECT 'bulk', 'cross_sell', 'C-bulk-' || n, 'evt-bulk-' || n, 'sent',"
+                    " 'bulk|' || n, 1, 0, now(), now() FROM generate_series(1, 30000) AS n"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO events (event_id, type, customer_id, occurred_at,"
+                    " received_at, payload, outcome)"
+                    " SELECT 'evt-bulk-' || n, 'purchase', 'C-bulk-' || n, now(), now(),"
+                    " '{}', '{}' FROM generate_series(1, 30000) AS n"
+                )
+            )
+        with transaction(database_url) as session:
+            ingest_batch(session, batch(), rules, runtime.policy, NOW)
+            whole = dict(
+                session.execute(
+                    text(
+                        "SELECT relname, seq_scan FROM pg_stat_xact_user_tables"
+                        " WHERE relname IN ('customers', 'sends', 'events')"
+                    )
+                ).all()
+            )
+    finally:
+        runtime.close()
+        dispose_engines()
+    assert whole == {"customers": 0, "sends": 0, "events": 0}
+
+
 # --- each message keeps its own fate ------------------------------------------------------
 
 
