@@ -174,6 +174,25 @@ def measure(
     return count / wall, cpu * 1000 / count
 
 
+SCANNED_TABLES = ("customers", "events", "sends", "enrollments")
+
+
+def table_scans(url: str) -> str:
+    """Sequential scans so far of the tables a batch reads by lists of ids, and the rows
+    they read (``pg_stat_user_tables``, after its half-second reporting delay)."""
+    time.sleep(0.6)
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo) as connection:
+        rows = connection.execute(
+            "SELECT relname, seq_scan, seq_tup_read FROM pg_stat_user_tables"
+            " WHERE relname = ANY(%s) ORDER BY relname",
+            (list(SCANNED_TABLES),),
+        ).fetchall()
+    return "sequential scans " + ", ".join(
+        f"{name} {scans} ({read:,} rows)" for name, scans, read in rows
+    )
+
+
 def raw_floor(url: str, count: int, batch: int) -> float:
     """Rows/s for ``count`` event-sized JSON rows inserted with psycopg alone."""
     conninfo = url.replace("postgresql+psycopg://", "postgresql://")
@@ -212,6 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--default-gc",
         action="store_true",
         help="keep CPython's collector settings (the consumer process tunes them)",
+    )
+    parser.add_argument(
+        "--each-round",
+        action="store_true",
+        help="print every round's rate and the sequential scans of the busiest tables so "
+        "far (pg_stat_user_tables): whether batches slow down as the tables grow",
     )
     parser.add_argument("--admin-url", default=ADMIN_URL)
     args = parser.parse_args(argv)
@@ -276,6 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         )
                         rates.append(rate)
                         cpus.append(cpu)
+                        if args.each_round:
+                            print(
+                                f"  {label}, round {round_number + 1}: {rate:.0f} events/s, "
+                                f"CPU {cpu:.2f} ms/event; {table_scans(url)}"
+                            )
                     print(
                         f"{label:22} {min(rates):7.0f} to {max(rates):7.0f} events/s "
                         f"(median {statistics.median(rates):.0f}), "

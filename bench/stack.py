@@ -1205,7 +1205,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         # A soak's events go to customers in turn: with fewer customers than events the
         # second round meets every campaign's cooldown and the soak stops sending email.
         options.customers = max(100_000, options.events) if options.soak else 100_000
-    if options.ingest_events is None:
+    if options.ingest_events is None and not options.soak:  # a soak has no ingest phase
         # Three times the burst: the ingest window then lasts 2-3 s on two cores, long
         # against the 20 ms poll of its end and the batch sizes' ramp after a pause.
         options.ingest_events = 3 * options.events
