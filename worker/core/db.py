@@ -160,10 +160,10 @@ def plan_for_this_batch(session: Session) -> None:
     keep one generic plan for it, made while ``events``, ``sends`` or ``customers`` were
     small (a hash join over a sequential scan) and kept until an ``ANALYZE`` of the table.
     Without autovacuum's (it is off on the development VM), such plans read whole tables in
-    every batch, and ingest slowed down as the tables grew: 654 → 204 events/s over eight
-    rounds of ``bench.ingest`` batches (docs/performance.md, "Plans made for small
-    tables"). ``SET LOCAL`` ends with the transaction; planning a batch's statements costs
-    far less than one such scan."""
+    every batch, and ingest slowed down as the tables grew: 1,138 → 505 events/s over six
+    rounds of ``python -m bench.ingest --batch 50 --each-round`` (docs/performance.md,
+    "Plans made for small tables"). ``SET LOCAL`` ends with the transaction; planning a
+    batch's statements costs far less than one such scan."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_CUSTOM_PLANS)
 
