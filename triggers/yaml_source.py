@@ -18,6 +18,7 @@ from ruamel.yaml.composer import Composer, MaxDepthExceededError
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
+from ruamel.yaml.reader import ReaderError
 
 from triggers.lint_issues import LintIssue
 
@@ -211,6 +212,17 @@ def read_yaml(text: str, filename: str, what: str) -> tuple[Any, list[LintIssue]
         key = (exc.problem or "").split('"')[1] if '"' in (exc.problem or "") else ""
         message = f"duplicate key {key!r}" if key else "duplicate key"
         return None, [LintIssue(filename, line, col, "duplicate-key", "", message)]
+    except ReaderError as exc:
+        # A character YAML forbids (C0 controls but tab and line ends, DEL, C1, U+FFFE):
+        # ruamel gives its offset in the text, not a mark.
+        offset = max(0, min(int(exc.position), len(text)))
+        line = text.count("\n", 0, offset) + 1
+        col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+        code = (
+            exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+        )
+        message = f"YAML syntax: the character U+{code:04X} is not allowed in YAML (YAML 1.2, 5.1)"
+        return None, [LintIssue(filename, line, col, "yaml-syntax", "", message)]
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)

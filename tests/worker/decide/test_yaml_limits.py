@@ -88,3 +88,27 @@ def test_a_document_that_large_without_aliases_is_too_large_not_an_alias_problem
 
     just_fits = SequenceNode("tag:yaml.org,2002:seq", items[:-1])  # exactly MAX_YAML_NODES
     assert graph_issue(just_fits, "f") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "col", "code_point"),
+    [
+        ("name: Rel\x1b[31m\x07ation\n", 1, 10, 0x1B),
+        ("id: a\nname: Rel\x00x\n", 2, 10, 0x00),
+        ("id: a\nname: \x7f\n", 2, 7, 0x7F),
+        ("id: a\nname: x\ufffe\n", 2, 8, 0xFFFE),
+    ],
+)
+def test_a_character_yaml_forbids_is_a_lint_issue_at_its_position(
+    text: str, line: int, col: int, code_point: int
+) -> None:
+    """Control characters (ESC, BEL, NUL, DEL) and U+FFFE are not YAML: the file's lint
+    issue says where and which, instead of ruamel's ReaderError escaping as a traceback."""
+    from triggers.yaml_source import read_yaml
+
+    document, issues = read_yaml(text, "c.yaml", "a campaign")
+    assert document is None
+    assert [(i.file, i.line, i.col, i.code) for i in issues] == [
+        ("c.yaml", line, col, "yaml-syntax")
+    ]
+    assert f"U+{code_point:04X}" in issues[0].message
