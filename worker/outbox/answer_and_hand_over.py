@@ -4,36 +4,40 @@ The deliver task commits each message's hand-over before the message leaves and 
 the previous message's answer in the same commit (one commit per email). The commonest
 answer, ``sent``, is two statements of its own (the ``sends`` row and its
 ``email_sent`` activity row); with the hand-over that made three statements, five round
-trips with ``BEGIN`` and ``COMMIT``. On PostgreSQL the three are one statement of
+trips with ``BEGIN`` and ``COMMIT`` — and a sequence step's hand-over adds a fourth, the
+check that its enrollment is still active. On PostgreSQL they are one statement of
 data-modifying ``WITH`` queries, which PostgreSQL runs once each, to completion, on one
 snapshot (PostgreSQL manual, "Data-Modifying Statements in WITH"): three round trips
-per email instead of five, in the same transaction as before, so a failure still
-commits nothing. SQLite, and a hand-over with anything else to record (a sequence
-step's enrollment, other answers), keep the separate statements.
+per email instead of five or six, in the same transaction as before, so a refusal or a
+failure still commits nothing. SQLite, and a hand-over with anything else to record
+(other answers), keep the separate statements.
 
-The two ``UPDATE``s touch two different rows (a batch's sends are distinct), so neither
-sees the other's change. The hand-over's conditions and values are those of
-``worker.outbox.claims.HAND_OVER``; the answer is :func:`sent_update`, as on its own;
-the activity row is ``worker.records.activity.add_send_activity``'s.
+The two ``UPDATE``s of ``sends`` touch two different rows (a batch's sends are
+distinct), so neither sees the other's change. The hand-over's conditions and values
+are those of ``worker.outbox.claims.HAND_OVER``, and the step's those of
+``worker.outbox.claims.STEP_ACTIVE`` (the enrollment stays locked until the commit, so
+an exit waits for it or wins); the answer is :func:`sent_update`, as on its own; the
+activity row is ``worker.records.activity.add_send_activity``'s.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, Select, Table, bindparam, case, func, literal, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.dml import Update
 
 from triggers.outcomes import SkipReason
-from worker.core.models import ActivityOutbox, Send
+from worker.core.models import ActivityOutbox, Enrollment, Send
 from worker.outbox.claims import HandOver
 from worker.providers.base import DeliveryResult
 from worker.records.activity import SendFacts, send_activity_data
 
 SENDS = cast(Table, Send.__table__)
 ACTIVITY = cast(Table, ActivityOutbox.__table__)
+ENROLLMENTS = cast(Table, Enrollment.__table__)
 
 
 def sent_update(prefix: str) -> Update:
@@ -67,7 +71,10 @@ def sent_update(prefix: str) -> Update:
     )
 
 
-def _statement() -> Select[Any]:
+def _statement(step: str | None) -> Select[Any]:
+    """The statement for a hand-over with no enrollment (``step`` None), a step's that
+    checks its enrollment (``"check"``) or also records the SKUs it offers
+    (``"offers"``)."""
     sends = SENDS.c
     handed = (
         update(SENDS)
@@ -111,14 +118,42 @@ def _statement() -> Select[Any]:
         .on_conflict_do_nothing(index_elements=["activity_id"])
         .cte("recorded")
     )
-    return select(
-        select(func.count()).select_from(handed).scalar_subquery().label("handed"),
-        select(func.count()).select_from(sent).scalar_subquery().label("sent"),
-    ).add_cte(recorded)
+    counts = [select(func.count()).select_from(handed).scalar_subquery().label("handed")]
+    if step is not None:
+        enrollments = ENROLLMENTS.c
+        skus = bindparam("e_offered_skus", type_=enrollments.offered_skus.type)
+        stepped = (
+            update(ENROLLMENTS)
+            .where(enrollments.id == bindparam("e_id"), enrollments.status == "active")
+            .values(
+                {"offered_skus": skus, "updated_at": bindparam("h_now")}
+                if step == "offers"
+                else {"status": "active"}
+            )
+            .returning(enrollments.id)
+            .cte("stepped")
+        )
+        counts.append(select(func.count()).select_from(stepped).scalar_subquery().label("stepped"))
+    counts.append(select(func.count()).select_from(sent).scalar_subquery().label("sent"))
+    # Listed in this order, the CTEs run as the separate statements did: the send's row,
+    # then its enrollment, then the answer.
+    return select(*counts).add_cte(recorded)
 
 
 # Built once and executed with parameters (docs/performance.md, "Statements built once").
-ANSWER_AND_HAND_OVER = _statement()
+ANSWER_AND_HAND_OVER = _statement(None)
+ANSWER_AND_STEP_CHECK = _statement("check")
+ANSWER_AND_STEP_OFFERS = _statement("offers")
+
+
+class Written(NamedTuple):
+    """What the statement found: the hand-over's row still this token's ``sending`` one,
+    the step's enrollment still active (true without a step), the answer's row still
+    this token's."""
+
+    handed: bool
+    step_active: bool
+    sent: bool
 
 
 def answer_and_hand_over(
@@ -129,41 +164,44 @@ def answer_and_hand_over(
     answer: tuple[SendFacts, int, str, DeliveryResult],
     now: datetime,
     lease: timedelta,
-) -> tuple[bool, bool]:
-    """Hand over ``item`` (which has no sequence enrollment to check) and record the
-    previous message as ``sent`` at ``now``, in the caller's transaction (PostgreSQL
-    only).
+) -> Written:
+    """Hand over ``item`` (and, for a sequence step, check its enrollment and record the
+    SKUs it offers) and record the previous message as ``sent`` at ``now``, in the
+    caller's transaction (PostgreSQL only).
 
     ``answer`` is ``(the sent one's facts, its attempts, its Message-ID, the provider's
-    answer)``. Returns ``(handed, sent)``: whether the hand-over's row was still this
-    token's ``sending`` one, and whether the answer's was (``sent`` may also replace a
-    ``failed``/``ambiguous`` the sweeper wrote meanwhile). The caller rolls back when
-    ``handed`` is false, as after a refused hand-over on its own."""
-    if item.enrollment_id is not None:
-        raise ValueError("a sequence step's hand-over checks its enrollment on its own")
+    answer)``. ``sent`` may also replace a ``failed``/``ambiguous`` the sweeper wrote
+    meanwhile. The caller rolls back when ``handed`` or ``step_active`` is false, as
+    after a refused hand-over on its own."""
     facts, sent_attempts, sent_message_id, result = answer
-    row = connection.execute(
-        ANSWER_AND_HAND_OVER,
-        {
-            "h_id": item.send_id,
-            "h_token": token,
-            "h_now": now,
-            "h_lease_expires_at": now + lease,
-            "h_attempts": item.attempts,
-            "h_message_id": item.message_id,
-            "h_coupon_code": item.coupon_code,
-            "h_coupon_expires_at": item.coupon_expires_at,
-            "s_id": facts.send_id,
-            "s_token": token,
-            "s_done": now,
-            "s_provider": result.provider,
-            "s_provider_message_id": result.provider_message_id,
-            "s_message_id": sent_message_id,
-            "s_attempts": sent_attempts,
-            "a_activity_id": f"email_sent:send-{facts.send_id}",
-            "a_customer_id": facts.customer_id,
-            "a_data": send_activity_data(facts, result.provider, sent_message_id),
-            "a_created_at": datetime.now(UTC),
-        },
-    ).one()
-    return row.handed == 1, row.sent == 1
+    parameters: dict[str, object] = {
+        "h_id": item.send_id,
+        "h_token": token,
+        "h_now": now,
+        "h_lease_expires_at": now + lease,
+        "h_attempts": item.attempts,
+        "h_message_id": item.message_id,
+        "h_coupon_code": item.coupon_code,
+        "h_coupon_expires_at": item.coupon_expires_at,
+        "s_id": facts.send_id,
+        "s_token": token,
+        "s_done": now,
+        "s_provider": result.provider,
+        "s_provider_message_id": result.provider_message_id,
+        "s_message_id": sent_message_id,
+        "s_attempts": sent_attempts,
+        "a_activity_id": f"email_sent:send-{facts.send_id}",
+        "a_customer_id": facts.customer_id,
+        "a_data": send_activity_data(facts, result.provider, sent_message_id),
+        "a_created_at": datetime.now(UTC),
+    }
+    statement = ANSWER_AND_HAND_OVER
+    if item.enrollment_id is not None:
+        parameters["e_id"] = item.enrollment_id
+        statement = ANSWER_AND_STEP_CHECK
+        if item.offered_skus is not None:
+            parameters["e_offered_skus"] = item.offered_skus
+            statement = ANSWER_AND_STEP_OFFERS
+    row = connection.execute(statement, parameters).one()
+    step_active = item.enrollment_id is None or row.stepped == 1
+    return Written(row.handed == 1, step_active, row.sent == 1)

@@ -844,10 +844,10 @@ class _Batch:
         self._log_moves()
 
     def _sent_answer_to_combine(self, connection: Connection, item: HandOver) -> _SentAnswer | None:
-        """The waiting answer that ``item``'s hand-over can write in its own statement: on
-        PostgreSQL, with no enrollment to check, when the only answer waiting is a
-        ``sent`` one (the steady state of a batch)."""
-        if item.enrollment_id is not None or len(self.pending) != 1:
+        """The waiting answer that ``item``'s hand-over (a sequence step's with its
+        enrollment check) can write in its own statement: on PostgreSQL, when the only
+        answer waiting is a ``sent`` one (the steady state of a batch)."""
+        if len(self.pending) != 1:
             return None
         answer = self.pending[0][1]
         if not isinstance(answer, _SentAnswer) or connection.dialect.name != "postgresql":
@@ -858,7 +858,7 @@ class _Batch:
         self, connection: Connection, item: HandOver, answer: _SentAnswer, now: datetime
     ) -> dict[int, str]:
         facts = self.facts[answer.send_id]
-        handed, sent = answer_and_hand_over(
+        written = answer_and_hand_over(
             connection,
             token=self.token,
             item=item,
@@ -871,9 +871,12 @@ class _Batch:
             now=now,
             lease=self.lease,
         )
-        if not handed:
+        # Raised as claims.hand_over raises them: the caller rolls the statement back.
+        if not written.handed:
             raise LostClaim(f"send {item.send_id} is no longer claimed by this worker")
-        if not sent:
+        if not written.step_active:
+            raise SequenceEnded(f"enrollment {item.enrollment_id} ended")
+        if not written.sent:
             return {answer.send_id: "not_claimed"}
         self.logged.append((answer.send_id, facts.campaign_id, "sent", None))
         return {answer.send_id: "sent"}

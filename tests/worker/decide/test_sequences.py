@@ -14,17 +14,20 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import event as sql_event
+from sqlalchemy import select, update
 
 from tests.support.factories import TUESDAY_MORNING, customer_block, make_settings, purchase
 from triggers.events import validate_event
 from triggers.sequences import earliest_offsets
 from worker.commands.demo import seed_catalog
-from worker.core.db import transaction
+from worker.core.db import engine_for, transaction
 from worker.core.models import Enrollment, Send
 from worker.decide.rule_files import load_rule_set
 from worker.intake.ingest import ingest_event
-from worker.outbox.delivery import deliver_send
+from worker.outbox import delivery
+from worker.outbox.claims import HandOver
+from worker.outbox.delivery import deliver_batch, deliver_send
 from worker.outbox.dispatcher import dispatch_once
 from worker.process.runtime import Runtime
 
@@ -57,13 +60,19 @@ def _journey() -> object:
 def _customer(held_out: bool) -> str:
     """A customer id the journey's experiment holds out (or not), found by the reference
     assignment function rather than assumed."""
+    return _customers(held_out, 1)[0]
+
+
+def _customers(held_out: bool, count: int) -> list[str]:
     compiled = load_rule_set([JOURNEY]).by_id("post-purchase-journey")
     assert compiled is not None
-    for number in range(1000):
-        customer_id = f"C-{number}"
-        if compiled.assign(customer_id).held_out == held_out:
-            return customer_id
-    raise AssertionError("no such customer in 1000")
+    found = [
+        customer_id
+        for customer_id in (f"C-{number}" for number in range(1000))
+        if compiled.assign(customer_id).held_out == held_out
+    ]
+    assert len(found) >= count, f"fewer than {count} such customers in 1000"
+    return found[:count]
 
 
 def _runtime(tmp_path: Path, database_url: str) -> tuple[Runtime, SteppedClock]:
@@ -169,6 +178,99 @@ def test_three_steps_go_out_in_order_at_their_delays(tmp_path: Path, database_ur
         3,
     )
     assert enrollment.done == ["accessories", "bundle", "loyalty"]
+
+
+@pytest.mark.parametrize("exit_second", [False, True], ids=["all-active", "second-exits"])
+def test_a_batch_of_steps_hands_each_over_with_the_answer_before_it_in_one_statement(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, exit_second: bool
+) -> None:
+    """A step's hand-over checks its enrollment (still active, locked until the commit)
+    and records what the step offers. On PostgreSQL that check rides in the statement
+    that hands the message over and records the previous message's answer: each
+    hand-over after a batch's first is one statement. An enrollment that ended between
+    the recheck and the hand-over (an exit committed meanwhile) refuses the whole
+    statement: that step never leaves, and the answer it carried is written once, on
+    its own. SQLite writes the same rows with separate statements (the statement count:
+    ``test_hand_over_statements_per_step_on_postgresql``)."""
+    runtime, clock = _runtime(tmp_path, database_url)
+    customers = _customers(held_out=False, count=3)
+    for customer in customers:
+        _ingest(runtime, _camera(customer, clock.at))
+    queued: list[int] = []
+    dispatch_once(runtime, queued.extend)
+    assert len(queued) == 3
+    enrollment_ids = [_enrollment(database_url, customer).id for customer in customers]
+    real_hand_over = delivery._Batch._hand_over
+
+    def exit_before_the_second(batch: Any, item: HandOver) -> None:
+        assert item.enrollment_id is not None and item.offered_skus
+        if exit_second and item.send_id == queued[1]:
+            with transaction(database_url) as session:  # the exit commits first
+                session.execute(
+                    update(Enrollment)
+                    .where(Enrollment.id == item.enrollment_id)
+                    .values(status="exited", exit_reason="unsubscribed")
+                )
+        real_hand_over(batch, item)
+
+    monkeypatch.setattr(delivery._Batch, "_hand_over", exit_before_the_second)
+    outcomes = deliver_batch(runtime, queued)
+
+    expected = ["sent", "skipped", "sent"] if exit_second else ["sent"] * 3
+    assert [outcomes[send_id] for send_id in queued] == expected
+    with transaction(database_url) as session:
+        sends = {row.id: row for row in session.scalars(select(Send).where(Send.id.in_(queued)))}
+        enrollments = {
+            row.id: row
+            for row in session.scalars(select(Enrollment).where(Enrollment.id.in_(enrollment_ids)))
+        }
+    for position, send_id in enumerate(queued):
+        send = sends[send_id]
+        enrollment = enrollments[int(str(send.enrollment_id))]
+        if expected[position] == "sent":
+            assert send.status == "sent" and send.sent_at is not None
+            assert enrollment.status == "active" and enrollment.offered_skus
+        else:
+            assert (send.status, send.reason) == ("skipped", "sequence_exited")
+            assert send.handed_over_at is None
+            assert (enrollment.status, enrollment.offered_skus) == ("exited", [])
+    written = sorted((tmp_path / "var" / "outbox").iterdir())
+    assert len(written) == expected.count("sent"), "the refused step never left"
+
+
+def test_hand_over_statements_per_step_on_postgresql(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step hand-over after a batch's first is one statement on PostgreSQL (it was
+    four: the hand-over, the enrollment check, the answer and its activity row)."""
+    runtime, clock = _runtime(tmp_path, postgres_url)
+    customers = _customers(held_out=False, count=4)
+    for customer in customers:
+        _ingest(runtime, _camera(customer, clock.at))
+    queued: list[int] = []
+    dispatch_once(runtime, queued.extend)
+    assert len(queued) == 4
+    statements: list[int] = []
+    real_hand_over = delivery._Batch._hand_over
+
+    def counted_hand_over(batch: Any, item: HandOver) -> None:
+        statements.append(0)
+        real_hand_over(batch, item)
+
+    def count_statement(*_: Any) -> None:
+        if statements:
+            statements[-1] += 1
+
+    engine = engine_for(postgres_url)
+    monkeypatch.setattr(delivery._Batch, "_hand_over", counted_hand_over)
+    sql_event.listen(engine, "before_cursor_execute", count_statement)
+    try:
+        outcomes = deliver_batch(runtime, queued)
+    finally:
+        sql_event.remove(engine, "before_cursor_execute", count_statement)
+    assert list(outcomes.values()) == ["sent"] * 4
+    # The counts run to the next hand-over: the last one's includes the final answer.
+    assert statements[1:3] == [1, 1], statements
 
 
 def test_buying_an_offered_product_exits_before_the_next_step(
