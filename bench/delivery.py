@@ -10,6 +10,8 @@ counted). Printed per email:
 * worker CPU (``time.process_time``: every thread of this process) and wall time;
 * SQL statements and transactions sent to PostgreSQL; a round trip is a statement, plus
   ``BEGIN`` and ``COMMIT`` per transaction;
+* PostgreSQL's CPU: the backends serving the bench database (``bench.procstats``), read
+  before and after the deliveries;
 * the floor, in the same run: the same renders, ``build_email`` calls and ``smtplib``
   sends on one connection, with no database and no recheck.
 
@@ -121,6 +123,34 @@ def count_database(url: str) -> Counts:
     return counts
 
 
+class BackendCpu:
+    """CPU seconds of the PostgreSQL backends serving one database, from ``/proc``: a
+    backend that starts meanwhile counts whole, one that exits with its last reading."""
+
+    def __init__(self, url: str) -> None:
+        from bench.procstats import read
+
+        self._read = read
+        self._admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        self._name = url.rsplit("/", 1)[1]
+        self._start = self._readings()
+        self._last = dict(self._start)
+
+    def _readings(self) -> dict[int, float]:
+        with self._admin.connect() as connection:
+            pids = connection.scalars(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = :name"),
+                {"name": self._name},
+            ).all()
+        readings = {pid: self._read(pid) for pid in pids}
+        return {pid: reading.cpu for pid, reading in readings.items() if reading is not None}
+
+    def used(self) -> float:
+        self._last.update(self._readings())
+        self._admin.dispose()
+        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._last.items())
+
+
 def run(
     sends: int, batch: int, profile: bool, cpu_clock: bool = False, profile_out: str | None = None
 ) -> None:
@@ -169,6 +199,7 @@ def run(
         setattr(delivery, "build_email", recorded_build)  # noqa: B010
         runtime.provider  # noqa: B018 - connect outside the measurement
         counts = count_database(url)
+        server = BackendCpu(url)
         batched = getattr(delivery, "deliver_batch", None)
         profiler = None
         if profile:
@@ -188,6 +219,7 @@ def run(
         if profiler is not None:
             profiler.disable()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        server_cpu = server.used()
         setattr(delivery, "build_email", build)  # noqa: B010
         setattr(runtime.renderer, "render", render)  # noqa: B010
 
@@ -201,7 +233,8 @@ def run(
         print(
             f"  database: {counts.statements / sends:.2f} statements, "
             f"{counts.transactions / sends:.2f} transactions, "
-            f"{counts.round_trips / sends:.2f} round trips per email"
+            f"{counts.round_trips / sends:.2f} round trips per email; PostgreSQL CPU "
+            f"{server_cpu / sends * 1000:.2f} ms/email"
         )
         print(f"  floor (render + build_email + smtplib): {floor_cpu / sends * 1000:.2f} ms/email")
         if profiler is not None:
