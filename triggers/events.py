@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from functools import lru_cache
@@ -542,9 +543,7 @@ def load_json(body: bytes | str) -> Any:
     except _DuplicateKey as duplicate:
         raise InvalidEvent("duplicate_key", duplicate.reason) from None
     except json.JSONDecodeError as exc:
-        raise InvalidEvent(
-            "not_json", f"{exc.msg.removesuffix(' at')} at line {exc.lineno} column {exc.colno}"
-        ) from None
+        raise InvalidEvent("not_json", _not_json_reason(exc)) from None
     except _NotJson:
         raise InvalidEvent("not_json", "NaN and Infinity are not JSON numbers") from None
     except _NumberRefused as refused:
@@ -556,6 +555,35 @@ def load_json(body: bytes | str) -> Any:
     if _strings_need_checking(text):
         _check_strings(document)
     return document
+
+
+def _not_json_reason(error: json.JSONDecodeError) -> str:
+    """The decoder's reason and position, worded once ("Expecting value at line 1 column
+    1"), with the character found there named when it cannot be told by eye: anything
+    outside printable ASCII, such as a byte order mark at the start of a line of a
+    concatenated file (RFC 8259 section 8.1: JSON text carries none), a typographic
+    quote from a spreadsheet, a no-break space or a raw control character."""
+    reason = f"{error.msg.removesuffix(' at')} at line {error.lineno} column {error.colno}"
+    found = error.doc[error.pos : error.pos + 1]
+    if not found or (found.isascii() and found.isprintable()):
+        return reason
+    code = ord(found)
+    name = unicodedata.name(found, "") or _CONTROL_NAMES.get(code, "a control character")
+    if code == 0xFEFF:
+        name += ", a byte order mark"
+    return f"{reason}: found U+{code:04X} ({name})"
+
+
+# Names of the C0 and C1 controls and DEL, which ``unicodedata.name`` does not give.
+_CONTROL_NAMES = {
+    0x00: "NULL",
+    0x09: "CHARACTER TABULATION",
+    0x0A: "LINE FEED",
+    0x0D: "CARRIAGE RETURN",
+    0x1B: "ESCAPE",
+    0x7F: "DELETE",
+    0x85: "NEXT LINE",
+}
 
 
 def _strings_need_checking(text: str) -> bool:
