@@ -202,7 +202,8 @@ class RecommendedOffer(_Offer):
 
 class LoyaltyBonusOffer(_Offer):
     type: Literal["loyalty_bonus"]
-    points: Annotated[Whole, Field(ge=1)]
+    # A bonus beyond a million points is a typo, not a programme: refused at its line.
+    points: Annotated[Whole, Field(ge=1, le=1_000_000)]
     new_categories_only: StrictBool = True
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -60,7 +61,48 @@ def _enrich(
     leaf = schema["$defs"]["Leaf"]["properties"]
     leaf["field"] = _field_schema(attributes, extra)
     leaf["op"] = _operator_schema()
+    _standard_bounds(schema)
     return schema
+
+
+# pydantic writes a bound it cannot apply natively (on a type with a ``BeforeValidator``,
+# as ``Whole`` and ``Number``) under its own name, which JSON Schema validators and
+# editors ignore; these are JSON Schema 2020-12's keywords (Validation, section 6.2).
+_BOUND_KEYWORDS = {
+    "ge": "minimum",
+    "le": "maximum",
+    "gt": "exclusiveMinimum",
+    "lt": "exclusiveMaximum",
+}
+
+
+# pydantic's schema of a ``Decimal``: a number or a numeric string. A campaign's numbers
+# refuse strings (``campaigns.Number``: "10" quoted is text), so it is a number.
+_DECIMAL = [{"type": "number"}, {"type": "string"}]
+
+
+def _standard_bounds(node: Any) -> None:
+    """In place: a campaign ``Number`` as a JSON number, and pydantic's
+    ``ge``/``le``/``gt``/``lt`` on numeric schemas as JSON Schema's bounds."""
+    if isinstance(node, list):
+        for item in node:
+            _standard_bounds(item)
+        return
+    if not isinstance(node, dict):
+        return
+    if node.get("anyOf") == _DECIMAL:
+        del node["anyOf"]
+        node["type"] = "number"
+        if isinstance(node.get("default"), str):
+            default = Decimal(node["default"])
+            integral = default == default.to_integral_value()
+            node["default"] = int(default) if integral else float(default)
+    if node.get("type") in ("integer", "number"):
+        for pydantic_name, standard in _BOUND_KEYWORDS.items():
+            if pydantic_name in node:
+                node[standard] = node.pop(pydantic_name)
+    for value in node.values():
+        _standard_bounds(value)
 
 
 def campaign_schema(attributes: Mapping[str, FieldType] | None = None) -> dict[str, Any]:
