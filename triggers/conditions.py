@@ -8,6 +8,7 @@ false (never an error), and values are never coerced: ``"5"`` does not equal ``5
 from __future__ import annotations
 
 import difflib
+import math
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -97,7 +98,15 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+    """A finite number: YAML's ``.nan`` and ``.inf`` load as floats, and a comparison with
+    NaN raises ``InvalidOperation`` once the field's value is a ``Decimal``."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    if isinstance(value, Decimal):
+        return value.is_finite()
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _value_problem(spec: FieldSpec, op: str, value: object) -> str | None:
@@ -107,8 +116,10 @@ def _value_problem(spec: FieldSpec, op: str, value: object) -> str | None:
     if spec.type is FieldType.NUMBER:
         if op in ("in", "not_in"):
             ok = isinstance(value, list) and bool(value) and all(_is_number(v) for v in value)
-            return None if ok else f"{op} on a number field takes a non-empty list of numbers"
-        return None if _is_number(value) else f"{op} on a number field takes a number"
+            return (
+                None if ok else f"{op} on a number field takes a non-empty list of finite numbers"
+            )
+        return None if _is_number(value) else f"{op} on a number field takes a finite number"
     if spec.type is FieldType.STRING:
         if op in ("in", "not_in"):
             ok = isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)

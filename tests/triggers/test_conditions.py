@@ -445,3 +445,32 @@ def test_problems_carry_the_path_of_nested_leaves() -> None:
 def test_a_valid_tree_has_no_problems() -> None:
     raw = {"all": [GOLD, {"any": [BIG, {"not": LAPTOP}]}, {"segment": "vip"}]}
     assert problems(raw) == []
+
+
+NON_FINITE = [
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    Decimal("NaN"),
+    Decimal("sNaN"),
+    Decimal("Infinity"),
+    Decimal("-Infinity"),
+]
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=str)
+@pytest.mark.parametrize("op", ["eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in"])
+def test_a_number_condition_takes_only_finite_numbers(op: str, value: object) -> None:
+    """YAML's ``.nan`` and ``.inf`` are numbers to a YAML reader; compared with an event's
+    ``Decimal`` a NaN raises ``InvalidOperation`` on every event the leaf sees, so lint
+    refuses them, alone or inside a list, where any other bad value is refused."""
+    operand = [Decimal(1), value] if op in ("in", "not_in") else value
+    (found,) = problems(leaf(NUMBER, op, operand))
+    assert (found.code, found.path) == ("bad-value", ("audience", "value"))
+    assert "finite number" in found.message
+
+
+@pytest.mark.parametrize("value", [0, -1, 10**40, Decimal("1e-30"), 2.5, Decimal("-0")], ids=str)
+def test_any_finite_number_is_a_number_operand(value: object) -> None:
+    assert problems(leaf(NUMBER, "gte", value)) == []
+    assert problems(leaf(NUMBER, "in", [value])) == []

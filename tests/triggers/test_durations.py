@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from triggers.durations import parse_duration, parse_time_of_day
+from triggers.durations import MAX_DURATION, parse_duration, parse_time_of_day
 
 
 @pytest.mark.parametrize(
@@ -108,3 +108,39 @@ def test_invalid_times_of_day_say_how_to_write_one(text: str) -> None:
 @given(st.times().map(lambda moment: moment.replace(second=0, microsecond=0)))
 def test_every_minute_of_the_day_round_trips(moment: time) -> None:
     assert parse_time_of_day(moment.strftime("%H:%M")) == moment
+
+
+@pytest.mark.parametrize(
+    ("text", "days"),
+    [("36525d", 36_525), ("5217w", 36_519), ("876600h", 36_525), ("52596000m", 36_525)],
+)
+def test_a_hundred_years_is_the_longest_duration(text: str, days: int) -> None:
+    assert parse_duration(text) == timedelta(days=days)
+    assert parse_duration(text) <= MAX_DURATION
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "36526d",
+        "5218w",
+        "36525d1s",
+        "876601h",
+        "99999999999d",  # timedelta raised OverflowError here, which lint did not catch
+        "100000000000000000000m",
+        "9" * 30 + "s",
+    ],
+)
+def test_a_duration_over_a_hundred_years_is_refused_as_a_value_error(text: str) -> None:
+    """Not an ``OverflowError`` (a traceback from lint, every command that loads the
+    rules, and a reload without file:line:col) nor a date beyond year 9999 when the
+    engine adds it to an event's time (every matching event dead-lettered)."""
+    with pytest.raises(ValueError, match="longer than 36525 days") as caught:
+        parse_duration(text)
+    assert len(str(caught.value)) < 120
+
+
+def test_a_duration_text_is_quoted_short_in_its_error() -> None:
+    with pytest.raises(ValueError, match="bad duration") as caught:
+        parse_duration("1" * 100_000 + "x")
+    assert len(str(caught.value)) < 150
