@@ -925,7 +925,7 @@ def sends_list(status_name: str, campaign: str | None, limit: int) -> None:
 
 
 @sends.command("release")
-@click.argument("send_ids", nargs=-1, required=True, type=int)
+@click.argument("send_ids", nargs=-1, required=True, type=click.IntRange(1, 2**63 - 1))
 def sends_release(send_ids: tuple[int, ...]) -> None:
     """Send again sends reported ambiguous (or stuck ``sending``) whose message the
     provider's log shows never arrived: they go back to the outbox, due now. Any other

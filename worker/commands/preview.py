@@ -15,6 +15,7 @@ HTML part as headless Chromium draws it at a desktop mail client's width and a p
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -105,6 +106,17 @@ def locale_directory(locale: str) -> str:
     """A locale as a directory name: ``ro_RO`` -> ``ro-RO``; anything but letters, digits
     and ``-`` becomes ``_`` (a locale is never a path)."""
     return re.sub(r"[^A-Za-z0-9-]", "_", locale.replace("_", "-")) or "default"
+
+
+def customer_directory(customer_id: str) -> str:
+    """A customer id as part of a directory name. The CRM's ids may hold ``/`` and ``..``
+    (``../../tmp/x`` is a valid id), which must never steer where a preview is written:
+    anything but letters, digits, ``-`` and ``_`` becomes ``_``, and an id that changed
+    gets 8 hex digits of its SHA-256, so two ids never share a directory."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", customer_id)[:80]
+    if safe == customer_id:
+        return safe
+    return f"{safe}-{hashlib.sha256(customer_id.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)
@@ -293,7 +305,9 @@ def _write(
         )
         shown_locale = customer_view["locale"] or settings.default_locale
         directory = (
-            out / locale_directory(shown_locale) / f"{campaign.id}-{customer_id}-{variant.id}"
+            out
+            / locale_directory(shown_locale)
+            / f"{campaign.id}-{customer_directory(customer_id)}-{variant.id}"
         )
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "subject.txt").write_text(rendered.subject + "\n", encoding="utf-8")

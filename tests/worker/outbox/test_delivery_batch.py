@@ -360,6 +360,20 @@ def test_sends_release_gives_ambiguous_and_stuck_sends_back_and_refuses_others(
     assert _row(url, sent).status == "sent"
 
 
+@pytest.mark.parametrize(
+    "send_id", ["99999999999999999999999999", "9223372036854775808", "0", "-1"]
+)
+def test_sends_release_refuses_an_id_no_send_can_have_as_a_usage_error(
+    cli: CliRunner, send_id: str
+) -> None:
+    """Past a 64-bit integer the database raises (SQLite ``OverflowError``, PostgreSQL
+    ``NumericValueOutOfRange``): refused before any query, exit 2, no traceback."""
+    result = cli.invoke(main, ["sends", "release", "--", send_id])
+    assert result.exit_code == 2, result.output
+    assert "is not in the range 1<=x<=9223372036854775807" in result.output
+    assert "Traceback" not in result.output
+
+
 # --- what a batch holds -------------------------------------------------------------------
 
 
