@@ -27,9 +27,11 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -72,7 +74,46 @@ def _identifier(value: str) -> str:
     return value
 
 
-Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4, allow_inf_nan=False)]
+# What ``str(Decimal)`` writes too (``1E+3``, ``0E-10``): stored events are replayed.
+_DECIMAL_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[Ee][+-]?[0-9]+)?")
+_INSTANT_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
+
+
+def _decimal_as_written(value: object) -> object:
+    """A JSON number, or a decimal string written plainly: digits, an optional point and
+    fraction and exponent, a minus sign at most (the bounds refuse it where it cannot
+    be); no space, plus sign, thousands separator or leading zero ("4299.00", not
+    " 4299.00 ", "+4299", "0004299.00" or "4,299.00"). A boolean is not a number."""
+    if isinstance(value, bool):
+        raise ValueError("must be a decimal string or a JSON number, not true or false")
+    if isinstance(value, str) and not _DECIMAL_TEXT.fullmatch(value):
+        raise ValueError(
+            "must be a decimal string written plainly, such as 4299.00 (digits and one point;"
+            " no space, plus sign, separator or leading zero)"
+        )
+    return value
+
+
+def _instant_as_written(value: object) -> object:
+    """ISO 8601 text (``2026-11-24T10:30:00+02:00``). A number is refused rather than
+    guessed: 1764000000 may be seconds or milliseconds since the epoch, and its zone is
+    not written; pydantic would read either, and numeric text too."""
+    if isinstance(value, datetime):
+        return value  # built in Python, not decoded from a message
+    if not isinstance(value, str) or not _INSTANT_TEXT.match(value):
+        raise ValueError(
+            "must be an ISO 8601 date and time with an offset, as text"
+            " (e.g. 2026-11-24T10:30:00+02:00), not a number"
+        )
+    return value
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_decimal_as_written),
+    Field(ge=0, max_digits=14, decimal_places=4, allow_inf_nan=False),
+]
+Instant = Annotated[AwareDatetime, BeforeValidator(_instant_as_written)]
 Identifier = Annotated[
     str,
     Field(min_length=1, max_length=MAX_IDENTIFIER_CHARS),
@@ -80,7 +121,11 @@ Identifier = Annotated[
 ]
 # A usage level: 20 integer digits and 10 decimal places keep change_pct exact enough
 # and finite (see UsageChangeData.change_pct).
-UsageLevel = Annotated[Decimal, Field(max_digits=30, decimal_places=10, allow_inf_nan=False)]
+UsageLevel = Annotated[
+    Decimal,
+    BeforeValidator(_decimal_as_written),
+    Field(max_digits=30, decimal_places=10, allow_inf_nan=False),
+]
 AttributeValue = str | bool | int | Decimal | list[str] | None
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # A person's name goes into headers and greetings: besides control characters, no
@@ -193,7 +238,7 @@ class Consent(_Strict):
 
     email_marketing: StrictBool | None = None
     kinds: dict[CampaignKind, StrictBool] | None = None
-    updated_at: AwareDatetime | None = None
+    updated_at: Instant | None = None
 
 
 class CustomerData(_Strict):
@@ -249,7 +294,7 @@ class LineItem(_Strict):
     sku: Identifier
     name: Annotated[str, Field(max_length=300)] | None = None
     category: Identifier
-    quantity: Annotated[int, Field(ge=1, le=100_000)] = 1
+    quantity: Annotated[StrictInt, Field(ge=1, le=100_000)] = 1
     unit_price: Money
 
     @field_validator("name")
@@ -269,14 +314,14 @@ class PurchaseData(_Strict):
 
 class AnniversaryData(_Strict):
     kind: Literal["signup", "first_purchase", "membership"]
-    years: Annotated[int, Field(ge=0, le=200)]
+    years: Annotated[StrictInt, Field(ge=0, le=200)]
 
 
 class UsageChangeData(_Strict):
     metric: Identifier
     previous: UsageLevel
     current: UsageLevel
-    window_days: Annotated[int, Field(ge=1, le=3660)]
+    window_days: Annotated[StrictInt, Field(ge=1, le=3660)]
 
     @property
     def change_pct(self) -> Decimal | None:
@@ -319,7 +364,7 @@ def _occurred_in_range(value: datetime, info: ValidationInfo) -> datetime:
 
 class _Envelope(_Strict):
     id: Identifier
-    occurred_at: Annotated[AwareDatetime, AfterValidator(_occurred_in_range)]
+    occurred_at: Annotated[Instant, AfterValidator(_occurred_in_range)]
     customer: CustomerData
 
 
@@ -357,7 +402,7 @@ class ForgetEvent(_Strict):
 
     id: Identifier
     type: Literal["forget"]
-    occurred_at: AwareDatetime
+    occurred_at: Instant
     customer: ForgetCustomer
 
 
