@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from triggers.campaign_text import ParsedFile, parse_campaign_text
 from triggers.conditions import Condition
 from triggers.definitions import Definitions
+from triggers.fields import FieldType
 from triggers.lint_issues import LintIssue, RuleSetError
 from triggers.rule_checks import (
     TemplateCheck,
@@ -45,6 +46,7 @@ def compile_parsed_files(
     segments: Mapping[str, Condition],
     template_names: Iterable[str] | None = None,
     template_check: TemplateCheck | None = None,
+    attributes: Mapping[str, FieldType] | None = None,
 ) -> RuleSet:
     """Check already parsed files together and compile them (for callers that parse in
     several processes); raises RuleSetError. Warnings come back in ``RuleSet.warnings``."""
@@ -78,4 +80,4 @@ def compile_parsed_files(
         compiled.append(compile_campaign(campaign, parsed.name, segments))
     if any(issue.level == "error" for issue in issues):
         raise RuleSetError(issues)
-    return RuleSet(tuple(compiled), segments, tuple(issues))
+    return RuleSet(tuple(compiled), segments, tuple(issues), dict(attributes or {}))

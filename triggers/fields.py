@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 
 
@@ -100,3 +101,53 @@ def fields_for(
         if not spec.event_types or (event_type is not None and event_type in spec.event_types)
     }
     return found | attribute_fields(attributes or {})
+
+
+_TYPE_WORDS = {
+    FieldType.NUMBER: "a number",
+    FieldType.STRING: "a text",
+    FieldType.STRING_SET: "a list of texts",
+    FieldType.BOOLEAN: "true or false",
+}
+
+
+def _has_type(value: object, declared: FieldType) -> bool:
+    if declared is FieldType.BOOLEAN:
+        return isinstance(value, bool)
+    if declared is FieldType.NUMBER:
+        return isinstance(value, int | Decimal) and not isinstance(value, bool)
+    if declared is FieldType.STRING:
+        return isinstance(value, str)
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def attribute_type_problems(
+    attributes: Mapping[str, object] | None, declared: Mapping[str, FieldType]
+) -> list[str]:
+    """Each custom attribute whose value is not of its declared type, as
+    ``customer.attributes.<name>: must be <type>, as declared in the attributes file``
+    (a name and a type, never the value). ``null`` clears an attribute and is always
+    allowed; an attribute no file declares is kept as sent (no campaign can test it:
+    lint refuses an undeclared one)."""
+    if not attributes or not declared:
+        return []
+    return [
+        f"customer.attributes.{name}: must be {_TYPE_WORDS[kind]}, as declared in the"
+        " attributes file"
+        for name, value in attributes.items()
+        if value is not None
+        and (kind := declared.get(name)) is not None
+        and not _has_type(value, kind)
+    ]
+
+
+def attribute_type_reason(
+    attributes: Mapping[str, object] | None, declared: Mapping[str, FieldType]
+) -> str | None:
+    """:func:`attribute_type_problems` as one ``wrong_schema`` reason (the first five,
+    as for the schema's own errors), or None when every declared attribute fits."""
+    problems = attribute_type_problems(attributes, declared)
+    if not problems:
+        return None
+    more = len(problems) - 5
+    return "; ".join(problems[:5]) + (f"; and {more} more" if more > 0 else "")

@@ -10,6 +10,7 @@ from dataclasses import InitVar, dataclass, field
 from triggers.campaigns import Campaign
 from triggers.conditions import Condition, Facts, Predicate, compile_condition, compile_stages
 from triggers.experiments import Assigner
+from triggers.fields import FieldType
 from triggers.lint_issues import LintIssue
 from triggers.outcomes import Decision
 from triggers.prefilter import Prefilter, build_prefilter, split_guard
@@ -96,6 +97,9 @@ class RuleSet:
     campaigns: tuple[CompiledCampaign, ...]
     segments: Mapping[str, Condition] = field(default_factory=dict)
     warnings: tuple[LintIssue, ...] = ()
+    # The custom attributes' declared types (config/attributes.yaml): intake refuses an
+    # event whose attribute has another type (triggers.fields.check_attribute_types).
+    attributes: Mapping[str, FieldType] = field(default_factory=dict)
     _by_id: dict[str, CompiledCampaign] = field(init=False, repr=False, compare=False)
     _active: dict[str, tuple[CompiledCampaign, ...]] = field(init=False, repr=False, compare=False)
     _prefilters: dict[str, Prefilter] = field(init=False, repr=False, compare=False)

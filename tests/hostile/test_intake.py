@@ -346,6 +346,32 @@ def _cases() -> list[Case]:
             ("wrong_schema",),
             ("PopSecret",),
         ),
+        # Declared in config/attributes.yaml with another type: every condition on it
+        # would be silently false.
+        Case(
+            "a text attribute sent as a list",
+            _with(purchase(), ("customer", "attributes", "loyalty_tier"), ["platinum-x"]),
+            ("wrong_schema",),
+            ("platinum-x",),
+        ),
+        Case(
+            "a number attribute sent as text",
+            _with(purchase(), ("customer", "attributes", "newsletter_opens_30d"), "517"),
+            ("wrong_schema",),
+            ("517",),
+        ),
+        Case(
+            "a yes/no attribute sent as text",
+            _with(purchase(), ("customer", "attributes", "b2b"), "yes-indeed"),
+            ("wrong_schema",),
+            ("yes-indeed",),
+        ),
+        Case(
+            "a list attribute sent as one text",
+            _with(purchase(), ("customer", "attributes", "interests"), "cameras-only"),
+            ("wrong_schema",),
+            ("cameras-only",),
+        ),
         Case("not UTF-8", b'{"id": "\xff\xfe"}', ("not_utf8",)),
         Case("raw surrogate bytes", b'{"id": "\xed\xa0\x80"}', ("not_utf8",)),
         Case("not an object", b"[1, 2, 3]", ("wrong_schema",)),
@@ -675,6 +701,7 @@ def test_publish_reports_bad_lines_by_number_and_publishes_the_good_ones(
         as_json(goods[1]),
         _with_raw(purchase(), ("data", "total"), "9" * 5000),  # line 6
         as_json(goods[2]),
+        _with(purchase(), ("customer", "attributes", "b2b"), "yes"),  # line 8: declared boolean
     ]
     events_file = tmp_path / "events.jsonl"
     events_file.write_bytes(b"\n".join(lines) + b"\n")
@@ -683,12 +710,14 @@ def test_publish_reports_bad_lines_by_number_and_publishes_the_good_ones(
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 1, result.output
-    assert "published 3 event(s), 3 invalid line(s)" in result.stdout
+    assert "published 3 event(s), 4 invalid line(s)" in result.stdout
     assert [line.split(":")[0] for line in result.stderr.splitlines()] == [
         "line 2",
         "line 4",
         "line 6",
+        "line 8",
     ]
+    assert "customer.attributes.b2b: must be true or false" in result.stderr
     stack = next(_start_short_names(settings))
     try:
         assert _wait_for(lambda: all(_stored(settings, good["id"]) == 1 for good in goods), 20)

@@ -150,4 +150,4 @@ def load_rule_set(
     nothing: raises RuleSetError when any issue is an error."""
     segments = dict(segments or {})
     parsed = parse_files(campaign_files(paths), segments, attributes, parallel)
-    return compile_parsed_files(parsed, segments, template_names, template_check)
+    return compile_parsed_files(parsed, segments, template_names, template_check, attributes)

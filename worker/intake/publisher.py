@@ -9,7 +9,7 @@ line is reported with its line number and reason and not published; the rest go 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,8 +20,10 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.messaging import Producer
 
 from triggers.events import MAX_EVENT_BYTES, InvalidEvent, parse_event, parse_forget
+from triggers.fields import FieldType, attribute_type_reason
 from worker.core.settings import Settings
 from worker.core.topology import events_exchange, events_queue, transport_options
+from worker.decide.rule_files import read_attributes
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +85,16 @@ def bounded_lines(stream: BinaryIO, limit: int = MAX_EVENT_BYTES) -> Iterator[by
         yield line
 
 
-def _routing_key(line: bytes, now: datetime) -> str:
+def _routing_key(line: bytes, now: datetime, declared: Mapping[str, FieldType]) -> str:
     """The type of a valid line: a marketing event, or a ``forget`` request (which the
-    consumer handles apart); InvalidEvent otherwise, as the consumer would refuse it."""
+    consumer handles apart); InvalidEvent otherwise, as the consumer would refuse it
+    (``declared``: the attributes file's types)."""
     try:
-        return parse_event(line, received_at=now).type
+        event = parse_event(line, received_at=now)
+        wrong_type = attribute_type_reason(event.customer.attributes, declared)
+        if wrong_type is not None:
+            raise InvalidEvent("wrong_schema", wrong_type)
+        return event.type
     except InvalidEvent as bad:
         if bad.code == "unknown_type":
             forget = parse_forget(line)  # InvalidEvent when it is a malformed forget
@@ -140,6 +147,7 @@ def publish_lines(
     """Publish each valid line; ``received_at`` (default: now) is the clock the
     ``occurred_at`` range is checked against. Blank lines are skipped but counted."""
     now = received_at or datetime.now(UTC)
+    declared, _ = read_attributes(settings.attributes_file)  # a broken file: lint says so
     published = 0
     rejected: list[RejectedLine] = []
     with _producer(settings) as producer:
@@ -150,7 +158,7 @@ def publish_lines(
             try:
                 if isinstance(raw, CutLine):
                     raise raw.invalid()
-                routing_key = _routing_key(line, now)
+                routing_key = _routing_key(line, now, declared)
             except InvalidEvent as bad:
                 rejected.append(RejectedLine(number, bad.code, bad.reason))
                 continue
