@@ -435,6 +435,7 @@ def schema(directory: Path | None) -> None:
 def explain(event_file: Path, campaign_id: str, now: datetime | None) -> None:
     """Show how each condition of a campaign evaluated for an event."""
     from triggers.events import InvalidEvent
+    from triggers.fields import attribute_type_reason
     from worker.commands.explain import event_from_file
     from worker.commands.explain import explain as explain_event
     from worker.process.runtime import get_runtime
@@ -443,8 +444,14 @@ def explain(event_file: Path, campaign_id: str, now: datetime | None) -> None:
         event = event_from_file(event_file)
     except InvalidEvent as bad:
         raise click.ClickException(f"{event_file}: {bad.code}: {bad.reason}") from None
+    runtime = get_runtime()
+    wrong_type = attribute_type_reason(
+        event.customer.attributes, runtime.rules.current().attributes
+    )
+    if wrong_type is not None:
+        raise click.ClickException(f"{event_file}: wrong_schema: {wrong_type}")
     try:
-        for line in explain_event(get_runtime(), event, campaign_id, now):
+        for line in explain_event(runtime, event, campaign_id, now):
             click.echo(line)
     except LookupError as missing:
         raise click.ClickException(str(missing)) from None
@@ -486,7 +493,8 @@ def simulate(events_file: Path | None, since: datetime | None, at: datetime | st
     problems: list[str] = []
     clock = runtime.clock.now() if isinstance(at, str) else at  # str: "now"
     if events_file is not None:
-        source, count_from = events_from_file(events_file, problems), None
+        declared = runtime.rules.current().attributes
+        source, count_from = events_from_file(events_file, problems, declared), None
     else:
         source, count_from = events_from_log(runtime), since
     from worker.commands.progress import tracked

@@ -8,7 +8,7 @@ events cannot carry them, and without them the dry run would plan emails the wor
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +17,7 @@ from sqlalchemy import make_url, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from triggers.events import AnyEvent, InvalidEvent, parse_event, validate_event
+from triggers.fields import FieldType, attribute_type_reason
 from triggers.simulate import SimulationReport, simulate
 from worker.decide.decision_inputs import Standing, load_standing
 from worker.process.runtime import Runtime
@@ -80,15 +81,26 @@ def run_simulation(
     return report, source
 
 
-def events_from_file(path: Path, problems: list[str]) -> Iterator[AnyEvent]:
+def events_from_file(
+    path: Path, problems: list[str], declared: Mapping[str, FieldType] | None = None
+) -> Iterator[AnyEvent]:
+    """The file's valid events; each invalid line is one of ``problems``, with the
+    reason the consumer would dead-letter it for (``declared``: the attributes file's
+    types, which the consumer checks too)."""
     with path.open("rb") as stream:
         for number, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
             try:
-                yield parse_event(line)
+                event = parse_event(line)
             except InvalidEvent as bad:
                 problems.append(f"{path}:{number}: {bad.code}: {bad.reason}")
+                continue
+            wrong_type = attribute_type_reason(event.customer.attributes, declared or {})
+            if wrong_type is not None:
+                problems.append(f"{path}:{number}: wrong_schema: {wrong_type}")
+                continue
+            yield event
 
 
 def events_from_log(runtime: Runtime) -> Iterator[AnyEvent]:

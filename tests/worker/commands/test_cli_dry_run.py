@@ -102,3 +102,26 @@ def test_simulate_reports_per_campaign_and_day_and_writes_nothing(
         with transaction(f"sqlite:///{database}") as session:
             assert session.scalar(select(func.count()).select_from(Event)) == 0
             assert session.scalar(select(func.count()).select_from(Send)) == 0
+
+
+def test_explain_and_simulate_refuse_an_attribute_of_another_type_as_intake_does(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """The consumer dead-letters an event whose declared attribute has another type
+    (config/attributes.yaml: ``b2b`` is a boolean); explain refuses it and simulate
+    counts it a bad event, so neither predicts what the worker never decides."""
+    wrong = purchase("evt-attr-1", customer=customer_block("C-attr", attributes={"b2b": "yes"}))
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(wrong))
+    explained = CliRunner().invoke(
+        main, ["explain", "--event", str(path), "--campaign", "laptop-accessories"]
+    )
+    assert explained.exit_code == 1
+    assert "wrong_schema: customer.attributes.b2b: must be true or false" in explained.output
+    right = purchase("evt-attr-2", customer=customer_block("C-attr", attributes={"b2b": True}))
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps(wrong) + "\n" + json.dumps(right) + "\n")
+    simulated = CliRunner().invoke(main, ["simulate", "--events", str(events)])
+    assert simulated.exit_code == 0, simulated.output
+    assert "events replayed: 1" in simulated.output
+    assert ":1: wrong_schema: customer.attributes.b2b: must be true or false" in simulated.output
