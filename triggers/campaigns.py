@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from datetime import time, timedelta
 from decimal import Decimal
 from functools import cache
@@ -130,6 +131,13 @@ class Schedule(_Model):
         description="drop the email if it cannot go out within this time after the trigger",
     )
 
+    @field_validator("expire_after")
+    @classmethod
+    def _can_go_out(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0: an email that expires when due never goes out")
+        return value
+
 
 class MaxSends(_Model):
     count: Annotated[Whole, Field(ge=1, le=1000)]
@@ -213,6 +221,26 @@ Offer = Annotated[
 ]
 
 
+# Text that becomes a header, a subject or a report's label: one line, no control
+# character (C0, DEL, C1), no Unicode line separator and no bidirectional embedding,
+# override or isolate, which can make it read backwards (Unicode TR #9; "Trojan
+# Source", CVE-2021-42574). The rule the events' names follow (triggers.events).
+_NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _one_line(value: str) -> str:
+    found = _NOT_ONE_LINE.search(value)
+    if found is not None:
+        code = ord(found.group())
+        raise ValueError(
+            f"must be one line without control or bidirectional characters (found U+{code:04X})"
+        )
+    return value
+
+
+OneLine = AfterValidator(_one_line)
+# Checked by the model that holds it (Variant, Step): inside the union of one text and
+# texts by locale, a validator would name the union's branches in every error's path.
 SubjectText = Annotated[str, Field(min_length=1, max_length=300)]
 # A BCP 47 language, optionally with a region: en, ro, pt-BR (written pt_BR or pt-BR).
 LOCALE_KEY_PATTERN = r"^[a-z]{2,3}([_-][A-Z]{2})?$"
@@ -254,7 +282,9 @@ class Variant(_Model):
     @classmethod
     def _one_key_per_locale(cls, value: str | dict[str, str] | None) -> str | dict[str, str] | None:
         if not isinstance(value, dict):
-            return value
+            return value if value is None else _one_line(value)
+        for text in value.values():
+            _one_line(text)
         if not value:
             raise ValueError("give at least one locale, e.g. {en: ..., ro: ...}")
         keys = [subject_key(key) for key in value]
@@ -286,7 +316,7 @@ Address = Annotated[
 class Sender(_Model):
     """Who the email is from, when it is not the installation's default sender."""
 
-    name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    name: Annotated[str, Field(min_length=1, max_length=100), OneLine] | None = None
     address: Address | None = None
     reply_to: Address | None = None
 
@@ -312,7 +342,7 @@ class Step(_Model):
         default=None, description="due this long after the previous step was sent or skipped"
     )
     template: TemplateName | None = None
-    subject: Annotated[str, Field(max_length=300)] | None = None
+    subject: Annotated[str, Field(max_length=300), OneLine] | None = None
     offer: Offer | None = None
     window: Window | None = None
     only_if: Condition | None = Field(
@@ -371,7 +401,7 @@ Reenter = Literal["never", "after_exit"] | ReenterAfter
 
 class Campaign(_Model):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9\-]*$", max_length=80)]
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Annotated[str, Field(min_length=1, max_length=200), OneLine]
     status: Literal["active", "paused", "draft"] = "active"
     kind: Literal["cross_sell", "upsell", "loyalty", "reengagement"]
     priority: Annotated[Whole, Field(ge=0, le=1000)] = 50

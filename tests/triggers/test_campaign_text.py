@@ -612,3 +612,47 @@ def test_nesting_deeper_than_the_limit_is_an_issue(text: str) -> None:
 def test_a_text_over_the_size_limit_is_an_issue_too() -> None:
     _document, issues = read_yaml("a: b\n" * (MAX_YAML_BYTES // 5 + 1), "t.yaml", "a file")
     assert [issue.code for issue in issues] == ["yaml-too-large"]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "path", "found"),
+    [
+        ("name: Accessories for", 'name: "Bad\\u202e Accessories for', "name", "U+202E"),
+        ("name: Accessories for", 'name: "Tab\\tAccessories for', "name", "U+0009"),
+        ("name: Accessories for", 'name: "NUL\\0Accessories for', "name", "U+0000"),
+        ("name: Accessories for", 'name: "Bell\\aAccessories for', "name", "U+0007"),
+        ("name: Accessories for", 'name: "Line\\u2028Accessories for', "name", "U+2028"),
+        (
+            'subject: "{{ customer.first_name }}, hi"',
+            'subject: "{{ customer.first_name }}\\u2066, hi"',
+            "experiment.variants[0].subject",
+            "U+2066",
+        ),
+        (
+            'subject: "{{ customer.first_name }}, hi"',
+            'subject: "{{ customer.first_name }}\\u0085, hi"',
+            "experiment.variants[0].subject",
+            "U+0085",
+        ),
+    ],
+)
+def test_a_name_or_subject_with_a_control_or_bidi_character_is_a_bad_value(
+    before: str, after: str, path: str, found: str
+) -> None:
+    """A campaign's name and subjects become headers and report labels: one line, no
+    control character and no bidirectional override (the rule event names follow)."""
+    text = edit(before, after)
+    if after.startswith('name: "'):
+        text = text.replace("new laptop owners\n", 'new laptop owners"\n', 1)
+    issue = only_issue(text)
+    assert (issue.code, issue.path) == ("bad-value", path)
+    assert found in issue.message
+
+
+@pytest.mark.parametrize("expire_after", ["0s", "0m", "0"])
+def test_an_email_that_expires_when_it_is_due_is_a_bad_value(expire_after: str) -> None:
+    text = edit("  expire_after: 7d", f"  expire_after: {expire_after}")
+    issue = only_issue(text)
+    where = spot(text, f"expire_after: {expire_after}")
+    assert_issue(issue, "bad-value", Spot(where.line, where.col + 14), "schedule.expire_after")
+    assert "never goes out" in issue.message

@@ -92,8 +92,11 @@ def test_invalid_campaigns_are_rejected(change: dict[str, Any]) -> None:
 
 
 def test_zero_durations() -> None:
-    campaign = make_campaign("c", schedule={"delay": 0, "expire_after": "0m"})
-    assert campaign.schedule.delay == campaign.schedule.expire_after == timedelta(0)
+    """No delay is a delay; an expiry of zero would skip every email as expired."""
+    campaign = make_campaign("c", schedule={"delay": 0, "expire_after": "1m"})
+    assert campaign.schedule.delay == timedelta(0)
+    with pytest.raises(ValidationError, match="never goes out"):
+        make_campaign("c", schedule={"delay": 0, "expire_after": "0m"})
 
 
 def test_campaigns_are_immutable() -> None:
