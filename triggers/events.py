@@ -661,7 +661,7 @@ def validate_event(
     if document.get("type") not in EVENT_TYPES:
         raise InvalidEvent(
             "unknown_type",
-            f"type must be one of {', '.join(EVENT_TYPES)}",
+            f"type must be one of {', '.join(EVENT_TYPES)}, or forget (an erasure request)",
         )
     try:
         return _EVENT_ADAPTER.validate_python(document, context={"received_at": received_at})

@@ -389,11 +389,12 @@ def lint(paths: tuple[Path, ...], output: str, strict: bool) -> None:
         click.echo(summary, err=True)
         sys.exit(1)
     _print_issues(rules.warnings, output)
+    if strict and rules.warnings:
+        click.echo(f"{len(rules.warnings)} warning(s), failing with --strict", err=True)
+        sys.exit(1)
     if rules.warnings:
         click.echo(f"{len(rules.warnings)} warning(s)", err=True)
     click.echo(f"{len(rules.campaigns)} campaign(s) OK")
-    if strict and rules.warnings:
-        sys.exit(1)
 
 
 @main.command()
@@ -677,8 +678,9 @@ def suppressions_add(email: str, reason: str) -> None:
     try:
         address = suppression_key(email)
     except InvalidAddress as exc:
+        shown = email if len(email) <= 80 else f"{email[:80]}… ({len(email)} characters)"
         raise click.BadParameter(
-            f"{email!r} is not an email address: {exc}", param_hint="EMAIL"
+            f"{shown!r} is not an email address: {str(exc)[:200]}", param_hint="EMAIL"
         ) from None
     now = datetime.now(UTC)
     with transaction(get_settings().resolved_database_url) as session:

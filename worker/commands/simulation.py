@@ -75,7 +75,7 @@ def run_simulation(
     )
     if late[0]:
         source += (
-            f"; warning: {late[0]} event(s) occur after the decision clock {at:%Y-%m-%d %H:%M}"
+            f"\nwarning: {late[0]} event(s) occur after the decision clock {at:%Y-%m-%d %H:%M}"
             " UTC (decided as if received early: is --at the clock you meant?)"
         )
     return report, source
@@ -87,12 +87,19 @@ def events_from_file(
     """The file's valid events; each invalid line is one of ``problems``, with the
     reason the consumer would dead-letter it for (``declared``: the attributes file's
     types, which the consumer checks too)."""
+    from worker.intake.publisher import CutLine, bounded_lines
+
     with path.open("rb") as stream:
-        for number, line in enumerate(stream, start=1):
+        # Read as ``crosssell publish`` reads: a giant line is cut and reported with its
+        # size (not read whole), a BOM before the first line is dropped, and the line
+        # ending is not part of the event (the oversize count is the same as publish's).
+        for number, line in enumerate(bounded_lines(stream), start=1):
             if not line.strip():
                 continue
             try:
-                event = parse_event(line)
+                if isinstance(line, CutLine):
+                    raise line.invalid()
+                event = parse_event(line.strip())
             except InvalidEvent as bad:
                 problems.append(f"{path}:{number}: {bad.code}: {bad.reason}")
                 continue

@@ -125,3 +125,31 @@ def test_explain_and_simulate_refuse_an_attribute_of_another_type_as_intake_does
     assert simulated.exit_code == 0, simulated.output
     assert "events replayed: 1" in simulated.output
     assert ":1: wrong_schema: customer.attributes.b2b: must be true or false" in simulated.output
+
+
+def test_simulate_reads_a_file_as_publish_does(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """A giant line is cut and reported with the size publish reports (without its line
+    ending), a BOM before the first line is dropped, and the events around it count."""
+    from worker.intake.publisher import bounded_lines
+
+    giant = purchase("evt-giant", customer=customer_block("C-g", first_name="x" * 300_000))
+    good = [purchase(f"evt-ok-{n}", customer=customer_block(f"C-ok-{n}")) for n in range(2)]
+    body = (
+        b"\xef\xbb\xbf"
+        + json.dumps(good[0]).encode()
+        + b"\r\n"
+        + json.dumps(giant).encode()
+        + b"\r\n"
+        + json.dumps(good[1]).encode()
+        + b"\n"
+    )
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(body)
+    result = CliRunner().invoke(main, ["simulate", "--events", str(events)])
+    assert result.exit_code == 0, result.output
+    assert "events replayed: 2" in result.output
+    size = len(json.dumps(giant).encode())
+    assert f":2: oversize: {size} bytes exceeds" in result.output
+    with events.open("rb") as stream:
+        cut = list(bounded_lines(stream))[1]
+    assert getattr(cut, "size", None) == size, "publish's reader counts the same size"

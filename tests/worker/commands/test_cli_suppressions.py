@@ -41,3 +41,12 @@ def test_add_list_remove(cli: CliRunner) -> None:
 def test_add_refuses_what_is_not_an_address(cli: CliRunner) -> None:
     result = cli.invoke(main, ["suppressions", "add", "not an address"])
     assert result.exit_code == 2 and "is not an email address" in result.output
+
+
+@pytest.mark.parametrize("given", ["a" * 70_000, "x@" + "y" * 10_000, "é" * 5000 + "@example.ro"])
+def test_a_huge_non_address_is_quoted_short(cli: CliRunner, given: str) -> None:
+    """The refusal names the start of what was given and its length, not 70 KB of it."""
+    result = cli.invoke(main, ["suppressions", "add", given])
+    assert result.exit_code == 2 and "is not an email address" in result.output
+    assert len(result.output) < 600, len(result.output)
+    assert f"({len(given)} characters)" in result.output

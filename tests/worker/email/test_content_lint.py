@@ -92,6 +92,8 @@ def test_the_old_shipped_variant_subject_warns_twice_and_strict_fails(tmp_path: 
         get_settings.cache_clear()
     assert plain.exit_code == 0, plain.output
     assert strict.exit_code == 1, strict.output
+    assert "campaign(s) OK" in plain.stdout and "campaign(s) OK" not in strict.output
+    assert "2 warning(s), failing with --strict" in strict.output
     line = f"{campaign}:8:"
     warned = [row for row in plain.stdout.splitlines() if row.startswith(line)]
     assert len(warned) == 2 and all(": warning[" in row for row in warned), plain.stdout
