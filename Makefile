@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check triggers
+	$(BIN)/ruff format --check .
 	$(BIN)/crosssell lint
 	$(BIN)/lint-imports --no-cache
 
