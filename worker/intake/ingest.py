@@ -20,6 +20,7 @@ with touches.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -35,7 +36,8 @@ from triggers.outcomes import Decision, SkipReason
 from triggers.rule_set import RuleSet
 from worker.core.db import plan_for_this_batch
 from worker.core.dialect_insert import among, insert_rows
-from worker.core.metrics import SENDS
+from worker.core.log_format import fields
+from worker.core.metrics import EVENTS, SENDS
 from worker.core.models import Customer, Enrollment, Event, Order, OrderLine, Send
 from worker.core.settings import get_settings
 from worker.core.wakeup import wake_if_due
@@ -57,6 +59,8 @@ from worker.records.customers import (
     order_rows,
     write_customers,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +177,41 @@ class _Batch:
         self.pending_customers.clear()
 
 
+def _report_changed_duplicates(
+    session: Session, events: Sequence[AnyEvent], firsts: dict[str, int], known: set[str]
+) -> None:
+    """Warn about each duplicate whose content differs from the event that stands (the
+    stored one, or the batch's first with that id): a redelivery repeats an event
+    exactly, so a different one under a known id is a producer reusing ids, and it is
+    dropped like any duplicate. Only batches with duplicates pay for the comparison
+    (one query for the stored ones' payloads)."""
+    standing: dict[str, object] = {}
+    if known:
+        rows = session.execute(
+            select(Event.event_id, Event.payload).where(
+                among(session, Event.event_id, sorted(known))
+            )
+        )
+        standing = {event_id: payload for event_id, payload in rows}
+    for position, event in enumerate(events):
+        first = firsts[event.id]
+        if event.id in standing:
+            kept = standing[event.id]
+        elif position != first:
+            kept = event_payload(events[first])
+        else:
+            continue
+        if json.loads(json.dumps(event_payload(event), default=str)) == kept:
+            continue
+        EVENTS.labels("duplicate_changed").inc()
+        log.warning(
+            "event %s: a duplicate with other content was dropped; the event first received"
+            " under this id stands (does the CRM reuse event ids?)",
+            event.id,
+            extra=fields(event_id=event.id, customer_id=event.customer.id, outcome="duplicate"),
+        )
+
+
 def _known_events(session: Session, events: Sequence[AnyEvent]) -> set[str]:
     ids = [event.id for event in events]
     return set(session.scalars(select(Event.event_id).where(among(session, Event.event_id, ids))))
@@ -250,6 +289,8 @@ def ingest_batch(
     for position, event in enumerate(events):
         firsts.setdefault(event.id, position)
     known = _known_events(session, [events[p] for p in firsts.values()])
+    if known or len(firsts) < len(events):
+        _report_changed_duplicates(session, events, firsts, known)
     fresh = [position for event_id, position in firsts.items() if event_id not in known]
     if not fresh:
         return results

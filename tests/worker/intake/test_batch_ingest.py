@@ -582,3 +582,45 @@ def test_a_waiting_queue_is_stored_in_growing_batches_over_rabbitmq(
         assert _stored(postgres_url, *(document["id"] for document in documents)) == 40
     finally:
         _delete_queues(settings)
+
+
+def test_a_duplicate_with_other_content_is_reported_and_an_exact_one_is_not(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A redelivery repeats an event exactly and is dropped quietly. An event under a
+    known id with other content (a CRM reusing ids) is dropped too, the first one
+    standing, but with a warning naming the id: in the same batch, and against the
+    stored event in a later one."""
+    runtime = Runtime(make_settings(tmp_path, database_url=database_url))
+    seed_catalog(runtime.settings, NOW)
+    rules = runtime.rules.current()
+    first = purchase("evt-reused", customer=customer_block("C-reuse"), price="100.00")
+    changed = purchase("evt-reused", customer=customer_block("C-reuse"), price="250.00")
+    other = purchase("evt-exact", customer=customer_block("C-exact"))
+    events = [validate_event(document) for document in (first, other, changed, first, other)]
+
+    def warned() -> list[str]:
+        return [
+            record.getMessage()
+            for record in caplog.records
+            if record.levelname == "WARNING"
+            and "duplicate with other content" in record.getMessage()
+        ]
+
+    with caplog.at_level("WARNING", logger="worker.intake.ingest"):
+        with transaction(database_url) as session:
+            results = ingest_batch(session, events, rules, runtime.policy, NOW)
+        assert [result.duplicate for result in results] == [False, False, True, True, True]
+        assert warned() == [
+            "event evt-reused: a duplicate with other content was dropped; the event first"
+            " received under this id stands (does the CRM reuse event ids?)"
+        ]
+        caplog.clear()
+        with transaction(database_url) as session:  # a later batch, against the stored ones
+            again = [validate_event(document) for document in (first, other, changed)]
+            results = ingest_batch(session, again, rules, runtime.policy, NOW)
+        assert [result.duplicate for result in results] == [True, True, True]
+        assert len(warned()) == 1 and "evt-reused" in warned()[0]
+    with transaction(database_url) as session:
+        stored = session.scalars(select(Event).where(Event.event_id == "evt-reused")).one()
+        assert stored.payload["data"]["total"] == "100.00", "the first one stands"
