@@ -180,6 +180,21 @@ def test_three_steps_go_out_in_order_at_their_delays(tmp_path: Path, database_ur
     assert enrollment.done == ["accessories", "bundle", "loyalty"]
 
 
+def _first_steps_queued(
+    tmp_path: Path, database_url: str, count: int
+) -> tuple[Runtime, list[str], list[int]]:
+    """``count`` customers who bought a camera, each journey's first step queued (dispatched
+    together, so one deliver batch takes them all): the runtime, customers, send ids."""
+    runtime, clock = _runtime(tmp_path, database_url)
+    customers = _customers(held_out=False, count=count)
+    for customer in customers:
+        _ingest(runtime, _camera(customer, clock.at))
+    queued: list[int] = []
+    dispatch_once(runtime, queued.extend)
+    assert len(queued) == count
+    return runtime, customers, queued
+
+
 @pytest.mark.parametrize("exit_second", [False, True], ids=["all-active", "second-exits"])
 def test_a_batch_of_steps_hands_each_over_with_the_answer_before_it_in_one_statement(
     tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, exit_second: bool
@@ -192,13 +207,7 @@ def test_a_batch_of_steps_hands_each_over_with_the_answer_before_it_in_one_state
     statement: that step never leaves, and the answer it carried is written once, on
     its own. SQLite writes the same rows with separate statements (the statement count:
     ``test_hand_over_statements_per_step_on_postgresql``)."""
-    runtime, clock = _runtime(tmp_path, database_url)
-    customers = _customers(held_out=False, count=3)
-    for customer in customers:
-        _ingest(runtime, _camera(customer, clock.at))
-    queued: list[int] = []
-    dispatch_once(runtime, queued.extend)
-    assert len(queued) == 3
+    runtime, customers, queued = _first_steps_queued(tmp_path, database_url, 3)
     enrollment_ids = [_enrollment(database_url, customer).id for customer in customers]
     real_hand_over = delivery._Batch._hand_over
 
@@ -243,13 +252,7 @@ def test_hand_over_statements_per_step_on_postgresql(
 ) -> None:
     """Each step hand-over after a batch's first is one statement on PostgreSQL (it was
     four: the hand-over, the enrollment check, the answer and its activity row)."""
-    runtime, clock = _runtime(tmp_path, postgres_url)
-    customers = _customers(held_out=False, count=4)
-    for customer in customers:
-        _ingest(runtime, _camera(customer, clock.at))
-    queued: list[int] = []
-    dispatch_once(runtime, queued.extend)
-    assert len(queued) == 4
+    runtime, _, queued = _first_steps_queued(tmp_path, postgres_url, 4)
     statements: list[int] = []
     real_hand_over = delivery._Batch._hand_over
 
