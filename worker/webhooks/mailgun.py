@@ -11,11 +11,18 @@ Freshness follows Mailgun's retry schedule, not a guess. A request that does not
 every retry carries the signature made for the first attempt. So a correctly signed
 request up to :data:`MAX_SIGNATURE_AGE` old (the 8-hour window plus
 :data:`CLOCK_SKEW`) is accepted; older ones, and timestamps more than ``CLOCK_SKEW``
-in the future, are refused. Replays inside that window are harmless: the event id is
-recorded in ``webhook_events`` (:mod:`worker.records.webhook_events`) and applied once.
+in the future, are refused.
 
-``event-data.id`` is documented as unique only within a day, so the de-duplication id
-joins it with the event's own timestamp, which stays the same on every retry.
+The signature covers the timestamp and the token, not ``event-data``: a signature block
+captured from one request (a "delivered" one, say) verifies with any other event data
+for those eight hours. Mailgun's answer is to remember tokens and refuse one seen
+before (the "securing webhooks" page above). So the de-duplication id recorded in
+``webhook_events`` (:mod:`worker.records.webhook_events`, kept longer than the window)
+is the signature's token: a retry carries the first attempt's token and event and is
+a duplicate, as before; a reused signature with other event data is the same token,
+a duplicate too, and changes nothing. A request that failed (the transaction rolled
+back) recorded nothing, so its retry is applied.
+
 Answering 406 tells Mailgun not to retry a request (help.mailgun.com, Webhooks).
 """
 
@@ -37,7 +44,6 @@ from worker.webhooks.events import (
     WebhookPayloadError,
     WebhookRejected,
     enhanced_status,
-    fingerprint,
     from_epoch,
     is_policy_status,
     load_json,
@@ -119,10 +125,10 @@ def parse(
     data = payload.get("event-data")
     if not isinstance(data, dict):
         raise WebhookPayloadError("Mailgun webhook without event-data")
-    return [_event(data)]
+    return [_event(data, str(payload["signature"]["token"]))]
 
 
-def _event(data: dict[str, Any]) -> TrackingEvent:
+def _event(data: dict[str, Any], token: str) -> TrackingEvent:
     name = str(data.get("event", ""))
     kind = _KINDS.get(name, "other")
     bounce_type: BounceType | None = None
@@ -158,15 +164,10 @@ def _event(data: dict[str, Any]) -> TrackingEvent:
     message_id = normalize_message_id(
         headers.get("message-id") if isinstance(headers, dict) else None
     )
-    event_id = data.get("id")
     # Mailgun's send API answers with the Message-ID it set, so it is both ids at once.
     return TrackingEvent(
         provider=PROVIDER,
-        event_id=(
-            f"{event_id}@{data.get('timestamp')}"
-            if isinstance(event_id, str) and event_id
-            else fingerprint(data)
-        ),
+        event_id=f"token:{token}",  # one request, one event, one token (see the module)
         kind=kind,
         recipient=normalize_email(data.get("recipient")),
         timestamp=from_epoch(data.get("timestamp")),

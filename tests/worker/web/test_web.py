@@ -250,6 +250,38 @@ def test_a_mailgun_retry_with_an_old_signature_is_applied_once(
         assert row is not None and row.reason == "hard_bounce"
 
 
+def test_a_captured_mailgun_signature_cannot_carry_other_event_data(
+    hooks: tuple[TestClient, Runtime],
+) -> None:
+    """Mailgun signs the timestamp and token, not the event: a signature block sniffed
+    from one request verifies with any event data for eight hours. Its token is the
+    de-duplication id, so a second request with it changes nothing, whatever it says;
+    a request with a fresh token (Mailgun's next webhook) is applied."""
+    client, runtime = hooks
+    url = runtime.settings.resolved_database_url
+    delivered = json.loads(_mailgun_request(datetime.now(UTC) - timedelta(hours=3), "evt-ok"))
+    delivered["event-data"] |= {"event": "delivered", "recipient": "someone@example.ro"}
+    assert client.post("/webhooks/mailgun", json=delivered).json()["applied"] == 1
+    for forged_event in (
+        {"event": "complained", "id": "evil-1", "recipient": "victim@example.ro"},
+        {
+            "event": "failed",
+            "severity": "permanent",
+            "reason": "bounce",
+            "id": "evil-2",
+            "recipient": "victim@example.ro",
+        },
+        {"event": "unsubscribed", "id": "evil-3", "recipient": "victim@example.ro"},
+    ):
+        forged = {"signature": delivered["signature"], "event-data": forged_event}
+        answer = client.post("/webhooks/mailgun", json=forged)
+        assert answer.status_code == 200 and answer.json()["applied"] == 0, answer.text
+    with transaction(url) as session:
+        assert session.get(Suppression, "victim@example.ro") is None
+    fresh = _mailgun_request(datetime.now(UTC), "evt-fresh")
+    assert client.post("/webhooks/mailgun", content=fresh).json()["applied"] == 1
+
+
 def test_the_web_command_starts_announces_itself_and_serves_healthz(
     tmp_path: Path, sqlite_url: str
 ) -> None:

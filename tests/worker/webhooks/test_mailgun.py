@@ -16,12 +16,15 @@ from worker.webhooks.events import WebhookRejected
 
 
 def test_mailgun_accepts_a_fresh_signature() -> None:
-    body = mailgun_body(MAILGUN_PERMANENT_FAILURE, signed_at=NOW - timedelta(minutes=4))
+    token = "e0b5477167110d68991efc6b9f89f0a11066af27834600e123"
+    body = mailgun_body(MAILGUN_PERMANENT_FAILURE, NOW - timedelta(minutes=4), token=token)
     [event] = mailgun.parse({}, body, signing_key=MAILGUN_KEY, now=NOW)
     assert event.kind == "bounced" and event.bounce_type == "hard" and not event.policy
     assert event.recipient == "john@example.com"
     assert event.message_id == "<20261117102900.1.5D6D5D6D5D6D5D6D@mg.shop.example>"
-    assert event.event_id == "G9Bn5sl1TC6nu79C8C0bwg@1795516140.108236"
+    # The de-duplication id is the signature's token: the only part of a request that the
+    # signature binds and that no other request carries.
+    assert event.event_id == f"token:{token}"
 
 
 @pytest.mark.parametrize(
