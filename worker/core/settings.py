@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from string import Formatter
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -337,6 +338,25 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"unsupported URL scheme {shown!r}: use one of {', '.join(sorted(allowed))}"
             )
+        return value
+
+    @field_validator("database_url", "broker_url", "events_url", "rate_limit_url")
+    @classmethod
+    def _url_host_and_port(cls, value: str) -> str:
+        """A host the URL parser can read and a port from 0 to 65535: ``[::1`` or
+        ``host:99999`` would pass the scheme check and end in a ``ValueError`` traceback
+        inside SQLAlchemy, kombu or redis at the first connection. The reason names the
+        part, never the URL (it may hold a password). A broker URL may list fail-over
+        URLs joined by ``;`` (kombu): each is checked."""
+        for url in value.split(";") if "://" in value else ():
+            scheme = url.partition("://")[0].lower()
+            if scheme in SQLITE_SCHEMES or scheme == "unix" or "://" not in url:
+                continue
+            try:
+                split = urlsplit(url.strip())
+                split.port  # noqa: B018 - parsing it is the check
+            except ValueError as bad:
+                raise ValueError(f"{scheme} URL with a malformed host or port: {bad}") from None
         return value
 
     @field_validator("database_url", "broker_url", "events_url")

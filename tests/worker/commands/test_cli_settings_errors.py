@@ -48,6 +48,13 @@ def fresh_settings() -> Iterator[None]:
         ("CROSSSELL_BROKER_URL", "ftp://x", "scheme 'ftp'"),
         ("CROSSSELL_RATE_LIMIT_URL", "http://x", "scheme 'http'"),
         ("CROSSSELL_RATE_LIMIT_URL", "postgresql://db/x", "use one of redis, rediss"),
+        ("CROSSSELL_DATABASE_URL", "postgresql://u:secret@[::1", "Invalid IPv6 URL"),
+        ("CROSSSELL_DATABASE_URL", "postgresql://u:secret@db:99999/x", "Port out of range"),
+        ("CROSSSELL_DATABASE_URL", "postgresql+psycopg://db:abc/x", "malformed host or port"),
+        ("CROSSSELL_BROKER_URL", "amqp://guest:secret@rabbit:70000//", "Port out of range"),
+        ("CROSSSELL_EVENTS_URL", "amqp://h1:5672//;amqp://h2:-1//", "malformed host or port"),
+        ("CROSSSELL_EVENTS_URL", "redis://[fe80::1/0", "Invalid IPv6 URL"),
+        ("CROSSSELL_RATE_LIMIT_URL", "redis://cache:123456/0", "Port out of range"),
         ("CROSSSELL_CAMPAIGNS_DIR", "/nonexistent-crosssell/campaigns", "no such directory"),
         ("CROSSSELL_EVENTS_URL", "sqlite:///", "names no file"),
         ("CROSSSELL_CAMPAIGNS_DIR", "", "is empty"),
@@ -141,6 +148,9 @@ def test_a_lease_within_the_provider_timeout_is_refused(
         {"events_url": "amqps://u:p@rabbit:5671//", "broker_url": "sqla+sqlite:///var/b.db"},
         {"rate_limit_url": "rediss://r:6380/1"},
         {"rate_limit_url": "database"},
+        {"database_url": "postgresql+psycopg://u:p@[::1]:5432/crosssell"},
+        {"broker_url": "amqp://g:g@h1:5672//;amqp://g:g@h2:5672//"},
+        {"rate_limit_url": "unix:///run/redis.sock"},
     ],
 )
 def test_supported_values_are_accepted(values: dict[str, object]) -> None:
