@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 from datetime import time, timedelta
 from decimal import Decimal
 from functools import cache
@@ -25,6 +24,7 @@ from pydantic import (
 from triggers.addresses import canonical_address
 from triggers.conditions import Condition
 from triggers.durations import parse_duration, parse_time_of_day
+from triggers.text_rules import one_line
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -221,24 +221,8 @@ Offer = Annotated[
 ]
 
 
-# Text that becomes a header, a subject or a report's label: one line, no control
-# character (C0, DEL, C1), no Unicode line separator and no bidirectional embedding,
-# override or isolate, which can make it read backwards (Unicode TR #9; "Trojan
-# Source", CVE-2021-42574). The rule the events' names follow (triggers.events).
-_NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def _one_line(value: str) -> str:
-    found = _NOT_ONE_LINE.search(value)
-    if found is not None:
-        code = ord(found.group())
-        raise ValueError(
-            f"must be one line without control or bidirectional characters (found U+{code:04X})"
-        )
-    return value
-
-
-OneLine = AfterValidator(_one_line)
+# One line, no control or bidirectional character (triggers.text_rules).
+OneLine = AfterValidator(one_line)
 # Checked by the model that holds it (Variant, Step): inside the union of one text and
 # texts by locale, a validator would name the union's branches in every error's path.
 SubjectText = Annotated[str, Field(min_length=1, max_length=300)]
@@ -282,9 +266,9 @@ class Variant(_Model):
     @classmethod
     def _one_key_per_locale(cls, value: str | dict[str, str] | None) -> str | dict[str, str] | None:
         if not isinstance(value, dict):
-            return value if value is None else _one_line(value)
+            return value if value is None else one_line(value)
         for text in value.values():
-            _one_line(text)
+            one_line(text)
         if not value:
             raise ValueError("give at least one locale, e.g. {en: ..., ro: ...}")
         keys = [subject_key(key) for key in value]

@@ -39,6 +39,7 @@ from pydantic import (
 )
 
 from triggers.addresses import InvalidAddress, canonical_address
+from triggers.text_rules import NOT_ONE_LINE
 
 EVENT_TYPES = ("purchase", "anniversary", "usage_change")
 MAX_EVENT_BYTES = 256 * 1024
@@ -128,11 +129,6 @@ UsageLevel = Annotated[
 ]
 AttributeValue = str | bool | int | Decimal | list[str] | None
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# A person's name goes into headers and greetings: besides control characters, no
-# Unicode line or paragraph separator (U+2028, U+2029: line breaks to a text reader) and
-# no bidirectional embedding, override or isolate (U+202A-U+202E, U+2066-U+2069), which
-# can make a subject read backwards (Unicode TR #9; "Trojan Source", CVE-2021-42574).
-_NAME_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _TIMEZONE_KEY = re.compile(r"^[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*$")
 _LOCALE_TAG = re.compile(r"^[A-Za-z0-9]+(?:[_\-@][A-Za-z0-9]+)*$")
 
@@ -258,7 +254,7 @@ class CustomerData(_Strict):
     def _single_line(cls, value: str | None) -> str | None:
         """Names go into email headers: one line, no control character (C0, DEL, C1), no
         Unicode line separator and no bidirectional override."""
-        if value is not None and _NAME_FORBIDDEN.search(value):
+        if value is not None and NOT_ONE_LINE.search(value):
             raise ValueError(
                 "must not contain line breaks, control or bidirectional override characters"
             )

@@ -25,12 +25,21 @@ from typing import Annotated, Any
 
 from babel import Locale, UnknownLocaleError
 from babel.lists import format_list
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+)
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from triggers.events import CurrencyCode
+from triggers.text_rules import one_line
 from worker.core.models import Product
 
 COLUMNS = (
@@ -100,26 +109,44 @@ def _translations(value: object) -> object:
     return texts
 
 
+# Names, categories and SKUs go into subjects, emails and reports: one line
+# (triggers.text_rules). A description may break lines, but holds no other control
+# character (NUL cannot even be stored by PostgreSQL) and no bidirectional override.
+OneLineText = AfterValidator(one_line)
+_DESCRIPTION_FORBIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# A price written plainly: digits, one optional point and fraction. Python's Decimal
+# would also read "1_000", "+5", "1e2" and digits of other scripts ("١٢").
+_PRICE_TEXT = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+# An absolute http(s) URL with a host and no space, quote, angle bracket or control.
+_WEB_URL = r"^https?://[^\s/<>\"'`\x00-\x1f\x7f]+(?:/[^\s<>\"'`\x00-\x1f\x7f]*)?$"
+
+
+def _description(value: str | None) -> str | None:
+    if value is not None and _DESCRIPTION_FORBIDDEN.search(value):
+        raise ValueError("must not contain control or bidirectional characters")
+    return value
+
+
 class CatalogRow(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    sku: Annotated[str, Field(min_length=1, max_length=128)]
-    name: Annotated[str, Field(min_length=1, max_length=300)]
-    category: Annotated[str, Field(min_length=1, max_length=128)]
+    sku: Annotated[str, Field(min_length=1, max_length=128), OneLineText]
+    name: Annotated[str, Field(min_length=1, max_length=300), OneLineText]
+    category: Annotated[str, Field(min_length=1, max_length=128), OneLineText]
     price: Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4, allow_inf_nan=False)]
     currency: CurrencyCode
-    url: Annotated[str, Field(max_length=500, pattern=r"^https?://")] | None = None
-    image_url: Annotated[str, Field(max_length=500, pattern=r"^https?://")] | None = None
+    url: Annotated[str, Field(max_length=500, pattern=_WEB_URL)] | None = None
+    image_url: Annotated[str, Field(max_length=500, pattern=_WEB_URL)] | None = None
     in_stock: StrictBool = True
-    line: Annotated[str, Field(max_length=128)] | None = None
+    line: Annotated[str, Field(max_length=128), OneLineText] | None = None
     tier: Annotated[int, Field(ge=0, le=1000)] | None = None
-    description: Annotated[str, Field(max_length=2000)] | None = None
-    name_i18n: dict[str, Annotated[str, Field(min_length=1, max_length=300)]] = Field(
+    description: Annotated[str, Field(max_length=2000), AfterValidator(_description)] | None = None
+    name_i18n: dict[str, Annotated[str, Field(min_length=1, max_length=300), OneLineText]] = Field(
         default_factory=dict
     )
-    description_i18n: dict[str, Annotated[str, Field(min_length=1, max_length=2000)]] = Field(
-        default_factory=dict
-    )
+    description_i18n: dict[
+        str, Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_description)]
+    ] = Field(default_factory=dict)
 
     @field_validator("name_i18n", "description_i18n", mode="before")
     @classmethod
@@ -131,6 +158,13 @@ class CatalogRow(BaseModel):
     def _no_float(cls, value: object) -> object:
         if isinstance(value, float):
             raise ValueError('write prices as text or exact numbers, e.g. "19.90"')
+        if isinstance(value, bool) or (
+            isinstance(value, str) and not _PRICE_TEXT.fullmatch(value.strip())
+        ):
+            raise ValueError(
+                'write a price plainly, e.g. "19.90": digits and one point, no sign,'
+                " exponent, separator or leading zero"
+            )
         return value
 
 

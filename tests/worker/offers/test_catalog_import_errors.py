@@ -195,7 +195,9 @@ def test_characters_str_splitlines_breaks_at_do_not_cut_a_row(
     tmp_path: Path, separator: str
 ) -> None:
     """Rows end at \\n, \\r\\n or \\r only. A JSON string (or a CSV field) may hold
-    U+2028, NEL or a form feed; cutting the row there made one good row two bad lines."""
+    U+2028, NEL or a form feed; cutting the row there made one good row two bad lines.
+    The row is read whole and judged on its own line: a description may break lines
+    (U+2028, U+2029) but holds no other control; a name is one line.)"""
     description = f"folds{separator}flat"
     jsonl = _write(
         tmp_path,
@@ -214,13 +216,14 @@ def test_characters_str_splitlines_breaks_at_do_not_cut_a_row(
         + "\n"
         + '{"sku": "A-2", "name": "Bag", "category": "bags", "price": "-1", "currency": "EUR"}\n',
     )
-    assert _errors(jsonl) == [(2, "price")]
+    line_break = separator in ("\u2028", "\u2029")
+    assert _errors(jsonl) == ([] if line_break else [(1, "description")]) + [(2, "price")]
     csv_file = _write(
         tmp_path,
         "catalog.csv",
         HEADER + "A-1,Tri" + separator + "pod,tripods,9.00,EUR\nA-2,Bag,bags,-1,EUR\n",
     )
-    assert _errors(csv_file) == [(3, "price")]
+    assert _errors(csv_file) == [(2, "name"), (3, "price")]
 
 
 @pytest.mark.parametrize("code", ["XYZ", "ABC", "EUX", "QQQ"])
@@ -253,3 +256,55 @@ def test_a_json_syntax_error_says_what_and_where(tmp_path: Path, row: str, messa
     assert (error.line, error.column) == (1, "json")
     assert error.message.startswith(message)
     assert re.search(r" at column \d+$", error.message)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", "a\x00b"),  # PostgreSQL cannot store NUL: the import crashed there
+        ("name", "Tripod\u202e"),
+        ("name", "Tri\x1bpod"),
+        ("name", "Tri\tpod"),
+        ("category", "c\x01d"),
+        ("category", "cams\u2066"),
+        ("sku", "A\x00-1"),
+        ("description", "folds\x00flat"),
+        ("description", "folds\u202eflat"),
+        ("description", "bell\x07"),
+        ("price", "1_000"),
+        ("price", "\u0661\u0662"),
+        ("price", "+5"),
+        ("price", "-0"),
+        ("price", "1e2"),
+        ("price", "019.90"),
+        ("price", "19,90"),
+        ("price", "19."),
+        ("url", "https://x y/"),
+        ("url", "https://shop.example/<script>"),
+        ("url", "http://"),
+        ("url", 'https://shop.example/"onmouseover'),
+        ("image_url", "https://cdn.example/a\x00.png"),
+    ],
+)
+def test_a_row_value_no_email_can_show_is_refused_on_its_line(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    """Names, categories and SKUs are one line (no control, no bidirectional control); a
+    description may break lines but holds no other control; a price is written plainly;
+    a URL has a host and no space, quote or angle bracket. Each is refused on its own
+    line, in both formats, and nothing is imported."""
+    good = {"sku": "A-1", "name": "Tripod", "category": "tripods", "price": "9.00"}
+    row = {**good, "sku": "A-2", "currency": "EUR", field: value}
+    jsonl = _write(
+        tmp_path,
+        "catalog.jsonl",
+        json.dumps({**good, "currency": "EUR"}) + "\n" + json.dumps(row) + "\n",
+    )
+    assert _errors(jsonl) == [(2, field)]
+
+
+@pytest.mark.parametrize("price", ["0", "0.50", "19.90", "1234567890.1234", " 19.90 "])
+def test_a_price_written_plainly_is_accepted(tmp_path: Path, price: str) -> None:
+    path = _write(tmp_path, "catalog.csv", HEADER + f'A-1,Tripod,tripods,"{price}",EUR\n')
+    (row,) = parse_catalog(path)
+    assert str(row.price) == price.strip()

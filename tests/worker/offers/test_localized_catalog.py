@@ -211,8 +211,14 @@ language_tags = st.builds(
     st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=2, max_size=3),
     st.one_of(st.none(), st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=2, max_size=2)),
 )
+# Any text a product may hold: no control, no line separator, no bidirectional control
+# (triggers.text_rules).
 product_text = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zl", "Zp")),
+    alphabet=st.characters(
+        codec="utf-8",
+        exclude_categories=("Cs", "Cc", "Zl", "Zp"),
+        exclude_characters="\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069",
+    ),
     min_size=1,
     max_size=40,
 ).filter(lambda text: text.strip() == text and text != "")
