@@ -74,7 +74,10 @@ def verify(keys: dict[str, bytes], token: str) -> tuple[str, str] | None:
         kid, payload, signature = token.split(".")
         key = keys[kid]
         expected = hmac.new(key, f"{kid}.{payload}".encode(), hashlib.sha256).digest()[:20]
-        if not hmac.compare_digest(expected, _unb64(signature)):
+        # Compared as the one text ``sign`` writes, not as decoded bytes: base64 decoding
+        # ignores a 20-byte MAC's two spare bits and any trailing "=", so a changed last
+        # character or added padding decoded to the same MAC and verified.
+        if not hmac.compare_digest(_b64(expected).encode("ascii"), signature.encode("ascii")):
             return None
         return _decode_payload(_unb64(payload))
     except (ValueError, KeyError, UnicodeError):
