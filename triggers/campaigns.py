@@ -168,8 +168,15 @@ class Coupon(_Model):
     """A code per email: unguessable, the same on every retry, valid for ``expires_after``."""
 
     prefix: Annotated[str, Field(pattern=r"^[A-Z0-9]{0,8}$")] = ""
-    discount_percent: Percent | None = None
+    discount_percent: Annotated[Number, Field(gt=0, le=100)] | None = None
     expires_after: Duration = Field(timedelta(days=14), json_schema_extra={"default": "14d"})
+
+    @field_validator("expires_after")
+    @classmethod
+    def _usable(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0: a coupon that expires as it is sent is void")
+        return value
 
 
 class _Offer(_Model):

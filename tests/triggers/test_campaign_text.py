@@ -656,3 +656,30 @@ def test_an_email_that_expires_when_it_is_due_is_a_bad_value(expire_after: str) 
     where = spot(text, f"expire_after: {expire_after}")
     assert_issue(issue, "bad-value", Spot(where.line, where.col + 14), "schedule.expire_after")
     assert "never goes out" in issue.message
+
+
+@pytest.mark.parametrize(
+    ("coupon", "path", "message"),
+    [
+        ("{expires_after: 0s}", "offer.coupon.expires_after", "void"),
+        ("{expires_after: '0'}", "offer.coupon.expires_after", "void"),
+        ("{discount_percent: 0}", "offer.coupon.discount_percent", "greater than 0"),
+        ("{discount_percent: 101}", "offer.coupon.discount_percent", "less than or equal to 100"),
+        ("{discount_percent: -5}", "offer.coupon.discount_percent", "greater than 0"),
+    ],
+)
+def test_a_coupon_no_customer_can_use_is_a_bad_value(coupon: str, path: str, message: str) -> None:
+    """A coupon that expires as the email is sent, or takes nothing off, is a typo: it
+    is refused at its line like the schedule's ``expire_after: 0s``."""
+    text = edit("  unavailable: skip_item\n", f"  unavailable: skip_item\n  coupon: {coupon}\n")
+    issue = only_issue(text)
+    assert (issue.code, issue.path) == ("bad-value", path)
+    assert message in issue.message
+    assert issue.line == spot(text, "coupon:").line
+
+
+@pytest.mark.parametrize("coupon", ["{}", "{discount_percent: 0.5, expires_after: 1h}"])
+def test_a_usable_coupon_passes(coupon: str) -> None:
+    text = edit("  unavailable: skip_item\n", f"  unavailable: skip_item\n  coupon: {coupon}\n")
+    rules = compile_rule_set([("campaign.yaml", text)], template_names=TEMPLATES)
+    assert [issue.level for issue in rules.warnings if issue.level == "error"] == []
