@@ -78,6 +78,15 @@ class UnsubscribeHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        status = await self._act_on(envelope)
+        if getattr(server, "speaks_lmtp", False):
+            # LMTP answers the final dot once per accepted recipient, in their order
+            # (RFC 2033 section 4.2); one answer for two RCPTs leaves the client waiting.
+            # aiosmtpd writes the status as given: one line per recipient.
+            return "\r\n".join([status] * max(len(envelope.rcpt_tos), 1))
+        return status
+
+    async def _act_on(self, envelope: Any) -> str:
         content = bytes(envelope.original_content or envelope.content or b"")
         customer_id = customer_in(self.runtime.unsubscribe_keys, content)
         if customer_id is None:
@@ -98,9 +107,12 @@ def receiver(runtime: Runtime, host: str, port: int, *, lmtp: bool = False) -> C
     from aiosmtpd.lmtp import LMTP
     from aiosmtpd.smtp import SMTP
 
+    class CrosssellLMTP(LMTP):
+        speaks_lmtp = True
+
     class LMTPController(Controller):
         def factory(self) -> SMTP:
-            return LMTP(self.handler, **self.SMTP_kwargs)
+            return CrosssellLMTP(self.handler, **self.SMTP_kwargs)
 
     # aiosmtpd logs every SMTP command and the sender's address at INFO ("mail.log"): the
     # address is personal data, and nothing there is needed to run the receiver.

@@ -233,6 +233,55 @@ def test_lmtp_mode_and_the_size_limit(runtime: Runtime) -> None:
     assert state(runtime)[0] is False
 
 
+@pytest.mark.parametrize("recipients", [1, 2, 3])
+def test_lmtp_answers_the_final_dot_once_per_recipient(runtime: Runtime, recipients: int) -> None:
+    """RFC 2033 section 4.2: after the final dot, one reply per accepted RCPT, in order.
+    With one reply for two recipients an MTA waits for the second until it times out,
+    and delivers the message again."""
+    import socket
+
+    token = sign(KEYS, "C-mail", "all")
+    port = free_port()
+    from worker.web.unsubscribe_mail import receiver
+
+    controller = receiver(runtime, "127.0.0.1", port, lmtp=True)
+    controller.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            stream = connection.makefile("rwb")
+
+            def send(line: bytes) -> None:
+                stream.write(line + b"\r\n")
+                stream.flush()
+
+            def reply() -> bytes:
+                lines = [stream.readline()]
+                while lines[-1][3:4] == b"-":
+                    lines.append(stream.readline())
+                return lines[-1]
+
+            assert reply().startswith(b"220")
+            send(b"LHLO mta.example")
+            assert reply().startswith(b"250")
+            send(b"MAIL FROM:<someone@example.net>")
+            assert reply().startswith(b"250")
+            for number in range(recipients):
+                address = ADDRESS.upper() if number % 2 else ADDRESS
+                send(f"RCPT TO:<{address}>".encode())
+                assert reply().startswith(b"250")
+            send(b"DATA")
+            assert reply().startswith(b"354")
+            stream.write(request(f"unsubscribe {token}").as_bytes().replace(b"\n", b"\r\n"))
+            send(b".")
+            answers = [reply() for _ in range(recipients)]
+            assert all(answer.startswith(b"250") for answer in answers), answers
+            send(b"QUIT")
+            assert reply().startswith(b"221"), "no reply left over before QUIT's"
+    finally:
+        controller.stop()
+    assert state(runtime)[0] is False
+
+
 # --- tokens and URIs, as properties -------------------------------------------------------
 
 
