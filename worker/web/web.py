@@ -295,6 +295,9 @@ def create_app(runtime: Runtime) -> Starlette:
                 )
             opted_out = set(customer.opted_out_kinds or ())
             locale = customer.locale
+            # Unsubscribed from everything: the kinds below send nothing until the person
+            # subscribes again, and the page says so rather than show them all ticked.
+            unsubscribed_all = customer.email_marketing is False
         return pages.render(
             "preferences",
             locale,
@@ -302,6 +305,7 @@ def create_app(runtime: Runtime) -> Starlette:
             saved=form is not None,
             kinds=KINDS,
             opted_out=opted_out,
+            unsubscribed_all=unsubscribed_all,
         )
 
     async def webhook(request: Request) -> Response:

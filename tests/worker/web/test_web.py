@@ -121,6 +121,30 @@ def test_preferences_opt_out_of_a_kind_blocks_that_kind(
     assert not _suppressed(runtime)
 
 
+def test_the_preferences_page_of_a_customer_unsubscribed_from_everything_says_so(
+    web: tuple[TestClient, Runtime],
+) -> None:
+    """After an unsubscribe from all email, the page showed every kind ticked and saving
+    said "Saved." while nothing would be sent: it now says the customer gets none of
+    them, that the choices apply on subscribing again, and offers no second unsubscribe.
+    Saving records the kinds and leaves consent off."""
+    client, runtime = web
+    token = sign(runtime.unsubscribe_keys, "C-web", "all")
+    before = client.get(f"/preferences/{token}")
+    assert "V-ați dezabonat de la toate" not in before.text
+    assert 'name="all" value="unsubscribe"' in before.text
+    assert client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    page = client.get(f"/preferences/{token}")
+    assert "V-ați dezabonat de la toate e-mailurile de marketing" in page.text
+    assert 'name="all" value="unsubscribe"' not in page.text
+    saved = client.post(f"/preferences/{token}", data={"kinds": ["loyalty"]})
+    assert "Am salvat.</strong> Tot nu primiți e-mailuri de marketing" in saved.text
+    with transaction(runtime.settings.resolved_database_url) as session:
+        customer = session.get(Customer, "C-web")
+        assert customer is not None and customer.email_marketing is False
+        assert customer.opted_out_kinds == ["cross_sell", "reengagement", "upsell"]
+
+
 def test_health_and_metrics(web: tuple[TestClient, Runtime]) -> None:
     client, _ = web
     health = client.get("/healthz")
