@@ -705,6 +705,9 @@ def run_report(
     rules = runtime.rules.current()
     config = AttributionConfig.from_settings(runtime.settings)
     now = runtime.clock.now()
+    if since and until is None and since >= now:
+        # The range ends now: it would be printed backwards ("from 2030 … to 2026").
+        raise ValueError("--since is in the future: nothing has happened yet after it")
     url = runtime.settings.resolved_database_url
     if campaign_id is not None:
         with transaction(url) as session:

@@ -11,7 +11,7 @@ import difflib
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from datetime import time
+from datetime import time, timedelta
 from functools import lru_cache
 from pathlib import Path
 from string import Formatter
@@ -562,8 +562,20 @@ class Settings(BaseSettings):
         if value in (None, "", "off"):
             return None
         start, _, end = value.partition("-")
-        parse_time_of_day(start)
-        parse_time_of_day(end)
+        if parse_time_of_day(start) == parse_time_of_day(end):
+            raise ValueError(
+                "quiet hours that start and end at the same time are no hours or all of them:"
+                " write 'off', or two different times such as 21:00-08:00"
+            )
+        return value
+
+    @field_validator("cap_window", "requeue_after", "delivery_lease")
+    @classmethod
+    def _longer_than_zero(cls, value: str) -> str:
+        """A cap counted over no time caps nothing; a lease or a requeue delay of 0 would
+        take back every claim and every queued send at once."""
+        if parse_duration(value) <= timedelta(0):
+            raise ValueError("must be longer than 0")
         return value
 
     @field_validator("cart_link_template")

@@ -277,6 +277,8 @@ def test_every_format_parses_and_names_its_methods(runtime: Runtime, tmp_path: P
     assert bad.exit_code == 2
     empty = runner.invoke(main, ["report", "--since", (T + timedelta(days=1)).isoformat()])
     assert "no emails or holdout decisions in this range" in empty.output
+    future = runner.invoke(main, ["report", "--since", "2999-01-01T00:00Z"])
+    assert future.exit_code == 2 and "--since is in the future" in future.output
 
 
 def test_renderers_agree_on_the_figures(runtime: Runtime) -> None:
