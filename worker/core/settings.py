@@ -28,6 +28,8 @@ from pydantic import (
     field_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from triggers.addresses import InvalidAddress, canonical_address, canonical_mailbox
 from triggers.decide import Policy
@@ -342,21 +344,30 @@ class Settings(BaseSettings):
 
     @field_validator("database_url", "broker_url", "events_url", "rate_limit_url")
     @classmethod
-    def _url_host_and_port(cls, value: str) -> str:
-        """A host the URL parser can read and a port from 0 to 65535: ``[::1`` or
+    def _url_host_and_port(cls, value: str, info: ValidationInfo) -> str:
+        """A host the URL's own parser can read and a port from 0 to 65535: ``[::1`` or
         ``host:99999`` would pass the scheme check and end in a ``ValueError`` traceback
-        inside SQLAlchemy, kombu or redis at the first connection. The reason names the
-        part, never the URL (it may hold a password). A broker URL may list fail-over
-        URLs joined by ``;`` (kombu): each is checked."""
-        for url in value.split(";") if "://" in value else ():
-            scheme = url.partition("://")[0].lower()
+        inside SQLAlchemy, kombu or redis at the first connection. The database URL is
+        read as SQLAlchemy reads it (a password may hold ``/``, ``?`` or ``#``); the
+        others as kombu and redis do (``urllib``), each fail-over URL of a broker list
+        joined by ``;``. The reason names neither the URL nor the parser's words: both
+        may quote a piece of the password."""
+        database = info.field_name == "database_url"
+        urls = [value] if database else value.split(";")
+        for url in urls if "://" in value else ():
+            scheme = url.partition("://")[0].strip().lower()
             if scheme in SQLITE_SCHEMES or scheme == "unix" or "://" not in url:
                 continue
             try:
-                split = urlsplit(url.strip())
-                split.port  # noqa: B018 - parsing it is the check
-            except ValueError as bad:
-                raise ValueError(f"{scheme} URL with a malformed host or port: {bad}") from None
+                port = make_url(url.strip()).port if database else urlsplit(url.strip()).port
+                readable = port is None or 0 <= port <= 65535
+            except (ValueError, ArgumentError):
+                readable = False
+            if not readable:
+                raise ValueError(
+                    f"{scheme} URL whose host or port cannot be read: a port is a number from"
+                    " 0 to 65535, an IPv6 address is written in brackets ([::1]:5432)"
+                )
         return value
 
     @field_validator("database_url", "broker_url", "events_url")

@@ -201,7 +201,12 @@ def _report_changed_duplicates(
             kept = event_payload(events[first])
         else:
             continue
-        if json.loads(json.dumps(event_payload(event), default=str)) == kept:
+        mine = json.loads(json.dumps(event_payload(event), default=str))
+        if isinstance(kept, dict) and kept.get("customer") == {"id": event.customer.id}:
+            # Erased by a forget request since (worker.records.privacy): the stored copy
+            # keeps the customer's id only, so the rest is what can differ.
+            mine["customer"] = kept["customer"]
+        if mine == kept:
             continue
         EVENTS.labels("duplicate_changed").inc()
         log.warning(

@@ -110,15 +110,18 @@ def _translations(value: object) -> object:
 
 
 # Names, categories and SKUs go into subjects, emails and reports: one line
-# (triggers.text_rules). A description may break lines, but holds no other control
+# (triggers.text_rules). A description may break lines (LF, CR LF), but holds no other control
 # character (NUL cannot even be stored by PostgreSQL) and no bidirectional override.
 OneLineText = AfterValidator(one_line)
-_DESCRIPTION_FORBIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_DESCRIPTION_FORBIDDEN = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
+)
 # A price written plainly: digits, one optional point and fraction. Python's Decimal
 # would also read "1_000", "+5", "1e2" and digits of other scripts ("١٢").
 _PRICE_TEXT = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
-# An absolute http(s) URL with a host and no space, quote, angle bracket or control.
-_WEB_URL = r"^https?://[^\s/<>\"'`\x00-\x1f\x7f]+(?:/[^\s<>\"'`\x00-\x1f\x7f]*)?$"
+# An absolute http(s) URL with a host and no space, double quote, backtick, angle
+# bracket or control (an apostrophe is legal in a path: /men's-shoes).
+_WEB_URL = r"^https?://[^\s/<>\"`'\x00-\x1f\x7f]+(?:/[^\s<>\"`\x00-\x1f\x7f]*)?$"
 
 
 def _description(value: str | None) -> str | None:

@@ -135,8 +135,8 @@ def _statement(step: str | None) -> Select[Any]:
         )
         counts.append(select(func.count()).select_from(stepped).scalar_subquery().label("stepped"))
     counts.append(select(func.count()).select_from(sent).scalar_subquery().label("sent"))
-    # Listed in this order, the CTEs run as the separate statements did: the send's row,
-    # then its enrollment, then the answer.
+    # PostgreSQL promises no order among the CTEs; none is needed: each touches its own
+    # row, and any refusal rolls the whole statement back.
     return select(*counts).add_cte(recorded)
 
 

@@ -94,12 +94,13 @@ def apply_events(session: Session, events: Iterable[TrackingEvent], now: datetim
 
 
 def _record(session: Session, event: TrackingEvent, now: datetime) -> bool:
-    """Insert the event's row; False if it is already there (a retry or a replay)."""
-    key = storage_id(event.event_id)
+    """Insert the event's rows, one per key (``event_id`` and ``also_ids``); False if any
+    key is already there (a retry or a replay)."""
+    keys = list(dict.fromkeys(storage_id(key) for key in (event.event_id, *event.also_ids)))
     seen = session.scalar(
-        select(WebhookEvent.id).where(
-            WebhookEvent.provider == event.provider, WebhookEvent.event_id == key
-        )
+        select(WebhookEvent.id)
+        .where(WebhookEvent.provider == event.provider, WebhookEvent.event_id.in_(keys))
+        .limit(1)
     )
     if seen is not None:
         return False
@@ -107,7 +108,7 @@ def _record(session: Session, event: TrackingEvent, now: datetime) -> bool:
         # A concurrent delivery of the same event may insert first: the unique
         # constraint decides, and only this savepoint is rolled back.
         with session.begin_nested():
-            session.add(
+            session.add_all(
                 WebhookEvent(
                     provider=event.provider,
                     event_id=key,
@@ -116,6 +117,7 @@ def _record(session: Session, event: TrackingEvent, now: datetime) -> bool:
                     occurred_at=event.timestamp,
                     received_at=now,
                 )
+                for key in keys
             )
     except IntegrityError:
         return False

@@ -70,6 +70,9 @@ class TrackingEvent:
     provider_message_id: str | None = None
     description: str | None = None
     policy: bool = False
+    # More de-duplication keys, each recorded too: the event is a duplicate when any of
+    # its keys was seen (Mailgun: the signature's token and the event's own id).
+    also_ids: tuple[str, ...] = ()
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

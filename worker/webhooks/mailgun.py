@@ -18,10 +18,12 @@ captured from one request (a "delivered" one, say) verifies with any other event
 for those eight hours. Mailgun's answer is to remember tokens and refuse one seen
 before (the "securing webhooks" page above). So the de-duplication id recorded in
 ``webhook_events`` (:mod:`worker.records.webhook_events`, kept longer than the window)
-is the signature's token: a retry carries the first attempt's token and event and is
-a duplicate, as before; a reused signature with other event data is the same token,
-a duplicate too, and changes nothing. A request that failed (the transaction rolled
-back) recorded nothing, so its retry is applied.
+is the signature's token, and the event's own id besides (``event-data.id`` is unique
+only within a day, so it is joined with the event's timestamp, which stays the same on
+every retry): a retry is a duplicate by either, whether or not it is signed anew; a
+reused signature with other event data is the same token, a duplicate too, and changes
+nothing. A request that failed (the transaction rolled back) recorded nothing, so its
+retry is applied.
 
 Answering 406 tells Mailgun not to retry a request (help.mailgun.com, Webhooks).
 """
@@ -44,6 +46,7 @@ from worker.webhooks.events import (
     WebhookPayloadError,
     WebhookRejected,
     enhanced_status,
+    fingerprint,
     from_epoch,
     is_policy_status,
     load_json,
@@ -165,10 +168,18 @@ def _event(data: dict[str, Any], token: str) -> TrackingEvent:
     message_id = normalize_message_id(
         headers.get("message-id") if isinstance(headers, dict) else None
     )
+    event_id = data.get("id")
     # Mailgun's send API answers with the Message-ID it set, so it is both ids at once.
     return TrackingEvent(
         provider=PROVIDER,
-        event_id=f"token:{token}",  # one request, one event, one token (see the module)
+        # One request, one event, one token (see the module); the event's own id too, in
+        # case a retry comes with a token of its own, and for rows recorded before.
+        event_id=f"token:{token}",
+        also_ids=(
+            f"{event_id}@{data.get('timestamp')}"
+            if isinstance(event_id, str) and event_id
+            else fingerprint(data),
+        ),
         kind=kind,
         recipient=normalize_email(data.get("recipient")),
         timestamp=from_epoch(data.get("timestamp")),

@@ -53,13 +53,14 @@ def fresh_settings() -> Iterator[None]:
         ("CROSSSELL_REQUEUE_AFTER", "0s", "must be longer than 0"),
         ("CROSSSELL_DELIVERY_LEASE", "0m", "must be longer than 0"),
         ("CROSSSELL_QUIET_HOURS", "08:00-08:00", "write 'off'"),
-        ("CROSSSELL_DATABASE_URL", "postgresql://u:secret@[::1", "Invalid IPv6 URL"),
-        ("CROSSSELL_DATABASE_URL", "postgresql://u:secret@db:99999/x", "Port out of range"),
-        ("CROSSSELL_DATABASE_URL", "postgresql+psycopg://db:abc/x", "malformed host or port"),
-        ("CROSSSELL_BROKER_URL", "amqp://guest:secret@rabbit:70000//", "Port out of range"),
-        ("CROSSSELL_EVENTS_URL", "amqp://h1:5672//;amqp://h2:-1//", "malformed host or port"),
-        ("CROSSSELL_EVENTS_URL", "redis://[fe80::1/0", "Invalid IPv6 URL"),
-        ("CROSSSELL_RATE_LIMIT_URL", "redis://cache:123456/0", "Port out of range"),
+        ("CROSSSELL_DATABASE_URL", "postgresql://u:secret@[::1", "host or port cannot be read"),
+        ("CROSSSELL_DATABASE_URL", "postgresql://u:secret@db:99999/x", "0 to 65535"),
+        ("CROSSSELL_DATABASE_URL", "postgresql+psycopg://db:abc/x", "host or port cannot be"),
+        ("CROSSSELL_BROKER_URL", "amqp://guest:secret@rabbit:70000//", "0 to 65535"),
+        ("CROSSSELL_EVENTS_URL", "amqp://h1:5672//;amqp://h2:-1//", "host or port cannot be"),
+        ("CROSSSELL_EVENTS_URL", "redis://[fe80::1/0", "in brackets"),
+        ("CROSSSELL_RATE_LIMIT_URL", "redis://cache:123456/0", "0 to 65535"),
+        ("CROSSSELL_BROKER_URL", "amqp://u:se/cret@rabbit//", "host or port cannot be read"),
         ("CROSSSELL_CAMPAIGNS_DIR", "/nonexistent-crosssell/campaigns", "no such directory"),
         ("CROSSSELL_EVENTS_URL", "sqlite:///", "names no file"),
         ("CROSSSELL_CAMPAIGNS_DIR", "", "is empty"),
@@ -104,6 +105,8 @@ def test_a_bad_setting_is_one_line_naming_the_variable(
     (line,) = result.output.splitlines()[1:]
     assert line.startswith(f"  {variable}: ") and why in line
     assert "Traceback" not in result.output
+    if variable.endswith("_URL"):
+        assert "secret" not in result.output, "no piece of a password is ever shown"
 
 
 def test_a_good_lease_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,6 +157,9 @@ def test_a_lease_within_the_provider_timeout_is_refused(
         {"rate_limit_url": "rediss://r:6380/1"},
         {"rate_limit_url": "database"},
         {"database_url": "postgresql+psycopg://u:p@[::1]:5432/crosssell"},
+        # SQLAlchemy reads a password up to the last "@": "/", "?", "#", ";", "[" in it.
+        {"database_url": "postgresql+psycopg://app:ab/cd#e?f;g[h@db:5432/crosssell"},
+        {"database_url": "postgresql+psycopg://app@/crosssell?host=/run/postgresql"},
         {"broker_url": "amqp://g:g@h1:5672//;amqp://g:g@h2:5672//"},
         {"rate_limit_url": "unix:///run/redis.sock"},
     ],

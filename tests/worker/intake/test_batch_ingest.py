@@ -624,3 +624,14 @@ def test_a_duplicate_with_other_content_is_reported_and_an_exact_one_is_not(
     with transaction(database_url) as session:
         stored = session.scalars(select(Event).where(Event.event_id == "evt-reused")).one()
         assert stored.payload["data"]["total"] == "100.00", "the first one stands"
+    # After a forget request the stored copy keeps the customer's id only: an exact
+    # redelivery of the event is still quiet.
+    from worker.records.privacy import forget_customer
+
+    with transaction(database_url) as session:
+        assert forget_customer(session, "C-reuse", b"k" * 32, NOW) is not None
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="worker.intake.ingest"):
+        with transaction(database_url) as session:
+            results = ingest_batch(session, [validate_event(first)], rules, runtime.policy, NOW)
+        assert results[0].duplicate and warned() == []

@@ -303,6 +303,25 @@ def test_a_row_value_no_email_can_show_is_refused_on_its_line(
     assert _errors(jsonl) == [(2, field)]
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("description", "line one\r\nline two"),
+        ("description", "line one\nline two\u2028three"),
+        ("url", "https://shop.example/men's-shoes?size=42#top"),
+        ("image_url", "https://cdn.example/a%20b.png"),
+        ("name", "Ștefan's Tripod — 2 m (ø 5 cm)"),
+    ],
+)
+def test_a_row_value_an_email_can_show_is_accepted(tmp_path: Path, field: str, value: str) -> None:
+    row = {"sku": "A-1", "name": "Tripod", "category": "tripods", "price": "9.00"}
+    path = _write(
+        tmp_path, "catalog.jsonl", json.dumps({**row, "currency": "EUR", field: value}) + "\n"
+    )
+    (parsed,) = parse_catalog(path)
+    assert getattr(parsed, field) == value
+
+
 @pytest.mark.parametrize("price", ["0", "0.50", "19.90", "1234567890.1234", " 19.90 "])
 def test_a_price_written_plainly_is_accepted(tmp_path: Path, price: str) -> None:
     path = _write(tmp_path, "catalog.csv", HEADER + f'A-1,Tripod,tripods,"{price}",EUR\n')

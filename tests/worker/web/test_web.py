@@ -274,6 +274,20 @@ def test_a_mailgun_retry_with_an_old_signature_is_applied_once(
         assert row is not None and row.reason == "hard_bounce"
 
 
+def test_a_mailgun_retry_signed_anew_is_still_applied_once(
+    hooks: tuple[TestClient, Runtime],
+) -> None:
+    """Whether Mailgun signs a retry anew or reuses its first signature, the event's
+    own id (with its timestamp) is recorded too: the same event under a new token is a
+    duplicate."""
+    client, _ = hooks
+    first = _mailgun_request(datetime.now(UTC) - timedelta(minutes=20), "evt-resigned")
+    again = json.loads(_mailgun_request(datetime.now(UTC), "evt-resigned"))
+    again["event-data"] = json.loads(first)["event-data"]
+    assert client.post("/webhooks/mailgun", content=first).json()["applied"] == 1
+    assert client.post("/webhooks/mailgun", json=again).json()["applied"] == 0
+
+
 def test_a_captured_mailgun_signature_cannot_carry_other_event_data(
     hooks: tuple[TestClient, Runtime],
 ) -> None:

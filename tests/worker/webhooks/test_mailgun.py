@@ -25,6 +25,7 @@ def test_mailgun_accepts_a_fresh_signature() -> None:
     # The de-duplication id is the signature's token: the only part of a request that the
     # signature binds and that no other request carries.
     assert event.event_id == f"token:{token}"
+    assert event.also_ids == ("G9Bn5sl1TC6nu79C8C0bwg@1795516140.108236",)
 
 
 @pytest.mark.parametrize(
