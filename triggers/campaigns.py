@@ -78,6 +78,10 @@ def _number(value: object) -> object:
 
 def _whole(value: object) -> object:
     _number(value)
+    if isinstance(value, float | Decimal) and not Decimal(value).is_finite():
+        # YAML's .inf and .nan, and 1e400 (read as infinity): int() would raise
+        # OverflowError, a traceback instead of a bad-value at the line.
+        raise ValueError("write a finite whole number")
     if isinstance(value, Decimal) and value != value.to_integral_value():
         raise ValueError("write a whole number")
     return int(value) if isinstance(value, Decimal) else value

@@ -101,10 +101,15 @@ def _instant_as_written(value: object) -> object:
     not written; pydantic would read either, and numeric text too."""
     if isinstance(value, datetime):
         return value  # built in Python, not decoded from a message
-    if not isinstance(value, str) or not _INSTANT_TEXT.match(value):
+    if not isinstance(value, str):
         raise ValueError(
             "must be an ISO 8601 date and time with an offset, as text"
             " (e.g. 2026-11-24T10:30:00+02:00), not a number"
+        )
+    if not _INSTANT_TEXT.match(value):
+        raise ValueError(
+            "must be an ISO 8601 date and time with an offset,"
+            " written YYYY-MM-DDTHH:MM… (e.g. 2026-11-24T10:30:00+02:00)"
         )
     return value
 

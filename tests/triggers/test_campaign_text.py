@@ -683,3 +683,23 @@ def test_a_usable_coupon_passes(coupon: str) -> None:
     text = edit("  unavailable: skip_item\n", f"  unavailable: skip_item\n  coupon: {coupon}\n")
     rules = compile_rule_set([("campaign.yaml", text)], template_names=TEMPLATES)
     assert [issue.level for issue in rules.warnings if issue.level == "error"] == []
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "path"),
+    [
+        ("priority: 80", "priority: .inf", "priority"),
+        ("priority: 80", "priority: -.inf", "priority"),
+        ("priority: 80", "priority: 1e400", "priority"),
+        ("priority: 80", "priority: .nan", "priority"),
+        ("  max_items: 3", "  max_items: .inf", "offer.max_items"),
+        ("{id: A, weight: 50,", "{id: A, weight: .inf,", "experiment.variants[0].weight"),
+    ],
+)
+def test_an_infinite_whole_number_is_a_bad_value_not_a_traceback(
+    before: str, after: str, path: str
+) -> None:
+    """``int(Decimal('Infinity'))`` raised OverflowError out of lint, status and a reload."""
+    issue = only_issue(edit(before, after))
+    assert (issue.code, issue.path) == ("bad-value", path)
+    assert "finite whole number" in issue.message

@@ -359,14 +359,23 @@ class Settings(BaseSettings):
             if scheme in SQLITE_SCHEMES or scheme == "unix" or "://" not in url:
                 continue
             try:
-                port = make_url(url.strip()).port if database else urlsplit(url.strip()).port
-                readable = port is None or 0 <= port <= 65535
+                if database:
+                    parsed = make_url(url.strip())
+                    port, host = parsed.port, parsed.host or ""
+                else:
+                    split = urlsplit(url.strip())
+                    port, host = split.port, split.hostname or ""
+                # Port 0 is read as "no port" (the default one); an "@" left in the host
+                # is a password's "@" not written %40, which splits the URL elsewhere
+                # than the driver does.
+                readable = (port is None or 1 <= port <= 65535) and "@" not in host
             except (ValueError, ArgumentError):
                 readable = False
             if not readable:
                 raise ValueError(
                     f"{scheme} URL whose host or port cannot be read: a port is a number from"
-                    " 0 to 65535, an IPv6 address is written in brackets ([::1]:5432)"
+                    " 1 to 65535, an IPv6 address is written in brackets ([::1]:5432), and"
+                    " an @ in a password is written %40"
                 )
         return value
 
@@ -570,7 +579,7 @@ class Settings(BaseSettings):
     @field_validator("quiet_hours")
     @classmethod
     def _quiet(cls, value: str | None) -> str | None:
-        if value in (None, "", "off"):
+        if value is None or value.strip().lower() in ("", "off"):
             return None
         start, _, end = value.partition("-")
         if parse_time_of_day(start) == parse_time_of_day(end):
@@ -580,11 +589,22 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("cap_window", "requeue_after", "delivery_lease")
+    @field_validator(
+        "cap_window",
+        "requeue_after",
+        "delivery_lease",
+        "sending_timeout",
+        "recommendations_rebuild_every",
+        "attribution_window",
+        "activity_retention",
+    )
     @classmethod
     def _longer_than_zero(cls, value: str) -> str:
-        """A cap counted over no time caps nothing; a lease or a requeue delay of 0 would
-        take back every claim and every queued send at once."""
+        """A cap counted over no time caps nothing; a lease, a requeue delay or a sending
+        timeout of 0 would take back every claim and every queued send at once; a rebuild
+        every 0 s floods the broker with rebuilds; an attribution window of 0 counts no
+        conversion; a retention of 0 deletes activity before it is published. (Only
+        ``CROSSSELL_MIN_GAP`` may be 0: no spacing.)"""
         if parse_duration(value) <= timedelta(0):
             raise ValueError("must be longer than 0")
         return value

@@ -353,7 +353,7 @@ def create_app(runtime: Runtime) -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/u/{token}", unsubscribe_page, methods=["GET"]),
             Route("/u/{token}", unsubscribe, methods=["POST"]),
@@ -364,3 +364,7 @@ def create_app(runtime: Runtime) -> Starlette:
         ],
         middleware=[Middleware(BodyLimit)],
     )
+    # No redirect for a trailing slash: RFC 8058's one-click POST must be answered where
+    # it lands, and Starlette would build the redirect from the request's Host header.
+    app.router.redirect_slashes = False
+    return app

@@ -76,6 +76,19 @@ def test_one_click_post_unsubscribes_idempotently(web: tuple[TestClient, Runtime
         assert len(session.scalars(select(Suppression)).all()) == 1
 
 
+def test_a_trailing_slash_is_not_redirected_anywhere(web: tuple[TestClient, Runtime]) -> None:
+    """RFC 8058's one-click POST is answered where it lands; Starlette's slash redirect
+    was a 307 to an address built from the request's Host header."""
+    client, runtime = web
+    token = sign(runtime.unsubscribe_keys, "C-web", "all")
+    for method, path in (("POST", f"/u/{token}/"), ("GET", f"/preferences/{token}/")):
+        answer = client.request(
+            method, path, headers={"Host": "evil.example"}, follow_redirects=False
+        )
+        assert answer.status_code == 404 and "location" not in answer.headers
+    assert not _suppressed(runtime)
+
+
 def test_tampered_and_foreign_tokens_are_rejected(web: tuple[TestClient, Runtime]) -> None:
     client, runtime = web
     token = sign(runtime.unsubscribe_keys, "C-web", "all")
