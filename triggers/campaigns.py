@@ -76,6 +76,18 @@ def _number(value: object) -> object:
     return value
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def _longer_than_zero(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0")
+    return value
+
+
 def _whole(value: object) -> object:
     _number(value)
     if isinstance(value, float | Decimal) and not Decimal(value).is_finite():
@@ -396,7 +408,7 @@ Reenter = Literal["never", "after_exit"] | ReenterAfter
 
 class Campaign(_Model):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9\-]*$", max_length=80)]
-    name: Annotated[str, Field(min_length=1, max_length=200), OneLine]
+    name: Annotated[str, Field(min_length=1, max_length=200), OneLine, AfterValidator(_not_blank)]
     status: Literal["active", "paused", "draft"] = "active"
     kind: Literal["cross_sell", "upsell", "loyalty", "reengagement"]
     priority: Annotated[Whole, Field(ge=0, le=1000)] = 50
@@ -409,7 +421,7 @@ class Campaign(_Model):
     sender: Sender | None = None
     # How long after an email (or a holdout decision) a purchase still counts as this
     # campaign's conversion; unset: the installation's CROSSSELL_ATTRIBUTION_WINDOW.
-    attribution_window: Annotated[Duration, Field(gt=timedelta(0))] | None = None
+    attribution_window: Annotated[Duration, AfterValidator(_longer_than_zero)] | None = None
     steps: list[Step] | None = Field(
         default=None,
         min_length=1,

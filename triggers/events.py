@@ -199,14 +199,15 @@ customer's locale; not :data:`NOT_MONEY`."""
 
 
 def _iso_currency(value: str) -> str:
-    """A currency code: three capital letters (the pattern says so first) that ISO 4217
-    assigns; ``XYZ`` is refused rather than shown to a customer as an unknown unit."""
+    """A currency code ISO 4217 assigns, in capitals: ``XYZ`` is refused rather than shown
+    to a customer as an unknown unit, ``eur`` rather than guessed."""
     if value not in ISO_CURRENCIES:
         raise ValueError("must be an ISO 4217 currency code such as EUR, RON or USD")
     return value
 
 
-CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$"), AfterValidator(_iso_currency)]
+# Checked against ISO 4217's codes alone: a pattern would be reported as its regex.
+CurrencyCode = Annotated[str, AfterValidator(_iso_currency)]
 """An event's or a product's currency (the catalog import uses the same rule)."""
 
 

@@ -703,3 +703,23 @@ def test_an_infinite_whole_number_is_a_bad_value_not_a_traceback(
     issue = only_issue(edit(before, after))
     assert (issue.code, issue.path) == ("bad-value", path)
     assert "finite whole number" in issue.message
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "path", "message"),
+    [
+        ("name: Accessories for new laptop owners", 'name: "   "', "name", "must not be blank"),
+        (
+            "frequency: {once_per_customer: true, cooldown: 30d}",
+            "frequency: {once_per_customer: true, cooldown: 30d}\nattribution_window: 0s",
+            "attribution_window",
+            "must be longer than 0",
+        ),
+    ],
+)
+def test_a_blank_name_and_a_zero_attribution_window_say_so_plainly(
+    before: str, after: str, path: str, message: str
+) -> None:
+    issue = only_issue(edit(before, after))
+    assert (issue.code, issue.path) == ("bad-value", path)
+    assert message in issue.message and "datetime" not in issue.message

@@ -124,6 +124,15 @@ _PRICE_TEXT = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
 _WEB_URL = r"^https?://[^\s/<>\"`'\x00-\x1f\x7f]+(?:/[^\s<>\"`\x00-\x1f\x7f]*)?$"
 
 
+def _web_url(value: str) -> str:
+    if not re.match(_WEB_URL, value):
+        raise ValueError(
+            "must be an absolute http(s) URL with a host, and no space, double quote,"
+            " backtick or angle bracket (write them %-encoded)"
+        )
+    return value
+
+
 def _description(value: str | None) -> str | None:
     if value is not None and _DESCRIPTION_FORBIDDEN.search(value):
         raise ValueError("must not contain control or bidirectional characters")
@@ -138,8 +147,8 @@ class CatalogRow(BaseModel):
     category: Annotated[str, Field(min_length=1, max_length=128), OneLineText]
     price: Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4, allow_inf_nan=False)]
     currency: CurrencyCode
-    url: Annotated[str, Field(max_length=500, pattern=_WEB_URL)] | None = None
-    image_url: Annotated[str, Field(max_length=500, pattern=_WEB_URL)] | None = None
+    url: Annotated[str, Field(max_length=500), AfterValidator(_web_url)] | None = None
+    image_url: Annotated[str, Field(max_length=500), AfterValidator(_web_url)] | None = None
     in_stock: StrictBool = True
     line: Annotated[str, Field(max_length=128), OneLineText] | None = None
     tier: Annotated[int, Field(ge=0, le=1000)] | None = None

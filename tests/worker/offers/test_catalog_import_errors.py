@@ -327,3 +327,24 @@ def test_a_price_written_plainly_is_accepted(tmp_path: Path, price: str) -> None
     path = _write(tmp_path, "catalog.csv", HEADER + f'A-1,Tripod,tripods,"{price}",EUR\n')
     (row,) = parse_catalog(path)
     assert str(row.price) == price.strip()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("url", "https://x y/", "absolute http(s) URL with a host"),
+        ("currency", "eur", "ISO 4217 currency code"),
+        ("currency", "EURO", "ISO 4217 currency code"),
+    ],
+)
+def test_a_refusal_says_what_is_expected_not_a_pattern(
+    tmp_path: Path, field: str, value: str, said: str
+) -> None:
+    row = {"sku": "A-1", "name": "Tripod", "category": "tripods", "price": "9.00"}
+    path = _write(
+        tmp_path, "catalog.jsonl", json.dumps({"currency": "EUR", **row, field: value}) + "\n"
+    )
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(path)
+    (error,) = caught.value.errors
+    assert error.column == field and said in error.message and "pattern" not in error.message
