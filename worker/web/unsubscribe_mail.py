@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from worker.core.log_format import fields
 from worker.email.tokens import verify
 from worker.process.runtime import Runtime
 from worker.web.web import unsubscribe_customer
@@ -93,10 +94,18 @@ class UnsubscribeHandler:
             log.info("mailto unsubscribe without a genuine token: nothing changed")
             return ACCEPTED
         try:
-            await asyncio.to_thread(unsubscribe_customer, self.runtime, customer_id, "mailto")
+            known = await asyncio.to_thread(
+                unsubscribe_customer, self.runtime, customer_id, "mailto"
+            )
         except SQLAlchemyError:
             log.exception("mailto unsubscribe could not be stored; the sender will retry")
             return "451 4.3.0 Temporarily unable to process the request, try again later"
+        log.info(
+            "mailto unsubscribe of customer %s: %s",
+            customer_id,
+            "consent withdrawn, address suppressed" if known else "unknown customer, nothing",
+            extra=fields(customer_id=customer_id, outcome="unsubscribed" if known else "unknown"),
+        )
         return ACCEPTED
 
 

@@ -198,6 +198,12 @@ def test_the_receiver_logs_no_sender_address(
         assert data_reply(host, port, request(f"unsubscribe {old}"))[0] == 250
     assert state(runtime)[0] is False
     assert not [r.getMessage() for r in caplog.records if "someone@example.net" in r.getMessage()]
+    # What it did is logged, by customer id: a failed attempt was, a successful one not.
+    done = [r for r in caplog.records if r.getMessage().startswith("mailto unsubscribe of")]
+    assert [r.getMessage() for r in done] == [
+        "mailto unsubscribe of customer C-mail: consent withdrawn, address suppressed"
+    ]
+    assert done[0].levelname == "INFO" and getattr(done[0], "customer_id", None) == "C-mail"
 
 
 def test_only_the_unsubscribe_address_is_accepted(runtime: Runtime) -> None:
