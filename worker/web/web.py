@@ -223,16 +223,6 @@ def parse_webhook(
     return result
 
 
-def consent_state(runtime: Runtime, customer_id: str) -> tuple[str | None, bool]:
-    """The customer's stored locale, and whether they are unsubscribed from all
-    marketing email (False for an unknown customer)."""
-    with transaction(runtime.settings.resolved_database_url) as session:
-        customer = session.get(Customer, customer_id)
-        if customer is None:
-            return None, False
-        return customer.locale, customer.email_marketing is False
-
-
 def customer_locale(runtime: Runtime, customer_id: str) -> str | None:
     """The customer's stored locale (None for an unknown customer or none stored)."""
     with transaction(runtime.settings.resolved_database_url) as session:
@@ -261,10 +251,7 @@ def create_app(runtime: Runtime) -> Starlette:
         customer_id = customer_of(request)
         if customer_id is None:
             return invalid()
-        locale, unsubscribed = await run_in_threadpool(consent_state, runtime, customer_id)
-        if unsubscribed:
-            # Nothing left to confirm: say it is done rather than ask again.
-            return pages.render("unsubscribed", locale, shop_name=shop_name)
+        locale = await run_in_threadpool(customer_locale, runtime, customer_id)
         return pages.render(
             "unsubscribe",
             locale,
