@@ -82,10 +82,15 @@ def _not_blank(value: str) -> str:
     return value
 
 
-def _longer_than_zero(value: timedelta) -> timedelta:
-    if value <= timedelta(0):
-        raise ValueError("must be longer than 0")
-    return value
+def _longer_than_zero(why: str = "") -> AfterValidator:
+    """A duration that must exceed 0; ``why`` is added to the refusal."""
+
+    def check(value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0" + (f": {why}" if why else ""))
+        return value
+
+    return AfterValidator(check)
 
 
 def _whole(value: object) -> object:
@@ -141,18 +146,13 @@ class Schedule(_Model):
         suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
         raise ValueError(f"unknown time zone {value!r}: use 'customer' or an IANA name{suggestion}")
 
-    expire_after: Duration = Field(
+    expire_after: Annotated[
+        Duration, _longer_than_zero("an email that expires when due never goes out")
+    ] = Field(
         timedelta(days=7),
         json_schema_extra={"default": "7d"},
         description="drop the email if it cannot go out within this time after the trigger",
     )
-
-    @field_validator("expire_after")
-    @classmethod
-    def _can_go_out(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be longer than 0: an email that expires when due never goes out")
-        return value
 
 
 class MaxSends(_Model):
@@ -185,14 +185,9 @@ class Coupon(_Model):
 
     prefix: Annotated[str, Field(pattern=r"^[A-Z0-9]{0,8}$")] = ""
     discount_percent: Annotated[Number, Field(gt=0, le=100)] | None = None
-    expires_after: Duration = Field(timedelta(days=14), json_schema_extra={"default": "14d"})
-
-    @field_validator("expires_after")
-    @classmethod
-    def _usable(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be longer than 0: a coupon that expires as it is sent is void")
-        return value
+    expires_after: Annotated[
+        Duration, _longer_than_zero("a coupon that expires as it is sent is void")
+    ] = Field(timedelta(days=14), json_schema_extra={"default": "14d"})
 
 
 class _Offer(_Model):
@@ -421,7 +416,7 @@ class Campaign(_Model):
     sender: Sender | None = None
     # How long after an email (or a holdout decision) a purchase still counts as this
     # campaign's conversion; unset: the installation's CROSSSELL_ATTRIBUTION_WINDOW.
-    attribution_window: Annotated[Duration, AfterValidator(_longer_than_zero)] | None = None
+    attribution_window: Annotated[Duration, _longer_than_zero()] | None = None
     steps: list[Step] | None = Field(
         default=None,
         min_length=1,

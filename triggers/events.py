@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from functools import lru_cache
@@ -39,6 +40,7 @@ from pydantic import (
 )
 
 from triggers.addresses import InvalidAddress, canonical_address
+from triggers.fields import FieldType, attribute_type_reason
 from triggers.text_rules import NOT_ONE_LINE
 
 EVENT_TYPES = ("purchase", "anniversary", "usage_change")
@@ -644,14 +646,23 @@ def _strings_need_checking(text: str) -> bool:
 
 
 def parse_event(
-    body: bytes | str, received_at: datetime | None = None
+    body: bytes | str,
+    received_at: datetime | None = None,
+    attributes: Mapping[str, FieldType] | None = None,
 ) -> PurchaseEvent | AnniversaryEvent | UsageChangeEvent:
     """Decode and validate one event; raise :class:`InvalidEvent` with a PII-free reason.
 
     ``received_at`` is the receiver's clock (aware): with it, an ``occurred_at`` more
-    than a day in the future is refused.
+    than a day in the future is refused. ``attributes`` are the declared custom
+    attribute types (the attributes file): one of another type is ``wrong_schema``, as
+    every condition on it would otherwise be silently false. The consumer, ``crosssell
+    publish``, ``simulate`` and ``explain`` all read events through here.
     """
-    return validate_event(load_json(body), received_at)
+    event = validate_event(load_json(body), received_at)
+    wrong_type = attribute_type_reason(event.customer.attributes, attributes or {})
+    if wrong_type is not None:
+        raise InvalidEvent("wrong_schema", wrong_type)
+    return event
 
 
 def validate_event(

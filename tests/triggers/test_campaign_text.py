@@ -658,6 +658,11 @@ def test_an_email_that_expires_when_it_is_due_is_a_bad_value(expire_after: str) 
     assert "never goes out" in issue.message
 
 
+def _with_coupon(coupon: str) -> str:
+    """The campaign with ``offer.coupon: <coupon>`` (flow YAML)."""
+    return edit("  unavailable: skip_item\n", f"  unavailable: skip_item\n  coupon: {coupon}\n")
+
+
 @pytest.mark.parametrize(
     ("coupon", "path", "message"),
     [
@@ -671,7 +676,7 @@ def test_an_email_that_expires_when_it_is_due_is_a_bad_value(expire_after: str) 
 def test_a_coupon_no_customer_can_use_is_a_bad_value(coupon: str, path: str, message: str) -> None:
     """A coupon that expires as the email is sent, or takes nothing off, is a typo: it
     is refused at its line like the schedule's ``expire_after: 0s``."""
-    text = edit("  unavailable: skip_item\n", f"  unavailable: skip_item\n  coupon: {coupon}\n")
+    text = _with_coupon(coupon)
     issue = only_issue(text)
     assert (issue.code, issue.path) == ("bad-value", path)
     assert message in issue.message
@@ -680,7 +685,7 @@ def test_a_coupon_no_customer_can_use_is_a_bad_value(coupon: str, path: str, mes
 
 @pytest.mark.parametrize("coupon", ["{}", "{discount_percent: 0.5, expires_after: 1h}"])
 def test_a_usable_coupon_passes(coupon: str) -> None:
-    text = edit("  unavailable: skip_item\n", f"  unavailable: skip_item\n  coupon: {coupon}\n")
+    text = _with_coupon(coupon)
     rules = compile_rule_set([("campaign.yaml", text)], template_names=TEMPLATES)
     assert [issue.level for issue in rules.warnings if issue.level == "error"] == []
 

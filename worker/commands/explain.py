@@ -6,7 +6,7 @@ knows the customer (read only); otherwise the event alone. Nothing is written.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from triggers.decide import (
 )
 from triggers.events import MAX_EVENT_BYTES, AnyEvent, InvalidEvent, PurchaseEvent, parse_event
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, build_facts, purchase_of
+from triggers.fields import FieldType
 from triggers.schedule import resolve_zone
 from worker.decide.decision_inputs import DecisionInputs
 from worker.process.runtime import Runtime
@@ -65,7 +66,7 @@ def _known(runtime: Runtime, event: AnyEvent, at: datetime) -> Known:
         return Known(inputs, "this event only (no database)")
 
 
-def event_from_file(path: Path) -> AnyEvent:
+def event_from_file(path: Path, attributes: Mapping[str, FieldType] | None = None) -> AnyEvent:
     """The event of ``path``: its first line (a JSON Lines file), read alone, so what
     follows (more events, or bytes that are not even UTF-8) does not matter; or the whole
     file when that line is not JSON by itself (one event written over several lines).
@@ -77,7 +78,7 @@ def event_from_file(path: Path) -> AnyEvent:
         if isinstance(first, CutLine):
             raise first.invalid()
         try:
-            return parse_event(first.strip())
+            return parse_event(first.strip(), attributes=attributes)
         except InvalidEvent as bad:
             if bad.code != "not_json":
                 raise
@@ -85,7 +86,7 @@ def event_from_file(path: Path) -> AnyEvent:
             if whole == first.strip():
                 raise
             try:
-                return parse_event(whole)
+                return parse_event(whole, attributes=attributes)
             except InvalidEvent as other:
                 raise (other if other.code != "not_json" else bad) from None
 

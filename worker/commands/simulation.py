@@ -17,7 +17,7 @@ from sqlalchemy import make_url, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from triggers.events import AnyEvent, InvalidEvent, parse_event, validate_event
-from triggers.fields import FieldType, attribute_type_reason
+from triggers.fields import FieldType
 from triggers.simulate import SimulationReport, simulate
 from worker.decide.decision_inputs import Standing, load_standing
 from worker.process.runtime import Runtime
@@ -99,13 +99,9 @@ def events_from_file(
             try:
                 if isinstance(line, CutLine):
                     raise line.invalid()
-                event = parse_event(line.strip())
+                event = parse_event(line.strip(), attributes=declared)
             except InvalidEvent as bad:
                 problems.append(f"{path}:{number}: {bad.code}: {bad.reason}")
-                continue
-            wrong_type = attribute_type_reason(event.customer.attributes, declared or {})
-            if wrong_type is not None:
-                problems.append(f"{path}:{number}: wrong_schema: {wrong_type}")
                 continue
             yield event
 

@@ -27,7 +27,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.orm import Session
 
 from triggers.events import AnyEvent, InvalidEvent, parse_event
-from triggers.fields import attribute_type_reason
 from worker.core.db import transaction
 from worker.core.log_format import fields
 from worker.core.metrics import EVENTS
@@ -166,19 +165,13 @@ def _parse(runtime: Runtime, body: object) -> AnyEvent | Handled | InvalidEvent:
         # A Redis envelope whose "body" is a JSON number, object or null.
         return Handled("dead_letter", "not_json", "the message body is not text")
     try:
-        event = parse_event(body, received_at=runtime.clock.now())
+        return parse_event(
+            body, received_at=runtime.clock.now(), attributes=runtime.rules.current().attributes
+        )
     except InvalidEvent as bad:
         if bad.code != "unknown_type":
             return Handled("dead_letter", bad.code, bad.reason)
         return bad
-    # A declared attribute of another type would make every condition on it silently
-    # false: the event is refused as the schema's own errors are.
-    wrong_type = attribute_type_reason(
-        event.customer.attributes, runtime.rules.current().attributes
-    )
-    if wrong_type is not None:
-        return Handled("dead_letter", "wrong_schema", wrong_type)
-    return event
 
 
 def _forget(runtime: Runtime, body: object, bad: InvalidEvent) -> Handled:

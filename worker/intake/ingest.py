@@ -201,7 +201,7 @@ def _report_changed_duplicates(
             kept = event_payload(events[first])
         else:
             continue
-        mine = json.loads(json.dumps(event_payload(event), default=str))
+        mine = event_payload(event)  # JSON-ready, as the stored payload reads back
         if isinstance(kept, dict) and kept.get("customer") == {"id": event.customer.id}:
             # Erased by a forget request since (worker.records.privacy): the stored copy
             # keeps the customer's id only, so the rest is what can differ.

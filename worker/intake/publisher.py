@@ -20,7 +20,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.messaging import Producer
 
 from triggers.events import MAX_EVENT_BYTES, InvalidEvent, parse_event, parse_forget
-from triggers.fields import FieldType, attribute_type_reason
+from triggers.fields import FieldType
 from worker.core.settings import Settings
 from worker.core.topology import events_exchange, events_queue, transport_options
 from worker.decide.rule_files import read_attributes
@@ -90,11 +90,7 @@ def _routing_key(line: bytes, now: datetime, declared: Mapping[str, FieldType]) 
     consumer handles apart); InvalidEvent otherwise, as the consumer would refuse it
     (``declared``: the attributes file's types)."""
     try:
-        event = parse_event(line, received_at=now)
-        wrong_type = attribute_type_reason(event.customer.attributes, declared)
-        if wrong_type is not None:
-            raise InvalidEvent("wrong_schema", wrong_type)
-        return event.type
+        return parse_event(line, received_at=now, attributes=declared).type
     except InvalidEvent as bad:
         if bad.code == "unknown_type":
             forget = parse_forget(line)  # InvalidEvent when it is a malformed forget
