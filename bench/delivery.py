@@ -44,6 +44,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, text
 
+from bench.procstats import BackendCpu
+
 ADMIN_URL = os.environ.get(
     "CROSSSELL_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -123,34 +125,6 @@ def count_database(url: str) -> Counts:
     return counts
 
 
-class BackendCpu:
-    """CPU seconds of the PostgreSQL backends serving one database, from ``/proc``: a
-    backend that starts meanwhile counts whole, one that exits with its last reading."""
-
-    def __init__(self, url: str) -> None:
-        from bench.procstats import read
-
-        self._read = read
-        self._admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        self._name = url.rsplit("/", 1)[1]
-        self._start = self._readings()
-        self._last = dict(self._start)
-
-    def _readings(self) -> dict[int, float]:
-        with self._admin.connect() as connection:
-            pids = connection.scalars(
-                text("SELECT pid FROM pg_stat_activity WHERE datname = :name"),
-                {"name": self._name},
-            ).all()
-        readings = {pid: self._read(pid) for pid in pids}
-        return {pid: reading.cpu for pid, reading in readings.items() if reading is not None}
-
-    def used(self) -> float:
-        self._last.update(self._readings())
-        self._admin.dispose()
-        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._last.items())
-
-
 def run(
     sends: int, batch: int, profile: bool, cpu_clock: bool = False, profile_out: str | None = None
 ) -> None:
@@ -199,7 +173,7 @@ def run(
         setattr(delivery, "build_email", recorded_build)  # noqa: B010
         runtime.provider  # noqa: B018 - connect outside the measurement
         counts = count_database(url)
-        server = BackendCpu(url)
+        server = BackendCpu(url, ADMIN_URL)
         batched = getattr(delivery, "deliver_batch", None)
         profiler = None
         if profile:

@@ -46,6 +46,8 @@ from typing import Any
 import psycopg
 from sqlalchemy import create_engine, insert, text
 
+from bench.procstats import BackendCpu
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get(
     "CROSSSELL_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -148,15 +150,17 @@ def store_function(runtime: Any) -> Callable[[Sequence[bytes]], list[Any]]:
 
 
 def measure(
-    runtime: Any, url: str, count: int, batch: int, matching: bool, profile: bool
-) -> tuple[float, float]:
-    """One round: events/s (wall) and CPU ms per event (this process)."""
+    runtime: Any, url: str, count: int, batch: int, matching: bool, profile: bool, admin_url: str
+) -> tuple[float, float, float]:
+    """One round: events/s (wall), CPU ms per event of this process and of the
+    PostgreSQL backends serving the bench database."""
     ids = load_customers(url, f"C-{uuid.uuid4().hex[:6]}", count)
     bodies = [purchase_body(customer_id, matching) for customer_id in ids]
     store = store_function(runtime)
     # The process's CPU clock: the default (wall) clock charges a loaded machine's waits
     # for a core to whichever function was waiting (docs/performance.md, "Ingest").
     profiler = cProfile.Profile(time.process_time) if profile else None
+    server = BackendCpu(url, admin_url)
     wall, cpu = time.perf_counter(), time.process_time()
     if profiler is not None:
         profiler.enable()
@@ -166,12 +170,13 @@ def measure(
     if profiler is not None:
         profiler.disable()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    server_cpu = server.used()
     stored = sum(1 for handled in outcomes if handled.outcome == "stored")
     if stored != count:
         raise SystemExit(f"only {stored} of {count} events stored: {outcomes[:3]}")
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
-    return count / wall, cpu * 1000 / count
+    return count / wall, cpu * 1000 / count, server_cpu * 1000 / count
 
 
 SCANNED_TABLES = ("customers", "events", "sends", "enrollments")
@@ -289,27 +294,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ("one campaign matches", True),
                     ("nothing matches", False),
                 ):
-                    rates, cpus = [], []
+                    rates, cpus, servers = [], [], []
                     for round_number in range(args.rounds):
-                        rate, cpu = measure(
+                        rate, cpu, server = measure(
                             runtime,
                             url,
                             args.events,
                             args.batch,
                             matching,
                             args.profile and round_number == 0 and matching,
+                            args.admin_url,
                         )
                         rates.append(rate)
                         cpus.append(cpu)
+                        servers.append(server)
                         if args.each_round:
                             print(
                                 f"  {label}, round {round_number + 1}: {rate:.0f} events/s, "
-                                f"CPU {cpu:.2f} ms/event; {table_scans(url)}"
+                                f"CPU {cpu:.2f} ms/event, PostgreSQL {server:.2f}; "
+                                f"{table_scans(url)}"
                             )
                     print(
                         f"{label:22} {min(rates):7.0f} to {max(rates):7.0f} events/s "
                         f"(median {statistics.median(rates):.0f}), "
-                        f"CPU {min(cpus):.2f} to {max(cpus):.2f} ms/event"
+                        f"CPU {min(cpus):.2f} to {max(cpus):.2f} ms/event, "
+                        f"PostgreSQL {min(servers):.2f} to {max(servers):.2f} "
+                        f"(median {statistics.median(servers):.2f})"
                     )
             floors = [raw_floor(url, args.events, args.batch) for _ in range(args.rounds)]
             print(

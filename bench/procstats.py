@@ -161,3 +161,34 @@ class Sampler:
     def peaks(self) -> dict[str, int]:
         with self.lock:
             return {name: group.peak_rss for name, group in self.groups.items()}
+
+
+class BackendCpu:
+    """CPU seconds of the PostgreSQL backends serving the database of ``url``, from
+    ``/proc`` (so only for a server on this machine), found in ``pg_stat_activity``
+    through ``admin_url``: a backend that starts meanwhile counts whole, one that exits
+    with its last reading. ``used()`` is the total since construction."""
+
+    def __init__(self, url: str, admin_url: str) -> None:
+        from sqlalchemy import create_engine
+
+        self._admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self._name = url.rsplit("/", 1)[1]
+        self._start = self._readings()
+        self._last = dict(self._start)
+
+    def _readings(self) -> dict[int, float]:
+        from sqlalchemy import text
+
+        with self._admin.connect() as connection:
+            pids = connection.scalars(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = :name"),
+                {"name": self._name},
+            ).all()
+        readings = {pid: read(pid) for pid in pids}
+        return {pid: reading.cpu for pid, reading in readings.items() if reading is not None}
+
+    def used(self) -> float:
+        self._last.update(self._readings())
+        self._admin.dispose()
+        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._last.items())

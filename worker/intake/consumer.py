@@ -32,7 +32,7 @@ from worker.core.log_format import fields
 from worker.core.metrics import EVENTS
 from worker.core.redaction import redact
 from worker.core.topology import dead_letter_queue, events_queue, transport_options
-from worker.intake.ingest import IngestResult, ingest_batch
+from worker.intake.ingest import EventRaced, IngestResult, ingest_batch
 from worker.process.collector import collector_if_own_process
 from worker.process.runtime import Runtime
 from worker.process.startup import announce
@@ -259,14 +259,15 @@ def _store_one(runtime: Runtime, session: Session, event: AnyEvent) -> Handled:
                 [result] = ingest_batch(
                     session, [event], runtime.rules.current(), runtime.policy, runtime.clock.now()
                 )
-        except IntegrityError as exc:
+        except (IntegrityError, EventRaced) as exc:
             if attempt < INTEGRITY_ATTEMPTS:
                 log.info("event %s raced another consumer; trying again", event.id)
                 continue
             return Handled(
                 "dead_letter",
                 "storage_refused",
-                f"the database refused the event {attempt} times ({_sqlstate(exc)})",
+                f"the database refused the event {attempt} times"
+                f" ({_sqlstate(exc) if isinstance(exc, IntegrityError) else exc})",
                 event.id,
             )
         except DBAPIError as exc:

@@ -4,13 +4,13 @@ The consumer acknowledges its messages only after this commits, and the inbox's 
 event id makes a redelivered or re-published event a no-op: stored once, planned once.
 
 A batch costs a handful of statements whatever its size (docs/performance.md, "Ingest"):
-one to find the ids already stored, one to lock the batch's customers, one
-``INSERT … ON CONFLICT DO NOTHING`` for the events, one each for the customers' send
-histories, their planned rows' locks and their suppressions, one multi-row insert each
-for sends (``ON CONFLICT (dedupe_key) DO NOTHING``), orders, order lines and offers, and
-one for the events' outcomes. ``decide`` runs per event in memory, in arrival order, on
-the history kept current as the batch plans, so a customer's second event in a batch
-sees what the first one planned. Sequence entries are written together too (one
+one to lock the batch's customers, one to find the ids already stored, one each for the
+customers' send histories, their planned rows' locks and their suppressions, one
+multi-row insert each for sends (``ON CONFLICT (dedupe_key) DO NOTHING``), orders, order
+lines and offers, and one ``INSERT … ON CONFLICT DO NOTHING`` for the events, each row
+with its outcome (written once, never updated). ``decide`` runs per event in memory, in
+arrival order, on the history kept current as the batch plans, so a customer's second
+event in a batch sees what the first one planned. Sequence entries are written together too (one
 statement for the customers' past entries, one insert: ``sequences.Entries``). Exits and
 attribution, which need rows of their own, go through their per-event functions only for
 the events that need them: customers with an active enrollment, purchases of customers
@@ -19,14 +19,13 @@ with touches.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, or_, select, text, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from triggers.decide import MARKETING_HISTORY, PastSend, Policy, decide
@@ -222,9 +221,27 @@ def _known_events(session: Session, events: Sequence[AnyEvent]) -> set[str]:
     return set(session.scalars(select(Event.event_id).where(among(session, Event.event_id, ids))))
 
 
-def _insert_events(session: Session, events: Sequence[AnyEvent], now: datetime) -> dict[str, int]:
-    """Store the events (outcome empty for now); event id → row id for those inserted.
-    One missing from the answer was stored by another consumer meanwhile."""
+class EventRaced(Exception):
+    """Another transaction stored one of the batch's new events while the batch was
+    being decided (a producer that sent the same event id for two customers, to two
+    consumers at once). The caller rolls the batch back and stores its events again:
+    the event is then a duplicate."""
+
+
+def _insert_events(
+    session: Session,
+    events: Sequence[AnyEvent],
+    outcomes: Sequence[dict[str, object]],
+    now: datetime,
+) -> None:
+    """Store the decided events, each with its outcome (campaign → outcome), in one
+    ``INSERT … ON CONFLICT (event_id) DO NOTHING``.
+
+    Stored after deciding, so that each row is written once: an ``UPDATE`` of the
+    outcomes after the insert wrote every event's row twice (docs/performance.md,
+    "Each event's row written once"). The batch's customers are locked before its ids are
+    checked, so an event of the same customer cannot slip in between; one that did
+    anyway (the same id for another customer) raises :class:`EventRaced`."""
     rows = [
         {
             "event_id": event.id,
@@ -233,47 +250,15 @@ def _insert_events(session: Session, events: Sequence[AnyEvent], now: datetime) 
             "occurred_at": event.occurred_at,
             "received_at": now,
             "payload": event_payload(event),
-            "outcome": {},
+            "outcome": outcome,
         }
-        for event in events
+        for event, outcome in zip(events, outcomes, strict=True)
     ]
-    inserted = insert_rows(session, Event, rows, conflict="event_id", returning=("id", "event_id"))
-    return {row.event_id: row.id for row in inserted}
-
-
-_OUTCOMES_FROM_UNNEST = (
-    "UPDATE events SET outcome = decided.outcome FROM unnest(CAST(:ids AS BIGINT[]),"
-    " ARRAY(SELECT value FROM json_array_elements(CAST(:outcomes AS JSON))"
-    " WITH ORDINALITY ORDER BY ordinality)) AS decided(id, outcome)"
-    " WHERE events.id = decided.id"
-)
-
-
-def _write_outcomes(session: Session, outcomes: list[tuple[int, dict[str, object]]]) -> None:
-    """Set each stored event's ``outcome`` (row id, campaign → outcome). On PostgreSQL one
-    statement for the batch, the outcomes as one JSON array (as ``insert_rows`` sends a
-    JSON column); elsewhere one ``UPDATE`` per event. The row ids are the ones the events'
-    insert returned, so every one is there."""
-    if not outcomes:
-        return
-    dialect = session.get_bind().dialect
-    if dialect.name == "postgresql":
-        serializer = getattr(dialect, "_json_serializer", None) or json.dumps
-        session.execute(
-            text(_OUTCOMES_FROM_UNNEST),
-            {
-                "ids": [row_id for row_id, _ in outcomes],
-                "outcomes": serializer([outcome for _, outcome in outcomes]),
-            },
-        )
-        return
-    table = cast(Table, Event.__table__)
-    session.execute(
-        update(table)
-        .where(table.c.id == bindparam("row_id"))
-        .values(outcome=bindparam("row_outcome")),
-        [{"row_id": row_id, "row_outcome": outcome} for row_id, outcome in outcomes],
-    )
+    inserted = insert_rows(session, Event, rows, conflict="event_id", returning=("event_id",))
+    if len(inserted) != len(rows):
+        stored = {row.event_id for row in inserted}
+        raced = sorted(event.id for event in events if event.id not in stored)
+        raise EventRaced(f"events stored by another transaction meanwhile: {raced}")
 
 
 def ingest_batch(
@@ -293,24 +278,25 @@ def ingest_batch(
     firsts: dict[str, int] = {}
     for position, event in enumerate(events):
         firsts.setdefault(event.id, position)
+    # Locked first, so that the ids checked next are the ones stored by every transaction
+    # that held these customers before: a concurrent consumer's copy of an event is seen.
+    locked = lock_customers(session, (events[p].customer.id for p in firsts.values()))
     known = _known_events(session, [events[p] for p in firsts.values()])
     if known or len(firsts) < len(events):
         _report_changed_duplicates(session, events, firsts, known)
-    fresh = [position for event_id, position in firsts.items() if event_id not in known]
-    if not fresh:
+    todo = [position for event_id, position in firsts.items() if event_id not in known]
+    if not todo:
         return results
 
-    customer_ids = list(dict.fromkeys(events[p].customer.id for p in fresh))
-    customers = lock_customers(session, customer_ids)
+    customer_ids = list(dict.fromkeys(events[p].customer.id for p in todo))
+    customers = {
+        customer_id: locked[customer_id] for customer_id in customer_ids if customer_id in locked
+    }
     created = [customer_id for customer_id in customer_ids if customer_id not in customers]
     for customer_id in created:
         customers[customer_id] = new_customer(session, customer_id, now)
     if created:
-        session.flush()  # the events' rows refer to them
-    stored = _insert_events(session, [events[p] for p in fresh], now)
-    todo = [p for p in fresh if events[p].id in stored]
-    if not todo:
-        return results
+        session.flush()  # the rows written below refer to them
 
     emails = [customer.email for customer in customers.values()]
     emails += [
@@ -376,7 +362,7 @@ def ingest_batch(
     insert_rows(session, Order, orders)
     insert_rows(session, OrderLine, lines)
     store_offers(session, batch.offers, now)
-    _write_outcomes(session, [(stored[events[p].id], batch.outcomes[p]) for p in todo])
+    _insert_events(session, [events[p] for p in todo], [batch.outcomes[p] for p in todo], now)
     _attribute_purchases(session, [events[p] for p in purchases], rules, config, now)
     wake_if_due(session, decided.values(), now, batch.entries.first_due_at)
     for position in todo:

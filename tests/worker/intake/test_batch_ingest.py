@@ -257,6 +257,116 @@ def test_a_batch_stores_its_offers_in_one_statement(tmp_path: Path, database_url
         dispose_engines()
 
 
+def test_a_batch_writes_each_event_row_once(tmp_path: Path, database_url: str) -> None:
+    """Each stored event is inserted with its outcome and never updated after: an
+    ``UPDATE events`` of the outcomes wrote every row twice (docs/performance.md, "Each
+    event's row written once"). What the rows hold is checked against the one-by-one path
+    in ``test_a_batch_plans_what_the_events_one_at_a_time_plan``."""
+    runtime = Runtime(make_settings(tmp_path, database_url=database_url, min_gap="3d"))
+    writes: list[str] = []
+
+    def record(
+        _connection: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, _many: bool
+    ) -> None:
+        words = statement.split(None, 3)
+        if words and words[0].upper() in {"INSERT", "UPDATE"}:
+            target = words[2] if words[0].upper() == "INSERT" else words[1]
+            if target.strip('"').lower() == "events":
+                writes.append(words[0].upper())
+
+    engine = engine_for(database_url)
+    events = _mixed_batch()
+    try:
+        seed_catalog(runtime.settings, NOW)
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            with transaction(database_url) as session:
+                ingest_batch(session, events, runtime.rules.current(), runtime.policy, NOW)
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        with transaction(database_url) as session:
+            outcomes = {
+                row.event_id: row.outcome
+                for row in session.execute(select(Event.event_id, Event.outcome))
+            }
+        assert writes == ["INSERT"]
+        assert len(outcomes) == len({e.id for e in events})
+        assert all(outcomes.values())  # every event was decided for some campaign
+    finally:
+        runtime.close()
+        dispose_engines()
+
+
+def _hold_a_batch(
+    database_url: str, runtime: Runtime, events: list[AnyEvent]
+) -> tuple[threading.Event, threading.Event, threading.Thread]:
+    """Ingest ``events`` in a thread and keep its transaction open until released:
+    (stored, release, thread)."""
+    stored, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with transaction(database_url) as session:
+            ingest_batch(session, events, runtime.rules.current(), runtime.policy, NOW)
+            stored.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert stored.wait(30)
+    return stored, release, thread
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("same_customer", [True, False], ids=["same-customer", "other-customer"])
+def test_two_consumers_given_one_event_plan_it_once(
+    tmp_path: Path, database_url: str, same_customer: bool
+) -> None:
+    """Two consumers get the same event id at once (a redelivery to a second consumer,
+    or a producer that reused an id for another customer). The second waits for the
+    first's commit (on the customer's lock, or on the event id's) and stores the event as
+    a duplicate, its batch's other events as usual; nothing is planned twice and no
+    customer is created for the duplicate."""
+    runtime = Runtime(make_settings(tmp_path, database_url=database_url, min_gap="3d"))
+    suffix = uuid.uuid4().hex[:8]
+    original = purchase(customer=customer_block(f"C-first-{suffix}"))
+    # The reused id's other event: another customer's, another order.
+    reused = {
+        **original,
+        "customer": customer_block(f"C-copy-{suffix}"),
+        "data": {**original["data"], "order_id": f"O-copy-{suffix}"},
+    }
+    copy = original if same_customer else reused
+    other = purchase(customer=customer_block(f"C-other-{suffix}"))
+    try:
+        seed_catalog(runtime.settings, NOW)
+        _, release, holder = _hold_a_batch(database_url, runtime, [validate_event(original)])
+        second: list[consumer_module.Handled] = []
+        racer = threading.Thread(
+            target=lambda: second.extend(handle_bodies(runtime, [as_json(copy), as_json(other)])),
+            daemon=True,
+        )
+        racer.start()
+        racer.join(1.0)
+        assert racer.is_alive(), "the second consumer did not wait for the first's commit"
+        release.set()
+        holder.join(30)
+        racer.join(30)
+        assert [(h.outcome, h.event_id) for h in second] == [
+            ("duplicate", original["id"]),
+            ("stored", other["id"]),
+        ]
+        with transaction(database_url) as session:
+            planned = session.execute(
+                select(Send.event_id, func.count()).group_by(Send.event_id)
+            ).all()
+            customers = set(session.scalars(text("SELECT id FROM customers")))
+        assert {row[0]: row[1] for row in planned} == {original["id"]: 1, other["id"]: 1}
+        assert f"C-copy-{suffix}" not in customers
+    finally:
+        runtime.close()
+        dispose_engines()
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_batch_after_the_tables_grew_unanalyzed_reads_no_table_whole(
     tmp_path: Path, database_url: str
