@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
 
 import click
 
-from worker.core.settings import get_settings, settings_error_lines
+from worker.core.settings import Settings, get_settings, settings_error_lines
 from worker.process.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -918,14 +918,36 @@ def sends() -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 def sends_list(status_name: str, campaign: str | None, limit: int) -> None:
     """List sends in a status (tab-separated): planned ones with why they wait, failed
-    ones with the provider's answer (addresses redacted)."""
+    ones with the provider's answer (addresses redacted). An unknown --campaign (neither
+    in the campaign files nor in the sends) is a usage error, not an empty list."""
+    from worker.commands.report import check_campaign
     from worker.commands.status import list_sends, send_lines
     from worker.core.db import transaction
 
-    with transaction(get_settings().resolved_database_url) as session:
+    settings = get_settings()
+    with transaction(settings.resolved_database_url) as session:
         rows = list_sends(session, status_name, campaign, limit)
+        if campaign and not rows:
+            try:
+                check_campaign(session, _configured_campaign_ids(settings), campaign)
+            except ValueError as unknown:
+                raise click.UsageError(str(unknown)) from None
     for line in send_lines(rows, status_name):
         click.echo(line)
+
+
+def _configured_campaign_ids(settings: Settings) -> list[str]:
+    """The ids of the campaign files as they load now; none when they do not load (the
+    sends' own campaign ids still count: see ``check_campaign``)."""
+    from triggers.lint_issues import RuleSetError
+    from worker.decide.rules import load_rules
+    from worker.email.rendering import Renderer
+
+    try:
+        rules = load_rules(settings, Renderer(settings), None, parallel=True)
+    except RuleSetError:
+        return []
+    return [compiled.id for compiled in rules.campaigns]
 
 
 @sends.command("release")

@@ -668,11 +668,11 @@ def render(report: Report, output: str) -> str:
     raise ValueError(f"unknown format {output!r}; one of {', '.join(FORMATS)}")
 
 
-def check_campaign(session: Session, rules: RuleSet, campaign_id: str) -> None:
+def check_campaign(session: Session, configured: Iterable[str], campaign_id: str) -> None:
     """Raise ValueError naming the known campaigns unless ``campaign_id`` is one: a
-    campaign of the current files, or one that has sends (a campaign since removed from
-    the files still has its history to report)."""
-    known = {c.id for c in rules.campaigns}
+    campaign of the current files (``configured``: their ids), or one that has sends (a
+    campaign since removed from the files still has its history to report)."""
+    known = set(configured)
     if campaign_id in known:
         return
     known |= set(session.scalars(select(Send.campaign_id).distinct()))
@@ -711,7 +711,7 @@ def run_report(
     url = runtime.settings.resolved_database_url
     if campaign_id is not None:
         with transaction(url) as session:
-            check_campaign(session, rules, campaign_id)
+            check_campaign(session, (c.id for c in rules.campaigns), campaign_id)
     if reconcile_first:
         with transaction(url) as session:
             # Purchases up to one window after the range can belong to its touches.

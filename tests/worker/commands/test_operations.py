@@ -379,3 +379,31 @@ def test_the_celery_worker_serves_metrics_with_the_outbox_gauges(
     assert "crosssell_sends_queued 1.0" in body.splitlines()
     assert "crosssell_sends_due 0.0" in body.splitlines()
     assert "# TYPE crosssell_provider_send_seconds histogram" in body
+
+
+@pytest.mark.parametrize(
+    ("campaign", "exit_code"),
+    [
+        ("camp-1", 0),  # in the sends, none in this status: an empty list
+        ("laptop-accessories", 0),  # in the campaign files, no sends yet: an empty list
+        ("camp-l", 2),  # a typo: a usage error naming the known ones
+        ("nope", 2),
+    ],
+)
+def test_sends_list_of_an_unknown_campaign_is_a_usage_error(
+    cli: CliRunner, campaign: str, exit_code: int
+) -> None:
+    """An empty list for a mistyped campaign would read as "nothing waits"."""
+    from worker.commands.cli import main
+
+    now = datetime.now(UTC)
+    url = get_settings().resolved_database_url
+    failed = {"id": 1, "status": "failed", "reason": "ambiguous", "send_at": now, "updated_at": now}
+    _store(url, [failed], now)
+    result = cli.invoke(main, ["sends", "list", "--status", "planned", "--campaign", campaign])
+    assert result.exit_code == exit_code, result.output
+    if exit_code:
+        assert f"unknown campaign {campaign!r}" in result.output
+        assert "camp-1" in result.output and "laptop-accessories" in result.output
+    else:
+        assert result.output.splitlines()[1:] == []
