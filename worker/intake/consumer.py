@@ -222,6 +222,9 @@ def _store_batch(runtime: Runtime, events: list[AnyEvent]) -> list[Handled] | No
             _sqlstate(exc),
         )
         return None
+    except EventRaced as raced:
+        log.info("%s; storing the batch's %d events one by one", raced, len(events))
+        return None
     except Exception as exc:  # a bug one event trips: find it, keep the others
         log.info(
             "%s in a batch of %d events; storing them one by one", type(exc).__name__, len(events)
@@ -263,13 +266,12 @@ def _store_one(runtime: Runtime, session: Session, event: AnyEvent) -> Handled:
             if attempt < INTEGRITY_ATTEMPTS:
                 log.info("event %s raced another consumer; trying again", event.id)
                 continue
-            return Handled(
-                "dead_letter",
-                "storage_refused",
-                f"the database refused the event {attempt} times"
-                f" ({_sqlstate(exc) if isinstance(exc, IntegrityError) else exc})",
-                event.id,
+            reason = (
+                f"the database refused the event {attempt} times ({_sqlstate(exc)})"
+                if isinstance(exc, IntegrityError)
+                else f"another transaction stored the event during each of {attempt} attempts"
             )
+            return Handled("dead_letter", "storage_refused", reason, event.id)
         except DBAPIError as exc:
             if _is_outage(exc):
                 raise

@@ -4,7 +4,7 @@ The consumer acknowledges its messages only after this commits, and the inbox's 
 event id makes a redelivered or re-published event a no-op: stored once, planned once.
 
 A batch costs a handful of statements whatever its size (docs/performance.md, "Ingest"):
-one to lock the batch's customers, one to find the ids already stored, one each for the
+one to find the ids already stored, one to lock the batch's customers, one each for the
 customers' send histories, their planned rows' locks and their suppressions, one
 multi-row insert each for sends (``ON CONFLICT (dedupe_key) DO NOTHING``), orders, order
 lines and offers, and one ``INSERT … ON CONFLICT DO NOTHING`` for the events, each row
@@ -223,9 +223,9 @@ def _known_events(session: Session, events: Sequence[AnyEvent]) -> set[str]:
 
 class EventRaced(Exception):
     """Another transaction stored one of the batch's new events while the batch was
-    being decided (a producer that sent the same event id for two customers, to two
-    consumers at once). The caller rolls the batch back and stores its events again:
-    the event is then a duplicate."""
+    being decided (a redelivery to a second consumer, or an id reused for another
+    customer, at the same moment). The caller rolls the batch back and stores its events
+    again: the event is then a duplicate."""
 
 
 def _insert_events(
@@ -239,9 +239,9 @@ def _insert_events(
 
     Stored after deciding, so that each row is written once: an ``UPDATE`` of the
     outcomes after the insert wrote every event's row twice (docs/performance.md,
-    "Each event's row written once"). The batch's customers are locked before its ids are
-    checked, so an event of the same customer cannot slip in between; one that did
-    anyway (the same id for another customer) raises :class:`EventRaced`."""
+    "Each event's row written once"). An event that another transaction stored after
+    the batch read which ids are stored (two consumers given the same event at once)
+    raises :class:`EventRaced`: what the batch planned for it must not stay."""
     rows = [
         {
             "event_id": event.id,
@@ -278,20 +278,15 @@ def ingest_batch(
     firsts: dict[str, int] = {}
     for position, event in enumerate(events):
         firsts.setdefault(event.id, position)
-    # Locked first, so that the ids checked next are the ones stored by every transaction
-    # that held these customers before: a concurrent consumer's copy of an event is seen.
-    locked = lock_customers(session, (events[p].customer.id for p in firsts.values()))
     known = _known_events(session, [events[p] for p in firsts.values()])
     if known or len(firsts) < len(events):
         _report_changed_duplicates(session, events, firsts, known)
     todo = [position for event_id, position in firsts.items() if event_id not in known]
     if not todo:
-        return results
+        return results  # a redelivered batch: no locks, nothing written
 
     customer_ids = list(dict.fromkeys(events[p].customer.id for p in todo))
-    customers = {
-        customer_id: locked[customer_id] for customer_id in customer_ids if customer_id in locked
-    }
+    customers = lock_customers(session, customer_ids)
     created = [customer_id for customer_id in customer_ids if customer_id not in customers]
     for customer_id in created:
         customers[customer_id] = new_customer(session, customer_id, now)

@@ -263,16 +263,19 @@ def test_a_batch_writes_each_event_row_once(tmp_path: Path, database_url: str) -
     event's row written once"). What the rows hold is checked against the one-by-one path
     in ``test_a_batch_plans_what_the_events_one_at_a_time_plan``."""
     runtime = Runtime(make_settings(tmp_path, database_url=database_url, min_gap="3d"))
-    writes: list[str] = []
+    statements: list[str] = []
 
     def record(
         _connection: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, _many: bool
     ) -> None:
-        words = statement.split(None, 3)
-        if words and words[0].upper() in {"INSERT", "UPDATE"}:
-            target = words[2] if words[0].upper() == "INSERT" else words[1]
-            if target.strip('"').lower() == "events":
-                writes.append(words[0].upper())
+        statements.append(" ".join(statement.split()).upper())
+
+    def writes_to_events() -> list[str]:
+        return [
+            sql.split()[0]
+            for sql in statements
+            if sql.startswith(("INSERT INTO EVENTS ", "UPDATE EVENTS "))
+        ]
 
     engine = engine_for(database_url)
     events = _mixed_batch()
@@ -282,6 +285,15 @@ def test_a_batch_writes_each_event_row_once(tmp_path: Path, database_url: str) -
         try:
             with transaction(database_url) as session:
                 ingest_batch(session, events, runtime.rules.current(), runtime.policy, NOW)
+            assert writes_to_events() == ["INSERT"]
+            statements.clear()
+            # The same batch again (a redelivery after a crash): read, nothing locked or
+            # written.
+            with transaction(database_url) as session:
+                again = ingest_batch(session, events, runtime.rules.current(), runtime.policy, NOW)
+            assert all(result.duplicate for result in again)
+            assert [sql for sql in statements if "FOR UPDATE" in sql] == []
+            assert [sql for sql in statements if sql.startswith(("INSERT", "UPDATE"))] == []
         finally:
             event.remove(engine, "before_cursor_execute", record)
         with transaction(database_url) as session:
@@ -289,7 +301,6 @@ def test_a_batch_writes_each_event_row_once(tmp_path: Path, database_url: str) -
                 row.event_id: row.outcome
                 for row in session.execute(select(Event.event_id, Event.outcome))
             }
-        assert writes == ["INSERT"]
         assert len(outcomes) == len({e.id for e in events})
         assert all(outcomes.values())  # every event was decided for some campaign
     finally:
@@ -346,9 +357,11 @@ def test_two_consumers_given_one_event_plan_it_once(
             daemon=True,
         )
         racer.start()
-        racer.join(1.0)
-        assert racer.is_alive(), "the second consumer did not wait for the first's commit"
-        release.set()
+        try:
+            racer.join(1.0)
+            assert racer.is_alive(), "the second consumer did not wait for the first's commit"
+        finally:
+            release.set()
         holder.join(30)
         racer.join(30)
         assert [(h.outcome, h.event_id) for h in second] == [
