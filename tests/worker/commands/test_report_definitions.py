@@ -226,10 +226,10 @@ def test_only_known_campaigns_are_reported(
     _plant(runtime, [[]], campaign="retired")
     with transaction(runtime.settings.resolved_database_url) as session:
         if error is None:
-            check_campaign(session, runtime.rules.current(), campaign_id)
+            check_campaign(session, (c.id for c in runtime.rules.current().campaigns), campaign_id)
             return
         with pytest.raises(ValueError, match=re.escape(error)) as caught:
-            check_campaign(session, runtime.rules.current(), campaign_id)
+            check_campaign(session, (c.id for c in runtime.rules.current().campaigns), campaign_id)
     assert "known campaigns: alpha, retired" in str(caught.value)
 
 
