@@ -927,7 +927,7 @@ def sends_list(status_name: str, campaign: str | None, limit: int) -> None:
     settings = get_settings()
     with transaction(settings.resolved_database_url) as session:
         rows = list_sends(session, status_name, campaign, limit)
-        if campaign and not rows:
+        if campaign is not None and not rows:
             try:
                 check_campaign(session, _configured_campaign_ids(settings), campaign)
             except ValueError as unknown:

@@ -164,7 +164,7 @@ def list_sends(session: Session, status: str, campaign: str | None, limit: int) 
     """Sends in ``status``: planned ones soonest first (what waits, until when and why),
     others most recently changed first."""
     query = select(Send).where(Send.status == status)
-    if campaign:
+    if campaign is not None:  # "" is a campaign id no send has, not "every campaign"
         query = query.where(Send.campaign_id == campaign)
     if status == "planned":
         query = query.order_by(Send.send_at, Send.id)

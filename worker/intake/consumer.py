@@ -65,8 +65,11 @@ class Handled:
 
 
 def _ingested(event: AnyEvent, result: IngestResult) -> Handled:
+    """The event's fate for the log: each matching campaign with what was stored for it
+    (``already_planned:<id>`` when an earlier event planned that email, not ``planned``)."""
     decided = ", ".join(
-        f"{decision.campaign_id}: {decision.reason or decision.outcome}"
+        f"{decision.campaign_id}: "
+        f"{result.outcome.get(decision.campaign_id) or decision.reason or decision.outcome}"
         for decision in result.decisions
         if decision.outcome != "not_matched"
     )
@@ -83,6 +86,29 @@ def _is_outage(exc: DBAPIError) -> bool:
     message's fault (PEP 249 OperationalError / InterfaceError, or SQLAlchemy's
     connection-invalidated flag)."""
     return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+
+
+ROLLED_BACK_BY_THE_DATABASE = {
+    "40P01": "a deadlock with another transaction",
+    "40001": "a serialization failure",
+}
+"""SQLSTATEs (PostgreSQL, "Class 40 — Transaction Rollback") that end one transaction
+while the database is up: the batch is requeued as after an outage, but not reported as
+one."""
+
+
+def _log_requeue(exc: DBAPIError, count: int) -> None:
+    state = getattr(exc.orig, "sqlstate", None)
+    why = ROLLED_BACK_BY_THE_DATABASE.get(state) if isinstance(state, str) else None
+    if why is not None:
+        log.warning(
+            "the database rolled a batch back (SQLSTATE %s, %s); %d events requeued",
+            state,
+            why,
+            count,
+        )
+    else:
+        log.warning("database unavailable, %d events requeued: %s", count, type(exc).__name__)
 
 
 def _sqlstate(exc: DBAPIError) -> str:
@@ -212,9 +238,7 @@ def _store_batch(runtime: Runtime, events: list[AnyEvent]) -> list[Handled] | No
             )
     except DBAPIError as exc:
         if _is_outage(exc):
-            log.warning(
-                "database unavailable, %d events requeued: %s", len(events), type(exc).__name__
-            )
+            _log_requeue(exc, len(events))
             return [Handled("retry", event_id=event.id) for event in events]
         log.info(
             "the database refused a batch of %d events (%s); storing them one by one",
@@ -245,9 +269,7 @@ def _store_each(runtime: Runtime, events: list[AnyEvent]) -> list[Handled]:
         if not _is_outage(exc):
             log.error("the database refused a commit (%s); events requeued", _sqlstate(exc))
         else:
-            log.warning(
-                "database unavailable, %d events requeued: %s", len(events), type(exc).__name__
-            )
+            _log_requeue(exc, len(events))
         return [Handled("retry", event_id=event.id) for event in events]
     return handled
 

@@ -20,7 +20,7 @@ with touches.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -64,8 +64,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
+    """What became of one event: a duplicate, or its decisions and the outcome stored on
+    its row (campaign → what happened, e.g. ``planned``, ``holdout``,
+    ``already_planned:<send id>`` when the email was already planned by an earlier
+    event)."""
+
     duplicate: bool
     decisions: tuple[Decision, ...] = ()
+    outcome: Mapping[str, object] = field(default_factory=dict)
 
 
 DUPLICATE = IngestResult(duplicate=True)
@@ -254,6 +260,7 @@ def _insert_events(
         }
         for event, outcome in zip(events, outcomes, strict=True)
     ]
+    rows.sort(key=lambda row: str(row["event_id"]))  # key order: see ingest_batch
     inserted = insert_rows(session, Event, rows, conflict="event_id", returning=("event_id",))
     if len(inserted) != len(rows):
         stored = {row.event_id for row in inserted}
@@ -287,7 +294,9 @@ def ingest_batch(
 
     customer_ids = list(dict.fromkeys(events[p].customer.id for p in todo))
     customers = lock_customers(session, customer_ids)
-    created = [customer_id for customer_id in customer_ids if customer_id not in customers]
+    # New rows of every table go in key order, so that two consumers given overlapping
+    # keys (a reused id) wait for each other instead of deadlocking.
+    created = sorted(customer_id for customer_id in customer_ids if customer_id not in customers)
     for customer_id in created:
         customers[customer_id] = new_customer(session, customer_id, now)
     if created:
@@ -354,14 +363,14 @@ def ingest_batch(
     batch.write_sends()
     session.flush()  # what else the loop left to the ORM (consent records, new rows)
     batch.entries.write()
-    insert_rows(session, Order, orders)
+    insert_rows(session, Order, sorted(orders, key=lambda order: str(order["id"])))
     insert_rows(session, OrderLine, lines)
     store_offers(session, batch.offers, now)
     _insert_events(session, [events[p] for p in todo], [batch.outcomes[p] for p in todo], now)
     _attribute_purchases(session, [events[p] for p in purchases], rules, config, now)
     wake_if_due(session, decided.values(), now, batch.entries.first_due_at)
     for position in todo:
-        results[position] = IngestResult(duplicate=False, decisions=decided[position])
+        results[position] = IngestResult(False, decided[position], batch.outcomes[position])
     return results
 
 

@@ -388,6 +388,7 @@ def test_the_celery_worker_serves_metrics_with_the_outbox_gauges(
         ("laptop-accessories", 0),  # in the campaign files, no sends yet: an empty list
         ("camp-l", 2),  # a typo: a usage error naming the known ones
         ("nope", 2),
+        ("", 2),  # an unset shell variable: not "every campaign"
     ],
 )
 def test_sends_list_of_an_unknown_campaign_is_a_usage_error(

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from kombu.connection import Connection
 from kombu.messaging import Producer
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, select, text, update
 
 from tests.support.factories import (
     TUESDAY_MORNING,
@@ -761,3 +761,130 @@ def test_a_duplicate_with_other_content_is_reported_and_an_exact_one_is_not(
         with transaction(database_url) as session:
             results = ingest_batch(session, [validate_event(first)], rules, runtime.policy, NOW)
         assert results[0].duplicate and warned() == []
+
+
+def test_the_log_line_names_an_email_another_event_already_planned(
+    tmp_path: Path, database_url: str
+) -> None:
+    """An email whose dedupe key another send holds is not planned again (here the first
+    send was skipped, so the decision does not see it in the history and the key
+    decides): the log line says ``already_planned:<id>`` as the stored outcome does, not
+    ``planned``."""
+    runtime = Runtime(make_settings(tmp_path, database_url=database_url), clock=ShiftedClock(NOW))
+    customer = customer_block(f"C-twice-{uuid.uuid4().hex[:8]}")
+    first = purchase(customer=customer, at=NOW - timedelta(minutes=40))
+    second = purchase(customer=customer, at=NOW - timedelta(minutes=20))
+    try:
+        seed_catalog(runtime.settings, NOW)
+        [one] = handle_bodies(runtime, [as_json(first)])
+        with transaction(database_url) as session:
+            session.execute(
+                update(Send)
+                .where(Send.event_id == first["id"])
+                .values(status="skipped", reason="forgotten")
+            )
+        [two] = handle_bodies(runtime, [as_json(second)])
+        with transaction(database_url) as session:
+            stored = session.scalar(select(Event.outcome).where(Event.event_id == second["id"]))
+        assert stored is not None
+        taken = stored["laptop-accessories"]
+        assert str(taken).startswith("already_planned:")
+        assert f"laptop-accessories: {taken}" in two.decided
+        assert "laptop-accessories: already_planned" not in one.decided
+    finally:
+        runtime.close()
+        dispose_engines()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_consumers_with_reused_ids_wait_for_each_other_instead_of_deadlocking(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Two batches hold the same event and order ids in opposite orders, for other
+    customers (a producer that reuses ids, two consumers). Their rows go in key order, so
+    the second waits for the first and is refused (then stored one by one, as
+    duplicates) instead of both ending in a deadlock that PostgreSQL breaks after a second.
+    Both batches reach their orders' insert together (a barrier in the statement hook)."""
+    runtime = Runtime(make_settings(tmp_path, database_url=database_url), clock=ShiftedClock(NOW))
+    suffix = uuid.uuid4().hex[:8]
+    ids = [f"evt-reused-{suffix}-{n}" for n in range(2)]
+
+    def batch(side: str) -> list[AnyEvent]:
+        events = [
+            validate_event(purchase(ids[n], customer=customer_block(f"C-{side}{n}-{suffix}")))
+            for n in range(2)
+        ]
+        return events if side == "a" else events[::-1]
+
+    barrier = threading.Barrier(2, timeout=15)
+    waited: set[int] = set()
+
+    def meet(
+        _connection: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, _many: bool
+    ) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO ORDERS") and (
+            threading.get_ident() not in waited
+        ):
+            waited.add(threading.get_ident())
+            barrier.wait()
+
+    failures: dict[str, str] = {}
+
+    def ingest(side: str) -> None:
+        try:
+            with transaction(database_url) as session:
+                ingest_batch(session, batch(side), runtime.rules.current(), runtime.policy, NOW)
+        except Exception as exc:
+            failures[side] = f"{type(exc).__name__}: {exc}"
+
+    engine = engine_for(database_url)
+    try:
+        seed_catalog(runtime.settings, NOW)
+        event.listen(engine, "before_cursor_execute", meet)
+        try:
+            threads = [threading.Thread(target=ingest, args=(side,)) for side in "ab"]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+        finally:
+            event.remove(engine, "before_cursor_execute", meet)
+        assert not any("deadlock" in failure.lower() for failure in failures.values()), failures
+        assert len(failures) == 1, failures  # the second to insert, refused on the order key
+        with transaction(database_url) as session:
+            stored = session.scalar(
+                select(func.count()).select_from(Event).where(Event.event_id.in_(ids))
+            )
+        assert stored == 2
+    finally:
+        runtime.close()
+        dispose_engines()
+
+
+class _DriverError(Exception):
+    def __init__(self, sqlstate: str | None) -> None:
+        super().__init__("driver error")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "logged"),
+    [
+        ("40P01", "the database rolled a batch back (SQLSTATE 40P01, a deadlock"),
+        ("40001", "the database rolled a batch back (SQLSTATE 40001, a serialization failure"),
+        ("08006", "database unavailable, 3 events requeued"),
+        (None, "database unavailable, 3 events requeued"),
+    ],
+)
+def test_a_requeue_says_whether_the_database_was_down_or_rolled_the_batch_back(
+    caplog: pytest.LogCaptureFixture, sqlstate: str | None, logged: str
+) -> None:
+    """A deadlock or a serialization failure is requeued like an outage, but reported as
+    what it is: "database unavailable" sent operators looking for an outage."""
+    from sqlalchemy.exc import OperationalError
+
+    error = OperationalError("INSERT …", {}, _DriverError(sqlstate))
+    with caplog.at_level("WARNING", logger="worker.intake.consumer"):
+        consumer_module._log_requeue(error, 3)
+    [record] = caplog.records
+    assert record.getMessage().startswith(logged)
