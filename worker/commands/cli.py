@@ -833,7 +833,10 @@ def forget(customer_id: str) -> None:
 
     report = forget_now(get_settings(), customer_id, datetime.now(UTC))
     if report is None:
-        raise click.ClickException(f"customer {customer_id} is not known")
+        raise click.ClickException(
+            f"customer {customer_id} is not known; recorded as forgotten, so its events"
+            " from before now that arrive later are stored erased"
+        )
     click.echo(
         f"forgot customer {customer_id}: {report.addresses} address(es) replaced by their "
         f"keyed hash ({report.suppressions} suppression(s), {report.consent_records} consent "

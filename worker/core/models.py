@@ -66,6 +66,9 @@ class Customer(Base):
     skus_owned: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # When the customer's personal data was last erased (``worker.records.privacy``): an
+    # event that occurred before it and arrives after it is stored erased (migration 0017).
+    forgotten_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ConsentRecord(Base):

@@ -73,6 +73,8 @@ def _ingested(event: AnyEvent, result: IngestResult) -> Handled:
         for decision in result.decisions
         if decision.outcome != "not_matched"
     )
+    if result.erased:
+        decided = "stored erased (it occurred before the customer's erasure request)"
     return Handled(
         "duplicate" if result.duplicate else "stored",
         event_id=event.id,

@@ -72,6 +72,24 @@ class IngestResult:
     duplicate: bool
     decisions: tuple[Decision, ...] = ()
     outcome: Mapping[str, object] = field(default_factory=dict)
+    # Stored erased: it occurred before its customer's erasure request (predates_erasure).
+    erased: bool = False
+
+
+def predates_erasure(customer: Customer, event: AnyEvent) -> bool:
+    """Whether ``event`` occurred before the customer's last erasure request and arrived
+    after it (another consumer stored it later, or the CRM sent it late): it is stored
+    with its customer block cut to the id, as the request would have left it, and changes
+    nothing else (no profile, order or email)."""
+    return customer.forgotten_at is not None and event.occurred_at <= customer.forgotten_at
+
+
+def erased_payload(payload: dict[str, object]) -> dict[str, object]:
+    """A stored event's payload as an erasure leaves it: the customer block cut to the
+    id (``worker.records.privacy``)."""
+    customer = payload.get("customer")
+    customer_id = customer.get("id") if isinstance(customer, dict) else None
+    return {**payload, "customer": {"id": customer_id}}
 
 
 DUPLICATE = IngestResult(duplicate=True)
@@ -239,6 +257,7 @@ def _insert_events(
     events: Sequence[AnyEvent],
     outcomes: Sequence[dict[str, object]],
     now: datetime,
+    erased: frozenset[str] | set[str] = frozenset(),
 ) -> None:
     """Store the decided events, each with its outcome (campaign → outcome), in one
     ``INSERT … ON CONFLICT (event_id) DO NOTHING``.
@@ -255,7 +274,9 @@ def _insert_events(
             "customer_id": event.customer.id,
             "occurred_at": event.occurred_at,
             "received_at": now,
-            "payload": event_payload(event),
+            "payload": (
+                erased_payload(event_payload(event)) if event.id in erased else event_payload(event)
+            ),
             "outcome": outcome,
         }
         for event, outcome in zip(events, outcomes, strict=True)
@@ -320,6 +341,7 @@ def ingest_batch(
     lines: list[dict[str, Any]] = []
     first_event_of_new = set(created)
     decided: dict[int, tuple[Decision, ...]] = {}
+    erased: set[int] = set()  # events from before their customer's erasure request
 
     # The customers' changes are flushed once, after the loop: without this, every query
     # the loop makes (an offer's products) would first flush the customer it just changed.
@@ -327,6 +349,11 @@ def ingest_batch(
         for position in todo:
             event = events[position]
             customer = customers[event.customer.id]
+            if predates_erasure(customer, event):
+                erased.add(position)
+                batch.outcomes[position] = {}
+                decided[position] = ()
+                continue
             if customer.id in batch.pending_customers:
                 batch.write_sends()  # the customer's next decision must see them, with ids
             if customer.id in batch.entries.pending_customers:
@@ -366,11 +393,19 @@ def ingest_batch(
     insert_rows(session, Order, sorted(orders, key=lambda order: str(order["id"])))
     insert_rows(session, OrderLine, lines)
     store_offers(session, batch.offers, now)
-    _insert_events(session, [events[p] for p in todo], [batch.outcomes[p] for p in todo], now)
+    _insert_events(
+        session,
+        [events[p] for p in todo],
+        [batch.outcomes[p] for p in todo],
+        now,
+        erased={events[p].id for p in erased},
+    )
     _attribute_purchases(session, [events[p] for p in purchases], rules, config, now)
     wake_if_due(session, decided.values(), now, batch.entries.first_due_at)
     for position in todo:
-        results[position] = IngestResult(False, decided[position], batch.outcomes[position])
+        results[position] = IngestResult(
+            False, decided[position], batch.outcomes[position], erased=position in erased
+        )
     return results
 
 

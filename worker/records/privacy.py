@@ -17,7 +17,10 @@ activity), and removes what identifies the person:
   the suppression check matches either;
 * in sends' ``detail`` (provider replies quote addresses and names): those are replaced
   by ``[erased]``; sends still waiting (``planned``, ``queued``) are skipped with reason
-  ``forgotten``.
+  ``forgotten``;
+* ``customers.forgotten_at`` keeps the request's time (for a customer not stored yet, a
+  row with only its id and that time): an event from before it that is stored after it
+  (another consumer's, or a late one) is stored erased (``worker.intake.ingest``).
 
 The key must stay the same for the life of the database: with another key, hashed
 addresses are no longer recognised. Without ``CROSSSELL_FORGET_KEY`` the first ``forget``
@@ -40,6 +43,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from triggers.addresses import lookup_key
@@ -160,11 +164,20 @@ def _scrub(text: str, secrets_in_text: list[str]) -> str:
 def forget_customer(
     session: Session, customer_id: str, key: bytes, now: datetime
 ) -> ForgetReport | None:
-    """Erase the customer's personal data in the caller's transaction (module docstring);
-    None if the customer is unknown. Safe to repeat: a second run finds nothing to do."""
+    """Erase the customer's personal data in the caller's transaction (module docstring)
+    and record ``now`` as its ``forgotten_at``; None if the customer was not stored, in
+    which case a row with its id and ``forgotten_at`` only is stored. Either way an
+    event of the customer that occurred before ``now`` and is stored later (another
+    consumer's) is stored erased (``worker.intake.ingest``). Safe to repeat: a second
+    run finds nothing to do."""
     customer = session.get(Customer, customer_id, with_for_update=True)
     if customer is None:
-        return None
+        if _stored_as_forgotten(session, customer_id, now):
+            return None
+        # An ingest stored the customer meanwhile: erase what it committed.
+        customer = session.get(Customer, customer_id, with_for_update=True, populate_existing=True)
+        assert customer is not None
+    customer.forgotten_at = max(customer.forgotten_at or now, now)
     addresses = _addresses(session, customer)
     hashed = {address: address_hash(address, key) for address in addresses}
     names = [n for n in (customer.first_name, customer.last_name) if n and n.strip()]
@@ -321,6 +334,29 @@ def export_customer(session: Session, customer_id: str, key: bytes | None) -> di
     }
 
 
+def _stored_as_forgotten(session: Session, customer_id: str, now: datetime) -> bool:
+    """Store a customer not known yet as its id and ``forgotten_at`` only; False when a
+    concurrent transaction stored the customer first (its insert waited for that commit)."""
+    try:
+        with session.begin_nested():
+            session.add(
+                Customer(
+                    id=customer_id,
+                    attributes={},
+                    categories_bought=[],
+                    skus_owned=[],
+                    orders_count=0,
+                    lifetime_spend=Decimal(0),
+                    created_at=now,
+                    updated_at=now,
+                    forgotten_at=now,
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
 def forget_now(settings: Settings, customer_id: str, now: datetime) -> ForgetReport | None:
     """Forget one customer in its own transaction (``crosssell forget``, the event)."""
     key = forget_key(settings, create=True)
@@ -348,7 +384,10 @@ def forget_from_message(runtime: Runtime, body: bytes | str) -> bool:
         "forget %s: customer %s %s",
         request.id,
         customer_id,
-        "erased" if report else "is not known here",
+        "erased"
+        if report
+        else "is not known here (recorded as forgotten: its earlier events"
+        " arriving later are stored erased)",
         extra={"event_id": request.id, "outcome": "forgotten" if report else "unknown"},
     )
     return True

@@ -158,7 +158,7 @@ def test_forget_erases_the_person_keeps_the_totals_and_the_suppression(
         p.lower() in row.lower() for p in personal for rows in before.values() for row in rows
     )
 
-    report = forget_now(runtime.settings, person["id"], datetime.now(UTC))
+    report = forget_now(runtime.settings, person["id"], runtime.clock.now())
     assert report is not None and report.suppressions == 1
 
     after = _all_rows(database_url)
@@ -179,7 +179,11 @@ def test_forget_erases_the_person_keeps_the_totals_and_the_suppression(
         assert session.get(Suppression, address.lower()) is None
 
     # The CRM sends the person again, address and consent included: still no email.
-    again = purchase(customer={**person, "consent": {"email_marketing": True}}, sku="LAP-15")
+    again = purchase(
+        customer={**person, "consent": {"email_marketing": True}},
+        sku="LAP-15",
+        at=runtime.clock.now() + timedelta(minutes=1),
+    )
     _ingest(runtime, again)
     with transaction(database_url) as session:
         sends = session.scalars(select(Send).where(Send.event_id == again["id"])).all()
@@ -352,9 +356,14 @@ def test_cli_export_then_forget(cli: CliRunner, tmp_path: Path) -> None:
     assert json.loads(after.output)["customer"]["email"] is None
     unknown = cli.invoke(main_cli(), ["forget", "C-nobody"])
     assert unknown.exit_code == 1 and "not known" in unknown.output
+    assert "recorded as forgotten" in unknown.output
     with transaction(settings.resolved_database_url) as session:
         count = session.scalar(select(func.count()).select_from(Customer))
-    assert count == 1
+        nobody = session.get(Customer, "C-nobody")
+    # The request is kept as a customer with nothing but its id and when it was made.
+    assert count == 2
+    assert nobody is not None and nobody.forgotten_at is not None
+    assert (nobody.email, nobody.first_name, nobody.attributes) == (None, None, {})
     runtime.close()
 
 
@@ -416,3 +425,68 @@ def test_forget_requests_are_told_apart_from_other_messages(
             parse_forget(body)
         assert bad.value.code == "wrong_schema" and expected in bad.value.reason
         assert "Ana" not in bad.value.reason
+
+
+def _stored(database_url: str, customer_id: str) -> tuple[Customer, list[Any], int, int]:
+    """The customer, its events' customer blocks, its sends and its orders."""
+    from worker.core.models import Event, Order
+
+    with transaction(database_url) as session:
+        customer = session.get(Customer, customer_id)
+        assert customer is not None
+        session.expunge(customer)
+        blocks = [
+            payload["customer"]
+            for payload in session.scalars(
+                select(Event.payload).where(Event.customer_id == customer_id).order_by(Event.id)
+            )
+        ]
+        sends = session.scalar(
+            select(func.count()).select_from(Send).where(Send.customer_id == customer_id)
+        )
+        orders = session.scalar(
+            select(func.count()).select_from(Order).where(Order.customer_id == customer_id)
+        )
+    return customer, blocks, sends or 0, orders or 0
+
+
+@pytest.mark.parametrize("stored_before", [False, True], ids=["unknown-then", "known-then"])
+def test_an_event_from_before_an_erasure_request_that_arrives_after_it_is_stored_erased(
+    tmp_path: Path, database_url: str, stored_before: bool
+) -> None:
+    """Several consumers do not keep the order across processes: the customer's purchase
+    published before a ``forget`` can be stored after it, even when the customer was not
+    stored yet. It is stored as the request would have left it (customer block cut to the
+    id), changes no profile, plans nothing, and its log line says so. A purchase made after
+    the request is new data and is stored as usual."""
+    from worker.intake.consumer import handle_bodies
+
+    runtime = _runtime(tmp_path, database_url)
+    now = runtime.clock.now()
+    person = _person()
+    if stored_before:
+        assert not _ingest(runtime, purchase(customer=person, at=now - timedelta(hours=2)))
+    report = forget_now(runtime.settings, person["id"], now)
+    assert (report is not None) == stored_before
+
+    late = purchase(customer=person, at=now - timedelta(minutes=5))
+    [handled] = handle_bodies(runtime, [as_json(late)])
+    assert handled.outcome == "stored"
+    assert "stored erased" in handled.decided
+    customer, blocks, sends, orders = _stored(database_url, person["id"])
+    assert (customer.email, customer.first_name, customer.last_name, customer.attributes) == (
+        None,
+        None,
+        None,
+        {},
+    )
+    assert blocks == [{"id": person["id"]}] * len(blocks)
+    assert (sends, orders) == ((1, 1) if stored_before else (0, 0))  # the earlier purchase's
+
+    after = purchase(customer=person, at=now + timedelta(minutes=1))
+    [handled] = handle_bodies(runtime, [as_json(after)])
+    assert handled.outcome == "stored" and "stored erased" not in handled.decided
+    customer, blocks, sends, orders = _stored(database_url, person["id"])
+    assert customer.email == canonical_address(person["email"])
+    assert blocks[-1] != {"id": person["id"]}
+    assert orders == (2 if stored_before else 1)
