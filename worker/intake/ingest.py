@@ -29,7 +29,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from triggers.decide import MARKETING_HISTORY, PastSend, Policy, decide
-from triggers.events import AnyEvent, PurchaseEvent
+from triggers.events import AnyEvent, CustomerData, PurchaseEvent
 from triggers.facts import CustomerProfile
 from triggers.outcomes import Decision, SkipReason
 from triggers.rule_set import RuleSet
@@ -82,6 +82,12 @@ def predates_erasure(customer: Customer, event: AnyEvent) -> bool:
     with its customer block cut to the id, as the request would have left it, and changes
     nothing else (no profile, order or email)."""
     return customer.forgotten_at is not None and event.occurred_at <= customer.forgotten_at
+
+
+def erased_customer(event: AnyEvent) -> CustomerData:
+    """The event's customer block as an erasure leaves it: the id only (an upsert with it
+    changes no profile field)."""
+    return CustomerData.model_validate({"id": event.customer.id})
 
 
 def erased_payload(payload: dict[str, object]) -> dict[str, object]:
@@ -353,6 +359,16 @@ def ingest_batch(
                 erased.add(position)
                 batch.outcomes[position] = {}
                 decided[position] = ()
+                if isinstance(event, PurchaseEvent) and event.data.order_id not in known_orders:
+                    # Its order holds no personal data and counts, as an erasure keeps
+                    # orders; the profile gets nothing but the purchase's aggregates.
+                    apply_upsert_profiled(
+                        session, customer, erased_customer(event), now, purchase=event
+                    )
+                    order, order_lines = order_rows(customer.id, event)
+                    orders.append(order)
+                    lines.extend(order_lines)
+                    known_orders.add(event.data.order_id)
                 continue
             if customer.id in batch.pending_customers:
                 batch.write_sends()  # the customer's next decision must see them, with ids

@@ -162,22 +162,30 @@ def _scrub(text: str, secrets_in_text: list[str]) -> str:
 
 
 def forget_customer(
-    session: Session, customer_id: str, key: bytes, now: datetime
+    session: Session,
+    customer_id: str,
+    key: bytes,
+    now: datetime,
+    requested_at: datetime | None = None,
 ) -> ForgetReport | None:
     """Erase the customer's personal data in the caller's transaction (module docstring)
-    and record ``now`` as its ``forgotten_at``; None if the customer was not stored, in
-    which case a row with its id and ``forgotten_at`` only is stored. Either way an
-    event of the customer that occurred before ``now`` and is stored later (another
-    consumer's) is stored erased (``worker.intake.ingest``). Safe to repeat: a second
-    run finds nothing to do."""
+    and record when the erasure was asked for as its ``forgotten_at``: ``requested_at``
+    (a ``forget`` event's ``occurred_at``; never later than ``now``), else ``now``. None
+    if the customer was not stored, in which case a row with its id and ``forgotten_at``
+    only is stored. Either way an event of the customer that occurred before that time
+    and is stored later (another consumer's, a late one) is stored erased
+    (``worker.intake.ingest``); one that occurred after it, during a backlog, is not.
+    Safe to repeat: a second run finds nothing to do, and a redelivered request does
+    not move the time."""
+    asked = min(requested_at, now) if requested_at is not None else now
     customer = session.get(Customer, customer_id, with_for_update=True)
     if customer is None:
-        if _stored_as_forgotten(session, customer_id, now):
+        if _stored_as_forgotten(session, customer_id, now, asked):
             return None
         # An ingest stored the customer meanwhile: erase what it committed.
         customer = session.get(Customer, customer_id, with_for_update=True, populate_existing=True)
         assert customer is not None
-    customer.forgotten_at = max(customer.forgotten_at or now, now)
+    customer.forgotten_at = max(customer.forgotten_at or asked, asked)
     addresses = _addresses(session, customer)
     hashed = {address: address_hash(address, key) for address in addresses}
     names = [n for n in (customer.first_name, customer.last_name) if n and n.strip()]
@@ -334,7 +342,9 @@ def export_customer(session: Session, customer_id: str, key: bytes | None) -> di
     }
 
 
-def _stored_as_forgotten(session: Session, customer_id: str, now: datetime) -> bool:
+def _stored_as_forgotten(
+    session: Session, customer_id: str, now: datetime, asked: datetime
+) -> bool:
     """Store a customer not known yet as its id and ``forgotten_at`` only; False when a
     concurrent transaction stored the customer first (its insert waited for that commit)."""
     try:
@@ -349,7 +359,7 @@ def _stored_as_forgotten(session: Session, customer_id: str, now: datetime) -> b
                     lifetime_spend=Decimal(0),
                     created_at=now,
                     updated_at=now,
-                    forgotten_at=now,
+                    forgotten_at=asked,
                 )
             )
     except IntegrityError:
@@ -357,12 +367,14 @@ def _stored_as_forgotten(session: Session, customer_id: str, now: datetime) -> b
     return True
 
 
-def forget_now(settings: Settings, customer_id: str, now: datetime) -> ForgetReport | None:
+def forget_now(
+    settings: Settings, customer_id: str, now: datetime, requested_at: datetime | None = None
+) -> ForgetReport | None:
     """Forget one customer in its own transaction (``crosssell forget``, the event)."""
     key = forget_key(settings, create=True)
     assert key is not None
     with transaction(settings.resolved_database_url) as session:
-        return forget_customer(session, customer_id, key, now)
+        return forget_customer(session, customer_id, key, now, requested_at)
 
 
 def forget_from_message(runtime: Runtime, body: bytes | str) -> bool:
@@ -377,7 +389,7 @@ def forget_from_message(runtime: Runtime, body: bytes | str) -> bool:
         return False
     customer_id = request.customer.id
     report = surviving_disconnects(
-        partial(forget_now, runtime.settings, customer_id, runtime.clock.now())
+        partial(forget_now, runtime.settings, customer_id, runtime.clock.now(), request.occurred_at)
     )
     EVENTS.labels("forgotten" if report else "forget_unknown").inc()
     log.info(

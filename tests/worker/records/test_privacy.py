@@ -438,7 +438,9 @@ def _stored(database_url: str, customer_id: str) -> tuple[Customer, list[Any], i
         blocks = [
             payload["customer"]
             for payload in session.scalars(
-                select(Event.payload).where(Event.customer_id == customer_id).order_by(Event.id)
+                select(Event.payload)
+                .where(Event.customer_id == customer_id)
+                .order_by(Event.occurred_at)
             )
         ]
         sends = session.scalar(
@@ -481,7 +483,10 @@ def test_an_event_from_before_an_erasure_request_that_arrives_after_it_is_stored
         {},
     )
     assert blocks == [{"id": person["id"]}] * len(blocks)
-    assert (sends, orders) == ((1, 1) if stored_before else (0, 0))  # the earlier purchase's
+    # No email for it; its order counts (orders hold no personal data), as do the
+    # earlier purchase's send and order.
+    assert (sends, orders) == ((1, 2) if stored_before else (0, 1))
+    assert customer.orders_count == orders
 
     after = purchase(customer=person, at=now + timedelta(minutes=1))
     [handled] = handle_bodies(runtime, [as_json(after)])
@@ -489,4 +494,32 @@ def test_an_event_from_before_an_erasure_request_that_arrives_after_it_is_stored
     customer, blocks, sends, orders = _stored(database_url, person["id"])
     assert customer.email == canonical_address(person["email"])
     assert blocks[-1] != {"id": person["id"]}
-    assert orders == (2 if stored_before else 1)
+    assert orders == (3 if stored_before else 2)
+
+
+def test_a_forget_request_erases_what_occurred_before_it_was_made_not_before_it_was_applied(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A ``forget`` event taken from a backlog half an hour late: the customer's purchase
+    made after the CRM's request is new data and is stored as usual; one made before it
+    (and arriving after it) is stored erased."""
+    from worker.intake.consumer import handle_bodies
+
+    runtime = _runtime(tmp_path, database_url)
+    now = runtime.clock.now()
+    person = _person()
+    request = {
+        "id": f"forget-{uuid.uuid4().hex[:8]}",
+        "type": "forget",
+        "occurred_at": (now - timedelta(minutes=30)).isoformat(),
+        "customer": {"id": person["id"]},
+    }
+    [forgot] = handle_bodies(runtime, [json.dumps(request).encode()])
+    assert forgot.outcome == "stored", forgot
+    before = purchase(customer=person, at=now - timedelta(minutes=35))
+    after = purchase(customer=person, at=now - timedelta(minutes=25))
+    handled = handle_bodies(runtime, [as_json(before), as_json(after)])
+    assert ["stored erased" in h.decided for h in handled] == [True, False]
+    customer, blocks, _, _ = _stored(database_url, person["id"])
+    assert customer.email == canonical_address(person["email"])
+    assert blocks[0] == {"id": person["id"]} and blocks[1] != {"id": person["id"]}
