@@ -347,21 +347,11 @@ def _stored_as_forgotten(
 ) -> bool:
     """Store a customer not known yet as its id and ``forgotten_at`` only; False when a
     concurrent transaction stored the customer first (its insert waited for that commit)."""
+    from worker.records.customers import new_customer  # it imports this module
+
     try:
         with session.begin_nested():
-            session.add(
-                Customer(
-                    id=customer_id,
-                    attributes={},
-                    categories_bought=[],
-                    skus_owned=[],
-                    orders_count=0,
-                    lifetime_spend=Decimal(0),
-                    created_at=now,
-                    updated_at=now,
-                    forgotten_at=asked,
-                )
-            )
+            new_customer(session, customer_id, now).forgotten_at = asked
     except IntegrityError:
         return False
     return True
