@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -58,6 +59,7 @@ from worker.records.customers import (
     order_rows,
     write_customers,
 )
+from worker.records.privacy import erased_payload
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,8 @@ class IngestResult:
 def predates_erasure(customer: Customer, event: AnyEvent) -> bool:
     """Whether ``event`` occurred before the customer's last erasure request and arrived
     after it (another consumer stored it later, or the CRM sent it late): it is stored
-    with its customer block cut to the id, as the request would have left it, and changes
-    nothing else (no profile, order or email)."""
+    with its customer block cut to the id, as the request would have left it, changes no
+    profile field and plans nothing; a purchase's order still counts."""
     return customer.forgotten_at is not None and event.occurred_at <= customer.forgotten_at
 
 
@@ -88,14 +90,6 @@ def erased_customer(event: AnyEvent) -> CustomerData:
     """The event's customer block as an erasure leaves it: the id only (an upsert with it
     changes no profile field)."""
     return CustomerData.model_validate({"id": event.customer.id})
-
-
-def erased_payload(payload: dict[str, object]) -> dict[str, object]:
-    """A stored event's payload as an erasure leaves it: the customer block cut to the
-    id (``worker.records.privacy``)."""
-    customer = payload.get("customer")
-    customer_id = customer.get("id") if isinstance(customer, dict) else None
-    return {**payload, "customer": {"id": customer_id}}
 
 
 DUPLICATE = IngestResult(duplicate=True)
@@ -263,7 +257,7 @@ def _insert_events(
     events: Sequence[AnyEvent],
     outcomes: Sequence[dict[str, object]],
     now: datetime,
-    erased: frozenset[str] | set[str] = frozenset(),
+    erased: AbstractSet[str] = frozenset(),
 ) -> None:
     """Store the decided events, each with its outcome (campaign → outcome), in one
     ``INSERT … ON CONFLICT (event_id) DO NOTHING``.
@@ -281,7 +275,9 @@ def _insert_events(
             "occurred_at": event.occurred_at,
             "received_at": now,
             "payload": (
-                erased_payload(event_payload(event)) if event.id in erased else event_payload(event)
+                erased_payload(event_payload(event), event.customer.id)
+                if event.id in erased
+                else event_payload(event)
             ),
             "outcome": outcome,
         }

@@ -217,7 +217,7 @@ def forget_customer(
     events = 0
     for event in session.scalars(select(Event).where(Event.customer_id == customer.id)):
         if dict(event.payload.get("customer") or {}) != {"id": customer.id}:
-            event.payload = {**event.payload, "customer": {"id": customer.id}}
+            event.payload = erased_payload(event.payload, customer.id)
             events += 1
 
     webhooks = 0
@@ -340,6 +340,12 @@ def export_customer(session: Session, customer_id: str, key: bytes | None) -> di
             )
         ],
     }
+
+
+def erased_payload(payload: dict[str, Any], customer_id: str) -> dict[str, Any]:
+    """A stored event's payload as an erasure leaves it: the customer block cut to the
+    id, the rest (order, items) kept."""
+    return {**payload, "customer": {"id": customer_id}}
 
 
 def _stored_as_forgotten(
