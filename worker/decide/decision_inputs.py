@@ -25,7 +25,7 @@ from triggers.facts import CustomerProfile, build_facts
 from worker.core.dialect_insert import bound_among
 from worker.core.models import Customer, Event, Send, Suppression
 from worker.records.customers import is_suppressed, profile_of
-from worker.records.privacy import suppression_keys
+from worker.records.privacy import suppression_keys_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +233,7 @@ def decision_inputs_many(
         session.execute(_statements_for(session).planned_lock, {"b_customer_ids": ids}).all()
     for customer_id, past in histories_of(session, ids).items():
         histories[customer_id] = past
-    keys = {email: suppression_keys(email) for email in addresses}
+    keys = suppression_keys_of(addresses)
     found = suppressed_among(session, (key for listed in keys.values() for key in listed))
     suppressed = {email: any(key in found for key in listed) for email, listed in keys.items()}
     return BatchInputs(histories, suppressed)

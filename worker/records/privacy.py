@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -122,8 +123,19 @@ def suppression_keys(email: str, key: bytes | None = None) -> list[str]:
     """Every form under which ``email`` may be suppressed: the normalised address and,
     when a forget key exists, its keyed hash (an address whose customer was forgotten).
     ``key`` defaults to the process's (``CROSSSELL_FORGET_KEY`` or the key file)."""
-    address = normalise(email)
-    secret = key if key is not None else _process_key()
+    return _keys_of(normalise(email), key if key is not None else _process_key())
+
+
+def suppression_keys_of(emails: Iterable[str]) -> dict[str, list[str]]:
+    """:func:`suppression_keys` of each address, with the process's key looked up once: a
+    batch's. Until a forget makes the key file, looking it up is a ``stat`` of the file,
+    which one call per address made 2 % of ingest's CPU (py-spy of ``bench.ingest``,
+    2026-12-01; docs/performance.md, "Ingest")."""
+    secret = _process_key()
+    return {email: _keys_of(normalise(email), secret) for email in emails}
+
+
+def _keys_of(address: str, secret: bytes | None) -> list[str]:
     return [address] if secret is None else [address, address_hash(address, secret)]
 
 

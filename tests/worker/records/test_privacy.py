@@ -51,6 +51,7 @@ from worker.records.privacy import (
     forget_key,
     forget_now,
     suppression_keys,
+    suppression_keys_of,
 )
 from worker.webhooks.apply import apply_events
 from worker.webhooks.events import TrackingEvent
@@ -318,7 +319,12 @@ def test_without_any_key_only_the_plain_address_is_checked(
     monkeypatch.delenv("CROSSSELL_FORGET_KEY")
     monkeypatch.setenv("CROSSSELL_VAR_DIR", str(tmp_path / "var"))
     get_settings.cache_clear()
+    addresses = ["A@Example.ro", " b@example.ro"]
     assert suppression_keys("A@Example.ro") == ["a@example.ro"]
+    assert suppression_keys_of(addresses) == {
+        "A@Example.ro": ["a@example.ro"],
+        " b@example.ro": ["b@example.ro"],
+    }
     assert not (tmp_path / "var" / "forget.key").exists()  # checking never makes a key
     key = forget_key(get_settings(), create=True)
     assert key is not None and (tmp_path / "var" / "forget.key").stat().st_mode & 0o777 == 0o600
@@ -326,6 +332,11 @@ def test_without_any_key_only_the_plain_address_is_checked(
         suppression_keys("A@Example.ro")[1]
         == HASH_PREFIX + hmac.new(key, b"a@example.ro", hashlib.sha256).hexdigest()
     )
+    # A batch after the key file appeared (a forget in another process) uses it.
+    assert suppression_keys_of(addresses) == {
+        address: suppression_keys(address) for address in addresses
+    }
+    assert len(suppression_keys_of(addresses)[" b@example.ro"]) == 2
 
 
 @pytest.fixture
