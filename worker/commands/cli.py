@@ -922,21 +922,30 @@ def sends() -> None:
 def sends_list(status_name: str, campaign: str | None, limit: int) -> None:
     """List sends in a status (tab-separated): planned ones with why they wait, failed
     ones with the provider's answer (addresses redacted). An unknown --campaign (neither
-    in the campaign files nor in the sends) is a usage error, not an empty list."""
+    in the campaign files nor in the sends) is a usage error, not an empty list. When
+    more sends match than --limit, a note on stderr says so (the list itself stays
+    tab-separated rows for scripts)."""
     from worker.commands.report import check_campaign
     from worker.commands.status import list_sends, send_lines
     from worker.core.db import transaction
 
     settings = get_settings()
     with transaction(settings.resolved_database_url) as session:
-        rows = list_sends(session, status_name, campaign, limit)
+        rows = list_sends(session, status_name, campaign, limit + 1)
         if campaign is not None and not rows:
             try:
                 check_campaign(session, _configured_campaign_ids(settings), campaign)
             except ValueError as unknown:
                 raise click.UsageError(str(unknown)) from None
-    for line in send_lines(rows, status_name):
+    more = len(rows) > limit
+    for line in send_lines(rows[:limit], status_name):
         click.echo(line)
+    if more:
+        click.echo(
+            f"(the first {limit} {status_name} sends; more are not shown: --limit N shows up "
+            "to N, at most 10,000)",
+            err=True,
+        )
 
 
 def _configured_campaign_ids(settings: Settings) -> list[str]:

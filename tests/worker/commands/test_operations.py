@@ -381,6 +381,36 @@ def test_the_celery_worker_serves_metrics_with_the_outbox_gauges(
     assert "# TYPE crosssell_provider_send_seconds histogram" in body
 
 
+@pytest.mark.parametrize(("stored", "limit", "shown"), [(3, 2, 2), (2, 2, 2), (1, 2, 1)])
+def test_sends_list_says_when_more_sends_match_than_it_shows(
+    cli: CliRunner, stored: int, limit: int, shown: int
+) -> None:
+    """A list cut at --limit must not read as everything that waits; the note goes to
+    stderr so that a script reading the rows gets rows only."""
+    from worker.commands.cli import main
+
+    now = datetime.now(UTC)
+    url = get_settings().resolved_database_url
+    _store(
+        url,
+        [
+            {"id": n, "status": "planned", "reason": None, "send_at": now, "updated_at": now}
+            for n in range(1, stored + 1)
+        ],
+        now,
+    )
+    result = cli.invoke(main, ["sends", "list", "--limit", str(limit)])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 1 + shown  # the header, then the rows
+    if stored > limit:
+        assert result.stderr.splitlines() == [
+            f"(the first {limit} planned sends; more are not shown: --limit N shows up to N, "
+            "at most 10,000)"
+        ]
+    else:
+        assert result.stderr == ""
+
+
 @pytest.mark.parametrize(
     ("campaign", "exit_code"),
     [
