@@ -55,6 +55,7 @@ from triggers.sequences import (
     may_enter,
     next_step,
 )
+from worker.core.commit_counts import count_on_commit
 from worker.core.dialect_insert import among, insert_for, insert_rows
 from worker.core.metrics import SENDS
 from worker.core.models import Customer, Enrollment, Event, Send
@@ -160,7 +161,7 @@ def end(
     )
     count = int(getattr(skipped, "rowcount", 0) or 0)
     if count:
-        SENDS.labels("skipped", SkipReason.SEQUENCE_EXITED).inc(count)
+        count_on_commit(session, SENDS, "skipped", SkipReason.SEQUENCE_EXITED, amount=count)
 
 
 def enroll(
@@ -798,7 +799,7 @@ def _plan_step(
         step_id=step.id,
     )
     loaded.planned(row)
-    SENDS.labels(status, reason or "").inc()
+    count_on_commit(session, SENDS, status, reason or "")
     enrollment.next_due_at = None  # waiting on the send
     enrollment.updated_at = now
     if status != "planned":

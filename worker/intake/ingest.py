@@ -34,6 +34,7 @@ from triggers.events import AnyEvent, CustomerData, PurchaseEvent
 from triggers.facts import CustomerProfile
 from triggers.outcomes import Decision, SkipReason
 from triggers.rule_set import RuleSet
+from worker.core.commit_counts import count_on_commit
 from worker.core.db import plan_for_this_batch
 from worker.core.dialect_insert import among, insert_rows
 from worker.core.log_format import fields
@@ -183,7 +184,7 @@ class _Batch:
                 )
                 continue
             self.outcomes[new.position][campaign_id] = new.label
-            SENDS.labels(row["status"], row["reason"] or "").inc()
+            count_on_commit(session, SENDS, row["status"], row["reason"] or "")
             if row["status"] in MARKETING_HISTORY:
                 self.inputs.histories.setdefault(row["customer_id"], []).append(
                     PastSend(
@@ -231,7 +232,7 @@ def _report_changed_duplicates(
             mine["customer"] = kept["customer"]
         if mine == kept:
             continue
-        EVENTS.labels("duplicate_changed").inc()
+        count_on_commit(session, EVENTS, "duplicate_changed")
         log.warning(
             "event %s: a duplicate with other content was dropped; the event first received"
             " under this id stands (does the CRM reuse event ids?)",
@@ -520,7 +521,7 @@ def _plan(
             )
         )
         if getattr(changed, "rowcount", 0):
-            SENDS.labels(moved.outcome, moved.reason).inc()
+            count_on_commit(session, SENDS, moved.outcome, moved.reason)
         _move_in_history(history, moved.send_id, moved.outcome, moved.send_at)
     return tuple(decisions)
 

@@ -39,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from triggers.addresses import lookup_key
+from worker.core.commit_counts import count_on_commit
 from worker.core.metrics import SENDS
 from worker.core.models import Customer, Send, Suppression
 from worker.core.redaction import address_ref, redact
@@ -78,18 +79,19 @@ def storage_id(event_id: str) -> str:
 
 
 def apply_events(session: Session, events: Iterable[TrackingEvent], now: datetime) -> ApplyReport:
-    """Record each new event and apply its effect; ignore events already recorded."""
+    """Record each new event and apply its effect; ignore events already recorded. The
+    counts (``crosssell_webhook_events_total``) are taken when the caller commits."""
     report = ApplyReport()
     for event in events:
         report.received += 1
         if not _record(session, event, now):
             report.duplicates += 1
-            WEBHOOK_EVENTS.labels(event.provider, event.kind, "duplicate").inc()
+            count_on_commit(session, WEBHOOK_EVENTS, event.provider, event.kind, "duplicate")
             continue
         report.applied += 1
         report.kinds[event.kind] += 1
         _apply(session, event, now, report)
-        WEBHOOK_EVENTS.labels(event.provider, event.kind, "applied").inc()
+        count_on_commit(session, WEBHOOK_EVENTS, event.provider, event.kind, "applied")
     return report
 
 
@@ -244,7 +246,7 @@ def _fail_send(
     )
     changed = bool(getattr(result, "rowcount", 0))
     if changed:
-        SENDS.labels("failed", reason).inc()
+        count_on_commit(session, SENDS, "failed", reason)
         if reason == "hard_bounce":
             record_send_activity(session, "email_bounced", send_id, event.timestamp or now)
     return changed

@@ -39,6 +39,7 @@ from worker.commands.demo import seed_catalog
 from worker.commands.migrate import upgrade
 from worker.core.clock import ShiftedClock
 from worker.core.db import dispose_engines, engine_for, transaction
+from worker.core.metrics import SENDS
 from worker.core.models import Enrollment, Event, Send, SendOffer
 from worker.core.settings import Settings
 from worker.core.topology import events_exchange, events_queue, transport_options
@@ -348,6 +349,7 @@ def test_two_consumers_given_one_event_plan_it_once(
     }
     copy = original if same_customer else reused
     other = purchase(customer=customer_block(f"C-other-{suffix}"))
+    counted_before = _sends_counted()
     try:
         seed_catalog(runtime.settings, NOW)
         _, release, holder = _hold_a_batch(database_url, runtime, [validate_event(original)])
@@ -375,6 +377,9 @@ def test_two_consumers_given_one_event_plan_it_once(
             customers = set(session.scalars(text("SELECT id FROM customers")))
         assert {row[0]: row[1] for row in planned} == {original["id"]: 1, other["id"]: 1}
         assert f"C-copy-{suffix}" not in customers
+        # The racer's batch was rolled back and stored again one event at a time: what
+        # it planned the first time is not counted (crosssell_sends_total).
+        assert _sends_counted() - counted_before == 2
     finally:
         runtime.close()
         dispose_engines()
@@ -480,6 +485,16 @@ def _stored(url: str, *event_ids: str) -> int:
     return int(count or 0)
 
 
+def _sends_counted() -> float:
+    """``crosssell_sends_total`` over all its labels."""
+    return sum(
+        sample.value
+        for metric in SENDS.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
 def test_bad_and_refused_messages_are_dead_lettered_alone(
     tmp_path: Path, short_names_postgres: str
 ) -> None:
@@ -494,10 +509,21 @@ def test_bad_and_refused_messages_are_dead_lettered_alone(
         as_json(second),
         as_json(first),
     ]
+    counted_before = _sends_counted()
     try:
         handled = handle_bodies(runtime, bodies)
     finally:
         runtime.close()
+    # The batch's transaction was rolled back and its events stored again one by one:
+    # the sends it planned count once, as their rows exist once.
+    with transaction(url) as session:
+        planned = session.scalar(
+            select(func.count())
+            .select_from(Send)
+            .where(Send.customer_id.in_([first["customer"]["id"], second["customer"]["id"]]))
+        )
+    assert planned
+    assert _sends_counted() - counted_before == planned
     assert [(h.outcome, h.code) for h in handled] == [
         ("stored", ""),
         ("dead_letter", "not_json"),
