@@ -273,15 +273,27 @@ def publish(file: BinaryIO) -> None:
     """Publish the events of a JSON Lines FILE ('-' for stdin) to the configured queue.
 
     Each line is validated as the consumer would; invalid lines are reported on stderr
-    with their line numbers and not published, and the exit status is then 1.
+    with their line numbers and not published, and the exit status is then 1. A line
+    whose event id an earlier line had is published (the consumer drops it as a
+    duplicate) and named on stderr as a warning.
     """
     from worker.intake.publisher import bounded_lines, publish_lines
 
     report = publish_lines(get_settings(), bounded_lines(file))
-    for bad in report.rejected:
-        click.echo(f"line {bad.line}: {bad.code}: {bad.reason}", err=True)
+    notes = [(bad.line, f"{bad.code}: {bad.reason}") for bad in report.rejected]
+    notes += [
+        (
+            again.line,
+            f"warning: event id {again.event_id!r} repeats line {again.first_line}'s; the "
+            "consumer stores the first and drops this one as a duplicate",
+        )
+        for again in report.repeated
+    ]
+    for line, note in sorted(notes):
+        click.echo(f"line {line}: {note}", err=True)
     click.echo(
         f"published {report.published} event(s)"
+        + (f", {len(report.repeated)} repeating an earlier id" if report.repeated else "")
         + (f", {len(report.rejected)} invalid line(s) not published" if report.rejected else "")
     )
     if report.rejected:

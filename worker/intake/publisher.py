@@ -36,9 +36,21 @@ class RejectedLine:
 
 
 @dataclass(frozen=True, slots=True)
+class RepeatedId:
+    """A published line whose event id an earlier line of the same input already had
+    (1-based ``line`` and ``first_line``): the consumer stores the first and drops this
+    one as a duplicate, whatever its content."""
+
+    line: int
+    first_line: int
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class PublishReport:
     published: int
     rejected: tuple[RejectedLine, ...] = field(default=())
+    repeated: tuple[RepeatedId, ...] = field(default=())
 
 
 BOM = b"\xef\xbb\xbf"
@@ -85,18 +97,22 @@ def bounded_lines(stream: BinaryIO, limit: int = MAX_EVENT_BYTES) -> Iterator[by
         yield line
 
 
-def _routing_key(line: bytes, now: datetime, declared: Mapping[str, FieldType]) -> str:
-    """The type of a valid line: a marketing event, or a ``forget`` request (which the
-    consumer handles apart); InvalidEvent otherwise, as the consumer would refuse it
+def _routing_key(
+    line: bytes, now: datetime, declared: Mapping[str, FieldType]
+) -> tuple[str, str | None]:
+    """The type of a valid line, and its event id when it is a marketing event (the id
+    the consumer deduplicates by) rather than a ``forget`` request (which the consumer
+    handles apart); InvalidEvent otherwise, as the consumer would refuse it
     (``declared``: the attributes file's types)."""
     try:
-        return parse_event(line, received_at=now, attributes=declared).type
+        event = parse_event(line, received_at=now, attributes=declared)
     except InvalidEvent as bad:
         if bad.code == "unknown_type":
             forget = parse_forget(line)  # InvalidEvent when it is a malformed forget
             if forget is not None:
-                return forget.type
+                return forget.type, None
         raise
+    return event.type, event.id
 
 
 @contextmanager
@@ -141,11 +157,15 @@ def publish_lines(
     settings: Settings, lines: Iterable[bytes], received_at: datetime | None = None
 ) -> PublishReport:
     """Publish each valid line; ``received_at`` (default: now) is the clock the
-    ``occurred_at`` range is checked against. Blank lines are skipped but counted."""
+    ``occurred_at`` range is checked against. Blank lines are skipped but counted. A
+    line repeating an earlier line's event id is published all the same (a CRM's
+    redelivery looks like that) and reported in ``repeated``."""
     now = received_at or datetime.now(UTC)
     declared, _ = read_attributes(settings.attributes_file)  # a broken file: lint says so
     published = 0
     rejected: list[RejectedLine] = []
+    repeated: list[RepeatedId] = []
+    first_lines: dict[str, int] = {}
     with _producer(settings) as producer:
         for number, raw in enumerate(lines, start=1):
             line = raw.strip()
@@ -154,10 +174,14 @@ def publish_lines(
             try:
                 if isinstance(raw, CutLine):
                     raise raw.invalid()
-                routing_key = _routing_key(line, now, declared)
+                routing_key, event_id = _routing_key(line, now, declared)
             except InvalidEvent as bad:
                 rejected.append(RejectedLine(number, bad.code, bad.reason))
                 continue
+            if event_id is not None:
+                first = first_lines.setdefault(event_id, number)
+                if first != number:
+                    repeated.append(RepeatedId(number, first, event_id))
             producer.publish(
                 line,
                 routing_key=routing_key,
@@ -168,4 +192,4 @@ def publish_lines(
                 retry_policy={"max_retries": 5, "interval_start": 0.5, "interval_step": 1},
             )
             published += 1
-    return PublishReport(published, tuple(rejected))
+    return PublishReport(published, tuple(rejected), tuple(repeated))

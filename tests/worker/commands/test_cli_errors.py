@@ -224,6 +224,41 @@ def test_publish_reports_the_real_size_of_a_giant_line(tmp_path: Path) -> None:
     assert "published 1 event(s)" in result.output
 
 
+def test_publish_warns_about_an_event_id_an_earlier_line_had(tmp_path: Path) -> None:
+    """The consumer keeps the first event of an id and drops the rest as duplicates: a
+    file that repeats an id (a copy-paste, an export joined twice) loses those lines
+    silently unless publish says so. They are still published: a redelivery looks the
+    same, and the consumer is what decides."""
+    changed = purchase("evt-1")
+    changed["data"]["order_id"] = "O-other"
+    lines = [
+        json.dumps(purchase("evt-1")),
+        json.dumps(purchase("evt-2")),
+        "",
+        json.dumps(changed),  # the same id, other content
+        '{"id": "evt-1", "type": "purchase"}',  # invalid: reported as such, not as repeated
+        json.dumps(purchase("evt-2")),
+        json.dumps(purchase("evt-3")),
+    ]
+    path = tmp_path / "repeats.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["publish", str(path)])
+    assert result.exit_code == 1, result.output  # for the invalid line, as before
+    warnings = result.stderr.splitlines()
+    assert warnings[0] == (
+        "line 4: warning: event id 'evt-1' repeats line 1's; the consumer stores the first "
+        "and drops this one as a duplicate"
+    )
+    assert warnings[1].startswith("line 5: wrong_schema: ")
+    assert warnings[2:] == [
+        "line 6: warning: event id 'evt-2' repeats line 2's; the consumer stores the first "
+        "and drops this one as a duplicate",
+    ]
+    assert result.stdout.strip() == (
+        "published 5 event(s), 2 repeating an earlier id, 1 invalid line(s) not published"
+    )
+
+
 # --- 6: an output directory that is a file --------------------------------------------------
 
 
