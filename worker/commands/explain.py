@@ -35,6 +35,9 @@ from worker.process.runtime import Runtime
 class Known:
     inputs: DecisionInputs
     source: str
+    # When the customer asked to be forgotten, if that was after the event occurred:
+    # ingest would store the event erased and decide nothing on it.
+    erased_at: datetime | None = None
 
 
 def _known(runtime: Runtime, event: AnyEvent, at: datetime) -> Known:
@@ -43,6 +46,7 @@ def _known(runtime: Runtime, event: AnyEvent, at: datetime) -> Known:
     from worker.core.db import transaction
     from worker.core.models import Customer, Order
     from worker.decide.decision_inputs import decision_inputs
+    from worker.intake.ingest import predates_erasure
     from worker.records.customers import profile_of
 
     blank = CustomerProfile(event.customer.id)
@@ -58,7 +62,8 @@ def _known(runtime: Runtime, event: AnyEvent, at: datetime) -> Known:
             )
             profile = _with_event(profile_of(row), event, known_order)
             inputs = decision_inputs(session, event, at, customer=row, profile=profile)
-            return Known(inputs, "database + this event")
+            erased_at = row.forgotten_at if predates_erasure(row, event) else None
+            return Known(inputs, "database + this event", erased_at)
     except SQLAlchemyError:
         profile = _with_event(blank, event, False)
         subject = subject_for(profile, suppressed=False)
@@ -137,6 +142,13 @@ def explain(
         f"for customer {event.customer.id}"
     )
     yield f"customer data from: {known.source}; decided as of {at.isoformat()}"
+    if known.erased_at is not None:
+        yield (
+            f"erasure: NO  the customer asked to be forgotten at {known.erased_at.isoformat()}, "
+            "after this event occurred: ingest stores the event erased"
+        )
+        yield "decision: none (an event from before the customer's erasure request plans nothing)"
+        return
     if campaign.trigger.event != event.type:
         yield f"trigger: NO  the campaign listens to {campaign.trigger.event} events"
         return

@@ -58,9 +58,13 @@ def run_simulation(
     line says how many, so a wrong ``--at`` does not go unnoticed."""
     known, source = standing(runtime)
     late = [0]
+    erased = [0]
 
     def counted(stream: Iterable[AnyEvent]) -> Iterator[AnyEvent]:
         for event in stream:
+            if known.predates_erasure(event):
+                erased[0] += 1  # ingest stores it erased and decides nothing on it
+                continue
             if at is not None and event.occurred_at > at:
                 late[0] += 1
             yield event
@@ -73,6 +77,11 @@ def run_simulation(
         at=at,
         subject_of=known.subject,
     )
+    if erased[0]:
+        source += (
+            f"\n{erased[0]} event(s) left out: they occurred before their customer asked to be"
+            " forgotten (ingest stores such an event erased and plans nothing on it)"
+        )
     if late[0]:
         source += (
             f"\nwarning: {late[0]} event(s) occur after the decision clock {at:%Y-%m-%d %H:%M}"

@@ -241,11 +241,19 @@ def decision_inputs_many(
 
 @dataclass(frozen=True)
 class Standing:
-    """The database's suppression list and opted-out kinds, read once, for ``simulate``
-    (which rebuilds profiles and history in memory but cannot know these from events)."""
+    """The database's suppression list, opted-out kinds and erasure requests, read once,
+    for ``simulate`` (which rebuilds profiles and history in memory but cannot know
+    these from events). ``forgotten``: customer id → when the customer asked to be
+    forgotten (``customers.forgotten_at``; an event from before it is stored erased)."""
 
     suppressed: frozenset[str] = frozenset()
     opted_out: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    forgotten: Mapping[str, datetime] = field(default_factory=dict)
+
+    def predates_erasure(self, event: AnyEvent) -> bool:
+        """What ``worker.intake.ingest.predates_erasure`` says of the stored customer."""
+        asked = self.forgotten.get(event.customer.id)
+        return asked is not None and event.occurred_at <= asked
 
     def subject(self, profile: CustomerProfile) -> Subject:
         email = lookup_key(profile.email) if profile.email else None
@@ -263,7 +271,14 @@ def load_standing(session: Session) -> Standing:
         for row in session.execute(select(Customer.id, Customer.opted_out_kinds)).all()
         if row.opted_out_kinds
     }
-    return Standing(suppressed, opted_out)
+    forgotten = {
+        row.id: row.forgotten_at
+        for row in session.execute(
+            select(Customer.id, Customer.forgotten_at).where(Customer.forgotten_at.is_not(None))
+        )
+        if row.forgotten_at is not None
+    }
+    return Standing(suppressed, opted_out, forgotten)
 
 
 # --- Delivery: the recheck's inputs for a whole batch of claimed sends -------------------

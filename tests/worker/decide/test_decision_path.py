@@ -33,6 +33,7 @@ from worker.core.models import Customer, Send, Suppression
 from worker.intake.ingest import event_payload, ingest_event
 from worker.outbox.delivery import Reschedule, Skip, prepare
 from worker.process.runtime import Runtime
+from worker.records.privacy import forget_now
 
 ROOT = Path(__file__).resolve().parents[3]
 CROSSSELL = str(Path(sys.executable).parent / "crosssell")
@@ -165,6 +166,42 @@ def test_explain_predicts_what_ingest_then_records(runtime: Runtime, name: str) 
     else:
         assert (send.status, send.reason) == ("skipped", expected)
         assert decision == f"decision: skipped, reason {expected}"
+
+
+@pytest.mark.parametrize("asked_after", [timedelta(minutes=1), timedelta(0), -timedelta(minutes=1)])
+def test_explain_and_simulate_leave_out_an_event_from_before_an_erasure_request(
+    runtime: Runtime, asked_after: timedelta
+) -> None:
+    """An event that occurred before its customer asked to be forgotten, arriving after
+    the request, is stored erased and plans nothing (worker.intake.ingest); explain and
+    simulate said what the campaign would do with it. One that occurred after the
+    request is decided as usual by all three."""
+    customer_id = f"C-erased-{asked_after.total_seconds():+.0f}"
+    _known_customer(runtime, customer_id)
+    event = validate_event(purchase(customer=customer_block(customer_id), at=NOW))
+    forget_now(runtime.settings, customer_id, NOW, requested_at=NOW + asked_after)
+    predates = asked_after >= timedelta(0)  # "at or before" the request, as ingest has it
+
+    lines = list(explain(runtime, event, CAMPAIGN, NOW))
+    report, source = run_simulation(runtime, [event], at=NOW)
+    _ingest(runtime, event)
+    with transaction(runtime.settings.resolved_database_url) as session:
+        sends = session.scalars(select(Send).where(Send.event_id == event.id)).all()
+    simulated = sum(count for key, count in report.outcomes.items() if key[0] == CAMPAIGN)
+    if predates:
+        assert sends == []
+        assert lines[2].startswith("erasure: NO  the customer asked to be forgotten at ")
+        assert lines[-1] == (
+            "decision: none (an event from before the customer's erasure request plans nothing)"
+        )
+        assert simulated == 0
+        assert "1 event(s) left out: they occurred before their customer asked" in source
+    else:
+        assert len(sends) == 1
+        assert not any(line.startswith("erasure:") for line in lines)
+        assert lines[-1].startswith(("decision: planned", "decision: held out"))
+        assert simulated == 1
+        assert "left out" not in source
 
 
 @pytest.mark.parametrize(
