@@ -8,7 +8,7 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import click
 
@@ -862,12 +862,13 @@ def forget(customer_id: str) -> None:
 @click.argument("customer_id")
 @click.option(
     "--output",
-    type=click.File("w", encoding="utf-8"),
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     default="-",
     show_default=True,
-    help="File to write the JSON to ('-': standard output).",
+    help="File to write the JSON to ('-': standard output); written whole, readable by "
+    "its owner only (it holds personal data); its directory is made if missing.",
 )
-def export(customer_id: str, output: TextIO) -> None:
+def export(customer_id: str, output: Path) -> None:
     """Write everything held about CUSTOMER_ID as one JSON document."""
     import json
 
@@ -879,8 +880,32 @@ def export(customer_id: str, output: TextIO) -> None:
         document = export_customer(session, customer_id, forget_key(settings))
     if document is None:
         raise click.ClickException(f"customer {customer_id} is not known")
-    json.dump(document, output, ensure_ascii=False, indent=2)
-    output.write("\n")
+    text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+    if str(output) == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        _replace_privately(output, text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+
+
+def _replace_privately(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file in the same
+    directory, renamed over it), mode 0600 (``mkstemp``'s): an export holds personal
+    data. The directory is made if missing, as ``report --out`` makes its own."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 @main.command()

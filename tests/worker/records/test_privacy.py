@@ -378,6 +378,32 @@ def test_cli_export_then_forget(cli: CliRunner, tmp_path: Path) -> None:
     runtime.close()
 
 
+def test_cli_export_writes_a_private_file_whole_or_not_at_all(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    """The export holds personal data: a new file is its owner's only (0600); its
+    directory is made as ``report --out`` makes its own; an unknown customer, or a path
+    that is a directory, leaves what is there as it was."""
+    settings = get_settings()
+    runtime = Runtime(make_settings(tmp_path, database_url=settings.resolved_database_url))
+    runtime.clock = ShiftedClock(TUESDAY_MORNING)
+    person = _person()
+    _ingest(runtime, purchase(customer=person))
+    runtime.close()
+    out = tmp_path / "exports" / "new" / "export.json"
+    exported = cli.invoke(main_cli(), ["export", person["id"], "--output", str(out)])
+    assert exported.exit_code == 0, exported.output
+    assert json.loads(out.read_text(encoding="utf-8"))["customer"]["id"] == person["id"]
+    assert out.stat().st_mode & 0o777 == 0o600
+    kept = out.read_bytes()
+    unknown = cli.invoke(main_cli(), ["export", "C-nobody", "--output", str(out)])
+    assert unknown.exit_code == 1 and "customer C-nobody is not known" in unknown.output
+    assert out.read_bytes() == kept
+    directory = cli.invoke(main_cli(), ["export", person["id"], "--output", str(out.parent)])
+    assert directory.exit_code == 2 and "is a directory" in directory.output
+    assert sorted(path.name for path in out.parent.iterdir()) == ["export.json"]  # no leftovers
+
+
 def main_cli() -> Any:
     from worker.commands.cli import main
 
