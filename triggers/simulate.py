@@ -72,6 +72,8 @@ class SimulationReport:
     clock: str = "each event's own time"
     events: int = 0
     counted_events: int = 0
+    # Events stored erased (they predate their customer's erasure request): no decision.
+    erased_events: int = 0
     by_campaign_day: dict[tuple[str, date], DayTally] = field(
         default_factory=lambda: defaultdict(DayTally)
     )
@@ -141,11 +143,16 @@ def simulate(
     count_from: datetime | None = None,
     at: datetime | None = None,
     subject_of: Callable[[CustomerProfile], Subject] = unknown_standing,
+    erased: Callable[[AnyEvent], bool] = lambda event: False,
 ) -> SimulationReport:
     """Replay ``events``; only events at or after ``count_from`` are counted.
 
     ``at`` is the clock (see the module docstring). ``subject_of`` adds what events do not
     carry — the suppression list and opted-out campaign kinds — from the caller's store.
+    ``erased`` tells the events the store keeps erased (they occurred before their
+    customer asked to be forgotten): as ingest does, such an event is seen (a later copy
+    is a duplicate), its purchase counts in the customer's aggregates, and it changes no
+    other profile field and decides nothing (``erased_events`` counts them).
     """
     report = SimulationReport()
     journeys = _Journeys(rules, policy, report, subject_of)
@@ -165,9 +172,14 @@ def simulate(
         seen.add(event.id)
         report.events += 1
         customer_id = event.customer.id
-        profile = apply_customer(
-            profiles.get(customer_id, CustomerProfile(customer_id)), event.customer
-        )
+        profile = profiles.get(customer_id, CustomerProfile(customer_id))
+        if erased(event):
+            report.erased_events += 1
+            if isinstance(event, PurchaseEvent) and event.data.order_id not in orders:
+                orders.add(event.data.order_id)
+                profiles[customer_id] = apply_purchase(profile, *purchase_of(event))
+            continue
+        profile = apply_customer(profile, event.customer)
         if isinstance(event, PurchaseEvent) and event.data.order_id not in orders:
             orders.add(event.data.order_id)
             profile = apply_purchase(profile, *purchase_of(event))

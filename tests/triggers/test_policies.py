@@ -148,3 +148,27 @@ def test_simulation_at_a_given_clock_decides_in_arrival_order_at_that_moment() -
     assert live.clock == "each event's own time"
     # In time order the big order is the second one, and at its own time it is planned.
     assert dict(live.outcomes) == {("second-big-order", "planned", None): 1}
+
+
+def test_an_erased_event_counts_its_order_and_decides_nothing() -> None:
+    """Replayed as ingest stores an event from before its customer's erasure request:
+    its order counts in the aggregates (so the next purchase is the second), it decides
+    nothing, and a later copy of its id is a duplicate."""
+    rules = rule_set(
+        compiled(
+            "second-order",
+            audience={"field": "customer.orders_count", "op": "gte", "value": 2},
+        )
+    )
+    events = [
+        validate_event(_purchase("before", 3)),
+        validate_event(_purchase("before", 3)),  # a copy: a duplicate, erased or not
+        validate_event(_purchase("after", 1)),
+    ]
+    policy = Policy(quiet_from=None, quiet_to=None)
+    report = simulate(events, rules, policy, erased=lambda event: event.id == "before")
+    assert (report.events, report.erased_events, report.counted_events) == (2, 1, 1)
+    assert report.not_matched["second-order"] == 0  # "before" was not decided at all
+    assert dict(report.outcomes) == {("second-order", "planned", None): 1}
+    plain = simulate(events, rules, policy)
+    assert plain.erased_events == 0 and plain.not_matched["second-order"] == 1

@@ -862,13 +862,13 @@ def forget(customer_id: str) -> None:
 @click.argument("customer_id")
 @click.option(
     "--output",
-    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    type=click.Path(dir_okay=False, allow_dash=True),
     default="-",
     show_default=True,
     help="File to write the JSON to ('-': standard output); written whole, readable by "
     "its owner only (it holds personal data); its directory is made if missing.",
 )
-def export(customer_id: str, output: Path) -> None:
+def export(customer_id: str, output: str) -> None:
     """Write everything held about CUSTOMER_ID as one JSON document."""
     import json
 
@@ -881,31 +881,15 @@ def export(customer_id: str, output: Path) -> None:
     if document is None:
         raise click.ClickException(f"customer {customer_id} is not known")
     text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
-    if str(output) == "-":
+    if output == "-":
         click.echo(text, nl=False)
         return
+    from worker.core.files import write_output
+
     try:
-        _replace_privately(output, text)
+        write_output(Path(output), text.encode("utf-8"))
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
-
-
-def _replace_privately(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (a temporary file in the same
-    directory, renamed over it), mode 0600 (``mkstemp``'s): an export holds personal
-    data. The directory is made if missing, as ``report --out`` makes its own."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 @main.command()

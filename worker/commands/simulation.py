@@ -58,13 +58,9 @@ def run_simulation(
     line says how many, so a wrong ``--at`` does not go unnoticed."""
     known, source = standing(runtime)
     late = [0]
-    erased = [0]
 
     def counted(stream: Iterable[AnyEvent]) -> Iterator[AnyEvent]:
         for event in stream:
-            if known.predates_erasure(event):
-                erased[0] += 1  # ingest stores it erased and decides nothing on it
-                continue
             if at is not None and event.occurred_at > at:
                 late[0] += 1
             yield event
@@ -76,11 +72,13 @@ def run_simulation(
         count_from=count_from,
         at=at,
         subject_of=known.subject,
+        erased=known.predates_erasure,
     )
-    if erased[0]:
+    if report.erased_events:
         source += (
-            f"\n{erased[0]} event(s) left out: they occurred before their customer asked to be"
-            " forgotten (ingest stores such an event erased and plans nothing on it)"
+            f"\n{report.erased_events} event(s) decided nothing: they occurred before their"
+            " customer asked to be forgotten (ingest stores such an event erased; a"
+            " purchase's order still counts)"
         )
     if late[0]:
         source += (

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
@@ -25,7 +25,7 @@ from triggers.facts import CustomerProfile, build_facts
 from worker.core.dialect_insert import bound_among
 from worker.core.models import Customer, Event, Send, Suppression
 from worker.records.customers import is_suppressed, profile_of
-from worker.records.privacy import suppression_keys_of
+from worker.records.privacy import occurred_before_erasure, suppression_keys_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,8 +252,7 @@ class Standing:
 
     def predates_erasure(self, event: AnyEvent) -> bool:
         """What ``worker.intake.ingest.predates_erasure`` says of the stored customer."""
-        asked = self.forgotten.get(event.customer.id)
-        return asked is not None and event.occurred_at <= asked
+        return occurred_before_erasure(event.occurred_at, self.forgotten.get(event.customer.id))
 
     def subject(self, profile: CustomerProfile) -> Subject:
         email = lookup_key(profile.email) if profile.email else None
@@ -272,11 +271,10 @@ def load_standing(session: Session) -> Standing:
         if row.opted_out_kinds
     }
     forgotten = {
-        row.id: row.forgotten_at
+        row.id: cast(datetime, row.forgotten_at)  # not NULL: the WHERE
         for row in session.execute(
             select(Customer.id, Customer.forgotten_at).where(Customer.forgotten_at.is_not(None))
         )
-        if row.forgotten_at is not None
     }
     return Standing(suppressed, opted_out, forgotten)
 

@@ -60,7 +60,7 @@ from worker.records.customers import (
     order_rows,
     write_customers,
 )
-from worker.records.privacy import erased_payload
+from worker.records.privacy import erased_payload, occurred_before_erasure
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def predates_erasure(customer: Customer, event: AnyEvent) -> bool:
     after it (another consumer stored it later, or the CRM sent it late): it is stored
     with its customer block cut to the id, as the request would have left it, changes no
     profile field and plans nothing; a purchase's order still counts."""
-    return customer.forgotten_at is not None and event.occurred_at <= customer.forgotten_at
+    return occurred_before_erasure(event.occurred_at, customer.forgotten_at)
 
 
 def erased_customer(event: AnyEvent) -> CustomerData:

@@ -28,6 +28,7 @@ from triggers.offers import (
     resolve_offer,
     target_categories,
 )
+from worker.core.commit_counts import count_on_commit
 from worker.core.metrics import OFFERS_UNAVAILABLE
 from worker.offers.catalog import LocalizedProduct, localized, product_texts
 from worker.offers.catalog_snapshot import CatalogReads, current_snapshot, snapshot_holding
@@ -119,7 +120,7 @@ def choose_offer(
     try:
         return _resolve(session, offer, event, profile, complements, memo)
     except OfferUnavailable as unavailable:
-        OFFERS_UNAVAILABLE.labels(unavailable.reason).inc()
+        count_on_commit(session, OFFERS_UNAVAILABLE, unavailable.reason)
         log.warning(
             "no offer for customer %s (%s offer, %s): is the catalog imported? "
             "(crosssell catalog import FILE)",

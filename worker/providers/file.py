@@ -7,10 +7,9 @@ the machine, so this provider alone runs without ``CROSSSELL_POSTAL_ADDRESS``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from worker.core.files import replace_whole
 from worker.core.settings import PROJECT_ROOT
 from worker.providers.base import (
     DeliveryResult,
@@ -47,16 +46,7 @@ class FileProvider(Provider):
         self.outbox.mkdir(parents=True, exist_ok=True)
         hand_over()
         target = self.outbox / f"{email.send_id:08d}.eml"
-        handle, temporary = tempfile.mkstemp(dir=self.outbox, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(email.data)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        replace_whole(target, email.data)
         return DeliveryResult(self.name, target.name)
 
 

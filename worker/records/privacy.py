@@ -354,6 +354,13 @@ def export_customer(session: Session, customer_id: str, key: bytes | None) -> di
     }
 
 
+def occurred_before_erasure(occurred_at: datetime, forgotten_at: datetime | None) -> bool:
+    """Whether an event that occurred at ``occurred_at`` is covered by the customer's
+    erasure request of ``forgotten_at`` (None: none), and so is stored erased when it
+    arrives after it: at or before the request's time."""
+    return forgotten_at is not None and occurred_at <= forgotten_at
+
+
 def erased_payload(payload: dict[str, Any], customer_id: str) -> dict[str, Any]:
     """A stored event's payload as an erasure leaves it: the customer block cut to the
     id, the rest (order, items) kept."""

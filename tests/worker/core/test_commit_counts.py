@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from worker.core.commit_counts import count_on_commit, held_counts
@@ -31,19 +32,30 @@ class Abort(Exception):
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = create_engine(f"sqlite:///{tmp_path / 'counts.db'}")
+    event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA foreign_keys = ON"))
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE t (n INTEGER)"))
+        # A foreign key checked at COMMIT: a commit the database refuses.
+        connection.execute(text("CREATE TABLE parent (id INTEGER PRIMARY KEY)"))
+        connection.execute(
+            text(
+                "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id)"
+                " DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
     _Base.metadata.create_all(engine)
     yield engine
     engine.dispose()
 
 
 def _counted(counter: Counter) -> dict[str, float]:
+    """The counter's non-zero values by label (a label set is bound when counted, so it
+    shows as 0 until its transaction commits)."""
     return {
         sample.labels["what"]: sample.value
         for metric in counter.collect()
         for sample in metric.samples
-        if sample.name.endswith("_total")
+        if sample.name.endswith("_total") and sample.value
     }
 
 
@@ -108,6 +120,19 @@ def _closed_without_commit(session: Session, counter: Counter) -> None:
     session.close()
 
 
+def _commit_refused(session: Session, counter: Counter) -> None:
+    """The COMMIT itself fails (a deferred constraint): nothing was written, nothing counts."""
+    with pytest.raises(IntegrityError), session.begin():
+        session.execute(text("INSERT INTO child VALUES (42)"))
+        count_on_commit(session, counter, "a")
+
+
+def _outside_a_transaction(session: Session, counter: Counter) -> None:
+    """Nothing to wait for: taken at once, and a later rollback does not take it back."""
+    count_on_commit(session, counter, "a")
+    _roll_back_all(session, counter)
+
+
 def _two_transactions(session: Session, counter: Counter) -> None:
     _roll_back_all(session, counter)
     _commit_all(session, counter)
@@ -124,6 +149,8 @@ def _two_transactions(session: Session, counter: Counter) -> None:
         (_flushes_in_between, {"a": 1, "b": 1}),
         (_closed_without_commit, {}),
         (_two_transactions, {"a": 1, "b": 2}),
+        (_commit_refused, {}),
+        (_outside_a_transaction, {"a": 1}),
     ],
 )
 def test_counts_are_taken_only_for_what_committed(
@@ -139,3 +166,22 @@ def test_counts_are_taken_only_for_what_committed(
     finally:
         session.close()
     assert _counted(counter) == expected
+
+
+@pytest.mark.parametrize(
+    ("labels", "amount"), [(("a", "b"), 1.0), ((), 1.0), (("a",), -1.0)], ids=str
+)
+def test_a_wrong_count_is_refused_where_it_is_made_not_at_the_commit(
+    engine: Engine, labels: tuple[str, ...], amount: float
+) -> None:
+    """A wrong label set or a negative amount raised from the commit, after the data was
+    written, would fail a committed transaction in its caller's eyes."""
+    counter = Counter(
+        "crosssell_test", "a counter of this test", ["what"], registry=CollectorRegistry()
+    )
+    with Session(engine) as session, session.begin():
+        session.execute(text("INSERT INTO t VALUES (1)"))
+        with pytest.raises(ValueError):
+            count_on_commit(session, counter, *labels, amount=amount)
+        count_on_commit(session, counter, "kept")
+    assert _counted(counter) == {"kept": 1}

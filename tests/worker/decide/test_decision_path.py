@@ -195,13 +195,13 @@ def test_explain_and_simulate_leave_out_an_event_from_before_an_erasure_request(
             "decision: none (an event from before the customer's erasure request plans nothing)"
         )
         assert simulated == 0
-        assert "1 event(s) left out: they occurred before their customer asked" in source
+        assert "1 event(s) decided nothing: they occurred before their customer asked" in source
     else:
         assert len(sends) == 1
         assert not any(line.startswith("erasure:") for line in lines)
         assert lines[-1].startswith(("decision: planned", "decision: held out"))
         assert simulated == 1
-        assert "left out" not in source
+        assert "decided nothing" not in source
 
 
 @pytest.mark.parametrize(

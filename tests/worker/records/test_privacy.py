@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import stat
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -402,6 +405,39 @@ def test_cli_export_writes_a_private_file_whole_or_not_at_all(
     directory = cli.invoke(main_cli(), ["export", person["id"], "--output", str(out.parent)])
     assert directory.exit_code == 2 and "is a directory" in directory.output
     assert sorted(path.name for path in out.parent.iterdir()) == ["export.json"]  # no leftovers
+
+    # A link to a file: the file it names is replaced, the link stays.
+    link = tmp_path / "latest.json"
+    link.symlink_to(out)
+    assert cli.invoke(main_cli(), ["export", person["id"], "--output", str(link)]).exit_code == 0
+    assert link.is_symlink() and json.loads(link.read_text(encoding="utf-8"))["customer"]
+    # A file named "-" in a directory is a file, not standard output.
+    dash = tmp_path / "dash"
+    dash.mkdir()
+    named = cli.invoke(main_cli(), ["export", person["id"], "--output", f"{dash}/-"])
+    assert named.exit_code == 0 and named.output == ""
+    assert json.loads((dash / "-").read_text(encoding="utf-8"))["customer"]["id"] == person["id"]
+
+
+def test_cli_export_writes_into_a_pipe(cli: CliRunner, tmp_path: Path) -> None:
+    """A named pipe (or ``/dev/stdout``, or a shell's ``>(gzip > x.gz)``) is written into,
+    not replaced by a regular file."""
+    settings = get_settings()
+    runtime = Runtime(make_settings(tmp_path, database_url=settings.resolved_database_url))
+    runtime.clock = ShiftedClock(TUESDAY_MORNING)
+    person = _person()
+    _ingest(runtime, purchase(customer=person))
+    runtime.close()
+    fifo = tmp_path / "export.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    exported = cli.invoke(main_cli(), ["export", person["id"], "--output", str(fifo)])
+    reader.join(10)
+    assert exported.exit_code == 0, exported.output
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert json.loads(received[0])["customer"]["id"] == person["id"]
 
 
 def main_cli() -> Any:
