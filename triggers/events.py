@@ -711,3 +711,25 @@ def parse_forget(body: bytes | str) -> ForgetEvent | None:
         errors = exc.errors(include_input=False, include_url=False)[:5]
         reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
         raise InvalidEvent("wrong_schema", reason) from None
+
+
+def refused_forget(bad: InvalidEvent, body: bytes | str, command: str) -> InvalidEvent:
+    """``bad`` (what :func:`parse_event` raised for ``body``) for a tool that judges
+    marketing events only (``command``: ``explain``, ``simulate``): when ``body`` is a
+    valid ``forget`` request, a ``forget_request`` error that says so, instead of an
+    ``unknown_type`` whose message lists ``forget`` among the types it accepts; when it
+    is a malformed one, what is wrong with it (as the consumer would dead-letter it)."""
+    if bad.code != "unknown_type":
+        return bad
+    try:
+        request = parse_forget(body)
+    except InvalidEvent as malformed:
+        return malformed
+    if request is None:
+        return bad
+    return InvalidEvent(
+        "forget_request",
+        f"an erasure request, not a marketing event: {command} judges purchase, anniversary"
+        " and usage_change events; the consumer or `crosssell forget` applies it (an"
+        " erasure already stored is taken into account)",
+    )

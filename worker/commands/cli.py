@@ -838,11 +838,24 @@ def preview(
 @main.command()
 @click.argument("customer_id")
 def forget(customer_id: str) -> None:
-    """Erase CUSTOMER_ID's personal data; anonymised rows stay, so totals do not change."""
+    """Erase CUSTOMER_ID's personal data; anonymised rows stay, so totals do not change.
+    An id that no event could carry (empty, spaces around it, too long: the events'
+    identifier rules) is a usage error: nothing is recorded for it."""
     from datetime import UTC, datetime
 
+    from pydantic import ValidationError
+
+    from triggers.events import ForgetCustomer
     from worker.records.privacy import forget_now
 
+    try:
+        ForgetCustomer.model_validate({"id": customer_id})
+    except ValidationError as invalid:
+        reasons = "; ".join(
+            error["msg"].removeprefix("Value error, ")
+            for error in invalid.errors(include_input=False)
+        )
+        raise click.BadParameter(reasons, param_hint="CUSTOMER_ID") from None
     report = forget_now(get_settings(), customer_id, datetime.now(UTC))
     if report is None:
         raise click.ClickException(
@@ -887,9 +900,12 @@ def export(customer_id: str, output: str) -> None:
     from worker.core.files import write_output
 
     try:
-        write_output(Path(output), text.encode("utf-8"))
+        write_output(output, text.encode("utf-8"))
+    except IsADirectoryError as exc:
+        raise click.BadParameter(f"{output!r}: {exc.strerror}", param_hint="--output") from None
     except OSError as exc:
-        raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+        where = f"{exc.filename}: " if exc.filename not in (None, output) else ""
+        raise click.ClickException(f"cannot write {output!r}: {where}{exc.strerror}") from None
 
 
 @main.command()
@@ -963,7 +979,9 @@ def sends_list(status_name: str, campaign: str | None, limit: int) -> None:
         click.echo(line)
     if more:
         click.echo(
-            f"(the first {limit} {status_name} sends; more are not shown: --limit N shows up "
+            f"(the first {limit} {status_name} sends"
+            + (f" of campaign {campaign}" if campaign is not None else "")
+            + "; more are not shown: --limit N shows up "
             "to N, at most 10,000)",
             err=True,
         )

@@ -23,7 +23,14 @@ from triggers.decide import (
     min_gap,
     subject_for,
 )
-from triggers.events import MAX_EVENT_BYTES, AnyEvent, InvalidEvent, PurchaseEvent, parse_event
+from triggers.events import (
+    MAX_EVENT_BYTES,
+    AnyEvent,
+    InvalidEvent,
+    PurchaseEvent,
+    parse_event,
+    refused_forget,
+)
 from triggers.facts import CustomerProfile, apply_customer, apply_purchase, build_facts, purchase_of
 from triggers.fields import FieldType
 from triggers.schedule import resolve_zone
@@ -86,14 +93,16 @@ def event_from_file(path: Path, attributes: Mapping[str, FieldType] | None = Non
             return parse_event(first.strip(), attributes=attributes)
         except InvalidEvent as bad:
             if bad.code != "not_json":
-                raise
+                raise refused_forget(bad, first.strip(), "explain") from None
             whole = (first + stream.read(MAX_EVENT_BYTES + 1)).strip()
             if whole == first.strip():
                 raise
             try:
                 return parse_event(whole, attributes=attributes)
             except InvalidEvent as other:
-                raise (other if other.code != "not_json" else bad) from None
+                if other.code != "not_json":
+                    raise refused_forget(other, whole, "explain") from None
+                raise bad from None
 
 
 def _with_event(profile: CustomerProfile, event: AnyEvent, order_known: bool) -> CustomerProfile:
@@ -145,7 +154,7 @@ def explain(
     if known.erased_at is not None:
         yield (
             f"erasure: NO  the customer asked to be forgotten at {known.erased_at.isoformat()}, "
-            "after this event occurred: ingest stores the event erased"
+            "when or after this event occurred: ingest stores the event erased"
         )
         yield "decision: none (an event from before the customer's erasure request plans nothing)"
         return

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import make_url, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from triggers.events import AnyEvent, InvalidEvent, parse_event, validate_event
+from triggers.events import AnyEvent, InvalidEvent, parse_event, refused_forget, validate_event
 from triggers.fields import FieldType
 from triggers.simulate import SimulationReport, simulate
 from worker.decide.decision_inputs import Standing, load_standing
@@ -107,7 +107,8 @@ def events_from_file(
                 if isinstance(line, CutLine):
                     raise line.invalid()
                 event = parse_event(line.strip(), attributes=declared)
-            except InvalidEvent as bad:
+            except InvalidEvent as invalid:
+                bad = refused_forget(invalid, line.strip(), "simulate")
                 problems.append(f"{path}:{number}: {bad.code}: {bad.reason}")
                 continue
             yield event

@@ -153,3 +153,40 @@ def test_simulate_reads_a_file_as_publish_does(tmp_path: Path, cli_env: dict[str
     with events.open("rb") as stream:
         cut = list(bounded_lines(stream))[1]
     assert getattr(cut, "size", None) == size, "publish's reader counts the same size"
+
+
+def _forget(customer_id: str) -> dict[str, object]:
+    return {
+        "id": f"forget-{customer_id}",
+        "type": "forget",
+        "occurred_at": TUESDAY_MORNING.isoformat(),
+        "customer": {"id": customer_id},
+    }
+
+
+def test_explain_and_simulate_say_a_forget_request_is_not_theirs_to_judge(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """They refused a ``forget`` line as ``unknown_type`` with a message that listed
+    ``forget`` among the accepted types. A malformed forget is still what it is."""
+    runner = CliRunner()
+    request = tmp_path / "forget.json"
+    request.write_text(json.dumps(_forget("C-f")))
+    explained = runner.invoke(
+        main, ["explain", "--event", str(request), "--campaign", "laptop-accessories"]
+    )
+    assert explained.exit_code != 0
+    assert "forget_request: an erasure request, not a marketing event: explain judges" in (
+        explained.output
+    )
+    malformed = {**_forget("C-f"), "customer": {"id": "C-f", "email": "x@example.ro"}}
+    lines = [json.dumps(purchase("evt-a")), json.dumps(_forget("C-f")), json.dumps(malformed)]
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+    simulated = runner.invoke(main, ["simulate", "--events", str(events)])
+    assert simulated.exit_code == 0, simulated.output
+    assert "events replayed: 1" in simulated.output
+    assert ":2: forget_request: an erasure request, not a marketing event: simulate" in (
+        simulated.output
+    )
+    assert ":3: wrong_schema: customer" in simulated.output

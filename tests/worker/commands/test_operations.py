@@ -381,7 +381,7 @@ def test_the_celery_worker_serves_metrics_with_the_outbox_gauges(
     assert "# TYPE crosssell_provider_send_seconds histogram" in body
 
 
-@pytest.mark.parametrize(("stored", "limit", "shown"), [(3, 2, 2), (2, 2, 2), (1, 2, 1)])
+@pytest.mark.parametrize(("stored", "limit", "shown"), [(5, 2, 2), (3, 2, 2), (2, 2, 2), (1, 2, 1)])
 def test_sends_list_says_when_more_sends_match_than_it_shows(
     cli: CliRunner, stored: int, limit: int, shown: int
 ) -> None:
@@ -409,6 +409,13 @@ def test_sends_list_says_when_more_sends_match_than_it_shows(
         ]
     else:
         assert result.stderr == ""
+    # Send n is camp-(n % 3)'s: camp-1 holds sends 1 and 4; the note names the campaign.
+    one = cli.invoke(main, ["sends", "list", "--campaign", "camp-1", "--limit", "1"])
+    assert one.exit_code == 0, one.output
+    assert len(one.stdout.splitlines()) == 2
+    assert (one.stderr != "") == (stored >= 4)  # camp-1 holds sends 1 and 4
+    if one.stderr:
+        assert one.stderr.startswith("(the first 1 planned sends of campaign camp-1; ")
 
 
 @pytest.mark.parametrize(

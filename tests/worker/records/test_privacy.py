@@ -381,6 +381,27 @@ def test_cli_export_then_forget(cli: CliRunner, tmp_path: Path) -> None:
     runtime.close()
 
 
+@pytest.mark.parametrize(
+    ("customer_id", "reason"),
+    [
+        ("", "String should have at least 1 character"),
+        (" C-1", "must not start or end with whitespace"),
+        ("C-1\n", "must contain printable characters only"),
+        ("x" * 129, "String should have at most 128 characters"),
+    ],
+)
+def test_cli_forget_of_an_id_no_event_could_carry_is_a_usage_error(
+    cli: CliRunner, customer_id: str, reason: str
+) -> None:
+    """It stored a "forgotten" customer under the junk id (a traceback on PostgreSQL
+    for one over the column's 128 characters)."""
+    result = cli.invoke(main_cli(), ["forget", customer_id])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for CUSTOMER_ID: {reason}" in result.output
+    with transaction(get_settings().resolved_database_url) as session:
+        assert session.scalar(select(func.count()).select_from(Customer)) == 0
+
+
 def test_cli_export_writes_a_private_file_whole_or_not_at_all(
     cli: CliRunner, tmp_path: Path
 ) -> None:
@@ -417,6 +438,40 @@ def test_cli_export_writes_a_private_file_whole_or_not_at_all(
     named = cli.invoke(main_cli(), ["export", person["id"], "--output", f"{dash}/-"])
     assert named.exit_code == 0 and named.output == ""
     assert json.loads((dash / "-").read_text(encoding="utf-8"))["customer"]["id"] == person["id"]
+
+
+@pytest.mark.parametrize(
+    ("output", "exit_code", "message"),
+    [
+        ("missing/", 2, "'missing/': a file name is needed, not a directory's"),
+        ("", 2, "'': a file name is needed, not a directory's"),
+        ("plain/x.json", 1, "plain: Not a directory"),
+        ("a" * 250 + ".json", 0, ""),  # as long as names go: the temporary name is short
+    ],
+)
+def test_cli_export_output_names(
+    cli: CliRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    output: str,
+    exit_code: int,
+    message: str,
+) -> None:
+    settings = get_settings()
+    runtime = Runtime(make_settings(tmp_path, database_url=settings.resolved_database_url))
+    runtime.clock = ShiftedClock(TUESDAY_MORNING)
+    person = _person()
+    _ingest(runtime, purchase(customer=person))
+    runtime.close()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "plain").write_text("a file, not a directory\n", encoding="utf-8")
+    monkeypatch.chdir(work)
+    result = cli.invoke(main_cli(), ["export", person["id"], "--output", output])
+    assert result.exit_code == exit_code, result.output
+    assert message in result.output
+    written = {path.name for path in work.iterdir()} - {"plain"}
+    assert written == ({output} if exit_code == 0 else set())
 
 
 def test_cli_export_writes_into_a_pipe(cli: CliRunner, tmp_path: Path) -> None:
