@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -184,6 +186,18 @@ class _CrosssellGroup(click.Group):
     campaign files that do not load (any command that needs the rule set), with
     ``Error: the campaign files are not valid:`` and the lint lines, exit 1."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Click's own ``main``, and one line instead of a traceback when the output
+        cannot be written because a disk is full (``crosssell … > /dev/full``), help
+        texts included; exit status 1."""
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as error:
+            if error.errno not in _FULL:
+                raise
+            _give_up_output(error)
+            sys.exit(1)
+
     def invoke(self, ctx: click.Context) -> Any:
         from pydantic import ValidationError
 
@@ -205,6 +219,23 @@ class _CrosssellGroup(click.Group):
                 raise
             click.echo(line, err=True)
             ctx.exit(UNREACHABLE_EXIT)
+
+
+# A disk or quota that is full, or a device that cannot take more (``> /dev/full``).
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _give_up_output(error: OSError) -> None:
+    """One line on stderr instead of a traceback; standard output, which may be what is
+    full, is pointed at ``/dev/null`` so that the interpreter's last flush of it at exit
+    does not fail again (the standard library's advice for a closed pipe)."""
+    where = error.filename or "standard output"
+    click.echo(f"crosssell: cannot write {where}: {error.strerror}", err=True)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real descriptor (a test runner's stream)
+        pass
 
 
 @click.group(cls=_CrosssellGroup)

@@ -7,7 +7,10 @@ output path that is a file."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -334,3 +337,25 @@ def test_a_campaign_file_named_twice_is_linted_once() -> None:
         _no_traceback(result)
         assert result.exit_code == 0, result.output
         assert "duplicate-id" not in result.output
+
+
+# --- 7: an output that cannot be written ----------------------------------------------------
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+@pytest.mark.parametrize("arguments", [["--help"], ["schema", "--help"], ["lint"]])
+def test_a_full_output_is_one_line_not_a_traceback(tmp_path: Path, arguments: list[str]) -> None:
+    """``crosssell lint > /dev/full`` (a full disk) ended in a traceback."""
+    crosssell = Path(sys.executable).parent / "crosssell"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [str(crosssell), *arguments],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "CROSSSELL_VAR_DIR": str(tmp_path / "var")},
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert done.stderr == "crosssell: cannot write standard output: No space left on device\n"
