@@ -543,7 +543,7 @@ def simulate(events_file: Path | None, since: datetime | None, at: datetime | st
     for line in report_lines(report, campaigns, standing):
         click.echo(line)
     for problem in problems:
-        click.echo(f"skipped bad event: {problem}", err=True)
+        click.echo(f"skipped line: {problem}", err=True)
 
 
 @main.command()
@@ -729,10 +729,12 @@ def suppressions_add(email: str, reason: str) -> None:
                 ):
                     withdrawn.append(customer.id)
         if session.get(Suppression, address) is not None:
-            click.echo(f"{address} is already suppressed")
+            said = f"{address} is already suppressed"
         else:
             session.add(Suppression(email=address, reason=reason, source="cli", created_at=now))
-            click.echo(f"suppressed {address} ({reason})")
+            said = f"suppressed {address} ({reason})"
+    # Said after the commit: an output that cannot be written must not undo the change.
+    click.echo(said)
     for customer_id in withdrawn:
         click.echo(f"consent withdrawn for customer {customer_id}")
 
@@ -866,18 +868,12 @@ def preview(
         click.echo(f"wrote {result.directory}/{{{files}}}")
 
 
-@main.command()
-@click.argument("customer_id")
-def forget(customer_id: str) -> None:
-    """Erase CUSTOMER_ID's personal data; anonymised rows stay, so totals do not change.
-    An id that no event could carry (empty, spaces around it, too long: the events'
-    identifier rules) is a usage error: nothing is recorded for it."""
-    from datetime import UTC, datetime
-
+def _check_customer_id(customer_id: str) -> None:
+    """A usage error (exit 2) for an id no event could carry (the events' identifier
+    rules), before it is stored or echoed."""
     from pydantic import ValidationError
 
     from triggers.events import ForgetCustomer
-    from worker.records.privacy import forget_now
 
     try:
         ForgetCustomer.model_validate({"id": customer_id})
@@ -887,6 +883,20 @@ def forget(customer_id: str) -> None:
             for error in invalid.errors(include_input=False)
         )
         raise click.BadParameter(reasons, param_hint="CUSTOMER_ID") from None
+
+
+@main.command()
+@click.argument("customer_id")
+def forget(customer_id: str) -> None:
+    """Erase CUSTOMER_ID's personal data; anonymised rows stay, so totals do not change.
+    An id that no event could carry (empty, spaces around it, a control character, over
+    128 characters: the events' identifier rules) is a usage error: nothing is recorded
+    for it."""
+    from datetime import UTC, datetime
+
+    from worker.records.privacy import forget_now
+
+    _check_customer_id(customer_id)
     report = forget_now(get_settings(), customer_id, datetime.now(UTC))
     if report is None:
         raise click.ClickException(
@@ -919,6 +929,7 @@ def export(customer_id: str, output: str) -> None:
     from worker.core.db import transaction
     from worker.records.privacy import export_customer, forget_key
 
+    _check_customer_id(customer_id)
     settings = get_settings()
     with transaction(settings.resolved_database_url) as session:
         document = export_customer(session, customer_id, forget_key(settings))
@@ -932,6 +943,8 @@ def export(customer_id: str, output: str) -> None:
 
     try:
         write_output(output, text.encode("utf-8"))
+    except BrokenPipeError:
+        sys.exit(1)  # the reader went away (`--output /dev/stdout | head`): quietly
     except IsADirectoryError as exc:
         raise click.BadParameter(f"{output!r}: {exc.strerror}", param_hint="--output") from None
     except OSError as exc:

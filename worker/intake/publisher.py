@@ -59,13 +59,26 @@ BOM = b"\xef\xbb\xbf"
 class CutLine(bytes):
     """A line of more than the limit, cut after ``limit + 1`` bytes by
     :func:`bounded_lines`; ``size`` is the whole line's length (without its newline),
-    so the report names the real size, not where the cut fell."""
+    so the report names the real size, not where the cut fell; ``endless``: no end was
+    found within :data:`MAX_SCANNED_BYTES` (``/dev/zero``), so the rest was not read."""
 
     size: int
+    endless: bool = False
 
     def invalid(self) -> InvalidEvent:
         """The ``oversize`` error :func:`triggers.events.load_json` gives a whole line."""
+        if self.endless:
+            return InvalidEvent(
+                "oversize",
+                f"no line end within {MAX_SCANNED_BYTES >> 20} MiB (the limit is"
+                f" {MAX_EVENT_BYTES} bytes): the rest of the input is not read",
+            )
         return InvalidEvent("oversize", f"{self.size} bytes exceeds the {MAX_EVENT_BYTES} limit")
+
+
+# How far past the limit an over-long line is read to find its end (and its size): a
+# dumped file's runaway line is measured, an endless stream does not hang the command.
+MAX_SCANNED_BYTES = 64 << 20
 
 
 def bounded_lines(stream: BinaryIO, limit: int = MAX_EVENT_BYTES) -> Iterator[bytes]:
@@ -86,12 +99,16 @@ def bounded_lines(stream: BinaryIO, limit: int = MAX_EVENT_BYTES) -> Iterator[by
             return
         if not line.endswith(b"\n") and len(line) > limit + 1:
             size, tail = len(line), line
-            while rest := stream.readline(1 << 16):
+            while size < MAX_SCANNED_BYTES and (rest := stream.readline(1 << 16)):
                 size, tail = size + len(rest), rest
                 if rest.endswith(b"\n"):
                     break
             cut = CutLine(line)
             cut.size = size - (len(tail) - len(tail.rstrip(b"\r\n")))
+            if not tail.endswith(b"\n") and size >= MAX_SCANNED_BYTES:
+                cut.endless = True
+                yield cut
+                return  # where the next line starts cannot be known without its end
             yield cut
             continue
         yield line

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -95,7 +97,7 @@ def test_simulate_reports_per_campaign_and_day_and_writes_nothing(
     assert "events replayed: 6" in result.output
     assert "laptop-accessories" in result.output
     assert "emails per day" in result.output
-    assert "skipped bad event" in result.output and ":7: not_json" in result.output
+    assert "skipped line: " in result.output and ":7: not_json" in result.output
     # Nothing was written to the live tables.
     database = Path(cli_env["CROSSSELL_VAR_DIR"]) / "crosssell.db"
     if database.exists():
@@ -190,3 +192,31 @@ def test_explain_and_simulate_say_a_forget_request_is_not_theirs_to_judge(
         simulated.output
     )
     assert ":3: wrong_schema: customer" in simulated.output
+
+
+class _Endless(io.RawIOBase):
+    """A stream of zero bytes without end, as ``/dev/zero`` reads."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        buffer[:] = bytes(len(buffer))
+        return len(buffer)
+
+
+def test_a_line_without_end_is_reported_not_read_forever() -> None:
+    """``publish /dev/zero`` (also ``explain --event`` and ``simulate --events``) read
+    the over-long line to its end, which never came: 100 % of a core, no answer."""
+    from worker.intake.publisher import MAX_SCANNED_BYTES, CutLine, bounded_lines
+
+    stream = io.BufferedReader(_Endless())
+    lines = list(bounded_lines(stream))  # ends: that is the point
+    assert len(lines) == 1 and isinstance(lines[0], CutLine)
+    assert lines[0].endless and lines[0].size >= MAX_SCANNED_BYTES
+    assert "no line end within 64 MiB" in str(lines[0].invalid())
+    # A runaway line that does end within the scan is measured, and reading goes on.
+    finite = io.BytesIO(b"x" * 300_000 + b"\n" + b'{"next": 1}\n')
+    cut, following = list(bounded_lines(finite))
+    assert isinstance(cut, CutLine) and not cut.endless and cut.size == 300_000
+    assert following == b'{"next": 1}\n'

@@ -359,3 +359,28 @@ def test_a_full_output_is_one_line_not_a_traceback(tmp_path: Path, arguments: li
         )
     assert done.returncode == 1
     assert done.stderr == "crosssell: cannot write standard output: No space left on device\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_a_change_stays_made_when_its_confirmation_cannot_be_written(tmp_path: Path) -> None:
+    """``suppressions add`` printed inside its transaction: a full output rolled the
+    suppression back while the command said it could not write."""
+    crosssell = str(Path(sys.executable).parent / "crosssell")
+    env = {**os.environ, "CROSSSELL_VAR_DIR": str(tmp_path / "var")}
+    subprocess.run([crosssell, "migrate"], env=env, check=True, capture_output=True, timeout=120)
+    with open("/dev/full", "w") as full:
+        added = subprocess.run(
+            [crosssell, "suppressions", "add", "ana@example.ro"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    assert added.returncode == 1
+    assert added.stderr == "crosssell: cannot write standard output: No space left on device\n"
+    listed = subprocess.run(
+        [crosssell, "suppressions", "list"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert listed.stdout.startswith("ana@example.ro\tmanual\tcli\t"), listed.stdout

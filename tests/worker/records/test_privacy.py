@@ -474,6 +474,59 @@ def test_cli_export_output_names(
     assert written == ({output} if exit_code == 0 else set())
 
 
+@pytest.mark.parametrize("output", ["new/.", "new/..", ".", "loop"])
+def test_cli_export_refuses_a_name_that_is_no_file(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str
+) -> None:
+    """``new/.`` wrote a file named ``new``; a link to itself was replaced by a file."""
+    settings = get_settings()
+    runtime = Runtime(make_settings(tmp_path, database_url=settings.resolved_database_url))
+    runtime.clock = ShiftedClock(TUESDAY_MORNING)
+    person = _person()
+    _ingest(runtime, purchase(customer=person))
+    runtime.close()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "loop").symlink_to("loop")
+    monkeypatch.chdir(work)
+    result = cli.invoke(main_cli(), ["export", person["id"], "--output", output])
+    if output == "loop":
+        assert result.exit_code == 1 and "Too many levels of symbolic links" in result.output
+    else:
+        assert result.exit_code == 2, result.output
+        assert "a file name is needed" in result.output or "is a directory" in result.output
+    assert sorted(path.name for path in work.iterdir()) == ["loop"]
+    assert (work / "loop").is_symlink()
+
+
+def test_cli_export_to_a_descriptor_appends_to_what_it_was_redirected_to(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    """``{ echo BEFORE; crosssell export C --output /dev/stdout; } > f`` replaced ``f``
+    (``/dev/stdout`` links to it) with the export alone."""
+    settings = get_settings()
+    runtime = Runtime(make_settings(tmp_path, database_url=settings.resolved_database_url))
+    runtime.clock = ShiftedClock(TUESDAY_MORNING)
+    person = _person()
+    _ingest(runtime, purchase(customer=person))
+    runtime.close()
+    redirected = tmp_path / "redirected.log"
+    redirected.write_text("BEFORE\n", encoding="utf-8")
+    inode = redirected.stat().st_ino
+    descriptor = os.open(redirected, os.O_WRONLY | os.O_APPEND)
+    try:
+        result = cli.invoke(
+            main_cli(), ["export", person["id"], "--output", f"/dev/fd/{descriptor}"]
+        )
+    finally:
+        os.close(descriptor)
+    assert result.exit_code == 0, result.output
+    assert redirected.stat().st_ino == inode
+    before, exported = redirected.read_text(encoding="utf-8").split("\n", 1)
+    assert before == "BEFORE"
+    assert json.loads(exported)["customer"]["id"] == person["id"]
+
+
 def test_cli_export_writes_into_a_pipe(cli: CliRunner, tmp_path: Path) -> None:
     """A named pipe (or ``/dev/stdout``, or a shell's ``>(gzip > x.gz)``) is written into,
     not replaced by a regular file."""
