@@ -9,6 +9,9 @@ line is reported with its line number and reason and not published; the rest go 
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -76,18 +79,29 @@ class CutLine(bytes):
         return InvalidEvent("oversize", f"{self.size} bytes exceeds the {MAX_EVENT_BYTES} limit")
 
 
-# How far past the limit an over-long line is read to find its end (and its size): a
-# dumped file's runaway line is measured, an endless stream does not hang the command.
+# How far past the limit an over-long line of a stream that is not a regular file is
+# read to find its end (and its size): a file's runaway line is measured whole, whatever
+# its size; an endless stream (``/dev/zero``) does not hang the command.
 MAX_SCANNED_BYTES = 64 << 20
+
+
+def _is_regular_file(stream: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False  # no descriptor (an in-memory stream): bounded like a pipe
 
 
 def bounded_lines(stream: BinaryIO, limit: int = MAX_EVENT_BYTES) -> Iterator[bytes]:
     """The lines of ``stream``, each cut after ``limit + 1`` bytes (the rest of an
-    over-long line is read, counted and dropped), so one giant line cannot fill the
-    memory; a cut line is a :class:`CutLine` that knows its real size. A UTF-8
-    byte-order mark before the first line is dropped, as ``catalog import`` drops it
-    (editors on Windows write one; the consumer's JSON parser would refuse it)."""
+    over-long line is read, counted and dropped; of a stream that is not a regular file,
+    up to :data:`MAX_SCANNED_BYTES`, after which nothing more is read), so one giant line
+    cannot fill the memory nor an endless one hang the command; a cut line is a
+    :class:`CutLine` that knows its real size. A UTF-8 byte-order mark before the first
+    line is dropped, as ``catalog import`` drops it (editors on Windows write one; the
+    consumer's JSON parser would refuse it)."""
     first = True
+    scan_limit = None if _is_regular_file(stream) else MAX_SCANNED_BYTES
     while True:
         line = stream.readline(limit + 2)
         if first and line.startswith(BOM):
@@ -99,13 +113,13 @@ def bounded_lines(stream: BinaryIO, limit: int = MAX_EVENT_BYTES) -> Iterator[by
             return
         if not line.endswith(b"\n") and len(line) > limit + 1:
             size, tail = len(line), line
-            while size < MAX_SCANNED_BYTES and (rest := stream.readline(1 << 16)):
+            while (scan_limit is None or size < scan_limit) and (rest := stream.readline(1 << 16)):
                 size, tail = size + len(rest), rest
                 if rest.endswith(b"\n"):
                     break
             cut = CutLine(line)
             cut.size = size - (len(tail) - len(tail.rstrip(b"\r\n")))
-            if not tail.endswith(b"\n") and size >= MAX_SCANNED_BYTES:
+            if scan_limit is not None and not tail.endswith(b"\n") and size >= scan_limit:
                 cut.endless = True
                 yield cut
                 return  # where the next line starts cannot be known without its end

@@ -499,11 +499,16 @@ def test_cli_export_refuses_a_name_that_is_no_file(
     assert (work / "loop").is_symlink()
 
 
-def test_cli_export_to_a_descriptor_appends_to_what_it_was_redirected_to(
-    cli: CliRunner, tmp_path: Path
+@pytest.mark.parametrize(
+    "spelling", ["/dev/fd/{fd}", "//dev//fd/{fd}", "link", "/proc/self/fd/{fd}"]
+)
+def test_cli_export_to_a_descriptor_writes_at_its_place(
+    cli: CliRunner, tmp_path: Path, spelling: str
 ) -> None:
-    """``{ echo BEFORE; crosssell export C --output /dev/stdout; } > f`` replaced ``f``
-    (``/dev/stdout`` links to it) with the export alone."""
+    """``{ echo BEFORE; crosssell export C --output /dev/stdout; echo AFTER; } > f``:
+    the export replaced ``f`` (``/dev/stdout`` leads to it), and reopening it instead
+    would write at offset 0 under what the shell writes next. The descriptor itself is
+    written, at its place, whatever the spelling or a link to it."""
     settings = get_settings()
     runtime = Runtime(make_settings(tmp_path, database_url=settings.resolved_database_url))
     runtime.clock = ShiftedClock(TUESDAY_MORNING)
@@ -511,20 +516,22 @@ def test_cli_export_to_a_descriptor_appends_to_what_it_was_redirected_to(
     _ingest(runtime, purchase(customer=person))
     runtime.close()
     redirected = tmp_path / "redirected.log"
-    redirected.write_text("BEFORE\n", encoding="utf-8")
+    redirected.write_bytes(b"")
     inode = redirected.stat().st_ino
-    descriptor = os.open(redirected, os.O_WRONLY | os.O_APPEND)
+    descriptor = os.open(redirected, os.O_WRONLY)  # not O_APPEND: as a shell's ">"
+    (tmp_path / "link").symlink_to(f"/dev/fd/{descriptor}")
+    name = str(tmp_path / "link") if spelling == "link" else spelling.format(fd=descriptor)
     try:
-        result = cli.invoke(
-            main_cli(), ["export", person["id"], "--output", f"/dev/fd/{descriptor}"]
-        )
+        os.write(descriptor, b"BEFORE\n")
+        result = cli.invoke(main_cli(), ["export", person["id"], "--output", name])
+        os.write(descriptor, b"AFTER\n")
     finally:
         os.close(descriptor)
     assert result.exit_code == 0, result.output
     assert redirected.stat().st_ino == inode
-    before, exported = redirected.read_text(encoding="utf-8").split("\n", 1)
-    assert before == "BEFORE"
-    assert json.loads(exported)["customer"]["id"] == person["id"]
+    before, *exported, after, end = redirected.read_text(encoding="utf-8").split("\n")
+    assert (before, after, end) == ("BEFORE", "AFTER", "")
+    assert json.loads("\n".join(exported))["customer"]["id"] == person["id"]
 
 
 def test_cli_export_writes_into_a_pipe(cli: CliRunner, tmp_path: Path) -> None:
