@@ -381,6 +381,17 @@ def test_cli_export_then_forget(cli: CliRunner, tmp_path: Path) -> None:
     runtime.close()
 
 
+def _stored_person(tmp_path: Path) -> dict[str, Any]:
+    """A customer with one purchase, stored through ingest in the CLI's database."""
+    settings = get_settings()
+    runtime = Runtime(make_settings(tmp_path, database_url=settings.resolved_database_url))
+    runtime.clock = ShiftedClock(TUESDAY_MORNING)
+    person = _person()
+    _ingest(runtime, purchase(customer=person))
+    runtime.close()
+    return person
+
+
 @pytest.mark.parametrize(
     ("customer_id", "reason"),
     [
@@ -408,12 +419,7 @@ def test_cli_export_writes_a_private_file_whole_or_not_at_all(
     """The export holds personal data: a new file is its owner's only (0600); its
     directory is made as ``report --out`` makes its own; an unknown customer, or a path
     that is a directory, leaves what is there as it was."""
-    settings = get_settings()
-    runtime = Runtime(make_settings(tmp_path, database_url=settings.resolved_database_url))
-    runtime.clock = ShiftedClock(TUESDAY_MORNING)
-    person = _person()
-    _ingest(runtime, purchase(customer=person))
-    runtime.close()
+    person = _stored_person(tmp_path)
     out = tmp_path / "exports" / "new" / "export.json"
     exported = cli.invoke(main_cli(), ["export", person["id"], "--output", str(out)])
     assert exported.exit_code == 0, exported.output
@@ -457,12 +463,7 @@ def test_cli_export_output_names(
     exit_code: int,
     message: str,
 ) -> None:
-    settings = get_settings()
-    runtime = Runtime(make_settings(tmp_path, database_url=settings.resolved_database_url))
-    runtime.clock = ShiftedClock(TUESDAY_MORNING)
-    person = _person()
-    _ingest(runtime, purchase(customer=person))
-    runtime.close()
+    person = _stored_person(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
     (work / "plain").write_text("a file, not a directory\n", encoding="utf-8")
@@ -479,12 +480,7 @@ def test_cli_export_refuses_a_name_that_is_no_file(
     cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str
 ) -> None:
     """``new/.`` wrote a file named ``new``; a link to itself was replaced by a file."""
-    settings = get_settings()
-    runtime = Runtime(make_settings(tmp_path, database_url=settings.resolved_database_url))
-    runtime.clock = ShiftedClock(TUESDAY_MORNING)
-    person = _person()
-    _ingest(runtime, purchase(customer=person))
-    runtime.close()
+    person = _stored_person(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
     (work / "loop").symlink_to("loop")
@@ -509,12 +505,7 @@ def test_cli_export_to_a_descriptor_writes_at_its_place(
     the export replaced ``f`` (``/dev/stdout`` leads to it), and reopening it instead
     would write at offset 0 under what the shell writes next. The descriptor itself is
     written, at its place, whatever the spelling or a link to it."""
-    settings = get_settings()
-    runtime = Runtime(make_settings(tmp_path, database_url=settings.resolved_database_url))
-    runtime.clock = ShiftedClock(TUESDAY_MORNING)
-    person = _person()
-    _ingest(runtime, purchase(customer=person))
-    runtime.close()
+    person = _stored_person(tmp_path)
     redirected = tmp_path / "redirected.log"
     redirected.write_bytes(b"")
     inode = redirected.stat().st_ino
@@ -537,12 +528,7 @@ def test_cli_export_to_a_descriptor_writes_at_its_place(
 def test_cli_export_writes_into_a_pipe(cli: CliRunner, tmp_path: Path) -> None:
     """A named pipe (or ``/dev/stdout``, or a shell's ``>(gzip > x.gz)``) is written into,
     not replaced by a regular file."""
-    settings = get_settings()
-    runtime = Runtime(make_settings(tmp_path, database_url=settings.resolved_database_url))
-    runtime.clock = ShiftedClock(TUESDAY_MORNING)
-    person = _person()
-    _ingest(runtime, purchase(customer=person))
-    runtime.close()
+    person = _stored_person(tmp_path)
     fifo = tmp_path / "export.fifo"
     os.mkfifo(fifo)
     received: list[bytes] = []
