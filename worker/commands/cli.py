@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -188,12 +189,12 @@ class _CrosssellGroup(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         """Click's own ``main``, and one line instead of a traceback when the output
-        cannot be written because a disk is full (``crosssell … > /dev/full``), help
-        texts included; exit status 1."""
+        cannot be written — a disk is full (``crosssell … > /dev/full``), or standard
+        output is no writable descriptor (``1<file``) — help texts included; exit 1."""
         try:
             return super().main(*args, **kwargs)
         except OSError as error:
-            if error.errno not in _FULL:
+            if error.errno not in _FULL and not _raised_writing_output(error):
                 raise
             _give_up_output(error)
             sys.exit(1)
@@ -225,12 +226,22 @@ class _CrosssellGroup(click.Group):
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
+def _raised_writing_output(error: OSError) -> bool:
+    """Whether ``error`` came from writing the command's output (``click.echo``), where
+    any error number (``EBADF``, ``EIO`` …) means the output is not writable."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_code is click.utils.echo.__code__
+
+
 def _give_up_output(error: OSError) -> None:
     """One line on stderr instead of a traceback; standard output, which may be what is
     full, is pointed at ``/dev/null`` so that the interpreter's last flush of it at exit
     does not fail again (the standard library's advice for a closed pipe)."""
     where = error.filename or "standard output"
-    click.echo(f"crosssell: cannot write {where}: {error.strerror}", err=True)
+    with contextlib.suppress(OSError):  # standard error may be what cannot be written
+        click.echo(f"crosssell: cannot write {where}: {error.strerror}", err=True)
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -361,6 +361,27 @@ def test_a_full_output_is_one_line_not_a_traceback(tmp_path: Path, arguments: li
     assert done.stderr == "crosssell: cannot write standard output: No space left on device\n"
 
 
+def test_an_output_that_is_no_writable_descriptor_is_one_line(tmp_path: Path) -> None:
+    """``crosssell lint 1<file`` (standard output opened for reading: EBADF) ended in a
+    traceback; any error raised writing the output is said in one line."""
+    crosssell = Path(sys.executable).parent / "crosssell"
+    readable = tmp_path / "readable.txt"
+    readable.write_text("not for writing\n", encoding="utf-8")
+    with readable.open("r") as read_only:
+        done = subprocess.run(
+            [str(crosssell), "lint"],
+            stdout=read_only,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "CROSSSELL_VAR_DIR": str(tmp_path / "var")},
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert done.stderr == "crosssell: cannot write standard output: Bad file descriptor\n"
+    assert readable.read_text(encoding="utf-8") == "not for writing\n"
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
 def test_a_change_stays_made_when_its_confirmation_cannot_be_written(tmp_path: Path) -> None:
     """``suppressions add`` printed inside its transaction: a full output rolled the
