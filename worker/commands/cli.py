@@ -568,14 +568,20 @@ def simulate(events_file: Path | None, since: datetime | None, at: datetime | st
 @click.option(
     "--format", "output", type=click.Choice(["table", "csv", "json", "html"]), default="table"
 )
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File to write the report to (as export's --output: docs/events.md); default: "
+    "standard output.",
+)
 @click.option("--no-reconcile", is_flag=True, help="Skip attributing late purchases first.")
 def report(
     since: datetime | None,
     until: datetime | None,
     campaign_id: str | None,
     output: str,
-    out: Path | None,
+    out: str | None,
     no_reconcile: bool,
 ) -> None:
     """Each campaign variant against its holdout: conversions, lift, revenue, verdict."""
@@ -594,12 +600,20 @@ def report(
     if out is None:
         click.echo(text, nl=False)
     else:
+        from worker.core.files import names_a_descriptor, write_output
+
+        # Aggregates only, no personal data: a new file gets the umask's mode.
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text, encoding="utf-8")
+            write_output(out, text.encode("utf-8"), private=False)
+        except BrokenPipeError:
+            sys.exit(1)  # the reader went away (`--out /dev/stdout | head`): quietly
+        except IsADirectoryError as exc:
+            raise click.BadParameter(f"{out!r}: {exc.strerror}", param_hint="--out") from None
         except OSError as exc:
-            raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
-        click.echo(f"report written to {out}")
+            where = f"{exc.filename}: " if exc.filename not in (None, out) else ""
+            raise click.ClickException(f"cannot write {out!r}: {where}{exc.strerror}") from None
+        # Not into the report itself when it went to standard output by name.
+        click.echo(f"report written to {out}", err=names_a_descriptor(out))
 
 
 @main.group()

@@ -19,9 +19,16 @@ from pathlib import Path
 
 
 def replace_whole(
-    path: Path, data: bytes, *, suffix: str = ".tmp", durable_name: bool = False
+    path: Path,
+    data: bytes,
+    *,
+    suffix: str = ".tmp",
+    durable_name: bool = False,
+    shared: bool = False,
 ) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600; the directory must exist.
+    """Write ``data`` to ``path`` atomically, mode 0600 (``shared``: the mode a new file
+    gets from the process's umask, for output that holds no personal data, a report);
+    the directory must exist.
     ``durable_name`` also flushes the directory, so that the new name survives a power
     cut, where the file system allows it (best effort: never an error once the file is
     in place). The file provider does not ask for it: 8 kB files on this project's ext4
@@ -36,6 +43,8 @@ def replace_whole(
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(path.parent)) from None
     try:
+        if shared:
+            os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -53,6 +62,14 @@ def replace_whole(
                 os.close(directory)
 
 
+def _umask() -> int:
+    """The process's umask. Reading it means setting it (and back): a command's output
+    is written by its one thread, so nothing else makes a file meanwhile."""
+    current = os.umask(0o077)
+    os.umask(current)
+    return current
+
+
 _DIRECTORY_ENDS = (os.sep, f"{os.sep}.", f"{os.sep}..")
 # This process's descriptors by name: written to as they are, never reopened (a reopened
 # /dev/stdout is a second handle on the file the shell redirected to, at offset 0).
@@ -62,7 +79,7 @@ _DESCRIPTOR = re.compile(
 _MAX_LINKS = 40  # as the kernel's own limit on links in a path
 
 
-def write_output(name: str, data: bytes) -> None:
+def write_output(name: str, data: bytes, *, private: bool = True) -> None:
     """A command's output file, as the user typed its ``name``:
 
     * one of this process's descriptors (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``,
@@ -70,8 +87,9 @@ def write_output(name: str, data: bytes) -> None:
       place, as if printed;
     * an existing link or anything that is not a regular file (a pipe, a device): opened
       by the kernel, which applies its link protections, and written, as a shell's ``>``;
-    * a regular file or a new name: replaced whole (:func:`replace_whole`, mode 0600),
-      its directory made if missing (and it must be writable).
+    * a regular file or a new name: replaced whole (:func:`replace_whole`, mode 0600, or
+      as the umask makes new files when not ``private``), its directory made if missing
+      (and it must be writable).
 
     Raises IsADirectoryError for a name that can only be a directory's (empty, ending in
     ``/``, ``/.`` or ``/..``), NotADirectoryError when a directory on the way is a file,
@@ -98,7 +116,12 @@ def write_output(name: str, data: bytes) -> None:
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory))
             break
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_whole(path, data, durable_name=True)
+    replace_whole(path, data, durable_name=True, shared=not private)
+
+
+def names_a_descriptor(name: str) -> bool:
+    """Whether ``name`` is one of this process's descriptors (``/dev/stdout`` …)."""
+    return _descriptor_of(name) is not None
 
 
 def _descriptor_of(name: str) -> int | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -272,6 +273,25 @@ def test_every_format_parses_and_names_its_methods(runtime: Runtime, tmp_path: P
     assert html.exit_code == 0, html.output
     text = out.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>") and "Plotly.newPlot" in text
+    # Aggregates only: the file gets the mode the umask gives new files (not 0600).
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+    # To standard output by name: written at its place, what was there before kept (a
+    # reopened /dev/stdout would have truncated the file the shell redirected to).
+    redirected = tmp_path / "redirected.txt"
+    redirected.write_bytes(b"")
+    descriptor = os.open(redirected, os.O_WRONLY)
+    try:
+        os.write(descriptor, b"BEFORE\n")
+        named = runner.invoke(main, ["report", "--format", "csv", "--out", f"/dev/fd/{descriptor}"])
+    finally:
+        os.close(descriptor)
+    assert named.exit_code == 0, named.output
+    written = redirected.read_text(encoding="utf-8")
+    assert written.startswith("BEFORE\ncampaign,variant,")
+    assert "report written to" not in written
 
     bad = runner.invoke(main, ["report", "--since", "yesterday"])
     assert bad.exit_code == 2
