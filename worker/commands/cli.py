@@ -570,10 +570,10 @@ def simulate(events_file: Path | None, since: datetime | None, at: datetime | st
 )
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False),
+    type=click.Path(dir_okay=False, allow_dash=True),
     default=None,
-    help="File to write the report to (as export's --output: docs/events.md); default: "
-    "standard output.",
+    help="File to write the report to (as export's --output: docs/events.md); default, "
+    "or '-': standard output.",
 )
 @click.option("--no-reconcile", is_flag=True, help="Skip attributing late purchases first.")
 def report(
@@ -597,7 +597,7 @@ def report(
         )
     except ValueError as bad:
         raise click.UsageError(str(bad)) from None
-    if out is None:
+    if out is None or out == "-":
         click.echo(text, nl=False)
     else:
         from worker.core.files import names_a_descriptor, write_output

@@ -13,8 +13,11 @@ import contextlib
 import errno
 import os
 import re
+import signal
 import stat
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -74,7 +77,8 @@ _DIRECTORY_ENDS = (os.sep, f"{os.sep}.", f"{os.sep}..")
 # This process's descriptors by name: written to as they are, never reopened (a reopened
 # /dev/stdout is a second handle on the file the shell redirected to, at offset 0).
 _DESCRIPTOR = re.compile(
-    r"/dev/(?:(?P<std>stdout|stderr)|fd/(?P<fd>\d+))|/proc/(?P<pid>self|\d+)/fd/(?P<proc>\d+)"
+    r"/dev/(?:(?P<std>stdout|stderr)|fd/(?P<fd>\d+))"
+    r"|/proc/(?P<pid>self|thread-self|\d+)(?:/task/\d+)?/fd/(?P<proc>\d+)"
 )
 _MAX_LINKS = 40  # as the kernel's own limit on links in a path
 
@@ -106,7 +110,9 @@ def write_output(name: str, data: bytes, *, private: bool = True) -> None:
     except (FileNotFoundError, NotADirectoryError):
         regular = not os.path.islink(name)  # a dangling link: the kernel makes its target
     if not regular:
-        with open(name, "wb") as stream:
+        # A file the kernel makes here (a dangling link's target) gets the private mode.
+        opened = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
+        with open(opened, "wb") as stream:
             stream.write(data)
         return
     path = Path(name)
@@ -116,7 +122,32 @@ def write_output(name: str, data: bytes, *, private: bool = True) -> None:
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory))
             break
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_whole(path, data, durable_name=True, shared=not private)
+    with _stopping_raises():
+        replace_whole(path, data, durable_name=True, shared=not private)
+
+
+@contextlib.contextmanager
+def _stopping_raises() -> Iterator[None]:
+    """SIGTERM and SIGHUP (``timeout``, a service manager's stop, a closed terminal) end
+    the process by an exception while the file is written, so that the temporary file
+    is removed (``replace_whole`` cleans up on any exception); exit status 128 + the
+    signal, as the default action gives. Only in the main thread, where Python runs
+    signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGHUP)}
+    for number in previous:
+        signal.signal(number, stop)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def names_a_descriptor(name: str) -> bool:
@@ -130,10 +161,13 @@ def _descriptor_of(name: str) -> int | None:
     name that is no descriptor's."""
     current = name
     for _ in range(_MAX_LINKS):
-        normal = re.sub(r"/+", "/", os.path.abspath(current))
+        # The directories resolved (``/proc/thread-self/fd``, a link to ``/dev/fd``), the
+        # last component not: it is the descriptor's own magic link.
+        whole = os.path.abspath(current)
+        normal = os.path.join(os.path.realpath(os.path.dirname(whole)), os.path.basename(whole))
         found = _DESCRIPTOR.fullmatch(normal)
         # Another process's descriptor (/proc/<its pid>/fd/N) is a name like any other.
-        if found and found["pid"] in (None, "self", str(os.getpid())):
+        if found and found["pid"] in (None, "self", "thread-self", str(os.getpid())):
             if found["std"]:
                 return 1 if found["std"] == "stdout" else 2
             return int(found["fd"] or found["proc"])

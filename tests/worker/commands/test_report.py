@@ -292,6 +292,9 @@ def test_every_format_parses_and_names_its_methods(runtime: Runtime, tmp_path: P
     written = redirected.read_text(encoding="utf-8")
     assert written.startswith("BEFORE\ncampaign,variant,")
     assert "report written to" not in written
+    dash = runner.invoke(main, ["report", "--format", "csv", "--out", "-"])
+    assert dash.exit_code == 0 and dash.stdout.startswith("campaign,variant,")
+    assert not Path("-").exists()
 
     bad = runner.invoke(main, ["report", "--since", "yesterday"])
     assert bad.exit_code == 2

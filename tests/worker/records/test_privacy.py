@@ -9,6 +9,8 @@ import hmac
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -496,7 +498,15 @@ def test_cli_export_refuses_a_name_that_is_no_file(
 
 
 @pytest.mark.parametrize(
-    "spelling", ["/dev/fd/{fd}", "//dev//fd/{fd}", "link", "/proc/self/fd/{fd}"]
+    "spelling",
+    [
+        "/dev/fd/{fd}",
+        "//dev//fd/{fd}",
+        "link",
+        "/proc/self/fd/{fd}",
+        "/proc/thread-self/fd/{fd}",
+        "{tmp}/fds/{fd}",  # through a linked directory (fds -> /dev/fd)
+    ],
 )
 def test_cli_export_to_a_descriptor_writes_at_its_place(
     cli: CliRunner, tmp_path: Path, spelling: str
@@ -511,7 +521,12 @@ def test_cli_export_to_a_descriptor_writes_at_its_place(
     inode = redirected.stat().st_ino
     descriptor = os.open(redirected, os.O_WRONLY)  # not O_APPEND: as a shell's ">"
     (tmp_path / "link").symlink_to(f"/dev/fd/{descriptor}")
-    name = str(tmp_path / "link") if spelling == "link" else spelling.format(fd=descriptor)
+    (tmp_path / "fds").symlink_to("/dev/fd")
+    name = (
+        str(tmp_path / "link")
+        if spelling == "link"
+        else spelling.format(fd=descriptor, tmp=tmp_path)
+    )
     try:
         os.write(descriptor, b"BEFORE\n")
         result = cli.invoke(main_cli(), ["export", person["id"], "--output", name])
@@ -523,6 +538,43 @@ def test_cli_export_to_a_descriptor_writes_at_its_place(
     before, *exported, after, end = redirected.read_text(encoding="utf-8").split("\n")
     assert (before, after, end) == ("BEFORE", "AFTER", "")
     assert json.loads("\n".join(exported))["customer"]["id"] == person["id"]
+
+
+def test_cli_export_through_a_dangling_link_makes_a_private_file(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    """The kernel made the link's target with the umask's mode (0644): personal data
+    readable by everyone."""
+    person = _stored_person(tmp_path)
+    link = tmp_path / "latest.json"
+    link.symlink_to(tmp_path / "nowhere.json")
+    result = cli.invoke(main_cli(), ["export", person["id"], "--output", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink()
+    assert (tmp_path / "nowhere.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_stop_signal_while_writing_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """SIGTERM (``timeout``, a service manager) during the write left the temporary file
+    of personal data behind; now the write is undone and the process exits 143."""
+    script = tmp_path / "writer.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from worker.core import files\n"
+        "real = os.fsync\n"
+        "def slow(fd):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    real(fd)\n"
+        "os.fsync = slow\n"
+        "files.write_output(sys.argv[1], b'personal data')\n",
+        encoding="utf-8",
+    )
+    target = tmp_path / "out" / "export.json"
+    done = subprocess.run(
+        [sys.executable, str(script), str(target)], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 143, done.stderr
+    assert list(target.parent.iterdir()) == []
 
 
 def test_cli_export_writes_into_a_pipe(cli: CliRunner, tmp_path: Path) -> None:
