@@ -600,18 +600,10 @@ def report(
     if out is None or out == "-":
         click.echo(text, nl=False)
     else:
-        from worker.core.files import names_a_descriptor, write_output
+        from worker.core.files import names_a_descriptor
 
         # Aggregates only, no personal data: a new file gets the umask's mode.
-        try:
-            write_output(out, text.encode("utf-8"), private=False)
-        except BrokenPipeError:
-            sys.exit(1)  # the reader went away (`--out /dev/stdout | head`): quietly
-        except IsADirectoryError as exc:
-            raise click.BadParameter(f"{out!r}: {exc.strerror}", param_hint="--out") from None
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename not in (None, out) else ""
-            raise click.ClickException(f"cannot write {out!r}: {where}{exc.strerror}") from None
+        _write_to(out, text, "--out", private=False)
         # Not into the report itself when it went to standard output by name.
         click.echo(f"report written to {out}", err=names_a_descriptor(out))
 
@@ -964,17 +956,25 @@ def export(customer_id: str, output: str) -> None:
     if output == "-":
         click.echo(text, nl=False)
         return
+    _write_to(output, text, "--output", private=True)
+
+
+def _write_to(name: str, text: str, option: str, *, private: bool) -> None:
+    """A command's output to the file ``name`` (``worker.core.files.write_output``), its
+    failures as the CLI says them: a reader that went away (``/dev/stdout | head``)
+    quietly, exit 1; a name that can only be a directory's, a usage error of ``option``;
+    anything else, one line naming the file (or the directory at fault), exit 1."""
     from worker.core.files import write_output
 
     try:
-        write_output(output, text.encode("utf-8"))
+        write_output(name, text.encode("utf-8"), private=private)
     except BrokenPipeError:
-        sys.exit(1)  # the reader went away (`--output /dev/stdout | head`): quietly
+        sys.exit(1)
     except IsADirectoryError as exc:
-        raise click.BadParameter(f"{output!r}: {exc.strerror}", param_hint="--output") from None
+        raise click.BadParameter(f"{name!r}: {exc.strerror}", param_hint=option) from None
     except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename not in (None, output) else ""
-        raise click.ClickException(f"cannot write {output!r}: {where}{exc.strerror}") from None
+        where = f"{exc.filename}: " if exc.filename not in (None, name) else ""
+        raise click.ClickException(f"cannot write {name!r}: {where}{exc.strerror}") from None
 
 
 @main.command()

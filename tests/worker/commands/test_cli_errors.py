@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -342,21 +343,27 @@ def test_a_campaign_file_named_twice_is_linted_once() -> None:
 # --- 7: an output that cannot be written ----------------------------------------------------
 
 
+def _crosssell_writing_to(
+    stdout: IO[str], tmp_path: Path, arguments: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """The installed ``crosssell`` run with ``arguments``, its standard output ``stdout``."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "crosssell"), *arguments],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CROSSSELL_VAR_DIR": str(tmp_path / "var")},
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
 @pytest.mark.parametrize("arguments", [["--help"], ["schema", "--help"], ["lint"]])
 def test_a_full_output_is_one_line_not_a_traceback(tmp_path: Path, arguments: list[str]) -> None:
     """``crosssell lint > /dev/full`` (a full disk) ended in a traceback."""
-    crosssell = Path(sys.executable).parent / "crosssell"
     with open("/dev/full", "w") as full:
-        done = subprocess.run(
-            [str(crosssell), *arguments],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "CROSSSELL_VAR_DIR": str(tmp_path / "var")},
-            timeout=60,
-            check=False,
-        )
+        done = _crosssell_writing_to(full, tmp_path, arguments)
     assert done.returncode == 1
     assert done.stderr == "crosssell: cannot write standard output: No space left on device\n"
 
@@ -364,19 +371,10 @@ def test_a_full_output_is_one_line_not_a_traceback(tmp_path: Path, arguments: li
 def test_an_output_that_is_no_writable_descriptor_is_one_line(tmp_path: Path) -> None:
     """``crosssell lint 1<file`` (standard output opened for reading: EBADF) ended in a
     traceback; any error raised writing the output is said in one line."""
-    crosssell = Path(sys.executable).parent / "crosssell"
     readable = tmp_path / "readable.txt"
     readable.write_text("not for writing\n", encoding="utf-8")
     with readable.open("r") as read_only:
-        done = subprocess.run(
-            [str(crosssell), "lint"],
-            stdout=read_only,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "CROSSSELL_VAR_DIR": str(tmp_path / "var")},
-            timeout=60,
-            check=False,
-        )
+        done = _crosssell_writing_to(read_only, tmp_path, ["lint"])
     assert done.returncode == 1
     assert done.stderr == "crosssell: cannot write standard output: Bad file descriptor\n"
     assert readable.read_text(encoding="utf-8") == "not for writing\n"
@@ -390,15 +388,7 @@ def test_a_change_stays_made_when_its_confirmation_cannot_be_written(tmp_path: P
     env = {**os.environ, "CROSSSELL_VAR_DIR": str(tmp_path / "var")}
     subprocess.run([crosssell, "migrate"], env=env, check=True, capture_output=True, timeout=120)
     with open("/dev/full", "w") as full:
-        added = subprocess.run(
-            [crosssell, "suppressions", "add", "ana@example.ro"],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+        added = _crosssell_writing_to(full, tmp_path, ["suppressions", "add", "ana@example.ro"])
     assert added.returncode == 1
     assert added.stderr == "crosssell: cannot write standard output: No space left on device\n"
     listed = subprocess.run(
