@@ -1,6 +1,6 @@
 """``make bench``: the production stack of this machine, measured end to end.
 
-    python -m bench.stack [--events N] [--customers N] [--workers N]
+    python -m bench.stack [--events N] [--bursts N] [--customers N] [--workers N]
                           [--pool prefork|threads] [--concurrency N] [--skip-floor]
                           [--skip-embedded] [--json FILE] [--soak]
 
@@ -17,10 +17,11 @@ What it does, in order (docs/performance.md has the whole story):
    variables, on the shipped campaigns and templates with their delays set to 0 and
    their send windows removed (quiet hours off), so that every
    matching event is due at once;
-4. publishes with pika (bench/stream.py): a warm-up, then a burst of ``--events``
-   events as fast as it can, then the same mix paced at half the burst's rate; measures
-   delivered emails/s, latency publish → accepted at the sink, CPU and memory of every
-   process (bench/procstats.py) and the database's work per email;
+4. publishes with pika (bench/stream.py): a warm-up (in waves until every Celery worker
+   has delivered an email), then ``--bursts`` bursts of ``--events`` events as fast as
+   it can (the median one reported), then the same mix paced at half the burst's rate;
+   measures delivered emails/s, latency publish → accepted at the sink, CPU and memory
+   of every process (bench/procstats.py) and the database's work per email;
 5. stops dispatcher and workers and measures the consumer alone: events/s with nothing
    matching and with one campaign matching every event (the queue filled beforehand);
 6. measures the floor in the same run (bench/floor.py) and the embedded mode
@@ -81,11 +82,11 @@ TARGET_INGEST_MATCH = 1000.0
 TARGET_P99_S = 1.0
 TARGET_CPU_MS = 3.6
 TARGET_RSS_MB = 200.0
+TARGET_EMBEDDED = 200.0
+TARGET_SOAK_GROWTH = 0.10
 WARMUP_WAVES = 4
 # The Celery worker's line for a delivered email (worker.outbox.delivery logs it at INFO).
 SENT_LINE = re.compile(r"\bsend \d+ sent\b")
-TARGET_EMBEDDED = 200.0
-TARGET_SOAK_GROWTH = 0.10
 # Process groups that are not crosssell's (bench/procstats.py): printed, never judged.
 NOT_OURS = ("postgresql", "rabbitmq", "sink", "bench (publisher)")
 
