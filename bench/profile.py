@@ -2,8 +2,8 @@
 
 ``python -m bench.stack --profile DIR`` runs ``py-spy record --format raw`` (collapsed
 stacks: ``frame;frame;… count`` per line) on the consumer and each Celery worker (with
-``--subprocesses`` for prefork children) during a second burst of the same size after the
-measured one (sampling costs CPU the figures must not pay), and summarises each profile
+``--subprocesses`` for prefork children) during a burst of its own, of the same size,
+after the measured ones (sampling costs CPU the figures must not pay), and summarises each profile
 here (samples holding the GIL only, so waiting on PostgreSQL or a socket is not counted):
 the share of samples whose stack passes through each library (inclusive, so the
 shares overlap: SQLAlchemy calling psycopg counts for both), and the functions with the

@@ -349,8 +349,9 @@ class Results:
     embedded: dict[str, float] = field(default_factory=dict)
     soak: dict[str, Any] = field(default_factory=dict)
     profiles: dict[str, list[str]] = field(default_factory=dict)
-    # the label of the burst the table reports: the median of --bursts by emails/s
-    burst: str = "burst"
+    # the label of the burst the table reports: the median of --bursts by emails/s ("" in
+    # a soak, which has none)
+    burst: str = ""
 
 
 # --- the bench ---------------------------------------------------------------------------
@@ -588,10 +589,11 @@ class Bench:
 
     def warm_up(self) -> None:
         """Waves of ``--warmup-events`` matching events, each delivered before the next,
-        until every Celery worker process has delivered an email (its log has a ``send N
-        sent`` line), at most ``WARMUP_WAVES``. One wave is one dispatcher pass, often one
-        task, so one worker: the others would pay their first-use work (the first
-        connections, statements compiled, locale data) inside the timed burst."""
+        until every Celery worker has delivered an email (its log has a ``send N sent``
+        line; with ``--pool prefork``, any one of its children), at most ``WARMUP_WAVES``.
+        One wave is one dispatcher pass, often one task, so one worker: the others would
+        pay their first-use work (the first connections, statements compiled, locale
+        data) inside the timed burst."""
         for wave in range(1, WARMUP_WAVES + 1):
             self.delivery(
                 "warm-up" if wave == 1 else f"warm-up, wave {wave}",
@@ -1265,7 +1267,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="py-spy profiles of the consumer and workers during the burst, kept in DIR",
+        help="py-spy profiles of the consumer and workers during a burst of their own "
+        "after the measured ones, kept in DIR",
     )
     options = parser.parse_args(argv)
     if options.bursts < 1:

@@ -1,0 +1,57 @@
+"""The table ``make bench`` prints (``bench.stack.final_table``) and its options."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.stack import Delivery, Results, final_table, parse
+
+
+def _burst(label: str, rate: float, lost: int = 0, duplicates: int = 0) -> Delivery:
+    return Delivery(
+        label=label,
+        events=2000,
+        emails=1000,
+        seconds=1000 / rate,
+        emails_per_s=rate,
+        events_per_s=2 * rate,
+        latency_p50=1.0,
+        latency_p99=2.0,
+        latency_max=2.0,
+        lost=lost,
+        duplicates=duplicates,
+        unexpected=0,
+        outcomes={"sent": 1000},
+        cpu={"consume": 0.5, "celery-0": 1.5, "sink": 0.1},
+        database={},
+        event_prefix=f"bench-{label}-",
+    )
+
+
+def _row(lines: list[str], figure: str) -> str:
+    return next(line for line in lines if line.strip().startswith(figure))
+
+
+def test_the_table_reports_the_chosen_burst_and_counts_every_bursts_losses() -> None:
+    results = Results(machine="test", settings={}, burst="burst 2 of 3")
+    results.deliveries = [
+        _burst("burst 1 of 3", 500.0, lost=1),
+        _burst("burst 2 of 3", 560.0),
+        _burst("burst 3 of 3", 600.0, duplicates=2),
+    ]
+    lines = final_table(results)
+    assert "560.00 /s" in _row(lines, "delivered emails/s end to end")
+    losses = _row(lines, "lost + duplicated at the sink (every burst)")
+    assert "3.00" in losses and "MISSED" in losses, losses
+
+
+def test_a_soak_has_no_burst_row() -> None:
+    lines = final_table(Results(machine="test", settings={}))
+    assert not any("delivered emails/s end to end" in line for line in lines)
+
+
+@pytest.mark.parametrize("bursts", ["0", "-1"])
+def test_fewer_than_one_burst_is_refused(bursts: str) -> None:
+    with pytest.raises(SystemExit) as refused:
+        parse(["--bursts", bursts])
+    assert refused.value.code == 2
