@@ -1196,59 +1196,78 @@ def final_table(results: Results) -> list[str]:
 # --- main --------------------------------------------------------------------------------
 
 
+def _at_least(minimum: float, kind: type[int] | type[float] = int) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` no smaller than ``minimum`` (a count of 0
+    would leave a phase with nothing to time, or divide by it)."""
+
+    def number(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value >= minimum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+        return value
+
+    return number
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.stack", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "--events",
-        type=int,
+        type=_at_least(1),
         default=None,
         help="burst size (default 2000), or soak size (default 300000)",
     )
     parser.add_argument(
         "--customers",
-        type=int,
+        type=_at_least(1),
         default=None,
         help="customers in the generated shop (default 100000; a soak: at least --events)",
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_at_least(1),
         default=len(os.sched_getaffinity(0)),
         help="Celery worker processes (default: one per usable CPU, as the README runs them)",
     )
     parser.add_argument("--pool", choices=("prefork", "threads"), default="threads")
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=_at_least(1), default=4)
     parser.add_argument(
         "--ingest-events",
-        type=int,
+        type=_at_least(1),
         default=None,
         help="events per ingest phase (default: 3 x --events)",
     )
-    parser.add_argument("--warmup-events", type=int, default=50)
+    parser.add_argument("--warmup-events", type=_at_least(1), default=50)
     parser.add_argument(
         "--bursts",
-        type=int,
+        type=_at_least(1),
         default=3,
         help="bursts of --events, one after another; the table reports the median by "
         "emails/s (a 2-second window on a shared VM moves by a tenth from run to run)",
     )
-    parser.add_argument("--paced-seconds", type=float, default=20.0)
-    parser.add_argument("--embedded-events", type=int, default=400)
+    parser.add_argument("--paced-seconds", type=_at_least(0.1, float), default=20.0)
+    parser.add_argument("--embedded-events", type=_at_least(1), default=400)
     parser.add_argument(
         "--embedded-seconds",
-        type=float,
+        type=_at_least(1.0, float),
         default=40.0,
         help="stop crosssell run after this long and count its files",
     )
     parser.add_argument(
-        "--sink-messages", type=int, default=4000, help="the sink's own check (0: skip it)"
+        "--sink-messages",
+        type=_at_least(0),
+        default=4000,
+        help="the sink's own check (0: skip it)",
     )
-    parser.add_argument("--floor-messages", type=int, default=6000)
+    parser.add_argument("--floor-messages", type=_at_least(1), default=6000)
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_at_least(1.0, float),
         default=600.0,
         help="seconds a phase may take before the bench gives up",
     )
@@ -1271,8 +1290,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "after the measured ones, kept in DIR",
     )
     options = parser.parse_args(argv)
-    if options.bursts < 1:
-        parser.error("--bursts must be at least 1")
     if options.events is None:
         options.events = 300_000 if options.soak else 2000
     if options.customers is None:

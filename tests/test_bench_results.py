@@ -50,8 +50,30 @@ def test_a_soak_has_no_burst_row() -> None:
     assert not any("delivered emails/s end to end" in line for line in lines)
 
 
-@pytest.mark.parametrize("bursts", ["0", "-1"])
-def test_fewer_than_one_burst_is_refused(bursts: str) -> None:
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--bursts", "0"),
+        ("--bursts", "-1"),
+        ("--events", "0"),
+        ("--warmup-events", "0"),
+        ("--customers", "-5"),
+        ("--workers", "0"),
+        ("--paced-seconds", "0"),
+        ("--paced-seconds", "nan"),
+        ("--timeout", "soon"),
+    ],
+)
+def test_a_count_or_duration_that_leaves_nothing_to_time_is_refused(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as refused:
-        parse(["--bursts", bursts])
+        parse([option, value])
     assert refused.value.code == 2
+    assert f"argument {option}:" in capsys.readouterr().err
+
+
+def test_the_defaults_parse() -> None:
+    options = parse([])
+    assert (options.events, options.bursts, options.ingest_events) == (2000, 3, 6000)
+    assert parse(["--sink-messages", "0"]).sink_messages == 0  # 0: skip the sink's check
