@@ -52,7 +52,7 @@ coverage: $(STAMP)
 
 # Benchmarks print figures next to their targets (docs/benchmarks.md,
 # docs/performance.md); none asserts anything about time.
-# The production stack end to end on this machine's PostgreSQL and RabbitMQ (~10 min).
+# The production stack end to end on this machine's PostgreSQL and RabbitMQ (2-10 min).
 bench: $(STAMP)
 	$(BIN)/python -m bench.stack $(BENCH_ARGS)
 

@@ -389,12 +389,8 @@ class Bench:
         self.results = Results(
             machine=machine_line(),
             settings={
-                "events": options.events,
-                "customers": options.customers,
-                "workers": options.workers,
-                "pool": options.pool,
-                "concurrency": options.concurrency,
-                "extra_env": list(options.env),
+                key: str(value) if isinstance(value, Path) else value
+                for key, value in vars(options).items()
             },
         )
         self.db: Database | None = None
@@ -577,6 +573,15 @@ class Bench:
     # phases ----------------------------------------------------------------------------
 
     def events(self, label: str, count: int, **mix_options: Any) -> list[Planned]:
+        customers = self.options.customers
+        if self.next_customer < customers <= self.next_customer + count:
+            # Once, when the phases first come round to customers who already had an event:
+            # their campaigns' cooldowns then decide, and the figures stop being the mix's.
+            say(
+                f"  WARNING: {label}: the shop's {customers:,} customers are used up; from "
+                f"here events go again to customers who had one (cooldowns, fewer emails): "
+                "give --customers more"
+            )
         planned = mix(
             f"bench-{label}",
             count,
@@ -1248,7 +1253,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=_at_least(1),
         default=3,
         help="bursts of --events, one after another; the table reports the median by "
-        "emails/s (a 2-second window on a shared VM moves by a tenth from run to run)",
+        "emails/s, the upper one of an even count (a 2-second window on a shared VM moves "
+        "by a tenth from run to run)",
     )
     parser.add_argument("--paced-seconds", type=_at_least(0.1, float), default=20.0)
     parser.add_argument("--embedded-events", type=_at_least(1), default=400)
@@ -1290,6 +1296,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "after the measured ones, kept in DIR",
     )
     options = parser.parse_args(argv)
+    if options.json is not None:
+        # Checked now: the file is written after the table, and a run of minutes whose
+        # figures cannot be saved is lost at its end.
+        try:
+            options.json.parent.mkdir(parents=True, exist_ok=True)
+            with options.json.open("a"):
+                pass
+        except OSError as exc:
+            parser.error(f"--json {options.json}: {exc.strerror or exc}")
     if options.events is None:
         options.events = 300_000 if options.soak else 2000
     if options.customers is None:
@@ -1337,9 +1352,9 @@ def run(options: argparse.Namespace) -> Results:
                 bench.soak()
             else:
                 burst = bench.bursts()
-                if options.profile is not None:
-                    # Its own burst: py-spy's sampling takes CPU from the figures above.
-                    recordings = bench.start_profiles()
+                # Its own burst: py-spy's sampling takes CPU from the figures above.
+                recordings = bench.start_profiles()
+                if recordings:
                     bench.delivery("profiled burst", bench.events("profiled", options.events), None)
                     bench.finish_profiles(recordings)
                 rate = max(1.0, burst.events_per_s / 2)

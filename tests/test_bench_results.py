@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from bench.stack import Delivery, Results, final_table, parse
+from bench.stack import Bench, Delivery, Results, final_table, parse
 
 
 def _burst(label: str, rate: float, lost: int = 0, duplicates: int = 0) -> Delivery:
@@ -77,3 +79,21 @@ def test_the_defaults_parse() -> None:
     options = parse([])
     assert (options.events, options.bursts, options.ingest_events) == (2000, 3, 6000)
     assert parse(["--sink-messages", "0"]).sink_messages == 0  # 0: skip the sink's check
+
+
+def test_phases_that_come_round_to_used_customers_say_so_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bench = Bench.__new__(Bench)  # only the customer bookkeeping: no servers
+    bench.options = parse(["--customers", "100"])
+    bench.next_customer = 0
+    first = bench.events("burst", 60)
+    assert "WARNING" not in capsys.readouterr().out
+    second = bench.events("burst2", 60)  # customers 60-99, then 0-19 again
+    warned = capsys.readouterr().out
+    assert "WARNING: burst2: the shop's 100 customers are used up" in warned, warned
+    bench.events("burst3", 60)
+    assert "WARNING" not in capsys.readouterr().out  # said once
+    customer = [json.loads(e.body)["customer"]["id"] for e in first + second]
+    assert len(set(customer[:100])) == 100  # every customer once
+    assert customer[100:] == customer[:20]  # then round to the first again
