@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench.stack import Bench, Delivery, Results, final_table, parse
+from bench.stack import Bench, Delivery, Ingest, Results, final_table, parse
 
 
 def _burst(label: str, rate: float, lost: int = 0, duplicates: int = 0) -> Delivery:
@@ -97,3 +97,18 @@ def test_phases_that_come_round_to_used_customers_say_so_once(
     customer = [json.loads(e.body)["customer"]["id"] for e in first + second]
     assert len(set(customer[:100])) == 100  # every customer once
     assert customer[100:] == customer[:20]  # then round to the first again
+
+
+def test_a_rate_measured_over_less_than_a_second_is_printed_but_not_judged() -> None:
+    results = Results(machine="test", settings={})
+    results.ingest = [
+        Ingest("nothing matching (consumer alone)", 100, 0.2, 500.0, {"consume": 0.3}),
+        Ingest("one campaign matching (consumer alone)", 6000, 3.0, 2000.0, {"consume": 0.3}),
+    ]
+    lines = final_table(results)
+    short = _row(lines, "ingest events/s, nothing matching")
+    assert short.endswith("short") and "500.00 /s" in short, short
+    assert _row(lines, "ingest events/s, one campaign matching").endswith("met")
+    verdicts = lines[lines.index("verdicts:") + 1 :]
+    assert any(v.startswith("  short  ingest events/s, nothing") for v in verdicts), verdicts
+    assert not any("MISSED" in v for v in verdicts), verdicts
