@@ -8,7 +8,8 @@ here (samples holding the GIL only, so waiting on PostgreSQL or a socket is not 
 the share of samples whose stack passes through each library (inclusive, so the
 shares overlap: SQLAlchemy calling psycopg counts for both), and the functions with the
 most samples of their own (the leaf frame). py-spy is not a dependency: ``pip install
-py-spy`` into the venv; without it ``--profile`` says so and the bench goes on. It reads
+py-spy`` into the venv; without it ``--profile`` says so and the bench goes on without
+the profiled burst. It reads
 another process's memory, which needs ptrace permission (root, or
 ``kernel.yama.ptrace_scope`` 0).
 """
