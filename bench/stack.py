@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -350,6 +351,8 @@ class Results:
     processes: int = 0
     floor_emails_per_s: float | None = None
     embedded: dict[str, float] = field(default_factory=dict)
+    # the seconds between the first and the last file each embedded rate was taken over
+    embedded_seconds: dict[str, float] = field(default_factory=dict)
     soak: dict[str, Any] = field(default_factory=dict)
     profiles: dict[str, list[str]] = field(default_factory=dict)
     # the label of the burst the table reports: the median of --bursts by emails/s ("" in
@@ -400,6 +403,7 @@ class Bench:
         self.publisher: Publisher | None = None
         self.sampler: Sampler | None = None
         self.next_customer = 0
+        self.customers_used_up = False
         self.worker_names = [f"celery-{k}" for k in range(options.workers)]
         self.events_queue = self.env.get("CROSSSELL_EVENTS_QUEUE", "crosssell.events")
         self.exchange = self.env.get("CROSSSELL_EVENTS_EXCHANGE", "crm.events")
@@ -577,9 +581,10 @@ class Bench:
 
     def events(self, label: str, count: int, **mix_options: Any) -> list[Planned]:
         customers = self.options.customers
-        if self.next_customer < customers <= self.next_customer + count:
+        if not self.customers_used_up and self.next_customer + count > customers:
             # Once, when the phases first come round to customers who already had an event:
             # their campaigns' cooldowns then decide, and the figures stop being the mix's.
+            self.customers_used_up = True
             say(
                 f"  WARNING: {label}: the shop's {customers:,} customers are used up; from "
                 f"here events go again to customers who had one (cooldowns, fewer emails): "
@@ -676,7 +681,7 @@ class Bench:
         # keeps the rest until it has been idle 10 s (PostgreSQL 15's pgstat.c,
         # PGSTAT_IDLE_INTERVAL): read earlier, the phase's last second of database work
         # would be counted in the next phase.
-        time.sleep(max(0.0, self.options.stats_settle - 1.5))
+        time.sleep(self.options.stats_settle - 1.5)
         db_after = self.db.counters()
         arrivals: dict[str, list[float]] = {}
         for stamp, mid in sink_module.read_log(self.sink_log):
@@ -929,8 +934,10 @@ class Bench:
         wall = time.perf_counter() - started
         log.close()
         stamps = sorted(path.stat().st_mtime for path in outbox.glob("*.eml"))
-        rate = (len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-09) if len(stamps) >= 2 else 0.0
+        span = stamps[-1] - stamps[0] if len(stamps) >= 2 else 0.0
+        rate = (len(stamps) - 1) / max(span, 1e-09) if len(stamps) >= 2 else 0.0
         self.results.embedded[f"concurrency_{concurrency}"] = rate
+        self.results.embedded_seconds[f"concurrency_{concurrency}"] = span
         say(
             f"  embedded `crosssell run --concurrency {concurrency}`: {len(stamps)} emails "
             f"written from {len(planned)} matching purchases, {rate:,.1f} emails/s between "
@@ -980,10 +987,7 @@ class Bench:
                 say(f"  soak: warm-up done at {stored:,} events stored")
             if published < total and published - stored < chunk:
                 count = min(chunk, total - published)
-                batch = mix(
-                    f"bench-soak-{published}", count, self.next_customer, self.options.customers
-                )
-                self.next_customer += count
+                batch = self.events(f"soak-{published}", count)
                 self.publisher.publish(batch)
                 published += count
             if stored >= total and self.db.open_due() == 0:
@@ -1122,13 +1126,15 @@ def final_table(results: Results) -> list[str]:
         )
 
     if burst:
+        # A burst that delivered nothing is judged (MISSED), however short its window.
+        burst_window = burst.seconds if burst.emails else None
         add(
             "delivered emails/s end to end (burst)",
             TARGET_EMAILS_PER_S,
             burst.emails_per_s,
             "/s",
             True,
-            burst.seconds,
+            burst_window,
         )
         if results.floor_emails_per_s:
             add(
@@ -1144,7 +1150,7 @@ def final_table(results: Results) -> list[str]:
                 burst.emails_per_s / results.floor_emails_per_s,
                 "x",
                 True,
-                burst.seconds,
+                burst_window,
             )
         add("latency p50 on the burst", None, burst.latency_p50, "s", False)
         add("latency p99 on the burst", None, burst.latency_p99, "s", False)
@@ -1156,7 +1162,7 @@ def final_table(results: Results) -> list[str]:
             cpu_ms,
             "ms",
             False,
-            burst.seconds,
+            burst_window,
         )
         # What the CPU alone would allow on this machine's cores, whatever else runs on it.
         cores = os.cpu_count() or 1
@@ -1193,7 +1199,7 @@ def final_table(results: Results) -> list[str]:
             paced.latency_p99,
             "s",
             False,
-            paced.seconds,
+            paced.seconds if paced.emails else None,
         )
     for ingest in results.ingest:
         target = TARGET_INGEST_NOTHING if "nothing" in ingest.label else TARGET_INGEST_MATCH
@@ -1220,7 +1226,14 @@ def final_table(results: Results) -> list[str]:
         add(f"peak RSS of one process ({worst})", TARGET_RSS_MB, crosssell[worst], "MB", False)
     for key, rate in results.embedded.items():
         embedded_target = TARGET_EMBEDDED if key == "concurrency_1" else None
-        add(f"embedded crosssell run, {key.replace('_', ' ')}", embedded_target, rate, "/s", True)
+        add(
+            f"embedded crosssell run, {key.replace('_', ' ')}",
+            embedded_target,
+            rate,
+            "/s",
+            True,
+            results.embedded_seconds.get(key) if rate else None,
+        )
     if results.soak:
         # The target is about crosssell's processes; the shared servers, the sink and the
         # harness are printed above for information.
@@ -1252,12 +1265,41 @@ def _at_least(minimum: float, kind: type[int] | type[float] = int) -> Callable[[
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value >= minimum:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not (value >= minimum and math.isfinite(value)):  # nan fails both, inf the second
+            raise argparse.ArgumentTypeError(f"must be a finite {minimum} or more, not {text}")
         return value
 
     return number
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` could not be written at the end of the run (None: it could): an
+    existing file must be writable, else the nearest existing directory above it (the
+    directories between are made when the figures are written). Creates nothing."""
+    if path.exists():
+        if path.is_dir():
+            return "is a directory"
+        return None if os.access(path, os.W_OK) else "not writable"
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is not a directory"
+            return None if os.access(parent, os.W_OK | os.X_OK) else f"{parent} is not writable"
+    return "no existing directory above it"
+
+
+def write_figures(path: Path, results: Results) -> None:
+    """The run's figures as JSON, written whole (a temporary file renamed over ``path``):
+    a reader never sees half of them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(asdict(results), indent=2, default=str)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as temporary:
+        temporary.write(text)
+    os.replace(temporary.name, path)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -1300,7 +1342,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "by a tenth from run to run)",
     )
     parser.add_argument("--paced-seconds", type=_at_least(0.1, float), default=20.0)
-    parser.add_argument("--embedded-events", type=_at_least(1), default=400)
+    parser.add_argument(
+        "--embedded-events",
+        type=_at_least(1),
+        default=1000,
+        help="matching purchases for crosssell run (1000: about 900 emails, 1.5-2 s of "
+        "writing on a fast host, over the second a rate needs to be judged)",
+    )
     parser.add_argument(
         "--embedded-seconds",
         type=_at_least(1.0, float),
@@ -1332,11 +1380,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak", action="store_true")
     parser.add_argument(
         "--stats-settle",
-        type=_at_least(0.0, float),
+        type=_at_least(1.5, float),
         default=10.5,
-        help="seconds after a phase before its database counters are read (PostgreSQL "
-        "publishes an idle backend's last statistics up to 10 s late; less: faster, "
-        "and the phase's last second may count in the next)",
+        help="seconds after a phase before its database counters are read, at least 1.5 "
+        "(PostgreSQL publishes an idle backend's last statistics up to 10 s late; less: "
+        "faster, and the phase's last second may count in the next)",
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument(
@@ -1350,18 +1398,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if options.json is not None:
         # Checked now: the file is written after the table, and a run of minutes whose
         # figures cannot be saved is lost at its end.
-        try:
-            options.json.parent.mkdir(parents=True, exist_ok=True)
-            with options.json.open("a"):
-                pass
-        except OSError as exc:
-            parser.error(f"--json {options.json}: {exc.strerror or exc}")
+        problem = _unwritable(options.json)
+        if problem:
+            parser.error(f"--json {options.json}: {problem}")
     if options.events is None:
         options.events = 300_000 if options.soak else 2000
     if options.customers is None:
         # A soak's events go to customers in turn: with fewer customers than events the
         # second round meets every campaign's cooldown and the soak stops sending email.
-        options.customers = max(100_000, options.events) if options.soak else 100_000
+        warmup = WARMUP_WAVES * options.warmup_events  # at most; the soak's events come after
+        options.customers = max(100_000, options.events + warmup) if options.soak else 100_000
     if options.ingest_events is None and not options.soak:  # a soak has no ingest phase
         # Three times the burst: the ingest window then lasts 2-3 s on two cores, long
         # against the 20 ms poll of its end and the batch sizes' ramp after a pause.
@@ -1448,7 +1494,7 @@ def run(options: argparse.Namespace) -> Results:
             say(line)
         say(f"  (process logs of this run: {logs.relative_to(ROOT)}/)")
         if options.json:
-            options.json.write_text(json.dumps(asdict(bench.results), indent=2, default=str))
+            write_figures(options.json, bench.results)
         return bench.results
 
 

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from bench.stack import Bench, Delivery, Ingest, Results, final_table, parse
+from bench.stack import (
+    Bench,
+    Delivery,
+    Ingest,
+    Results,
+    _unwritable,
+    final_table,
+    parse,
+    write_figures,
+)
 
 
 def _burst(label: str, rate: float, lost: int = 0, duplicates: int = 0) -> Delivery:
@@ -64,6 +74,9 @@ def test_a_soak_has_no_burst_row() -> None:
         ("--paced-seconds", "0"),
         ("--paced-seconds", "nan"),
         ("--timeout", "soon"),
+        ("--stats-settle", "inf"),
+        ("--stats-settle", "1"),  # under the 1.5 s the CPU figure waits anyway
+        ("--events", "1.5"),
     ],
 )
 def test_a_count_or_duration_that_leaves_nothing_to_time_is_refused(
@@ -86,7 +99,7 @@ def test_phases_that_come_round_to_used_customers_say_so_once(
 ) -> None:
     bench = Bench.__new__(Bench)  # only the customer bookkeeping: no servers
     bench.options = parse(["--customers", "100"])
-    bench.next_customer = 0
+    bench.next_customer, bench.customers_used_up = 0, False
     first = bench.events("burst", 60)
     assert "WARNING" not in capsys.readouterr().out
     second = bench.events("burst2", 60)  # customers 60-99, then 0-19 again
@@ -112,3 +125,50 @@ def test_a_rate_measured_over_less_than_a_second_is_printed_but_not_judged() -> 
     verdicts = lines[lines.index("verdicts:") + 1 :]
     assert any(v.startswith("  short  ingest events/s, nothing") for v in verdicts), verdicts
     assert not any("MISSED" in v for v in verdicts), verdicts
+
+
+def test_a_burst_that_delivered_nothing_is_missed_however_short() -> None:
+    empty = _burst("burst", 1.0)
+    empty.emails, empty.emails_per_s, empty.seconds = 0, 0.0, 1e-9
+    lines = final_table(Results(machine="test", settings={}, deliveries=[empty], burst="burst"))
+    assert _row(lines, "delivered emails/s end to end").endswith("MISSED")
+
+
+def test_an_embedded_rate_over_less_than_a_second_is_not_judged() -> None:
+    results = Results(machine="test", settings={})
+    results.embedded = {"concurrency_1": 506.0, "concurrency_4": 437.0}
+    results.embedded_seconds = {"concurrency_1": 0.72, "concurrency_4": 0.84}
+    assert _row(final_table(results), "embedded crosssell run, concurrency 1").endswith("short")
+    results.embedded_seconds["concurrency_1"] = 1.8
+    assert _row(final_table(results), "embedded crosssell run, concurrency 1").endswith("met")
+
+
+def test_the_warning_comes_with_the_first_event_past_the_shop(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bench = Bench.__new__(Bench)
+    bench.options = parse(["--customers", "100"])
+    bench.next_customer, bench.customers_used_up = 0, False
+    bench.events("burst", 60)
+    bench.events("burst2", 40)  # customers 60-99: the last fresh ones
+    assert "WARNING" not in capsys.readouterr().out
+    bench.events("paced", 1)  # customer 0 again
+    assert "WARNING: paced:" in capsys.readouterr().out
+
+
+def test_the_json_path_is_checked_without_creating_anything(tmp_path: Path) -> None:
+    deep = tmp_path / "a" / "b" / "figures.json"
+    assert _unwritable(deep) is None
+    assert not (tmp_path / "a").exists()
+    assert _unwritable(tmp_path) == "is a directory"
+    (tmp_path / "file").write_text("x")
+    assert (
+        _unwritable(tmp_path / "file" / "figures.json") == f"{tmp_path / 'file'} is not a directory"
+    )
+
+
+def test_the_figures_are_written_whole(tmp_path: Path) -> None:
+    target = tmp_path / "runs" / "bench.json"
+    write_figures(target, Results(machine="test", settings={"events": 40}, burst="burst"))
+    assert json.loads(target.read_text())["settings"] == {"events": 40}
+    assert [p.name for p in target.parent.iterdir()] == ["bench.json"]  # no temporary left
