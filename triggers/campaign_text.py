@@ -153,6 +153,8 @@ def parse_campaign_text(
     campaign, document, found = parse_campaign(text, name, segments, attributes)
     if campaign is None:
         return ParsedFile(name, None, tuple(found))
+    if campaign.experiment.holdout_percent >= 100:
+        found = [*found, _everyone_held_out(name, document)]
     variants = range(len(campaign.experiment.variants))
     lines = text.splitlines()
     return ParsedFile(
@@ -181,6 +183,21 @@ def parse_campaign_text(
             else ()
             for i, step in enumerate(campaign.steps or ())
         ),
+    )
+
+
+def _everyone_held_out(name: str, document: Any) -> LintIssue:
+    """The warning for ``holdout_percent: 100``: valid (a control group may be the whole
+    audience for a while), but it sends nothing and leaves no sent group to compare the
+    held-out one with, so its lift can never be measured."""
+    line, col = locate(document, ("experiment", "holdout_percent"))
+    message = (
+        "every matching customer is held out: the campaign sends no email and its lift "
+        "cannot be measured (no one is sent to compare with); to stop sending, set "
+        "status: paused"
+    )
+    return LintIssue(
+        name, line, col, "everyone-held-out", "experiment.holdout_percent", message, "warning"
     )
 
 

@@ -728,3 +728,17 @@ def test_a_blank_name_and_a_zero_attribution_window_say_so_plainly(
     issue = only_issue(edit(before, after))
     assert (issue.code, issue.path) == ("bad-value", path)
     assert message in issue.message and "datetime" not in issue.message
+
+
+@pytest.mark.parametrize(
+    ("written", "warned"),
+    [("100", True), ("100.0", True), ("99.99", False), ("10.5", False), ("0", False)],
+)
+def test_a_holdout_of_everyone_is_a_warning_at_its_line(written: str, warned: bool) -> None:
+    text = GOOD.replace("holdout_percent: 10\n", f"holdout_percent: {written}\n")
+    assert text != GOOD
+    rules = compile_rule_set([("c.yaml", text)], template_names=TEMPLATES)  # still usable
+    line = text.splitlines().index(f"  holdout_percent: {written}") + 1
+    expected = [("c.yaml", line, 20, "warning", "everyone-held-out", "experiment.holdout_percent")]
+    found = [(i.file, i.line, i.col, i.level, i.code, i.path) for i in rules.warnings]
+    assert found == (expected if warned else [])
