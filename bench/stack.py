@@ -1291,15 +1291,14 @@ def _unwritable(path: Path) -> str | None:
 
 
 def write_figures(path: Path, results: Results) -> None:
-    """The run's figures as JSON, written whole (a temporary file renamed over ``path``):
-    a reader never sees half of them."""
+    """The run's figures as JSON, written whole (``worker.core.files.replace_whole``: a
+    temporary file renamed over ``path``, none left on failure); a reader never sees half
+    of them. Aggregates only: the umask's mode."""
+    from worker.core.files import replace_whole
+
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(asdict(results), indent=2, default=str)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as temporary:
-        temporary.write(text)
-    os.replace(temporary.name, path)
+    replace_whole(path, text.encode("utf-8"), shared=True)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
