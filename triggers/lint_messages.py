@@ -20,7 +20,8 @@ def locate(document: Any, path: Sequence[str | int], at_key: bool = False) -> tu
 
     Points at the value of the last key, or at the key itself when ``at_key`` is set.
     Steps that are not in the document (pydantic's union tags such as ``complementary``
-    or ``Leaf``) are skipped when the step after them is there.
+    or ``Leaf``) are skipped when the step after them is there. A key merged in with
+    ``<<:`` points at the mapping that merges it.
     """
     line, col = 0, 0
     if isinstance(document, CommentedMap) and document:
@@ -35,6 +36,10 @@ def locate(document: Any, path: Sequence[str | int], at_key: bool = False) -> tu
                     continue
                 if step in _union_tags():
                     continue
+                return line + 1, col + 1
+            if step not in node.lc.data:
+                # Merged in by ``<<:`` from another mapping: the nearest position written
+                # here is the enclosing key's.
                 return line + 1, col + 1
             line, col = node.lc.key(step)
             value = node[step]

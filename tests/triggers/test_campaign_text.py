@@ -742,3 +742,13 @@ def test_a_holdout_of_everyone_is_a_warning_at_its_line(written: str, warned: bo
     expected = [("c.yaml", line, 20, "warning", "everyone-held-out", "experiment.holdout_percent")]
     found = [(i.file, i.line, i.col, i.level, i.code, i.path) for i in rules.warnings]
     assert found == (expected if warned else [])
+
+
+def test_a_merged_in_holdout_is_reported_at_the_mapping_that_merges_it() -> None:
+    """``experiment: {<<: {holdout_percent: 100}, …}`` crashed the lint (KeyError in
+    ``locate``: a merged key has no position of its own)."""
+    text = GOOD.replace("  holdout_percent: 10\n", "  <<: {holdout_percent: 100}\n")
+    assert text != GOOD
+    rules = compile_rule_set([("c.yaml", text)], template_names=TEMPLATES)
+    line = text.splitlines().index("experiment:") + 1
+    assert [(i.code, i.line) for i in rules.warnings] == [("everyone-held-out", line)]
